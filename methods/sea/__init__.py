@@ -1,0 +1,105 @@
+"""`sea` and `sea-oracle`: SEA, Sparse Linear Attention with Estimated Attention Mask (Lee et al., ICLR 2024).
+
+Per layer: a FAVOR+ context of (q, k, [V_I ; v]) feeds a small MLP + CNN that predicts a compressed
+attention map A_hat [B, H, T, K]; grouped top-k picks cells, each cell is interpolated to at most k
+keys, and softmax attention runs over those keys only (kernels/sea_sparse_attention.py), scaled by
+s_prob and mixed with an average context by s_mix. `sea-oracle` replaces A_hat by the exact attention
+pooled into K columns (O(T^2): an upper bound on what the estimator can reach).
+
+Modules: favor.py (FAVOR+), estimator.py (encoder/decoder), topk.py (grouped top-k),
+interp.py (compressed mask -> key index lists), layer.py (the AttentionModule).
+This package imports no Triton at module level.
+"""
+from __future__ import annotations
+
+from methods.base import Method, MethodConfigError, Option, register
+
+MODES = ("auto", "per_query", "per_head", "per_batch", "causal_per_batch")
+DEFAULTS = {True: dict(k=64, K=64, mode="causal_per_batch", nbf=8.0),
+            False: dict(k=13, K=128, mode="per_batch", nbf=1.0)}
+
+
+def resolved(cfg, causal: bool) -> dict:
+    """Options with 0 / 'auto' replaced by the direction's defaults."""
+    d = DEFAULTS[causal]
+    return dict(k=cfg["k"] or d["k"], K=cfg["K"] or d["K"], mode=d["mode"] if cfg["mode"] == "auto" else cfg["mode"],
+                nbf=cfg["nbf"] or d["nbf"])
+
+
+class _SEABase(Method):
+    exact = False
+    dtypes = ("fp32", "fp16", "bf16")
+    oracle = False
+    complexity = "O(T (k + m) D) estimate + sparse; O(T W) index lists"
+    options = (
+        Option("k", 0, "keys per query budget (0: 64 causal, 13 bidirectional); may exceed the trained k"),
+        Option("K", 0, "compressed width of A_hat (0: 64 causal, 128 bidirectional); multiple of 4"),
+        Option("mode", "auto", "grouped top-k: auto (causal_per_batch causal, per_batch bidirectional), "
+               "per_query, per_head, per_batch, causal_per_batch", choices=MODES),
+        Option("nbf", 0.0, "Performer feature factor: m = int(d ln d / nbf) (0: 8 causal, 1 bidirectional)"),
+        Option("max_len", 32768, "longest sequence (size of the causal learned V_I)"),
+        Option("checkpoint", None, "path to estimator weights (None: untrained estimator)"),
+        Option("backend", "auto", "sparse attention: auto (Triton on CUDA or TRITON_INTERPRET, else torch), "
+               "triton, torch", choices=("auto", "triton", "torch")),
+        Option("s_prob", -1.0, "force the s_prob scaler to this value (negative: estimated)"),
+        Option("s_mix", -1.0, "force the s_mix scaler to this value (negative: estimated)"),
+    )
+
+    @classmethod
+    def validate_config(cls, cfg):
+        if cfg["k"] < 0:
+            raise MethodConfigError(f"{cls.name}.k={cfg['k']}: must be >= 1 (or 0 for the default)")
+        if cfg["K"] < 0 or cfg["K"] % 4:
+            raise MethodConfigError(f"{cls.name}.K={cfg['K']}: must be a positive multiple of 4 (or 0)")
+        if cfg["nbf"] < 0:
+            raise MethodConfigError(f"{cls.name}.nbf={cfg['nbf']}: must be > 0 (or 0 for the default)")
+        if cfg["max_len"] < 1:
+            raise MethodConfigError(f"{cls.name}.max_len={cfg['max_len']}: must be >= 1")
+        for key in ("s_prob", "s_mix"):
+            if cfg[key] > 1:
+                raise MethodConfigError(f"{cls.name}.{key}={cfg[key]}: a forced scaler lies in [0, 1]")
+
+    @classmethod
+    def extra_reasons(cls, problem, cfg):
+        reasons = []
+        r = resolved(cfg, problem.causal)
+        if problem.head_dim < 2:
+            reasons.append(f"head_dim={problem.head_dim} (needs >= 2 for d ln d random features)")
+        if problem.causal and r["mode"] in ("per_head", "per_batch"):
+            reasons.append(f"mode={r['mode']} ranks across time (future leaks); causal needs per_query or "
+                           "causal_per_batch")
+        if problem.causal and problem.seq_len > cfg["max_len"]:
+            reasons.append(f"seq_len={problem.seq_len} > max_len={cfg['max_len']} (learned V_I rows)")
+        return reasons
+
+    @classmethod
+    def build(cls, cfg, problem, *, layer=0, seed=0):
+        from methods.sea.layer import SEAAttention
+
+        r = resolved(cfg, problem.causal)
+        mod = SEAAttention(heads=problem.heads, head_dim=problem.head_dim, causal=problem.causal, k=r["k"],
+                           K=r["K"], mode=r["mode"], nbf=r["nbf"], max_len=cfg["max_len"], oracle=cls.oracle,
+                           backend=cfg["backend"], force_s_prob=cfg["s_prob"], force_s_mix=cfg["s_mix"],
+                           checkpoint=cfg["checkpoint"], layer=layer, seed=seed + 1000 * layer)
+        return mod.to(problem.device)
+
+
+@register
+class SEA(_SEABase):
+    name = "sea"
+    summary = "SEA: Performer+CNN estimate of a compressed attention map, grouped top-k, sparse attention"
+
+
+@register
+class SEAOracle(_SEABase):
+    name = "sea-oracle"
+    summary = "SEA with A_hat = exact attention pooled to K columns (O(T^2) upper bound of the estimator)"
+    oracle = True
+    complexity = "O(T^2 D) (exact probabilities for A_hat) + sparse"
+
+    @classmethod
+    def extra_reasons(cls, problem, cfg):
+        reasons = super().extra_reasons(problem, cfg)
+        if problem.seq_len > 16384:
+            reasons.append(f"seq_len={problem.seq_len} (the oracle materialises T x T probabilities; at most 16384)")
+        return reasons

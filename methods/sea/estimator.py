@@ -1,0 +1,139 @@
+"""SEA's attention-mask estimator: FAVOR+ context -> MLP encoder -> CNN decoder -> compressed logits.
+
+Input q, k, v [B, H, T, d]; output logits [B, H, T, K] (softmax over K gives A_hat) and two scalers
+(s_prob, s_mix) [B, H, T, 1]. Runs in float32 whatever the input dtype. Weights are shared across heads
+except the decoder convolutions, whose channels are heads (so the module needs H).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.sea.favor import favor_attention, orthogonal_random_features
+
+
+def identity_values(valid: torch.Tensor | None, B: int, T: int, d: int, device) -> torch.Tensor:
+    """eye(d) bilinearly interpolated to T rows over the valid tokens: [B, T, d].
+
+    Valid token of rank j (0..L-1) sits at y = j (d-1)/(L-1) in eye's row axis, so its row is
+    relu(1 - |y - c|) for column c. Padded rows are zero."""
+    if valid is None:
+        valid = torch.ones(B, T, dtype=torch.bool, device=device)
+    vf = valid.float()
+    rank = vf.cumsum(-1) - 1                                            # [B, T]
+    L = vf.sum(-1, keepdim=True)                                        # [B, 1]
+    y = rank / (L - 1).clamp(min=1) * (d - 1)                           # [B, T]
+    cols = torch.arange(d, device=device, dtype=torch.float32)
+    rows = torch.relu(1 - (y[..., None] - cols).abs())                  # [B, T, d]
+    return rows * vf[..., None]
+
+
+class CausalConv2d(nn.Conv2d):
+    """Conv over (time, width) whose kernel rows that would read future time steps are zeroed."""
+
+    def __init__(self, cin, cout, kernel, dilation=1):
+        pad = (dilation * (kernel - 1) // 2,) * 2
+        super().__init__(cin, cout, kernel, padding=pad, dilation=dilation)
+        mask = torch.ones(1, 1, kernel, kernel)
+        mask[:, :, kernel // 2 + 1:, :] = 0                             # rows reading t + offset > t
+        self.register_buffer("time_mask", mask, persistent=False)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight * self.time_mask, self.bias, self.stride, self.padding, self.dilation)
+
+
+class BidirectionalDecoder(nn.Module):
+    def __init__(self, d: int, H: int, K: int):
+        super().__init__()
+        self.H, self.K = H, K
+        self.row = nn.Linear(2 * d, (K // 2) * 4)
+        c = 4 * H
+        self.conv1 = nn.Conv2d(c, c, 3, stride=(2, 1), padding=1)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+        self.conv3 = nn.Conv2d(c, H, 3, padding=1)
+
+    def forward(self, z):                                               # z [B, H, T, 2d]
+        B, H, T, _ = z.shape
+        x = self.row(z).view(B, H, T, 4, self.K // 2)                   # [B, H, T, 4, K/2]
+        x = x.permute(0, 1, 3, 2, 4).reshape(B, 4 * H, T, self.K // 2)  # [B, 4H, T, K/2]
+        x = F.relu(self.conv1(x))                                       # [B, 4H, ceil(T/2), K/2]
+        x = F.relu(self.conv2(x))
+        x = F.interpolate(x, scale_factor=(2, 1), mode="nearest")       # [B, 4H, 2ceil(T/2), K/2]
+        x = self.conv3(x)                                               # [B, H, ., K/2]
+        return F.interpolate(x, size=(T, self.K), mode="nearest")       # [B, H, T, K]
+
+
+class CausalDecoder(nn.Module):
+    def __init__(self, d: int, H: int, K: int):
+        super().__init__()
+        self.H, self.K = H, K
+        w = K // 4
+        self.row = nn.Linear(2 * d, w * 2)
+        self.norm_in = nn.LayerNorm(w)
+        self.conv1 = CausalConv2d(2 * H, 2 * H, 3, dilation=2)
+        self.conv2 = CausalConv2d(2 * H, 2 * H, 3, dilation=2)
+        self.conv3 = CausalConv2d(2 * H, H, 1)
+        self.norm_out = nn.LayerNorm(K)
+
+    def forward(self, z):                                               # z [B, H, T, 2d]
+        B, H, T, _ = z.shape
+        w = self.K // 4
+        x = self.row(z).view(B, H, T, 2, w)                             # [B, H, T, 2, K/4]
+        x = x.permute(0, 1, 3, 2, 4).reshape(B, 2 * H, T, w)            # [B, 2H, T, K/4]
+        x = self.norm_in(x)
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = F.interpolate(x, scale_factor=(1, 4), mode="nearest")       # [B, 2H, T, K]
+        x = self.conv3(x)                                               # [B, H, T, K]
+        if x.shape[-1] != self.K:
+            x = F.interpolate(x, size=(T, self.K), mode="nearest")
+        return self.norm_out(x)
+
+
+class Estimator(nn.Module):
+    def __init__(self, *, d: int, H: int, K: int, causal: bool, nbf: float, max_len: int, seed: int):
+        super().__init__()
+        self.d, self.H, self.K, self.causal = d, H, K, causal
+        self.kernel = "relu" if causal else "softmax"
+        m = max(1, int(d * math.log(d) / nbf)) if d > 1 else 1
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("proj", orthogonal_random_features(m, d, gen))      # [m, d]
+        if causal:
+            self.v_id = nn.Parameter(torch.rand(max_len, d, generator=gen))       # learned V_I
+        else:
+            self.v_id = None
+        self.enc = nn.Sequential(nn.Linear(3 * d, 2 * d), nn.LayerNorm(2 * d), nn.GELU())
+        self.dec = CausalDecoder(d, H, K) if causal else BidirectionalDecoder(d, H, K)
+        self.scaler = nn.Linear(2 * d, 2)
+        g2 = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():                                            # deterministic init from seed
+            for p in list(self.enc.parameters()) + list(self.dec.parameters()) + list(self.scaler.parameters()):
+                if p.dim() > 1:
+                    bound = 1 / math.sqrt(p[0].numel())
+                    p.copy_(torch.rand(p.shape, generator=g2) * 2 * bound - bound)
+
+    @property
+    def nb_features(self) -> int:
+        return self.proj.shape[0]
+
+    def forward(self, q, k, v, *, valid: torch.Tensor | None):
+        """q, k, v [B, H, T, d] (any float dtype) -> logits [B, H, T, K], s_prob, s_mix [B, H, T, 1] (fp32)."""
+        B, H, T, d = q.shape
+        q, k, v = q.float(), k.float(), v.float()
+        if valid is not None:
+            v = v * valid[:, None, :, None]
+        if self.causal:
+            if T > self.v_id.shape[0]:
+                raise ValueError(f"sequence length {T} exceeds sea max_len={self.v_id.shape[0]}")
+            vi = self.v_id[:T].expand(B, H, T, d)                        # [B, H, T, d]
+        else:
+            vi = identity_values(valid, B, T, d, q.device)[:, None].expand(B, H, T, d)
+        vals = torch.cat([vi, v], dim=-1)                                # [B, H, T, 2d]
+        c_perf = favor_attention(q, k, vals, self.proj, kernel=self.kernel, causal=self.causal, valid=valid)
+        z = self.enc(torch.cat([c_perf, v], dim=-1))                     # [B, H, T, 2d]
+        logits = self.dec(z)                                             # [B, H, T, K]
+        scales = torch.sigmoid(self.scaler(z))                           # [B, H, T, 2]
+        return logits, scales[..., 0:1], scales[..., 1:2]

@@ -1,0 +1,102 @@
+"""A small FAVOR+ (Performer) estimator used by SEA's attention-mask estimator.
+
+Two kernels:
+  * "softmax": positive orthogonal random features phi(x) = m^-1/2 exp(w.x' - |x'|^2/2 - c) with
+    x' = x d^-1/4 (so phi(q).phi(k) ~ exp(q.k/sqrt(d))). The stabiliser c is a per-row max for queries
+    and one max over the valid keys (and features) for keys; both cancel in the normalised ratio.
+  * "relu": generalised kernel phi(x) = relu(x' W^T) + eps (the causal SEA setting).
+
+Causal attention uses prefix sums computed chunk by chunk: a running state S = sum phi(k)^T v
+[m, Dv] and z = sum phi(k) [m] is carried between chunks, and inside a chunk a (c x c) masked
+product is used, so memory is O(T (m + Dv) + c^2), never a (T, m, Dv) cumulative sum.
+Everything here runs in float32 (the caller casts).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def orthogonal_random_features(m: int, d: int, generator: torch.Generator) -> torch.Tensor:
+    """[m, d] projection: stacked blocks of random orthogonal rows, each row rescaled to the norm of a
+    Gaussian vector (Performer's 'scaling=0' ORF)."""
+    blocks = []
+    for _ in range(math.ceil(m / d)):
+        g = torch.randn(d, d, generator=generator, dtype=torch.float64)
+        qmat, _ = torch.linalg.qr(g)
+        blocks.append(qmat.T)                                            # rows orthonormal
+    w = torch.cat(blocks, dim=0)[:m]                                     # [m, d]
+    norms = torch.randn(m, d, generator=generator, dtype=torch.float64).norm(dim=1)
+    return (w * norms[:, None]).float()
+
+
+def softmax_features(x: torch.Tensor, proj: torch.Tensor, *, is_query: bool, valid: torch.Tensor | None = None,
+                     eps: float = 1e-4) -> torch.Tensor:
+    """x [B, H, T, d], proj [m, d] -> positive features [B, H, T, m]. `valid` bool [B, T] restricts the key
+    stabiliser to real tokens."""
+    d = x.shape[-1]
+    m = proj.shape[0]
+    xn = x * d ** -0.25
+    dash = xn @ proj.T                                                   # [B, H, T, m]
+    diag = (xn * xn).sum(-1, keepdim=True) / 2                           # [B, H, T, 1]
+    if is_query:
+        stab = dash.amax(dim=-1, keepdim=True)                           # [B, H, T, 1]
+    else:
+        masked = dash
+        if valid is not None:
+            masked = dash.masked_fill(~valid[:, None, :, None], float("-inf"))
+        stab = masked.amax(dim=(-1, -2), keepdim=True)                   # [B, H, 1, 1]
+    stab = stab.detach()
+    return m ** -0.5 * (torch.exp(dash - diag - stab) + eps)
+
+
+def relu_features(x: torch.Tensor, proj: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    d = x.shape[-1]
+    return torch.relu((x * d ** -0.25) @ proj.T) + eps                   # [B, H, T, m]
+
+
+def linear_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+                     chunk: int = 128, eps: float = 1e-6) -> torch.Tensor:
+    """D^-1 phi_q (phi_k^T v). phi_* [B, H, T, m], v [B, H, T, Dv] -> [B, H, T, Dv].
+    Rows of phi_k for padded keys must already be zero."""
+    if not causal:
+        kv = phi_k.transpose(-1, -2) @ v                                 # [B, H, m, Dv]
+        z = phi_k.sum(dim=-2)                                            # [B, H, m]
+        num = phi_q @ kv                                                 # [B, H, T, Dv]
+        den = (phi_q * z[..., None, :]).sum(-1, keepdim=True)            # [B, H, T, 1]
+        return num / (den + eps)
+    B, H, T, m = phi_q.shape
+    Dv = v.shape[-1]
+    state = phi_q.new_zeros(B, H, m, Dv)
+    zsum = phi_q.new_zeros(B, H, m)
+    outs = []
+    for s in range(0, T, chunk):
+        e = min(T, s + chunk)
+        q_c, k_c, v_c = phi_q[:, :, s:e], phi_k[:, :, s:e], v[:, :, s:e]  # [B, H, c, *]
+        c = e - s
+        tri = torch.ones(c, c, dtype=torch.bool, device=v.device).tril()
+        local = (q_c @ k_c.transpose(-1, -2)).masked_fill(~tri, 0.0)     # [B, H, c, c]
+        num = q_c @ state + local @ v_c                                  # [B, H, c, Dv]
+        den = (q_c * zsum[..., None, :]).sum(-1, keepdim=True) + local.sum(-1, keepdim=True)
+        outs.append(num / (den + eps))
+        state = state + k_c.transpose(-1, -2) @ v_c
+        zsum = zsum + k_c.sum(dim=-2)
+    return torch.cat(outs, dim=2)                                        # [B, H, T, Dv]
+
+
+def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, *, kernel: str,
+                    causal: bool, valid: torch.Tensor | None = None, chunk: int = 128) -> torch.Tensor:
+    """FAVOR+ attention in float32. q, k [B, H, T, d]; v [B, H, T, Dv]; valid bool [B, T] or None."""
+    q, k, v = q.float(), k.float(), v.float()
+    if kernel == "softmax":
+        phi_q = softmax_features(q, proj, is_query=True)
+        phi_k = softmax_features(k, proj, is_query=False, valid=valid)
+    elif kernel == "relu":
+        phi_q = relu_features(q, proj)
+        phi_k = relu_features(k, proj)
+    else:
+        raise ValueError(f"unknown FAVOR kernel {kernel!r}")
+    if valid is not None:
+        phi_k = phi_k * valid[:, None, :, None].to(phi_k.dtype)
+    return linear_attention(phi_q, phi_k, v, causal=causal, chunk=chunk)

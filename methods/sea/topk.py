@@ -1,0 +1,76 @@
+"""Grouped top-k on the compressed attention estimate A_hat [B, H, T, K].
+
+Row lengths L_t: causal -> t + 1 (positions 0..t; padded keys are dropped later, in interp);
+bidirectional -> number of valid tokens of the batch element. Budgets (k = sea.k):
+  per_query        n_t = clamp(round(k K / L_t), 1, K) cells of the row's K       (official: round, non-flattened)
+  causal_per_batch n_t = clamp(round(H k K / L_t), 1, H K) cells of the H x K     (brief's formula; nothing crosses time)
+  per_head         n   = L * clamp(floor(k K / L), 1, K) cells of T x K per (b, h) (official: floor, flattened 'head')
+  per_batch        n   = H * L * clamp(floor(k K / L), 1, K) of H x T x K per b     (official: floor, flattened 'batch')
+No value threshold. Padded query rows and empty cells (a cell that covers no key because L_t < K) are
+never selected; per_head/per_batch rank across time, so they are bidirectional-only.
+"""
+from __future__ import annotations
+
+import torch
+
+from methods.sea.interp import cell_bounds, row_lengths
+
+MODES = ("per_query", "per_head", "per_batch", "causal_per_batch")
+
+
+def budgets(mode: str, L: torch.Tensor, *, k: int, K: int, H: int) -> torch.Tensor:
+    """Budget per group. L [B, T] int64 row lengths. Returns [B, T] for per_query/causal_per_batch and
+    [B] for per_head/per_batch."""
+    Lf = L.clamp(min=1).double()
+    if mode == "per_query":
+        return torch.floor(k * K / Lf + 0.5).long().clamp(1, K)
+    if mode == "causal_per_batch":
+        return torch.floor(H * k * K / Lf + 0.5).long().clamp(1, H * K)
+    Lb = L.amax(dim=1)                                                   # [B] (bidirectional: constant per row)
+    per = torch.floor(k * K / Lb.clamp(min=1).double()).long().clamp(1, K)
+    if mode == "per_head":
+        return Lb * per
+    if mode == "per_batch":
+        return H * Lb * per
+    raise ValueError(f"unknown top-k mode {mode!r}")
+
+
+def _rank_select(scores: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """scores [..., G] (-inf = ineligible), n [...] budgets -> bool [..., G]: the n highest eligible."""
+    G = scores.shape[-1]
+    kmax = int(min(G, int(n.max().item()) if n.numel() else 0))
+    sel = torch.zeros_like(scores, dtype=torch.bool)
+    if kmax == 0:
+        return sel
+    vals, idx = torch.topk(scores, kmax, dim=-1, sorted=True)            # [..., kmax]
+    rank = torch.arange(kmax, device=scores.device)
+    keep = (rank < n[..., None]) & torch.isfinite(vals)
+    sel.scatter_(-1, idx, keep)
+    return sel
+
+
+def select_topk(probs: torch.Tensor, *, mode: str, k: int, causal: bool,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
+    """probs [B, H, T, K] (A_hat; only the order matters) -> bool compressed mask [B, H, T, K]."""
+    B, H, T, K = probs.shape
+    if causal and mode in ("per_head", "per_batch"):
+        raise ValueError(f"top-k mode {mode} ranks across time and would leak the future; "
+                         "causal attention needs per_query or causal_per_batch")
+    L = row_lengths(B, T, causal=causal, valid=valid, device=probs.device)   # [B, T]
+    lo, hi = cell_bounds(L, K)                                           # [B, T, K]
+    eligible = hi > lo                                                   # [B, T, K]
+    if valid is not None:
+        eligible = eligible & valid[:, :, None]
+    scores = probs.detach().float().masked_fill(~eligible[:, None], float("-inf"))   # [B, H, T, K]
+    n = budgets(mode, L, k=k, K=K, H=H)
+    if mode == "per_query":
+        return _rank_select(scores, n[:, None, :].expand(B, H, T))
+    if mode == "causal_per_batch":
+        flat = scores.permute(0, 2, 1, 3).reshape(B, T, H * K)           # [B, T, H*K]
+        sel = _rank_select(flat, n)                                      # [B, T, H*K]
+        return sel.view(B, T, H, K).permute(0, 2, 1, 3)                  # [B, H, T, K]
+    if mode == "per_head":
+        sel = _rank_select(scores.reshape(B, H, T * K), n[:, None].expand(B, H))
+        return sel.view(B, H, T, K)
+    sel = _rank_select(scores.reshape(B, H * T * K), n)                  # per_batch
+    return sel.view(B, H, T, K)
