@@ -1,0 +1,122 @@
+"""The sweep: validate everything first, then run each cell in isolation and store its row."""
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import methods
+from harness import provenance
+from harness.grid import Cell, SweepSpec, expand, validate_spec
+from harness.rows import Row
+from harness.store import RunDir
+
+
+class UsageError(Exception):
+    """Bad input: reported in one message, exit code 2, nothing written."""
+
+
+def resolve_methods(names: list[str], raw_args: dict[str, dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """Each method's resolved config; unknown methods or options raise UsageError."""
+    errors = []
+    configs = {}
+    for name in names:
+        try:
+            cls = methods.get(name)
+        except methods.UnknownMethodError as exc:
+            errors.append(str(exc))
+            continue
+        try:
+            configs[name] = cls.resolve_config(raw_args.get(name, {}))
+        except methods.MethodConfigError as exc:
+            errors.append(str(exc))
+    for name in raw_args:
+        if name not in names:
+            errors.append(f"--method-args names '{name}', which is not in --methods ({', '.join(names)})")
+    if errors:
+        raise UsageError("\n".join(errors))
+    return configs
+
+
+def plan(spec: SweepSpec, raw_args: dict[str, dict[str, str]]) -> list[Cell]:
+    errors = validate_spec(spec)
+    if errors:
+        raise UsageError("\n".join(errors))
+    configs = resolve_methods(spec.methods, raw_args)
+    if spec.inputs != "gaussian" and not Path(spec.inputs).exists():
+        raise UsageError(f"--inputs {spec.inputs}: no such file")
+    return expand(spec, configs)
+
+
+def _progress(total: int, initial: int):
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, unit="cell", dynamic_ncols=True, file=sys.stderr)
+    except ImportError:  # pragma: no cover - tqdm is a core dependency
+        return None
+
+
+def run_sweep(spec: SweepSpec, cells: list[Cell], out: Path, *, resume: bool, timeout_s: float,
+              threads: int | None, measure_settings: dict, argv: list[str], quiet: bool = False) -> RunDir:
+    from harness.worker import WorkerPool
+
+    run = RunDir(out)
+    if run.exists() and not resume:
+        raise UsageError(f"{out} already holds a run; pass --resume to finish it, or choose another --out")
+    if resume and run.exists():
+        meta = run.meta()
+        done = run.finished_cells()
+        run_id = meta["run_id"]
+        known = set(meta.get("cells", []))
+        new_ids = [c.cell_id for c in cells if c.cell_id not in known]
+        if new_ids:
+            run.update_meta(cells=sorted(known | set(new_ids)))
+    else:
+        meta = provenance.run_meta(spec.device, argv)
+        run_id = f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{spec.device}"
+        meta.update(run_id=run_id, spec=asdict(spec), threads=threads, timeout_s=timeout_s,
+                    measure=measure_settings, cells=[c.cell_id for c in cells])
+        run.create(meta)
+        done = set()
+    todo = [c for c in cells if c.cell_id not in done]
+    device_name = meta["device_info"].get("device_name", "")
+    pool = WorkerPool({"threads": threads, "measure": measure_settings, "device_name": device_name}, timeout_s)
+    bar = None if quiet else _progress(len(cells), len(cells) - len(todo))
+    try:
+        for cell in todo:
+            if bar is not None:
+                bar.set_postfix_str(cell.label(), refresh=True)
+            row = pool.run(cell, run_id)
+            run.append(row)
+            if bar is not None:
+                bar.update(1)
+                if row.status != "ok":
+                    bar.write(f"  {row.status:<11} {cell.label()}: {row.reason[:160]}")
+    finally:
+        pool.close()
+        if bar is not None:
+            bar.close()
+    run.update_meta(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    return run
+
+
+def summary_table(rows: list[Row]) -> str:
+    """Per method: statuses and the largest T that ran."""
+    by = defaultdict(list)
+    for r in rows:
+        by[r.method].append(r)
+    lines = ["| method | cells | ok | unsupported | oom | timeout | error | wrong | largest T ok |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in sorted(by):
+        rs = by[name]
+        counts = defaultdict(int)
+        for r in rs:
+            counts[r.status] += 1
+        ok_t = [r.seq_len for r in rs if r.status == "ok"]
+        lines.append(f"| {name} | {len(rs)} | {counts['ok']} | {counts['unsupported']} | {counts['oom']} | "
+                     f"{counts['timeout']} | {counts['error']} | {counts['wrong']} | {max(ok_t) if ok_t else '-'} |")
+    return "\n".join(lines)

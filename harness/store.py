@@ -1,0 +1,88 @@
+"""A run directory: meta.json (provenance, the exact command, the grid) and rows.jsonl (one row per cell).
+
+Rows are appended one whole line per write and flushed to disk, so a crash loses at most the cell in
+flight; a torn last line is ignored on read. meta.json is replaced atomically (write, fsync, rename).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from harness.rows import Row
+
+META = "meta.json"
+ROWS = "rows.jsonl"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path / META
+
+    @property
+    def rows_path(self) -> Path:
+        return self.path / ROWS
+
+    def exists(self) -> bool:
+        return self.meta_path.exists()
+
+    def create(self, meta: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.meta_path, json.dumps(meta, indent=1, sort_keys=True, default=str))
+
+    def meta(self) -> dict[str, Any]:
+        if not self.meta_path.exists():
+            raise FileNotFoundError(f"{self.path} is not a run directory (no {META})")
+        return json.loads(self.meta_path.read_text())
+
+    def update_meta(self, **fields: Any) -> None:
+        meta = self.meta()
+        meta.update(fields)
+        atomic_write(self.meta_path, json.dumps(meta, indent=1, sort_keys=True, default=str))
+
+    def append(self, row: Row) -> None:
+        line = row.to_json() + "\n"
+        # One write of a whole line in append mode: concurrent appenders never interleave within a row.
+        fd = os.open(self.rows_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def iter_rows(self) -> Iterator[Row]:
+        if not self.rows_path.exists():
+            return
+        with open(self.rows_path) as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    yield Row.from_dict(json.loads(line))
+                except json.JSONDecodeError:
+                    continue        # a torn last line from a killed writer
+
+    def rows(self) -> list[Row]:
+        """Rows, the last one per cell winning (a resumed cell replaces its earlier attempt)."""
+        latest: dict[str, Row] = {}
+        for row in self.iter_rows():
+            latest[row.cell_id] = row
+        return list(latest.values())
+
+    def finished_cells(self) -> set[str]:
+        return {r.cell_id for r in self.rows()}
