@@ -29,6 +29,16 @@ except ImportError:  # pragma: no cover - triton missing: only the torch path is
     tl = None
 
 
+# Tests set this to True: fresh outputs (out, lse, dq) are then filled with NaN so a skipped write fails.
+POISON_OUTPUTS = False
+
+
+def _fresh(shape, dtype, device):
+    if POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 def _next_pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
@@ -120,12 +130,13 @@ def _block_n(W: int) -> int:
     return max(16, min(64, _next_pow2(W)))
 
 
-def _triton_forward(q, k, v, idx, count, scale):
+def _triton_forward(q, k, v, idx, count, scale, out=None, lse=None):
+    """Launch the forward kernel. `out` / `lse` may be passed pre-filled (tests poison them with NaN)."""
     B, H, T, D = q.shape
     Hkv = k.shape[1]
     W = idx.shape[-1]
-    o = torch.empty_like(q)
-    lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
+    o = _fresh(q.shape, q.dtype, q.device) if out is None else out
+    lse = _fresh((B, H, T), torch.float32, q.device) if lse is None else lse
     _fwd_kernel[(T, B * H)](
         q, k, v, idx, count, o, lse, scale,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
@@ -152,7 +163,7 @@ class _SparseAttnFn(torch.autograd.Function):
         W = idx.shape[-1]
         do = do.contiguous()
         delta = (o.float() * do.float()).sum(-1).contiguous()           # [B, H, T]
-        dq = torch.empty(q.shape, dtype=torch.float32, device=q.device)
+        dq = _fresh(q.shape, torch.float32, q.device)
         dk = torch.zeros(k.shape, dtype=torch.float32, device=q.device)
         dv = torch.zeros(v.shape, dtype=torch.float32, device=q.device)
         _bwd_kernel[(T, B * H)](
@@ -188,8 +199,9 @@ def sparse_attention_torch(q, k, v, idx, count, scale: float, row_chunk: int = 2
         ks = kr.gather(2, g).view(B, H, c, W, D)                        # [B, H, c, W, D]
         vs = vr.gather(2, g).view(B, H, c, W, D)
         sc = torch.einsum("bhcd,bhcwd->bhcw", q[:, :, s:e].float(), ks) * scale
-        sc = sc.masked_fill(~live, float("-inf"))
-        p = torch.nan_to_num(torch.softmax(sc, dim=-1), nan=0.0)        # empty rows -> 0
+        empty = ~live.any(-1, keepdim=True)                             # [B, H, c, 1]
+        sc = sc.masked_fill(~live, float("-inf")).masked_fill(empty, 0.0)
+        p = torch.softmax(sc, dim=-1).masked_fill(empty, 0.0)          # empty rows -> 0, finite grads
         outs.append(torch.einsum("bhcw,bhcwd->bhcd", p, vs))
     return torch.cat(outs, dim=2).to(q.dtype)                           # [B, H, T, D]
 

@@ -21,6 +21,7 @@ def sparse_attention_ref(q, k, v, idx, count, scale: float, dtype=torch.float64)
     v = v.repeat_interleave(H // v.shape[1], dim=1)
     mask = dense_mask_from_indices(idx, count, k.shape[2])                # [B, H, T, T]
     s = torch.matmul(q.to(dtype), k.to(dtype).transpose(-1, -2)) * scale   # [B, H, T, T]
-    s = s.masked_fill(~mask, float("-inf"))
-    p = torch.nan_to_num(torch.softmax(s, dim=-1), nan=0.0)
+    empty = ~mask.any(-1, keepdim=True)                                   # rows with no key
+    s = s.masked_fill(~mask, float("-inf")).masked_fill(empty, 0.0)      # keeps gradients NaN-free
+    p = torch.softmax(s, dim=-1).masked_fill(empty, 0.0)
     return torch.matmul(p, v.to(dtype))
