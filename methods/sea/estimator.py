@@ -105,15 +105,11 @@ class Estimator(nn.Module):
             self.v_id = nn.Parameter(torch.rand(max_len, d, generator=gen))       # learned V_I
         else:
             self.v_id = None
-        self.enc = nn.Sequential(nn.Linear(3 * d, 2 * d), nn.LayerNorm(2 * d), nn.GELU())
-        self.dec = CausalDecoder(d, H, K) if causal else BidirectionalDecoder(d, H, K)
-        self.scaler = nn.Linear(2 * d, 2)
-        g2 = torch.Generator().manual_seed(seed + 1)
-        with torch.no_grad():                                            # deterministic init from seed
-            for p in list(self.enc.parameters()) + list(self.dec.parameters()) + list(self.scaler.parameters()):
-                if p.dim() > 1:
-                    bound = 1 / math.sqrt(p[0].numel())
-                    p.copy_(torch.rand(p.shape, generator=g2) * 2 * bound - bound)
+        with torch.random.fork_rng(devices=[]):                          # layer init deterministic in seed
+            torch.manual_seed(seed + 1)
+            self.enc = nn.Sequential(nn.Linear(3 * d, 2 * d), nn.LayerNorm(2 * d), nn.GELU())
+            self.dec = CausalDecoder(d, H, K) if causal else BidirectionalDecoder(d, H, K)
+            self.scaler = nn.Linear(2 * d, 2)
 
     @property
     def nb_features(self) -> int:
