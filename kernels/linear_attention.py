@@ -97,13 +97,13 @@ def _kernel():
         pid_bh = tl.program_id(0)
         pid_e = tl.program_id(1)
         pid_m = tl.program_id(2)
-        b = pid_bh // H
-        h = pid_bh % H
+        b = (pid_bh // H).to(tl.int64)          # 64-bit offsets: B*H*T*M can pass 2^31
+        h = (pid_bh % H).to(tl.int64)
         q_base = Q + b * sqb + (h // GQ) * sqh
         k_base = K + b * skb + (h // GK) * skh
         v_base = V + b * svb + (h // GV) * svh
-        o_base = O + pid_m * sop + b * sob + h * soh
-        d_base = DEN + pid_m * sdp + b * sdb + h * sdh
+        o_base = O + pid_m.to(tl.int64) * sop + b * sob + h * soh
+        d_base = DEN + pid_m.to(tl.int64) * sdp + b * sdb + h * sdh
 
         offs_c = tl.arange(0, CHUNK)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)

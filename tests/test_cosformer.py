@@ -147,3 +147,14 @@ def test_options():
             cls.resolve_config(bad)
     assert cls.exact is False and cls.complexity
     assert cls.supports(Problem(1, 8, 2, 1000, 64, dtype="fp16", padding=True), cls.resolve_config()) == []
+
+
+def test_plain_cpu_uses_torch_fallback_and_records_it(monkeypatch):
+    mod = _build(True)
+    q, k, v = _qkv(11)
+    out_triton = mod(q, k, v, causal=True)
+    assert "(triton)" in mod.impl
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    out_torch = mod(q, k, v, causal=True)
+    assert "(torch)" in mod.impl
+    torch.testing.assert_close(out_torch, out_triton, rtol=1e-5, atol=1e-6)

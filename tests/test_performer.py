@@ -234,3 +234,14 @@ def test_cross_check_performer_pytorch_causal_relu():
     wk = pp.generalized_kernel(k, projection_matrix=mod.projection, kernel_fn=torch.nn.ReLU())
     theirs = pp.causal_linear_attention_noncuda(wq, wk, v)
     torch.testing.assert_close(mod(q, k, v, causal=True), theirs, rtol=1e-3, atol=1e-4)
+
+
+def test_plain_cpu_uses_torch_fallback_and_records_it(monkeypatch):
+    mod = _build(True)
+    q, k, v = _qkv(11)
+    out_triton = mod(q, k, v, causal=True)
+    assert "(triton)" in mod.impl
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    out_torch = mod(q, k, v, causal=True)
+    assert "(torch)" in mod.impl
+    torch.testing.assert_close(out_torch, out_triton, rtol=1e-5, atol=1e-6)
