@@ -1,0 +1,198 @@
+"""SEA as a registered method: exactness of the oracle limit, causality, mixing, options, dtypes, checkpoints."""
+import math
+
+import pytest
+import torch
+
+from kernels.sea_sparse_attention_ref import sparse_attention_ref
+from methods.base import MethodConfigError, Problem, get
+from methods.exact import softmax_attention_probs
+
+B, H, HKV, T, D = 2, 4, 2, 37, 16
+
+
+def qkv(seed=0, dtype=torch.float32, T=T, grad=False):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, T, D, generator=g).to(dtype)
+    k = torch.randn(B, HKV, T, D, generator=g).to(dtype)
+    v = torch.randn(B, HKV, T, D, generator=g).to(dtype)
+    if grad:
+        for t in (q, k, v):
+            t.requires_grad_()
+    return q, k, v
+
+
+def build(name="sea", causal=True, seed=0, T=T, dtype="fp32", **opts):
+    M = get(name)
+    return M.build(M.resolve_config(opts), Problem(B, H, HKV, T, D, dtype=dtype, causal=causal), seed=seed)
+
+
+def padding():
+    valid = torch.ones(B, T, dtype=torch.bool)
+    valid[1, 29:] = False
+    return valid
+
+
+def exact_out(q, k, v, causal, valid=None):
+    p = softmax_attention_probs(q.double(), k.double(), causal=causal, key_padding_mask=valid)   # [B, H, T, T]
+    return p @ v.double().repeat_interleave(H // HKV, 1)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_oracle_with_every_key_selected_equals_exact(causal):
+    valid = None if causal else padding()
+    m = build("sea-oracle", causal=causal, k=T, s_prob=1.0, s_mix=1.0, backend="triton")
+    q, k, v = qkv(1)
+    out = m(q, k, v, causal=causal, key_padding_mask=valid)
+    want = exact_out(q, k, v, causal, valid)
+    if valid is not None:
+        want = want * valid[:, None, :, None]
+    assert "estimator=oracle" in m.impl and "sparse=triton" in m.impl
+    torch.testing.assert_close(out.double(), want, atol=2e-5, rtol=1e-5)
+
+
+def test_oracle_topk_follows_true_attention():
+    # with a small budget the oracle keeps the keys of highest true attention mass: its attention KL to
+    # the exact distribution must beat the untrained estimator's on the same inputs
+    q, k, v = qkv(2)
+    q = q * 3
+    rows = torch.arange(T)
+    kl = {}
+    for name in ("sea-oracle", "sea"):
+        m = build(name, causal=True, k=2, K=16, s_prob=1.0, s_mix=1.0, backend="torch")
+        p = m.attention_probs(q, k, v, causal=True, rows=rows).double()
+        e = softmax_attention_probs(q.double(), k.double(), causal=True)
+        kl[name] = (e * (e.clamp_min(1e-30).log() - p.clamp_min(1e-30).log())).sum(-1).mean().item()
+    assert kl["sea-oracle"] < kl["sea"]
+
+
+def test_causality_canary():
+    m = build("sea", causal=True, k=4, K=16, backend="triton")
+    q, k, v = qkv(3)
+    out = m(q, k, v, causal=True)
+    t0 = 20
+    q2, k2, v2 = (x.clone() for x in (q, k, v))
+    for x in (q2, k2, v2):
+        x[:, :, t0 + 1:] = torch.randn_like(x[:, :, t0 + 1:]) * 4
+    out2 = m(q2, k2, v2, causal=True)
+    assert torch.equal(out[:, :, :t0 + 1], out2[:, :, :t0 + 1])
+    assert not torch.equal(out[:, :, t0 + 1:], out2[:, :, t0 + 1:])
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_output_is_mix_of_sparse_and_average_context(causal):
+    valid = None if causal else padding()
+    m = build("sea", causal=causal, k=3, K=16, backend="torch")
+    q, k, v = qkv(4)
+    out = m(q, k, v, causal=causal, key_padding_mask=valid)
+    a = m.last_aux
+    c = sparse_attention_ref(q, k, v, a["idx"], a["count"], 1 / math.sqrt(D))      # float64 [B, H, T, D]
+    vr = v.double().repeat_interleave(H // HKV, 1)
+    if causal:
+        c_avg = torch.stack([vr[:, :, :t + 1].mean(2) for t in range(T)], 2)        # cumulative mean
+    else:
+        c_avg = torch.zeros(B, H, 1, D, dtype=torch.float64)
+        K = 16
+        for b in range(B):
+            pos = [i for i in range(T) if valid[b, i]]
+            L = len(pos)
+            col = a["a_hat"][b].double()[:, pos].mean(1)                            # [H, K] over valid rows
+            for c_ in range(K):
+                lo, hi = math.floor(c_ * L / K + 0.5), math.floor((c_ + 1) * L / K + 0.5)
+                for j in pos[lo:hi]:
+                    c_avg[b, :, 0] += (col[:, c_] / (hi - lo))[:, None] * vr[b, :, j]
+    sp, sm = a["s_prob"].double(), a["s_mix"].double()
+    want = sm * sp * c + (1 - sm) * c_avg
+    if valid is not None:
+        want = want * valid[:, None, :, None]
+    torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=1e-5)
+    for key in ("logits", "mask", "c_sea", "s_prob", "s_mix"):
+        assert key in a
+    assert a["logits"].shape == (B, H, T, 16) and a["mask"].dtype == torch.bool
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_probs_reproduce_forward(causal):
+    m = build("sea", causal=causal, k=3, K=16, backend="torch")
+    q, k, v = qkv(5)
+    out = m(q, k, v, causal=causal)
+    rows = torch.tensor([0, 7, 36])
+    p = m.attention_probs(q, k, v, causal=causal, rows=rows)                   # [B, H, 3, T]
+    assert p.shape == (B, H, 3, T)
+    got = p.double() @ v.double().repeat_interleave(H // HKV, 1)
+    torch.testing.assert_close(got, out[:, :, rows].double(), atol=1e-5, rtol=1e-5)
+
+
+def test_backward_reaches_inputs_and_estimator():
+    m = build("sea", causal=False, k=3, K=16, backend="triton")
+    q, k, v = qkv(6, grad=True)
+    out = m(q, k, v, causal=False, key_padding_mask=padding())
+    out.square().sum().backward()
+    for x in (q, k, v):
+        assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert m.estimator.scaler.weight.grad.abs().sum() > 0
+    assert m.estimator.dec.row.weight.grad.abs().sum() > 0                # via C_avg (bidirectional)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs(dtype):
+    m = build("sea", causal=True, k=3, K=16, backend="torch")
+    q, k, v = qkv(7, dtype=dtype)
+    out = m(q, k, v, causal=True)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert m.last_aux["logits"].dtype == torch.float32                   # estimator in fp32
+    ref = m(q.float(), k.float(), v.float(), causal=True)
+    assert (out.float() - ref).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_inputs_rejected(bad):
+    m = build("sea", causal=True, k=3, K=16)
+    q, k, v = qkv(8)
+    v[1, 0, 5, 2] = bad
+    with pytest.raises(ValueError, match="non-finite"):
+        m(q, k, v, causal=True)
+
+
+def test_options_defaults_and_refusals():
+    M = get("sea")
+    m = build("sea", causal=True)
+    assert (m.k, m.K, m.mode) == (64, 64, "causal_per_batch") and m.estimator.nb_features == int(D * math.log(D) / 8)
+    m = build("sea", causal=False)
+    assert (m.k, m.K, m.mode) == (13, 128, "per_batch") and m.estimator.nb_features == int(D * math.log(D))
+    assert "estimator=untrained" in m.impl
+    with pytest.raises(MethodConfigError):
+        M.resolve_config({"K": "6"})
+    with pytest.raises(MethodConfigError):
+        M.resolve_config({"mode": "per_row"})
+    with pytest.raises(MethodConfigError):
+        M.resolve_config({"bogus": "1"})
+    cfg = M.resolve_config({"mode": "per_batch"})
+    reasons = M.supports(Problem(B, H, HKV, T, D, causal=True), cfg)
+    assert any("per_batch" in r for r in reasons)
+    assert M.supports(Problem(B, H, HKV, T, D, causal=False), cfg) == []
+    long = Problem(1, H, HKV, 40000, D, causal=True)
+    assert any("max_len" in r for r in M.supports(long, M.resolve_config({})))
+    assert any("oracle" in r for r in get("sea-oracle").supports(long, M.resolve_config({"max_len": "65536"})))
+    assert any("fp64" in r for r in M.supports(Problem(B, H, HKV, T, D, dtype="fp64"), M.resolve_config({})))
+    layer = build("sea", causal=True, k=3, K=16)
+    with pytest.raises(ValueError, match="causal"):
+        layer(*qkv(9), causal=False)
+
+
+def test_checkpoint_roundtrip_and_seed(tmp_path):
+    a = build("sea", causal=True, k=3, K=16, backend="torch", seed=1)
+    b = build("sea", causal=True, k=3, K=16, backend="torch", seed=1)
+    c = build("sea", causal=True, k=3, K=16, backend="torch", seed=2)
+    q, k, v = qkv(10)
+    assert torch.equal(a(q, k, v, causal=True), b(q, k, v, causal=True))
+    assert not torch.equal(a(q, k, v, causal=True), c(q, k, v, causal=True))
+    path = tmp_path / "est.pt"
+    torch.save({"layers": {0: {"estimator." + n: t for n, t in a.estimator.state_dict().items()}}}, path)
+    d = build("sea", causal=True, k=3, K=16, backend="torch", seed=2, checkpoint=str(path))
+    assert "estimator=trained" in d.impl
+    assert torch.equal(d(q, k, v, causal=True), a(q, k, v, causal=True))
+    # dynamic k: a larger inference budget than the checkpoint was trained with selects more keys
+    e = build("sea", causal=True, k=8, K=16, backend="torch", seed=2, checkpoint=str(path))
+    e(q, k, v, causal=True)
+    assert e.last_aux["count"].sum() > a.last_aux["count"].sum()
