@@ -50,8 +50,8 @@ if triton is not None:
                     sqb, sqh, sqt, skb, skh, skt, sob, soh, sot,
                     H, T, W, D, GROUP,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-        t = tl.program_id(0)
-        bh = tl.program_id(1)
+        t = tl.program_id(0).to(tl.int64)             # int64 offsets: B H T W can pass 2^31
+        bh = tl.program_id(1).to(tl.int64)
         b = bh // H
         h = bh % H
         hk = h // GROUP
@@ -60,15 +60,15 @@ if triton is not None:
         q = tl.load(Q + b * sqb + h * sqh + t * sqt + offs_d, mask=dmask, other=0.0).to(tl.float32)
         row = (b * H + h) * T + t
         cnt = tl.load(CNT + row)
-        m_i = -1.0e30
-        l_i = 0.0
+        m_i = tl.full([], -1.0e30, tl.float32)
+        l_i = tl.full([], 0.0, tl.float32)
         acc = tl.zeros([BLOCK_D], dtype=tl.float32)
         kbase = K + b * skb + hk * skh
         vbase = V + b * skb + hk * skh
         for start in range(0, cnt, BLOCK_N):
             offs_n = start + tl.arange(0, BLOCK_N)
             nmask = offs_n < cnt
-            kid = tl.load(IDX + row * W + offs_n, mask=nmask, other=0)
+            kid = tl.load(IDX + row * W + offs_n, mask=nmask, other=0).to(tl.int64)
             m2 = nmask[:, None] & dmask[None, :]
             kt = tl.load(kbase + kid[:, None] * skt + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
             s = tl.sum(kt * q[None, :], axis=1) * scale
@@ -92,8 +92,8 @@ if triton is not None:
                     H, T, W, D, GROUP,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
         # q, do, dq share the layout of q (contiguous [B, H, T, D]); k, v, dk, dv that of k.
-        t = tl.program_id(0)
-        bh = tl.program_id(1)
+        t = tl.program_id(0).to(tl.int64)             # int64 offsets: B H T W can pass 2^31
+        bh = tl.program_id(1).to(tl.int64)
         b = bh // H
         h = bh % H
         hk = h // GROUP
@@ -111,7 +111,7 @@ if triton is not None:
         for start in range(0, cnt, BLOCK_N):
             offs_n = start + tl.arange(0, BLOCK_N)
             nmask = offs_n < cnt
-            kid = tl.load(IDX + row * W + offs_n, mask=nmask, other=0)
+            kid = tl.load(IDX + row * W + offs_n, mask=nmask, other=0).to(tl.int64)
             m2 = nmask[:, None] & dmask[None, :]
             ptr = kvoff + kid[:, None] * skt + offs_d[None, :]
             kt = tl.load(K + ptr, mask=m2, other=0.0).to(tl.float32)

@@ -13,7 +13,7 @@ from torch import nn
 
 from methods.base import AttentionModule, check_inputs, repeat_kv
 from methods.sea.estimator import Estimator
-from methods.sea.interp import cell_bounds, expand_columns, mask_to_indices, row_lengths
+from methods.sea.interp import cell_bounds, expand_columns, indices_to_dense, mask_to_indices, row_lengths
 from methods.sea.topk import select_topk
 
 
@@ -147,13 +147,11 @@ class SEAAttention(AttentionModule):
     def attention_probs(self, q, k, v, *, causal, rows, key_padding_mask=None, scale=None):
         """The layer's own distribution for query rows: s_mix s_prob sparse-softmax + (1 - s_mix) average."""
         aux = self._pipeline(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
-        from kernels.sea_sparse_attention_ref import dense_mask_from_indices
-
         B, H, T, D = q.shape
         rows = torch.as_tensor(rows, device=q.device).long()
         kr = repeat_kv(k, H).float()
         s = (q[:, :, rows].float() @ kr.transpose(-1, -2)) * aux["scale"]   # [B, H, R, T]
-        sel = dense_mask_from_indices(aux["idx"][:, :, rows], aux["count"][:, :, rows], T)
+        sel = indices_to_dense(aux["idx"][:, :, rows], T)                # bool [B, H, R, T]
         p = torch.nan_to_num(torch.softmax(s.masked_fill(~sel, float("-inf")), -1), nan=0.0)
         s_prob, s_mix = aux["s_prob"][:, :, rows], aux["s_mix"][:, :, rows]   # [B, H, R, 1]
         if causal:
