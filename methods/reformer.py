@@ -94,6 +94,21 @@ def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.gather(2, idx[..., None].expand(-1, -1, -1, x.shape[-1]))
 
 
+class _ZeroGradFor(torch.autograd.Function):
+    """Identity on `out` that hands `unused` a zero gradient (shared-QK mode ignores k; callers that
+    differentiate with respect to q, k and v then get dk = 0 rather than an 'unused tensor' error)."""
+
+    @staticmethod
+    def forward(ctx, out, unused):
+        ctx.unused_meta = (unused.shape, unused.dtype, unused.device)
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        shape, dtype, device = ctx.unused_meta
+        return grad, torch.zeros(shape, dtype=dtype, device=device)
+
+
 def lsh_attention(q, k, v, rotations, *, causal: bool, bucket_size: int, n_buckets: int,
                   shared_qk: bool, attend_across_buckets: bool = True, key_padding_mask=None,
                   scale: float | None = None, rows: torch.Tensor | None = None):
@@ -149,11 +164,13 @@ def lsh_attention(q, k, v, rotations, *, causal: bool, bucket_size: int, n_bucke
     bad = bad.expand(dots.shape)
     seen = ~bad.all(dim=-1)                                                # [B, H, NC, C]
     # rows that see nothing get a dummy finite row so that no NaN reaches autograd
-    dots = dots.masked_fill(bad, float("-inf")).masked_fill(~seen[..., None], 0.0)
-    lse = torch.logsumexp(dots, dim=-1)                                    # [B, H, NC, C]
-    probs = torch.exp(dots - lse[..., None]).masked_fill(~seen[..., None], 0.0)
+    dots = dots.masked_fill(bad | ~seen[..., None], float("-inf"))
+    mx = dots.amax(dim=-1, keepdim=True).masked_fill(~seen[..., None], 0.0).detach()   # [B, H, NC, C, 1]
+    ex = torch.exp(dots - mx)                                              # 0 where masked
+    den = ex.sum(dim=-1, keepdim=True)
+    probs = ex / den.masked_fill(~seen[..., None], 1.0)                    # [B, H, NC, C, 2C]
     so = torch.matmul(probs, sv)                                           # [B, H, NC, C, D]
-    lse = lse.masked_fill(~seen, float("-inf"))
+    lse = (mx + torch.log(den)).squeeze(-1)                                # [B, H, NC, C]; -inf if unseen
 
     # back to positions, round by round
     o = so.reshape(B, H, R, Tp, D).gather(3, q_undo[..., None].expand(-1, -1, -1, -1, D))  # [B,H,R,Tp,D]
@@ -161,6 +178,8 @@ def lsh_attention(q, k, v, rotations, *, causal: bool, bucket_size: int, n_bucke
     any_r = torch.isfinite(l_r).any(dim=2, keepdim=True)                   # [B, H, 1, Tp]
     w = torch.softmax(l_r.masked_fill(~any_r, 0.0), dim=2).masked_fill(~any_r, 0.0)   # [B, H, R, Tp]
     out = (w[..., None] * o).sum(dim=2)[:, :, :T]                          # [B, H, T, D]
+    if shared_qk and k.requires_grad:
+        out = _ZeroGradFor.apply(out, k)   # k is unused: give it an explicit zero gradient
     if rows is None:
         return out
 
