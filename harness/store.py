@@ -28,6 +28,7 @@ def atomic_write(path: Path, text: str) -> None:
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._tail_checked = False
 
     @property
     def meta_path(self) -> Path:
@@ -54,8 +55,24 @@ class RunDir:
         meta.update(fields)
         atomic_write(self.meta_path, json.dumps(meta, indent=1, sort_keys=True, default=str))
 
+    def _torn_tail(self) -> bool:
+        """True if rows.jsonl ends inside a line (a writer was killed mid-write)."""
+        try:
+            with open(self.rows_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                if f.tell() == 0:
+                    return False
+                f.seek(-1, os.SEEK_END)
+                return f.read(1) != b"\n"
+        except FileNotFoundError:
+            return False
+
     def append(self, row: Row) -> None:
         line = row.to_json() + "\n"
+        if not self._tail_checked:
+            if self._torn_tail():
+                line = "\n" + line         # end the torn line so this row stands on its own
+            self._tail_checked = True
         # One write of a whole line in append mode: concurrent appenders never interleave within a row.
         fd = os.open(self.rows_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:

@@ -113,7 +113,10 @@ class WorkerPool:
         return row
 
     def _died(self, cell: Cell, run_id: str, t0: float) -> Row:
-        code = self.proc.exitcode if self.proc is not None else None
+        code = None
+        if self.proc is not None:
+            self.proc.join(timeout=10)          # reap it, so the exit code is known
+            code = self.proc.exitcode
         self._kill()
         if code is not None and code < 0:
             try:

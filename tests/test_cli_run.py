@@ -1,0 +1,119 @@
+"""End to end on CPU: a small sweep, its provenance, the report, regression compare, bad input."""
+import json
+import shutil
+
+import pytest
+
+from tests.helpers import read_rows, run_cli
+
+SMALL = ["--seq-lens", "32,48", "--batch", "2", "--heads", "4", "--kv-heads", "2", "--head-dim", "16",
+         "--dtype", "fp32", "--both-directions", "--mode", "fwd,fwd+bwd", "--device", "cpu", "--quiet",
+         "--cpu-budget", "0.05"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    res = run_cli("run", "--methods", "exact,sdpa,flash", "--method-args", "sdpa.backend=math", "--out", str(out),
+                  *SMALL)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out, res
+
+
+def test_rows_and_provenance(small_run):
+    out, res = small_run
+    rows = read_rows(out)
+    assert len(rows) == 3 * 2 * 2 * 2          # methods x T x direction x mode
+    assert {r["status"] for r in rows} == {"ok"}
+    for r in rows:
+        assert r["latency_p20_ms"] <= r["latency_ms"] <= r["latency_p80_ms"]
+        assert r["memory_bytes"] is not None and r["memory_metric"].startswith("cpu peak RSS")
+        assert r["err_rel_l2"] < 1e-5 and r["ref"].startswith("cpu float64")
+        assert r["tflops"] > 0 and "4*B*H*T^2*D" in r["flops_formula"]
+        if r["mode"] == "fwd+bwd":
+            assert r["grad_err_rel_l2"] < 1e-5
+    sdpa = [r for r in rows if r["method"] == "sdpa"]
+    assert all(r["config"] == {"backend": "math"} and r["impl"] == "torch.sdpa[math]" for r in sdpa)
+    assert all(r["impl"] == "torch.sdpa[flash]" for r in rows if r["method"] == "flash")
+    meta = json.loads((out / "meta.json").read_text())
+    for key in ("git", "versions", "device_info", "command", "run_id", "spec", "cells"):
+        assert key in meta
+    assert meta["versions"]["torch"].startswith("2.")
+    assert "--methods exact,sdpa,flash" in meta["command"]
+    assert "| exact | 8 | 8 |" in res.stdout      # the summary table
+
+
+def test_report_writes_tables_and_plots(small_run, tmp_path):
+    out, _ = small_run
+    res = run_cli("report", str(out), "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr[-2000:]
+    md = (tmp_path / "report.md").read_text()
+    assert "## Summary" in md and "sdpa[backend=math]" in md and "Latency, median ms" in md
+    assert (tmp_path / "rows.csv").read_text().count("\n") == 1 + 24
+    assert len(list(tmp_path.glob("plot_*.png"))) == 4
+
+
+def test_compare_same_run_passes_and_doctored_slowdown_fails(small_run, tmp_path):
+    out, _ = small_run
+    res = run_cli("compare", str(out), str(out), "--reference-method", "exact")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "0 regressions" in res.stdout
+    slow = tmp_path / "slow"
+    shutil.copytree(out, slow)
+    lines = []
+    for line in (slow / "rows.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["method"] == "flash" and r["seq_len"] == 48:
+            r["latency_ms"] *= 3
+            r["latency_p20_ms"] *= 3
+            r["latency_p80_ms"] *= 3
+            r["err_rel_l2"] *= 10
+        lines.append(json.dumps(r))
+    (slow / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    res = run_cli("compare", str(out), str(slow), "--reference-method", "exact", "--abs-floor-ms", "0")
+    assert res.returncode == 1
+    assert res.stdout.count("REGRESSION") == 8        # 4 flash cells at T=48, latency and error each
+    # a uniformly slower machine is not a regression when latency is compared as ratios
+    uniform = tmp_path / "uniform"
+    shutil.copytree(out, uniform)
+    rows = [json.loads(x) for x in (uniform / "rows.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["latency_ms"] *= 2
+    (uniform / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert run_cli("compare", str(out), str(uniform), "--reference-method", "exact").returncode == 0
+    assert run_cli("compare", str(out), str(uniform), "--abs-floor-ms", "0").returncode == 1
+
+
+def test_compare_refuses_other_device_kind(small_run, tmp_path):
+    out, _ = small_run
+    other = tmp_path / "gpu"
+    shutil.copytree(out, other)
+    meta = json.loads((other / "meta.json").read_text())
+    meta["device_info"]["device_name"] = "NVIDIA H100 80GB HBM3"
+    (other / "meta.json").write_text(json.dumps(meta))
+    res = run_cli("compare", str(out), str(other))
+    assert res.returncode == 2 and "different device kinds" in res.stderr
+
+
+def test_dry_run_writes_nothing(tmp_path):
+    out = tmp_path / "dry"
+    res = run_cli("run", "--methods", "exact,sdpa", "--out", str(out), "--dry-run", *SMALL)
+    assert res.returncode == 0
+    assert res.stdout.startswith("# 16 cells on cpu")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seq-lens", "0,64"], "--seq-lens must be positive"),
+    (["--kv-heads", "3"], "--kv-heads 3 must be positive and divide"),
+    (["--mode", "fwd,bwd"], "--mode 'bwd'"),
+    (["--dtype", "fp8"], "--dtype 'fp8'"),
+    (["--method-args", "sea.k=4"], "--method-args names 'sea'"),
+])
+def test_bad_input_one_message_nothing_written(tmp_path, args, message):
+    out = tmp_path / "bad"
+    res = run_cli("run", "--methods", "exact", "--device", "cpu", "--out", str(out), *args)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert not out.exists()
