@@ -288,3 +288,13 @@ def test_matches_reformer_pytorch(causal):
         theirs, _, _ = theirs_attn(q.reshape(B * H, Tr, D), v.reshape(B * H, Tr, D))   # [B*H, T, D]
     assert len(calls) == 1
     torch.testing.assert_close(ours, theirs.reshape(B, H, Tr, D), rtol=1e-7, atol=1e-7)
+
+
+def test_explicit_scale():
+    q, k, v = _inputs(seed=12)
+    mod = _module(bucket_size=8, n_hashes=2, shared_qk=False)
+    rot, nb = mod.rotations_for(T, "cpu")
+    out = mod(q, k, v, causal=True, scale=0.3)
+    ref = dense_lsh_ref(q, k, v, rot, causal=True, C=8, nb=nb, shared=False, scale=0.3)
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-9)
+    assert (out - mod(q, k, v, causal=True)).abs().max() > 1e-3

@@ -77,8 +77,6 @@ def dense_sinkhorn_ref(mod, q, k, v, *, causal, kpm=None, scale=None, return_pro
             P = P / P.sum(-1, keepdim=True)
             P = P / P.sum(-2, keepdim=True)
 
-    kz = k * vf[:, None, :, None]
-    vz = v * vf[:, None, :, None]
     out = torch.zeros(Bq, Hq, Tq, Dq, dtype=torch.float64)
     probs = torch.zeros(Bq, Hq, Tq, Tq, dtype=torch.float64)
     pos = torch.arange(Tq)
@@ -86,20 +84,12 @@ def dense_sinkhorn_ref(mod, q, k, v, *, causal, kpm=None, scale=None, return_pro
         g = h // G
         for i in range(nb):
             qi = pos[i * bs: (i + 1) * bs]
-            # sorted slot t = sum_j P[i, j] * token (j*bs + t) (zero for positions past T)
-            ks = torch.zeros(Bq, bs, Dq, dtype=torch.float64)
-            vs = torch.zeros(Bq, bs, Dq, dtype=torch.float64)
-            sw = torch.zeros(Bq, bs, dtype=torch.float64)
-            mix = torch.zeros(Bq, bs, Tq, dtype=torch.float64)             # slot -> original key weights
-            for j in range(nb):
-                for t in range(bs):
-                    p = j * bs + t
-                    if p < Tq:
-                        wgt = P[:, g, i, j]                                # [B]
-                        ks[:, t] += wgt[:, None] * kz[:, g, p]
-                        vs[:, t] += wgt[:, None] * vz[:, g, p]
-                        sw[:, t] += wgt * vf[:, p]
-                        mix[:, t, p] = wgt * vf[:, p]
+            # sorted slot t = sum_j P[i, j] * token (j*bs + t); mix[b, t, p] is the weight of key p in slot t
+            slot_of = (pos[None, :] % bs) == torch.arange(bs)[:, None]      # [bs, T]
+            mix = P[:, g, i][:, pos // bs][:, None, :] * vf[:, None, :] * slot_of   # [B, bs, T]
+            ks = mix @ k[:, g]                                             # [B, bs, D]
+            vs = mix @ v[:, g]
+            sw = mix.sum(-1)                                               # [B, bs]
             kq = q[:, h, qi]                                               # [B, n, D]
             s_loc = kq @ k[:, g].transpose(-1, -2) * scale                 # [B, n, T]
             ok_loc = valid[:, None, :] & ((pos[None, :] // bs) == i)
@@ -265,3 +255,11 @@ def test_registry_and_config():
     with pytest.raises(MethodConfigError):
         Sinkhorn.resolve_config({"sortnet": "attention"})
     assert Sinkhorn.resolve_config({"gumbel": "true"})["gumbel"] is True
+
+
+def test_explicit_scale():
+    q, k, v = _inputs(seed=12)
+    mod = _module()
+    out = mod(q, k, v, causal=True, scale=0.3)
+    torch.testing.assert_close(out, dense_sinkhorn_ref(mod, q, k, v, causal=True, scale=0.3), rtol=1e-9, atol=1e-9)
+    assert (out - mod(q, k, v, causal=True)).abs().max() > 1e-3
