@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="sweep methods over sequence lengths and shapes",
                        description="Sweep methods x shapes; every cell ends as one typed row in the run directory.")
     r.add_argument("--methods", type=_names, default=None,
-                   help="comma-separated method names (default: every method available on the device)")
+                   help="comma-separated method names, each optionally with inline options for one variant, "
+                        "e.g. exact,sdpa:backend=cudnn,sdpa:backend=flash (default: every method available "
+                        "on the device)")
     r.add_argument("--method-args", nargs="+", action="extend", default=[], metavar="NAME.key=value",
                    help="method options, e.g. sdpa.backend=math (unknown keys are errors)")
     r.add_argument("--preset", choices=sorted(PRESETS), help="named grid (default: cpu or gpu, by device)")

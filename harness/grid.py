@@ -57,7 +57,7 @@ class Cell:
 class SweepSpec:
     """The axes of a sweep; `expand` turns it into cells (one per method x axis combination)."""
 
-    methods: list[str]
+    methods: list[str]                       # entries: NAME or NAME:key=value[:key=value] (a variant)
     seq_lens: list[int]
     batch: list[int] = field(default_factory=lambda: [1])
     heads: list[int] = field(default_factory=lambda: [8])
@@ -108,11 +108,11 @@ def spec_from_preset(name: str, methods: list[str], device: str, seed: int = 0) 
     return SweepSpec(methods=methods, device=device, seed=seed, **PRESETS[name].axes)
 
 
-def expand(spec: SweepSpec, configs: dict[str, dict[str, Any]]) -> list[Cell]:
-    """Cells in a stable order: by method, then shape axes, then T ascending (small first)."""
+def expand(spec: SweepSpec, variants: list[tuple[str, dict[str, Any]]]) -> list[Cell]:
+    """Cells in a stable order: by method variant, then shape axes, then T ascending (small first)."""
     cells = []
-    for method in spec.methods:
-        cfg = tuple(sorted(configs.get(method, {}).items()))
+    for method, config in variants:
+        cfg = tuple(sorted(config.items()))
         for b, h, hkv, d, dt, causal, mode in itertools.product(spec.batch, spec.heads, spec.kv_heads,
                                                                spec.head_dim, spec.dtype, spec.causal, spec.mode):
             for t in sorted(spec.seq_lens):

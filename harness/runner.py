@@ -19,36 +19,57 @@ class UsageError(Exception):
     """Bad input: reported in one message, exit code 2, nothing written."""
 
 
-def resolve_methods(names: list[str], raw_args: dict[str, dict[str, str]]) -> dict[str, dict[str, Any]]:
-    """Each method's resolved config; unknown methods or options raise UsageError."""
+def split_entry(entry: str) -> tuple[str, dict[str, str]]:
+    """'sdpa:backend=cudnn' -> ('sdpa', {'backend': 'cudnn'}): one variant of a method, inline options."""
+    name, *opts = entry.split(":")
+    inline = {}
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--methods entry {entry!r}: expected NAME or NAME:key=value[:key=value]")
+        inline[key.strip()] = value.strip()
+    return name.strip(), inline
+
+
+def resolve_methods(entries: list[str], raw_args: dict[str, dict[str, str]]) -> list[tuple[str, dict[str, Any]]]:
+    """(method, resolved config) per --methods entry; unknown methods or options raise UsageError.
+
+    --method-args NAME.key=value applies to every variant of NAME; inline options of an entry win."""
     errors = []
-    configs = {}
-    for name in names:
+    variants = []
+    names = []
+    for entry in entries:
+        name, inline = split_entry(entry)
+        names.append(name)
         try:
             cls = methods.get(name)
         except methods.UnknownMethodError as exc:
             errors.append(str(exc))
             continue
         try:
-            configs[name] = cls.resolve_config(raw_args.get(name, {}))
+            cfg = cls.resolve_config({**raw_args.get(name, {}), **inline})
         except methods.MethodConfigError as exc:
             errors.append(str(exc))
+            continue
+        if (name, cfg) in variants:
+            errors.append(f"--methods lists {entry!r} twice (same options)")
+        variants.append((name, cfg))
     for name in raw_args:
         if name not in names:
             errors.append(f"--method-args names '{name}', which is not in --methods ({', '.join(names)})")
     if errors:
         raise UsageError("\n".join(errors))
-    return configs
+    return variants
 
 
 def plan(spec: SweepSpec, raw_args: dict[str, dict[str, str]]) -> list[Cell]:
     errors = validate_spec(spec)
     if errors:
         raise UsageError("\n".join(errors))
-    configs = resolve_methods(spec.methods, raw_args)
+    variants = resolve_methods(spec.methods, raw_args)
     if spec.inputs != "gaussian" and not Path(spec.inputs).exists():
         raise UsageError(f"--inputs {spec.inputs}: no such file")
-    return expand(spec, configs)
+    return expand(spec, variants)
 
 
 def _progress(total: int, initial: int):

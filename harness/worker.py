@@ -108,8 +108,8 @@ class WorkerPool:
         except (EOFError, OSError):
             return self._died(cell, run_id, t0)
         row = Row.from_dict(reply)
-        if row.status in ("oom", "error"):
-            self._kill()              # a fresh process for the next cell
+        if row.status == "error" or (row.status == "oom" and cell.device == "cpu"):
+            self._kill()              # a fresh process for the next cell (CUDA OOMs leave torch usable)
         return row
 
     def _died(self, cell: Cell, run_id: str, t0: float) -> Row:

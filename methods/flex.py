@@ -15,8 +15,15 @@ from methods.base import AttentionModule, Method, Option, check_inputs, register
 
 @functools.lru_cache(maxsize=None)
 def _compiled_flex():
+    import torch._dynamo
+
     from torch.nn.attention.flex_attention import flex_attention
 
+    # One compiled graph per shape; a sweep visits many shapes in one process, and past dynamo's default
+    # recompile limit (8) the call would silently fall back to eager FlexAttention.
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 1024))
     return torch.compile(flex_attention, dynamic=False)
 
 

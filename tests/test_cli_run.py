@@ -117,3 +117,14 @@ def test_bad_input_one_message_nothing_written(tmp_path, args, message):
     assert message in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
     assert not out.exists()
+
+
+def test_method_variants_inline_options(tmp_path):
+    res = run_cli("run", "--methods", "sdpa:backend=math,sdpa:backend=flash,exact", "--dry-run", *SMALL)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("# 24 cells")
+    assert "{'backend': 'math'}" in res.stdout and "{'backend': 'flash'}" in res.stdout
+    res = run_cli("run", "--methods", "sdpa:backend=math,sdpa:backend=math", "--dry-run", *SMALL)
+    assert res.returncode == 2 and "twice" in res.stderr
+    res = run_cli("run", "--methods", "sdpa:backend", "--dry-run", *SMALL)
+    assert res.returncode == 2 and "NAME:key=value" in res.stderr
