@@ -4,22 +4,21 @@ from __future__ import annotations
 import torch
 
 
-def dense_mask_from_indices(idx: torch.Tensor, count: torch.Tensor, T: int) -> torch.Tensor:
-    """idx [B, H, Tq, W], count [B, H, Tq] -> bool [B, H, Tq, T]."""
-    W = idx.shape[-1]
-    live = torch.arange(W, device=idx.device) < count[..., None]
-    target = torch.where(live, idx.long(), torch.full_like(idx.long(), T))
-    dense = torch.zeros(*idx.shape[:-1], T + 1, dtype=torch.bool, device=idx.device)
-    dense.scatter_(-1, target, True)
-    return dense[..., :T]
+def dense_mask_from_csr(row_ptr: torch.Tensor, col: torch.Tensor, B: int, H: int, T: int) -> torch.Tensor:
+    """CSR (row_ptr [B*H*T+1], col [nnz]) -> bool [B, H, T, T], by a plain loop over rows."""
+    dense = torch.zeros(B * H * T, T, dtype=torch.bool)
+    rp, cl = row_ptr.cpu().tolist(), col.cpu().long()
+    for r in range(B * H * T):
+        dense[r, cl[rp[r]:rp[r + 1]]] = True
+    return dense.view(B, H, T, T).to(col.device)
 
 
-def sparse_attention_ref(q, k, v, idx, count, scale: float, dtype=torch.float64):
+def sparse_attention_ref(q, k, v, row_ptr, col, scale: float, dtype=torch.float64):
     """softmax(q k^T scale) restricted to the selected keys, renormalised; empty rows -> 0."""
-    H = q.shape[1]
+    B, H, T, _ = q.shape
     k = k.repeat_interleave(H // k.shape[1], dim=1)
     v = v.repeat_interleave(H // v.shape[1], dim=1)
-    mask = dense_mask_from_indices(idx, count, k.shape[2])                # [B, H, T, T]
+    mask = dense_mask_from_csr(row_ptr, col, B, H, T)                     # [B, H, T, T]
     s = torch.matmul(q.to(dtype), k.to(dtype).transpose(-1, -2)) * scale   # [B, H, T, T]
     empty = ~mask.any(-1, keepdim=True)                                   # rows with no key
     s = s.masked_fill(~mask, float("-inf")).masked_fill(empty, 0.0)      # keeps gradients NaN-free

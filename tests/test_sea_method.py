@@ -86,7 +86,7 @@ def test_output_is_mix_of_sparse_and_average_context(causal):
     q, k, v = qkv(4)
     out = m(q, k, v, causal=causal, key_padding_mask=valid)
     a = m.last_aux
-    c = sparse_attention_ref(q, k, v, a["idx"], a["count"], 1 / math.sqrt(D))      # float64 [B, H, T, D]
+    c = sparse_attention_ref(q, k, v, a["row_ptr"], a["col"], 1 / math.sqrt(D))      # float64 [B, H, T, D]
     vr = v.double().repeat_interleave(H // HKV, 1)
     if causal:
         c_avg = torch.stack([vr[:, :, :t + 1].mean(2) for t in range(T)], 2)        # cumulative mean

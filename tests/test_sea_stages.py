@@ -6,7 +6,7 @@ import torch
 
 from methods.sea.estimator import CausalConv2d, Estimator, identity_values
 from methods.sea.favor import favor_attention, linear_attention, orthogonal_random_features, softmax_features
-from methods.sea.interp import cell_bounds, expand_columns, mask_to_indices
+from methods.sea.interp import cell_bounds, csr_to_dense, expand_columns, mask_to_csr
 from methods.sea.layer import pool_columns
 from methods.sea.topk import select_topk
 
@@ -231,28 +231,33 @@ def test_mask_to_indices_matches_loop_reference(causal, padded, k, K):
         valid = torch.ones(B, Tq, dtype=torch.bool)
         valid[0, 21:] = False
         valid[1, 5] = False if causal else True
-    idx, count = mask_to_indices(mask, k=k, causal=causal, valid=valid)
+    rp, col = mask_to_csr(mask, k=k, causal=causal, valid=valid)
     ref = interp_reference(mask, k, causal, valid)
-    W = idx.shape[-1]
+    Hq = mask.shape[1]
+    assert rp.shape == (B * Hq * Tq + 1,) and int(rp[-1]) == col.numel()
     for (b, h, t), keys in ref.items():
-        n = int(count[b, h, t])
-        row = idx[b, h, t].tolist()
-        assert set(row[:n]) == keys and len(row[:n]) == n, (b, h, t)
-        assert all(x == -1 for x in row[n:]) and n <= W
+        r = (b * Hq + h) * Tq + t
+        row = col[rp[r]:rp[r + 1]].tolist()
+        assert row == sorted(keys), (b, h, t)                  # ascending, no duplicates
         if causal:
-            assert all(x <= t for x in row[:n])
+            assert all(x <= t for x in row)
+    dense = csr_to_dense(rp, col, (B, Hq, Tq), Tq, rows=torch.tensor([4, 0]))
+    for b in range(B):
+        for h in range(Hq):
+            assert set(dense[b, h, 0].nonzero().flatten().tolist()) == ref[(b, h, 4)]
+            assert set(dense[b, h, 1].nonzero().flatten().tolist()) == ref[(b, h, 0)]
 
 
 def test_interpolation_covers_every_key_and_spaces_uniformly():
     Tq, K = 50, 4                      # s = L_t / K up to 12.5 keys per cell
     full = torch.ones(1, 1, Tq, K, dtype=torch.bool)
-    idx, count = mask_to_indices(full, k=Tq, causal=True)
+    rp, col = mask_to_csr(full, k=Tq, causal=True)
     for t in range(Tq):                # k >= cell width: every key 0..t exactly once
-        assert sorted(idx[0, 0, t, :int(count[0, 0, t])].tolist()) == list(range(t + 1))
+        assert col[rp[t]:rp[t + 1]].tolist() == list(range(t + 1))
     k = 3
-    idx, count = mask_to_indices(full, k=k, causal=False)
+    rp, col = mask_to_csr(full, k=k, causal=False)
     lo, hi = cell_bounds(torch.tensor([[Tq]]), K)
-    keys = sorted(idx[0, 0, 0, :int(count[0, 0, 0])].tolist())
+    keys = col[rp[0]:rp[1]].tolist()
     assert len(keys) == K * k
     for c in range(K):                 # inside a cell: k keys, first at lo, gaps differ by at most 1
         a, z = int(lo[0, 0, c]), int(hi[0, 0, c])

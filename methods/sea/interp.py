@@ -1,4 +1,4 @@
-"""Compressed mask [B, H, T, K] -> per-query key index lists, without a T x T tensor.
+"""Compressed mask [B, H, T, K] -> per-query key lists in CSR form, without a T x T tensor.
 
 Geometry: row t has L_t keys (see row_lengths); compressed cell b covers key ranks
 [round(b s), round((b+1) s)) with s = L_t / K (round half up, exact integer arithmetic). A selected cell
@@ -6,12 +6,14 @@ contributes min(width, k) keys uniformly spaced in it: rank lo + floor(j * width
 Ranks are positions among the valid tokens (bidirectional) or absolute positions (causal: cells cover
 [0, t], then padded keys are dropped), so the causal mask holds by construction.
 
-Mask format (the kernel's input): fixed-width padded index lists
-  idx [B, H, T, W] int32, ascending, -1 after the row's `count` [B, H, T] entries,
-with W the largest row count. Why: one Triton program per query row loops over ceil(count / BLOCK)
-blocks of its own list - no row-pointer indirection, the same layout serves forward and backward,
-and memory is B H T W (W ~ k on average for per_query / causal_per_batch; per_batch can give uneven
-rows and then W is the widest row).
+Mask format (the kernel's input): CSR over the flattened query rows r = (b * H + h) * T + t
+  row_ptr int64 [B*H*T + 1], col int32 [nnz] (keys ascending inside a row).
+Why CSR and not fixed-width padded lists: the grouped top-k modes that share a budget across heads or
+rows (causal_per_batch, per_batch) give uneven rows, and a padded layout costs B H T x (widest row),
+which at long T can be several times the nnz (and O(T^2) in the worst case); CSR costs exactly nnz + rows.
+One kernel program per query row reads its [row_ptr[r], row_ptr[r+1]) slice, so the layout serves the
+forward and the backward (dk/dv by atomics) with one indirection. It is built from the selected
+(row, cell) pairs with repeat_interleave: O(nnz + B H T K) memory.
 """
 from __future__ import annotations
 
@@ -35,57 +37,69 @@ def cell_bounds(L: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def valid_positions(valid: torch.Tensor) -> torch.Tensor:
-    """bool [B, T] -> [B, T] int64: position of the valid token of each rank (ranks >= L map to T-1)."""
-    B, T = valid.shape
-    order = torch.argsort((~valid).long(), dim=-1, stable=True)          # valid positions first, in order
-    return order
+    """bool [B, T] -> [B, T] int64: position of the valid token of each rank (ranks >= L: padded ones)."""
+    return torch.argsort((~valid).long(), dim=-1, stable=True)          # valid positions first, in order
 
 
-def mask_to_indices(mask: torch.Tensor, *, k: int, causal: bool, valid: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """mask bool [B, H, T, K] -> (idx int32 [B, H, T, W], count int32 [B, H, T])."""
+def mask_to_csr(mask: torch.Tensor, *, k: int, causal: bool, valid: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """mask bool [B, H, T, K] -> (row_ptr int64 [B*H*T + 1], col int32 [nnz])."""
     B, H, T, K = mask.shape
     dev = mask.device
     L = row_lengths(B, T, causal=causal, valid=valid, device=dev)        # [B, T]
     lo, hi = cell_bounds(L, K)                                           # [B, T, K]
-    per_cell = (hi - lo).clamp(max=k)[:, None].expand(B, H, T, K)        # [B, H, T, K]
-    per_cell = torch.where(mask, per_cell, torch.zeros_like(per_cell))
-    ends = per_cell.cumsum(-1)                                           # [B, H, T, K] inclusive
-    total = ends[..., -1]                                                # [B, H, T]
-    W = max(int(total.max().item()) if total.numel() else 0, 1)
-    j = torch.arange(W, device=dev).expand(B, H, T, W).contiguous()      # [B, H, T, W]
-    cell = torch.searchsorted(ends.contiguous(), j, right=True).clamp(max=K - 1)   # cell of entry j
-    start = ends.gather(-1, cell) - per_cell.gather(-1, cell)            # first entry of that cell
-    off = j - start                                                      # [B, H, T, W]
-    lo_c = lo[:, None].expand(B, H, T, K).gather(-1, cell)
-    width = (hi - lo)[:, None].expand(B, H, T, K).gather(-1, cell)
-    n = per_cell.gather(-1, cell).clamp(min=1)
-    rank = lo_c + torch.div(off * width, n, rounding_mode="floor")       # [B, H, T, W]
-    live = j < total[..., None]
+    width = hi - lo                                                      # [B, T, K]
+    n_cell = width.clamp(max=k)[:, None].expand(B, H, T, K)              # keys per cell [B, H, T, K]
+    pair = torch.nonzero((mask & (n_cell > 0)).reshape(-1)).squeeze(1)   # selected (b, h, t, c), flat
+    b_p = pair // (H * T * K)
+    t_p = (pair // K) % T
+    c_p = pair % K
+    bt = (b_p * T + t_p) * K + c_p                                       # index into [B, T, K]
+    n_p = n_cell.reshape(-1)[pair]                                       # [P]
+    lo_p, w_p = lo.reshape(-1)[bt], width.reshape(-1)[bt]
+    e_pair = torch.repeat_interleave(torch.arange(pair.numel(), device=dev), n_p)   # pair of each entry [nnz]
+    first = torch.cumsum(n_p, 0) - n_p                                   # first entry of each pair
+    off = torch.arange(e_pair.numel(), device=dev) - first[e_pair]
+    rank = lo_p[e_pair] + torch.div(off * w_p[e_pair], n_p[e_pair], rounding_mode="floor")   # [nnz]
+    row = pair[e_pair] // K                                              # flat query row (b, h, t)
+    b_e = b_p[e_pair]
     if valid is not None:
         if causal:
-            live = live & valid.gather(1, rank.clamp(0, T - 1).view(B, -1)).view(B, H, T, W)
-            pos = rank
+            keep = valid[b_e, rank]                                      # drop padded keys
+            rank, row, b_e = rank[keep], row[keep], b_e[keep]
+            col = rank
         else:
-            pos_of_rank = valid_positions(valid)                         # [B, T]
-            pos = pos_of_rank.gather(1, rank.clamp(0, T - 1).view(B, -1)).view(B, H, T, W)
+            col = valid_positions(valid)[b_e, rank]                      # rank among valid -> position
     else:
-        pos = rank
-    idx = torch.where(live, pos, torch.full_like(pos, -1))
-    if valid is not None and causal:                                     # dropped padded keys: compact
-        idx, _ = torch.sort(torch.where(live, idx, torch.full_like(idx, T)), dim=-1)
-        idx = torch.where(idx >= T, torch.full_like(idx, -1), idx)
-        live = idx >= 0
-    count = live.sum(-1)
-    return idx.to(torch.int32).contiguous(), count.to(torch.int32).contiguous()
+        col = rank
+    counts = torch.bincount(row, minlength=B * H * T)
+    row_ptr = torch.zeros(B * H * T + 1, dtype=torch.int64, device=dev)
+    row_ptr[1:] = torch.cumsum(counts, 0)
+    return row_ptr, col.to(torch.int32).contiguous()
 
 
-def indices_to_dense(idx: torch.Tensor, T: int) -> torch.Tensor:
-    """[B, H, T, W] index lists -> bool [B, H, T, T] (tests and small-T diagnostics only)."""
-    B, H, Tq, W = idx.shape
-    dense = torch.zeros(B, H, Tq, T + 1, dtype=torch.bool, device=idx.device)
-    dense.scatter_(-1, torch.where(idx >= 0, idx, T).long(), True)
-    return dense[..., :T]
+def csr_counts(row_ptr: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Keys per query row [B, H, T]."""
+    return (row_ptr[1:] - row_ptr[:-1]).view(shape)
+
+
+def csr_to_dense(row_ptr: torch.Tensor, col: torch.Tensor, shape: tuple[int, int, int], T_k: int,
+                 rows: torch.Tensor | None = None) -> torch.Tensor:
+    """bool [B, H, R, T_k] selection for query rows `rows` (all if None). O(R T_k): diagnostics and tests."""
+    B, H, T = shape
+    counts = row_ptr[1:] - row_ptr[:-1]
+    row_of = torch.repeat_interleave(torch.arange(B * H * T, device=col.device), counts)   # [nnz]
+    t_of = row_of % T
+    if rows is None:
+        rows = torch.arange(T, device=col.device)
+    slot = torch.full((T,), -1, dtype=torch.long, device=col.device)
+    slot[rows] = torch.arange(len(rows), device=col.device)
+    s = slot[t_of]
+    keep = s >= 0
+    bh = row_of[keep] // T
+    dense = torch.zeros(B * H, len(rows), T_k, dtype=torch.bool, device=col.device)
+    dense[bh, s[keep], col[keep].long()] = True
+    return dense.view(B, H, len(rows), T_k)
 
 
 def expand_columns(x: torch.Tensor, *, causal: bool, valid: torch.Tensor | None, T: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from torch import nn
 
 from methods.base import AttentionModule, check_inputs, repeat_kv
 from methods.sea.estimator import Estimator
-from methods.sea.interp import cell_bounds, expand_columns, indices_to_dense, mask_to_indices, row_lengths
+from methods.sea.interp import cell_bounds, csr_counts, csr_to_dense, expand_columns, mask_to_csr, row_lengths
 from methods.sea.topk import select_topk
 
 
@@ -111,20 +111,21 @@ class SEAAttention(AttentionModule):
             s_mix = torch.full_like(s_mix, self.force_s_mix)
         # 3-4. grouped top-k, interpolation to key index lists
         mask = select_topk(a_hat, mode=self.mode, k=self.k, causal=causal, valid=valid)   # bool [B, H, T, K]
-        idx, count = mask_to_indices(mask, k=self.k, causal=causal, valid=valid)          # [B,H,T,W], [B,H,T]
+        row_ptr, col = mask_to_csr(mask, k=self.k, causal=causal, valid=valid)           # CSR over (b, h, t)
         # 6. average context
         if causal:
             c_avg = causal_mean(vr.float(), valid)                       # [B, H, T, D]
             avg_w = None
         else:
             qv = valid[:, None, :, None].float() if valid is not None else a_hat.new_ones(1, 1, T, 1)
-            col = (a_hat * qv).sum(2, keepdim=True) / qv.sum(2, keepdim=True).clamp(min=1)   # [B, H, 1, K]
+            colmean = (a_hat * qv).sum(2, keepdim=True) / qv.sum(2, keepdim=True).clamp(min=1)   # [B, H, 1, K]
             L = row_lengths(B, T, causal=False, valid=valid, device=q.device)[:, :1]         # [B, 1]
             lo, hi = cell_bounds(L, self.K)                              # [B, 1, K]
-            col = col / (hi - lo).clamp(min=1)[:, None].float()          # mass per key of the cell
-            avg_w = expand_columns(col, causal=False, valid=valid, T=T)  # [B, H, 1, T]
+            colmean = colmean / (hi - lo).clamp(min=1)[:, None].float()  # mass per key of the cell
+            avg_w = expand_columns(colmean, causal=False, valid=valid, T=T)   # [B, H, 1, T]
             c_avg = avg_w @ vr.float()                                   # [B, H, 1, D]
-        return dict(logits=logits, a_hat=a_hat, mask=mask, idx=idx, count=count, s_prob=s_prob, s_mix=s_mix,
+        return dict(logits=logits, a_hat=a_hat, mask=mask, row_ptr=row_ptr, col=col,
+                    count=csr_counts(row_ptr, (B, H, T)), s_prob=s_prob, s_mix=s_mix,
                     c_avg=c_avg, avg_w=avg_w, scale=scale, valid=valid)
 
     def forward(self, q, k, v, *, causal: bool, key_padding_mask=None, scale=None):
@@ -132,7 +133,7 @@ class SEAAttention(AttentionModule):
 
         aux = self._pipeline(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
         # 5. sparse attention over the selected keys (the Triton kernel on GPU / interpreter)
-        c, ran = sea_sparse_attention(q, k, v, aux["idx"], aux["count"], aux["scale"], backend=self.backend)
+        c, ran = sea_sparse_attention(q, k, v, aux["row_ptr"], aux["col"], aux["scale"], backend=self.backend)
         c = c.float() * aux["s_prob"]                                    # [B, H, T, D]
         out = aux["s_mix"] * c + (1 - aux["s_mix"]) * aux["c_avg"]       # [B, H, T, D]
         if aux["valid"] is not None and not causal:
@@ -151,7 +152,7 @@ class SEAAttention(AttentionModule):
         rows = torch.as_tensor(rows, device=q.device).long()
         kr = repeat_kv(k, H).float()
         s = (q[:, :, rows].float() @ kr.transpose(-1, -2)) * aux["scale"]   # [B, H, R, T]
-        sel = indices_to_dense(aux["idx"][:, :, rows], T)                # bool [B, H, R, T]
+        sel = csr_to_dense(aux["row_ptr"], aux["col"], (B, H, T), T, rows=rows)   # bool [B, H, R, T]
         p = torch.nan_to_num(torch.softmax(s.masked_fill(~sel, float("-inf")), -1), nan=0.0)
         s_prob, s_mix = aux["s_prob"][:, :, rows], aux["s_mix"][:, :, rows]   # [B, H, R, 1]
         if causal:
