@@ -196,3 +196,15 @@ def test_checkpoint_roundtrip_and_seed(tmp_path):
     e = build("sea", causal=True, k=8, K=16, backend="torch", seed=2, checkpoint=str(path))
     e(q, k, v, causal=True)
     assert e.last_aux["count"].sum() > a.last_aux["count"].sum()
+
+
+def test_oracle_defaults_to_unit_scalers_without_checkpoint():
+    m = build("sea-oracle", causal=True, k=3, K=16, backend="torch")
+    q, k, v = qkv(11)
+    out = m(q, k, v, causal=True)
+    a = m.last_aux
+    assert torch.all(a["s_prob"] == 1) and torch.all(a["s_mix"] == 1)
+    assert "scalers=forced(s_prob=1, s_mix=1)" in m.impl
+    c = sparse_attention_ref(q, k, v, a["row_ptr"], a["col"], 1 / math.sqrt(D))
+    torch.testing.assert_close(out.double(), c, atol=1e-5, rtol=1e-5)
+    assert "scalers=estimated" in build("sea", causal=True, k=3, K=16).impl

@@ -77,9 +77,14 @@ class _SEABase(Method):
         from methods.sea.layer import SEAAttention
 
         r = resolved(cfg, problem.causal)
+        s_prob, s_mix = cfg["s_prob"], cfg["s_mix"]
+        if cls.oracle and not cfg["checkpoint"]:
+            # no trained scalers to borrow: the oracle is the pure sparse attention over its selection
+            s_prob = 1.0 if s_prob < 0 else s_prob
+            s_mix = 1.0 if s_mix < 0 else s_mix
         mod = SEAAttention(heads=problem.heads, head_dim=problem.head_dim, causal=problem.causal, k=r["k"],
                            K=r["K"], mode=r["mode"], nbf=r["nbf"], max_len=cfg["max_len"], oracle=cls.oracle,
-                           backend=cfg["backend"], force_s_prob=cfg["s_prob"], force_s_mix=cfg["s_mix"],
+                           backend=cfg["backend"], force_s_prob=s_prob, force_s_mix=s_mix,
                            checkpoint=cfg["checkpoint"], layer=layer, seed=seed + 1000 * layer)
         return mod.to(problem.device)
 
@@ -93,7 +98,8 @@ class SEA(_SEABase):
 @register
 class SEAOracle(_SEABase):
     name = "sea-oracle"
-    summary = "SEA with A_hat = exact attention pooled to K columns (O(T^2) upper bound of the estimator)"
+    summary = ("SEA with A_hat = exact attention pooled to K columns (O(T^2) upper bound of the estimator); "
+               "scalers default to s_prob = s_mix = 1 unless a checkpoint provides them")
     oracle = True
     complexity = "O(T^2 D) (exact probabilities for A_hat) + sparse"
 

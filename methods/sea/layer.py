@@ -75,8 +75,10 @@ class SEAAttention(AttentionModule):
 
     def _impl(self, kernel: str) -> str:
         est = "oracle" if self.oracle else ("trained" if self.trained else "untrained")
+        sc = "estimated" if self.force_s_prob < 0 and self.force_s_mix < 0 else \
+            f"forced(s_prob={self.force_s_prob:g}, s_mix={self.force_s_mix:g})"
         return (f"sea[estimator={est}, mode={self.mode}, k={self.k}, K={self.K}, "
-                f"nb_features={self.estimator.nb_features}, sparse={kernel}]")
+                f"nb_features={self.estimator.nb_features}, scalers={sc}, sparse={kernel}]")
 
     # ------------------------------------------------------------------------------------------
     def _pipeline(self, q, k, v, *, causal, key_padding_mask, scale):
@@ -95,8 +97,12 @@ class SEAAttention(AttentionModule):
                 raise ValueError(f"key_padding_mask must be [B, T] = {(B, T)}, got {tuple(valid.shape)}")
         scale = 1.0 / math.sqrt(D) if scale is None else scale
         kr, vr = repeat_kv(k, H), repeat_kv(v, H)                        # [B, H, T, D]
-        # 1-2. estimate (float32)
-        logits, s_prob, s_mix = self.estimator(q, kr, vr, valid=valid)   # [B, H, T, K], [B, H, T, 1] x2
+        # 1-2. estimate (float32). The oracle with both scalers forced needs no estimator at all.
+        forced = self.force_s_prob >= 0 and self.force_s_mix >= 0
+        if self.oracle and forced:
+            logits = s_prob = s_mix = None
+        else:
+            logits, s_prob, s_mix = self.estimator(q, kr, vr, valid=valid)   # [B, H, T, K], [B, H, T, 1] x2
         if self.oracle:
             from methods.exact import softmax_attention_probs
             exact = softmax_attention_probs(q.float(), kr.float(), causal=causal, scale=scale,
@@ -105,10 +111,11 @@ class SEAAttention(AttentionModule):
             logits = torch.log(a_hat.clamp_min(1e-30))
         else:
             a_hat = torch.softmax(logits, dim=-1)                        # [B, H, T, K]
+        ones = q.new_ones(B, H, T, 1, dtype=torch.float32)
         if self.force_s_prob >= 0:
-            s_prob = torch.full_like(s_prob, self.force_s_prob)
+            s_prob = ones * self.force_s_prob
         if self.force_s_mix >= 0:
-            s_mix = torch.full_like(s_mix, self.force_s_mix)
+            s_mix = ones * self.force_s_mix
         # 3-4. grouped top-k, interpolation to key index lists
         mask = select_topk(a_hat, mode=self.mode, k=self.k, causal=causal, valid=valid)   # bool [B, H, T, K]
         row_ptr, col = mask_to_csr(mask, k=self.k, causal=causal, valid=valid)           # CSR over (b, h, t)
