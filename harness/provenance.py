@@ -20,9 +20,14 @@ def git_info() -> dict:
             return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
-    commit = run("rev-parse", "HEAD")
-    dirty = bool(run("status", "--porcelain", "--untracked-files=no"))
-    return {"commit": commit or "unknown", "dirty": dirty}
+    commit = run("rev-parse", "--verify", "-q", "HEAD")
+    if len(commit) == 40 and all(c in "0123456789abcdef" for c in commit):
+        return {"commit": commit, "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
+    # A copy of the tree without git history (e.g. on a lent GPU machine): the sender names the commit.
+    sent = os.environ.get("HARNESS_GIT_COMMIT", "")
+    if sent:
+        return {"commit": sent, "dirty": "unknown (tree copied without git history)"}
+    return {"commit": "unknown", "dirty": "unknown"}
 
 
 def versions() -> dict:
