@@ -114,6 +114,13 @@ class AttentionModule(nn.Module):
                         scale: float | None = None) -> torch.Tensor | None:
         return None
 
+    def stage_profile(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+                      timer: Callable[[Callable[[], object]], float]) -> dict[str, float] | None:
+        """Optional per-stage breakdown of one forward: run each stage's work as a closure through
+        `timer(fn) -> median ms` (the harness's own timer for the device) and return {stage: ms} in
+        pipeline order. Stages must be separable: each closure gets precomputed inputs of the stage."""
+        return None
+
 
 class Method:
     """A registered attention method. Subclass, declare, and decorate with `@register`.
