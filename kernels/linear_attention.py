@@ -74,7 +74,7 @@ def pick_backend(x: torch.Tensor, backend: str = "auto") -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Triton kernel
+# Triton kernel, sequential form (algo="sequential": the original kernel, kept for comparison)
 
 
 @functools.lru_cache(maxsize=None)
@@ -154,16 +154,20 @@ def _pow2_block(n: int, cap: int) -> int:
     return b
 
 
-def _triton_pass(q, k, v, *, reverse: bool, with_den: bool, chunk: int, tf32: bool,
-                 block_m: int = 64, block_e: int = 64, num_warps: int = 4):
-    """One kernel pass. q: [B, Hq, T, M], k: [B, Hk, T, M], v: [B, Hv, T, E] (heads divide the max).
-
-    Returns out fp32 [B, H, T, E] and den fp32 [B, H, T] (or None), H = max(Hq, Hk, Hv)."""
+def _check_triton_args(q, k, v, chunk):
     if chunk < 16 or chunk & (chunk - 1):
         raise ValueError(f"chunk={chunk}: the Triton kernel needs a power of two >= 16")
     for x in (q, k, v):
         if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise TypeError(f"Triton linear attention takes fp32/fp16/bf16, got {x.dtype} (use backend='torch')")
+
+
+def _triton_pass_sequential(q, k, v, *, reverse: bool, with_den: bool, chunk: int, tf32: bool,
+                            block_m: int = 64, block_e: int = 64, num_warps: int = 4, group=None):
+    """One sequential-kernel pass. q: [B, Hq, T, M], k: [B, Hk, T, M], v: [B, Hv, T, E] (heads divide the max).
+
+    Returns out fp32 [B, H, T, E] and den fp32 [B, H, T] (or None), H = max(Hq, Hk, Hv)."""
+    _check_triton_args(q, k, v, chunk)
     B, Hq, T, M = q.shape
     Hk, Hv, E = k.shape[1], v.shape[1], v.shape[3]
     H = max(Hq, Hk, Hv)
@@ -188,6 +192,275 @@ def _triton_pass(q, k, v, *, reverse: bool, with_den: bool, chunk: int, tf32: bo
     if not with_den:
         return out, None
     return out, (den[0] if n_mb == 1 else den.sum(0))
+
+
+# --------------------------------------------------------------------------------------------------
+# Triton kernels, chunk-parallel form (the default)
+
+
+@functools.lru_cache(maxsize=None)
+def _parallel_kernels():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _group_states_kernel(
+        K_, W, ST, Z,
+        skb, skh, skt, skk,
+        swb, swh, swt, swn,
+        HS, T, KD, ND, NC, NG, GK, GW,
+        CHUNK: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+        HAS_Z: tl.constexpr, DOT: tl.constexpr, MMA: tl.constexpr, PRECISION: tl.constexpr,
+    ):
+        """Phase 1. One program per (group g, key block, value block, b * HS + hs):
+        ST[b, hs, g, kblk, nblk] = sum_{rows r of the group's chunks} k[r, kblk]^T w[r, nblk]   (fp32)
+        Z[b, hs, g, kblk]         = sum_r k[r, kblk]                    (when HAS_Z, by value block 0)"""
+        g = tl.program_id(0)
+        pid_kn = tl.program_id(1)
+        pid_bh = tl.program_id(2)
+        n_nb = tl.cdiv(ND, BLOCK_N)
+        pid_k = pid_kn // n_nb
+        pid_n = pid_kn % n_nb
+        b = (pid_bh // HS).to(tl.int64)            # 64-bit offsets throughout
+        hs = (pid_bh % HS).to(tl.int64)
+        k_base = K_ + b * skb + (hs // GK) * skh
+        w_base = W + b * swb + (hs // GW) * swh
+        offs_c = tl.arange(0, CHUNK)
+        offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        k_ok = offs_k < KD
+        n_ok = offs_n < ND
+        acc = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
+        zacc = tl.zeros([BLOCK_K], dtype=tl.float32)
+        c_lo = g * GROUP
+        c_hi = tl.minimum(c_lo + GROUP, NC)
+        for c in range(c_lo, c_hi):
+            t = (c * CHUNK + offs_c).to(tl.int64)                                            # [C]
+            t_ok = t < T
+            kk = tl.load(k_base + t[:, None] * skt + offs_k[None, :] * skk,
+                         mask=t_ok[:, None] & k_ok[None, :], other=0.0)                      # [C, BK]
+            ww = tl.load(w_base + t[:, None] * swt + offs_n[None, :] * swn,
+                         mask=t_ok[:, None] & n_ok[None, :], other=0.0)                      # [C, BN]
+            acc = tl.dot(tl.trans(kk.to(DOT).to(MMA)), ww.to(DOT).to(MMA), acc, input_precision=PRECISION)
+            if HAS_Z:
+                zacc += tl.sum(kk.to(tl.float32), axis=0)
+        st = ST + (pid_bh.to(tl.int64) * NG + g) * KD * ND
+        tl.store(st + offs_k[:, None] * ND + offs_n[None, :], acc, mask=k_ok[:, None] & n_ok[None, :])
+        if HAS_Z:
+            if pid_n == 0:
+                tl.store(Z + (pid_bh.to(tl.int64) * NG + g) * KD + offs_k, zacc, mask=k_ok)
+
+    @triton.jit
+    def _scan_kernel(
+        ST, Z, HS, KD, ND, NG,
+        BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, REVERSE: tl.constexpr, HAS_Z: tl.constexpr,
+    ):
+        """Phase 2, in place: ST[.., g] <- sum of the groups strictly before g (after g when REVERSE).
+        One program per (key block, value block, b * HS + hs); a sequential walk over NG groups that only
+        reads and writes states (each element is read, then overwritten, by the same thread)."""
+        pid_kn = tl.program_id(0)
+        pid_bh = tl.program_id(1).to(tl.int64)
+        n_nb = tl.cdiv(ND, BLOCK_N)
+        pid_k = pid_kn // n_nb
+        pid_n = pid_kn % n_nb
+        offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        msk = (offs_k < KD)[:, None] & (offs_n < ND)[None, :]
+        ptr = ST + pid_bh * NG * KD * ND + offs_k[:, None] * ND + offs_n[None, :]          # [BK, BN]
+        zptr = Z + pid_bh * NG * KD + offs_k                                                 # [BK]
+        run = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
+        zrun = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for i in range(0, NG):
+            if REVERSE:
+                g = NG - 1 - i
+            else:
+                g = i
+            p = ptr + g * KD * ND            # (NG * KD * ND < 2^31 per head: asserted on the host)
+            x = tl.load(p, mask=msk, other=0.0)
+            tl.store(p, run, mask=msk)
+            run += x
+            if HAS_Z:
+                if pid_n == 0:
+                    zp = zptr + g * KD
+                    zx = tl.load(zp, mask=offs_k < KD, other=0.0)
+                    tl.store(zp, zrun, mask=offs_k < KD)
+                    zrun += zx
+
+    @triton.jit
+    def _chunk_output_kernel(
+        Q, K_, W, ST, Z, O, DEN,
+        sqb, sqh, sqt, sqk,
+        skb, skh, skt, skk,
+        swb, swh, swt, swn,
+        H, T, KD, ND, NC, NG, GQ, GK, GW, GS,
+        CHUNK: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+        REVERSE: tl.constexpr, HAS_DEN: tl.constexpr, DOT: tl.constexpr, MMA: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        """Phase 3. One program per (chunk c, value block, b * H + h), all in parallel:
+        out_c = q_c . P_g  +  sum over the chunks c' of c's group up to c (from c on when REVERSE) of
+                mask(q_c k_c'^T) w_c'          (mask = causal inside c itself, none for other chunks)
+        where P_g is the scanned state of c's group g. den likewise with Z and row sums."""
+        c = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        pid_bh = tl.program_id(2)
+        b = (pid_bh // H).to(tl.int64)
+        h = (pid_bh % H).to(tl.int64)
+        q_base = Q + b * sqb + (h // GQ) * sqh
+        k_base = K_ + b * skb + (h // GK) * skh
+        w_base = W + b * swb + (h // GW) * swh
+        HS = H // GS
+        bhs = b * HS + h // GS
+        g = c // GROUP
+        st = ST + (bhs * NG + g) * KD * ND
+        zs = Z + (bhs * NG + g) * KD
+        offs_c = tl.arange(0, CHUNK)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < ND
+        t = c.to(tl.int64) * CHUNK + offs_c                                                  # [C]
+        t_ok = t < T
+        n_kb = tl.cdiv(KD, BLOCK_K)
+
+        # inter-group: the scanned state of this group
+        acc = tl.zeros([CHUNK, BLOCK_N], dtype=tl.float32)
+        den = tl.zeros([CHUNK], dtype=tl.float32)
+        for kb in range(0, n_kb):
+            offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < KD
+            qq = tl.load(q_base + t[:, None] * sqt + offs_k[None, :] * sqk,
+                         mask=t_ok[:, None] & k_ok[None, :], other=0.0)                      # [C, BK]
+            s_blk = tl.load(st + offs_k[:, None] * ND + offs_n[None, :],
+                            mask=k_ok[:, None] & n_ok[None, :], other=0.0)                   # [BK, BN]
+            acc = tl.dot(qq.to(DOT).to(MMA), s_blk.to(DOT).to(MMA), acc, input_precision=PRECISION)
+            if HAS_DEN:
+                z_blk = tl.load(zs + offs_k, mask=k_ok, other=0.0)                           # [BK]
+                den += tl.sum(qq.to(tl.float32) * z_blk[None, :], axis=1)
+
+        # intra-group: chunks of this group before c (after c when REVERSE), plus c itself, masked
+        if REVERSE:
+            keep = offs_c[None, :] >= offs_c[:, None]                                        # key s >= query t
+            lo = c
+            hi = tl.minimum(g * GROUP + GROUP, NC)
+        else:
+            keep = offs_c[None, :] <= offs_c[:, None]                                        # key s <= query t
+            lo = g * GROUP
+            hi = c + 1
+        for cp in range(lo, hi):
+            tk = (cp * CHUNK + offs_c).to(tl.int64)                                           # [C] key rows
+            tk_ok = tk < T
+            s = tl.zeros([CHUNK, CHUNK], dtype=tl.float32)
+            for kb in range(0, n_kb):
+                offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
+                k_ok = offs_k < KD
+                qq = tl.load(q_base + t[:, None] * sqt + offs_k[None, :] * sqk,
+                             mask=t_ok[:, None] & k_ok[None, :], other=0.0)                  # [C, BK]
+                kk = tl.load(k_base + tk[:, None] * skt + offs_k[None, :] * skk,
+                             mask=tk_ok[:, None] & k_ok[None, :], other=0.0)                 # [C, BK]
+                s = tl.dot(qq.to(DOT).to(MMA), tl.trans(kk.to(DOT).to(MMA)), s, input_precision=PRECISION)
+            s = tl.where(keep | (cp != c), s, 0.0)                                           # [C, C]
+            ww = tl.load(w_base + tk[:, None] * swt + offs_n[None, :] * swn,
+                         mask=tk_ok[:, None] & n_ok[None, :], other=0.0)                     # [C, BN]
+            acc = tl.dot(s.to(DOT).to(MMA), ww.to(DOT).to(MMA), acc, input_precision=PRECISION)
+            if HAS_DEN:
+                den += tl.sum(s, axis=1)
+
+        o_base = O + pid_bh.to(tl.int64) * T * ND
+        tl.store(o_base + t[:, None] * ND + offs_n[None, :], acc, mask=t_ok[:, None] & n_ok[None, :])
+        if HAS_DEN:
+            if pid_n == 0:
+                tl.store(DEN + pid_bh.to(tl.int64) * T + t, den, mask=t_ok)
+
+    return _group_states_kernel, _scan_kernel, _chunk_output_kernel
+
+
+def tl_float32():
+    import triton.language as tl
+
+    return tl.float32
+
+
+def tl_bfloat16():
+    import triton.language as tl
+
+    return tl.bfloat16
+
+
+def _dot_dtype(q, k, v):
+    """Operand dtype of the kernels' tl.dot: fp16/bf16 when all three inputs have it, else fp32."""
+    import triton.language as tl
+
+    dts = {x.dtype for x in (q, k, v)}
+    if dts == {torch.float16}:
+        return tl.float16
+    if dts == {torch.bfloat16}:
+        return tl.bfloat16
+    return tl.float32
+MAX_CHECKPOINTS = 256     # auto `group`: at most this many stored states per (batch, state head)
+
+
+def _auto_group(n_chunks: int) -> int:
+    """Chunks per group: the smallest power of two keeping cdiv(n_chunks, group) <= MAX_CHECKPOINTS."""
+    g = 1
+    while -(-n_chunks // g) > MAX_CHECKPOINTS:
+        g *= 2
+    return g
+
+
+def _triton_pass_parallel(q, k, v, *, reverse: bool, with_den: bool, chunk: int, tf32: bool,
+                          block_m: int = 64, block_e: int = 64, num_warps: int = 4, group: int | None = None):
+    """One chunk-parallel pass (3 kernel launches). q: [B, Hq, T, K], k: [B, Hk, T, K], v: [B, Hv, T, N].
+
+    Returns out fp32 [B, H, T, N] and den fp32 [B, H, T] (or None), H = max(Hq, Hk, Hv).
+    Extra memory: the group states, fp32 [B, Hs, cdiv(T / chunk, group), K, N] (+ [.., K] sums), Hs = max(Hk, Hv)."""
+    _check_triton_args(q, k, v, chunk)
+    B, Hq, T, KD = q.shape
+    Hk, Hv, ND = k.shape[1], v.shape[1], v.shape[3]
+    H = max(Hq, Hk, Hv)
+    Hs = max(Hk, Hv)
+    NC = triton_cdiv(T, chunk)
+    G = _auto_group(NC) if group is None else int(group)
+    if G < 1:
+        raise ValueError(f"group={group} must be >= 1")
+    NG = triton_cdiv(NC, G)
+    if NG * KD * ND >= 2**31:
+        raise ValueError(f"{NG} stored states of {KD} x {ND} per head overflow int32 offsets: raise `group`")
+    BK = _pow2_block(KD, block_m)
+    BN = _pow2_block(ND, block_e)
+    n_kb, n_nb = triton_cdiv(KD, BK), triton_cdiv(ND, BN)
+    dot = _dot_dtype(q, k, v)                 # half tensor-core dots only when all three inputs agree
+    # the dtype tl.dot runs in: `dot` on GPUs; Triton's interpreter gets bf16 dots wrong, so there the
+    # bf16-rounded operands are multiplied in fp32 (same rounding, exact products)
+    mma = tl_float32() if (_interpret() and not q.is_cuda and dot == tl_bfloat16()) else dot
+    # input_precision only matters for fp32 operands (IEEE FMA dots unless tf32); half operands get the
+    # default "tf32" tag that Triton itself gives them
+    prec = "tf32" if (tf32 or dot != tl_float32()) else "ieee"
+    dev = q.device
+    states = torch.empty((B, Hs, NG, KD, ND), device=dev, dtype=torch.float32)   # every element written
+    zs = torch.empty((B, Hs, NG, KD), device=dev, dtype=torch.float32) if with_den else states
+    out = _new_buffer((B, H, T, ND), dev)
+    den = _new_buffer((B, H, T), dev) if with_den else out
+    k_states, k_scan, k_out = _parallel_kernels()
+    k_states[(NG, n_kb * n_nb, B * Hs)](
+        k, v, states, zs, *k.stride(), *v.stride(),
+        Hs, T, KD, ND, NC, NG, Hs // Hk, Hs // Hv,
+        CHUNK=chunk, GROUP=G, BLOCK_K=BK, BLOCK_N=BN, HAS_Z=with_den, DOT=dot, MMA=mma, PRECISION=prec,
+        num_warps=num_warps,
+    )
+    k_scan[(n_kb * n_nb, B * Hs)](
+        states, zs, Hs, KD, ND, NG, BLOCK_K=BK, BLOCK_N=BN, REVERSE=reverse, HAS_Z=with_den,
+        num_warps=num_warps,
+    )
+    k_out[(NC, n_nb, B * H)](
+        q, k, v, states, zs, out, den, *q.stride(), *k.stride(), *v.stride(),
+        H, T, KD, ND, NC, NG, H // Hq, H // Hk, H // Hv, H // Hs,
+        CHUNK=chunk, GROUP=G, BLOCK_K=BK, BLOCK_N=BN, REVERSE=reverse, HAS_DEN=with_den, DOT=dot, MMA=mma,
+        PRECISION=prec, num_warps=num_warps,
+    )
+    return out, (den if with_den else None)
+
+
+def _triton_pass(*args, algo: str = "parallel", **kw):
+    return (_triton_pass_parallel if algo == "parallel" else _triton_pass_sequential)(*args, **kw)
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -287,27 +560,35 @@ class _CausalLinearAttention(torch.autograd.Function):
 
 def causal_linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, chunk: int = 64,
                             backend: str = "auto", tf32: bool = False, block_m: int = 64, block_e: int = 64,
-                            num_warps: int = 4):
+                            num_warps: int = 4, algo: str = "parallel", group: int | None = None):
     """Causal linear attention with its normaliser, differentiable.
 
     fq: [B, H, T, M]; fk: [B, Hkv, T, M]; v: [B, Hkv, T, E] (H % Hkv == 0).
     Returns (num, den): num[t] = sum_{s<=t} (fq[t].fk[s]) v[s]  -> fp32 [B, H, T, E] (fp64 for fp64 inputs)
                         den[t] = sum_{s<=t}  fq[t].fk[s]        -> fp32 [B, H, T]
     The caller divides (and decides what to do with den == 0). `pick_backend(fq, backend)` names the path.
-    chunk: rows per chunk (Triton: power of two >= 16). tf32: TF32 matmuls in the Triton kernel (fp32 IEEE
-    otherwise). block_m / block_e / num_warps: Triton tiling (caps on the feature / value blocks).
+    chunk: rows per chunk (Triton: power of two >= 16). tf32: TF32 matmuls in the Triton kernel when an
+    operand set is fp32 (fp32 IEEE otherwise); all-fp16 / all-bf16 operands always use half tensor-core
+    dots with fp32 accumulation. block_m / block_e / num_warps: Triton tiling (caps on the blocks of the
+    contracted / output feature axes). algo: "parallel" (chunk-parallel three-phase kernels, default) or
+    "sequential" (the original one-program-walks-all-chunks kernel, for comparison). group: chunks per
+    stored state in the parallel form (None = auto: at most MAX_CHECKPOINTS states per head).
     """
     if fq.dim() != 4 or fk.dim() != 4 or v.dim() != 4:
         raise ValueError(f"expected 4-d fq, fk, v; got {tuple(fq.shape)}, {tuple(fk.shape)}, {tuple(v.shape)}")
     B, H, T, M = fq.shape
     if fk.shape != (B, fk.shape[1], T, M) or v.shape[:3] != fk.shape[:3] or H % fk.shape[1]:
         raise ValueError(f"incompatible fq {tuple(fq.shape)}, fk {tuple(fk.shape)}, v {tuple(v.shape)}")
+    if algo not in ("parallel", "sequential"):
+        raise ValueError(f"algo={algo!r}: expected parallel or sequential")
+    if group is not None and group < 1:
+        raise ValueError(f"group={group} must be >= 1")
     which = pick_backend(fq, backend)
     if which == "torch" and chunk < 1:
         raise ValueError(f"chunk={chunk} must be positive")
     kw = dict(chunk=chunk, tf32=tf32)
     if which == "triton":
-        kw.update(block_m=block_m, block_e=block_e, num_warps=num_warps)
+        kw.update(block_m=block_m, block_e=block_e, num_warps=num_warps, algo=algo, group=group)
     return _CausalLinearAttention.apply(fq, fk, v, which, kw)
 
 
