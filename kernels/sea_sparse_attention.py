@@ -128,7 +128,87 @@ if triton is not None:
         tl.store(DQ + qoff + offs_d, dq, mask=dmask)
 
 
+    @triton.jit
+    def _tiled_fwd_kernel(Q, K, V, MASK, TILES, NTILES, O, LSE, scale,
+                          sqb, sqh, sqt, skb, skh, skt, sob, soh, sot,
+                          H, T, GROUP, NQB, NKB, KC, KSEL,
+                          CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D: tl.constexpr):
+        # One program: BLOCK_M query rows of one (b, h). It visits the block's active key tiles and uses
+        # tl.dot on each; key j counts for row t only if SEA's interpolation picks it: j lies in cell c of
+        # row t (cells of L_t = t + 1 or T keys), c is selected in MASK[b, h, t, :], and j is one of the
+        # min(width, KSEL) uniformly spaced keys lo + floor(i width / n) of that cell.
+        qb = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)
+        b = bh // H
+        h = bh % H
+        hk = h // GROUP
+        offs_m = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+        mmask = offs_m < T
+        offs_d = tl.arange(0, BLOCK_D)
+        dmask = offs_d < D
+        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None].to(tl.int64) * sqt + offs_d[None, :],
+                    mask=mmask[:, None] & dmask[None, :], other=0.0)
+        if CAUSAL:
+            Lr = (offs_m + 1)[:, None]                                   # [BLOCK_M, 1] keys of row t
+        else:
+            Lr = T                                                       # every row spans T keys
+        mrow = MASK + (bh * T + offs_m[:, None].to(tl.int64)) * KC       # [BLOCK_M, 1] row of the mask
+        m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        kbase = K + b * skb + hk * skh
+        vbase = V + b * skb + hk * skh
+        blk = bh * NQB + qb
+        nt = tl.load(NTILES + blk)
+        for i in range(0, nt):
+            kb = tl.load(TILES + blk * NKB + i)
+            offs_n = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+            nmask = offs_n < T
+            j = offs_n[None, :]                                          # [1, BLOCK_N]
+            # cell of key j in row t: the largest c with round(c L / K) <= j
+            c = (KC * (2 * j + 1) - 1) // (2 * Lr)
+            c = tl.minimum(c, KC - 1)
+            lo = (2 * c * Lr + KC) // (2 * KC)
+            hi = (2 * (c + 1) * Lr + KC) // (2 * KC)
+            w = tl.maximum(hi - lo, 1)
+            n = tl.minimum(w, KSEL)
+            o = j - lo
+            ii = (o * n + w - 1) // w                                    # first sample at or after o
+            picked = (ii < n) & ((ii * w) // n == o) & (j < Lr) & nmask[None, :]
+            cell_on = tl.load(mrow + c, mask=picked & mmask[:, None], other=0)
+            member = picked & (cell_on != 0) & mmask[:, None]            # [BLOCK_M, BLOCK_N]
+            kv_ptr = offs_n[:, None].to(tl.int64) * skt + offs_d[None, :]
+            kvm = nmask[:, None] & dmask[None, :]
+            kt = tl.load(kbase + kv_ptr, mask=kvm, other=0.0)
+            if IEEE:
+                s = tl.dot(q, tl.trans(kt), input_precision="ieee")
+            else:
+                s = tl.dot(q, tl.trans(kt))
+            s = tl.where(member, s * scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(s - m_new[:, None])
+            vt = tl.load(vbase + kv_ptr, mask=kvm, other=0.0)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            if IEEE:
+                pv = tl.dot(p, vt.to(tl.float32), input_precision="ieee")
+            else:
+                pv = tl.dot(p.to(vt.dtype), vt)
+            acc = acc * alpha[:, None] + pv
+            m_i = m_new
+        safe_l = tl.where(l_i > 0, l_i, 1.0)
+        out = acc / safe_l[:, None]
+        tl.store(O + b * sob + h * soh + offs_m[:, None].to(tl.int64) * sot + offs_d[None, :],
+                 out.to(O.dtype.element_ty), mask=mmask[:, None] & dmask[None, :])
+        lse = tl.where(l_i > 0, m_i + tl.log(safe_l), float("inf"))
+        tl.store(LSE + bh * T + offs_m, lse, mask=mmask)
+
+
 BLOCK_N = 32
+# Tiled kernel blocks (query rows per program, keys per tile). Tests under the interpreter shrink them.
+TILED_BLOCK_M = 64
+TILED_BLOCK_N = 64
 
 
 def _check(q, k, v, row_ptr, col):
@@ -233,3 +313,41 @@ def sea_sparse_attention(q, k, v, row_ptr, col, scale: float | None = None, back
     if backend == "torch":
         return sparse_attention_torch(q, k, v, row_ptr, col, scale), "torch-gather"
     raise ValueError(f"unknown sparse attention backend {backend!r}")
+
+
+def sparse_attention_tiled(q, k, v, mask, tiles, ntiles, scale: float, *, k_sel: int, causal: bool,
+                           block_m: int, block_n: int, return_lse: bool = False):
+    """Forward-only tiled SEA attention (no padding mask): BLOCK_M query rows per program, tl.dot over the
+    active key tiles (methods.sea.interp.active_tiles), each key tested against the row's selection
+    arithmetically from the compressed mask bool [B, H, T, Kc] (interp.py geometry: cells of L_t keys,
+    min(width, k_sel) uniformly spaced keys per selected cell). Same result as the row kernel on the CSR
+    lists mask_to_csr(mask, k=k_sel, causal=causal) up to float summation order."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        raise RuntimeError("the tiled SEA kernel is forward-only; use the row kernel (backend=triton) for grads")
+    B, H, T, D = q.shape
+    Hkv = k.shape[1]
+    Kc = mask.shape[-1]
+    nqb, nkb = -(-T // block_m), -(-T // block_n)
+    if mask.shape[:3] != (B, H, T) or mask.dtype != torch.bool:
+        raise ValueError(f"mask must be bool [B, H, T, Kc] = {(B, H, T)} + (Kc,); got {tuple(mask.shape)} {mask.dtype}")
+    if k.shape[2] != T:
+        raise ValueError("the sparse kernel expects as many keys as queries (self-attention)")
+    if tiles.shape != (B * H * nqb, nkb) or ntiles.shape != (B * H * nqb,):
+        raise ValueError(f"tiles {tuple(tiles.shape)} / ntiles {tuple(ntiles.shape)} do not match "
+                         f"B*H*nQB={B * H * nqb}, nKB={nkb} for block_m={block_m}, block_n={block_n}")
+    if 2 * Kc * (T + 1) >= 2 ** 31:
+        raise ValueError(f"T={T}, Kc={Kc}: cell arithmetic would overflow int32")
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    m8 = mask.contiguous().view(torch.uint8)
+    o = _fresh(q.shape, q.dtype, q.device)
+    lse = _fresh((B, H, T), torch.float32, q.device)
+    _tiled_fwd_kernel[(nqb, B * H)](
+        q, k, v, m8, tiles.to(torch.int32).contiguous(), ntiles.to(torch.int32).contiguous(), o, lse, float(scale),
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        o.stride(0), o.stride(1), o.stride(2),
+        H, T, H // Hkv, nqb, nkb, Kc, int(k_sel),
+        CAUSAL=bool(causal), IEEE=q.dtype == torch.float32,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, _next_pow2(D)), D=D)
+    return (o, lse) if return_lse else o

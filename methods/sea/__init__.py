@@ -39,8 +39,10 @@ class _SEABase(Method):
         Option("nbf", 0.0, "Performer feature factor: m = int(d ln d / nbf) (0: 8 causal, 1 bidirectional)"),
         Option("max_len", 32768, "longest sequence (size of the causal learned V_I)"),
         Option("checkpoint", None, "path to estimator weights (None: untrained estimator)"),
-        Option("backend", "auto", "sparse attention: auto (Triton on CUDA or TRITON_INTERPRET, else torch), "
-               "triton, torch", choices=("auto", "triton", "torch")),
+        Option("backend", "auto", "sparse attention: auto (Triton row kernel on CUDA or TRITON_INTERPRET, else "
+               "torch), triton (one program per query row, CSR lists), triton_tiled (forward-only, blocks of "
+               "query rows with tl.dot over active key tiles; the row kernel runs when grads or a padding mask "
+               "are needed, and impl says so), torch", choices=("auto", "triton", "triton_tiled", "torch")),
         Option("s_prob", -1.0, "force the s_prob scaler to this value (negative: estimated)"),
         Option("s_mix", -1.0, "force the s_mix scaler to this value (negative: estimated)"),
     )

@@ -120,3 +120,51 @@ def expand_columns(x: torch.Tensor, *, causal: bool, valid: torch.Tensor | None,
     cell = torch.searchsorted(hi.contiguous(), rank.contiguous(), right=True).clamp(max=K - 1)   # [B, R, T]
     out = x.gather(-1, cell[:, None].expand(B, H, R, T))
     return out * ok[:, None].to(out.dtype)
+
+
+def selected_counts(mask: torch.Tensor, *, k: int, causal: bool) -> torch.Tensor:
+    """Keys per query row [B, H, T] without building the lists (no padding mask): sum of min(width, k)
+    over the selected cells."""
+    B, H, T, K = mask.shape
+    L = row_lengths(1, T, causal=causal, valid=None, device=mask.device)   # [1, T]
+    lo, hi = cell_bounds(L, K)                                           # [1, T, K]
+    n_cell = (hi - lo).clamp(max=k)                                      # [1, T, K]
+    return (mask.long() * n_cell[:, None]).sum(-1)                       # [B, H, T]
+
+
+def active_tiles(mask: torch.Tensor, *, causal: bool, block_m: int, block_n: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key tiles a block of `block_m` query rows must visit (no padding mask), without a host sync.
+
+    A tile [j block_n, (j+1) block_n) is active for query block i (of one (b, h)) when some row of the block
+    selected a cell overlapping it. Cells only move right as t grows (L_t = t + 1), so a cell's span over the
+    block is [lo(first row), hi(last row)): a superset, which is enough since the kernel tests membership
+    key by key. Returns tiles int32 [B*H*nQB, nKB] (active tile ids first, ascending) and ntiles int32
+    [B*H*nQB]."""
+    B, H, T, K = mask.shape
+    dev = mask.device
+    nqb, nkb = -(-T // block_m), -(-T // block_n)
+    pad = nqb * block_m - T
+    m = torch.nn.functional.pad(mask, (0, 0, 0, pad)) if pad else mask   # [B, H, nqb*bm, K]
+    blk = m.view(B, H, nqb, block_m, K).any(3)                           # [B, H, nqb, K]
+    first = torch.arange(nqb, device=dev) * block_m                      # first row of each block
+    last = (first + block_m).clamp(max=T) - 1
+    if causal:
+        lo, _ = cell_bounds((first + 1)[None], K)                        # [1, nqb, K]
+        _, hi = cell_bounds((last + 1)[None], K)
+    else:
+        lo, hi = cell_bounds(torch.full((1, nqb), T, device=dev), K)
+    live = blk & (hi > lo)[:, None]                                      # [B, H, nqb, K]
+    start = (lo // block_n).expand_as(live)                              # [B, H, nqb, K]
+    stop = ((hi - 1).clamp(min=0) // block_n + 1).expand_as(live)
+    diff = torch.zeros(B, H, nqb, nkb + 1, dtype=torch.int32, device=dev)
+    one = live.to(torch.int32)
+    diff.scatter_add_(-1, start, one).scatter_add_(-1, stop, -one)
+    active = diff.cumsum(-1)[..., :nkb] > 0                              # [B, H, nqb, nkb]
+    pos = active.to(torch.int32).cumsum(-1) - 1                          # slot of each active tile
+    slot = torch.where(active, pos.long(), nkb)                          # inactive -> a spare slot
+    tiles = torch.zeros(B, H, nqb, nkb + 1, dtype=torch.int32, device=dev)
+    ids = torch.arange(nkb, dtype=torch.int32, device=dev).expand(B, H, nqb, nkb)
+    tiles.scatter_(-1, slot, ids)                                        # spare slot: overwritten, dropped
+    ntiles = active.sum(-1, dtype=torch.int32)                           # [B, H, nqb]
+    return tiles[..., :nkb].reshape(B * H * nqb, nkb).contiguous(), ntiles.reshape(-1).contiguous()

@@ -13,7 +13,8 @@ from torch import nn
 
 from methods.base import AttentionModule, check_inputs, repeat_kv
 from methods.sea.estimator import Estimator
-from methods.sea.interp import cell_bounds, csr_counts, csr_to_dense, expand_columns, mask_to_csr, row_lengths
+from methods.sea.interp import (active_tiles, cell_bounds, csr_counts, csr_to_dense, expand_columns, mask_to_csr,
+                                row_lengths, selected_counts)
 from methods.sea.topk import select_topk
 
 
@@ -80,8 +81,11 @@ class SEAAttention(AttentionModule):
         return (f"sea[estimator={est}, mode={self.mode}, k={self.k}, K={self.K}, "
                 f"nb_features={self.estimator.nb_features}, scalers={sc}, sparse={kernel}]")
 
-    # ------------------------------------------------------------------------------------------
-    def _pipeline(self, q, k, v, *, causal, key_padding_mask, scale):
+    # --- stages ---------------------------------------------------------------------------------
+    # forward = prepare -> stage_estimator -> stage_topk -> stage_interpolate -> stage_sparse -> stage_mix.
+    # Each stage takes the previous stages' outputs only, so stage_profile can time them one by one.
+    def _prepare(self, q, k, v, *, causal, key_padding_mask, scale):
+        """Checks and the per-call constants: (kr, vr [B, H, T, D], valid bool [B, T] or None, scale)."""
         check_inputs(q, k, v)
         check_finite(q=q, k=k, v=v)
         B, H, T, D = q.shape
@@ -96,10 +100,13 @@ class SEAAttention(AttentionModule):
             if valid.shape != (B, T):
                 raise ValueError(f"key_padding_mask must be [B, T] = {(B, T)}, got {tuple(valid.shape)}")
         scale = 1.0 / math.sqrt(D) if scale is None else scale
-        kr, vr = repeat_kv(k, H), repeat_kv(v, H)                        # [B, H, T, D]
-        # 1-2. estimate (float32). The oracle with both scalers forced needs no estimator at all.
+        return repeat_kv(k, H), repeat_kv(v, H), valid, scale
+
+    def stage_estimator(self, q, kr, vr, *, causal, valid, scale):
+        """1-2. A_hat [B, H, T, K] (float32), its logits, and the scalers s_prob, s_mix [B, H, T, 1]."""
+        B, H, T, _ = q.shape
         forced = self.force_s_prob >= 0 and self.force_s_mix >= 0
-        if self.oracle and forced:
+        if self.oracle and forced:                   # the oracle with both scalers forced needs no estimator
             logits = s_prob = s_mix = None
         else:
             logits, s_prob, s_mix = self.estimator(q, kr, vr, valid=valid)   # [B, H, T, K], [B, H, T, 1] x2
@@ -116,45 +123,131 @@ class SEAAttention(AttentionModule):
             s_prob = ones * self.force_s_prob
         if self.force_s_mix >= 0:
             s_mix = ones * self.force_s_mix
-        # 3-4. grouped top-k, interpolation to key index lists
-        mask = select_topk(a_hat, mode=self.mode, k=self.k, causal=causal, valid=valid)   # bool [B, H, T, K]
-        row_ptr, col = mask_to_csr(mask, k=self.k, causal=causal, valid=valid)           # CSR over (b, h, t)
-        # 6. average context
+        return logits, a_hat, s_prob, s_mix
+
+    def stage_topk(self, a_hat, *, causal, valid):
+        """3. grouped top-k -> compressed mask bool [B, H, T, K]."""
+        return select_topk(a_hat, mode=self.mode, k=self.k, causal=causal, valid=valid)
+
+    def sparse_plan(self, q, k, v, valid) -> tuple[str, str]:
+        """(layout, kernel) for this call: layout 'csr' or 'tiles'; kernel 'triton', 'torch' or 'triton_tiled'.
+        The tiled kernel is forward-only and needs no padding mask; otherwise the row kernel runs and
+        the impl string says why."""
+        from kernels.sea_sparse_attention import triton_usable
+
+        backend = self.backend
+        if backend == "auto":
+            backend = "triton" if triton_usable(q.device) else "torch"
+        if backend != "triton_tiled":
+            return "csr", backend
+        needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+        if needs_grad:
+            return "csr", "triton (tiled is forward-only)"
+        if valid is not None:
+            return "csr", "triton (tiled needs no padding mask)"
+        return "tiles", "triton_tiled"
+
+    def stage_interpolate(self, mask, *, causal, valid, layout):
+        """4. compressed mask -> the sparse kernel's selection: CSR key lists (layout 'csr') or, for the tiled
+        kernel, active key tiles per query block (the kernel re-derives the keys from the mask itself)."""
+        B, H, T, K = mask.shape
+        if layout == "tiles":
+            from kernels import sea_sparse_attention as ssa
+            bm, bn = ssa.TILED_BLOCK_M, ssa.TILED_BLOCK_N
+            tiles, ntiles = active_tiles(mask, causal=causal, block_m=bm, block_n=bn)
+            return dict(layout=layout, mask=mask, tiles=tiles, ntiles=ntiles, block_m=bm, block_n=bn,
+                        count=selected_counts(mask, k=self.k, causal=causal))
+        row_ptr, col = mask_to_csr(mask, k=self.k, causal=causal, valid=valid)   # CSR over (b, h, t)
+        return dict(layout=layout, row_ptr=row_ptr, col=col, count=csr_counts(row_ptr, (B, H, T)))
+
+    def stage_sparse(self, q, k, v, sel, *, causal, scale, kernel):
+        """5. sparse softmax attention over the selected keys -> (c [B, H, T, D] in q's dtype, what ran)."""
+        from kernels import sea_sparse_attention as ssa
+
+        if sel["layout"] == "tiles":
+            out = ssa.sparse_attention_tiled(q, k, v, sel["mask"], sel["tiles"], sel["ntiles"], scale,
+                                             k_sel=self.k, causal=causal, block_m=sel["block_m"],
+                                             block_n=sel["block_n"])
+            return out, "triton_tiled"
+        backend = "triton" if kernel.startswith("triton") else kernel
+        c, ran = ssa.sea_sparse_attention(q, k, v, sel["row_ptr"], sel["col"], scale, backend=backend)
+        return c, (kernel if kernel.startswith("triton (") else ran)
+
+    def average_context(self, a_hat, vr, *, causal, valid):
+        """6. C_avg: causal -> cumulative mean of v ([B, H, T, D], avg_w None); bidirectional -> the column
+        mean of A_hat spread over each cell's keys (avg_w [B, H, 1, T]) times v ([B, H, 1, D])."""
+        B, H, T, _ = vr.shape
         if causal:
-            c_avg = causal_mean(vr.float(), valid)                       # [B, H, T, D]
-            avg_w = None
-        else:
-            qv = valid[:, None, :, None].float() if valid is not None else a_hat.new_ones(1, 1, T, 1)
-            colmean = (a_hat * qv).sum(2, keepdim=True) / qv.sum(2, keepdim=True).clamp(min=1)   # [B, H, 1, K]
-            L = row_lengths(B, T, causal=False, valid=valid, device=q.device)[:, :1]         # [B, 1]
-            lo, hi = cell_bounds(L, self.K)                              # [B, 1, K]
-            colmean = colmean / (hi - lo).clamp(min=1)[:, None].float()  # mass per key of the cell
-            avg_w = expand_columns(colmean, causal=False, valid=valid, T=T)   # [B, H, 1, T]
-            c_avg = avg_w @ vr.float()                                   # [B, H, 1, D]
-        return dict(logits=logits, a_hat=a_hat, mask=mask, row_ptr=row_ptr, col=col,
-                    count=csr_counts(row_ptr, (B, H, T)), s_prob=s_prob, s_mix=s_mix,
-                    c_avg=c_avg, avg_w=avg_w, scale=scale, valid=valid)
+            return causal_mean(vr.float(), valid), None                  # [B, H, T, D]
+        qv = valid[:, None, :, None].float() if valid is not None else a_hat.new_ones(1, 1, T, 1)
+        colmean = (a_hat * qv).sum(2, keepdim=True) / qv.sum(2, keepdim=True).clamp(min=1)   # [B, H, 1, K]
+        L = row_lengths(B, T, causal=False, valid=valid, device=vr.device)[:, :1]          # [B, 1]
+        lo, hi = cell_bounds(L, self.K)                                  # [B, 1, K]
+        colmean = colmean / (hi - lo).clamp(min=1)[:, None].float()      # mass per key of the cell
+        avg_w = expand_columns(colmean, causal=False, valid=valid, T=T)  # [B, H, 1, T]
+        return avg_w @ vr.float(), avg_w                                 # [B, H, 1, D]
+
+    def stage_mix(self, c, a_hat, s_prob, s_mix, vr, *, causal, valid, out_dtype):
+        """6-7. out = s_mix s_prob c + (1 - s_mix) C_avg (padded query rows -> 0). Returns (out, c_avg, avg_w)."""
+        c_avg, avg_w = self.average_context(a_hat, vr, causal=causal, valid=valid)
+        c = c.float() * s_prob                                           # [B, H, T, D]
+        out = s_mix * c + (1 - s_mix) * c_avg                            # [B, H, T, D]
+        if valid is not None and not causal:
+            out = out * valid[:, None, :, None]                          # padded query rows -> 0
+        return out.to(out_dtype), c_avg, avg_w
+
+    def _pipeline(self, q, k, v, *, causal, key_padding_mask, scale, layout="csr"):
+        """Stages 1-4: what distillation and attention_probs need (logits, a_hat, mask, selection, scalers)."""
+        kr, vr, valid, scale = self._prepare(q, k, v, causal=causal, key_padding_mask=key_padding_mask,
+                                             scale=scale)
+        logits, a_hat, s_prob, s_mix = self.stage_estimator(q, kr, vr, causal=causal, valid=valid, scale=scale)
+        mask = self.stage_topk(a_hat, causal=causal, valid=valid)        # bool [B, H, T, K]
+        sel = self.stage_interpolate(mask, causal=causal, valid=valid, layout=layout)
+        aux = dict(logits=logits, a_hat=a_hat, mask=mask, row_ptr=sel.get("row_ptr"), col=sel.get("col"),
+                   count=sel["count"], s_prob=s_prob, s_mix=s_mix, scale=scale, valid=valid)
+        return aux, sel, vr
 
     def forward(self, q, k, v, *, causal: bool, key_padding_mask=None, scale=None):
-        from kernels.sea_sparse_attention import sea_sparse_attention
-
-        aux = self._pipeline(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
-        # 5. sparse attention over the selected keys (the Triton kernel on GPU / interpreter)
-        c, ran = sea_sparse_attention(q, k, v, aux["row_ptr"], aux["col"], aux["scale"], backend=self.backend)
-        c = c.float() * aux["s_prob"]                                    # [B, H, T, D]
-        out = aux["s_mix"] * c + (1 - aux["s_mix"]) * aux["c_avg"]       # [B, H, T, D]
-        if aux["valid"] is not None and not causal:
-            out = out * aux["valid"][:, None, :, None]                   # padded query rows -> 0
-        out = out.to(q.dtype)
+        layout, kernel = self.sparse_plan(q, k, v, key_padding_mask)
+        aux, sel, vr = self._pipeline(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale,
+                                      layout=layout)
+        c, ran = self.stage_sparse(q, k, v, sel, causal=causal, scale=aux["scale"], kernel=kernel)
+        out, aux["c_avg"], aux["avg_w"] = self.stage_mix(c, aux["a_hat"], aux["s_prob"], aux["s_mix"], vr,
+                                                         causal=causal, valid=aux["valid"], out_dtype=q.dtype)
         aux["c_sea"] = out
         self.last_aux = aux
         self.impl = self._impl(ran)
         return out
 
     @torch.no_grad()
+    def stage_profile(self, q, k, v, *, causal, timer):
+        """{stage: ms} for one forward without padding: each stage's closure runs on the outputs of the
+        previous stages, computed once here. 'estimator' includes the input checks and repeat_kv."""
+        layout, kernel = self.sparse_plan(q, k, v, None)
+        ms = {}
+
+        def estimator():
+            kr, vr, valid, scale = self._prepare(q, k, v, causal=causal, key_padding_mask=None, scale=None)
+            return (kr, vr, scale) + self.stage_estimator(q, kr, vr, causal=causal, valid=valid, scale=scale)
+
+        kr, vr, scale, logits, a_hat, s_prob, s_mix = estimator()
+        ms["estimator"] = timer(estimator)
+        mask = self.stage_topk(a_hat, causal=causal, valid=None)
+        ms["topk"] = timer(lambda: self.stage_topk(a_hat, causal=causal, valid=None))
+        sel = self.stage_interpolate(mask, causal=causal, valid=None, layout=layout)
+        ms["interpolate"] = timer(lambda: self.stage_interpolate(mask, causal=causal, valid=None, layout=layout))
+        c, ran = self.stage_sparse(q, k, v, sel, causal=causal, scale=scale, kernel=kernel)
+        ms["sparse_attention"] = timer(lambda: self.stage_sparse(q, k, v, sel, causal=causal, scale=scale,
+                                                                 kernel=kernel))
+        ms["mix"] = timer(lambda: self.stage_mix(c, a_hat, s_prob, s_mix, vr, causal=causal, valid=None,
+                                                 out_dtype=q.dtype))
+        self.impl = self._impl(ran)
+        return ms
+
+    @torch.no_grad()
     def attention_probs(self, q, k, v, *, causal, rows, key_padding_mask=None, scale=None):
         """The layer's own distribution for query rows: s_mix s_prob sparse-softmax + (1 - s_mix) average."""
-        aux = self._pipeline(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+        aux, _, vr = self._pipeline(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
         B, H, T, D = q.shape
         rows = torch.as_tensor(rows, device=q.device).long()
         kr = repeat_kv(k, H).float()
@@ -169,5 +262,6 @@ class SEAAttention(AttentionModule):
                 vis = vis * aux["valid"][:, None, None, :]
             avg = vis / vis.sum(-1, keepdim=True).clamp(min=1)
         else:
-            avg = aux["avg_w"].expand(B, H, len(rows), T)
+            _, avg_w = self.average_context(aux["a_hat"], vr, causal=False, valid=aux["valid"])
+            avg = avg_w.expand(B, H, len(rows), T)
         return s_mix * s_prob * p + (1 - s_mix) * avg
