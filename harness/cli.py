@@ -13,7 +13,7 @@ from harness.runner import UsageError
 
 # Model-level tasks register their own sub-commands: a module in this list exposes
 # `register_cli(subparsers)` and sets `func` on its parser (see harness/tasks/).
-TASK_MODULES: tuple[str, ...] = ()
+TASK_MODULES: tuple[str, ...] = ("harness.tasks.perplexity", "harness.tasks.fidelity")
 
 
 def _ints(text: str) -> list[int]:
