@@ -49,20 +49,58 @@ def _check(fq, fk, v, *, backend, dtype=torch.float32, rtol=2e-5, **kw):
         assert err <= tol, f"{name}: max err {err:.3g} > {tol:.3g}"
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", ["triton", "torch", "triton-sequential"])
 @pytest.mark.parametrize("T", [37, 32, 5])
 def test_matches_prefix_sum_formula(backend, T):
     # T=37: not a multiple of the chunk (16); T=32: exact multiple; T=5: shorter than one chunk
-    _check(*_inputs(T, 16, 16), backend=backend, chunk=16)
+    kw = dict(backend="triton", algo="sequential") if backend == "triton-sequential" else dict(backend=backend)
+    _check(*_inputs(T, 16, 16), chunk=16, **kw)
 
 
-def test_triton_split_feature_and_value_blocks():
-    # M=40 over blocks of 16 -> 3 feature blocks (partial sums), E=24 -> 2 value blocks (den written once)
-    _check(*_inputs(37, 40, 24, seed=3), backend="triton", chunk=16, block_m=16, block_e=16)
+@pytest.mark.parametrize("group", [1, 2, 3])
+def test_parallel_groups_of_chunks(group):
+    # T=77 -> 5 chunks of 16: group=2 -> 3 stored states (last group has one chunk), group=3 -> 2 (last has 2);
+    # exercises the scan over groups, the in-group chunks before/after the current one (fwd and the
+    # reverse passes of backward), GQA and split feature / value blocks (M=40 -> 3 blocks, E=24 -> 2)
+    _check(*_inputs(77, 40, 24, seed=10 + group), backend="triton", chunk=16, group=group, block_m=16, block_e=16)
 
 
-def test_triton_chunk_32_and_no_gqa():
-    _check(*_inputs(45, 16, 20, hkv=H, seed=4), backend="triton", chunk=32)
+def test_parallel_auto_group_bounds_the_stored_states():
+    assert la._auto_group(1) == 1
+    assert la._auto_group(la.MAX_CHECKPOINTS) == 1
+    assert la._auto_group(la.MAX_CHECKPOINTS + 1) == 2
+    assert la._auto_group(1024) == 4                    # T=65536, chunk 64
+    for n in (1, 7, 300, 1024, 5000):
+        g = la._auto_group(n)
+        assert -(-n // g) <= la.MAX_CHECKPOINTS and (g == 1 or -(-n // (g // 2)) > la.MAX_CHECKPOINTS)
+
+
+def test_parallel_state_memory_is_per_group(monkeypatch):
+    # the stored states are [B, Hs, cdiv(chunks, group), K, N]: record the buffers the forward allocates
+    shapes = []
+    real = la._new_buffer
+
+    def spy(shape, device):
+        shapes.append(tuple(shape))
+        return real(shape, device)
+
+    monkeypatch.setattr(la, "_new_buffer", spy)
+    fq, fk, v = (t.float() for t in _inputs(77, 16, 24))
+    causal_linear_attention(fq, fk, v, backend="triton", chunk=16, group=2)
+    assert (B, HKV, 3, 16, 24) in shapes                 # states per kv head, 3 groups of 2 chunks
+    assert (B, HKV, 3, 16) in shapes                     # key sums
+    assert (B, H, 77, 24) in shapes and (B, H, 77) in shapes
+
+
+@pytest.mark.parametrize("algo", ["parallel", "sequential"])
+def test_triton_split_feature_and_value_blocks(algo):
+    # M=40 over blocks of 16 -> 3 feature blocks, E=24 -> 2 value blocks (den written once)
+    _check(*_inputs(37, 40, 24, seed=3), backend="triton", chunk=16, block_m=16, block_e=16, algo=algo)
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_triton_chunk_32_and_no_gqa(group):
+    _check(*_inputs(45 + 32 * group, 16, 20, hkv=H, seed=4), backend="triton", chunk=32, group=group)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -70,8 +108,11 @@ def test_triton_chunk_32_and_no_gqa():
 def test_half_inputs_accumulate_in_fp32(backend, dtype):
     # the reference sees the same rounded inputs, so only accumulation error remains (fp32) - plus the
     # rounding of the half gradients themselves
-    _check(*_inputs(37, 16, 16, seed=5), backend=backend, dtype=dtype, chunk=16,
-           rtol=1e-2 if dtype == torch.bfloat16 else 2e-3)
+    # (Triton: all-half inputs -> half tensor-core dots, the intra-chunk scores and the states rounded to
+    # the half dtype before their matmuls; group=2 so the in-group path runs too)
+    kw = dict(group=2) if backend == "triton" else {}
+    _check(*_inputs(53, 16, 16, seed=5), backend=backend, dtype=dtype, chunk=16,
+           rtol=1e-2 if dtype == torch.bfloat16 else 2e-3, **kw)
 
 
 def test_non_contiguous_inputs():
@@ -141,6 +182,10 @@ def test_bad_shapes_and_chunk():
         causal_linear_attention(fq, fk[:, :, :10], v, backend="torch")
     with pytest.raises(ValueError):
         causal_linear_attention(fq, fk, v, backend="triton", chunk=24)
+    with pytest.raises(ValueError):
+        causal_linear_attention(fq, fk, v, backend="triton", chunk=16, group=0)
+    with pytest.raises(ValueError):
+        causal_linear_attention(fq, fk, v, backend="triton", chunk=16, algo="scan")
 
 
 @pytest.mark.gpu
@@ -165,3 +210,32 @@ def test_cuda_triton_matches_torch_fallback_at_model_sizes(dtype):
         rtol = 1e-4 if i < 2 or dtype == torch.float32 else 1e-2     # bf16 grads: rounding of the result
         assert torch.isfinite(a).all()
         assert (a - r).abs().max() <= rtol * r.abs().max() + 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tf32", [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False),
+                                        (torch.float16, False)])
+def test_cuda_parallel_matches_torch_at_t4096(dtype, tf32):
+    # benchmark sizes, one head group: T=4096 (64 chunks; group=4 forces 16 stored states + in-group work),
+    # M=266 (5 feature blocks), E=64, H=16 over Hkv=4; fwd and all grads vs the fp32 torch chunked path
+    g = torch.Generator(device="cuda").manual_seed(0)
+    fq = torch.rand(1, 16, 4096, 266, device="cuda", generator=g)
+    fk = torch.rand(1, 4, 4096, 266, device="cuda", generator=g)
+    v = torch.randn(1, 4, 4096, 64, device="cuda", generator=g)
+    fq, fk, v = (t.to(dtype) for t in (fq, fk, v))
+    xr = [t.float().requires_grad_() for t in (fq, fk, v)]                  # same rounded inputs
+    ref = causal_linear_attention(*xr, backend="torch")
+    gn, gd = torch.randn_like(ref[0]), torch.randn_like(ref[1])
+    ((ref[0] * gn).sum() + (ref[1] * gd).sum()).backward()
+    for group in (None, 4):
+        x = [t.clone().requires_grad_() for t in (fq, fk, v)]
+        out = causal_linear_attention(*x, backend="triton", tf32=tf32, group=group)
+        ((out[0] * gn).sum() + (out[1] * gd).sum()).backward()
+        pairs = list(zip(out, ref)) + [(p.grad, pr.grad) for p, pr in zip(x, xr)]
+        for name, (a, r) in zip(("num", "den", "dfq", "dfk", "dv"), pairs):
+            a, r = a.double(), r.double()
+            assert torch.isfinite(a).all(), name
+            rel = ((a - r).norm() / r.norm()).item()
+            # IEEE fp32: accumulation order only; TF32 / half operands: 10- / 8-bit mantissas in the dots
+            lim = 1e-5 if (dtype == torch.float32 and not tf32) else (3e-3 if dtype != torch.bfloat16 else 2e-2)
+            assert rel <= lim, f"{name} group={group}: rel L2 {rel:.3g} > {lim:g}"
