@@ -12,8 +12,10 @@ try:
     _HAS_CUDA = torch.cuda.is_available()
 except Exception:  # pragma: no cover
     _HAS_CUDA = False
-if not _HAS_CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+INTERPRET_SET_HERE = False
+if not _HAS_CUDA and "TRITON_INTERPRET" not in os.environ:
+    os.environ["TRITON_INTERPRET"] = "1"
+    INTERPRET_SET_HERE = True
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
