@@ -5,6 +5,7 @@ import argparse
 import datetime as _dt
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -154,6 +155,8 @@ def cmd_run(a) -> int:
     measure = {"rep_ms": a.rep_ms, "cuda_graph": a.cuda_graph, "cpu_budget_s": a.cpu_budget}
     run = run_sweep(spec, cells, out, resume=a.resume, timeout_s=timeout, threads=a.threads,
                     measure_settings=measure, argv=sys.argv[1:], quiet=a.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0                               # rank 0 of a distributed sweep reports
     rows = run.rows()
     print(summary_table(rows))
     print(f"\n{len(rows)} rows in {run.path} (report: python -m harness report {run.path})")

@@ -81,32 +81,62 @@ def _progress(total: int, initial: int):
         return None
 
 
-def run_sweep(spec: SweepSpec, cells: list[Cell], out: Path, *, resume: bool, timeout_s: float,
-              threads: int | None, measure_settings: dict, argv: list[str], quiet: bool = False) -> RunDir:
-    from harness.worker import WorkerPool
-
-    run = RunDir(out)
+def _open_run(spec: SweepSpec, cells: list[Cell], run: RunDir, *, resume: bool, timeout_s: float,
+              threads: int | None, measure_settings: dict, argv: list[str], world: int) -> dict:
+    """Create the run directory's meta (or extend it on resume) and return it."""
     if run.exists() and not resume:
-        raise UsageError(f"{out} already holds a run; pass --resume to finish it, or choose another --out")
+        raise UsageError(f"{run.path} already holds a run; pass --resume to finish it, or choose another --out")
     if resume and run.exists():
         meta = run.meta()
-        done = run.finished_cells()
-        run_id = meta["run_id"]
         known = set(meta.get("cells", []))
         new_ids = [c.cell_id for c in cells if c.cell_id not in known]
         if new_ids:
             run.update_meta(cells=sorted(known | set(new_ids)))
+        return run.meta()
+    meta = provenance.run_meta(spec.device, argv)
+    meta.update(run_id=f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{spec.device}", spec=asdict(spec),
+                threads=threads, timeout_s=timeout_s, measure=measure_settings, cells=[c.cell_id for c in cells],
+                world_size=world)
+    run.create(meta)
+    return meta
+
+
+def run_sweep(spec: SweepSpec, cells: list[Cell], out: Path, *, resume: bool, timeout_s: float,
+              threads: int | None, measure_settings: dict, argv: list[str], quiet: bool = False) -> RunDir:
+    from harness import distributed
+    from harness.worker import WorkerPool
+
+    dist = distributed.from_env()
+    world = dist.world if dist else 1
+    if dist:
+        distributed.init(dist)
+        meta = None
+        if dist.rank == 0:
+            try:
+                meta = _open_run(spec, cells, RunDir(out), resume=resume, timeout_s=timeout_s, threads=threads,
+                                 measure_settings=measure_settings, argv=argv, world=world)
+            except UsageError as exc:
+                meta = {"error": str(exc)}
+        meta = distributed.broadcast(meta)
+        if "error" in meta:
+            raise UsageError(meta["error"])
     else:
-        meta = provenance.run_meta(spec.device, argv)
-        run_id = f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{spec.device}"
-        meta.update(run_id=run_id, spec=asdict(spec), threads=threads, timeout_s=timeout_s,
-                    measure=measure_settings, cells=[c.cell_id for c in cells])
-        run.create(meta)
-        done = set()
+        meta = _open_run(spec, cells, RunDir(out), resume=resume, timeout_s=timeout_s, threads=threads,
+                         measure_settings=measure_settings, argv=argv, world=1)
+    run = RunDir(out, rank=dist.rank if dist else None)
+    done = run.finished_cells()
     todo = [c for c in cells if c.cell_id not in done]
+    if dist:
+        distributed.barrier()                 # every rank has read `done` before any rank appends
+        todo = distributed.shard(todo, dist.world)[dist.rank]
+    run_id = meta["run_id"]
     device_name = meta["device_info"].get("device_name", "")
-    pool = WorkerPool({"threads": threads, "measure": measure_settings, "device_name": device_name}, timeout_s)
-    bar = None if quiet else _progress(len(cells), len(cells) - len(todo))
+    settings = {"threads": threads, "measure": measure_settings, "device_name": device_name,
+                "cuda_device": dist.local_rank if dist and spec.device == "cuda" else None,
+                "rank": dist.rank if dist else None}
+    pool = WorkerPool(settings, timeout_s)
+    show = not quiet and (dist is None or dist.rank == 0)
+    bar = _progress(len(todo), 0) if show else None
     try:
         for cell in todo:
             if bar is not None:
@@ -121,8 +151,16 @@ def run_sweep(spec: SweepSpec, cells: list[Cell], out: Path, *, resume: bool, ti
         pool.close()
         if bar is not None:
             bar.close()
-    run.update_meta(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    return run
+    if dist:
+        distributed.barrier()
+    if dist is None or dist.rank == 0:
+        merged = RunDir(out)
+        merged.merge_rank_files()
+        merged.update_meta(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    if dist:
+        distributed.barrier()                 # the merge is visible to every rank before it returns
+        distributed.finish()
+    return RunDir(out)
 
 
 def summary_table(rows: list[Row]) -> str:

@@ -14,6 +14,7 @@ from harness.rows import Row
 
 META = "meta.json"
 ROWS = "rows.jsonl"
+RANK_ROWS = "rows.rank*.jsonl"     # one per rank of a distributed sweep, merged into rows.jsonl at its end
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -26,8 +27,9 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 class RunDir:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, rank: int | None = None):
         self.path = Path(path)
+        self.rank = rank              # appends go to rows.rank<R>.jsonl when set
         self._tail_checked = False
 
     @property
@@ -36,7 +38,10 @@ class RunDir:
 
     @property
     def rows_path(self) -> Path:
-        return self.path / ROWS
+        return self.path / (ROWS if self.rank is None else f"rows.rank{self.rank}.jsonl")
+
+    def rank_files(self) -> list[Path]:
+        return sorted(self.path.glob(RANK_ROWS))
 
     def exists(self) -> bool:
         return self.meta_path.exists()
@@ -82,17 +87,19 @@ class RunDir:
             os.close(fd)
 
     def iter_rows(self) -> Iterator[Row]:
-        if not self.rows_path.exists():
-            return
-        with open(self.rows_path) as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    yield Row.from_dict(json.loads(line))
-                except json.JSONDecodeError:
-                    continue        # a torn last line from a killed writer
+        """rows.jsonl, then any per-rank files (newer: a resume only re-runs cells missing from both)."""
+        for path in [self.path / ROWS, *self.rank_files()]:
+            if not path.exists():
+                continue
+            with open(path) as f:
+                for line in f:
+                    line = line.strip()
+                    if not line:
+                        continue
+                    try:
+                        yield Row.from_dict(json.loads(line))
+                    except json.JSONDecodeError:
+                        continue        # a torn last line from a killed writer
 
     def rows(self) -> list[Row]:
         """Rows, the last one per cell winning (a resumed cell replaces its earlier attempt)."""
@@ -103,3 +110,14 @@ class RunDir:
 
     def finished_cells(self) -> set[str]:
         return {r.cell_id for r in self.rows()}
+
+    def merge_rank_files(self) -> int:
+        """Fold per-rank row files into rows.jsonl (atomically), one row per cell; returns rows merged."""
+        files = self.rank_files()
+        if not files:
+            return 0
+        rows = self.rows()
+        atomic_write(self.path / ROWS, "".join(r.to_json() + "\n" for r in rows))
+        for f in files:
+            f.unlink()
+        return len(rows)

@@ -17,8 +17,20 @@ import traceback
 from harness.grid import Cell
 from harness.rows import Row, row_for
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this worker when the sweep process dies, so an orphan never lingers
+    holding a GPU (e.g. after a rank of a distributed sweep is killed)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _worker_main(conn, settings: dict) -> None:
     """Worker loop: receive cell dicts, reply with row dicts, until None arrives."""
+    _die_with_parent()
     import torch
 
     from harness.cell import run_cell
@@ -29,6 +41,8 @@ def _worker_main(conn, settings: dict) -> None:
     threads = settings.get("threads")
     if threads:
         torch.set_num_threads(int(threads))
+    if settings.get("cuda_device") is not None:
+        torch.cuda.set_device(int(settings["cuda_device"]))     # this rank's GPU in a distributed sweep
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     device_name = settings.get("device_name", "")
@@ -39,6 +53,8 @@ def _worker_main(conn, settings: dict) -> None:
         cell = Cell(**msg["cell"])
         try:
             row = run_cell(cell, msg["run_id"], device_name=device_name, **settings.get("measure", {}))
+            if settings.get("rank") is not None:
+                row = dataclasses.replace(row, extra={**row.extra, "rank": settings["rank"]})
         except Exception as exc:  # noqa: BLE001 - e.g. a method whose supports() itself raises
             row = row_for(cell, msg["run_id"], "error", device_name=device_name,
                           reason=f"harness: {type(exc).__name__}: {exc}; {traceback.format_exc(limit=3)[-400:]}")
