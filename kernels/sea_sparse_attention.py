@@ -219,7 +219,9 @@ def _check(q, k, v, row_ptr, col):
         raise ValueError("the sparse kernel expects as many keys as queries (self-attention)")
     if col.dim() != 1 or row_ptr.dim() != 1:
         raise ValueError(f"row_ptr and col must be 1-D; got {tuple(row_ptr.shape)} and {tuple(col.shape)}")
-    if col.numel() != int(row_ptr[-1]):
+    # col may be longer than row_ptr[-1] (a capacity layout built without a device sync: the tail is filler
+    # no row points at). Checked only for CPU tensors: on CUDA the check itself would be a device sync.
+    if col.device.type == "cpu" and col.numel() < int(row_ptr[-1]):
         raise ValueError(f"col has {col.numel()} entries but row_ptr ends at {int(row_ptr[-1])}")
 
 
@@ -280,6 +282,7 @@ def sparse_attention_torch(q, k, v, row_ptr, col, scale: float):
     _check(q, k, v, row_ptr, col)
     B, H, T, D = q.shape
     Hkv = k.shape[1]
+    col = col[:int(row_ptr[-1])]                                        # drop a capacity layout's filler
     counts = row_ptr[1:] - row_ptr[:-1]                                 # [B*H*T]
     row = torch.repeat_interleave(torch.arange(B * H * T, device=q.device), counts)   # query row per entry
     bh = row // T

@@ -148,3 +148,26 @@ def test_stage_profile_returns_every_stage():
     assert list(ms) == ["estimator", "topk", "interpolate", "sparse_attention", "mix"]
     assert all(x > 0 for x in ms.values()) and len(calls) == 5
     assert "sparse=triton_tiled" in m.impl
+
+
+@pytest.mark.parametrize("mode,causal,k_sel,K", [("causal_per_batch", True, 3, 8), ("per_query", True, 2, 16),
+                                                 ("per_query", False, 3, 8), ("per_batch", False, 2, 8),
+                                                 ("per_head", False, 40, 4), ("causal_per_batch", True, 1, 64)])
+def test_sync_free_csr_equals_plain_csr_within_caps(mode, causal, k_sel, K):
+    from methods.sea.topk import select_topk, selection_caps
+
+    a_hat = torch.rand(B, H, T, K, generator=torch.Generator().manual_seed(7))
+    mask = select_topk(a_hat, mode=mode, k=k_sel, causal=causal)
+    caps = selection_caps(mode, B=B, H=H, T=T, K=K, k=k_sel, causal=causal)
+    rp0, col0 = mask_to_csr(mask, k=k_sel, causal=causal)                  # nonzero / repeat_interleave path
+    rp1, col1 = mask_to_csr(mask, k=k_sel, causal=causal, caps=caps)       # static sizes, no sync
+    assert int(mask.sum()) <= caps[0] and col0.numel() <= caps[1] == col1.numel()
+    assert torch.equal(rp0, rp1) and torch.equal(col0, col1[:col0.numel()])
+    assert caps[2] >= 1
+    if mode == "per_query" and causal:                                    # the filler tail is never read
+        q, k, v, _ = inputs(8, K, 0.0)
+        out1, _ = ssa.sea_sparse_attention(q, k, v, rp1, col1, 0.25, backend="triton")
+        ref = sparse_attention_ref(q, k, v, rp0, col0, 0.25)
+        torch.testing.assert_close(out1.double(), ref, atol=2e-5, rtol=1e-5)
+        out2, _ = ssa.sea_sparse_attention(q, k, v, rp1, col1, 0.25, backend="torch")
+        torch.testing.assert_close(out2.double(), ref, atol=2e-5, rtol=1e-5)

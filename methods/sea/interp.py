@@ -41,9 +41,15 @@ def valid_positions(valid: torch.Tensor) -> torch.Tensor:
     return torch.argsort((~valid).long(), dim=-1, stable=True)          # valid positions first, in order
 
 
-def mask_to_csr(mask: torch.Tensor, *, k: int, causal: bool, valid: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """mask bool [B, H, T, K] -> (row_ptr int64 [B*H*T + 1], col int32 [nnz])."""
+def mask_to_csr(mask: torch.Tensor, *, k: int, causal: bool, valid: torch.Tensor | None = None,
+                caps: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """mask bool [B, H, T, K] -> (row_ptr int64 [B*H*T + 1], col int32 [nnz]).
+
+    caps = (selected cells at most, keys at most, ...) known on the host (topk.selection_caps) and no
+    padding mask: the lists are built without a device sync, and col has the capacity length (entries
+    past row_ptr[-1] are filler that no row points at)."""
+    if caps is not None and valid is None:
+        return _mask_to_csr_nosync(mask, k=k, causal=causal, cells_cap=int(caps[0]), keys_cap=int(caps[1]))
     B, H, T, K = mask.shape
     dev = mask.device
     L = row_lengths(B, T, causal=causal, valid=valid, device=dev)        # [B, T]
@@ -78,6 +84,37 @@ def mask_to_csr(mask: torch.Tensor, *, k: int, causal: bool, valid: torch.Tensor
     return row_ptr, col.to(torch.int32).contiguous()
 
 
+def _mask_to_csr_nosync(mask: torch.Tensor, *, k: int, causal: bool, cells_cap: int, keys_cap: int
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same lists as mask_to_csr (no padding mask) with static sizes: the selected (row, cell) pairs by
+    nonzero_static (flat order = rows ascending, cells ascending), each key entry finds its pair by a
+    binary search over the pairs' cumulative key counts. Row counts come from the dense mask."""
+    B, H, T, K = mask.shape
+    dev = mask.device
+    L = row_lengths(1, T, causal=causal, valid=None, device=dev)        # [1, T]
+    lo, hi = cell_bounds(L, K)                                           # [1, T, K]
+    width = (hi - lo)[0]                                                 # [T, K]
+    n_cell = width.clamp(max=k)                                          # keys per cell [T, K]
+    sel = mask & (n_cell > 0)                                            # [B, H, T, K]
+    counts = (sel.long() * n_cell).sum(-1).reshape(-1)                  # keys per row [B*H*T]
+    row_ptr = torch.zeros(B * H * T + 1, dtype=torch.int64, device=dev)
+    torch.cumsum(counts, 0, out=row_ptr[1:])
+    cells_cap = max(cells_cap, 1)
+    pair = torch.nonzero_static(sel.reshape(-1), size=cells_cap, fill_value=0).squeeze(1)   # [cells_cap]
+    n_sel = sel.sum()                                                    # device scalar: real pairs
+    tk = pair % (T * K)                                                  # (t, c) of each pair
+    real = torch.arange(cells_cap, device=dev) < n_sel
+    n_p = torch.where(real, n_cell.reshape(-1)[tk], 0)                   # keys of each pair (filler: 0)
+    end = torch.cumsum(n_p, 0)                                           # [cells_cap]
+    e = torch.arange(max(keys_cap, 1), device=dev)                       # key entries (beyond nnz: filler)
+    p = torch.searchsorted(end, e, right=True).clamp(max=cells_cap - 1)  # pair of each entry
+    off = e - (end[p] - n_p[p])                                          # index inside the pair's cell
+    w_p, n_pp = width.reshape(-1)[tk[p]], n_p[p].clamp(min=1)
+    col = lo.reshape(-1)[tk[p]] + torch.div(off * w_p, n_pp, rounding_mode="floor")   # key rank = position
+    col = torch.where(e < row_ptr[-1], col, 0)                           # filler entries -> key 0
+    return row_ptr, col.to(torch.int32).contiguous()
+
+
 def csr_counts(row_ptr: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     """Keys per query row [B, H, T]."""
     return (row_ptr[1:] - row_ptr[:-1]).view(shape)
@@ -87,6 +124,7 @@ def csr_to_dense(row_ptr: torch.Tensor, col: torch.Tensor, shape: tuple[int, int
                  rows: torch.Tensor | None = None) -> torch.Tensor:
     """bool [B, H, R, T_k] selection for query rows `rows` (all if None). O(R T_k): diagnostics and tests."""
     B, H, T = shape
+    col = col[:int(row_ptr[-1])]                                         # capacity layouts carry filler
     counts = row_ptr[1:] - row_ptr[:-1]
     row_of = torch.repeat_interleave(torch.arange(B * H * T, device=col.device), counts)   # [nnz]
     t_of = row_of % T

@@ -15,10 +15,14 @@ from methods.base import AttentionModule, check_inputs, repeat_kv
 from methods.sea.estimator import Estimator
 from methods.sea.interp import (active_tiles, cell_bounds, csr_counts, csr_to_dense, expand_columns, mask_to_csr,
                                 row_lengths, selected_counts)
-from methods.sea.topk import select_topk
+from methods.sea.topk import select_topk, selection_caps
 
 
 def check_finite(**tensors: torch.Tensor) -> None:
+    """One host sync for all tensors together; names the culprit only when something is wrong."""
+    flags = [torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()]
+    if not flags or bool(torch.stack(flags).all()):
+        return
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ValueError(f"sea: {name} contains non-finite values (NaN or Inf); refusing to attend")
@@ -157,7 +161,9 @@ class SEAAttention(AttentionModule):
             tiles, ntiles = active_tiles(mask, causal=causal, block_m=bm, block_n=bn)
             return dict(layout=layout, mask=mask, tiles=tiles, ntiles=ntiles, block_m=bm, block_n=bn,
                         count=selected_counts(mask, k=self.k, causal=causal))
-        row_ptr, col = mask_to_csr(mask, k=self.k, causal=causal, valid=valid)   # CSR over (b, h, t)
+        caps = None if valid is not None else selection_caps(self.mode, B=B, H=H, T=T, K=K, k=self.k,
+                                                             causal=causal)
+        row_ptr, col = mask_to_csr(mask, k=self.k, causal=causal, valid=valid, caps=caps)   # CSR over (b, h, t)
         return dict(layout=layout, row_ptr=row_ptr, col=col, count=csr_counts(row_ptr, (B, H, T)))
 
     def stage_sparse(self, q, k, v, sel, *, causal, scale, kernel):

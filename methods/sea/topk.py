@@ -11,6 +11,8 @@ never selected; per_head/per_batch rank across time, so they are bidirectional-o
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from methods.sea.interp import cell_bounds, row_lengths
@@ -35,10 +37,39 @@ def budgets(mode: str, L: torch.Tensor, *, k: int, K: int, H: int) -> torch.Tens
     raise ValueError(f"unknown top-k mode {mode!r}")
 
 
-def _rank_select(scores: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-    """scores [..., G] (-inf = ineligible), n [...] budgets -> bool [..., G]: the n highest eligible."""
+@functools.lru_cache(maxsize=64)
+def selection_caps(mode: str, *, B: int, H: int, T: int, K: int, k: int, causal: bool) -> tuple[int, int, int]:
+    """Host-side bounds for a call without a padding mask (computed on CPU from shapes alone, so no device
+    sync): (selected cells at most, interpolated keys at most, largest group budget). Cells selected per
+    group <= min(budget, eligible cells); keys per cell <= min(k, widest cell of the row); a causal row
+    never has more than L_t keys."""
+    L = row_lengths(1, T, causal=causal, valid=None, device="cpu")       # [1, T]
+    lo, hi = cell_bounds(L, K)                                           # [1, T, K]
+    elig = (hi > lo).sum(-1)[0]                                          # [T] non-empty cells per row
+    per_cell = (hi - lo).amax(-1)[0].clamp(max=k)                        # [T] keys per cell at most
+    n = budgets(mode, L, k=k, K=K, H=H)
+    Lt = L[0]
+    if mode == "per_query":
+        cells = torch.minimum(n[0], elig)                                # per (b, h, t)
+        keys = torch.minimum(cells * per_cell, Lt)
+        return int(cells.sum()) * B * H, int(keys.sum()) * B * H, int(n.max())
+    if mode == "causal_per_batch":
+        cells = torch.minimum(n[0], H * elig)                            # per (b, t), all heads
+        keys = torch.minimum(cells * per_cell, H * Lt)
+        return int(cells.sum()) * B, int(keys.sum()) * B, int(n.max())
+    groups, rows = (B * H, T) if mode == "per_head" else (B, H * T)     # bidirectional: L_t = T
+    cells = min(int(n.max()), rows * int(elig.max()))
+    keys = min(cells * int(per_cell.max()), rows * T)
+    return groups * cells, groups * keys, int(n.max())
+
+
+def _rank_select(scores: torch.Tensor, n: torch.Tensor, kmax: int | None = None) -> torch.Tensor:
+    """scores [..., G] (-inf = ineligible), n [...] budgets -> bool [..., G]: the n highest eligible.
+    kmax: n.max() when the caller knows it on the host (saves a device sync)."""
     G = scores.shape[-1]
-    kmax = int(min(G, int(n.max().item()) if n.numel() else 0))
+    if kmax is None:
+        kmax = int(n.max().item()) if n.numel() else 0
+    kmax = int(min(G, kmax))
     sel = torch.zeros_like(scores, dtype=torch.bool)
     if kmax == 0:
         return sel
@@ -63,14 +94,15 @@ def select_topk(probs: torch.Tensor, *, mode: str, k: int, causal: bool,
         eligible = eligible & valid[:, :, None]
     scores = probs.detach().float().masked_fill(~eligible[:, None], float("-inf"))   # [B, H, T, K]
     n = budgets(mode, L, k=k, K=K, H=H)
+    kmax = selection_caps(mode, B=B, H=H, T=T, K=K, k=k, causal=causal)[2] if valid is None else None
     if mode == "per_query":
-        return _rank_select(scores, n[:, None, :].expand(B, H, T))
+        return _rank_select(scores, n[:, None, :].expand(B, H, T), kmax)
     if mode == "causal_per_batch":
         flat = scores.permute(0, 2, 1, 3).reshape(B, T, H * K)           # [B, T, H*K]
-        sel = _rank_select(flat, n)                                      # [B, T, H*K]
+        sel = _rank_select(flat, n, kmax)                                # [B, T, H*K]
         return sel.view(B, T, H, K).permute(0, 2, 1, 3)                  # [B, H, T, K]
     if mode == "per_head":
-        sel = _rank_select(scores.reshape(B, H, T * K), n[:, None].expand(B, H))
+        sel = _rank_select(scores.reshape(B, H, T * K), n[:, None].expand(B, H), kmax)
         return sel.view(B, H, T, K)
-    sel = _rank_select(scores.reshape(B, H * T * K), n)                  # per_batch
+    sel = _rank_select(scores.reshape(B, H * T * K), n, kmax)            # per_batch
     return sel.view(B, H, T, K)
