@@ -435,8 +435,8 @@ def _triton_pass_parallel(q, k, v, *, reverse: bool, with_den: bool, chunk: int,
     # default "tf32" tag that Triton itself gives them
     prec = "tf32" if (tf32 or dot != tl_float32()) else "ieee"
     dev = q.device
-    states = torch.empty((B, Hs, NG, KD, ND), device=dev, dtype=torch.float32)   # every element written
-    zs = torch.empty((B, Hs, NG, KD), device=dev, dtype=torch.float32) if with_den else states
+    states = _new_buffer((B, Hs, NG, KD, ND), dev)           # phase 1 writes every element
+    zs = _new_buffer((B, Hs, NG, KD), dev) if with_den else states
     out = _new_buffer((B, H, T, ND), dev)
     den = _new_buffer((B, H, T), dev) if with_den else out
     k_states, k_scan, k_out = _parallel_kernels()
