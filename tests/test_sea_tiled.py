@@ -171,3 +171,17 @@ def test_sync_free_csr_equals_plain_csr_within_caps(mode, causal, k_sel, K):
         torch.testing.assert_close(out1.double(), ref, atol=2e-5, rtol=1e-5)
         out2, _ = ssa.sea_sparse_attention(q, k, v, rp1, col1, 0.25, backend="torch")
         torch.testing.assert_close(out2.double(), ref, atol=2e-5, rtol=1e-5)
+
+
+def test_causal_linear_attention_grouped_chunks_match_explicit_matrix():
+    from methods.sea.favor import linear_attention
+
+    g = torch.Generator().manual_seed(9)
+    pq, pk = torch.rand(B, H, T, 7, generator=g, dtype=torch.float64), torch.rand(B, H, T, 7, generator=g,
+                                                                                  dtype=torch.float64)
+    v = torch.randn(B, H, T, 5, generator=g, dtype=torch.float64)
+    a = (pq @ pk.transpose(-1, -2)) * torch.ones(T, T, dtype=torch.float64).tril()   # [B, H, T, T]
+    want = (a @ v) / a.sum(-1, keepdim=True)
+    for chunk, group in ((5, 10), (4, 4), (16, 1000)):      # several groups, one chunk per group, one group
+        got = linear_attention(pq, pk, v, causal=True, chunk=chunk, eps=0.0, group_rows=group)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

@@ -6,9 +6,10 @@ Two kernels:
     and one max over the valid keys (and features) for keys; both cancel in the normalised ratio.
   * "relu": generalised kernel phi(x) = relu(x' W^T) + eps (the causal SEA setting).
 
-Causal attention uses prefix sums computed chunk by chunk: a running state S = sum phi(k)^T v
-[m, Dv] and z = sum phi(k) [m] is carried between chunks, and inside a chunk a (c x c) masked
-product is used, so memory is O(T (m + Dv) + c^2), never a (T, m, Dv) cumulative sum.
+Causal attention uses prefix sums over chunks: the state S = sum phi(k)^T v [m, Dv] and z = sum phi(k) [m]
+before each chunk comes from a prefix sum over chunk states (batched over a group of chunks, carried
+between groups), and inside a chunk a (c x c) masked product is used, so memory is
+O(T (m + Dv) / c + group rows x c), never a (T, m, Dv) cumulative sum.
 Everything here runs in float32 (the caller casts).
 """
 from __future__ import annotations
@@ -57,9 +58,11 @@ def relu_features(x: torch.Tensor, proj: torch.Tensor, eps: float = 1e-3) -> tor
 
 
 def linear_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, *, causal: bool,
-                     chunk: int = 128, eps: float = 1e-6) -> torch.Tensor:
+                     chunk: int = 128, eps: float = 1e-6, group_rows: int = 8192) -> torch.Tensor:
     """D^-1 phi_q (phi_k^T v). phi_* [B, H, T, m], v [B, H, T, Dv] -> [B, H, T, Dv].
-    Rows of phi_k for padded keys must already be zero."""
+    Rows of phi_k for padded keys must already be zero. Causal: chunks of `chunk` rows; the chunks of a
+    group of `group_rows` rows are done in one batched step (states by a prefix sum over chunks), so the
+    Python loop runs T / group_rows times, not T / chunk."""
     if not causal:
         kv = phi_k.transpose(-1, -2) @ v                                 # [B, H, m, Dv]
         z = phi_k.sum(dim=-2)                                            # [B, H, m]
@@ -68,20 +71,34 @@ def linear_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, 
         return num / (den + eps)
     B, H, T, m = phi_q.shape
     Dv = v.shape[-1]
-    state = phi_q.new_zeros(B, H, m, Dv)
-    zsum = phi_q.new_zeros(B, H, m)
+    state = phi_q.new_zeros(B, H, 1, m, Dv)
+    zsum = phi_q.new_zeros(B, H, 1, m)
     outs = []
-    for s in range(0, T, chunk):
-        e = min(T, s + chunk)
-        q_c, k_c, v_c = phi_q[:, :, s:e], phi_k[:, :, s:e], v[:, :, s:e]  # [B, H, c, *]
-        c = e - s
-        tri = torch.ones(c, c, dtype=torch.bool, device=v.device).tril()
-        local = (q_c @ k_c.transpose(-1, -2)).masked_fill(~tri, 0.0)     # [B, H, c, c]
-        num = q_c @ state + local @ v_c                                  # [B, H, c, Dv]
-        den = (q_c * zsum[..., None, :]).sum(-1, keepdim=True) + local.sum(-1, keepdim=True)
-        outs.append(num / (den + eps))
-        state = state + k_c.transpose(-1, -2) @ v_c
-        zsum = zsum + k_c.sum(dim=-2)
+    span = chunk * max(1, group_rows // chunk)                          # rows per batched group of chunks
+    for s in range(0, T, span):
+        e = min(T, s + span)
+        nc = -(-(e - s) // chunk)
+        pad = nc * chunk - (e - s)
+
+        def blocks(x):                                                   # [B, H, n, *] -> [B, H, nc, c, *]
+            x = x[:, :, s:e]
+            if pad:
+                x = torch.nn.functional.pad(x, (0, 0, 0, pad))          # zero rows: phi_k = 0 adds nothing
+            return x.reshape(B, H, nc, chunk, x.shape[-1])
+
+        q_c, k_c, v_c = blocks(phi_q), blocks(phi_k), blocks(v)
+        kv = k_c.transpose(-1, -2) @ v_c                                 # [B, H, nc, m, Dv]
+        kz = k_c.sum(dim=-2)                                             # [B, H, nc, m]
+        # state before each chunk: carried state + exclusive prefix sum over the group's chunks
+        pre_kv = state + torch.cat([torch.zeros_like(kv[:, :, :1]), kv[:, :, :-1].cumsum(2)], 2)
+        pre_z = zsum + torch.cat([torch.zeros_like(kz[:, :, :1]), kz[:, :, :-1].cumsum(2)], 2)
+        tri = torch.ones(chunk, chunk, dtype=torch.bool, device=v.device).tril()
+        local = (q_c @ k_c.transpose(-1, -2)).masked_fill(~tri, 0.0)     # [B, H, nc, c, c]
+        num = q_c @ pre_kv + local @ v_c                                 # [B, H, nc, c, Dv]
+        den = (q_c * pre_z[..., None, :]).sum(-1, keepdim=True) + local.sum(-1, keepdim=True)
+        outs.append((num / (den + eps)).reshape(B, H, nc * chunk, Dv)[:, :, :e - s])
+        state = pre_kv[:, :, -1:] + kv[:, :, -1:]
+        zsum = pre_z[:, :, -1:] + kz[:, :, -1:]
     return torch.cat(outs, dim=2)                                        # [B, H, T, Dv]
 
 
