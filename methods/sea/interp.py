@@ -96,7 +96,7 @@ def _mask_to_csr_nosync(mask: torch.Tensor, *, k: int, causal: bool, cells_cap: 
     width = (hi - lo)[0]                                                 # [T, K]
     n_cell = width.clamp(max=k)                                          # keys per cell [T, K]
     sel = mask & (n_cell > 0)                                            # [B, H, T, K]
-    counts = (sel.long() * n_cell).sum(-1).reshape(-1)                  # keys per row [B*H*T]
+    counts = _row_key_counts(sel, n_cell, k).reshape(-1)                # keys per row [B*H*T]
     row_ptr = torch.zeros(B * H * T + 1, dtype=torch.int64, device=dev)
     torch.cumsum(counts, 0, out=row_ptr[1:])
     cells_cap = max(cells_cap, 1)
@@ -166,8 +166,15 @@ def selected_counts(mask: torch.Tensor, *, k: int, causal: bool) -> torch.Tensor
     B, H, T, K = mask.shape
     L = row_lengths(1, T, causal=causal, valid=None, device=mask.device)   # [1, T]
     lo, hi = cell_bounds(L, K)                                           # [1, T, K]
-    n_cell = (hi - lo).clamp(max=k)                                      # [1, T, K]
-    return (mask.long() * n_cell[:, None]).sum(-1)                       # [B, H, T]
+    n_cell = (hi - lo).clamp(max=k)[0]                                   # [T, K]
+    return _row_key_counts(mask, n_cell, k)                              # [B, H, T]
+
+
+def _row_key_counts(mask: torch.Tensor, n_cell: torch.Tensor, k: int) -> torch.Tensor:
+    """sum_c mask[b, h, t, c] n_cell[t, c] -> int64 [B, H, T], with a 1-byte product when k < 256 (the
+    [B, H, T, K] temporary is the big one)."""
+    small = torch.uint8 if k < 256 else torch.int32
+    return (mask.to(small) * n_cell.to(small)).sum(-1, dtype=torch.int64)
 
 
 def active_tiles(mask: torch.Tensor, *, causal: bool, block_m: int, block_n: int
