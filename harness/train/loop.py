@@ -1,0 +1,388 @@
+"""The distillation trainer: a student (the teacher's copy with a method swapped in) learns from the teacher.
+
+The harness names no method. Trainable parts are discovered as the parameters of the per-layer method modules
+that `harness.models.swap` installs (submodule `harness_attn` of each attention layer); a method whose modules
+have none is refused (`DistillError`). What a module may expose for distillation (the protocol, read-only):
+
+  forward(...)                  its output: MSE against exact attention on the same q, k, v (always).
+  last_aux: dict (optional)     set by forward; keys read: 'logits' [B, H, T, K] (log-scores of a compressed
+                                attention estimate, preferred) or 'a_hat' [B, H, T, K] (its probabilities). With
+                                a gradient, they get 0.1 KL(pool(P) || A_hat) + MSE(A_hat, pool(P)).
+  compress_probs(probs, *, causal, valid) (optional) -> [B, H, T, K]: exact probabilities in the estimate's cell
+                                geometry; fallback: a function `pool_columns(probs, *, K, causal, valid)` in the
+                                module's own Python module.
+  attention_probs(...) (contract) when its result carries a gradient: 0.1 KL(P || P_method) + MSE.
+  redraw_features() (optional)  called every `redraw_every` steps.
+
+A future contract method `distill_terms(teacher_probs, ...)` could replace the reading of last_aux.
+
+The student trains in eval mode (no dropout: the swap refuses attention dropout). Teacher: the same model with
+its own (exact) attention, frozen. Optimizer: AdamW (weight decay 0.01), constant learning rates in three
+groups: method-module parameters (lr_method, default 10 x lr), the model's own weights (lr_rest; 0 freezes
+them). Gradient clipping, bf16/fp16 autocast (method modules run outside autocast unless method_autocast),
+checkpoints (method state as safetensors via swap.save_method_state, optimizer + step via torch.save).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from harness.train import losses as L
+
+
+class DistillError(RuntimeError):
+    """The distillation cannot run (said in words)."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    lr: float = 1e-5                 # base learning rate
+    lr_method: float | None = None   # method-module parameters (default 10 x lr)
+    lr_rest: float = 2e-6            # the model's own weights (0: frozen)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    amp: str = "none"                # none, bf16, fp16
+    method_autocast: bool = False    # False: method modules run in their own precision under autocast
+    redraw_every: int = 1000         # redraw_features() every N steps (0: never)
+    max_attn_tokens: int = 2048      # terms needing T x T attention only when T <= this
+    layer_target: str = "self"       # self: exact attention on the student's q, k, v; teacher: the teacher's
+    use_attention_probs: bool = True
+    weights: dict | None = None      # overrides of losses.DEFAULT_WEIGHTS[kind]
+
+    def method_lr(self) -> float:
+        return self.lr_method if self.lr_method is not None else 10 * self.lr
+
+
+def model_kind(model: nn.Module) -> str:
+    """'causal' (decoder LM), 'classification' (sequence classifier) or 'encoder' (bare encoder)."""
+    cfg = getattr(model, "config", None)
+    if getattr(cfg, "is_decoder", False) or type(model).__name__.endswith("ForCausalLM"):
+        return "causal"
+    if type(model).__name__.endswith("ForSequenceClassification"):
+        return "classification"
+    return "encoder"
+
+
+def method_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    from harness.models.swap import SUBMODULE
+
+    return [(n, m) for n, m in model.named_modules() if n.split(".")[-1] == SUBMODULE]
+
+
+def _no_autocast(mod: nn.Module, device_type: str) -> None:
+    """Run `mod.forward` (and attention_probs) with autocast disabled: the method keeps its own precision."""
+    for name in ("forward", "attention_probs"):
+        fn = getattr(mod, name)
+
+        def wrapped(*a, _fn=fn, **kw):
+            with torch.autocast(device_type=device_type, enabled=False):
+                return _fn(*a, **kw)
+        setattr(mod, name, wrapped)
+
+
+class Distiller:
+    """Owns teacher, student, optimizer and step. `example` is one batch (dict with input_ids [B, T] and
+    optional attention_mask, labels); it builds the per-layer method modules before the optimizer exists."""
+
+    def __init__(self, teacher: nn.Module, method: str, method_args: dict | None, *, example: dict,
+                 cfg: TrainConfig | None = None, seq_len: int | None = None, seed: int = 0):
+        from harness.models import swap
+
+        self.cfg = cfg or TrainConfig()
+        self.method = method
+        self.seed = seed
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.kind = model_kind(teacher)
+        wkind = "causal" if self.kind == "causal" else "encoder"
+        self.weights = {**L.DEFAULT_WEIGHTS[wkind], **(self.cfg.weights or {})}
+        self.device = next(teacher.parameters()).device
+        self.student = copy.deepcopy(teacher).eval()
+        self.handle = swap.attach(self.student, method, method_args or {}, seed=seed,
+                                  seq_len=seq_len or example["input_ids"].shape[1])
+        self.method_cfg = self.handle.cfg
+        with torch.no_grad():                   # build every layer's method module
+            self.student(**self._model_inputs(example))
+        mods = method_modules(self.student)
+        if not mods:
+            raise DistillError(f"{method}: no per-layer method modules were built (no attention layer went "
+                               "through the swapped attention)")
+        self.method_params = [p for _, m in mods for p in m.parameters()]
+        if not self.method_params:
+            raise DistillError(f"method '{method}' has no trainable parameters in its per-layer modules (nothing "
+                               f"to distill); distill trains methods with learned parts only")
+        if self.cfg.amp != "none" and not self.cfg.method_autocast:
+            for _, m in mods:
+                _no_autocast(m, self.device.type)
+        self.modules = [m for _, m in mods]
+        ids = {id(p) for p in self.method_params}
+        for p in self.method_params:
+            p.requires_grad_(True)
+        self.rest_named = [(n, p) for n, p in self.student.named_parameters() if id(p) not in ids]
+        for _, p in self.rest_named:
+            p.requires_grad_(self.cfg.lr_rest > 0)
+        groups = [{"params": self.method_params, "lr": self.cfg.method_lr(), "name": "method"}]
+        if self.cfg.lr_rest > 0:
+            groups.append({"params": [p for _, p in self.rest_named], "lr": self.cfg.lr_rest, "name": "rest"})
+        self.optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.cfg.amp]
+        self.amp_dtype = amp_dtype
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.cfg.amp == "fp16")
+        self.step = 0
+        self._calls: list[L.LayerCall] = []
+        self._recording = False
+        self._state: dict = {}
+        self.hooks = [m.register_forward_hook(self._hook, with_kwargs=True) for m in self.modules]
+        self.dropped: list[str] = []
+
+    # --- bookkeeping ------------------------------------------------------------------------------------
+    def n_method_params(self) -> int:
+        return sum(p.numel() for p in self.method_params)
+
+    def notes(self) -> list[str]:
+        return sorted(self._state.get("notes", set())) + list(dict.fromkeys(self.dropped))
+
+    def _hook(self, module, args, kwargs, output):
+        if not self._recording:
+            return
+        q, k, v = args[:3]
+        aux = getattr(module, "last_aux", None)
+        self._calls.append(L.LayerCall(module=module, q=q, k=k, v=v, causal=bool(kwargs.get("causal")),
+                                       key_padding_mask=kwargs.get("key_padding_mask"), scale=kwargs.get("scale"),
+                                       out=output, aux=dict(aux) if isinstance(aux, dict) else None))
+
+    def _model_inputs(self, batch: dict) -> dict:
+        kw = {"input_ids": batch["input_ids"]}
+        if batch.get("attention_mask") is not None:
+            kw["attention_mask"] = batch["attention_mask"]
+        if self.kind == "causal":
+            kw["use_cache"] = False
+        return kw
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    # --- losses -----------------------------------------------------------------------------------------
+    def losses(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """(total loss with graph, {term: value}) on one batch; per-layer terms are summed over layers."""
+        batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        inputs = self._model_inputs(batch)
+        T = batch["input_ids"].shape[1]
+        target_layers = None
+        with torch.no_grad(), self._autocast():
+            if self.cfg.layer_target == "teacher":
+                from harness.models.swap import Capture
+
+                with Capture(self.teacher, to_cpu=False) as cap:
+                    t_out = self.teacher(**inputs, output_hidden_states=True)
+                target_layers = cap.layers
+            else:
+                t_out = self.teacher(**inputs, output_hidden_states=True)
+        self._calls = []
+        self._recording = True
+        try:
+            with self._autocast():
+                s_out = self.student(**inputs, output_hidden_states=True)
+        finally:
+            self._recording = False
+        calls, self._calls = self._calls, []
+        attn_ok = T <= self.cfg.max_attn_tokens
+        if not attn_ok:
+            self.dropped.append(f"est_kl, est_mse, attn_kl, attn_mse dropped: T={T} > max_attn_tokens="
+                                f"{self.cfg.max_attn_tokens} (they need the T x T teacher attention)")
+        parts: dict[str, torch.Tensor] = {}
+        for i, call in enumerate(calls):
+            target = None
+            if target_layers is not None:
+                t = target_layers[i]
+                target = (t.q, t.k, t.v)
+            for name, val in L.layer_terms(call, target=target, attn_ok=attn_ok,
+                                           use_probs=self.cfg.use_attention_probs, state=self._state).items():
+                parts[name] = parts.get(name, 0.0) + val
+        tmask = batch.get("attention_mask")
+        if getattr(s_out, "hidden_states", None) is not None and getattr(t_out, "hidden_states", None) is not None:
+            parts["hidden"] = L.hidden_mse(s_out.hidden_states, t_out.hidden_states, tmask)
+        s_logits = getattr(s_out, "logits", None)
+        t_logits = getattr(t_out, "logits", None)
+        if s_logits is not None and t_logits is not None:
+            parts["logits_kl"] = L.logits_kl(s_logits, t_logits, tmask if s_logits.dim() == 3 else None)
+            task = L.task_loss(self.kind, s_logits, batch)
+            if task is not None:
+                parts["task"] = task
+        total = sum(self.weights.get(k, 1.0) * v for k, v in parts.items())
+        values = {k: float(v.detach()) for k, v in parts.items()}
+        values["loss"] = float(total.detach())
+        return total, values
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        total, values = self.losses(batch)
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        values["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        if self.cfg.redraw_every and self.step % self.cfg.redraw_every == 0:
+            for m in self.modules:
+                if callable(getattr(m, "redraw_features", None)):
+                    m.redraw_features()
+        return values
+
+    # --- checkpoints ------------------------------------------------------------------------------------
+    def save(self, root: Path, *, keep: int = 2, extra: dict | None = None) -> Path:
+        """root/step-NNNNNNN/{method_state.safetensors, rest.safetensors (if trained), trainer.pt}; written to a
+        temporary folder and renamed, so a listed checkpoint is complete. Keeps the newest `keep`."""
+        from safetensors.torch import save_file
+
+        from harness.models import swap
+
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        final = root / f"step-{self.step:07d}"
+        tmp = root / f".tmp-step-{self.step:07d}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        swap.save_method_state(self.student, tmp / "method_state.safetensors")
+        if self.cfg.lr_rest > 0:
+            save_file({n: p.detach().cpu().contiguous().clone() for n, p in self.rest_named},
+                      str(tmp / "rest.safetensors"))
+        torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                    "method": self.method, "method_cfg": json.dumps(self.method_cfg, sort_keys=True, default=str),
+                    "extra": extra or {}}, tmp / "trainer.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load(self, ckpt: Path) -> dict:
+        """Restore method state, trained model weights, optimizer, scaler and step from a checkpoint folder."""
+        from safetensors.torch import load_file
+
+        from harness.models import swap
+
+        ckpt = Path(ckpt)
+        state = torch.load(ckpt / "trainer.pt", map_location=self.device, weights_only=False)
+        if state["method"] != self.method:
+            raise DistillError(f"{ckpt} holds method {state['method']!r}; this run distills {self.method!r}")
+        swap.load_method_state(self.student, ckpt / "method_state.safetensors")
+        rest = ckpt / "rest.safetensors"
+        if rest.exists():
+            tensors = load_file(str(rest))
+            with torch.no_grad():
+                for n, p in self.rest_named:
+                    if n in tensors:
+                        p.copy_(tensors[n].to(p.device, p.dtype))
+        elif self.cfg.lr_rest > 0:
+            raise DistillError(f"{ckpt} has no rest.safetensors but lr_rest={self.cfg.lr_rest} trains the model")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        return state.get("extra", {})
+
+    def close(self) -> None:
+        for h in self.hooks:
+            h.remove()
+        self.hooks = []
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoint folders under root, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / "trainer.pt").exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per logged step or evaluation (append-only, flushed)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def write(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True, default=float) + "\n")
+            f.flush()
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+
+def batch_at(windows: torch.Tensor, step: int, batch: int, seed: int) -> torch.Tensor:
+    """The training batch of `step` (0-based): epochs of a seeded permutation of the windows [N, T], so the
+    data order depends only on (seed, step) and a resumed run sees what an uninterrupted one would."""
+    n = windows.shape[0]
+    idx = []
+    pos = step * batch
+    while len(idx) < batch:
+        epoch, off = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        take = min(batch - len(idx), n - off)
+        idx.extend(perm[off:off + take].tolist())
+        pos += take
+    return windows[idx]
+
+
+def run_loop(d: Distiller, next_batch: Callable[[int], dict], *, steps: int, out: Path, eval_fn=None,
+             eval_every: int = 0, save_every: int = 0, log_every: int = 1, quiet: bool = True,
+             keep: int = 2) -> dict:
+    """Train `d` from its current step up to `steps`; metrics to out/metrics.jsonl, checkpoints to
+    out/checkpoints. Returns the last logged values."""
+    import sys
+
+    log = MetricsLog(Path(out) / "metrics.jsonl")
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+        bar = tqdm(total=steps, initial=d.step, desc=f"distill {d.method}", unit="step", dynamic_ncols=True,
+                   file=sys.stderr)
+    last: dict[str, Any] = {}
+    started = time.perf_counter()
+    while d.step < steps:
+        values = d.train_step(next_batch(d.step))
+        last = {"step": d.step, **values}
+        if log_every and (d.step % log_every == 0 or d.step == steps):
+            log.write({**last, "kind": "train", "elapsed_s": round(time.perf_counter() - started, 3)})
+        if eval_fn is not None and eval_every and d.step % eval_every == 0 and d.step < steps:
+            log.write({"step": d.step, "kind": "eval", **eval_fn(d)})
+        if save_every and d.step % save_every == 0 and d.step < steps:
+            d.save(Path(out) / "checkpoints", keep=keep)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{values['loss']:.4g}")
+    if bar is not None:
+        bar.close()
+    return last
