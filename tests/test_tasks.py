@@ -252,7 +252,13 @@ def test_assemble_parts_verifies_and_reuses(tmp_path, monkeypatch):
                     reason="loads the real SmolLM2 GGUF (~40 s on 2 cores); set HARNESS_TEST_SMOLLM=1")
 def test_smollm2_gguf_parts_load_and_exact_swap(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
-    model, tok = load.load_model(SMOLLM, task="causal-lm", dtype="fp32")
+    pytest.importorskip("gguf")
+    try:
+        model, tok = load.load_model(SMOLLM, task="causal-lm", dtype="fp32")
+    except load.ModelLoadError as exc:
+        if "install" in str(exc):
+            pytest.skip(str(exc))          # e.g. transformers 5.2x also wants `accelerate` for GGUF
+        raise
     assert model.config.num_key_value_heads == 3 and model.config.num_attention_heads == 9
     ids = torch.tensor([tok(WIKI.read_text()[:2000], add_special_tokens=False)["input_ids"][:96]])
     with torch.no_grad():

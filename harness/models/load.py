@@ -199,8 +199,9 @@ def load_model(name_or_path: str | Path, *, task: str = "causal-lm", dtype: str 
             raise ModelLoadError(f"cannot load {source!r} from the Hugging Face hub and it is not in the local cache "
                                  f"({why}): {str(exc).splitlines()[0][:300]}. Pass a local folder or .gguf file "
                                  f"instead.") from None
-        if gguf and "gguf" in str(exc).lower() and "install" in str(exc).lower():
-            raise ModelLoadError(f"loading {gguf} needs the 'gguf' package (pip install gguf)") from None
+        if gguf and "install" in str(exc).lower():
+            # e.g. transformers 5.2x needs `accelerate` as well as `gguf` to read GGUF files
+            raise ModelLoadError(f"loading {gguf}: {str(exc).splitlines()[0][:300]}") from None
         raise ModelLoadError(f"cannot load {name_or_path}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") \
             from None
     _fix_special_tokens(model, tokenizer)
