@@ -1,42 +1,57 @@
-"""Chunked causal linear attention: a Triton kernel (forward and backward), a PyTorch chunked fallback and
+"""Chunked causal linear attention: Triton kernels (forward and backward), a PyTorch chunked fallback and
 a plain prefix-sum reference.
 
     out[t] = sum_{s <= t} (fq[t] . fk[s]) v[s]          fq, fk: [B, H, T, M]   v: [B, H, T, E]
     den[t] = sum_{s <= t}  fq[t] . fk[s]                 (the linear-attention normaliser, [B, H, T])
 
-Algorithm (both backends): walk T in chunks of C rows, carrying the running state S = sum_s fk[s]^T v[s]
-([M, E], fp32) and z = sum_s fk[s] ([M]) from chunk to chunk. Inside a chunk the intra-chunk part is a
-masked C x C matmul: out_c = tril(fq_c fk_c^T) v_c + fq_c S. Memory is O(T (M + E)); no (T, M, E) prefix
-sum is ever built.
+Chunked form: split T into chunks of C rows; with the state S = sum_s fk[s]^T v[s] ([M, E], fp32) and
+z = sum_s fk[s] ([M]) of everything before chunk c, out_c = tril(fq_c fk_c^T) v_c + fq_c S and
+den_c = rowsum(tril(fq_c fk_c^T)) + fq_c . z. No (T, M, E) prefix sum is ever built.
 
-Normaliser: computed *in the same pass* (fused), not via a ones column appended to v: den_c =
-rowsum(tril(fq_c fk_c^T)) + fq_c . z. This costs a row sum per chunk instead of widening E to E + 1
-(which would waste a whole power-of-two block for E = 64 or 128). Its gradient is two cumulative sums
-done in PyTorch in backward (O(T M) memory).
+Triton, algo="parallel" (default): three launches, parallel over chunks.
+  1. group states: chunks are taken `group` (G) at a time; one program per (group, M-block, E-block,
+     batch x kv head) sums fk^T v (and fk) over its G chunks -> fp32 states [B, Hs, NG, M, E] (+ [.., M]),
+     NG = cdiv(T / C, G).
+  2. scan: one program per (M-block, E-block, batch x head) walks the NG groups sequentially and turns the
+     states, in place, into exclusive prefix sums (it only reads and writes states).
+  3. output: one program per (chunk, E-block, batch x head): out_c = fq_c . P_g (the scanned state of its
+     group g, all M blocks looped inside the program, so no per-M-block partial outputs) + the chunks of
+     g before c, attended quadratically, + c itself with the causal mask (den likewise, same program).
+  Memory: the states, NG * M * E * 4 bytes per (batch, kv head). group=None picks the smallest power of
+  two G with NG <= MAX_CHECKPOINTS (256): G=1 up to T = 256 C (16384 at C=64), G=4 at T=65536, so the
+  states stay <= 256 * M * E * 4 bytes per head (17 MiB for M=266, E=64; 279 MiB for 16 heads) and the
+  scan <= 256 steps, at the price of attending up to G-1 earlier chunks of the group quadratically
+  (~(G-1)/2 extra C x C x (M + E) products per chunk).
+Triton, algo="sequential": the original kernel, one program per (batch x head, M-block, E-block) walking
+all chunks with the state in registers and per-M-block partial outputs summed afterwards. Kept for
+comparison (scripts/bench_linear_attention.py); it is latency-bound at long T.
 
-Backward is three more passes of the same kernel:
+Normaliser: computed *in the same pass* (fused), not via a ones column appended to v (which would waste a
+whole power-of-two block for E = 64 or 128). Its gradient is two cumulative sums done in PyTorch in
+backward (O(T M) memory).
+
+Backward is three more passes of the same kernels:
     dfq = causal(q=dout, k=v,    v=fk)      (+ dden * cumsum(fk))
     dfk = anti-causal(q=v, k=dout, v=fq)    (+ reverse-cumsum(dden * fq))
     dv  = anti-causal(q=fk, k=fq,  v=dout)
-where "anti-causal" is the same kernel walking the chunks from last to first with an upper-triangular
-intra-chunk mask (s >= t).
+where "anti-causal" scans the groups from last to first (suffix sums) with an upper-triangular
+intra-chunk mask (s >= t) and the later chunks of the group.
 
-Dtypes: fq/fk/v may be fp32, fp16 or bf16 (each tile is upcast to fp32 on load; the matmuls run in
-fp32 - IEEE by default, TF32 on request); accumulation is fp32 and *outputs (out, den) are always fp32*.
+Dtypes: fq/fk/v may be fp32, fp16 or bf16; accumulation is fp32 and *outputs (out, den) are always fp32*.
+Matmul operands, parallel form: when all three inputs of a pass are fp16 (or all bf16) the tl.dot
+operands are that dtype (tensor cores; the fp32 states and intra-chunk scores are rounded to it before
+their matmuls); otherwise fp32 operands, IEEE by default, TF32 with tf32=True. Sequential form: every tile
+upcast to fp32 (IEEE / TF32 likewise). Backward passes take the fp32 dout, so they run in fp32 (tf32 flag).
 Gradients come back in each input's dtype. fp64 runs on the PyTorch backend only (in fp64).
 
-Grouped heads: fk and v may have fewer heads than fq (H % Hkv == 0); the kernel indexes the shared head
-directly (no repeat), and the key/value gradients are summed over each group.
-
-Large feature dims: the feature axis M is split into blocks of <= 64 across programs; each block writes a
-partial output (the computation is linear in M) and the partials are summed afterwards (deterministic,
-no atomics).
+Grouped heads: fk and v may have fewer heads than fq (H % Hkv == 0); the kernels index the shared head
+directly (no repeat), states are kept per kv head, and the key/value gradients are summed over each group.
 
 Backends: "triton" (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1), "torch" (the same chunked
 algorithm in PyTorch, used on CPU when TRITON_INTERPRET is not set), "auto" picks between them;
 `pick_backend()` tells which would run, so callers can record it.
 
-This module imports triton lazily (inside the kernel builder), so importing it is cheap.
+This module imports triton lazily (inside the kernel builders), so importing it is cheap.
 """
 from __future__ import annotations
 
@@ -237,13 +252,14 @@ def _parallel_kernels():
         for c in range(c_lo, c_hi):
             t = (c * CHUNK + offs_c).to(tl.int64)                                            # [C]
             t_ok = t < T
-            kk = tl.load(k_base + t[:, None] * skt + offs_k[None, :] * skk,
-                         mask=t_ok[:, None] & k_ok[None, :], other=0.0)                      # [C, BK]
+            # k loaded already transposed (no tl.trans: avoids transposed-operand paths for fp32/tf32 dots)
+            kt = tl.load(k_base + t[None, :] * skt + offs_k[:, None] * skk,
+                         mask=t_ok[None, :] & k_ok[:, None], other=0.0)                      # [BK, C]
             ww = tl.load(w_base + t[:, None] * swt + offs_n[None, :] * swn,
                          mask=t_ok[:, None] & n_ok[None, :], other=0.0)                      # [C, BN]
-            acc = tl.dot(tl.trans(kk.to(DOT).to(MMA)), ww.to(DOT).to(MMA), acc, input_precision=PRECISION)
+            acc = tl.dot(kt.to(DOT).to(MMA), ww.to(DOT).to(MMA), acc, input_precision=PRECISION)
             if HAS_Z:
-                zacc += tl.sum(kk.to(tl.float32), axis=0)
+                zacc += tl.sum(kt.to(tl.float32), axis=1)
         st = ST + (pid_bh.to(tl.int64) * NG + g) * KD * ND
         tl.store(st + offs_k[:, None] * ND + offs_n[None, :], acc, mask=k_ok[:, None] & n_ok[None, :])
         if HAS_Z:
@@ -354,9 +370,9 @@ def _parallel_kernels():
                 k_ok = offs_k < KD
                 qq = tl.load(q_base + t[:, None] * sqt + offs_k[None, :] * sqk,
                              mask=t_ok[:, None] & k_ok[None, :], other=0.0)                  # [C, BK]
-                kk = tl.load(k_base + tk[:, None] * skt + offs_k[None, :] * skk,
-                             mask=tk_ok[:, None] & k_ok[None, :], other=0.0)                 # [C, BK]
-                s = tl.dot(qq.to(DOT).to(MMA), tl.trans(kk.to(DOT).to(MMA)), s, input_precision=PRECISION)
+                kt = tl.load(k_base + tk[None, :] * skt + offs_k[:, None] * skk,
+                             mask=tk_ok[None, :] & k_ok[:, None], other=0.0)                 # [BK, C]
+                s = tl.dot(qq.to(DOT).to(MMA), kt.to(DOT).to(MMA), s, input_precision=PRECISION)
             s = tl.where(keep | (cp != c), s, 0.0)                                           # [C, C]
             ww = tl.load(w_base + tk[:, None] * swt + offs_n[None, :] * swn,
                          mask=tk_ok[:, None] & n_ok[None, :], other=0.0)                     # [C, BN]
