@@ -1,0 +1,221 @@
+"""Distillation trainer (harness/train) and `python -m harness distill` on tiny random-config models: Llama with GQA
+(4 query heads, 2 key-value heads, head_dim 16) and a BERT sequence classifier (bidirectional, key padding).
+
+The trainable method is picked from the registry (the one whose built module has the fewest parameters > 0),
+the refused one likewise (a method whose module has none)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import methods  # noqa: E402
+from harness.models import data  # noqa: E402
+from harness.train.loop import (DistillError, Distiller, TrainConfig, batch_at, latest_checkpoint,  # noqa: E402
+                                list_checkpoints)
+from methods.base import Problem  # noqa: E402
+
+B, T, VOCAB = 2, 200, 97
+MINILM = data.shared_root() / "models" / "minilm-l6"
+
+
+def pick(causal: bool, *, trainable: bool) -> str:
+    """A method that runs this test's problem on CPU with backward, with (fewest) or without parameters."""
+    p = Problem(batch=B, heads=4, kv_heads=2 if causal else 4, seq_len=T, head_dim=16, causal=causal,
+                backward=True, padding=not causal)
+    found = []
+    for name, cls in methods.all_methods().items():
+        cfg = cls.resolve_config({})
+        if cls.supports(p, cfg):
+            continue
+        n = sum(x.numel() for x in cls.build(cfg, p).parameters())
+        if (n > 0) == trainable:
+            found.append((n, name))
+    assert found, f"no registered method {'with' if trainable else 'without'} parameters"
+    return min(found)[1]
+
+
+def tiny_llama():
+    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=80, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+
+
+def tiny_bert_classifier():
+    cfg = transformers.BertConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=80, num_hidden_layers=2,
+                                  num_attention_heads=4, max_position_embeddings=256, num_labels=3)
+    torch.manual_seed(2)
+    return transformers.AutoModelForSequenceClassification.from_config(cfg, attn_implementation="eager").eval()
+
+
+def llama_batch(seed=1):
+    return {"input_ids": torch.randint(0, VOCAB, (B, T), generator=torch.Generator().manual_seed(seed))}
+
+
+def bert_batch():
+    ids = torch.randint(3, VOCAB, (B, T), generator=torch.Generator().manual_seed(3))   # [B, T]
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, T - 71:] = 0                                                     # right padding on row 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([2, 0])}
+
+
+def distill_part(values: dict, weights: dict) -> float:
+    """The weighted loss without the task term (constant while the model's weights are frozen)."""
+    return sum(weights[k] * v for k, v in values.items() if k in weights and k != "task")
+
+
+@pytest.mark.parametrize("arch", ["llama-gqa", "bert-classifier"])
+def test_distillation_lowers_the_loss_on_a_fixed_batch(arch):
+    causal = arch == "llama-gqa"
+    model, batch = (tiny_llama(), llama_batch()) if causal else (tiny_bert_classifier(), bert_batch())
+    name = pick(causal, trainable=True)
+    d = Distiller(model, name, {}, example=batch, cfg=TrainConfig(lr=1e-3, lr_method=1e-1, lr_rest=0.0), seed=0)
+    assert d.kind == ("causal" if causal else "classification")
+    assert d.n_method_params() > 0
+    frozen = {n: p.detach().clone() for n, p in d.rest_named}
+    teacher_before = {n: p.detach().clone() for n, p in d.teacher.named_parameters()}
+    _, before = d.losses(batch)
+    assert {"out_mse", "hidden", "logits_kl", "task"} <= set(before)
+    for _ in range(8):
+        d.train_step(batch)
+    _, after = d.losses(batch)
+    assert d.step == 8
+    assert distill_part(after, d.weights) < 0.99 * distill_part(before, d.weights), (before, after)
+    for n, p in d.rest_named:                                                # lr_rest=0: the model is frozen
+        assert torch.equal(p, frozen[n]), n
+    for n, p in d.teacher.named_parameters():                                # the teacher never moves
+        assert torch.equal(p, teacher_before[n]), n
+    d.close()
+
+
+def test_terms_beyond_max_attn_tokens_are_dropped_and_said():
+    model, batch = tiny_llama(), llama_batch()
+    d = Distiller(model, pick(True, trainable=True), {}, example=batch, cfg=TrainConfig(max_attn_tokens=T - 1))
+    _, values = d.losses(batch)
+    assert "out_mse" in values and not {"attn_kl", "attn_mse", "est_kl", "est_mse"} & set(values)
+    assert any(f"T={T} > max_attn_tokens={T - 1}" in n for n in d.notes())
+
+
+def test_teacher_layer_target_differs_from_self_beyond_the_first_layer():
+    batch = llama_batch()
+    name = pick(True, trainable=True)
+    own = Distiller(tiny_llama(), name, {}, example=batch, cfg=TrainConfig(lr_rest=0.0)).losses(batch)[1]
+    d = Distiller(tiny_llama(), name, {}, example=batch, cfg=TrainConfig(layer_target="teacher", lr_rest=0.0))
+    teach = d.losses(batch)[1]
+    # layer 0 sees the same q/k/v either way; layer 1's student q/k/v already differ from the teacher's
+    assert teach["out_mse"] != own["out_mse"]
+    assert teach["hidden"] == pytest.approx(own["hidden"], rel=1e-6)      # model-level terms do not depend on it
+    d.train_step(batch)
+    assert torch.isfinite(torch.tensor(d.losses(batch)[1]["loss"]))
+
+
+def test_checkpoint_and_resume_continue_at_the_right_step(tmp_path):
+    windows = torch.randint(0, VOCAB, (5, T), generator=torch.Generator().manual_seed(7))   # [N, T]
+
+    def batch(step):
+        return {"input_ids": batch_at(windows, step, B, seed=3)}
+
+    name = pick(True, trainable=True)
+    cfg = TrainConfig(lr=1e-3, lr_method=1e-2, lr_rest=1e-3)                # the model's weights train too
+    straight = Distiller(tiny_llama(), name, {}, example=batch(0), cfg=cfg)
+    for s in range(4):
+        straight.train_step(batch(s))
+
+    first = Distiller(tiny_llama(), name, {}, example=batch(0), cfg=cfg)
+    for s in range(2):
+        first.train_step(batch(s))
+    first.save(tmp_path / "ckpt", keep=1)
+    first.train_step(batch(2))                                              # a step after the checkpoint is lost
+    first.save(tmp_path / "ckpt-later", keep=1)
+    assert [p.name for p in list_checkpoints(tmp_path / "ckpt")] == ["step-0000002"]
+
+    resumed = Distiller(tiny_llama(), name, {}, example=batch(0), cfg=cfg)
+    resumed.load(latest_checkpoint(tmp_path / "ckpt"))
+    assert resumed.step == 2
+    while resumed.step < 4:
+        resumed.train_step(batch(resumed.step))
+    sd_a, sd_b = straight.student.state_dict(), resumed.student.state_dict()
+    assert sd_a.keys() == sd_b.keys()
+    for k in sd_a:
+        assert torch.equal(sd_a[k], sd_b[k]), k
+    oa, ob = straight.optimizer.state_dict(), resumed.optimizer.state_dict()
+    assert oa["param_groups"] == ob["param_groups"]
+    assert oa["state"].keys() == ob["state"].keys() and len(oa["state"]) > 0
+    for i in oa["state"]:
+        for key, val in oa["state"][i].items():
+            assert torch.equal(val, ob["state"][i][key]), (i, key)
+
+
+def test_batches_depend_only_on_seed_and_step():
+    w = torch.arange(7)[:, None]                                            # [N, 1]
+    seen = torch.cat([batch_at(w, s, 3, seed=1)[:, 0] for s in range(7)])   # 21 = 3 epochs
+    assert sorted(seen[:7].tolist()) == list(range(7))                     # epoch 0 is a permutation
+    assert sorted(seen.tolist()) == sorted(list(range(7)) * 3)
+    assert torch.equal(batch_at(w, 4, 3, seed=1), batch_at(w, 4, 3, seed=1))
+    assert not torch.equal(torch.cat([batch_at(w, s, 3, seed=2) for s in range(3)]),
+                           torch.cat([batch_at(w, s, 3, seed=1) for s in range(3)]))
+
+
+def test_method_without_trainable_parameters_is_refused():
+    name = pick(True, trainable=False)
+    with pytest.raises(DistillError, match=f"method '{name}' has no trainable parameters"):
+        Distiller(tiny_llama(), name, {}, example=llama_batch())
+
+
+def test_bf16_autocast_keeps_method_parameters_fp32():
+    model, batch = tiny_llama(), llama_batch()
+    d = Distiller(model, pick(True, trainable=True), {}, example=batch, cfg=TrainConfig(amp="bf16", lr_rest=0.0))
+    values = d.train_step(batch)
+    assert all(p.dtype == torch.float32 for p in d.method_params)
+    assert torch.isfinite(torch.tensor(values["loss"]))
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    if not MINILM.is_dir():
+        pytest.skip("shared MiniLM tokenizer not found")
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = transformers.AutoTokenizer.from_pretrained(str(MINILM))
+    cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=80,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=128, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_cli_distill_writes_metrics_checkpoints_and_resumes(tiny_dir, tmp_path, capsys):
+    from harness.cli import main
+
+    name = pick(True, trainable=True)
+    out = tmp_path / "run"
+    common = ["distill", "--model", str(tiny_dir), "--method", name, "--seq-len", "32", "--batch", "2",
+              "--max-train-tokens", "600", "--eval-tokens", "200", "--device", "cpu", "--out", str(out), "--quiet"]
+    assert main([*common, "--steps", "3", "--save-every", "2", "--eval-every", "2"]) == 0
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [m for m in metrics if m["kind"] == "train"]
+    evals = [m for m in metrics if m["kind"] == "eval"]
+    assert [m["step"] for m in train] == [1, 2, 3]
+    assert [m["step"] for m in evals] == [0, 2, 3] and all(m["eval_ppl"] > 1 for m in evals)
+    assert all("out_mse" in m and "loss" in m for m in train)
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-0000002", "step-0000003"]
+    assert (out / "method_state.safetensors").is_file()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["setting"]["data"]["eval"]["spec"] == "wikitext-2-test"
+    assert set(meta["setting"]["data"]) == {"austen", "wikitext-2-valid", "eval"}
+
+    assert main([*common, "--steps", "5", "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
+    assert [r["extra"]["final"]["step"] for r in rows] == [3, 5]
+    assert rows[-1]["extra"]["resumed_from"].endswith("step-0000003") and rows[-1]["status"] == "ok"
+
+    refused = pick(True, trainable=False)
+    assert main([*common[:4], refused, *common[5:-3], "--out", str(tmp_path / "no"), "--quiet", "--steps", "2"]) == 2
+    assert "no trainable parameters" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
