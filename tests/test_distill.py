@@ -209,8 +209,13 @@ def test_cli_distill_writes_metrics_checkpoints_and_resumes(tiny_dir, tmp_path, 
     assert meta["setting"]["data"]["eval"]["spec"] == "wikitext-2-test"
     assert set(meta["setting"]["data"]) == {"austen", "wikitext-2-valid", "eval"}
 
+    with open(out / "metrics.jsonl", "a") as f:                             # as if killed after step 4
+        f.write(json.dumps({"step": 4, "kind": "train", "loss": 1.0}) + "\n")
     assert main([*common, "--steps", "5", "--resume"]) == 0
     assert "resumed from" in capsys.readouterr().out
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if m["kind"] == "train"] == [1, 2, 3, 4, 5]   # step 4 logged once, anew
+    assert next(m for m in metrics if m["step"] == 4)["loss"] != 1.0
     rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
     assert [r["extra"]["final"]["step"] for r in rows] == [3, 5]
     assert rows[-1]["extra"]["resumed_from"].endswith("step-0000003") and rows[-1]["status"] == "ok"

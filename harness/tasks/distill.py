@@ -123,6 +123,24 @@ def causal_data(a, tok, device):
     return torch.tensor(windows, dtype=torch.long), eval_windows, sources
 
 
+def drop_metrics_after(path: Path, step: int) -> None:
+    """Keep the metrics lines of steps <= `step` (a killed run may have logged steps past its last checkpoint)."""
+    import json
+
+    from harness.store import atomic_write
+
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
+    atomic_write(path, "".join(x + "\n" for x in keep))
+
+
 def cmd_distill(a) -> int:
     import torch
 
@@ -187,6 +205,7 @@ def cmd_distill(a) -> int:
         if ckpt is not None:
             d.load(ckpt)
             resumed_from = str(ckpt)
+            drop_metrics_after(out / "metrics.jsonl", d.step)
             print(f"resumed from {ckpt} at step {d.step}")
 
     def evaluate(dd) -> dict:
