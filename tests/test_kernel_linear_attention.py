@@ -207,7 +207,9 @@ def test_cuda_triton_matches_torch_fallback_at_model_sizes(dtype):
     grads = [(p.grad, pr.grad) for p, pr in zip(x, xr)]
     for i, (a, r) in enumerate(list(zip(out, ref)) + grads):
         a, r = a.double(), r.double()
-        rtol = 1e-4 if i < 2 or dtype == torch.float32 else 1e-2     # bf16 grads: rounding of the result
+        # bf16: the kernel multiplies bf16 operands (fp32 accumulation) where the torch path upcasts, so the
+        # outputs carry bf16 rounding (2^-8 relative) too; grads also the rounding of the result
+        rtol = 1e-4 if dtype == torch.float32 else (4e-3 if i < 2 else 1e-2)
         assert torch.isfinite(a).all()
         assert (a - r).abs().max() <= rtol * r.abs().max() + 1e-5
 
@@ -223,12 +225,12 @@ def test_cuda_parallel_matches_torch_at_t4096(dtype, tf32):
     fk = torch.rand(1, 4, 4096, 266, device="cuda", generator=g)
     v = torch.randn(1, 4, 4096, 64, device="cuda", generator=g)
     fq, fk, v = (t.to(dtype) for t in (fq, fk, v))
-    xr = [t.float().requires_grad_() for t in (fq, fk, v)]                  # same rounded inputs
+    xr = [t.float().clone().requires_grad_() for t in (fq, fk, v)]          # same rounded inputs, own leaves
     ref = causal_linear_attention(*xr, backend="torch")
     gn, gd = torch.randn_like(ref[0]), torch.randn_like(ref[1])
     ((ref[0] * gn).sum() + (ref[1] * gd).sum()).backward()
     for group in (None, 4):
-        x = [t.clone().requires_grad_() for t in (fq, fk, v)]
+        x = [t.detach().clone().requires_grad_() for t in (fq, fk, v)]
         out = causal_linear_attention(*x, backend="triton", tf32=tf32, group=group)
         ((out[0] * gn).sum() + (out[1] * gd).sum()).backward()
         pairs = list(zip(out, ref)) + [(p.grad, pr.grad) for p, pr in zip(x, xr)]
