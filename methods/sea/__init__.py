@@ -43,6 +43,8 @@ class _SEABase(Method):
                "torch), triton (one program per query row, CSR lists), triton_tiled (forward-only, blocks of "
                "query rows with tl.dot over active key tiles; the row kernel runs when grads or a padding mask "
                "are needed, and impl says so), torch", choices=("auto", "triton", "triton_tiled", "torch")),
+        Option("estimator_dtype", "fp32", "dtype of the estimator's CNN decoder: fp32 (the paper's), bf16 or "
+               "fp16 (autocast; the Performer and the encoder stay fp32)", choices=("fp32", "bf16", "fp16")),
         Option("s_prob", -1.0, "force the s_prob scaler to this value (negative: estimated)"),
         Option("s_mix", -1.0, "force the s_mix scaler to this value (negative: estimated)"),
     )
@@ -87,7 +89,8 @@ class _SEABase(Method):
         mod = SEAAttention(heads=problem.heads, head_dim=problem.head_dim, causal=problem.causal, k=r["k"],
                            K=r["K"], mode=r["mode"], nbf=r["nbf"], max_len=cfg["max_len"], oracle=cls.oracle,
                            backend=cfg["backend"], force_s_prob=s_prob, force_s_mix=s_mix,
-                           checkpoint=cfg["checkpoint"], layer=layer, seed=seed + 1000 * layer)
+                           checkpoint=cfg["checkpoint"], layer=layer, seed=seed + 1000 * layer,
+                           estimator_dtype=cfg["estimator_dtype"])
         return mod.to(problem.device)
 
 

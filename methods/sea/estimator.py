@@ -12,7 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.sea.favor import favor_attention, orthogonal_random_features
+from methods.sea.favor import favor_attention, orthogonal_random_features, performer_backend
+
+
+DEC_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def identity_values(valid: torch.Tensor | None, B: int, T: int, d: int, device) -> torch.Tensor:
@@ -94,9 +97,14 @@ class CausalDecoder(nn.Module):
 
 
 class Estimator(nn.Module):
-    def __init__(self, *, d: int, H: int, K: int, causal: bool, nbf: float, max_len: int, seed: int):
+    def __init__(self, *, d: int, H: int, K: int, causal: bool, nbf: float, max_len: int, seed: int,
+                 dec_dtype: str = "fp32", performer_backend: str = "auto"):
         super().__init__()
         self.d, self.H, self.K, self.causal = d, H, K, causal
+        if dec_dtype not in DEC_DTYPES:
+            raise ValueError(f"estimator dtype {dec_dtype!r}: expected one of {tuple(DEC_DTYPES)}")
+        self.dec_dtype, self.performer_backend = dec_dtype, performer_backend
+        self.last_performer = "not-run"
         self.kernel = "relu" if causal else "softmax"
         m = max(1, int(d * math.log(d) / nbf)) if d > 1 else 1
         gen = torch.Generator().manual_seed(seed)
@@ -111,9 +119,41 @@ class Estimator(nn.Module):
             self.dec = CausalDecoder(d, H, K) if causal else BidirectionalDecoder(d, H, K)
             self.scaler = nn.Linear(2 * d, 2)
 
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The CNN decoder, z [B, H, T, 2d] fp32 -> logits [B, H, T, K] fp32. dec_dtype bf16/fp16 runs it under
+        autocast (convs and the row projection in that dtype, fp32 weights kept; LayerNorm as autocast
+        decides); cache_enabled=False so the weight casts are redone per call, which CUDA-graph capture needs."""
+        if self.dec_dtype == "fp32":
+            return self.dec(z)
+        with torch.autocast(device_type=z.device.type, dtype=DEC_DTYPES[self.dec_dtype], cache_enabled=False):
+            return self.dec(z).float()
+
     @property
     def nb_features(self) -> int:
         return self.proj.shape[0]
+
+    @torch.no_grad()
+    def stage_profile(self, q, k, v, *, timer) -> dict:
+        """{part: ms} of one no-padding forward (q, k, v [B, H, T, d], k/v already repeated to H heads):
+        inputs (fp32 casts, V_I / identity values), performer (FAVOR+ features + prefix sums), encoder,
+        decoder (the CNN, in dec_dtype), scaler. Each part runs on the previous parts' outputs."""
+        B, H, T, d = q.shape
+
+        def inputs():
+            qf, kf, vf = q.float(), k.float(), v.float()
+            vi = (self.v_id[:T].expand(B, H, T, d) if self.causal
+                  else identity_values(None, B, T, d, q.device)[:, None].expand(B, H, T, d))
+            return qf, kf, vf, torch.cat([vi, vf], dim=-1)               # vals [B, H, T, 2d]
+
+        qf, kf, vf, vals = inputs()
+        perf = lambda: favor_attention(qf, kf, vals, self.proj, kernel=self.kernel, causal=self.causal,  # noqa: E731
+                                       backend=self.performer_backend)
+        c_perf = perf()
+        enc = lambda: self.enc(torch.cat([c_perf, vf], dim=-1))          # noqa: E731
+        z = enc()
+        self.last_performer = performer_backend(q, self.causal, self.performer_backend)
+        return dict(inputs=timer(inputs), performer=timer(perf), encoder=timer(enc),
+                    decoder=timer(lambda: self.decode(z)), scaler=timer(lambda: torch.sigmoid(self.scaler(z))))
 
     def forward(self, q, k, v, *, valid: torch.Tensor | None):
         """q, k, v [B, H, T, d] (any float dtype) -> logits [B, H, T, K], s_prob, s_mix [B, H, T, 1] (fp32)."""
@@ -128,8 +168,10 @@ class Estimator(nn.Module):
         else:
             vi = identity_values(valid, B, T, d, q.device)[:, None].expand(B, H, T, d)
         vals = torch.cat([vi, v], dim=-1)                                # [B, H, T, 2d]
-        c_perf = favor_attention(q, k, vals, self.proj, kernel=self.kernel, causal=self.causal, valid=valid)
+        self.last_performer = performer_backend(q, self.causal, self.performer_backend)
+        c_perf = favor_attention(q, k, vals, self.proj, kernel=self.kernel, causal=self.causal, valid=valid,
+                                 backend=self.performer_backend)        # [B, H, T, 2d] fp32 (the paper's)
         z = self.enc(torch.cat([c_perf, v], dim=-1))                     # [B, H, T, 2d]
-        logits = self.dec(z)                                             # [B, H, T, K]
+        logits = self.decode(z)                                          # [B, H, T, K] fp32
         scales = torch.sigmoid(self.scaler(z))                           # [B, H, T, 2]
         return logits, scales[..., 0:1], scales[..., 1:2]

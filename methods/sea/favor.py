@@ -102,9 +102,25 @@ def linear_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, 
     return torch.cat(outs, dim=2)                                        # [B, H, T, Dv]
 
 
+def performer_backend(x: torch.Tensor, causal: bool, backend: str = "auto") -> str:
+    """Which prefix-sum path favor_attention runs: 'triton' (kernels/linear_attention.py's chunk-parallel
+    causal_linear_attention, fp32 IEEE dots), 'torch' (linear_attention above) or 'dense' (bidirectional:
+    two matmuls, no prefix sum). auto: triton for causal CUDA tensors, torch otherwise (on CPU the batched
+    PyTorch chunks beat the interpreted kernel)."""
+    if not causal:
+        return "dense"
+    if backend == "auto":
+        return "triton" if x.is_cuda else "torch"
+    if backend not in ("triton", "torch"):
+        raise ValueError(f"performer backend {backend!r}: expected auto, triton or torch")
+    return backend
+
+
 def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, *, kernel: str,
-                    causal: bool, valid: torch.Tensor | None = None, chunk: int = 128) -> torch.Tensor:
-    """FAVOR+ attention in float32. q, k [B, H, T, d]; v [B, H, T, Dv]; valid bool [B, T] or None."""
+                    causal: bool, valid: torch.Tensor | None = None, chunk: int = 128, backend: str = "auto",
+                    eps: float = 1e-6) -> torch.Tensor:
+    """FAVOR+ attention in float32. q, k [B, H, T, d]; v [B, H, T, Dv]; valid bool [B, T] or None.
+    backend: see performer_backend (causal only)."""
     q, k, v = q.float(), k.float(), v.float()
     if kernel == "softmax":
         phi_q = softmax_features(q, proj, is_query=True)
@@ -116,4 +132,10 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
         raise ValueError(f"unknown FAVOR kernel {kernel!r}")
     if valid is not None:
         phi_k = phi_k * valid[:, None, :, None].to(phi_k.dtype)
-    return linear_attention(phi_q, phi_k, v, causal=causal, chunk=chunk)
+    if performer_backend(q, causal, backend) == "triton":
+        from kernels.linear_attention import causal_linear_attention
+
+        num, den = causal_linear_attention(phi_q.contiguous(), phi_k.contiguous(), v.contiguous(), chunk=64,
+                                           backend="triton", tf32=False)   # fp32 [B, H, T, Dv], [B, H, T]
+        return num / (den[..., None] + eps)
+    return linear_attention(phi_q, phi_k, v, causal=causal, chunk=chunk, eps=eps)
