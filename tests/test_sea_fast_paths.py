@@ -157,3 +157,23 @@ def test_no_padding_forward_has_no_host_sync(monkeypatch, causal):
         mp.setattr(torch.Tensor, "__bool__", _raise("__bool__"))
         with pytest.raises(HostSync):
             m(q, k, v, causal=causal)
+
+
+def test_bench_script_cpu_smoke_rows_have_estimator_dtype_and_parts(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import bench_sea
+
+    out = tmp_path / "rows.jsonl"
+    rc = bench_sea.main(["--cpu-smoke", "--T", "48", "--dirs", "causal", "--variants", "torch", "--H", "2",
+                         "--D", "16", "--estimator-dtypes", "fp32,bf16", "--args", "k=4,K=16", "--json", str(out),
+                         "--before", ""])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rc == 0 and [r["estimator_dtype"] for r in rows] == ["fp32", "bf16"]
+    for r in rows:
+        assert "error" not in r, r
+        assert all(f"est_{p}_ms" in r for p in bench_sea.EST_PARTS) and r["total_ms"] > 0
+        assert f"estimator_dtype={r['estimator_dtype']}" in r["impl"]
