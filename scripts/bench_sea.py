@@ -167,7 +167,8 @@ def main(argv=None) -> int:
                                 row["rel_l2_vs_rows"] = rel_l2(out, base_out)
                             row["nnz"] = int(mod.last_aux["count"].sum())
                             stages = mod.stage_profile(q, k, v, causal=causal,
-                                                       timer=lambda fn: bench(fn, rep=a.rep_ms / 2))
+                                                       timer=lambda fn: bench(fn, rep=a.rep_ms / 2),
+                                                       estimator_parts=True)
                             row.update({f"{s}_ms": t for s, t in stages.items()})
                             if not a.cpu_smoke:
                                 torch.cuda.reset_peak_memory_stats()

@@ -260,9 +260,10 @@ class SEAAttention(AttentionModule):
         return out
 
     @torch.no_grad()
-    def stage_profile(self, q, k, v, *, causal, timer):
+    def stage_profile(self, q, k, v, *, causal, timer, estimator_parts: bool = False):
         """{stage: ms} for one forward without padding: each stage's closure runs on the outputs of the
-        previous stages, computed once here. 'estimator' includes the input checks and repeat_kv."""
+        previous stages, computed once here. 'estimator' includes the input checks and repeat_kv.
+        estimator_parts: also est_{inputs, performer, encoder, decoder, scaler} (Estimator.stage_profile)."""
         layout, kernel = self.sparse_plan(q, k, v, None)
         ms = {}
 
@@ -272,7 +273,7 @@ class SEAAttention(AttentionModule):
 
         kr, vr, scale, logits, a_hat, s_prob, s_mix = estimator()
         ms["estimator"] = timer(estimator)
-        if not self.oracle:                          # where the estimator's time goes (est_* keys)
+        if estimator_parts and not self.oracle:      # where the estimator's time goes (est_* keys)
             parts = self.estimator.stage_profile(q, kr, vr, timer=timer)
             ms.update({f"est_{name}": t for name, t in parts.items()})
         mask = self.stage_topk(a_hat, causal=causal, valid=None)
