@@ -114,6 +114,20 @@ class AttentionModule(nn.Module):
                         scale: float | None = None) -> torch.Tensor | None:
         return None
 
+    # --- distillation protocol (read by harness/train; all optional) ---------------------------------
+    # A module that estimates a compressed attention map sets `self.last_aux = {"logits": [B, H, T, K], ...}`
+    # in forward (log-scores over K cells, with a gradient) and implements `compress_probs`, so a trainer can
+    # pull the estimate towards the exact attention. `note_trained` tells the module it was trained.
+
+    def compress_probs(self, probs: torch.Tensor, *, causal: bool,
+                       valid: torch.Tensor | None) -> torch.Tensor | None:
+        """Exact attention probabilities [B, H, T, T] mapped to the geometry of this module's estimate
+        [B, H, T, K] (rows keep their sums); None when the module has no estimate."""
+        return None
+
+    def note_trained(self, steps: int) -> None:
+        """Called by a trainer after `steps` optimizer steps updated this module (e.g. to say so in `impl`)."""
+
     def stage_profile(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
                       timer: Callable[[Callable[[], object]], float]) -> dict[str, float] | None:
         """Optional per-stage breakdown of one forward: run each stage's work as a closure through

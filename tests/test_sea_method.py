@@ -208,3 +208,24 @@ def test_oracle_defaults_to_unit_scalers_without_checkpoint():
     c = sparse_attention_ref(q, k, v, a["row_ptr"], a["col"], 1 / math.sqrt(D))
     torch.testing.assert_close(out.double(), c, atol=1e-5, rtol=1e-5)
     assert "scalers=estimated" in build("sea", causal=True, k=3, K=16).impl
+
+
+def test_distillation_protocol_compress_and_note_trained():
+    """The contract's distillation hooks: compress_probs pools exact attention to the K cells (rows keep their
+    mass) and note_trained marks the estimator trained in impl and in the saved state."""
+    cls = get("sea")
+    p = Problem(batch=1, heads=2, kv_heads=2, seq_len=64, head_dim=16, causal=True)
+    mod = cls.build(cls.resolve_config({"k": "4", "K": "8", "backend": "torch"}), p)
+    probs = torch.softmax(torch.randn(1, 2, 64, 64).masked_fill(torch.ones(64, 64).triu(1).bool(), float("-inf")), -1)
+    pooled = mod.compress_probs(probs, causal=True, valid=None)
+    assert pooled.shape == (1, 2, 64, 8)
+    assert torch.allclose(pooled.sum(-1), torch.ones(1, 2, 64))
+    q = torch.randn(1, 2, 64, 16)
+    mod(q, q, q, causal=True)
+    assert "estimator=untrained" in mod.impl
+    mod.note_trained(3)
+    assert "estimator=trained" in mod.impl
+    fresh = cls.build(cls.resolve_config({"k": "4", "K": "8", "backend": "torch"}), p)
+    fresh.load_state_dict(mod.state_dict())
+    fresh(q, q, q, causal=True)
+    assert "estimator=trained" in fresh.impl

@@ -8,9 +8,9 @@ have none is refused (`DistillError`). What a module may expose for distillation
   last_aux: dict (optional)     set by forward; keys read: 'logits' [B, H, T, K] (log-scores of a compressed
                                 attention estimate, preferred) or 'a_hat' [B, H, T, K] (its probabilities). With
                                 a gradient, they get 0.1 KL(pool(P) || A_hat) + MSE(A_hat, pool(P)).
-  compress_probs(probs, *, causal, valid) (optional) -> [B, H, T, K]: exact probabilities in the estimate's cell
-                                geometry; fallback: a function `pool_columns(probs, *, K, causal, valid)` in the
-                                module's own Python module.
+  compress_probs(probs, *, causal, valid) (contract) -> [B, H, T, K] or None: exact probabilities in the
+                                estimate's cell geometry.
+  note_trained(steps) (contract)  told after training steps (so `impl` can say the estimator is trained).
   attention_probs(...) (contract) when its result carries a gradient: 0.1 KL(P || P_method) + MSE.
   redraw_features() (optional)  called every `redraw_every` steps.
 
@@ -237,6 +237,8 @@ class Distiller:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
+        for m in self.modules:
+            m.note_trained(self.step)
         if self.cfg.redraw_every and self.step % self.cfg.redraw_every == 0:
             for m in self.modules:
                 if callable(getattr(m, "redraw_features", None)):

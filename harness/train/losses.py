@@ -20,7 +20,6 @@ the MSE is taken on the compressed maps.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -104,13 +103,12 @@ def masked_kl(p_ref: torch.Tensor, log_p: torch.Tensor, w: torch.Tensor) -> torc
 def compressor_for(module) -> Callable | None:
     """How to compress exact probabilities [B, H, T, T] to the module's estimate geometry [B, H, T, K].
 
-    Protocol (in order): a method `module.compress_probs(probs, *, causal, valid)`; else a function
-    `pool_columns(probs, *, K, causal, valid)` in the module's own Python module (K = the estimate's width)."""
+    Protocol: the contract's `module.compress_probs(probs, *, causal, valid)` (methods/base.py), which returns
+    None for modules without an estimate."""
     fn = getattr(module, "compress_probs", None)
-    if callable(fn):
-        return lambda probs, *, K, causal, valid: fn(probs, causal=causal, valid=valid)
-    pool = getattr(sys.modules.get(type(module).__module__), "pool_columns", None)
-    return pool if callable(pool) else None
+    if not callable(fn):
+        return None
+    return lambda probs, *, K, causal, valid: fn(probs, causal=causal, valid=valid)
 
 
 def estimate_of(aux: dict | None) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -159,8 +157,7 @@ def layer_terms(call: LayerCall, *, target: tuple | None = None, attn_ok: bool, 
             terms["est_mse"] = masked_mse(a_hat, Pc, w)
         else:
             state.setdefault("notes", set()).add(
-                f"{type(call.module).__name__} exposes an estimate but no compressor (compress_probs / "
-                "pool_columns): estimator terms skipped")
+                f"{type(call.module).__name__} exposes an estimate but no compress_probs: estimator terms skipped")
     key = id(call.module)
     if use_probs and state.setdefault("probs_grad", {}).get(key, True):
         rows = torch.arange(T, device=q.device)

@@ -87,7 +87,8 @@ class SEAAttention(AttentionModule):
         self.force_s_prob, self.force_s_mix = force_s_prob, force_s_mix
         self.estimator = Estimator(d=head_dim, H=heads, K=K, causal=causal, nbf=nbf, max_len=max_len, seed=seed,
                                    dec_dtype=estimator_dtype)
-        self.trained = False
+        # Persistent flag (saved with the module's state): has the estimator been trained or loaded?
+        self.register_buffer("estimator_trained", torch.zeros((), dtype=torch.bool))
         if checkpoint:
             self.load_estimator(checkpoint, layer)
         self.last_aux: dict = {}
@@ -103,9 +104,23 @@ class SEAAttention(AttentionModule):
             ckpt = layers[layer] if layer in layers else layers[str(layer)]
         ckpt = {(key[len("estimator."):] if key.startswith("estimator.") else key): val for key, val in ckpt.items()}
         self.estimator.load_state_dict(ckpt)
-        self.trained = True
+        self.estimator_trained.fill_(True)
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.estimator_trained)
+
+    def note_trained(self, steps: int) -> None:
+        if steps > 0:
+            self.estimator_trained.fill_(True)
+            self.impl = self._impl(self._kernel_ran)
+
+    def compress_probs(self, probs, *, causal, valid):
+        """Exact probabilities [B, H, T, T] pooled to this layer's K cells (the estimate's geometry)."""
+        return pool_columns(probs, K=self.K, causal=causal, valid=valid)
 
     def _impl(self, kernel: str) -> str:
+        self._kernel_ran = kernel
         est = "oracle" if self.oracle else ("trained" if self.trained else "untrained")
         sc = "estimated" if self.force_s_prob < 0 and self.force_s_mix < 0 else \
             f"forced(s_prob={self.force_s_prob:g}, s_mix={self.force_s_mix:g})"
