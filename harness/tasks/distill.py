@@ -17,6 +17,17 @@ Output in --out: meta.json, metrics.jsonl (one line per logged step: step, loss,
 evaluation: eval_ppl or eval_accuracy), checkpoints/step-N/ (method_state.safetensors, trainer.pt with the
 optimizer and step, rest.safetensors when the model's weights train), method_state.safetensors (final), and a
 final row in rows.jsonl. --resume continues from the newest checkpoint.
+
+Several GPUs or nodes (data parallel, DistributedDataParallel): launch with torchrun, e.g.
+`torchrun --nproc-per-node 8 -m harness distill --batch 16 ...` on one host, or on each of several hosts
+`torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:PORT -m harness distill ...`
+(--out must then be a shared file system). Each rank uses GPU LOCAL_RANK (NCCL; gloo for --device cpu) and holds
+a full replica of teacher and student; --batch is the GLOBAL batch (>= the number of ranks), whose content and
+order depend only on --seed and the step, and every rank trains on its own contiguous slice of it; gradients are
+averaged by DDP with each loss term weighted by the rank's share of its normaliser, so a run matches the
+single-process one up to floating-point reduction order. Rank 0 alone evaluates, logs metrics.jsonl and writes
+the (full, unsharded) checkpoints, so --resume works with any number of processes. Sharding the models over
+ranks (FSDP) for models that do not fit one GPU is not implemented yet (--fsdp is refused).
 """
 from __future__ import annotations
 
@@ -76,6 +87,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--out", type=Path)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--fsdp", action="store_true",
+                   help="shard the models over ranks (FSDP): not implemented yet, refused; data-parallel runs "
+                        "under torchrun replicate the models on every rank")
     p.set_defaults(func=cmd_distill)
 
 
@@ -142,22 +156,74 @@ def drop_metrics_after(path: Path, step: int) -> None:
 
 
 def cmd_distill(a) -> int:
+    from harness.train import ddp
+
+    if a.fsdp:
+        raise UsageError("--fsdp: sharding teacher and student over ranks (FSDP, for models that do not fit one "
+                         "GPU) is not implemented yet; under torchrun distill is data parallel (DDP) and every "
+                         "rank holds full replicas of both models")
+    if a.steps < 1 or a.batch < 1 or a.seq_len < 2:
+        raise UsageError("--steps >= 1, --batch >= 1 and --seq-len >= 2 are required")
+    world = ddp.world_from_env()
+    if a.batch < world:
+        raise UsageError(f"--batch {a.batch} is the global batch and must be >= the number of processes ({world})")
+    device = device_of(a)
+    env = ddp.setup(device)
+    ok = False
+    try:
+        code = _distill(a, device, env)
+        ok = True
+        return code
+    finally:
+        if env is not None:
+            if ok:
+                ddp.finish(env)                 # every rank waits for rank 0's final checkpoint and row
+            else:
+                import torch.distributed as td
+
+                if td.is_initialized():
+                    td.destroy_process_group()
+
+
+def _open_run_on_main(a, env, extra_meta: dict):
+    """open_run on rank 0; the other ranks open the run directory that rank 0 created (or raise its error)."""
+    from harness.store import RunDir
+    from harness.train import ddp
+
+    if env is None:
+        return open_run(a, TASK, extra_meta.pop("_device"), extra_meta)
+    result, error = None, None
+    if env.main:
+        try:
+            run, run_id, done = open_run(a, TASK, extra_meta.pop("_device"), extra_meta)
+            result = (str(run.path), run_id, sorted(done))
+        except UsageError as exc:
+            error = str(exc)
+    result, error = ddp.broadcast(env, (result, error))
+    if error is not None:
+        raise UsageError(error)
+    path, run_id, done = result
+    return RunDir(Path(path)), run_id, set(done)
+
+
+def _distill(a, device: str, env) -> int:
     import torch
 
     import methods
     from harness.models.load import model_problem_dims
     from harness.rows import Row
     from harness.runner import resolve_methods
+    from harness.train import ddp
     from harness.train.loop import DistillError, Distiller, TrainConfig, batch_at, latest_checkpoint, run_loop
 
-    if a.steps < 1 or a.batch < 1 or a.seq_len < 2:
-        raise UsageError("--steps >= 1, --batch >= 1 and --seq-len >= 2 are required")
     try:
         raw = methods.parse_method_args(a.method_args)
     except methods.MethodConfigError as exc:
         raise UsageError(str(exc)) from None
     ((name, mcfg),) = resolve_methods([a.method], raw)
-    device = device_of(a)
+    main = env is None or env.main
+    world = 1 if env is None else env.world
+    mine = slice(None) if env is None else ddp.rank_slice(a.batch, env.rank, env.world)   # my rows of a batch
     model, tok = load_model_or_usage(a, a.model_task, device)
     dims = model_problem_dims(model)
     causal = a.model_task == "causal-lm"
@@ -165,7 +231,7 @@ def cmd_distill(a) -> int:
         train_windows, eval_windows, sources = causal_data(a, tok, device)
 
         def next_batch(step):
-            return {"input_ids": batch_at(train_windows, step, a.batch, a.seed).to(device)}
+            return {"input_ids": batch_at(train_windows, step, a.batch, a.seed)[mine].to(device)}
     else:
         from harness.tasks import accuracy as acc
 
@@ -179,7 +245,7 @@ def cmd_distill(a) -> int:
                    "classes": classes}
 
         def next_batch(step):
-            idx = batch_at(index, step, a.batch, a.seed)[:, 0]
+            idx = batch_at(index, step, a.batch, a.seed)[mine, 0]
             return {k: v.to(device) for k, v in acc.take(train, idx).items()}
     cfg = TrainConfig(lr=a.lr, lr_method=a.lr_method, lr_rest=a.lr_rest, weight_decay=a.weight_decay,
                       grad_clip=a.grad_clip, amp=a.amp, method_autocast=a.method_autocast,
@@ -189,24 +255,28 @@ def cmd_distill(a) -> int:
                "batch": a.batch, "steps": a.steps, "train": cfg.__dict__ | {"lr_method": cfg.method_lr()},
                "data": sources}
     try:
-        d = Distiller(model, name, mcfg, example=next_batch(0), cfg=cfg, seq_len=a.seq_len, seed=a.seed)
+        d = Distiller(model, name, mcfg, example=next_batch(0), cfg=cfg, seq_len=a.seq_len, seed=a.seed, dist=env)
     except DistillError as exc:
         raise UsageError(str(exc)) from None
-    run, run_id, done = open_run(a, TASK, device, {"setting": setting, "method": [name, mcfg]})
+    run, run_id, done = _open_run_on_main(a, env, {"setting": setting, "method": [name, mcfg], "_device": device})
     cid = cell_id(**{k: v for k, v in setting.items() if k != "data"}, method=name, config=mcfg, seed=a.seed,
                   device=device, dtype=a.dtype)
     if cid in done:
-        print(f"{run.path} already holds the finished run of {a.steps} steps")
+        if main:
+            print(f"{run.path} already holds the finished run of {a.steps} steps")
         return 0
     out = run.path
     resumed_from = None
     if a.resume:
-        ckpt = latest_checkpoint(out / "checkpoints")
+        ckpt = latest_checkpoint(out / "checkpoints") if main else None
+        ckpt = ddp.broadcast(env, None if ckpt is None else str(ckpt))   # every rank loads the same one
         if ckpt is not None:
-            d.load(ckpt)
+            d.load(Path(ckpt))
             resumed_from = str(ckpt)
-            drop_metrics_after(out / "metrics.jsonl", d.step)
-            print(f"resumed from {ckpt} at step {d.step}")
+            if main:
+                drop_metrics_after(out / "metrics.jsonl", d.step)
+                print(f"resumed from {ckpt} at step {d.step}")
+        ddp.barrier(env)                                # all have read it before rank 0 may replace it
 
     def evaluate(dd) -> dict:
         if causal:
@@ -220,7 +290,7 @@ def cmd_distill(a) -> int:
 
     log = MetricsLog(out / "metrics.jsonl")
     teacher_eval = None
-    if resumed_from is None:
+    if resumed_from is None and main:
         with torch.no_grad():
             if causal:
                 from harness.tasks.perplexity import evaluate as ppl
@@ -231,10 +301,15 @@ def cmd_distill(a) -> int:
                 teacher_eval = {"eval_accuracy": float((pred == test["labels"]).float().mean())}
         run.update_meta(teacher_eval=teacher_eval, method_params=d.n_method_params())
         log.write({"step": 0, "kind": "eval", **evaluate(d)})
-    run.update_meta(resumed_from=resumed_from)
+    if main:
+        run.update_meta(resumed_from=resumed_from, **({"world_size": world} if env is not None else {}))
     started = time.perf_counter()
     last = run_loop(d, next_batch, steps=a.steps, out=out, eval_fn=evaluate, eval_every=a.eval_every,
-                    save_every=a.save_every, log_every=a.log_every, quiet=a.quiet, keep=a.keep_checkpoints)
+                    save_every=a.save_every, log_every=a.log_every, quiet=a.quiet, keep=a.keep_checkpoints,
+                    main=main)
+    if not main:
+        d.close()
+        return 0
     final_eval = evaluate(d)
     log.write({"step": d.step, "kind": "eval", **final_eval})
     ckpt = d.save(out / "checkpoints", keep=a.keep_checkpoints)
@@ -251,7 +326,7 @@ def cmd_distill(a) -> int:
               extra={**{k: v for k, v in setting.items() if k != "data"}, "final": last, **final_eval,
                      "teacher": teacher_eval, "method_params": d.n_method_params(), "notes": notes,
                      "checkpoint": str(ckpt), "method_state": str(out / "method_state.safetensors"),
-                     "resumed_from": resumed_from})
+                     "resumed_from": resumed_from, **({"world_size": world} if env is not None else {})})
     run.append(row)
     d.close()
     key = "eval_ppl" if causal else "eval_accuracy"

@@ -21,6 +21,12 @@ its own (exact) attention, frozen. Optimizer: AdamW (weight decay 0.01), constan
 groups: method-module parameters (lr_method, default 10 x lr), the model's own weights (lr_rest; 0 freezes
 them). Gradient clipping, bf16/fp16 autocast (method modules run outside autocast unless method_autocast),
 checkpoints (method state as safetensors via swap.save_method_state, optimizer + step via torch.save).
+
+Data parallel (`dist`, a harness.train.ddp.DistEnv from torchrun): the student is wrapped in
+DistributedDataParallel for the training forward, every rank trains on its slice of the global batch, each loss
+term is weighted by the rank's share of the term's global normaliser (ddp.term_counts) so the averaged gradient
+is the single-process one, and the logged values are the global ones. Teacher and student are replicated, so
+checkpoints hold the full state and can be resumed with any number of ranks; the caller lets rank 0 write them.
 """
 from __future__ import annotations
 
@@ -95,7 +101,7 @@ class Distiller:
     optional attention_mask, labels); it builds the per-layer method modules before the optimizer exists."""
 
     def __init__(self, teacher: nn.Module, method: str, method_args: dict | None, *, example: dict,
-                 cfg: TrainConfig | None = None, seq_len: int | None = None, seed: int = 0):
+                 cfg: TrainConfig | None = None, seq_len: int | None = None, seed: int = 0, dist=None):
         from harness.models import swap
 
         self.cfg = cfg or TrainConfig()
@@ -145,6 +151,14 @@ class Distiller:
         self._state: dict = {}
         self.hooks = [m.register_forward_hook(self._hook, with_kwargs=True) for m in self.modules]
         self.dropped: list[str] = []
+        self.dist = dist
+        self.ddp = None
+        if dist is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # broadcasts rank 0's parameters and buffers; averages the gradients in backward
+            self.ddp = DistributedDataParallel(
+                self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     # --- bookkeeping ------------------------------------------------------------------------------------
     def n_method_params(self) -> int:
@@ -176,8 +190,10 @@ class Distiller:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     # --- losses -----------------------------------------------------------------------------------------
-    def losses(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        """(total loss with graph, {term: value}) on one batch; per-layer terms are summed over layers."""
+    def losses(self, batch: dict, *, scale: dict | None = None,
+               _student: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """(total loss with graph, {term: value}) on one batch; per-layer terms are summed over layers.
+        `scale` multiplies terms in the total only (data parallel: the rank's share of each term)."""
         batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         inputs = self._model_inputs(batch)
         T = batch["input_ids"].shape[1]
@@ -195,7 +211,7 @@ class Distiller:
         self._recording = True
         try:
             with self._autocast():
-                s_out = self.student(**inputs, output_hidden_states=True)
+                s_out = (_student or self.student)(**inputs, output_hidden_states=True)
         finally:
             self._recording = False
         calls, self._calls = self._calls, []
@@ -222,15 +238,18 @@ class Distiller:
             task = L.task_loss(self.kind, s_logits, batch)
             if task is not None:
                 parts["task"] = task
-        total = sum(self.weights.get(k, 1.0) * v for k, v in parts.items())
+        total = sum(self.weights.get(k, 1.0) * (scale.get(k, 1.0) if scale else 1.0) * v for k, v in parts.items())
         values = {k: float(v.detach()) for k, v in parts.items()}
         values["loss"] = float(total.detach())
         return total, values
 
     def train_step(self, batch: dict) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
-        total, values = self.losses(batch)
-        self.scaler.scale(total).backward()
+        if self.ddp is None:
+            total, values = self.losses(batch)
+            self.scaler.scale(total).backward()
+        else:
+            values = self._ddp_backward(batch)
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         values["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip))
@@ -243,6 +262,25 @@ class Distiller:
             for m in self.modules:
                 if callable(getattr(m, "redraw_features", None)):
                     m.redraw_features()
+        return values
+
+    def _ddp_backward(self, batch: dict) -> dict[str, float]:
+        """Forward through DDP with each term weighted by world * local count / global count (DDP divides the
+        summed gradients by world), backward; returns the global term values (count-weighted over ranks)."""
+        from harness.train import ddp
+
+        world = self.dist.world
+        counts = ddp.term_counts(self.kind, batch)
+        names = sorted(counts)
+        totals = dict(zip(names, ddp.all_reduce_sum([counts[n] for n in names], self.device)))
+        share = {n: (counts[n] / totals[n] if totals[n] > 0 else 0.0) for n in names}
+        total, local = self.losses(batch, scale={n: world * s for n, s in share.items()}, _student=self.ddp)
+        self.scaler.scale(total).backward()
+        terms = sorted(k for k in local if k != "loss")
+        # a term without a known normaliser (none today) counts every rank equally
+        reduced = ddp.all_reduce_sum([local[k] * share.get(k, 1.0 / world) for k in terms], self.device)
+        values = dict(zip(terms, reduced))
+        values["loss"] = sum(self.weights.get(k, 1.0) * v for k, v in values.items())
         return values
 
     # --- checkpoints ------------------------------------------------------------------------------------
@@ -360,14 +398,17 @@ def batch_at(windows: torch.Tensor, step: int, batch: int, seed: int) -> torch.T
 
 def run_loop(d: Distiller, next_batch: Callable[[int], dict], *, steps: int, out: Path, eval_fn=None,
              eval_every: int = 0, save_every: int = 0, log_every: int = 1, quiet: bool = True,
-             keep: int = 2) -> dict:
+             keep: int = 2, main: bool = True) -> dict:
     """Train `d` from its current step up to `steps`; metrics to out/metrics.jsonl, checkpoints to
-    out/checkpoints. Returns the last logged values."""
+    out/checkpoints. Returns the last logged values. `main` False (ranks > 0 of a data-parallel run): train
+    only; no metrics, evaluations, checkpoints or progress bar."""
     import sys
 
     log = MetricsLog(Path(out) / "metrics.jsonl")
     bar = None
-    if not quiet:
+    if not main:
+        eval_fn, save_every, log_every = None, 0, 0
+    if not quiet and main:
         from tqdm import tqdm
         bar = tqdm(total=steps, initial=d.step, desc=f"distill {d.method}", unit="step", dynamic_ncols=True,
                    file=sys.stderr)
