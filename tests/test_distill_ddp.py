@@ -193,3 +193,39 @@ def test_fsdp_is_refused_in_words(capsys):
     assert main(["distill", "--model", "unused", "--method", "unused", "--steps", "1", "--fsdp"]) == 2
     err = capsys.readouterr().err
     assert "FSDP" in err and "not implemented" in err
+
+
+@pytest.mark.parametrize("arch", ["bert-classifier", "llama-padded"])
+def test_term_weights_make_uneven_padded_slices_add_up_to_the_batch_loss(arch):
+    """In process, no torch.distributed: what DDP computes (the count-weighted sum over ranks of each term on the
+    rank's slice, harness.train.ddp.term_counts) equals each term on the whole batch, with right padding of
+    different lengths and slices of 2 + 1 rows; checks term_counts against the normalisers in losses.py."""
+    from harness.train import ddp
+    from harness.train.loop import Distiller, TrainConfig
+    from tests.test_distill import T, VOCAB, pick, tiny_bert_classifier, tiny_llama
+
+    causal = arch == "llama-padded"
+    ids = torch.randint(3, VOCAB, (3, T), generator=torch.Generator().manual_seed(4))   # [B, T]
+    mask = torch.ones(3, T, dtype=torch.long)
+    mask[0, T - 50:] = 0
+    mask[2, T - 120:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if not causal:
+        batch["labels"] = torch.tensor([2, 0, 1])
+    d = Distiller(tiny_llama() if causal else tiny_bert_classifier(), pick(causal, trainable=True), {},
+                  example=batch, cfg=TrainConfig(lr_rest=0.0))
+    _, full = d.losses(batch)
+    subs = [{k: v[ddp.rank_slice(3, r, 2)] for k, v in batch.items()} for r in range(2)]
+    assert [s["input_ids"].shape[0] for s in subs] == [2, 1]
+    counts = [ddp.term_counts(d.kind, s) for s in subs]
+    values = [d.losses(s)[1] for s in subs]
+    terms = set(full) - {"loss"}
+    assert {"out_mse", "hidden", "logits_kl", "task"} <= terms
+    for t in terms:
+        total = sum(c[t] for c in counts)
+        got = sum(c[t] / total * v[t] for c, v in zip(counts, values))
+        assert got == pytest.approx(full[t], rel=1e-5), t
+        plain = sum(v[t] for v in values) / 2                       # ranks weighted equally: not the same
+        if t in ("out_mse", "hidden"):
+            assert plain != pytest.approx(full[t], rel=1e-3), t
+    d.close()
