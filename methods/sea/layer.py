@@ -87,8 +87,12 @@ class SEAAttention(AttentionModule):
         self.force_s_prob, self.force_s_mix = force_s_prob, force_s_mix
         self.estimator = Estimator(d=head_dim, H=heads, K=K, causal=causal, nbf=nbf, max_len=max_len, seed=seed,
                                    dec_dtype=estimator_dtype)
-        # Persistent flag (saved with the module's state): has the estimator been trained or loaded?
+        # Persistent flag (saved with the module's state): has the estimator been trained or loaded? Mirrored
+        # in a Python bool so that forward never reads the buffer (a host sync on CUDA).
         self.register_buffer("estimator_trained", torch.zeros((), dtype=torch.bool))
+        self._trained = False
+        self._kernel_ran = "not-run"
+        self.register_load_state_dict_post_hook(SEAAttention._refresh_trained)
         if checkpoint:
             self.load_estimator(checkpoint, layer)
         self.last_aux: dict = {}
@@ -104,16 +108,25 @@ class SEAAttention(AttentionModule):
             ckpt = layers[layer] if layer in layers else layers[str(layer)]
         ckpt = {(key[len("estimator."):] if key.startswith("estimator.") else key): val for key, val in ckpt.items()}
         self.estimator.load_state_dict(ckpt)
+        self._mark_trained()
+
+    @staticmethod
+    def _refresh_trained(module, incompatible_keys) -> None:
+        module._trained = bool(module.estimator_trained)
+        module.impl = module._impl(module._kernel_ran)
+
+    def _mark_trained(self) -> None:
         self.estimator_trained.fill_(True)
+        self._trained = True
+        self.impl = self._impl(self._kernel_ran)
 
     @property
     def trained(self) -> bool:
-        return bool(self.estimator_trained)
+        return self._trained
 
     def note_trained(self, steps: int) -> None:
-        if steps > 0:
-            self.estimator_trained.fill_(True)
-            self.impl = self._impl(self._kernel_ran)
+        if steps > 0 and not self._trained:
+            self._mark_trained()
 
     def compress_probs(self, probs, *, causal, valid):
         """Exact probabilities [B, H, T, T] pooled to this layer's K cells (the estimate's geometry)."""
