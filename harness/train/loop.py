@@ -156,7 +156,9 @@ class Distiller:
         if dist is not None:
             from torch.nn.parallel import DistributedDataParallel
 
-            # broadcasts rank 0's parameters and buffers; averages the gradients in backward
+            # broadcasts rank 0's parameters and buffers; averages the gradients in backward. Every trainable
+            # parameter must get a gradient each step (find_unused_parameters stays off: estimator parameters may
+            # reach the loss only through last_aux / attention_probs, outside the wrapped forward's outputs)
             self.ddp = DistributedDataParallel(
                 self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
