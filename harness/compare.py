@@ -1,6 +1,8 @@
 """Regression check between two runs of the same device kind.
 
-Cells are matched by identity (method, options, shape, dtype, direction, mode, seed, inputs).
+Cells are matched by identity: method, the options that differ from the method's current defaults, shape,
+dtype, direction, mode, seed, inputs. (So a method that gains an option keeps matching its baseline; an option
+whose default changes makes new cells.)
 - status: a cell that was `ok` and is not any more is a regression.
 - error: err_rel_l2 growing by more than --max-error-increase (relative) is a regression.
 - latency: with --reference-method, each cell's latency is divided by the reference method's latency on
@@ -25,6 +27,22 @@ def parse_percent(text: str) -> float:
         return float(t[:-1]) / 100 if t.endswith("%") else float(t)
     except ValueError:
         raise ValueError(f"expected a percentage like 5% or a fraction like 0.05, got {text!r}") from None
+
+
+def _defaults(method: str) -> dict:
+    import methods
+
+    try:
+        return {o.name: o.default for o in methods.get(method).options}
+    except KeyError:          # a method no longer registered: compare its options as recorded
+        return {}
+
+
+def match_key(r: Row) -> tuple:
+    """A row's identity for matching across runs (see the module docstring)."""
+    defaults = _defaults(r.method)
+    opts = tuple(sorted((k, str(v)) for k, v in r.config.items() if k not in defaults or defaults[k] != v))
+    return (r.method, opts) + _problem_key(r)
 
 
 def _problem_key(r: Row) -> tuple:
@@ -67,14 +85,14 @@ def compare_runs(base: Path, new: Path, *, max_slowdown: float, abs_floor_ms: fl
     if kb != kn:
         raise UsageError(f"refusing to compare different device kinds: {base} ran on {kb}, {new} on {kn}")
     b_rows, n_rows = b_run.rows(), n_run.rows()
-    b_by = {r.cell_id: r for r in b_rows}
+    b_by = {match_key(r): r for r in b_rows}
     result = Comparison()
     b_ref = _ref_latency(b_rows, reference_method) if reference_method else {}
     n_ref = _ref_latency(n_rows, reference_method) if reference_method else {}
     if reference_method and not n_ref:
         raise UsageError(f"--reference-method {reference_method}: no ok rows of it in {new}")
     for r in n_rows:
-        b = b_by.get(r.cell_id)
+        b = b_by.get(match_key(r))
         if b is None:
             result.notes.append(f"new cell, not in base: {_label(r)}")
             continue
@@ -112,7 +130,7 @@ def compare_runs(base: Path, new: Path, *, max_slowdown: float, abs_floor_ms: fl
             elif change < -max_slowdown and (old - cur) * scale > abs_floor_ms:
                 result.improvements.append(f"{_label(r)}: latency {old:.4g} -> {cur:.4g} {unit} ({change:.1%})")
     if "status" in metrics:
-        missing = set(b_by) - {r.cell_id for r in n_rows}
-        for cid in sorted(missing):
-            result.regressions.append(f"{_label(b_by[cid])}: present in base, missing in new run")
+        missing = set(b_by) - {match_key(r) for r in n_rows}
+        for key in sorted(missing, key=str):
+            result.regressions.append(f"{_label(b_by[key])}: present in base, missing in new run")
     return result

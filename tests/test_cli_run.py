@@ -128,3 +128,27 @@ def test_method_variants_inline_options(tmp_path):
     assert res.returncode == 2 and "twice" in res.stderr
     res = run_cli("run", "--methods", "sdpa:backend", "--dry-run", *SMALL)
     assert res.returncode == 2 and "NAME:key=value" in res.stderr
+
+
+def test_compare_matches_cells_across_a_new_default_option(small_run, tmp_path):
+    """A method that gains an option (recorded in new rows with its default) still matches its baseline; a
+    non-default value is a different cell."""
+    out, _ = small_run
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    rows = [json.loads(x) for x in (old / "rows.jsonl").read_text().splitlines()]
+    for r in rows:
+        if r["method"] == "sdpa":
+            r["config"] = {}                                # as written before `backend` existed
+            r["cell_id"] = "old-" + r["cell_id"]
+    (old / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    res = run_cli("compare", str(old), str(out), "--reference-method", "exact")
+    # the baseline's sdpa rows (backend absent = default 'auto') do not match the new run's backend=math rows
+    assert res.returncode == 1 and "missing in new run" in res.stdout
+    for r in rows:
+        if r["method"] == "sdpa":
+            r["config"] = {"backend": "math"}
+    (old / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    res = run_cli("compare", str(old), str(out), "--reference-method", "exact")
+    assert res.returncode == 0, res.stdout
+    assert "compared 24 cells" in res.stdout
