@@ -24,3 +24,25 @@ def run_cli(*args: str, plugin: bool = False, timeout: float = 600, cwd: Path | 
 def read_rows(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "rows.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def gaussian_qkv(B: int, H: int, Hkv: int, T: int, D: int, *, seed: int = 0, dtype=None):
+    """Seeded standard-normal q [B, H, T, D], k and v [B, Hkv, T, D], drawn in float64 then cast."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, T, D, generator=g, dtype=torch.float64)
+    k = torch.randn(B, Hkv, T, D, generator=g, dtype=torch.float64)
+    v = torch.randn(B, Hkv, T, D, generator=g, dtype=torch.float64)
+    dtype = dtype or torch.float64
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def two_sided_padding(B: int, T: int):
+    """bool [B, T] key padding mask (True = real): right padding in row 0, left padding in row 1."""
+    import torch
+
+    kpm = torch.ones(B, T, dtype=torch.bool)
+    kpm[0, -5:] = False
+    kpm[1, :3] = False
+    return kpm

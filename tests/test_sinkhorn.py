@@ -7,24 +7,18 @@ import torch
 from methods.base import MethodConfigError, Problem, get
 from methods.exact import ExactAttention
 from methods.sinkhorn import Sinkhorn, sinkhorn_log
+from tests.helpers import gaussian_qkv, two_sided_padding
 
 B, H, HKV, T, D = 2, 4, 2, 37, 16
 BS = 8                                   # block size in most tests: 5 blocks, the last one padded
 
 
 def _inputs(seed=0, T=T, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, H, T, D, generator=g, dtype=torch.float64)
-    k = torch.randn(B, HKV, T, D, generator=g, dtype=torch.float64)
-    v = torch.randn(B, HKV, T, D, generator=g, dtype=torch.float64)
-    return q.to(dtype), k.to(dtype), v.to(dtype)
+    return gaussian_qkv(B, H, HKV, T, D, seed=seed, dtype=dtype)
 
 
 def _padding(T=T):
-    kpm = torch.ones(B, T, dtype=torch.bool)
-    kpm[0, -5:] = False          # right padding in batch row 0
-    kpm[1, :3] = False           # left padding in batch row 1
-    return kpm
+    return two_sided_padding(B, T)
 
 
 def _module(T=T, seed=3, **cfg):
