@@ -106,22 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _spec_from_args(a, device: str, method_names: list[str]) -> SweepSpec:
     preset = a.preset or default_preset(device)
     spec = spec_from_preset(preset, method_names, device, a.seed)
-    if a.seq_lens is not None:
-        spec.seq_lens = a.seq_lens
-    if a.batch is not None:
-        spec.batch = a.batch
-    if a.heads is not None:
-        spec.heads = a.heads
-    if a.kv_heads is not None:
-        spec.kv_heads = a.kv_heads
-    if a.head_dim is not None:
-        spec.head_dim = a.head_dim
-    if a.dtype is not None:
-        spec.dtype = a.dtype
+    for axis in ("seq_lens", "batch", "heads", "kv_heads", "head_dim", "dtype", "mode"):
+        if getattr(a, axis) is not None:           # an explicit flag overrides the preset's axis
+            setattr(spec, axis, getattr(a, axis))
     if a.direction is not None:
         spec.causal = {"causal": [True], "bidirectional": [False], "both": [True, False]}[a.direction]
-    if a.mode is not None:
-        spec.mode = a.mode
     spec.inputs = a.inputs
     return spec
 

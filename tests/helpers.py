@@ -46,3 +46,19 @@ def two_sided_padding(B: int, T: int):
     kpm[0, -5:] = False
     kpm[1, :3] = False
     return kpm
+
+
+def save_tiny_llama(out, tokenizer_dir, *, max_positions: int):
+    """Save a tiny random Llama (4 heads over 2 kv heads, 2 layers) with the tokenizer of `tokenizer_dir`
+    into `out`, for CLI tasks that take a model folder; returns `out`."""
+    import torch
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=80,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=max_positions, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

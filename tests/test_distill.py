@@ -17,6 +17,7 @@ from harness.models import data  # noqa: E402
 from harness.train.loop import (DistillError, Distiller, TrainConfig, batch_at, latest_checkpoint,  # noqa: E402
                                 list_checkpoints)
 from methods.base import Problem  # noqa: E402
+from tests.helpers import save_tiny_llama  # noqa: E402
 
 B, T, VOCAB = 2, 200, 97
 MINILM = data.shared_root() / "models" / "minilm-l6"
@@ -178,15 +179,7 @@ def test_bf16_autocast_keeps_method_parameters_fp32():
 def tiny_dir(tmp_path_factory):
     if not MINILM.is_dir():
         pytest.skip("shared MiniLM tokenizer not found")
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tok = transformers.AutoTokenizer.from_pretrained(str(MINILM))
-    cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=80,
-                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=128, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), MINILM, max_positions=128)
 
 
 def test_cli_distill_writes_metrics_checkpoints_and_resumes(tiny_dir, tmp_path, capsys):

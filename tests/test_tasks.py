@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 from harness.cli import main  # noqa: E402
 from harness.models import data, load, swap  # noqa: E402
 from methods.base import Method, _REGISTRY  # noqa: E402
-from tests.helpers import read_rows, run_cli  # noqa: E402
+from tests.helpers import read_rows, run_cli, save_tiny_llama  # noqa: E402
 
 SHARED = data.shared_root()
 MINILM = SHARED / "models" / "minilm-l6"
@@ -30,16 +30,7 @@ def tiny_dir(tmp_path_factory):
     """A saved tiny random Llama with the MiniLM tokenizer (no BOS)."""
     if not MINILM.is_dir():
         pytest.skip("shared MiniLM tokenizer not found")
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tok = transformers.AutoTokenizer.from_pretrained(str(MINILM))
-    cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=80,
-                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=256, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(cfg)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), MINILM, max_positions=256)
 
 
 def own_perplexity(path: Path, n_tokens: int, context: int) -> tuple[float, int]:
