@@ -161,10 +161,16 @@ def test_batches_depend_only_on_seed_and_step():
                            torch.cat([batch_at(w, s, 3, seed=1) for s in range(3)]))
 
 
-def test_method_without_trainable_parameters_is_refused():
+def test_method_without_parameters_trains_the_model_and_is_refused_when_it_is_frozen():
     name = pick(True, trainable=False)
-    with pytest.raises(DistillError, match=f"method '{name}' has no trainable parameters"):
-        Distiller(tiny_llama(), name, {}, example=llama_batch())
+    with pytest.raises(DistillError, match=f"method '{name}' has no trainable parameters .* frozen"):
+        Distiller(tiny_llama(), name, {}, example=llama_batch(), cfg=TrainConfig(lr_rest=0.0))
+    model, batch = tiny_llama(), llama_batch()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    d = Distiller(model, name, {}, example=batch, cfg=TrainConfig(lr_rest=1e-3))
+    d.train_step(batch)
+    moved = [n for n, p in d.student.named_parameters() if not torch.equal(p.detach(), before[n])]
+    assert moved and all(torch.equal(p, before[n]) for n, p in d.teacher.named_parameters())
 
 
 def test_bf16_autocast_keeps_method_parameters_fp32():
@@ -214,6 +220,29 @@ def test_cli_distill_writes_metrics_checkpoints_and_resumes(tiny_dir, tmp_path, 
     assert rows[-1]["extra"]["resumed_from"].endswith("step-0000003") and rows[-1]["status"] == "ok"
 
     refused = pick(True, trainable=False)
-    assert main([*common[:4], refused, *common[5:-3], "--out", str(tmp_path / "no"), "--quiet", "--steps", "2"]) == 2
-    assert "no trainable parameters" in capsys.readouterr().err
+    assert main([*common[:4], refused, *common[5:-3], "--out", str(tmp_path / "no"), "--quiet", "--steps", "2",
+                 "--lr-rest", "0"]) == 2
+    assert "nothing to train" in capsys.readouterr().err
     assert not (tmp_path / "no").exists()
+
+
+def test_cli_distill_time_limit_stops_early_and_resume_finishes(tiny_dir, tmp_path):
+    """A method without parameters trains the model's own weights; --time-limit 0 stops after one step with a
+    row of its own, and --resume then goes on to --steps."""
+    from harness.cli import main
+
+    name = pick(True, trainable=False)
+    out = tmp_path / "run"
+    common = ["distill", "--model", str(tiny_dir), "--method", name, "--seq-len", "32", "--batch", "2",
+              "--max-train-tokens", "600", "--eval-tokens", "200", "--device", "cpu", "--out", str(out), "--quiet",
+              "--steps", "3"]
+    assert main([*common, "--time-limit", "0"]) == 0
+    rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
+    assert [(r["extra"]["steps_done"], r["extra"]["time_limited"]) for r in rows] == [(1, True)]
+    assert rows[0]["cell_id"].endswith("@step1") and "stopped by --time-limit" in rows[0]["extra"]["notes"][-1]
+    assert json.loads((out / "meta.json").read_text())["finished"] is False
+    assert main([*common, "--resume"]) == 0
+    rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
+    assert [(r["extra"]["steps_done"], r["extra"]["time_limited"]) for r in rows] == [(1, True), (3, False)]
+    train = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in train if m["kind"] == "train"] == [1, 2, 3]

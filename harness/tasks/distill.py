@@ -79,6 +79,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (always at the end)")
     p.add_argument("--keep-checkpoints", type=int, default=2)
     p.add_argument("--log-every", type=int, default=1)
+    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="stop training at the first step past this many seconds, then evaluate and checkpoint as "
+                        "at the end (the row records the steps done; --resume goes on to --steps)")
     p.add_argument("--max-docs", type=int, default=None, help="classification: stratified subset of BBC news")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="model weights")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -306,7 +309,7 @@ def _distill(a, device: str, env) -> int:
     started = time.perf_counter()
     last = run_loop(d, next_batch, steps=a.steps, out=out, eval_fn=evaluate, eval_every=a.eval_every,
                     save_every=a.save_every, log_every=a.log_every, quiet=a.quiet, keep=a.keep_checkpoints,
-                    main=main)
+                    main=main, time_limit=a.time_limit)
     if not main:
         d.close()
         return 0
@@ -315,15 +318,21 @@ def _distill(a, device: str, env) -> int:
     ckpt = d.save(out / "checkpoints", keep=a.keep_checkpoints)
     shutil.copyfile(ckpt / "method_state.safetensors", out / "method_state.safetensors")
     notes = d.notes()
-    run.update_meta(notes=notes, finished=True)
+    limited = bool(last.pop("time_limited", False))
+    if limited:
+        notes = [*notes, f"stopped by --time-limit {a.time_limit:g} s at step {d.step} of {a.steps}"]
+    run.update_meta(notes=notes, finished=not limited, steps_done=d.step)
     teacher_eval = run.meta().get("teacher_eval") or teacher_eval or {}
     finite = all(math.isfinite(v) for v in last.values() if isinstance(v, float))
-    row = Row(run_id=run_id, cell_id=cid, method=name, config=dict(mcfg), batch=a.batch, heads=dims["heads"],
+    # a time-limited run is not the finished cell: its row gets its own id, so --resume goes on to --steps
+    row_id = f"{cid}@step{d.step}" if limited else cid
+    row = Row(run_id=run_id, cell_id=row_id, method=name, config=dict(mcfg), batch=a.batch, heads=dims["heads"],
               kv_heads=dims["kv_heads"], seq_len=a.seq_len, head_dim=dims["head_dim"], dtype=a.dtype, causal=causal,
               mode="train", device=device, seed=a.seed, inputs=f"{a.model} | {a.train_text if causal else 'bbcnews'}",
               status="ok" if finite else "wrong", reason="" if finite else "non-finite loss",
               impl=d.handle.impl_summary(), wall_s=round(time.perf_counter() - started, 3),
               extra={**{k: v for k, v in setting.items() if k != "data"}, "final": last, **final_eval,
+                     "steps_done": d.step, "time_limited": limited,
                      "teacher": teacher_eval, "method_params": d.n_method_params(), "notes": notes,
                      "checkpoint": str(ckpt), "method_state": str(out / "method_state.safetensors"),
                      "resumed_from": resumed_from, **({"world_size": world} if env is not None else {})})

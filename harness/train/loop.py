@@ -125,9 +125,9 @@ class Distiller:
             raise DistillError(f"{method}: no per-layer method modules were built (no attention layer went "
                                "through the swapped attention)")
         self.method_params = [p for _, m in mods for p in m.parameters()]
-        if not self.method_params:
-            raise DistillError(f"method '{method}' has no trainable parameters in its per-layer modules (nothing "
-                               f"to distill); distill trains methods with learned parts only")
+        if not self.method_params and self.cfg.lr_rest <= 0:
+            raise DistillError(f"method '{method}' has no trainable parameters in its per-layer modules and the "
+                               f"model's own weights are frozen (lr_rest=0): nothing to train")
         if self.cfg.amp != "none" and not self.cfg.method_autocast:
             for _, m in mods:
                 _no_autocast(m, self.device.type)
@@ -138,7 +138,8 @@ class Distiller:
         self.rest_named = [(n, p) for n, p in self.student.named_parameters() if id(p) not in ids]
         for _, p in self.rest_named:
             p.requires_grad_(self.cfg.lr_rest > 0)
-        groups = [{"params": self.method_params, "lr": self.cfg.method_lr(), "name": "method"}]
+        groups = [{"params": self.method_params, "lr": self.cfg.method_lr(), "name": "method"}] \
+            if self.method_params else []
         if self.cfg.lr_rest > 0:
             groups.append({"params": [p for _, p in self.rest_named], "lr": self.cfg.lr_rest, "name": "rest"})
         self.optimizer = torch.optim.AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
@@ -400,10 +401,13 @@ def batch_at(windows: torch.Tensor, step: int, batch: int, seed: int) -> torch.T
 
 def run_loop(d: Distiller, next_batch: Callable[[int], dict], *, steps: int, out: Path, eval_fn=None,
              eval_every: int = 0, save_every: int = 0, log_every: int = 1, quiet: bool = True,
-             keep: int = 2, main: bool = True) -> dict:
+             keep: int = 2, main: bool = True, time_limit: float | None = None) -> dict:
     """Train `d` from its current step up to `steps`; metrics to out/metrics.jsonl, checkpoints to
     out/checkpoints. Returns the last logged values. `main` False (ranks > 0 of a data-parallel run): train
-    only; no metrics, evaluations, checkpoints or progress bar."""
+    only; no metrics, evaluations, checkpoints or progress bar.
+
+    `time_limit` (seconds of this call): stop at the first step boundary past it (rank 0's clock decides for
+    every rank, so data-parallel ranks stop at the same step); the returned dict then has "time_limited": True."""
     import sys
 
     log = MetricsLog(Path(out) / "metrics.jsonl")
@@ -428,6 +432,17 @@ def run_loop(d: Distiller, next_batch: Callable[[int], dict], *, steps: int, out
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{values['loss']:.4g}")
+        if time_limit is not None and d.step < steps:
+            over = time.perf_counter() - started >= time_limit
+            if d.dist is not None:
+                from harness.train import ddp
+
+                over = ddp.broadcast(d.dist, over)
+            if over:
+                if log_every and d.step % log_every != 0:     # the last step is always in the curve
+                    log.write({**last, "kind": "train", "elapsed_s": round(time.perf_counter() - started, 3)})
+                last["time_limited"] = True
+                break
     if bar is not None:
         bar.close()
     return last
