@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from methods.sea.estimator import CausalConv2d, Estimator, identity_values
 from methods.sea.favor import favor_attention, linear_attention, orthogonal_random_features, softmax_features
@@ -289,3 +290,14 @@ def test_pool_and_expand_columns_restated():
         for j in range(Tq):
             if not valid[b, j]:
                 assert torch.all(ex[b, :, :, j] == 0)
+
+
+@pytest.mark.parametrize("shape,size", [((1, 3, 7, 4), (5, 8)), ((2, 2, 8, 6), (7, 12)), ((1, 1, 9, 3), (9, 3)),
+                                        ((1, 2, 5, 4), (10, 16)), ((1, 2, 38, 32), (37, 64))])
+def test_nearest_resize_equals_interpolate(shape, size):
+    from methods.sea.estimator import nearest_resize
+
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(3))     # [B, C, R, S]
+    got = nearest_resize(x, *size)
+    assert torch.equal(got, F.interpolate(x, size=size, mode="nearest"))
+    assert torch.equal(x.repeat_interleave(2, dim=2), F.interpolate(x, scale_factor=(2, 1), mode="nearest"))

@@ -48,6 +48,23 @@ class CausalConv2d(nn.Conv2d):
         return F.conv2d(x, self.weight * self.time_mask, self.bias, self.stride, self.padding, self.dilation)
 
 
+def nearest_resize(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """F.interpolate(x, size=(rows, cols), mode="nearest") on [B, C, R, S] by index selection: the same source
+    index floor(dst * (in / out)) in float32, without the CUDA upsampling kernel's limit on tensor size (which
+    refused T = 256k)."""
+    def take(x, dim, out):
+        n = x.shape[dim]
+        if n == out:
+            return x
+        if out % n == 0:
+            return x.repeat_interleave(out // n, dim=dim)
+        scale = torch.tensor(n / out, dtype=torch.float32)
+        src = (torch.arange(out, dtype=torch.float32) * scale).floor().long().clamp_(max=n - 1)
+        return x.index_select(dim, src.to(x.device))
+
+    return take(take(x, 2, rows), 3, cols)
+
+
 class BidirectionalDecoder(nn.Module):
     def __init__(self, d: int, H: int, K: int):
         super().__init__()
@@ -64,9 +81,9 @@ class BidirectionalDecoder(nn.Module):
         x = x.permute(0, 1, 3, 2, 4).reshape(B, 4 * H, T, self.K // 2)  # [B, 4H, T, K/2]
         x = F.relu(self.conv1(x))                                       # [B, 4H, ceil(T/2), K/2]
         x = F.relu(self.conv2(x))
-        x = F.interpolate(x, scale_factor=(2, 1), mode="nearest")       # [B, 4H, 2ceil(T/2), K/2]
+        x = x.repeat_interleave(2, dim=2)                               # [B, 4H, 2ceil(T/2), K/2]: nearest x2
         x = self.conv3(x)                                               # [B, H, ., K/2]
-        return F.interpolate(x, size=(T, self.K), mode="nearest")       # [B, H, T, K]
+        return nearest_resize(x, T, self.K)                             # [B, H, T, K]
 
 
 class CausalDecoder(nn.Module):
@@ -89,10 +106,10 @@ class CausalDecoder(nn.Module):
         x = self.norm_in(x)
         x = F.relu(self.conv1(x))
         x = F.relu(self.conv2(x))
-        x = F.interpolate(x, scale_factor=(1, 4), mode="nearest")       # [B, 2H, T, K]
+        x = x.repeat_interleave(4, dim=3)                               # [B, 2H, T, K]: nearest x4
         x = self.conv3(x)                                               # [B, H, T, K]
         if x.shape[-1] != self.K:
-            x = F.interpolate(x, size=(T, self.K), mode="nearest")
+            x = nearest_resize(x, T, self.K)
         return self.norm_out(x)
 
 
