@@ -20,13 +20,18 @@ def git_info() -> dict:
             return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
-    commit = run("rev-parse", "--verify", "-q", "HEAD")
-    if len(commit) == 40 and all(c in "0123456789abcdef" for c in commit):
-        return {"commit": commit, "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
-    # A copy of the tree without git history (e.g. on a lent GPU machine): the sender names the commit.
+    # A copy of the tree sent elsewhere (e.g. to a lent GPU machine) may carry no git history, or a stale one
+    # (the checkout's .git as it was when the session began): the sender names the commit, and that wins.
     sent = os.environ.get("HARNESS_GIT_COMMIT", "")
+    commit = run("rev-parse", "--verify", "-q", "HEAD")
+    local = len(commit) == 40 and all(c in "0123456789abcdef" for c in commit)
     if sent:
-        return {"commit": sent, "dirty": "unknown (tree copied without git history)"}
+        info = {"commit": sent, "dirty": "unknown (named by the sender in HARNESS_GIT_COMMIT)"}
+        if local:
+            info["local_git"] = {"commit": commit, "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
+        return info
+    if local:
+        return {"commit": commit, "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
     return {"commit": "unknown", "dirty": "unknown"}
 
 

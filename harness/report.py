@@ -127,6 +127,73 @@ def make_plots(df: pd.DataFrame, out: Path) -> list[Path]:
     return written
 
 
+def _metrics(run: str) -> list[dict]:
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def training_section(df: pd.DataFrame, out: Path, plots: bool = True) -> list[str]:
+    """Distillation runs (rows of mode 'train'): the evaluation at every evaluated step per method, the last
+    training losses, and loss / evaluation curves from each run's metrics.jsonl."""
+    lines = []
+    latest = df.sort_values("run").groupby(["run", "variant"], sort=False).tail(1)
+    curves = {}
+    for _, r in latest.iterrows():
+        curves[(r["variant"], r["run"])] = _metrics(r["run"])
+    key = next((k for k in ("eval_ppl", "eval_accuracy")
+                if any(k in m for ms in curves.values() for m in ms)), None)
+    steps = sorted({m["step"] for ms in curves.values() for m in ms if m.get("kind") == "eval" and key in m})
+    head = ["method", "steps done", "teacher", *[f"step {s}" for s in steps], "last loss", "train s", "notes"]
+    lines += [f"Evaluation ({key or 'none'}) of the student at each evaluated step; teacher = the model with its own "
+              "attention.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (variant, run), ms in curves.items():
+        r = latest[(latest.variant == variant) & (latest.run == run)].iloc[0]
+        extra = r["extra"] or {}
+        evals = {m["step"]: m[key] for m in ms if m.get("kind") == "eval" and key in m}
+        train = [m for m in ms if m.get("kind") == "train"]
+        teacher = (extra.get("teacher") or {}).get(key)
+        cells = [variant, str(extra.get("steps_done", (extra.get("final") or {}).get("step", "?"))),
+                 f"{teacher:.4g}" if teacher is not None else "-",
+                 *[f"{evals[s]:.4g}" if s in evals else "-" for s in steps],
+                 f"{train[-1]['loss']:.4g}" if train else "-",
+                 f"{train[-1].get('elapsed_s', float('nan')):.0f}" if train else "-",
+                 "; ".join(extra.get("notes") or [])]
+        lines.append("| " + " | ".join(cells) + " |")
+    if plots and curves:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+        for (variant, _), ms in curves.items():
+            train = [m for m in ms if m.get("kind") == "train"]
+            if train:
+                axes[0].plot([m["step"] for m in train], [m["loss"] for m in train], label=variant, lw=0.8)
+            ev = [m for m in ms if m.get("kind") == "eval" and key in m]
+            if ev:
+                axes[1].plot([m["step"] for m in ev], [m[key] for m in ev], marker="o", label=variant)
+        axes[0].set(yscale="log", xlabel="step", ylabel="training loss (weighted sum of terms)")
+        axes[1].set(yscale="log" if key == "eval_ppl" else "linear", xlabel="step", ylabel=key or "")
+        for ax in axes:
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / "training_curves.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        lines += ["", f"![training curves]({path.name})"]
+    return lines
+
+
 def write_report(runs: list[Path], out: Path, plots: bool = True) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,8 +205,12 @@ def write_report(runs: list[Path], out: Path, plots: bool = True) -> Path:
         lines += [f"- run `{path}`: {dev.get('device_name', '?')}, torch {vers.get('torch', '?')}, "
                   f"triton {vers.get('triton', '-')}, commit {meta.get('git', {}).get('commit', '?')[:12]}"
                   f"{' (dirty)' if meta.get('git', {}).get('dirty') else ''}, command `{meta.get('command', '?')}`"]
+    train = df[df["mode"] == "train"] if not df.empty else df
+    if not train.empty:
+        lines += ["", "## Training (distillation)", "", *training_section(train, out, plots)]
+        df = df[df["mode"] != "train"]
     if df.empty:
-        lines += ["", "(no rows)"]
+        lines += ["", "(no rows)" if train.empty else ""]
     else:
         from harness.runner import summary_table
         from harness.rows import Row

@@ -152,3 +152,15 @@ def test_compare_matches_cells_across_a_new_default_option(small_run, tmp_path):
     res = run_cli("compare", str(old), str(out), "--reference-method", "exact")
     assert res.returncode == 0, res.stdout
     assert "compared 24 cells" in res.stdout
+
+
+def test_git_info_prefers_the_commit_named_by_the_sender(monkeypatch):
+    from harness import provenance
+
+    monkeypatch.delenv("HARNESS_GIT_COMMIT", raising=False)
+    local = provenance.git_info()
+    monkeypatch.setenv("HARNESS_GIT_COMMIT", "abc1234")
+    sent = provenance.git_info()
+    assert sent["commit"] == "abc1234" and "sender" in sent["dirty"]
+    if len(local["commit"]) == 40:                       # a checkout with history: its own view is kept beside
+        assert sent["local_git"]["commit"] == local["commit"]

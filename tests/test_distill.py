@@ -236,7 +236,7 @@ def test_cli_distill_time_limit_stops_early_and_resume_finishes(tiny_dir, tmp_pa
     common = ["distill", "--model", str(tiny_dir), "--method", name, "--seq-len", "32", "--batch", "2",
               "--max-train-tokens", "600", "--eval-tokens", "200", "--device", "cpu", "--out", str(out), "--quiet",
               "--steps", "3"]
-    assert main([*common, "--time-limit", "0"]) == 0
+    assert main([*common, "--time-limit", "0", "--eval-every", "1"]) == 0     # step 1 evaluated, then stop
     rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
     assert [(r["extra"]["steps_done"], r["extra"]["time_limited"]) for r in rows] == [(1, True)]
     assert rows[0]["cell_id"].endswith("@step1") and "stopped by --time-limit" in rows[0]["extra"]["notes"][-1]
@@ -246,3 +246,10 @@ def test_cli_distill_time_limit_stops_early_and_resume_finishes(tiny_dir, tmp_pa
     assert [(r["extra"]["steps_done"], r["extra"]["time_limited"]) for r in rows] == [(1, True), (3, False)]
     train = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in train if m["kind"] == "train"] == [1, 2, 3]
+    assert [m["step"] for m in train if m["kind"] == "eval"] == [0, 1, 3]      # each evaluated step once
+
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0       # the training report
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Training (distillation)" in md and (tmp_path / "rep" / "training_curves.png").is_file()
+    line = next(x for x in md.splitlines() if x.startswith(f"| {name} |"))
+    assert line.split(" | ")[1] == "3"                                        # steps done of the latest row

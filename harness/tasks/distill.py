@@ -313,8 +313,10 @@ def _distill(a, device: str, env) -> int:
     if not main:
         d.close()
         return 0
-    final_eval = evaluate(d)
-    log.write({"step": d.step, "kind": "eval", **final_eval})
+    final_eval = last.pop("evaluated", None)
+    if final_eval is None:                              # not evaluated at this step yet
+        final_eval = evaluate(d)
+        log.write({"step": d.step, "kind": "eval", **final_eval})
     ckpt = d.save(out / "checkpoints", keep=a.keep_checkpoints)
     shutil.copyfile(ckpt / "method_state.safetensors", out / "method_state.safetensors")
     notes = d.notes()

@@ -407,7 +407,8 @@ def run_loop(d: Distiller, next_batch: Callable[[int], dict], *, steps: int, out
     only; no metrics, evaluations, checkpoints or progress bar.
 
     `time_limit` (seconds of this call): stop at the first step boundary past it (rank 0's clock decides for
-    every rank, so data-parallel ranks stop at the same step); the returned dict then has "time_limited": True."""
+    every rank, so data-parallel ranks stop at the same step); the returned dict then has "time_limited": True.
+    When the last step was just evaluated, the returned dict has "evaluated" (eval_fn's values)."""
     import sys
 
     log = MetricsLog(Path(out) / "metrics.jsonl")
@@ -419,6 +420,7 @@ def run_loop(d: Distiller, next_batch: Callable[[int], dict], *, steps: int, out
         bar = tqdm(total=steps, initial=d.step, desc=f"distill {d.method}", unit="step", dynamic_ncols=True,
                    file=sys.stderr)
     last: dict[str, Any] = {}
+    evaluated = None
     started = time.perf_counter()
     while d.step < steps:
         values = d.train_step(next_batch(d.step))
@@ -426,7 +428,8 @@ def run_loop(d: Distiller, next_batch: Callable[[int], dict], *, steps: int, out
         if log_every and (d.step % log_every == 0 or d.step == steps):
             log.write({**last, "kind": "train", "elapsed_s": round(time.perf_counter() - started, 3)})
         if eval_fn is not None and eval_every and d.step % eval_every == 0 and d.step < steps:
-            log.write({"step": d.step, "kind": "eval", **eval_fn(d)})
+            evaluated = (d.step, eval_fn(d))
+            log.write({"step": d.step, "kind": "eval", **evaluated[1]})
         if save_every and d.step % save_every == 0 and d.step < steps:
             d.save(Path(out) / "checkpoints", keep=keep)
         if bar is not None:
@@ -445,4 +448,6 @@ def run_loop(d: Distiller, next_batch: Callable[[int], dict], *, steps: int, out
                 break
     if bar is not None:
         bar.close()
+    if evaluated is not None and evaluated[0] == d.step:
+        last["evaluated"] = evaluated[1]             # the caller need not evaluate this step again
     return last
