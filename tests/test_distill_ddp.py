@@ -67,13 +67,37 @@ class Probe(Method):
 '''
 
 
-def _write_plugin(root):
-    (root / "harness_ddp_probe.py").write_text(PLUGIN)
-    info = root / "harness_ddp_probe-0.1.dist-info"
+def _write_plugin(root, source: str = PLUGIN, method: str = METHOD, cls: str = "Probe"):
+    """A plugin package in `root` registering `method` (class `cls` of `source`) as a harness.methods entry."""
+    module = "harness_" + method.replace("-", "_")
+    (root / f"{module}.py").write_text(source)
+    info = root / f"{module}-0.1.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: harness-ddp-probe\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[harness.methods]\n{METHOD} = harness_ddp_probe:Probe\n")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[harness.methods]\n{method} = {module}:{cls}\n")
     (info / "RECORD").write_text("")
+
+
+def _tiny_llama(root):
+    """A 2-layer Llama (GQA 4/2 heads, tied embeddings) with the shared MiniLM tokenizer, saved to root/model."""
+    if not MINILM.is_dir():
+        pytest.skip("shared MiniLM tokenizer not found")
+    model = root / "model"
+    tok = transformers.AutoTokenizer.from_pretrained(str(MINILM))
+    cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=48,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=64, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(model)
+    tok.save_pretrained(model)
+    return model
+
+
+def _common(model, method: str = METHOD) -> list[str]:
+    """distill arguments shared by every run of a comparison (global batch 3, the model's weights trained too)."""
+    return ["--model", str(model), "--method", method, "--seq-len", "24", "--batch", "3",
+            "--max-train-tokens", "400", "--eval-tokens", "48", "--device", "cpu", "--quiet", "--lr", "1e-3",
+            "--lr-method", "1e-2", "--lr-rest", "1e-3", "--keep-checkpoints", "10", "--seed", "5"]
 
 
 def _harness(args, *, procs: int, plugin, log=None) -> subprocess.CompletedProcess:
@@ -94,23 +118,12 @@ def _harness(args, *, procs: int, plugin, log=None) -> subprocess.CompletedProce
 def runs(tmp_path_factory):
     """ref: 1 process, 4 steps, a checkpoint every step. ddp: 2 processes, 3 steps (checkpoints 2, 3).
     resumed: a copy of ddp without its step-3 checkpoint, resumed by 1 process up to step 4."""
-    if not MINILM.is_dir():
-        pytest.skip("shared MiniLM tokenizer not found")
     root = tmp_path_factory.mktemp("distill-ddp")
+    model = _tiny_llama(root)
     plugin = root / "plugin"
     plugin.mkdir()
     _write_plugin(plugin)
-    model = root / "model"
-    tok = transformers.AutoTokenizer.from_pretrained(str(MINILM))
-    cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=48,
-                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=64, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(model)
-    tok.save_pretrained(model)
-    common = ["--model", str(model), "--method", METHOD, "--seq-len", "24", "--batch", "3",
-              "--max-train-tokens", "400", "--eval-tokens", "48", "--device", "cpu", "--quiet", "--lr", "1e-3",
-              "--lr-method", "1e-2", "--lr-rest", "1e-3", "--keep-checkpoints", "10", "--seed", "5"]
+    common = _common(model)
     _harness([*common, "--steps", "4", "--save-every", "1", "--out", str(root / "ref")], procs=1, plugin=plugin)
     ddp = _harness([*common, "--steps", "3", "--save-every", "2", "--out", str(root / "ddp")], procs=2,
                    plugin=plugin, log=root / "rows-seen.txt")
@@ -185,14 +198,6 @@ def test_rank_zero_alone_writes_the_run_directory(runs):
     assert rows[0]["batch"] == 3                                    # the global batch
     assert json.loads((ddp / "meta.json").read_text())["world_size"] == 2
     assert runs["ddp_stdout"].count("method state:") == 1           # only rank 0 reports
-
-
-def test_fsdp_is_refused_in_words(capsys):
-    from harness.cli import main
-
-    assert main(["distill", "--model", "unused", "--method", "unused", "--steps", "1", "--fsdp"]) == 2
-    err = capsys.readouterr().err
-    assert "FSDP" in err and "not implemented" in err
 
 
 @pytest.mark.parametrize("arch", ["bert-classifier", "llama-padded"])

@@ -26,8 +26,16 @@ a full replica of teacher and student; --batch is the GLOBAL batch (>= the numbe
 order depend only on --seed and the step, and every rank trains on its own contiguous slice of it; gradients are
 averaged by DDP with each loss term weighted by the rank's share of its normaliser, so a run matches the
 single-process one up to floating-point reduction order. Rank 0 alone evaluates, logs metrics.jsonl and writes
-the (full, unsharded) checkpoints, so --resume works with any number of processes. Sharding the models over
-ranks (FSDP) for models that do not fit one GPU is not implemented yet (--fsdp is refused).
+the (full, unsharded) checkpoints, so --resume works with any number of processes.
+
+--fsdp (under torchrun only) shards the student over the ranks with FSDP2 (torch.distributed.fsdp.fully_shard:
+each transformer layer a unit, each layer's method module a unit inside it, then the root) instead of
+replicating it: parameters, gradients and AdamW state take 1/world of the memory per rank. The teacher stays
+replicated and both models are loaded whole on every rank before the student is sharded, so the model must fit
+one GPU for inference, not for training. Same batches, loss weights and (gathered, unsharded) checkpoint format as
+without --fsdp: a run matches the single-process one, and --resume works across --fsdp, DDP and one process.
+Every rank takes part in the evaluations (the sharded student's forward is collective; each rank evaluates the
+whole eval set) and in writing checkpoints (rank 0 writes). --amp fp16 is refused with --fsdp (use bf16).
 """
 from __future__ import annotations
 
@@ -91,8 +99,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--fsdp", action="store_true",
-                   help="shard the models over ranks (FSDP): not implemented yet, refused; data-parallel runs "
-                        "under torchrun replicate the models on every rank")
+                   help="under torchrun: shard the student (parameters, gradients, optimizer state) over the ranks "
+                        "with FSDP2 instead of replicating it (DDP); the teacher stays replicated. Refused without "
+                        "torchrun (one process has nothing to shard over)")
     p.set_defaults(func=cmd_distill)
 
 
@@ -161,13 +170,15 @@ def drop_metrics_after(path: Path, step: int) -> None:
 def cmd_distill(a) -> int:
     from harness.train import ddp
 
-    if a.fsdp:
-        raise UsageError("--fsdp: sharding teacher and student over ranks (FSDP, for models that do not fit one "
-                         "GPU) is not implemented yet; under torchrun distill is data parallel (DDP) and every "
-                         "rank holds full replicas of both models")
     if a.steps < 1 or a.batch < 1 or a.seq_len < 2:
         raise UsageError("--steps >= 1, --batch >= 1 and --seq-len >= 2 are required")
     world = ddp.world_from_env()
+    if a.fsdp and world <= 1:
+        raise UsageError("--fsdp shards the student over the processes of a torchrun launch (WORLD_SIZE > 1); this "
+                         "is a single process: drop --fsdp, or launch with torchrun --nproc-per-node N")
+    if a.fsdp and a.amp == "fp16":
+        raise UsageError("--fsdp with --amp fp16 is not supported (no gradient scaler over sharded gradients); "
+                         "use --amp bf16")
     if a.batch < world:
         raise UsageError(f"--batch {a.batch} is the global batch and must be >= the number of processes ({world})")
     device = device_of(a)
@@ -258,7 +269,8 @@ def _distill(a, device: str, env) -> int:
                "batch": a.batch, "steps": a.steps, "train": cfg.__dict__ | {"lr_method": cfg.method_lr()},
                "data": sources}
     try:
-        d = Distiller(model, name, mcfg, example=next_batch(0), cfg=cfg, seq_len=a.seq_len, seed=a.seed, dist=env)
+        d = Distiller(model, name, mcfg, example=next_batch(0), cfg=cfg, seq_len=a.seq_len, seed=a.seed, dist=env,
+                      fsdp=a.fsdp)
     except DistillError as exc:
         raise UsageError(str(exc)) from None
     run, run_id, done = _open_run_on_main(a, env, {"setting": setting, "method": [name, mcfg], "_device": device})
@@ -304,20 +316,27 @@ def _distill(a, device: str, env) -> int:
                 teacher_eval = {"eval_accuracy": float((pred == test["labels"]).float().mean())}
         run.update_meta(teacher_eval=teacher_eval, method_params=d.n_method_params())
         log.write({"step": 0, "kind": "eval", **evaluate(d)})
+    elif resumed_from is None and d.sharded:
+        evaluate(d)                                     # the sharded student's forward is collective: take part
     if main:
-        run.update_meta(resumed_from=resumed_from, **({"world_size": world} if env is not None else {}))
+        run.update_meta(resumed_from=resumed_from, **({"world_size": world} if env is not None else {}),
+                        **({"fsdp": True} if a.fsdp else {}))
     started = time.perf_counter()
     last = run_loop(d, next_batch, steps=a.steps, out=out, eval_fn=evaluate, eval_every=a.eval_every,
                     save_every=a.save_every, log_every=a.log_every, quiet=a.quiet, keep=a.keep_checkpoints,
                     main=main, time_limit=a.time_limit)
-    if not main:
+    if not main and not d.sharded:
         d.close()
         return 0
     final_eval = last.pop("evaluated", None)
     if final_eval is None:                              # not evaluated at this step yet
         final_eval = evaluate(d)
-        log.write({"step": d.step, "kind": "eval", **final_eval})
-    ckpt = d.save(out / "checkpoints", keep=a.keep_checkpoints)
+        if main:
+            log.write({"step": d.step, "kind": "eval", **final_eval})
+    ckpt = d.save(out / "checkpoints", keep=a.keep_checkpoints)   # sharded: every rank gathers, rank 0 writes
+    if not main:
+        d.close()
+        return 0
     shutil.copyfile(ckpt / "method_state.safetensors", out / "method_state.safetensors")
     notes = d.notes()
     limited = bool(last.pop("time_limited", False))
@@ -337,7 +356,8 @@ def _distill(a, device: str, env) -> int:
                      "steps_done": d.step, "time_limited": limited,
                      "teacher": teacher_eval, "method_params": d.n_method_params(), "notes": notes,
                      "checkpoint": str(ckpt), "method_state": str(out / "method_state.safetensors"),
-                     "resumed_from": resumed_from, **({"world_size": world} if env is not None else {})})
+                     "resumed_from": resumed_from, **({"world_size": world} if env is not None else {}),
+                     **({"fsdp": True} if a.fsdp else {})})
     run.append(row)
     d.close()
     key = "eval_ppl" if causal else "eval_accuracy"

@@ -27,6 +27,11 @@ DistributedDataParallel for the training forward, every rank trains on its slice
 term is weighted by the rank's share of the term's global normaliser (ddp.term_counts) so the averaged gradient
 is the single-process one, and the logged values are the global ones. Teacher and student are replicated, so
 checkpoints hold the full state and can be resumed with any number of ranks; the caller lets rank 0 write them.
+
+Sharded (`fsdp=True` with `dist`, harness.train.fsdp): the student is sharded with FSDP2 instead (the teacher
+stays replicated); the optimizer's groups are built from the sharded parameters, the loss weights are those of
+DDP (FSDP averages gradients the same way). Forwards of a sharded student are collective, so every rank calls
+`save` (gathers full tensors; rank 0 writes the same files as above) and runs the evaluations (`sharded`).
 """
 from __future__ import annotations
 
@@ -101,10 +106,16 @@ class Distiller:
     optional attention_mask, labels); it builds the per-layer method modules before the optimizer exists."""
 
     def __init__(self, teacher: nn.Module, method: str, method_args: dict | None, *, example: dict,
-                 cfg: TrainConfig | None = None, seq_len: int | None = None, seed: int = 0, dist=None):
+                 cfg: TrainConfig | None = None, seq_len: int | None = None, seed: int = 0, dist=None,
+                 fsdp: bool = False):
         from harness.models import swap
 
         self.cfg = cfg or TrainConfig()
+        if fsdp and dist is None:
+            raise DistillError("fsdp shards the student over the ranks of a process group: none was given")
+        if fsdp and self.cfg.amp == "fp16":
+            raise DistillError("fsdp with fp16 autocast (a gradient scaler over sharded gradients) is not supported;"
+                               " use bf16")
         self.method = method
         self.seed = seed
         self.teacher = teacher.eval()
@@ -138,6 +149,16 @@ class Distiller:
         self.rest_named = [(n, p) for n, p in self.student.named_parameters() if id(p) not in ids]
         for _, p in self.rest_named:
             p.requires_grad_(self.cfg.lr_rest > 0)
+        self.sharded = fsdp
+        if fsdp:                                # FSDP2 replaces the parameters by DTensors: regroup by name
+            from harness.train import fsdp as F
+
+            method_names = [f"{n}.{pn}" for n, m in mods for pn, _ in m.named_parameters()]
+            F.shard_student(self.student, mods, self.device)
+            named = dict(self.student.named_parameters())
+            self.method_params = [named[n] for n in method_names]
+            taken = set(method_names)
+            self.rest_named = [(n, p) for n, p in named.items() if n not in taken]
         groups = [{"params": self.method_params, "lr": self.cfg.method_lr(), "name": "method"}] \
             if self.method_params else []
         if self.cfg.lr_rest > 0:
@@ -154,7 +175,7 @@ class Distiller:
         self.dropped: list[str] = []
         self.dist = dist
         self.ddp = None
-        if dist is not None:
+        if dist is not None and not fsdp:
             from torch.nn.parallel import DistributedDataParallel
 
             # broadcasts rank 0's parameters and buffers; averages the gradients in backward. Every trainable
@@ -248,14 +269,15 @@ class Distiller:
 
     def train_step(self, batch: dict) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ddp is None:
+        if self.dist is None:
             total, values = self.losses(batch)
             self.scaler.scale(total).backward()
         else:
             values = self._ddp_backward(batch)
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        values["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip))
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        values["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)   # FSDP: a DTensor
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
@@ -268,8 +290,9 @@ class Distiller:
         return values
 
     def _ddp_backward(self, batch: dict) -> dict[str, float]:
-        """Forward through DDP with each term weighted by world * local count / global count (DDP divides the
-        summed gradients by world), backward; returns the global term values (count-weighted over ranks)."""
+        """Forward through DDP (or the FSDP student) with each term weighted by world * local count / global count
+        (both divide the summed gradients by world), backward; returns the global term values (count-weighted
+        over ranks)."""
         from harness.train import ddp
 
         world = self.dist.world
@@ -277,7 +300,8 @@ class Distiller:
         names = sorted(counts)
         totals = dict(zip(names, ddp.all_reduce_sum([counts[n] for n in names], self.device)))
         share = {n: (counts[n] / totals[n] if totals[n] > 0 else 0.0) for n in names}
-        total, local = self.losses(batch, scale={n: world * s for n, s in share.items()}, _student=self.ddp)
+        student = self.ddp if self.ddp is not None else self.student
+        total, local = self.losses(batch, scale={n: world * s for n, s in share.items()}, _student=student)
         self.scaler.scale(total).backward()
         terms = sorted(k for k in local if k != "loss")
         # a term without a known normaliser (none today) counts every rank equally
@@ -287,13 +311,25 @@ class Distiller:
         return values
 
     # --- checkpoints ------------------------------------------------------------------------------------
-    def save(self, root: Path, *, keep: int = 2, extra: dict | None = None) -> Path:
+    def save(self, root: Path, *, keep: int = 2, extra: dict | None = None) -> Path | None:
         """root/step-NNNNNNN/{method_state.safetensors, rest.safetensors (if trained), trainer.pt}; written to a
-        temporary folder and renamed, so a listed checkpoint is complete. Keeps the newest `keep`."""
+        temporary folder and renamed, so a listed checkpoint is complete. Keeps the newest `keep`. Sharded: every
+        rank must call (the full tensors are gathered); rank 0 writes the same files, the others get None."""
         from safetensors.torch import save_file
 
         from harness.models import swap
 
+        gathered = None
+        if self.sharded:
+            from harness.train import fsdp as F
+
+            keep_here = self.dist.main
+            gathered = {"method": F.gather_named(((f"{m_name}.{k}", v) for m_name, m in method_modules(self.student)
+                                                  for k, v in m.state_dict().items()), keep_here),
+                        "rest": F.gather_named(self.rest_named if self.cfg.lr_rest > 0 else [], keep_here),
+                        "optimizer": F.gather_optimizer(self.optimizer, keep_here)}
+            if not keep_here:
+                return None
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         final = root / f"step-{self.step:07d}"
@@ -301,11 +337,16 @@ class Distiller:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        swap.save_method_state(self.student, tmp / "method_state.safetensors")
+        if gathered is not None:
+            F.write_method_state(self.student, gathered["method"], tmp / "method_state.safetensors")
+        else:
+            swap.save_method_state(self.student, tmp / "method_state.safetensors")
         if self.cfg.lr_rest > 0:
-            save_file({n: p.detach().cpu().contiguous().clone() for n, p in self.rest_named},
+            save_file(gathered["rest"] if gathered is not None else
+                      {n: p.detach().cpu().contiguous().clone() for n, p in self.rest_named},
                       str(tmp / "rest.safetensors"))
-        torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+        optimizer = gathered["optimizer"] if gathered is not None else self.optimizer.state_dict()
+        torch.save({"step": self.step, "optimizer": optimizer, "scaler": self.scaler.state_dict(),
                     "method": self.method, "method_cfg": json.dumps(self.method_cfg, sort_keys=True, default=str),
                     "extra": extra or {}}, tmp / "trainer.pt")
         if final.exists():
@@ -316,7 +357,8 @@ class Distiller:
         return final
 
     def load(self, ckpt: Path) -> dict:
-        """Restore method state, trained model weights, optimizer, scaler and step from a checkpoint folder."""
+        """Restore method state, trained model weights, optimizer, scaler and step from a checkpoint folder
+        (sharded: every rank reads the full tensors and keeps its shards)."""
         from safetensors.torch import load_file
 
         from harness.models import swap
@@ -325,17 +367,27 @@ class Distiller:
         state = torch.load(ckpt / "trainer.pt", map_location=self.device, weights_only=False)
         if state["method"] != self.method:
             raise DistillError(f"{ckpt} holds method {state['method']!r}; this run distills {self.method!r}")
-        swap.load_method_state(self.student, ckpt / "method_state.safetensors")
         rest = ckpt / "rest.safetensors"
-        if rest.exists():
-            tensors = load_file(str(rest))
-            with torch.no_grad():
-                for n, p in self.rest_named:
-                    if n in tensors:
-                        p.copy_(tensors[n].to(p.device, p.dtype))
-        elif self.cfg.lr_rest > 0:
+        if not rest.exists() and self.cfg.lr_rest > 0:
             raise DistillError(f"{ckpt} has no rest.safetensors but lr_rest={self.cfg.lr_rest} trains the model")
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            from harness.train import fsdp as F
+
+            tensors = F.read_method_state(self.student, ckpt / "method_state.safetensors")
+            if rest.exists():
+                names = {n for n, _ in self.rest_named}
+                tensors.update({n: t for n, t in load_file(str(rest)).items() if n in names})
+            F.load_full(self.student, tensors)
+            self.optimizer.load_state_dict(F.shard_optimizer_state(state["optimizer"], self.optimizer))
+        else:
+            swap.load_method_state(self.student, ckpt / "method_state.safetensors")
+            if rest.exists():
+                tensors = load_file(str(rest))
+                with torch.no_grad():
+                    for n, p in self.rest_named:
+                        if n in tensors:
+                            p.copy_(tensors[n].to(p.device, p.dtype))
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         return state.get("extra", {})
@@ -404,7 +456,8 @@ def run_loop(d: Distiller, next_batch: Callable[[int], dict], *, steps: int, out
              keep: int = 2, main: bool = True, time_limit: float | None = None) -> dict:
     """Train `d` from its current step up to `steps`; metrics to out/metrics.jsonl, checkpoints to
     out/checkpoints. Returns the last logged values. `main` False (ranks > 0 of a data-parallel run): train
-    only; no metrics, evaluations, checkpoints or progress bar.
+    only; no metrics, evaluations, checkpoints or progress bar; with a sharded student (d.sharded) these ranks
+    still take part in evaluations and checkpoints (collective) but log and write nothing.
 
     `time_limit` (seconds of this call): stop at the first step boundary past it (rank 0's clock decides for
     every rank, so data-parallel ranks stop at the same step); the returned dict then has "time_limited": True.
@@ -414,7 +467,9 @@ def run_loop(d: Distiller, next_batch: Callable[[int], dict], *, steps: int, out
     log = MetricsLog(Path(out) / "metrics.jsonl")
     bar = None
     if not main:
-        eval_fn, save_every, log_every = None, 0, 0
+        log_every = 0
+        if not d.sharded:
+            eval_fn, save_every = None, 0
     if not quiet and main:
         from tqdm import tqdm
         bar = tqdm(total=steps, initial=d.step, desc=f"distill {d.method}", unit="step", dynamic_ncols=True,
@@ -429,7 +484,8 @@ def run_loop(d: Distiller, next_batch: Callable[[int], dict], *, steps: int, out
             log.write({**last, "kind": "train", "elapsed_s": round(time.perf_counter() - started, 3)})
         if eval_fn is not None and eval_every and d.step % eval_every == 0 and d.step < steps:
             evaluated = (d.step, eval_fn(d))
-            log.write({"step": d.step, "kind": "eval", **evaluated[1]})
+            if main:
+                log.write({"step": d.step, "kind": "eval", **evaluated[1]})
         if save_every and d.step % save_every == 0 and d.step < steps:
             d.save(Path(out) / "checkpoints", keep=keep)
         if bar is not None:
