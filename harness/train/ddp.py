@@ -1,7 +1,8 @@
 """Data-parallel distillation under torchrun: process group, per-rank batch slices, exact global loss weights.
 
 Every rank holds a full replica of the teacher and the student (DistributedDataParallel averages the student's
-gradients; FSDP for models that do not fit one GPU is not implemented). The global batch of a step is a
+gradients), or with `distill --fsdp` a shard of the student (harness.train.fsdp: FSDP2 averages the gradients
+the same way, so everything below applies unchanged). The global batch of a step is a
 function of (seed, step) only; rank r trains on its contiguous slice of it (`rank_slice`). So that the result
 does not depend on the number of ranks, each loss term is weighted on every rank by its share of the term's
 global normaliser (`term_counts`: real query rows, real tokens, targets or sequences of the local slice), so
