@@ -93,6 +93,14 @@ def test_distillation_lowers_the_loss_on_a_fixed_batch(arch):
     d.close()
 
 
+def test_sea_distillation_gets_every_recipe_term():
+    d = Distiller(tiny_llama(), "sea", {"backend": "torch"}, example=llama_batch(), cfg=TrainConfig(lr_rest=1e-4))
+    values = d.train_step(llama_batch())
+    assert {"est_kl", "est_mse", "attn_kl", "attn_mse", "out_mse", "hidden", "logits_kl", "task"} <= set(values)
+    assert not any("attention terms skipped" in n for n in d.notes())
+    d.close()
+
+
 def test_terms_beyond_max_attn_tokens_are_dropped_and_said():
     model, batch = tiny_llama(), llama_batch()
     d = Distiller(model, pick(True, trainable=True), {}, example=batch, cfg=TrainConfig(max_attn_tokens=T - 1))

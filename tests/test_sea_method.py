@@ -229,3 +229,29 @@ def test_distillation_protocol_compress_and_note_trained():
     fresh.load_state_dict(mod.state_dict())
     fresh(q, q, q, causal=True)
     assert "estimator=trained" in fresh.impl
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_probs_is_differentiable_for_distillation(causal):
+    """attention_probs gives a distribution per row whose gradient reaches q, k and the estimator's scalers
+    (the selection itself is discrete), so distillation can match SEA's attention to the teacher's."""
+    cls = get("sea")
+    p = Problem(batch=1, heads=2, kv_heads=1, seq_len=48, head_dim=16, causal=causal)
+    mod = cls.build(cls.resolve_config({"k": "4", "K": "8", "backend": "torch"}), p)
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(1, 2, 48, 16, generator=g, requires_grad=True)
+    k = torch.randn(1, 1, 48, 16, generator=g, requires_grad=True)
+    v = torch.randn(1, 1, 48, 16, generator=g)
+    rows = torch.arange(48)
+    probs = mod.attention_probs(q, k, v, causal=causal, rows=rows)         # [B, H, R, T]
+    assert probs.shape == (1, 2, 48, 48) and probs.requires_grad
+    # s_mix s_prob (sparse softmax) + (1 - s_mix) average: mass s_mix s_prob + 1 - s_mix <= 1 per row
+    assert probs.min() >= 0 and probs.sum(-1).max() <= 1 + 1e-5
+    target = torch.softmax(torch.randn(1, 2, 48, 48, generator=g), -1)
+    (probs * target).sum().backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0 and k.grad.abs().sum() > 0
+    scalers = [prm for name, prm in mod.named_parameters() if prm.grad is not None and prm.grad.abs().sum() > 0]
+    assert scalers, "no estimator parameter got a gradient through s_prob / s_mix"
+    with torch.no_grad():
+        again = mod.attention_probs(q, k, v, causal=causal, rows=rows)
+    assert torch.equal(again, probs.detach())                             # the same selection both ways

@@ -316,9 +316,10 @@ class SEAAttention(AttentionModule):
         self.impl = self._impl(ran)
         return ms
 
-    @torch.no_grad()
     def attention_probs(self, q, k, v, *, causal, rows, key_padding_mask=None, scale=None):
-        """The layer's own distribution for query rows: s_mix s_prob sparse-softmax + (1 - s_mix) average."""
+        """The layer's own distribution for query rows: s_mix s_prob sparse-softmax + (1 - s_mix) average.
+        Differentiable (in q, k and the estimator's scalers; the selection itself is not), so distillation can
+        match it to the teacher's attention; callers that only measure wrap it in torch.no_grad()."""
         aux, _, vr = self._pipeline(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
         B, H, T, D = q.shape
         rows = torch.as_tensor(rows, device=q.device).long()
