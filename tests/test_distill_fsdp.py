@@ -50,7 +50,7 @@ class ProbeP(Probe):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """ref: 1 process, 5 steps, a checkpoint every step. fsdp: 2 processes --fsdp, 3 steps (checkpoints 2, 3).
+    """Evaluations every 2 steps. ref: 1 process, 5 steps, a checkpoint every step. fsdp: 2 processes --fsdp, 3 steps (checkpoints 2, 3).
     resumed: fsdp without its step-3 checkpoint, resumed by 1 process up to step 4. back: resumed (its step-4
     checkpoint written by 1 process) resumed by 2 processes --fsdp up to step 5."""
     root = tmp_path_factory.mktemp("distill-fsdp")
@@ -58,7 +58,7 @@ def runs(tmp_path_factory):
     plugin = root / "plugin"
     plugin.mkdir()
     _write_plugin(plugin, FSDP_PLUGIN, METHOD, "ProbeP")
-    common = _common(model, METHOD)
+    common = [*_common(model, METHOD), "--eval-every", "2"]     # an evaluation between training steps too
     _harness([*common, "--steps", "5", "--save-every", "1", "--out", str(root / "ref")], procs=1, plugin=plugin)
     fsdp = _harness([*common, "--fsdp", "--steps", "3", "--save-every", "2", "--out", str(root / "fsdp")], procs=2,
                     plugin=plugin, log=root / "seen.txt")
@@ -132,10 +132,13 @@ def test_fsdp_rank_zero_alone_writes_the_run_directory(runs):
                                                       "metrics.jsonl", "rows.jsonl"]
     assert sorted(p.name for p in (fsdp / "checkpoints").iterdir()) == ["step-0000002", "step-0000003"]
     metrics = [json.loads(x) for x in (fsdp / "metrics.jsonl").read_text().splitlines()]
-    assert [(m["step"], m["kind"]) for m in metrics] == [(0, "eval"), (1, "train"), (2, "train"), (3, "train"),
-                                                         (3, "eval")]
-    ref_eval = [json.loads(x) for x in (runs["root"] / "ref" / "metrics.jsonl").read_text().splitlines()][0]
-    assert metrics[0]["eval_ppl"] == pytest.approx(ref_eval["eval_ppl"], rel=1e-6)   # evaluated by the sharded student
+    assert [(m["step"], m["kind"]) for m in metrics] == [(0, "eval"), (1, "train"), (2, "train"), (2, "eval"),
+                                                         (3, "train"), (3, "eval")]
+    ref_eval = {m["step"]: m["eval_ppl"] for m in map(json.loads, (runs["root"] / "ref" / "metrics.jsonl")
+                                                      .read_text().splitlines()) if m["kind"] == "eval"}
+    for m in metrics:                                               # evaluated by the sharded student
+        if m["kind"] == "eval" and m["step"] in ref_eval:
+            assert m["eval_ppl"] == pytest.approx(ref_eval[m["step"]], rel=1e-5), m["step"]
     rows = [json.loads(x) for x in (fsdp / "rows.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["extra"]["fsdp"] is True
     assert runs["fsdp_stdout"].count("method state:") == 1
