@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="skip cells already recorded in --out")
     r.add_argument("--dry-run", action="store_true", help="print the grid and exit; writes nothing")
     r.add_argument("--timeout", type=float, default=None, help="seconds per cell (default 120 CPU, 300 CUDA)")
+    r.add_argument("--schedule", choices=("static", "dynamic"), default="static",
+                   help="under torchrun: static = deterministic cost-balanced assignment of cells to ranks; "
+                        "dynamic = each rank takes the next unclaimed cell (better balance, rank per cell varies)")
     r.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
     r.add_argument("--cuda-graph", action="store_true", help="time CUDA-graph replays (CUDA only)")
     r.add_argument("--rep-ms", type=float, default=100.0, help="CUDA: milliseconds of timed repetitions")
@@ -144,7 +147,7 @@ def cmd_run(a) -> int:
     timeout = a.timeout or (300.0 if device == "cuda" else 120.0)
     measure = {"rep_ms": a.rep_ms, "cuda_graph": a.cuda_graph, "cpu_budget_s": a.cpu_budget}
     run = run_sweep(spec, cells, out, resume=a.resume, timeout_s=timeout, threads=a.threads,
-                    measure_settings=measure, argv=sys.argv[1:], quiet=a.quiet)
+                    measure_settings=measure, argv=sys.argv[1:], quiet=a.quiet, schedule=a.schedule)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0                               # rank 0 of a distributed sweep reports
     rows = run.rows()

@@ -8,13 +8,25 @@ rows to `rows.rank<R>.jsonl` in the shared run directory; when all ranks are don
 loses only its unfinished cells: its rows so far stay in its file and `--resume` (with any number of
 processes) runs the rest. Coordination uses the gloo backend (barriers and one broadcast), so it works for
 CPU and GPU sweeps alike; multi-node runs use torchrun's usual rendezvous flags (--nnodes, --rdzv-endpoint).
+
+Two schedules. `static` (default): a deterministic cost-balanced assignment made before any cell runs (the same
+grid and world size always give the same ranks the same cells). `dynamic`: ranks walk the cells in the same
+order (most expensive first) and each takes the next cell nobody has claimed, by creating a claim file in the
+run directory (O_CREAT | O_EXCL, atomic on one host and on shared file systems that honour it); a rank that
+finishes early keeps taking work, so mispriced cells (kernel compilation, methods whose time is not T^2) do not
+leave a GPU idle. Which rank ran a cell then varies between runs; the rows do not.
 """
 from __future__ import annotations
 
 import os
+import hashlib
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 from harness.grid import Cell
+
+SCHEDULES = ("static", "dynamic")
 
 
 @dataclass(frozen=True)
@@ -79,3 +91,32 @@ def shard(cells: list[Cell], world: int) -> list[list[Cell]]:
         owner[i] = r
         loads[r] += cell_cost(cells[i])
     return [[c for i, c in enumerate(cells) if owner[i] == r] for r in range(world)]
+
+
+def cost_order(cells: list[Cell]) -> list[Cell]:
+    """Most expensive first (ties in grid order): the order in which the dynamic schedule hands out cells."""
+    return [cells[i] for i in sorted(range(len(cells)), key=lambda i: (-cell_cost(cells[i]), i))]
+
+
+class Claims:
+    """Cells claimed by ranks of one sweep invocation: one empty file per cell under `root/token/`."""
+
+    def __init__(self, root: Path, token: str):
+        self.dir = Path(root) / token
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def reset(root: Path) -> None:
+        """Forget the claims of earlier invocations (rank 0, before the ranks start)."""
+        shutil.rmtree(root, ignore_errors=True)
+
+    def take(self, cell_id: str) -> bool:
+        """True for exactly one caller per cell, whichever process or rank asks."""
+        name = hashlib.sha1(cell_id.encode()).hexdigest() + ".claim"
+        try:
+            fd = os.open(self.dir / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(cell_id + "\n")
+        return True

@@ -101,8 +101,12 @@ def _open_run(spec: SweepSpec, cells: list[Cell], run: RunDir, *, resume: bool, 
     return meta
 
 
+CLAIMS_DIR = "claims"       # dynamic schedule: claim files of the running invocation, removed at the end
+
+
 def run_sweep(spec: SweepSpec, cells: list[Cell], out: Path, *, resume: bool, timeout_s: float,
-              threads: int | None, measure_settings: dict, argv: list[str], quiet: bool = False) -> RunDir:
+              threads: int | None, measure_settings: dict, argv: list[str], quiet: bool = False,
+              schedule: str = "static") -> RunDir:
     from harness import distributed
     from harness.worker import WorkerPool
 
@@ -115,6 +119,9 @@ def run_sweep(spec: SweepSpec, cells: list[Cell], out: Path, *, resume: bool, ti
             try:
                 meta = _open_run(spec, cells, RunDir(out), resume=resume, timeout_s=timeout_s, threads=threads,
                                  measure_settings=measure_settings, argv=argv, world=world)
+                RunDir(out).update_meta(schedule=schedule)
+                if schedule == "dynamic":
+                    distributed.Claims.reset(Path(out) / CLAIMS_DIR)   # claims left by a killed invocation
             except UsageError as exc:
                 meta = {"error": str(exc)}
         meta = distributed.broadcast(meta)
@@ -126,9 +133,14 @@ def run_sweep(spec: SweepSpec, cells: list[Cell], out: Path, *, resume: bool, ti
     run = RunDir(out, rank=dist.rank if dist else None)
     done = run.finished_cells()
     todo = [c for c in cells if c.cell_id not in done]
+    claims = None
     if dist:
         distributed.barrier()                 # every rank has read `done` before any rank appends
-        todo = distributed.shard(todo, dist.world)[dist.rank]
+        if schedule == "dynamic":
+            todo = distributed.cost_order(todo)
+            claims = distributed.Claims(Path(out) / CLAIMS_DIR, "current")
+        else:
+            todo = distributed.shard(todo, dist.world)[dist.rank]
     run_id = meta["run_id"]
     device_name = meta["device_info"].get("device_name", "")
     settings = {"threads": threads, "measure": measure_settings, "device_name": device_name,
@@ -139,6 +151,10 @@ def run_sweep(spec: SweepSpec, cells: list[Cell], out: Path, *, resume: bool, ti
     bar = _progress(len(todo), 0) if show else None
     try:
         for cell in todo:
+            if claims is not None and not claims.take(cell.cell_id):
+                if bar is not None:
+                    bar.update(1)             # another rank runs it
+                continue
             if bar is not None:
                 bar.set_postfix_str(cell.label(), refresh=True)
             row = pool.run(cell, run_id)
@@ -156,6 +172,7 @@ def run_sweep(spec: SweepSpec, cells: list[Cell], out: Path, *, resume: bool, ti
     if dist is None or dist.rank == 0:
         merged = RunDir(out)
         merged.merge_rank_files()
+        distributed.Claims.reset(Path(out) / CLAIMS_DIR)
         merged.update_meta(finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     if dist:
         distributed.barrier()                 # the merge is visible to every rank before it returns

@@ -109,3 +109,28 @@ def test_killed_rank_loses_only_unfinished_cells(tmp_path):
         assert by_id[cid]["extra"].get("rank") in (0, 1)
     assert {r["status"] for r in rows if r["method"] == "fault-hang"} == {"timeout"}
     assert not list(out.glob("rows.rank*.jsonl"))
+
+
+def test_claims_hand_each_cell_to_exactly_one_taker(tmp_path):
+    from harness.distributed import Claims, cost_order
+
+    spec = SweepSpec(methods=["a"], seq_lens=[64, 4096, 256], causal=[True, False])
+    cells = expand(spec, [("a", {})])
+    assert [c.seq_len for c in cost_order(cells)][:2] == [4096, 4096]           # most expensive first
+    first, second = Claims(tmp_path / "claims", "x"), Claims(tmp_path / "claims", "x")   # two ranks
+    taken = [(c.cell_id, first.take(c.cell_id), second.take(c.cell_id)) for c in cells]
+    assert all(a and not b for _, a, b in taken)
+    Claims.reset(tmp_path / "claims")
+    assert Claims(tmp_path / "claims", "x").take(cells[0].cell_id)              # a new invocation starts clean
+
+
+def test_dynamic_schedule_runs_every_cell_once(tmp_path):
+    out = tmp_path / "run"
+    res = _torchrun("--methods", "exact,sdpa", "--seq-lens", "32,48,64", "--out", str(out), "--schedule",
+                    "dynamic", *ARGS)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = read_rows(out)
+    assert len(rows) == 2 * 3 * 2 and len({r["cell_id"] for r in rows}) == len(rows)
+    assert {r["status"] for r in rows} == {"ok"} and {r["extra"]["rank"] for r in rows} <= {0, 1}
+    assert not (out / "claims").exists() and not list(out.glob("rows.rank*.jsonl"))
+    assert json.loads((out / "meta.json").read_text())["schedule"] == "dynamic"
