@@ -4,6 +4,8 @@ Sizes are distinct on purpose: B=2, H=4 query heads, 2 key-value heads (Llama), 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -312,3 +314,31 @@ def test_layers_without_layer_idx_are_numbered_in_walk_order():
     assert sorted(i.index for i in handle.layers.values()) == [0, 1]
     assert {i.name for i in handle.layers.values()} == {"model.layers.0.self_attn", "model.layers.1.self_attn"}
     handle.detach()
+
+
+def test_sea_loads_one_layer_of_a_distilled_method_state(tmp_path):
+    """`sea.checkpoint=<method_state.safetensors>` (what distill writes) with `sea.checkpoint_layer=N` gives a
+    standalone SEA module the estimator of layer N of the model: a sweep can time / measure the trained SEA."""
+    from methods.base import Problem, get
+
+    model = tiny_llama()
+    ids, mask = batch_with_padding(left=True)
+    opts = {"backend": "torch", "k": "4", "K": "8", "max_len": "64"}
+    handle = swap.attach(model, "sea", dict(opts), seed=3)
+    with torch.no_grad():
+        output(model, ids, mask)                                            # builds both layers' modules
+    mods = {info.index: dict(model.named_modules())[info.name]._modules[swap.SUBMODULE]
+            for info in handle.layers.values()}
+    with torch.no_grad():
+        for p in mods[1].estimator.parameters():                            # layer 1 differs from any fresh build
+            p.add_(0.5)
+    path = swap.save_method_state(model, tmp_path / "method_state.safetensors")
+    info = next(i for i in handle.layers.values() if i.index == 1)
+    cls = get("sea")
+    cfg = cls.resolve_config({**opts, "checkpoint": str(path), "checkpoint_layer": "1"})
+    mod = cls.build(cfg, Problem(**{**dataclasses.asdict(info.problem), "device": "cpu"}))
+    for (name, a), (_, b) in zip(mod.estimator.state_dict().items(), mods[1].estimator.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert "estimator=trained" in mod.impl
+    with pytest.raises(ValueError, match="no attention layer 7"):
+        cls.build(cls.resolve_config({**opts, "checkpoint": str(path), "checkpoint_layer": "7"}), info.problem)

@@ -38,7 +38,10 @@ class _SEABase(Method):
                "per_query, per_head, per_batch, causal_per_batch", choices=MODES),
         Option("nbf", 0.0, "Performer feature factor: m = int(d ln d / nbf) (0: 8 causal, 1 bidirectional)"),
         Option("max_len", 32768, "longest sequence (size of the causal learned V_I)"),
-        Option("checkpoint", None, "path to estimator weights (None: untrained estimator)"),
+        Option("checkpoint", None, "estimator weights: a torch file, or the method_state.safetensors of a "
+               "`harness distill` run (None: untrained estimator)"),
+        Option("checkpoint_layer", -1, "which attention layer of a whole-model checkpoint to load (-1: the layer "
+               "being built; a sweep builds layer 0)"),
         Option("backend", "auto", "sparse attention: auto (Triton row kernel on CUDA or TRITON_INTERPRET, else "
                "torch), triton (one program per query row, CSR lists), triton_tiled (forward-only, blocks of "
                "query rows with tl.dot over active key tiles; the row kernel runs when grads or a padding mask "
@@ -57,6 +60,9 @@ class _SEABase(Method):
             raise MethodConfigError(f"{cls.name}.K={cfg['K']}: must be a positive multiple of 4 (or 0)")
         if cfg["nbf"] < 0:
             raise MethodConfigError(f"{cls.name}.nbf={cfg['nbf']}: must be > 0 (or 0 for the default)")
+        if cfg["checkpoint_layer"] < -1:
+            raise MethodConfigError(f"{cls.name}.checkpoint_layer={cfg['checkpoint_layer']}: a layer index >= 0, "
+                                    "or -1 for the layer being built")
         if cfg["max_len"] < 1:
             raise MethodConfigError(f"{cls.name}.max_len={cfg['max_len']}: must be >= 1")
         for key in ("s_prob", "s_mix"):
@@ -89,7 +95,8 @@ class _SEABase(Method):
         mod = SEAAttention(heads=problem.heads, head_dim=problem.head_dim, causal=problem.causal, k=r["k"],
                            K=r["K"], mode=r["mode"], nbf=r["nbf"], max_len=cfg["max_len"], oracle=cls.oracle,
                            backend=cfg["backend"], force_s_prob=s_prob, force_s_mix=s_mix,
-                           checkpoint=cfg["checkpoint"], layer=layer, seed=seed + 1000 * layer,
+                           checkpoint=cfg["checkpoint"], seed=seed + 1000 * layer,
+                           layer=cfg["checkpoint_layer"] if cfg["checkpoint_layer"] >= 0 else layer,
                            estimator_dtype=cfg["estimator_dtype"])
         return mod.to(problem.device)
 

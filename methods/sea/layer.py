@@ -77,6 +77,33 @@ def causal_mean(v: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     return chunked_cumsum(v) / n[:, None]
 
 
+def _estimator_from_method_state(path: str, layer: int) -> dict:
+    """The estimator state_dict of attention layer `layer` in a method-state safetensors file."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("method") not in ("sea", "sea-oracle"):
+            raise ValueError(f"{path} holds state of method {meta.get('method')!r}, not SEA's")
+        layers = json.loads(meta.get("layers", "{}"))                   # layer name -> {"index": i, ...}
+        names = [name for name, entry in layers.items() if entry.get("index") == layer]
+        if not names:
+            have = sorted(entry.get("index") for entry in layers.values())
+            raise ValueError(f"{path} has no attention layer {layer} (layers {have})")
+        prefix = names[0] + "."
+        out = {}
+        for key in f.keys():
+            rest = key[len(prefix):] if key.startswith(prefix) else ""
+            sub, _, param = rest.partition(".")                          # '<submodule>', 'estimator.xxx'
+            if sub and param.startswith("estimator."):
+                out[param] = f.get_tensor(key)
+    if not out:
+        raise ValueError(f"{path}: layer {layer} ({names[0]}) holds no estimator weights")
+    return out
+
+
 class SEAAttention(AttentionModule):
     def __init__(self, *, heads: int, head_dim: int, causal: bool, k: int, K: int, mode: str, nbf: float,
                  max_len: int, oracle: bool, backend: str, force_s_prob: float, force_s_mix: float,
@@ -100,12 +127,17 @@ class SEAAttention(AttentionModule):
         self.impl = self._impl("not-run")
 
     def load_estimator(self, path: str, layer: int) -> None:
-        """Checkpoint: an Estimator state_dict, or {'layers': {layer: state_dict}} (keys may carry an
-        'estimator.' prefix)."""
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(ckpt, dict) and "layers" in ckpt:
-            layers = ckpt["layers"]
-            ckpt = layers[layer] if layer in layers else layers[str(layer)]
+        """Checkpoint: a torch file holding an Estimator state_dict or {'layers': {layer: state_dict}} (keys may
+        carry an 'estimator.' prefix), or a whole model's method-state safetensors file as `harness distill`
+        writes it (method_state.safetensors: per attention layer '<layer name>.<submodule>.estimator.*', the
+        layers' indices in the file's metadata), from which layer `layer` is taken."""
+        if str(path).endswith(".safetensors"):
+            ckpt = _estimator_from_method_state(path, layer)
+        else:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(ckpt, dict) and "layers" in ckpt:
+                layers = ckpt["layers"]
+                ckpt = layers[layer] if layer in layers else layers[str(layer)]
         ckpt = {(key[len("estimator."):] if key.startswith("estimator.") else key): val for key, val in ckpt.items()}
         self.estimator.load_state_dict(ckpt)
         self._mark_trained()
