@@ -301,3 +301,56 @@ def test_nearest_resize_equals_interpolate(shape, size):
     got = nearest_resize(x, *size)
     assert torch.equal(got, F.interpolate(x, size=size, mode="nearest"))
     assert torch.equal(x.repeat_interleave(2, dim=2), F.interpolate(x, scale_factor=(2, 1), mode="nearest"))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_favor_bf16_operands_restated(causal):
+    """operands="bf16": features in fp32, rounded to bf16 with the values, products accumulated in fp32 (the
+    bidirectional path also rounds its [m, Dv] summary). Restated with explicit casts and a T x T matrix."""
+    from methods.sea.favor import relu_features
+
+    d, dv, m = 8, 6, 9
+    q, k, v = (rnd(B, H, T, n, seed=s, dtype=torch.float32) for s, n in ((21, d), (22, d), (23, dv)))
+    w = orthogonal_random_features(m, d, torch.Generator().manual_seed(4))
+    kernel = "relu" if causal else "softmax"
+    got = favor_attention(q, k, v, w, kernel=kernel, causal=causal, backend="torch", operands="bf16", eps=0.0)
+    if causal:
+        fq, fk = relu_features(q, w), relu_features(k, w)
+    else:
+        fq, fk = softmax_features(q, w, is_query=True), softmax_features(k, w, is_query=False)
+    r = lambda x: x.to(torch.bfloat16).double()                          # noqa: E731
+    if causal:
+        a = (r(fq) @ r(fk).transpose(-1, -2)) * torch.ones(T, T, dtype=torch.float64).tril()   # [B, H, T, T]
+        want = (a @ r(v)) / a.sum(-1, keepdim=True)
+    else:
+        kv = (r(fk).transpose(-1, -2) @ r(v)).to(torch.bfloat16).double()                 # [B, H, m, dv]
+        want = (r(fq) @ kv) / (fq.double() @ fk.double().sum(-2)[..., None])
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-3)
+    fp32 = favor_attention(q, k, v, w, kernel=kernel, causal=causal, backend="torch", eps=0.0)
+    assert not torch.equal(got, fp32)                                    # the option changes the arithmetic
+    with pytest.raises(ValueError, match="operands"):
+        favor_attention(q, k, v, w, kernel=kernel, causal=causal, operands="fp8")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_estimator_bf16_performer_stays_close_to_fp32(causal):
+    K = 64 if causal else 128
+    kw = dict(d=D, H=H, K=K, causal=causal, nbf=8.0 if causal else 1.0, max_len=64, seed=0)
+    e32, e16 = Estimator(**kw), Estimator(**kw, performer_dtype="bf16")
+    q, k, v = (rnd(B, H, T, D, seed=s, dtype=torch.float32) for s in (1, 2, 3))
+    lg32, _, _ = e32(q, k, v, valid=None)
+    lg16, _, _ = e16(q, k, v, valid=None)
+    rel = ((lg16 - lg32).norm() / lg32.norm()).item()
+    assert 0 < rel < 2e-2, rel
+
+
+def test_favor_bf16_operands_triton_kernel_matches_torch_path():
+    d, dv, m = 8, 16, 9
+    q, k, v = (rnd(1, 2, 40, n, seed=s, dtype=torch.float32) for s, n in ((31, d), (32, d), (33, dv)))
+    w = orthogonal_random_features(m, d, torch.Generator().manual_seed(4))
+    kw = dict(kernel="relu", causal=True, operands="bf16")
+    got = favor_attention(q, k, v, w, backend="triton", **kw)            # bf16 dots, fp32 outputs
+    want = favor_attention(q, k, v, w, backend="torch", **kw)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=3e-2, atol=3e-2)

@@ -48,6 +48,8 @@ class _SEABase(Method):
                "are needed, and impl says so), torch", choices=("auto", "triton", "triton_tiled", "torch")),
         Option("estimator_dtype", "fp32", "dtype of the estimator's CNN decoder: fp32 (the paper's), bf16 or "
                "fp16 (autocast; the Performer and the encoder stay fp32)", choices=("fp32", "bf16", "fp16")),
+        Option("performer_dtype", "fp32", "operands of the estimator's Performer products: fp32 (the paper's) or "
+               "bf16 (features computed in fp32, then rounded; fp32 accumulation)", choices=("fp32", "bf16")),
         Option("s_prob", -1.0, "force the s_prob scaler to this value (negative: estimated)"),
         Option("s_mix", -1.0, "force the s_mix scaler to this value (negative: estimated)"),
     )
@@ -97,7 +99,7 @@ class _SEABase(Method):
                            backend=cfg["backend"], force_s_prob=s_prob, force_s_mix=s_mix,
                            checkpoint=cfg["checkpoint"], seed=seed + 1000 * layer,
                            layer=cfg["checkpoint_layer"] if cfg["checkpoint_layer"] >= 0 else layer,
-                           estimator_dtype=cfg["estimator_dtype"])
+                           estimator_dtype=cfg["estimator_dtype"], performer_dtype=cfg["performer_dtype"])
         return mod.to(problem.device)
 
 

@@ -115,12 +115,13 @@ class CausalDecoder(nn.Module):
 
 class Estimator(nn.Module):
     def __init__(self, *, d: int, H: int, K: int, causal: bool, nbf: float, max_len: int, seed: int,
-                 dec_dtype: str = "fp32", performer_backend: str = "auto"):
+                 dec_dtype: str = "fp32", performer_backend: str = "auto", performer_dtype: str = "fp32"):
         super().__init__()
         self.d, self.H, self.K, self.causal = d, H, K, causal
         if dec_dtype not in DEC_DTYPES:
             raise ValueError(f"estimator dtype {dec_dtype!r}: expected one of {tuple(DEC_DTYPES)}")
         self.dec_dtype, self.performer_backend = dec_dtype, performer_backend
+        self.performer_dtype = performer_dtype
         self.last_performer = "not-run"
         self.kernel = "relu" if causal else "softmax"
         m = max(1, int(d * math.log(d) / nbf)) if d > 1 else 1
@@ -164,7 +165,7 @@ class Estimator(nn.Module):
 
         qf, kf, vf, vals = inputs()
         perf = lambda: favor_attention(qf, kf, vals, self.proj, kernel=self.kernel, causal=self.causal,  # noqa: E731
-                                       backend=self.performer_backend)
+                                       backend=self.performer_backend, operands=self.performer_dtype)
         c_perf = perf()
         enc = lambda: self.enc(torch.cat([c_perf, vf], dim=-1))          # noqa: E731
         z = enc()
@@ -187,7 +188,8 @@ class Estimator(nn.Module):
         vals = torch.cat([vi, v], dim=-1)                                # [B, H, T, 2d]
         self.last_performer = performer_backend(q, self.causal, self.performer_backend)
         c_perf = favor_attention(q, k, vals, self.proj, kernel=self.kernel, causal=self.causal, valid=valid,
-                                 backend=self.performer_backend)        # [B, H, T, 2d] fp32 (the paper's)
+                                 backend=self.performer_backend,
+                                 operands=self.performer_dtype)         # [B, H, T, 2d] fp32 out
         z = self.enc(torch.cat([c_perf, v], dim=-1))                     # [B, H, T, 2d]
         logits = self.decode(z)                                          # [B, H, T, K] fp32
         scales = torch.sigmoid(self.scaler(z))                           # [B, H, T, 2]

@@ -118,9 +118,14 @@ def performer_backend(x: torch.Tensor, causal: bool, backend: str = "auto") -> s
 
 def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, *, kernel: str,
                     causal: bool, valid: torch.Tensor | None = None, chunk: int = 128, backend: str = "auto",
-                    eps: float = 1e-6) -> torch.Tensor:
-    """FAVOR+ attention in float32. q, k [B, H, T, d]; v [B, H, T, Dv]; valid bool [B, T] or None.
-    backend: see performer_backend (causal only)."""
+                    eps: float = 1e-6, operands: str = "fp32") -> torch.Tensor:
+    """FAVOR+ attention, output float32. q, k [B, H, T, d]; v [B, H, T, Dv]; valid bool [B, T] or None.
+    backend: see performer_backend (causal only). operands: "fp32" (the paper's) or "bf16": the features are
+    computed in fp32, then features and values are rounded to bf16 for the products (tensor cores on CUDA);
+    sums and prefix states accumulate in fp32 (the Triton kernel and the torch fallback alike; the bidirectional
+    path rounds its [m, Dv] key-value summary to bf16 before the second product)."""
+    if operands not in ("fp32", "bf16"):
+        raise ValueError(f"performer operands {operands!r}: expected fp32 or bf16")
     q, k, v = q.float(), k.float(), v.float()
     if kernel == "softmax":
         phi_q = softmax_features(q, proj, is_query=True)
@@ -132,7 +137,19 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
         raise ValueError(f"unknown FAVOR kernel {kernel!r}")
     if valid is not None:
         phi_k = phi_k * valid[:, None, :, None].to(phi_k.dtype)
-    if performer_backend(q, causal, backend) == "triton":
+    path = performer_backend(q, causal, backend)
+    if operands == "bf16":
+        if path == "triton":                                             # bf16 tensor-core dots, fp32 sums
+            phi_q, phi_k, v = (x.to(torch.bfloat16) for x in (phi_q, phi_k, v))
+        elif path == "dense":                                            # two bf16 GEMMs, fp32 normaliser
+            z = phi_k.sum(dim=-2)                                        # [B, H, m] fp32
+            den = (phi_q * z[..., None, :]).sum(-1, keepdim=True)        # [B, H, T, 1]
+            qb, kb, vb = (x.to(torch.bfloat16) for x in (phi_q, phi_k, v))
+            num = (qb @ (kb.transpose(-1, -2) @ vb)).float()             # [B, H, T, Dv]
+            return num / (den + eps)
+        else:                                                            # torch prefix sums: rounded operands
+            phi_q, phi_k, v = (x.to(torch.bfloat16).float() for x in (phi_q, phi_k, v))
+    if path == "triton":
         from kernels.linear_attention import causal_linear_attention
 
         num, den = causal_linear_attention(phi_q.contiguous(), phi_k.contiguous(), v.contiguous(), chunk=64,

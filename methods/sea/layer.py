@@ -107,13 +107,14 @@ def _estimator_from_method_state(path: str, layer: int) -> dict:
 class SEAAttention(AttentionModule):
     def __init__(self, *, heads: int, head_dim: int, causal: bool, k: int, K: int, mode: str, nbf: float,
                  max_len: int, oracle: bool, backend: str, force_s_prob: float, force_s_mix: float,
-                 checkpoint: str | None, layer: int, seed: int, estimator_dtype: str = "fp32"):
+                 checkpoint: str | None, layer: int, seed: int, estimator_dtype: str = "fp32",
+                 performer_dtype: str = "fp32"):
         super().__init__()
         self.heads, self.head_dim, self.causal = heads, head_dim, causal
         self.k, self.K, self.mode, self.oracle, self.backend = k, K, mode, oracle, backend
         self.force_s_prob, self.force_s_mix = force_s_prob, force_s_mix
         self.estimator = Estimator(d=head_dim, H=heads, K=K, causal=causal, nbf=nbf, max_len=max_len, seed=seed,
-                                   dec_dtype=estimator_dtype)
+                                   dec_dtype=estimator_dtype, performer_dtype=performer_dtype)
         # Persistent flag (saved with the module's state): has the estimator been trained or loaded? Mirrored
         # in a Python bool so that forward never reads the buffer (a host sync on CUDA).
         self.register_buffer("estimator_trained", torch.zeros((), dtype=torch.bool))
@@ -170,7 +171,9 @@ class SEAAttention(AttentionModule):
         sc = "estimated" if self.force_s_prob < 0 and self.force_s_mix < 0 else \
             f"forced(s_prob={self.force_s_prob:g}, s_mix={self.force_s_mix:g})"
         return (f"sea[estimator={est}, estimator_dtype={self.estimator.dec_dtype}, "
-                f"performer={self.estimator.last_performer}, mode={self.mode}, k={self.k}, K={self.K}, "
+                f"performer={self.estimator.last_performer}"
+                f"{'' if self.estimator.performer_dtype == 'fp32' else '/' + self.estimator.performer_dtype}, "
+                f"mode={self.mode}, k={self.k}, K={self.K}, "
                 f"nb_features={self.estimator.nb_features}, scalers={sc}, sparse={kernel}]")
 
     # --- stages ---------------------------------------------------------------------------------
