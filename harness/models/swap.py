@@ -439,38 +439,41 @@ def save_method_state(model: nn.Module, path: str | Path) -> Path:
     """Write every per-layer method module's state_dict to one safetensors file (keys are the model's own
     state_dict keys, e.g. 'model.layers.0.self_attn.harness_attn.proj'), with the method, its config, the
     seed and each layer's build problem in the metadata so `load_method_state` can rebuild missing layers."""
-    from safetensors.torch import save_file
-
     handle = handle_of(model)
     if handle is None:
         raise SwapError("no method is attached to this model")
     tensors: dict[str, torch.Tensor] = {}
-    layers = {}
     for module_id, info in handle.layers.items():
         module = next(m for n, m in model.named_modules() if n == info.name)
         mod = module._modules[SUBMODULE]
         for key, value in mod.state_dict().items():
             tensors[f"{info.name}.{SUBMODULE}.{key}"] = value.detach().to("cpu").clone().contiguous()
+    return write_method_state(handle, tensors, path)
+
+
+def write_method_state(handle: SwapHandle, tensors: dict[str, torch.Tensor], path: str | Path) -> Path:
+    """The method-state file of `handle`'s layers from full CPU tensors keyed by the model's state_dict keys
+    (tensors of other modules are left out); also used by sharded training, which gathers them first."""
+    from safetensors.torch import save_file
+
+    out, layers = {}, {}
+    for info in handle.layers.values():
+        prefix = f"{info.name}.{SUBMODULE}."
+        out.update({k: v for k, v in tensors.items() if k.startswith(prefix)})
         layers[info.name] = {"index": info.index, "problem": dataclasses.asdict(info.problem)}
     meta = {"format": STATE_FORMAT, "method": handle.method_name,
             "config": json.dumps(handle.cfg, sort_keys=True, default=str), "seed": str(handle.seed),
             "layers": json.dumps(layers, sort_keys=True)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=meta)
+    save_file(out, str(path), metadata=meta)
     return path
 
 
-def load_method_state(model: nn.Module, path: str | Path, *, strict: bool = True) -> SwapHandle:
-    """Load a file written by `save_method_state` into the method attached to `model` (the same method and
-    config must be attached; layers not built yet are built from the stored problems first)."""
+def check_method_state(handle: SwapHandle, path: str | Path) -> dict:
+    """The metadata of a method-state file, after checking that it holds `handle`'s method and config."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
-    handle = handle_of(model)
-    if handle is None:
-        raise SwapError("attach the method first (load_method_state fills the attached method's layers)")
-    path = Path(path)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if meta.get("format") != STATE_FORMAT:
@@ -481,6 +484,19 @@ def load_method_state(model: nn.Module, path: str | Path, *, strict: bool = True
     attached_cfg = json.loads(json.dumps(handle.cfg, sort_keys=True, default=str))
     if stored_cfg != attached_cfg:
         raise SwapError(f"{path} was saved with config {stored_cfg}; the attached config is {attached_cfg}")
+    return meta
+
+
+def load_method_state(model: nn.Module, path: str | Path, *, strict: bool = True) -> SwapHandle:
+    """Load a file written by `save_method_state` into the method attached to `model` (the same method and
+    config must be attached; layers not built yet are built from the stored problems first)."""
+    from safetensors.torch import load_file
+
+    handle = handle_of(model)
+    if handle is None:
+        raise SwapError("attach the method first (load_method_state fills the attached method's layers)")
+    path = Path(path)
+    meta = check_method_state(handle, path)
     tensors = load_file(str(path))
     modules = dict(model.named_modules())
     used = set()
@@ -504,4 +520,5 @@ def load_method_state(model: nn.Module, path: str | Path, *, strict: bool = True
 
 
 __all__ = ["attach", "detach", "handle_of", "SwapHandle", "SwapError", "MethodRefused", "mask_to_padding",
-           "attention_layers", "save_method_state", "load_method_state", "SUBMODULE"]
+           "attention_layers", "save_method_state", "load_method_state", "write_method_state",
+           "check_method_state", "SUBMODULE"]

@@ -15,7 +15,6 @@ back to the shards. So any checkpoint can be resumed with or without FSDP and on
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -126,40 +125,20 @@ def load_full(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
 def write_method_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
     """The file swap.save_method_state writes, from gathered full tensors (model state_dict keys) of the
     method modules: swap.load_method_state reads it with or without FSDP."""
-    from safetensors.torch import save_file
-
     from harness.models import swap
 
-    handle = swap.handle_of(model)
-    out, layers = {}, {}
-    for info in handle.layers.values():
-        prefix = f"{info.name}.{swap.SUBMODULE}."
-        out.update({k: v for k, v in tensors.items() if k.startswith(prefix)})
-        layers[info.name] = {"index": info.index, "problem": dataclasses.asdict(info.problem)}
-    meta = {"format": swap.STATE_FORMAT, "method": handle.method_name,
-            "config": json.dumps(handle.cfg, sort_keys=True, default=str), "seed": str(handle.seed),
-            "layers": json.dumps(layers, sort_keys=True)}
-    save_file(out, str(path), metadata=meta)
+    swap.write_method_state(swap.handle_of(model), tensors, path)
 
 
 def read_method_state(model: nn.Module, path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a method-state file after the checks swap.load_method_state makes (format, method,
-    config, every layer present in this model's attached method)."""
-    from safetensors import safe_open
+    config), every stored layer being built in this model's attached method."""
     from safetensors.torch import load_file
 
     from harness.models import swap
 
     handle = swap.handle_of(model)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != swap.STATE_FORMAT:
-        raise swap.SwapError(f"{path} is not a method-state file (format {meta.get('format')!r})")
-    if meta["method"] != handle.method_name:
-        raise swap.SwapError(f"{path} holds state of method {meta['method']!r}; {handle.method_name!r} is attached")
-    stored, attached = json.loads(meta["config"]), json.loads(json.dumps(handle.cfg, sort_keys=True, default=str))
-    if stored != attached:
-        raise swap.SwapError(f"{path} was saved with config {stored}; the attached config is {attached}")
+    meta = swap.check_method_state(handle, path)
     built = {info.name for info in handle.layers.values()}
     missing = set(json.loads(meta["layers"])) - built
     if missing:
