@@ -354,3 +354,42 @@ def test_favor_bf16_operands_triton_kernel_matches_torch_path():
     want = favor_attention(q, k, v, w, backend="torch", **kw)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=3e-2, atol=3e-2)
+
+
+def test_row_buckets_select_what_one_full_ranking_selects():
+    """Ranking rows in ranges with small caps (causal budgets fall like 1/t) selects exactly what a single
+    top-k over all candidates selects (random scores: no ties)."""
+    from methods.sea.interp import cell_bounds, row_lengths
+    from methods.sea.topk import _rank_select, _rank_select_rows, budgets, row_buckets
+
+    H_, K_, k_ = 4, 16, 4
+    for mode, T_ in (("causal_per_batch", 300), ("per_query", 300)):
+        bk = row_buckets(mode, H=H_, T=T_, K=K_, k=k_, causal=True, min_rows=8)
+        assert len(bk) >= 3 and bk[0][0] == 0 and bk[-1][1] == T_
+        assert all(a[1] == b[0] and a[2] >= b[2] for a, b in zip(bk, bk[1:]))     # contiguous, caps falling
+        L = row_lengths(1, T_, causal=True, valid=None, device="cpu")
+        n = budgets(mode, L, k=k_, K=K_, H=H_)                           # [1, T]
+        lo, hi = cell_bounds(L, K_)                                      # [1, T, K]
+        G = H_ * K_ if mode == "causal_per_batch" else K_
+        eligible = (hi > lo).repeat(1, 1, G // K_)                       # [1, T, G]
+        scores = torch.rand(1, T_, G, generator=torch.Generator().manual_seed(8)).masked_fill(~eligible, -math.inf)
+        assert all(int(n[0, s:e].max()) <= cap for s, e, cap in bk)
+        assert torch.equal(_rank_select_rows(scores, n, bk), _rank_select(scores, n, G))
+    # the default buckets of a long causal SEA call: a full sort only for the first rows
+    bk = row_buckets("causal_per_batch", H=16, T=65536, K=64, k=64, causal=True)
+    assert bk[0][2] == 1024 and bk[0][1] < 4096 and bk[-1][2] == 1
+
+
+def test_select_topk_with_default_buckets_matches_one_ranking():
+    from methods.sea.interp import cell_bounds, row_lengths
+    from methods.sea.topk import _rank_select, budgets, row_buckets
+
+    H_, T_, K_, k_ = 16, 3100, 64, 64
+    assert len(row_buckets("causal_per_batch", H=H_, T=T_, K=K_, k=k_, causal=True)) == 2
+    probs = torch.rand(1, H_, T_, K_, generator=torch.Generator().manual_seed(9))   # [B, H, T, K]
+    got = select_topk(probs, mode="causal_per_batch", k=k_, causal=True)
+    L = row_lengths(1, T_, causal=True, valid=None, device="cpu")
+    lo, hi = cell_bounds(L, K_)
+    flat = probs.masked_fill(~(hi > lo)[:, None], -math.inf).permute(0, 2, 1, 3).reshape(1, T_, H_ * K_)
+    want = _rank_select(flat, budgets("causal_per_batch", L, k=k_, K=K_, H=H_), H_ * K_)
+    assert torch.equal(got, want.view(1, T_, H_, K_).permute(0, 2, 1, 3))

@@ -80,6 +80,41 @@ def _rank_select(scores: torch.Tensor, n: torch.Tensor, kmax: int | None = None)
     return sel
 
 
+@functools.lru_cache(maxsize=64)
+def row_buckets(mode: str, *, H: int, T: int, K: int, k: int, causal: bool,
+                min_rows: int = 1024) -> tuple[tuple[int, int, int], ...]:
+    """For the per-row budget modes without padding: ((start, end, cap), ...) ranges of query rows whose
+    budgets n_t are all <= cap, cap a power of two (or the group size), consecutive rows with the same cap
+    together and ranges shorter than `min_rows` merged into their neighbour with the larger cap. Causal
+    budgets fall like 1 / (t + 1), so most rows of a long sequence need a top-k of a few cells instead of a
+    sort of all H K (causal_per_batch) or K (per_query) candidates. Computed on the host from shapes alone."""
+    G = H * K if mode == "causal_per_batch" else K
+    L = row_lengths(1, T, causal=causal, valid=None, device="cpu")       # [1, T]
+    n = budgets(mode, L, k=k, K=K, H=H)[0].tolist()                      # [T]
+    caps = [min(G, 1 << max(0, int(x) - 1).bit_length()) for x in n]     # next power of two >= n_t
+    out: list[list[int]] = []
+    for t, c in enumerate(caps):
+        if out and out[-1][2] == c:
+            out[-1][1] = t + 1
+        else:
+            out.append([t, t + 1, c])
+    merged: list[list[int]] = []
+    for r in out:
+        if merged and (r[1] - r[0] < min_rows or merged[-1][1] - merged[-1][0] < min_rows):
+            merged[-1][1] = r[1]
+            merged[-1][2] = max(merged[-1][2], r[2])
+        else:
+            merged.append(r)
+    return tuple(tuple(r) for r in merged)
+
+
+def _rank_select_rows(scores: torch.Tensor, n: torch.Tensor, buckets) -> torch.Tensor:
+    """_rank_select over query-row ranges (axis -2 of scores [..., T, G], n [..., T]), each with its own cap."""
+    if len(buckets) == 1:
+        return _rank_select(scores, n, buckets[0][2])
+    return torch.cat([_rank_select(scores[..., s:e, :], n[..., s:e], cap) for s, e, cap in buckets], dim=-2)
+
+
 def select_topk(probs: torch.Tensor, *, mode: str, k: int, causal: bool,
                 valid: torch.Tensor | None = None) -> torch.Tensor:
     """probs [B, H, T, K] (A_hat; only the order matters) -> bool compressed mask [B, H, T, K]."""
@@ -95,11 +130,13 @@ def select_topk(probs: torch.Tensor, *, mode: str, k: int, causal: bool,
     scores = probs.detach().float().masked_fill(~eligible[:, None], float("-inf"))   # [B, H, T, K]
     n = budgets(mode, L, k=k, K=K, H=H)
     kmax = selection_caps(mode, B=B, H=H, T=T, K=K, k=k, causal=causal)[2] if valid is None else None
+    buckets = row_buckets(mode, H=H, T=T, K=K, k=k, causal=causal) \
+        if valid is None and mode in ("per_query", "causal_per_batch") else ((0, T, kmax),)
     if mode == "per_query":
-        return _rank_select(scores, n[:, None, :].expand(B, H, T), kmax)
+        return _rank_select_rows(scores, n[:, None, :].expand(B, H, T), buckets)
     if mode == "causal_per_batch":
         flat = scores.permute(0, 2, 1, 3).reshape(B, T, H * K)           # [B, T, H*K]
-        sel = _rank_select(flat, n, kmax)                                # [B, T, H*K]
+        sel = _rank_select_rows(flat, n, buckets)                        # [B, T, H*K]
         return sel.view(B, T, H, K).permute(0, 2, 1, 3)                  # [B, H, T, K]
     if mode == "per_head":
         sel = _rank_select(scores.reshape(B, H, T * K), n[:, None].expand(B, H), kmax)
