@@ -50,6 +50,9 @@ class _SEABase(Method):
                "fp16 (autocast; the Performer and the encoder stay fp32)", choices=("fp32", "bf16", "fp16")),
         Option("performer_dtype", "fp32", "operands of the estimator's Performer products: fp32 (the paper's) or "
                "bf16 (features computed in fp32, then rounded; fp32 accumulation)", choices=("fp32", "bf16")),
+        Option("interp_backend", "torch", "interpolation of the mask to CSR key lists: torch (tensor ops) or "
+               "triton (one kernel program per query row writes the columns; calls without a padding mask)",
+               choices=("torch", "triton")),
         Option("s_prob", -1.0, "force the s_prob scaler to this value (negative: estimated)"),
         Option("s_mix", -1.0, "force the s_mix scaler to this value (negative: estimated)"),
     )
@@ -99,7 +102,8 @@ class _SEABase(Method):
                            backend=cfg["backend"], force_s_prob=s_prob, force_s_mix=s_mix,
                            checkpoint=cfg["checkpoint"], seed=seed + 1000 * layer,
                            layer=cfg["checkpoint_layer"] if cfg["checkpoint_layer"] >= 0 else layer,
-                           estimator_dtype=cfg["estimator_dtype"], performer_dtype=cfg["performer_dtype"])
+                           estimator_dtype=cfg["estimator_dtype"], performer_dtype=cfg["performer_dtype"],
+                           interp_backend=cfg["interp_backend"])
         return mod.to(problem.device)
 
 

@@ -42,14 +42,18 @@ def valid_positions(valid: torch.Tensor) -> torch.Tensor:
 
 
 def mask_to_csr(mask: torch.Tensor, *, k: int, causal: bool, valid: torch.Tensor | None = None,
-                caps: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                caps: tuple[int, ...] | None = None, backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
     """mask bool [B, H, T, K] -> (row_ptr int64 [B*H*T + 1], col int32 [nnz]).
 
     caps = (selected cells at most, keys at most, ...) known on the host (topk.selection_caps) and no
     padding mask: the lists are built without a device sync, and col has the capacity length (entries
-    past row_ptr[-1] are filler that no row points at)."""
+    past row_ptr[-1] are filler that no row points at). backend "triton" (that case only): the columns are
+    written by one kernel program per row (kernels/sea_interp.py) instead of the pair/search ops below."""
+    if backend not in ("torch", "triton"):
+        raise ValueError(f"interpolation backend {backend!r}: expected torch or triton")
     if caps is not None and valid is None:
-        return _mask_to_csr_nosync(mask, k=k, causal=causal, cells_cap=int(caps[0]), keys_cap=int(caps[1]))
+        return _mask_to_csr_nosync(mask, k=k, causal=causal, cells_cap=int(caps[0]), keys_cap=int(caps[1]),
+                                   backend=backend)
     B, H, T, K = mask.shape
     dev = mask.device
     L = row_lengths(B, T, causal=causal, valid=valid, device=dev)        # [B, T]
@@ -84,8 +88,8 @@ def mask_to_csr(mask: torch.Tensor, *, k: int, causal: bool, valid: torch.Tensor
     return row_ptr, col.to(torch.int32).contiguous()
 
 
-def _mask_to_csr_nosync(mask: torch.Tensor, *, k: int, causal: bool, cells_cap: int, keys_cap: int
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def _mask_to_csr_nosync(mask: torch.Tensor, *, k: int, causal: bool, cells_cap: int, keys_cap: int,
+                        backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
     """Same lists as mask_to_csr (no padding mask) with static sizes: the selected (row, cell) pairs by
     nonzero_static (flat order = rows ascending, cells ascending), each key entry finds its pair by a
     binary search over the pairs' cumulative key counts. Row counts come from the dense mask."""
@@ -99,6 +103,10 @@ def _mask_to_csr_nosync(mask: torch.Tensor, *, k: int, causal: bool, cells_cap: 
     counts = _row_key_counts(sel, n_cell, k).reshape(-1)                # keys per row [B*H*T]
     row_ptr = torch.zeros(B * H * T + 1, dtype=torch.int64, device=dev)
     torch.cumsum(counts, 0, out=row_ptr[1:])
+    if backend == "triton":
+        from kernels.sea_interp import csr_columns
+
+        return row_ptr, csr_columns(sel.reshape(B * H * T, K), lo[0], width, row_ptr, k, max(keys_cap, 1))
     cells_cap = max(cells_cap, 1)
     pair = torch.nonzero_static(sel.reshape(-1), size=cells_cap, fill_value=0).squeeze(1)   # [cells_cap]
     n_sel = sel.sum()                                                    # device scalar: real pairs

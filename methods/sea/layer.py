@@ -108,11 +108,12 @@ class SEAAttention(AttentionModule):
     def __init__(self, *, heads: int, head_dim: int, causal: bool, k: int, K: int, mode: str, nbf: float,
                  max_len: int, oracle: bool, backend: str, force_s_prob: float, force_s_mix: float,
                  checkpoint: str | None, layer: int, seed: int, estimator_dtype: str = "fp32",
-                 performer_dtype: str = "fp32"):
+                 performer_dtype: str = "fp32", interp_backend: str = "torch"):
         super().__init__()
         self.heads, self.head_dim, self.causal = heads, head_dim, causal
         self.k, self.K, self.mode, self.oracle, self.backend = k, K, mode, oracle, backend
         self.force_s_prob, self.force_s_mix = force_s_prob, force_s_mix
+        self.interp_backend = interp_backend
         self.estimator = Estimator(d=head_dim, H=heads, K=K, causal=causal, nbf=nbf, max_len=max_len, seed=seed,
                                    dec_dtype=estimator_dtype, performer_dtype=performer_dtype)
         # Persistent flag (saved with the module's state): has the estimator been trained or loaded? Mirrored
@@ -259,7 +260,8 @@ class SEAAttention(AttentionModule):
                         count=selected_counts(mask, k=self.k, causal=causal))
         caps = None if valid is not None else selection_caps(self.mode, B=B, H=H, T=T, K=K, k=self.k,
                                                              causal=causal)
-        row_ptr, col = mask_to_csr(mask, k=self.k, causal=causal, valid=valid, caps=caps)   # CSR over (b, h, t)
+        row_ptr, col = mask_to_csr(mask, k=self.k, causal=causal, valid=valid, caps=caps,
+                                   backend=self.interp_backend)                   # CSR over (b, h, t)
         return dict(layout=layout, row_ptr=row_ptr, col=col, count=csr_counts(row_ptr, (B, H, T)))
 
     def stage_sparse(self, q, k, v, sel, *, causal, scale, kernel):
