@@ -173,3 +173,62 @@ def test_sea_forward_same_with_either_interpolation_backend():
         mod = cls.build(cls.resolve_config({"k": "4", "K": "16", "backend": "torch", "interp_backend": backend}), p)
         outs.append(mod(q, k, v, causal=True))
     assert torch.equal(outs[0], outs[1])
+
+
+# --- top-k kernel (kernels/sea_topk.py) -----------------------------------------------------------------
+
+@pytest.mark.parametrize("per_group", [1, 3])
+def test_topk_kernel_matches_stable_sort_restatement_with_ties(per_group):
+    """Scores on a coarse grid (many ties) and cells of width 0: the kernel keeps the n_t highest eligible cells
+    per group, ties to the lowest (head, cell) index, exactly like a stable sort."""
+    from kernels.sea_topk import select_rows, select_rows_ref
+
+    B, H, T, K = 2, 3, 21, 8
+    g = torch.Generator().manual_seed(per_group)
+    a = torch.randint(0, 4, (B, H, T, K), generator=g).float() / 4       # [B, H, T, K] values in {0, .25, .5, .75}
+    width = torch.randint(0, 3, (T, K), generator=g)                      # 0: an empty cell
+    n = torch.randint(1, per_group * K + 3, (T,), generator=g)            # budgets, some above the group size
+    got = select_rows(a, width, n, heads_per_group=per_group)
+    want = select_rows_ref(a, width, n, heads_per_group=per_group)
+    assert got.dtype == torch.bool and torch.equal(got, want)
+    assert got.any() and not got[:, :, width == 0].any()
+
+
+@pytest.mark.parametrize("mode,causal", [("causal_per_batch", True), ("per_query", True), ("per_query", False)])
+def test_select_topk_triton_backend_matches_torch(mode, causal):
+    from methods.sea.topk import select_topk
+
+    probs = torch.rand(2, 4, 45, 16, generator=torch.Generator().manual_seed(2))     # no ties
+    want = select_topk(probs, mode=mode, k=3, causal=causal)
+    got = select_topk(probs, mode=mode, k=3, causal=causal, backend="triton")
+    assert want.any() and torch.equal(got, want)
+
+
+def test_sea_topk_backend_keeps_a_valid_top_n_of_the_estimate():
+    """SEA's causal estimate has ties by construction (the decoder repeats each of its K/4 columns 4 times), and
+    torch.topk breaks ties in an unspecified order while the kernel takes the lowest index: per group both keep
+    the same number of cells, and no unselected eligible cell scores above a selected one."""
+    from methods.base import Problem, get
+    from methods.sea.interp import cell_bounds, row_lengths
+
+    cls = get("sea")
+    H, T, K = 4, 96, 16
+    p = Problem(batch=1, heads=H, kv_heads=2, seq_len=T, head_dim=16, causal=True)
+    g = torch.Generator().manual_seed(6)
+    q = torch.randn(1, H, T, 16, generator=g)
+    k, v = torch.randn(1, 2, T, 16, generator=g), torch.randn(1, 2, T, 16, generator=g)
+    masks = {}
+    for b in ("torch", "triton"):
+        mod = cls.build(cls.resolve_config({"k": "4", "K": str(K), "backend": "torch", "topk_backend": b,
+                                            "interp_backend": b}), p)
+        out = mod(q, k, v, causal=True)
+        assert torch.isfinite(out).all()
+        masks[b], a_hat = mod.last_aux["mask"], mod.last_aux["a_hat"]                # [1, H, T, K]
+    lo, hi = cell_bounds(row_lengths(1, T, causal=True, valid=None, device="cpu"), K)
+    elig = (hi > lo)[:, None].expand(1, H, T, K)
+    per_row = lambda m: m.permute(0, 2, 1, 3).reshape(T, H * K)                       # noqa: E731 [T, H*K]
+    got, ref, a, e = per_row(masks["triton"]), per_row(masks["torch"]), per_row(a_hat.detach()), per_row(elig)
+    assert torch.equal(got.sum(-1), ref.sum(-1)) and not (got & ~e).any()
+    low_in = torch.where(got, a, torch.inf).amin(-1)                                  # lowest selected score
+    high_out = torch.where(~got & e, a, -torch.inf).amax(-1)                          # highest left out
+    assert (low_in >= high_out).all()

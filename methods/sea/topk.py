@@ -87,7 +87,10 @@ def row_buckets(mode: str, *, H: int, T: int, K: int, k: int, causal: bool,
     budgets n_t are all <= cap, cap a power of two (or the group size), consecutive rows with the same cap
     together and ranges shorter than `min_rows` merged into their neighbour with the larger cap. Causal
     budgets fall like 1 / (t + 1), so most rows of a long sequence need a top-k of a few cells instead of a
-    sort of all H K (causal_per_batch) or K (per_query) candidates. Computed on the host from shapes alone."""
+    sort of all H K (causal_per_batch) or K (per_query) candidates. Computed on the host from shapes alone.
+    The selection is the same as one ranking wherever the score at a row's threshold is unique; among cells
+    tied at the threshold (SEA's causal decoder repeats each of its K/4 columns 4 times, so ties are common)
+    torch.topk chooses in an unspecified order, with one cap or another alike."""
     G = H * K if mode == "causal_per_batch" else K
     L = row_lengths(1, T, causal=causal, valid=None, device="cpu")       # [1, T]
     n = budgets(mode, L, k=k, K=K, H=H)[0].tolist()                      # [T]
@@ -116,12 +119,24 @@ def _rank_select_rows(scores: torch.Tensor, n: torch.Tensor, buckets) -> torch.T
 
 
 def select_topk(probs: torch.Tensor, *, mode: str, k: int, causal: bool,
-                valid: torch.Tensor | None = None) -> torch.Tensor:
-    """probs [B, H, T, K] (A_hat; only the order matters) -> bool compressed mask [B, H, T, K]."""
+                valid: torch.Tensor | None = None, backend: str = "torch") -> torch.Tensor:
+    """probs [B, H, T, K] (A_hat; only the order matters) -> bool compressed mask [B, H, T, K].
+    backend "triton": the per-row budget modes without a padding mask run as one kernel (kernels/sea_topk.py,
+    one sort per group in registers); other calls take the tensor-op path."""
     B, H, T, K = probs.shape
     if causal and mode in ("per_head", "per_batch"):
         raise ValueError(f"top-k mode {mode} ranks across time and would leak the future; "
                          "causal attention needs per_query or causal_per_batch")
+    if backend not in ("torch", "triton"):
+        raise ValueError(f"top-k backend {backend!r}: expected torch or triton")
+    if backend == "triton" and valid is None and mode in ("per_query", "causal_per_batch"):
+        from kernels.sea_topk import select_rows
+
+        L1 = row_lengths(1, T, causal=causal, valid=None, device=probs.device)   # [1, T]
+        lo1, hi1 = cell_bounds(L1, K)                                     # [1, T, K]
+        n = budgets(mode, L1, k=k, K=K, H=H)[0]                           # [T]
+        per_group = H if mode == "causal_per_batch" else 1
+        return select_rows(probs.detach(), (hi1 - lo1)[0], n, heads_per_group=per_group)
     L = row_lengths(B, T, causal=causal, valid=valid, device=probs.device)   # [B, T]
     lo, hi = cell_bounds(L, K)                                           # [B, T, K]
     eligible = hi > lo                                                   # [B, T, K]
