@@ -255,3 +255,15 @@ def test_attention_probs_is_differentiable_for_distillation(causal):
     with torch.no_grad():
         again = mod.attention_probs(q, k, v, causal=causal, rows=rows)
     assert torch.equal(again, probs.detach())                             # the same selection both ways
+
+
+def test_triton_options_are_refused_in_words_where_triton_cannot_run(monkeypatch):
+    cls = get("sea")
+    p = Problem(batch=1, heads=2, kv_heads=2, seq_len=64, head_dim=16, causal=True)
+    cfg = cls.resolve_config({"topk_backend": "triton", "interp_backend": "triton"})
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    reasons = cls.supports(p, cfg)
+    assert any("topk_backend=triton, interp_backend=triton needs a CUDA device" in r for r in reasons), reasons
+    assert not cls.supports(p, cls.resolve_config({}))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not cls.supports(p, cfg)
