@@ -6,6 +6,7 @@ the refused one likewise (a method whose module has none)."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -261,3 +262,26 @@ def test_cli_distill_time_limit_stops_early_and_resume_finishes(tiny_dir, tmp_pa
     assert "## Training (distillation)" in md and (tmp_path / "rep" / "training_curves.png").is_file()
     line = next(x for x in md.splitlines() if x.startswith(f"| {name} |"))
     assert line.split(" | ")[1] == "3"                                        # steps done of the latest row
+
+
+def test_hidden_norm_divides_each_layer_by_the_teachers_mean_square():
+    from harness.train import losses as L
+
+    g = torch.Generator().manual_seed(0)
+    hs = [torch.randn(2, 5, 4, generator=g) for _ in range(3)]              # [B, T, C] per layer
+    ht = [torch.randn(2, 5, 4, generator=g) * (10 ** i) for i in range(3)]  # layers of very different scale
+    raw = L.hidden_mse(hs, ht, None)
+    scale = torch.tensor([1.0, 100.0, 10000.0])
+    per_layer = [((a - b) ** 2).mean() for a, b in zip(hs, ht)]
+    torch.testing.assert_close(raw, sum(per_layer) / 3)
+    torch.testing.assert_close(L.hidden_mse(hs, ht, None, scale=scale), sum(p / s for p, s in zip(per_layer, scale)) / 3)
+
+    model, batch = tiny_llama(), llama_batch()
+    d = Distiller(model, pick(True, trainable=True), {}, example=batch, cfg=TrainConfig(hidden_norm=True, lr_rest=0.0))
+    with torch.no_grad():
+        hidden = model(input_ids=batch["input_ids"], output_hidden_states=True).hidden_states
+    want = torch.stack([(h.float() ** 2).mean() for h in hidden])
+    torch.testing.assert_close(d.hidden_scale, want)
+    _, values = d.losses(batch)
+    assert math.isfinite(values["hidden"])
+    d.close()

@@ -77,6 +77,10 @@ def register_cli(subparsers) -> None:
     p.add_argument("--layer-target", choices=("self", "teacher"), default="self",
                    help="per-layer target: exact attention on the student's own q/k/v (SEA) or the teacher's")
     p.add_argument("--no-attention-probs", action="store_true", help="skip the attention_probs terms")
+    p.add_argument("--hidden-norm", action="store_true",
+                   help="divide each layer's hidden-state MSE by the teacher's mean square at that layer (measured "
+                        "once on the first batch): a scale-free term for models with outlier activations, whose "
+                        "raw hidden MSE otherwise dominates every other term")
     p.add_argument("--weights", nargs="+", default=[], metavar="TERM=W",
                    help="override loss weights: est_kl est_mse attn_kl attn_mse out_mse hidden logits_kl task")
     p.add_argument("--train-text", default="austen,wikitext-2-valid", help="comma-separated corpora for training")
@@ -264,7 +268,8 @@ def _distill(a, device: str, env) -> int:
     cfg = TrainConfig(lr=a.lr, lr_method=a.lr_method, lr_rest=a.lr_rest, weight_decay=a.weight_decay,
                       grad_clip=a.grad_clip, amp=a.amp, method_autocast=a.method_autocast,
                       redraw_every=a.redraw_every, max_attn_tokens=a.max_attn_tokens, layer_target=a.layer_target,
-                      use_attention_probs=not a.no_attention_probs, weights=parse_weights(a.weights))
+                      use_attention_probs=not a.no_attention_probs, weights=parse_weights(a.weights),
+                      hidden_norm=a.hidden_norm)
     setting = {"task": TASK, "model": str(a.model), "model_task": a.model_task, "seq_len": a.seq_len,
                "batch": a.batch, "steps": a.steps, "train": cfg.__dict__ | {"lr_method": cfg.method_lr()},
                "data": sources}

@@ -69,6 +69,7 @@ class TrainConfig:
     layer_target: str = "self"       # self: exact attention on the student's q, k, v; teacher: the teacher's
     use_attention_probs: bool = True
     weights: dict | None = None      # overrides of losses.DEFAULT_WEIGHTS[kind]
+    hidden_norm: bool = False        # hidden-state MSE of each layer / the teacher's mean square there (fixed)
 
     def method_lr(self) -> float:
         return self.lr_method if self.lr_method is not None else 10 * self.lr
@@ -174,6 +175,7 @@ class Distiller:
         self.hooks = [m.register_forward_hook(self._hook, with_kwargs=True) for m in self.modules]
         self.dropped: list[str] = []
         self.dist = dist
+        self.hidden_scale = self._hidden_scale(example) if self.cfg.hidden_norm else None
         self.ddp = None
         if dist is not None and not fsdp:
             from torch.nn.parallel import DistributedDataParallel
@@ -183,6 +185,28 @@ class Distiller:
             # reach the loss only through last_aux / attention_probs, outside the wrapped forward's outputs)
             self.ddp = DistributedDataParallel(
                 self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    @torch.no_grad()
+    def _hidden_scale(self, example: dict) -> torch.Tensor:
+        """Per hidden-state layer, the teacher's mean square on the example batch (real tokens), fixed for the
+        run; data parallel: rank 0's values on every rank, so the loss does not depend on the number of ranks."""
+        batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in example.items()}
+        out = self.teacher(**self._model_inputs(batch), output_hidden_states=True)
+        mask = batch.get("attention_mask")
+        scale = []
+        for h in out.hidden_states:                                      # [B, T, C] each
+            sq = h.float() ** 2
+            if mask is not None:
+                m = mask.float()[..., None]
+                scale.append((sq * m).sum() / (m.sum() * sq.shape[-1]).clamp(min=1))
+            else:
+                scale.append(sq.mean())
+        scale = torch.stack(scale).clamp(min=1e-12)                      # [layers + 1]
+        if self.dist is not None:
+            from harness.train import ddp
+
+            scale = ddp.broadcast(self.dist, scale.cpu()).to(self.device)
+        return scale
 
     # --- bookkeeping ------------------------------------------------------------------------------------
     def n_method_params(self) -> int:
@@ -254,7 +278,8 @@ class Distiller:
                 parts[name] = parts.get(name, 0.0) + val
         tmask = batch.get("attention_mask")
         if getattr(s_out, "hidden_states", None) is not None and getattr(t_out, "hidden_states", None) is not None:
-            parts["hidden"] = L.hidden_mse(s_out.hidden_states, t_out.hidden_states, tmask)
+            parts["hidden"] = L.hidden_mse(s_out.hidden_states, t_out.hidden_states, tmask,
+                                           scale=self.hidden_scale)
         s_logits = getattr(s_out, "logits", None)
         t_logits = getattr(t_out, "logits", None)
         if s_logits is not None and t_logits is not None:

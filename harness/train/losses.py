@@ -178,16 +178,19 @@ def layer_terms(call: LayerCall, *, target: tuple | None = None, attn_ok: bool, 
 
 # --- model-level terms ------------------------------------------------------------------------------------
 
-def hidden_mse(student_hidden, teacher_hidden, token_mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over layers of the MSE between hidden states [B, T, C] (real tokens only)."""
+def hidden_mse(student_hidden, teacher_hidden, token_mask: torch.Tensor | None,
+               scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over layers of the MSE between hidden states [B, T, C] (real tokens only); with `scale` [layers],
+    each layer's MSE is divided by its entry (e.g. the teacher's mean square there: a scale-free term)."""
     total = 0.0
-    for hs, ht in zip(student_hidden, teacher_hidden):
+    for i, (hs, ht) in enumerate(zip(student_hidden, teacher_hidden)):
         d = (hs.float() - ht.float()) ** 2                                   # [B, T, C]
         if token_mask is not None:
             m = token_mask.float()[..., None]                                # [B, T, 1]
-            total = total + (d * m).sum() / (m.sum() * d.shape[-1]).clamp(min=1)
+            layer = (d * m).sum() / (m.sum() * d.shape[-1]).clamp(min=1)
         else:
-            total = total + d.mean()
+            layer = d.mean()
+        total = total + (layer / scale[i] if scale is not None else layer)
     return total / max(1, len(student_hidden))
 
 
