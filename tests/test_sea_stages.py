@@ -380,9 +380,12 @@ def test_row_buckets_select_what_one_full_ranking_selects():
     assert bk[0][2] == 1024 and bk[0][1] < 4096 and bk[-1][2] == 1
 
 
-def test_select_topk_with_default_buckets_matches_one_ranking():
+def test_select_topk_with_default_buckets_matches_one_ranking(monkeypatch):
+    from methods.sea import topk
     from methods.sea.interp import cell_bounds, row_lengths
     from methods.sea.topk import _rank_select, budgets, row_buckets
+
+    monkeypatch.setattr(topk, "BUCKETS_FROM_T", 0)                      # ranges at this short T too
 
     H_, T_, K_, k_ = 16, 3100, 64, 64
     assert len(row_buckets("causal_per_batch", H=H_, T=T_, K=K_, k=k_, causal=True)) == 2

@@ -80,6 +80,12 @@ def _rank_select(scores: torch.Tensor, n: torch.Tensor, kmax: int | None = None)
     return sel
 
 
+# Row ranges only from this length on: on an H200 they took the causal top-k from 5.4 to 3.1 ms at 64k and from
+# 19.9 to 10.4 ms at 256k, but from 1.38 to 1.83 ms at 16k (more launches than savings);
+# results/nvidia-h200/sea-levers/.
+BUCKETS_FROM_T = 32768
+
+
 @functools.lru_cache(maxsize=64)
 def row_buckets(mode: str, *, H: int, T: int, K: int, k: int, causal: bool,
                 min_rows: int = 1024) -> tuple[tuple[int, int, int], ...]:
@@ -145,8 +151,8 @@ def select_topk(probs: torch.Tensor, *, mode: str, k: int, causal: bool,
     scores = probs.detach().float().masked_fill(~eligible[:, None], float("-inf"))   # [B, H, T, K]
     n = budgets(mode, L, k=k, K=K, H=H)
     kmax = selection_caps(mode, B=B, H=H, T=T, K=K, k=k, causal=causal)[2] if valid is None else None
-    buckets = row_buckets(mode, H=H, T=T, K=K, k=k, causal=causal) \
-        if valid is None and mode in ("per_query", "causal_per_batch") else ((0, T, kmax),)
+    ranged = valid is None and mode in ("per_query", "causal_per_batch") and T >= BUCKETS_FROM_T
+    buckets = row_buckets(mode, H=H, T=T, K=K, k=k, causal=causal) if ranged else ((0, T, kmax),)
     if mode == "per_query":
         return _rank_select_rows(scores, n[:, None, :].expand(B, H, T), buckets)
     if mode == "causal_per_batch":
