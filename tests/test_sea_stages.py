@@ -396,3 +396,19 @@ def test_select_topk_with_default_buckets_matches_one_ranking(monkeypatch):
     flat = probs.masked_fill(~(hi > lo)[:, None], -math.inf).permute(0, 2, 1, 3).reshape(1, T_, H_ * K_)
     want = _rank_select(flat, budgets("causal_per_batch", L, k=k_, K=K_, H=H_), H_ * K_)
     assert torch.equal(got, want.view(1, T_, H_, K_).permute(0, 2, 1, 3))
+
+
+def test_detached_scaler_input_keeps_scaler_gradients_out_of_the_encoder():
+    kw = dict(d=D, H=H, K=64, causal=True, nbf=8.0, max_len=64, seed=0)
+    shared, detached = Estimator(**kw), Estimator(**kw, scaler_input="detached")
+    q, k, v = (rnd(B, H, T, D, seed=s, dtype=torch.float32) for s in (1, 2, 3))
+    out_s, out_d = shared(q, k, v, valid=None), detached(q, k, v, valid=None)
+    for a, b in zip(out_s, out_d):
+        assert torch.equal(a, b)                                         # same values
+    for est, (_, sp, sm) in ((shared, out_s), (detached, out_d)):
+        (sp.sum() + sm.sum()).backward()
+    enc = lambda e: sum(float(p.grad.abs().sum()) for p in e.enc.parameters() if p.grad is not None)   # noqa: E731
+    assert enc(shared) > 0 and enc(detached) == 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in detached.scaler.parameters())
+    with pytest.raises(ValueError, match="scaler input"):
+        Estimator(**kw, scaler_input="frozen")

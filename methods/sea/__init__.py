@@ -57,6 +57,9 @@ class _SEABase(Method):
         Option("interp_backend", "torch", "interpolation of the mask to CSR key lists: torch (tensor ops) or "
                "triton (one kernel program per query row writes the columns; calls without a padding mask)",
                choices=("torch", "triton")),
+        Option("scaler_input", "shared", "what the s_prob / s_mix head reads: shared (the encoder output, as in the "
+               "paper) or detached (the same values, no gradient into the encoder: in distillation the encoder and "
+               "decoder then learn from the estimate's own terms only)", choices=("shared", "detached")),
         Option("s_prob", -1.0, "force the s_prob scaler to this value (negative: estimated)"),
         Option("s_mix", -1.0, "force the s_mix scaler to this value (negative: estimated)"),
     )
@@ -111,7 +114,8 @@ class _SEABase(Method):
                            checkpoint=cfg["checkpoint"], seed=seed + 1000 * layer,
                            layer=cfg["checkpoint_layer"] if cfg["checkpoint_layer"] >= 0 else layer,
                            estimator_dtype=cfg["estimator_dtype"], performer_dtype=cfg["performer_dtype"],
-                           interp_backend=cfg["interp_backend"], topk_backend=cfg["topk_backend"])
+                           interp_backend=cfg["interp_backend"], topk_backend=cfg["topk_backend"],
+                           scaler_input=cfg["scaler_input"])
         return mod.to(problem.device)
 
 

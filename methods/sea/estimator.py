@@ -115,13 +115,17 @@ class CausalDecoder(nn.Module):
 
 class Estimator(nn.Module):
     def __init__(self, *, d: int, H: int, K: int, causal: bool, nbf: float, max_len: int, seed: int,
-                 dec_dtype: str = "fp32", performer_backend: str = "auto", performer_dtype: str = "fp32"):
+                 dec_dtype: str = "fp32", performer_backend: str = "auto", performer_dtype: str = "fp32",
+                 scaler_input: str = "shared"):
         super().__init__()
         self.d, self.H, self.K, self.causal = d, H, K, causal
         if dec_dtype not in DEC_DTYPES:
             raise ValueError(f"estimator dtype {dec_dtype!r}: expected one of {tuple(DEC_DTYPES)}")
         self.dec_dtype, self.performer_backend = dec_dtype, performer_backend
         self.performer_dtype = performer_dtype
+        if scaler_input not in ("shared", "detached"):
+            raise ValueError(f"scaler input {scaler_input!r}: expected shared or detached")
+        self.scaler_input = scaler_input
         self.last_performer = "not-run"
         self.kernel = "relu" if causal else "softmax"
         m = max(1, int(d * math.log(d) / nbf)) if d > 1 else 1
@@ -192,5 +196,7 @@ class Estimator(nn.Module):
                                  operands=self.performer_dtype)         # [B, H, T, 2d] fp32 out
         z = self.enc(torch.cat([c_perf, v], dim=-1))                     # [B, H, T, 2d]
         logits = self.decode(z)                                          # [B, H, T, K] fp32
-        scales = torch.sigmoid(self.scaler(z))                           # [B, H, T, 2]
+        # "detached": gradients reaching s_prob / s_mix (the layer output, hidden states, logits) train the scaler
+        # head only; the encoder and decoder then learn from the estimate's own terms
+        scales = torch.sigmoid(self.scaler(z.detach() if self.scaler_input == "detached" else z))   # [B, H, T, 2]
         return logits, scales[..., 0:1], scales[..., 1:2]
