@@ -28,11 +28,16 @@ def add_common_args(p: argparse.ArgumentParser, *, methods_required: bool = True
                    help="corpus: wikitext-2-test, wikitext-2-valid, austen, austen-<novel>, wikitext-2-raw-v1 "
                         "(hub, needs datasets) or a local text file")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16", "fp64"))
+    add_run_args(p, resume_help="skip rows already recorded in --out")
+
+
+def add_run_args(p: argparse.ArgumentParser, *, resume_help: str) -> None:
+    """Where and how a task runs: --device --seed --threads --out --resume --quiet (every task has them)."""
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--seed", type=int, default=0, help="seed of the methods' randomness (features, hashes)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--out", type=Path, help="run directory (default: runs/<time>-<task>)")
-    p.add_argument("--resume", action="store_true", help="skip rows already recorded in --out")
+    p.add_argument("--resume", action="store_true", help=resume_help)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.runner import UsageError
-from harness.tasks import cell_id, describe_exception, device_of, failure_status, fmt, method_variants, open_run
+from harness.tasks import (add_run_args, cell_id, describe_exception, device_of, failure_status, fmt, method_variants,
+                           open_run)
 
 TASK = "accuracy"
 
@@ -203,12 +204,7 @@ def register_cli(subparsers) -> None:
                    help="distill each method with learned parts for N steps on the train split before evaluating")
     p.add_argument("--distill-lr", type=float, default=1e-4, help="method-module learning rate for --distill-steps")
     p.add_argument("--save-teacher", type=Path, default=None, help="save the fine-tuned teacher (model + tokenizer)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", type=Path)
-    p.add_argument("--resume", action="store_true", help="skip methods already recorded in --out")
-    p.add_argument("--quiet", action="store_true")
+    add_run_args(p, resume_help="skip methods already recorded in --out")
     p.set_defaults(func=cmd_accuracy)
 
 

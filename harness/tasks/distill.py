@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 from harness.runner import UsageError
-from harness.tasks import cell_id, device_of, fmt, load_corpus, load_model_or_usage, open_run
+from harness.tasks import add_run_args, cell_id, device_of, fmt, load_corpus, load_model_or_usage, open_run
 
 TASK = "distill"
 
@@ -96,12 +96,7 @@ def register_cli(subparsers) -> None:
                         "at the end (the row records the steps done; --resume goes on to --steps)")
     p.add_argument("--max-docs", type=int, default=None, help="classification: stratified subset of BBC news")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="model weights")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", type=Path)
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--quiet", action="store_true")
+    add_run_args(p, resume_help="continue from the newest checkpoint in --out")
     p.add_argument("--fsdp", action="store_true",
                    help="under torchrun: shard the student (parameters, gradients, optimizer state) over the ranks "
                         "with FSDP2 instead of replicating it (DDP); the teacher stays replicated. Refused without "
