@@ -1,6 +1,7 @@
 """Shared test helpers: run the CLI in a fresh process, with the test plugin installed on demand."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -48,17 +49,55 @@ def two_sided_padding(B: int, T: int):
     return kpm
 
 
-def save_tiny_llama(out, tokenizer_dir, *, max_positions: int):
-    """Save a tiny random Llama (4 heads over 2 kv heads, 2 layers) with the tokenizer of `tokenizer_dir`
-    into `out`, for CLI tasks that take a model folder; returns `out`."""
+def tiny_llama_config(vocab: int, *, max_positions: int, intermediate_size: int = 80, **extra):
+    """A tiny Llama: 2 layers, hidden 64, 4 query heads over 2 key/value heads (GQA), head dim 16."""
+    import transformers
+
+    return transformers.LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=intermediate_size,
+                                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                    max_position_embeddings=max_positions, **extra)
+
+
+def tiny_llama(vocab: int, *, max_positions: int):
+    """That Llama with seeded random weights, eager attention, in eval mode."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(tiny_llama_config(vocab, max_positions=max_positions),
+                                                         attn_implementation="eager").eval()
+
+
+def save_tiny_llama(out, tokenizer_dir, *, max_positions: int, intermediate_size: int = 80):
+    """Save a tiny random Llama (tiny_llama_config, tied embeddings) with the tokenizer of `tokenizer_dir` into
+    `out`, for CLI tasks that take a model folder; returns `out`."""
     import torch
     import transformers
 
     tok = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=80,
-                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=max_positions, tie_word_embeddings=True)
+    cfg = tiny_llama_config(tok.vocab_size, max_positions=max_positions, intermediate_size=intermediate_size,
+                            tie_word_embeddings=True)
     torch.manual_seed(0)
     transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@contextlib.contextmanager
+def registered_refuser(reason):
+    """A method 'test-refuser' registered for the block that refuses every problem with reason(problem)."""
+    from methods.base import _REGISTRY, Method
+
+    class Refuser(Method):
+        name = "test-refuser"
+        summary = "refuses everything (test only)"
+
+        @classmethod
+        def extra_reasons(cls, problem, cfg):
+            return [reason(problem)]
+
+    _REGISTRY[Refuser.name] = Refuser
+    try:
+        yield Refuser.name
+    finally:
+        del _REGISTRY[Refuser.name]

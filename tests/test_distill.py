@@ -18,6 +18,7 @@ from harness.models import data  # noqa: E402
 from harness.train.loop import (DistillError, Distiller, TrainConfig, batch_at, latest_checkpoint,  # noqa: E402
                                 list_checkpoints)
 from methods.base import Problem  # noqa: E402
+from tests import helpers  # noqa: E402
 from tests.helpers import save_tiny_llama  # noqa: E402
 
 B, T, VOCAB = 2, 200, 97
@@ -41,10 +42,7 @@ def pick(causal: bool, *, trainable: bool) -> str:
 
 
 def tiny_llama():
-    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=80, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    torch.manual_seed(0)
-    return transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    return helpers.tiny_llama(VOCAB, max_positions=256)
 
 
 def tiny_bert_classifier():

@@ -22,7 +22,7 @@ transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from harness.models import data  # noqa: E402
-from tests.helpers import ROOT  # noqa: E402
+from tests.helpers import ROOT, save_tiny_llama  # noqa: E402
 
 MINILM = data.shared_root() / "models" / "minilm-l6"
 METHOD = "ddp-probe"
@@ -82,15 +82,7 @@ def _tiny_llama(root):
     """A 2-layer Llama (GQA 4/2 heads, tied embeddings) with the shared MiniLM tokenizer, saved to root/model."""
     if not MINILM.is_dir():
         pytest.skip("shared MiniLM tokenizer not found")
-    model = root / "model"
-    tok = transformers.AutoTokenizer.from_pretrained(str(MINILM))
-    cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=48,
-                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=64, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(model)
-    tok.save_pretrained(model)
-    return model
+    return save_tiny_llama(root / "model", MINILM, max_positions=64, intermediate_size=48)
 
 
 def _common(model, method: str = METHOD) -> list[str]:

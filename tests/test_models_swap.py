@@ -13,16 +13,13 @@ transformers = pytest.importorskip("transformers")
 
 import methods  # noqa: E402
 from harness.models import swap  # noqa: E402
-from methods.base import Method, _REGISTRY  # noqa: E402
+from tests import helpers  # noqa: E402
 
 B, T, VOCAB = 2, 13, 97
 
 
 def tiny_llama(max_pos: int = 64):
-    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=80, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_pos)
-    torch.manual_seed(0)
-    return transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    return helpers.tiny_llama(VOCAB, max_positions=max_pos)
 
 
 def tiny_opt():
@@ -202,24 +199,13 @@ def test_every_method_runs_in_tiny_llama_and_bert(name):
 
 
 def test_refusal_surfaces_with_the_methods_words():
-    class Refuser(Method):
-        name = "test-refuser"
-        summary = "refuses everything (test only)"
-
-        @classmethod
-        def extra_reasons(cls, problem, cfg):
-            return [f"head_dim={problem.head_dim} is not welcome"]
-
-    _REGISTRY[Refuser.name] = Refuser
-    try:
+    with helpers.registered_refuser(lambda p: f"head_dim={p.head_dim} is not welcome") as name:
         model = tiny_llama()
-        swap.attach(model, "test-refuser")
+        swap.attach(model, name)
         with pytest.raises(swap.MethodRefused, match="head_dim=16 is not welcome") as info:
             model(input_ids=batch_with_padding(False)[0])
         assert info.value.reasons == ["head_dim=16 is not welcome"]
         swap.detach(model)
-    finally:
-        del _REGISTRY[Refuser.name]
 
 
 def test_unsupported_calls_raise_in_words():

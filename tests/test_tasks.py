@@ -15,8 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 from harness.cli import main  # noqa: E402
 from harness.models import data, load, swap  # noqa: E402
-from methods.base import Method, _REGISTRY  # noqa: E402
-from tests.helpers import read_rows, run_cli, save_tiny_llama  # noqa: E402
+from tests.helpers import read_rows, registered_refuser, run_cli, save_tiny_llama  # noqa: E402
 
 SHARED = data.shared_root()
 MINILM = SHARED / "models" / "minilm-l6"
@@ -85,23 +84,12 @@ def test_perplexity_on_wikitext_matches_the_models_own_attention(tiny_dir, tmp_p
 
 
 def test_perplexity_refusal_is_an_unsupported_row(tiny_dir, tmp_path):
-    class Refuser(Method):
-        name = "test-refuser"
-        summary = "refuses everything (test only)"
-
-        @classmethod
-        def extra_reasons(cls, problem, cfg):
-            return [f"seq_len={problem.seq_len} is not welcome"]
-
-    _REGISTRY[Refuser.name] = Refuser
-    try:
+    with registered_refuser(lambda p: f"seq_len={p.seq_len} is not welcome") as name:
         text = tmp_path / "t.txt"
         text.write_text("the quick brown fox jumps over the lazy dog . " * 20)
         out = tmp_path / "ppl"
-        assert main(["perplexity", "--model", str(tiny_dir), "--methods", "test-refuser,exact", "--text", str(text),
+        assert main(["perplexity", "--model", str(tiny_dir), "--methods", f"{name},exact", "--text", str(text),
                      "--context", "32", "--device", "cpu", "--out", str(out), "--quiet"]) == 0
-    finally:
-        del _REGISTRY[Refuser.name]
     rows = {r["method"]: r for r in read_rows(out)}
     assert rows["test-refuser"]["status"] == "unsupported"
     assert rows["test-refuser"]["reason"] == "seq_len=32 is not welcome"
