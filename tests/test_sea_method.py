@@ -267,3 +267,29 @@ def test_triton_options_are_refused_in_words_where_triton_cannot_run(monkeypatch
     assert not cls.supports(p, cls.resolve_config({}))
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert not cls.supports(p, cfg)
+
+
+def test_attention_probs_right_after_forward_reuses_the_selection(monkeypatch):
+    """In distillation attention_probs follows the forward on the same tensors: it reuses the forward's estimate,
+    selection and scalers (no second estimator pass) and gives what a fresh computation gives."""
+    cls = get("sea")
+    p = Problem(batch=1, heads=2, kv_heads=1, seq_len=48, head_dim=16, causal=True)
+    mod = cls.build(cls.resolve_config({"k": "4", "K": "8", "backend": "torch"}), p)
+    g = torch.Generator().manual_seed(7)
+    q, k, v = torch.randn(1, 2, 48, 16, generator=g), torch.randn(1, 1, 48, 16, generator=g), \
+        torch.randn(1, 1, 48, 16, generator=g)
+    rows = torch.arange(48)
+    fresh = mod.attention_probs(q.clone(), k.clone(), v.clone(), causal=True, rows=rows)
+    mod(q, k, v, causal=True)
+    calls = []
+    real = mod.stage_estimator
+    monkeypatch.setattr(mod, "stage_estimator", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    reused = mod.attention_probs(q, k, v, causal=True, rows=rows)
+    assert calls == [] and torch.allclose(reused, fresh, atol=1e-6)
+    mod.attention_probs(q.clone(), k, v, causal=True, rows=rows)          # other tensors: computed again
+    assert calls == [1]
+    with torch.no_grad():
+        mod(q, k, v, causal=True)
+    calls.clear()
+    probs = mod.attention_probs(q, k, v, causal=True, rows=rows)          # graph needed, none kept: again
+    assert calls == [1] and probs.requires_grad

@@ -322,6 +322,7 @@ class SEAAttention(AttentionModule):
         out, aux["c_avg"], aux["avg_w"] = self.stage_mix(c, aux["a_hat"], aux["s_prob"], aux["s_mix"], vr,
                                                          causal=causal, valid=aux["valid"], out_dtype=q.dtype)
         aux["c_sea"] = out
+        aux["call"] = (q, k, v, causal, key_padding_mask, scale, torch.is_grad_enabled())
         self.last_aux = aux
         self.impl = self._impl(ran)
         return out
@@ -355,11 +356,25 @@ class SEAAttention(AttentionModule):
         self.impl = self._impl(ran)
         return ms
 
+    def _same_call(self, call) -> bool:
+        """Did the last forward run on these tensors (by identity) with these settings, and keep a graph if one
+        is needed now? Then its selection and scalers are the ones attention_probs would compute again."""
+        last = self.last_aux.get("call") if isinstance(self.last_aux, dict) else None
+        if last is None:
+            return False
+        same = all(a is b for a, b in zip(call[:3], last[:3])) and call[3] == last[3] and call[4] is last[4] \
+            and call[5] == last[5]
+        return same and (last[6] or not torch.is_grad_enabled())
+
     def attention_probs(self, q, k, v, *, causal, rows, key_padding_mask=None, scale=None):
         """The layer's own distribution for query rows: s_mix s_prob sparse-softmax + (1 - s_mix) average.
         Differentiable (in q, k and the estimator's scalers; the selection itself is not), so distillation can
         match it to the teacher's attention; callers that only measure wrap it in torch.no_grad()."""
-        aux, _, vr = self._pipeline(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+        call = (q, k, v, causal, key_padding_mask, scale)
+        if self._same_call(call):                # right after forward on these very inputs (distillation): reuse
+            aux, vr = self.last_aux, repeat_kv(v, q.shape[1])
+        else:
+            aux, _, vr = self._pipeline(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
         B, H, T, D = q.shape
         rows = torch.as_tensor(rows, device=q.device).long()
         kr = repeat_kv(k, H).float()
