@@ -1,0 +1,330 @@
+"""Fused bidirectional FAVOR+ attention with positive softmax features (SEA's Performer pass): Triton forward.
+
+Computes, in float32, the same quantity as
+``methods.sea.favor.favor_attention(q, k, v, proj, kernel="softmax", causal=False, valid=valid, operands=...)``:
+
+    x' = x d^-1/4        dash = x' proj^T [T, m]        diag = |x'|^2 / 2
+    phi_q = m^-1/2 (exp(dash_q - diag_q - rowmax_f dash_q) + feat_eps)
+    phi_k = m^-1/2 (exp(dash_k - diag_k - S) + feat_eps) * valid,  S = max of dash_k over valid keys and features
+    out   = phi_q (phi_k^T v) / (phi_q . sum_t phi_k + eps)                              -> [B, H, T, Dv]
+
+without ever writing a [T, m] tensor (dash, exp, features) to memory. Two launches and a tiny torch step:
+
+  1. key pass, grid (feature block, T split, B*H). A program owns BLOCK_F features and a range of
+     KEY_SPLIT_ROWS keys; it walks that range in tiles of KEY_BLOCK_T rows: dash = k' proj_blk^T (tl.dot),
+     then, with an online maximum M_p over the valid (row, feature) pairs it has seen (as in flash attention),
+     accumulates A_p = sum_t exp(dash - diag - M_p) v_t  [BLOCK_F, Dv],  z_p = sum_t exp(...)  [BLOCK_F],
+     rescaling both when M_p grows; it also writes M_p and (feature block 0 only) sum_t valid v_t.
+     Every (key, feature) pair belongs to exactly one program, so the global key stabiliser is S = max_p M_p:
+     no separate stabiliser pass and dash_k is computed once. The feature block is the fastest grid axis, so
+     the programs re-reading a key/value range run together and share it through L2.
+  2. torch (tiny): S = max M_p; KV = m^-1/2 (sum_p exp(M_p - S) A_p + feat_eps sum_t valid v_t)  [m, Dv],
+     z = m^-1/2 (sum_p exp(M_p - S) z_p + feat_eps n_valid)  [m], and their sums over the features.
+     Partials: B H n_split (m Dv + m + Dv) fp32 (70 MB at B=1 H=16 T=65536 m=266 Dv=128 with 2048-row splits).
+  3. query pass, grid (T / QUERY_BLOCK_T, B*H). Per tile of query rows, one loop over the feature blocks with
+     an online row maximum: acc = sum_f exp(dash_f - rowmax) KV_f, acc_z likewise with z; then
+     num = m^-1/2 (exp(-diag) acc + feat_eps sum_f KV_f), den likewise, out = num / (den + eps). dash_q is
+     computed once (the row maximum is not needed before the features are used).
+
+HBM traffic: q, k, v read once each (the key pass re-reads k, v once per feature block, mostly from L2), the
+fp32 output written once, plus the partials above. The torch path instead materialises dash, exp and the
+feature tensors ([B, H, T, m] fp32, several times) and runs two GEMMs over them.
+
+operands="fp32": every tl.dot is fp32 with input_precision FP32_PRECISION ("ieee" by default: matches the torch
+fp32 path to float rounding; "tf32x3" is close to that on tensor cores). operands="bf16" (favor.py's dense bf16
+path): dash in fp32 (BF16_DASH_PRECISION, "tf32x3" by default), the products phi_k^T v and phi_q KV take
+bf16-rounded features and values with fp32 accumulation, KV is rounded to bf16 before the second product and
+the numerator to bf16 after it (as a bf16 GEMM's output), the normaliser stays fp32. The features rounded here
+are stabilised by the running maxima above rather than the final ones (a power-of-two-free rescaling), so
+the rounding is of the same size as the torch path's but not bit-identical.
+
+Degenerate input: a batch element without any valid key gives 0 here (the torch path gives NaN there).
+Forward only (no autograd). Inputs: q, k [B, H, T, d], v [B, H, T, Dv] of any float dtype (loaded and cast
+to fp32 in the kernels; any strides with a unit last stride, others are made contiguous), d, Dv <= 128,
+proj [m, d] fp32, valid bool [B, T] or None. Output: a fresh contiguous float32 [B, H, T, Dv].
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - triton missing: favor_dense_usable() is False
+    triton = None
+    tl = None
+
+# Tests set this to True: fresh outputs are then filled with NaN so a skipped write fails.
+POISON_OUTPUTS = False
+
+# Tile sizes (tests under the interpreter shrink them; all must be powers of two >= 16 except KEY_SPLIT_ROWS,
+# which must be a multiple of KEY_BLOCK_T).
+KEY_BLOCK_T = 64          # key rows per tile in the key pass
+KEY_BLOCK_F = 64          # features per key-pass program
+KEY_SPLIT_ROWS = 2048     # key rows per key-pass program (T split)
+QUERY_BLOCK_T = 64        # query rows per query-pass program
+QUERY_BLOCK_F = 32        # features per step of the query-pass loop
+NUM_WARPS = 4
+FP32_PRECISION = "ieee"           # tl.dot input precision for operands="fp32"
+BF16_DASH_PRECISION = "tf32x3"    # tl.dot input precision of x' proj^T for operands="bf16"
+
+
+def _fresh(shape, dtype, device):
+    if POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _block(x: int) -> int:
+    return max(16, 1 << max(0, (x - 1).bit_length()))
+
+
+if triton is not None:
+
+    @triton.jit
+    def _round_bf16(x):
+        # fp32 -> nearest bf16 (ties to even), returned as fp32: integer arithmetic on the bit pattern, so the
+        # Triton interpreter (whose float downcast truncates) rounds exactly like the GPU and torch.
+        bits = x.to(tl.int32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536
+        return bits.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _key_kernel(K, V, VALID, PROJ, A, Z, MX, VS,
+                    skb, skh, skt, svb, svh, svt,
+                    H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
+                    HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr, DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
+                    BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+                    BLOCK_DV: tl.constexpr):
+        fb = tl.program_id(0)
+        sp = tl.program_id(1).to(tl.int64)
+        bh = tl.program_id(2).to(tl.int64)            # int64 offsets throughout
+        b = bh // H
+        h = bh % H
+        offs_f = fb * BLOCK_F + tl.arange(0, BLOCK_F)
+        fmask = offs_f < M
+        offs_d = tl.arange(0, BLOCK_D)
+        dmask = offs_d < D
+        offs_e = tl.arange(0, BLOCK_DV)
+        emask = offs_e < DV
+        # proj block, transposed: [BLOCK_D, BLOCK_F]
+        pt = tl.load(PROJ + offs_f[None, :] * D + offs_d[:, None], mask=fmask[None, :] & dmask[:, None],
+                     other=0.0).to(tl.float32)
+        acc = tl.zeros([BLOCK_F, BLOCK_DV], dtype=tl.float32)
+        zacc = tl.zeros([BLOCK_F], dtype=tl.float32)
+        vsum = tl.zeros([BLOCK_DV], dtype=tl.float32)
+        m_run = tl.full([], float("-inf"), tl.float32)
+        row0 = sp * ROWS
+        row_end = tl.minimum(row0 + ROWS, T)
+        kbase = K + b * skb + h * skh
+        vbase = V + b * svb + h * svh
+        for start in range(row0, row_end, BLOCK_T):
+            offs_t = start + tl.arange(0, BLOCK_T)      # int64
+            tmask = offs_t < row_end
+            if HAS_VALID:
+                ok = tl.load(VALID + b * T + offs_t, mask=tmask, other=0) != 0
+                rmask = tmask & ok
+            else:
+                rmask = tmask
+            kt = tl.load(kbase + offs_t[:, None] * skt + offs_d[None, :], mask=tmask[:, None] & dmask[None, :],
+                         other=0.0).to(tl.float32) * x_scale                       # [BT, BD]
+            diag = tl.sum(kt * kt, axis=1) * 0.5                                    # [BT]
+            dash = tl.dot(kt, pt, input_precision=DASH_PREC)                        # [BT, BF]
+            pm = rmask[:, None] & fmask[None, :]
+            dash = tl.where(pm, dash, float("-inf"))
+            m_new = tl.maximum(m_run, tl.max(tl.max(dash, axis=1), axis=0))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m_run - m_safe)
+            p = tl.where(pm, tl.exp(dash - diag[:, None] - m_safe), 0.0)           # [BT, BF]
+            vt = tl.load(vbase + offs_t[:, None] * svt + offs_e[None, :], mask=tmask[:, None] & emask[None, :],
+                         other=0.0).to(tl.float32)
+            vt = tl.where(rmask[:, None], vt, 0.0)                                  # [BT, BDV]
+            if BF16:
+                if EMU:     # interpreter: its bf16 tl.dot is broken; fp32 dot of bf16-rounded values instead
+                    kv = tl.dot(tl.trans(_round_bf16(p)), _round_bf16(vt), input_precision="ieee")
+                else:
+                    kv = tl.dot(tl.trans(p.to(tl.bfloat16)), vt.to(tl.bfloat16))
+            else:
+                kv = tl.dot(tl.trans(p), vt, input_precision=PROD_PREC)            # [BF, BDV]
+            acc = acc * alpha + kv
+            zacc = zacc * alpha + tl.sum(p, axis=0)
+            vsum += tl.sum(vt, axis=0)
+            m_run = m_new
+        part = bh * NSPLIT + sp
+        tl.store(A + (part * M + offs_f[:, None]) * DV + offs_e[None, :], acc,
+                 mask=fmask[:, None] & emask[None, :])
+        tl.store(Z + part * M + offs_f, zacc, mask=fmask)
+        tl.store(MX + part * NFB + fb, m_run)
+        tl.store(VS + part * DV + offs_e, vsum, mask=emask & (fb == 0))
+
+    @triton.jit
+    def _query_kernel(Q, PROJ, KV, Z, KVS, ZS, O,
+                      sqb, sqh, sqt, sob, soh, sot,
+                      H, T, D, DV, M, x_scale, phi_scale, eps, feat_eps,
+                      BF16: tl.constexpr, EMU: tl.constexpr, DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
+                      BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+                      BLOCK_DV: tl.constexpr):
+        tb = tl.program_id(0).to(tl.int64)
+        bh = tl.program_id(1).to(tl.int64)
+        b = bh // H
+        h = bh % H
+        offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
+        tmask = offs_t < T
+        offs_d = tl.arange(0, BLOCK_D)
+        dmask = offs_d < D
+        offs_e = tl.arange(0, BLOCK_DV)
+        emask = offs_e < DV
+        qt = tl.load(Q + b * sqb + h * sqh + offs_t[:, None] * sqt + offs_d[None, :],
+                     mask=tmask[:, None] & dmask[None, :], other=0.0).to(tl.float32) * x_scale   # [BT, BD]
+        diag = tl.sum(qt * qt, axis=1) * 0.5                                        # [BT]
+        m_run = tl.full([BLOCK_T], float("-inf"), tl.float32)
+        acc = tl.zeros([BLOCK_T, BLOCK_DV], dtype=tl.float32)
+        accz = tl.zeros([BLOCK_T], dtype=tl.float32)
+        kvbase = KV + bh * M * DV
+        for f0 in range(0, M, BLOCK_F):
+            offs_f = f0 + tl.arange(0, BLOCK_F)
+            fmask = offs_f < M
+            pt = tl.load(PROJ + offs_f[None, :] * D + offs_d[:, None], mask=fmask[None, :] & dmask[:, None],
+                         other=0.0).to(tl.float32)                                  # [BD, BF]
+            dash = tl.dot(qt, pt, input_precision=DASH_PREC)                        # [BT, BF]
+            dash = tl.where(fmask[None, :], dash, float("-inf"))
+            m_new = tl.maximum(m_run, tl.max(dash, axis=1))                         # finite: >= 1 feature
+            alpha = tl.exp(m_run - m_new)
+            p = tl.exp(dash - m_new[:, None])                                       # [BT, BF], 0 off features
+            kvb = tl.load(kvbase + offs_f[:, None] * DV + offs_e[None, :], mask=fmask[:, None] & emask[None, :],
+                          other=0.0)                                                # [BF, BDV]
+            zb = tl.load(Z + bh * M + offs_f, mask=fmask, other=0.0)                # [BF]
+            if BF16:
+                if EMU:
+                    prod = tl.dot(_round_bf16(p), kvb.to(tl.float32), input_precision="ieee")
+                else:
+                    prod = tl.dot(p.to(tl.bfloat16), kvb)
+            else:
+                prod = tl.dot(p, kvb, input_precision=PROD_PREC)                    # [BT, BDV]
+            acc = acc * alpha[:, None] + prod
+            accz = accz * alpha + tl.sum(p * zb[None, :], axis=1)
+            m_run = m_new
+        g = tl.exp(-diag)                                                           # exp(-|q'|^2 / 2)
+        kvs = tl.load(KVS + bh * DV + offs_e, mask=emask, other=0.0)                # [BDV]
+        zs = tl.load(ZS + bh)
+        num = phi_scale * (g[:, None] * acc + feat_eps * kvs[None, :])
+        den = phi_scale * (g * accz + feat_eps * zs)
+        if BF16:
+            num = _round_bf16(num)                                                  # a bf16 GEMM's output
+        out = num / (den[:, None] + eps)
+        tl.store(O + b * sob + h * soh + offs_t[:, None] * sot + offs_e[None, :], out,
+                 mask=tmask[:, None] & emask[None, :])
+
+
+def favor_dense_usable(device) -> bool:
+    """True when the Triton kernels can run on `device` (CUDA, or any device under TRITON_INTERPRET=1)."""
+    if triton is None:
+        return False
+    return torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _check(q, k, v, proj, valid, operands):
+    if operands not in ("fp32", "bf16"):
+        raise ValueError(f"operands {operands!r}: expected fp32 or bf16")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be [B, H, T, dim]; got shape {tuple(x.shape)}")
+        if not x.dtype.is_floating_point:
+            raise ValueError(f"{name} must be a float tensor; got {x.dtype}")
+    B, H, T, d = q.shape
+    if tuple(k.shape) != (B, H, T, d):
+        raise ValueError(f"k shape {tuple(k.shape)} must equal q shape {tuple(q.shape)} (repeat kv heads first)")
+    if tuple(v.shape[:3]) != (B, H, T):
+        raise ValueError(f"v shape {tuple(v.shape)} must be [B={B}, H={H}, T={T}, Dv]")
+    if d > 128 or d < 1:
+        raise ValueError(f"head dim d={d}: the fused kernel supports 1..128")
+    if v.shape[3] > 128 or v.shape[3] < 1:
+        raise ValueError(f"value width Dv={v.shape[3]}: the fused kernel supports 1..128")
+    if proj.dim() != 2 or proj.shape[1] != d or proj.shape[0] < 1:
+        raise ValueError(f"proj must be [m, d={d}]; got shape {tuple(proj.shape)}")
+    if proj.dtype != torch.float32:
+        raise ValueError(f"proj must be float32; got {proj.dtype}")
+    if valid is not None:
+        if valid.dtype != torch.bool or tuple(valid.shape) != (B, T):
+            raise ValueError(f"valid must be bool [B={B}, T={T}]; got {valid.dtype} {tuple(valid.shape)}")
+    devs = {x.device for x in (q, k, v, proj) + ((valid,) if valid is not None else ())}
+    if len(devs) != 1:
+        raise ValueError(f"all inputs must be on one device; got {sorted(str(x) for x in devs)}")
+
+
+def _unit_last(x):
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, *,
+                        valid: torch.Tensor | None = None, operands: str = "fp32", eps: float = 1e-6,
+                        feat_eps: float = 1e-4) -> torch.Tensor:
+    """Bidirectional FAVOR+ softmax-feature attention, fused (see the module docstring).
+    q, k [B, H, T, d]; v [B, H, T, Dv]; proj [m, d] fp32; valid bool [B, T] or None -> float32 [B, H, T, Dv]."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, proj)):
+        raise RuntimeError("favor_softmax_dense is forward-only (no backward); call it under torch.no_grad() "
+                           "or with inputs that do not require grad")
+    _check(q, k, v, proj, valid, operands)
+    B, H, T, d = q.shape
+    Dv = v.shape[3]
+    m = proj.shape[0]
+    dev = q.device
+    bf16 = operands == "bf16"
+    emu = dev.type != "cuda"          # interpreter: bf16 products as fp32 dots of bf16-rounded values (same result)
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    proj = proj.contiguous()
+    BH = B * H
+    x_scale = float(d) ** -0.25
+    phi_scale = float(m) ** -0.5
+    BD, BDV = _block(d), _block(Dv)
+    dash_prec = BF16_DASH_PRECISION if bf16 else FP32_PRECISION
+    if KEY_SPLIT_ROWS % KEY_BLOCK_T:
+        raise ValueError("KEY_SPLIT_ROWS must be a multiple of KEY_BLOCK_T")
+
+    # 1. key pass: per (feature block, key range, head) partial sums with their own stabiliser
+    nfb = triton.cdiv(m, KEY_BLOCK_F)
+    nsplit = triton.cdiv(T, KEY_SPLIT_ROWS)
+    a_part = _fresh((BH, nsplit, m, Dv), torch.float32, dev)
+    z_part = _fresh((BH, nsplit, m), torch.float32, dev)
+    mx_part = _fresh((BH, nsplit, nfb), torch.float32, dev)
+    vs_part = _fresh((BH, nsplit, Dv), torch.float32, dev)
+    valid_u8 = valid.to(torch.uint8).contiguous() if valid is not None else mx_part   # dummy when None
+    _key_kernel[(nfb, nsplit, BH)](
+        k, v, valid_u8, proj, a_part, z_part, mx_part, vs_part,
+        k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        H, T, d, Dv, m, KEY_SPLIT_ROWS, nsplit, nfb, x_scale,
+        HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=FP32_PRECISION,
+        BLOCK_T=KEY_BLOCK_T, BLOCK_F=KEY_BLOCK_F, BLOCK_D=BD, BLOCK_DV=BDV, num_warps=NUM_WARPS)
+
+    # 2. combine (torch, O(B H n_split m Dv)): one stabiliser per head, as favor.py's key features
+    stab = mx_part.amax(dim=(1, 2))                                                  # [BH]
+    stab = torch.where(torch.isinf(stab), torch.zeros_like(stab), stab)              # no valid key at all
+    scale = torch.exp(mx_part - stab[:, None, None])                                 # [BH, S, nfb], 0 for -inf
+    scale_f = scale.repeat_interleave(KEY_BLOCK_F, dim=2)[:, :, :m]                  # [BH, S, m]
+    if valid is not None:
+        n_valid = valid.sum(dim=1).float().repeat_interleave(H)                      # [BH]
+    else:
+        n_valid = torch.full((BH,), float(T), device=dev)
+    kv = torch.einsum("psf,psfe->pfe", scale_f, a_part)                              # [BH, m, Dv]
+    kv = phi_scale * (kv + feat_eps * vs_part.sum(1)[:, None, :])                    # [BH, m, Dv]
+    z = phi_scale * ((scale_f * z_part).sum(1) + feat_eps * n_valid[:, None])        # [BH, m]
+    if bf16:
+        kv = kv.to(torch.bfloat16)                                                   # favor.py's bf16 KV
+    kv = kv.contiguous()
+    kv_sum = kv.float().sum(1).contiguous()                                          # [BH, Dv]
+    z = z.contiguous()
+    z_sum = z.sum(1).contiguous()                                                    # [BH]
+
+    # 3. query pass
+    out = _fresh((B, H, T, Dv), torch.float32, dev)
+    _query_kernel[(triton.cdiv(T, QUERY_BLOCK_T), BH)](
+        q, proj, kv, z, kv_sum, z_sum, out,
+        q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        H, T, d, Dv, m, x_scale, phi_scale, float(eps), float(feat_eps),
+        BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=FP32_PRECISION,
+        BLOCK_T=QUERY_BLOCK_T, BLOCK_F=QUERY_BLOCK_F, BLOCK_D=BD, BLOCK_DV=BDV, num_warps=NUM_WARPS)
+    return out
