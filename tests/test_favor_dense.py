@@ -1,0 +1,170 @@
+"""kernels/favor_dense.py: the fused bidirectional FAVOR+ (softmax features) forward against favor.py's torch
+path and a float64 re-statement. Runs under TRITON_INTERPRET=1 on CPU with small tiles."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import favor_dense as fd
+from methods.sea.estimator import identity_values
+from methods.sea.favor import favor_attention, orthogonal_random_features
+
+B, H, T, D, M = 2, 3, 37, 16, 19         # distinct sizes; m = 19 is not a power of two
+DV = 2 * D                               # SEA's vals: identity half + value half
+BF16_ULP = 2.0 ** -8                     # bf16 unit roundoff is 2^-9; one ulp at 1.0 is 2^-7
+
+
+@pytest.fixture(autouse=True)
+def small_tiles(monkeypatch):
+    # 16-row key tiles, 32-row key splits (2 splits, the first with 2 tiles: online rescaling across tiles and
+    # the combine across splits), 2 key feature blocks and 2 query feature steps for m = 19 (masked tails).
+    monkeypatch.setattr(fd, "KEY_BLOCK_T", 16)
+    monkeypatch.setattr(fd, "KEY_BLOCK_F", 16)
+    monkeypatch.setattr(fd, "KEY_SPLIT_ROWS", 32)
+    monkeypatch.setattr(fd, "QUERY_BLOCK_T", 16)
+    monkeypatch.setattr(fd, "QUERY_BLOCK_F", 16)
+    monkeypatch.setattr(fd, "POISON_OUTPUTS", True)
+
+
+def _inputs(seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    q = 1.5 * torch.randn(B, H, T, D, generator=g)
+    k = 1.5 * torch.randn(B, H, T, D, generator=g)
+    v = torch.randn(B, H, T, D, generator=g)
+    proj = orthogonal_random_features(M, D, g)                                   # [M, D] fp32
+    return q.to(dtype), k.to(dtype), v.to(dtype), proj
+
+
+def _vals(v, valid):
+    vi = identity_values(valid, B, T, D, v.device)[:, None].expand(B, H, T, D).to(v.dtype)  # [B, H, T, D]
+    return torch.cat([vi, v], dim=-1)                                            # [B, H, T, 2D]
+
+
+def _valid():
+    valid = torch.ones(B, T, dtype=torch.bool)
+    valid[1, 29:] = False            # batch 1: 8 padded keys; its second key split (rows 32..36) has none valid
+    return valid
+
+
+def favor_ref64(q, k, v, proj, valid=None, *, abs_v=False, eps=1e-6, feat_eps=1e-4):
+    """Plain float64 statement of the same approximation. abs_v: use |v| (the size of the terms that bf16
+    rounding perturbs, for the bf16 tolerance)."""
+    q, k, v, w = (x.double() for x in (q, k, v, proj))
+    if abs_v:
+        v = v.abs()
+    d, m = q.shape[-1], w.shape[0]
+    qs, ks = q * d ** -0.25, k * d ** -0.25                                      # [B, H, T, d]
+    dq, dk = qs @ w.T, ks @ w.T                                                  # [B, H, T, m]
+    diag_q = (qs * qs).sum(-1, keepdim=True) / 2                                 # [B, H, T, 1]
+    diag_k = (ks * ks).sum(-1, keepdim=True) / 2
+    phi_q = m ** -0.5 * (torch.exp(dq - diag_q - dq.amax(-1, keepdim=True)) + feat_eps)
+    keep = torch.ones(B, 1, T, 1, dtype=torch.bool) if valid is None else valid[:, None, :, None]  # [B, 1, T, 1]
+    stab = dk.masked_fill(~keep, float("-inf")).amax(dim=(2, 3), keepdim=True)  # [B, H, 1, 1]
+    phi_k = torch.where(keep, m ** -0.5 * (torch.exp(dk - diag_k - stab) + feat_eps), 0.0)
+    kv = phi_k.transpose(-1, -2) @ v                                             # [B, H, m, Dv]
+    z = phi_k.sum(2)                                                             # [B, H, m]
+    num = phi_q @ kv                                                             # [B, H, T, Dv]
+    den = (phi_q * z[:, :, None, :]).sum(-1, keepdim=True)                       # [B, H, T, 1]
+    return num / (den + eps)
+
+
+def _run(q, k, v, proj, valid, operands):
+    out = fd.favor_softmax_dense(q, k, v, proj, valid=valid, operands=operands)
+    assert out.dtype == torch.float32 and out.shape == (B, H, T, DV) and out.is_contiguous()
+    assert torch.isfinite(out).all()                                             # poisoned: every element written
+    return out
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16])
+def test_fp32_operands_match_torch_and_float64(masked, in_dtype):
+    q, k, v, proj = _inputs(1, in_dtype)
+    valid = _valid() if masked else None
+    vals = _vals(v, valid)
+    if in_dtype == torch.float32:
+        q = q.transpose(1, 2).contiguous().transpose(1, 2)                       # [B, H, T, D], strided view
+    out = _run(q, k, vals, proj, valid, "fp32")
+    ref = favor_attention(q, k, vals, proj, kernel="softmax", causal=False, valid=valid, operands="fp32")
+    ref64 = favor_ref64(q, k, vals, proj, valid)
+    torch.testing.assert_close(out, ref, atol=3e-6, rtol=3e-5)
+    torch.testing.assert_close(out.double(), ref64, atol=3e-6, rtol=3e-5)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16])
+def test_bf16_operands_within_bf16_rounding(masked, in_dtype):
+    """bf16 products: phi_q, phi_k, v rounded to bf16 (unit roundoff u = 2^-9), the KV summary and the numerator
+    rounded once more; normaliser fp32. First order, |out - exact| <= 5 u * (the same attention with |v|): the
+    kernel and the torch bf16 path both satisfy it with 6 u (their roundings differ: the kernel rounds features
+    stabilised by running maxima), so they differ by at most 12 u of that size."""
+    q, k, v, proj = _inputs(2, in_dtype)
+    valid = _valid() if masked else None
+    vals = _vals(v, valid)
+    out = _run(q, k, vals, proj, valid, "bf16")
+    ref = favor_attention(q, k, vals, proj, kernel="softmax", causal=False, valid=valid, operands="bf16")
+    exact = favor_ref64(q, k, vals, proj, valid)
+    size = favor_ref64(q, k, vals, proj, valid, abs_v=True)
+    u = 2.0 ** -9
+    assert ((out.double() - exact).abs() <= 6 * u * size + 1e-6).all()
+    assert ((ref.double() - exact).abs() <= 6 * u * size + 1e-6).all()          # the bound itself is sound
+    assert ((out - ref).double().abs() <= 12 * u * size + 1e-6).all()
+    out32 = _run(q, k, vals, proj, valid, "fp32")
+    assert (out - out32).abs().max() > 0                                         # the rounding did happen
+    # not less accurate than the torch bf16 path overall
+    assert (out.double() - exact).norm() <= 2 * (ref.double() - exact).norm()
+
+
+def test_padded_keys_have_no_influence():
+    q, k, v, proj = _inputs(3)
+    valid = _valid()
+    vals = _vals(v, valid)
+    for operands in ("fp32", "bf16"):
+        out = _run(q, k, vals, proj, valid, operands)
+        k2, vals2 = k.clone(), vals.clone()
+        k2[1, :, 29:] = torch.randn(H, T - 29, D) * 5                              # padded keys of batch 1
+        k2[1, 0, 30] = float("nan")
+        vals2[1, :, 29:] = 1e6
+        out2 = _run(q, k2, vals2, proj, valid, operands)
+        assert torch.equal(out, out2)
+    # all-True mask equals no mask
+    allv = torch.ones(B, T, dtype=torch.bool)
+    torch.testing.assert_close(_run(q, k, vals, proj, allv, "fp32"), _run(q, k, vals, proj, None, "fp32"),
+                               atol=0, rtol=0)
+
+
+def test_no_valid_key_gives_zero():
+    q, k, v, proj = _inputs(4)
+    valid = _valid()
+    valid[0] = False                                                             # batch 0: no real key at all
+    out = _run(q, k, _vals(v, valid), proj, valid, "fp32")
+    assert (out[0] == 0).all()
+    torch.testing.assert_close(out[1].double(), favor_ref64(q, k, _vals(v, valid), proj, valid)[1],
+                               atol=3e-6, rtol=3e-5)
+
+
+def test_errors():
+    q, k, v, proj = _inputs(5)
+    assert fd.favor_dense_usable("cpu")                                          # conftest set TRITON_INTERPRET=1
+    qg = q.clone().requires_grad_(True)
+    with pytest.raises(RuntimeError, match="forward-only"):
+        fd.favor_softmax_dense(qg, k, v, proj)
+    bad = [
+        dict(k=k[:, :, :-1]),                                                    # T mismatch
+        dict(k=k[:, :2]),                                                        # H mismatch
+        dict(v=v[:1]),                                                           # B mismatch
+        dict(q=torch.randn(B, H, T, 129), k=torch.randn(B, H, T, 129), proj=torch.randn(M, 129)),   # d > 128
+        dict(v=torch.randn(B, H, T, 129)),                                       # Dv > 128
+        dict(proj=torch.randn(M, D + 1)),                                        # proj width != d
+        dict(proj=proj.double()),                                                # proj dtype
+        dict(valid=torch.ones(B, T + 1, dtype=torch.bool)),                      # valid shape
+        dict(valid=torch.ones(B, T)),                                            # valid dtype
+        dict(q=q.long()),                                                        # integer input
+        dict(operands="fp16"),
+    ]
+    for change in bad:
+        args = dict(q=q, k=k, v=v, proj=proj, valid=None, operands="fp32")
+        args.update(change)
+        with pytest.raises(ValueError):
+            fd.favor_softmax_dense(args.pop("q"), args.pop("k"), args.pop("v"), args.pop("proj"), **args)
+    with torch.no_grad():                                                        # grad off: fine
+        assert fd.favor_softmax_dense(qg, k, v, proj).shape == (B, H, T, D)
