@@ -9,27 +9,8 @@
 set -u
 name=$1; model=$2; methods=$3; secs=$4; shift 4
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-if ls .gw/*.whl >/dev/null 2>&1; then      # pure-python wheels the image lacks (gguf)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gw/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-if ls "$model"/*.gguf.part-* >/dev/null 2>&1; then
-  hf=/tmp/model-$(basename "$model")
-  if [ ! -f "$hf/config.json" ]; then
-    python3 - "$model" "$hf" <<'PY' || exit 1
-import sys
-from harness.models.load import load_model
-model, tok = load_model(sys.argv[1])
-model.hf_quantizer = None                  # weights are dequantised already; drop the GGUF marker so it saves
-if hasattr(model.config, "quantization_config"):
-    delattr(model.config, "quantization_config")
-model.save_pretrained(sys.argv[2]); tok.save_pretrained(sys.argv[2])
-print("converted", sys.argv[1], "->", sys.argv[2])
-PY
-  fi
-  model=$hf
-fi
+source scripts/device_convert_gguf.sh "$model" || exit 1
+model=$MODEL
 root=/tmp/distill-$name
 mkdir -p "$root"
 ngpu=$(nvidia-smi -L | wc -l)
