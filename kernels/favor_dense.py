@@ -10,8 +10,8 @@ Computes, in float32, the same quantity as
 
 without ever writing a [T, m] tensor (dash, exp, features) to memory. Two launches and a tiny torch step:
 
-  1. key pass, grid (feature block, T split, B*H). A program owns BLOCK_F features and a range of
-     KEY_SPLIT_ROWS keys; it walks that range in tiles of KEY_BLOCK_T rows: dash = k' proj_blk^T (tl.dot),
+  1. key pass, grid (feature block, T split, B*H). A program owns KEY_BLOCK_F features and a range of
+     keys; it walks that range in tiles of KEY_BLOCK_T rows: dash = k' proj_blk^T (tl.dot),
      then, with an online maximum M_p over the valid (row, feature) pairs it has seen (as in flash attention),
      accumulates A_p = sum_t exp(dash - diag - M_p) v_t  [BLOCK_F, Dv],  z_p = sum_t exp(...)  [BLOCK_F],
      rescaling both when M_p grows; it also writes M_p and (feature block 0 only) sum_t valid v_t.
@@ -20,7 +20,8 @@ without ever writing a [T, m] tensor (dash, exp, features) to memory. Two launch
      the programs re-reading a key/value range run together and share it through L2.
   2. torch (tiny): S = max M_p; KV = m^-1/2 (sum_p exp(M_p - S) A_p + feat_eps sum_t valid v_t)  [m, Dv],
      z = m^-1/2 (sum_p exp(M_p - S) z_p + feat_eps n_valid)  [m], and their sums over the features.
-     Partials: B H n_split (m Dv + m + Dv) fp32 (70 MB at B=1 H=16 T=65536 m=266 Dv=128 with 2048-row splits).
+     Partials: B H n_split (m Dv + m + Dv) fp32; n_split is chosen for about KEY_PROGRAMS (2048) key-pass
+     programs: 26 splits of 2528 rows, 57 MB, at B=1 H=16 T=65536 m=266 Dv=128.
   3. query pass, grid (T / QUERY_BLOCK_T, B*H). Per tile of query rows, one loop over the feature blocks with
      an online row maximum: acc = sum_f exp(dash_f - rowmax) KV_f, acc_z likewise with z; then
      num = m^-1/2 (exp(-diag) acc + feat_eps sum_f KV_f), den likewise, out = num / (den + eps). dash_q is
@@ -35,8 +36,14 @@ fp32 path to float rounding; "tf32x3" is close to that on tensor cores). operand
 path): dash in fp32 (BF16_DASH_PRECISION, "tf32x3" by default), the products phi_k^T v and phi_q KV take
 bf16-rounded features and values with fp32 accumulation, KV is rounded to bf16 before the second product and
 the numerator to bf16 after it (as a bf16 GEMM's output), the normaliser stays fp32. The features rounded here
-are stabilised by the running maxima above rather than the final ones (a power-of-two-free rescaling), so
-the rounding is of the same size as the torch path's but not bit-identical.
+are stabilised by the running maxima above rather than the final ones (the factor exp(M_p - S) is not a power
+of two), so the rounding is of the same size as the torch path's but not bit-identical. Under the Triton
+interpreter (CPU tensors), whose bf16 tl.dot is broken, the bf16 products run as fp32 dots of bf16-rounded
+values (round to nearest even, the same numbers a bf16 tensor-core dot with fp32 accumulation produces).
+
+Work: 2 B H T m (2 d + 2 Dv) flops (214 GFLOP at T=65536 H=16 d=64 m=266 Dv=128, ~20% more with the
+feature-block padding), so with "ieee" fp32 dots (CUDA-core FMAs) the passes are compute-bound, not
+memory-bound; operands="bf16" or FP32_PRECISION="tf32x3" move the dots onto tensor cores.
 
 Degenerate input: a batch element without any valid key gives 0 here (the torch path gives NaN there).
 Forward only (no autograd). Inputs: q, k [B, H, T, d], v [B, H, T, Dv] of any float dtype (loaded and cast
@@ -61,12 +68,14 @@ POISON_OUTPUTS = False
 
 # Tile sizes (tests under the interpreter shrink them; all must be powers of two >= 16 except KEY_SPLIT_ROWS,
 # which must be a multiple of KEY_BLOCK_T).
-KEY_BLOCK_T = 64          # key rows per tile in the key pass
+KEY_BLOCK_T = 32          # key rows per tile in the key pass
 KEY_BLOCK_F = 64          # features per key-pass program
-KEY_SPLIT_ROWS = 2048     # key rows per key-pass program (T split)
+KEY_SPLIT_ROWS = None     # key rows per key-pass program (T split); None: about KEY_PROGRAMS programs in all
+KEY_PROGRAMS = 2048
 QUERY_BLOCK_T = 64        # query rows per query-pass program
 QUERY_BLOCK_F = 32        # features per step of the query-pass loop
-NUM_WARPS = 4
+KEY_NUM_WARPS = 8
+QUERY_NUM_WARPS = 4
 FP32_PRECISION = "ieee"           # tl.dot input precision for operands="fp32"
 BF16_DASH_PRECISION = "tf32x3"    # tl.dot input precision of x' proj^T for operands="bf16"
 
@@ -254,6 +263,18 @@ def _check(q, k, v, proj, valid, operands):
         raise ValueError(f"all inputs must be on one device; got {sorted(str(x) for x in devs)}")
 
 
+def _split_rows(T: int, heads_x_blocks: int) -> int:
+    """Key rows per key-pass program: KEY_SPLIT_ROWS, or enough splits for about KEY_PROGRAMS programs;
+    a multiple of KEY_BLOCK_T."""
+    if KEY_SPLIT_ROWS is not None:
+        if KEY_SPLIT_ROWS % KEY_BLOCK_T or KEY_SPLIT_ROWS <= 0:
+            raise ValueError(f"KEY_SPLIT_ROWS={KEY_SPLIT_ROWS} must be a positive multiple of KEY_BLOCK_T")
+        return KEY_SPLIT_ROWS
+    tiles = -(-T // KEY_BLOCK_T)
+    nsplit = max(1, min(tiles, -(-KEY_PROGRAMS // heads_x_blocks)))
+    return -(-tiles // nsplit) * KEY_BLOCK_T
+
+
 def _unit_last(x):
     return x if x.stride(-1) == 1 else x.contiguous()
 
@@ -282,12 +303,11 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
     phi_scale = float(m) ** -0.5
     BD, BDV = _block(d), _block(Dv)
     dash_prec = BF16_DASH_PRECISION if bf16 else FP32_PRECISION
-    if KEY_SPLIT_ROWS % KEY_BLOCK_T:
-        raise ValueError("KEY_SPLIT_ROWS must be a multiple of KEY_BLOCK_T")
+    nfb = triton.cdiv(m, KEY_BLOCK_F)
+    rows = _split_rows(T, BH * nfb)
+    nsplit = triton.cdiv(T, rows)
 
     # 1. key pass: per (feature block, key range, head) partial sums with their own stabiliser
-    nfb = triton.cdiv(m, KEY_BLOCK_F)
-    nsplit = triton.cdiv(T, KEY_SPLIT_ROWS)
     a_part = _fresh((BH, nsplit, m, Dv), torch.float32, dev)
     z_part = _fresh((BH, nsplit, m), torch.float32, dev)
     mx_part = _fresh((BH, nsplit, nfb), torch.float32, dev)
@@ -296,9 +316,9 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
     _key_kernel[(nfb, nsplit, BH)](
         k, v, valid_u8, proj, a_part, z_part, mx_part, vs_part,
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        H, T, d, Dv, m, KEY_SPLIT_ROWS, nsplit, nfb, x_scale,
+        H, T, d, Dv, m, rows, nsplit, nfb, x_scale,
         HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=FP32_PRECISION,
-        BLOCK_T=KEY_BLOCK_T, BLOCK_F=KEY_BLOCK_F, BLOCK_D=BD, BLOCK_DV=BDV, num_warps=NUM_WARPS)
+        BLOCK_T=KEY_BLOCK_T, BLOCK_F=KEY_BLOCK_F, BLOCK_D=BD, BLOCK_DV=BDV, num_warps=KEY_NUM_WARPS)
 
     # 2. combine (torch, O(B H n_split m Dv)): one stabiliser per head, as favor.py's key features
     stab = mx_part.amax(dim=(1, 2))                                                  # [BH]
@@ -326,5 +346,5 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
         H, T, d, Dv, m, x_scale, phi_scale, float(eps), float(feat_eps),
         BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=FP32_PRECISION,
-        BLOCK_T=QUERY_BLOCK_T, BLOCK_F=QUERY_BLOCK_F, BLOCK_D=BD, BLOCK_DV=BDV, num_warps=NUM_WARPS)
+        BLOCK_T=QUERY_BLOCK_T, BLOCK_F=QUERY_BLOCK_F, BLOCK_D=BD, BLOCK_DV=BDV, num_warps=QUERY_NUM_WARPS)
     return out

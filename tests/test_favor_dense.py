@@ -132,7 +132,10 @@ def test_padded_keys_have_no_influence():
                                atol=0, rtol=0)
 
 
-def test_no_valid_key_gives_zero():
+def test_no_valid_key_gives_zero(monkeypatch):
+    monkeypatch.setattr(fd, "KEY_SPLIT_ROWS", None)                              # automatic split: here one
+    monkeypatch.setattr(fd, "KEY_PROGRAMS", 12)                                  # 48-row split per (head, block)
+    assert fd._split_rows(T, B * H * 2) == 48
     q, k, v, proj = _inputs(4)
     valid = _valid()
     valid[0] = False                                                             # batch 0: no real key at all
