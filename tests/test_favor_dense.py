@@ -11,7 +11,10 @@ from methods.sea.favor import favor_attention, orthogonal_random_features
 
 B, H, T, D, M = 2, 3, 37, 16, 19         # distinct sizes; m = 19 is not a power of two
 DV = 2 * D                               # SEA's vals: identity half + value half
-BF16_ULP = 2.0 ** -8                     # bf16 unit roundoff is 2^-9; one ulp at 1.0 is 2^-7
+
+
+DEFAULT_TILES = {name: getattr(fd, name) for name in
+                 ("KEY_BLOCK_T", "KEY_BLOCK_F", "KEY_SPLIT_ROWS", "QUERY_BLOCK_T", "QUERY_BLOCK_F")}
 
 
 @pytest.fixture(autouse=True)
@@ -112,6 +115,26 @@ def test_bf16_operands_within_bf16_rounding(masked, in_dtype):
     assert (out - out32).abs().max() > 0                                         # the rounding did happen
     # not less accurate than the torch bf16 path overall
     assert (out.double() - exact).norm() <= 2 * (ref.double() - exact).norm()
+
+
+def test_default_tiles_production_widths(monkeypatch):
+    """The module's own tile sizes with SEA's widths (d = 64, m = 266, Dv = 128) on a short sequence."""
+    for name, value in DEFAULT_TILES.items():
+        monkeypatch.setattr(fd, name, value)
+    g = torch.Generator().manual_seed(6)
+    b, h, t, d, m, dv = 1, 2, 100, 64, 266, 128
+    q, k = torch.randn(b, h, t, d, generator=g), torch.randn(b, h, t, d, generator=g)
+    v = torch.randn(b, h, t, dv, generator=g).bfloat16()
+    proj = orthogonal_random_features(m, d, g)                                   # [m, d]
+    valid = torch.ones(b, t, dtype=torch.bool)
+    valid[0, 90:] = False
+    out = fd.favor_softmax_dense(q, k, v, proj, valid=valid, operands="fp32")
+    ref = favor_attention(q, k, v, proj, kernel="softmax", causal=False, valid=valid, operands="fp32")
+    torch.testing.assert_close(out, ref, atol=3e-6, rtol=3e-5)
+    out = fd.favor_softmax_dense(q, k, v, proj, valid=valid, operands="bf16")
+    ref = favor_attention(q, k, v, proj, kernel="softmax", causal=False, valid=valid, operands="bf16")
+    size = favor_attention(q, k, v.abs(), proj, kernel="softmax", causal=False, valid=valid, operands="fp32")
+    assert ((out - ref).abs() <= 12 * 2.0 ** -9 * size + 1e-6).all()
 
 
 def test_padded_keys_have_no_influence():
