@@ -104,7 +104,8 @@ if triton is not None:
     def _key_kernel(K, V, VALID, PROJ, A, Z, MX, VS,
                     skb, skh, skt, svb, svh, svt,
                     H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
-                    HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr, DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
+                    HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr,
+                    DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
                     BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
                     BLOCK_DV: tl.constexpr):
         fb = tl.program_id(0)
