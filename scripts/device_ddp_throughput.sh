@@ -19,8 +19,8 @@ for leg in $legs; do
     world1) CUDA_VISIBLE_DEVICES=0 python3 "${args[@]}" ;;
     world*) python3 -m torch.distributed.run --standalone --nproc-per-node "$n" "${args[@]}" ;;
     fsdp*) python3 -m torch.distributed.run --standalone --nproc-per-node "$n" "${args[@]}" --fsdp ;;
-  esac
-  echo "exit $? ($leg)"
+  esac >"$root/$leg.log" 2>&1
+  echo "exit $? ($leg)"; grep -v -i warn "$root/$leg.log" | tail -n 6
 done
 python3 - "$root" "$OUT/$name-ddp.json" $legs <<'PY'
 import json, os, sys

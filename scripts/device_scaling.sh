@@ -3,12 +3,14 @@
 # Triton/Inductor caches so neither run inherits the other's compiled kernels.
 #   bash scripts/device_scaling.sh NAME N [python -m harness run arguments...]
 # Leaves $OUT/NAME-1/{meta.json,rows.jsonl}, $OUT/NAME-N/{meta.json,rows.jsonl} and $OUT/NAME-scaling.json.
+# WORLDS="N" runs the N-GPU leg alone (when the 1-GPU leg came from an earlier call: its wall time is then read
+# from its meta.json, created -> finished, by the reader of the results, not by this script).
 set -u
 name=$1; n=$2; shift 2
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 declare -A wall
-for world in 1 "$n"; do
+for world in ${WORLDS:-1 $n}; do
   run=/tmp/scale-$name-$world
   rm -rf "$run" /tmp/cache-$world; mkdir -p /tmp/cache-$world
   export TRITON_CACHE_DIR=/tmp/cache-$world/triton TORCHINDUCTOR_CACHE_DIR=/tmp/cache-$world/inductor
@@ -23,6 +25,7 @@ for world in 1 "$n"; do
   echo "world $world: ${wall[$world]} s"
   mkdir -p "$OUT/$name-$world"; cp "$run"/meta.json "$run"/rows.jsonl "$OUT/$name-$world"/
 done
+[ -n "${wall[1]:-}" ] && [ -n "${wall[$n]:-}" ] || exit 0
 python3 - "$name" "$n" "${wall[1]}" "${wall[$n]}" "$OUT" <<'PY'
 import collections, json, sys
 name, n, w1, wn, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
