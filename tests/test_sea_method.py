@@ -293,3 +293,38 @@ def test_attention_probs_right_after_forward_reuses_the_selection(monkeypatch):
     calls.clear()
     probs = mod.attention_probs(q, k, v, causal=True, rows=rows)          # graph needed, none kept: again
     assert calls == [1] and probs.requires_grad
+
+
+def test_fused_bidirectional_performer_matches_the_torch_path_inside_sea(monkeypatch):
+    """performer_backend=triton (kernels/favor_dense.py) gives SEA's bidirectional estimate and output as the torch
+    matmuls do (same seed, so the same estimator), with and without a padding mask; refused in words for
+    forward+backward cells (the kernel is forward-only) and where Triton cannot run."""
+    import kernels.favor_dense as fd
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(fd, "POISON_OUTPUTS", True)
+    cls = get("sea")
+    p = Problem(batch=2, heads=2, kv_heads=1, seq_len=40, head_dim=16, causal=False)
+    base = {"k": "4", "K": "8", "backend": "torch"}
+    want_mod = cls.build(cls.resolve_config(dict(base, performer_backend="torch")), p)
+    got_mod = cls.build(cls.resolve_config(dict(base, performer_backend="triton")), p)
+    g = torch.Generator().manual_seed(11)
+    q, k, v = torch.randn(2, 2, 40, 16, generator=g), torch.randn(2, 1, 40, 16, generator=g), \
+        torch.randn(2, 1, 40, 16, generator=g)
+    valid = torch.ones(2, 40, dtype=torch.bool)
+    valid[1, 31:] = False
+    with torch.no_grad():
+        for kpm in (None, valid):
+            want = want_mod(q, k, v, causal=False, key_padding_mask=kpm)
+            got = got_mod(q, k, v, causal=False, key_padding_mask=kpm)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+            assert torch.equal(got_mod.last_aux["mask"], want_mod.last_aux["mask"])     # the same selection
+    assert "performer=triton-dense" in got_mod.impl and "performer=dense" in want_mod.impl
+    cfg = cls.resolve_config({"performer_backend": "triton"})
+    back = Problem(batch=1, heads=2, kv_heads=2, seq_len=64, head_dim=16, causal=False, backward=True)
+    assert any("forward-only" in r for r in cls.supports(back, cfg))
+    assert not cls.supports(Problem(batch=1, heads=2, kv_heads=2, seq_len=64, head_dim=16, causal=False), cfg)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert any("performer_backend=triton needs a CUDA device" in r
+               for r in cls.supports(Problem(batch=1, heads=2, kv_heads=2, seq_len=64, head_dim=16, causal=False),
+                                     cfg))

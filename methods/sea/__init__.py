@@ -52,6 +52,10 @@ class _SEABase(Method):
                "fp16 (autocast; the Performer and the encoder stay fp32)", choices=("fp32", "bf16", "fp16")),
         Option("performer_dtype", "fp32", "operands of the estimator's Performer products: fp32 (the paper's) or "
                "bf16 (features computed in fp32, then rounded; fp32 accumulation)", choices=("fp32", "bf16")),
+        Option("performer_backend", "auto", "estimator's Performer pass: auto (causal: Triton prefix-sum kernel on "
+               "CUDA, torch on CPU; bidirectional: torch matmuls), torch, or triton (causal: the prefix-sum kernel; "
+               "bidirectional: the fused forward-only kernel, kernels/favor_dense.py)",
+               choices=("auto", "triton", "torch")),
         Option("topk_backend", "torch", "grouped top-k: torch (tensor ops) or triton (one sort per group in a kernel; "
                "per_query and causal_per_batch without a padding mask)", choices=("torch", "triton")),
         Option("interp_backend", "torch", "interpolation of the mask to CSR key lists: torch (tensor ops) or "
@@ -90,10 +94,14 @@ class _SEABase(Method):
         if problem.causal and r["mode"] in ("per_head", "per_batch"):
             reasons.append(f"mode={r['mode']} ranks across time (future leaks); causal needs per_query or "
                            "causal_per_batch")
-        wants_triton = [key for key in ("backend", "topk_backend", "interp_backend") if cfg[key] == "triton"]
+        wants_triton = [key for key in ("backend", "topk_backend", "interp_backend", "performer_backend")
+                        if cfg[key] == "triton"]
         if wants_triton and problem.device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             reasons.append(f"{', '.join(f'{key}=triton' for key in wants_triton)} needs a CUDA device (or "
                            f"TRITON_INTERPRET=1 on the CPU); device={problem.device}")
+        if cfg["performer_backend"] == "triton" and not problem.causal and problem.backward:
+            reasons.append("performer_backend=triton is the fused forward-only Performer kernel for bidirectional "
+                           "calls; forward+backward needs performer_backend=auto or torch")
         if problem.causal and problem.seq_len > cfg["max_len"]:
             reasons.append(f"seq_len={problem.seq_len} > max_len={cfg['max_len']} (learned V_I rows)")
         return reasons
@@ -115,7 +123,7 @@ class _SEABase(Method):
                            layer=cfg["checkpoint_layer"] if cfg["checkpoint_layer"] >= 0 else layer,
                            estimator_dtype=cfg["estimator_dtype"], performer_dtype=cfg["performer_dtype"],
                            interp_backend=cfg["interp_backend"], topk_backend=cfg["topk_backend"],
-                           scaler_input=cfg["scaler_input"])
+                           scaler_input=cfg["scaler_input"], performer_backend=cfg["performer_backend"])
         return mod.to(problem.device)
 
 

@@ -103,16 +103,17 @@ def linear_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, 
 
 
 def performer_backend(x: torch.Tensor, causal: bool, backend: str = "auto") -> str:
-    """Which prefix-sum path favor_attention runs: 'triton' (kernels/linear_attention.py's chunk-parallel
-    causal_linear_attention, fp32 IEEE dots), 'torch' (linear_attention above) or 'dense' (bidirectional:
-    two matmuls, no prefix sum). auto: triton for causal CUDA tensors, torch otherwise (on CPU the batched
-    PyTorch chunks beat the interpreted kernel)."""
+    """Which path favor_attention runs. Causal: 'triton' (kernels/linear_attention.py's chunk-parallel
+    causal_linear_attention, fp32 IEEE dots) or 'torch' (linear_attention above); auto: triton for CUDA
+    tensors, torch otherwise (on CPU the batched PyTorch chunks beat the interpreted kernel).
+    Bidirectional: 'dense' (two matmuls over materialised features; auto and torch) or 'triton-dense'
+    (kernels/favor_dense.py: the fused forward-only kernel, softmax features; backend=triton)."""
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"performer backend {backend!r}: expected auto, triton or torch")
     if not causal:
-        return "dense"
+        return "triton-dense" if backend == "triton" else "dense"
     if backend == "auto":
         return "triton" if x.is_cuda else "torch"
-    if backend not in ("triton", "torch"):
-        raise ValueError(f"performer backend {backend!r}: expected auto, triton or torch")
     return backend
 
 
@@ -126,6 +127,13 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
     path rounds its [m, Dv] key-value summary to bf16 before the second product)."""
     if operands not in ("fp32", "bf16"):
         raise ValueError(f"performer operands {operands!r}: expected fp32 or bf16")
+    path = performer_backend(q, causal, backend)
+    if path == "triton-dense":
+        if kernel != "softmax":
+            raise ValueError(f"the fused bidirectional Performer kernel has softmax features only; kernel={kernel!r}")
+        from kernels.favor_dense import favor_softmax_dense
+
+        return favor_softmax_dense(q, k, v, proj.float(), valid=valid, operands=operands, eps=eps)
     q, k, v = q.float(), k.float(), v.float()
     if kernel == "softmax":
         phi_q = softmax_features(q, proj, is_query=True)
@@ -137,7 +145,6 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
         raise ValueError(f"unknown FAVOR kernel {kernel!r}")
     if valid is not None:
         phi_k = phi_k * valid[:, None, :, None].to(phi_k.dtype)
-    path = performer_backend(q, causal, backend)
     if operands == "bf16":
         if path == "triton":                                             # bf16 tensor-core dots, fp32 sums
             phi_q, phi_k, v = (x.to(torch.bfloat16) for x in (phi_q, phi_k, v))

@@ -109,7 +109,7 @@ class SEAAttention(AttentionModule):
                  max_len: int, oracle: bool, backend: str, force_s_prob: float, force_s_mix: float,
                  checkpoint: str | None, layer: int, seed: int, estimator_dtype: str = "fp32",
                  performer_dtype: str = "fp32", interp_backend: str = "torch", topk_backend: str = "torch",
-                 scaler_input: str = "shared"):
+                 scaler_input: str = "shared", performer_backend: str = "auto"):
         super().__init__()
         self.heads, self.head_dim, self.causal = heads, head_dim, causal
         self.k, self.K, self.mode, self.oracle, self.backend = k, K, mode, oracle, backend
@@ -117,7 +117,7 @@ class SEAAttention(AttentionModule):
         self.interp_backend, self.topk_backend = interp_backend, topk_backend
         self.estimator = Estimator(d=head_dim, H=heads, K=K, causal=causal, nbf=nbf, max_len=max_len, seed=seed,
                                    dec_dtype=estimator_dtype, performer_dtype=performer_dtype,
-                                   scaler_input=scaler_input)
+                                   scaler_input=scaler_input, performer_backend=performer_backend)
         # Persistent flag (saved with the module's state): has the estimator been trained or loaded? Mirrored
         # in a Python bool so that forward never reads the buffer (a host sync on CUDA).
         self.register_buffer("estimator_trained", torch.zeros((), dtype=torch.bool))
