@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     m = max(1, int(d * math.log(d) / 1.0))
     proj = orthogonal_random_features(m, d, torch.Generator().manual_seed(0)).cuda()
     rows = []
+    defaults = fd.KEY_BLOCK_T, fd.KEY_BLOCK_F, fd.FP32_PRECISION
     for T in (int(x) for x in a.T.split(",")):
         g = torch.Generator(device="cpu").manual_seed(T)
         q, k, v = (torch.randn(1, H, T, d, generator=g).cuda().to(torch.bfloat16) for _ in range(3))
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(f"T={T:>7} {ops:<5} {backend:<6} tile={tile or '-':<6} prec={prec or '-':<7} "
                       f"{ms:8.3f} ms  rel_l2={err:.2e}  extra={peak / 2**30:.2f} GiB  {status}", flush=True)
-            fd.KEY_BLOCK_T, fd.KEY_BLOCK_F, fd.FP32_PRECISION = 32, 64, "ieee"
+            fd.KEY_BLOCK_T, fd.KEY_BLOCK_F, fd.FP32_PRECISION = defaults
         del q, k, v, vals, ref
         torch.cuda.empty_cache()
     if a.json:
