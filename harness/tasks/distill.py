@@ -7,6 +7,8 @@ estimate (if it exposes one) and of its attention probabilities (if they carry a
 attention, MSE of the layer output; hidden-state MSE (x5 causal, x10 encoder), logits KL (x0.2 / x0.1), task
 loss x0.1 (next-token CE, or CE on the labels for --model-task classification). Terms that need the T x T
 attention run only when --seq-len <= --max-attn-tokens; what was dropped is written to meta.json and the row.
+--attn-rows N takes the attention-probability terms (attn_kl, attn_mse) on N query rows per layer and step, drawn
+from (--seed, step, layer): what they keep for the backward is B*H*N*T per layer instead of B*H*T*T.
 
 Data (disjoint): causal LMs train on --train-text (default: the Austen novels + WikiText-2 valid, each cut into
 non-overlapping --seq-len windows, a seeded order per epoch) and are evaluated by perplexity on --eval-text
@@ -77,6 +79,12 @@ def register_cli(subparsers) -> None:
     p.add_argument("--layer-target", choices=("self", "teacher"), default="self",
                    help="per-layer target: exact attention on the student's own q/k/v (SEA) or the teacher's")
     p.add_argument("--no-attention-probs", action="store_true", help="skip the attention_probs terms")
+    p.add_argument("--attn-rows", type=int, default=0, metavar="N",
+                   help="take attn_kl / attn_mse on N query rows per layer and step, drawn uniformly without "
+                        "replacement from (--seed, step, layer), so a resumed run and every rank draw the same: "
+                        "the method's and the exact probabilities they keep for the backward take B*H*N*T per "
+                        "layer instead of B*H*T*T (all layers' at once; the cause of out-of-memory at long "
+                        "--seq-len). 0 (default) or >= --seq-len: all rows. The estimator terms use all rows")
     p.add_argument("--hidden-norm", action="store_true",
                    help="divide each layer's hidden-state MSE by the teacher's mean square at that layer (measured "
                         "once on the first batch): a scale-free term for models with outlier activations, whose "
@@ -171,6 +179,9 @@ def cmd_distill(a) -> int:
 
     if a.steps < 1 or a.batch < 1 or a.seq_len < 2:
         raise UsageError("--steps >= 1, --batch >= 1 and --seq-len >= 2 are required")
+    if a.attn_rows < 0:
+        raise UsageError(f"--attn-rows {a.attn_rows}: must be >= 0 (the number of query rows the attention terms "
+                         "sample per layer and step; 0 = all rows)")
     world = ddp.world_from_env()
     if a.fsdp and world <= 1:
         raise UsageError("--fsdp shards the student over the processes of a torchrun launch (WORLD_SIZE > 1); this "
@@ -264,7 +275,7 @@ def _distill(a, device: str, env) -> int:
                       grad_clip=a.grad_clip, amp=a.amp, method_autocast=a.method_autocast,
                       redraw_every=a.redraw_every, max_attn_tokens=a.max_attn_tokens, layer_target=a.layer_target,
                       use_attention_probs=not a.no_attention_probs, weights=parse_weights(a.weights),
-                      hidden_norm=a.hidden_norm)
+                      hidden_norm=a.hidden_norm, attn_rows=a.attn_rows)
     setting = {"task": TASK, "model": str(a.model), "model_task": a.model_task, "seq_len": a.seq_len,
                "batch": a.batch, "steps": a.steps, "train": cfg.__dict__ | {"lr_method": cfg.method_lr()},
                "data": sources}
@@ -274,8 +285,10 @@ def _distill(a, device: str, env) -> int:
     except DistillError as exc:
         raise UsageError(str(exc)) from None
     run, run_id, done = _open_run_on_main(a, env, {"setting": setting, "method": [name, mcfg], "_device": device})
-    cid = cell_id(**{k: v for k, v in setting.items() if k != "data"}, method=name, config=mcfg, seed=a.seed,
-                  device=device, dtype=a.dtype)
+    identity = {k: v for k, v in setting.items() if k != "data"}
+    if not cfg.attn_rows:                   # the default leaves the cell id of runs from before --attn-rows as it was
+        identity["train"] = {k: v for k, v in identity["train"].items() if k != "attn_rows"}
+    cid = cell_id(**identity, method=name, config=mcfg, seed=a.seed, device=device, dtype=a.dtype)
     if cid in done:
         if main:
             print(f"{run.path} already holds the finished run of {a.steps} steps")

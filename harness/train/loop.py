@@ -11,7 +11,9 @@ have none is refused (`DistillError`). What a module may expose for distillation
   compress_probs(probs, *, causal, valid) (contract) -> [B, H, T, K] or None: exact probabilities in the
                                 estimate's cell geometry.
   note_trained(steps) (contract)  told after training steps (so `impl` can say the estimator is trained).
-  attention_probs(...) (contract) when its result carries a gradient: 0.1 KL(P || P_method) + MSE.
+  attention_probs(...) (contract) when its result carries a gradient: 0.1 KL(P || P_method) + MSE; with
+                                `attn_rows` N (0 < N < T) on N query rows per layer and step, drawn from
+                                (seed, step, layer index) by losses.sample_rows.
   redraw_features() (optional)  called every `redraw_every` steps.
 
 A future contract method `distill_terms(teacher_probs, ...)` could replace the reading of last_aux.
@@ -68,6 +70,7 @@ class TrainConfig:
     max_attn_tokens: int = 2048      # terms needing T x T attention only when T <= this
     layer_target: str = "self"       # self: exact attention on the student's q, k, v; teacher: the teacher's
     use_attention_probs: bool = True
+    attn_rows: int = 0               # attn_kl / attn_mse on this many sampled query rows per layer and step (0: all)
     weights: dict | None = None      # overrides of losses.DEFAULT_WEIGHTS[kind]
     hidden_norm: bool = False        # hidden-state MSE of each layer / the teacher's mean square there (fixed)
 
@@ -112,6 +115,8 @@ class Distiller:
         from harness.models import swap
 
         self.cfg = cfg or TrainConfig()
+        if self.cfg.attn_rows < 0:
+            raise DistillError(f"attn_rows must be >= 0 (0: all query rows); got {self.cfg.attn_rows}")
         if fsdp and dist is None:
             raise DistillError("fsdp shards the student over the ranks of a process group: none was given")
         if fsdp and self.cfg.amp == "fp16":
@@ -267,14 +272,24 @@ class Distiller:
         if not attn_ok:
             self.dropped.append(f"est_kl, est_mse, attn_kl, attn_mse dropped: T={T} > max_attn_tokens="
                                 f"{self.cfg.max_attn_tokens} (they need the T x T teacher attention)")
+        sampled = attn_ok and self.cfg.use_attention_probs and 0 < self.cfg.attn_rows < T
+        if sampled:
+            self._state.setdefault("notes", set()).add(
+                f"attn_kl, attn_mse on {self.cfg.attn_rows} of T={T} query rows per layer and step (attn_rows; "
+                "drawn from seed, step and layer)")
         parts: dict[str, torch.Tensor] = {}
         for i, call in enumerate(calls):
             target = None
             if target_layers is not None:
                 t = target_layers[i]
                 target = (t.q, t.k, t.v)
+            # i: the layer (one recorded call per swapped attention layer, in forward order); self.step: the
+            # optimizer steps done, so a resumed run and every rank draw the same rows
+            rows = L.sample_rows(T, self.cfg.attn_rows, seed=self.seed, step=self.step, layer=i,
+                                 device=self.device) if sampled else None
             for name, val in L.layer_terms(call, target=target, attn_ok=attn_ok,
-                                           use_probs=self.cfg.use_attention_probs, state=self._state).items():
+                                           use_probs=self.cfg.use_attention_probs, state=self._state,
+                                           rows=rows).items():
                 parts[name] = parts.get(name, 0.0) + val
         tmask = batch.get("attention_mask")
         if getattr(s_out, "hidden_states", None) is not None and getattr(t_out, "hidden_states", None) is not None:

@@ -13,12 +13,18 @@ P is the exact [B, H, T, T] attention; pool(P) is P compressed to the estimate's
 need P are computed only when T <= max_attn_tokens (the caller records what was dropped). KL sums over keys
 and averages over (batch, head, real query row); MSE averages over elements of real query rows.
 
+attn_kl / attn_mse may be taken on a sample of R query rows (`rows`, drawn by `sample_rows` from (seed, step,
+layer)): the method's probabilities and the exact P are then [B, H, R, T] and the means run over the sampled
+real rows, so the tensors these terms keep for the backward take B*H*R*T per layer instead of B*H*T*T. The
+estimator terms always use every row (the full P, under no_grad, freed once compressed).
+
 KL(pool(P) || A_hat) in the compressed space has the same gradient with respect to A_hat as the paper's
 KL(P || interp(A_hat)) where interp spreads each cell's mass evenly over its keys (they differ by a constant);
 the MSE is taken on the compressed maps.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -44,10 +50,15 @@ class LayerCall:
     aux: dict | None = None         # the module's `last_aux` right after this call (a shallow copy)
 
 
-def visible_mask(T: int, causal: bool, kpm: torch.Tensor | None, device) -> torch.Tensor | None:
-    """bool [B or 1, 1, T, T] of the keys each query may see, or None when all are visible."""
+def visible_mask(T: int, causal: bool, kpm: torch.Tensor | None, device,
+                 rows: torch.Tensor | None = None) -> torch.Tensor | None:
+    """bool [B or 1, 1, T, T] of the keys each query may see, or None when all are visible. With `rows` (long
+    [R], query positions): [B or 1, 1, R, T] for those queries only (causal: key <= row)."""
     vis = None
-    if causal:
+    if causal and rows is not None:
+        pos = torch.arange(T, device=device)
+        vis = (pos[None, :] <= rows.to(device)[:, None])[None, None]          # [1, 1, R, T]
+    elif causal:
         vis = torch.ones(T, T, dtype=torch.bool, device=device).tril()[None, None]   # [1, 1, T, T]
     if kpm is not None:
         pad = kpm.to(torch.bool)[:, None, None, :]                          # [B, 1, 1, T]
@@ -59,12 +70,16 @@ def _repeat(x: torch.Tensor, H: int) -> torch.Tensor:
     return x if x.shape[1] == H else x.repeat_interleave(H // x.shape[1], dim=1)
 
 
-def exact_probs(q, k, *, causal: bool, kpm, scale) -> torch.Tensor:
-    """Exact softmax attention probabilities [B, H, T, T] in float32; rows that see nothing are zeros."""
+def exact_probs(q, k, *, causal: bool, kpm, scale, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact softmax attention probabilities [B, H, T, T] in float32; rows that see nothing are zeros. With
+    `rows` (long [R], query positions): only those query rows against all keys, [B, H, R, T]."""
     B, H, T, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    s = (q.float() @ _repeat(k, H).float().transpose(-1, -2)) * scale      # [B, H, T, T]
-    vis = visible_mask(T, causal, kpm, q.device)
+    if rows is not None:
+        rows = rows.to(q.device)
+        q = q[:, :, rows]                                                    # [B, H, R, D]
+    s = (q.float() @ _repeat(k, H).float().transpose(-1, -2)) * scale      # [B, H, T or R, T]
+    vis = visible_mask(T, causal, kpm, q.device, rows=rows)
     if vis is not None:
         s = s.masked_fill(~vis, float("-inf"))
     return torch.nan_to_num(torch.softmax(s, dim=-1), nan=0.0)
@@ -77,6 +92,20 @@ def exact_output(q, k, v, *, causal: bool, kpm, scale) -> torch.Tensor:
     out = F.scaled_dot_product_attention(q.float(), _repeat(k, H).float(), _repeat(v, H).float(), attn_mask=mask,
                                          is_causal=causal and mask is None, scale=scale)   # [B, H, T, D]
     return torch.nan_to_num(out)
+
+
+def sample_rows(T: int, n: int, *, seed: int, step: int, layer: int, device=None) -> torch.Tensor | None:
+    """`n` of the query positions 0..T-1, drawn uniformly without replacement and sorted ascending (long [n]),
+    by a CPU generator seeded from (seed, step, layer) alone: a resumed run and every data-parallel rank draw
+    the same rows. None (all rows) when n == 0 or n >= T."""
+    if n < 0:
+        raise ValueError(f"attn_rows must be >= 0 (0: all rows); got {n}")
+    if n == 0 or n >= T:
+        return None
+    key = hashlib.sha256(f"attn-rows:{int(seed)}:{int(step)}:{int(layer)}".encode()).digest()
+    g = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & (2 ** 63 - 1))
+    rows = torch.randperm(T, generator=g)[:n].sort().values                 # [n]
+    return rows if device is None else rows.to(device)
 
 
 def row_weights(B: int, T: int, kpm: torch.Tensor | None, device) -> torch.Tensor:
@@ -129,9 +158,11 @@ def estimate_of(aux: dict | None) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 
 def layer_terms(call: LayerCall, *, target: tuple | None = None, attn_ok: bool, use_probs: bool,
-                state: dict) -> dict[str, torch.Tensor]:
+                state: dict, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The per-layer terms of one recorded call. `target` = (q, k, v) of the teacher for this layer (None: the
     call's own q, k, v, detached). `state` caches per-module decisions (does attention_probs carry a gradient?).
+    `rows` (long [R], sorted query positions, e.g. from `sample_rows`): attn_kl / attn_mse on those query rows
+    only (None: all rows); the other terms always use every row.
 
     Returns {term: scalar tensor}; terms that do not apply are absent."""
     q, k, v = (t.detach() for t in (target if target is not None else (call.q, call.k, call.v)))
@@ -144,12 +175,14 @@ def layer_terms(call: LayerCall, *, target: tuple | None = None, attn_ok: bool, 
     terms["out_mse"] = masked_mse(call.out, ref_out, w)
     if not attn_ok:
         return terms
-    with torch.no_grad():
-        P = exact_probs(q, k, causal=causal, kpm=kpm, scale=scale)          # [B, H, T, T]
     est = estimate_of(call.aux)
+    compress = compressor_for(call.module) if est is not None else None
+    P = None
+    if rows is None or compress is not None:                                 # the full P: all rows, or the estimate
+        with torch.no_grad():
+            P = exact_probs(q, k, causal=causal, kpm=kpm, scale=scale)      # [B, H, T, T]
     if est is not None:
         a_hat, log_a = est                                                   # [B, H, T, K]
-        compress = compressor_for(call.module)
         if compress is not None:
             with torch.no_grad():
                 Pc = compress(P, K=a_hat.shape[-1], causal=causal, valid=kpm)   # [B, H, T, K]
@@ -158,18 +191,27 @@ def layer_terms(call: LayerCall, *, target: tuple | None = None, attn_ok: bool, 
         else:
             state.setdefault("notes", set()).add(
                 f"{type(call.module).__name__} exposes an estimate but no compress_probs: estimator terms skipped")
+    if rows is not None:
+        P = None                  # the full P served the estimate only (Pc is kept): free it before the probs
     key = id(call.module)
     if use_probs and state.setdefault("probs_grad", {}).get(key, True):
-        rows = torch.arange(T, device=q.device)
+        if rows is None:
+            sel, w_sel = torch.arange(T, device=q.device), w
+        else:
+            sel = rows.to(q.device)                                          # [R]
+            w_sel = w[:, :, sel]                                             # [B, 1, R, 1]
         # the method's probabilities on the call's own q, k, v (its gradient path), target P from `target`
-        probs = call.module.attention_probs(call.q, call.k, call.v, causal=causal, rows=rows,
+        probs = call.module.attention_probs(call.q, call.k, call.v, causal=causal, rows=sel,
                                             key_padding_mask=kpm, scale=scale)
         has_grad = isinstance(probs, torch.Tensor) and probs.requires_grad
         state["probs_grad"][key] = has_grad
         if has_grad:
-            probs = probs.float()                                            # [B, H, T, T]
-            terms["attn_kl"] = masked_kl(P, torch.log(probs.clamp_min(EPS)), w)
-            terms["attn_mse"] = masked_mse(probs, P, w)
+            if P is None:
+                with torch.no_grad():
+                    P = exact_probs(q, k, causal=causal, kpm=kpm, scale=scale, rows=sel)   # [B, H, R, T]
+            probs = probs.float()                                            # [B, H, T or R, T]
+            terms["attn_kl"] = masked_kl(P, torch.log(probs.clamp_min(EPS)), w_sel)
+            terms["attn_mse"] = masked_mse(probs, P, w_sel)
         elif probs is not None:
             state.setdefault("notes", set()).add(
                 f"{type(call.module).__name__}.attention_probs carries no gradient: attention terms skipped")
