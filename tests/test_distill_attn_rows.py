@@ -167,8 +167,8 @@ def test_rows_depend_only_on_seed_step_and_layer():
 
 
 def test_trainer_draws_rows_from_seed_step_and_layer(monkeypatch):
-    from tests.helpers import tiny_llama
     from harness.train.loop import DistillError, Distiller, TrainConfig
+    from tests.helpers import tiny_llama
 
     seen = []
     real = L.layer_terms
@@ -179,38 +179,26 @@ def test_trainer_draws_rows_from_seed_step_and_layer(monkeypatch):
     monkeypatch.setattr(L, "layer_terms", spy)
     t = 24
     batch = {"input_ids": torch.randint(0, 97, (2, t), generator=torch.Generator().manual_seed(1))}   # [B, t]
-
-    def distiller(**cfg):
-        return Distiller(tiny_llama(97, max_positions=64), "sea", {"backend": "torch"}, example=batch, seed=7,
-                         cfg=TrainConfig(lr_rest=0.0, **cfg))
-
-    d = distiller(attn_rows=5)
-    values = d.train_step(batch)                                            # step 0
-    d.train_step(batch)                                                     # step 1
-    assert len(seen) == 4                                                   # 2 layers x 2 steps
+    with pytest.raises(DistillError, match="attn_rows must be >= 0"):
+        Distiller(None, "sea", {}, example=batch, cfg=TrainConfig(attn_rows=-2))
+    d = Distiller(tiny_llama(97, max_positions=64), "sea", {"backend": "torch"}, example=batch, seed=7,
+                  cfg=TrainConfig(lr_rest=0.0, attn_rows=5))
+    values = d.train_step(batch)                                            # step 0, then d.step == 1
+    d.losses(batch)                                                         # step 1 (a resumed run: load sets it)
+    assert d.step == 1 and len(seen) == 4                                   # 2 layers x 2 steps
     for i, rows in enumerate(seen):
         step, layer = divmod(i, 2)
         assert torch.equal(rows, L.sample_rows(t, 5, seed=7, step=step, layer=layer)), (step, layer)
     assert not torch.equal(seen[0], seen[2]) and not torch.equal(seen[0], seen[1])
     assert math.isfinite(values["attn_kl"]) and math.isfinite(values["attn_mse"])
     assert any("attn_kl, attn_mse on 5 of T=24 query rows" in n for n in d.notes())
+
+    for n in (0, t):                                                        # all rows: no draw
+        seen.clear()
+        d.cfg.attn_rows = n
+        _, values = d.losses(batch)
+        assert seen == [None, None] and math.isfinite(values["attn_kl"])
     d.close()
-
-    seen.clear()
-    resumed = distiller(attn_rows=5)
-    resumed.step = 1                                                        # as Distiller.load sets it
-    resumed.losses(batch)
-    assert all(torch.equal(a, L.sample_rows(t, 5, seed=7, step=1, layer=j)) for j, a in enumerate(seen))
-    resumed.close()
-
-    seen.clear()
-    for n in (0, t):                                                        # all rows: no draw, no note
-        dd = distiller(attn_rows=n)
-        dd.losses(batch)
-        assert all(r is None for r in seen) and not any("query rows" in x for x in dd.notes())
-        dd.close()
-    with pytest.raises(DistillError, match="attn_rows must be >= 0"):
-        distiller(attn_rows=-2)
 
 
 # --- (4), (5) the CLI ---------------------------------------------------------------------------------------
@@ -231,7 +219,7 @@ def test_cli_distill_with_attn_rows_records_it_and_trains(tiny_dir, tmp_path):
 
     out = tmp_path / "run"
     assert main(["distill", "--model", str(tiny_dir), "--method", "sea", "--method-args", "sea.backend=torch",
-                 "--seq-len", "32", "--batch", "2", "--max-train-tokens", "400", "--eval-tokens", "100",
+                 "--seq-len", "32", "--batch", "2", "--max-train-tokens", "200", "--eval-tokens", "64",
                  "--device", "cpu", "--out", str(out), "--quiet", "--steps", "2", "--attn-rows", "8"]) == 0
     meta = json.loads((out / "meta.json").read_text())
     assert meta["setting"]["train"]["attn_rows"] == 8
