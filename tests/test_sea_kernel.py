@@ -232,3 +232,32 @@ def test_sea_topk_backend_keeps_a_valid_top_n_of_the_estimate():
     low_in = torch.where(got, a, torch.inf).amin(-1)                                  # lowest selected score
     high_out = torch.where(~got & e, a, -torch.inf).amax(-1)                          # highest left out
     assert (low_in >= high_out).all()
+
+
+def test_topk_path_auto_takes_the_kernel_only_where_it_was_measured():
+    """auto: the kernel for the per-row modes without padding, on CUDA, for groups up to 1024 candidates; tensor ops
+    on the CPU, with a padding mask, for the per-batch modes and for larger groups. The path that ran is named."""
+    from methods.base import Problem, get
+    from methods.sea.topk import AUTO_KERNEL_MAX_GROUP, topk_path
+
+    valid = torch.ones(1, 8, dtype=torch.bool)
+    path = lambda mode, H=16, K=64, valid=None, backend="auto", device="cuda": topk_path(  # noqa: E731
+        mode, H=H, K=K, valid=valid, backend=backend, device=device)
+    assert AUTO_KERNEL_MAX_GROUP == 16 * 64
+    assert path("causal_per_batch") == "triton" and path("per_query", K=128) == "triton"
+    assert path("causal_per_batch", H=32) == "torch"                   # 2048 candidates per group: not measured
+    assert path("per_query", K=2048) == "torch"
+    assert path("causal_per_batch", device="cpu") == "torch"
+    assert path("causal_per_batch", valid=valid) == "torch" and path("per_batch") == "torch"
+    assert path("causal_per_batch", H=32, backend="triton", device="cpu") == "triton"   # asked for: taken
+    assert path("per_batch", backend="triton") == "torch"              # no kernel for per_batch
+    assert path("causal_per_batch", backend="torch") == "torch"
+    with pytest.raises(ValueError, match="expected auto, torch or triton"):
+        path("per_query", backend="cuda")
+    cls = get("sea")
+    assert cls.resolve_config({})["topk_backend"] == "auto"
+    p = Problem(batch=1, heads=2, kv_heads=2, seq_len=40, head_dim=16, causal=True)
+    mod = cls.build(cls.resolve_config({"k": "4", "K": "8", "backend": "torch"}), p)
+    g = torch.Generator().manual_seed(3)
+    mod(*(torch.randn(1, 2, 40, 16, generator=g) for _ in range(3)), causal=True)
+    assert "topk=torch" in mod.impl                                     # CPU: auto -> tensor ops

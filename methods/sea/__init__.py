@@ -56,8 +56,10 @@ class _SEABase(Method):
                "CUDA, torch on CPU; bidirectional: torch matmuls), torch, or triton (causal: the prefix-sum kernel; "
                "bidirectional: the fused forward-only kernel, kernels/favor_dense.py)",
                choices=("auto", "triton", "torch")),
-        Option("topk_backend", "torch", "grouped top-k: torch (tensor ops) or triton (one sort per group in a kernel; "
-               "per_query and causal_per_batch without a padding mask)", choices=("torch", "triton")),
+        Option("topk_backend", "auto", "grouped top-k: torch (tensor ops), triton (one sort per group in a kernel; "
+               "per_query and causal_per_batch without a padding mask, tensor ops otherwise) or auto (the kernel on "
+               "CUDA for groups of <= 1024 candidates, the size measured; tensor ops otherwise)",
+               choices=("auto", "torch", "triton")),
         Option("interp_backend", "torch", "interpolation of the mask to CSR key lists: torch (tensor ops) or "
                "triton (one kernel program per query row writes the columns; calls without a padding mask)",
                choices=("torch", "triton")),

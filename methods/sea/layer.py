@@ -15,7 +15,7 @@ from methods.base import AttentionModule, check_inputs, repeat_kv
 from methods.sea.estimator import Estimator
 from methods.sea.interp import (active_tiles, cell_bounds, csr_counts, csr_to_dense, expand_columns, mask_to_csr,
                                 row_lengths, selected_counts)
-from methods.sea.topk import select_topk, selection_caps
+from methods.sea.topk import select_topk, selection_caps, topk_path
 
 
 def check_finite(**tensors: torch.Tensor) -> None:
@@ -108,13 +108,14 @@ class SEAAttention(AttentionModule):
     def __init__(self, *, heads: int, head_dim: int, causal: bool, k: int, K: int, mode: str, nbf: float,
                  max_len: int, oracle: bool, backend: str, force_s_prob: float, force_s_mix: float,
                  checkpoint: str | None, layer: int, seed: int, estimator_dtype: str = "fp32",
-                 performer_dtype: str = "fp32", interp_backend: str = "torch", topk_backend: str = "torch",
+                 performer_dtype: str = "fp32", interp_backend: str = "torch", topk_backend: str = "auto",
                  scaler_input: str = "shared", performer_backend: str = "auto"):
         super().__init__()
         self.heads, self.head_dim, self.causal = heads, head_dim, causal
         self.k, self.K, self.mode, self.oracle, self.backend = k, K, mode, oracle, backend
         self.force_s_prob, self.force_s_mix = force_s_prob, force_s_mix
         self.interp_backend, self.topk_backend = interp_backend, topk_backend
+        self.last_topk = "not-run"
         self.estimator = Estimator(d=head_dim, H=heads, K=K, causal=causal, nbf=nbf, max_len=max_len, seed=seed,
                                    dec_dtype=estimator_dtype, performer_dtype=performer_dtype,
                                    scaler_input=scaler_input, performer_backend=performer_backend)
@@ -176,7 +177,7 @@ class SEAAttention(AttentionModule):
         return (f"sea[estimator={est}, estimator_dtype={self.estimator.dec_dtype}, "
                 f"performer={self.estimator.last_performer}"
                 f"{'' if self.estimator.performer_dtype == 'fp32' else '/' + self.estimator.performer_dtype}, "
-                f"mode={self.mode}, k={self.k}, K={self.K}, "
+                f"mode={self.mode}, topk={self.last_topk}, k={self.k}, K={self.K}, "
                 f"nb_features={self.estimator.nb_features}, scalers={sc}, sparse={kernel}]")
 
     # --- stages ---------------------------------------------------------------------------------
@@ -230,7 +231,9 @@ class SEAAttention(AttentionModule):
 
     def stage_topk(self, a_hat, *, causal, valid):
         """3. grouped top-k -> compressed mask bool [B, H, T, K]."""
-        return select_topk(a_hat, mode=self.mode, k=self.k, causal=causal, valid=valid, backend=self.topk_backend)
+        B, H, T, K = a_hat.shape
+        self.last_topk = topk_path(self.mode, H=H, K=K, valid=valid, backend=self.topk_backend, device=a_hat.device)
+        return select_topk(a_hat, mode=self.mode, k=self.k, causal=causal, valid=valid, backend=self.last_topk)
 
     def sparse_plan(self, q, k, v, valid) -> tuple[str, str]:
         """(layout, kernel) for this call: layout 'csr' or 'tiles'; kernel 'triton', 'torch' or 'triton_tiled'.

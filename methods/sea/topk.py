@@ -124,18 +124,38 @@ def _rank_select_rows(scores: torch.Tensor, n: torch.Tensor, buckets) -> torch.T
     return torch.cat([_rank_select(scores[..., s:e, :], n[..., s:e], cap) for s, e, cap in buckets], dim=-2)
 
 
+# auto picks the kernel for groups of at most this many candidates (H*K for causal_per_batch, K for per_query):
+# the size it was measured at on an H200 (16 heads x 64 cells; 2.2-3.5x faster than the tensor ops at T=16k-256k,
+# results/nvidia-h200/sea-kernels/). Larger groups sort more in registers per program: not measured, so not picked.
+AUTO_KERNEL_MAX_GROUP = 1024
+
+
+def topk_path(mode: str, *, H: int, K: int, valid: torch.Tensor | None, backend: str, device) -> str:
+    """Which path select_topk runs: 'triton' (kernels/sea_topk.py) or 'torch' (tensor ops). The kernel serves the
+    per-row budget modes without a padding mask; backend triton asks for it there, auto takes it on CUDA for
+    groups up to AUTO_KERNEL_MAX_GROUP candidates, torch never."""
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"top-k backend {backend!r}: expected auto, torch or triton")
+    kernel_ok = valid is None and mode in ("per_query", "causal_per_batch")
+    if backend == "triton":
+        return "triton" if kernel_ok else "torch"
+    if backend == "auto":
+        group = H * K if mode == "causal_per_batch" else K
+        cuda = torch.device(device).type == "cuda"
+        return "triton" if kernel_ok and cuda and group <= AUTO_KERNEL_MAX_GROUP else "torch"
+    return "torch"
+
+
 def select_topk(probs: torch.Tensor, *, mode: str, k: int, causal: bool,
                 valid: torch.Tensor | None = None, backend: str = "torch") -> torch.Tensor:
     """probs [B, H, T, K] (A_hat; only the order matters) -> bool compressed mask [B, H, T, K].
-    backend "triton": the per-row budget modes without a padding mask run as one kernel (kernels/sea_topk.py,
-    one sort per group in registers); other calls take the tensor-op path."""
+    backend: see topk_path (the kernel sorts each group once in registers; ties at the threshold go to the lowest
+    index there, while torch.topk breaks them in an unspecified order)."""
     B, H, T, K = probs.shape
     if causal and mode in ("per_head", "per_batch"):
         raise ValueError(f"top-k mode {mode} ranks across time and would leak the future; "
                          "causal attention needs per_query or causal_per_batch")
-    if backend not in ("torch", "triton"):
-        raise ValueError(f"top-k backend {backend!r}: expected torch or triton")
-    if backend == "triton" and valid is None and mode in ("per_query", "causal_per_batch"):
+    if topk_path(mode, H=H, K=K, valid=valid, backend=backend, device=probs.device) == "triton":
         from kernels.sea_topk import select_rows
 
         L1 = row_lengths(1, T, causal=causal, valid=None, device=probs.device)   # [1, T]
