@@ -50,7 +50,8 @@ class ProbeP(Probe):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Evaluations every 2 steps. ref: 1 process, 5 steps, a checkpoint every step. fsdp: 2 processes --fsdp, 3 steps (checkpoints 2, 3).
+    """Evaluations every 2 steps. ref: 1 process, 5 steps, a checkpoint every step. fsdp: 2 processes --fsdp with
+    the teacher sharded too (--fsdp-teacher shard), 3 steps (checkpoints 2, 3).
     resumed: fsdp without its step-3 checkpoint, resumed by 1 process up to step 4. back: resumed (its step-4
     checkpoint written by 1 process) resumed by 2 processes --fsdp up to step 5."""
     root = tmp_path_factory.mktemp("distill-fsdp")
@@ -60,8 +61,8 @@ def runs(tmp_path_factory):
     _write_plugin(plugin, FSDP_PLUGIN, METHOD, "ProbeP")
     common = [*_common(model, METHOD), "--eval-every", "2"]     # an evaluation between training steps too
     _harness([*common, "--steps", "5", "--save-every", "1", "--out", str(root / "ref")], procs=1, plugin=plugin)
-    fsdp = _harness([*common, "--fsdp", "--steps", "3", "--save-every", "2", "--out", str(root / "fsdp")], procs=2,
-                    plugin=plugin, log=root / "seen.txt")
+    fsdp = _harness([*common, "--fsdp", "--fsdp-teacher", "shard", "--steps", "3", "--save-every", "2", "--out",
+                     str(root / "fsdp")], procs=2, plugin=plugin, log=root / "seen.txt")
     shutil.copytree(root / "fsdp", root / "resumed")
     shutil.rmtree(root / "resumed" / "checkpoints" / "step-0000003")
     resumed = _harness([*common, "--steps", "4", "--resume", "--out", str(root / "resumed")], procs=1, plugin=plugin)
@@ -124,6 +125,7 @@ def test_fsdp_checkpoint_resumed_by_one_process_and_back(runs):
     assert _train_metrics(back)[-1]["loss"] == pytest.approx(m_ref[-1]["loss"], rel=1e-5)
     meta = json.loads((back / "meta.json").read_text())
     assert meta["resumed_from"].endswith("step-0000004") and meta["fsdp"] is True and meta["world_size"] == 2
+    assert meta["fsdp_teacher"].startswith("replicated (auto: teacher weights")   # tiny teacher: replicated
 
 
 def test_fsdp_rank_zero_alone_writes_the_run_directory(runs):
@@ -141,6 +143,11 @@ def test_fsdp_rank_zero_alone_writes_the_run_directory(runs):
             assert m["eval_ppl"] == pytest.approx(ref_eval[m["step"]], rel=1e-5), m["step"]
     rows = [json.loads(x) for x in (fsdp / "rows.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["extra"]["fsdp"] is True
+    # the teacher was sharded too (every rank took part in its evaluation and its forwards): same teacher
+    # perplexity and, above, the same training as one process with a whole teacher
+    meta, ref_meta = (json.loads((r / "meta.json").read_text()) for r in (fsdp, runs["root"] / "ref"))
+    assert meta["fsdp_teacher"] == "sharded (shard: asked for)" == rows[0]["extra"]["fsdp_teacher"]
+    assert meta["teacher_eval"]["eval_ppl"] == pytest.approx(ref_meta["teacher_eval"]["eval_ppl"], rel=1e-5)
     assert runs["fsdp_stdout"].count("method state:") == 1
 
 
@@ -171,3 +178,38 @@ def test_fsdp_units_are_the_transformer_layers(arch):
     with pytest.raises(ValueError, match="no transformer layer"):
         layer_units(d.student, ["lm_head" if causal else "classifier"])
     d.close()
+
+
+def test_fsdp_teacher_without_fsdp_is_refused_in_words(capsys, monkeypatch):
+    from harness.cli import main
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main(["distill", "--model", "unused", "--method", "unused", "--steps", "1", "--fsdp-teacher", "shard"]) == 2
+    assert "--fsdp-teacher shard applies with --fsdp only" in capsys.readouterr().err
+
+
+def test_teacher_policy_shards_by_size_and_finds_the_layers(monkeypatch):
+    """auto shards the teacher above a quarter of one rank's device memory; shard / replicate are obeyed; the
+    teacher's units are its transformer layers (the shallowest ModuleList)."""
+    from harness.train import fsdp as F
+    from tests.test_distill import tiny_llama
+
+    model = tiny_llama()
+    need = F.teacher_bytes(model)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())           # tied weights once
+    assert weights > 0 and weights <= need <= weights + 4096                            # + small buffers (rotary)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(F, "device_bytes", lambda device: 4 * need - 1)
+    assert F.teacher_policy("auto", model, cpu)[0] == "shard"
+    monkeypatch.setattr(F, "device_bytes", lambda device: 4 * need)
+    choice, why = F.teacher_policy("auto", model, cpu)
+    assert choice == "replicate" and "per rank" in why
+    assert F.teacher_policy("shard", model, cpu) == ("shard", "asked for")
+    assert F.teacher_policy("replicate", model, cpu) == ("replicate", "asked for")
+    with pytest.raises(ValueError, match="expected auto, shard or replicate"):
+        F.teacher_policy("half", model, cpu)
+    names = {id(m): n for n, m in model.named_modules()}
+    assert [names[id(u)] for u in F.block_units(model)] == [f"model.layers.{i}" for i in
+                                                            range(model.config.num_hidden_layers)]
+    with pytest.raises(ValueError, match="no nn.ModuleList"):
+        F.block_units(torch.nn.Linear(2, 2))

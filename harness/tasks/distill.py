@@ -32,9 +32,11 @@ the (full, unsharded) checkpoints, so --resume works with any number of processe
 
 --fsdp (under torchrun only) shards the student over the ranks with FSDP2 (torch.distributed.fsdp.fully_shard:
 each transformer layer a unit, each layer's method module a unit inside it, then the root) instead of
-replicating it: parameters, gradients and AdamW state take 1/world of the memory per rank. The teacher stays
-replicated and both models are loaded whole on every rank before the student is sharded, so the model must fit
-one GPU for inference, not for training. Same batches, loss weights and (gathered, unsharded) checkpoint format as
+replicating it: parameters, gradients and AdamW state take 1/world of the memory per rank. The frozen teacher
+is replicated or sharded as memory allows (--fsdp-teacher auto: sharded per transformer layer when its weights
+take more than a quarter of one rank's device memory; shard / replicate force it; meta.json says which and
+why). Both models are loaded whole on every rank before they are sharded, so the model must fit one GPU for
+inference, not for training. Same batches, loss weights and (gathered, unsharded) checkpoint format as
 without --fsdp: a run matches the single-process one, and --resume works across --fsdp, DDP and one process.
 Every rank takes part in the evaluations (the sharded student's forward is collective; each rank evaluates the
 whole eval set) and in writing checkpoints (rank 0 writes). --amp fp16 is refused with --fsdp (use bf16).
@@ -107,8 +109,11 @@ def register_cli(subparsers) -> None:
     add_run_args(p, resume_help="continue from the newest checkpoint in --out")
     p.add_argument("--fsdp", action="store_true",
                    help="under torchrun: shard the student (parameters, gradients, optimizer state) over the ranks "
-                        "with FSDP2 instead of replicating it (DDP); the teacher stays replicated. Refused without "
-                        "torchrun (one process has nothing to shard over)")
+                        "with FSDP2 instead of replicating it (DDP). Refused without torchrun (one process has "
+                        "nothing to shard over)")
+    p.add_argument("--fsdp-teacher", choices=("auto", "shard", "replicate"), default="auto",
+                   help="with --fsdp: the frozen teacher sharded per layer (FSDP2) or replicated on every rank; auto "
+                        "shards it when its weights exceed a quarter of one rank's device memory")
     p.set_defaults(func=cmd_distill)
 
 
@@ -186,6 +191,9 @@ def cmd_distill(a) -> int:
     if a.fsdp and world <= 1:
         raise UsageError("--fsdp shards the student over the processes of a torchrun launch (WORLD_SIZE > 1); this "
                          "is a single process: drop --fsdp, or launch with torchrun --nproc-per-node N")
+    if a.fsdp_teacher != "auto" and not a.fsdp:
+        raise UsageError(f"--fsdp-teacher {a.fsdp_teacher} applies with --fsdp only (without it every rank holds "
+                         "a full teacher)")
     if a.fsdp and a.amp == "fp16":
         raise UsageError("--fsdp with --amp fp16 is not supported (no gradient scaler over sharded gradients); "
                          "use --amp bf16")
@@ -281,7 +289,7 @@ def _distill(a, device: str, env) -> int:
                "data": sources}
     try:
         d = Distiller(model, name, mcfg, example=next_batch(0), cfg=cfg, seq_len=a.seq_len, seed=a.seed, dist=env,
-                      fsdp=a.fsdp)
+                      fsdp=a.fsdp, fsdp_teacher=a.fsdp_teacher)
     except DistillError as exc:
         raise UsageError(str(exc)) from None
     run, run_id, done = _open_run_on_main(a, env, {"setting": setting, "method": [name, mcfg], "_device": device})
@@ -318,7 +326,7 @@ def _distill(a, device: str, env) -> int:
 
     log = MetricsLog(out / "metrics.jsonl")
     teacher_eval = None
-    if resumed_from is None and main:
+    if resumed_from is None and (main or d.teacher_sharded):   # a sharded teacher's forward is collective
         with torch.no_grad():
             if causal:
                 from harness.tasks.perplexity import evaluate as ppl
@@ -327,13 +335,14 @@ def _distill(a, device: str, env) -> int:
             else:
                 pred = acc.predict(d.teacher, test, batch=a.batch, device=device)
                 teacher_eval = {"eval_accuracy": float((pred == test["labels"]).float().mean())}
+    if resumed_from is None and main:
         run.update_meta(teacher_eval=teacher_eval, method_params=d.n_method_params())
         log.write({"step": 0, "kind": "eval", **evaluate(d)})
     elif resumed_from is None and d.sharded:
         evaluate(d)                                     # the sharded student's forward is collective: take part
     if main:
         run.update_meta(resumed_from=resumed_from, **({"world_size": world} if env is not None else {}),
-                        **({"fsdp": True} if a.fsdp else {}))
+                        **({"fsdp": True, "fsdp_teacher": d.teacher_policy} if a.fsdp else {}))
     started = time.perf_counter()
     last = run_loop(d, next_batch, steps=a.steps, out=out, eval_fn=evaluate, eval_every=a.eval_every,
                     save_every=a.save_every, log_every=a.log_every, quiet=a.quiet, keep=a.keep_checkpoints,
@@ -370,7 +379,7 @@ def _distill(a, device: str, env) -> int:
                      "teacher": teacher_eval, "method_params": d.n_method_params(), "notes": notes,
                      "checkpoint": str(ckpt), "method_state": str(out / "method_state.safetensors"),
                      "resumed_from": resumed_from, **({"world_size": world} if env is not None else {}),
-                     **({"fsdp": True} if a.fsdp else {})})
+                     **({"fsdp": True, "fsdp_teacher": d.teacher_policy} if a.fsdp else {})})
     run.append(row)
     d.close()
     key = "eval_ppl" if causal else "eval_accuracy"

@@ -65,6 +65,64 @@ def shard_student(student: nn.Module, method_mods: list[tuple[str, nn.Module]], 
     fully_shard(student, mesh=mesh)
 
 
+def block_units(model: nn.Module) -> list[nn.Module]:
+    """The elements of the model's outermost nn.ModuleList (its transformer layers), the shallowest one found."""
+    best = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.ModuleList) and len(m) > 0:
+            depth = name.count(".")
+            if best is None or depth < best[0]:
+                best = (depth, m)
+    if best is None:
+        raise ValueError("--fsdp-teacher shard: the teacher has no nn.ModuleList of layers to shard by")
+    return list(best[1])
+
+
+def teacher_bytes(teacher: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*teacher.parameters(), *teacher.buffers()])
+
+
+def device_bytes(device: torch.device) -> int:
+    """Total memory of one rank's device: the GPU's, or the host's physical memory for CPU ranks."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+# auto shards the teacher when its weights take more than this share of one rank's device memory: the student's
+# sharded weights, its optimizer state and both models' activations need the rest
+TEACHER_SHARE = 0.25
+
+
+def teacher_policy(choice: str, teacher: nn.Module, device: torch.device) -> tuple[str, str]:
+    """('shard' or 'replicate', why) for --fsdp-teacher auto|shard|replicate."""
+    if choice not in ("auto", "shard", "replicate"):
+        raise ValueError(f"--fsdp-teacher {choice!r}: expected auto, shard or replicate")
+    if choice != "auto":
+        return choice, "asked for"
+    need, have = teacher_bytes(teacher), device_bytes(device)
+    why = f"teacher weights {need / 2**30:.2f} GiB vs {have / 2**30:.1f} GiB per rank (shard above {TEACHER_SHARE:.0%})"
+    return ("shard" if need > TEACHER_SHARE * have else "replicate"), why
+
+
+def shard_teacher(teacher: nn.Module, device: torch.device) -> None:
+    """fully_shard the frozen teacher per transformer layer and at the root (parameters gathered for each layer's
+    forward and freed after it). Every rank then takes part in each teacher forward (collective)."""
+    import torch.distributed as td
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    with torch.no_grad():
+        for t in [*teacher.parameters(), *teacher.buffers()]:
+            td.broadcast(t.data, src=0)
+    mesh = init_device_mesh(device.type, (td.get_world_size(),))
+    for unit in block_units(teacher):
+        fully_shard(unit, mesh=mesh)
+    fully_shard(teacher, mesh=mesh)
+
+
 def full_cpu(t: torch.Tensor, keep: bool) -> torch.Tensor | None:
     """The full tensor on the CPU (collective for a DTensor: every rank must call); None where not `keep`."""
     t = t.detach()

@@ -111,7 +111,7 @@ class Distiller:
 
     def __init__(self, teacher: nn.Module, method: str, method_args: dict | None, *, example: dict,
                  cfg: TrainConfig | None = None, seq_len: int | None = None, seed: int = 0, dist=None,
-                 fsdp: bool = False):
+                 fsdp: bool = False, fsdp_teacher: str = "auto"):
         from harness.models import swap
 
         self.cfg = cfg or TrainConfig()
@@ -165,6 +165,16 @@ class Distiller:
             self.method_params = [named[n] for n in method_names]
             taken = set(method_names)
             self.rest_named = [(n, p) for n, p in named.items() if n not in taken]
+        # the frozen teacher: replicated, or (fsdp, when asked or when it is large for one rank) sharded per layer
+        self.teacher_sharded, self.teacher_policy = False, "replicated"
+        if fsdp:
+            from harness.train import fsdp as F
+
+            choice, why = F.teacher_policy(fsdp_teacher, self.teacher, self.device)
+            if choice == "shard":
+                F.shard_teacher(self.teacher, self.device)
+                self.teacher_sharded = True
+            self.teacher_policy = f"{'sharded' if self.teacher_sharded else 'replicated'} ({fsdp_teacher}: {why})"
         groups = [{"params": self.method_params, "lr": self.cfg.method_lr(), "name": "method"}] \
             if self.method_params else []
         if self.cfg.lr_rest > 0:
