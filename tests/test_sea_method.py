@@ -328,3 +328,25 @@ def test_fused_bidirectional_performer_matches_the_torch_path_inside_sea(monkeyp
     assert any("performer_backend=triton needs a CUDA device" in r
                for r in cls.supports(Problem(batch=1, heads=2, kv_heads=2, seq_len=64, head_dim=16, causal=False),
                                      cfg))
+
+
+def test_performer_backend_auto_takes_the_fused_kernel_only_for_cuda_inference():
+    """Bidirectional auto: the fused forward-only kernel for CUDA tensors when no gradient is needed, the matmuls
+    otherwise (CPU, or a gradient through q / k / v); causal auto: the prefix-sum kernel on CUDA."""
+    import types
+
+    from methods.sea.favor import needs_grad, performer_backend
+
+    cuda, cpu = types.SimpleNamespace(is_cuda=True), types.SimpleNamespace(is_cuda=False)
+    assert performer_backend(cuda, False) == "triton-dense"
+    assert performer_backend(cuda, False, needs_grad=True) == "dense"
+    assert performer_backend(cpu, False) == "dense"
+    assert performer_backend(cuda, False, "torch") == "dense"
+    assert performer_backend(cpu, False, "triton") == "triton-dense"
+    assert performer_backend(cuda, True) == "triton" and performer_backend(cpu, True) == "torch"
+    with pytest.raises(ValueError, match="expected auto, triton or torch"):
+        performer_backend(cuda, False, "fused")
+    x = torch.zeros(2, requires_grad=True)
+    assert needs_grad(torch.zeros(2), x) and not needs_grad(torch.zeros(2))
+    with torch.no_grad():
+        assert not needs_grad(x)

@@ -53,8 +53,9 @@ class _SEABase(Method):
         Option("performer_dtype", "fp32", "operands of the estimator's Performer products: fp32 (the paper's) or "
                "bf16 (features computed in fp32, then rounded; fp32 accumulation)", choices=("fp32", "bf16")),
         Option("performer_backend", "auto", "estimator's Performer pass: auto (causal: Triton prefix-sum kernel on "
-               "CUDA, torch on CPU; bidirectional: torch matmuls), torch, or triton (causal: the prefix-sum kernel; "
-               "bidirectional: the fused forward-only kernel, kernels/favor_dense.py)",
+               "CUDA, torch on CPU; bidirectional: the fused kernel on CUDA when no gradient is needed, torch "
+               "matmuls otherwise), torch, or triton (causal: the prefix-sum kernel; bidirectional: the fused "
+               "forward-only kernel, kernels/favor_dense.py)",
                choices=("auto", "triton", "torch")),
         Option("topk_backend", "auto", "grouped top-k: torch (tensor ops), triton (one sort per group in a kernel; "
                "per_query and causal_per_batch without a padding mask, tensor ops otherwise) or auto (the kernel on "

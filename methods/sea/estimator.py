@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.sea.favor import favor_attention, orthogonal_random_features, performer_backend
+from methods.sea.favor import favor_attention, needs_grad, orthogonal_random_features, performer_backend
 
 
 DEC_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -173,7 +173,7 @@ class Estimator(nn.Module):
         c_perf = perf()
         enc = lambda: self.enc(torch.cat([c_perf, vf], dim=-1))          # noqa: E731
         z = enc()
-        self.last_performer = performer_backend(q, self.causal, self.performer_backend)
+        self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(qf, kf, vals))
         return dict(inputs=timer(inputs), performer=timer(perf), encoder=timer(enc),
                     decoder=timer(lambda: self.decode(z)), scaler=timer(lambda: torch.sigmoid(self.scaler(z))))
 
@@ -190,7 +190,7 @@ class Estimator(nn.Module):
         else:
             vi = identity_values(valid, B, T, d, q.device)[:, None].expand(B, H, T, d)
         vals = torch.cat([vi, v], dim=-1)                                # [B, H, T, 2d]
-        self.last_performer = performer_backend(q, self.causal, self.performer_backend)
+        self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(q, k, vals))
         c_perf = favor_attention(q, k, vals, self.proj, kernel=self.kernel, causal=self.causal, valid=valid,
                                  backend=self.performer_backend,
                                  operands=self.performer_dtype)         # [B, H, T, 2d] fp32 out
