@@ -194,3 +194,28 @@ def test_errors():
             fd.favor_softmax_dense(args.pop("q"), args.pop("k"), args.pop("v"), args.pop("proj"), **args)
     with torch.no_grad():                                                        # grad off: fine
         assert fd.favor_softmax_dense(qg, k, v, proj).shape == (B, H, T, D)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("operands,precision", [("fp32", "tf32x3"), ("fp32", "ieee"), ("bf16", None)])
+def test_compiled_kernel_at_sea_widths_matches_torch(monkeypatch, operands, precision):
+    """On CUDA, default tiles, SEA's bidirectional widths (d = 64, m = 266, Dv = 128), a padding mask: the fused
+    pass against the torch path (fp32: float rounding; bf16: the same rounding-size bound as on the CPU)."""
+    for name, value in DEFAULT_TILES.items():
+        monkeypatch.setattr(fd, name, value)
+    if precision:
+        monkeypatch.setattr(fd, "FP32_PRECISION", precision)
+    g = torch.Generator(device="cpu").manual_seed(5)
+    B, H, T, d = 2, 4, 3000, 64
+    q, k, v = (torch.randn(B, H, T, d, generator=g).cuda().to(torch.bfloat16) for _ in range(3))
+    proj = orthogonal_random_features(266, d, torch.Generator().manual_seed(1)).cuda()
+    valid = torch.ones(B, T, dtype=torch.bool, device="cuda")
+    valid[1, 2500:] = False
+    vals = torch.cat([identity_values(valid, B, T, d, q.device)[:, None].expand(B, H, T, d),
+                      v.float() * valid[:, None, :, None]], -1)                      # [B, H, T, 2d]
+    want = favor_attention(q, k, vals, proj, kernel="softmax", causal=False, valid=valid, backend="torch",
+                           operands=operands)
+    got = fd.favor_softmax_dense(q, k, vals, proj, valid=valid, operands=operands)
+    assert torch.isfinite(got).all()
+    rel = float((got.double() - want.double()).norm() / want.double().norm())
+    assert rel < (1e-5 if operands == "fp32" else 1e-2), rel
