@@ -137,12 +137,16 @@ def test_triton_gpu_matches_torch_path(dtype):
 # --- interpolation kernel (kernels/sea_interp.py) -------------------------------------------------------
 
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("k", [1, 3, 8])
-def test_interp_kernel_matches_torch_lists_and_loop_reference(causal, k):
+@pytest.mark.parametrize("k,slot_block", [(1, 64), (3, 64), (8, 64), (3, 4)])
+def test_interp_kernel_matches_torch_lists_and_loop_reference(causal, k, slot_block, monkeypatch):
     """The Triton columns equal the tensor-op lists (same row pointers, same columns, filler included) and a
-    plain-loop restatement; B=2, H=3, T=37, K=8 so that cells of width 0..5 and uneven rows occur."""
+    plain-loop restatement; B=2, H=3, T=37, K=8 so that cells of width 0..5 and uneven rows occur; slot blocks
+    of 4 make the row programs loop (rows of up to 24 entries)."""
+    import kernels.sea_interp as si
     from kernels.sea_interp import csr_columns_ref
     from methods.sea.interp import cell_bounds, mask_to_csr, row_lengths
+
+    monkeypatch.setattr(si, "SLOT_BLOCK", slot_block)
 
     B, H, T, K = 2, 3, 37, 8
     mask = torch.rand(B, H, T, K, generator=torch.Generator().manual_seed(k + 10 * causal)) < 0.4
