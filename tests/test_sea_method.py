@@ -340,6 +340,8 @@ def test_performer_backend_auto_takes_the_fused_kernel_only_for_cuda_inference()
     cuda, cpu = types.SimpleNamespace(is_cuda=True), types.SimpleNamespace(is_cuda=False)
     assert performer_backend(cuda, False) == "triton-dense"
     assert performer_backend(cuda, False, needs_grad=True) == "dense"
+    assert performer_backend(cuda, False, padded=True) == "dense"                  # not measured with padding
+    assert performer_backend(cuda, False, "triton", padded=True) == "triton-dense"
     assert performer_backend(cpu, False) == "dense"
     assert performer_backend(cuda, False, "torch") == "dense"
     assert performer_backend(cpu, False, "triton") == "triton-dense"

@@ -53,8 +53,8 @@ class _SEABase(Method):
         Option("performer_dtype", "fp32", "operands of the estimator's Performer products: fp32 (the paper's) or "
                "bf16 (features computed in fp32, then rounded; fp32 accumulation)", choices=("fp32", "bf16")),
         Option("performer_backend", "auto", "estimator's Performer pass: auto (causal: Triton prefix-sum kernel on "
-               "CUDA, torch on CPU; bidirectional: the fused kernel on CUDA when no gradient is needed, torch "
-               "matmuls otherwise), torch, or triton (causal: the prefix-sum kernel; bidirectional: the fused "
+               "CUDA, torch on CPU; bidirectional: the fused kernel on CUDA when no gradient is needed and no padding "
+               "mask is given, torch matmuls otherwise), torch, or triton (causal: the prefix-sum kernel; bidirectional: the fused "
                "forward-only kernel, kernels/favor_dense.py)",
                choices=("auto", "triton", "torch")),
         Option("topk_backend", "auto", "grouped top-k: torch (tensor ops), triton (one sort per group in a kernel; "

@@ -190,7 +190,8 @@ class Estimator(nn.Module):
         else:
             vi = identity_values(valid, B, T, d, q.device)[:, None].expand(B, H, T, d)
         vals = torch.cat([vi, v], dim=-1)                                # [B, H, T, 2d]
-        self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(q, k, vals))
+        self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(q, k, vals),
+                                                padded=valid is not None)
         c_perf = favor_attention(q, k, vals, self.proj, kernel=self.kernel, causal=self.causal, valid=valid,
                                  backend=self.performer_backend,
                                  operands=self.performer_dtype)         # [B, H, T, 2d] fp32 out

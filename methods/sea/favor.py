@@ -102,19 +102,21 @@ def linear_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, 
     return torch.cat(outs, dim=2)                                        # [B, H, T, Dv]
 
 
-def performer_backend(x: torch.Tensor, causal: bool, backend: str = "auto", needs_grad: bool = False) -> str:
+def performer_backend(x: torch.Tensor, causal: bool, backend: str = "auto", needs_grad: bool = False,
+                      padded: bool = False) -> str:
     """Which path favor_attention runs. Causal: 'triton' (kernels/linear_attention.py's chunk-parallel
     causal_linear_attention, fp32 IEEE dots) or 'torch' (linear_attention above); auto: triton for CUDA
     tensors, torch otherwise (on CPU the batched PyTorch chunks beat the interpreted kernel).
     Bidirectional: 'dense' (two matmuls over materialised features; torch) or 'triton-dense'
     (kernels/favor_dense.py: the fused forward-only kernel, softmax features; triton); auto takes the fused
-    kernel for CUDA tensors when no gradient is needed (measured faster on an H200 for fp32 and bf16 operands at
-    T = 16k and 64k, results/nvidia-h200/sea-kernels/), the matmuls otherwise."""
+    kernel for CUDA tensors when no gradient is needed and no padding mask is given (the case measured faster on
+    an H200 for fp32 and bf16 operands at T = 16k and 64k, results/nvidia-h200/sea-kernels/), the matmuls
+    otherwise (backend=triton takes the kernel with a padding mask too)."""
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"performer backend {backend!r}: expected auto, triton or torch")
     if not causal:
         if backend == "auto":
-            return "triton-dense" if x.is_cuda and not needs_grad else "dense"
+            return "triton-dense" if x.is_cuda and not needs_grad and not padded else "dense"
         return "triton-dense" if backend == "triton" else "dense"
     if backend == "auto":
         return "triton" if x.is_cuda else "torch"
@@ -136,7 +138,7 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
     path rounds its [m, Dv] key-value summary to bf16 before the second product)."""
     if operands not in ("fp32", "bf16"):
         raise ValueError(f"performer operands {operands!r}: expected fp32 or bf16")
-    path = performer_backend(q, causal, backend, needs_grad(q, k, v, proj))
+    path = performer_backend(q, causal, backend, needs_grad(q, k, v, proj), padded=valid is not None)
     if path == "triton-dense":
         if kernel != "softmax":
             raise ValueError(f"the fused bidirectional Performer kernel has softmax features only; kernel={kernel!r}")
