@@ -169,7 +169,8 @@ if triton is not None:
                  mask=fmask[:, None] & emask[None, :])
         tl.store(Z + part * M + offs_f, zacc, mask=fmask)
         tl.store(MX + part * NFB + fb, m_run)
-        tl.store(VS + part * DV + offs_e, vsum, mask=emask & (fb == 0))
+        if fb == 0:                                  # one feature block writes the value sums
+            tl.store(VS + part * DV + offs_e, vsum, mask=emask)
 
     @triton.jit
     def _query_kernel(Q, PROJ, KV, Z, KVS, ZS, O,
