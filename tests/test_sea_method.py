@@ -352,3 +352,34 @@ def test_performer_backend_auto_takes_the_fused_kernel_only_for_cuda_inference()
     assert needs_grad(torch.zeros(2), x) and not needs_grad(torch.zeros(2))
     with torch.no_grad():
         assert not needs_grad(x)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_fused_encoder_inside_sea_matches_the_modules(monkeypatch, causal):
+    """encoder_backend=triton (kernels/sea_encoder.py, forward only) gives SEA's output and estimate as the
+    estimator's own modules do (same seed); refused in words for forward+backward cells and raises when a
+    gradient is needed."""
+    import kernels.sea_encoder as se
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(se, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(se, "PRECISION", "ieee")
+    cls = get("sea")
+    p = Problem(batch=2, heads=2, kv_heads=1, seq_len=40, head_dim=16, causal=causal)
+    base = {"k": "4", "K": "8", "backend": "torch"}
+    want_mod = cls.build(cls.resolve_config(base), p)
+    got_mod = cls.build(cls.resolve_config(dict(base, encoder_backend="triton")), p)
+    g = torch.Generator().manual_seed(12)
+    q, k, v = torch.randn(2, 2, 40, 16, generator=g), torch.randn(2, 1, 40, 16, generator=g), \
+        torch.randn(2, 1, 40, 16, generator=g)
+    with torch.no_grad():
+        want = want_mod(q, k, v, causal=causal)
+        got = got_mod(q, k, v, causal=causal)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got_mod.last_aux["a_hat"], want_mod.last_aux["a_hat"], rtol=1e-4, atol=1e-6)
+    assert "encoder=triton" in got_mod.impl and "encoder=" not in want_mod.impl
+    cfg = cls.resolve_config({"encoder_backend": "triton"})
+    back = Problem(batch=1, heads=2, kv_heads=2, seq_len=64, head_dim=16, causal=causal, backward=True)
+    assert any("forward-only encoder" in r for r in cls.supports(back, cfg))
+    with pytest.raises(RuntimeError, match="forward-only"):
+        got_mod(q.requires_grad_(), k, v, causal=causal)

@@ -57,6 +57,9 @@ class _SEABase(Method):
                "mask is given, torch matmuls otherwise), torch, or triton (causal: the prefix-sum kernel; bidirectional: the fused "
                "forward-only kernel, kernels/favor_dense.py)",
                choices=("auto", "triton", "torch")),
+        Option("encoder_backend", "torch", "estimator's encoder (Linear, LayerNorm, GELU) and scaler head: torch "
+               "(the modules) or triton (one fused forward-only kernel, kernels/sea_encoder.py; not yet timed on a "
+               "GPU)", choices=("torch", "triton")),
         Option("topk_backend", "auto", "grouped top-k: torch (tensor ops), triton (one sort per group in a kernel; "
                "per_query and causal_per_batch without a padding mask, tensor ops otherwise) or auto (the kernel on "
                "CUDA for groups of <= 1024 candidates, the size measured; tensor ops otherwise)",
@@ -97,14 +100,17 @@ class _SEABase(Method):
         if problem.causal and r["mode"] in ("per_head", "per_batch"):
             reasons.append(f"mode={r['mode']} ranks across time (future leaks); causal needs per_query or "
                            "causal_per_batch")
-        wants_triton = [key for key in ("backend", "topk_backend", "interp_backend", "performer_backend")
-                        if cfg[key] == "triton"]
+        wants_triton = [key for key in ("backend", "topk_backend", "interp_backend", "performer_backend",
+                                        "encoder_backend") if cfg[key] == "triton"]
         if wants_triton and problem.device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             reasons.append(f"{', '.join(f'{key}=triton' for key in wants_triton)} needs a CUDA device (or "
                            f"TRITON_INTERPRET=1 on the CPU); device={problem.device}")
         if cfg["performer_backend"] == "triton" and not problem.causal and problem.backward:
             reasons.append("performer_backend=triton is the fused forward-only Performer kernel for bidirectional "
                            "calls; forward+backward needs performer_backend=auto or torch")
+        if cfg["encoder_backend"] == "triton" and problem.backward:
+            reasons.append("encoder_backend=triton is the fused forward-only encoder kernel; forward+backward needs "
+                           "encoder_backend=torch")
         if problem.causal and problem.seq_len > cfg["max_len"]:
             reasons.append(f"seq_len={problem.seq_len} > max_len={cfg['max_len']} (learned V_I rows)")
         return reasons
@@ -126,7 +132,8 @@ class _SEABase(Method):
                            layer=cfg["checkpoint_layer"] if cfg["checkpoint_layer"] >= 0 else layer,
                            estimator_dtype=cfg["estimator_dtype"], performer_dtype=cfg["performer_dtype"],
                            interp_backend=cfg["interp_backend"], topk_backend=cfg["topk_backend"],
-                           scaler_input=cfg["scaler_input"], performer_backend=cfg["performer_backend"])
+                           scaler_input=cfg["scaler_input"], performer_backend=cfg["performer_backend"],
+                           encoder_backend=cfg["encoder_backend"])
         return mod.to(problem.device)
 
 

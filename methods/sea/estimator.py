@@ -116,7 +116,7 @@ class CausalDecoder(nn.Module):
 class Estimator(nn.Module):
     def __init__(self, *, d: int, H: int, K: int, causal: bool, nbf: float, max_len: int, seed: int,
                  dec_dtype: str = "fp32", performer_backend: str = "auto", performer_dtype: str = "fp32",
-                 scaler_input: str = "shared"):
+                 scaler_input: str = "shared", encoder_backend: str = "torch"):
         super().__init__()
         self.d, self.H, self.K, self.causal = d, H, K, causal
         if dec_dtype not in DEC_DTYPES:
@@ -126,6 +126,9 @@ class Estimator(nn.Module):
         if scaler_input not in ("shared", "detached"):
             raise ValueError(f"scaler input {scaler_input!r}: expected shared or detached")
         self.scaler_input = scaler_input
+        if encoder_backend not in ("torch", "triton"):
+            raise ValueError(f"encoder backend {encoder_backend!r}: expected torch or triton")
+        self.encoder_backend = encoder_backend
         self.last_performer = "not-run"
         self.kernel = "relu" if causal else "softmax"
         m = max(1, int(d * math.log(d) / nbf)) if d > 1 else 1
@@ -171,11 +174,29 @@ class Estimator(nn.Module):
         perf = lambda: favor_attention(qf, kf, vals, self.proj, kernel=self.kernel, causal=self.causal,  # noqa: E731
                                        backend=self.performer_backend, operands=self.performer_dtype)
         c_perf = perf()
+        self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(qf, kf, vals))
+        if self.encoder_backend == "triton":                             # encoder and scaler in one kernel
+            enc = lambda: self.fused_encoder(c_perf, vf)                 # noqa: E731
+            z, _ = enc()
+            return dict(inputs=timer(inputs), performer=timer(perf), encoder=timer(enc),
+                        decoder=timer(lambda: self.decode(z)), scaler=0.0)
         enc = lambda: self.enc(torch.cat([c_perf, vf], dim=-1))          # noqa: E731
         z = enc()
-        self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(qf, kf, vals))
         return dict(inputs=timer(inputs), performer=timer(perf), encoder=timer(enc),
                     decoder=timer(lambda: self.decode(z)), scaler=timer(lambda: torch.sigmoid(self.scaler(z))))
+
+    def fused_encoder(self, c_perf: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """encoder_backend=triton: z [B, H, T, 2d] and sigmoid scales [B, H, T, 2] by kernels/sea_encoder.py (one
+        forward-only kernel, no [T, 3d] concatenation); refused in words when a gradient is needed."""
+        from kernels.sea_encoder import encoder_forward
+
+        lin, ln = self.enc[0], self.enc[1]
+        weights = (lin.weight, lin.bias, ln.weight, ln.bias, self.scaler.weight, self.scaler.bias)
+        if needs_grad(c_perf, v, *weights):
+            raise RuntimeError("sea encoder_backend=triton is a forward-only kernel and this call needs gradients "
+                               "(training, or forward+backward): use encoder_backend=torch")
+        return encoder_forward(c_perf, v, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps,
+                               self.scaler.weight, self.scaler.bias)
 
     def forward(self, q, k, v, *, valid: torch.Tensor | None):
         """q, k, v [B, H, T, d] (any float dtype) -> logits [B, H, T, K], s_prob, s_mix [B, H, T, 1] (fp32)."""
@@ -195,6 +216,9 @@ class Estimator(nn.Module):
         c_perf = favor_attention(q, k, vals, self.proj, kernel=self.kernel, causal=self.causal, valid=valid,
                                  backend=self.performer_backend,
                                  operands=self.performer_dtype)         # [B, H, T, 2d] fp32 out
+        if self.encoder_backend == "triton":
+            z, scales = self.fused_encoder(c_perf, v)                    # [B, H, T, 2d], [B, H, T, 2]
+            return self.decode(z), scales[..., 0:1], scales[..., 1:2]
         z = self.enc(torch.cat([c_perf, v], dim=-1))                     # [B, H, T, 2d]
         logits = self.decode(z)                                          # [B, H, T, K] fp32
         # "detached": gradients reaching s_prob / s_mix (the layer output, hidden states, logits) train the scaler
