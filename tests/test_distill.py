@@ -283,3 +283,49 @@ def test_hidden_norm_divides_each_layer_by_the_teachers_mean_square():
     _, values = d.losses(batch)
     assert math.isfinite(values["hidden"])
     d.close()
+
+
+def test_cli_distill_out_of_memory_is_a_row_with_what_to_change(tiny_dir, tmp_path, capsys, monkeypatch):
+    """Running out of memory mid-run: exit 1, an `oom` row naming the step and the options that would help (the
+    attention terms first when they are on), the checkpoints written so far kept, and --resume goes on."""
+    from harness.cli import main
+    from harness.train.loop import Distiller
+
+    name = pick(True, trainable=True)
+    out = tmp_path / "run"
+    common = ["distill", "--model", str(tiny_dir), "--method", name, "--seq-len", "32", "--batch", "2",
+              "--max-train-tokens", "600", "--eval-tokens", "200", "--device", "cpu", "--out", str(out), "--quiet",
+              "--steps", "3", "--save-every", "1"]
+    real = Distiller.train_step
+
+    def step_then_oom(self, batch):
+        if self.step >= 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.12 GiB (simulated)")
+        return real(self, batch)
+
+    monkeypatch.setattr(Distiller, "train_step", step_then_oom)
+    assert main(common) == 1
+    err = capsys.readouterr().err
+    assert "out of memory in step 2" in err and "--attn-rows 256" in err
+    rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["status"] == "oom" and rows[0]["extra"]["steps_done"] == 1
+    assert rows[0]["cell_id"].endswith("@oom-step2") and "Tried to allocate 1.12 GiB" in rows[0]["reason"]
+    assert rows[0]["reason"].index("--attn-rows") < rows[0]["reason"].index("smaller --batch")
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-0000001"]
+    assert json.loads((out / "meta.json").read_text())["finished"] is False
+    monkeypatch.setattr(Distiller, "train_step", real)
+    assert main([*common, "--resume"]) == 0                                   # memory freed: goes on
+    rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["oom", "ok"] and rows[-1]["extra"]["steps_done"] == 3
+
+
+def test_oom_hints_name_only_what_applies():
+    import argparse
+
+    from harness.tasks.distill import oom_hints
+
+    a = argparse.Namespace(attn_rows=0, seq_len=2048, batch=8, fsdp=False)
+    assert [h.split()[0] for h in oom_hints(a, True)] == ["--attn-rows", "a", "--fsdp"]
+    assert [h.split()[0] for h in oom_hints(a, False)] == ["a", "--fsdp"]          # no attention terms in use
+    a.attn_rows, a.fsdp = 256, True
+    assert oom_hints(a, True) == ["a smaller --batch (now 8) or --seq-len (now 2048)"]

@@ -344,17 +344,24 @@ def _distill(a, device: str, env) -> int:
         run.update_meta(resumed_from=resumed_from, **({"world_size": world} if env is not None else {}),
                         **({"fsdp": True, "fsdp_teacher": d.teacher_policy} if a.fsdp else {}))
     started = time.perf_counter()
-    last = run_loop(d, next_batch, steps=a.steps, out=out, eval_fn=evaluate, eval_every=a.eval_every,
-                    save_every=a.save_every, log_every=a.log_every, quiet=a.quiet, keep=a.keep_checkpoints,
-                    main=main, time_limit=a.time_limit)
-    if not main and not d.sharded:
-        d.close()
-        return 0
-    final_eval = last.pop("evaluated", None)
-    if final_eval is None:                              # not evaluated at this step yet
-        final_eval = evaluate(d)
-        if main:
-            log.write({"step": d.step, "kind": "eval", **final_eval})
+    try:
+        last = run_loop(d, next_batch, steps=a.steps, out=out, eval_fn=evaluate, eval_every=a.eval_every,
+                        save_every=a.save_every, log_every=a.log_every, quiet=a.quiet, keep=a.keep_checkpoints,
+                        main=main, time_limit=a.time_limit)
+        if not main and not d.sharded:
+            d.close()
+            return 0
+        final_eval = last.pop("evaluated", None)
+        if final_eval is None:                          # not evaluated at this step yet
+            final_eval = evaluate(d)
+            if main:
+                log.write({"step": d.step, "kind": "eval", **final_eval})
+    except torch.OutOfMemoryError as exc:               # a failure is data: an `oom` row, checkpoints kept
+        return _out_of_memory(exc, a, d, run, main=main, row_fields=dict(
+            run_id=run_id, cell_id=cid, method=name, config=dict(mcfg), batch=a.batch, heads=dims["heads"],
+            kv_heads=dims["kv_heads"], seq_len=a.seq_len, head_dim=dims["head_dim"], dtype=a.dtype, causal=causal,
+            mode="train", device=device, seed=a.seed, inputs=f"{a.model} | {a.train_text if causal else 'bbcnews'}"),
+            setting=setting, started=started, out=out)
     ckpt = d.save(out / "checkpoints", keep=a.keep_checkpoints)   # sharded: every rank gathers, rank 0 writes
     if not main:
         d.close()
@@ -387,6 +394,42 @@ def _distill(a, device: str, env) -> int:
           f"(teacher {fmt(teacher_eval.get(key))}); {'; '.join(notes) or 'all terms used'}")
     print(f"method state: {out / 'method_state.safetensors'}; metrics: {out / 'metrics.jsonl'}")
     return 0
+
+
+def oom_hints(a, attn_terms: bool) -> list[str]:
+    """What to change after running out of memory, most effective first."""
+    hints = []
+    if attn_terms and a.attn_rows == 0:
+        hints.append(f"--attn-rows 256 (the attention terms keep B*H*T*T per layer for the backward; "
+                     f"T={a.seq_len}) or --no-attention-probs")
+    hints.append(f"a smaller --batch (now {a.batch}) or --seq-len (now {a.seq_len})")
+    if not a.fsdp:
+        hints.append("--fsdp under torchrun (the student's weights and optimizer state sharded)")
+    return hints
+
+
+def _out_of_memory(exc, a, d, run, *, main: bool, row_fields: dict, setting: dict, started: float, out) -> int:
+    """Record an out-of-memory failure as an `oom` row (rank 0) with the step it reached and what to change;
+    checkpoints already written stay, so --resume with smaller settings goes on from the newest."""
+    import sys
+
+    from harness.rows import Row
+
+    attn_terms = (not a.no_attention_probs) and a.seq_len <= a.max_attn_tokens
+    hints = oom_hints(a, attn_terms)
+    first = (str(exc).strip().splitlines() or ["out of memory"])[0][:300]
+    reason = f"out of memory in step {d.step + 1}: {first}; try {'; or '.join(hints)}"
+    if main:
+        run.update_meta(finished=False, steps_done=d.step, failure=reason)
+        # its own row id: the cell is not finished, and --resume (after freeing memory) goes on from a checkpoint
+        row_fields = {**row_fields, "cell_id": f"{row_fields['cell_id']}@oom-step{d.step + 1}"}
+        run.append(Row(**row_fields, status="oom", reason=reason, impl=d.handle.impl_summary(),
+                       wall_s=round(time.perf_counter() - started, 3),
+                       extra={**{k: v for k, v in setting.items() if k != "data"}, "steps_done": d.step,
+                              "checkpoints": str(out / "checkpoints")}))
+        print(f"error: {reason}", file=sys.stderr)
+    d.close()
+    return 1
 
 
 __all__ = ["register_cli"]
