@@ -2,7 +2,8 @@
 # Sweep wall time on 1 GPU and on N GPUs (torchrun, one rank per GPU) of one host, same grid, each with fresh
 # Triton/Inductor caches so neither run inherits the other's compiled kernels.
 #   bash scripts/device_scaling.sh NAME N [python -m harness run arguments...]
-# Leaves $OUT/NAME-1/{meta.json,rows.jsonl}, $OUT/NAME-N/{meta.json,rows.jsonl} and $OUT/NAME-scaling.json.
+# Leaves $OUT/NAME-1/{meta.json,rows.jsonl}, $OUT/NAME-N/{meta.json,rows.jsonl}, $OUT/NAME-scaling.json and
+# $OUT/NAME-walls.txt (each leg's wall time, written as the leg ends, so a call cut off later still has it).
 # WORLDS="N" runs the N-GPU leg alone (when the 1-GPU leg came from an earlier call: its wall time is then read
 # from its meta.json, created -> finished, by the reader of the results, not by this script).
 set -u
@@ -23,6 +24,7 @@ for world in ${WORLDS:-1 $n}; do
   echo "exit $? (world $world)"
   wall[$world]=$(python3 -c "import time; print(round(time.time() - $t0, 2))")
   echo "world $world: ${wall[$world]} s"
+  echo "world $world: ${wall[$world]} s" >>"$OUT/$name-walls.txt"     # kept even if a later leg is cut off
   mkdir -p "$OUT/$name-$world"; cp "$run"/meta.json "$run"/rows.jsonl "$OUT/$name-$world"/
 done
 [ -n "${wall[1]:-}" ] && [ -n "${wall[$n]:-}" ] || exit 0
