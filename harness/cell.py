@@ -251,18 +251,23 @@ def _measure(cell: Cell, method, cfg, problem: Problem, out_values: dict, *, war
         out_values["memory_metric"] = measure.CPU_MEMORY_METRIC
     out_values.update(latency_ms=timing.median_ms, latency_p20_ms=timing.p20_ms, latency_p80_ms=timing.p80_ms,
                       n_timed=timing.n, timer=timing.timer, memory_bytes=int(mem))
+    if dev == "cuda":
+        def stage_timer(fn):
+            return measure.time_cuda(fn, warmup_ms=warmup_ms, rep_ms=max(10.0, rep_ms / 4)).median_ms
+    else:
+        def stage_timer(fn):
+            return measure.time_cpu(fn, min_runs=3, budget_s=cpu_budget_s / 4).median_ms
     if not backward:
-        if dev == "cuda":
-            def stage_timer(fn):
-                return measure.time_cuda(fn, warmup_ms=warmup_ms, rep_ms=max(10.0, rep_ms / 4)).median_ms
-        else:
-            def stage_timer(fn):
-                return measure.time_cpu(fn, min_runs=3, budget_s=cpu_budget_s / 4).median_ms
         with torch.no_grad():
             stages = _stage("stage profile", lambda: module.stage_profile(q, k, v, causal=cell.causal,
                                                                          timer=stage_timer))
         if stages:
             out_values["extra"] = {**out_values.get("extra", {}), "stages_ms": dict(stages)}
+    else:                                               # the backward's own stages (forward ones: fwd cells)
+        stages = _stage("backward stage profile", lambda: module.stage_profile_backward(
+            q, k, v, causal=cell.causal, timer=stage_timer))
+        if stages:
+            out_values["extra"] = {**out_values.get("extra", {}), "stages_bwd_ms": dict(stages)}
     impl_after = getattr(module, "impl", "") or impl
     out_values["impl"] = impl_after
     if method.exact:

@@ -135,6 +135,12 @@ class AttentionModule(nn.Module):
         pipeline order. Stages must be separable: each closure gets precomputed inputs of the stage."""
         return None
 
+    def stage_profile_backward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+                               timer: Callable[[Callable[[], object]], float]) -> dict[str, float] | None:
+        """Optional per-stage breakdown of the backward of one forward+backward: {stage: ms} of each
+        differentiable stage's backward alone (closures through `timer`, as stage_profile)."""
+        return None
+
 
 class Method:
     """A registered attention method. Subclass, declare, and decorate with `@register`.

@@ -383,3 +383,41 @@ def test_fused_encoder_inside_sea_matches_the_modules(monkeypatch, causal):
     assert any("forward-only encoder" in r for r in cls.supports(back, cfg))
     with pytest.raises(RuntimeError, match="forward-only"):
         got_mod(q.requires_grad_(), k, v, causal=causal)
+
+
+def test_backward_stage_profile_times_each_differentiable_stage(tmp_path):
+    """stage_profile_backward: the estimator, sparse attention and mix backwards, each alone on one recorded graph
+    (finite, non-zero gradients; the module's .grad untouched); the harness records them for fwd+bwd cells."""
+    cls = get("sea")
+    p = Problem(batch=1, heads=2, kv_heads=1, seq_len=48, head_dim=16, causal=True, backward=True)
+    mod = cls.build(cls.resolve_config({"k": "4", "K": "8", "backend": "torch"}), p)
+    g = torch.Generator().manual_seed(9)
+    q, k, v = torch.randn(1, 2, 48, 16, generator=g), torch.randn(1, 1, 48, 16, generator=g), \
+        torch.randn(1, 1, 48, 16, generator=g)
+    results = []
+
+    def timer(fn):
+        results.append(fn())
+        return 1.0
+
+    ms = mod.stage_profile_backward(q, k, v, causal=True, timer=timer)
+    assert list(ms) == ["estimator", "sparse_attention", "mix"] and len(results) == 3
+    for grads in results:
+        assert grads and all(x is None or torch.isfinite(x).all() for x in grads)
+        assert any(x is not None and x.abs().sum() > 0 for x in grads)
+    est_grads = results[0]
+    assert len(est_grads) == 3 + sum(1 for p_ in mod.parameters() if p_.requires_grad)   # q, k, v + parameters
+    assert all(p_.grad is None for p_ in mod.parameters())
+    assert get("exact").build(get("exact").resolve_config({}), p).stage_profile_backward(
+        q, k, v, causal=True, timer=timer) is None                                         # optional in the contract
+    from tests.helpers import read_rows, run_cli
+
+    res = run_cli("run", "--methods", "sea,exact", "--method-args", "sea.k=4", "sea.K=8", "--device", "cpu",
+                  "--seq-lens", "64", "--batch", "1", "--heads", "2", "--head-dim", "16", "--dtype", "fp32",
+                  "--causal", "--mode", "fwd+bwd", "--cpu-budget", "0.05", "--out", str(tmp_path / "run"), "--quiet")
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = {r["method"]: r for r in read_rows(tmp_path / "run")}
+    assert rows["sea"]["status"] == "ok" and rows["exact"]["status"] == "ok"
+    bwd = rows["sea"]["extra"]["stages_bwd_ms"]                                             # recorded by the harness
+    assert set(bwd) == {"estimator", "sparse_attention", "mix"} and all(t > 0 for t in bwd.values())
+    assert "stages_bwd_ms" not in (rows["exact"].get("extra") or {})

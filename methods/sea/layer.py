@@ -361,6 +361,39 @@ class SEAAttention(AttentionModule):
         self.impl = self._impl(ran)
         return ms
 
+    def stage_profile_backward(self, q, k, v, *, causal, timer):
+        """{stage: ms} of the backward of one forward+backward without padding, per differentiable stage:
+        estimator (gradients of A_hat, s_prob, s_mix to q, k, v and the estimator's parameters), sparse_attention
+        (of c to q, k, v) and mix (of the output to its inputs: c, A_hat, scalers, values). Top-k and
+        interpolation have no backward (the selection is not differentiable). The graph is recorded once; each
+        stage's backward runs alone with fixed random output gradients (retain_graph)."""
+        g = torch.Generator(device="cpu").manual_seed(0)
+        with torch.enable_grad():
+            q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+            layout, kernel = self.sparse_plan(q, k, v, None)
+            kr, vr, valid, scale = self._prepare(q, k, v, causal=causal, key_padding_mask=None, scale=None)
+            _, a_hat, s_prob, s_mix = self.stage_estimator(q, kr, vr, causal=causal, valid=valid, scale=scale)
+            mask = self.stage_topk(a_hat.detach(), causal=causal, valid=None)
+            sel = self.stage_interpolate(mask, causal=causal, valid=None, layout=layout)
+            c, ran = self.stage_sparse(q, k, v, sel, causal=causal, scale=scale, kernel=kernel)
+            mix_in = [t.detach().requires_grad_() for t in (c, a_hat, s_prob, s_mix, vr)]
+            out, _, _ = self.stage_mix(*mix_in, causal=causal, valid=None, out_dtype=q.dtype)
+        params = [p for p in self.parameters() if p.requires_grad]
+
+        def backward_of(outputs, inputs):
+            outs = [o for o in outputs if o is not None and o.requires_grad]
+            grads = [torch.randn(o.shape, generator=g).to(o.device, o.dtype) for o in outs]
+            ins = [i for i in inputs if i.requires_grad]
+            return lambda: torch.autograd.grad(outs, ins, grads, retain_graph=True, allow_unused=True)
+
+        ms = {}
+        if any(o is not None and o.requires_grad for o in (a_hat, s_prob, s_mix)):
+            ms["estimator"] = timer(backward_of((a_hat, s_prob, s_mix), [q, k, v, *params]))
+        ms["sparse_attention"] = timer(backward_of((c,), [q, k, v]))
+        ms["mix"] = timer(backward_of((out,), mix_in))
+        self.impl = self._impl(ran)
+        return ms
+
     def _same_call(self, call) -> bool:
         """Did the last forward run on these tensors (by identity) with these settings, and keep a graph if one
         is needed now? Then its selection and scalers are the ones attention_probs would compute again."""
