@@ -58,6 +58,8 @@ import os
 
 import torch
 
+from kernels._buffers import fresh, pow2_block
+
 try:
     import triton
     import triton.language as tl
@@ -83,13 +85,7 @@ BF16_DASH_PRECISION = "tf32x3"    # tl.dot input precision of x' proj^T for oper
 
 
 def _fresh(shape, dtype, device):
-    if POISON_OUTPUTS:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _block(x: int) -> int:
-    return max(16, 1 << max(0, (x - 1).bit_length()))
+    return fresh(shape, dtype, device, poison=POISON_OUTPUTS)
 
 
 if triton is not None:
@@ -305,7 +301,7 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
     BH = B * H
     x_scale = float(d) ** -0.25
     phi_scale = float(m) ** -0.5
-    BD, BDV = _block(d), _block(Dv)
+    BD, BDV = pow2_block(d), pow2_block(Dv)
     dash_prec = BF16_DASH_PRECISION if bf16 else FP32_PRECISION
     nfb = triton.cdiv(m, KEY_BLOCK_F)
     rows = _split_rows(T, BH * nfb)

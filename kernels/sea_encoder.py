@@ -33,6 +33,8 @@ import os
 
 import torch
 
+from kernels._buffers import fresh, pow2_block
+
 try:
     import triton
     import triton.language as tl
@@ -52,13 +54,7 @@ _PRECISIONS = ("tf32x3", "ieee")
 
 
 def _fresh(shape, dtype, device):
-    if POISON_OUTPUTS:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _block(x: int) -> int:
-    return max(16, 1 << max(0, (x - 1).bit_length()))
+    return fresh(shape, dtype, device, poison=POISON_OUTPUTS)
 
 
 if triton is not None:
@@ -171,7 +167,7 @@ def encoder_forward(c_perf, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b):
         return z, scales
     c2 = c_perf.contiguous().view(R, 2 * d)                              # [R, 2d]
     v2 = v.contiguous().view(R, d)                                       # [R, d]
-    bd2 = _block(2 * d)
+    bd2 = pow2_block(2 * d)
     warps = NUM_WARPS if NUM_WARPS is not None else (4 if bd2 <= 128 else 8)
     grid = (triton.cdiv(R, BLOCK_R),)
     _encoder_fwd_kernel[grid](

@@ -22,6 +22,8 @@ import os
 
 import torch
 
+from kernels._buffers import fresh, pow2_block
+
 try:
     import triton
     import triton.language as tl
@@ -34,13 +36,7 @@ POISON_OUTPUTS = False
 
 
 def _fresh(shape, dtype, device):
-    if POISON_OUTPUTS:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, (x - 1).bit_length())
+    return fresh(shape, dtype, device, poison=POISON_OUTPUTS)
 
 
 if triton is not None:
@@ -236,7 +232,7 @@ def _triton_forward(q, k, v, row_ptr, col, scale, out=None, lse=None):
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         o.stride(0), o.stride(1), o.stride(2),
         H, T, D, H // Hkv,
-        BLOCK_N=BLOCK_N, BLOCK_D=max(16, _next_pow2(D)))
+        BLOCK_N=BLOCK_N, BLOCK_D=pow2_block(D))
     return o, lse
 
 
@@ -263,7 +259,7 @@ class _SparseAttnFn(torch.autograd.Function):
             q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, ctx.scale,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             H, T, D, H // Hkv,
-            BLOCK_N=BLOCK_N, BLOCK_D=max(16, _next_pow2(D)))
+            BLOCK_N=BLOCK_N, BLOCK_D=pow2_block(D))
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
 
 
@@ -352,5 +348,5 @@ def sparse_attention_tiled(q, k, v, mask, tiles, ntiles, scale: float, *, k_sel:
         o.stride(0), o.stride(1), o.stride(2),
         H, T, H // Hkv, nqb, nkb, Kc, int(k_sel),
         CAUSAL=bool(causal), IEEE=q.dtype == torch.float32,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, _next_pow2(D)), D=D)
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=pow2_block(D), D=D)
     return (o, lse) if return_lse else o
