@@ -60,6 +60,10 @@ class _SEABase(Method):
         Option("encoder_backend", "torch", "estimator's encoder (Linear, LayerNorm, GELU) and scaler head: torch "
                "(the modules) or triton (one fused forward-only kernel, kernels/sea_encoder.py; not yet timed on a "
                "GPU)", choices=("torch", "triton")),
+        Option("compile", "none", "none, or estimator: the estimator's tensor operations (casts, Performer features, "
+               "encoder, decoder, scaler) through torch.compile (inductor, static shapes: each sequence length "
+               "compiles once, in the first call); the Triton kernels run between the compiled pieces",
+               choices=("none", "estimator")),
         Option("topk_backend", "auto", "grouped top-k: torch (tensor ops), triton (one sort per group in a kernel; "
                "per_query and causal_per_batch without a padding mask, tensor ops otherwise) or auto (the kernel on "
                "CUDA for groups of <= 1024 candidates, the size measured; tensor ops otherwise)",
@@ -133,7 +137,7 @@ class _SEABase(Method):
                            estimator_dtype=cfg["estimator_dtype"], performer_dtype=cfg["performer_dtype"],
                            interp_backend=cfg["interp_backend"], topk_backend=cfg["topk_backend"],
                            scaler_input=cfg["scaler_input"], performer_backend=cfg["performer_backend"],
-                           encoder_backend=cfg["encoder_backend"])
+                           encoder_backend=cfg["encoder_backend"], compile=cfg["compile"])
         return mod.to(problem.device)
 
 

@@ -16,6 +16,22 @@ from methods.sea.favor import favor_attention, needs_grad, orthogonal_random_fea
 
 
 DEC_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+COMPILE_MODES = ("none", "estimator")
+COMPILE_BACKEND = "inductor"     # torch.compile backend of compile="estimator" (tests may use "aot_eager")
+RECOMPILE_LIMIT = 64             # each estimator instance and shape is one more compiled entry of forward()
+
+
+def compiled(fn):
+    """torch.compile(fn) for compile="estimator": static shapes (each T compiles once), and a recompile limit
+    raised so that a sweep building many layers keeps compiling instead of running uncompiled past the default
+    limit of 8 entries; past RECOMPILE_LIMIT dynamo raises (fail_on_recompile_limit_hit) rather than fall back to
+    eager silently."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+    dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
+    dynamo_config.fail_on_recompile_limit_hit = True
+    return torch.compile(fn, backend=COMPILE_BACKEND, dynamic=False)
 
 
 def identity_values(valid: torch.Tensor | None, B: int, T: int, d: int, device) -> torch.Tensor:
@@ -116,7 +132,7 @@ class CausalDecoder(nn.Module):
 class Estimator(nn.Module):
     def __init__(self, *, d: int, H: int, K: int, causal: bool, nbf: float, max_len: int, seed: int,
                  dec_dtype: str = "fp32", performer_backend: str = "auto", performer_dtype: str = "fp32",
-                 scaler_input: str = "shared", encoder_backend: str = "torch"):
+                 scaler_input: str = "shared", encoder_backend: str = "torch", compile: str = "none"):
         super().__init__()
         self.d, self.H, self.K, self.causal = d, H, K, causal
         if dec_dtype not in DEC_DTYPES:
@@ -129,6 +145,10 @@ class Estimator(nn.Module):
         if encoder_backend not in ("torch", "triton"):
             raise ValueError(f"encoder backend {encoder_backend!r}: expected torch or triton")
         self.encoder_backend = encoder_backend
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"estimator compile {compile!r}: expected one of {COMPILE_MODES}")
+        self.compile = compile
+        self._compiled = None                                            # built on first use (not in state_dict)
         self.last_performer = "not-run"
         self.kernel = "relu" if causal else "softmax"
         m = max(1, int(d * math.log(d) / nbf)) if d > 1 else 1
@@ -195,11 +215,21 @@ class Estimator(nn.Module):
         if needs_grad(c_perf, v, *weights):
             raise RuntimeError("sea encoder_backend=triton is a forward-only kernel and this call needs gradients "
                                "(training, or forward+backward): use encoder_backend=torch")
-        return encoder_forward(c_perf, v, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps,
+        return torch.compiler.disable(encoder_forward)(c_perf, v, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps,
                                self.scaler.weight, self.scaler.bias)
 
     def forward(self, q, k, v, *, valid: torch.Tensor | None):
-        """q, k, v [B, H, T, d] (any float dtype) -> logits [B, H, T, K], s_prob, s_mix [B, H, T, 1] (fp32)."""
+        """q, k, v [B, H, T, d] (any float dtype) -> logits [B, H, T, K], s_prob, s_mix [B, H, T, 1] (fp32).
+        compile="estimator": the tensor operations (casts, features, encoder, decoder, scaler) run through
+        torch.compile; the Triton kernels (Performer, fused encoder) are called as they are, between the compiled
+        pieces (kernels/ calls are wrapped in torch.compiler.disable in favor.py / fused_encoder)."""
+        if self.compile == "none":
+            return self._forward(q, k, v, valid=valid)
+        if self._compiled is None:
+            self._compiled = compiled(self._forward)
+        return self._compiled(q, k, v, valid=valid)
+
+    def _forward(self, q, k, v, *, valid: torch.Tensor | None):
         B, H, T, d = q.shape
         q, k, v = q.float(), k.float(), v.float()
         if valid is not None:

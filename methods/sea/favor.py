@@ -144,7 +144,8 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
             raise ValueError(f"the fused bidirectional Performer kernel has softmax features only; kernel={kernel!r}")
         from kernels.favor_dense import favor_softmax_dense
 
-        return favor_softmax_dense(q, k, v, proj.float(), valid=valid, operands=operands, eps=eps)
+        return torch.compiler.disable(favor_softmax_dense)(q, k, v, proj.float(), valid=valid, operands=operands,
+                                                           eps=eps)
     q, k, v = q.float(), k.float(), v.float()
     if kernel == "softmax":
         phi_q = softmax_features(q, proj, is_query=True)
@@ -170,7 +171,8 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
     if path == "triton":
         from kernels.linear_attention import causal_linear_attention
 
-        num, den = causal_linear_attention(phi_q.contiguous(), phi_k.contiguous(), v.contiguous(), chunk=64,
-                                           backend="triton", tf32=False)   # fp32 [B, H, T, Dv], [B, H, T]
+        kernel_call = torch.compiler.disable(causal_linear_attention)         # compile="estimator": not traced
+        num, den = kernel_call(phi_q.contiguous(), phi_k.contiguous(), v.contiguous(), chunk=64,
+                               backend="triton", tf32=False)      # fp32 [B, H, T, Dv], [B, H, T]
         return num / (den[..., None] + eps)
     return linear_attention(phi_q, phi_k, v, causal=causal, chunk=chunk, eps=eps)

@@ -109,7 +109,8 @@ class SEAAttention(AttentionModule):
                  max_len: int, oracle: bool, backend: str, force_s_prob: float, force_s_mix: float,
                  checkpoint: str | None, layer: int, seed: int, estimator_dtype: str = "fp32",
                  performer_dtype: str = "fp32", interp_backend: str = "torch", topk_backend: str = "auto",
-                 scaler_input: str = "shared", performer_backend: str = "auto", encoder_backend: str = "torch"):
+                 scaler_input: str = "shared", performer_backend: str = "auto", encoder_backend: str = "torch",
+                 compile: str = "none"):
         super().__init__()
         self.heads, self.head_dim, self.causal = heads, head_dim, causal
         self.k, self.K, self.mode, self.oracle, self.backend = k, K, mode, oracle, backend
@@ -119,7 +120,7 @@ class SEAAttention(AttentionModule):
         self.estimator = Estimator(d=head_dim, H=heads, K=K, causal=causal, nbf=nbf, max_len=max_len, seed=seed,
                                    dec_dtype=estimator_dtype, performer_dtype=performer_dtype,
                                    scaler_input=scaler_input, performer_backend=performer_backend,
-                                   encoder_backend=encoder_backend)
+                                   encoder_backend=encoder_backend, compile=compile)
         # Persistent flag (saved with the module's state): has the estimator been trained or loaded? Mirrored
         # in a Python bool so that forward never reads the buffer (a host sync on CUDA).
         self.register_buffer("estimator_trained", torch.zeros((), dtype=torch.bool))
@@ -179,6 +180,7 @@ class SEAAttention(AttentionModule):
                 f"performer={self.estimator.last_performer}"
                 f"{'' if self.estimator.performer_dtype == 'fp32' else '/' + self.estimator.performer_dtype}, "
                 f"{'encoder=triton, ' if self.estimator.encoder_backend == 'triton' else ''}"
+                f"{'' if self.estimator.compile == 'none' else 'compile=' + self.estimator.compile + ', '}"
                 f"mode={self.mode}, topk={self.last_topk}, k={self.k}, K={self.K}, "
                 f"nb_features={self.estimator.nb_features}, scalers={sc}, sparse={kernel}]")
 

@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Where SEA's forward spends its GPU time, kernel by kernel (torch.profiler), for one T and direction.
+
+Builds `sea` through the method registry (B=1, H=16, D=64, bf16 q/k/v by default, untrained estimator, the
+given sea options), runs a few warm-up forwards, then profiles --iters forwards and prints the CUDA kernels
+sorted by total device time (ms per forward, calls per forward, share of the forward), plus the forward's
+wall time measured with CUDA events outside the profiler. Used to attribute the estimator's time (issue 7).
+
+    python scripts/profile_sea.py --T 65536 --causal --opts performer_dtype=bf16
+    python scripts/profile_sea.py --T 65536 --opts performer_dtype=bf16,compile=estimator --top 30
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--T", type=int, default=65536)
+    ap.add_argument("--causal", action="store_true")
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    ap.add_argument("--opts", default="", help="sea options, comma-separated key=value")
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--top", type=int, default=25)
+    a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("profile_sea.py needs a CUDA device", file=sys.stderr)
+        return 2
+    from methods.base import Problem, get
+
+    opts = dict(kv.split("=", 1) for kv in a.opts.split(",") if kv)
+    if a.causal:
+        opts.setdefault("max_len", str(a.T))
+    M = get("sea")
+    cfg = M.resolve_config(opts)
+    prob = Problem(1, a.heads, a.heads, a.T, a.head_dim, dtype=a.dtype, causal=a.causal, device="cuda")
+    reasons = M.supports(prob, cfg)
+    if reasons:
+        print("unsupported:", "; ".join(reasons), file=sys.stderr)
+        return 2
+    mod = M.build(cfg, prob, seed=0)
+    dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, a.heads, a.T, a.head_dim, device="cuda", dtype=dt, generator=g) for _ in range(3))
+    with torch.no_grad():
+        for _ in range(3):
+            mod(q, k, v, causal=a.causal)
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(a.iters):
+            mod(q, k, v, causal=a.causal)
+        end.record()
+        torch.cuda.synchronize()
+        wall = start.elapsed_time(end) / a.iters
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(a.iters):
+                mod(q, k, v, causal=a.causal)
+            torch.cuda.synchronize()
+    rows = []
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", None)
+        if t is None:
+            t = ev.cuda_time_total
+        if t > 0 and ev.count > 0:
+            rows.append((t / 1e3 / a.iters, ev.count / a.iters, ev.key))
+    rows.sort(reverse=True)
+    total = sum(r[0] for r in rows)
+    print(f"T={a.T} causal={a.causal} opts={a.opts or '-'} impl={mod.impl}")
+    print(f"forward wall {wall:.3f} ms (CUDA events, {a.iters} forwards); kernels sum {total:.3f} ms per forward")
+    print(f"{'ms/fwd':>8} {'calls':>6} {'share':>6}  kernel")
+    for t, n, key in rows[:a.top]:
+        print(f"{t:8.3f} {n:6.1f} {t / total:6.1%}  {key[:110]}")
+    rest = rows[a.top:]
+    if rest:
+        print(f"{sum(r[0] for r in rest):8.3f} {sum(r[1] for r in rest):6.1f}         ({len(rest)} other kernels)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
