@@ -1,0 +1,235 @@
+"""kernels/sea_decoder.py: the fused causal CNN decoder forward against SEA's own CausalDecoder module and
+against a float64 plain restatement. Runs under TRITON_INTERPRET=1 on CPU (tests/conftest.py) with shrunk
+blocks (16-row windows of 12 output rows, 4-row conv chunks) and 2 programs, so each program runs several
+jobs (reusing its scratch), windows start before time 0, and the last block is partial."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels.sea_decoder as dec_mod
+from kernels.sea_decoder import causal_decoder_forward, decoder_forward, decoder_usable
+from methods.sea.estimator import CausalDecoder
+
+# (B, H, d, K, T): w = K/4 = 6 (padded to 8) with 3 blocks + a partial one over 2 batches; w = 16 (SEA's
+# width, no padding) with T = 3 < the 4-row halo; w = 4 with 6 blocks (T = 70 = 5 x 12 + 10).
+SHAPES = [(2, 3, 8, 24, 37), (1, 2, 16, 64, 3), (1, 2, 8, 16, 70)]
+
+
+@pytest.fixture(autouse=True)
+def _small_blocks(monkeypatch):
+    monkeypatch.setattr(dec_mod, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(dec_mod, "PRECISION", "ieee")
+    monkeypatch.setattr(dec_mod, "BLOCK_T", 16)
+    monkeypatch.setattr(dec_mod, "BLOCK_C", 4)
+    monkeypatch.setattr(dec_mod, "BLOCK_L", 16)
+    monkeypatch.setattr(dec_mod, "BLOCK_F", 16)     # 2d = 16: one slice; 2d = 32: two
+    monkeypatch.setattr(dec_mod, "PROGRAMS", 2)
+
+
+def _decoder(d, H, K, seed=0):
+    torch.manual_seed(seed)
+    dec = CausalDecoder(d, H, K)
+    gen = torch.Generator().manual_seed(100 + seed)
+    with torch.no_grad():                            # LayerNorm affine away from 1 / 0, larger conv weights
+        for ln in (dec.norm_in, dec.norm_out):
+            ln.weight.copy_(0.5 + torch.rand(ln.weight.shape, generator=gen))
+            ln.bias.copy_(0.6 * torch.rand(ln.bias.shape, generator=gen) - 0.3)
+        for conv in (dec.conv1, dec.conv2, dec.conv3):
+            conv.weight.mul_(2.0)
+            conv.bias.add_(0.2 * torch.randn(conv.bias.shape, generator=gen))
+    return dec
+
+
+def _z(B, H, T, d, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(B, H, T, 2 * d, generator=gen)                      # [B, H, T, 2d]
+
+
+def _run(dec, z):
+    with torch.no_grad():
+        return decoder_forward(z, dec)
+
+
+def _f64_restatement(dec, z):
+    """CausalDecoder.forward in float64 written out: causal padding instead of the time mask (pad 2 rows
+    before time 0 and use kernel rows 0, 1 only), the x4 width repeat and norm_out over K done literally."""
+    p = {k: v.detach().double() for k, v in dec.state_dict().items()}
+    B, H, T, _ = z.shape
+    K = dec.K
+    w = K // 4
+    x = z.double() @ p["row.weight"].T + p["row.bias"]                     # [B, H, T, 2w]
+    x = x.view(B, H, T, 2, w).permute(0, 1, 3, 2, 4).reshape(B, 2 * H, T, w)   # [B, 2H, T, w], c = 2h + j
+    mu = x.mean(-1, keepdim=True)
+    x = (x - mu) / torch.sqrt(((x - mu) ** 2).mean(-1, keepdim=True) + dec.norm_in.eps)
+    x = x * p["norm_in.weight"] + p["norm_in.bias"]
+
+    def causal_conv(x, wname, bname):
+        xp = F.pad(x, (2, 2, 2, 0))                                        # width 2 | 2, time 2 before only
+        return F.conv2d(xp, p[wname][:, :, :2, :], p[bname], dilation=2)  # taps t-2, t; i-2, i, i+2
+
+    x = torch.relu(causal_conv(x, "conv1.weight", "conv1.bias"))            # [B, 2H, T, w]
+    x = torch.relu(causal_conv(x, "conv2.weight", "conv2.bias"))
+    x = x.repeat_interleave(4, dim=3)                                      # [B, 2H, T, K]
+    y = torch.einsum("bctk,hc->bhtk", x, p["conv3.weight"][:, :, 0, 0]) + p["conv3.bias"][:, None, None]
+    mu = y.mean(-1, keepdim=True)                                          # [B, H, T, 1]
+    y = (y - mu) / torch.sqrt(((y - mu) ** 2).mean(-1, keepdim=True) + dec.norm_out.eps)
+    return y * p["norm_out.weight"] + p["norm_out.bias"]                   # [B, H, T, K]
+
+
+# measured under the interpreter (fp32 arithmetic): max |err| vs the module 2.8e-6 (w=6), 1.2e-6 (T=3),
+# 4.5e-6 (w=4), with |out| up to ~3.5.
+@pytest.mark.parametrize("B,H,d,K,T", SHAPES)
+def test_matches_causal_decoder_module(B, H, d, K, T):
+    dec = _decoder(d, H, K)
+    z = _z(B, H, T, d)
+    out = _run(dec, z)
+    with torch.no_grad():
+        ref = dec(z)                                                       # [B, H, T, K]
+    assert out.shape == (B, H, T, K) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()                                       # every poisoned entry written
+    assert ref.abs().max() > 1.0 and ref.std() > 0.3                       # not a trivially small comparison
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("B,H,d,K,T", SHAPES[::2])
+def test_matches_float64_restatement(B, H, d, K, T):
+    dec = _decoder(d, H, K, seed=3)
+    z = _z(B, H, T, d, seed=4)
+    out = _run(dec, z)
+    ref = _f64_restatement(dec, z)
+    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=0)
+    with torch.no_grad():                                                  # the restatement is the module's
+        torch.testing.assert_close(dec(z).double(), ref, atol=1e-4, rtol=0)
+
+
+def test_time_mask_weights_ignored():
+    """conv kernel row 2 (time t+2) is the module's masked row: raw and masked weights give the same output,
+    and a huge value there changes nothing (the kernel never reads it)."""
+    B, H, d, K, T = SHAPES[0]
+    dec = _decoder(d, H, K)
+    z = _z(B, H, T, d)
+    out = _run(dec, z)
+    with torch.no_grad():
+        dec.conv1.weight[:, :, 2, :] = 1e6
+        dec.conv2.weight[:, :, 2, :] = -1e6
+    torch.testing.assert_close(_run(dec, z), out, atol=0, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(dec(z), out, atol=1e-4, rtol=0)        # the module masks them too
+
+
+@pytest.mark.parametrize("t0", [5, 12, 30])      # inside a window, at a window start (12 = BLOCK_T - 4), later
+def test_causal(t0):
+    B, H, d, K, T = SHAPES[0]
+    dec = _decoder(d, H, K)
+    z = _z(B, H, T, d)
+    out = _run(dec, z)
+    z2 = z.clone()
+    z2[:, :, t0:] = 5.0 * torch.randn(z2[:, :, t0:].shape)               # change every row >= t0
+    out2 = _run(dec, z2)
+    assert torch.equal(out2[:, :, :t0], out[:, :, :t0])                   # rows before t0 bit-identical
+    assert (out2[:, :, t0:] - out[:, :, t0:]).abs().amax(dim=(0, 1, 3)).min() > 1e-3   # every later row moved
+
+
+def test_block_sizes_do_not_change_the_result(monkeypatch):
+    """Other window / chunk / program counts: 32-row windows in 8-row chunks, one program for all jobs;
+    one 16-row chunk per window over 3 programs."""
+    B, H, d, K, T = SHAPES[0]
+    dec = _decoder(d, H, K)
+    z = _z(B, H, T, d)
+    out = _run(dec, z)
+    for bt, bc, progs in ((32, 8, 1), (16, 16, 3)):
+        monkeypatch.setattr(dec_mod, "BLOCK_T", bt)
+        monkeypatch.setattr(dec_mod, "BLOCK_C", bc)
+        monkeypatch.setattr(dec_mod, "PROGRAMS", progs)
+        torch.testing.assert_close(_run(dec, z), out, atol=1e-5, rtol=0)
+
+
+def test_non_contiguous_z_and_empty():
+    B, H, d, K, T = SHAPES[0]
+    dec = _decoder(d, H, K)
+    zt = _z(B, T, H, d).transpose(1, 2)                                    # [B, H, T, 2d], non-contiguous
+    assert not zt.is_contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(_run(dec, zt), dec(zt), atol=1e-4, rtol=0)
+    assert _run(dec, torch.zeros(B, H, 0, 2 * d)).shape == (B, H, 0, K)
+
+
+def test_usable_on_interpreter_or_cuda():
+    assert decoder_usable(torch.device("cuda")) or not torch.cuda.is_available()
+    assert decoder_usable("cpu") == (dec_mod.triton is not None and
+                                     __import__("os").environ.get("TRITON_INTERPRET") == "1")
+
+
+def test_refuses_grad():
+    B, H, d, K, T = SHAPES[0]
+    dec = _decoder(d, H, K)                                                # parameters require grad
+    z = _z(B, H, T, d)
+    with pytest.raises(RuntimeError, match="forward-only"):
+        decoder_forward(z, dec)
+    dec.requires_grad_(False)
+    with pytest.raises(RuntimeError, match="forward-only"):
+        decoder_forward(z.requires_grad_(True), dec)
+
+
+def _args(dec):
+    return dict(row_w=dec.row.weight, row_b=dec.row.bias, norm_in_w=dec.norm_in.weight,
+                norm_in_b=dec.norm_in.bias, norm_in_eps=dec.norm_in.eps, conv1_w=dec.conv1.weight,
+                conv1_b=dec.conv1.bias, conv2_w=dec.conv2.weight, conv2_b=dec.conv2.bias,
+                conv3_w=dec.conv3.weight, conv3_b=dec.conv3.bias, norm_out_w=dec.norm_out.weight,
+                norm_out_b=dec.norm_out.bias, norm_out_eps=dec.norm_out.eps, K=dec.K)
+
+
+def test_refuses_bad_shapes_dtypes_and_geometry(monkeypatch):
+    B, H, d, K, T = SHAPES[0]
+    dec = _decoder(d, H, K)
+    z = _z(B, H, T, d)
+    good = dict(z=z, **_args(dec))
+    bad = [
+        dict(z=z[0]),                                                     # 3 dims
+        dict(z=z[:, :, :, :-1]),                                          # 2d - 1 features
+        dict(z=torch.zeros(B, H + 1, T, 2 * d)),                          # heads disagree with conv weights
+        dict(K=K + 2),                                                    # not a multiple of 4
+        dict(K=K + 4),                                                    # weights for another K
+        dict(row_w=dec.row.weight.T),
+        dict(norm_in_b=torch.zeros(K // 4 + 1)),
+        dict(conv1_w=dec.conv1.weight[..., :2]),
+        dict(conv3_w=dec.conv3.weight[:, :, 0]),
+        dict(norm_out_w=torch.ones(K // 4)),
+        dict(z=torch.zeros(1, 33, 4, 2 * d)),                             # H > MAX_H
+    ]
+    with torch.no_grad():
+        for change in bad:
+            with pytest.raises(ValueError, match="sea decoder"):
+                causal_decoder_forward(**{**good, **change})
+        for name in ("z", "row_w", "conv2_w", "norm_out_b"):
+            with pytest.raises(ValueError, match="float32"):
+                causal_decoder_forward(**{**good, name: good[name].double()})
+        other = CausalDecoder(d, H, K)
+        other.conv2.dilation = (1, 1)
+        with pytest.raises(ValueError, match="conv2"):
+            decoder_forward(z, other)
+        other = CausalDecoder(d, H, K)
+        other.conv1.time_mask.fill_(1.0)                                  # a non-causal conv
+        with pytest.raises(ValueError, match="time_mask"):
+            decoder_forward(z, other)
+        monkeypatch.setattr(dec_mod, "PRECISION", "fp16")
+        with pytest.raises(ValueError, match="PRECISION"):
+            decoder_forward(z, dec)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
+def test_cuda_matches_module_at_sea_sizes(monkeypatch, precision):
+    monkeypatch.undo()                                                    # the default tiles and grid
+    monkeypatch.setattr(dec_mod, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(dec_mod, "PRECISION", precision)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # the module in true fp32
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    d, H, K, T = 64, 16, 64, 8192
+    dec = _decoder(d, H, K).cuda()
+    z = _z(1, H, T, d).cuda()
+    out = _run(dec, z)
+    with torch.no_grad():
+        ref = dec(z)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, atol=1e-4 if precision == "ieee" else 3e-4, rtol=0)
