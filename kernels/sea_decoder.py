@@ -51,16 +51,24 @@ Limits: K a multiple of 4 (the module otherwise resizes with nearest_resize, whi
 K <= MAX_K, H <= MAX_H, d <= MAX_D. Forward only: `causal_decoder_forward` refuses when grad is enabled and
 any input requires grad.
 
-Predicted time at B=1, T=65536, d=64, H=16, K=64 on an H200 (not measured when written):
-  * memory: 0.81 GB / ~4 TB/s ~ 0.20 ms (the 1/7 halo re-read of z hits L2);
+Compiled offline for sm_90 (triton 3.6, default blocks, tf32x3, 4 warps; not run): 255 registers per thread,
+no spills, 20 KiB shared memory, so at most 2 programs per SM (PROGRAMS_PER_SM). With software pipelining
+(num_stages > 1) the compiler staged every tap's tiles in shared memory (~250 KiB, over the limit): NUM_STAGES
+is 1. BLOCK_F = 128 (one z load per head) spilled ~0.5 KiB per thread. Tune BLOCK_C, BLOCK_T, NUM_WARPS and
+PROGRAMS_PER_SM on the GPU.
+
+Predicted time at B=1, T=65536, d=64, H=16, K=64 on an H200 (an estimate, not measured):
+  * memory: 0.81 GB / ~4 TB/s ~ 0.20 ms (the 4/28 halo re-read of z mostly hits L2);
   * arithmetic: per output row 16 x 128 x 32 (row Linear) + 2 x 32 x 32 x 6 x 16 (conv1, conv2) + 32 x 16 x 16
     (conv3) ~ 2.7e5 MAC -> 3.5e10 FLOP at T = 65536, x 32/28 for the halo rows = 4.0e10; tf32x3 triples the
-    tensor-core work: 1.2e11 TF32 FLOP against ~495 TFLOP/s dense peak = 0.24 ms at peak. The dots are small
-    (N = 32 or 16, K = 32 per tap), so Triton should reach a fraction of peak: ~25-40%;
-  * 65536 / 28 = 2341 jobs over 264 programs ~ 9 jobs each, each job three barrier-separated stages with
-    little overlap inside a program (two programs per SM overlap each other).
-  Estimate: ~0.6-1.0 ms (memory and tensor-core work partly overlapped, compute-leaning), i.e. ~7-10x faster
-  than the 6.8 ms torch path; PRECISION="tf32" should cut the dot time by ~2-3x, towards ~0.3-0.4 ms.
+    tensor-core work: 1.2e11 TF32 FLOP against ~495 TFLOP/s dense peak = 0.24 ms at peak;
+  * latency: 65536 / 28 = 2341 jobs over 264 programs ~ 9 jobs each. Without pipelining each job is a chain
+    of dependent load -> dot steps: 64 z loads from DRAM in stage 1 (16 heads x 4 feature slices, ~0.7 us
+    each) and 48 scratch tile loads from L1/L2 in stages 2-3 (8 chunks x 6 taps, ~0.3 us each): ~60 us a
+    job, ~0.55 ms a program, with only the two programs of an SM overlapping each other.
+  Estimate: ~0.6-1.0 ms (latency-bound more than bandwidth- or FLOP-bound), i.e. ~7-10x faster than the
+  6.8 ms torch path. The first thing to try if it is slower: fewer, wider z loads in stage 1 (BLOCK_F = 64
+  with NUM_WARPS = 8) and PRECISION = "tf32" to see how much of the time the dots are.
 """
 from __future__ import annotations
 

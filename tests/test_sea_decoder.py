@@ -220,16 +220,20 @@ def test_refuses_bad_shapes_dtypes_and_geometry(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
 def test_cuda_matches_module_at_sea_sizes(monkeypatch, precision):
+    """SEA's sizes with the default tiles: the full grid, then 7 programs (each runs ~40 jobs through its
+    scratch, so a missing barrier between stages would show), then T shorter than one window / the halo."""
     monkeypatch.undo()                                                    # the default tiles and grid
     monkeypatch.setattr(dec_mod, "POISON_OUTPUTS", True)
     monkeypatch.setattr(dec_mod, "PRECISION", precision)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # the module in true fp32
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    d, H, K, T = 64, 16, 64, 8192
+    d, H, K = 64, 16, 64
     dec = _decoder(d, H, K).cuda()
-    z = _z(1, H, T, d).cuda()
-    out = _run(dec, z)
-    with torch.no_grad():
-        ref = dec(z)
-    assert torch.isfinite(out).all()
-    torch.testing.assert_close(out, ref, atol=1e-4 if precision == "ieee" else 3e-4, rtol=0)
+    for T, programs in ((8192, None), (8192, 7), (37, None), (3, None)):
+        monkeypatch.setattr(dec_mod, "PROGRAMS", programs)
+        z = _z(1, H, T, d).cuda()
+        out = _run(dec, z)
+        with torch.no_grad():
+            ref = dec(z)
+        assert torch.isfinite(out).all(), (T, programs)
+        torch.testing.assert_close(out, ref, atol=1e-4 if precision == "ieee" else 3e-4, rtol=0)
