@@ -6,12 +6,40 @@ first key and width for the row's time step (lo, width [T, K]: cell c of row t c
 budget k of keys per cell. A selected cell contributes n = min(width, k) keys, uniformly spaced:
 lo + floor(j * width / n) for j < n; a row's keys are its cells' keys in cell order (so ascending).
 
-One program per query row, which visits only its own entries: an inclusive cumsum of the cells' key counts, then
-for each block of SLOT_BLOCK output slots the cell of every slot (how many cells end at or before it: compares),
-that cell's first slot, and the key position (one division per entry). The first version computed the whole
-[K, k] tile of (cell, j) pairs per row, K k integer divisions where a row keeps about k entries: on an H200 it
-was 2.5-3.6x slower than the tensor-op path (results/nvidia-h200/sea-kernels/); this one is not yet timed. No padding mask here: padded rows and
-keys are handled by the PyTorch path (methods/sea/interp.py).
+Layout (third version). One program per block of ROWS_PER_PROGRAM = 16 consecutive rows. It loads the block's
+selected flags as one [16, KP] byte tile (contiguous: 1 KiB at K = 64), counts each row's selected cells, and
+loops max-count times; step i takes every row's i-th selected cell (the smallest selected cell above the one
+visited last: one min-reduction over the tile), gathers that cell's lo and width ([16] loads, masked), and writes
+its run of n keys as a [16, JB] tile (JB = min(64, next_pow2(k)); longer runs loop) at row_ptr[row] + keys
+already written: the running sum of the visited cells' counts, so no prefix sum over cells and no search at all.
+Keys are lo + j q + floor(j rem / n) with w = q n + rem (one division per row and step, then an unsigned 32-bit
+division of j rem < k^2 per entry: no overflow for any width, int64 only when k > 46340). Entries past row_ptr[-1] (up to capacity)
+are zeroed by extra fill programs in the same launch, so the buffer is torch.empty rather than a memset of the
+whole capacity; entries at or past capacity are dropped (the old kernel wrote past the buffer there).
+
+Why (history): the first version computed the whole [K, k] (cell, j) tile per row (2.5-3.6x slower than the
+tensor-op path on an H200); the second ran one 4-warp program per row and, for every block of 64 output slots,
+two [64 slots x KP cells] compare matrices (the slot's cell and that cell's first slot). Measured on an H200
+(bf16, B=1, H=16, T=65536, causal, K=64, k=64, causal_per_batch): 2.74 ms per call (4.12 ms bidirectional,
+K=128, k=13, per_batch). That geometry keeps few keys: n_t = round(H k K / L_t) cells over all 16 heads, so
+about 15.6M entries in all (62.5 MB of int32) for R = 1,048,576 rows, and about 80% of the rows select no cell
+(t > 4096: fewer than 16 cells over 16 heads). The second version's time was a million tiny programs each paying
+a load/cumsum/reduction latency chain (about 2.6 ns of the whole GPU per row), plus 128 compares per entry.
+Now: 65,536 programs; a block without a selected cell (most blocks at large t once heads concentrate) costs a
+1 KiB load, a row-sum and a max; each written entry costs about 30 lane instructions (multiply, 32-bit
+division, address, store) with the [16, 64] tile used at 15-40% (rows of a block have unequal cell counts;
+a CPU simulation with random selections under the same budgets gives ~98M tile lanes for 15.6M entries at
+16 rows per block, ~116M at 32), plus one [16, KP] min-reduction and two gathers per step.
+
+Prediction, H200, T=65536 causal (geometry above): traffic ~64 MB of flags + ~63 MB of columns + row
+pointers, ~0.035 ms at 4 TB/s; tile work ~100M lanes x ~30 instructions ~ 3G lane-instructions, ~0.1 ms at
+~33 T lane-instructions/s; with latency tails of the small-t blocks (up to 64 steps of 1-key cells at t < 64)
+I expect 0.08-0.2 ms for the kernel (best guess 0.12 ms), i.e. 15-30x faster than 2.74 ms, and the
+whole interpolation stage is then dominated by the torch row counts + cumsum. Bidirectional (K=128, k=13,
+per_batch, ~1 cell of 13 keys per row on average): JB = 16, a [16, 128] min-reduction per step, expected
+0.1-0.25 ms (was 4.12 ms). Not timed yet. No padding mask here: padded rows and keys are handled by the
+PyTorch path (methods/sea/interp.py). The per-row counts (and so row_ptr) still come from a torch
+reduction + cumsum outside this kernel.
 
 `csr_columns_ref` is the plain-loop restatement used by the tests.
 """
@@ -21,50 +49,99 @@ import torch
 import triton
 import triton.language as tl
 
-
-# Output slots per loop step of a row program (a row keeps about k keys in all; longer rows loop).
+# Query rows per program: the rows' selected-cell flags are read as one [ROWS_PER_PROGRAM, KP] tile, so a block
+# of rows without a selected cell costs one coalesced load and a reduction.
+ROWS_PER_PROGRAM = 16
+# Keys per step of a cell's run (the lane width of the [rows, keys] tile): min(SLOT_BLOCK, next_pow2(k)).
 SLOT_BLOCK = 64
+# Filler entries zeroed per program (entries past row_ptr[-1], up to the capacity).
+FILL_BLOCK = 4096
+NUM_WARPS = 4
+# Tests set this to fill the output with a poison value first, so an entry no program writes fails them.
+POISON_OUTPUTS = False
+_POISON = -123456789
 
 
 @triton.jit
-def _csr_columns_kernel(SEL, LO, WIDTH, ROW_PTR, COL, T, kk, K: tl.constexpr, KP: tl.constexpr,
-                        EB: tl.constexpr):
-    r = tl.program_id(0).to(tl.int64)                       # query row (b, h, t)
-    t = r % T
-    c = tl.arange(0, KP)
-    cm = c < K
-    s = tl.load(SEL + r * K + c, mask=cm, other=0).to(tl.int32)          # [KP] selected?
-    w = tl.load(WIDTH + t * K + c, mask=cm, other=0)                     # [KP] keys the cell covers
-    n = tl.minimum(w, kk) * s                                            # [KP] keys taken from each cell
-    end = tl.cumsum(n, 0)                                                # [KP] inclusive end of each cell's run
-    total = tl.sum(n, 0)
-    base = tl.load(ROW_PTR + r)
-    for e0 in range(0, total, EB):                                      # only the row's own entries
-        e = e0 + tl.arange(0, EB)                                        # [EB] output slots
-        live = e < total
-        cell = tl.sum((end[None, :] <= e[:, None]).to(tl.int32), 1)      # [EB] the cell each slot falls in
-        first = tl.sum(tl.where(c[None, :] < cell[:, None], n[None, :], 0), 1)   # [EB] the cell's first slot
-        wc = tl.load(WIDTH + t * K + cell, mask=live, other=1)
-        lc = tl.load(LO + t * K + cell, mask=live, other=0)
-        nc = tl.maximum(tl.minimum(wc, kk), 1)
-        tl.store(COL + base + e, lc + ((e - first) * wc) // nc, mask=live)
+def _csr_columns_kernel(SEL, LO, WIDTH, ROW_PTR, COL, R, T, kk, CAP, n_row_programs,
+                        K: tl.constexpr, KP: tl.constexpr, RB: tl.constexpr, JB: tl.constexpr,
+                        FB: tl.constexpr, WIDE: tl.constexpr):
+    pid = tl.program_id(0)
+    if pid < n_row_programs:
+        r = pid.to(tl.int64) * RB + tl.arange(0, RB)                    # [RB] query rows (b, h, t)
+        rm = r < R
+        t = r % T
+        c = tl.arange(0, KP)
+        s = tl.load(SEL + r[:, None] * K + c[None, :], mask=rm[:, None] & (c[None, :] < K), other=0)
+        s = s != 0                                                       # [RB, KP] selected?
+        n_sel = tl.sum(s.to(tl.int32), 1)                               # [RB] selected cells per row
+        base = tl.load(ROW_PTR + r, mask=rm, other=0)                   # [RB] first entry of each row
+        pos = tl.zeros([RB], dtype=tl.int64)                             # [RB] entries written so far
+        prev = tl.full([RB], -1, dtype=tl.int32)                         # [RB] last cell visited
+        j = tl.arange(0, JB)
+        # Step i visits the i-th selected cell of every row (cells ascending, so keys ascending); rows with
+        # fewer cells idle. A block of empty rows never enters the loop.
+        for _ in range(0, tl.max(n_sel, 0)):
+            nxt = tl.where(s & (c[None, :] > prev[:, None]), c[None, :], KP)
+            cell = tl.min(nxt, 1)                                        # [RB] next selected cell (KP: none)
+            has = cell < K
+            wc = tl.load(WIDTH + t * K + cell, mask=has, other=0)       # [RB] keys the cell covers
+            lc = tl.load(LO + t * K + cell, mask=has, other=0)          # [RB] its first key
+            nc = tl.minimum(wc, kk)                                      # [RB] keys taken (0: no cell)
+            dst = base + pos                                             # [RB] where the cell's run starts
+            nd = tl.maximum(nc, 1)
+            qc = wc // nd                                                # [RB] w = q n + rem, so
+            rc = wc - qc * nd                                            # floor(j w / n) = j q + floor(j rem / n)
+            for j0 in range(0, tl.max(nc, 0), JB):
+                jj = j0 + j                                              # [JB] index inside the run
+                live = jj[None, :] < nc[:, None]                         # [RB, JB]
+                if WIDE:                                                 # k > 46340: j r may pass 2^31
+                    frac = (jj[None, :].to(tl.int64) * rc[:, None]) // nd[:, None]
+                else:                                                    # j r < k^2 < 2^31: unsigned 32-bit
+                    frac = (jj[None, :] * rc[:, None]).to(tl.uint32) // nd.to(tl.uint32)[:, None]
+                key = lc[:, None] + jj[None, :] * qc[:, None] + frac.to(tl.int32)
+                at = dst[:, None] + jj[None, :]                          # [RB, JB] int64 entry index
+                tl.store(COL + at, key, mask=live & (at < CAP))
+            pos += nc
+            prev = cell
+    else:
+        e = (pid - n_row_programs).to(tl.int64) * FB + tl.arange(0, FB)  # [FB] entries
+        nnz = tl.load(ROW_PTR + R + tl.zeros([FB], dtype=tl.int64))     # [FB] row_ptr[-1], broadcast
+        tl.store(COL + e, tl.zeros([FB], dtype=tl.int32), mask=(e >= nnz) & (e < CAP))
 
 
 def csr_columns(sel: torch.Tensor, lo: torch.Tensor, width: torch.Tensor, row_ptr: torch.Tensor, k: int,
                 capacity: int) -> torch.Tensor:
     """Columns int32 [capacity] of the CSR lists described above; entries past row_ptr[-1] are 0.
-    sel bool [R, K]; lo, width integer [T, K] with R a multiple of T; row_ptr int64 [R + 1]."""
+    sel bool [R, K]; lo, width integer [T, K] with R a multiple of T; row_ptr int64 [R + 1] (the prefix sum
+    of the rows' key counts sum_c sel min(width, k): every entry below row_ptr[-1] is written by its row, the
+    rest by the fill programs; entries at or past `capacity` are dropped, as in the tensor-op path)."""
     R, K = sel.shape
     T = lo.shape[0]
     if R % T or lo.shape != (T, K) or width.shape != (T, K) or row_ptr.shape != (R + 1,):
         raise ValueError(f"csr_columns: sel {tuple(sel.shape)}, lo {tuple(lo.shape)}, width {tuple(width.shape)}, "
                          f"row_ptr {tuple(row_ptr.shape)} do not fit together")
-    col = torch.zeros(max(capacity, 1), dtype=torch.int32, device=sel.device)
+    if k < 1:
+        raise ValueError(f"csr_columns: k={k} (needs >= 1)")
+    cap = max(capacity, 1)
+    if POISON_OUTPUTS:
+        col = torch.full((cap,), _POISON, dtype=torch.int32, device=sel.device)
+    else:
+        col = torch.empty(cap, dtype=torch.int32, device=sel.device)
     if R == 0:
-        return col
-    _csr_columns_kernel[(R,)](sel.contiguous().view(torch.uint8), lo.to(torch.int32).contiguous(),
-                              width.to(torch.int32).contiguous(), row_ptr.contiguous(), col, T, int(k), K=K,
-                              KP=triton.next_power_of_2(K), EB=SLOT_BLOCK)
+        return col.zero_()
+    rb, fb = ROWS_PER_PROGRAM, FILL_BLOCK
+    if rb & (rb - 1) or fb & (fb - 1) or SLOT_BLOCK & (SLOT_BLOCK - 1):
+        raise ValueError(f"csr_columns: ROWS_PER_PROGRAM={rb}, FILL_BLOCK={fb}, SLOT_BLOCK={SLOT_BLOCK} "
+                         "(each must be a power of two)")
+    n_row = triton.cdiv(R, rb)
+    jb = min(SLOT_BLOCK, triton.next_power_of_2(int(k)))
+    # floor(j w / n) = j q + floor(j rem / n) with w = q n + rem: the product j rem < n^2 <= k^2, whatever w is.
+    wide = int(k) > 46340
+    _csr_columns_kernel[(n_row + triton.cdiv(cap, fb),)](
+        sel.contiguous().view(torch.uint8), lo.to(torch.int32).contiguous(), width.to(torch.int32).contiguous(),
+        row_ptr.to(torch.int64).contiguous(), col, R, T, int(k), cap, n_row, K=K, KP=triton.next_power_of_2(K),
+        RB=rb, JB=jb, FB=fb, WIDE=wide, num_warps=NUM_WARPS)
     return col
 
 
