@@ -207,11 +207,11 @@ TILED_BLOCK_M = 64
 TILED_BLOCK_N = 64
 
 
-def _check(q, k, v, row_ptr, col):
+def _check(q, k, v, row_ptr, col, *, block: bool = False):
     B, H, T, D = q.shape
     if row_ptr.numel() != B * H * T + 1:
         raise ValueError(f"row_ptr has {row_ptr.numel()} entries; expected B*H*T+1 = {B * H * T + 1}")
-    if k.shape[2] != T:
+    if k.shape[2] != T and not (block and k.shape[2] >= T):
         raise ValueError("the sparse kernel expects as many keys as queries (self-attention)")
     if col.dim() != 1 or row_ptr.dim() != 1:
         raise ValueError(f"row_ptr and col must be 1-D; got {tuple(row_ptr.shape)} and {tuple(col.shape)}")
@@ -272,20 +272,20 @@ def sparse_attention_triton(q, k, v, row_ptr, col, scale: float):
                                float(scale))
 
 
-def sparse_attention_torch(q, k, v, row_ptr, col, scale: float):
+def sparse_attention_torch(q, k, v, row_ptr, col, scale: float, *, block: bool = False):
     """Plain-PyTorch path: gather the selected (query, key) pairs, segment softmax per row, scatter-add.
-    Memory O(nnz D); autograd through torch ops; float32 arithmetic."""
-    _check(q, k, v, row_ptr, col)
+    Memory O(nnz D); autograd through torch ops; float32 arithmetic. block: see sparse_attention_block."""
+    _check(q, k, v, row_ptr, col, block=block)
     B, H, T, D = q.shape
-    Hkv = k.shape[1]
+    Hkv, Tk = k.shape[1], k.shape[2]
     col = col[:int(row_ptr[-1])]                                        # drop a capacity layout's filler
     counts = row_ptr[1:] - row_ptr[:-1]                                 # [B*H*T]
     row = torch.repeat_interleave(torch.arange(B * H * T, device=q.device), counts)   # query row per entry
     bh = row // T
-    kv_row = ((bh // H) * Hkv + (bh % H) // (H // Hkv)) * T + col.long()   # flat row in [B*Hkv*T]
+    kv_row = ((bh // H) * Hkv + (bh % H) // (H // Hkv)) * Tk + col.long()   # flat row in [B*Hkv*Tk]
     qf = q.reshape(B * H * T, D).float()
-    kf = k.reshape(B * Hkv * T, D).float()
-    vf = v.reshape(B * Hkv * T, D).float()
+    kf = k.reshape(B * Hkv * Tk, D).float()
+    vf = v.reshape(B * Hkv * Tk, D).float()
     s = (qf[row] * kf[kv_row]).sum(-1) * scale                           # [nnz]
     mx = torch.full((B * H * T,), float("-inf"), device=q.device).scatter_reduce(
         0, row, s.detach(), reduce="amax", include_self=True)
@@ -294,6 +294,28 @@ def sparse_attention_torch(q, k, v, row_ptr, col, scale: float):
     p = e / den[row]
     out = torch.zeros(B * H * T, D, device=q.device).index_add(0, row, p[:, None] * vf[kv_row])
     return out.view(B, H, T, D).to(q.dtype)
+
+
+def sparse_attention_block(q, k, v, row_ptr, col, scale: float, backend: str = "auto"):
+    """Forward only, no autograd: a block of query rows q [B, H, Tq, D] (any consecutive positions of a longer
+    sequence) against all keys k, v [B, Hkv, Tk, D], Tk >= Tq; the CSR lists (row_ptr over the block's B*H*Tq rows,
+    col = key positions in 0 .. Tk - 1) already hold only the keys each row may see. Returns (out [B, H, Tq, D] in
+    q's dtype, what ran). The kernels index keys by stride and queries by the block's own rows, so this is the
+    row kernel (or the gather path) unchanged."""
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        raise RuntimeError("sparse_attention_block is forward-only (query blocks); use sea_sparse_attention for grads")
+    if backend == "auto":
+        backend = "triton" if triton_usable(q.device) else "torch"
+    if backend == "torch":
+        return sparse_attention_torch(q, k, v, row_ptr, col, scale, block=True), "torch-gather"
+    if backend != "triton":
+        raise ValueError(f"unknown sparse attention backend {backend!r}")
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    _check(q, k, v, row_ptr, col, block=True)
+    o, _ = _triton_forward(q.contiguous(), k.contiguous(), v.contiguous(), row_ptr.to(torch.int64).contiguous(),
+                           col.to(torch.int32).contiguous(), float(scale))
+    return o, "triton"
 
 
 def triton_usable(device: torch.device) -> bool:

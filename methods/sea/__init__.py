@@ -64,6 +64,11 @@ class _SEABase(Method):
                "encoder, decoder, scaler) through torch.compile (inductor, static shapes: each sequence length "
                "compiles once, in the first call); the Triton kernels run between the compiled pieces",
                choices=("none", "estimator")),
+        Option("query_chunk", 0, "causal inference in blocks of this many query rows (0: whole sequence): estimate, "
+               "top-k, interpolation, sparse attention and mix one block at a time (Performer state, decoder rows "
+               "and the running mean carried), so the intermediates take O(query_chunk) memory instead of O(T); "
+               "calls with gradients, padding masks, bidirectional calls and the tiled kernel run whole (impl says "
+               "why)"),
         Option("topk_backend", "auto", "grouped top-k: torch (tensor ops), triton (one sort per group in a kernel; "
                "per_query and causal_per_batch without a padding mask, tensor ops otherwise) or auto (the kernel on "
                "CUDA for groups of <= 1024 candidates, the size measured; tensor ops otherwise)",
@@ -89,6 +94,9 @@ class _SEABase(Method):
         if cfg["checkpoint_layer"] < -1:
             raise MethodConfigError(f"{cls.name}.checkpoint_layer={cfg['checkpoint_layer']}: a layer index >= 0, "
                                     "or -1 for the layer being built")
+        if cfg["query_chunk"] < 0:
+            raise MethodConfigError(f"{cls.name}.query_chunk={cfg['query_chunk']}: rows per query block (>= 1), "
+                                    "or 0 for the whole sequence")
         if cfg["max_len"] < 1:
             raise MethodConfigError(f"{cls.name}.max_len={cfg['max_len']}: must be >= 1")
         for key in ("s_prob", "s_mix"):
@@ -137,7 +145,8 @@ class _SEABase(Method):
                            estimator_dtype=cfg["estimator_dtype"], performer_dtype=cfg["performer_dtype"],
                            interp_backend=cfg["interp_backend"], topk_backend=cfg["topk_backend"],
                            scaler_input=cfg["scaler_input"], performer_backend=cfg["performer_backend"],
-                           encoder_backend=cfg["encoder_backend"], compile=cfg["compile"])
+                           encoder_backend=cfg["encoder_backend"], compile=cfg["compile"],
+                           query_chunk=cfg["query_chunk"])
         return mod.to(problem.device)
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.sea.favor import favor_attention, needs_grad, orthogonal_random_features, performer_backend
+from methods.sea.favor import favor_attention, favor_causal_carry, needs_grad, orthogonal_random_features, performer_backend
 
 
 DEC_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -223,35 +223,72 @@ class Estimator(nn.Module):
         compile="estimator": the tensor operations (casts, features, encoder, decoder, scaler) run through
         torch.compile; the Triton kernels (Performer, fused encoder) are called as they are, between the compiled
         pieces (kernels/ calls are wrapped in torch.compiler.disable in favor.py / fused_encoder)."""
-        if self.compile == "none":
-            return self._forward(q, k, v, valid=valid)
-        if self._compiled is None:
-            self._compiled = compiled(self._forward)
-        return self._compiled(q, k, v, valid=valid)
-
-    def _forward(self, q, k, v, *, valid: torch.Tensor | None):
         B, H, T, d = q.shape
-        q, k, v = q.float(), k.float(), v.float()
-        if valid is not None:
-            v = v * valid[:, None, :, None]
         if self.causal:
             if T > self.v_id.shape[0]:
                 raise ValueError(f"sequence length {T} exceeds sea max_len={self.v_id.shape[0]}")
             vi = self.v_id[:T].expand(B, H, T, d)                        # [B, H, T, d]
         else:
             vi = identity_values(valid, B, T, d, q.device)[:, None].expand(B, H, T, d)
+        logits, s_prob, s_mix, _ = self._run(q, k, v, vi, valid, None)
+        return logits, s_prob, s_mix
+
+    def forward_block(self, q, k, v, *, row0: int, carry: dict | None):
+        """Causal, no padding, no gradient: the estimate for query rows row0 .. row0 + Tc - 1 of a longer sequence,
+        q, k, v [B, H, Tc, d] being those rows, given `carry` from the block before (None for the first block).
+        Returns (logits [B, H, Tc, K], s_prob, s_mix, carry for the next block). Block by block this computes what
+        forward() computes over the whole sequence: the Performer's prefix state (sum phi_k^T [V_I ; v], sum
+        phi_k) is carried, and the last `decoder_halo` rows of the encoder output are carried and put before the
+        block's rows for the causal decoder (whose convolutions look that many rows back), then dropped."""
+        if not self.causal:
+            raise ValueError("forward_block is the causal estimator's block form; bidirectional calls see all keys")
+        B, H, Tc, d = q.shape
+        if row0 + Tc > self.v_id.shape[0]:
+            raise ValueError(f"sequence length {row0 + Tc} exceeds sea max_len={self.v_id.shape[0]}")
+        vi = self.v_id[row0:row0 + Tc].expand(B, H, Tc, d)               # [B, H, Tc, d]
+        return self._run(q, k, v, vi, None, {} if carry is None else carry)
+
+    @property
+    def decoder_halo(self) -> int:
+        """Rows before t that the causal decoder's output at t depends on (time reach of its convolutions)."""
+        return sum(c.dilation[0] * (c.kernel_size[0] // 2) for c in (self.dec.conv1, self.dec.conv2, self.dec.conv3))
+
+    def _run(self, q, k, v, vi, valid, carry):
+        if self.compile == "none":
+            return self._forward(q, k, v, vi, valid=valid, carry=carry)
+        if self._compiled is None:
+            self._compiled = compiled(self._forward)
+        return self._compiled(q, k, v, vi, valid=valid, carry=carry)
+
+    def _forward(self, q, k, v, vi, *, valid: torch.Tensor | None, carry: dict | None):
+        """vi: the V_I rows (causal) or identity values (bidirectional) [B, H, T, d]. carry: None for a whole
+        sequence; a dict (or {} for a first block) in the block form (forward_block). Returns (logits, s_prob,
+        s_mix, next carry or None)."""
+        q, k, v = q.float(), k.float(), v.float()
+        if valid is not None:
+            v = v * valid[:, None, :, None]
         vals = torch.cat([vi, v], dim=-1)                                # [B, H, T, 2d]
         self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(q, k, vals),
                                                 padded=valid is not None)
-        c_perf = favor_attention(q, k, vals, self.proj, kernel=self.kernel, causal=self.causal, valid=valid,
-                                 backend=self.performer_backend,
-                                 operands=self.performer_dtype)         # [B, H, T, 2d] fp32 out
+        if carry is None:
+            c_perf = favor_attention(q, k, vals, self.proj, kernel=self.kernel, causal=self.causal, valid=valid,
+                                     backend=self.performer_backend,
+                                     operands=self.performer_dtype)     # [B, H, T, 2d] fp32 out
+        else:
+            c_perf, state = favor_causal_carry(q, k, vals, self.proj, carry.get("state"),
+                                               backend=self.performer_backend, operands=self.performer_dtype)
         if self.encoder_backend == "triton":
             z, scales = self.fused_encoder(c_perf, v)                    # [B, H, T, 2d], [B, H, T, 2]
-            return self.decode(z), scales[..., 0:1], scales[..., 1:2]
-        z = self.enc(torch.cat([c_perf, v], dim=-1))                     # [B, H, T, 2d]
-        logits = self.decode(z)                                          # [B, H, T, K] fp32
-        # "detached": gradients reaching s_prob / s_mix (the layer output, hidden states, logits) train the scaler
-        # head only; the encoder and decoder then learn from the estimate's own terms
-        scales = torch.sigmoid(self.scaler(z.detach() if self.scaler_input == "detached" else z))   # [B, H, T, 2]
-        return logits, scales[..., 0:1], scales[..., 1:2]
+        else:
+            z = self.enc(torch.cat([c_perf, v], dim=-1))                 # [B, H, T, 2d]
+            # "detached": gradients reaching s_prob / s_mix (the layer output, hidden states, logits) train the
+            # scaler head only; the encoder and decoder then learn from the estimate's own terms
+            scales = torch.sigmoid(self.scaler(z.detach() if self.scaler_input == "detached" else z))  # [B, H, T, 2]
+        if carry is None:
+            return self.decode(z), scales[..., 0:1], scales[..., 1:2], None
+        tail = carry.get("tail")                                         # [B, H, <= halo, 2d] rows before the block
+        zz = z if tail is None else torch.cat([tail, z], dim=2)
+        logits = self.decode(zz)[:, :, zz.shape[2] - z.shape[2]:]        # [B, H, Tc, K]
+        halo = self.decoder_halo
+        nxt = dict(state=state, tail=zz[:, :, -halo:] if halo else None)
+        return logits, scales[..., 0:1], scales[..., 1:2], nxt

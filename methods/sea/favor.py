@@ -176,3 +176,39 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
                                backend="triton", tf32=False)      # fp32 [B, H, T, Dv], [B, H, T]
         return num / (den[..., None] + eps)
     return linear_attention(phi_q, phi_k, v, causal=causal, chunk=chunk, eps=eps)
+
+
+def favor_causal_carry(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor,
+                       state: tuple[torch.Tensor, torch.Tensor] | None, *, backend: str = "auto",
+                       eps: float = 1e-6, operands: str = "fp32"
+                       ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Causal FAVOR+ (relu features) for one block of consecutive query rows, given the state of every row
+    before the block: state = (S [B, H, m, Dv] = sum phi_k^T v, zs [B, H, m] = sum phi_k) in float32, or None
+    for the first block. Returns (out [B, H, Tc, Dv] fp32, the state after the block). Block by block this is
+    favor_attention(kernel="relu", causal=True) over the whole sequence: out = (num_local + phi_q S) /
+    (den_local + phi_q . zs + eps), the local terms from the same prefix-sum kernel (or its PyTorch form).
+    operands "bf16": features and values rounded to bf16 as in favor_attention; the state terms multiply the
+    rounded features by the fp32 state (the whole-sequence kernel rounds its group states to bf16 instead, so
+    the two agree to bf16 rounding, not bit for bit)."""
+    if operands not in ("fp32", "bf16"):
+        raise ValueError(f"performer operands {operands!r}: expected fp32 or bf16")
+    from kernels.linear_attention import causal_linear_attention
+
+    which = performer_backend(q, True, backend)                          # triton on CUDA (auto), else torch
+    q, k, v = q.float(), k.float(), v.float()
+    phi_q, phi_k = relu_features(q, proj), relu_features(k, proj)       # [B, H, Tc, m]
+    if operands == "bf16":
+        phi_q, phi_k, v = (x.to(torch.bfloat16) for x in (phi_q, phi_k, v))
+    kernel_call = torch.compiler.disable(causal_linear_attention)         # compile="estimator": not traced
+    num, den = kernel_call(phi_q.contiguous(), phi_k.contiguous(), v.contiguous(), chunk=64, backend=which,
+                           tf32=False)                                  # fp32 [B, H, Tc, Dv], [B, H, Tc]
+    pq, pk, vf = phi_q.float(), phi_k.float(), v.float()
+    if state is not None:
+        S, zs = state
+        num = num + pq @ S                                               # [B, H, Tc, Dv]
+        den = den + (pq @ zs[..., None])[..., 0]                         # [B, H, Tc]
+    else:
+        S = pq.new_zeros(pq.shape[0], pq.shape[1], pq.shape[-1], vf.shape[-1])
+        zs = pq.new_zeros(pq.shape[0], pq.shape[1], pq.shape[-1])
+    new_state = (S + pk.transpose(-1, -2) @ vf, zs + pk.sum(dim=-2))     # [B, H, m, Dv], [B, H, m]
+    return num / (den[..., None] + eps), new_state

@@ -20,10 +20,13 @@ from __future__ import annotations
 import torch
 
 
-def row_lengths(B: int, T: int, *, causal: bool, valid: torch.Tensor | None, device) -> torch.Tensor:
-    """[B, T] int64: number of keys the row spans (causal: t + 1 positions; bidirectional: valid tokens)."""
+def row_lengths(B: int, T: int, *, causal: bool, valid: torch.Tensor | None, device, row0: int = 0) -> torch.Tensor:
+    """[B, T] int64: number of keys the row spans (causal: t + 1 positions; bidirectional: valid tokens).
+    row0 (causal, no padding): the rows are positions row0 .. row0 + T - 1 of a longer sequence (a query block)."""
     if causal:
-        return (torch.arange(T, device=device) + 1).expand(B, T).clone()
+        return (torch.arange(row0, row0 + T, device=device) + 1).expand(B, T).clone()
+    if row0:
+        raise ValueError("row0 (query blocks) is for causal rows only")
     if valid is None:
         return torch.full((B, T), T, dtype=torch.long, device=device)
     return valid.long().sum(-1, keepdim=True).expand(B, T).clone()
@@ -42,7 +45,8 @@ def valid_positions(valid: torch.Tensor) -> torch.Tensor:
 
 
 def mask_to_csr(mask: torch.Tensor, *, k: int, causal: bool, valid: torch.Tensor | None = None,
-                caps: tuple[int, ...] | None = None, backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+                caps: tuple[int, ...] | None = None, backend: str = "torch", row0: int = 0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """mask bool [B, H, T, K] -> (row_ptr int64 [B*H*T + 1], col int32 [nnz]).
 
     caps = (selected cells at most, keys at most, ...) known on the host (topk.selection_caps) and no
@@ -53,7 +57,9 @@ def mask_to_csr(mask: torch.Tensor, *, k: int, causal: bool, valid: torch.Tensor
         raise ValueError(f"interpolation backend {backend!r}: expected torch or triton")
     if caps is not None and valid is None:
         return _mask_to_csr_nosync(mask, k=k, causal=causal, cells_cap=int(caps[0]), keys_cap=int(caps[1]),
-                                   backend=backend)
+                                   backend=backend, row0=row0)
+    if row0:
+        raise ValueError("mask_to_csr: query blocks (row0 > 0) need the host-side caps and no padding mask")
     B, H, T, K = mask.shape
     dev = mask.device
     L = row_lengths(B, T, causal=causal, valid=valid, device=dev)        # [B, T]
@@ -89,13 +95,13 @@ def mask_to_csr(mask: torch.Tensor, *, k: int, causal: bool, valid: torch.Tensor
 
 
 def _mask_to_csr_nosync(mask: torch.Tensor, *, k: int, causal: bool, cells_cap: int, keys_cap: int,
-                        backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+                        backend: str = "torch", row0: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Same lists as mask_to_csr (no padding mask) with static sizes: the selected (row, cell) pairs by
     nonzero_static (flat order = rows ascending, cells ascending), each key entry finds its pair by a
     binary search over the pairs' cumulative key counts. Row counts come from the dense mask."""
     B, H, T, K = mask.shape
     dev = mask.device
-    L = row_lengths(1, T, causal=causal, valid=None, device=dev)        # [1, T]
+    L = row_lengths(1, T, causal=causal, valid=None, device=dev, row0=row0)   # [1, T]
     lo, hi = cell_bounds(L, K)                                           # [1, T, K]
     width = (hi - lo)[0]                                                 # [T, K]
     n_cell = width.clamp(max=k)                                          # keys per cell [T, K]

@@ -110,13 +110,17 @@ class SEAAttention(AttentionModule):
                  checkpoint: str | None, layer: int, seed: int, estimator_dtype: str = "fp32",
                  performer_dtype: str = "fp32", interp_backend: str = "torch", topk_backend: str = "auto",
                  scaler_input: str = "shared", performer_backend: str = "auto", encoder_backend: str = "torch",
-                 compile: str = "none"):
+                 compile: str = "none", query_chunk: int = 0):
         super().__init__()
+        if query_chunk < 0:
+            raise ValueError(f"query_chunk={query_chunk}: rows per query block, >= 1 (or 0: whole sequence)")
+        self.query_chunk = query_chunk
         self.heads, self.head_dim, self.causal = heads, head_dim, causal
         self.k, self.K, self.mode, self.oracle, self.backend = k, K, mode, oracle, backend
         self.force_s_prob, self.force_s_mix = force_s_prob, force_s_mix
         self.interp_backend, self.topk_backend = interp_backend, topk_backend
         self.last_topk = "not-run"
+        self.last_blocks = "off" if query_chunk == 0 else "not-run"
         self.estimator = Estimator(d=head_dim, H=heads, K=K, causal=causal, nbf=nbf, max_len=max_len, seed=seed,
                                    dec_dtype=estimator_dtype, performer_dtype=performer_dtype,
                                    scaler_input=scaler_input, performer_backend=performer_backend,
@@ -182,6 +186,7 @@ class SEAAttention(AttentionModule):
                 f"{'encoder=triton, ' if self.estimator.encoder_backend == 'triton' else ''}"
                 f"{'' if self.estimator.compile == 'none' else 'compile=' + self.estimator.compile + ', '}"
                 f"mode={self.mode}, topk={self.last_topk}, k={self.k}, K={self.K}, "
+                f"{'' if self.query_chunk == 0 else 'query_blocks=' + self.last_blocks + ', '}"
                 f"nb_features={self.estimator.nb_features}, scalers={sc}, sparse={kernel}]")
 
     # --- stages ---------------------------------------------------------------------------------
@@ -321,7 +326,70 @@ class SEAAttention(AttentionModule):
                    count=sel["count"], s_prob=s_prob, s_mix=s_mix, scale=scale, valid=valid)
         return aux, sel, vr
 
+    def block_plan(self, q, k, v, *, causal, key_padding_mask) -> str | None:
+        """Why this call runs over the whole sequence although query_chunk is set (None: it runs in query blocks).
+        Query blocks serve causal inference calls without a padding mask and a per-row top-k mode, on the row
+        kernel (CSR lists); everything else runs whole, and the impl string says why."""
+        if self.query_chunk == 0:
+            return "off"
+        if not causal:
+            return "whole (bidirectional)"
+        if key_padding_mask is not None:
+            return "whole (padding mask)"
+        if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, *self.parameters())):
+            return "whole (gradient needed)"
+        if self.oracle:
+            return "whole (oracle)"
+        if self.mode not in ("per_query", "causal_per_batch"):
+            return f"whole (mode {self.mode})"
+        if self.backend == "triton_tiled":
+            return "whole (tiled kernel)"
+        return None
+
+    @torch.no_grad()
+    def _forward_blocks(self, q, k, v, *, scale):
+        """Causal inference in query blocks of `query_chunk` rows: estimate, select, interpolate, attend and mix one
+        block at a time, carrying the Performer's prefix state, the decoder's last rows and the running sum of v
+        from block to block. Same result as the whole-sequence forward (up to float summation order and, with
+        bf16 Performer operands, bf16 rounding of the prefix state); peak memory O(query_chunk) for the estimate,
+        the selection and the lists instead of O(T). No last_aux (distillation and attention_probs run whole)."""
+        kr, vr, valid, scale = self._prepare(q, k, v, causal=True, key_padding_mask=None, scale=scale)
+        kr, vr = kr.contiguous(), vr.contiguous()
+        B, H, T, D = q.shape
+        from kernels.sea_sparse_attention import sparse_attention_block, triton_usable
+
+        sparse = "triton" if self.backend == "auto" and triton_usable(q.device) else self.backend
+        sparse = "torch" if sparse == "auto" else sparse
+        out = torch.empty_like(q)
+        carry, vsum, ran, n = None, None, "not-run", 0
+        for s in range(0, T, self.query_chunk):
+            e = min(T, s + self.query_chunk)
+            qb, kb, vb = q[:, :, s:e], kr[:, :, s:e], vr[:, :, s:e]      # [B, H, Tc, D]
+            logits, s_prob, s_mix, carry = self.estimator.forward_block(qb, kb, vb, row0=s, carry=carry)
+            a_hat = torch.softmax(logits, dim=-1)                        # [B, H, Tc, K]
+            self.last_topk = topk_path(self.mode, H=H, K=self.K, valid=None, backend=self.topk_backend,
+                                       device=q.device)
+            mask = select_topk(a_hat, mode=self.mode, k=self.k, causal=True, backend=self.last_topk, row0=s)
+            caps = selection_caps(self.mode, B=B, H=H, T=e - s, K=self.K, k=self.k, causal=True, row0=s)
+            row_ptr, col = mask_to_csr(mask, k=self.k, causal=True, caps=caps, backend=self.interp_backend, row0=s)
+            c, ran = sparse_attention_block(qb, kr, vr, row_ptr, col, scale, backend=sparse)   # [B, H, Tc, D]
+            vf = vb.float()
+            csum = chunked_cumsum(vf) if vsum is None else chunked_cumsum(vf) + vsum   # [B, H, Tc, D]
+            vsum = csum[:, :, -1:]                                       # [B, H, 1, D] sum of v[0 .. e-1]
+            pos = torch.arange(s + 1, e + 1, device=q.device, dtype=torch.float32)[:, None]   # [Tc, 1]
+            out[:, :, s:e] = torch.addcmul((1 - s_mix) * (csum / pos), s_mix * s_prob, c.float()).to(q.dtype)
+            n += 1
+        self.last_blocks = f"{n}x{self.query_chunk}"
+        self.last_aux = {}
+        self.impl = self._impl(ran)
+        return out
+
     def forward(self, q, k, v, *, causal: bool, key_padding_mask=None, scale=None):
+        why = self.block_plan(q, k, v, causal=causal, key_padding_mask=key_padding_mask)
+        if why is None:
+            return self._forward_blocks(q, k, v, scale=scale)
+        if self.query_chunk:
+            self.last_blocks = why
         layout, kernel = self.sparse_plan(q, k, v, key_padding_mask)
         aux, sel, vr = self._pipeline(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale,
                                       layout=layout)
@@ -338,7 +406,11 @@ class SEAAttention(AttentionModule):
     def stage_profile(self, q, k, v, *, causal, timer, estimator_parts: bool = False):
         """{stage: ms} for one forward without padding: each stage's closure runs on the outputs of the
         previous stages, computed once here. 'estimator' includes the input checks and repeat_kv.
-        estimator_parts: also est_{inputs, performer, encoder, decoder, scaler} (Estimator.stage_profile)."""
+        estimator_parts: also est_{inputs, performer, encoder, decoder, scaler} (Estimator.stage_profile).
+        With query blocks (query_chunk) the stages interleave block by block: no profile ({}), rather than the
+        whole-sequence stages under the blocked configuration's name."""
+        if self.block_plan(q, k, v, causal=causal, key_padding_mask=None) is None:
+            return {}
         layout, kernel = self.sparse_plan(q, k, v, None)
         ms = {}
 

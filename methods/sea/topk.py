@@ -38,12 +38,13 @@ def budgets(mode: str, L: torch.Tensor, *, k: int, K: int, H: int) -> torch.Tens
 
 
 @functools.lru_cache(maxsize=64)
-def selection_caps(mode: str, *, B: int, H: int, T: int, K: int, k: int, causal: bool) -> tuple[int, int, int]:
+def selection_caps(mode: str, *, B: int, H: int, T: int, K: int, k: int, causal: bool,
+                   row0: int = 0) -> tuple[int, int, int]:
     """Host-side bounds for a call without a padding mask (computed on CPU from shapes alone, so no device
     sync): (selected cells at most, interpolated keys at most, largest group budget). Cells selected per
     group <= min(budget, eligible cells); keys per cell <= min(k, widest cell of the row); a causal row
-    never has more than L_t keys."""
-    L = row_lengths(1, T, causal=causal, valid=None, device="cpu")       # [1, T]
+    never has more than L_t keys. row0: the rows are positions row0 .. row0 + T - 1 (causal query block)."""
+    L = row_lengths(1, T, causal=causal, valid=None, device="cpu", row0=row0)   # [1, T]
     lo, hi = cell_bounds(L, K)                                           # [1, T, K]
     elig = (hi > lo).sum(-1)[0]                                          # [T] non-empty cells per row
     per_cell = (hi - lo).amax(-1)[0].clamp(max=k)                        # [T] keys per cell at most
@@ -147,31 +148,34 @@ def topk_path(mode: str, *, H: int, K: int, valid: torch.Tensor | None, backend:
 
 
 def select_topk(probs: torch.Tensor, *, mode: str, k: int, causal: bool,
-                valid: torch.Tensor | None = None, backend: str = "torch") -> torch.Tensor:
+                valid: torch.Tensor | None = None, backend: str = "torch", row0: int = 0) -> torch.Tensor:
     """probs [B, H, T, K] (A_hat; only the order matters) -> bool compressed mask [B, H, T, K].
     backend: see topk_path (the kernel sorts each group once in registers; ties at the threshold go to the lowest
-    index there, while torch.topk breaks them in an unspecified order)."""
+    index there, while torch.topk breaks them in an unspecified order). row0 (causal, no padding): the rows are
+    positions row0 .. row0 + T - 1 of a longer sequence (a query block); per-row modes only."""
     B, H, T, K = probs.shape
+    if row0 and (valid is not None or not causal or mode not in ("per_query", "causal_per_batch")):
+        raise ValueError("top-k over a query block (row0 > 0) needs causal rows, a per-row mode and no padding mask")
     if causal and mode in ("per_head", "per_batch"):
         raise ValueError(f"top-k mode {mode} ranks across time and would leak the future; "
                          "causal attention needs per_query or causal_per_batch")
     if topk_path(mode, H=H, K=K, valid=valid, backend=backend, device=probs.device) == "triton":
         from kernels.sea_topk import select_rows
 
-        L1 = row_lengths(1, T, causal=causal, valid=None, device=probs.device)   # [1, T]
+        L1 = row_lengths(1, T, causal=causal, valid=None, device=probs.device, row0=row0)   # [1, T]
         lo1, hi1 = cell_bounds(L1, K)                                     # [1, T, K]
         n = budgets(mode, L1, k=k, K=K, H=H)[0]                           # [T]
         per_group = H if mode == "causal_per_batch" else 1
         return select_rows(probs.detach(), (hi1 - lo1)[0], n, heads_per_group=per_group)
-    L = row_lengths(B, T, causal=causal, valid=valid, device=probs.device)   # [B, T]
+    L = row_lengths(B, T, causal=causal, valid=valid, device=probs.device, row0=row0)   # [B, T]
     lo, hi = cell_bounds(L, K)                                           # [B, T, K]
     eligible = hi > lo                                                   # [B, T, K]
     if valid is not None:
         eligible = eligible & valid[:, :, None]
     scores = probs.detach().float().masked_fill(~eligible[:, None], float("-inf"))   # [B, H, T, K]
     n = budgets(mode, L, k=k, K=K, H=H)
-    kmax = selection_caps(mode, B=B, H=H, T=T, K=K, k=k, causal=causal)[2] if valid is None else None
-    ranged = valid is None and mode in ("per_query", "causal_per_batch") and T >= BUCKETS_FROM_T
+    kmax = selection_caps(mode, B=B, H=H, T=T, K=K, k=k, causal=causal, row0=row0)[2] if valid is None else None
+    ranged = valid is None and mode in ("per_query", "causal_per_batch") and T >= BUCKETS_FROM_T and row0 == 0
     buckets = row_buckets(mode, H=H, T=T, K=K, k=k, causal=causal) if ranged else ((0, T, kmax),)
     if mode == "per_query":
         return _rank_select_rows(scores, n[:, None, :].expand(B, H, T), buckets)
