@@ -237,3 +237,27 @@ def test_cuda_matches_module_at_sea_sizes(monkeypatch, precision):
             ref = dec(z)
         assert torch.isfinite(out).all(), (T, programs)
         torch.testing.assert_close(out, ref, atol=1e-4 if precision == "ieee" else 3e-4, rtol=0)
+
+
+def test_sea_option_decoder_backend_runs_the_kernel_and_refuses_in_words():
+    """sea.decoder_backend=triton: the layer's estimate through the kernel equals the module path; unsupported
+    problems are refused with reasons (bidirectional, forward+backward)."""
+    from methods.base import Problem, get
+
+    M = get("sea")
+    prob = Problem(1, 2, 2, 21, 8, dtype="fp32", causal=True, device="cpu")
+    mods = [M.build(M.resolve_config(dict(k="3", K="16", backend="torch", decoder_backend=b)), prob, seed=3)
+            for b in ("torch", "triton")]
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 21, 8, generator=g) for _ in range(3))
+    with torch.no_grad():
+        want = mods[0].estimator(q, k, v, valid=None)
+        got = mods[1].estimator(q, k, v, valid=None)
+    for w, x in zip(want, got):
+        torch.testing.assert_close(x, w, rtol=1e-4, atol=1e-4)
+    assert "decoder=triton" in mods[1].impl and "decoder=triton" not in mods[0].impl
+    cfg = M.resolve_config(dict(decoder_backend="triton"))
+    bidir = Problem(1, 2, 2, 21, 8, dtype="fp32", causal=False, device="cpu")
+    assert any("causal decoder" in r for r in M.supports(bidir, cfg))
+    bwd = Problem(1, 2, 2, 21, 8, dtype="fp32", causal=True, device="cpu", backward=True)
+    assert any("forward-only" in r for r in M.supports(bwd, cfg))

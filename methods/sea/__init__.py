@@ -60,6 +60,8 @@ class _SEABase(Method):
         Option("encoder_backend", "torch", "estimator's encoder (Linear, LayerNorm, GELU) and scaler head: torch "
                "(the modules) or triton (one fused forward-only kernel, kernels/sea_encoder.py; not yet timed on a "
                "GPU)", choices=("torch", "triton")),
+        Option("decoder_backend", "torch", "estimator's causal CNN decoder: torch (the modules) or triton (one fused "
+               "forward-only kernel, kernels/sea_decoder.py; causal, estimator_dtype=fp32)", choices=("torch", "triton")),
         Option("compile", "none", "none, or estimator: the estimator's tensor operations (casts, Performer features, "
                "encoder, decoder, scaler) through torch.compile (inductor, static shapes: each sequence length "
                "compiles once, in the first call); the Triton kernels run between the compiled pieces",
@@ -113,7 +115,7 @@ class _SEABase(Method):
             reasons.append(f"mode={r['mode']} ranks across time (future leaks); causal needs per_query or "
                            "causal_per_batch")
         wants_triton = [key for key in ("backend", "topk_backend", "interp_backend", "performer_backend",
-                                        "encoder_backend") if cfg[key] == "triton"]
+                                        "encoder_backend", "decoder_backend") if cfg[key] == "triton"]
         if wants_triton and problem.device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             reasons.append(f"{', '.join(f'{key}=triton' for key in wants_triton)} needs a CUDA device (or "
                            f"TRITON_INTERPRET=1 on the CPU); device={problem.device}")
@@ -123,6 +125,15 @@ class _SEABase(Method):
         if cfg["encoder_backend"] == "triton" and problem.backward:
             reasons.append("encoder_backend=triton is the fused forward-only encoder kernel; forward+backward needs "
                            "encoder_backend=torch")
+        if cfg["decoder_backend"] == "triton":
+            if problem.backward:
+                reasons.append("decoder_backend=triton is the fused forward-only decoder kernel; forward+backward "
+                               "needs decoder_backend=torch")
+            if not problem.causal:
+                reasons.append("decoder_backend=triton is the causal decoder's kernel; bidirectional calls need "
+                               "decoder_backend=torch")
+            if cfg["estimator_dtype"] != "fp32":
+                reasons.append(f"decoder_backend=triton runs in fp32; estimator_dtype={cfg['estimator_dtype']}")
         if problem.causal and problem.seq_len > cfg["max_len"]:
             reasons.append(f"seq_len={problem.seq_len} > max_len={cfg['max_len']} (learned V_I rows)")
         return reasons
@@ -146,7 +157,7 @@ class _SEABase(Method):
                            interp_backend=cfg["interp_backend"], topk_backend=cfg["topk_backend"],
                            scaler_input=cfg["scaler_input"], performer_backend=cfg["performer_backend"],
                            encoder_backend=cfg["encoder_backend"], compile=cfg["compile"],
-                           query_chunk=cfg["query_chunk"])
+                           query_chunk=cfg["query_chunk"], decoder_backend=cfg["decoder_backend"])
         return mod.to(problem.device)
 
 

@@ -132,7 +132,8 @@ class CausalDecoder(nn.Module):
 class Estimator(nn.Module):
     def __init__(self, *, d: int, H: int, K: int, causal: bool, nbf: float, max_len: int, seed: int,
                  dec_dtype: str = "fp32", performer_backend: str = "auto", performer_dtype: str = "fp32",
-                 scaler_input: str = "shared", encoder_backend: str = "torch", compile: str = "none"):
+                 scaler_input: str = "shared", encoder_backend: str = "torch", compile: str = "none",
+                 decoder_backend: str = "torch"):
         super().__init__()
         self.d, self.H, self.K, self.causal = d, H, K, causal
         if dec_dtype not in DEC_DTYPES:
@@ -145,6 +146,12 @@ class Estimator(nn.Module):
         if encoder_backend not in ("torch", "triton"):
             raise ValueError(f"encoder backend {encoder_backend!r}: expected torch or triton")
         self.encoder_backend = encoder_backend
+        if decoder_backend not in ("torch", "triton"):
+            raise ValueError(f"decoder backend {decoder_backend!r}: expected torch or triton")
+        if decoder_backend == "triton" and (not causal or dec_dtype != "fp32"):
+            raise ValueError("decoder_backend=triton is the fused causal decoder in fp32 (kernels/sea_decoder.py); "
+                             f"got causal={causal}, estimator dtype {dec_dtype}")
+        self.decoder_backend = decoder_backend
         if compile not in COMPILE_MODES:
             raise ValueError(f"estimator compile {compile!r}: expected one of {COMPILE_MODES}")
         self.compile = compile
@@ -168,6 +175,13 @@ class Estimator(nn.Module):
         """The CNN decoder, z [B, H, T, 2d] fp32 -> logits [B, H, T, K] fp32. dec_dtype bf16/fp16 runs it under
         autocast (convs and the row projection in that dtype, fp32 weights kept; LayerNorm as autocast
         decides); cache_enabled=False so the weight casts are redone per call, which CUDA-graph capture needs."""
+        if self.decoder_backend == "triton":                            # fused forward-only kernel
+            from kernels.sea_decoder import decoder_forward
+
+            if needs_grad(z, *self.dec.parameters()):
+                raise RuntimeError("sea decoder_backend=triton is a forward-only kernel and this call needs "
+                                   "gradients (training, or forward+backward): use decoder_backend=torch")
+            return torch.compiler.disable(decoder_forward)(z, self.dec)
         if self.dec_dtype == "fp32":
             return self.dec(z)
         with torch.autocast(device_type=z.device.type, dtype=DEC_DTYPES[self.dec_dtype], cache_enabled=False):

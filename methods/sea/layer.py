@@ -110,7 +110,7 @@ class SEAAttention(AttentionModule):
                  checkpoint: str | None, layer: int, seed: int, estimator_dtype: str = "fp32",
                  performer_dtype: str = "fp32", interp_backend: str = "torch", topk_backend: str = "auto",
                  scaler_input: str = "shared", performer_backend: str = "auto", encoder_backend: str = "torch",
-                 compile: str = "none", query_chunk: int = 0):
+                 compile: str = "none", query_chunk: int = 0, decoder_backend: str = "torch"):
         super().__init__()
         if query_chunk < 0:
             raise ValueError(f"query_chunk={query_chunk}: rows per query block, >= 1 (or 0: whole sequence)")
@@ -124,7 +124,8 @@ class SEAAttention(AttentionModule):
         self.estimator = Estimator(d=head_dim, H=heads, K=K, causal=causal, nbf=nbf, max_len=max_len, seed=seed,
                                    dec_dtype=estimator_dtype, performer_dtype=performer_dtype,
                                    scaler_input=scaler_input, performer_backend=performer_backend,
-                                   encoder_backend=encoder_backend, compile=compile)
+                                   encoder_backend=encoder_backend, compile=compile,
+                                   decoder_backend=decoder_backend)
         # Persistent flag (saved with the module's state): has the estimator been trained or loaded? Mirrored
         # in a Python bool so that forward never reads the buffer (a host sync on CUDA).
         self.register_buffer("estimator_trained", torch.zeros((), dtype=torch.bool))
@@ -184,6 +185,7 @@ class SEAAttention(AttentionModule):
                 f"performer={self.estimator.last_performer}"
                 f"{'' if self.estimator.performer_dtype == 'fp32' else '/' + self.estimator.performer_dtype}, "
                 f"{'encoder=triton, ' if self.estimator.encoder_backend == 'triton' else ''}"
+                f"{'decoder=triton, ' if self.estimator.decoder_backend == 'triton' else ''}"
                 f"{'' if self.estimator.compile == 'none' else 'compile=' + self.estimator.compile + ', '}"
                 f"mode={self.mode}, topk={self.last_topk}, k={self.k}, K={self.K}, "
                 f"{'' if self.query_chunk == 0 else 'query_blocks=' + self.last_blocks + ', '}"
