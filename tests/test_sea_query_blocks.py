@@ -173,6 +173,20 @@ def test_calls_blocks_cannot_serve_run_whole_and_say_why():
     assert qg.grad is not None and "query_blocks=whole (gradient needed)" in graded.impl
 
 
+def test_query_blocks_gives_the_number_of_blocks():
+    whole = untie(build())
+    blocks = build(query_blocks=4)                                     # ceil(203 / 4) = 51 rows each
+    blocks.load_state_dict(whole.state_dict())
+    q, k, v = qkv(10)
+    with torch.no_grad():
+        torch.testing.assert_close(blocks(q, k, v, causal=True), whole(q, k, v, causal=True), rtol=1e-5, atol=1e-5)
+    assert "query_blocks=4x51" in blocks.impl
+
+
 def test_query_chunk_option_validated():
     with pytest.raises(MethodConfigError, match="query_chunk"):
         build(query_chunk=-4)
+    with pytest.raises(MethodConfigError, match="query_blocks"):
+        build(query_blocks=-1)
+    with pytest.raises(MethodConfigError, match="both set"):
+        build(query_chunk=8, query_blocks=2)

@@ -71,6 +71,8 @@ class _SEABase(Method):
                "and the running mean carried), so the intermediates take O(query_chunk) memory instead of O(T); "
                "calls with gradients, padding masks, bidirectional calls and the tiled kernel run whole (impl says "
                "why)"),
+        Option("query_blocks", 0, "like query_chunk, given as a number of blocks: ceil(T / query_blocks) rows each "
+               "(0: off), so the intermediates stay a fixed fraction of the sequence at every T"),
         Option("topk_backend", "auto", "grouped top-k: torch (tensor ops), triton (one sort per group in a kernel; "
                "per_query and causal_per_batch without a padding mask, tensor ops otherwise) or auto (the kernel on "
                "CUDA for groups of <= 1024 candidates, the size measured; tensor ops otherwise)",
@@ -99,6 +101,11 @@ class _SEABase(Method):
         if cfg["query_chunk"] < 0:
             raise MethodConfigError(f"{cls.name}.query_chunk={cfg['query_chunk']}: rows per query block (>= 1), "
                                     "or 0 for the whole sequence")
+        if cfg["query_blocks"] < 0:
+            raise MethodConfigError(f"{cls.name}.query_blocks={cfg['query_blocks']}: number of query blocks (>= 1), "
+                                    "or 0 for the whole sequence")
+        if cfg["query_chunk"] and cfg["query_blocks"]:
+            raise MethodConfigError(f"{cls.name}: query_chunk and query_blocks both set; give one of them")
         if cfg["max_len"] < 1:
             raise MethodConfigError(f"{cls.name}.max_len={cfg['max_len']}: must be >= 1")
         for key in ("s_prob", "s_mix"):
@@ -157,7 +164,8 @@ class _SEABase(Method):
                            interp_backend=cfg["interp_backend"], topk_backend=cfg["topk_backend"],
                            scaler_input=cfg["scaler_input"], performer_backend=cfg["performer_backend"],
                            encoder_backend=cfg["encoder_backend"], compile=cfg["compile"],
-                           query_chunk=cfg["query_chunk"], decoder_backend=cfg["decoder_backend"])
+                           query_chunk=cfg["query_chunk"], decoder_backend=cfg["decoder_backend"],
+                           query_blocks=cfg["query_blocks"])
         return mod.to(problem.device)
 
 

@@ -110,17 +110,19 @@ class SEAAttention(AttentionModule):
                  checkpoint: str | None, layer: int, seed: int, estimator_dtype: str = "fp32",
                  performer_dtype: str = "fp32", interp_backend: str = "torch", topk_backend: str = "auto",
                  scaler_input: str = "shared", performer_backend: str = "auto", encoder_backend: str = "torch",
-                 compile: str = "none", query_chunk: int = 0, decoder_backend: str = "torch"):
+                 compile: str = "none", query_chunk: int = 0, decoder_backend: str = "torch",
+                 query_blocks: int = 0):
         super().__init__()
-        if query_chunk < 0:
-            raise ValueError(f"query_chunk={query_chunk}: rows per query block, >= 1 (or 0: whole sequence)")
-        self.query_chunk = query_chunk
+        if query_chunk < 0 or query_blocks < 0 or (query_chunk and query_blocks):
+            raise ValueError(f"query_chunk={query_chunk}, query_blocks={query_blocks}: at most one of them, >= 1 "
+                             "(rows per query block, or number of blocks; 0: whole sequence)")
+        self.query_chunk, self.query_blocks = query_chunk, query_blocks
         self.heads, self.head_dim, self.causal = heads, head_dim, causal
         self.k, self.K, self.mode, self.oracle, self.backend = k, K, mode, oracle, backend
         self.force_s_prob, self.force_s_mix = force_s_prob, force_s_mix
         self.interp_backend, self.topk_backend = interp_backend, topk_backend
         self.last_topk = "not-run"
-        self.last_blocks = "off" if query_chunk == 0 else "not-run"
+        self.last_blocks = "off" if query_chunk == query_blocks == 0 else "not-run"
         self.estimator = Estimator(d=head_dim, H=heads, K=K, causal=causal, nbf=nbf, max_len=max_len, seed=seed,
                                    dec_dtype=estimator_dtype, performer_dtype=performer_dtype,
                                    scaler_input=scaler_input, performer_backend=performer_backend,
@@ -188,7 +190,7 @@ class SEAAttention(AttentionModule):
                 f"{'decoder=triton, ' if self.estimator.decoder_backend == 'triton' else ''}"
                 f"{'' if self.estimator.compile == 'none' else 'compile=' + self.estimator.compile + ', '}"
                 f"mode={self.mode}, topk={self.last_topk}, k={self.k}, K={self.K}, "
-                f"{'' if self.query_chunk == 0 else 'query_blocks=' + self.last_blocks + ', '}"
+                f"{'' if self.last_blocks == 'off' else 'query_blocks=' + self.last_blocks + ', '}"
                 f"nb_features={self.estimator.nb_features}, scalers={sc}, sparse={kernel}]")
 
     # --- stages ---------------------------------------------------------------------------------
@@ -332,7 +334,7 @@ class SEAAttention(AttentionModule):
         """Why this call runs over the whole sequence although query_chunk is set (None: it runs in query blocks).
         Query blocks serve causal inference calls without a padding mask and a per-row top-k mode, on the row
         kernel (CSR lists); everything else runs whole, and the impl string says why."""
-        if self.query_chunk == 0:
+        if self.query_chunk == self.query_blocks == 0:
             return "off"
         if not causal:
             return "whole (bidirectional)"
@@ -364,8 +366,9 @@ class SEAAttention(AttentionModule):
         sparse = "torch" if sparse == "auto" else sparse
         out = torch.empty_like(q)
         carry, vsum, ran, n = None, None, "not-run", 0
-        for s in range(0, T, self.query_chunk):
-            e = min(T, s + self.query_chunk)
+        rows = self.query_chunk or -(-T // self.query_blocks)               # rows per block
+        for s in range(0, T, rows):
+            e = min(T, s + rows)
             qb, kb, vb = q[:, :, s:e], kr[:, :, s:e], vr[:, :, s:e]      # [B, H, Tc, D]
             logits, s_prob, s_mix, carry = self.estimator.forward_block(qb, kb, vb, row0=s, carry=carry)
             a_hat = torch.softmax(logits, dim=-1)                        # [B, H, Tc, K]
@@ -381,7 +384,7 @@ class SEAAttention(AttentionModule):
             pos = torch.arange(s + 1, e + 1, device=q.device, dtype=torch.float32)[:, None]   # [Tc, 1]
             out[:, :, s:e] = torch.addcmul((1 - s_mix) * (csum / pos), s_mix * s_prob, c.float()).to(q.dtype)
             n += 1
-        self.last_blocks = f"{n}x{self.query_chunk}"
+        self.last_blocks = f"{n}x{rows}"
         self.last_aux = {}
         self.impl = self._impl(ran)
         return out
@@ -390,7 +393,7 @@ class SEAAttention(AttentionModule):
         why = self.block_plan(q, k, v, causal=causal, key_padding_mask=key_padding_mask)
         if why is None:
             return self._forward_blocks(q, k, v, scale=scale)
-        if self.query_chunk:
+        if why != "off":
             self.last_blocks = why
         layout, kernel = self.sparse_plan(q, k, v, key_padding_mask)
         aux, sel, vr = self._pipeline(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale,
