@@ -1,45 +1,46 @@
 """SEA's mask interpolation as one Triton kernel: the CSR key columns of every query row, written in place.
 
 Input: the selected compressed cells per query row (sel [R, K], R = B*H*T rows in (b, h, t) order), each cell's
-first key and width for the row's time step (lo, width [T, K]: cell c of row t covers keys
-[lo, lo + width)), the row pointers of the CSR lists (row_ptr [R + 1], from the per-row key counts) and the
-budget k of keys per cell. A selected cell contributes n = min(width, k) keys, uniformly spaced:
-lo + floor(j * width / n) for j < n; a row's keys are its cells' keys in cell order (so ascending).
+first key and width for the row's time step (lo, width [T, K]: cell c of row t covers keys [lo, lo + width)), the
+row pointers of the CSR lists (row_ptr [R + 1], from the per-row key counts) and the budget k of keys per cell. A
+selected cell contributes n = min(width, k) keys, uniformly spaced: lo + floor(j * width / n) for j < n; a row's
+keys are its cells' keys in cell order (so ascending).
 
-Layout (third version). One program per block of ROWS_PER_PROGRAM = 16 consecutive rows. It loads the block's
-selected flags as one [16, KP] byte tile (contiguous: 1 KiB at K = 64), counts each row's selected cells, and
-loops max-count times; step i takes every row's i-th selected cell (the smallest selected cell above the one
-visited last: one min-reduction over the tile), gathers that cell's lo and width ([16] loads, masked), and writes
-its run of n keys as a [16, JB] tile (JB = min(64, next_pow2(k)); longer runs loop) at row_ptr[row] + keys
-already written: the running sum of the visited cells' counts, so no prefix sum over cells and no search at all.
-Keys are lo + j q + floor(j rem / n) with w = q n + rem (one division per row and step, then an unsigned 32-bit
-division of j rem < k^2 per entry: no overflow for any width, int64 only when k > 46340). Entries past row_ptr[-1] (up to capacity)
-are zeroed by extra fill programs in the same launch, so the buffer is torch.empty rather than a memset of the
-whole capacity; entries at or past capacity are dropped (the old kernel wrote past the buffer there).
+Layout (third version). One 2-warp program per block of ROWS_PER_PROGRAM = 16 consecutive time steps of one (b, h);
+program ids run time-block major (block 0 of every (b, h), then block 1, ...), so the small-t blocks, whose rows
+hold many narrow cells and loop longest, start first and overlap the rest rather than trail it. It loads the block's
+selected flags as one [16, KP] byte tile (contiguous: 1 KiB at K = 64), counts each row's selected cells, and loops
+max-count times; step i takes every row's i-th selected cell (the smallest selected cell above the one visited last:
+one min-reduction over the tile), gathers that cell's lo and width ([16] loads, masked), and writes its run of n
+keys as a [16, JB] tile (JB = min(64, next_pow2(k)), at least 2; longer runs loop) at row_ptr[row] + keys already
+written: the running sum of the visited cells' counts, so no prefix sum over cells and no search at all. Keys are lo
++ j q + floor(j rem / n) with w = q n + rem (one division per row and step, then an unsigned 32-bit division of j
+rem < k^2 per entry: no overflow for any width, int64 only when k > 46340). Entries past row_ptr[-1] (up to
+capacity) are zeroed by extra fill programs in the same launch, so the buffer is torch.empty rather than a memset of
+the whole capacity; entries at or past capacity are dropped (the old kernel wrote past the buffer there).
 
 Why (history): the first version computed the whole [K, k] (cell, j) tile per row (2.5-3.6x slower than the
-tensor-op path on an H200); the second ran one 4-warp program per row and, for every block of 64 output slots,
-two [64 slots x KP cells] compare matrices (the slot's cell and that cell's first slot). Measured on an H200
-(bf16, B=1, H=16, T=65536, causal, K=64, k=64, causal_per_batch): 2.74 ms per call (4.12 ms bidirectional,
-K=128, k=13, per_batch). That geometry keeps few keys: n_t = round(H k K / L_t) cells over all 16 heads, so
-about 15.6M entries in all (62.5 MB of int32) for R = 1,048,576 rows, and about 80% of the rows select no cell
-(t > 4096: fewer than 16 cells over 16 heads). The second version's time was a million tiny programs each paying
-a load/cumsum/reduction latency chain (about 2.6 ns of the whole GPU per row), plus 128 compares per entry.
-Now: 65,536 programs; a block without a selected cell (most blocks at large t once heads concentrate) costs a
-1 KiB load, a row-sum and a max; each written entry costs about 30 lane instructions (multiply, 32-bit
-division, address, store) with the [16, 64] tile used at 15-40% (rows of a block have unequal cell counts;
-a CPU simulation with random selections under the same budgets gives ~98M tile lanes for 15.6M entries at
-16 rows per block, ~116M at 32), plus one [16, KP] min-reduction and two gathers per step.
+tensor-op path on an H200); the second ran one 4-warp program per row and, for every block of 64 output slots, two
+[64 slots x KP cells] compare matrices (the slot's cell and that cell's first slot). Measured on an H200 (bf16, B=1,
+H=16, T=65536, causal, K=64, k=64, causal_per_batch): 2.74 ms per call (4.12 ms bidirectional, K=128, k=13,
+per_batch). That geometry keeps few keys: n_t = round(H k K / L_t) cells over all 16 heads, so about 15.6M entries
+in all (62.5 MB of int32) for R = 1,048,576 rows, and about 80% of the rows select no cell (t > 4096: fewer than 16
+cells over 16 heads). The second version's time was a million tiny programs each paying a load/cumsum/reduction
+latency chain (about 2.6 ns of the whole GPU per row), plus 128 compares per entry. Now: 65,536 programs; a block
+without a selected cell (most blocks at large t once heads concentrate) costs a 1 KiB load, a row-sum and a max;
+each written entry costs about 30 lane instructions (multiply, 32-bit division, address, store) with the [16, 64]
+tile used at 15-40% (rows of a block have unequal cell counts; a CPU simulation with random selections under the
+same budgets gives ~98M tile lanes for 15.6M entries at 16 rows per block, ~116M at 32), plus one [16, KP]
+min-reduction and two gathers per step.
 
-Prediction, H200, T=65536 causal (geometry above): traffic ~64 MB of flags + ~63 MB of columns + row
-pointers, ~0.035 ms at 4 TB/s; tile work ~100M lanes x ~30 instructions ~ 3G lane-instructions, ~0.1 ms at
-~33 T lane-instructions/s; with latency tails of the small-t blocks (up to 64 steps of 1-key cells at t < 64)
-I expect 0.08-0.2 ms for the kernel (best guess 0.12 ms), i.e. 15-30x faster than 2.74 ms, and the
-whole interpolation stage is then dominated by the torch row counts + cumsum. Bidirectional (K=128, k=13,
-per_batch, ~1 cell of 13 keys per row on average): JB = 16, a [16, 128] min-reduction per step, expected
-0.1-0.25 ms (was 4.12 ms). Not timed yet. No padding mask here: padded rows and keys are handled by the
-PyTorch path (methods/sea/interp.py). The per-row counts (and so row_ptr) still come from a torch
-reduction + cumsum outside this kernel.
+Prediction, H200, T=65536 causal (geometry above): traffic ~64 MB of flags + ~63 MB of columns + row pointers,
+~0.035 ms at 4 TB/s; tile work ~100M lanes x ~30 instructions ~ 3G lane-instructions, ~0.1 ms at ~33 T
+lane-instructions/s; with latency tails of the small-t blocks (up to 64 steps of 1-key cells at t < 64) I expect
+0.08-0.2 ms for the kernel (best guess 0.12 ms), i.e. 15-30x faster than 2.74 ms, and the whole interpolation stage
+is then dominated by the torch row counts + cumsum. Bidirectional (K=128, k=13, per_batch, ~1 cell of 13 keys per
+row on average): JB = 16, a [16, 128] min-reduction per step, expected 0.1-0.25 ms (was 4.12 ms). Not timed yet. No
+padding mask here: padded rows and keys are handled by the PyTorch path (methods/sea/interp.py). The per-row counts
+(and so row_ptr) still come from a torch reduction + cumsum outside this kernel.
 
 `csr_columns_ref` is the plain-loop restatement used by the tests.
 """
@@ -56,21 +57,27 @@ ROWS_PER_PROGRAM = 16
 SLOT_BLOCK = 64
 # Filler entries zeroed per program (entries past row_ptr[-1], up to the capacity).
 FILL_BLOCK = 4096
-NUM_WARPS = 4
+# 2 warps: a warp's 32 threads cover 8 rows x 64 flags of the [16, 64] byte tile at 16 bytes each, so the tile is
+# not replicated and the per-row reductions stay inside a warp; twice as many 2-warp programs fit on an SM
+# (32 x 2 = 64 warps), which is what hides the load latency of the many blocks that end after the flag load.
+NUM_WARPS = 2
 # Tests set this to fill the output with a poison value first, so an entry no program writes fails them.
 POISON_OUTPUTS = False
 _POISON = -123456789
 
 
 @triton.jit
-def _csr_columns_kernel(SEL, LO, WIDTH, ROW_PTR, COL, R, T, kk, CAP, n_row_programs,
+def _csr_columns_kernel(SEL, LO, WIDTH, ROW_PTR, COL, R, T, BH, kk, CAP, n_row_programs,
                         K: tl.constexpr, KP: tl.constexpr, RB: tl.constexpr, JB: tl.constexpr,
                         FB: tl.constexpr, WIDE: tl.constexpr):
     pid = tl.program_id(0)
     if pid < n_row_programs:
-        r = pid.to(tl.int64) * RB + tl.arange(0, RB)                    # [RB] query rows (b, h, t)
-        rm = r < R
-        t = r % T
+        # Time-block major: the blocks of small t (many narrow cells per row, the longest loops) of every
+        # (b, h) are launched first, so their latency chains overlap the rest instead of trailing it.
+        bh = pid % BH
+        t = (pid // BH).to(tl.int64) * RB + tl.arange(0, RB)            # [RB] time steps
+        rm = t < T
+        r = bh.to(tl.int64) * T + t                                      # [RB] query rows (b, h, t)
         c = tl.arange(0, KP)
         s = tl.load(SEL + r[:, None] * K + c[None, :], mask=rm[:, None] & (c[None, :] < K), other=0)
         s = s != 0                                                       # [RB, KP] selected?
@@ -106,7 +113,7 @@ def _csr_columns_kernel(SEL, LO, WIDTH, ROW_PTR, COL, R, T, kk, CAP, n_row_progr
             prev = cell
     else:
         e = (pid - n_row_programs).to(tl.int64) * FB + tl.arange(0, FB)  # [FB] entries
-        nnz = tl.load(ROW_PTR + R + tl.zeros([FB], dtype=tl.int64))     # [FB] row_ptr[-1], broadcast
+        nnz = tl.load(ROW_PTR + R)                                       # row_ptr[-1]
         tl.store(COL + e, tl.zeros([FB], dtype=tl.int32), mask=(e >= nnz) & (e < CAP))
 
 
@@ -118,7 +125,7 @@ def csr_columns(sel: torch.Tensor, lo: torch.Tensor, width: torch.Tensor, row_pt
     rest by the fill programs; entries at or past `capacity` are dropped, as in the tensor-op path)."""
     R, K = sel.shape
     T = lo.shape[0]
-    if R % T or lo.shape != (T, K) or width.shape != (T, K) or row_ptr.shape != (R + 1,):
+    if (R % T if T else R) or lo.shape != (T, K) or width.shape != (T, K) or row_ptr.shape != (R + 1,):
         raise ValueError(f"csr_columns: sel {tuple(sel.shape)}, lo {tuple(lo.shape)}, width {tuple(width.shape)}, "
                          f"row_ptr {tuple(row_ptr.shape)} do not fit together")
     if k < 1:
@@ -134,14 +141,14 @@ def csr_columns(sel: torch.Tensor, lo: torch.Tensor, width: torch.Tensor, row_pt
     if rb & (rb - 1) or fb & (fb - 1) or SLOT_BLOCK & (SLOT_BLOCK - 1):
         raise ValueError(f"csr_columns: ROWS_PER_PROGRAM={rb}, FILL_BLOCK={fb}, SLOT_BLOCK={SLOT_BLOCK} "
                          "(each must be a power of two)")
-    n_row = triton.cdiv(R, rb)
-    jb = min(SLOT_BLOCK, triton.next_power_of_2(int(k)))
+    n_row = R // T * triton.cdiv(T, rb)                              # (time block, b h) programs
+    jb = max(2, min(SLOT_BLOCK, triton.next_power_of_2(int(k))))      # (no 1-wide tiles)
     # floor(j w / n) = j q + floor(j rem / n) with w = q n + rem: the product j rem < n^2 <= k^2, whatever w is.
     wide = int(k) > 46340
     _csr_columns_kernel[(n_row + triton.cdiv(cap, fb),)](
         sel.contiguous().view(torch.uint8), lo.to(torch.int32).contiguous(), width.to(torch.int32).contiguous(),
-        row_ptr.to(torch.int64).contiguous(), col, R, T, int(k), cap, n_row, K=K, KP=triton.next_power_of_2(K),
-        RB=rb, JB=jb, FB=fb, WIDE=wide, num_warps=NUM_WARPS)
+        row_ptr.to(torch.int64).contiguous(), col, R, T, R // T, int(k), cap, n_row,
+        K=K, KP=triton.next_power_of_2(K), RB=rb, JB=jb, FB=fb, WIDE=wide, num_warps=NUM_WARPS)
     return col
 
 

@@ -1,7 +1,8 @@
-"""kernels/sea_interp.py: the blocked interpolation kernel (several rows per program, one selected cell per row per
-step) against the plain-loop restatement csr_columns_ref, on shapes that hit its edges: blocks that straddle
-heads and the end of the rows, runs longer than a slot block, rows of many cells, empty rows and blocks, cells
-of width 0, filler entries past row_ptr[-1] (poisoned buffer, several fill programs) and a capacity below nnz."""
+"""kernels/sea_interp.py: the blocked interpolation kernel (several time steps of one (b, h) per program, one selected
+cell per row per step) against the plain-loop restatement csr_columns_ref, on shapes that hit its edges: partial
+time blocks (T = 37), several (b, h) and time blocks per launch, runs longer than a slot block, rows of many cells,
+empty rows and blocks, cells of width 0, filler entries past row_ptr[-1] (poisoned buffer, several fill programs)
+and a capacity below nnz."""
 from __future__ import annotations
 
 import pytest
@@ -36,9 +37,9 @@ def si(monkeypatch):
 
 
 @pytest.mark.parametrize("K,k,rows_per_program,slot_block", [
-    (8, 3, 16, 64),      # R = 2*3*37 = 222 rows: the last block is partial
+    (8, 3, 16, 64),      # R = 2*3*37 = 222 rows: 6 (b, h) x 3 time blocks, the last one partial
     (5, 8, 4, 4),        # K not a power of two; runs of up to 8 keys loop over slot blocks of 4
-    (16, 1, 8, 64),      # k = 1: one key per cell, many cells per row; blocks straddle (b, h) boundaries (T = 37)
+    (16, 1, 8, 64),      # k = 1: one key per cell, many cells per row; T = 37: a partial last time block per (b, h)
     (8, 70, 2, 64),      # k > SLOT_BLOCK: runs of up to 70 keys loop (widths up to 90)
 ])
 def test_blocked_kernel_matches_loop_reference(si, monkeypatch, K, k, rows_per_program, slot_block):
@@ -75,7 +76,7 @@ def test_long_rows_all_cells_and_empty_blocks(si, monkeypatch):
     assert torch.equal(got, si.csr_columns_ref(sel, lo, width, row_ptr, k, cap))
 
 
-def test_no_keys_capacity_below_nnz_and_no_rows(si, monkeypatch):
+def test_no_keys_capacity_below_nnz_single_step_and_no_rows(si, monkeypatch):
     monkeypatch.setattr(si, "FILL_BLOCK", 8)
     R, T, K, k = 30, 10, 8, 4
     sel, lo, width, row_ptr = _inputs(R, T, K, k, 0.0, seed=1)
@@ -86,6 +87,10 @@ def test_no_keys_capacity_below_nnz_and_no_rows(si, monkeypatch):
     got = si.csr_columns(sel, lo, width, row_ptr, k, nnz - 7)              # truncated, like the tensor-op path
     full = si.csr_columns_ref(sel, lo, width, row_ptr, k, nnz)
     assert nnz > 20 and torch.equal(got, full[:nnz - 7])
+    sel, lo, width, row_ptr = _inputs(5, 1, K, k, 0.5, seed=4)             # T = 1: one row per (b, h)
+    cap = int(row_ptr[-1]) + 3
+    one = si.csr_columns(sel, lo, width, row_ptr, k, cap)
+    assert cap > 3 and torch.equal(one, si.csr_columns_ref(sel, lo, width, row_ptr, k, cap))
     empty = si.csr_columns(torch.zeros(0, K, dtype=torch.bool), lo, width, torch.zeros(1, dtype=torch.int64), k, 5)
     assert torch.equal(empty, torch.zeros(5, dtype=torch.int32))
     with pytest.raises(ValueError, match="k=0"):
