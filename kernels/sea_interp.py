@@ -37,10 +37,14 @@ Prediction, H200, T=65536 causal (geometry above): traffic ~64 MB of flags + ~63
 ~0.035 ms at 4 TB/s; tile work ~100M lanes x ~30 instructions ~ 3G lane-instructions, ~0.1 ms at ~33 T
 lane-instructions/s; with latency tails of the small-t blocks (up to 64 steps of 1-key cells at t < 64) I expect
 0.08-0.2 ms for the kernel (best guess 0.12 ms), i.e. 15-30x faster than 2.74 ms, and the whole interpolation stage
-is then dominated by the torch row counts + cumsum. Bidirectional (K=128, k=13, per_batch, ~1 cell of 13 keys per
-row on average): JB = 16, a [16, 128] min-reduction per step, expected 0.1-0.25 ms (was 4.12 ms). Not timed yet. No
-padding mask here: padded rows and keys are handled by the PyTorch path (methods/sea/interp.py). The per-row counts
-(and so row_ptr) still come from a torch reduction + cumsum outside this kernel.
+is then dominated by the torch row counts + cumsum. The ~3,850 fill programs (4096 entries each, almost all fully
+masked since capacity ~ nnz here) add a few microseconds, and the 63 MB memset the wrapper used to run before the
+kernel (torch.zeros, a separate ~0.02-0.03 ms kernel) is gone. Least certain part: how long the small-t blocks loop
+(up to 64 steps of ~0.3-0.5 us each); if the measured time is well above 0.2 ms, look there first (e.g. two cells
+per step when runs are short). Bidirectional (K=128, k=13, per_batch, ~1 cell of 13 keys per row on average): JB =
+16, a [16, 128] min-reduction per step, expected 0.1-0.25 ms (was 4.12 ms). Not timed yet. No padding mask here:
+padded rows and keys are handled by the PyTorch path (methods/sea/interp.py). The per-row counts (and so row_ptr)
+still come from a torch reduction + cumsum outside this kernel.
 
 `csr_columns_ref` is the plain-loop restatement used by the tests.
 """
