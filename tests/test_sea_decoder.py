@@ -255,7 +255,11 @@ def test_sea_option_decoder_backend_runs_the_kernel_and_refuses_in_words():
         got = mods[1].estimator(q, k, v, valid=None)
     for w, x in zip(want, got):
         torch.testing.assert_close(x, w, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        for mod in mods:
+            mod(q, k, v, causal=True)                                # the impl string names what ran
     assert "decoder=triton" in mods[1].impl and "decoder=triton" not in mods[0].impl
+    assert mods[1].estimator.last_decoder == "triton" and mods[0].estimator.last_decoder == "torch"
     cfg = M.resolve_config(dict(decoder_backend="triton"))
     bidir = Problem(1, 2, 2, 21, 8, dtype="fp32", causal=False, device="cpu")
     assert any("causal decoder" in r for r in M.supports(bidir, cfg))

@@ -57,11 +57,12 @@ class _SEABase(Method):
                "mask is given, torch matmuls otherwise), torch, or triton (causal: the prefix-sum kernel; bidirectional: the fused "
                "forward-only kernel, kernels/favor_dense.py)",
                choices=("auto", "triton", "torch")),
-        Option("encoder_backend", "torch", "estimator's encoder (Linear, LayerNorm, GELU) and scaler head: torch "
-               "(the modules) or triton (one fused forward-only kernel, kernels/sea_encoder.py; not yet timed on a "
-               "GPU)", choices=("torch", "triton")),
-        Option("decoder_backend", "torch", "estimator's causal CNN decoder: torch (the modules) or triton (one fused "
-               "forward-only kernel, kernels/sea_decoder.py; causal, estimator_dtype=fp32)", choices=("torch", "triton")),
+        Option("encoder_backend", "auto", "estimator's encoder (Linear, LayerNorm, GELU) and scaler head: torch "
+               "(the modules), triton (one fused forward-only kernel, kernels/sea_encoder.py) or auto (the kernel on "
+               "CUDA when no gradient is needed, the modules otherwise)", choices=("auto", "torch", "triton")),
+        Option("decoder_backend", "auto", "estimator's causal CNN decoder: torch (the modules), triton (one fused "
+               "forward-only kernel, kernels/sea_decoder.py; causal, estimator_dtype=fp32) or auto (the kernel for "
+               "causal fp32 decoders on CUDA when no gradient is needed)", choices=("auto", "torch", "triton")),
         Option("compile", "none", "none, or estimator: the estimator's tensor operations (casts, Performer features, "
                "encoder, decoder, scaler) through torch.compile (inductor, static shapes: each sequence length "
                "compiles once, in the first call); the Triton kernels run between the compiled pieces",
@@ -77,9 +78,9 @@ class _SEABase(Method):
                "per_query and causal_per_batch without a padding mask, tensor ops otherwise) or auto (the kernel on "
                "CUDA for groups of <= 1024 candidates, the size measured; tensor ops otherwise)",
                choices=("auto", "torch", "triton")),
-        Option("interp_backend", "torch", "interpolation of the mask to CSR key lists: torch (tensor ops) or "
-               "triton (one kernel program per query row writes the columns; calls without a padding mask)",
-               choices=("torch", "triton")),
+        Option("interp_backend", "auto", "interpolation of the mask to CSR key lists: torch (tensor ops), triton "
+               "(a kernel writes the columns, 16 query rows per program; calls without a padding mask) or auto (the "
+               "kernel on CUDA where it serves, tensor ops otherwise)", choices=("auto", "torch", "triton")),
         Option("scaler_input", "shared", "what the s_prob / s_mix head reads: shared (the encoder output, as in the "
                "paper) or detached (the same values, no gradient into the encoder: in distillation the encoder and "
                "decoder then learn from the estimate's own terms only)", choices=("shared", "detached")),

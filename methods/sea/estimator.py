@@ -132,8 +132,8 @@ class CausalDecoder(nn.Module):
 class Estimator(nn.Module):
     def __init__(self, *, d: int, H: int, K: int, causal: bool, nbf: float, max_len: int, seed: int,
                  dec_dtype: str = "fp32", performer_backend: str = "auto", performer_dtype: str = "fp32",
-                 scaler_input: str = "shared", encoder_backend: str = "torch", compile: str = "none",
-                 decoder_backend: str = "torch"):
+                 scaler_input: str = "shared", encoder_backend: str = "auto", compile: str = "none",
+                 decoder_backend: str = "auto"):
         super().__init__()
         self.d, self.H, self.K, self.causal = d, H, K, causal
         if dec_dtype not in DEC_DTYPES:
@@ -143,15 +143,16 @@ class Estimator(nn.Module):
         if scaler_input not in ("shared", "detached"):
             raise ValueError(f"scaler input {scaler_input!r}: expected shared or detached")
         self.scaler_input = scaler_input
-        if encoder_backend not in ("torch", "triton"):
-            raise ValueError(f"encoder backend {encoder_backend!r}: expected torch or triton")
+        if encoder_backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"encoder backend {encoder_backend!r}: expected auto, torch or triton")
         self.encoder_backend = encoder_backend
-        if decoder_backend not in ("torch", "triton"):
-            raise ValueError(f"decoder backend {decoder_backend!r}: expected torch or triton")
+        if decoder_backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"decoder backend {decoder_backend!r}: expected auto, torch or triton")
         if decoder_backend == "triton" and (not causal or dec_dtype != "fp32"):
             raise ValueError("decoder_backend=triton is the fused causal decoder in fp32 (kernels/sea_decoder.py); "
                              f"got causal={causal}, estimator dtype {dec_dtype}")
         self.decoder_backend = decoder_backend
+        self.last_encoder = self.last_decoder = "not-run"
         if compile not in COMPILE_MODES:
             raise ValueError(f"estimator compile {compile!r}: expected one of {COMPILE_MODES}")
         self.compile = compile
@@ -175,7 +176,8 @@ class Estimator(nn.Module):
         """The CNN decoder, z [B, H, T, 2d] fp32 -> logits [B, H, T, K] fp32. dec_dtype bf16/fp16 runs it under
         autocast (convs and the row projection in that dtype, fp32 weights kept; LayerNorm as autocast
         decides); cache_enabled=False so the weight casts are redone per call, which CUDA-graph capture needs."""
-        if self.decoder_backend == "triton":                            # fused forward-only kernel
+        self.last_decoder = self.decoder_path(z)
+        if self.last_decoder == "triton":                                # fused forward-only kernel
             from kernels.sea_decoder import decoder_forward
 
             if needs_grad(z, *self.dec.parameters()):
@@ -186,6 +188,24 @@ class Estimator(nn.Module):
             return self.dec(z)
         with torch.autocast(device_type=z.device.type, dtype=DEC_DTYPES[self.dec_dtype], cache_enabled=False):
             return self.dec(z).float()
+
+    def decoder_path(self, z: torch.Tensor) -> str:
+        """'triton' (kernels/sea_decoder.py) or 'torch'. auto: the kernel for causal fp32 decoders on CUDA tensors
+        when no gradient is needed (measured faster on an H200 at T = 64k, eager and compiled alike:
+        results/nvidia-h200/sea-compile/); the modules otherwise."""
+        if self.decoder_backend != "auto":
+            return self.decoder_backend
+        ok = self.causal and self.dec_dtype == "fp32" and z.is_cuda and not needs_grad(z, *self.dec.parameters())
+        return "triton" if ok else "torch"
+
+    def encoder_path(self, c_perf: torch.Tensor, v: torch.Tensor) -> str:
+        """'triton' (kernels/sea_encoder.py: encoder and scaler head in one kernel) or 'torch'. auto: the kernel on
+        CUDA tensors when no gradient is needed (measured faster on an H200 at T = 16k and 64k:
+        results/nvidia-h200/sea-compile/); the modules otherwise."""
+        if self.encoder_backend != "auto":
+            return self.encoder_backend
+        weights = (*self.enc.parameters(), *self.scaler.parameters())
+        return "triton" if c_perf.is_cuda and not needs_grad(c_perf, v, *weights) else "torch"
 
     @property
     def nb_features(self) -> int:
@@ -209,7 +229,7 @@ class Estimator(nn.Module):
                                        backend=self.performer_backend, operands=self.performer_dtype)
         c_perf = perf()
         self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(qf, kf, vals))
-        if self.encoder_backend == "triton":                             # encoder and scaler in one kernel
+        if self.encoder_path(c_perf, vf) == "triton":                    # encoder and scaler in one kernel
             enc = lambda: self.fused_encoder(c_perf, vf)                 # noqa: E731
             z, _ = enc()
             return dict(inputs=timer(inputs), performer=timer(perf), encoder=timer(enc),
@@ -291,7 +311,8 @@ class Estimator(nn.Module):
         else:
             c_perf, state = favor_causal_carry(q, k, vals, self.proj, carry.get("state"),
                                                backend=self.performer_backend, operands=self.performer_dtype)
-        if self.encoder_backend == "triton":
+        self.last_encoder = self.encoder_path(c_perf, v)
+        if self.last_encoder == "triton":
             z, scales = self.fused_encoder(c_perf, v)                    # [B, H, T, 2d], [B, H, T, 2]
         else:
             z = self.enc(torch.cat([c_perf, v], dim=-1))                 # [B, H, T, 2d]

@@ -108,9 +108,9 @@ class SEAAttention(AttentionModule):
     def __init__(self, *, heads: int, head_dim: int, causal: bool, k: int, K: int, mode: str, nbf: float,
                  max_len: int, oracle: bool, backend: str, force_s_prob: float, force_s_mix: float,
                  checkpoint: str | None, layer: int, seed: int, estimator_dtype: str = "fp32",
-                 performer_dtype: str = "fp32", interp_backend: str = "torch", topk_backend: str = "auto",
-                 scaler_input: str = "shared", performer_backend: str = "auto", encoder_backend: str = "torch",
-                 compile: str = "none", query_chunk: int = 0, decoder_backend: str = "torch",
+                 performer_dtype: str = "fp32", interp_backend: str = "auto", topk_backend: str = "auto",
+                 scaler_input: str = "shared", performer_backend: str = "auto", encoder_backend: str = "auto",
+                 compile: str = "none", query_chunk: int = 0, decoder_backend: str = "auto",
                  query_blocks: int = 0):
         super().__init__()
         if query_chunk < 0 or query_blocks < 0 or (query_chunk and query_blocks):
@@ -121,7 +121,7 @@ class SEAAttention(AttentionModule):
         self.k, self.K, self.mode, self.oracle, self.backend = k, K, mode, oracle, backend
         self.force_s_prob, self.force_s_mix = force_s_prob, force_s_mix
         self.interp_backend, self.topk_backend = interp_backend, topk_backend
-        self.last_topk = "not-run"
+        self.last_topk = self.last_interp = "not-run"
         self.last_blocks = "off" if query_chunk == query_blocks == 0 else "not-run"
         self.estimator = Estimator(d=head_dim, H=heads, K=K, causal=causal, nbf=nbf, max_len=max_len, seed=seed,
                                    dec_dtype=estimator_dtype, performer_dtype=performer_dtype,
@@ -186,10 +186,11 @@ class SEAAttention(AttentionModule):
         return (f"sea[estimator={est}, estimator_dtype={self.estimator.dec_dtype}, "
                 f"performer={self.estimator.last_performer}"
                 f"{'' if self.estimator.performer_dtype == 'fp32' else '/' + self.estimator.performer_dtype}, "
-                f"{'encoder=triton, ' if self.estimator.encoder_backend == 'triton' else ''}"
-                f"{'decoder=triton, ' if self.estimator.decoder_backend == 'triton' else ''}"
+                f"{'encoder=triton, ' if self.estimator.last_encoder == 'triton' else ''}"
+                f"{'decoder=triton, ' if self.estimator.last_decoder == 'triton' else ''}"
                 f"{'' if self.estimator.compile == 'none' else 'compile=' + self.estimator.compile + ', '}"
-                f"mode={self.mode}, topk={self.last_topk}, k={self.k}, K={self.K}, "
+                f"mode={self.mode}, topk={self.last_topk}, "
+                f"{'interp=triton, ' if self.last_interp == 'triton' else ''}k={self.k}, K={self.K}, "
                 f"{'' if self.last_blocks == 'off' else 'query_blocks=' + self.last_blocks + ', '}"
                 f"nb_features={self.estimator.nb_features}, scalers={sc}, sparse={kernel}]")
 
@@ -278,9 +279,20 @@ class SEAAttention(AttentionModule):
                         count=selected_counts(mask, k=self.k, causal=causal))
         caps = None if valid is not None else selection_caps(self.mode, B=B, H=H, T=T, K=K, k=self.k,
                                                              causal=causal)
+        self.last_interp = self.interp_path(mask, caps)
         row_ptr, col = mask_to_csr(mask, k=self.k, causal=causal, valid=valid, caps=caps,
-                                   backend=self.interp_backend)                   # CSR over (b, h, t)
+                                   backend=self.last_interp)                      # CSR over (b, h, t)
         return dict(layout=layout, row_ptr=row_ptr, col=col, count=csr_counts(row_ptr, (B, H, T)))
+
+    def interp_path(self, mask: torch.Tensor, caps) -> str:
+        """'triton' (kernels/sea_interp.py) or 'torch'. The kernel serves calls without a padding mask (host-side
+        caps known); auto takes it there for CUDA tensors (measured faster on an H200, causal T = 16k and 64k:
+        results/nvidia-h200/sea-compile/)."""
+        if caps is None:
+            return "torch"
+        if self.interp_backend == "auto":
+            return "triton" if mask.is_cuda else "torch"
+        return self.interp_backend
 
     def stage_sparse(self, q, k, v, sel, *, causal, scale, kernel):
         """5. sparse softmax attention over the selected keys -> (c [B, H, T, D] in q's dtype, what ran)."""
@@ -376,7 +388,8 @@ class SEAAttention(AttentionModule):
                                        device=q.device)
             mask = select_topk(a_hat, mode=self.mode, k=self.k, causal=True, backend=self.last_topk, row0=s)
             caps = selection_caps(self.mode, B=B, H=H, T=e - s, K=self.K, k=self.k, causal=True, row0=s)
-            row_ptr, col = mask_to_csr(mask, k=self.k, causal=True, caps=caps, backend=self.interp_backend, row0=s)
+            self.last_interp = self.interp_path(mask, caps)
+            row_ptr, col = mask_to_csr(mask, k=self.k, causal=True, caps=caps, backend=self.last_interp, row0=s)
             c, ran = sparse_attention_block(qb, kr, vr, row_ptr, col, scale, backend=sparse)   # [B, H, Tc, D]
             vf = vb.float()
             csum = chunked_cumsum(vf) if vsum is None else chunked_cumsum(vf) + vsum   # [B, H, Tc, D]
