@@ -325,5 +325,5 @@ class Estimator(nn.Module):
         zz = z if tail is None else torch.cat([tail, z], dim=2)
         logits = self.decode(zz)[:, :, zz.shape[2] - z.shape[2]:]        # [B, H, Tc, K]
         halo = self.decoder_halo
-        nxt = dict(state=state, tail=zz[:, :, -halo:] if halo else None)
+        nxt = dict(state=state, tail=zz[:, :, -halo:].clone() if halo else None)   # a copy: zz is freed
         return logits, scales[..., 0:1], scales[..., 1:2], nxt
