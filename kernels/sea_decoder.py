@@ -347,7 +347,19 @@ def causal_decoder_forward(z, row_w, row_b, norm_in_w, norm_in_b, norm_in_eps, c
 
 def decoder_forward(z, dec):
     """z [B, H, T, 2d] fp32 -> dec(z) [B, H, T, K] for a CausalDecoder `dec` (its weights, forward only).
-    Refuses a decoder whose conv geometry is not the causal one this kernel implements."""
+    Refuses a decoder whose conv geometry is not the causal one this kernel implements. The check reads the
+    time masks' values (a device-to-host copy), so it runs once per decoder module and is remembered: later calls,
+    including those inside a CUDA-graph capture (where such a copy is an error), skip it."""
+    if not getattr(dec, "_fused_kernel_geometry_ok", False):
+        _check_geometry(dec)
+        dec._fused_kernel_geometry_ok = True
+    return causal_decoder_forward(
+        z, dec.row.weight, dec.row.bias, dec.norm_in.weight, dec.norm_in.bias, dec.norm_in.eps,
+        dec.conv1.weight, dec.conv1.bias, dec.conv2.weight, dec.conv2.bias, dec.conv3.weight, dec.conv3.bias,
+        dec.norm_out.weight, dec.norm_out.bias, dec.norm_out.eps, dec.K)
+
+
+def _check_geometry(dec) -> None:
     geometry = (("conv1", (3, 3), (2, 2), (2, 2)), ("conv2", (3, 3), (2, 2), (2, 2)),
                 ("conv3", (1, 1), (1, 1), (0, 0)))
     for name, ks, dil, pad in geometry:
@@ -359,7 +371,3 @@ def decoder_forward(z, dec):
         mask = getattr(conv, "time_mask", None)
         if ks == (3, 3) and (mask is None or mask.reshape(3, 3).tolist() != [[1, 1, 1], [1, 1, 1], [0, 0, 0]]):
             raise ValueError(f"sea decoder: {name} has no causal time_mask zeroing kernel row 2")
-    return causal_decoder_forward(
-        z, dec.row.weight, dec.row.bias, dec.norm_in.weight, dec.norm_in.bias, dec.norm_in.eps,
-        dec.conv1.weight, dec.conv1.bias, dec.conv2.weight, dec.conv2.bias, dec.conv3.weight, dec.conv3.bias,
-        dec.norm_out.weight, dec.norm_out.bias, dec.norm_out.eps, dec.K)

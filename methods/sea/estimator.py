@@ -31,6 +31,11 @@ def compiled(fn):
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
     dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
     dynamo_config.fail_on_recompile_limit_hit = True
+    # Donated buffers let a compiled backward free its saved tensors early, but then the graph cannot be walked
+    # twice (retain_graph=True, as SEA's backward stage profile does): off, at a small memory cost in training.
+    import torch._functorch.config as functorch_config
+
+    functorch_config.donated_buffer = False
     return torch.compile(fn, backend=COMPILE_BACKEND, dynamic=False)
 
 
