@@ -183,6 +183,20 @@ def test_query_blocks_gives_the_number_of_blocks():
     assert "query_blocks=4x51" in blocks.impl
 
 
+@pytest.mark.parametrize("which", ["q", "k", "v"])
+def test_blocks_refuse_non_finite_inputs_like_the_whole_forward(which):
+    mod = build(query_chunk=64)
+    q, k, v = qkv(11)
+    bad = dict(q=q, k=k, v=v)
+    bad[which] = bad[which].clone()
+    bad[which][1, 0, 150, 3] = float("nan")                            # in the third block only
+    with torch.no_grad(), pytest.raises(ValueError, match=f"{which} contains non-finite"):
+        mod(bad["q"], bad["k"], bad["v"], causal=True)
+    whole = build()
+    with torch.no_grad(), pytest.raises(ValueError, match=f"{which} contains non-finite"):
+        whole(bad["q"], bad["k"], bad["v"], causal=True)
+
+
 def test_query_chunk_option_validated():
     with pytest.raises(MethodConfigError, match="query_chunk"):
         build(query_chunk=-4)

@@ -197,14 +197,15 @@ class SEAAttention(AttentionModule):
     # --- stages ---------------------------------------------------------------------------------
     # forward = prepare -> stage_estimator -> stage_topk -> stage_interpolate -> stage_sparse -> stage_mix.
     # Each stage takes the previous stages' outputs only, so stage_profile can time them one by one.
-    def _prepare(self, q, k, v, *, causal, key_padding_mask, scale):
-        """Checks and the per-call constants: (kr, vr [B, H, T, D], valid bool [B, T] or None, scale)."""
+    def _prepare(self, q, k, v, *, causal, key_padding_mask, scale, finite_check: bool = True):
+        """Checks and the per-call constants: (kr, vr [B, H, T, D], valid bool [B, T] or None, scale).
+        finite_check=False: the caller checks q, k, v for NaN / Inf itself (query blocks, block by block)."""
         check_inputs(q, k, v)
         # The finite-input check needs one host sync (bool of a device flag), which CUDA-graph capture forbids:
         # it is skipped while the current stream is capturing (a replayed graph cannot raise anyway) and when
         # `self.validate_inputs` is False; every normal (eager) call still runs it.
         capturing = q.is_cuda and torch.cuda.is_current_stream_capturing()
-        if self.validate_inputs and not capturing:
+        if self.validate_inputs and not capturing and finite_check:
             check_finite(q=q, k=k, v=v)
         B, H, T, D = q.shape
         if causal != self.causal:
@@ -368,8 +369,14 @@ class SEAAttention(AttentionModule):
         block at a time, carrying the Performer's prefix state, the decoder's last rows and the running sum of v
         from block to block. Same result as the whole-sequence forward (up to float summation order and, with
         bf16 Performer operands, bf16 rounding of the prefix state); peak memory O(query_chunk) for the estimate,
-        the selection and the lists instead of O(T). No last_aux (distillation and attention_probs run whole)."""
-        kr, vr, valid, scale = self._prepare(q, k, v, causal=True, key_padding_mask=None, scale=scale)
+        the selection and the lists instead of O(T). No last_aux (distillation and attention_probs run whole).
+        The finite-input check runs block by block (isfinite over the whole q, k, v takes temporaries of 1.5x
+        their size, more than the blocks' own intermediates), with one host sync at the end: a call with NaN or
+        Inf inputs raises the same error as the whole forward, after computing (its output is dropped)."""
+        kr, vr, valid, scale = self._prepare(q, k, v, causal=True, key_padding_mask=None, scale=scale,
+                                             finite_check=False)
+        check = self.validate_inputs and not (q.is_cuda and torch.cuda.is_current_stream_capturing())
+        finite = []                                                      # per block: q, k, v all finite?
         kr, vr = kr.contiguous(), vr.contiguous()
         B, H, T, D = q.shape
         from kernels.sea_sparse_attention import sparse_attention_block, triton_usable
@@ -382,6 +389,8 @@ class SEAAttention(AttentionModule):
         for s in range(0, T, rows):
             e = min(T, s + rows)
             qb, kb, vb = q[:, :, s:e], kr[:, :, s:e], vr[:, :, s:e]      # [B, H, Tc, D]
+            if check:
+                finite.append(torch.stack([torch.isfinite(x).all() for x in (qb, kb, vb)]))   # [3]
             logits, s_prob, s_mix, carry = self.estimator.forward_block(qb, kb, vb, row0=s, carry=carry)
             a_hat = torch.softmax(logits, dim=-1)                        # [B, H, Tc, K]
             self.last_topk = topk_path(self.mode, H=H, K=self.K, valid=None, backend=self.topk_backend,
@@ -397,6 +406,11 @@ class SEAAttention(AttentionModule):
             pos = torch.arange(s + 1, e + 1, device=q.device, dtype=torch.float32)[:, None]   # [Tc, 1]
             out[:, :, s:e] = torch.addcmul((1 - s_mix) * (csum / pos), s_mix * s_prob, c.float()).to(q.dtype)
             n += 1
+        if check:
+            ok = torch.stack(finite).all(0).tolist()                     # one host sync: [q, k, v] finite
+            for name, good in zip(("q", "k", "v"), ok):
+                if not good:
+                    raise ValueError(f"sea: {name} contains non-finite values (NaN or Inf); refusing to attend")
         self.last_blocks = f"{n}x{rows}"
         self.last_aux = {}
         self.impl = self._impl(ran)
