@@ -48,8 +48,10 @@ def _variant(row) -> str:
 
 def _fmt_cell(r) -> str:
     if r["status"] == "ok":
-        lat = f"{r['latency_ms']:.3g}"
-        return lat
+        lat = r.get("latency_ms")
+        if lat is None or lat != lat:                    # rows that time nothing (fidelity runs): no latency
+            return "ok (untimed)"
+        return f"{lat:.3g}"
     return r["status"]
 
 
@@ -100,7 +102,7 @@ def make_plots(df: pd.DataFrame, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    ok = df[df.status == "ok"]
+    ok = df[(df.status == "ok") & pd.to_numeric(df.latency_ms, errors="coerce").notna()]   # timed rows only
     for key, g in ok.groupby(GROUP, dropna=False, sort=True):
         tag = "_".join(str(v) for v in key).replace("/", "-").replace(" ", "")
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))

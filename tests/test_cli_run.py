@@ -53,6 +53,21 @@ def test_report_writes_tables_and_plots(small_run, tmp_path):
     assert len(list(tmp_path.glob("plot_*.png"))) == 4
 
 
+def test_report_of_untimed_rows(small_run, tmp_path):
+    """Rows that time nothing (a fidelity run's: status ok, latency None) are tabulated as untimed, not a crash."""
+    out, _ = small_run
+    run = tmp_path / "untimed"
+    run.mkdir()
+    (run / "meta.json").write_text((out / "meta.json").read_text())
+    rows = read_rows(out)
+    for r in rows[:4]:
+        r.update(latency_ms=None, latency_p20_ms=None, latency_p80_ms=None)
+    (run / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = run_cli("report", str(run), "--out", str(tmp_path / "rep"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "ok (untimed)" in (tmp_path / "rep" / "report.md").read_text()
+
+
 def test_compare_same_run_passes_and_doctored_slowdown_fails(small_run, tmp_path):
     out, _ = small_run
     res = run_cli("compare", str(out), str(out), "--reference-method", "exact")

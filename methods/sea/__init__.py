@@ -71,7 +71,8 @@ class _SEABase(Method):
                "top-k, interpolation, sparse attention and mix one block at a time (Performer state, decoder rows "
                "and the running mean carried), so the intermediates take O(query_chunk) memory instead of O(T); "
                "calls with gradients, padding masks, bidirectional calls and the tiled kernel run whole (impl says "
-               "why)"),
+               "why); with the tensor-op top-k, cells tied exactly at a threshold may be chosen differently than in "
+               "the whole call (the CUDA top-k kernel breaks ties alike)"),
         Option("query_blocks", 0, "like query_chunk, given as a number of blocks: ceil(T / query_blocks) rows each "
                "(0: off), so the intermediates stay a fixed fraction of the sequence at every T"),
         Option("topk_backend", "auto", "grouped top-k: torch (tensor ops), triton (one sort per group in a kernel; "

@@ -367,8 +367,13 @@ class SEAAttention(AttentionModule):
     def _forward_blocks(self, q, k, v, *, scale):
         """Causal inference in query blocks of `query_chunk` rows: estimate, select, interpolate, attend and mix one
         block at a time, carrying the Performer's prefix state, the decoder's last rows and the running sum of v
-        from block to block. Same result as the whole-sequence forward (up to float summation order and, with
-        bf16 Performer operands, bf16 rounding of the prefix state); peak memory O(query_chunk) for the estimate,
+        from block to block. Same result as the whole-sequence forward up to float summation order (and, with
+        bf16 Performer operands, bf16 rounding of the prefix state), with one exception: among cells tied exactly at
+        a row's top-k threshold (the causal decoder repeats each of its K/4 columns 4 times, so an untrained
+        estimator has many), torch.topk's choice depends on the call (its k is the largest budget in the block), so
+        the tensor-op top-k may keep another tied cell than the whole call does; the Triton top-k kernel (the CUDA
+        default) breaks ties to the lowest index in both (results/cpu/sea-kernels-fidelity-2/: 0.4-4.5 % per-layer
+        output difference on SmolLM2 with the tensor-op top-k). Peak memory O(query_chunk) for the estimate,
         the selection and the lists instead of O(T). No last_aux (distillation and attention_probs run whole).
         The finite-input check runs block by block (isfinite over the whole q, k, v takes temporaries of 1.5x
         their size, more than the blocks' own intermediates), with one host sync at the end: a call with NaN or
