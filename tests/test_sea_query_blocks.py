@@ -113,10 +113,11 @@ def test_topk_and_lists_of_a_block_are_the_rows_of_the_whole(mode):
     assert int(col_b[:int(rp_b[-1])].max()) <= e - 1                   # causal: no key after the block's last row
 
 
-@pytest.mark.parametrize("block", [1, 7, 64, 203, 500])
-def test_layer_blocks_match_whole_forward(block):
-    whole = untie(build())
-    blocks = build(query_chunk=block)
+@pytest.mark.parametrize("block, forced", [(1, {}), (7, {}), (64, {}), (203, {}), (500, {}),
+                                           (64, dict(s_prob=0.7, s_mix=0.4))])
+def test_layer_blocks_match_whole_forward(block, forced):
+    whole = untie(build(**forced))
+    blocks = build(query_chunk=block, **forced)
     blocks.load_state_dict(whole.state_dict())
     q, k, v = qkv()
     with torch.no_grad():

@@ -398,6 +398,10 @@ class SEAAttention(AttentionModule):
                 finite.append(torch.stack([torch.isfinite(x).all() for x in (qb, kb, vb)]))   # [3]
             logits, s_prob, s_mix, carry = self.estimator.forward_block(qb, kb, vb, row0=s, carry=carry)
             a_hat = torch.softmax(logits, dim=-1)                        # [B, H, Tc, K]
+            if self.force_s_prob >= 0:                                   # forced scalers, as stage_estimator does
+                s_prob = torch.full_like(s_prob, self.force_s_prob)
+            if self.force_s_mix >= 0:
+                s_mix = torch.full_like(s_mix, self.force_s_mix)
             self.last_topk = topk_path(self.mode, H=H, K=self.K, valid=None, backend=self.topk_backend,
                                        device=q.device)
             mask = select_topk(a_hat, mode=self.mode, k=self.k, causal=True, backend=self.last_topk, row0=s)
