@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.sea.favor import favor_attention, favor_causal_carry, needs_grad, orthogonal_random_features, performer_backend
+from methods.sea.favor import (favor_attention, favor_causal_carry, needs_grad, orthogonal_random_features,
+                               performer_backend)
 
 
 DEC_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -254,8 +255,9 @@ class Estimator(nn.Module):
         if needs_grad(c_perf, v, *weights):
             raise RuntimeError("sea encoder_backend=triton is a forward-only kernel and this call needs gradients "
                                "(training, or forward+backward): use encoder_backend=torch")
-        return torch.compiler.disable(encoder_forward)(c_perf, v, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps,
-                               self.scaler.weight, self.scaler.bias)
+        kernel_call = torch.compiler.disable(encoder_forward)            # compile="estimator": not traced
+        return kernel_call(c_perf, v, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, self.scaler.weight,
+                           self.scaler.bias)
 
     def forward(self, q, k, v, *, valid: torch.Tensor | None):
         """q, k, v [B, H, T, d] (any float dtype) -> logits [B, H, T, K], s_prob, s_mix [B, H, T, 1] (fp32).
