@@ -23,7 +23,7 @@ bound by them, not by its streaming traffic.
 
 Prediction (written before any GPU run), H200, T = 65536 causal, B=1, H = 16, D = 64, bf16, 64 keys per row:
 measured there, the row kernel 2.5 ms and the mix stage 1.6 ms, of which the cumulative mean (fp32 cast of v,
-chunked scan, divide: ~1.0-1.1 ms) stays outside this kernel. The part replaced besides the row kernel is the
+chunked scan, divide: ~1.0-1.1 ms, by difference, not measured alone) stays outside this kernel. The part replaced besides the row kernel is the
 (1 - s_mix) * c_avg multiply, c.float(), the addcmul and the bf16 cast: ~0.5-0.6 ms (the profile in
 results/nvidia-h200/sea-compile/profile-causal-eager.txt shows the addcmul alone at 0.24 ms). The fused kernel
 adds a 256 B coalesced c_avg read per row (268 MB, ~0.06-0.1 ms at streaming rate, largely hidden under the
@@ -32,6 +32,9 @@ kernel ~2.6-2.7 ms against 2.5 + ~0.55 = ~3.05 ms for the two steps it replaces,
 layer forward (~10-15 % of row kernel + mix, ~2 % of the 23.7 ms eager SEA forward), and ~0.9 GB less peak
 temporary memory (c in bf16, two fp32 [B, H, T, D] temporaries). If the kernel measures above ~2.8 ms the c_avg
 load is not hidden (try loading it after the loop, or the causal mean computed in the kernel from a running sum).
+
+Under TRITON_INTERPRET=1 (CPU tests) the fp32 -> bf16 cast of the store truncates toward zero (triton 3.6 and 3.9,
+whatever fp_downcast_rounding says); on CUDA it rounds to nearest even like torch. The tests allow either.
 
 Limits: forward only (refuses when grad is needed); q, k, v in one dtype among bf16 / fp16 / fp32; D stride of
 c_avg and of `out` may be anything, q / k / v are made contiguous (as sparse_attention_block does); no padding
