@@ -14,24 +14,24 @@ BLOCK_N, one program per (row, b*h)) whose epilogue loads the row's c_avg and tw
 c stays in registers (fp32, never rounded to q's dtype: for bf16 / fp16 this is the one numerical difference from
 the two-step path, which rounds c before mixing) and no LSE is written (forward only, nothing to save).
 
-Traffic per row (D = 64, bf16): two-step = row kernel (read q 128 B, write c 128 B + lse 4 B) + mix
-(read c_avg 256 B, write/read (1-s_mix) c_avg 512 B, read c 128 B, write/read c.float() 512 B, write/read the
-fp32 sum 512 B, write out 128 B, scalars) ~ 2.3 kB outside the gathers; fused = read q 128 B + c_avg 256 B +
-scalars 8 B, write out 128 B ~ 0.5 kB. At B=1, H=16, T=65536 (1 Mi rows) that is ~2.4 GB -> ~0.55 GB.
-The key/value gathers (64 keys x 2 x 128 B = 16 kB per row, mostly L2 hits) are unchanged: the row kernel is
-bound by them, not by its streaming traffic.
+Traffic per row (D = 64, bf16): two-step = row kernel (read q 128 B, write c 128 B + lse 4 B) + mix (read c_avg 256
+B, write/read (1-s_mix) c_avg 512 B, read c 128 B, write/read c.float() 512 B, write/read the fp32 sum 512 B, write
+out 128 B, scalars) ~ 2.3 kB outside the gathers; fused = read q 128 B + c_avg 256 B + scalars 8 B, write out 128 B
+~ 0.5 kB. At B=1, H=16, T=65536 (1 Mi rows) that is ~2.4 GB -> ~0.55 GB. The key/value gathers (64 keys x 2 x 128 B
+= 16 kB per row; one head's k and v, 16 MB, stay in L2 while its rows run) are unchanged: the row kernel is bound by
+them, not by its streaming traffic.
 
 Prediction (written before any GPU run), H200, T = 65536 causal, B=1, H = 16, D = 64, bf16, 64 keys per row:
 measured there, the row kernel 2.5 ms and the mix stage 1.6 ms, of which the cumulative mean (fp32 cast of v,
-chunked scan, divide: ~1.0-1.1 ms, by difference, not measured alone) stays outside this kernel. The part replaced besides the row kernel is the
-(1 - s_mix) * c_avg multiply, c.float(), the addcmul and the bf16 cast: ~0.5-0.6 ms (the profile in
-results/nvidia-h200/sea-compile/profile-causal-eager.txt shows the addcmul alone at 0.24 ms). The fused kernel
-adds a 256 B coalesced c_avg read per row (268 MB, ~0.06-0.1 ms at streaming rate, largely hidden under the
-gather latency since it is issued before the loop) and drops the c + lse writes (138 MB). Predicted: fused
-kernel ~2.6-2.7 ms against 2.5 + ~0.55 = ~3.05 ms for the two steps it replaces, i.e. ~0.35-0.5 ms saved per
-layer forward (~10-15 % of row kernel + mix, ~2 % of the 23.7 ms eager SEA forward), and ~0.9 GB less peak
-temporary memory (c in bf16, two fp32 [B, H, T, D] temporaries). If the kernel measures above ~2.8 ms the c_avg
-load is not hidden (try loading it after the loop, or the causal mean computed in the kernel from a running sum).
+chunked scan, divide: ~1.0-1.1 ms by difference, not measured alone) stays outside this kernel. The part replaced
+besides the row kernel is the (1 - s_mix) * c_avg multiply, c.float(), the addcmul and the bf16 cast: ~0.5-0.6 ms
+(the profile in results/nvidia-h200/sea-compile/profile-causal-eager.txt shows the addcmul alone at 0.24 ms). The
+fused kernel adds a 256 B coalesced c_avg read per row (268 MB, ~0.06-0.1 ms at streaming rate, largely hidden under
+the gather latency since it is issued before the loop) and drops the c + lse writes (138 MB). Predicted: fused
+kernel ~2.6-2.7 ms against 2.5 + ~0.55 = ~3.05 ms for the two steps it replaces, i.e. ~0.35-0.5 ms saved per layer
+forward (~10-15 % of row kernel + mix, ~2 % of the 23.7 ms eager SEA forward), and ~0.9 GB less peak temporary
+memory (c in bf16 and three fp32 [B, H, T, D] temporaries). If the kernel measures above ~2.8 ms the c_avg load is not
+hidden (try loading it after the loop, or the causal mean computed in the kernel from a running sum).
 
 Under TRITON_INTERPRET=1 (CPU tests) the fp32 -> bf16 cast of the store truncates toward zero (triton 3.6 and 3.9,
 whatever fp_downcast_rounding says); on CUDA it rounds to nearest even like torch. The tests allow either.
