@@ -42,26 +42,14 @@ def _fresh(shape, dtype, device):
 if triton is not None:
 
     @triton.jit
-    def _fwd_kernel(Q, K, V, ROWPTR, COL, O, LSE, scale,
-                    sqb, sqh, sqt, skb, skh, skt, sob, soh, sot,
-                    H, T, D, GROUP,
+    def _row_attend(q, kbase, vbase, COL, beg, end, skt, scale, offs_d, dmask,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-        t = tl.program_id(0).to(tl.int64)             # int64 offsets: nnz and B H T D can pass 2^31
-        bh = tl.program_id(1).to(tl.int64)
-        b = bh // H
-        h = bh % H
-        hk = h // GROUP
-        offs_d = tl.arange(0, BLOCK_D)
-        dmask = offs_d < D
-        q = tl.load(Q + b * sqb + h * sqh + t * sqt + offs_d, mask=dmask, other=0.0).to(tl.float32)
-        row = bh * T + t
-        beg = tl.load(ROWPTR + row)
-        end = tl.load(ROWPTR + row + 1)
+        """Online softmax of one query row q [BLOCK_D] (fp32) over its CSR keys COL[beg:end] (rows of kbase /
+        vbase, stride skt): returns (running max, normaliser, unnormalised sum of p v [BLOCK_D]), all fp32. Shared
+        by the row kernel and the fused attend-and-mix kernel (kernels/sea_sparse_mix.py)."""
         m_i = tl.full([], -1.0e30, tl.float32)
         l_i = tl.full([], 0.0, tl.float32)
         acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        kbase = K + b * skb + hk * skh
-        vbase = V + b * skb + hk * skh
         for start in range(beg, end, BLOCK_N):
             offs_n = start + tl.arange(0, BLOCK_N)
             nmask = offs_n < end
@@ -77,6 +65,26 @@ if triton is not None:
             l_i = l_i * alpha + tl.sum(p, axis=0)
             acc = acc * alpha + tl.sum(p[:, None] * vt, axis=0)
             m_i = m_new
+        return m_i, l_i, acc
+
+    @triton.jit
+    def _fwd_kernel(Q, K, V, ROWPTR, COL, O, LSE, scale,
+                    sqb, sqh, sqt, skb, skh, skt, sob, soh, sot,
+                    H, T, D, GROUP,
+                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+        t = tl.program_id(0).to(tl.int64)             # int64 offsets: nnz and B H T D can pass 2^31
+        bh = tl.program_id(1).to(tl.int64)
+        b = bh // H
+        h = bh % H
+        hk = h // GROUP
+        offs_d = tl.arange(0, BLOCK_D)
+        dmask = offs_d < D
+        q = tl.load(Q + b * sqb + h * sqh + t * sqt + offs_d, mask=dmask, other=0.0).to(tl.float32)
+        row = bh * T + t
+        beg = tl.load(ROWPTR + row)
+        end = tl.load(ROWPTR + row + 1)
+        m_i, l_i, acc = _row_attend(q, K + b * skb + hk * skh, V + b * skb + hk * skh, COL, beg, end, skt, scale,
+                                    offs_d, dmask, BLOCK_N, BLOCK_D)
         safe_l = tl.where(l_i > 0, l_i, 1.0)
         out = acc / safe_l
         tl.store(O + b * sob + h * soh + t * sot + offs_d, out.to(O.dtype.element_ty), mask=dmask)

@@ -63,6 +63,7 @@ _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 if triton is not None:
+    from kernels.sea_sparse_attention import _row_attend
 
     @triton.jit
     def _fwd_mix_kernel(Q, K, V, ROWPTR, COL, SPROB, SMIX, CAVG, O, scale,
@@ -87,26 +88,8 @@ if triton is not None:
         row = bh * T + t
         beg = tl.load(ROWPTR + row)
         end = tl.load(ROWPTR + row + 1)
-        m_i = tl.full([], -1.0e30, tl.float32)
-        l_i = tl.full([], 0.0, tl.float32)
-        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        kbase = K + b * skb + hk * skh
-        vbase = V + b * skb + hk * skh
-        for start in range(beg, end, BLOCK_N):
-            offs_n = start + tl.arange(0, BLOCK_N)
-            nmask = offs_n < end
-            kid = tl.load(COL + offs_n, mask=nmask, other=0).to(tl.int64)
-            m2 = nmask[:, None] & dmask[None, :]
-            kt = tl.load(kbase + kid[:, None] * skt + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
-            s = tl.sum(kt * q[None, :], axis=1) * scale
-            s = tl.where(nmask, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=0))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(s - m_new)
-            vt = tl.load(vbase + kid[:, None] * skt + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
-            l_i = l_i * alpha + tl.sum(p, axis=0)
-            acc = acc * alpha + tl.sum(p[:, None] * vt, axis=0)
-            m_i = m_new
+        _, l_i, acc = _row_attend(q, K + b * skb + hk * skh, V + b * skb + hk * skh, COL, beg, end, skt, scale,
+                                  offs_d, dmask, BLOCK_N, BLOCK_D)   # the row kernel's loop (sea_sparse_attention)
         safe_l = tl.where(l_i > 0, l_i, 1.0)
         c = acc / safe_l                                                 # the row kernel's c, fp32; empty row: 0
         out = (1.0 - sm) * cavg + (sm * sp) * c

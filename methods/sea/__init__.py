@@ -75,6 +75,10 @@ class _SEABase(Method):
                "the whole call (the CUDA top-k kernel breaks ties alike)"),
         Option("query_blocks", 0, "like query_chunk, given as a number of blocks: ceil(T / query_blocks) rows each "
                "(0: off), so the intermediates stay a fixed fraction of the sequence at every T"),
+        Option("mix_backend", "torch", "sparse attention and mix: torch (the row kernel writes c, then the mix in "
+               "tensor ops) or triton (one forward-only kernel mixes as it attends, kernels/sea_sparse_mix.py; calls "
+               "on the row kernel without a gradient or padding mask; not yet timed on a GPU)",
+               choices=("torch", "triton")),
         Option("topk_backend", "auto", "grouped top-k: torch (tensor ops), triton (one sort per group in a kernel; "
                "per_query and causal_per_batch without a padding mask, tensor ops otherwise) or auto (the kernel on "
                "CUDA for groups of <= 1024 candidates, the size measured; tensor ops otherwise)",
@@ -124,7 +128,7 @@ class _SEABase(Method):
             reasons.append(f"mode={r['mode']} ranks across time (future leaks); causal needs per_query or "
                            "causal_per_batch")
         wants_triton = [key for key in ("backend", "topk_backend", "interp_backend", "performer_backend",
-                                        "encoder_backend", "decoder_backend") if cfg[key] == "triton"]
+                                        "encoder_backend", "decoder_backend", "mix_backend") if cfg[key] == "triton"]
         if wants_triton and problem.device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             reasons.append(f"{', '.join(f'{key}=triton' for key in wants_triton)} needs a CUDA device (or "
                            f"TRITON_INTERPRET=1 on the CPU); device={problem.device}")
@@ -134,6 +138,9 @@ class _SEABase(Method):
         if cfg["encoder_backend"] == "triton" and problem.backward:
             reasons.append("encoder_backend=triton is the fused forward-only encoder kernel; forward+backward needs "
                            "encoder_backend=torch")
+        if cfg["mix_backend"] == "triton" and problem.backward:
+            reasons.append("mix_backend=triton is the fused forward-only sparse attention + mix kernel; "
+                           "forward+backward needs mix_backend=torch")
         if cfg["decoder_backend"] == "triton":
             if problem.backward:
                 reasons.append("decoder_backend=triton is the fused forward-only decoder kernel; forward+backward "
@@ -167,7 +174,7 @@ class _SEABase(Method):
                            scaler_input=cfg["scaler_input"], performer_backend=cfg["performer_backend"],
                            encoder_backend=cfg["encoder_backend"], compile=cfg["compile"],
                            query_chunk=cfg["query_chunk"], decoder_backend=cfg["decoder_backend"],
-                           query_blocks=cfg["query_blocks"])
+                           query_blocks=cfg["query_blocks"], mix_backend=cfg["mix_backend"])
         return mod.to(problem.device)
 
 

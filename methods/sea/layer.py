@@ -111,12 +111,16 @@ class SEAAttention(AttentionModule):
                  performer_dtype: str = "fp32", interp_backend: str = "auto", topk_backend: str = "auto",
                  scaler_input: str = "shared", performer_backend: str = "auto", encoder_backend: str = "auto",
                  compile: str = "none", query_chunk: int = 0, decoder_backend: str = "auto",
-                 query_blocks: int = 0):
+                 query_blocks: int = 0, mix_backend: str = "torch"):
         super().__init__()
         if query_chunk < 0 or query_blocks < 0 or (query_chunk and query_blocks):
             raise ValueError(f"query_chunk={query_chunk}, query_blocks={query_blocks}: at most one of them, >= 1 "
                              "(rows per query block, or number of blocks; 0: whole sequence)")
         self.query_chunk, self.query_blocks = query_chunk, query_blocks
+        if mix_backend not in ("torch", "triton"):
+            raise ValueError(f"mix backend {mix_backend!r}: expected torch or triton")
+        self.mix_backend = mix_backend
+        self.last_mix = "not-run"
         self.heads, self.head_dim, self.causal = heads, head_dim, causal
         self.k, self.K, self.mode, self.oracle, self.backend = k, K, mode, oracle, backend
         self.force_s_prob, self.force_s_mix = force_s_prob, force_s_mix
@@ -191,6 +195,7 @@ class SEAAttention(AttentionModule):
                 f"{'' if self.estimator.compile == 'none' else 'compile=' + self.estimator.compile + ', '}"
                 f"mode={self.mode}, topk={self.last_topk}, "
                 f"{'interp=triton, ' if self.last_interp == 'triton' else ''}k={self.k}, K={self.K}, "
+                f"{'mix=fused, ' if self.last_mix == 'fused' else ''}"
                 f"{'' if self.last_blocks == 'off' else 'query_blocks=' + self.last_blocks + ', '}"
                 f"nb_features={self.estimator.nb_features}, scalers={sc}, sparse={kernel}]")
 
@@ -388,6 +393,10 @@ class SEAAttention(AttentionModule):
 
         sparse = "triton" if self.backend == "auto" and triton_usable(q.device) else self.backend
         sparse = "torch" if sparse == "auto" else sparse
+        fused = self.mix_fused(q, k, v, layout="csr", kernel=sparse, valid=None)
+        self.last_mix = "fused" if fused else "torch"
+        if fused:
+            from kernels.sea_sparse_mix import sparse_attention_mix
         out = torch.empty_like(q)
         carry, vsum, ran, n = None, None, "not-run", 0
         rows = self.query_chunk or -(-T // self.query_blocks)               # rows per block
@@ -408,12 +417,16 @@ class SEAAttention(AttentionModule):
             caps = selection_caps(self.mode, B=B, H=H, T=e - s, K=self.K, k=self.k, causal=True, row0=s)
             self.last_interp = self.interp_path(mask, caps)
             row_ptr, col = mask_to_csr(mask, k=self.k, causal=True, caps=caps, backend=self.last_interp, row0=s)
-            c, ran = sparse_attention_block(qb, kr, vr, row_ptr, col, scale, backend=sparse)   # [B, H, Tc, D]
             vf = vb.float()
             csum = chunked_cumsum(vf) if vsum is None else chunked_cumsum(vf) + vsum   # [B, H, Tc, D]
             vsum = csum[:, :, -1:]                                       # [B, H, 1, D] sum of v[0 .. e-1]
             pos = torch.arange(s + 1, e + 1, device=q.device, dtype=torch.float32)[:, None]   # [Tc, 1]
-            out[:, :, s:e] = torch.addcmul((1 - s_mix) * (csum / pos), s_mix * s_prob, c.float()).to(q.dtype)
+            if fused:                                                    # sparse attention + mix in one kernel
+                sparse_attention_mix(qb, kr, vr, row_ptr, col, scale, s_prob, s_mix, csum / pos, out=out[:, :, s:e])
+                ran = "triton"
+            else:
+                c, ran = sparse_attention_block(qb, kr, vr, row_ptr, col, scale, backend=sparse)   # [B, H, Tc, D]
+                out[:, :, s:e] = torch.addcmul((1 - s_mix) * (csum / pos), s_mix * s_prob, c.float()).to(q.dtype)
             n += 1
         if check:
             ok = torch.stack(finite).all(0).tolist()                     # one host sync: [q, k, v] finite
@@ -425,6 +438,23 @@ class SEAAttention(AttentionModule):
         self.impl = self._impl(ran)
         return out
 
+    def mix_fused(self, q, k, v, *, layout: str, kernel: str, valid) -> bool:
+        """Does this call run the sparse attention and the mix as one kernel (mix_backend=triton,
+        kernels/sea_sparse_mix.py)? It serves forward-only calls on the CSR lists with the row kernel and no
+        padding mask; other calls take the two steps, and the impl string says which ran (mix=fused)."""
+        if self.mix_backend != "triton" or layout != "csr" or not kernel.startswith("triton") or valid is not None:
+            return False
+        return not (torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, *self.parameters())))
+
+    def stage_sparse_mix(self, q, k, v, row_ptr, col, a_hat, s_prob, s_mix, vr, *, causal, scale):
+        """5-7 in one kernel (mix_backend=triton): out = s_mix s_prob c + (1 - s_mix) C_avg without writing c.
+        Returns (out in q's dtype, c_avg, avg_w) like stage_mix."""
+        from kernels.sea_sparse_mix import sparse_attention_mix
+
+        c_avg, avg_w = self.average_context(a_hat, vr, causal=causal, valid=None)
+        out = sparse_attention_mix(q, k, v, row_ptr, col, scale, s_prob, s_mix, c_avg)
+        return out, c_avg, avg_w
+
     def forward(self, q, k, v, *, causal: bool, key_padding_mask=None, scale=None):
         why = self.block_plan(q, k, v, causal=causal, key_padding_mask=key_padding_mask)
         if why is None:
@@ -434,9 +464,16 @@ class SEAAttention(AttentionModule):
         layout, kernel = self.sparse_plan(q, k, v, key_padding_mask)
         aux, sel, vr = self._pipeline(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale,
                                       layout=layout)
-        c, ran = self.stage_sparse(q, k, v, sel, causal=causal, scale=aux["scale"], kernel=kernel)
-        out, aux["c_avg"], aux["avg_w"] = self.stage_mix(c, aux["a_hat"], aux["s_prob"], aux["s_mix"], vr,
-                                                         causal=causal, valid=aux["valid"], out_dtype=q.dtype)
+        if self.mix_fused(q, k, v, layout=layout, kernel=kernel, valid=aux["valid"]):
+            self.last_mix, ran = "fused", "triton"
+            out, aux["c_avg"], aux["avg_w"] = self.stage_sparse_mix(
+                q, k, v, sel["row_ptr"], sel["col"], aux["a_hat"], aux["s_prob"], aux["s_mix"], vr, causal=causal,
+                scale=aux["scale"])
+        else:
+            self.last_mix = "torch"
+            c, ran = self.stage_sparse(q, k, v, sel, causal=causal, scale=aux["scale"], kernel=kernel)
+            out, aux["c_avg"], aux["avg_w"] = self.stage_mix(c, aux["a_hat"], aux["s_prob"], aux["s_mix"], vr,
+                                                             causal=causal, valid=aux["valid"], out_dtype=q.dtype)
         aux["c_sea"] = out
         aux["call"] = (q, k, v, causal, key_padding_mask, scale, torch.is_grad_enabled())
         self.last_aux = aux
@@ -468,6 +505,17 @@ class SEAAttention(AttentionModule):
         ms["topk"] = timer(lambda: self.stage_topk(a_hat, causal=causal, valid=None))
         sel = self.stage_interpolate(mask, causal=causal, valid=None, layout=layout)
         ms["interpolate"] = timer(lambda: self.stage_interpolate(mask, causal=causal, valid=None, layout=layout))
+        if self.mix_fused(q, k, v, layout=layout, kernel=kernel, valid=None):
+            # one kernel attends and mixes: "sparse_attention" is that kernel, "mix" the average context it reads
+            from kernels.sea_sparse_mix import sparse_attention_mix
+
+            self.last_mix, ran = "fused", "triton"
+            c_avg, _ = self.average_context(a_hat, vr, causal=causal, valid=None)
+            ms["sparse_attention"] = timer(lambda: sparse_attention_mix(q, k, v, sel["row_ptr"], sel["col"], scale,
+                                                                        s_prob, s_mix, c_avg))
+            ms["mix"] = timer(lambda: self.average_context(a_hat, vr, causal=causal, valid=None))
+            self.impl = self._impl(ran)
+            return ms
         c, ran = self.stage_sparse(q, k, v, sel, causal=causal, scale=scale, kernel=kernel)
         ms["sparse_attention"] = timer(lambda: self.stage_sparse(q, k, v, sel, causal=causal, scale=scale,
                                                                  kernel=kernel))
