@@ -42,6 +42,17 @@ def _fresh(shape, dtype, device):
 if triton is not None:
 
     @triton.jit
+    def _row_program(H, GROUP, D, BLOCK_D: tl.constexpr):
+        """Program (query row t, batch x head bh) of the row kernels' grid: (t, bh, b, h, kv head, offs_d, dmask),
+        int64 indices (nnz and B H T D can pass 2^31)."""
+        t = tl.program_id(0).to(tl.int64)
+        bh = tl.program_id(1).to(tl.int64)
+        b = bh // H
+        h = bh % H
+        offs_d = tl.arange(0, BLOCK_D)
+        return t, bh, b, h, h // GROUP, offs_d, offs_d < D
+
+    @triton.jit
     def _row_attend(q, kbase, vbase, COL, beg, end, skt, scale, offs_d, dmask,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
         """Online softmax of one query row q [BLOCK_D] (fp32) over its CSR keys COL[beg:end] (rows of kbase /
@@ -72,13 +83,7 @@ if triton is not None:
                     sqb, sqh, sqt, skb, skh, skt, sob, soh, sot,
                     H, T, D, GROUP,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-        t = tl.program_id(0).to(tl.int64)             # int64 offsets: nnz and B H T D can pass 2^31
-        bh = tl.program_id(1).to(tl.int64)
-        b = bh // H
-        h = bh % H
-        hk = h // GROUP
-        offs_d = tl.arange(0, BLOCK_D)
-        dmask = offs_d < D
+        t, bh, b, h, hk, offs_d, dmask = _row_program(H, GROUP, D, BLOCK_D)
         q = tl.load(Q + b * sqb + h * sqh + t * sqt + offs_d, mask=dmask, other=0.0).to(tl.float32)
         row = bh * T + t
         beg = tl.load(ROWPTR + row)
@@ -97,13 +102,7 @@ if triton is not None:
                     H, T, D, GROUP,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
         # q, do, dq share the layout of q (contiguous [B, H, T, D]); k, v, dk, dv that of k.
-        t = tl.program_id(0).to(tl.int64)
-        bh = tl.program_id(1).to(tl.int64)
-        b = bh // H
-        h = bh % H
-        hk = h // GROUP
-        offs_d = tl.arange(0, BLOCK_D)
-        dmask = offs_d < D
+        t, bh, b, h, hk, offs_d, dmask = _row_program(H, GROUP, D, BLOCK_D)
         qoff = b * sqb + h * sqh + t * sqt
         q = tl.load(Q + qoff + offs_d, mask=dmask, other=0.0).to(tl.float32)
         do = tl.load(DO + qoff + offs_d, mask=dmask, other=0.0).to(tl.float32)

@@ -63,7 +63,7 @@ _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 if triton is not None:
-    from kernels.sea_sparse_attention import _row_attend
+    from kernels.sea_sparse_attention import _row_attend, _row_program
 
     @triton.jit
     def _fwd_mix_kernel(Q, K, V, ROWPTR, COL, SPROB, SMIX, CAVG, O, scale,
@@ -73,13 +73,7 @@ if triton is not None:
                         scb, sch, sct, scd,
                         H, T, D, GROUP,
                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-        t = tl.program_id(0).to(tl.int64)             # int64 offsets: nnz and B H T D can pass 2^31
-        bh = tl.program_id(1).to(tl.int64)
-        b = bh // H
-        h = bh % H
-        hk = h // GROUP
-        offs_d = tl.arange(0, BLOCK_D)
-        dmask = offs_d < D
+        t, bh, b, h, hk, offs_d, dmask = _row_program(H, GROUP, D, BLOCK_D)
         q = tl.load(Q + b * sqb + h * sqh + t * sqt + offs_d, mask=dmask, other=0.0).to(tl.float32)
         # the mix operands, issued before the gather loop so their latency hides under it
         cavg = tl.load(CAVG + b * scb + h * sch + t * sct + offs_d * scd, mask=dmask, other=0.0)
