@@ -72,11 +72,10 @@ Predicted time at B=1, T=65536, d=64, H=16, K=64 on an H200 (an estimate, not me
 """
 from __future__ import annotations
 
-import os
 
 import torch
 
-from kernels._buffers import fresh, pow2_block
+from kernels._buffers import check_fp32_tensors, fresh, pow2_block, triton_runs_on
 
 try:
     import triton
@@ -248,21 +247,13 @@ if triton is not None:
 
 def decoder_usable(device) -> bool:
     """True when the kernel can run on `device`: CUDA, or any device under TRITON_INTERPRET=1."""
-    if triton is None:
-        return False
-    return torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return triton_runs_on(device, triton is not None)
 
 
 def _check(z, named: dict, K: int):
     if not isinstance(z, torch.Tensor):
         raise ValueError(f"sea decoder: z must be a tensor, got {type(z).__name__}")
-    for name, t in {"z": z, **named}.items():
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"sea decoder: {name} must be a tensor, got {type(t).__name__}")
-        if t.dtype != torch.float32:
-            raise ValueError(f"sea decoder: {name} must be float32, got {t.dtype}")
-        if t.device != z.device:
-            raise ValueError(f"sea decoder: {name} is on {t.device}, z on {z.device}")
+    check_fp32_tensors("sea decoder", {"z": z, **named}, "z")
     if z.dim() != 4:
         raise ValueError(f"sea decoder: z must be [B, H, T, 2d], got shape {tuple(z.shape)}")
     B, H, T, D2 = z.shape

@@ -29,11 +29,10 @@ Forward only (no autograd): `encoder_forward` refuses when grad is enabled and a
 """
 from __future__ import annotations
 
-import os
 
 import torch
 
-from kernels._buffers import fresh, pow2_block
+from kernels._buffers import check_fp32_tensors, fresh, pow2_block, triton_runs_on
 
 try:
     import triton
@@ -112,20 +111,12 @@ if triton is not None:
 
 def encoder_usable(device) -> bool:
     """True when the kernel can run on `device`: CUDA, or any device under TRITON_INTERPRET=1."""
-    if triton is None:
-        return False
-    return torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return triton_runs_on(device, triton is not None)
 
 
 def _check(c_perf, v, lin_w, lin_b, ln_w, ln_b, sc_w, sc_b) -> int:
     named = dict(c_perf=c_perf, v=v, lin_w=lin_w, lin_b=lin_b, ln_w=ln_w, ln_b=ln_b, sc_w=sc_w, sc_b=sc_b)
-    for name, t in named.items():
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"sea encoder: {name} must be a tensor, got {type(t).__name__}")
-        if t.dtype != torch.float32:
-            raise ValueError(f"sea encoder: {name} must be float32, got {t.dtype}")
-        if t.device != c_perf.device:
-            raise ValueError(f"sea encoder: {name} is on {t.device}, c_perf on {c_perf.device}")
+    check_fp32_tensors("sea encoder", named, "c_perf")
     if v.dim() < 1 or c_perf.dim() != v.dim():
         raise ValueError(f"sea encoder: c_perf {tuple(c_perf.shape)} and v {tuple(v.shape)} must have the "
                          f"same number of dims (leading dims then features)")

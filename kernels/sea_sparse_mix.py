@@ -42,12 +42,11 @@ mask zeroing (the layer's bidirectional padded rows are multiplied by `valid` af
 """
 from __future__ import annotations
 
-import os
 
 import torch
 
 import kernels.sea_sparse_attention as _ssa
-from kernels._buffers import fresh, pow2_block
+from kernels._buffers import fresh, pow2_block, triton_runs_on
 
 try:
     import triton
@@ -92,9 +91,7 @@ if triton is not None:
 
 def mix_usable(device: torch.device) -> bool:
     """Whether the fused kernel can run on `device` (CUDA, or CPU tensors under TRITON_INTERPRET=1)."""
-    if triton is None:
-        return False
-    return torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return triton_runs_on(device, triton is not None)
 
 
 def _check_mix(q, k, v, row_ptr, col, s_prob, s_mix, c_avg, out):
