@@ -37,7 +37,9 @@ def budgets(mode: str, L: torch.Tensor, *, k: int, K: int, H: int) -> torch.Tens
     raise ValueError(f"unknown top-k mode {mode!r}")
 
 
-@functools.lru_cache(maxsize=64)
+# Query blocks call this once per block (a distinct row0 each): room for many blocks of many shapes, so a sweep
+# with 64 or more blocks per call does not recompute every entry on the host in every call (entries are 3 ints).
+@functools.lru_cache(maxsize=4096)
 def selection_caps(mode: str, *, B: int, H: int, T: int, K: int, k: int, causal: bool,
                    row0: int = 0) -> tuple[int, int, int]:
     """Host-side bounds for a call without a padding mask (computed on CPU from shapes alone, so no device
