@@ -68,12 +68,17 @@ NUM_WARPS = 2
 # Tests set this to fill the output with a poison value first, so an entry no program writes fails them.
 POISON_OUTPUTS = False
 _POISON = -123456789
+# Row counts kernel: time steps per program (a [COUNT_ROWS, KP] tile of cell counts, computed once) and (b, h)
+# rows reusing it (an unrolled loop of COUNT_HEADS tile loads of the mask bytes).
+COUNT_ROWS = 32
+COUNT_HEADS = 8
+COUNT_WARPS = 4
 
 
 @triton.jit
-def _csr_columns_kernel(SEL, LO, WIDTH, ROW_PTR, COL, R, T, BH, kk, CAP, n_row_programs,
+def _csr_columns_kernel(SEL, LO, WIDTH, ROW_PTR, COL, R, T, BH, H, sb, sh, st, kk, CAP, n_row_programs, L0, LSTEP,
                         K: tl.constexpr, KP: tl.constexpr, RB: tl.constexpr, JB: tl.constexpr,
-                        FB: tl.constexpr, WIDE: tl.constexpr):
+                        FB: tl.constexpr, WIDE: tl.constexpr, GEOM: tl.constexpr):
     pid = tl.program_id(0)
     if pid < n_row_programs:
         # Time-block major: the blocks of small t (many narrow cells per row, the longest loops) of every
@@ -83,12 +88,15 @@ def _csr_columns_kernel(SEL, LO, WIDTH, ROW_PTR, COL, R, T, BH, kk, CAP, n_row_p
         rm = t < T
         r = bh.to(tl.int64) * T + t                                      # [RB] query rows (b, h, t)
         c = tl.arange(0, KP)
-        s = tl.load(SEL + r[:, None] * K + c[None, :], mask=rm[:, None] & (c[None, :] < K), other=0)
+        # the flags of (b, h, t, c) at b sb + h sh + t st + c (the mask may be a permuted view)
+        fb = (bh // H).to(tl.int64) * sb + (bh % H).to(tl.int64) * sh + t * st   # [RB]
+        s = tl.load(SEL + fb[:, None] + c[None, :], mask=rm[:, None] & (c[None, :] < K), other=0)
         s = s != 0                                                       # [RB, KP] selected?
         n_sel = tl.sum(s.to(tl.int32), 1)                               # [RB] selected cells per row
         base = tl.load(ROW_PTR + r, mask=rm, other=0)                   # [RB] first entry of each row
         pos = tl.zeros([RB], dtype=tl.int64)                             # [RB] entries written so far
         prev = tl.full([RB], -1, dtype=tl.int32)                         # [RB] last cell visited
+        L = L0 + t * LSTEP                                               # [RB] keys of each row (GEOM)
         j = tl.arange(0, JB)
         # Step i visits the i-th selected cell of every row (cells ascending, so keys ascending); rows with
         # fewer cells idle. A block of empty rows never enters the loop.
@@ -96,9 +104,16 @@ def _csr_columns_kernel(SEL, LO, WIDTH, ROW_PTR, COL, R, T, BH, kk, CAP, n_row_p
             nxt = tl.where(s & (c[None, :] > prev[:, None]), c[None, :], KP)
             cell = tl.min(nxt, 1)                                        # [RB] next selected cell (KP: none)
             has = cell < K
-            wc = tl.load(WIDTH + t * K + cell, mask=has, other=0)       # [RB] keys the cell covers
-            lc = tl.load(LO + t * K + cell, mask=has, other=0)          # [RB] its first key
-            nc = tl.minimum(wc, kk)                                      # [RB] keys taken (0: no cell)
+            if GEOM:                                                     # cell edges floor((2 c L + K) / 2K)
+                c64 = cell.to(tl.int64)
+                lc64 = (2 * c64 * L + K) // (2 * K)
+                hc64 = (2 * (c64 + 1) * L + K) // (2 * K)
+                wc = tl.where(has, hc64 - lc64, 0).to(tl.int32)          # [RB] keys the cell covers
+                lc = lc64.to(tl.int32)                                   # [RB] its first key
+            else:
+                wc = tl.load(WIDTH + t * K + cell, mask=has, other=0)   # [RB] keys the cell covers
+                lc = tl.load(LO + t * K + cell, mask=has, other=0)      # [RB] its first key
+            nc = tl.minimum(wc, kk)                                      # [RB] keys taken (0: no cell / empty)
             dst = base + pos                                             # [RB] where the cell's run starts
             nd = tl.maximum(nc, 1)
             qc = wc // nd                                                # [RB] w = q n + rem, so
@@ -121,6 +136,82 @@ def _csr_columns_kernel(SEL, LO, WIDTH, ROW_PTR, COL, R, T, BH, kk, CAP, n_row_p
         tl.store(COL + e, tl.zeros([FB], dtype=tl.int32), mask=(e >= nnz) & (e < CAP))
 
 
+@triton.jit
+def _row_counts_kernel(SEL, OUT, T, BH, H, sb, sh, st, kk, L0, LSTEP,
+                       K: tl.constexpr, KP: tl.constexpr, RB: tl.constexpr, BHB: tl.constexpr,
+                       SHIFT: tl.constexpr):
+    # One program per (block of RB time steps, group of BHB (b, h)): the rows' key counts per cell are computed
+    # once from t (divisions by the constant 2K) and reused for the BHB (b, h) of the group.
+    t = tl.program_id(0).to(tl.int64) * RB + tl.arange(0, RB)          # [RB] time steps
+    rm = t < T
+    c = tl.arange(0, KP).to(tl.int64)
+    L = L0 + t * LSTEP                                                   # [RB] keys of each row
+    lo = (2 * c[None, :] * L[:, None] + K) // (2 * K)                    # [RB, KP] first key of each cell
+    hi = (2 * (c[None, :] + 1) * L[:, None] + K) // (2 * K)              # [RB, KP] one past its last key
+    ok = rm[:, None] & (c[None, :] < K)
+    n = tl.where(ok, tl.minimum(hi - lo, kk), 0)                         # [RB, KP] keys per selected cell
+    g0 = tl.program_id(1) * BHB
+    for i in tl.static_range(BHB):                                       # unrolled: BHB loads in flight
+        bh = g0 + i
+        live = rm & (bh < BH)
+        fb = (bh // H).to(tl.int64) * sb + (bh % H).to(tl.int64) * sh + t * st
+        s = tl.load(SEL + fb[:, None] + c[None, :], mask=live[:, None] & ok, other=0)   # [RB, KP] flags
+        cnt = tl.sum(tl.where(s != 0, n, 0), 1)                          # [RB] int64 keys of each row
+        tl.store(OUT + SHIFT + bh.to(tl.int64) * T + t, cnt, mask=live)
+    if SHIFT:                                                            # row_ptr[0] = 0 (one lane writes it)
+        first = (tl.program_id(0) == 0) & (tl.program_id(1) == 0) & (t == 0)
+        tl.store(OUT + t * 0, tl.zeros([RB], dtype=tl.int64), mask=first)
+
+
+def _flags(mask: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """mask bool [B, H, T, K] (any strides) -> (the same bytes as uint8, no copy when its cells are contiguous;
+    strides of b, h, t in bytes)."""
+    if mask.dtype != torch.bool:
+        mask = mask != 0
+    if mask.shape[-1] > 1 and mask.stride(-1) != 1:
+        mask = mask.contiguous()
+    return mask.view(torch.uint8), (mask.stride(0), mask.stride(1), mask.stride(2))
+
+
+def _geometry(T: int, *, causal: bool, row0: int) -> tuple[int, int]:
+    """(L0, LSTEP): row t spans L0 + t LSTEP keys (interp.row_lengths without a padding mask)."""
+    if not causal and row0:
+        raise ValueError("row0 (query blocks) is for causal rows only")
+    if row0 < 0 or row0 + T >= 2 ** 31:
+        raise ValueError(f"row0={row0}, T={T}: keys must fit int32")
+    return (row0 + 1, 1) if causal else (T, 0)
+
+
+def _launch_columns(flags, strides, B, H, T, K, lo, width, row_ptr, k, capacity, L0, LSTEP, geom):
+    R = B * H * T
+    if k < 1:
+        raise ValueError(f"csr_columns: k={k} (needs >= 1)")
+    cap = max(capacity, 1)
+    if POISON_OUTPUTS:
+        col = torch.full((cap,), _POISON, dtype=torch.int32, device=flags.device)
+    else:
+        col = torch.empty(cap, dtype=torch.int32, device=flags.device)
+    if R == 0 or K == 0:
+        return col.zero_()
+    rb, fb = ROWS_PER_PROGRAM, FILL_BLOCK
+    if rb & (rb - 1) or fb & (fb - 1) or SLOT_BLOCK & (SLOT_BLOCK - 1):
+        raise ValueError(f"csr_columns: ROWS_PER_PROGRAM={rb}, FILL_BLOCK={fb}, SLOT_BLOCK={SLOT_BLOCK} "
+                         "(each must be a power of two)")
+    n_row = B * H * triton.cdiv(T, rb)                               # (time block, b h) programs
+    jb = max(2, min(SLOT_BLOCK, triton.next_power_of_2(int(k))))      # (no 1-wide tiles)
+    # floor(j w / n) = j q + floor(j rem / n) with w = q n + rem: the product j rem < n^2 <= k^2, whatever w is.
+    wide = int(k) > 46340
+    row_ptr = row_ptr.to(torch.int64).contiguous()
+    if geom:
+        lo = width = row_ptr                                             # unused (GEOM: edges from t)
+    else:
+        lo, width = lo.to(torch.int32).contiguous(), width.to(torch.int32).contiguous()
+    _csr_columns_kernel[(n_row + triton.cdiv(cap, fb),)](
+        flags, lo, width, row_ptr, col, R, T, B * H, H, *strides, int(k), cap, n_row, L0, LSTEP,
+        K=K, KP=triton.next_power_of_2(K), RB=rb, JB=jb, FB=fb, WIDE=wide, GEOM=geom, num_warps=NUM_WARPS)
+    return col
+
+
 def csr_columns(sel: torch.Tensor, lo: torch.Tensor, width: torch.Tensor, row_ptr: torch.Tensor, k: int,
                 capacity: int) -> torch.Tensor:
     """Columns int32 [capacity] of the CSR lists described above; entries past row_ptr[-1] are 0.
@@ -132,28 +223,47 @@ def csr_columns(sel: torch.Tensor, lo: torch.Tensor, width: torch.Tensor, row_pt
     if (R % T if T else R) or lo.shape != (T, K) or width.shape != (T, K) or row_ptr.shape != (R + 1,):
         raise ValueError(f"csr_columns: sel {tuple(sel.shape)}, lo {tuple(lo.shape)}, width {tuple(width.shape)}, "
                          f"row_ptr {tuple(row_ptr.shape)} do not fit together")
+    flags, strides = _flags(sel.reshape(R // T if T else 0, 1, T, K))   # [R / T, 1, T, K]
+    return _launch_columns(flags, strides, R // T if T else 0, 1, T, K, lo, width, row_ptr, k, capacity, 0, 0,
+                           False)
+
+
+def csr_columns_cells(mask: torch.Tensor, row_ptr: torch.Tensor, k: int, capacity: int, *, causal: bool,
+                      row0: int = 0) -> torch.Tensor:
+    """csr_columns for the cells of interp.cell_bounds (no padding mask), their edges computed in the kernel:
+    mask bool [B, H, T, K] (any strides, e.g. the permuted view causal_per_batch selects; cells of width 0 may
+    be selected: they add no key), row_ptr int64 [B H T + 1] (csr_row_ptr). No [T, K] table is built or read."""
+    B, H, T, K = mask.shape
+    if row_ptr.shape != (B * H * T + 1,):
+        raise ValueError(f"csr_columns_cells: mask {tuple(mask.shape)}, row_ptr {tuple(row_ptr.shape)}")
+    L0, LSTEP = _geometry(T, causal=causal, row0=row0)
+    flags, strides = _flags(mask)
+    return _launch_columns(flags, strides, B, H, T, K, None, None, row_ptr, k, capacity, L0, LSTEP, True)
+
+
+def row_key_counts(mask: torch.Tensor, k: int, *, causal: bool, row0: int = 0, row_ptr: bool = False
+                   ) -> torch.Tensor:
+    """Keys per query row sum_c mask[b, h, t, c] min(width[t, c], k) with the cells of interp.cell_bounds (no
+    padding mask), from the mask bytes: int64 [B H T] (rows (b, h, t)), or with row_ptr=True the CSR row
+    pointers int64 [B H T + 1] (the counts' prefix sum, 0 first). mask bool [B, H, T, K], any strides."""
+    B, H, T, K = mask.shape
     if k < 1:
-        raise ValueError(f"csr_columns: k={k} (needs >= 1)")
-    cap = max(capacity, 1)
-    if POISON_OUTPUTS:
-        col = torch.full((cap,), _POISON, dtype=torch.int32, device=sel.device)
-    else:
-        col = torch.empty(cap, dtype=torch.int32, device=sel.device)
-    if R == 0:
-        return col.zero_()
-    rb, fb = ROWS_PER_PROGRAM, FILL_BLOCK
-    if rb & (rb - 1) or fb & (fb - 1) or SLOT_BLOCK & (SLOT_BLOCK - 1):
-        raise ValueError(f"csr_columns: ROWS_PER_PROGRAM={rb}, FILL_BLOCK={fb}, SLOT_BLOCK={SLOT_BLOCK} "
-                         "(each must be a power of two)")
-    n_row = R // T * triton.cdiv(T, rb)                              # (time block, b h) programs
-    jb = max(2, min(SLOT_BLOCK, triton.next_power_of_2(int(k))))      # (no 1-wide tiles)
-    # floor(j w / n) = j q + floor(j rem / n) with w = q n + rem: the product j rem < n^2 <= k^2, whatever w is.
-    wide = int(k) > 46340
-    _csr_columns_kernel[(n_row + triton.cdiv(cap, fb),)](
-        sel.contiguous().view(torch.uint8), lo.to(torch.int32).contiguous(), width.to(torch.int32).contiguous(),
-        row_ptr.to(torch.int64).contiguous(), col, R, T, R // T, int(k), cap, n_row,
-        K=K, KP=triton.next_power_of_2(K), RB=rb, JB=jb, FB=fb, WIDE=wide, num_warps=NUM_WARPS)
-    return col
+        raise ValueError(f"row_key_counts: k={k} (needs >= 1)")
+    L0, LSTEP = _geometry(T, causal=causal, row0=row0)
+    R = B * H * T
+    out = torch.empty(R + int(row_ptr), dtype=torch.int64, device=mask.device)
+    if R == 0 or K == 0:
+        return out.zero_()
+    rb, bhb = COUNT_ROWS, COUNT_HEADS
+    if rb & (rb - 1):
+        raise ValueError(f"row_key_counts: COUNT_ROWS={rb} (must be a power of two)")
+    flags, strides = _flags(mask)
+    _row_counts_kernel[(triton.cdiv(T, rb), triton.cdiv(B * H, bhb))](
+        flags, out, T, B * H, H, *strides, int(k), L0, LSTEP,
+        K=K, KP=triton.next_power_of_2(K), RB=rb, BHB=bhb, SHIFT=int(row_ptr), num_warps=COUNT_WARPS)
+    if row_ptr:
+        out[1:].cumsum_(0)                                               # in place: row_ptr[1:] = cumsum(counts)
+    return out
 
 
 def csr_columns_ref(sel: torch.Tensor, lo: torch.Tensor, width: torch.Tensor, row_ptr: torch.Tensor, k: int,

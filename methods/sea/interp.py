@@ -99,6 +99,14 @@ def _mask_to_csr_nosync(mask: torch.Tensor, *, k: int, causal: bool, cells_cap: 
     """Same lists as mask_to_csr (no padding mask) with static sizes: the selected (row, cell) pairs by
     nonzero_static (flat order = rows ascending, cells ascending), each key entry finds its pair by a
     binary search over the pairs' cumulative key counts. Row counts come from the dense mask."""
+    if backend == "triton":
+        # Two kernels straight from the mask bytes (any strides; a selected cell of width 0 adds no key, so
+        # no `mask & (width > 0)` copy), cell edges computed in-kernel from t: no [T, K] or [B, H, T, K]
+        # temporaries. Same lists as below (tests/test_sea_interp_counts.py).
+        from kernels.sea_interp import csr_columns_cells, row_key_counts
+
+        row_ptr = row_key_counts(mask, k, causal=causal, row0=row0, row_ptr=True)   # [B*H*T + 1]
+        return row_ptr, csr_columns_cells(mask, row_ptr, k, max(keys_cap, 1), causal=causal, row0=row0)
     B, H, T, K = mask.shape
     dev = mask.device
     L = row_lengths(1, T, causal=causal, valid=None, device=dev, row0=row0)   # [1, T]
@@ -109,10 +117,6 @@ def _mask_to_csr_nosync(mask: torch.Tensor, *, k: int, causal: bool, cells_cap: 
     counts = _row_key_counts(sel, n_cell, k).reshape(-1)                # keys per row [B*H*T]
     row_ptr = torch.zeros(B * H * T + 1, dtype=torch.int64, device=dev)
     torch.cumsum(counts, 0, out=row_ptr[1:])
-    if backend == "triton":
-        from kernels.sea_interp import csr_columns
-
-        return row_ptr, csr_columns(sel.reshape(B * H * T, K), lo[0], width, row_ptr, k, max(keys_cap, 1))
     cells_cap = max(cells_cap, 1)
     pair = torch.nonzero_static(sel.reshape(-1), size=cells_cap, fill_value=0).squeeze(1)   # [cells_cap]
     n_sel = sel.sum()                                                    # device scalar: real pairs
