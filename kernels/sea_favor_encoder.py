@@ -1,0 +1,459 @@
+"""SEA's causal estimator front half in one forward-only Triton pass: relu FAVOR+ features, causal linear
+attention over the values [V_I ; v], normalisation, then the encoder (Linear -> LayerNorm -> GELU) and the
+scaler head.
+
+What: for each (b, h) and row t (q, k, v [B, H, T, d] in any float dtype, read as fp32; v_id [L, d] fp32 the
+learned V_I rows, rows row0 .. row0 + T - 1 used; proj [m, d] fp32):
+
+    phi(x)    = relu((x d^-1/4) @ proj^T) + 1e-3                                   [m]   (fp32)
+    vals[s]   = [v_id[row0 + s] ; v[s]]                                            [2d]  (never materialised)
+    num[t]    = sum_{s <= t} (phi_q[t] . phi_k[s]) vals[s] + phi_q[t] @ S0
+    den[t]    = sum_{s <= t}  phi_q[t] . phi_k[s]          + phi_q[t] . z0
+    c[t]      = num[t] / (den[t] + 1e-6)
+    z[t]      = GELU_erf(LayerNorm(c[t] @ Wc^T + v[t] @ Wv^T + b))                  [2d]  (lin_w = [Wc | Wv])
+    scales[t] = sigmoid(z[t] @ Ws^T + bs)                                          [2]
+
+(S0 [B, H, m, 2d], z0 [B, H, m]: an optional incoming prefix state, e.g. from the query block before; zero when
+None.) It is `favor_attention(q, k, cat([v_id rows, v]), proj, kernel="relu", causal=True, operands=...)`
+followed by `Estimator.enc(cat([c, v]))` and `sigmoid(Estimator.scaler(z))` (methods/sea/estimator.py), with
+the state after the last row available as (S0 + sum_s phi_k[s]^T vals[s], z0 + sum_s phi_k[s]).
+
+How (three launches, the chunk-parallel structure of kernels/linear_attention.py's parallel algo):
+  1. group states: one program per (group of GROUP chunks of CHUNK rows, b * H + h) computes phi_k of its rows
+     from the k tile and proj (in registers) and sums phi_k^T v_id and phi_k^T v ([BM, d] each) and phi_k
+     ([BM]) -> fp32 states [B * H, NG, BM, 2 BD] (+ [.., BM]).
+  2. scan: one program per (value half, b * H + h) turns the states, in place, into exclusive prefix sums
+     starting from S0 / z0, and writes the state after the last group when asked.
+  3. output: one program per (chunk, b * H + h) holds all 2d value columns of its CHUNK rows: phi_q from the q
+     tile, phi_q @ (scanned state) + the chunks of its group before it and itself (causal mask) attended
+     quadratically (phi_k recomputed from k), the division, then the encoder epilogue (tl.dot of the [C, d]
+     halves of c against the Wc^T slices and of the v tile against Wv^T, bias, LayerNorm, GELU, the scaler's
+     two dot products) on the same registers; it writes only z [B, H, T, 2d] and scales [B, H, T, 2].
+  m is padded to BM (a power of two >= 16) with masks: padded feature columns are 0 (not relu(0) + eps), and
+  so are the features of rows past T. d is padded to BD likewise (d must be a power of two <= 128).
+
+Operands: "fp32": every product in fp32 (tl.dot input_precision PRECISION, "tf32x3" by default, or "ieee").
+"bf16": as favor_attention(operands="bf16") on its Triton path: the fp32 features and the values are rounded
+to bf16 for the products (bf16 tensor-core dots, fp32 sums); the intra-group scores phi_q . phi_k are summed
+in fp32 for the normaliser and rounded to bf16 before they multiply the values (as the linear-attention kernel
+does). Unlike that kernel, the scanned states are NOT rounded to bf16: the rounded phi_q multiplies the fp32
+state (PRECISION dots), as favor_causal_carry does with a carried state. The feature projection itself is
+always fp32 (FEAT_PRECISION); the encoder epilogue is fp32 (PRECISION) and takes the unrounded v.
+Under TRITON_INTERPRET=1 on CPU the bf16-rounded operands are multiplied in fp32 (the interpreter's bf16 dots
+are unreliable; the rounding is the same, the products exact).
+
+Forward only: favor_encoder_forward refuses when grad is enabled and an input requires grad.
+favor_encoder_ref is the plain PyTorch restatement (float64 when given float64 inputs) used by the tests.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from kernels._buffers import check_fp32_tensors, fresh, pow2_block, triton_runs_on
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - triton missing: the kernel is unavailable, the reference still works
+    triton = None
+    tl = None
+
+__all__ = ["favor_encoder_forward", "favor_encoder_ref", "favor_encoder_usable"]
+
+# Tests set this to True: fresh outputs (z, scales, the returned state) are then NaN so a skipped write fails.
+POISON_OUTPUTS = False
+CHUNK = 64               # rows per chunk (power of two >= 16)
+GROUP = None             # chunks per stored group state; None: the smallest power of two with NG <= MAX_CHECKPOINTS
+MAX_CHECKPOINTS = 256    # auto GROUP: at most this many stored states per (b, h)
+PRECISION = "tf32x3"     # fp32 dots (state products, fp32-operand products, encoder): "tf32x3" or "ieee"
+FEAT_PRECISION = "tf32x3"  # the feature projection (x d^-1/4) @ proj^T: "tf32x3" or "ieee" (never tf32)
+NUM_WARPS_STATES = 4
+NUM_WARPS_OUTPUT = 8
+MAX_D = 128
+FEATURE_EPS = 1e-3       # relu features' additive constant (methods/sea/favor.py relu_features)
+DEN_EPS = 1e-6           # favor_attention's normaliser eps
+
+_PRECISIONS = ("tf32x3", "ieee")
+_OPERANDS = ("fp32", "bf16")
+
+
+if triton is not None:
+
+    @triton.jit
+    def _operand(x, DOT: tl.constexpr, MMA: tl.constexpr, SOFT: tl.constexpr):
+        """fp32 x as a tl.dot operand of dtype DOT (bf16 or fp32), held as MMA. SOFT (the CPU interpreter, whose
+        fp32 -> bf16 cast truncates): round to nearest even by bit arithmetic and keep fp32 (finite x)."""
+        if SOFT:
+            bits = x.to(tl.int32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+            return bits.to(tl.float32, bitcast=True)
+        else:
+            return x.to(DOT).to(MMA)
+
+    @triton.jit
+    def _fe_states_kernel(K, V, VID, P, ST, ZS,
+                          skb, skh, skt, skd, svb, svh, svt, svd, sit, sid,
+                          H, T, M, NC, NG, row0, scale,
+                          D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, CHUNK: tl.constexpr,
+                          GROUP: tl.constexpr, DOT: tl.constexpr, MMA: tl.constexpr, SOFT: tl.constexpr,
+                          OPREC: tl.constexpr,
+                          FPREC: tl.constexpr):
+        """Phase 1: ST[bh, g] = [sum phi_k^T v_id | sum phi_k^T v] over the rows of group g ([BM, 2 BD] fp32),
+        ZS[bh, g] = sum phi_k ([BM])."""
+        g = tl.program_id(0)
+        pid_bh = tl.program_id(1).to(tl.int64)
+        b = pid_bh // H
+        h = pid_bh % H
+        k_base = K + b * skb + h * skh
+        v_base = V + b * svb + h * svh
+        offs_c = tl.arange(0, CHUNK)
+        offs_d = tl.arange(0, BD)
+        offs_m = tl.arange(0, BM)
+        d_ok = offs_d < D
+        m_ok = offs_m < M
+        pm = tl.load(P + offs_m[:, None] * D + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :],
+                     other=0.0)                                                           # [BM, BD] proj
+        s_id = tl.zeros([BM, BD], dtype=tl.float32)
+        s_v = tl.zeros([BM, BD], dtype=tl.float32)
+        zacc = tl.zeros([BM], dtype=tl.float32)
+        c_lo = g * GROUP
+        c_hi = tl.minimum(c_lo + GROUP, NC)
+        for c in range(c_lo, c_hi):
+            t = (c * CHUNK + offs_c).to(tl.int64)                                           # [C]
+            t_ok = t < T
+            kt = tl.load(k_base + t[None, :] * skt + offs_d[:, None] * skd,
+                         mask=d_ok[:, None] & t_ok[None, :], other=0.0).to(tl.float32) * scale   # [BD, C]
+            fk = tl.dot(pm, kt, input_precision=FPREC)                                     # [BM, C]
+            fk = tl.where(m_ok[:, None] & t_ok[None, :], tl.maximum(fk, 0.0) + 1e-3, 0.0)
+            fk = _operand(fk, DOT, MMA, SOFT)                                               # (bf16-rounded)
+            rows_ok = t_ok[:, None] & d_ok[None, :]
+            vi = _operand(tl.load(VID + (row0 + t)[:, None] * sit + offs_d[None, :] * sid, mask=rows_ok,
+                                  other=0.0), DOT, MMA, SOFT)                                          # [C, BD]
+            vv = _operand(tl.load(v_base + t[:, None] * svt + offs_d[None, :] * svd, mask=rows_ok,
+                                  other=0.0).to(tl.float32), DOT, MMA, SOFT)                           # [C, BD]
+            s_id = tl.dot(fk, vi, s_id, input_precision=OPREC)
+            s_v = tl.dot(fk, vv, s_v, input_precision=OPREC)
+            zacc += tl.sum(fk.to(tl.float32), axis=1)
+        st = ST + (pid_bh * NG + g) * (BM * 2 * BD) + offs_m[:, None] * (2 * BD) + offs_d[None, :]
+        tl.store(st, s_id)
+        tl.store(st + BD, s_v)
+        tl.store(ZS + (pid_bh * NG + g) * BM + offs_m, zacc)
+
+    @triton.jit
+    def _fe_scan_kernel(ST, ZS, S0, Z0, SO, ZO, M, NG,
+                        D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, HAS_STATE: tl.constexpr,
+                        RET_STATE: tl.constexpr):
+        """Phase 2, in place: ST[bh, g] <- S0 + sum of the groups before g (ZS likewise from z0); the total
+        (the state after the last row) goes to SO / ZO when RET_STATE. One program per (value half, bh)."""
+        half = tl.program_id(0)
+        pid_bh = tl.program_id(1).to(tl.int64)
+        offs_d = tl.arange(0, BD)
+        offs_m = tl.arange(0, BM)
+        ext = (offs_m < M)[:, None] & (offs_d < D)[None, :]
+        ext_off = pid_bh * M * 2 * D + offs_m[:, None] * (2 * D) + half * D + offs_d[None, :]   # [m, 2d] layout
+        if HAS_STATE:
+            run = tl.load(S0 + ext_off, mask=ext, other=0.0)
+            zrun = tl.load(Z0 + pid_bh * M + offs_m, mask=offs_m < M, other=0.0)
+        else:
+            run = tl.zeros([BM, BD], dtype=tl.float32)
+            zrun = tl.zeros([BM], dtype=tl.float32)
+        ptr = ST + pid_bh * NG * (BM * 2 * BD) + offs_m[:, None] * (2 * BD) + half * BD + offs_d[None, :]
+        zptr = ZS + pid_bh * NG * BM + offs_m
+        for g in range(0, NG):
+            p = ptr + g * (BM * 2 * BD)
+            x = tl.load(p)
+            tl.store(p, run)
+            run += x
+            if half == 0:
+                zx = tl.load(zptr + g * BM)
+                tl.store(zptr + g * BM, zrun)
+                zrun += zx
+        if RET_STATE:
+            tl.store(SO + ext_off, run, mask=ext)
+            if half == 0:
+                tl.store(ZO + pid_bh * M + offs_m, zrun, mask=offs_m < M)
+
+    @triton.jit
+    def _fe_output_kernel(Q, K, V, VID, P, ST, ZS, LW, LB, LNW, LNB, SW, SB, Z, S,
+                          sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sit, sid,
+                          H, T, M, NG, row0, scale, ln_eps,
+                          D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, CHUNK: tl.constexpr,
+                          GROUP: tl.constexpr, DOT: tl.constexpr, MMA: tl.constexpr, SOFT: tl.constexpr,
+                          OPREC: tl.constexpr,
+                          FPREC: tl.constexpr, PREC: tl.constexpr):
+        """Phase 3: one program per (chunk c, bh): c = num / (den + eps) for its rows over all 2d value
+        columns, then the encoder + scaler epilogue; writes z and scales only."""
+        c = tl.program_id(0)
+        pid_bh = tl.program_id(1).to(tl.int64)
+        b = pid_bh // H
+        h = pid_bh % H
+        q_base = Q + b * sqb + h * sqh
+        k_base = K + b * skb + h * skh
+        v_base = V + b * svb + h * svh
+        g = c // GROUP
+        offs_c = tl.arange(0, CHUNK)
+        offs_d = tl.arange(0, BD)
+        offs_m = tl.arange(0, BM)
+        d_ok = offs_d < D
+        m_ok = offs_m < M
+        t = (c * CHUNK + offs_c).to(tl.int64)                                               # [C] query rows
+        t_ok = t < T
+
+        # phi_q [C, BM] from the q tile and proj^T
+        qx = tl.load(q_base + t[:, None] * sqt + offs_d[None, :] * sqd, mask=t_ok[:, None] & d_ok[None, :],
+                     other=0.0).to(tl.float32) * scale                                       # [C, BD]
+        pt = tl.load(P + offs_m[None, :] * D + offs_d[:, None], mask=d_ok[:, None] & m_ok[None, :],
+                     other=0.0)                                                             # [BD, BM] proj^T
+        fq = tl.dot(qx, pt, input_precision=FPREC)                                         # [C, BM]
+        fq = tl.where(m_ok[None, :], tl.maximum(fq, 0.0) + 1e-3, 0.0)
+        fq = _operand(fq, DOT, tl.float32, SOFT)                                            # (bf16-rounded)
+
+        # inter-group: the scanned state of group g (incoming state included), fp32
+        st = ST + (pid_bh * NG + g) * (BM * 2 * BD) + offs_m[:, None] * (2 * BD) + offs_d[None, :]
+        acc_id = tl.dot(fq, tl.load(st), input_precision=PREC)                             # [C, BD]
+        acc_v = tl.dot(fq, tl.load(st + BD), input_precision=PREC)                         # [C, BD]
+        den = tl.sum(fq * tl.load(ZS + (pid_bh * NG + g) * BM + offs_m)[None, :], axis=1)   # [C]
+
+        # intra-group: the chunks of group g before c, and c itself with the causal mask
+        fqm = fq.to(MMA)
+        pm = tl.load(P + offs_m[:, None] * D + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :],
+                     other=0.0)                                                             # [BM, BD] proj
+        causal = offs_c[None, :] <= offs_c[:, None]                                         # key s <= query t
+        for cp in range(g * GROUP, c + 1):
+            tk = (cp * CHUNK + offs_c).to(tl.int64)                                         # [C] key rows
+            tk_ok = tk < T
+            kt = tl.load(k_base + tk[None, :] * skt + offs_d[:, None] * skd,
+                         mask=d_ok[:, None] & tk_ok[None, :], other=0.0).to(tl.float32) * scale   # [BD, C]
+            fk = tl.dot(pm, kt, input_precision=FPREC)                                     # [BM, C]
+            fk = tl.where(m_ok[:, None] & tk_ok[None, :], tl.maximum(fk, 0.0) + 1e-3, 0.0)
+            fk = _operand(fk, DOT, MMA, SOFT)
+            sc = tl.dot(fqm, fk, input_precision=OPREC)                                    # [C, C] fp32
+            sc = tl.where(causal | (cp != c), sc, 0.0)
+            den += tl.sum(sc, axis=1)
+            scm = _operand(sc, DOT, MMA, SOFT)
+            rows_ok = tk_ok[:, None] & d_ok[None, :]
+            vi = _operand(tl.load(VID + (row0 + tk)[:, None] * sit + offs_d[None, :] * sid, mask=rows_ok,
+                                  other=0.0), DOT, MMA, SOFT)                                          # [C, BD]
+            vv = _operand(tl.load(v_base + tk[:, None] * svt + offs_d[None, :] * svd, mask=rows_ok,
+                                  other=0.0).to(tl.float32), DOT, MMA, SOFT)                           # [C, BD]
+            acc_id = tl.dot(scm, vi, acc_id, input_precision=OPREC)
+            acc_v = tl.dot(scm, vv, acc_v, input_precision=OPREC)
+        dinv = den + 1e-6
+        c_id = acc_id / dinv[:, None]                                                        # [C, BD]
+        c_v = acc_v / dinv[:, None]                                                          # [C, BD]
+
+        # encoder: x = c @ Wc^T + v @ Wv^T + b  (lin_w [2d, 3d] row-major; padded columns of x stay 0)
+        BD2: tl.constexpr = 2 * BD
+        D2: tl.constexpr = 2 * D
+        D3: tl.constexpr = 3 * D
+        offs_n = tl.arange(0, BD2)
+        n_ok = offs_n < D2
+        w_ok = d_ok[:, None] & n_ok[None, :]
+        w_ptr = LW + offs_n[None, :] * D3 + offs_d[:, None]                                 # [BD, BD2] lin_w^T
+        vq = tl.load(v_base + t[:, None] * svt + offs_d[None, :] * svd, mask=t_ok[:, None] & d_ok[None, :],
+                     other=0.0).to(tl.float32)                                               # [C, BD] unrounded v
+        x = tl.dot(c_id, tl.load(w_ptr, mask=w_ok, other=0.0), input_precision=PREC)       # [C, BD2]
+        x = tl.dot(c_v, tl.load(w_ptr + D, mask=w_ok, other=0.0), x, input_precision=PREC)
+        x = tl.dot(vq, tl.load(w_ptr + D2, mask=w_ok, other=0.0), x, input_precision=PREC)
+        x += tl.load(LB + offs_n, mask=n_ok, other=0.0)[None, :]
+        mean = tl.sum(x, axis=1) / D2                                                        # [C]
+        diff = tl.where(n_ok[None, :], x - mean[:, None], 0.0)
+        var = tl.sum(diff * diff, axis=1) / D2                                               # biased, as nn.LayerNorm
+        rstd = 1.0 / tl.sqrt(var + ln_eps)
+        y = (diff * rstd[:, None] * tl.load(LNW + offs_n, mask=n_ok, other=0.0)[None, :]
+             + tl.load(LNB + offs_n, mask=n_ok, other=0.0)[None, :])                          # padded: 0
+        zz = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))                                # exact GELU
+        row = pid_bh * T + t                                                                 # [C] flat row
+        tl.store(Z + row[:, None] * D2 + offs_n[None, :], zz, mask=t_ok[:, None] & n_ok[None, :])
+        s0 = tl.sum(zz * tl.load(SW + offs_n, mask=n_ok, other=0.0)[None, :], axis=1) + tl.load(SB)
+        s1 = tl.sum(zz * tl.load(SW + D2 + offs_n, mask=n_ok, other=0.0)[None, :], axis=1) + tl.load(SB + 1)
+        tl.store(S + row * 2, 1.0 / (1.0 + tl.exp(-s0)), mask=t_ok)
+        tl.store(S + row * 2 + 1, 1.0 / (1.0 + tl.exp(-s1)), mask=t_ok)
+
+
+def favor_encoder_usable(device) -> bool:
+    """True when the kernel can run on `device`: CUDA, or any device under TRITON_INTERPRET=1."""
+    return triton_runs_on(device, triton is not None)
+
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _auto_group(n_chunks: int) -> int:
+    g = 1
+    while -(-n_chunks // g) > MAX_CHECKPOINTS:
+        g *= 2
+    return g
+
+
+def _check(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, sc_w, sc_b, row0, state, operands, *, kernel: bool):
+    what = "sea favor encoder"
+    if operands not in _OPERANDS:
+        raise ValueError(f"{what}: operands={operands!r}, expected one of {_OPERANDS}")
+    for name, x in dict(q=q, k=k, v=v).items():
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise ValueError(f"{what}: {name} must be a floating-point tensor")
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"{what}: q, k, v must all be [B, H, T, d]; got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)} (repeat grouped k/v heads first)")
+    B, H, T, d = q.shape
+    if d < 1 or d > MAX_D or d & (d - 1):
+        raise ValueError(f"{what}: head dim d={d} unsupported (needs a power of two <= {MAX_D})")
+    named = dict(v_id=v_id, proj=proj, lin_w=lin_w, lin_b=lin_b, ln_w=ln_w, ln_b=ln_b, sc_w=sc_w, sc_b=sc_b)
+    if state is not None:
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise ValueError(f"{what}: state must be a pair (S [B, H, m, 2d], z [B, H, m]) or None")
+        named.update(state_S=state[0], state_z=state[1])
+    if kernel:
+        check_fp32_tensors(what, named, "v_id")
+        for name, x in dict(q=q, k=k, v=v).items():
+            if x.device != v_id.device:
+                raise ValueError(f"{what}: {name} is on {x.device}, v_id on {v_id.device}")
+    if proj.dim() != 2 or proj.shape[1] != d or proj.shape[0] < 1:
+        raise ValueError(f"{what}: proj has shape {tuple(proj.shape)}, expected [m, {d}]")
+    m = proj.shape[0]
+    if v_id.dim() != 2 or v_id.shape[1] != d:
+        raise ValueError(f"{what}: v_id has shape {tuple(v_id.shape)}, expected [max_len, {d}]")
+    if row0 < 0 or row0 + T > v_id.shape[0]:
+        raise ValueError(f"{what}: rows {row0} .. {row0 + T - 1} are outside v_id's {v_id.shape[0]} rows "
+                         f"(sequence longer than max_len)")
+    want = dict(lin_w=(2 * d, 3 * d), lin_b=(2 * d,), ln_w=(2 * d,), ln_b=(2 * d,), sc_w=(2, 2 * d), sc_b=(2,),
+                state_S=(B, H, m, 2 * d), state_z=(B, H, m))
+    for name, shape in want.items():
+        if name in named and tuple(named[name].shape) != shape:
+            raise ValueError(f"{what}: {name} has shape {tuple(named[name].shape)}, expected {shape}")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *named.values())):
+        raise RuntimeError(f"{what} is forward-only: an input requires grad while grad is enabled (run under "
+                           f"torch.no_grad() or use favor_attention + the torch encoder modules)")
+    return B, H, T, d, m
+
+
+def favor_encoder_forward(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, *, row0=0,
+                          state=None, operands="fp32", return_state=False):
+    """q, k, v [B, H, T, d] (any float dtype; d a power of two <= 128), v_id [max_len, d], proj [m, d],
+    lin_w [2d, 3d], lin_b [2d], ln_w, ln_b [2d], ln_eps, sc_w [2, 2d], sc_b [2] (all fp32); rows row0 ..
+    row0 + T - 1 of v_id are V_I; state: None or (S [B, H, m, 2d], z [B, H, m]) fp32, the prefix state of the
+    rows before. Returns (z [B, H, T, 2d], scales [B, H, T, 2]) fp32, plus (S, z) after the last row when
+    return_state. See the module docstring. Forward only."""
+    B, H, T, d, m = _check(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, sc_w, sc_b, row0, state, operands,
+                           kernel=True)
+    for name, p in (("PRECISION", PRECISION), ("FEAT_PRECISION", FEAT_PRECISION)):
+        if p not in _PRECISIONS:
+            raise ValueError(f"sea favor encoder: {name}={p!r}, expected one of {_PRECISIONS}")
+    if CHUNK < 16 or CHUNK & (CHUNK - 1):
+        raise ValueError(f"sea favor encoder: CHUNK={CHUNK} must be a power of two >= 16")
+    if not favor_encoder_usable(q.device):
+        raise RuntimeError(f"sea favor encoder kernel needs triton on CUDA (or TRITON_INTERPRET=1); "
+                           f"got device {q.device}")
+    dev = q.device
+    z = fresh((B, H, T, 2 * d), torch.float32, dev, poison=POISON_OUTPUTS)
+    scales = fresh((B, H, T, 2), torch.float32, dev, poison=POISON_OUTPUTS)
+    S_out = fresh((B, H, m, 2 * d), torch.float32, dev, poison=POISON_OUTPUTS) if return_state else None
+    z_out = fresh((B, H, m), torch.float32, dev, poison=POISON_OUTPUTS) if return_state else None
+    if B * H == 0 or T == 0:
+        if return_state:
+            if state is None:
+                S_out.zero_()
+                z_out.zero_()
+            else:
+                S_out.copy_(state[0])
+                z_out.copy_(state[1])
+            return z, scales, (S_out, z_out)
+        return z, scales
+    BD = pow2_block(d)
+    BM = pow2_block(m)
+    NC = -(-T // CHUNK)
+    G = _auto_group(NC) if GROUP is None else int(GROUP)
+    if G < 1:
+        raise ValueError(f"sea favor encoder: GROUP={GROUP} must be >= 1")
+    NG = -(-NC // G)
+    if NG * BM * 2 * BD >= 2**31:
+        raise ValueError(f"sea favor encoder: {NG} group states of {BM} x {2 * BD} overflow int32 offsets "
+                         f"(raise GROUP or MAX_CHECKPOINTS' group size)")
+    if operands == "bf16":
+        dot = tl.bfloat16
+        soft = _interpret() and not q.is_cuda         # the interpreter: exact rounding by hand, fp32 dots
+        mma = tl.float32 if soft else tl.bfloat16
+        oprec = "tf32"                      # half operands: Triton's own default tag (ignored for bf16)
+    else:
+        dot = mma = tl.float32
+        soft = False
+        oprec = PRECISION
+    states = torch.empty((B * H, NG, BM, 2 * BD), dtype=torch.float32, device=dev)    # phase 1 writes all
+    zst = torch.empty((B * H, NG, BM), dtype=torch.float32, device=dev)
+    scale = float(d) ** -0.25
+    vid_st = v_id.stride()
+    common = dict(D=d, BD=BD, BM=BM)
+    _fe_states_kernel[(NG, B * H)](
+        k, v, v_id, proj.contiguous(), states, zst, *k.stride(), *v.stride(), *vid_st,
+        H, T, m, NC, NG, int(row0), scale,
+        CHUNK=CHUNK, GROUP=G, DOT=dot, MMA=mma, SOFT=soft, OPREC=oprec, FPREC=FEAT_PRECISION,
+        num_warps=NUM_WARPS_STATES, **common)
+    has_state = state is not None
+    S0 = state[0].contiguous() if has_state else states
+    Z0 = state[1].contiguous() if has_state else zst
+    _fe_scan_kernel[(2, B * H)](
+        states, zst, S0, Z0, S_out if return_state else states, z_out if return_state else zst, m, NG,
+        HAS_STATE=has_state, RET_STATE=return_state, num_warps=4, **common)
+    _fe_output_kernel[(NC, B * H)](
+        q, k, v, v_id, proj.contiguous(), states, zst, lin_w.contiguous(), lin_b.contiguous(), ln_w.contiguous(),
+        ln_b.contiguous(), sc_w.contiguous(), sc_b.contiguous(), z, scales,
+        *q.stride(), *k.stride(), *v.stride(), *vid_st,
+        H, T, m, NG, int(row0), scale, float(ln_eps),
+        CHUNK=CHUNK, GROUP=G, DOT=dot, MMA=mma, SOFT=soft, OPREC=oprec, FPREC=FEAT_PRECISION, PREC=PRECISION,
+        num_warps=NUM_WARPS_OUTPUT, **common)
+    if return_state:
+        return z, scales, (S_out, z_out)
+    return z, scales
+
+
+def favor_encoder_ref(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, *, row0=0,
+                      state=None, operands="fp32", return_state=False):
+    """The same forward as plain PyTorch (tests; materialises the [B, H, T, T] causal score matrix).
+
+    Computes in float64 when q or proj is float64, else float32. operands="bf16": the features are computed in
+    fp32 (as the kernel and favor_attention do), then features and values [v_id ; v] are rounded to bf16 and
+    every product and sum is exact in the working dtype (the kernel's further rounding of its intra-chunk
+    scores to bf16 is not modelled). Same signature and results as favor_encoder_forward."""
+    B, H, T, d, m = _check(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, sc_w, sc_b, row0, state, operands,
+                           kernel=False)
+    work = torch.float64 if torch.float64 in (q.dtype, proj.dtype) else torch.float32
+
+    def feats(x, p):
+        return torch.relu((x * d ** -0.25) @ p.T) + FEATURE_EPS                   # [B, H, T, m]
+
+    vi = v_id[row0:row0 + T].to(work).expand(B, H, T, d)                          # [B, H, T, d]
+    vw = v.to(work)                                                                # [B, H, T, d]
+    vals = torch.cat([vi, vw], dim=-1)                                             # [B, H, T, 2d]
+    if operands == "bf16":
+        fq = feats(q.float(), proj.float()).to(torch.bfloat16).to(work)
+        fk = feats(k.float(), proj.float()).to(torch.bfloat16).to(work)
+        vals = torch.cat([vi.float(), v.float()], dim=-1).to(torch.bfloat16).to(work)
+    else:
+        fq, fk = feats(q.to(work), proj.to(work)), feats(k.to(work), proj.to(work))
+    if state is None:
+        S0 = torch.zeros(B, H, m, 2 * d, dtype=work, device=q.device)
+        z0 = torch.zeros(B, H, m, dtype=work, device=q.device)
+    else:
+        S0, z0 = state[0].to(work), state[1].to(work)
+    tri = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    a = (fq @ fk.transpose(-1, -2)).masked_fill(~tri, 0.0)                        # [B, H, T, T]
+    num = a @ vals + fq @ S0                                                       # [B, H, T, 2d]
+    den = a.sum(-1) + (fq @ z0[..., None])[..., 0]                                 # [B, H, T]
+    c = num / (den[..., None] + DEN_EPS)                                           # [B, H, T, 2d]
+    lw = lin_w.to(work)
+    x = c @ lw[:, :2 * d].T + vw @ lw[:, 2 * d:].T + lin_b.to(work)               # [B, H, T, 2d]
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    y = (x - mean) / torch.sqrt(var + ln_eps) * ln_w.to(work) + ln_b.to(work)
+    z = 0.5 * y * (1.0 + torch.erf(y / math.sqrt(2.0)))                           # [B, H, T, 2d]
+    scales = torch.sigmoid(z @ sc_w.to(work).T + sc_b.to(work))                   # [B, H, T, 2]
+    if not return_state:
+        return z, scales
+    S = S0 + fk.transpose(-1, -2) @ vals                                           # [B, H, m, 2d]
+    zs = z0 + fk.sum(dim=-2)                                                       # [B, H, m]
+    return z, scales, (S, zs)
