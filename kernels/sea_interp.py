@@ -251,7 +251,10 @@ def row_key_counts(mask: torch.Tensor, k: int, *, causal: bool, row0: int = 0, r
         raise ValueError(f"row_key_counts: k={k} (needs >= 1)")
     L0, LSTEP = _geometry(T, causal=causal, row0=row0)
     R = B * H * T
-    out = torch.empty(R + int(row_ptr), dtype=torch.int64, device=mask.device)
+    if POISON_OUTPUTS:
+        out = torch.full((R + int(row_ptr),), _POISON, dtype=torch.int64, device=mask.device)
+    else:
+        out = torch.empty(R + int(row_ptr), dtype=torch.int64, device=mask.device)
     if R == 0 or K == 0:
         return out.zero_()
     rb, bhb = COUNT_ROWS, COUNT_HEADS
