@@ -12,8 +12,9 @@ Triton, algo="parallel" (default): three launches, parallel over chunks.
   1. group states: chunks are taken `group` (G) at a time; one program per (group, M-block, E-block,
      batch x kv head) sums fk^T v (and fk) over its G chunks -> fp32 states [B, Hs, NG, M, E] (+ [.., M]),
      NG = cdiv(T / C, G).
-  2. scan: one program per (M-block, E-block, batch x head) walks the NG groups sequentially and turns the
-     states, in place, into exclusive prefix sums (it only reads and writes states).
+  2. scan: one program per (256 state values, batch x head) walks the NG groups 8 at a time (a prefix sum
+     over each [8, 256] tile plus the running total) and turns the states, in place, into exclusive prefix
+     sums (it only reads and writes states); the key sums likewise, in a second launch.
   3. output: one program per (chunk, E-block, batch x head): out_c = fq_c . P_g (the scanned state of its
      group g, all M blocks looped inside the program, so no per-M-block partial outputs) + the chunks of
      g before c, attended quadratically, + c itself with the causal mask (den likewise, same program).
@@ -268,39 +269,38 @@ def _parallel_kernels():
 
     @triton.jit
     def _scan_kernel(
-        ST, Z, HS, KD, ND, NG,
-        BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, REVERSE: tl.constexpr, HAS_Z: tl.constexpr,
+        X, NG, F,
+        BLOCK_F: tl.constexpr, STEPS: tl.constexpr, REVERSE: tl.constexpr,
     ):
-        """Phase 2, in place: ST[.., g] <- sum of the groups strictly before g (after g when REVERSE).
-        One program per (key block, value block, b * HS + hs); a sequential walk over NG groups that only
-        reads and writes states (each element is read, then overwritten, by the same thread)."""
-        pid_kn = tl.program_id(0)
+        """Phase 2, in place, on NG consecutive blocks of F fp32 values per (b * HS + hs) (the states, viewed
+        flat, or the key sums): X[.., g, :] <- sum of the blocks strictly before g (after g when REVERSE).
+        One program per (BLOCK_F values, b * HS + hs). It walks the NG blocks STEPS at a time, so the dependent
+        chain is NG / STEPS long, not NG (the one-block walk was 0.55 ms at T = 16k, latency-bound, with 32
+        programs of 256 steps each): the tile of the STEPS blocks is loaded twice, once shifted back by one
+        block (the first row zero), and the running total plus the prefix sum of the shifted tile is stored.
+        A block's result is a sum of earlier blocks only (never a total minus a later block, which would let
+        a huge later value disturb an earlier row)."""
+        pid_f = tl.program_id(0)
         pid_bh = tl.program_id(1).to(tl.int64)
-        n_nb = tl.cdiv(ND, BLOCK_N)
-        pid_k = pid_kn // n_nb
-        pid_n = pid_kn % n_nb
-        offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        msk = (offs_k < KD)[:, None] & (offs_n < ND)[None, :]
-        ptr = ST + pid_bh * NG * KD * ND + offs_k[:, None] * ND + offs_n[None, :]          # [BK, BN]
-        zptr = Z + pid_bh * NG * KD + offs_k                                                 # [BK]
-        run = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
-        zrun = tl.zeros([BLOCK_K], dtype=tl.float32)
-        for i in range(0, NG):
+        offs_f = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
+        f_ok = offs_f < F
+        base = X + pid_bh * NG * F       # (NG * F < 2^31 per head: asserted on the host)
+        run = tl.zeros([BLOCK_F], dtype=tl.float32)
+        for i0 in range(0, NG, STEPS):
+            i = i0 + tl.arange(0, STEPS)
             if REVERSE:
                 g = NG - 1 - i
+                g_prev = g + 1
             else:
                 g = i
-            p = ptr + g * KD * ND            # (NG * KD * ND < 2^31 per head: asserted on the host)
-            x = tl.load(p, mask=msk, other=0.0)
-            tl.store(p, run, mask=msk)
-            run += x
-            if HAS_Z:
-                if pid_n == 0:
-                    zp = zptr + g * KD
-                    zx = tl.load(zp, mask=offs_k < KD, other=0.0)
-                    tl.store(zp, zrun, mask=offs_k < KD)
-                    zrun += zx
+                g_prev = g - 1
+            ok = (i < NG)[:, None] & f_ok[None, :]
+            ptr = base + g[:, None] * F + offs_f[None, :]                                  # [STEPS, BF]
+            x = tl.load(ptr, mask=ok, other=0.0)
+            x_prev = tl.load(base + g_prev[:, None] * F + offs_f[None, :],
+                             mask=ok & (i > i0)[:, None], other=0.0)                       # row j: block j - 1
+            tl.store(ptr, run[None, :] + tl.cumsum(x_prev, axis=0), mask=ok)
+            run += tl.sum(x, axis=0)
 
     @triton.jit
     def _chunk_output_kernel(
@@ -412,6 +412,8 @@ def _dot_dtype(q, k, v):
         return tl.bfloat16
     return tl.float32
 MAX_CHECKPOINTS = 256     # auto `group`: at most this many stored states per (batch, state head)
+SCAN_BLOCK_F = 256        # scan: state values per program
+SCAN_STEPS = 8            # scan: groups per step of its dependent chain
 
 
 def _auto_group(n_chunks: int) -> int:
@@ -462,10 +464,9 @@ def _triton_pass_parallel(q, k, v, *, reverse: bool, with_den: bool, chunk: int,
         CHUNK=chunk, GROUP=G, BLOCK_K=BK, BLOCK_N=BN, HAS_Z=with_den, DOT=dot, MMA=mma, PRECISION=prec,
         num_warps=num_warps,
     )
-    k_scan[(n_kb * n_nb, B * Hs)](
-        states, zs, Hs, KD, ND, NG, BLOCK_K=BK, BLOCK_N=BN, REVERSE=reverse, HAS_Z=with_den,
-        num_warps=num_warps,
-    )
+    for x, f in ((states, KD * ND), (zs, KD)) if with_den else ((states, KD * ND),):
+        k_scan[(triton_cdiv(f, SCAN_BLOCK_F), B * Hs)](x, NG, f, BLOCK_F=SCAN_BLOCK_F, STEPS=SCAN_STEPS,
+                                                      REVERSE=reverse, num_warps=4)
     k_out[(NC, n_nb, B * H)](
         q, k, v, states, zs, out, den, *q.stride(), *k.stride(), *v.stride(),
         H, T, KD, ND, NC, NG, H // Hq, H // Hk, H // Hv, H // Hs,
