@@ -149,17 +149,18 @@ def _row_counts_kernel(SEL, OUT, T, BH, H, sb, sh, st, kk, L0, LSTEP,
     lo = (2 * c[None, :] * L[:, None] + K) // (2 * K)                    # [RB, KP] first key of each cell
     hi = (2 * (c[None, :] + 1) * L[:, None] + K) // (2 * K)              # [RB, KP] one past its last key
     ok = rm[:, None] & (c[None, :] < K)
-    n = tl.where(ok, tl.minimum(hi - lo, kk), 0)                         # [RB, KP] keys per selected cell
+    n = tl.where(ok, tl.minimum(hi - lo, kk), 0).to(tl.int32)            # [RB, KP] keys per selected cell
     g0 = tl.program_id(1) * BHB
     for i in tl.static_range(BHB):                                       # unrolled: BHB loads in flight
         bh = g0 + i
-        live = rm & (bh < BH)
+        live = rm & (t * 0 + bh < BH)                                    # [RB] (a tensor compare: triton 3.9's
+        #                                                                  interpreter rejects tensor & scalar masks)
         fb = (bh // H).to(tl.int64) * sb + (bh % H).to(tl.int64) * sh + t * st
         s = tl.load(SEL + fb[:, None] + c[None, :], mask=live[:, None] & ok, other=0)   # [RB, KP] flags
-        cnt = tl.sum(tl.where(s != 0, n, 0), 1)                          # [RB] int64 keys of each row
+        cnt = tl.sum(tl.where(s != 0, n, 0), 1).to(tl.int64)            # [RB] keys of each row (<= L < 2^31)
         tl.store(OUT + SHIFT + bh.to(tl.int64) * T + t, cnt, mask=live)
     if SHIFT:                                                            # row_ptr[0] = 0 (one lane writes it)
-        first = (tl.program_id(0) == 0) & (tl.program_id(1) == 0) & (t == 0)
+        first = t + tl.program_id(1) == 0                                # t = 0 of the first (b, h) group
         tl.store(OUT + t * 0, tl.zeros([RB], dtype=tl.int64), mask=first)
 
 

@@ -44,6 +44,7 @@ CASES = [  # causal, row0, T, K, k
     (True, 300, 20, 8, 3),      # far into the sequence: all cells wide, k binds
     (False, 0, 37, 8, 64),
     (False, 0, 11, 16, 3),      # bidirectional T < K: 5 of the 16 cells of every row are empty
+    (True, 40_000_000, 5, 64, 64),   # 2 c L passes 2^31: the cell edges need int64 (keys still int32)
 ]
 
 
