@@ -1,0 +1,249 @@
+"""kernels/sea_favor_encoder.py: the fused causal FAVOR+ (relu features) -> num/den -> encoder + scaler forward,
+against (a) its float64 plain restatement favor_encoder_ref, (b) what SEA's causal estimator computes today
+(favor_attention over cat([V_I rows, v]) then Estimator.enc / Estimator.scaler, methods/sea/), (c) itself split
+into query blocks with the carried state, and (d) its refusals. Runs under TRITON_INTERPRET=1 on CPU
+(tests/conftest.py) with shrunk chunks (CHUNK=16, GROUP=2 unless a test says otherwise) so that several
+chunks, several groups, a partial last group and a partial last chunk are exercised."""
+import math
+
+import pytest
+import torch
+
+import kernels.sea_favor_encoder as fe
+from kernels.sea_favor_encoder import favor_encoder_forward, favor_encoder_ref
+from methods.sea.estimator import Estimator
+from methods.sea.favor import favor_attention
+
+B, H = 2, 3
+D = 16
+NBF = {7: 6.0, 33: 1.34}     # Estimator's m = int(d log d / nbf) at d=16 -> the feature counts tested
+MAX_LEN = 200
+
+# tilings: (CHUNK, GROUP, MAX_CHECKPOINTS). At T=130: c16g2 = 9 chunks in 5 groups (the last group one chunk,
+# the last chunk 2 rows); c16auto = GROUP from MAX_CHECKPOINTS=4 -> 4 chunks per group, 3 groups;
+# default = 64-row chunks, one chunk per group (3 groups, the last 2 rows).
+TILINGS = {"c16g2": (16, 2, 256), "c16auto": (16, None, 4), "default": (64, None, 256)}
+
+
+@pytest.fixture(autouse=True)
+def _small_tiles(monkeypatch):
+    monkeypatch.setattr(fe, "POISON_OUTPUTS", True)
+    _tiling(monkeypatch, "c16g2")
+
+
+def _tiling(monkeypatch, name):
+    chunk, group, ckpt = TILINGS[name]
+    monkeypatch.setattr(fe, "CHUNK", chunk)
+    monkeypatch.setattr(fe, "GROUP", group)
+    monkeypatch.setattr(fe, "MAX_CHECKPOINTS", ckpt)
+
+
+def _estimator(m, d=D, seed=0):
+    nbf = NBF[m] if d == D else d * math.log(d) / (m + 0.5)
+    est = Estimator(d=d, H=H, K=16, causal=True, nbf=nbf, max_len=MAX_LEN, seed=seed)
+    assert est.proj.shape == (m, d)
+    gen = torch.Generator().manual_seed(50 + m)
+    with torch.no_grad():                                   # LayerNorm affine away from its 1 / 0 init
+        ln = est.enc[1]
+        ln.weight.copy_(0.5 + torch.rand(2 * d, generator=gen))
+        ln.bias.copy_(0.6 * torch.rand(2 * d, generator=gen) - 0.3)
+    return est
+
+
+def _qkv(T, d=D, seed=1, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, H, T, d, generator=gen).to(dtype) for _ in range(3))   # [B, H, T, d] each
+    return q, k, v
+
+
+def _weights(est):
+    lin, ln, sc = est.enc[0], est.enc[1], est.scaler
+    return [t.detach() if torch.is_tensor(t) else t
+            for t in (est.v_id, est.proj, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, sc.weight, sc.bias)]
+
+
+def _f64(xs):
+    return [x.double() if torch.is_tensor(x) else x for x in xs]
+
+
+def _run(q, k, v, est, **kw):
+    with torch.no_grad():
+        return favor_encoder_forward(q, k, v, *_weights(est), **kw)
+
+
+def _ref64(q, k, v, est, state=None, **kw):
+    if state is not None:
+        state = tuple(_f64(state))
+    return favor_encoder_ref(*_f64((q, k, v)), *_f64(_weights(est)), state=state, **kw)
+
+
+def _close(got, want, rel, what):
+    """max |got - want| <= rel * max(1, max |want|), in float64."""
+    scale = max(1.0, want.abs().max().item())
+    err = (got.double() - want.double()).abs().max().item()
+    assert err <= rel * scale, f"{what}: max abs err {err:.3g} > {rel} x {scale:.3g}"
+
+
+def _check_all(out, ref, *, rel_z, rel_s, rel_state):
+    z, s, (S, zs) = out
+    zr, sr, (Sr, zsr) = ref
+    for x in (z, s, S, zs):
+        assert x.dtype == torch.float32 and torch.isfinite(x).all()     # every poisoned entry written
+    _close(z, zr, rel_z, "z")
+    _close(s, sr, rel_s, "scales")
+    _close(S, Sr, rel_state, "state S")
+    _close(zs, zsr, rel_state, "state z")
+
+
+# measured under the interpreter (c16g2, T=130, m=33): fp32 max |z err| 1.0e-6 (|z| <= ~4), scales 1.8e-7,
+# state 1.2e-7 relative; bf16 (the reference with the same feature/value rounding, the kernel additionally
+# rounding its intra-chunk scores to bf16 before they multiply the values): z 3.6e-3, scales 7.7e-4, state
+# 1.1e-7 (the states use only the rounded features / values, summed in fp32).
+TOL = {"fp32": dict(rel_z=2e-5, rel_s=2e-5, rel_state=2e-6),
+       "bf16": dict(rel_z=5e-3, rel_s=5e-3, rel_state=2e-6)}
+
+
+@pytest.mark.parametrize("T, m, operands, tiling", [
+    (37, 7, "fp32", "c16g2"),
+    (130, 33, "fp32", "c16g2"),
+    (130, 7, "bf16", "c16g2"),
+    (130, 33, "bf16", "c16auto"),
+    (130, 33, "fp32", "default"),
+    (37, 33, "bf16", "default"),
+])
+def test_matches_float64_reference(monkeypatch, T, m, operands, tiling):
+    _tiling(monkeypatch, tiling)
+    est = _estimator(m)
+    q, k, v = _qkv(T, seed=T + m)
+    out = _run(q, k, v, est, row0=11, operands=operands, return_state=True)
+    ref = _ref64(q, k, v, est, row0=11, operands=operands, return_state=True)
+    assert out[0].shape == (B, H, T, 2 * D) and out[1].shape == (B, H, T, 2)
+    assert out[2][0].shape == (B, H, m, 2 * D) and out[2][1].shape == (B, H, m)
+    _check_all(out, ref, **TOL[operands])
+    zr, sr = ref[0], ref[1]
+    assert zr.abs().max() > 1.0 and sr[..., 0].std() > 1e-3             # not a trivially small comparison
+    # without return_state: the same z and scales, two outputs
+    z2, s2 = _run(q, k, v, est, row0=11, operands=operands)
+    assert torch.equal(z2, out[0]) and torch.equal(s2, out[1])
+
+
+def test_ieee_precision_and_other_input_layouts(monkeypatch):
+    """bf16 inputs, non-contiguous q/k/v, d=8 (padded to 16 columns), IEEE dots."""
+    monkeypatch.setattr(fe, "PRECISION", "ieee")
+    monkeypatch.setattr(fe, "FEAT_PRECISION", "ieee")
+    d, m, T = 8, 5, 45
+    est = _estimator(m, d=d, seed=2)
+    gen = torch.Generator().manual_seed(9)
+    big = torch.randn(B, T, H, 3 * d, generator=gen).to(torch.bfloat16)       # [B, T, H, 3d]
+    q, k, v = (big[..., i * d:(i + 1) * d].transpose(1, 2) for i in range(3))  # [B, H, T, d] non-contiguous
+    assert not q.is_contiguous()
+    out = _run(q, k, v, est, row0=3, operands="fp32", return_state=True)
+    ref = _ref64(q, k, v, est, row0=3, operands="fp32", return_state=True)
+    _check_all(out, ref, **TOL["fp32"])
+
+
+@pytest.mark.parametrize("m, operands", [(7, "fp32"), (33, "fp32"), (33, "bf16")])
+def test_matches_sea_estimator_composition(m, operands):
+    """What SEA's causal estimator computes today (methods/sea/estimator.py _forward, torch paths):
+    favor_attention(q, k, cat([V_I rows, v]), proj, kernel="relu", causal=True, operands) -> Estimator.enc ->
+    sigmoid(Estimator.scaler)."""
+    T, row0 = 130, 20
+    est = _estimator(m, seed=4)
+    q, k, v = _qkv(T, seed=5 + m)
+    with torch.no_grad():
+        vi = est.v_id[row0:row0 + T].expand(B, H, T, D)                            # [B, H, T, d]
+        c_perf = favor_attention(q, k, torch.cat([vi, v], dim=-1), est.proj, kernel="relu", causal=True,
+                                 operands=operands)                                # [B, H, T, 2d] fp32
+        z_sea = est.enc(torch.cat([c_perf, v], dim=-1))                           # [B, H, T, 2d]
+        s_sea = torch.sigmoid(est.scaler(z_sea))                                   # [B, H, T, 2]
+    z, s = _run(q, k, v, est, row0=row0, operands=operands)
+    zr, sr = _ref64(q, k, v, est, row0=row0, operands=operands)
+    # the reference restates SEA's composition (same rounding points): fp32-level agreement either way
+    _close(zr, z_sea, 2e-5, "ref z vs SEA")
+    _close(sr, s_sea, 2e-5, "ref scales vs SEA")
+    tol = TOL[operands]
+    _close(z, z_sea, tol["rel_z"], "kernel z vs SEA")
+    _close(s, s_sea, tol["rel_s"], "kernel scales vs SEA")
+
+
+@pytest.mark.parametrize("operands", ["fp32", "bf16"])
+def test_query_blocks_with_state_equal_whole_call(operands):
+    """Rows 0..52 then 53..129 (neither a chunk multiple) with the returned state = one call over 130 rows;
+    the state after the second block = the whole call's state."""
+    T, cut, row0, m = 130, 53, 7, 33
+    est = _estimator(m, seed=6)
+    q, k, v = _qkv(T, seed=8)
+    whole = _run(q, k, v, est, row0=row0, operands=operands, return_state=True)
+    first = _run(q[:, :, :cut], k[:, :, :cut], v[:, :, :cut], est, row0=row0, operands=operands,
+                 return_state=True)
+    second = _run(q[:, :, cut:], k[:, :, cut:], v[:, :, cut:], est, row0=row0 + cut, state=first[2],
+                  operands=operands, return_state=True)
+    joined = (torch.cat([first[0], second[0]], dim=2), torch.cat([first[1], second[1]], dim=2), second[2])
+    # bf16: the intra-chunk score rounding falls on other chunks when the rows are split: bf16-level
+    _check_all(joined, whole, **TOL[operands])
+    # the reference carries its state the same way (float64: exact up to rounding)
+    rw = _ref64(q, k, v, est, row0=row0, operands=operands, return_state=True)
+    r1 = _ref64(q[:, :, :cut], k[:, :, :cut], v[:, :, :cut], est, row0=row0, operands=operands, return_state=True)
+    r2 = _ref64(q[:, :, cut:], k[:, :, cut:], v[:, :, cut:], est, row0=row0 + cut, state=r1[2],
+                operands=operands, return_state=True)
+    _close(torch.cat([r1[0], r2[0]], dim=2), rw[0], 1e-12, "ref blocks z")
+    _close(r2[2][0], rw[2][0], 1e-12, "ref blocks state")
+    _check_all(second, r2, **TOL[operands])                   # the kernel given a state, vs the reference
+
+
+def test_one_row_and_empty_block():
+    m = 7
+    est = _estimator(m, seed=3)
+    q, k, v = _qkv(5, seed=2)
+    gen = torch.Generator().manual_seed(4)
+    state = (torch.rand(B, H, m, 2 * D, generator=gen), torch.rand(B, H, m, generator=gen) + 0.5)
+    out = _run(q[:, :, :1], k[:, :, :1], v[:, :, :1], est, row0=MAX_LEN - 1, state=state, return_state=True)
+    ref = _ref64(q[:, :, :1], k[:, :, :1], v[:, :, :1], est, row0=MAX_LEN - 1, state=state, return_state=True)
+    _check_all(out, ref, **TOL["fp32"])
+    z, s, (S, zs) = _run(q[:, :, :0], k[:, :, :0], v[:, :, :0], est, state=state, return_state=True)
+    assert z.shape == (B, H, 0, 2 * D) and s.shape == (B, H, 0, 2)
+    assert torch.equal(S, state[0]) and torch.equal(zs, state[1])
+
+
+def test_refuses_gradients():
+    m = 7
+    est = _estimator(m)
+    q, k, v = _qkv(20)
+    lin, ln, sc = est.enc[0], est.enc[1], est.scaler
+    live = (est.v_id, est.proj, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, sc.weight, sc.bias)
+    with pytest.raises(RuntimeError, match="forward-only"):              # parameters require grad
+        favor_encoder_forward(q, k, v, *live)
+    with pytest.raises(RuntimeError, match="forward-only"):              # an input requires grad
+        favor_encoder_forward(q.requires_grad_(True), k, v, *_weights(est))
+
+
+def test_refuses_bad_arguments(monkeypatch):
+    m = 7
+    est = _estimator(m)
+    q, k, v = _qkv(20)
+    w = dict(zip(("v_id", "proj", "lin_w", "lin_b", "ln_w", "ln_b", "ln_eps", "sc_w", "sc_b"), _weights(est)))
+
+    def call(q=q, k=k, v=v, **kw):
+        args = {**w, **{n: kw.pop(n) for n in list(kw) if n in w}}
+        with torch.no_grad():
+            return favor_encoder_forward(q, k, v, **args, **kw)
+
+    for d_bad in (24, 256):                                             # not a power of two; > 128
+        x = torch.zeros(B, H, 20, d_bad)
+        with pytest.raises(ValueError, match="head dim"):
+            call(x, x, x)
+    with pytest.raises(ValueError, match="operands"):
+        call(operands="fp16")
+    with pytest.raises(ValueError, match="max_len"):
+        call(row0=MAX_LEN - 10)                                         # rows past v_id's end
+    with pytest.raises(ValueError, match=r"\[B, H, T, d\]"):
+        call(k=k[:, :1])                                                # grouped heads: the caller repeats
+    with pytest.raises(ValueError, match="state"):
+        call(state=(torch.zeros(B, H, m + 1, 2 * D), torch.zeros(B, H, m + 1)))
+    with pytest.raises(ValueError, match="float32"):
+        call(proj=w["proj"].double())
+    with pytest.raises(ValueError, match="lin_w"):
+        call(lin_w=w["lin_w"].T)
+    monkeypatch.setattr(fe, "PRECISION", "tf32")
+    with pytest.raises(ValueError, match="PRECISION"):
+        call()
