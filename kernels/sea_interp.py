@@ -1,4 +1,5 @@
-"""SEA's mask interpolation as one Triton kernel: the CSR key columns of every query row, written in place.
+"""SEA's mask interpolation in Triton: the CSR row pointers (row_key_counts) and key columns (csr_columns) of every
+query row.
 
 Input: the selected compressed cells per query row (sel [R, K], R = B*H*T rows in (b, h, t) order), each cell's
 first key and width for the row's time step (lo, width [T, K]: cell c of row t covers keys [lo, lo + width)), the
@@ -45,6 +46,37 @@ per step when runs are short). Bidirectional (K=128, k=13, per_batch, ~1 cell of
 16, a [16, 128] min-reduction per step, expected 0.1-0.25 ms (was 4.12 ms). Not timed yet. No padding mask here:
 padded rows and keys are handled by the PyTorch path (methods/sea/interp.py). The per-row counts (and so row_ptr)
 still come from a torch reduction + cumsum outside this kernel.
+
+Row counts and cell geometry in the kernels (fourth version; methods/sea/interp.py's triton backend). The lists'
+row pointers come from `row_key_counts` (row_ptr=True): one program per (block of COUNT_ROWS = 32 time steps,
+group of COUNT_HEADS = 8 (b, h)) computes the cell counts min(width, k) of its [32, KP] tile once, from t, then
+reads the mask bytes of each of its 8 (b, h) rows (an unrolled loop of [32, KP] tile loads) and writes the row sums
+(int64) at row_ptr[1 + r], lane 0 of the first program writes row_ptr[0] = 0, and an in-place torch cumsum over
+row_ptr[1:] finishes it (a decoupled look-back scan in Triton is not worth its complexity for ~0.01 ms). The
+columns kernel, through `csr_columns_cells`, computes the edges of the one cell each row visits per step instead of
+gathering lo/width. Geometry (interp.cell_bounds without a padding mask): row t spans L = L0 + t LSTEP keys (causal:
+L0 = row0 + 1, LSTEP = 1; bidirectional: L0 = T, LSTEP = 0), cell c spans [floor((2 c L + K) / 2K),
+floor((2 (c + 1) L + K) / 2K)), in int64 (2 c L passes 2^31 from L ~ 2^31 / 2K, e.g. 16.7M keys at K = 64) with
+a division by the constant 2K (a multiply-shift). Why in-kernel rather than a cached [T, K] table: the counts
+kernel needs the cell counts once per 8 (b, h) rows, i.e. 1/8 of a table read per mask byte read, and a few integer
+instructions per (t, c) cost less than that read; the columns kernel needs two values per row and step, which were
+two dependent gathers in its latency-bound loop; and query blocks call with a different row0 per block (64+
+blocks per call), so a cache keyed by (T, K, causal, row0, device) would hold or rebuild a [T, K] pair per block.
+No table at all: nothing to build (the old glue built and converted it per call), nothing to keep alive, no
+cache to size. Both kernels read the mask through its strides (last one 1: causal_per_batch's [B, T, H, K] view
+permuted to [B, H, T, K] is read in place, not copied) and need no `mask & (width > 0)`: a selected cell of width
+0 has count 0 (the row sum adds nothing; the columns kernel's run of n = 0 keys writes nothing and advances
+nothing, it only costs one loop step; select_topk never selects one anyway).
+
+Prediction (fourth version), H200, B=1, H=16, T=65536 causal, K=64, k=64, causal_per_batch: the stage measured
+1.87 ms (csr_columns 0.83 ms + ~1.04 ms of torch glue: ~20 launches, [T, K] int64 tables, a [B, H, T, K] `sel`
+copy, a uint8 cast, a uint8 product and a last-axis sum of 64, all over 64 MiB tensors, then a cumsum). Now 3
+launches: row_key_counts reads the 64 MiB mask once and writes 8 MiB of counts (4096 programs; ~0.02-0.04 ms),
+the in-place cumsum over 1M int64 (~0.01-0.02 ms), and csr_columns_cells (expected 0.65-0.85 ms: same loop, the two
+gathers per step replaced by ~10 integer instructions, and no per-call int32 conversion of the tables). Stage: 0.7-0.9
+ms, i.e. -0.95 to -1.15 ms (best guess -1.0 ms; the brief's target was about -0.8 ms). Least certain: the columns
+kernel with the permuted mask (16 rows of a block are 1 KiB apart, 64-byte segments: full 32-byte sectors, so no
+extra traffic expected). tests/test_sea_interp_counts.py::test_real_size_stage_time_on_cuda prints old vs new.
 
 `csr_columns_ref` is the plain-loop restatement used by the tests.
 """

@@ -2,7 +2,7 @@
 cell per row per step) against the plain-loop restatement csr_columns_ref, on shapes that hit its edges: partial
 time blocks (T = 37), several (b, h) and time blocks per launch, runs longer than a slot block, rows of many cells,
 empty rows and blocks, cells of width 0, filler entries past row_ptr[-1] (poisoned buffer, several fill programs)
-and a capacity below nnz."""
+and a capacity below nnz; and the in-kernel cell geometry (csr_columns_cells) against the cell_bounds tables."""
 from __future__ import annotations
 
 import pytest
@@ -112,6 +112,30 @@ def test_wide_cells_do_not_overflow(si, monkeypatch, k, slot_block):
     cap = int(row_ptr[-1])
     got = si.csr_columns(sel, lo, width, row_ptr, k, cap)
     assert torch.equal(got, si.csr_columns_ref(sel, lo, width, row_ptr, k, cap))
+
+
+@pytest.mark.parametrize("causal,row0,T,K,k", [(True, 0, 37, 16, 3), (True, 21, 19, 8, 70), (False, 0, 13, 16, 1)])
+def test_in_kernel_geometry_matches_tables_without_premasking(si, monkeypatch, causal, row0, T, K, k):
+    """csr_columns_cells (cell edges from t, the mask read through its strides, selected width-0 cells NOT masked
+    off) against the loop reference on the cell_bounds tables with the width-0 cells masked off. B = 2, H = 3;
+    causal T = 37, K = 16 and bidirectional T = 13 < K = 16 select width-0 cells; k = 70 loops over slot blocks."""
+    from methods.sea.interp import cell_bounds, row_lengths
+
+    monkeypatch.setattr(si, "ROWS_PER_PROGRAM", 8)
+    monkeypatch.setattr(si, "SLOT_BLOCK", 16)
+    monkeypatch.setattr(si, "FILL_BLOCK", 16)
+    B, H = 2, 3
+    g = torch.Generator().manual_seed(T + K + k)
+    mask = (torch.rand(B, T, H, K, generator=g) < 0.35).permute(0, 2, 1, 3)   # [B, H, T, K], non-contiguous
+    L = row_lengths(1, T, causal=causal, valid=None, device="cpu", row0=row0)   # [1, T]
+    lo, hi = cell_bounds(L, K)                                           # [1, T, K]
+    width = (hi - lo)[0]                                                 # [T, K]
+    sel = (mask & (width > 0)).reshape(B * H * T, K)                     # [R, K] the old pre-masked flags
+    assert bool((mask & (width == 0)).any()) == bool((width == 0).any())
+    row_ptr = _row_ptr(sel, width, k)
+    cap = int(row_ptr[-1]) + 21
+    got = si.csr_columns_cells(mask, row_ptr, k, cap, causal=causal, row0=row0)
+    assert int(row_ptr[-1]) > 0 and torch.equal(got, si.csr_columns_ref(sel, lo[0], width, row_ptr, k, cap))
 
 
 @pytest.mark.gpu

@@ -51,8 +51,9 @@ def mask_to_csr(mask: torch.Tensor, *, k: int, causal: bool, valid: torch.Tensor
 
     caps = (selected cells at most, keys at most, ...) known on the host (topk.selection_caps) and no
     padding mask: the lists are built without a device sync, and col has the capacity length (entries
-    past row_ptr[-1] are filler that no row points at). backend "triton" (that case only): the columns are
-    written by one kernel program per row (kernels/sea_interp.py) instead of the pair/search ops below."""
+    past row_ptr[-1] are filler that no row points at). backend "triton" (that case only): the row pointers
+    and columns come from two kernels reading the mask bytes (kernels/sea_interp.py: row_key_counts +
+    csr_columns_cells) instead of the pair/search ops; the lists are identical."""
     if backend not in ("torch", "triton"):
         raise ValueError(f"interpolation backend {backend!r}: expected torch or triton")
     if caps is not None and valid is None:
@@ -98,7 +99,8 @@ def _mask_to_csr_nosync(mask: torch.Tensor, *, k: int, causal: bool, cells_cap: 
                         backend: str = "torch", row0: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Same lists as mask_to_csr (no padding mask) with static sizes: the selected (row, cell) pairs by
     nonzero_static (flat order = rows ascending, cells ascending), each key entry finds its pair by a
-    binary search over the pairs' cumulative key counts. Row counts come from the dense mask."""
+    binary search over the pairs' cumulative key counts. Row counts come from the dense mask. backend
+    "triton": a row-count kernel + cumsum and the columns kernel, no tensor temporaries (identical lists)."""
     if backend == "triton":
         # Two kernels straight from the mask bytes (any strides; a selected cell of width 0 adds no key, so
         # no `mask & (width > 0)` copy), cell edges computed in-kernel from t: no [T, K] or [B, H, T, K]
