@@ -22,8 +22,8 @@ How (three launches, the chunk-parallel structure of kernels/linear_attention.py
   1. group states: one program per (group of GROUP chunks of CHUNK rows, b * H + h) computes phi_k of its rows
      from the k tile and proj (in registers) and sums phi_k^T v_id and phi_k^T v ([BM, d] each) and phi_k
      ([BM]) -> fp32 states [B * H, NG, BM, 2 BD] (+ [.., BM]).
-  2. scan: one program per (value half, b * H + h) turns the states, in place, into exclusive prefix sums
-     starting from S0 / z0, and writes the state after the last group when asked.
+  2. scan: one program per (SCAN_ROWS feature rows, value half, b * H + h) turns the states, in place, into
+     exclusive prefix sums starting from S0 / z0, and writes the state after the last group when asked.
   3. output: one program per (chunk, b * H + h) holds all 2d value columns of its CHUNK rows: phi_q from the q
      tile, phi_q @ (scanned state) + the chunks of its group before it and itself (causal mask) attended
      quadratically (phi_k recomputed from k), the division, then the encoder epilogue (tl.dot of the [C, d]
@@ -70,6 +70,7 @@ GROUP = None             # chunks per stored group state; None: the smallest pow
 MAX_CHECKPOINTS = 256    # auto GROUP: at most this many stored states per (b, h)
 PRECISION = "tf32x3"     # fp32 dots (state products, fp32-operand products, encoder): "tf32x3" or "ieee"
 FEAT_PRECISION = "tf32x3"  # the feature projection (x d^-1/4) @ proj^T: "tf32x3" or "ieee" (never tf32)
+SCAN_ROWS = 16           # feature rows per scan program (power of two; more programs walk the groups at once)
 NUM_WARPS_STATES = 4
 NUM_WARPS_OUTPUT = 8
 MAX_D = 128
@@ -144,22 +145,25 @@ if triton is not None:
 
     @triton.jit
     def _fe_scan_kernel(ST, ZS, S0, Z0, SO, ZO, M, NG,
-                        D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, HAS_STATE: tl.constexpr,
-                        RET_STATE: tl.constexpr):
+                        D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, SR: tl.constexpr,
+                        HAS_STATE: tl.constexpr, RET_STATE: tl.constexpr):
         """Phase 2, in place: ST[bh, g] <- S0 + sum of the groups before g (ZS likewise from z0); the total
-        (the state after the last row) goes to SO / ZO when RET_STATE. One program per (value half, bh)."""
-        half = tl.program_id(0)
+        (the state after the last row) goes to SO / ZO when RET_STATE. One program per (SR feature rows,
+        value half, bh): a sequential walk over the NG groups (each element read, then overwritten, by the
+        same thread)."""
+        pid = tl.program_id(0)
+        half = pid % 2
         pid_bh = tl.program_id(1).to(tl.int64)
         offs_d = tl.arange(0, BD)
-        offs_m = tl.arange(0, BM)
+        offs_m = (pid // 2) * SR + tl.arange(0, SR)
         ext = (offs_m < M)[:, None] & (offs_d < D)[None, :]
         ext_off = pid_bh * M * 2 * D + offs_m[:, None] * (2 * D) + half * D + offs_d[None, :]   # [m, 2d] layout
         if HAS_STATE:
             run = tl.load(S0 + ext_off, mask=ext, other=0.0)
             zrun = tl.load(Z0 + pid_bh * M + offs_m, mask=offs_m < M, other=0.0)
         else:
-            run = tl.zeros([BM, BD], dtype=tl.float32)
-            zrun = tl.zeros([BM], dtype=tl.float32)
+            run = tl.zeros([SR, BD], dtype=tl.float32)
+            zrun = tl.zeros([SR], dtype=tl.float32)
         ptr = ST + pid_bh * NG * (BM * 2 * BD) + offs_m[:, None] * (2 * BD) + half * BD + offs_d[None, :]
         zptr = ZS + pid_bh * NG * BM + offs_m
         for g in range(0, NG):
@@ -344,6 +348,8 @@ def favor_encoder_forward(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps,
     for name, p in (("PRECISION", PRECISION), ("FEAT_PRECISION", FEAT_PRECISION)):
         if p not in _PRECISIONS:
             raise ValueError(f"sea favor encoder: {name}={p!r}, expected one of {_PRECISIONS}")
+    if SCAN_ROWS < 1 or SCAN_ROWS & (SCAN_ROWS - 1):
+        raise ValueError(f"sea favor encoder: SCAN_ROWS={SCAN_ROWS} must be a power of two")
     if CHUNK < 16 or CHUNK & (CHUNK - 1):
         raise ValueError(f"sea favor encoder: CHUNK={CHUNK} must be a power of two >= 16")
     if not favor_encoder_usable(q.device):
@@ -396,9 +402,10 @@ def favor_encoder_forward(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps,
     has_state = state is not None
     S0 = state[0].contiguous() if has_state else states
     Z0 = state[1].contiguous() if has_state else zst
-    _fe_scan_kernel[(2, B * H)](
+    sr = min(BM, SCAN_ROWS)
+    _fe_scan_kernel[(2 * (BM // sr), B * H)](
         states, zst, S0, Z0, S_out if return_state else states, z_out if return_state else zst, m, NG,
-        HAS_STATE=has_state, RET_STATE=return_state, num_warps=4, **common)
+        SR=sr, HAS_STATE=has_state, RET_STATE=return_state, num_warps=4, **common)
     _fe_output_kernel[(NC, B * H)](
         q, k, v, v_id, proj.contiguous(), states, zst, lin_w.contiguous(), lin_b.contiguous(), ln_w.contiguous(),
         ln_b.contiguous(), sc_w.contiguous(), sc_b.contiguous(), z, scales,

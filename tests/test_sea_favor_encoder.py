@@ -28,6 +28,7 @@ TILINGS = {"c16g2": (16, 2, 256), "c16auto": (16, None, 4), "default": (64, None
 @pytest.fixture(autouse=True)
 def _small_tiles(monkeypatch):
     monkeypatch.setattr(fe, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(fe, "SCAN_ROWS", 8)                 # m=33 (64 padded rows): 8 scan programs per half
     _tiling(monkeypatch, "c16g2")
 
 
