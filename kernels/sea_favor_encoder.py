@@ -42,6 +42,17 @@ always fp32 (FEAT_PRECISION); the encoder epilogue is fp32 (PRECISION) and takes
 Under TRITON_INTERPRET=1 on CPU the bf16-rounded operands are multiplied in fp32 (the interpreter's bf16 dots
 are unreliable; the rounding is the same, the products exact).
 
+Expected cost (an estimate, NOT measured) at B=1, H=16, T=65536, d=64, m=33 (BM=64), CHUNK=64, auto GROUP=4
+(1024 chunks, 256 group states per head): 3 launches. DRAM traffic with fp32 q/k/v (268 MB each): phase 1
+reads k, v (+ V_I, 17 MB, shared by the heads) and writes 134 MB of states; phase 2 reads and writes the
+states (268 MB); phase 3 reads q, k, v, V_I and the states and writes z (537 MB) and scales (8 MB) -- about
+2.4 GB in all (~0.6 ms at ~4 TB/s; bf16 q/k/v save ~0.7 GB). The group chunks' k/v re-reads of phase 3 should
+hit L2. Work: ~190 GFLOP (phi_k is recomputed for each of the up to GROUP chunks a program attends; the
+encoder is ~50 GFLOP of it), mostly tf32x3 with fp32 operands, so on an H200 this may well be compute-bound
+(order 1-2 ms) rather than bandwidth-bound; FEAT_PRECISION / PRECISION, GROUP / MAX_CHECKPOINTS and the
+warp counts are the knobs. Today's path writes and re-reads phi_q, phi_k, the [T, 2d] vals, c_perf and the
+division's output in separate launches.
+
 Forward only: favor_encoder_forward refuses when grad is enabled and an input requires grad.
 favor_encoder_ref is the plain PyTorch restatement (float64 when given float64 inputs) used by the tests.
 """

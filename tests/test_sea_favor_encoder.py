@@ -39,9 +39,9 @@ def _tiling(monkeypatch, name):
     monkeypatch.setattr(fe, "MAX_CHECKPOINTS", ckpt)
 
 
-def _estimator(m, d=D, seed=0):
+def _estimator(m, d=D, seed=0, heads=H, max_len=MAX_LEN):
     nbf = NBF[m] if d == D else d * math.log(d) / (m + 0.5)
-    est = Estimator(d=d, H=H, K=16, causal=True, nbf=nbf, max_len=MAX_LEN, seed=seed)
+    est = Estimator(d=d, H=heads, K=16, causal=True, nbf=nbf, max_len=max_len, seed=seed)
     assert est.proj.shape == (m, d)
     gen = torch.Generator().manual_seed(50 + m)
     with torch.no_grad():                                   # LayerNorm affine away from its 1 / 0 init
@@ -248,3 +248,32 @@ def test_refuses_bad_arguments(monkeypatch):
     monkeypatch.setattr(fe, "PRECISION", "tf32")
     with pytest.raises(ValueError, match="PRECISION"):
         call()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("operands", ["fp32", "bf16"])
+def test_cuda_matches_reference_and_sea(monkeypatch, operands):
+    """The real tiles on a GPU (CHUNK=64, 8 chunks per group: 47 chunks in 6 groups, a partial last chunk),
+    d=64, m=33 as SEA's causal estimator at nbf=8: against the float64 reference and against SEA's composition
+    on its Triton Performer path (favor_attention backend=triton, then the torch encoder modules)."""
+    _tiling(monkeypatch, "default")
+    monkeypatch.setattr(fe, "MAX_CHECKPOINTS", 8)
+    monkeypatch.setattr(fe, "SCAN_ROWS", 16)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)   # the torch side in true fp32
+    d, m, T, heads, row0 = 64, 33, 3000, 4, 100
+    est = _estimator(m, d=d, seed=1, heads=heads, max_len=4096).cuda()
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, heads, T, d, generator=gen).cuda() for _ in range(3))   # [1, heads, T, d]
+    out = _run(q, k, v, est, row0=row0, operands=operands, return_state=True)
+    ref = _ref64(q, k, v, est, row0=row0, operands=operands, return_state=True)
+    tol = dict(rel_z=1e-4, rel_s=1e-4, rel_state=1e-5) if operands == "fp32" else \
+        dict(rel_z=2e-2, rel_s=1e-2, rel_state=1e-5)
+    _check_all(out, ref, **tol)
+    with torch.no_grad():
+        vi = est.v_id[row0:row0 + T].expand(1, heads, T, d)                       # [1, heads, T, d]
+        c_perf = favor_attention(q, k, torch.cat([vi, v], dim=-1), est.proj, kernel="relu", causal=True,
+                                 backend="triton", operands=operands)             # [1, heads, T, 2d]
+        z_sea = est.enc(torch.cat([c_perf, v], dim=-1))                          # [1, heads, T, 2d]
+        s_sea = torch.sigmoid(est.scaler(z_sea))                                  # [1, heads, T, 2]
+    _close(out[0], z_sea, tol["rel_z"], "kernel z vs SEA")
+    _close(out[1], s_sea, tol["rel_s"], "kernel scales vs SEA")
