@@ -28,7 +28,8 @@ TILINGS = {"c16g2": (16, 2, 256), "c16auto": (16, None, 4), "default": (64, None
 @pytest.fixture(autouse=True)
 def _small_tiles(monkeypatch):
     monkeypatch.setattr(fe, "POISON_OUTPUTS", True)
-    monkeypatch.setattr(fe, "SCAN_ROWS", 8)                 # m=33 (64 padded rows): 8 scan programs per half
+    monkeypatch.setattr(fe, "SCAN_BLOCK_F", 64)             # several scan programs per head (the key sums: a partial one at m=7)
+    monkeypatch.setattr(fe, "SCAN_STEPS", 2)                # several steps of the scan's chain, a partial last step
     _tiling(monkeypatch, "c16g2")
 
 
@@ -258,7 +259,6 @@ def test_cuda_matches_reference_and_sea(monkeypatch, operands):
     on its Triton Performer path (favor_attention backend=triton, then the torch encoder modules)."""
     _tiling(monkeypatch, "default")
     monkeypatch.setattr(fe, "MAX_CHECKPOINTS", 8)
-    monkeypatch.setattr(fe, "SCAN_ROWS", 16)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)   # the torch side in true fp32
     d, m, T, heads, row0 = 64, 33, 3000, 4, 100
     est = _estimator(m, d=d, seed=1, heads=heads, max_len=4096).cuda()

@@ -55,8 +55,10 @@ class _SEABase(Method):
         Option("performer_backend", "auto", "estimator's Performer pass: auto (causal: Triton prefix-sum kernel on "
                "CUDA, torch on CPU; bidirectional: the fused kernel on CUDA when no gradient is needed and no padding "
                "mask is given, torch matmuls otherwise), torch, or triton (causal: the prefix-sum kernel; bidirectional: the fused "
-               "forward-only kernel, kernels/favor_dense.py)",
-               choices=("auto", "triton", "torch")),
+               "forward-only kernel, kernels/favor_dense.py), or fused (causal, forward-only, no padding mask: relu "
+               "features computed in the kernel, no concatenated values, and the encoder + scaler head in its epilogue, "
+               "kernels/sea_favor_encoder.py; the Performer's output is never written)",
+               choices=("auto", "triton", "torch", "fused")),
         Option("encoder_backend", "auto", "estimator's encoder (Linear, LayerNorm, GELU) and scaler head: torch "
                "(the modules), triton (one fused forward-only kernel, kernels/sea_encoder.py) or auto (the kernel on "
                "CUDA when no gradient is needed, the modules otherwise)", choices=("auto", "torch", "triton")),
@@ -77,7 +79,8 @@ class _SEABase(Method):
                "(0: off), so the intermediates stay a fixed fraction of the sequence at every T"),
         Option("mix_backend", "torch", "sparse attention and mix: torch (the row kernel writes c, then the mix in "
                "tensor ops) or triton (one forward-only kernel mixes as it attends, kernels/sea_sparse_mix.py; calls "
-               "on the row kernel without a gradient or padding mask; not yet timed on a GPU)",
+               "on the row kernel without a gradient or padding mask; on an H200 within noise of torch below 64k, "
+               "1-2 % faster at 64k-256k: results/nvidia-h200/sea-mix/)",
                choices=("torch", "triton")),
         Option("topk_backend", "auto", "grouped top-k: torch (tensor ops), triton (one sort per group in a kernel; "
                "per_query and causal_per_batch without a padding mask, tensor ops otherwise) or auto (the kernel on "
@@ -127,11 +130,21 @@ class _SEABase(Method):
         if problem.causal and r["mode"] in ("per_head", "per_batch"):
             reasons.append(f"mode={r['mode']} ranks across time (future leaks); causal needs per_query or "
                            "causal_per_batch")
-        wants_triton = [key for key in ("backend", "topk_backend", "interp_backend", "performer_backend",
-                                        "encoder_backend", "decoder_backend", "mix_backend") if cfg[key] == "triton"]
+        wants_triton = [f"{key}={cfg[key]}" for key in ("backend", "topk_backend", "interp_backend",
+                                                        "performer_backend", "encoder_backend", "decoder_backend",
+                                                        "mix_backend") if cfg[key] in ("triton", "fused")]
         if wants_triton and problem.device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            reasons.append(f"{', '.join(f'{key}=triton' for key in wants_triton)} needs a CUDA device (or "
-                           f"TRITON_INTERPRET=1 on the CPU); device={problem.device}")
+            reasons.append(f"{', '.join(wants_triton)} needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); "
+                           f"device={problem.device}")
+        if cfg["performer_backend"] == "fused" and not problem.causal:
+            reasons.append("performer_backend=fused is the causal Performer + encoder kernel; bidirectional calls "
+                           "take performer_backend=auto or triton (kernels/favor_dense.py)")
+        if cfg["performer_backend"] == "fused" and problem.backward:
+            reasons.append("performer_backend=fused is a forward-only kernel; forward+backward needs "
+                           "performer_backend=auto or torch")
+        if cfg["performer_backend"] == "fused" and problem.padding:
+            reasons.append("performer_backend=fused has no padding mask; padded calls need performer_backend=auto "
+                           "or torch")
         if cfg["performer_backend"] == "triton" and not problem.causal and problem.backward:
             reasons.append("performer_backend=triton is the fused forward-only Performer kernel for bidirectional "
                            "calls; forward+backward needs performer_backend=auto or torch")

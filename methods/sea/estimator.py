@@ -158,6 +158,9 @@ class Estimator(nn.Module):
             raise ValueError("decoder_backend=triton is the fused causal decoder in fp32 (kernels/sea_decoder.py); "
                              f"got causal={causal}, estimator dtype {dec_dtype}")
         self.decoder_backend = decoder_backend
+        if performer_backend == "fused" and not causal:
+            raise ValueError("performer_backend=fused is the causal Performer + encoder kernel "
+                             "(kernels/sea_favor_encoder.py); this estimator is bidirectional")
         self.last_encoder = self.last_decoder = "not-run"
         if compile not in COMPILE_MODES:
             raise ValueError(f"estimator compile {compile!r}: expected one of {COMPILE_MODES}")
@@ -221,7 +224,8 @@ class Estimator(nn.Module):
     def stage_profile(self, q, k, v, *, timer) -> dict:
         """{part: ms} of one no-padding forward (q, k, v [B, H, T, d], k/v already repeated to H heads):
         inputs (fp32 casts, V_I / identity values), performer (FAVOR+ features + prefix sums), encoder,
-        decoder (the CNN, in dec_dtype), scaler. Each part runs on the previous parts' outputs."""
+        decoder (the CNN, in dec_dtype), scaler. Each part runs on the previous parts' outputs. With
+        performer_backend=fused, 'performer' is the one kernel that also does the casts, the encoder and the scaler."""
         B, H, T, d = q.shape
 
         def inputs():
@@ -230,6 +234,11 @@ class Estimator(nn.Module):
                   else identity_values(None, B, T, d, q.device)[:, None].expand(B, H, T, d))
             return qf, kf, vf, torch.cat([vi, vf], dim=-1)               # vals [B, H, T, 2d]
 
+        if self.performer_backend == "fused":                            # Performer + encoder: one kernel
+            front = lambda: self.fused_front(q, k, v, valid=None, row0=0, state=None, want_state=False)  # noqa: E731
+            z, _, _ = front()
+            return dict(inputs=0.0, performer=timer(front), encoder=0.0, decoder=timer(lambda: self.decode(z)),
+                        scaler=0.0)
         qf, kf, vf, vals = inputs()
         perf = lambda: favor_attention(qf, kf, vals, self.proj, kernel=self.kernel, causal=self.causal,  # noqa: E731
                                        backend=self.performer_backend, operands=self.performer_dtype)
@@ -259,6 +268,29 @@ class Estimator(nn.Module):
         return kernel_call(c_perf, v, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, self.scaler.weight,
                            self.scaler.bias)
 
+    def fused_front(self, q, k, v, *, valid, row0: int, state, want_state: bool):
+        """performer_backend=fused (causal): z [B, H, T, 2d], scales [B, H, T, 2] and (when want_state) the Performer
+        state after the last row, from kernels/sea_favor_encoder.py (relu features, causal linear attention over
+        [V_I ; v], encoder and scaler head in one forward-only pass). Refused in words where it cannot serve."""
+        from kernels.sea_favor_encoder import favor_encoder_forward
+
+        if not self.causal:
+            raise RuntimeError("sea performer_backend=fused is the causal Performer + encoder kernel; this estimator "
+                               "is bidirectional")
+        if valid is not None:
+            raise RuntimeError("sea performer_backend=fused has no padding mask: use performer_backend=auto or torch")
+        lin, ln = self.enc[0], self.enc[1]
+        weights = (self.v_id, self.proj, lin.weight, lin.bias, ln.weight, ln.bias, self.scaler.weight, self.scaler.bias)
+        if needs_grad(q, k, v, *weights):
+            raise RuntimeError("sea performer_backend=fused is a forward-only kernel and this call needs gradients "
+                               "(training, or forward+backward): use performer_backend=auto or torch")
+        self.last_performer = self.last_encoder = "fused"
+        kernel_call = torch.compiler.disable(favor_encoder_forward)      # compile="estimator": not traced
+        out = kernel_call(q, k, v, self.v_id, self.proj, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps,
+                          self.scaler.weight, self.scaler.bias, row0=row0, state=state,
+                          operands=self.performer_dtype, return_state=want_state)
+        return (out[0], out[1], out[2]) if want_state else (out[0], out[1], None)
+
     def forward(self, q, k, v, *, valid: torch.Tensor | None):
         """q, k, v [B, H, T, d] (any float dtype) -> logits [B, H, T, K], s_prob, s_mix [B, H, T, 1] (fp32).
         compile="estimator": the tensor operations (casts, features, encoder, decoder, scaler) run through
@@ -287,24 +319,29 @@ class Estimator(nn.Module):
         if row0 + Tc > self.v_id.shape[0]:
             raise ValueError(f"sequence length {row0 + Tc} exceeds sea max_len={self.v_id.shape[0]}")
         vi = self.v_id[row0:row0 + Tc].expand(B, H, Tc, d)               # [B, H, Tc, d]
-        return self._run(q, k, v, vi, None, {} if carry is None else carry)
+        return self._run(q, k, v, vi, None, {} if carry is None else carry, row0)
 
     @property
     def decoder_halo(self) -> int:
         """Rows before t that the causal decoder's output at t depends on (time reach of its convolutions)."""
         return sum(c.dilation[0] * (c.kernel_size[0] // 2) for c in (self.dec.conv1, self.dec.conv2, self.dec.conv3))
 
-    def _run(self, q, k, v, vi, valid, carry):
+    def _run(self, q, k, v, vi, valid, carry, row0=0):
         if self.compile == "none":
-            return self._forward(q, k, v, vi, valid=valid, carry=carry)
+            return self._forward(q, k, v, vi, valid=valid, carry=carry, row0=row0)
         if self._compiled is None:
             self._compiled = compiled(self._forward)
-        return self._compiled(q, k, v, vi, valid=valid, carry=carry)
+        return self._compiled(q, k, v, vi, valid=valid, carry=carry, row0=row0)
 
-    def _forward(self, q, k, v, vi, *, valid: torch.Tensor | None, carry: dict | None):
+    def _forward(self, q, k, v, vi, *, valid: torch.Tensor | None, carry: dict | None, row0: int = 0):
         """vi: the V_I rows (causal) or identity values (bidirectional) [B, H, T, d]. carry: None for a whole
         sequence; a dict (or {} for a first block) in the block form (forward_block). Returns (logits, s_prob,
         s_mix, next carry or None)."""
+        if self.performer_backend == "fused":                            # Performer + encoder in one kernel
+            z, scales, state = self.fused_front(q, k, v, valid=valid, row0=row0,
+                                                state=None if carry is None else carry.get("state"),
+                                                want_state=carry is not None)
+            return self._finish(z, scales, carry, state)
         q, k, v = q.float(), k.float(), v.float()
         if valid is not None:
             v = v * valid[:, None, :, None]
@@ -326,6 +363,11 @@ class Estimator(nn.Module):
             # "detached": gradients reaching s_prob / s_mix (the layer output, hidden states, logits) train the
             # scaler head only; the encoder and decoder then learn from the estimate's own terms
             scales = torch.sigmoid(self.scaler(z.detach() if self.scaler_input == "detached" else z))  # [B, H, T, 2]
+        return self._finish(z, scales, carry, None if carry is None else state)
+
+    def _finish(self, z, scales, carry, state):
+        """The decoder on the encoder output z [B, H, T, 2d]: (logits, s_prob, s_mix, next carry or None); in the
+        block form the carried tail rows go before the block's rows and the new tail and Performer state are carried."""
         if carry is None:
             return self.decode(z), scales[..., 0:1], scales[..., 1:2], None
         tail = carry.get("tail")                                         # [B, H, <= halo, 2d] rows before the block
