@@ -416,12 +416,21 @@ SCAN_BLOCK_F = 256        # scan: state values per program
 SCAN_STEPS = 8            # scan: groups per step of its dependent chain
 
 
-def _auto_group(n_chunks: int) -> int:
-    """Chunks per group: the smallest power of two keeping cdiv(n_chunks, group) <= MAX_CHECKPOINTS."""
+def _auto_group(n_chunks: int, max_checkpoints: int | None = None) -> int:
+    """Chunks per group: the smallest power of two keeping cdiv(n_chunks, group) <= max_checkpoints
+    (MAX_CHECKPOINTS when None)."""
+    cap = MAX_CHECKPOINTS if max_checkpoints is None else max_checkpoints
     g = 1
-    while -(-n_chunks // g) > MAX_CHECKPOINTS:
+    while -(-n_chunks // g) > cap:
         g *= 2
     return g
+
+
+def group_for(T: int, chunk: int, max_checkpoints: int) -> int:
+    """The `group` of causal_linear_attention that keeps at most max_checkpoints stored states per head at length T:
+    a caller trading state memory (max_checkpoints x M x E x 4 bytes per head) for less quadratic work inside each
+    group (each chunk attends up to group - 1 earlier chunks directly)."""
+    return _auto_group(triton_cdiv(T, chunk), max_checkpoints)
 
 
 def _triton_pass_parallel(q, k, v, *, reverse: bool, with_den: bool, chunk: int, tf32: bool,

@@ -19,6 +19,14 @@ import math
 import torch
 
 
+# Stored prefix states per head of the causal Triton kernel (kernels/linear_attention.py's parallel form): 1024 x m x 2d
+# fp32 (17 MiB per head at m = 33, d = 64). Above 1024 chunks of 64 rows (T > 64k) the chunks are grouped, and each
+# attends up to group - 1 earlier chunks of its group directly: the kernel's default cap of 256 states made that 16
+# chunks at T = 256k (in the fused Performer + encoder kernel, which has the same structure, that output kernel was 26
+# of SEA's 58 ms at 256k on an H200: results/nvidia-h200/sea-fused/).
+CAUSAL_CHECKPOINTS = 1024
+
+
 def orthogonal_random_features(m: int, d: int, generator: torch.Generator) -> torch.Tensor:
     """[m, d] projection: stacked blocks of random orthogonal rows, each row rescaled to the norm of a
     Gaussian vector (Performer's 'scaling=0' ORF)."""
@@ -169,11 +177,12 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
         else:                                                            # torch prefix sums: rounded operands
             phi_q, phi_k, v = (x.to(torch.bfloat16).float() for x in (phi_q, phi_k, v))
     if path == "triton":
-        from kernels.linear_attention import causal_linear_attention
+        from kernels.linear_attention import causal_linear_attention, group_for
 
         kernel_call = torch.compiler.disable(causal_linear_attention)         # compile="estimator": not traced
         num, den = kernel_call(phi_q.contiguous(), phi_k.contiguous(), v.contiguous(), chunk=64,
-                               backend="triton", tf32=False)      # fp32 [B, H, T, Dv], [B, H, T]
+                               backend="triton", tf32=False,
+                               group=group_for(q.shape[2], 64, CAUSAL_CHECKPOINTS))   # fp32 [B, H, T, Dv], [B, H, T]
         return num / (den[..., None] + eps)
     return linear_attention(phi_q, phi_k, v, causal=causal, chunk=chunk, eps=eps)
 
@@ -192,7 +201,7 @@ def favor_causal_carry(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: 
     the two agree to bf16 rounding, not bit for bit)."""
     if operands not in ("fp32", "bf16"):
         raise ValueError(f"performer operands {operands!r}: expected fp32 or bf16")
-    from kernels.linear_attention import causal_linear_attention
+    from kernels.linear_attention import causal_linear_attention, group_for
 
     which = performer_backend(q, True, backend)                          # triton on CUDA (auto), else torch
     q, k, v = q.float(), k.float(), v.float()
@@ -201,7 +210,7 @@ def favor_causal_carry(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: 
         phi_q, phi_k, v = (x.to(torch.bfloat16) for x in (phi_q, phi_k, v))
     kernel_call = torch.compiler.disable(causal_linear_attention)         # compile="estimator": not traced
     num, den = kernel_call(phi_q.contiguous(), phi_k.contiguous(), v.contiguous(), chunk=64, backend=which,
-                           tf32=False)                                  # fp32 [B, H, Tc, Dv], [B, H, Tc]
+                           tf32=False, group=group_for(q.shape[2], 64, CAUSAL_CHECKPOINTS))   # fp32 [B, H, Tc, Dv], [B, H, Tc]
     pq, pk, vf = phi_q.float(), phi_k.float(), v.float()
     if state is not None:
         S, zs = state
