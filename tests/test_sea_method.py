@@ -145,13 +145,27 @@ def test_half_precision_inputs(dtype):
     assert (out.float() - ref).abs().max() < 0.05
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_inputs_rejected(bad):
     m = build("sea", causal=True, k=3, K=16)
     q, k, v = qkv(8)
     v[1, 0, 5, 2] = bad
     with pytest.raises(ValueError, match="non-finite"):
         m(q, k, v, causal=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_all_finite_matches_isfinite(dtype):
+    from methods.sea.layer import all_finite
+
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(3, 5, 7, generator=g) * 100).to(dtype)
+    assert all_finite(x).item() and all_finite(x[:, :0]).item()       # empty: nothing non-finite
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for where in ((0, 0, 0), (2, 4, 6), (1, 2, 3)):
+            y = x.clone()
+            y[where] = bad
+            assert all_finite(y).item() is False and torch.isfinite(y).all().item() is False
 
 
 def test_options_defaults_and_refusals():

@@ -18,13 +18,23 @@ from methods.sea.interp import (active_tiles, cell_bounds, csr_counts, csr_to_de
 from methods.sea.topk import select_topk, selection_caps, topk_path
 
 
+def all_finite(t: torch.Tensor) -> torch.Tensor:
+    """bool scalar tensor: no NaN or Inf in t. The smallest and largest value are finite exactly when every value is
+    (aminmax propagates NaN): one read of t and no temporaries, where isfinite(t).all() ran three passes and a
+    bool tensor of t's size (2.9 of SEA's 58 ms at T = 256k on an H200 for q, k and v)."""
+    if t.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=t.device)
+    lo, hi = torch.aminmax(t)
+    return torch.isfinite(lo) & torch.isfinite(hi)
+
+
 def check_finite(**tensors: torch.Tensor) -> None:
     """One host sync for all tensors together; names the culprit only when something is wrong."""
-    flags = [torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()]
+    flags = [all_finite(t) for t in tensors.values() if t.is_floating_point()]
     if not flags or bool(torch.stack(flags).all()):
         return
     for name, t in tensors.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if t.is_floating_point() and not bool(all_finite(t)):
             raise ValueError(f"sea: {name} contains non-finite values (NaN or Inf); refusing to attend")
 
 
@@ -404,7 +414,7 @@ class SEAAttention(AttentionModule):
             e = min(T, s + rows)
             qb, kb, vb = q[:, :, s:e], kr[:, :, s:e], vr[:, :, s:e]      # [B, H, Tc, D]
             if check:
-                finite.append(torch.stack([torch.isfinite(x).all() for x in (qb, kb, vb)]))   # [3]
+                finite.append(torch.stack([all_finite(x) for x in (qb, kb, vb)]))   # [3]
             logits, s_prob, s_mix, carry = self.estimator.forward_block(qb, kb, vb, row0=s, carry=carry)
             a_hat = torch.softmax(logits, dim=-1)                        # [B, H, Tc, K]
             if self.force_s_prob >= 0:                                   # forced scalers, as stage_estimator does
