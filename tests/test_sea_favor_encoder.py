@@ -268,6 +268,9 @@ def test_cuda_matches_reference_and_sea(monkeypatch, operands):
     ref = _ref64(q, k, v, est, row0=row0, operands=operands, return_state=True)
     tol = dict(rel_z=1e-4, rel_s=1e-4, rel_state=1e-5) if operands == "fp32" else \
         dict(rel_z=2e-2, rel_s=1e-2, rel_state=1e-5)
+    for name, got, want in zip(("z", "scales", "state S", "state z"), (out[0], out[1], *out[2]), (ref[0], ref[1], *ref[2])):
+        scale = max(1.0, want.abs().max().item())                 # printed first: every error, before any check fails
+        print(f"{operands} {name}: max abs err {(got.double() - want.double()).abs().max().item():.3g} (scale {scale:.3g})")
     _check_all(out, ref, **tol)
     with torch.no_grad():
         vi = est.v_id[row0:row0 + T].expand(1, heads, T, d)                       # [1, heads, T, d]

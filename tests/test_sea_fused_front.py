@@ -143,3 +143,33 @@ def test_refusals():
         fused(q, k, v, valid=None)
     with torch.no_grad(), pytest.raises(RuntimeError, match="padding"):
         fused(q, k, v, valid=torch.ones(B, T, dtype=torch.bool))
+
+
+def test_compiled_estimator_blocks_do_not_recompile_per_block(monkeypatch):
+    """compile=estimator with query blocks: every block of one shape reuses one compiled graph (the block's first row
+    must not reach the compiled function as a Python int, which dynamo specialises on: 64 blocks hit the recompile
+    limit on an H200 before this was fixed). The limit is lowered so that a per-block recompile fails here."""
+    import torch._dynamo
+
+    import methods.sea.estimator as est_mod
+
+    monkeypatch.setattr(est_mod, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(est_mod, "RECOMPILE_LIMIT", 4)
+    torch._dynamo.reset()
+    M, cfg, prob = build(performer_backend="fused", backend="torch", compile="estimator", query_chunk=8)
+    blocks = M.build(cfg, prob, seed=4)
+    g = torch.Generator().manual_seed(11)
+    norm = blocks.estimator.dec.norm_out            # untie the decoder's repeated columns (torch.topk ties)
+    with torch.no_grad():
+        norm.weight.copy_(0.5 + torch.rand(norm.weight.shape, generator=g))
+        norm.bias.copy_(torch.rand(norm.bias.shape, generator=g))
+    M2, cfg2, _ = build(performer_backend="fused", backend="torch")
+    whole = M2.build(cfg2, prob, seed=4)
+    whole.load_state_dict(blocks.state_dict())
+    q, k, v = _qkv(9)                                  # T = 45: 6 blocks of 8 rows and one of 5
+    with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=4):
+        got = blocks(q, k, v, causal=True)
+    with torch.no_grad():
+        want = whole(q, k, v, causal=True)
+    assert "query_blocks=6x8" in blocks.impl and "performer=fused" in blocks.impl and "compile=estimator" in blocks.impl
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

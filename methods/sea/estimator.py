@@ -235,7 +235,8 @@ class Estimator(nn.Module):
             return qf, kf, vf, torch.cat([vi, vf], dim=-1)               # vals [B, H, T, 2d]
 
         if self.performer_backend == "fused":                            # Performer + encoder: one kernel
-            front = lambda: self.fused_front(q, k, v, valid=None, row0=0, state=None, want_state=False)  # noqa: E731
+            front = lambda: self.fused_front(q, k, v, valid=None, vid_rows=self.v_id[:T],  # noqa: E731
+                                             state=None, want_state=False)
             z, _, _ = front()
             return dict(inputs=0.0, performer=timer(front), encoder=0.0, decoder=timer(lambda: self.decode(z)),
                         scaler=0.0)
@@ -268,9 +269,9 @@ class Estimator(nn.Module):
         return kernel_call(c_perf, v, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, self.scaler.weight,
                            self.scaler.bias)
 
-    def fused_front(self, q, k, v, *, valid, row0: int, state, want_state: bool):
+    def fused_front(self, q, k, v, *, valid, vid_rows: torch.Tensor, state, want_state: bool):
         """performer_backend=fused (causal): z [B, H, T, 2d], scales [B, H, T, 2] and (when want_state) the Performer
-        state after the last row, from kernels/sea_favor_encoder.py (relu features, causal linear attention over
+        state after the last row (vid_rows [T, d]: the call's V_I rows), from kernels/sea_favor_encoder.py (relu features, causal linear attention over
         [V_I ; v], encoder and scaler head in one forward-only pass). Refused in words where it cannot serve."""
         from kernels.sea_favor_encoder import favor_encoder_forward
 
@@ -286,8 +287,8 @@ class Estimator(nn.Module):
                                "(training, or forward+backward): use performer_backend=auto or torch")
         self.last_performer = self.last_encoder = "fused"
         kernel_call = torch.compiler.disable(favor_encoder_forward)      # compile="estimator": not traced
-        out = kernel_call(q, k, v, self.v_id, self.proj, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps,
-                          self.scaler.weight, self.scaler.bias, row0=row0, state=state,
+        out = kernel_call(q, k, v, vid_rows, self.proj, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps,
+                          self.scaler.weight, self.scaler.bias, row0=0, state=state,
                           operands=self.performer_dtype, return_state=want_state)
         return (out[0], out[1], out[2]) if want_state else (out[0], out[1], None)
 
@@ -319,26 +320,28 @@ class Estimator(nn.Module):
         if row0 + Tc > self.v_id.shape[0]:
             raise ValueError(f"sequence length {row0 + Tc} exceeds sea max_len={self.v_id.shape[0]}")
         vi = self.v_id[row0:row0 + Tc].expand(B, H, Tc, d)               # [B, H, Tc, d]
-        return self._run(q, k, v, vi, None, {} if carry is None else carry, row0)
+        return self._run(q, k, v, vi, None, {} if carry is None else carry)
 
     @property
     def decoder_halo(self) -> int:
         """Rows before t that the causal decoder's output at t depends on (time reach of its convolutions)."""
         return sum(c.dilation[0] * (c.kernel_size[0] // 2) for c in (self.dec.conv1, self.dec.conv2, self.dec.conv3))
 
-    def _run(self, q, k, v, vi, valid, carry, row0=0):
+    def _run(self, q, k, v, vi, valid, carry):
         if self.compile == "none":
-            return self._forward(q, k, v, vi, valid=valid, carry=carry, row0=row0)
+            return self._forward(q, k, v, vi, valid=valid, carry=carry)
         if self._compiled is None:
             self._compiled = compiled(self._forward)
-        return self._compiled(q, k, v, vi, valid=valid, carry=carry, row0=row0)
+        return self._compiled(q, k, v, vi, valid=valid, carry=carry)
 
-    def _forward(self, q, k, v, vi, *, valid: torch.Tensor | None, carry: dict | None, row0: int = 0):
+    def _forward(self, q, k, v, vi, *, valid: torch.Tensor | None, carry: dict | None):
         """vi: the V_I rows (causal) or identity values (bidirectional) [B, H, T, d]. carry: None for a whole
         sequence; a dict (or {} for a first block) in the block form (forward_block). Returns (logits, s_prob,
         s_mix, next carry or None)."""
         if self.performer_backend == "fused":                            # Performer + encoder in one kernel
-            z, scales, state = self.fused_front(q, k, v, valid=valid, row0=row0,
+            # the V_I rows of this call as a [T, d] view of v_id (vi is that view expanded): the block's first row
+            # is not passed as an int, which would make compile="estimator" recompile for every query block
+            z, scales, state = self.fused_front(q, k, v, valid=valid, vid_rows=vi[0, 0],
                                                 state=None if carry is None else carry.get("state"),
                                                 want_state=carry is not None)
             return self._finish(z, scales, carry, state)
