@@ -266,8 +266,11 @@ def test_cuda_matches_reference_and_sea(monkeypatch, operands):
     q, k, v = (torch.randn(1, heads, T, d, generator=gen).cuda() for _ in range(3))   # [1, heads, T, d]
     out = _run(q, k, v, est, row0=row0, operands=operands, return_state=True)
     ref = _ref64(q, k, v, est, row0=row0, operands=operands, return_state=True)
+    # bf16 state: 1.5e-5 measured on an H200 (results/nvidia-h200/sea-vs-dense-2/gpu-tests-fused.txt), against a
+    # first guess of 1e-5: the GPU's tf32x3 feature projection lands some features on the other side of a bf16
+    # rounding boundary than the float64 reference does (one bf16 ulp, 2^-8 relative, each); fp32 state 6.4e-7
     tol = dict(rel_z=1e-4, rel_s=1e-4, rel_state=1e-5) if operands == "fp32" else \
-        dict(rel_z=2e-2, rel_s=1e-2, rel_state=1e-5)
+        dict(rel_z=2e-2, rel_s=1e-2, rel_state=1e-4)
     for name, got, want in zip(("z", "scales", "state S", "state z"), (out[0], out[1], *out[2]), (ref[0], ref[1], *ref[2])):
         scale = max(1.0, want.abs().max().item())                 # printed first: every error, before any check fails
         print(f"{operands} {name}: max abs err {(got.double() - want.double()).abs().max().item():.3g} (scale {scale:.3g})")
