@@ -21,9 +21,11 @@ def label(row: dict) -> str:
     c = row.get("config") or {}
     if row["method"] != "sea":
         return f"{row['method']}[{c['backend']}]" if "backend" in c else row["method"]
-    keys = ("performer_dtype", "compile", "query_blocks", "query_chunk")
-    defaults = {"performer_dtype": "fp32", "compile": "none", "query_blocks": 0, "query_chunk": 0}
-    short = {"performer_dtype": "perf", "compile": "compile", "query_blocks": "blocks", "query_chunk": "chunk"}
+    keys = ("performer_dtype", "performer_backend", "mix_backend", "compile", "query_blocks", "query_chunk")
+    defaults = {"performer_dtype": "fp32", "performer_backend": "auto", "mix_backend": "torch", "compile": "none",
+                "query_blocks": 0, "query_chunk": 0}
+    short = {"performer_dtype": "perf", "performer_backend": "front", "mix_backend": "mix", "compile": "compile",
+             "query_blocks": "blocks", "query_chunk": "chunk"}
     diff = [f"{short[k]}={c[k]}" for k in keys if k in c and c[k] != defaults[k]]
     return "sea" + (f"[{','.join(diff)}]" if diff else "")
 
