@@ -218,6 +218,8 @@ def causal_mix(c, v, s_prob, s_mix, *, out_dtype, row0: int = 0, v_sum0=None, wa
             v_sum = v_sum + v.float().sum(2)
         return _result(out, c_avg, v_sum, want_c_avg, want_v_sum)
     BH = B * H
+    if BH > 65535:
+        raise ValueError(f"causal_mix: B * H = {BH} programs on the grid's second axis (at most 65535)")
     NC = -(-T // CHUNK)
     pre = fresh((BH, NC + 1, D), torch.float32, dev, poison=POISON_OUTPUTS)   # [BH, NC + 1, D]
     if v_sum0 is None:

@@ -193,6 +193,9 @@ def test_refuses_bad_arguments(monkeypatch):
         kw.update(change)
         with pytest.raises(ValueError, match=words):
             causal_mix(kw.pop("c"), kw.pop("v"), kw.pop("s_prob"), kw.pop("s_mix"), **kw)
+    big = torch.zeros(1, 65536, 1, 1)                                     # B * H past the grid's second axis
+    with pytest.raises(ValueError, match="at most 65535"):
+        causal_mix(big, big, big, big, out_dtype=torch.float32)
     monkeypatch.setattr(scm, "CHUNK", 24)
     with pytest.raises(ValueError, match="CHUNK=24 must be a power of two"):
         causal_mix(c, v, sp, sm, out_dtype=torch.float32)
