@@ -86,7 +86,7 @@ def test_reference_is_the_formula():
     torch.testing.assert_close(v_sum, run, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_matches_sea_torch_path(dtype):
     """Against SEA's stage_mix itself (T=130 > 64: its chunked_cumsum chunks), out in the layer's dtype (q's)."""
     T, D = 130, 24
