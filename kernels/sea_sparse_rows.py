@@ -78,11 +78,17 @@ except ImportError:  # pragma: no cover - triton missing: nothing here can run
     triton = None
     tl = None
 
-# Query rows (consecutive t of one (b, h)) per program; a power of two. Tests shrink it.
+# Query rows (consecutive t of one (b, h)) per program; a power of two >= 16 (the M of the tl.dot tiles).
 ROWS_PER_PROGRAM = 16
-# Keys per row per loop step (the middle axis of the [ROWS, KB, BLOCK_D] gather tiles); a power of two.
-KEYS_PER_STEP = 4
+# CSR entries (keys of the block's rows, consecutive in col) per loop step; a power of two >= 16 (the N of the
+# score tile and the K of the p v product).
+ENTRIES_PER_STEP = 64
 NUM_WARPS = 4
+# (b, h) whose time blocks are interleaved (time-block major inside a group of HEAD_GROUP (b, h), groups one after
+# the other). None: the largest divisor of B*H whose groups' k and v (2 Tk D bytes-per-element each) fit in
+# HEAD_GROUP_L2_BYTES, so the gathers of the resident programs hit L2. Tests force it.
+HEAD_GROUP = None
+HEAD_GROUP_L2_BYTES = 32 << 20
 # Tests set this to True: fresh outputs (out, lse) are then filled with NaN so a skipped write fails.
 POISON_OUTPUTS = False
 
@@ -92,50 +98,83 @@ _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 if triton is not None:
 
     @triton.jit
+    def _split3_dot(p, vt, acc, EMU: tl.constexpr):
+        """acc + p @ vt for p fp32 [M, N] and vt 16-bit [N, D] on tensor cores at fp32 accuracy: p = p1 + p2 + p3
+        in vt's dtype (each piece takes the next 8 (bf16) or 11 (fp16) significant bits; the remainder past
+        three pieces is below 2^-24 p), every product piece * v is exact in fp32, the sums fp32. EMU (Triton's
+        interpreter, whose bf16 tl.dot is wrong): the same pieces as fp32 values, fp32 dots (same products)."""
+        p1 = p.to(vt.dtype)
+        r1 = p - p1.to(tl.float32)
+        p2 = r1.to(vt.dtype)
+        p3 = (r1 - p2.to(tl.float32)).to(vt.dtype)
+        if EMU:
+            v32 = vt.to(tl.float32)
+            acc = tl.dot(p1.to(tl.float32), v32, acc, input_precision="ieee")
+            acc = tl.dot(p2.to(tl.float32), v32, acc, input_precision="ieee")
+            return tl.dot(p3.to(tl.float32), v32, acc, input_precision="ieee")
+        acc = tl.dot(p1, vt, acc)
+        acc = tl.dot(p2, vt, acc)
+        return tl.dot(p3, vt, acc)
+
+    @triton.jit
     def _rows_fwd_kernel(Q, K, V, ROWPTR, COL, O, LSE, scale,
                          sqb, sqh, sqt, skb, skh, skt, sob, soh, sot,
-                         BH, H, T, D, GROUP,
-                         ROWS: tl.constexpr, KB: tl.constexpr, BLOCK_D: tl.constexpr, WANT_LSE: tl.constexpr):
-        # Time-block major: program pid handles time block pid // BH of (b, h) = pid % BH.
+                         H, T, D, GROUP, NTB, HG,
+                         ROWS: tl.constexpr, NE: tl.constexpr, BLOCK_D: tl.constexpr, WANT_LSE: tl.constexpr,
+                         FP32: tl.constexpr, EMU: tl.constexpr):
+        # Program order: groups of HG (b, h) one after the other; inside a group time-block major (block 0 of
+        # every (b, h) of the group, then block 1, ...).
         pid = tl.program_id(0).to(tl.int64)
-        bh = pid % BH
+        grp = pid // (HG * NTB)
+        rem = pid % (HG * NTB)
+        tb = rem // HG
+        bh = grp * HG + rem % HG
         b = bh // H
         h = bh % H
         hk = h // GROUP
-        t = (pid // BH) * ROWS + tl.arange(0, ROWS)                      # [ROWS] int64 time steps
+        t0 = tb * ROWS
+        t = t0 + tl.arange(0, ROWS)                                      # [ROWS] int64 time steps
         rmask = t < T
         row = bh * T + t                                                 # [ROWS] CSR rows (b, h, t)
-        beg = tl.load(ROWPTR + row, mask=rmask, other=0)                 # [ROWS] int64
+        beg = tl.load(ROWPTR + row, mask=rmask, other=0)                 # [ROWS] int64 (rows past T: [0, 0))
         end = tl.load(ROWPTR + row + 1, mask=rmask, other=0)
-        cnt = (end - beg).to(tl.int32)                                   # [ROWS] keys per row (0: empty / past T)
+        # the block's entries are consecutive in col: [row_ptr[first row], row_ptr[last row + 1])
+        e_lo = tl.load(ROWPTR + bh * T + t0)
+        e_hi = tl.load(ROWPTR + bh * T + tl.minimum(t0 + ROWS, T))
         offs_d = tl.arange(0, BLOCK_D)
         dmask = offs_d < D
         qmask = rmask[:, None] & dmask[None, :]                          # [ROWS, BLOCK_D]
-        q = tl.load(Q + b * sqb + h * sqh + t[:, None] * sqt + offs_d[None, :], mask=qmask,
-                    other=0.0).to(tl.float32)                            # [ROWS, BLOCK_D]
+        q = tl.load(Q + b * sqb + h * sqh + t[:, None] * sqt + offs_d[None, :], mask=qmask, other=0.0)
         kbase = K + b * skb + hk * skh
         vbase = V + b * skb + hk * skh
-        offs_j = tl.arange(0, KB)
-        d3 = offs_d[None, None, :]                                       # [1, 1, BLOCK_D]
-        dmask3 = dmask[None, None, :]
+        offs_e = tl.arange(0, NE)
         m_i = tl.full([ROWS], -1.0e30, tl.float32)
         l_i = tl.zeros([ROWS], dtype=tl.float32)
         acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-        for i in range(0, tl.max(cnt, 0), KB):
-            jj = i + offs_j                                              # [KB] list index inside each row
-            live = jj[None, :] < cnt[:, None]                            # [ROWS, KB]
-            kid = tl.load(COL + beg[:, None] + jj[None, :], mask=live, other=0).to(tl.int64)   # [ROWS, KB]
-            m3 = live[:, :, None] & dmask3                               # [ROWS, KB, BLOCK_D]
-            ptr = kid[:, :, None] * skt + d3                             # [ROWS, KB, BLOCK_D]
-            kt = tl.load(kbase + ptr, mask=m3, other=0.0).to(tl.float32)
-            vt = tl.load(vbase + ptr, mask=m3, other=0.0).to(tl.float32)
-            s = tl.sum(kt * q[:, None, :], axis=2) * scale               # [ROWS, KB]
-            s = tl.where(live, s, float("-inf"))
+        for e0 in range(e_lo, e_hi, NE):
+            e = e0 + offs_e                                              # [NE] int64 entries
+            emask = e < e_hi
+            kid = tl.load(COL + e, mask=emask, other=0).to(tl.int64)     # [NE] key positions (coalesced)
+            kvm = emask[:, None] & dmask[None, :]                        # [NE, BLOCK_D]
+            ptr = kid[:, None] * skt + offs_d[None, :]
+            kt = tl.load(kbase + ptr, mask=kvm, other=0.0)               # [NE, BLOCK_D] gathered key rows
+            vt = tl.load(vbase + ptr, mask=kvm, other=0.0)               # [NE, BLOCK_D] gathered value rows
+            member = (e[None, :] >= beg[:, None]) & (e[None, :] < end[:, None])   # [ROWS, NE] entry of row?
+            if FP32:
+                s = tl.dot(q, tl.trans(kt), input_precision="ieee")       # [ROWS, NE] fp32 products and sums
+            elif EMU:                                                    # interpreter: exact products, fp32 sums
+                s = tl.dot(q.to(tl.float32), tl.trans(kt.to(tl.float32)), input_precision="ieee")
+            else:
+                s = tl.dot(q, tl.trans(kt))                               # 16-bit products are exact in fp32
+            s = tl.where(member, s * scale, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))                   # [ROWS]
             alpha = tl.exp(m_i - m_new)
-            p = tl.exp(s - m_new[:, None])                               # [ROWS, KB] (0 on dead lanes)
+            p = tl.exp(s - m_new[:, None])                               # [ROWS, NE] (0 off the row's entries)
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * vt, axis=1)   # [ROWS, BLOCK_D]
+            if FP32:
+                acc = tl.dot(p, vt, acc * alpha[:, None], input_precision="ieee")
+            else:
+                acc = _split3_dot(p, vt, acc * alpha[:, None], EMU)      # [ROWS, BLOCK_D]
             m_i = m_new
         safe_l = tl.where(l_i > 0, l_i, 1.0)
         out = acc / safe_l[:, None]
@@ -143,6 +182,18 @@ if triton is not None:
         if WANT_LSE:
             lse = tl.where(l_i > 0, m_i + tl.log(safe_l), float("inf"))
             tl.store(LSE + row, lse, mask=rmask)
+
+
+def head_group(BH: int, Tk: int, D: int, elem_bytes: int) -> int:
+    """(b, h) per group of the program order: HEAD_GROUP if set, else the largest divisor of BH whose k and v
+    (2 Tk D elem_bytes per (b, h)) fit in HEAD_GROUP_L2_BYTES (at least 1)."""
+    if HEAD_GROUP is not None:
+        g = int(HEAD_GROUP)
+        if g < 1 or BH % g:
+            raise ValueError(f"HEAD_GROUP={HEAD_GROUP} must be a divisor of B*H={BH}")
+        return g
+    fit = max(1, HEAD_GROUP_L2_BYTES // max(1, 2 * Tk * D * elem_bytes))
+    return max(d for d in range(1, min(BH, fit) + 1) if BH % d == 0)
 
 
 def rows_usable(device) -> bool:
@@ -184,19 +235,22 @@ def sparse_rows_forward(q, k, v, row_ptr, col, scale: float, *, want_lse: bool =
     _check_rows(q, k, v, row_ptr, col)
     B, H, Tq, D = q.shape
     Hkv = k.shape[1]
-    rows, kb = ROWS_PER_PROGRAM, KEYS_PER_STEP
-    if rows < 1 or rows & (rows - 1) or kb < 1 or kb & (kb - 1):
-        raise ValueError(f"ROWS_PER_PROGRAM={rows}, KEYS_PER_STEP={kb}: each must be a power of two")
+    rows, ne = ROWS_PER_PROGRAM, ENTRIES_PER_STEP
+    if rows < 16 or rows & (rows - 1) or ne < 16 or ne & (ne - 1):
+        raise ValueError(f"ROWS_PER_PROGRAM={rows}, ENTRIES_PER_STEP={ne}: each must be a power of two >= 16")
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     row_ptr = row_ptr.to(torch.int64).contiguous()
     col = col.to(torch.int32).contiguous()
     o = fresh((B, H, Tq, D), q.dtype, q.device, poison=POISON_OUTPUTS)
     lse = fresh((B, H, Tq), torch.float32, q.device, poison=POISON_OUTPUTS) if want_lse else o
     if Tq and B * H:
-        _rows_fwd_kernel[(B * H * triton.cdiv(Tq, rows),)](
+        ntb = triton.cdiv(Tq, rows)
+        hg = head_group(B * H, k.shape[2], D, k.element_size())
+        _rows_fwd_kernel[(B * H * ntb,)](
             q, k, v, row_ptr, col, o, lse, float(scale),
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             o.stride(0), o.stride(1), o.stride(2),
-            B * H, H, Tq, D, H // Hkv,
-            ROWS=rows, KB=kb, BLOCK_D=pow2_block(D), WANT_LSE=bool(want_lse), num_warps=NUM_WARPS)
+            H, Tq, D, H // Hkv, ntb, hg,
+            ROWS=rows, NE=ne, BLOCK_D=pow2_block(D), WANT_LSE=bool(want_lse), FP32=q.dtype == torch.float32,
+            EMU=q.device.type != "cuda", num_warps=NUM_WARPS)
     return (o, lse) if want_lse else o
