@@ -3,66 +3,78 @@
 What: for every query row r = (b * H + h) * Tq + t of q [B, H, Tq, D] (Tq consecutive positions of a longer
 sequence, or the whole of it) against keys k, v [B, Hkv, Tk, D], Tk >= Tq:
     out[r] = sum_j softmax_j(q_r . k_j * scale) v_j   over j in col[row_ptr[r] : row_ptr[r + 1]]
-(renormalised over the listed keys; a row with no key gives 0; GQA: head h reads kv head h // (H / Hkv)),
-arithmetic in fp32, out in q's dtype; optionally the row log-sum-exp lse[r] = log sum_j exp(q_r . k_j * scale)
-(fp32 [B, H, Tq]; +inf for an empty row, as `_fwd_kernel` of kernels/sea_sparse_attention.py writes it). The same
-semantics, mask format and validation as that kernel's forward (`_fwd_kernel`, `sparse_attention_block`); only the
-program layout (and so the float summation order) differs.
+(renormalised over the listed keys; a row with no key gives 0; GQA: head h reads kv head h // (H / Hkv)), arithmetic
+in fp32, out in q's dtype; optionally the row log-sum-exp lse[r] = log sum_j exp(q_r . k_j * scale) (fp32
+[B, H, Tq]; +inf for an empty row, which is what `_fwd_kernel` of kernels/sea_sparse_attention.py writes). Same
+semantics, mask format and checks (`_check(..., block=True)`) as that kernel's forward (`_fwd_kernel`,
+`sparse_attention_block`); only the program layout, and so the float summation order, differs.
 
 Why: `_fwd_kernel` runs one program per query row. Measured on an H200 (B=1, H=16, D=64, bf16, T=65536 causal,
-SEA's causal_per_batch lists): 2.6 ms for only ~15.6M key entries over R = 1,048,576 rows, about 15 keys per row on
-average, and the lists are very uneven (~80% of the rows hold 0-10 keys, mostly 0; a few hold hundreds). Each of the
-1M tiny programs pays a dependent latency chain (row_ptr -> col -> k/v gathers -> reductions -> store) for little
-work: ~2.5 ns of the whole GPU per row, whatever its length. At T=16k it is SEA's largest kernel (1.27 ms). The
-interpolation kernel had the same problem (kernels/sea_interp.py: one program per row, 2.74 ms; 16 rows per
-program, time-block-major: 0.34 ms); this is the same cure.
+SEA's causal_per_batch lists, K=64, k=64): 2.6 ms for ~15.6M key entries over R = 1,048,576 rows. The lists are very
+uneven: a CPU simulation of the selection on a random A_hat (same budgets) gives 80% of the rows empty, almost all
+others one or more whole cells of min(width, k) = 64 keys (64: 140k rows, 128: 16k, 192: 2k; max ~400), with
+rows t < 4096 all holding ~64 keys and rows t >= 16384 7.2 on average. Each of the 1M programs pays a dependent
+latency chain (row_ptr -> col -> k/v gathers -> reductions -> stores) whatever its length: ~2.5 ns of the whole GPU
+per row. At T=16k it is SEA's largest kernel (1.27 ms). The interpolation kernel had the same problem
+(kernels/sea_interp.py: one program per row 2.74 ms, 16 rows per program 0.34 ms).
 
-Layout: one program (NUM_WARPS warps) per block of ROWS_PER_PROGRAM = 16 consecutive time steps t of one (b, h).
-Program ids run time-block major (pid = time_block * B*H + bh), so the blocks of small t (long causal lists) of every
-(b, h) start first and the many short blocks fill in behind them rather than trailing them. A program loads its
-rows' [ROWS] row_ptr pairs (begins, ends: counts), q as a [ROWS, BLOCK_D] tile (fp32), and loops i over
-0 .. max(count) - 1 in steps of KEYS_PER_STEP = KB = 4 keys per row: a [ROWS, KB] load of col[beg + i + j] (masked by
-i + j < count), a [ROWS, KB, BLOCK_D] gather of the k rows and one of the v rows (both issued from the same column
-indices, so they are in flight together), scores [ROWS, KB] = sum_d q k * scale (masked to -inf), a per-row online
-softmax (running max m, normaliser l: alpha = exp(m - m_new), p = exp(s - m_new)), acc [ROWS, BLOCK_D] = acc alpha +
-sum_j p v. Epilogue: out = acc / l (l = 0: empty row, out = 0), stored as one [ROWS, D] tile in q's dtype, and the
-lse tile [ROWS] when asked (WANT_LSE is a constexpr: no store and no log otherwise). A block without any key (most
-blocks at large t, once the heads' budget is spread thin) never enters the loop: it costs two [16] row_ptr loads, a
-q load and a zero store. Offsets are int64 (b sqb, t sqt, row_ptr entries, key * stride: B H T D and nnz may pass
-2^31); the loop bound max(count) is int32 (a row never lists more than Tk < 2^31 keys).
+Layout: one program (NUM_WARPS = 4 warps) per block of ROWS_PER_PROGRAM = 16 consecutive time steps t of one (b, h).
+The block's keys are consecutive in col (rows (b, h, t) are consecutive CSR rows): entries [row_ptr[first row],
+row_ptr[last row + 1]). The program loads its rows' row_ptr pairs (beg, end [16]) and q [16, BLOCK_D], and walks the
+block's entries ENTRIES_PER_STEP = NE = 64 at a time, whatever row they belong to: a coalesced [64] load of col, a
+[64, BLOCK_D] gather of the k rows and one of the v rows (issued together from the same indices), the score tile
+S [16, 64] = q k^T * scale on tensor cores (tl.dot), masked to -inf outside member[r, e] = beg[r] <= e < end[r]
+(each entry belongs to exactly one row of the block), a per-row online softmax on the tile (running max m and
+normaliser l [16]: alpha = exp(m - m_new), P = exp(S - m_new), zero off the row's entries) and acc [16, BLOCK_D] =
+acc alpha + P v (tl.dot). Epilogue: out = acc / l (l = 0: empty row, out = 0), one [16, D] store in q's dtype, and
+the lse [16] when asked (WANT_LSE is a constexpr: no log and no store otherwise). A block without any key never
+enters the loop: two [16] row_ptr loads, two scalar loads, the q load and a zero store.
+  Why entries rather than rows x keys: a [16 rows x KB keys] tile per step (the first version of this file, KB = 4)
+runs max-count / KB steps per block with lanes of short and empty rows idle. On the simulated T=65536 lists that is
+1.17M steps at 21% lane use (4.7M at KB = 1); walking the block's entries is 246K steps of 64 at 99% (491K at
+NE = 32, 139K at NE = 128 with 88%; 16k: 158K at 99%), and each step's 64 key rows are all live, 16 KiB of useful
+bf16 gathers in flight per program. The price is a [16, 64] score tile of which 1/16 is used: on tensor cores (2
+MMAs of 16 x 64 x 64 plus the split below) and 8 exps per thread per step, cheap next to the gathers.
+  fp32 accuracy with tensor cores: for bf16 / fp16 inputs the score products of 16-bit values are exact in fp32 and
+the MMA sums in fp32; P (fp32) is split into three pieces in v's dtype (P = p1 + p2 + p3 to 2^-24 relative,
+`_split3_dot`), three MMAs with v (exact products, fp32 sums): the result is fp32 arithmetic up to summation order,
+so bf16 outputs equal the row kernel's up to a bf16 rounding boundary (the tests check one ulp and that > 99% are
+exactly one rounding of the fp32 result; P rounded to bf16 would not pass). fp32 inputs use input_precision="ieee"
+dots (CUDA-core FMAs: exact, slower; not the benchmarked dtype; "tf32x3" would be the lever). Triton's interpreter
+gets bf16 tl.dot wrong, so there (EMU, any non-CUDA device) the same pieces run as fp32 "ieee" dots.
+  Program order: groups of HEAD_GROUP (b, h) one after the other, time-block major inside a group (block 0 of
+each (b, h) of the group, then block 1, ...). Not time-block major over all B*H (as sea_interp does) because here
+programs gather k and v rows from their whole history: with all 16 heads interleaved, the resident programs at
+t ~ 65536 touch 16 heads x 16 MiB of k and v (256 MiB, 5x the 50 MB L2 of an H200); the row kernel's grid (t fastest,
+then b*h) runs one head at a time and so keeps that head's k and v in L2. HEAD_GROUP = None picks the largest
+divisor of B*H whose k and v fit in HEAD_GROUP_L2_BYTES = 32 MiB (T=65536, D=64, bf16: 2 heads; 16k: 8; 256k: 1),
+so the gathers hit L2 while the long blocks of each group still start first inside it. (In these lists the longest
+blocks are not at small t: t < 4096 rows hold ~64 keys each, 1-2K entries a block, and the longest blocks, 31 steps,
+come from rows with several cells at t ~ 4k-16k.) Offsets are int64 (b sqb, t sqt, row_ptr entries, key * stride).
 
-Why KB = 4 (not measured, reasoned): the loop is latency bound (each step: col load, then the dependent k/v
-gathers, then two reductions), so the number of steps per block, max over its 16 rows of ceil(count / KB), is what
-counts. SEA's large-t rows hold either no key or one or two whole cells of min(width, k) = 64 keys, so a block's max
-is typically 64 or 128: 16-32 steps at KB = 4 (64 at KB = 1, 8-16 at KB = 8). KB = 4 puts 64 k rows + 64 v rows
-(16 KiB in bf16 at D = 64) in flight per step for 4 warps (the [16, 4, 64] fp32 tiles are 32 registers a thread
-each), which is about what one SM needs of a block at ~8-16 resident programs; KB = 8 would halve the steps again but
-double the registers of the tiles (64 + 64 a thread plus acc, q: spills or fewer resident programs) and the masked
-lanes of short rows. Masked lanes cost instructions, not traffic (masked loads are not issued to memory).
-
-Prediction (not measured; H200, B=1, H=16, T=65536 causal, D=64, bf16, causal_per_batch K=64, k=64 lists: ~15.6M
-entries, 1M rows). Programs: 65,536 (16 rows each) instead of 1,048,576. Traffic: k and v gathers 15.6M x 2 x 128 B
-= 4.0 GB of 128-byte rows (one head's k and v, 16 MiB, are L2 hits after their first touch, since the blocks of one
-(b, h) and time range run together), col 62 MB, q read + out write 2 x 134 MB, row_ptr 8 MB: the DRAM part ~0.35 GB
-(~0.1 ms at ~4 TB/s), the L2 part ~4 GB (~0.4-0.6 ms at ~7-10 TB/s of L2 bandwidth for scattered 128-byte rows).
-Lane work: a block runs max(count) / 4 steps over all 16 x 4 lanes; with the lists above (a block of 16 large-t rows
-holds ~5-8 non-empty rows of 64 keys, so ~25-40% of the lanes live) about 40-60M lane-keys x ~3 x 64 / 32 D-lanes
-... i.e. ~2-4G fp32 lane-instructions, ~0.1 ms at ~33T lane-instructions/s. Latency: ~16-32 steps x ~1-1.5 us
-(dependent col -> gather chain through L2) per non-empty block, 65,536 blocks over 132 SMs x ~8-16 resident
-programs: ~30-60 waves x 16-32 steps x ~1 us / overlap. Assumptions: the L2 holds the working set (16 MiB of
-k, v per head), ~80% of rows empty or short as measured, 4 warps and <= 128 registers a thread (8+ programs per SM).
-Best guess 0.5-0.8 ms for the kernel (3-5x faster than 2.6 ms; most of the gain is the 16x fewer programs and 4x
-fewer loop trips per key than the 32-wide, mostly masked row loop of `_fwd_kernel`), bound by the L2 gathers. If it
-measures above ~1.2 ms, look first at the steps of the small-t blocks (t < 4096: ~64 keys in every row, ~all lanes
-live, fine) versus the large-t blocks (sparse: a block's max 64 or 128 with few live rows: try KB = 8 or sort the
-rows of a block by length). At T=16k (1.27 ms with the row kernel) the expected gain is similar, ~0.3-0.45 ms.
+Prediction (not measured; H200, B=1, H=16, T=65536 causal, D=64, bf16, the lists above). Assumptions: the 50 MB
+L2 holds the active group's k and v (32 MiB), ~5-6 programs resident per SM (~100 registers a thread: two [64, 64]
+bf16 tiles, the [16, 64] score and accumulator tiles; ~20 KB of shared memory for the dot operands), no software
+pipelining of the gather loop, L2 hit latency ~0.6 us, HBM ~1 us. Traffic: the gathers are 15.6M x 2 x 128 B =
+4.0 GB from L2 (floor ~0.6-0.7 ms at ~6-7 TB/s of L2 bandwidth for whole 128-byte rows; the row kernel's 2.6 ms is
+1.5 TB/s of them); from HBM only ~0.6 GB (k, v once 256 MB, col 63 MB, q and out 2 x 134 MB): ~0.15 ms. Issue:
+~1000 warp-instructions per step (gather addresses and loads, two operand conversions through shared memory, four
+small MMAs, the [16, 64] mask/max/exp/sum, the split) x 246K steps + ~65K programs x ~1200: ~0.33G, ~0.3 ms at ~1.1T
+warp-instructions/s. Latency: per non-empty program ~2 us of set-up (row_ptr -> bounds -> first col) + 4.5 steps x
+~1.7 us (col -> gathers -> MMAs), ~9.5 us; 496 programs per SM at ~5.5 resident: ~90 rounds, ~0.85 ms. These
+overlap (the rounds are themselves gathering about half the time: ~45 KB in flight per SM, about what L2 bandwidth
+needs). Expected 0.7-1.0 ms (best guess 0.8 ms), i.e. ~3x faster than 2.6 ms; T=16k: 158K steps, 9.7 per program,
+16,384 programs: 0.45-0.6 ms (was 1.27 ms). If it measures above ~1.2 ms: check the L2 hit rate (HEAD_GROUP = 1),
+then NE = 128 (half the steps, 88% lane use, more registers) or 8 warps; if Triton pipelines the col -> gather chain
+(num_stages), the latency term shrinks toward the L2 floor.
 
 Under TRITON_INTERPRET=1 (CPU tests) the fp32 -> bf16 cast of the store truncates toward zero; on CUDA it rounds to
-nearest even like torch (as for the row kernel: both kernels round the same way on a given backend).
+nearest even like torch (the row kernel does the same on each backend).
 
-Limits: forward only (a RuntimeError in words when grad mode is on and an input requires grad); q, k, v in one dtype
-among bf16 / fp16 / fp32; q, k, v are made contiguous (no-ops for the layer's tensors); no padding mask (the lists
-already hold only the keys a row may see).
+Limits: forward only (a RuntimeError in words when grad mode is on and q, k or v requires grad); q, k, v in one
+dtype among bf16 / fp16 / fp32; they are made contiguous (no-ops for the layer's tensors); no padding mask (the
+lists already hold only the keys each row may see); ROWS_PER_PROGRAM and ENTRIES_PER_STEP powers of two >= 16
+(tl.dot tile sizes).
 """
 from __future__ import annotations
 
