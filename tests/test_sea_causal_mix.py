@@ -45,6 +45,7 @@ def sea_torch_path(c, v, sp, sm, out_dtype):
     """SEA's own causal mix: SEAAttention.stage_mix (average_context -> causal_mean(vr.float(), None), addcmul)."""
     layer = types.SimpleNamespace()
     layer.average_context = lambda *a, **kw: SEAAttention.average_context(layer, *a, **kw)
+    layer.mix_kernel = lambda *a, **kw: False          # the tensor ops, not mix_backend=kernel
     out, c_avg, avg_w = SEAAttention.stage_mix(layer, c, None, sp, sm, v, causal=True, valid=None,
                                                out_dtype=out_dtype)
     assert avg_w is None

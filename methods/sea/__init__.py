@@ -78,10 +78,12 @@ class _SEABase(Method):
         Option("query_blocks", 0, "like query_chunk, given as a number of blocks: ceil(T / query_blocks) rows each "
                "(0: off), so the intermediates stay a fixed fraction of the sequence at every T"),
         Option("mix_backend", "torch", "sparse attention and mix: torch (the row kernel writes c, then the mix in "
-               "tensor ops) or triton (one forward-only kernel mixes as it attends, kernels/sea_sparse_mix.py; calls "
+               "tensor ops), kernel (causal, forward-only, no padding mask: the cumulative mean of v and the mix in one "
+               "Triton kernel after the row kernel, kernels/sea_causal_mix.py; not yet timed on a GPU) or triton (one "
+               "forward-only kernel mixes as it attends, kernels/sea_sparse_mix.py; calls "
                "on the row kernel without a gradient or padding mask; on an H200 within noise of torch below 64k, "
                "1-2 % faster at 64k-256k: results/nvidia-h200/sea-mix/)",
-               choices=("torch", "triton")),
+               choices=("torch", "kernel", "triton")),
         Option("topk_backend", "auto", "grouped top-k: torch (tensor ops), triton (one sort per group in a kernel; "
                "per_query and causal_per_batch without a padding mask, tensor ops otherwise) or auto (the kernel on "
                "CUDA for groups of <= 1024 candidates, the size measured; tensor ops otherwise)",
@@ -132,7 +134,7 @@ class _SEABase(Method):
                            "causal_per_batch")
         wants_triton = [f"{key}={cfg[key]}" for key in ("backend", "topk_backend", "interp_backend",
                                                         "performer_backend", "encoder_backend", "decoder_backend",
-                                                        "mix_backend") if cfg[key] in ("triton", "fused")]
+                                                        "mix_backend") if cfg[key] in ("triton", "fused", "kernel")]
         if wants_triton and problem.device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             reasons.append(f"{', '.join(wants_triton)} needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); "
                            f"device={problem.device}")
@@ -151,6 +153,9 @@ class _SEABase(Method):
         if cfg["encoder_backend"] == "triton" and problem.backward:
             reasons.append("encoder_backend=triton is the fused forward-only encoder kernel; forward+backward needs "
                            "encoder_backend=torch")
+        if cfg["mix_backend"] == "kernel" and (problem.backward or not problem.causal):
+            reasons.append("mix_backend=kernel is the forward-only causal mean + mix kernel; "
+                           f"{'forward+backward' if problem.backward else 'bidirectional calls'} need mix_backend=torch")
         if cfg["mix_backend"] == "triton" and problem.backward:
             reasons.append("mix_backend=triton is the fused forward-only sparse attention + mix kernel; "
                            "forward+backward needs mix_backend=torch")

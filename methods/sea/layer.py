@@ -127,8 +127,8 @@ class SEAAttention(AttentionModule):
             raise ValueError(f"query_chunk={query_chunk}, query_blocks={query_blocks}: at most one of them, >= 1 "
                              "(rows per query block, or number of blocks; 0: whole sequence)")
         self.query_chunk, self.query_blocks = query_chunk, query_blocks
-        if mix_backend not in ("torch", "triton"):
-            raise ValueError(f"mix backend {mix_backend!r}: expected torch or triton")
+        if mix_backend not in ("torch", "kernel", "triton"):
+            raise ValueError(f"mix backend {mix_backend!r}: expected torch, kernel or triton")
         self.mix_backend = mix_backend
         self.last_mix = "not-run"
         self.heads, self.head_dim, self.causal = heads, head_dim, causal
@@ -205,7 +205,7 @@ class SEAAttention(AttentionModule):
                 f"{'' if self.estimator.compile == 'none' else 'compile=' + self.estimator.compile + ', '}"
                 f"mode={self.mode}, topk={self.last_topk}, "
                 f"{'interp=triton, ' if self.last_interp == 'triton' else ''}k={self.k}, K={self.K}, "
-                f"{'mix=fused, ' if self.last_mix == 'fused' else ''}"
+                f"{'mix=' + self.last_mix + ', ' if self.last_mix in ('fused', 'kernel') else ''}"
                 f"{'' if self.last_blocks == 'off' else 'query_blocks=' + self.last_blocks + ', '}"
                 f"nb_features={self.estimator.nb_features}, scalers={sc}, sparse={kernel}]")
 
@@ -337,8 +337,26 @@ class SEAAttention(AttentionModule):
         avg_w = expand_columns(colmean, causal=False, valid=valid, T=T)  # [B, H, 1, T]
         return avg_w @ vr.float(), avg_w                                 # [B, H, 1, D]
 
+    def mix_kernel(self, c, vr, s_prob, s_mix, *, causal, valid) -> bool:
+        """Does this call mix with kernels/sea_causal_mix.py (mix_backend=kernel)? Causal calls without a padding
+        mask or a gradient where Triton runs; the tensor ops otherwise (impl says mix=kernel when it ran)."""
+        if self.mix_backend != "kernel" or not causal or valid is not None:
+            return False
+        from kernels.sea_sparse_attention import triton_usable
+
+        if not triton_usable(c.device):
+            return False
+        return not (torch.is_grad_enabled() and any(x.requires_grad for x in (c, vr, s_prob, s_mix)))
+
     def stage_mix(self, c, a_hat, s_prob, s_mix, vr, *, causal, valid, out_dtype):
-        """6-7. out = s_mix s_prob c + (1 - s_mix) C_avg (padded query rows -> 0). Returns (out, c_avg, avg_w)."""
+        """6-7. out = s_mix s_prob c + (1 - s_mix) C_avg (padded query rows -> 0). Returns (out, c_avg, avg_w);
+        with mix_backend=kernel (causal, forward-only) one Triton kernel computes the cumulative mean and the mix,
+        and c_avg is not kept (None)."""
+        if self.mix_kernel(c, vr, s_prob, s_mix, causal=causal, valid=valid):
+            from kernels.sea_causal_mix import causal_mix
+
+            self.last_mix = "kernel"
+            return causal_mix(c, vr, s_prob, s_mix, out_dtype=out_dtype), None, None
         c_avg, avg_w = self.average_context(a_hat, vr, causal=causal, valid=valid)
         # one fp32 temporary of [B, H, T, D] besides c_avg: (1 - s_mix) C_avg + (s_mix s_prob) c, with the
         # [B, H, T, 1] factors formed first (c stays in its dtype; addcmul computes in fp32)
@@ -404,9 +422,12 @@ class SEAAttention(AttentionModule):
         sparse = "triton" if self.backend == "auto" and triton_usable(q.device) else self.backend
         sparse = "torch" if sparse == "auto" else sparse
         fused = self.mix_fused(q, k, v, layout="csr", kernel=sparse, valid=None)
-        self.last_mix = "fused" if fused else "torch"
+        mixk = not fused and self.mix_backend == "kernel" and triton_usable(q.device)   # blocks run forward-only
+        self.last_mix = "fused" if fused else ("kernel" if mixk else "torch")
         if fused:
             from kernels.sea_sparse_mix import sparse_attention_mix
+        if mixk:
+            from kernels.sea_causal_mix import causal_mix
         out = torch.empty_like(q)
         carry, vsum, ran, n = None, None, "not-run", 0
         rows = self.query_chunk or -(-T // self.query_blocks)               # rows per block
@@ -427,6 +448,12 @@ class SEAAttention(AttentionModule):
             caps = selection_caps(self.mode, B=B, H=H, T=e - s, K=self.K, k=self.k, causal=True, row0=s)
             self.last_interp = self.interp_path(mask, caps)
             row_ptr, col = mask_to_csr(mask, k=self.k, causal=True, caps=caps, backend=self.last_interp, row0=s)
+            if mixk:                                                     # cumulative mean + mix in one kernel
+                c, ran = sparse_attention_block(qb, kr, vr, row_ptr, col, scale, backend=sparse)   # [B, H, Tc, D]
+                out[:, :, s:e], _, vsum = causal_mix(c, vb, s_prob, s_mix, out_dtype=q.dtype, row0=s, v_sum0=vsum,
+                                                     want_v_sum=True)    # vsum [B, H, D]: sum of v[0 .. e-1]
+                n += 1
+                continue
             vf = vb.float()
             csum = chunked_cumsum(vf) if vsum is None else chunked_cumsum(vf) + vsum   # [B, H, Tc, D]
             vsum = csum[:, :, -1:]                                       # [B, H, 1, D] sum of v[0 .. e-1]

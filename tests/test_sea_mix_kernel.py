@@ -1,0 +1,82 @@
+"""sea.mix_backend=kernel: SEA's causal cumulative mean of v and the mix (out = s_mix s_prob c + (1 - s_mix) C_avg) by
+kernels/sea_causal_mix.py inside the layer, whole and in query blocks (the running sum of v carried through the
+kernel), against the tensor-op mix of the same layer; refusals. The kernel runs under TRITON_INTERPRET=1 on CPU
+(tests/conftest.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels.sea_causal_mix as cm
+from methods.base import Problem, get
+
+B, H, Hkv, T, D = 2, 4, 2, 70, 16
+
+
+@pytest.fixture(autouse=True)
+def _small_chunks(monkeypatch):
+    monkeypatch.setattr(cm, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(cm, "CHUNK", 16)                 # several chunks and scan steps at T = 70
+
+
+def build(causal=True, **opts):
+    M = get("sea")
+    cfg = M.resolve_config({key: str(val) for key, val in dict(dict(k=3, K=16, backend="torch", max_len=256),
+                                                                 **opts).items()})
+    prob = Problem(B, H, Hkv, T, D, dtype="fp32", causal=causal, device="cpu")
+    return M, cfg, prob
+
+
+def untie(mod, seed=11):
+    """Random LayerNorm affine at the decoder's output: no exact ties among the K logits (torch.topk)."""
+    g = torch.Generator().manual_seed(seed)
+    norm = mod.estimator.dec.norm_out
+    with torch.no_grad():
+        norm.weight.copy_(0.5 + torch.rand(norm.weight.shape, generator=g))
+        norm.bias.copy_(torch.rand(norm.bias.shape, generator=g))
+    return mod
+
+
+def qkv(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, H, T, D, generator=g), torch.randn(B, Hkv, T, D, generator=g),
+            torch.randn(B, Hkv, T, D, generator=g))
+
+
+@pytest.mark.parametrize("query_chunk", [0, 24])
+def test_layer_mix_kernel_matches_tensor_ops(query_chunk):
+    M, cfg, prob = build(mix_backend="kernel", query_chunk=query_chunk)
+    assert M.supports(prob, cfg) == []
+    got_mod = untie(M.build(cfg, prob, seed=2))
+    M2, cfg2, _ = build()
+    want_mod = M2.build(cfg2, prob, seed=2)
+    want_mod.load_state_dict(got_mod.state_dict())
+    q, k, v = qkv(3)
+    with torch.no_grad():
+        got = got_mod(q, k, v, causal=True)
+        want = want_mod(q, k, v, causal=True)
+    assert "mix=kernel" in got_mod.impl and "mix=" not in want_mod.impl
+    if query_chunk:
+        assert "query_blocks=3x24" in got_mod.impl
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_stage_profile_runs_the_kernel():
+    M, cfg, prob = build(mix_backend="kernel")
+    mod = M.build(cfg, prob, seed=2)
+    q, k, v = qkv(4)
+    ms = mod.stage_profile(q, k, v, causal=True, timer=lambda fn: (fn(), 1.0)[1])
+    assert set(ms) >= {"estimator", "topk", "interpolate", "sparse_attention", "mix"}
+    assert "mix=kernel" in mod.impl
+
+
+def test_refusals(monkeypatch):
+    M, cfg, _ = build(mix_backend="kernel")
+    bidir = Problem(B, H, Hkv, T, D, dtype="fp32", causal=False, device="cpu")
+    assert any("mix_backend=kernel" in r and "bidirectional" in r for r in M.supports(bidir, cfg))
+    back = Problem(B, H, Hkv, T, D, dtype="fp32", causal=True, device="cpu", backward=True)
+    assert any("mix_backend=kernel" in r and "forward+backward" in r for r in M.supports(back, cfg))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    cpu = Problem(B, H, Hkv, T, D, dtype="fp32", causal=True, device="cpu")
+    assert any("mix_backend=kernel needs a CUDA device" in r for r in M.supports(cpu, cfg))
