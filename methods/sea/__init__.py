@@ -47,7 +47,10 @@ class _SEABase(Method):
         Option("backend", "auto", "sparse attention: auto (Triton row kernel on CUDA or TRITON_INTERPRET, else "
                "torch), triton (one program per query row, CSR lists), triton_tiled (forward-only, blocks of "
                "query rows with tl.dot over active key tiles; the row kernel runs when grads or a padding mask "
-               "are needed, and impl says so), torch", choices=("auto", "triton", "triton_tiled", "torch")),
+               "are needed, and impl says so), triton_rows (forward-only: 16 query rows per program walking their "
+               "consecutive CSR entries with tl.dot, kernels/sea_sparse_rows.py; the row kernel runs when grads are "
+               "needed, and impl says so; not yet timed on a GPU), torch",
+               choices=("auto", "triton", "triton_tiled", "triton_rows", "torch")),
         Option("estimator_dtype", "fp32", "dtype of the estimator's CNN decoder: fp32 (the paper's), bf16 or "
                "fp16 (autocast; the Performer and the encoder stay fp32)", choices=("fp32", "bf16", "fp16")),
         Option("performer_dtype", "fp32", "operands of the estimator's Performer products: fp32 (the paper's) or "
@@ -134,7 +137,8 @@ class _SEABase(Method):
                            "causal_per_batch")
         wants_triton = [f"{key}={cfg[key]}" for key in ("backend", "topk_backend", "interp_backend",
                                                         "performer_backend", "encoder_backend", "decoder_backend",
-                                                        "mix_backend") if cfg[key] in ("triton", "fused", "kernel")]
+                                                        "mix_backend")
+                        if cfg[key] in ("triton", "fused", "kernel", "triton_tiled", "triton_rows")]
         if wants_triton and problem.device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             reasons.append(f"{', '.join(wants_triton)} needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); "
                            f"device={problem.device}")

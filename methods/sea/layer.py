@@ -274,9 +274,11 @@ class SEAAttention(AttentionModule):
         backend = self.backend
         if backend == "auto":
             backend = "triton" if triton_usable(q.device) else "torch"
+        needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+        if backend == "triton_rows":
+            return "csr", "triton (rows kernel is forward-only)" if needs_grad else "triton_rows"
         if backend != "triton_tiled":
             return "csr", backend
-        needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
         if needs_grad:
             return "csr", "triton (tiled is forward-only)"
         if valid is not None:
@@ -319,6 +321,10 @@ class SEAAttention(AttentionModule):
                                              k_sel=self.k, causal=causal, block_m=sel["block_m"],
                                              block_n=sel["block_n"])
             return out, "triton_tiled"
+        if kernel == "triton_rows":                                      # 16 query rows per program, forward-only
+            from kernels.sea_sparse_rows import sparse_rows_forward
+
+            return sparse_rows_forward(q, k, v, sel["row_ptr"], sel["col"], scale), "triton_rows"
         backend = "triton" if kernel.startswith("triton") else kernel
         c, ran = ssa.sea_sparse_attention(q, k, v, sel["row_ptr"], sel["col"], scale, backend=backend)
         return c, (kernel if kernel.startswith("triton (") else ran)
@@ -428,6 +434,13 @@ class SEAAttention(AttentionModule):
             from kernels.sea_sparse_mix import sparse_attention_mix
         if mixk:
             from kernels.sea_causal_mix import causal_mix
+
+        def attend(qb, row_ptr, col):                                    # one block's sparse attention
+            if sparse == "triton_rows":
+                from kernels.sea_sparse_rows import sparse_rows_forward
+
+                return sparse_rows_forward(qb, kr, vr, row_ptr, col, scale), "triton_rows"
+            return sparse_attention_block(qb, kr, vr, row_ptr, col, scale, backend=sparse)
         out = torch.empty_like(q)
         carry, vsum, ran, n = None, None, "not-run", 0
         rows = self.query_chunk or -(-T // self.query_blocks)               # rows per block
@@ -449,7 +462,7 @@ class SEAAttention(AttentionModule):
             self.last_interp = self.interp_path(mask, caps)
             row_ptr, col = mask_to_csr(mask, k=self.k, causal=True, caps=caps, backend=self.last_interp, row0=s)
             if mixk:                                                     # cumulative mean + mix in one kernel
-                c, ran = sparse_attention_block(qb, kr, vr, row_ptr, col, scale, backend=sparse)   # [B, H, Tc, D]
+                c, ran = attend(qb, row_ptr, col)                        # [B, H, Tc, D]
                 out[:, :, s:e], _, vsum = causal_mix(c, vb, s_prob, s_mix, out_dtype=q.dtype, row0=s, v_sum0=vsum,
                                                      want_v_sum=True)    # vsum [B, H, D]: sum of v[0 .. e-1]
                 n += 1
@@ -462,7 +475,7 @@ class SEAAttention(AttentionModule):
                 sparse_attention_mix(qb, kr, vr, row_ptr, col, scale, s_prob, s_mix, csum / pos, out=out[:, :, s:e])
                 ran = "triton"
             else:
-                c, ran = sparse_attention_block(qb, kr, vr, row_ptr, col, scale, backend=sparse)   # [B, H, Tc, D]
+                c, ran = attend(qb, row_ptr, col)                        # [B, H, Tc, D]
                 out[:, :, s:e] = torch.addcmul((1 - s_mix) * (csum / pos), s_mix * s_prob, c.float()).to(q.dtype)
             n += 1
         if check:
