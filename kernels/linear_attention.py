@@ -19,7 +19,8 @@ Triton, algo="parallel" (default): three launches, parallel over chunks.
      group g, all M blocks looped inside the program, so no per-M-block partial outputs) + the chunks of
      g before c, attended quadratically, + c itself with the causal mask (den likewise, same program).
   Memory: the states, NG * M * E * 4 bytes per (batch, kv head). group=None picks the smallest power of
-  two G with NG <= MAX_CHECKPOINTS (256): G=1 up to T = 256 C (16384 at C=64), G=4 at T=65536, so the
+  two G with NG <= MAX_CHECKPOINTS (256; callers may pass their own `group`, see group_for: SEA allows 1024):
+  G=1 up to T = 256 C (16384 at C=64), G=4 at T=65536, so the
   states stay <= 256 * M * E * 4 bytes per head (17 MiB for M=266, E=64; 279 MiB for 16 heads) and the
   scan <= 256 steps, at the price of attending up to G-1 earlier chunks of the group quadratically
   (~(G-1)/2 extra C x C x (M + E) products per chunk).

@@ -141,8 +141,10 @@ def main(argv=None) -> int:
                 if r["status"] != "ok":
                     break
                 if r["seconds"] > a.max_sec and 2 * T <= a.stop:
-                    r2 = dict(r, T=2 * T, status="not-tried", seconds=None, peak_above_inputs=None, peak_first_call=None,
-                              reason=f"time cap: the forward at T={T} took {r['seconds']:.1f} s > --max-sec {a.max_sec}")
+                    r2 = dict(r, T=2 * T, status="not-tried", seconds=None, peak_above_inputs=None,
+                              peak_first_call=None,
+                              reason=f"time cap: the forward at T={T} took {r['seconds']:.1f} s > "
+                                     f"--max-sec {a.max_sec}")
                     print(json.dumps(r2), flush=True)
                     rows.append(r2)
                     with a.out.open("a") as f:

@@ -28,7 +28,7 @@ TILINGS = {"c16g2": (16, 2, 256), "c16auto": (16, None, 4), "default": (64, None
 @pytest.fixture(autouse=True)
 def _small_tiles(monkeypatch):
     monkeypatch.setattr(fe, "POISON_OUTPUTS", True)
-    monkeypatch.setattr(fe, "SCAN_BLOCK_F", 64)             # several scan programs per head (the key sums: a partial one at m=7)
+    monkeypatch.setattr(fe, "SCAN_BLOCK_F", 64)             # several scan programs per head (key sums: partial at m=7)
     monkeypatch.setattr(fe, "SCAN_STEPS", 2)                # several steps of the scan's chain, a partial last step
     _tiling(monkeypatch, "c16g2")
 
@@ -271,9 +271,11 @@ def test_cuda_matches_reference_and_sea(monkeypatch, operands):
     # rounding boundary than the float64 reference does (one bf16 ulp, 2^-8 relative, each); fp32 state 6.4e-7
     tol = dict(rel_z=1e-4, rel_s=1e-4, rel_state=1e-5) if operands == "fp32" else \
         dict(rel_z=2e-2, rel_s=1e-2, rel_state=1e-4)
-    for name, got, want in zip(("z", "scales", "state S", "state z"), (out[0], out[1], *out[2]), (ref[0], ref[1], *ref[2])):
+    names = ("z", "scales", "state S", "state z")
+    for name, got, want in zip(names, (out[0], out[1], *out[2]), (ref[0], ref[1], *ref[2])):
         scale = max(1.0, want.abs().max().item())                 # printed first: every error, before any check fails
-        print(f"{operands} {name}: max abs err {(got.double() - want.double()).abs().max().item():.3g} (scale {scale:.3g})")
+        err = (got.double() - want.double()).abs().max().item()
+        print(f"{operands} {name}: max abs err {err:.3g} (scale {scale:.3g})")
     _check_all(out, ref, **tol)
     with torch.no_grad():
         vi = est.v_id[row0:row0 + T].expand(1, heads, T, d)                       # [1, heads, T, d]

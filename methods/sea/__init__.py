@@ -57,10 +57,10 @@ class _SEABase(Method):
                "bf16 (features computed in fp32, then rounded; fp32 accumulation)", choices=("fp32", "bf16")),
         Option("performer_backend", "auto", "estimator's Performer pass: auto (causal: Triton prefix-sum kernel on "
                "CUDA, torch on CPU; bidirectional: the fused kernel on CUDA when no gradient is needed and no padding "
-               "mask is given, torch matmuls otherwise), torch, or triton (causal: the prefix-sum kernel; bidirectional: the fused "
-               "forward-only kernel, kernels/favor_dense.py), or fused (causal, forward-only, no padding mask: relu "
-               "features computed in the kernel, no concatenated values, and the encoder + scaler head in its epilogue, "
-               "kernels/sea_favor_encoder.py; the Performer's output is never written)",
+               "mask is given, torch matmuls otherwise), torch, triton (causal: the prefix-sum kernel; "
+               "bidirectional: the fused forward-only kernel, kernels/favor_dense.py), or fused (causal, forward-only, "
+               "no padding mask: relu features computed in the kernel, no concatenated values, and the encoder + "
+               "scaler head in its epilogue, kernels/sea_favor_encoder.py; the Performer's output is never written)",
                choices=("auto", "triton", "torch", "fused")),
         Option("encoder_backend", "auto", "estimator's encoder (Linear, LayerNorm, GELU) and scaler head: torch "
                "(the modules), triton (one fused forward-only kernel, kernels/sea_encoder.py) or auto (the kernel on "
@@ -81,11 +81,11 @@ class _SEABase(Method):
         Option("query_blocks", 0, "like query_chunk, given as a number of blocks: ceil(T / query_blocks) rows each "
                "(0: off), so the intermediates stay a fixed fraction of the sequence at every T"),
         Option("mix_backend", "torch", "sparse attention and mix: torch (the row kernel writes c, then the mix in "
-               "tensor ops), kernel (causal, forward-only, no padding mask: the cumulative mean of v and the mix in one "
-               "Triton kernel after the row kernel, kernels/sea_causal_mix.py; not yet timed on a GPU) or triton (one "
-               "forward-only kernel mixes as it attends, kernels/sea_sparse_mix.py; calls "
-               "on the row kernel without a gradient or padding mask; on an H200 within noise of torch below 64k, "
-               "1-2 % faster at 64k-256k: results/nvidia-h200/sea-mix/)",
+               "tensor ops), kernel (causal, forward-only, no padding mask: the cumulative mean of v and the mix in "
+               "one Triton kernel after the row kernel, kernels/sea_causal_mix.py; not yet timed on a GPU) or triton "
+               "(one forward-only kernel mixes as it attends, kernels/sea_sparse_mix.py; calls on the row kernel "
+               "without a gradient or padding mask; on an H200 within noise of torch below 64k, 1-2 % faster at "
+               "64k-256k: results/nvidia-h200/sea-mix/)",
                choices=("torch", "kernel", "triton")),
         Option("topk_backend", "auto", "grouped top-k: torch (tensor ops), triton (one sort per group in a kernel; "
                "per_query and causal_per_batch without a padding mask, tensor ops otherwise) or auto (the kernel on "
@@ -158,8 +158,9 @@ class _SEABase(Method):
             reasons.append("encoder_backend=triton is the fused forward-only encoder kernel; forward+backward needs "
                            "encoder_backend=torch")
         if cfg["mix_backend"] == "kernel" and (problem.backward or not problem.causal):
-            reasons.append("mix_backend=kernel is the forward-only causal mean + mix kernel; "
-                           f"{'forward+backward' if problem.backward else 'bidirectional calls'} need mix_backend=torch")
+            what = "forward+backward" if problem.backward else "bidirectional calls"
+            reasons.append(f"mix_backend=kernel is the forward-only causal mean + mix kernel; {what} need "
+                           "mix_backend=torch")
         if cfg["mix_backend"] == "triton" and problem.backward:
             reasons.append("mix_backend=triton is the fused forward-only sparse attention + mix kernel; "
                            "forward+backward needs mix_backend=torch")

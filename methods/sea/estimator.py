@@ -271,8 +271,9 @@ class Estimator(nn.Module):
 
     def fused_front(self, q, k, v, *, valid, vid_rows: torch.Tensor, state, want_state: bool):
         """performer_backend=fused (causal): z [B, H, T, 2d], scales [B, H, T, 2] and (when want_state) the Performer
-        state after the last row (vid_rows [T, d]: the call's V_I rows), from kernels/sea_favor_encoder.py (relu features, causal linear attention over
-        [V_I ; v], encoder and scaler head in one forward-only pass). Refused in words where it cannot serve."""
+        state after the last row (vid_rows [T, d]: the call's V_I rows), from kernels/sea_favor_encoder.py (relu
+        features, causal linear attention over [V_I ; v], encoder and scaler head in one forward-only pass). Refused
+        in words where it cannot serve."""
         from kernels.sea_favor_encoder import favor_encoder_forward
 
         if not self.causal:

@@ -210,7 +210,8 @@ def favor_causal_carry(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: 
         phi_q, phi_k, v = (x.to(torch.bfloat16) for x in (phi_q, phi_k, v))
     kernel_call = torch.compiler.disable(causal_linear_attention)         # compile="estimator": not traced
     num, den = kernel_call(phi_q.contiguous(), phi_k.contiguous(), v.contiguous(), chunk=64, backend=which,
-                           tf32=False, group=group_for(q.shape[2], 64, CAUSAL_CHECKPOINTS))   # fp32 [B, H, Tc, Dv], [B, H, Tc]
+                           tf32=False,
+                           group=group_for(q.shape[2], 64, CAUSAL_CHECKPOINTS))   # fp32 [B, H, Tc, Dv], [B, H, Tc]
     pq, pk, vf = phi_q.float(), phi_k.float(), v.float()
     if state is not None:
         S, zs = state
