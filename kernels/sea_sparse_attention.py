@@ -214,6 +214,33 @@ TILED_BLOCK_M = 64
 TILED_BLOCK_N = 64
 
 
+_CSR_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def check_csr_block_inputs(q, k, v, row_ptr, col):
+    """The checks every forward-only CSR kernel over a query block shares (kernels/sea_sparse_mix.py,
+    kernels/sea_sparse_rows.py): q [B, H, Tq, D], k / v [B, Hkv, Tk, D] of one float dtype, H a multiple of Hkv, integer
+    row_ptr / col on q's device, then `_check(..., block=True)` (row_ptr length, Tk >= Tq, 1-D, col length).
+    Raises ValueError in words."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be [B, H, T, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    B, H, _, D = q.shape
+    Hkv = k.shape[1]
+    if q.dtype not in _CSR_DTYPES:
+        raise ValueError(f"q dtype {q.dtype}: expected one of bfloat16, float16, float32")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.shape != v.shape or k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(f"k, v must be [B={B}, Hkv, Tk, D={D}] alike; got {tuple(k.shape)} and {tuple(v.shape)}")
+    if Hkv == 0 or H % Hkv:
+        raise ValueError(f"H={H} is not a multiple of the {Hkv} key/value heads")
+    if row_ptr.dtype.is_floating_point or col.dtype.is_floating_point or torch.bool in (row_ptr.dtype, col.dtype):
+        raise ValueError(f"row_ptr / col must be integer; got {row_ptr.dtype} / {col.dtype}")
+    if any(x.device != q.device for x in (k, v, row_ptr, col)):
+        raise ValueError("q, k, v, row_ptr and col must be on one device")
+    _check(q, k, v, row_ptr, col, block=True)
+
+
 def _check(q, k, v, row_ptr, col, *, block: bool = False):
     B, H, T, D = q.shape
     if row_ptr.numel() != B * H * T + 1:

@@ -58,7 +58,6 @@ except ImportError:  # pragma: no cover - triton missing: nothing here can run
 # Tests set this to True: the fresh output is then filled with NaN so a skipped write fails.
 POISON_OUTPUTS = False
 
-_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 if triton is not None:
@@ -95,20 +94,8 @@ def mix_usable(device: torch.device) -> bool:
 
 
 def _check_mix(q, k, v, row_ptr, col, s_prob, s_mix, c_avg, out):
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be [B, H, T, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    _ssa.check_csr_block_inputs(q, k, v, row_ptr, col)                  # q, k, v, the lists (shared with the row kernels)
     B, H, Tq, D = q.shape
-    Hkv = k.shape[1]
-    if q.dtype not in _DTYPES:
-        raise ValueError(f"q dtype {q.dtype}: expected one of bfloat16, float16, float32")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"q, k, v must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
-    if k.shape != v.shape or k.shape[0] != B or k.shape[3] != D:
-        raise ValueError(f"k, v must be [B={B}, Hkv, Tk, D={D}] alike; got {tuple(k.shape)} and {tuple(v.shape)}")
-    if Hkv == 0 or H % Hkv:
-        raise ValueError(f"H={H} is not a multiple of the {Hkv} key/value heads")
-    if row_ptr.dtype.is_floating_point or col.dtype.is_floating_point or row_ptr.dtype == torch.bool:
-        raise ValueError(f"row_ptr / col must be integer; got {row_ptr.dtype} / {col.dtype}")
     for name, x in (("s_prob", s_prob), ("s_mix", s_mix)):
         if x.dtype != torch.float32 or tuple(x.shape) != (B, H, Tq, 1):
             raise ValueError(f"{name} must be float32 [B, H, Tq, 1] = {(B, H, Tq, 1)}; got {x.dtype} {tuple(x.shape)}")
@@ -117,10 +104,9 @@ def _check_mix(q, k, v, row_ptr, col, s_prob, s_mix, c_avg, out):
                          f"got {c_avg.dtype} {tuple(c_avg.shape)}")
     if out is not None and (tuple(out.shape) != (B, H, Tq, D) or out.dtype != q.dtype):
         raise ValueError(f"out must be {q.dtype} {(B, H, Tq, D)}; got {out.dtype} {tuple(out.shape)}")
-    tensors = (k, v, row_ptr, col, s_prob, s_mix, c_avg) + (() if out is None else (out,))
+    tensors = (s_prob, s_mix, c_avg) + (() if out is None else (out,))
     if any(x.device != q.device for x in tensors):
         raise ValueError("q, k, v, row_ptr, col, s_prob, s_mix, c_avg (and out) must be on one device")
-    _ssa._check(q, k, v, row_ptr, col, block=True)                       # row_ptr length, Tk >= Tq, 1-D, col length
 
 
 def sparse_attention_mix(q, k, v, row_ptr, col, scale: float, s_prob, s_mix, c_avg, *, out=None):

@@ -6,7 +6,7 @@ sequence, or the whole of it) against keys k, v [B, Hkv, Tk, D], Tk >= Tq:
 (renormalised over the listed keys; a row with no key gives 0; GQA: head h reads kv head h // (H / Hkv)), arithmetic
 in fp32, out in q's dtype; optionally the row log-sum-exp lse[r] = log sum_j exp(q_r . k_j * scale) (fp32
 [B, H, Tq]; +inf for an empty row, which is what `_fwd_kernel` of kernels/sea_sparse_attention.py writes). Same
-semantics, mask format and checks (`_check(..., block=True)`) as that kernel's forward (`_fwd_kernel`,
+semantics, mask format and checks (`check_csr_block_inputs`) as that kernel's forward (`_fwd_kernel`,
 `sparse_attention_block`); only the program layout, and so the float summation order, differs.
 
 Why: `_fwd_kernel` runs one program per query row. Measured on an H200 (B=1, H=16, D=64, bf16, T=65536 causal,
@@ -81,7 +81,7 @@ from __future__ import annotations
 import torch
 
 from kernels._buffers import fresh, pow2_block, triton_runs_on
-from kernels.sea_sparse_attention import _check
+from kernels.sea_sparse_attention import check_csr_block_inputs
 
 try:
     import triton
@@ -104,7 +104,6 @@ HEAD_GROUP_L2_BYTES = 32 << 20
 # Tests set this to True: fresh outputs (out, lse) are then filled with NaN so a skipped write fails.
 POISON_OUTPUTS = False
 
-_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 if triton is not None:
@@ -213,26 +212,6 @@ def rows_usable(device) -> bool:
     return triton_runs_on(device, triton is not None)
 
 
-def _check_rows(q, k, v, row_ptr, col):
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be [B, H, T, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    B, H, Tq, D = q.shape
-    Hkv = k.shape[1]
-    if q.dtype not in _DTYPES:
-        raise ValueError(f"q dtype {q.dtype}: expected one of bfloat16, float16, float32")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"q, k, v must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
-    if k.shape != v.shape or k.shape[0] != B or k.shape[3] != D:
-        raise ValueError(f"k, v must be [B={B}, Hkv, Tk, D={D}] alike; got {tuple(k.shape)} and {tuple(v.shape)}")
-    if Hkv == 0 or H % Hkv:
-        raise ValueError(f"H={H} is not a multiple of the {Hkv} key/value heads")
-    if row_ptr.dtype.is_floating_point or col.dtype.is_floating_point or torch.bool in (row_ptr.dtype, col.dtype):
-        raise ValueError(f"row_ptr / col must be integer; got {row_ptr.dtype} / {col.dtype}")
-    if any(x.device != q.device for x in (k, v, row_ptr, col)):
-        raise ValueError("q, k, v, row_ptr and col must be on one device")
-    _check(q, k, v, row_ptr, col, block=True)                           # row_ptr length, Tk >= Tq, 1-D, col length
-
-
 def sparse_rows_forward(q, k, v, row_ptr, col, scale: float, *, want_lse: bool = False):
     """out [B, H, Tq, D] in q's dtype (and, with want_lse, lse fp32 [B, H, Tq], +inf for empty rows): SEA's sparse
     attention of the query rows q [B, H, Tq, D] over their CSR keys in k, v [B, Hkv, Tk, D] (Tk >= Tq; row_ptr
@@ -244,7 +223,7 @@ def sparse_rows_forward(q, k, v, row_ptr, col, scale: float, *, want_lse: bool =
         raise RuntimeError("sparse_rows_forward is forward-only (no autograd); use "
                            "kernels.sea_sparse_attention.sea_sparse_attention for gradients, or run under "
                            "torch.no_grad()")
-    _check_rows(q, k, v, row_ptr, col)
+    check_csr_block_inputs(q, k, v, row_ptr, col)
     B, H, Tq, D = q.shape
     Hkv = k.shape[1]
     rows, ne = ROWS_PER_PROGRAM, ENTRIES_PER_STEP
