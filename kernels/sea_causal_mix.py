@@ -79,9 +79,9 @@ def _pow2(x: int) -> int:
 
 if triton is not None:
     @triton.jit
-    def _chunk_sums_kernel(V, PRE, svb, svh, svt, svd, H, T, D, NC,
-                           CHUNK: tl.constexpr, BLOCK_D: tl.constexpr):
-        """Launch 1: PRE[bh, c + 1, d] = sum over the chunk's rows of v[b, h, t, d], fp32."""
+    def _chunk_tile(V, svb, svh, svt, svd, H, T, D, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Program (chunk c, b * H + h, column block) of launches 1 and 3: its indices, masks and v tile [C, BD]
+        (int64 row offsets)."""
         c = tl.program_id(0).to(tl.int64)
         bh = tl.program_id(1).to(tl.int64)
         pid_d = tl.program_id(2)
@@ -93,6 +93,13 @@ if triton is not None:
         d_ok = d < D
         ok = t_ok[:, None] & d_ok[None, :]                                              # [C, BD]
         x = tl.load(V + b * svb + h * svh + t[:, None] * svt + d[None, :] * svd, mask=ok, other=0.0)
+        return c, bh, b, h, t, d, t_ok, d_ok, ok, x
+
+    @triton.jit
+    def _chunk_sums_kernel(V, PRE, svb, svh, svt, svd, H, T, D, NC,
+                           CHUNK: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Launch 1: PRE[bh, c + 1, d] = sum over the chunk's rows of v[b, h, t, d], fp32."""
+        c, bh, b, h, t, d, t_ok, d_ok, ok, x = _chunk_tile(V, svb, svh, svt, svd, H, T, D, CHUNK, BLOCK_D)
         tot = tl.sum(x.to(tl.float32), axis=0)                                          # [BD]
         tl.store(PRE + (bh * (NC + 1) + c + 1) * D + d, tot, mask=d_ok)
 
@@ -121,17 +128,7 @@ if triton is not None:
                     H, T, D, NC,
                     CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, WANT_CA: tl.constexpr):
         """Launch 3: in-chunk inclusive cumsum of v + the chunk's prefix, / (row0 + t + 1), mixed with c."""
-        c = tl.program_id(0).to(tl.int64)
-        bh = tl.program_id(1).to(tl.int64)
-        pid_d = tl.program_id(2)
-        b = bh // H
-        h = bh % H
-        t = c * CHUNK + tl.arange(0, CHUNK)                                             # [C] int64
-        d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)                                     # [BD]
-        t_ok = t < T
-        d_ok = d < D
-        ok = t_ok[:, None] & d_ok[None, :]                                              # [C, BD]
-        x = tl.load(V + b * svb + h * svh + t[:, None] * svt + d[None, :] * svd, mask=ok, other=0.0)
+        c, bh, b, h, t, d, t_ok, d_ok, ok, x = _chunk_tile(V, svb, svh, svt, svd, H, T, D, CHUNK, BLOCK_D)
         cc = tl.load(C + b * scb + h * sch + t[:, None] * sct + d[None, :] * scd, mask=ok, other=0.0)
         sp = tl.load(SP + b * spb + h * sph + t * spt, mask=t_ok, other=0.0)            # [C]
         sm = tl.load(SM + b * smb + h * smh + t * smt, mask=t_ok, other=0.0)            # [C]
