@@ -23,7 +23,7 @@ import torch
 # fp32 (17 MiB per head at m = 33, d = 64). Above 1024 chunks of 64 rows (T > 64k) the chunks are grouped, and each
 # attends up to group - 1 earlier chunks of its group directly: the kernel's default cap of 256 states made that 16
 # chunks at T = 256k (in the fused Performer + encoder kernel, which has the same structure, that output kernel was 26
-# of SEA's 58 ms at 256k on an H200: results/nvidia-h200/sea-fused/).
+# of SEA's 58 ms at 256k on an H200: results/nvidia-h200/sea-vs-dense-2/fused-first/).
 CAUSAL_CHECKPOINTS = 1024
 
 
