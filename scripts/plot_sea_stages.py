@@ -22,7 +22,7 @@ def label(row: dict) -> str:
     if row["method"] != "sea":
         return f"{row['method']}[{c['backend']}]" if "backend" in c else row["method"]
     keys = ("performer_dtype", "performer_backend", "mix_backend", "compile", "query_blocks", "query_chunk")
-    defaults = {"performer_dtype": "fp32", "performer_backend": "auto", "mix_backend": "torch", "compile": "none",
+    defaults = {"performer_dtype": "fp32", "performer_backend": "auto", "mix_backend": "auto", "compile": "none",
                 "query_blocks": 0, "query_chunk": 0}
     short = {"performer_dtype": "perf", "performer_backend": "front", "mix_backend": "mix", "compile": "compile",
              "query_blocks": "blocks", "query_chunk": "chunk"}

@@ -80,3 +80,42 @@ def test_refusals(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     cpu = Problem(B, H, Hkv, T, D, dtype="fp32", causal=True, device="cpu")
     assert any("mix_backend=kernel needs a CUDA device" in r for r in M.supports(cpu, cfg))
+
+
+def test_auto_is_the_kernel_on_cuda_only():
+    """mix_backend=auto (the default): the kernel on CUDA, the tensor ops on the CPU even under the interpreter,
+    and never a refusal (bidirectional and backward calls take the tensor ops)."""
+    M, cfg, prob = build()
+    assert cfg["mix_backend"] == "auto"
+    mod = M.build(cfg, prob, seed=2)
+    assert mod.mix_kernel_usable("cuda") and not mod.mix_kernel_usable("cpu")
+    q, k, v = qkv(5)
+    with torch.no_grad():
+        mod(q, k, v, causal=True)
+    assert "mix=" not in mod.impl
+    for causal, backward in ((False, False), (True, True)):
+        other = Problem(B, H, Hkv, T, D, dtype="fp32", causal=causal, device="cpu", backward=backward)
+        assert M.supports(other, cfg) == []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_defaults_run_rows_kernel_and_mix_kernel():
+    """On CUDA the defaults (backend=auto, mix_backend=auto) run the rows kernel and the mix kernel in a forward
+    without gradients, and give the tensor-op mix on the row kernel's output up to summation order."""
+    M = get("sea")
+    T2 = 4096
+    prob = Problem(1, 4, 4, T2, 64, dtype="bf16", causal=True, device="cuda")
+    cfg = M.resolve_config({})
+    ref_cfg = M.resolve_config(dict(backend="triton", mix_backend="torch"))
+    mod = M.build(cfg, prob, seed=0).cuda()
+    ref = M.build(ref_cfg, prob, seed=0).cuda()
+    ref.load_state_dict(mod.state_dict())
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 4, T2, 64, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3))
+    with torch.no_grad():
+        got = mod(q, k, v, causal=True)
+        want = ref(q, k, v, causal=True)
+    assert "sparse=triton_rows" in mod.impl and "mix=kernel" in mod.impl, mod.impl
+    assert "mix=" not in ref.impl
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)

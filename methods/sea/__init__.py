@@ -44,12 +44,13 @@ class _SEABase(Method):
                "`harness distill` run (None: untrained estimator)"),
         Option("checkpoint_layer", -1, "which attention layer of a whole-model checkpoint to load (-1: the layer "
                "being built; a sweep builds layer 0)"),
-        Option("backend", "auto", "sparse attention: auto (Triton row kernel on CUDA or TRITON_INTERPRET, else "
-               "torch), triton (one program per query row, CSR lists), triton_tiled (forward-only, blocks of "
-               "query rows with tl.dot over active key tiles; the row kernel runs when grads or a padding mask "
-               "are needed, and impl says so), triton_rows (forward-only: 16 query rows per program walking their "
-               "consecutive CSR entries with tl.dot, kernels/sea_sparse_rows.py; the row kernel runs when grads are "
-               "needed, and impl says so; not yet timed on a GPU), torch",
+        Option("backend", "auto", "sparse attention: auto (triton_rows for CUDA calls without a gradient, the "
+               "row kernel for other calls on CUDA or TRITON_INTERPRET, else torch), triton (one program per query "
+               "row, CSR lists), triton_tiled (forward-only, blocks of query rows with tl.dot over active key "
+               "tiles; the row kernel runs when grads or a padding mask are needed, and impl says so), triton_rows "
+               "(forward-only: 16 query rows per program walking their consecutive CSR entries with tl.dot, "
+               "kernels/sea_sparse_rows.py; the row kernel runs when grads are needed, and impl says so; on an H200 "
+               "2.0x the row kernel at 64k causal, results/nvidia-h200/sea-rows-mix/), torch",
                choices=("auto", "triton", "triton_tiled", "triton_rows", "torch")),
         Option("estimator_dtype", "fp32", "dtype of the estimator's CNN decoder: fp32 (the paper's), bf16 or "
                "fp16 (autocast; the Performer and the encoder stay fp32)", choices=("fp32", "bf16", "fp16")),
@@ -68,6 +69,10 @@ class _SEABase(Method):
         Option("decoder_backend", "auto", "estimator's causal CNN decoder: torch (the modules), triton (one fused "
                "forward-only kernel, kernels/sea_decoder.py; causal, estimator_dtype=fp32) or auto (the kernel for "
                "causal fp32 decoders on CUDA when no gradient is needed)", choices=("auto", "torch", "triton")),
+        Option("estimator_precision", "fp32", "products inside the estimator's Triton kernels (fused front, "
+               "encoder, decoder): fp32 (three-pass TF32, close to fp32: the paper's precision) or tf32 (one-pass "
+               "TF32, ~2^-11 relative per product; with performer_dtype=bf16 the fused front's feature projection "
+               "also takes bf16 operands). The PyTorch paths are not affected", choices=("fp32", "tf32")),
         Option("compile", "none", "none, or estimator: the estimator's tensor operations (casts, Performer features, "
                "encoder, decoder, scaler) through torch.compile (inductor, static shapes: each sequence length "
                "compiles once, in the first call); the Triton kernels run between the compiled pieces",
@@ -80,13 +85,15 @@ class _SEABase(Method):
                "the whole call (the CUDA top-k kernel breaks ties alike)"),
         Option("query_blocks", 0, "like query_chunk, given as a number of blocks: ceil(T / query_blocks) rows each "
                "(0: off), so the intermediates stay a fixed fraction of the sequence at every T"),
-        Option("mix_backend", "torch", "sparse attention and mix: torch (the row kernel writes c, then the mix in "
-               "tensor ops), kernel (causal, forward-only, no padding mask: the cumulative mean of v and the mix in "
-               "one Triton kernel after the row kernel, kernels/sea_causal_mix.py; not yet timed on a GPU) or triton "
+        Option("mix_backend", "auto", "sparse attention and mix: torch (the sparse kernel writes c, then the mix "
+               "in tensor ops), kernel (causal, forward-only, no padding mask: the cumulative mean of v and the mix "
+               "in one Triton kernel after the sparse kernel, kernels/sea_causal_mix.py; on an H200 1.56 -> 0.22 ms "
+               "at 64k causal, results/nvidia-h200/sea-rows-mix/), auto (kernel where it serves on CUDA, torch "
+               "otherwise) or triton "
                "(one forward-only kernel mixes as it attends, kernels/sea_sparse_mix.py; calls on the row kernel "
                "without a gradient or padding mask; on an H200 within noise of torch below 64k, 1-2 % faster at "
                "64k-256k: results/nvidia-h200/sea-mix/)",
-               choices=("torch", "kernel", "triton")),
+               choices=("auto", "torch", "kernel", "triton")),
         Option("topk_backend", "auto", "grouped top-k: torch (tensor ops), triton (one sort per group in a kernel; "
                "per_query and causal_per_batch without a padding mask, tensor ops otherwise) or auto (the kernel on "
                "CUDA for groups of <= 1024 candidates, the size measured; tensor ops otherwise)",
@@ -197,7 +204,8 @@ class _SEABase(Method):
                            scaler_input=cfg["scaler_input"], performer_backend=cfg["performer_backend"],
                            encoder_backend=cfg["encoder_backend"], compile=cfg["compile"],
                            query_chunk=cfg["query_chunk"], decoder_backend=cfg["decoder_backend"],
-                           query_blocks=cfg["query_blocks"], mix_backend=cfg["mix_backend"])
+                           query_blocks=cfg["query_blocks"], mix_backend=cfg["mix_backend"],
+                           estimator_precision=cfg["estimator_precision"])
         return mod.to(problem.device)
 
 
