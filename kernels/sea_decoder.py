@@ -291,20 +291,21 @@ def _programs(device, njobs: int) -> int:
 
 
 def causal_decoder_forward(z, row_w, row_b, norm_in_w, norm_in_b, norm_in_eps, conv1_w, conv1_b, conv2_w,
-                           conv2_b, conv3_w, conv3_b, norm_out_w, norm_out_b, norm_out_eps, K):
+                           conv2_b, conv3_w, conv3_b, norm_out_w, norm_out_b, norm_out_eps, K, *, precision=None):
     """z [B, H, T, 2d] fp32 -> CausalDecoder.forward(z) [B, H, T, K] fp32; see the module docstring.
 
     row_w [2w, 2d], row_b [2w] (nn.Linear(2d, 2w), w = K/4); norm_in_w, norm_in_b [w] and norm_in_eps
     (nn.LayerNorm(w)); conv1_w, conv2_w [2H, 2H, 3, 3] (raw or time-masked: kernel row 2 is never read),
     conv1_b, conv2_b [2H]; conv3_w [H, 2H, 1, 1], conv3_b [H]; norm_out_w, norm_out_b [K] and norm_out_eps
     (nn.LayerNorm(K)). The conv geometry (dilation 2, padding 2, causal time mask) is the module's, fixed.
-    Forward only."""
+    precision: the dots' input precision (None: the module's PRECISION). Forward only."""
     named = dict(row_w=row_w, row_b=row_b, norm_in_w=norm_in_w, norm_in_b=norm_in_b, conv1_w=conv1_w,
                  conv1_b=conv1_b, conv2_w=conv2_w, conv2_b=conv2_b, conv3_w=conv3_w, conv3_b=conv3_b,
                  norm_out_w=norm_out_w, norm_out_b=norm_out_b)
     B, H, T, D2 = _check(z, named, K)
-    if PRECISION not in _PRECISIONS:
-        raise ValueError(f"sea decoder: PRECISION={PRECISION!r}, expected one of {_PRECISIONS}")
+    prec = PRECISION if precision is None else precision
+    if prec not in _PRECISIONS:
+        raise ValueError(f"sea decoder: precision {prec!r}, expected one of {_PRECISIONS}")
     if not decoder_usable(z.device):
         raise RuntimeError(f"sea decoder kernel needs triton on CUDA (or TRITON_INTERPRET=1); got device {z.device}")
     w = K // 4
@@ -331,12 +332,12 @@ def causal_decoder_forward(z, row_w, row_b, norm_in_w, norm_in_b, norm_in_eps, c
         c(conv3_w), c(conv3_b), c(norm_out_w), c(norm_out_b), out, scratch,
         T, nblk, njobs, float(norm_in_eps), float(norm_out_eps),
         H=H, D2=D2, W=w, HP=hp, CP=cp, WP=wp, WL=pow2_block(w), BT=BLOCK_T, BC=BLOCK_C, BL=BLOCK_L,
-        BF=BLOCK_F, HALO_=HALO, PREC=PRECISION, num_warps=NUM_WARPS,
+        BF=BLOCK_F, HALO_=HALO, PREC=prec, num_warps=NUM_WARPS,
         num_stages=NUM_STAGES)
     return out
 
 
-def decoder_forward(z, dec):
+def decoder_forward(z, dec, *, precision=None):
     """z [B, H, T, 2d] fp32 -> dec(z) [B, H, T, K] for a CausalDecoder `dec` (its weights, forward only).
     Refuses a decoder whose conv geometry is not the causal one this kernel implements. The check reads the
     time masks' values (a device-to-host copy), so it runs once per decoder module and is remembered: later calls,
@@ -347,7 +348,7 @@ def decoder_forward(z, dec):
     return causal_decoder_forward(
         z, dec.row.weight, dec.row.bias, dec.norm_in.weight, dec.norm_in.bias, dec.norm_in.eps,
         dec.conv1.weight, dec.conv1.bias, dec.conv2.weight, dec.conv2.bias, dec.conv3.weight, dec.conv3.bias,
-        dec.norm_out.weight, dec.norm_out.bias, dec.norm_out.eps, dec.K)
+        dec.norm_out.weight, dec.norm_out.bias, dec.norm_out.eps, dec.K, precision=precision)
 
 
 def _check_geometry(dec) -> None:

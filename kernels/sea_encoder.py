@@ -137,14 +137,18 @@ def _check(c_perf, v, lin_w, lin_b, ln_w, ln_b, sc_w, sc_b) -> int:
     return d
 
 
-def encoder_forward(c_perf, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b):
+def encoder_forward(c_perf, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, *, precision=None):
     """c_perf [..., 2d], v [..., d] fp32 -> (z [..., 2d], scales [..., 2]) fp32; see the module docstring.
 
     lin_w [2d, 3d], lin_b [2d] (nn.Linear(3d, 2d)), ln_w, ln_b [2d] and ln_eps (nn.LayerNorm(2d)),
-    sc_w [2, 2d], sc_b [2] (nn.Linear(2d, 2)). Forward only."""
+    sc_w [2, 2d], sc_b [2] (nn.Linear(2d, 2)). precision: None (the module's PRECISION), "tf32x3", "ieee" or
+    "tf32" (one-pass TF32 products, ~2^-11 relative each). Forward only."""
     d = _check(c_perf, v, lin_w, lin_b, ln_w, ln_b, sc_w, sc_b)
     if PRECISION not in _PRECISIONS:
         raise ValueError(f"sea encoder: PRECISION={PRECISION!r}, expected one of {_PRECISIONS}")
+    if precision not in (None, *_PRECISIONS, "tf32"):
+        raise ValueError(f"sea encoder: precision={precision!r}, expected None, tf32 or one of {_PRECISIONS}")
+    prec = PRECISION if precision is None else precision
     if not encoder_usable(c_perf.device):
         raise RuntimeError(f"sea encoder kernel needs triton on CUDA (or TRITON_INTERPRET=1); "
                            f"got device {c_perf.device}")
@@ -164,5 +168,5 @@ def encoder_forward(c_perf, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b):
     _encoder_fwd_kernel[grid](
         c2, v2, lin_w.contiguous(), lin_b.contiguous(), ln_w.contiguous(), ln_b.contiguous(),
         sc_w.contiguous(), sc_b.contiguous(), z, scales, R, float(ln_eps),
-        D=d, BD2=bd2, BLOCK_R=BLOCK_R, BLOCK_K=BLOCK_K, PREC=PRECISION, num_warps=warps)
+        D=d, BD2=bd2, BLOCK_R=BLOCK_R, BLOCK_K=BLOCK_K, PREC=prec, num_warps=warps)
     return z, scales

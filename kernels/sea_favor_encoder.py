@@ -95,6 +95,7 @@ FEATURE_EPS = 1e-3       # relu features' additive constant (methods/sea/favor.p
 DEN_EPS = 1e-6           # favor_attention's normaliser eps
 
 _PRECISIONS = ("tf32x3", "ieee")
+_CALL_PRECISIONS = ("tf32x3", "ieee", "tf32")   # a call's precision= (tf32: one pass, ~2^-11 relative per product)
 _OPERANDS = ("fp32", "bf16")
 
 
@@ -112,13 +113,23 @@ if triton is not None:
             return x.to(DOT).to(MMA)
 
     @triton.jit
+    def _feature_dot(a, b, DOT: tl.constexpr, MMA: tl.constexpr, SOFT: tl.constexpr, OPREC: tl.constexpr,
+                     FPREC: tl.constexpr, FEAT_BF16: tl.constexpr):
+        """The feature projection a @ b (fp32 tiles): FPREC fp32 dots, or with FEAT_BF16 both operands rounded to
+        DOT (bf16) first (precision="tf32" with bf16 operands; the host folds d^-1/4 into proj)."""
+        if FEAT_BF16:
+            return tl.dot(_operand(a, DOT, MMA, SOFT), _operand(b, DOT, MMA, SOFT), input_precision=OPREC)
+        else:
+            return tl.dot(a, b, input_precision=FPREC)
+
+    @triton.jit
     def _fe_states_kernel(K, V, VID, P, ST, ZS,
                           skb, skh, skt, skd, svb, svh, svt, svd, sit, sid,
                           H, T, M, NC, NG, row0, scale,
                           D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, CHUNK: tl.constexpr,
                           GROUP: tl.constexpr, DOT: tl.constexpr, MMA: tl.constexpr, SOFT: tl.constexpr,
                           OPREC: tl.constexpr,
-                          FPREC: tl.constexpr):
+                          FPREC: tl.constexpr, FEAT_BF16: tl.constexpr):
         """Phase 1: ST[bh, g] = [sum phi_k^T v_id | sum phi_k^T v] over the rows of group g ([BM, 2 BD] fp32),
         ZS[bh, g] = sum phi_k ([BM])."""
         g = tl.program_id(0)
@@ -144,7 +155,7 @@ if triton is not None:
             t_ok = t < T
             kt = tl.load(k_base + t[None, :] * skt + offs_d[:, None] * skd,
                          mask=d_ok[:, None] & t_ok[None, :], other=0.0).to(tl.float32) * scale   # [BD, C]
-            fk = tl.dot(pm, kt, input_precision=FPREC)                                     # [BM, C]
+            fk = _feature_dot(pm, kt, DOT, MMA, SOFT, OPREC, FPREC, FEAT_BF16)              # [BM, C]
             fk = tl.where(m_ok[:, None] & t_ok[None, :], tl.maximum(fk, 0.0) + 1e-3, 0.0)
             fk = _operand(fk, DOT, MMA, SOFT)                                               # (bf16-rounded)
             rows_ok = t_ok[:, None] & d_ok[None, :]
@@ -208,7 +219,7 @@ if triton is not None:
                           D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, CHUNK: tl.constexpr,
                           GROUP: tl.constexpr, DOT: tl.constexpr, MMA: tl.constexpr, SOFT: tl.constexpr,
                           OPREC: tl.constexpr,
-                          FPREC: tl.constexpr, PREC: tl.constexpr):
+                          FPREC: tl.constexpr, PREC: tl.constexpr, FEAT_BF16: tl.constexpr):
         """Phase 3: one program per (chunk c, bh): c = num / (den + eps) for its rows over all 2d value
         columns, then the encoder + scaler epilogue; writes z and scales only."""
         c = tl.program_id(0)
@@ -232,7 +243,7 @@ if triton is not None:
                      other=0.0).to(tl.float32) * scale                                       # [C, BD]
         pt = tl.load(P + offs_m[None, :] * D + offs_d[:, None], mask=d_ok[:, None] & m_ok[None, :],
                      other=0.0)                                                             # [BD, BM] proj^T
-        fq = tl.dot(qx, pt, input_precision=FPREC)                                         # [C, BM]
+        fq = _feature_dot(qx, pt, DOT, MMA, SOFT, OPREC, FPREC, FEAT_BF16)                 # [C, BM]
         fq = tl.where(m_ok[None, :], tl.maximum(fq, 0.0) + 1e-3, 0.0)
         fq = _operand(fq, DOT, tl.float32, SOFT)                                            # (bf16-rounded)
 
@@ -252,7 +263,7 @@ if triton is not None:
             tk_ok = tk < T
             kt = tl.load(k_base + tk[None, :] * skt + offs_d[:, None] * skd,
                          mask=d_ok[:, None] & tk_ok[None, :], other=0.0).to(tl.float32) * scale   # [BD, C]
-            fk = tl.dot(pm, kt, input_precision=FPREC)                                     # [BM, C]
+            fk = _feature_dot(pm, kt, DOT, MMA, SOFT, OPREC, FPREC, FEAT_BF16)              # [BM, C]
             fk = tl.where(m_ok[:, None] & tk_ok[None, :], tl.maximum(fk, 0.0) + 1e-3, 0.0)
             fk = _operand(fk, DOT, MMA, SOFT)
             sc = tl.dot(fqm, fk, input_precision=OPREC)                                    # [C, C] fp32
@@ -358,17 +369,24 @@ def _check(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, sc_w, sc_b, row0, stat
 
 
 def favor_encoder_forward(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, *, row0=0,
-                          state=None, operands="fp32", return_state=False):
+                          state=None, operands="fp32", return_state=False, precision=None):
     """q, k, v [B, H, T, d] (any float dtype; d a power of two <= 128), v_id [max_len, d], proj [m, d],
     lin_w [2d, 3d], lin_b [2d], ln_w, ln_b [2d], ln_eps, sc_w [2, 2d], sc_b [2] (all fp32); rows row0 ..
     row0 + T - 1 of v_id are V_I; state: None or (S [B, H, m, 2d], z [B, H, m]) fp32, the prefix state of the
     rows before. Returns (z [B, H, T, 2d], scales [B, H, T, 2]) fp32, plus (S, z) after the last row when
-    return_state. See the module docstring. Forward only."""
+    return_state. precision: None (the module's PRECISION / FEAT_PRECISION), "tf32x3", "ieee" or "tf32" (every
+    fp32 product one-pass TF32, and with operands="bf16" the feature projection on bf16-rounded q / k and
+    d^-1/4 proj). See the module docstring. Forward only."""
     B, H, T, d, m = _check(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, sc_w, sc_b, row0, state, operands,
                            kernel=True)
     for name, p in (("PRECISION", PRECISION), ("FEAT_PRECISION", FEAT_PRECISION)):
         if p not in _PRECISIONS:
             raise ValueError(f"sea favor encoder: {name}={p!r}, expected one of {_PRECISIONS}")
+    if precision not in (None, *_CALL_PRECISIONS):
+        raise ValueError(f"sea favor encoder: precision={precision!r}, expected None or one of {_CALL_PRECISIONS}")
+    prec = PRECISION if precision is None else precision
+    fprec = FEAT_PRECISION if precision is None else precision
+    feat_bf16 = precision == "tf32" and operands == "bf16"
     for name, val in (("SCAN_BLOCK_F", SCAN_BLOCK_F), ("SCAN_STEPS", SCAN_STEPS)):
         if val < 1 or val & (val - 1):
             raise ValueError(f"sea favor encoder: {name}={val} must be a power of two")
@@ -410,16 +428,18 @@ def favor_encoder_forward(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps,
     else:
         dot = mma = tl.float32
         soft = False
-        oprec = PRECISION
+        oprec = prec
     states = torch.empty((B * H, NG, BM, 2 * BD), dtype=torch.float32, device=dev)    # phase 1 writes all
     zst = torch.empty((B * H, NG, BM), dtype=torch.float32, device=dev)
     scale = float(d) ** -0.25
+    if feat_bf16:                            # d^-1/4 folded into proj, so bf16 q / k tiles are rounded exactly
+        proj, scale = proj * scale, 1.0
     vid_st = v_id.stride()
     common = dict(D=d, BD=BD, BM=BM)
     _fe_states_kernel[(NG, B * H)](
         k, v, v_id, proj.contiguous(), states, zst, *k.stride(), *v.stride(), *vid_st,
         H, T, m, NC, NG, int(row0), scale,
-        CHUNK=CHUNK, GROUP=G, DOT=dot, MMA=mma, SOFT=soft, OPREC=oprec, FPREC=FEAT_PRECISION,
+        CHUNK=CHUNK, GROUP=G, DOT=dot, MMA=mma, SOFT=soft, OPREC=oprec, FPREC=fprec, FEAT_BF16=feat_bf16,
         num_warps=NUM_WARPS_STATES, **common)
     has_state = state is not None
     S0 = state[0].contiguous() if has_state else states
@@ -433,21 +453,24 @@ def favor_encoder_forward(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps,
         ln_b.contiguous(), sc_w.contiguous(), sc_b.contiguous(), z, scales,
         *q.stride(), *k.stride(), *v.stride(), *vid_st,
         H, T, m, NG, int(row0), scale, float(ln_eps),
-        CHUNK=CHUNK, GROUP=G, DOT=dot, MMA=mma, SOFT=soft, OPREC=oprec, FPREC=FEAT_PRECISION, PREC=PRECISION,
-        num_warps=NUM_WARPS_OUTPUT, **common)
+        CHUNK=CHUNK, GROUP=G, DOT=dot, MMA=mma, SOFT=soft, OPREC=oprec, FPREC=fprec, PREC=prec,
+        FEAT_BF16=feat_bf16, num_warps=NUM_WARPS_OUTPUT, **common)
     if return_state:
         return z, scales, (S_out, z_out)
     return z, scales
 
 
 def favor_encoder_ref(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, *, row0=0,
-                      state=None, operands="fp32", return_state=False):
+                      state=None, operands="fp32", return_state=False, precision=None):
     """The same forward as plain PyTorch (tests; materialises the [B, H, T, T] causal score matrix).
 
     Computes in float64 when q or proj is float64, else float32. operands="bf16": the features are computed in
     fp32 (as the kernel and favor_attention do), then features and values [v_id ; v] are rounded to bf16 and
     every product and sum is exact in the working dtype (the kernel's further rounding of its intra-chunk
-    scores to bf16 is not modelled). Same signature and results as favor_encoder_forward."""
+    scores to bf16 is not modelled). precision="tf32" with operands="bf16": the feature projection's operands
+    (q, k and proj d^-1/4) rounded to bf16 first, as the kernel does; the TF32 rounding of the kernel's other
+    products is not modelled (the interpreter multiplies exactly; the GPU test bounds it). Same signature and
+    results as favor_encoder_forward."""
     B, H, T, d, m = _check(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, sc_w, sc_b, row0, state, operands,
                            kernel=False)
     work = torch.float64 if torch.float64 in (q.dtype, proj.dtype) else torch.float32
@@ -458,7 +481,14 @@ def favor_encoder_ref(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_
     vi = v_id[row0:row0 + T].to(work).expand(B, H, T, d)                          # [B, H, T, d]
     vw = v.to(work)                                                                # [B, H, T, d]
     vals = torch.cat([vi, vw], dim=-1)                                             # [B, H, T, 2d]
-    if operands == "bf16":
+    if operands == "bf16" and precision == "tf32":
+        pb = (proj.float() * d ** -0.25).to(torch.bfloat16).to(work)                  # [m, d]
+
+        def bfeats(x):
+            return (torch.relu(x.float().to(torch.bfloat16).to(work) @ pb.T) + FEATURE_EPS).to(torch.bfloat16)
+        fq, fk = bfeats(q).to(work), bfeats(k).to(work)                               # [B, H, T, m]
+        vals = torch.cat([vi.float(), v.float()], dim=-1).to(torch.bfloat16).to(work)
+    elif operands == "bf16":
         fq = feats(q.float(), proj.float()).to(torch.bfloat16).to(work)
         fk = feats(k.float(), proj.float()).to(torch.bfloat16).to(work)
         vals = torch.cat([vi.float(), v.float()], dim=-1).to(torch.bfloat16).to(work)

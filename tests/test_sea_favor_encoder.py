@@ -129,6 +129,27 @@ def test_matches_float64_reference(monkeypatch, T, m, operands, tiling):
     assert torch.equal(z2, out[0]) and torch.equal(s2, out[1])
 
 
+def test_tf32_precision_rounds_feature_operands_to_bf16(monkeypatch):
+    """precision="tf32" with bf16 operands: the feature projection on bf16-rounded q, k and d^-1/4 proj (the
+    interpreter multiplies exactly, so the TF32 rounding of the other products is not seen here). The kernel's
+    state (built from the rounded features and values only) matches the reference that rounds those operands
+    at 2e-6 and differs from the default path's reference by more than that: the option is not a no-op."""
+    _tiling(monkeypatch, "c16g2")
+    est = _estimator(33)
+    q, k, v = _qkv(130, seed=5)
+    out = _run(q, k, v, est, row0=4, operands="bf16", return_state=True, precision="tf32")
+    ref = _ref64(q, k, v, est, row0=4, operands="bf16", return_state=True, precision="tf32")
+    _check_all(out, ref, **TOL["bf16"])
+    default = _ref64(q, k, v, est, row0=4, operands="bf16", return_state=True)
+    moved = (out[2][0].double() - default[2][0]).abs().max().item() / default[2][0].abs().max().item()
+    assert moved > 1e-5, f"state moved {moved:.3g} from the default path's: precision ignored?"
+    # fp32 operands: tf32 changes nothing the interpreter can see (exact products)
+    out32 = _run(q, k, v, est, row0=4, operands="fp32", return_state=True, precision="tf32")
+    _check_all(out32, _ref64(q, k, v, est, row0=4, operands="fp32", return_state=True), **TOL["fp32"])
+    with pytest.raises(ValueError, match="precision"):
+        _run(q, k, v, est, row0=4, precision="fp16")
+
+
 def test_ieee_precision_and_other_input_layouts(monkeypatch):
     """bf16 inputs, non-contiguous q/k/v, d=8 (padded to 16 columns), IEEE dots."""
     monkeypatch.setattr(fe, "PRECISION", "ieee")
@@ -252,11 +273,13 @@ def test_refuses_bad_arguments(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("operands", ["fp32", "bf16"])
-def test_cuda_matches_reference_and_sea(monkeypatch, operands):
+@pytest.mark.parametrize("operands, precision", [("fp32", None), ("bf16", None), ("bf16", "tf32")])
+def test_cuda_matches_reference_and_sea(monkeypatch, operands, precision):
     """The real tiles on a GPU (CHUNK=64, 8 chunks per group: 47 chunks in 6 groups, a partial last chunk),
     d=64, m=33 as SEA's causal estimator at nbf=8: against the float64 reference and against SEA's composition
-    on its Triton Performer path (favor_attention backend=triton, then the torch encoder modules)."""
+    on its Triton Performer path (favor_attention backend=triton, then the torch encoder modules). precision
+    "tf32": against the reference that rounds the feature projection's operands to bf16 (the TF32 products are
+    not modelled: their error is what this measures), and not against SEA's fp32-feature composition."""
     _tiling(monkeypatch, "default")
     monkeypatch.setattr(fe, "MAX_CHECKPOINTS", 8)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)   # the torch side in true fp32
@@ -264,8 +287,8 @@ def test_cuda_matches_reference_and_sea(monkeypatch, operands):
     est = _estimator(m, d=d, seed=1, heads=heads, max_len=4096).cuda()
     gen = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(1, heads, T, d, generator=gen).cuda() for _ in range(3))   # [1, heads, T, d]
-    out = _run(q, k, v, est, row0=row0, operands=operands, return_state=True)
-    ref = _ref64(q, k, v, est, row0=row0, operands=operands, return_state=True)
+    out = _run(q, k, v, est, row0=row0, operands=operands, return_state=True, precision=precision)
+    ref = _ref64(q, k, v, est, row0=row0, operands=operands, return_state=True, precision=precision)
     # bf16 state: 1.5e-5 measured on an H200 (results/nvidia-h200/sea-vs-dense-2/gpu-tests-fused.txt), against a
     # first guess of 1e-5: the GPU's tf32x3 feature projection lands some features on the other side of a bf16
     # rounding boundary than the float64 reference does (one bf16 ulp, 2^-8 relative, each); fp32 state 6.4e-7
@@ -275,8 +298,10 @@ def test_cuda_matches_reference_and_sea(monkeypatch, operands):
     for name, got, want in zip(names, (out[0], out[1], *out[2]), (ref[0], ref[1], *ref[2])):
         scale = max(1.0, want.abs().max().item())                 # printed first: every error, before any check fails
         err = (got.double() - want.double()).abs().max().item()
-        print(f"{operands} {name}: max abs err {err:.3g} (scale {scale:.3g})")
+        print(f"{operands}/{precision or 'default'} {name}: max abs err {err:.3g} (scale {scale:.3g})")
     _check_all(out, ref, **tol)
+    if precision is not None:
+        return
     with torch.no_grad():
         vi = est.v_id[row0:row0 + T].expand(1, heads, T, d)                       # [1, heads, T, d]
         c_perf = favor_attention(q, k, torch.cat([vi, v], dim=-1), est.proj, kernel="relu", causal=True,

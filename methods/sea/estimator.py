@@ -18,6 +18,8 @@ from methods.sea.favor import (favor_attention, favor_causal_carry, needs_grad, 
 
 DEC_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("none", "estimator")
+# estimator_precision -> the tl.dot precision of the estimator's Triton kernels (None: each kernel's default, tf32x3)
+PRECISIONS = {"fp32": None, "tf32": "tf32"}
 COMPILE_BACKEND = "inductor"     # torch.compile backend of compile="estimator" (tests may use "aot_eager")
 RECOMPILE_LIMIT = 64             # each estimator instance and shape is one more compiled entry of forward()
 
@@ -139,8 +141,11 @@ class Estimator(nn.Module):
     def __init__(self, *, d: int, H: int, K: int, causal: bool, nbf: float, max_len: int, seed: int,
                  dec_dtype: str = "fp32", performer_backend: str = "auto", performer_dtype: str = "fp32",
                  scaler_input: str = "shared", encoder_backend: str = "auto", compile: str = "none",
-                 decoder_backend: str = "auto"):
+                 decoder_backend: str = "auto", precision: str = "fp32"):
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"estimator precision {precision!r}: expected one of {tuple(PRECISIONS)}")
+        self.precision = precision
         self.d, self.H, self.K, self.causal = d, H, K, causal
         if dec_dtype not in DEC_DTYPES:
             raise ValueError(f"estimator dtype {dec_dtype!r}: expected one of {tuple(DEC_DTYPES)}")
@@ -192,7 +197,7 @@ class Estimator(nn.Module):
             if needs_grad(z, *self.dec.parameters()):
                 raise RuntimeError("sea decoder_backend=triton is a forward-only kernel and this call needs "
                                    "gradients (training, or forward+backward): use decoder_backend=torch")
-            return torch.compiler.disable(decoder_forward)(z, self.dec)
+            return torch.compiler.disable(decoder_forward)(z, self.dec, precision=PRECISIONS[self.precision])
         if self.dec_dtype == "fp32":
             return self.dec(z)
         with torch.autocast(device_type=z.device.type, dtype=DEC_DTYPES[self.dec_dtype], cache_enabled=False):
@@ -267,7 +272,7 @@ class Estimator(nn.Module):
                                "(training, or forward+backward): use encoder_backend=torch")
         kernel_call = torch.compiler.disable(encoder_forward)            # compile="estimator": not traced
         return kernel_call(c_perf, v, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, self.scaler.weight,
-                           self.scaler.bias)
+                           self.scaler.bias, precision=PRECISIONS[self.precision])
 
     def fused_front(self, q, k, v, *, valid, vid_rows: torch.Tensor, state, want_state: bool):
         """performer_backend=fused (causal): z [B, H, T, 2d], scales [B, H, T, 2] and (when want_state) the Performer
@@ -290,7 +295,8 @@ class Estimator(nn.Module):
         kernel_call = torch.compiler.disable(favor_encoder_forward)      # compile="estimator": not traced
         out = kernel_call(q, k, v, vid_rows, self.proj, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps,
                           self.scaler.weight, self.scaler.bias, row0=0, state=state,
-                          operands=self.performer_dtype, return_state=want_state)
+                          operands=self.performer_dtype, return_state=want_state,
+                          precision=PRECISIONS[self.precision])
         return (out[0], out[1], out[2]) if want_state else (out[0], out[1], None)
 
     def forward(self, q, k, v, *, valid: torch.Tensor | None):
