@@ -119,7 +119,7 @@ def test_windows_and_bos_policy():
 # --- fidelity ---------------------------------------------------------------------------------------------
 
 @needs_shared
-def test_fidelity_capture_round_trip_into_run(tiny_dir, tmp_path):
+def test_fidelity_capture_round_trip_into_run(tiny_dir, tmp_path, capsys):
     cap = tmp_path / "qkv.safetensors"
     out = tmp_path / "fid"
     T = 48
@@ -155,6 +155,22 @@ def test_fidelity_capture_round_trip_into_run(tiny_dir, tmp_path):
     perf = {str(r["extra"]["layer"]): r for r in rows if r["method"] == "performer"}
     assert all(r["status"] == "ok" for r in perf.values())
     assert 0 < perf["mean"]["err_rel_l2"] == pytest.approx((perf["0"]["err_rel_l2"] + perf["1"]["err_rel_l2"]) / 2)
+
+    # the same capture scored again without the model (--capture-in): the same errors per layer
+    again = tmp_path / "fid-again"
+    assert main(["fidelity", "--capture-in", str(cap), "--methods", "performer", "--device", "cpu",
+                 "--out", str(again), "--quiet"]) == 0
+    perf2 = {str(r["extra"]["layer"]): r for r in read_rows(again)}
+    assert set(perf2) == {"0", "1", "mean"} and perf2["0"]["seq_len"] == T and perf2["0"]["batch"] == 2
+    for key, r in perf.items():
+        assert perf2[key]["status"] == "ok" and perf2[key]["err_rel_l2"] == pytest.approx(r["err_rel_l2"], rel=1e-6)
+    capsys.readouterr()
+    assert main(["fidelity", "--model", str(tiny_dir), "--capture-in", str(cap), "--seq-len", "8", "--device",
+                 "cpu", "--out", str(tmp_path / "both"), "--quiet"]) == 2
+    assert "--capture-in" in capsys.readouterr().err
+    assert main(["fidelity", "--capture-in", str(tmp_path / "missing.safetensors"), "--device", "cpu",
+                 "--out", str(tmp_path / "none"), "--quiet"]) == 2
+    assert "no such file" in capsys.readouterr().err
 
     run_dir = tmp_path / "sweep"
     proc = run_cli("run", "--inputs", str(cap), "--methods", "exact", "--seq-lens", str(T), "--batch", "1",

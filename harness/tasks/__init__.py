@@ -16,8 +16,9 @@ from typing import Any
 from harness.runner import UsageError
 
 
-def add_common_args(p: argparse.ArgumentParser, *, methods_required: bool = True) -> None:
-    p.add_argument("--model", required=True,
+def add_common_args(p: argparse.ArgumentParser, *, methods_required: bool = True,
+                    model_required: bool = True) -> None:
+    p.add_argument("--model", required=model_required, default=None,
                    help="hub name, local model folder, .gguf file, or a folder of .gguf parts")
     p.add_argument("--gguf-file", default=None, help="GGUF file name inside --model (a folder)")
     p.add_argument("--methods", required=methods_required, default=None,

@@ -10,6 +10,8 @@
    output relative L2 error, max abs error and, where the method exposes its attention distribution,
    attention KL and top-k recall on sampled query rows. One row per (method, layer) and one per method with
    the means over layers (extra.layer = "mean").
+With --capture-in FILE (a capture written by step 1, or a subset of its layers in the same format) step 1 is
+skipped: no model is loaded, so methods can be scored on another machine (e.g. a GPU without the model files).
 """
 from __future__ import annotations
 
@@ -31,13 +33,16 @@ def register_cli(subparsers) -> None:
 
     p = subparsers.add_parser(TASK, help="methods on a model's captured per-layer Q/K/V",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, methods_required=False)
-    p.add_argument("--seq-len", type=int, required=True, help="tokens per captured sequence (T)")
+    add_common_args(p, methods_required=False, model_required=False)
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per captured sequence (T; needed with --model)")
     p.add_argument("--batch", type=int, default=1, help="sequences captured (consecutive windows of the text)")
     p.add_argument("--task", dest="model_task", choices=("causal-lm", "encoder"), default="causal-lm",
                    help="how to load --model (encoder: bidirectional attention)")
     p.add_argument("--capture-out", type=Path, default=None,
                    help="safetensors file for the captured q/k/v (default: <out>/capture.safetensors)")
+    p.add_argument("--capture-in", type=Path, default=None,
+                   help="score the methods on this saved capture instead of loading --model (its layers, "
+                        "tokens and metadata are the capture's)")
     p.add_argument("--capture-layer", type=int, default=None,
                    help="layer whose q/k/v are also saved as top-level 'q','k','v' (default: the middle one)")
     p.set_defaults(func=cmd_fidelity)
@@ -91,6 +96,30 @@ def save_capture(layers, path: Path, *, top: int, meta: dict) -> Path:
     return path
 
 
+def load_capture(path: Path) -> tuple[list, dict]:
+    """(CapturedLayer list, metadata) from a file save_capture wrote (or a subset of its layers with their
+    entries in the metadata's 'layers' list). Tensors stay on the CPU in their saved dtype."""
+    from safetensors import safe_open
+
+    from harness.models.swap import CapturedLayer
+
+    if not Path(path).is_file():
+        raise UsageError(f"--capture-in {path}: no such file")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != "harness-capture/1" or "layers" not in meta:
+            raise UsageError(f"--capture-in {path}: not a harness capture (format {meta.get('format')!r})")
+        layers = []
+        for info in json.loads(meta["layers"]):
+            i = info["i"]
+            q, k, v = (f.get_tensor(f"layer{i}.{n}") for n in ("q", "k", "v"))
+            layers.append(CapturedLayer(name=info["name"], index=info["index"], q=q, k=k, v=v,
+                                        causal=info["causal"], scale=info["scale"], key_padding_mask=None))
+    if not layers:
+        raise UsageError(f"--capture-in {path}: the capture holds no layers")
+    return layers, meta
+
+
 def _prob_rows(T: int, causal: bool, device):
     import torch
 
@@ -138,27 +167,43 @@ def cmd_fidelity(a) -> int:
     from harness.rows import Row
     from methods.base import DTYPES, Problem
 
-    if a.seq_len < 2 or a.batch < 1:
-        raise UsageError("--seq-len must be at least 2 and --batch at least 1")
+    if (a.model is None) == (a.capture_in is None):
+        raise UsageError("give --model (capture the q/k/v, then score) or --capture-in (score a saved capture)")
+    if a.model is not None and (a.seq_len is None or a.seq_len < 2 or a.batch < 1):
+        raise UsageError("--seq-len must be given and at least 2, and --batch at least 1")
     variants = method_variants(a) if a.methods else []
     device = device_of(a)
-    corpus = load_corpus(a.text)
-    model, tok = load_model_or_usage(a, a.model_task, device)
-    dims = model_problem_dims(model)
-    setting = {"task": TASK, "model": str(a.model), "text": a.text, "text_source": corpus.source,
-               "seq_len": a.seq_len, "batch": a.batch, "model_task": a.model_task}
-    run, run_id, done = open_run(a, TASK, device, {"setting": setting, "methods": [[n, c] for n, c in variants]})
-    layers = capture_qkv(model, tok, corpus.text, seq_len=a.seq_len, batch=a.batch, device=device)
-    top = len(layers) // 2 if a.capture_layer is None else a.capture_layer
-    if not 0 <= top < len(layers):
-        raise UsageError(f"--capture-layer {top}: the model has {len(layers)} attention layers (0..{len(layers) - 1})")
-    capture_path = a.capture_out or run.path / "capture.safetensors"
-    save_capture(layers, capture_path, top=top, meta={"model": a.model, "text": a.text, "seq_len": a.seq_len,
-                                                       "batch": a.batch, "dtype": a.dtype})
-    run.update_meta(capture=str(capture_path), capture_layers=len(layers), capture_top_layer=top)
-    print(f"captured {len(layers)} layers of q/k/v {tuple(layers[0].q.shape)} -> {capture_path} "
-          f"(top-level q/k/v: layer {top})")
-    del model
+    if a.capture_in is not None:
+        layers, meta = load_capture(a.capture_in)
+        B, _, T, _ = layers[0].q.shape
+        setting = {"task": TASK, "model": meta.get("model", "?"), "text": meta.get("text", "?"),
+                   "text_source": f"capture {a.capture_in}", "seq_len": T, "batch": B,
+                   "model_task": a.model_task}
+        run, run_id, done = open_run(a, TASK, device, {"setting": setting,
+                                                       "methods": [[n, c] for n, c in variants]})
+        capture_path = a.capture_in
+        run.update_meta(capture=str(capture_path), capture_layers=len(layers))
+        print(f"loaded {len(layers)} captured layers of q/k/v {tuple(layers[0].q.shape)} from {capture_path}")
+    else:
+        corpus = load_corpus(a.text)
+        model, tok = load_model_or_usage(a, a.model_task, device)
+        model_problem_dims(model)
+        setting = {"task": TASK, "model": str(a.model), "text": a.text, "text_source": corpus.source,
+                   "seq_len": a.seq_len, "batch": a.batch, "model_task": a.model_task}
+        run, run_id, done = open_run(a, TASK, device, {"setting": setting,
+                                                       "methods": [[n, c] for n, c in variants]})
+        layers = capture_qkv(model, tok, corpus.text, seq_len=a.seq_len, batch=a.batch, device=device)
+        top = len(layers) // 2 if a.capture_layer is None else a.capture_layer
+        if not 0 <= top < len(layers):
+            raise UsageError(f"--capture-layer {top}: the model has {len(layers)} attention layers "
+                             f"(0..{len(layers) - 1})")
+        capture_path = a.capture_out or run.path / "capture.safetensors"
+        save_capture(layers, capture_path, top=top, meta={"model": a.model, "text": a.text, "seq_len": a.seq_len,
+                                                           "batch": a.batch, "dtype": a.dtype})
+        run.update_meta(capture=str(capture_path), capture_layers=len(layers), capture_top_layer=top)
+        print(f"captured {len(layers)} layers of q/k/v {tuple(layers[0].q.shape)} -> {capture_path} "
+              f"(top-level q/k/v: layer {top})")
+        del model
     dtype = DTYPES[a.dtype]
     for name, cfg in variants:
         cls = methods.get(name)
