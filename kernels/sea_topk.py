@@ -1,5 +1,6 @@
-"""SEA's grouped top-k for the per-row budget modes as one Triton kernel: per group (a query row's H x K cells for
-causal_per_batch, its K cells for per_query) find the n-th highest eligible score and mark the cells above it.
+"""SEA's grouped top-k for the per-row budget modes as a Triton kernel (two algorithms): per group (a query
+row's H x K cells for causal_per_batch, its K cells for per_query) find the n-th highest eligible score and
+mark the cells above it.
 
 Inputs: the estimate a [B, H, T, K] (only the order matters), the cell widths for the rows' time steps
 (width [T, K]; a cell of width 0 covers no key and is never selected) and the budget of each time step
@@ -14,7 +15,9 @@ Two algorithms, switched by the module-level ALGO (select_rows reads it at each 
 - "sort" (_group_topk_kernel; measured on an H200, bf16 estimate, B=1, H=16, K=64, causal_per_batch, 1024 cells
   per group: 0.40 ms at T=16k, 1.31-1.43 ms at 64k, 5.2-5.6 ms at 256k, against a traffic floor of ~0.07-0.08 ms
   at 64k): one program per group sorts the group's 1024 scores in registers (a bitonic tl.sort: 55
-  compare-exchange stages, most of them across threads) only to read the n-th value.
+  compare-exchange stages, most of them across threads) only to read the n-th value. (n <= 0 and n above the
+  padded group size used to threshold at 0.0 and NaN could land anywhere in the sort; now n <= 0 selects nothing,
+  a larger n every eligible cell, and NaN is -inf before the sort. SEA's budgets are 1..H K, never NaN.)
 - "bisect" (_group_bisect_kernel; NOT YET TIMED ON A GPU): no sort. Each score becomes a monotone int32 key
   (bits ^ ((bits >> 31) & 0x7fffffff) after -0.0 -> +0.0, so integer order == float order and equal keys ==
   equal floats; ineligible cells get INT32_MIN, below every eligible key). One fused reduction gives the number
@@ -33,13 +36,16 @@ Two algorithms, switched by the module-level ALGO (select_rows reads it at each 
       T=16k SEA ties:  count-only 21.5 / 27 / 27   snap 7.0 /  7 /  8
       T=64k normal:    count-only  8.4 / 11 / 15   snap 5.7 /  7 / 10
       T=64k SEA ties:  count-only 16.0 / 27 / 27   snap 4.5 /  6 /  8
-  Estimated cost per 1024-cell group with 2 warps (16 cells a thread; BISECT_CELLS_PER_THREAD): a count-only
-  step ~16 compares + 16 adds + 5 shuffle levels + one shared-memory exchange ~ 50 instructions a thread, a snap
-  step ~16 x 6 + 3 x 5 shuffle levels + one exchange ~ 130; so ~1100 (snap, SEA ties) or ~700-1400 (count-only)
-  instructions a thread plus ~150 for the load, keys, first reduction and cumsum, against ~55 sort stages of
-  ~8 compare-exchanges (2 instructions each) plus, for the ~45 stages whose partner is in another thread, a
-  shuffle or a shared-memory layout change of every value (~20-40 instructions a stage with 4 warps): roughly
-  2-3x fewer issued instructions at 1024 cells, more where n is 1 or >= the eligible cells (no search at all).
+  Cost, from the SASS of both kernels compiled here for sm_90 (triton 3.6, no GPU; 1024-cell groups, static
+  instruction counts per thread): the sort kernel is straight-line, ~3160 instructions a thread with 4 warps
+  (~470 FSETP + ~460 FSEL compare-exchanges, ~440 SHFL, ~160 STS/LDS layout changes, 34 barriers) = ~12.6k
+  warp-instructions a group. The bisect kernel with 2 warps (16 cells a thread, the default): ~1340 outside its
+  loop (loads, keys, the first reduction, cumsum, int8 stores) and 161 per snap step (87 count-only), i.e.
+  ~2.7k + 322 (174) warp-instructions per step a group: ~4.9k at 7 snap steps, 2.6x fewer than the sort; with
+  1 warp ~2.1k + 250 per snap step (~3.8k at 7 steps; 122 registers); with 4 warps ~3.3k + 496 per step.
+  Were both issue-bound alike (the sort's 1.31 ms at 64k is ~8.3e8 warp-instructions, ~60 % of the H200's issue
+  rate), bisect would take ~0.4-0.5 ms at 64k; latency (a reduction's shuffle tree and barrier per step) may
+  cost more. The per_query configuration (64 cells, 8 rows, 1 warp) compiles too; not counted.
   Fewer warps per group do the same work in fewer warp-instructions (fewer shuffle trees and barriers), which
   pays while the grid has tens of thousands of programs. Small groups (per_query: K = 64 cells) take several
   consecutive rows per program (BISECT_CELLS cells at least, one search loop for all of them: it runs until the
@@ -59,8 +65,6 @@ BISECT_SNAP = True              # bisect: snap lo / hi to the nearest real keys 
 BISECT_CELLS = 512              # bisect: at least this many cells per program (several rows for small groups)
 BISECT_CELLS_PER_THREAD = 16    # bisect: warps per program = cells per program / (32 x this), 1 to 8
 POISON_OUTPUTS = False          # tests: start from a buffer of 0x55 bytes instead of torch.empty
-
-_INT32_MIN, _INT32_MAX = -2147483648, 2147483647
 
 
 @triton.jit
