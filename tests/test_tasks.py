@@ -116,6 +116,15 @@ def test_windows_and_bos_policy():
     assert make_windows(list(range(9)), 4, None) == [[0, 1, 2, 3], [4, 5, 6, 7]]   # a lone last token predicts nothing
 
 
+def run_cli_script(script: str, *args: str):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, str(root / script), *args], capture_output=True, text=True, timeout=120,
+                          cwd=root)
+
+
 # --- fidelity ---------------------------------------------------------------------------------------------
 
 @needs_shared
@@ -164,6 +173,15 @@ def test_fidelity_capture_round_trip_into_run(tiny_dir, tmp_path, capsys):
     assert set(perf2) == {"0", "1", "mean"} and perf2["0"]["seq_len"] == T and perf2["0"]["batch"] == 2
     for key, r in perf.items():
         assert perf2[key]["status"] == "ok" and perf2[key]["err_rel_l2"] == pytest.approx(r["err_rel_l2"], rel=1e-6)
+    sub = tmp_path / "sub.safetensors"                  # every 2nd layer in bf16: layer 0 only, same errors in bf16
+    proc = run_cli_script("scripts/capture_subset.py", str(cap), str(sub), "--every", "2", "--dtype", "bf16")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert main(["fidelity", "--capture-in", str(sub), "--methods", "performer", "--dtype", "bf16", "--device",
+                 "cpu", "--out", str(tmp_path / "fid-sub"), "--quiet"]) == 0
+    sub_rows = {str(r["extra"]["layer"]): r for r in read_rows(tmp_path / "fid-sub")}
+    assert set(sub_rows) == {"0", "mean"} and sub_rows["0"]["extra"]["layer_index"] == perf["0"]["extra"]["layer_index"]
+    assert sub_rows["0"]["status"] == "ok" and sub_rows["0"]["err_rel_l2"] == pytest.approx(perf["0"]["err_rel_l2"],
+                                                                                            rel=0.05)
     capsys.readouterr()
     assert main(["fidelity", "--model", str(tiny_dir), "--capture-in", str(cap), "--seq-len", "8", "--device",
                  "cpu", "--out", str(tmp_path / "both"), "--quiet"]) == 2
