@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Time SEA's heaviest Triton kernels under alternative launch constants, side by side in one process (issue 7).
+
+Builds `sea` (B=1, H=16, D=64, bf16, causal, untrained estimator; options --opts) at --T, runs one forward to get
+real intermediates (the encoder output z, the CSR lists), then for each kernel times its module-level constants'
+variants (CUDA events, median of --reps calls after a warm-up) and checks every variant's output against the
+baseline's (max abs difference relative to the baseline's largest value; variants that change the float
+summation order differ by rounding only). Prints one table per kernel.
+
+    python scripts/tune_sea_kernels.py --T 65536 --opts performer_dtype=bf16,performer_backend=fused,estimator_precision=tf32
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+DECODER = [{}, {"PRECISION": "tf32"}, {"BLOCK_T": 64}, {"NUM_WARPS": 8}, {"BLOCK_C": 4}, {"BLOCK_C": 16},
+           {"PROGRAMS_PER_SM": 1}, {"PROGRAMS_PER_SM": 4}, {"BLOCK_F": 64}, {"PRECISION": "tf32", "BLOCK_T": 64},
+           {"PRECISION": "tf32", "NUM_WARPS": 8}, {"BLOCK_T": 64, "NUM_WARPS": 8}]
+FRONT = [{}, {"MAX_CHECKPOINTS": 256}, {"MAX_CHECKPOINTS": 512}, {"MAX_CHECKPOINTS": 2048},
+         {"NUM_WARPS_OUTPUT": 4}, {"CHUNK": 32}, {"CHUNK": 32, "MAX_CHECKPOINTS": 2048}, {"CHUNK": 128},
+         {"SCAN_STEPS": 16}, {"NUM_WARPS_STATES": 8}]
+ROWS = [{}, {"ROWS_PER_PROGRAM": 32}, {"ENTRIES_PER_STEP": 32}, {"ENTRIES_PER_STEP": 128}, {"NUM_WARPS": 8},
+        {"NUM_WARPS": 2}, {"ROWS_PER_PROGRAM": 32, "NUM_WARPS": 8}]
+
+
+@contextlib.contextmanager
+def constants(module, values: dict):
+    old = {k: getattr(module, k) for k in values}
+    for k, v in values.items():
+        setattr(module, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(module, k, v)
+
+
+def bench(fn, reps: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)[len(times) // 2]
+
+
+def sweep(name, module, variants, call, reps):
+    print(f"\n{name} ({module.__name__})\n| variant | ms | vs baseline | max rel diff |\n|---|---|---|---|")
+    base_out, base_ms = None, None
+    for values in variants:
+        label = ", ".join(f"{k}={v}" for k, v in values.items()) or "baseline"
+        try:
+            with constants(module, values):
+                out = call()
+                ms = bench(call, reps)
+        except Exception as exc:  # noqa: BLE001 - a variant that fails is a row
+            print(f"| {label} | error: {type(exc).__name__}: {str(exc)[:120]} | | |")
+            continue
+        out = out[0] if isinstance(out, tuple) else out
+        if base_out is None:
+            base_out, base_ms = out.float(), ms
+        diff = ((out.float() - base_out).abs().max() / base_out.abs().max().clamp(min=1e-30)).item()
+        print(f"| {label} | {ms:.3f} | {ms / base_ms:.3f}x | {diff:.2e} |")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--T", type=int, default=65536)
+    ap.add_argument("--opts", default="performer_dtype=bf16,performer_backend=fused,estimator_precision=tf32")
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--only", default="decoder,front,rows")
+    a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("tune_sea_kernels.py needs a CUDA device", file=sys.stderr)
+        return 2
+    import kernels.sea_decoder as dk
+    import kernels.sea_favor_encoder as fe
+    import kernels.sea_sparse_rows as sr
+    from methods.base import Problem, get
+
+    H, D, T = 16, 64, a.T
+    opts = dict(kv.split("=", 1) for kv in a.opts.split(",") if kv)
+    opts.setdefault("max_len", str(T))
+    M = get("sea")
+    cfg = M.resolve_config(opts)
+    mod = M.build(cfg, Problem(1, H, H, T, D, dtype="bf16", causal=True, device="cuda"), seed=0)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, H, T, D, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    est = mod.estimator
+    with torch.no_grad():
+        mod(q, k, v, causal=True)
+        print(f"T={T} opts={a.opts} impl={mod.impl}")
+        aux = mod.last_aux
+        z, _, _ = est.fused_front(q, k, v, valid=None, vid_rows=est.v_id[:T], state=None, want_state=False)
+        todo = a.only.split(",")
+        if "decoder" in todo:
+            sweep("decoder", dk, DECODER, lambda: dk.decoder_forward(z, est.dec, precision=None), a.reps)
+        if "front" in todo:
+            sweep("fused front (precision tf32 when asked)", fe, FRONT,
+                  lambda: est.fused_front(q, k, v, valid=None, vid_rows=est.v_id[:T], state=None, want_state=False),
+                  a.reps)
+        if "rows" in todo:
+            scale = D ** -0.5
+            sweep("rows kernel", sr, ROWS,
+                  lambda: sr.sparse_rows_forward(q, k, v, aux["row_ptr"], aux["col"], scale), a.reps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
