@@ -90,7 +90,8 @@ PRECISION = "tf32x3"     # tl.dot input precision ("tf32x3", "ieee" or "tf32")
 BLOCK_T = 32             # window rows per job (power of two >= 8); BLOCK_T - 4 output rows each
 BLOCK_C = 8              # window rows per conv chunk (power of two; BLOCK_C x WP >= 16)
 BLOCK_L = 32             # window rows per row-Linear chunk (power of two >= 16)
-BLOCK_F = 32             # input features per row-Linear tl.dot step (power of two >= 16)
+BLOCK_F = 64             # input features per row-Linear tl.dot step (power of two >= 16); H200, T=65536: 64 took
+                         # 1.64 ms against 1.89 with 32 (results/nvidia-h200/sea-tune/tune-64k.txt)
 NUM_WARPS = 4
 NUM_STAGES = 1           # no software pipelining: it stages every tap's tiles in shared memory (~250 KiB)
 PROGRAMS_PER_SM = 2      # persistent grid on CUDA: SMs x this many programs
@@ -305,7 +306,8 @@ def causal_decoder_forward(z, row_w, row_b, norm_in_w, norm_in_b, norm_in_eps, c
     B, H, T, D2 = _check(z, named, K)
     prec = PRECISION if precision is None else precision
     if prec not in _PRECISIONS:
-        raise ValueError(f"sea decoder: precision {prec!r}, expected one of {_PRECISIONS}")
+        raise ValueError(f"sea decoder: PRECISION={PRECISION!r}, precision={precision!r}: expected one of "
+                         f"{_PRECISIONS}")
     if not decoder_usable(z.device):
         raise RuntimeError(f"sea decoder kernel needs triton on CUDA (or TRITON_INTERPRET=1); got device {z.device}")
     w = K // 4

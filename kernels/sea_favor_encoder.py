@@ -81,6 +81,8 @@ __all__ = ["favor_encoder_forward", "favor_encoder_ref", "favor_encoder_usable"]
 # Tests set this to True: fresh outputs (z, scales, the returned state) are then NaN so a skipped write fails.
 POISON_OUTPUTS = False
 CHUNK = 64               # rows per chunk (power of two >= 16)
+CHUNK_TF32 = 128         # rows per chunk of precision="tf32" calls (H200, bf16 operands, the whole front: 2.89 -> 2.18 ms
+                         # at T=65536, 10.6 -> 6.9 ms at 262144 against 64-row chunks; results/nvidia-h200/sea-tune/)
 GROUP = None             # chunks per stored group state; None: the smallest power of two with NG <= MAX_CHECKPOINTS
 MAX_CHECKPOINTS = 1024   # auto GROUP: at most this many stored states per (b, h) (32 KiB each at d = 64, m <= 64);
                          # 256 made each chunk attend up to 15 earlier chunks at T = 256k: 26 of SEA's 58 ms (H200)
@@ -390,8 +392,9 @@ def favor_encoder_forward(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps,
     for name, val in (("SCAN_BLOCK_F", SCAN_BLOCK_F), ("SCAN_STEPS", SCAN_STEPS)):
         if val < 1 or val & (val - 1):
             raise ValueError(f"sea favor encoder: {name}={val} must be a power of two")
-    if CHUNK < 16 or CHUNK & (CHUNK - 1):
-        raise ValueError(f"sea favor encoder: CHUNK={CHUNK} must be a power of two >= 16")
+    chunk = CHUNK_TF32 if precision == "tf32" else CHUNK
+    if chunk < 16 or chunk & (chunk - 1):
+        raise ValueError(f"sea favor encoder: CHUNK={CHUNK}, CHUNK_TF32={CHUNK_TF32} must be powers of two >= 16")
     if not favor_encoder_usable(q.device):
         raise RuntimeError(f"sea favor encoder kernel needs triton on CUDA (or TRITON_INTERPRET=1); "
                            f"got device {q.device}")
@@ -412,7 +415,7 @@ def favor_encoder_forward(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps,
         return z, scales
     BD = pow2_block(d)
     BM = pow2_block(m)
-    NC = -(-T // CHUNK)
+    NC = -(-T // chunk)
     G = _auto_group(NC) if GROUP is None else int(GROUP)
     if G < 1:
         raise ValueError(f"sea favor encoder: GROUP={GROUP} must be >= 1")
@@ -439,7 +442,7 @@ def favor_encoder_forward(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps,
     _fe_states_kernel[(NG, B * H)](
         k, v, v_id, proj.contiguous(), states, zst, *k.stride(), *v.stride(), *vid_st,
         H, T, m, NC, NG, int(row0), scale,
-        CHUNK=CHUNK, GROUP=G, DOT=dot, MMA=mma, SOFT=soft, OPREC=oprec, FPREC=fprec, FEAT_BF16=feat_bf16,
+        CHUNK=chunk, GROUP=G, DOT=dot, MMA=mma, SOFT=soft, OPREC=oprec, FPREC=fprec, FEAT_BF16=feat_bf16,
         num_warps=NUM_WARPS_STATES, **common)
     has_state = state is not None
     S0 = state[0].contiguous() if has_state else states
@@ -453,7 +456,7 @@ def favor_encoder_forward(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps,
         ln_b.contiguous(), sc_w.contiguous(), sc_b.contiguous(), z, scales,
         *q.stride(), *k.stride(), *v.stride(), *vid_st,
         H, T, m, NG, int(row0), scale, float(ln_eps),
-        CHUNK=CHUNK, GROUP=G, DOT=dot, MMA=mma, SOFT=soft, OPREC=oprec, FPREC=fprec, PREC=prec,
+        CHUNK=chunk, GROUP=G, DOT=dot, MMA=mma, SOFT=soft, OPREC=oprec, FPREC=fprec, PREC=prec,
         FEAT_BF16=feat_bf16, num_warps=NUM_WARPS_OUTPUT, **common)
     if return_state:
         return z, scales, (S_out, z_out)

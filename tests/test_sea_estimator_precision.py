@@ -1,6 +1,7 @@
-"""sea.estimator_precision: the precision of the products inside the estimator's Triton kernels reaches each of
-them (fused front, encoder, decoder), the impl string names it, and tf32 changes the output by a little (under
-the interpreter only the fused front's bf16 feature operands are visible: its products are exact)."""
+"""sea.estimator_precision: the precision of the products inside the estimator's Triton kernels reaches the fused
+front and the encoder kernel (the decoder kernel keeps its default: one-pass TF32 measured slower there), the impl
+string names it, and tf32 changes the estimate by a little (under the interpreter only the fused front's bf16
+feature operands are visible: its products are exact)."""
 from __future__ import annotations
 
 import pytest
@@ -47,7 +48,7 @@ def test_precision_reaches_every_estimator_kernel(monkeypatch, front):
     with torch.no_grad():
         a = fast(q, k, v, causal=True)
         names = {n for n, _ in seen}
-        assert {p for _, p in seen} == {"tf32"}, seen
+        assert dict(seen) == {**{n: "tf32" for n in names}, "decoder_forward": None}, seen
         seen.clear()
         b = exact(q, k, v, causal=True)
         assert {p for _, p in seen} == {None}, seen

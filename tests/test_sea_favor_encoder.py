@@ -36,6 +36,7 @@ def _small_tiles(monkeypatch):
 def _tiling(monkeypatch, name):
     chunk, group, ckpt = TILINGS[name]
     monkeypatch.setattr(fe, "CHUNK", chunk)
+    monkeypatch.setattr(fe, "CHUNK_TF32", chunk)           # precision="tf32" calls: the same tiling
     monkeypatch.setattr(fe, "GROUP", group)
     monkeypatch.setattr(fe, "MAX_CHECKPOINTS", ckpt)
 
@@ -143,6 +144,11 @@ def test_tf32_precision_rounds_feature_operands_to_bf16(monkeypatch):
     default = _ref64(q, k, v, est, row0=4, operands="bf16", return_state=True)
     moved = (out[2][0].double() - default[2][0]).abs().max().item() / default[2][0].abs().max().item()
     assert moved > 1e-5, f"state moved {moved:.3g} from the default path's: precision ignored?"
+    # the real tf32 chunk (128 rows: 2 chunks at T = 130, one per group, the last 2 rows) gives the same values
+    monkeypatch.setattr(fe, "CHUNK_TF32", 128)
+    monkeypatch.setattr(fe, "GROUP", None)
+    big = _run(q, k, v, est, row0=4, operands="bf16", return_state=True, precision="tf32")
+    _check_all(big, ref, **TOL["bf16"])
     # fp32 operands: tf32 changes nothing the interpreter can see (exact products)
     out32 = _run(q, k, v, est, row0=4, operands="fp32", return_state=True, precision="tf32")
     _check_all(out32, _ref64(q, k, v, est, row0=4, operands="fp32", return_state=True), **TOL["fp32"])

@@ -197,7 +197,9 @@ class Estimator(nn.Module):
             if needs_grad(z, *self.dec.parameters()):
                 raise RuntimeError("sea decoder_backend=triton is a forward-only kernel and this call needs "
                                    "gradients (training, or forward+backward): use decoder_backend=torch")
-            return torch.compiler.disable(decoder_forward)(z, self.dec, precision=PRECISIONS[self.precision])
+            # estimator_precision leaves the decoder at its tf32x3 dots: one-pass TF32 made it slower on an H200
+            # (2.11 against 1.89 ms at T=65536, same run: results/nvidia-h200/sea-tune/tune-64k.txt)
+            return torch.compiler.disable(decoder_forward)(z, self.dec)
         if self.dec_dtype == "fp32":
             return self.dec(z)
         with torch.autocast(device_type=z.device.type, dtype=DEC_DTYPES[self.dec_dtype], cache_enabled=False):
