@@ -66,3 +66,37 @@ def test_bad_precision_refused():
     M = get("sea")
     with pytest.raises(Exception, match="estimator_precision"):
         M.resolve_config({"estimator_precision": "fp16"})
+
+
+def test_auto_front_is_split_on_cpu_and_fused_only_for_tf32(monkeypatch):
+    """performer_backend=auto takes the fused front only for CUDA calls with estimator_precision=tf32: on the CPU
+    (interpreter or not) the split path runs; the decision itself is checked with a CUDA-looking query."""
+    mod = build(performer_backend="auto", estimator_precision="tf32")
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(B, H, T, D, generator=g) for _ in range(3))
+    with torch.no_grad():
+        mod(q, k, v, causal=True)
+    assert "performer=fused" not in mod.impl
+    est = mod.estimator
+
+    class CudaLike:                                  # only .is_cuda and .requires_grad are read
+        is_cuda, requires_grad = True, False
+    cq = CudaLike()
+    with torch.no_grad():
+        assert est.uses_fused_front(cq, cq, cq, None)
+        assert not est.uses_fused_front(cq, cq, cq, torch.ones(B, T, dtype=torch.bool))   # padding mask
+    assert not build(performer_backend="auto").estimator.uses_fused_front(cq, cq, cq, None)   # fp32 precision
+    assert not build(performer_backend="triton", estimator_precision="tf32").estimator.uses_fused_front(
+        cq, cq, cq, None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_auto_front_with_tf32_is_fused():
+    M = get("sea")
+    cfg = M.resolve_config(dict(performer_dtype="bf16", estimator_precision="tf32", max_len="2048"))
+    mod = M.build(cfg, Problem(1, 4, 4, 2048, 64, dtype="bf16", causal=True, device="cuda"), seed=0)
+    q, k, v = (torch.randn(1, 4, 2048, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    with torch.no_grad():
+        out = mod(q, k, v, causal=True)
+    assert "performer=fused" in mod.impl and torch.isfinite(out).all(), mod.impl

@@ -36,7 +36,8 @@ def _small_tiles(monkeypatch):
 def _tiling(monkeypatch, name):
     chunk, group, ckpt = TILINGS[name]
     monkeypatch.setattr(fe, "CHUNK", chunk)
-    monkeypatch.setattr(fe, "CHUNK_TF32", chunk)           # precision="tf32" calls: the same tiling
+    # precision="tf32" calls: the same tiling, except "default": the module's own 128-row chunks
+    monkeypatch.setattr(fe, "CHUNK_TF32", 128 if name == "default" else chunk)
     monkeypatch.setattr(fe, "GROUP", group)
     monkeypatch.setattr(fe, "MAX_CHECKPOINTS", ckpt)
 

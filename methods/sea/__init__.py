@@ -56,8 +56,9 @@ class _SEABase(Method):
                "fp16 (autocast; the Performer and the encoder stay fp32)", choices=("fp32", "bf16", "fp16")),
         Option("performer_dtype", "fp32", "operands of the estimator's Performer products: fp32 (the paper's) or "
                "bf16 (features computed in fp32, then rounded; fp32 accumulation)", choices=("fp32", "bf16")),
-        Option("performer_backend", "auto", "estimator's Performer pass: auto (causal: Triton prefix-sum kernel on "
-               "CUDA, torch on CPU; bidirectional: the fused kernel on CUDA when no gradient is needed and no padding "
+        Option("performer_backend", "auto", "estimator's Performer pass: auto (causal: the fused front below for "
+               "CUDA calls without a gradient or padding mask when estimator_precision=tf32, else the Triton "
+               "prefix-sum kernel on CUDA, torch on CPU; bidirectional: the fused kernel on CUDA when no gradient is needed and no padding "
                "mask is given, torch matmuls otherwise), torch, triton (causal: the prefix-sum kernel; "
                "bidirectional: the fused forward-only kernel, kernels/favor_dense.py), or fused (causal, forward-only, "
                "no padding mask: relu features computed in the kernel, no concatenated values, and the encoder + "

@@ -241,7 +241,7 @@ class Estimator(nn.Module):
                   else identity_values(None, B, T, d, q.device)[:, None].expand(B, H, T, d))
             return qf, kf, vf, torch.cat([vi, vf], dim=-1)               # vals [B, H, T, 2d]
 
-        if self.performer_backend == "fused":                            # Performer + encoder: one kernel
+        if self.uses_fused_front(q, k, v, None):                         # Performer + encoder: one kernel
             front = lambda: self.fused_front(q, k, v, valid=None, vid_rows=self.v_id[:T],  # noqa: E731
                                              state=None, want_state=False)
             z, _, _ = front()
@@ -261,6 +261,20 @@ class Estimator(nn.Module):
         z = enc()
         return dict(inputs=timer(inputs), performer=timer(perf), encoder=timer(enc),
                     decoder=timer(lambda: self.decode(z)), scaler=timer(lambda: torch.sigmoid(self.scaler(z))))
+
+    def uses_fused_front(self, q, k, v, valid) -> bool:
+        """Does this call take the fused front (kernels/sea_favor_encoder.py)? performer_backend=fused: always (it
+        refuses in words where it cannot serve); auto: for causal CUDA calls without a padding mask or a gradient
+        when estimator_precision=tf32 (measured faster than the split path at 16k, 64k and 256k on an H200 with
+        tf32 products, but not at 64k with three-pass products: results/nvidia-h200/sea-precision/)."""
+        if self.performer_backend == "fused":
+            return True
+        if self.performer_backend != "auto" or not self.causal or self.precision != "tf32" or valid is not None:
+            return False
+        lin, ln = self.enc[0], self.enc[1]
+        weights = (self.v_id, self.proj, lin.weight, lin.bias, ln.weight, ln.bias, self.scaler.weight,
+                   self.scaler.bias)
+        return q.is_cuda and not needs_grad(q, k, v, *weights)
 
     def fused_encoder(self, c_perf: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """encoder_backend=triton: z [B, H, T, 2d] and sigmoid scales [B, H, T, 2] by kernels/sea_encoder.py (one
@@ -347,7 +361,7 @@ class Estimator(nn.Module):
         """vi: the V_I rows (causal) or identity values (bidirectional) [B, H, T, d]. carry: None for a whole
         sequence; a dict (or {} for a first block) in the block form (forward_block). Returns (logits, s_prob,
         s_mix, next carry or None)."""
-        if self.performer_backend == "fused":                            # Performer + encoder in one kernel
+        if self.uses_fused_front(q, k, v, valid):                        # Performer + encoder in one kernel
             # the V_I rows of this call as a [T, d] view of v_id (vi is that view expanded): the block's first row
             # is not passed as an int, which would make compile="estimator" recompile for every query block
             z, scales, state = self.fused_front(q, k, v, valid=valid, vid_rows=vi[0, 0],
