@@ -81,6 +81,9 @@ __all__ = ["favor_encoder_forward", "favor_encoder_ref", "favor_encoder_usable"]
 # Tests set this to True: fresh outputs (z, scales, the returned state) are then NaN so a skipped write fails.
 POISON_OUTPUTS = False
 CHUNK = 64               # rows per chunk (power of two >= 16)
+STAGES_TF32 = 2          # software-pipeline stages of the states / output kernels in precision="tf32" calls (None:
+                         # Triton's default): with 128-row chunks and 4 chunks per group the states kernel's default
+                         # staging asked for 237568 B of shared memory on an H200 (limit 232448) and did not launch
 CHUNK_TF32 = 128         # rows per chunk of precision="tf32" calls (H200, bf16 operands, the whole front: 2.89 -> 2.18 ms
                          # at T=65536, 10.6 -> 6.9 ms at 262144 against 64-row chunks; results/nvidia-h200/sea-tune/)
 GROUP = None             # chunks per stored group state; None: the smallest power of two with NG <= MAX_CHECKPOINTS
@@ -393,6 +396,7 @@ def favor_encoder_forward(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps,
         if val < 1 or val & (val - 1):
             raise ValueError(f"sea favor encoder: {name}={val} must be a power of two")
     chunk = CHUNK_TF32 if precision == "tf32" else CHUNK
+    stages = dict(num_stages=STAGES_TF32) if precision == "tf32" and STAGES_TF32 is not None else {}
     if chunk < 16 or chunk & (chunk - 1):
         raise ValueError(f"sea favor encoder: CHUNK={CHUNK}, CHUNK_TF32={CHUNK_TF32} must be powers of two >= 16")
     if not favor_encoder_usable(q.device):
@@ -443,7 +447,7 @@ def favor_encoder_forward(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps,
         k, v, v_id, proj.contiguous(), states, zst, *k.stride(), *v.stride(), *vid_st,
         H, T, m, NC, NG, int(row0), scale,
         CHUNK=chunk, GROUP=G, DOT=dot, MMA=mma, SOFT=soft, OPREC=oprec, FPREC=fprec, FEAT_BF16=feat_bf16,
-        num_warps=NUM_WARPS_STATES, **common)
+        num_warps=NUM_WARPS_STATES, **stages, **common)
     has_state = state is not None
     S0 = state[0].contiguous() if has_state else states
     Z0 = state[1].contiguous() if has_state else zst
@@ -457,7 +461,7 @@ def favor_encoder_forward(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps,
         *q.stride(), *k.stride(), *v.stride(), *vid_st,
         H, T, m, NG, int(row0), scale, float(ln_eps),
         CHUNK=chunk, GROUP=G, DOT=dot, MMA=mma, SOFT=soft, OPREC=oprec, FPREC=fprec, PREC=prec,
-        FEAT_BF16=feat_bf16, num_warps=NUM_WARPS_OUTPUT, **common)
+        FEAT_BF16=feat_bf16, num_warps=NUM_WARPS_OUTPUT, **stages, **common)
     if return_state:
         return z, scales, (S_out, z_out)
     return z, scales

@@ -23,9 +23,9 @@ import torch  # noqa: E402
 DECODER = [{}, {"PRECISION": "tf32"}, {"BLOCK_T": 64}, {"NUM_WARPS": 8}, {"BLOCK_C": 4}, {"BLOCK_C": 16},
            {"PROGRAMS_PER_SM": 1}, {"PROGRAMS_PER_SM": 4}, {"BLOCK_F": 64}, {"PRECISION": "tf32", "BLOCK_T": 64},
            {"PRECISION": "tf32", "NUM_WARPS": 8}, {"BLOCK_T": 64, "NUM_WARPS": 8}]
-FRONT = [{}, {"MAX_CHECKPOINTS": 256}, {"MAX_CHECKPOINTS": 512}, {"MAX_CHECKPOINTS": 2048},
-         {"NUM_WARPS_OUTPUT": 4}, {"CHUNK": 32}, {"CHUNK": 32, "MAX_CHECKPOINTS": 2048}, {"CHUNK": 128},
-         {"SCAN_STEPS": 16}, {"NUM_WARPS_STATES": 8}]
+FRONT = [{}, {"STAGES_TF32": None}, {"STAGES_TF32": 1}, {"STAGES_TF32": 3}, {"NUM_WARPS_OUTPUT": 4},
+         {"NUM_WARPS_OUTPUT": 4, "STAGES_TF32": 1}, {"CHUNK_TF32": 64}, {"MAX_CHECKPOINTS": 512},
+         {"MAX_CHECKPOINTS": 2048}]     # CHUNK / CHUNK_TF32, STAGES_TF32: the chunk of fp32 / tf32-precision calls
 ROWS = [{}, {"ROWS_PER_PROGRAM": 32}, {"ENTRIES_PER_STEP": 32}, {"ENTRIES_PER_STEP": 128}, {"NUM_WARPS": 8},
         {"NUM_WARPS": 2}, {"ROWS_PER_PROGRAM": 32, "NUM_WARPS": 8}]
 
