@@ -56,6 +56,9 @@ division's output in separate launches.
 Measured on an H200 (results/nvidia-h200/sea-vs-dense-2/, bf16 operands): the output kernel took 3.49 ms at
 T=65536 (1 chunk per group, MAX_CHECKPOINTS 1024; 4.2 ms with 4) and 16.8 ms at 262144 (4 per group; 25.9 ms with
 16): compute-bound, as feared; the states and scan kernels 0.69 and 0.41 ms at 64k (0.43 and 0.11 with 256 states).
+With precision="tf32" (one-pass products, bf16 feature operands, 128-row chunks, 2 pipeline stages) the whole front
+took 1.95 ms at 64k and 6.88 ms at 256k (results/nvidia-h200/sea-vs-dense-3/front-stages/; 2.89 / 10.6 ms with 64-row
+chunks, results/nvidia-h200/sea-tune/).
 
 Forward only: favor_encoder_forward refuses when grad is enabled and an input requires grad.
 favor_encoder_ref is the plain PyTorch restatement (float64 when given float64 inputs) used by the tests.
