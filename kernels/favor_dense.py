@@ -281,9 +281,11 @@ def _unit_last(x):
 
 def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, *,
                         valid: torch.Tensor | None = None, operands: str = "fp32", eps: float = 1e-6,
-                        feat_eps: float = 1e-4) -> torch.Tensor:
+                        feat_eps: float = 1e-4, precision: str | None = None) -> torch.Tensor:
     """Bidirectional FAVOR+ softmax-feature attention, fused (see the module docstring).
-    q, k [B, H, T, d]; v [B, H, T, Dv]; proj [m, d] fp32; valid bool [B, T] or None -> float32 [B, H, T, Dv]."""
+    q, k [B, H, T, d]; v [B, H, T, Dv]; proj [m, d] fp32; valid bool [B, T] or None -> float32 [B, H, T, Dv].
+    precision: None (FP32_PRECISION / BF16_DASH_PRECISION) or one of tf32x3, ieee, tf32 for every fp32 tl.dot
+    (tf32: one-pass TF32, ~2^-11 relative per product; the exp of the features carries it as an absolute error)."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, proj)):
@@ -302,7 +304,10 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
     x_scale = float(d) ** -0.25
     phi_scale = float(m) ** -0.5
     BD, BDV = pow2_block(d), pow2_block(Dv)
-    dash_prec = BF16_DASH_PRECISION if bf16 else FP32_PRECISION
+    if precision not in (None, "tf32x3", "ieee", "tf32"):
+        raise ValueError(f"favor_softmax_dense: precision={precision!r}, expected None, tf32x3, ieee or tf32")
+    dash_prec = precision or (BF16_DASH_PRECISION if bf16 else FP32_PRECISION)
+    prod_prec = precision or FP32_PRECISION
     nfb = triton.cdiv(m, KEY_BLOCK_F)
     rows = _split_rows(T, BH * nfb)
     nsplit = triton.cdiv(T, rows)
@@ -317,7 +322,7 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
         k, v, valid_u8, proj, a_part, z_part, mx_part, vs_part,
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         H, T, d, Dv, m, rows, nsplit, nfb, x_scale,
-        HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=FP32_PRECISION,
+        HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,
         BLOCK_T=KEY_BLOCK_T, BLOCK_F=KEY_BLOCK_F, BLOCK_D=BD, BLOCK_DV=BDV, num_warps=KEY_NUM_WARPS)
 
     # 2. combine (torch, O(B H n_split m Dv)): one stabiliser per head, as favor.py's key features
@@ -345,6 +350,6 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
         q, proj, kv, z, kv_sum, z_sum, out,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
         H, T, d, Dv, m, x_scale, phi_scale, float(eps), float(feat_eps),
-        BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=FP32_PRECISION,
+        BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,
         BLOCK_T=QUERY_BLOCK_T, BLOCK_F=QUERY_BLOCK_F, BLOCK_D=BD, BLOCK_DV=BDV, num_warps=QUERY_NUM_WARPS)
     return out

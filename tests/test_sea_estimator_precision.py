@@ -100,3 +100,25 @@ def test_gpu_auto_front_with_tf32_is_fused():
     with torch.no_grad():
         out = mod(q, k, v, causal=True)
     assert "performer=fused" in mod.impl and torch.isfinite(out).all(), mod.impl
+
+
+def test_precision_reaches_the_bidirectional_performer_kernel(monkeypatch):
+    """Bidirectional SEA with performer_backend=triton (kernels/favor_dense.py, interpreted here): tf32 reaches the
+    kernel (the interpreter multiplies exactly, so only the plumbing is visible on the CPU)."""
+    import kernels.favor_dense as fd
+
+    seen = []
+    spy(monkeypatch, fd, "favor_softmax_dense", seen)
+    M = get("sea")
+    cfg = M.resolve_config(dict(k="3", K="16", backend="torch", performer_backend="triton",
+                                estimator_precision="tf32"))
+    prob = Problem(B, H, H, T, D, dtype="fp32", causal=False, device="cpu")
+    assert M.supports(prob, cfg) == []
+    mod = M.build(cfg, prob, seed=3)
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(B, H, T, D, generator=g) for _ in range(3))
+    with torch.no_grad():
+        out = mod(q, k, v, causal=False)
+    assert seen == [("favor_softmax_dense", "tf32")] and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="precision"):
+        fd.favor_softmax_dense(q, k, v, mod.estimator.proj, precision="fp16")

@@ -70,8 +70,8 @@ class _SEABase(Method):
         Option("decoder_backend", "auto", "estimator's causal CNN decoder: torch (the modules), triton (one fused "
                "forward-only kernel, kernels/sea_decoder.py; causal, estimator_dtype=fp32) or auto (the kernel for "
                "causal fp32 decoders on CUDA when no gradient is needed)", choices=("auto", "torch", "triton")),
-        Option("estimator_precision", "fp32", "products inside the estimator's fused front and encoder Triton "
-               "kernels: fp32 (three-pass TF32, close to fp32: the paper's precision) or tf32 (one-pass TF32, ~2^-11 "
+        Option("estimator_precision", "fp32", "products inside the estimator's fused front, encoder and "
+               "bidirectional Performer (kernels/favor_dense.py) Triton kernels: fp32 (three-pass TF32, close to fp32: the paper's precision) or tf32 (one-pass TF32, ~2^-11 "
                "relative per product, and 128-row chunks in the fused front; with performer_dtype=bf16 the fused "
                "front's feature projection also takes bf16 operands). The decoder kernel keeps three-pass TF32 "
                "(one pass measured slower) and the PyTorch paths are not affected. H200, causal, bf16, with the "

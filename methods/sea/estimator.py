@@ -249,7 +249,8 @@ class Estimator(nn.Module):
                         scaler=0.0)
         qf, kf, vf, vals = inputs()
         perf = lambda: favor_attention(qf, kf, vals, self.proj, kernel=self.kernel, causal=self.causal,  # noqa: E731
-                                       backend=self.performer_backend, operands=self.performer_dtype)
+                                       backend=self.performer_backend, operands=self.performer_dtype,
+                                       precision=PRECISIONS[self.precision])
         c_perf = perf()
         self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(qf, kf, vals))
         if self.encoder_path(c_perf, vf) == "triton":                    # encoder and scaler in one kernel
@@ -376,8 +377,8 @@ class Estimator(nn.Module):
                                                 padded=valid is not None)
         if carry is None:
             c_perf = favor_attention(q, k, vals, self.proj, kernel=self.kernel, causal=self.causal, valid=valid,
-                                     backend=self.performer_backend,
-                                     operands=self.performer_dtype)     # [B, H, T, 2d] fp32 out
+                                     backend=self.performer_backend, operands=self.performer_dtype,
+                                     precision=PRECISIONS[self.precision])     # [B, H, T, 2d] fp32 out
         else:
             c_perf, state = favor_causal_carry(q, k, vals, self.proj, carry.get("state"),
                                                backend=self.performer_backend, operands=self.performer_dtype)

@@ -138,12 +138,13 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
 
 def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, *, kernel: str,
                     causal: bool, valid: torch.Tensor | None = None, chunk: int = 128, backend: str = "auto",
-                    eps: float = 1e-6, operands: str = "fp32") -> torch.Tensor:
+                    eps: float = 1e-6, operands: str = "fp32", precision: str | None = None) -> torch.Tensor:
     """FAVOR+ attention, output float32. q, k [B, H, T, d]; v [B, H, T, Dv]; valid bool [B, T] or None.
     backend: see performer_backend (causal only). operands: "fp32" (the paper's) or "bf16": the features are
     computed in fp32, then features and values are rounded to bf16 for the products (tensor cores on CUDA);
     sums and prefix states accumulate in fp32 (the Triton kernel and the torch fallback alike; the bidirectional
-    path rounds its [m, Dv] key-value summary to bf16 before the second product)."""
+    path rounds its [m, Dv] key-value summary to bf16 before the second product). precision: the fused
+    bidirectional kernel's tl.dot precision (None: its default; "tf32": one pass); the other paths ignore it."""
     if operands not in ("fp32", "bf16"):
         raise ValueError(f"performer operands {operands!r}: expected fp32 or bf16")
     path = performer_backend(q, causal, backend, needs_grad(q, k, v, proj), padded=valid is not None)
@@ -153,7 +154,7 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
         from kernels.favor_dense import favor_softmax_dense
 
         return torch.compiler.disable(favor_softmax_dense)(q, k, v, proj.float(), valid=valid, operands=operands,
-                                                           eps=eps)
+                                                           eps=eps, precision=precision)
     q, k, v = q.float(), k.float(), v.float()
     if kernel == "softmax":
         phi_q = softmax_features(q, proj, is_query=True)
