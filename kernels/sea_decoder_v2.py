@@ -85,12 +85,13 @@ except ImportError:  # pragma: no cover - triton missing: the decoder kernels ar
 # Tests set this to True: outputs and intermediates are then NaN-filled separate buffers, so a skipped write fails.
 POISON_OUTPUTS = False
 PRECISION = "tf32x3"     # dot input precision: "tf32x3", "ieee", "tf32", or "bf16" (conv dots + x0/x1 in bf16)
-BLOCK_T = 64             # kernel 1: time rows per program (power of two >= 16)
-BLOCK_F = 128            # kernel 1: input features per dot step (power of two >= 16; 2d = 128 is one step)
-BLOCK_M = 128            # kernels 2-3: positions (time rows x padded width) per program (power of two >= 16)
-NUM_WARPS_ROW = 4        # kernel 1
+BLOCK_T = 128            # kernel 1: time rows per program (power of two >= 16)
+BLOCK_F = 32             # kernel 1: input features per pipelined dot step (power of two >= 16)
+BLOCK_M = 64             # kernels 2-3: positions (time rows x padded width) per program (power of two >= 16)
+NUM_WARPS_ROW = 8        # kernel 1
 NUM_WARPS_CONV = 4       # kernels 2-3
-NUM_STAGES = 1           # kernels 2-3 have no loops; kernel 1's feature loop is one step at d = 64
+NUM_STAGES_ROW = 3       # kernel 1: software pipelining of the feature loop (z tiles staged by cp.async)
+NUM_STAGES_CONV = 3      # kernels 2-3: the same over the six-tap loop
 
 _PRECISIONS = ("tf32x3", "ieee", "tf32", "bf16")
 
@@ -161,7 +162,7 @@ if triton is not None:
         woff = offs_c[None, :] * (C * 9) + offs_c[:, None] * 9             # [CP ci, CP co] -> w[co, ci, 0, 0]
         wmask = cmask[:, None] & cmask[None, :]
         acc = tl.zeros([BM, CP], dtype=tl.float32)
-        for tap in tl.static_range(6):
+        for tap in range(6):
             kh = tap // 3
             kw = tap % 3
             ts = tt + (2 * kh - 2)                                        # source time row
@@ -285,14 +286,14 @@ def causal_decoder_forward(z, row_w, row_b, norm_in_w, norm_in_b, norm_in_eps, c
     _rowlin_kernel[(triton.cdiv(T, BLOCK_T), B * H)](
         c(z), c(row_w), c(row_b), c(norm_in_w), c(norm_in_b), x0, T, float(norm_in_eps),
         H=H, D2=D2, W=w, WL=pow2_block(w), BT=BLOCK_T, BF=min(BLOCK_F, pow2_block(D2)),
-        PREC="tf32x3" if prec == "bf16" else prec, num_warps=NUM_WARPS_ROW, num_stages=NUM_STAGES)
+        PREC="tf32x3" if prec == "bf16" else prec, num_warps=NUM_WARPS_ROW, num_stages=NUM_STAGES_ROW)
     cp, hp = pow2_block(C), pow2_block(H)
     grid = (triton.cdiv(T, rows), B)
     _conv1_kernel[grid](x0, c(conv1_w), c(conv1_b), x1, T, C=C, W=w, WP=wp, CP=cp, BM=bm, PREC=prec,
-                        num_warps=NUM_WARPS_CONV, num_stages=NUM_STAGES)
+                        num_warps=NUM_WARPS_CONV, num_stages=NUM_STAGES_CONV)
     _conv2_out_kernel[grid](x1, c(conv2_w), c(conv2_b), c(conv3_w), c(conv3_b), c(norm_out_w), c(norm_out_b),
                             out, T, float(norm_out_eps), H=H, W=w, WP=wp, CP=cp, HP=hp, BM=bm, PREC=prec,
-                            num_warps=NUM_WARPS_CONV, num_stages=NUM_STAGES)
+                            num_warps=NUM_WARPS_CONV, num_stages=NUM_STAGES_CONV)
     return out
 
 
