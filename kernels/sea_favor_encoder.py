@@ -87,8 +87,9 @@ CHUNK = 64               # rows per chunk (power of two >= 16)
 STAGES_TF32 = 2          # software-pipeline stages of the states / output kernels in precision="tf32" calls (None:
                          # Triton's default): with 128-row chunks and 4 chunks per group the states kernel's default
                          # staging asked for 237568 B of shared memory on an H200 (limit 232448) and did not launch
-CHUNK_TF32 = 128         # rows per chunk of precision="tf32" calls (H200, bf16 operands, the whole front: 2.89 -> 2.18 ms
-                         # at T=65536, 10.6 -> 6.9 ms at 262144 against 64-row chunks; results/nvidia-h200/sea-tune/)
+CHUNK_TF32 = 128         # rows per chunk of precision="tf32" calls (H200, bf16 operands, the whole front: 2.89 ->
+                         # 2.18 ms at T=65536, 10.6 -> 6.9 ms at 262144 against 64-row chunks; results/nvidia-h200/
+                         # sea-tune/)
 GROUP = None             # chunks per stored group state; None: the smallest power of two with NG <= MAX_CHECKPOINTS
 MAX_CHECKPOINTS = 1024   # auto GROUP: at most this many stored states per (b, h) (32 KiB each at d = 64, m <= 64);
                          # 256 made each chunk attend up to 15 earlier chunks at T = 256k: 26 of SEA's 58 ms (H200)

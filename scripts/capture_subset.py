@@ -35,7 +35,8 @@ def main() -> int:
         for info in keep:
             for n in ("q", "k", "v"):
                 x = f.get_tensor(f"layer{info['i']}.{n}")
-                tensors[f"layer{info['i']}.{n}"] = (x if DTYPES[a.dtype] is None else x.to(DTYPES[a.dtype])).contiguous()
+                x = x if DTYPES[a.dtype] is None else x.to(DTYPES[a.dtype])
+                tensors[f"layer{info['i']}.{n}"] = x.contiguous()
     meta["layers"] = json.dumps(keep)
     meta["subset"] = f"layers {[info['i'] for info in keep]} of {a.src}, dtype {a.dtype}"
     save_file(tensors, a.dst, metadata=meta)

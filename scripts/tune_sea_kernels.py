@@ -7,7 +7,8 @@ variants (CUDA events, median of --reps calls after a warm-up) and checks every 
 baseline's (max abs difference relative to the baseline's largest value; variants that change the float
 summation order differ by rounding only). Prints one table per kernel.
 
-    python scripts/tune_sea_kernels.py --T 65536 --opts performer_dtype=bf16,performer_backend=fused,estimator_precision=tf32
+    python scripts/tune_sea_kernels.py --T 65536 \
+        --opts performer_dtype=bf16,performer_backend=fused,estimator_precision=tf32
 """
 from __future__ import annotations
 

@@ -58,11 +58,12 @@ class _SEABase(Method):
                "bf16 (features computed in fp32, then rounded; fp32 accumulation)", choices=("fp32", "bf16")),
         Option("performer_backend", "auto", "estimator's Performer pass: auto (causal: the fused front below for "
                "CUDA calls without a gradient or padding mask when estimator_precision=tf32, else the Triton "
-               "prefix-sum kernel on CUDA, torch on CPU; bidirectional: the fused kernel on CUDA when no gradient is needed and no padding "
-               "mask is given, torch matmuls otherwise), torch, triton (causal: the prefix-sum kernel; "
-               "bidirectional: the fused forward-only kernel, kernels/favor_dense.py), or fused (causal, forward-only, "
-               "no padding mask: relu features computed in the kernel, no concatenated values, and the encoder + "
-               "scaler head in its epilogue, kernels/sea_favor_encoder.py; the Performer's output is never written)",
+               "prefix-sum kernel on CUDA, torch on CPU; bidirectional: the fused kernel on CUDA when no gradient "
+               "is needed and no padding mask is given, torch matmuls otherwise), torch, triton (causal: the "
+               "prefix-sum kernel; bidirectional: the fused forward-only kernel, kernels/favor_dense.py), or fused "
+               "(causal, forward-only, no padding mask: relu features computed in the kernel, no concatenated "
+               "values, and the encoder + scaler head in its epilogue, kernels/sea_favor_encoder.py; the Performer's "
+               "output is never written)",
                choices=("auto", "triton", "torch", "fused")),
         Option("encoder_backend", "auto", "estimator's encoder (Linear, LayerNorm, GELU) and scaler head: torch "
                "(the modules), triton (one fused forward-only kernel, kernels/sea_encoder.py) or auto (the kernel on "
@@ -71,12 +72,14 @@ class _SEABase(Method):
                "forward-only kernel, kernels/sea_decoder.py; causal, estimator_dtype=fp32) or auto (the kernel for "
                "causal fp32 decoders on CUDA when no gradient is needed)", choices=("auto", "torch", "triton")),
         Option("estimator_precision", "fp32", "products inside the estimator's fused front, encoder and "
-               "bidirectional Performer (kernels/favor_dense.py) Triton kernels: fp32 (three-pass TF32, close to fp32: the paper's precision) or tf32 (one-pass TF32, ~2^-11 "
-               "relative per product, and 128-row chunks in the fused front; with performer_dtype=bf16 the fused "
-               "front's feature projection also takes bf16 operands). The decoder kernel keeps three-pass TF32 "
+               "bidirectional Performer (kernels/favor_dense.py) Triton kernels: fp32 (three-pass TF32, close to "
+               "fp32: the paper's precision) or tf32 (one-pass TF32, ~2^-11 relative per product, and 128-row "
+               "chunks in the fused front; with performer_dtype=bf16 the fused front's feature projection also takes "
+               "bf16 operands). The decoder kernel keeps three-pass TF32 "
                "(one pass measured slower) and the PyTorch paths are not affected. H200, causal, bf16, with the "
                "fused front: 0.548x -> 0.472x cuDNN at 64k, 0.120x -> 0.095x at 256k, fidelity on SmolLM2 q/k/v "
-               "unchanged (results/nvidia-h200/sea-precision/)", choices=("fp32", "tf32")),
+               "unchanged (results/nvidia-h200/sea-precision/); bidirectional 64k 0.935x -> 0.921x, MiniLM gate "
+               "passed (results/nvidia-h200/sea-bidir-tf32/)", choices=("fp32", "tf32")),
         Option("compile", "none", "none, or estimator: the estimator's tensor operations (casts, Performer features, "
                "encoder, decoder, scaler) through torch.compile (inductor, static shapes: each sequence length "
                "compiles once, in the first call); the Triton kernels run between the compiled pieces",
