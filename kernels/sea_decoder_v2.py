@@ -70,6 +70,8 @@ Registers (compiled offline for sm_90 with triton 3.6, default constants, not ru
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from kernels._buffers import fresh, pow2_block, triton_runs_on
@@ -99,10 +101,15 @@ _PRECISIONS = ("tf32x3", "ieee", "tf32", "bf16")
 if triton is not None:
 
     @triton.jit
-    def _mm(a, b, PREC: tl.constexpr):
-        """a @ b with fp32 accumulation: bf16 operands for PREC == "bf16", else fp32 at input_precision PREC."""
+    def _mm(a, b, PREC: tl.constexpr, EMU: tl.constexpr):
+        """a @ b with fp32 accumulation: bf16 operands for PREC == "bf16", else fp32 at input_precision PREC.
+        EMU (the interpreter, whose bf16 dots return garbage): the bf16-rounded operands multiplied in fp32."""
         if PREC == "bf16":
-            return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+            if EMU:
+                return tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32),
+                              input_precision="ieee")
+            else:
+                return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
         else:
             return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC)
 
@@ -151,7 +158,7 @@ if triton is not None:
     @triton.jit
     def _conv_taps(SRC, Wc, t0, T, offs_m, offs_c, cmask,
                    C: tl.constexpr, W: tl.constexpr, WP: tl.constexpr, BM: tl.constexpr, CP: tl.constexpr,
-                   PREC: tl.constexpr):
+                   PREC: tl.constexpr, EMU: tl.constexpr):
         """[BM, CP] = sum over the six taps (kh: time t-2, t; kw: column i-2, i, i+2) of the shifted [BM, CP]
         position x channel tile of SRC ([C, T, W] planes of one batch) @ the tap's [CP ci, CP co] weight tile;
         zero outside 0 <= column < W and before time 0 (the module's padding)."""
@@ -171,13 +178,13 @@ if triton is not None:
             xt = tl.load(SRC + cplane[None, :] + (ts * W + xc)[:, None], mask=ok[:, None] & cmask[None, :],
                          other=0.0)                                       # [BM, CP]
             wt = tl.load(Wc + (kh * 3 + kw) + woff, mask=wmask, other=0.0)                     # [CP, CP]
-            acc += _mm(xt, wt, PREC)
+            acc += _mm(xt, wt, PREC, EMU)
         return acc
 
     @triton.jit
     def _conv1_kernel(X0, W1, B1, X1, T,
                       C: tl.constexpr, W: tl.constexpr, WP: tl.constexpr, CP: tl.constexpr, BM: tl.constexpr,
-                      PREC: tl.constexpr):
+                      PREC: tl.constexpr, EMU: tl.constexpr):
         """x1 = relu(conv1(x0) + b1) for the BM / WP time rows of this program (all channels)."""
         R: tl.constexpr = BM // WP
         t0 = tl.program_id(0) * R
@@ -186,7 +193,7 @@ if triton is not None:
         offs_m = tl.arange(0, BM)
         offs_c = tl.arange(0, CP)
         cmask = offs_c < C
-        acc = _conv_taps(X0 + boff, W1, t0, T, offs_m, offs_c, cmask, C, W, WP, BM, CP, PREC)
+        acc = _conv_taps(X0 + boff, W1, t0, T, offs_m, offs_c, cmask, C, W, WP, BM, CP, PREC, EMU)
         x1 = tl.maximum(acc + tl.load(B1 + offs_c, mask=cmask, other=0.0)[None, :], 0.0)
         row = offs_m // WP
         col = offs_m % WP
@@ -198,7 +205,7 @@ if triton is not None:
     @triton.jit
     def _conv2_out_kernel(X1, W2, B2, W3, B3, G1, E1, OUT, T, eps_out,
                           H: tl.constexpr, W: tl.constexpr, WP: tl.constexpr, CP: tl.constexpr,
-                          HP: tl.constexpr, BM: tl.constexpr, PREC: tl.constexpr):
+                          HP: tl.constexpr, BM: tl.constexpr, PREC: tl.constexpr, EMU: tl.constexpr):
         """out[b, :, t] = norm_out(x4 repeat(conv3(relu(conv2(x1) + b2)))) for the BM / WP rows of this program."""
         C: tl.constexpr = 2 * H
         K: tl.constexpr = 4 * W
@@ -211,11 +218,11 @@ if triton is not None:
         offs_h = tl.arange(0, HP)
         hmask = offs_h < H
         acc = _conv_taps(X1 + b.to(tl.int64) * C * T * W, W2, t0, T, offs_m, offs_c, cmask,
-                         C, W, WP, BM, CP, PREC)
+                         C, W, WP, BM, CP, PREC, EMU)
         x2 = tl.maximum(acc + tl.load(B2 + offs_c, mask=cmask, other=0.0)[None, :], 0.0)      # [BM, CP]
         w3 = tl.load(W3 + offs_h[None, :] * C + offs_c[:, None],
                      mask=cmask[:, None] & hmask[None, :], other=0.0)     # [CP c, HP h] = conv3_w[h, c]
-        y = _mm(x2, w3, PREC) + tl.load(B3 + offs_h, mask=hmask, other=0.0)[None, :]         # [BM, HP]
+        y = _mm(x2, w3, PREC, EMU) + tl.load(B3 + offs_h, mask=hmask, other=0.0)[None, :]         # [BM, HP]
         y = tl.reshape(y, (R, WP, HP))                                    # [rows, columns, heads]
         offs_x = tl.arange(0, WP)
         xm3 = (offs_x < W)[None, :, None]
@@ -288,12 +295,12 @@ def causal_decoder_forward(z, row_w, row_b, norm_in_w, norm_in_b, norm_in_eps, c
         H=H, D2=D2, W=w, WL=pow2_block(w), BT=BLOCK_T, BF=min(BLOCK_F, pow2_block(D2)),
         PREC="tf32x3" if prec == "bf16" else prec, num_warps=NUM_WARPS_ROW, num_stages=NUM_STAGES_ROW)
     cp, hp = pow2_block(C), pow2_block(H)
+    emu = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")       # emulate bf16 dots (see _mm)
     grid = (triton.cdiv(T, rows), B)
-    _conv1_kernel[grid](x0, c(conv1_w), c(conv1_b), x1, T, C=C, W=w, WP=wp, CP=cp, BM=bm, PREC=prec,
-                        num_warps=NUM_WARPS_CONV, num_stages=NUM_STAGES_CONV)
+    conv = dict(W=w, WP=wp, CP=cp, BM=bm, PREC=prec, EMU=emu, num_warps=NUM_WARPS_CONV, num_stages=NUM_STAGES_CONV)
+    _conv1_kernel[grid](x0, c(conv1_w), c(conv1_b), x1, T, C=C, **conv)
     _conv2_out_kernel[grid](x1, c(conv2_w), c(conv2_b), c(conv3_w), c(conv3_b), c(norm_out_w), c(norm_out_b),
-                            out, T, float(norm_out_eps), H=H, W=w, WP=wp, CP=cp, HP=hp, BM=bm, PREC=prec,
-                            num_warps=NUM_WARPS_CONV, num_stages=NUM_STAGES_CONV)
+                            out, T, float(norm_out_eps), H=H, HP=hp, **conv)
     return out
 
 
