@@ -87,12 +87,12 @@ except ImportError:  # pragma: no cover - triton missing: the decoder kernels ar
 # Tests set this to True: outputs and intermediates are then NaN-filled separate buffers, so a skipped write fails.
 POISON_OUTPUTS = False
 PRECISION = "tf32x3"     # dot input precision: "tf32x3", "ieee", "tf32", or "bf16" (conv dots + x0/x1 in bf16)
-BLOCK_T = 128            # kernel 1: time rows per program (power of two >= 16)
-BLOCK_F = 32             # kernel 1: input features per pipelined dot step (power of two >= 16)
+BLOCK_T = 64             # kernel 1: time rows per program (power of two >= 16)
+BLOCK_F = 16             # kernel 1: input features per pipelined dot step (power of two >= 16)
 BLOCK_M = 64             # kernels 2-3: positions (time rows x padded width) per program (power of two >= 16)
-NUM_WARPS_ROW = 8        # kernel 1
+NUM_WARPS_ROW = 4        # kernel 1
 NUM_WARPS_CONV = 4       # kernels 2-3
-NUM_STAGES_ROW = 3       # kernel 1: software pipelining of the feature loop (z tiles staged by cp.async)
+NUM_STAGES_ROW = 4       # kernel 1: software pipelining of the feature loop (z tiles staged by cp.async)
 NUM_STAGES_CONV = 3      # kernels 2-3: the same over the six-tap loop
 
 _PRECISIONS = ("tf32x3", "ieee", "tf32", "bf16")
@@ -152,8 +152,11 @@ if triton is not None:
             var = tl.sum(diff * diff, axis=1) / W
             xn = diff * (1.0 / tl.sqrt(var + eps_in))[:, None] * g0[None, :] + e0[None, :]   # [BT, WL]
             dst = X0 + (b * (2 * H) + 2 * h + j).to(tl.int64) * T * W     # channel plane [T, w] of x0
-            tl.store(dst + tt[:, None] * W + offs_x[None, :], xn.to(X0.dtype.element_ty),
-                     mask=tin[:, None] & xmask[None, :])
+            if WL == W:                                                   # no column mask: wider stores
+                smask = tin[:, None] & (offs_x >= 0)[None, :]
+            else:
+                smask = tin[:, None] & xmask[None, :]
+            tl.store(dst + tt[:, None] * W + offs_x[None, :], xn.to(X0.dtype.element_ty), mask=smask)
 
     @triton.jit
     def _conv_taps(SRC, Wc, t0, T, offs_m, offs_c, cmask,
@@ -198,7 +201,10 @@ if triton is not None:
         row = offs_m // WP
         col = offs_m % WP
         tt = t0 + row
-        ok = (tt < T) & (col < W)
+        if WP == W:                                                       # no column mask: wider stores
+            ok = tt < T
+        else:
+            ok = (tt < T) & (col < W)
         tl.store(X1 + boff + offs_c.to(tl.int64)[None, :] * T * W + (tt * W + col)[:, None],
                  x1.to(X1.dtype.element_ty), mask=ok[:, None] & cmask[None, :])
 
@@ -242,7 +248,11 @@ if triton is not None:
         kq = q % (WP * 4)                                                 # its output column 4i + r
         optr = (OUT + (b.to(tl.int64) * H + offs_h.to(tl.int64))[:, None] * T * K
                 + (tq * K + kq)[None, :])
-        tl.store(optr, o, mask=hmask[:, None] & ((tq < T) & (kq < K))[None, :])
+        if WP == W:                                                       # no column mask: wider stores
+            qmask = tq < T
+        else:
+            qmask = (tq < T) & (kq < K)
+        tl.store(optr, o, mask=hmask[:, None] & qmask[None, :])
 
 
 def decoder_usable(device) -> bool:
