@@ -25,7 +25,7 @@ How (x0 and x1 are [B, C, T, w] channel planes: one (channel, time block) is BLO
   1. _rowlin_kernel, grid (T / BLOCK_T, B*H): a [BLOCK_T, 2d] tile of z @ the [2d, 2w] row weight as two dots
      (half j = 0, 1), + bias, norm_in over the w columns, stored as channels 2h, 2h+1 of x0 (two contiguous runs
      of BLOCK_T*w values). No halo: z is read exactly once.
-  2. _conv1_kernel, grid (T / R, B), R = BLOCK_M / w time rows per program (8 at w = 16): acc [R*w positions,
+  2. _conv1_kernel, grid (T / R, B), R = BLOCK_M / w time rows per program (4 at w = 16): acc [R*w positions,
      C] = sum over the six taps (kh, kw) of the shifted [R*w, C] tile of x0 (a masked load: width padding and
      time < 0 read as zero, like the module's padding) @ the tap's [C, C] weight tile; + bias, relu -> x1.
      The two-row time halo is just a load two rows up: x0 was finished by the previous launch.
@@ -41,32 +41,48 @@ Precision: PRECISION / precision "tf32x3" (default: three TF32 tensor-core produ
 x0 and x1 are stored in bf16 and the conv dots (conv1, conv2, conv3) take bf16 operands (fp32 accumulation):
 the conv operands are rounded to bf16 anyway, so bf16 storage adds no error and halves the intermediate
 traffic; outputs differ from the module by ~1e-2 (an option, not a default). Bias, ReLU and both LayerNorms run
-in fp32.
+in fp32. Under TRITON_INTERPRET=1 the interpreter's bf16 dots return garbage (triton 3.6 and 3.9), so there the
+bf16-rounded operands are multiplied in fp32 (same rounding, exact products); its fp32 -> bf16 store truncates.
 
 Limits: those of kernels/sea_decoder.py (K a multiple of 4, H <= 32, K <= 256, d <= 256). Forward only:
 refuses when grad is enabled and any input requires grad.
 
-Cost model at B=1, H=16, d=64 (2d=128), K=64 (w=16), C=32, T=65536 on an H100/H200 (~4 TB/s of HBM reached
-by streaming kernels; dense TF32 ~495 TFLOP/s peak, ~300-400 reachable with K=32 dots) -- A PREDICTION, NOT YET
-MEASURED:
-  kernel 1: reads z 537 MB, writes x0 134 MB -> 0.17 ms at 4 TB/s. Math 65536*16*128*32*2 = 8.6e9 FLOP (x3
-    for tf32x3 = 2.6e10) ~ 0.07 ms, under the memory time. Per program (BLOCK_T=64, 4 warps): 32 KiB of z in
-    one wave of loads, one dot chain of length 2d/BLOCK_F = 1; 16384 programs.
-  kernel 2: reads x0 134 MB (the 6 shifted tap tiles overlap: 16 KiB of new data per program, the rest L1/L2
-    hits), writes x1 134 MB -> 0.07 ms of traffic; math 1.05e6 positions * 32*32*6 * 2 = 1.3e10 FLOP, x3 =
-    3.9e10 -> ~0.1-0.13 ms: this kernel is tensor-core bound at tf32x3 (~0.05 at bf16 or tf32). Per program
-    (BLOCK_M=128 positions): 6 x (16 KiB tile load + 4 KiB weight tile + one [128,32]x[32,32] dot), acc 32
-    regs/thread; 8192 programs.
-  kernel 3: reads x1 134 MB, writes out 268 MB -> 0.1 ms; math as kernel 2 plus conv3 (+5%) -> ~0.1-0.14 ms.
-    Its output tile is [16 heads, 8 rows x 64] = 32 KiB per program, H runs of 2 KiB contiguous.
-  total: ~1.34 GB of traffic (0.34 ms at 4 TB/s) and ~0.27 ms of tf32x3 math, overlapping only within a kernel:
-  max(memory, math) per kernel ~ 0.17 + 0.12 + 0.13 = ~0.42 ms, plus 3 launches (~5 us in a graph).
-  Predicted 0.4-0.6 ms at T = 65536 (vs 1.54-1.64 ms measured for kernels/sea_decoder.py), ~1.6-2.4 ms at
-  T = 262144 (vs 6.1). With precision="bf16": kernel 1 writes 67 MB, kernels 2-3 read/write 67 MB each, conv
-  math ~3x cheaper -> predicted ~0.3 ms. Occupancy: see the register counts below; the first things to tune on
-  the GPU are BLOCK_M (128 / 256), BLOCK_T (32 / 64 / 128) and NUM_WARPS (4 / 8).
+Compiled offline for sm_90 (GPUTarget("cuda", 90, 64), default constants, with the divisibility-by-16 of the
+pointers and of T that the JIT specialises at T = 65536; not run). Registers per thread / shared memory / resident
+programs per SM (the limit in brackets), no spills in any precision:
+                          triton 3.6           triton 3.9      programs/SM      per program
+  kernel 1 (4 warps)      66 regs, 20 KiB      70 regs         7 (registers)    64 rows: 32 KiB of z
+  kernel 2 (4 warps)      111 regs, 32 KiB     103 regs        4 (registers)    64 positions (4 rows)
+  kernel 3 (4 warps)      109 regs, 32 KiB     109 regs        4 (registers)    64 positions, 16 KiB of out
+At tf32x3; tf32 48-80, ieee 72-96, bf16 58-72 regs. Without the divisibility hints (T not a multiple of 16):
+90 / 127 / 127 regs. All dots are Hopper wgmma (M = 64 positions); the feature loop of kernel 1 and the six-tap
+loop of kernels 2-3 are software-pipelined (cp.async, 4 and 3 stages); stores are 16-byte vectors when w is a
+power of two. (The fused kernel: 255 regs, 2 programs of 4 warps per SM, ~110 dependent steps per job.)
 
-Registers (compiled offline for sm_90 with triton 3.6, default constants, not run): see REGISTERS_SM90 below.
+Cost model at B=1, H=16, d=64 (2d=128), K=64 (w=16), C=32, T=65536 on an H100/H200 (HBM ~4 TB/s reachable by a
+streaming kernel; dense TF32 ~495 TFLOP/s peak, ~300-400 reachable with these N=32 wgmma tiles).
+A PREDICTION, NOT YET MEASURED:
+  kernel 1: reads z 537 MB, writes x0 134 MB -> 0.17 ms at 4 TB/s. Math 65536*16*128*32*2 = 8.6e9 FLOP (x3 for
+    tf32x3 = 2.6e10) ~ 0.07 ms, hidden under the memory time. 16384 programs; per program 8 pipelined 4 KiB z
+    tiles with 3 in flight, so ~7 x 12 KiB = 84 KiB in flight per SM: enough to cover ~1 us of DRAM latency at
+    4 TB/s (Little: 4 TB/s x 1 us / 132 SMs = 30 KiB per SM). Bandwidth bound: ~0.17-0.2 ms.
+  kernel 2: reads x0 134 MB (of each program's six shifted [64, 32] tap tiles only 8 KiB are new data, the rest
+    are L1/L2 hits) and writes x1 134 MB -> 0.07 ms of traffic; math 1.05e6 positions x 32 x 32 x 6 x 2 =
+    1.3e10 FLOP, x3 = 3.9e10 at tf32x3 -> ~0.1-0.13 ms. Latency: 16384 programs / (132 SMs x 4) = 31 waves of a
+    6-step chain (each step a tile load 2 taps ahead + 3 small wgmma) of ~3-4 us -> ~0.1-0.12 ms. So ~0.12 ms,
+    tensor-core/latency bound at tf32x3 (~0.07 at bf16 or tf32).
+  kernel 3: reads x1 134 MB, writes out 268 MB -> 0.1 ms; conv2 as kernel 2 plus conv3 (+5% math) and the norm:
+    ~0.12-0.15 ms.
+  total: ~1.34 GB of traffic (0.34 ms at 4 TB/s) and ~0.27 ms of tf32x3 math, overlapping within each kernel:
+  ~0.17 + 0.12 + 0.14 = ~0.43 ms, plus 3 launch gaps (~5 us in a CUDA graph).
+  PREDICTED: ~0.45 ms (range 0.35-0.7) at T = 65536 against 1.54-1.64 ms measured for kernels/sea_decoder.py
+  (~3.5x), ~1.8 ms at T = 262144 (against 6.1; everything is linear in T). precision="bf16": x0 / x1 traffic
+  halves (kernel 1 ~0.15 ms, kernels 2-3 ~0.06-0.08 each) -> ~0.3 ms.
+Memory: one extra [B, 2H, T, w] buffer (x1): 134 MB fp32 / 67 MB bf16 at T = 65536, 537 / 268 MB at 262144
+(the fused kernel needed a ~34 MB scratch). If it is slower than predicted, try in this order: NUM_STAGES_CONV
+2 / 4; BLOCK_M 128 with NUM_WARPS_CONV 8 (fewer weight-tile loads per position: each program gathers the six
+[C, C] tap tiles from the raw [C, C, 3, 3] weights, a stride-9 L1-resident read); BLOCK_T 128; precision="tf32"
+or "bf16" to see how much of the time is conv math.
 """
 from __future__ import annotations
 

@@ -260,7 +260,7 @@ def _median_ms(fn, reps=20):
 def test_cuda_sea_sizes_against_module_and_v1_with_timings(monkeypatch):
     """SEA's sizes (B=1, H=16, d=64, K=64) with the default tiles: T = 65536 against the module (true fp32) and
     the fused one-kernel decoder, short T (partial / single blocks), bf16 at a loose tolerance, the production
-    path (x0 in the output buffer) equal to the poisoned one; prints median times of both kernels."""
+    path (x0 in the output buffer) equal to the poisoned one; prints median times of both kernels (run with -s)."""
     import kernels.sea_decoder as v1
 
     monkeypatch.undo()                                                    # the default tiles and precision
