@@ -69,8 +69,9 @@ class _SEABase(Method):
                "(the modules), triton (one fused forward-only kernel, kernels/sea_encoder.py) or auto (the kernel on "
                "CUDA when no gradient is needed, the modules otherwise)", choices=("auto", "torch", "triton")),
         Option("decoder_backend", "auto", "estimator's causal CNN decoder: torch (the modules), triton (one fused "
-               "forward-only kernel, kernels/sea_decoder.py; causal, estimator_dtype=fp32) or auto (the kernel for "
-               "causal fp32 decoders on CUDA when no gradient is needed)", choices=("auto", "torch", "triton")),
+               "forward-only kernel, kernels/sea_decoder.py; causal, estimator_dtype=fp32), split (the same in three "
+               "plain forward-only kernels, kernels/sea_decoder_v2.py) or auto (triton for causal fp32 decoders on "
+               "CUDA when no gradient is needed)", choices=("auto", "torch", "triton", "split")),
         Option("estimator_precision", "fp32", "products inside the estimator's fused front, encoder and "
                "bidirectional Performer (kernels/favor_dense.py) Triton kernels: fp32 (three-pass TF32, close to "
                "fp32: the paper's precision) or tf32 (one-pass TF32, ~2^-11 relative per product, and 128-row "
@@ -152,7 +153,7 @@ class _SEABase(Method):
         wants_triton = [f"{key}={cfg[key]}" for key in ("backend", "topk_backend", "interp_backend",
                                                         "performer_backend", "encoder_backend", "decoder_backend",
                                                         "mix_backend")
-                        if cfg[key] in ("triton", "fused", "kernel", "triton_tiled", "triton_rows")]
+                        if cfg[key] in ("triton", "fused", "kernel", "triton_tiled", "triton_rows", "split")]
         if wants_triton and problem.device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             reasons.append(f"{', '.join(wants_triton)} needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); "
                            f"device={problem.device}")
@@ -178,15 +179,16 @@ class _SEABase(Method):
         if cfg["mix_backend"] == "triton" and problem.backward:
             reasons.append("mix_backend=triton is the fused forward-only sparse attention + mix kernel; "
                            "forward+backward needs mix_backend=torch")
-        if cfg["decoder_backend"] == "triton":
+        if cfg["decoder_backend"] in ("triton", "split"):
+            name = f"decoder_backend={cfg['decoder_backend']}"
             if problem.backward:
-                reasons.append("decoder_backend=triton is the fused forward-only decoder kernel; forward+backward "
-                               "needs decoder_backend=torch")
+                reasons.append(f"{name} is a forward-only decoder kernel; forward+backward needs "
+                               "decoder_backend=torch")
             if not problem.causal:
-                reasons.append("decoder_backend=triton is the causal decoder's kernel; bidirectional calls need "
+                reasons.append(f"{name} is the causal decoder's kernel; bidirectional calls need "
                                "decoder_backend=torch")
             if cfg["estimator_dtype"] != "fp32":
-                reasons.append(f"decoder_backend=triton runs in fp32; estimator_dtype={cfg['estimator_dtype']}")
+                reasons.append(f"{name} runs in fp32; estimator_dtype={cfg['estimator_dtype']}")
         if problem.causal and problem.seq_len > cfg["max_len"]:
             reasons.append(f"seq_len={problem.seq_len} > max_len={cfg['max_len']} (learned V_I rows)")
         return reasons

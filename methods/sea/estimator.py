@@ -157,11 +157,11 @@ class Estimator(nn.Module):
         if encoder_backend not in ("auto", "torch", "triton"):
             raise ValueError(f"encoder backend {encoder_backend!r}: expected auto, torch or triton")
         self.encoder_backend = encoder_backend
-        if decoder_backend not in ("auto", "torch", "triton"):
-            raise ValueError(f"decoder backend {decoder_backend!r}: expected auto, torch or triton")
-        if decoder_backend == "triton" and (not causal or dec_dtype != "fp32"):
-            raise ValueError("decoder_backend=triton is the fused causal decoder in fp32 (kernels/sea_decoder.py); "
-                             f"got causal={causal}, estimator dtype {dec_dtype}")
+        if decoder_backend not in ("auto", "torch", "triton", "split"):
+            raise ValueError(f"decoder backend {decoder_backend!r}: expected auto, torch, triton or split")
+        if decoder_backend in ("triton", "split") and (not causal or dec_dtype != "fp32"):
+            raise ValueError(f"decoder_backend={decoder_backend} is a causal decoder kernel in fp32 "
+                             f"(kernels/sea_decoder*.py); got causal={causal}, estimator dtype {dec_dtype}")
         self.decoder_backend = decoder_backend
         if performer_backend == "fused" and not causal:
             raise ValueError("performer_backend=fused is the causal Performer + encoder kernel "
@@ -191,11 +191,14 @@ class Estimator(nn.Module):
         autocast (convs and the row projection in that dtype, fp32 weights kept; LayerNorm as autocast
         decides); cache_enabled=False so the weight casts are redone per call, which CUDA-graph capture needs."""
         self.last_decoder = self.decoder_path(z)
-        if self.last_decoder == "triton":                                # fused forward-only kernel
-            from kernels.sea_decoder import decoder_forward
+        if self.last_decoder in ("triton", "split"):                     # forward-only kernels
+            if self.last_decoder == "triton":                            # one fused kernel
+                from kernels.sea_decoder import decoder_forward
+            else:                                                        # three plain kernels
+                from kernels.sea_decoder_v2 import decoder_forward
 
             if needs_grad(z, *self.dec.parameters()):
-                raise RuntimeError("sea decoder_backend=triton is a forward-only kernel and this call needs "
+                raise RuntimeError(f"sea decoder_backend={self.last_decoder} is forward-only and this call needs "
                                    "gradients (training, or forward+backward): use decoder_backend=torch")
             # estimator_precision leaves the decoder at its tf32x3 dots: one-pass TF32 made it slower on an H200
             # (2.11 against 1.89 ms at T=65536, same run: results/nvidia-h200/sea-tune/tune-64k.txt)

@@ -195,13 +195,14 @@ class SEAAttention(AttentionModule):
     def _impl(self, kernel: str) -> str:
         self._kernel_ran = kernel
         est = "oracle" if self.oracle else ("trained" if self.trained else "untrained")
+        dec = self.estimator.last_decoder
         sc = "estimated" if self.force_s_prob < 0 and self.force_s_mix < 0 else \
             f"forced(s_prob={self.force_s_prob:g}, s_mix={self.force_s_mix:g})"
         return (f"sea[estimator={est}, estimator_dtype={self.estimator.dec_dtype}, "
                 f"performer={self.estimator.last_performer}"
                 f"{'' if self.estimator.performer_dtype == 'fp32' else '/' + self.estimator.performer_dtype}, "
                 f"{'encoder=triton, ' if self.estimator.last_encoder == 'triton' else ''}"
-                f"{'decoder=triton, ' if self.estimator.last_decoder == 'triton' else ''}"
+                f"{'decoder=' + dec + ', ' if dec in ('triton', 'split') else ''}"
                 f"{'' if self.estimator.compile == 'none' else 'compile=' + self.estimator.compile + ', '}"
                 f"{'' if self.estimator.precision == 'fp32' else 'estimator_precision=tf32, '}"
                 f"mode={self.mode}, topk={self.last_topk}, "
