@@ -185,7 +185,8 @@ class BlockedTopK:
         bits = self._bits(x)
         idx = self.gid[:, :, None, None] * NBINS + (bits >> 16).long()   # [B, H, R, K]
         idx = torch.where(self.eligible, idx, self.G * NBINS)
-        self.hist.index_put_((idx.reshape(-1),), torch.ones((), dtype=torch.int64, device=x.device), accumulate=True)
+        one = torch.ones(1, dtype=torch.int64, device=x.device).expand(idx.numel())
+        self.hist.index_put_((idx.reshape(-1),), one, accumulate=True)
 
     def plan(self) -> bool:
         """Threshold bin per group from the high-bit histogram; True when some group needs the low bits."""
@@ -214,8 +215,8 @@ class BlockedTopK:
         take = self.eligible & ((bits >> 16).long() == jb) & self.need[self.gid][:, :, None, None]
         bh = torch.arange(B * H, device=x.device).view(B, H, 1, 1)
         idx = torch.where(take, bh * NBINS + (bits & 0xFFFF).long(), B * H * NBINS)
-        self.hist_lo.index_put_((idx.reshape(-1),), torch.ones((), dtype=self.hist_lo.dtype, device=x.device),
-                                accumulate=True)
+        one = torch.ones(1, dtype=self.hist_lo.dtype, device=x.device).expand(idx.numel())
+        self.hist_lo.index_put_((idx.reshape(-1),), one, accumulate=True)
 
     def settle(self) -> None:
         """Exact threshold tau and per-head quotas of tied cells from the low-bit histograms."""
