@@ -61,7 +61,12 @@ power of two. (The fused kernel: 255 regs, 2 programs of 4 warps per SM, ~110 de
 
 Cost model at B=1, H=16, d=64 (2d=128), K=64 (w=16), C=32, T=65536 on an H100/H200 (HBM ~4 TB/s reachable by a
 streaming kernel; dense TF32 ~495 TFLOP/s peak, ~300-400 reachable with these N=32 wgmma tiles).
-A PREDICTION, NOT YET MEASURED:
+MEASURED on an H200 (results/nvidia-h200/sea-decoder-split/, `pytest -m gpu -s tests/test_sea_decoder_v2.py`, same
+run): 3.375 ms at T = 65536 against 1.843 ms for the fused kernel (0.55x its speed), 12.6 against 6.27 ms at
+262144; precision="bf16" 2.97 / 11.4 ms. The prediction below was 7.5x too optimistic; not profiled yet (the
+first suspects: the six [C, C] tap tiles gathered from the raw stride-9 weights by every program, and 4 time rows
+per program giving 16384 programs of short chains). It stays an option (sea decoder_backend=split).
+The prediction, made before any GPU run:
   kernel 1: reads z 537 MB, writes x0 134 MB -> 0.17 ms at 4 TB/s. Math 65536*16*128*32*2 = 8.6e9 FLOP (x3 for
     tf32x3 = 2.6e10) ~ 0.07 ms, hidden under the memory time. 16384 programs; per program 8 pipelined 4 KiB z
     tiles with 3 in flight, so ~7 x 12 KiB = 84 KiB in flight per SM: enough to cover ~1 us of DRAM latency at
