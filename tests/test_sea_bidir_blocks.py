@@ -213,6 +213,24 @@ def test_blocks_gqa_free_mha_and_bf16_inputs():
     torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("opts", [dict(backend="triton"), dict(backend="triton", mix_backend="triton"),
+                                  dict(backend="triton_rows", encoder_backend="triton")])
+def test_blocks_triton_paths(opts):
+    """The row kernel, the fused attention + mix kernel, the rows kernel and the fused encoder over query blocks (the
+    Triton interpreter on the CPU: tiny sizes)."""
+    T = 20
+    layer = build(T, **opts)
+    q, k, v = qkv(T, seed=6)
+    info = {}
+    with torch.no_grad():
+        want = layer(q, k, v, causal=False)
+        got = forward_bidirectional_blocks(layer, q, k, v, rows=8, info=info)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert info["sparse"] == ("triton_rows" if opts["backend"] == "triton_rows" else "triton")
+    assert info["mix"] == ("fused" if "mix_backend" in opts else "torch")
+    assert layer.estimator.last_encoder == ("triton" if "encoder_backend" in opts else "torch")
+
+
 @pytest.mark.parametrize("opts", [dict(performer_dtype="bf16"), dict(estimator_dtype="bf16")])
 def test_blocks_low_precision_estimator(opts):
     """bf16 Performer operands (the summary accumulated in fp32 over key blocks, rounded to bf16 once, as the dense

@@ -356,7 +356,7 @@ class _Blocks:
         den = (phi * self.zs[:, :, None, :]).sum(-1, keepdim=True)       # [B, H, n, 1]
         num = (phi.bfloat16() @ self.kv).float() if self.bf16 else phi @ self.kv   # [B, H, n, 2d]
         c_perf = num / (den + PERFORMER_EPS)
-        vf = self.v[:, :, z0:z1].float().repeat_interleave(self.g, 1)    # [B, H, n, d]
+        vf = self.v[:, :, z0:z1].float().repeat_interleave(self.g, 1).contiguous()   # [B, H, n, d]
         est.last_encoder = est.encoder_path(c_perf, vf)
         if est.last_encoder == "triton":
             z, scales = est.fused_encoder(c_perf, vf)                    # [B, H, n, 2d], [B, H, n, 2]
