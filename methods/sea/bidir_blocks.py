@@ -141,9 +141,9 @@ def decode_window(dec, z: torch.Tensor, *, T: int, s: int, e: int) -> torch.Tens
     x = dec.row(z).view(B, H, n, 4, K // 2)                               # [B, H, n, 4, K/2]
     x = x.permute(0, 1, 3, 2, 4).reshape(B, 4 * H, n, K // 2)            # [B, 4H, n, K/2]
     x = F.pad(x, (0, 0, z0 - (2 * c0 - 1), 2 * c1 - z1))                 # encoder rows [2 c0 - 1, 2 c1)
-    x = F.relu(F.conv2d(x, dec.conv1.weight, dec.conv1.bias, stride=(2, 1), padding=(0, 1)))   # conv1 rows [c0, c1)
+    x = F.conv2d(x, dec.conv1.weight, dec.conv1.bias, stride=(2, 1), padding=(0, 1)).relu_()   # conv1 rows [c0, c1)
     x = F.pad(x, (0, 0, c0 - (a2 - 1), (b2 + 1) - c1))                   # conv1 rows [a2 - 1, b2 + 1)
-    x = F.relu(F.conv2d(x, dec.conv2.weight, dec.conv2.bias, padding=(0, 1)))   # conv2 rows [a2, b2)
+    x = F.conv2d(x, dec.conv2.weight, dec.conv2.bias, padding=(0, 1)).relu_()   # conv2 rows [a2, b2)
     x = x.repeat_interleave(2, dim=2)[:, :, r0 - 2 * a2:r1 - 2 * a2]      # repeated rows [r0, r1)
     x = F.pad(x, (0, 0, r0 - (a3 - 1), (b3 + 1) - r1))                   # repeated rows [a3 - 1, b3 + 1)
     x = F.conv2d(x, dec.conv3.weight, dec.conv3.bias, padding=(0, 1))    # conv3 rows [a3, b3): [B, H, ., K/2]
@@ -251,8 +251,9 @@ class BlockedTopK:
             if self.seen is None:
                 self.seen = torch.zeros(B, H, dtype=torch.int64, device=x.device)
             eq = (self.eligible & (bits == self.tie[self.gid][:, :, None, None])).view(B, H, R * K)
-            rank = self.seen[:, :, None] + eq.cumsum(-1) - eq.long()      # tied cells before this one, per head
-            sel |= (eq & (rank < self.quota[:, :, None])).view(B, H, R, K)
+            wide = torch.int64 if self.T * self.K >= 2 ** 31 else torch.int32
+            upto = eq.cumsum(-1, dtype=wide)                             # tied cells of this head up to this one
+            sel |= (eq & (upto <= (self.quota - self.seen)[:, :, None])).view(B, H, R, K)   # rank < quota
             self.seen += eq.sum(-1)
         return sel
 
@@ -327,7 +328,7 @@ class _Blocks:
             xn = k[:, :, s:e].float() * d ** -0.25
             dash = xn @ proj.T                                           # [B, Hkv, R, m]
             diag = (xn * xn).sum(-1, keepdim=True) / 2                   # [B, Hkv, R, 1]
-            phi = m ** -0.5 * (torch.exp(dash - diag - stab[:, :, None, None]) + FEATURE_EPS)   # [B, Hkv, R, m]
+            phi = dash.sub_(diag).sub_(stab[:, :, None, None]).exp_().add_(FEATURE_EPS).mul_(m ** -0.5)   # [., m]
             vb = v[:, :, s:e].float()                                    # [B, Hkv, R, d]
             vals = torch.cat([_identity_rows(s, e, T, d, k.device).expand(B, Hkv, e - s, d), vb], -1)   # [., 2d]
             zs += phi.sum(-2)
@@ -344,31 +345,45 @@ class _Blocks:
         self.vcell = vcell                                               # [B, Hkv, K, d]
 
     # the estimate of query rows [s, e): logits [B, H, R, K], s_prob, s_mix [B, H, R, 1]
-    def estimate(self, s: int, e: int):
-        est, T, d = self.est, self.T, self.D
-        z0, z1 = decoder_window(T, s, e)
+    def performer_rows(self, z0: int, z1: int) -> torch.Tensor:
+        """favor_attention's output (softmax features, bidirectional) for query rows [z0, z1): [B, H, n, 2d] fp32.
+        Same operations as favor.softmax_features / linear_attention, in place where that frees a temporary."""
+        d = self.D
         xn = self.q[:, :, z0:z1].float() * d ** -0.25                    # [B, H, n, d]
-        proj = est.proj.float()
+        proj = self.est.proj.float()
         m = proj.shape[0]
         dash = xn @ proj.T                                               # [B, H, n, m]
-        diag = (xn * xn).sum(-1, keepdim=True) / 2
-        phi = m ** -0.5 * (torch.exp(dash - diag - dash.amax(-1, keepdim=True)) + FEATURE_EPS)
+        diag = (xn * xn).sum(-1, keepdim=True) / 2                       # [B, H, n, 1]
+        del xn
+        stab = dash.amax(-1, keepdim=True)                               # per-row query stabiliser
+        phi = dash.sub_(diag).sub_(stab).exp_().add_(FEATURE_EPS).mul_(m ** -0.5)   # [B, H, n, m]
         den = (phi * self.zs[:, :, None, :]).sum(-1, keepdim=True)       # [B, H, n, 1]
         num = (phi.bfloat16() @ self.kv).float() if self.bf16 else phi @ self.kv   # [B, H, n, 2d]
-        c_perf = num / (den + PERFORMER_EPS)
+        del phi, dash
+        return num.div_(den.add_(PERFORMER_EPS))
+
+    def encoder_rows(self, z0: int, z1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder output z [B, H, n, 2d] and the scaler head's sigmoid outputs [B, H, n, 2] of rows [z0, z1)."""
+        est = self.est
+        c_perf = self.performer_rows(z0, z1)                             # [B, H, n, 2d]
         vf = self.v[:, :, z0:z1].float().repeat_interleave(self.g, 1).contiguous()   # [B, H, n, d]
         est.last_encoder = est.encoder_path(c_perf, vf)
         if est.last_encoder == "triton":
-            z, scales = est.fused_encoder(c_perf, vf)                    # [B, H, n, 2d], [B, H, n, 2]
-        else:
-            z = est.enc(torch.cat([c_perf, vf], dim=-1))                 # [B, H, n, 2d]
-            scales = torch.sigmoid(est.scaler(z))                        # [B, H, n, 2]
+            return est.fused_encoder(c_perf, vf)                         # [B, H, n, 2d], [B, H, n, 2]
+        z = est.enc(torch.cat([c_perf, vf], dim=-1))                     # [B, H, n, 2d]
+        return z, torch.sigmoid(est.scaler(z))                           # [B, H, n, 2d], [B, H, n, 2]
+
+    def estimate(self, s: int, e: int):
+        """Logits [B, H, R, K] and s_prob, s_mix [B, H, R, 1] of query rows [s, e) (R = e - s)."""
+        est, T = self.est, self.T
+        z0, z1 = decoder_window(T, s, e)
+        z, scales = self.encoder_rows(z0, z1)
+        scales = scales[:, :, s - z0:e - z0]                             # [B, H, R, 2]
         if est.dec_dtype == "fp32":
             logits = decode_window(est.dec, z, T=T, s=s, e=e)
         else:
             with torch.autocast(device_type=z.device.type, dtype=DEC_DTYPES[est.dec_dtype], cache_enabled=False):
                 logits = decode_window(est.dec, z, T=T, s=s, e=e).float()
-        scales = scales[:, :, s - z0:e - z0]                             # [B, H, R, 2]
         self.info["estimator_runs"] = self.info.get("estimator_runs", 0) + 1
         return logits, scales[..., 0:1], scales[..., 1:2]
 
