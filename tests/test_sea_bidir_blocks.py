@@ -27,6 +27,16 @@ from methods.sea.topk import budgets, select_topk
 B, H, Hkv, D = 2, 4, 2, 16
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: one intra-op thread (two threads spin against each other when the 2 cores are busy: 7 s -> 90 s
+    for this file while another suite ran)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def build(T, *, heads=H, kv_heads=Hkv, seed=5, **opts):
     M = get("sea")
     base = dict(k=3, K=16, backend="torch")
@@ -88,7 +98,7 @@ def whole_with_lowest_index_rule(layer, q, k, v):
 
 
 # --- the decoder on a window of rows --------------------------------------------------------------------------------
-@pytest.mark.parametrize("T", [1, 2, 3, 8, 37, 64, 70])
+@pytest.mark.parametrize("T", [1, 2, 3, 8, 37, 64])
 def test_decoder_window_matches_whole_decoder(T):
     torch.manual_seed(T)
     dec = BidirectionalDecoder(D, H, 16)
@@ -97,7 +107,7 @@ def test_decoder_window_matches_whole_decoder(T):
             p.copy_(torch.randn(p.shape) * 0.3)
         z = torch.randn(B, H, T, 2 * D)                                # [B, H, T, 2d] encoder rows
         want = dec(z)                                                  # [B, H, T, K]
-        for rows in sorted({1, 2, 3, 5, 11, T}):
+        for rows in sorted({1 if T < 40 else 3, 2, 5, 11, T}):
             got = []
             for s in range(0, T, rows):
                 e = min(T, s + rows)
@@ -282,7 +292,7 @@ class TensorSizes(TorchDispatchMode):
 
 
 def test_no_tensor_of_the_estimates_size():
-    Bm, Hm, Hkvm, T, K, rows = 1, 4, 2, 3000, 128, 128
+    Bm, Hm, Hkvm, T, K, rows = 1, 4, 2, 3000, 128, 256
     M = get("sea")
     cfg = M.resolve_config(dict(k="3", K=str(K), backend="torch"))
     layer = M.build(cfg, Problem(Bm, Hm, Hkvm, T, D, causal=False), seed=1)
@@ -303,5 +313,5 @@ def test_no_tensor_of_the_estimates_size():
     qsize, hists = Bm * Hm * T * D, {Bm * NBINS, Bm * NBINS + 1, Bm * Hm * NBINS, Bm * Hm * NBINS + 1}
     per_block = max(n for n, _ in blocked.sizes if n not in hists and n != qsize)
     assert per_block <= 2 * Bm * Hm * (rows + 16) * K, per_block
-    assert info["blocks"] == 24 and info["passes"] == 3
+    assert info["blocks"] == 12 and info["passes"] == 3
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
