@@ -157,10 +157,19 @@ def test_blocks_with_compiled_estimator(monkeypatch):
 
 def test_calls_blocks_cannot_serve_run_whole_and_say_why():
     q, k, v = qkv(9)
+    # bidirectional calls run in blocks too (methods/sea/bidir_blocks.py, tested there); through the layer they
+    # give the whole call's output, and a padding mask sends them whole
+    whole_bi = build(causal=False)
     bidir = build(causal=False, query_chunk=64)
+    bidir.load_state_dict(whole_bi.state_dict())
     with torch.no_grad():
-        bidir(q, k, v, causal=False)
-    assert "query_blocks=whole (bidirectional)" in bidir.impl
+        got = bidir(q, k, v, causal=False)
+        want = whole_bi(q, k, v, causal=False)
+    assert "query_blocks=4x64" in bidir.impl and "estimator passes" in bidir.impl, bidir.impl
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        bidir(q, k, v, causal=False, key_padding_mask=torch.ones(B, T, dtype=torch.bool))
+    assert "query_blocks=whole (padding mask)" in bidir.impl
     padded = build(query_chunk=64)
     valid = torch.ones(B, T, dtype=torch.bool)
     valid[1, 150:] = False

@@ -396,12 +396,16 @@ class SEAAttention(AttentionModule):
 
     def block_plan(self, q, k, v, *, causal, key_padding_mask) -> str | None:
         """Why this call runs over the whole sequence although query_chunk is set (None: it runs in query blocks).
-        Query blocks serve causal inference calls without a padding mask and a per-row top-k mode, on the row
-        kernel (CSR lists); everything else runs whole, and the impl string says why."""
+        Query blocks serve inference calls without a padding mask: causal ones with a per-row top-k mode on the CSR
+        kernels (_forward_blocks), bidirectional ones with per_batch / per_head top-k (methods/sea/bidir_blocks.py:
+        two passes, an exact threshold from histograms); everything else runs whole, and the impl string says why."""
         if self.query_chunk == self.query_blocks == 0:
             return "off"
         if not causal:
-            return "whole (bidirectional)"
+            from methods.sea.bidir_blocks import bidirectional_block_reason
+
+            why = bidirectional_block_reason(self, q, k, v, key_padding_mask=key_padding_mask)
+            return None if why is None else f"whole ({why})"
         if key_padding_mask is not None:
             return "whole (padding mask)"
         if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, *self.parameters())):
@@ -501,6 +505,22 @@ class SEAAttention(AttentionModule):
         self.impl = self._impl(ran)
         return out
 
+    def _forward_bidirectional_blocks(self, q, k, v, *, scale):
+        """Bidirectional inference in query blocks (methods/sea/bidir_blocks.py): the estimator runs two or three
+        times (the exact per_batch / per_head threshold needs the whole estimate's histogram first), the
+        intermediates take O(block) memory. No last_aux (distillation and attention_probs run whole)."""
+        from methods.sea.bidir_blocks import forward_bidirectional_blocks
+
+        rows = self.query_chunk or -(-q.shape[2] // self.query_blocks)
+        info: dict = {}
+        out = forward_bidirectional_blocks(self, q, k, v, scale=scale, rows=rows, info=info)
+        self.last_blocks = f"{info['blocks']}x{rows}, {info['estimator_runs']} estimator passes"
+        self.last_aux = {}
+        self.last_topk = "histogram-threshold"
+        self.last_mix = info["mix"]
+        self.impl = self._impl(info["sparse"])
+        return out
+
     def mix_fused(self, q, k, v, *, layout: str, kernel: str, valid) -> bool:
         """Does this call run the sparse attention and the mix as one kernel (mix_backend=triton,
         kernels/sea_sparse_mix.py)? It serves forward-only calls on the CSR lists with the row kernel and no
@@ -520,6 +540,8 @@ class SEAAttention(AttentionModule):
 
     def forward(self, q, k, v, *, causal: bool, key_padding_mask=None, scale=None):
         why = self.block_plan(q, k, v, causal=causal, key_padding_mask=key_padding_mask)
+        if why is None and not causal:
+            return self._forward_bidirectional_blocks(q, k, v, scale=scale)
         if why is None:
             return self._forward_blocks(q, k, v, scale=scale)
         if why != "off":
