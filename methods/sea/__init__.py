@@ -86,12 +86,16 @@ class _SEABase(Method):
                "encoder, decoder, scaler) through torch.compile (inductor, static shapes: each sequence length "
                "compiles once, in the first call); the Triton kernels run between the compiled pieces",
                choices=("none", "estimator")),
-        Option("query_chunk", 0, "causal inference in blocks of this many query rows (0: whole sequence): estimate, "
-               "top-k, interpolation, sparse attention and mix one block at a time (Performer state, decoder rows "
-               "and the running mean carried), so the intermediates take O(query_chunk) memory instead of O(T); "
-               "calls with gradients, padding masks, bidirectional calls and the tiled kernel run whole (impl says "
-               "why); with the tensor-op top-k, cells tied exactly at a threshold may be chosen differently than in "
-               "the whole call (the CUDA top-k kernel breaks ties alike)"),
+        Option("query_chunk", 0, "inference in blocks of this many query rows (0: whole sequence): estimate, "
+               "top-k, interpolation, sparse attention and mix one block at a time, so the intermediates take "
+               "O(query_chunk) memory instead of O(T). Causal: Performer state, decoder rows and the running mean "
+               "carried; with the tensor-op top-k, cells tied exactly at a threshold may be chosen differently than "
+               "in the whole call (the CUDA top-k kernel breaks ties alike). Bidirectional (per_batch / per_head "
+               "top-k, methods/sea/bidir_blocks.py): the estimator runs 2-3 times over the blocks (an exact threshold "
+               "from histograms of the whole estimate, then the selection), ties at the threshold go to the lowest "
+               "index; on an H200 1.47x SDPA-flash's memory at 64k but host-bound, 14 s a call "
+               "(results/nvidia-h200/sea-bidir-blocks/). Calls with gradients, padding masks and the tiled kernel "
+               "run whole (impl says why)"),
         Option("query_blocks", 0, "like query_chunk, given as a number of blocks: ceil(T / query_blocks) rows each "
                "(0: off), so the intermediates stay a fixed fraction of the sequence at every T"),
         Option("mix_backend", "auto", "sparse attention and mix: torch (the sparse kernel writes c, then the mix "

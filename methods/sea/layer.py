@@ -514,7 +514,7 @@ class SEAAttention(AttentionModule):
         rows = self.query_chunk or -(-q.shape[2] // self.query_blocks)
         info: dict = {}
         out = forward_bidirectional_blocks(self, q, k, v, scale=scale, rows=rows, info=info)
-        self.last_blocks = f"{info['blocks']}x{rows}, {info['estimator_runs']} estimator passes"
+        self.last_blocks = f"{info['blocks']}x{rows}, {info['passes']} passes over the estimate"
         self.last_aux = {}
         self.last_topk = "histogram-threshold"
         self.last_mix = info["mix"]
