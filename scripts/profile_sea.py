@@ -20,6 +20,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 
+def host_profile(fn, top: int) -> None:
+    """One call of fn under cProfile (synchronised at the end), the top Python functions by own time: where the
+    host spends a host-bound forward (launches, small tensor operations, syncs)."""
+    import cProfile
+    import io
+    import pstats
+
+    pr = cProfile.Profile()
+    pr.enable()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    pr.disable()
+    out = io.StringIO()
+    pstats.Stats(pr, stream=out).sort_stats("tottime").print_stats(top)
+    print("host profile of one forward (cProfile, by own time):")
+    print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[:8000])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--T", type=int, default=65536)
@@ -30,6 +49,10 @@ def main(argv=None) -> int:
     ap.add_argument("--opts", default="", help="sea options, comma-separated key=value")
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--warmup", type=int, default=3, help="forwards before timing (compiles, autotunes)")
+    ap.add_argument("--host", action="store_true",
+                    help="also profile the host side of one forward (cProfile: Python functions by own time), for "
+                         "host-bound calls such as query blocks")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("profile_sea.py needs a CUDA device", file=sys.stderr)
@@ -51,9 +74,11 @@ def main(argv=None) -> int:
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(1, a.heads, a.T, a.head_dim, device="cuda", dtype=dt, generator=g) for _ in range(3))
     with torch.no_grad():
-        for _ in range(3):
+        for _ in range(a.warmup):
             mod(q, k, v, causal=a.causal)
         torch.cuda.synchronize()
+        if a.host:
+            host_profile(lambda: mod(q, k, v, causal=a.causal), a.top)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(a.iters):
