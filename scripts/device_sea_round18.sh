@@ -6,9 +6,6 @@
 #      block-pass: results/nvidia-h200/sea-bidir-blocks/)
 #   2. causal SEA fast in 64 query blocks at 64k: the same -> $OUT/profile-causal-blocks-64k.txt (172 ms eager
 #      against 18.9 ms replayed as a CUDA graph: results/nvidia-h200/sea-graphs/)
-#   3. the three-kernel decoder's launch constants (results/nvidia-h200/sea-decoder-split/: 1.8x slower than the
-#      fused kernel against a prediction of 3.5x faster) -> $OUT/tune-decoder-split.txt (edit DECODER in
-#      scripts/tune_sea_kernels.py to sweep kernels.sea_decoder_v2 first)
 set -u
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
