@@ -3,8 +3,8 @@
 
 Builds `sea` (B=1, H=16, D=64, bf16, causal, untrained estimator; options --opts) at --T, runs one forward to get
 real intermediates (the encoder output z, the CSR lists), then for each kernel times its module-level constants'
-variants (CUDA events, median of --reps calls after a warm-up) and checks every variant's output against the
-baseline's (max abs difference relative to the baseline's largest value; variants that change the float
+variants (the harness's timer, harness.measure.time_cuda: median, L2 flushed) and checks every variant's output
+against the baseline's (max abs difference relative to the baseline's largest value; variants that change the float
 summation order differ by rounding only). Prints one table per kernel.
 
     python scripts/tune_sea_kernels.py --T 65536 \
@@ -20,6 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+
+from harness.measure import time_cuda  # noqa: E402
 
 DECODER = [{}, {"PRECISION": "tf32"}, {"BLOCK_T": 64}, {"NUM_WARPS": 8}, {"BLOCK_C": 4}, {"BLOCK_C": 16},
            {"PROGRAMS_PER_SM": 1}, {"PROGRAMS_PER_SM": 4}, {"BLOCK_F": 64}, {"PRECISION": "tf32", "BLOCK_T": 64},
@@ -43,21 +45,7 @@ def constants(module, values: dict):
             setattr(module, k, v)
 
 
-def bench(fn, reps: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
-
-
-def sweep(name, module, variants, call, reps):
+def sweep(name, module, variants, call, rep_ms):
     print(f"\n{name} ({module.__name__})\n| variant | ms | vs baseline | max rel diff |\n|---|---|---|---|")
     base_out, base_ms = None, None
     for values in variants:
@@ -65,7 +53,7 @@ def sweep(name, module, variants, call, reps):
         try:
             with constants(module, values):
                 out = call()
-                ms = bench(call, reps)
+                ms = time_cuda(call, rep_ms=rep_ms).median_ms
         except Exception as exc:  # noqa: BLE001 - a variant that fails is a row
             print(f"| {label} | error: {type(exc).__name__}: {str(exc)[:120]} | | |")
             continue
@@ -80,7 +68,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--T", type=int, default=65536)
     ap.add_argument("--opts", default="performer_dtype=bf16,performer_backend=fused,estimator_precision=tf32")
-    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--rep-ms", type=float, default=100, help="timing budget of each variant")
     ap.add_argument("--only", default="decoder,front,rows")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -107,15 +95,15 @@ def main(argv=None) -> int:
         z, _, _ = est.fused_front(q, k, v, valid=None, vid_rows=est.v_id[:T], state=None, want_state=False)
         todo = a.only.split(",")
         if "decoder" in todo:
-            sweep("decoder", dk, DECODER, lambda: dk.decoder_forward(z, est.dec, precision=None), a.reps)
+            sweep("decoder", dk, DECODER, lambda: dk.decoder_forward(z, est.dec, precision=None), a.rep_ms)
         if "front" in todo:
             sweep("fused front (precision tf32 when asked)", fe, FRONT,
                   lambda: est.fused_front(q, k, v, valid=None, vid_rows=est.v_id[:T], state=None, want_state=False),
-                  a.reps)
+                  a.rep_ms)
         if "rows" in todo:
             scale = D ** -0.5
             sweep("rows kernel", sr, ROWS,
-                  lambda: sr.sparse_rows_forward(q, k, v, aux["row_ptr"], aux["col"], scale), a.reps)
+                  lambda: sr.sparse_rows_forward(q, k, v, aux["row_ptr"], aux["col"], scale), a.rep_ms)
     return 0
 
 

@@ -206,6 +206,8 @@ def test_refuses_bad_arguments(monkeypatch):
 @pytest.mark.parametrize("T", [65536, 262144])
 def test_gpu_against_sea_torch_path_and_timing(monkeypatch, T):
     """H200-size call (B=1, H=16, D=64, bf16) against SEA's torch path; prints both times (ms per call)."""
+    from harness.measure import time_cuda
+
     for name, val in SHIPPED.items():                                    # the shipped constants, not the small ones
         monkeypatch.setattr(scm, name, val)
     monkeypatch.setattr(scm, "POISON_OUTPUTS", False)
@@ -222,16 +224,8 @@ def test_gpu_against_sea_torch_path_and_timing(monkeypatch, T):
         torch.testing.assert_close(b, causal_mix(c, v, sp, sm, out_dtype=torch.float32)[:, :, s:], rtol=1e-4,
                                    atol=1e-5)
 
-        def ms(fn, n=20):
-            for _ in range(3):
-                fn()
-            ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-            ev[0].record()
-            for _ in range(n):
-                fn()
-            ev[1].record()
-            torch.cuda.synchronize()
-            return ev[0].elapsed_time(ev[1]) / n
+        def ms(fn):                                                  # the harness's timer (median, L2 flushed)
+            return time_cuda(fn, rep_ms=50).median_ms
 
         t_torch = ms(lambda: sea_torch_path(c, v, sp, sm, torch.bfloat16))
         t_kernel = ms(lambda: causal_mix(c, v, sp, sm, out_dtype=torch.bfloat16))

@@ -1,14 +1,20 @@
 """kernels/sea_decoder.py: the fused causal CNN decoder forward against SEA's own CausalDecoder module and
 against a float64 plain restatement. Runs under TRITON_INTERPRET=1 on CPU (tests/conftest.py) with shrunk
 blocks (16-row windows of 12 output rows, 4-row conv chunks) and 2 programs, so each program runs several
-jobs (reusing its scratch), windows start before time 0, and the last block is partial."""
+jobs (reusing its scratch), windows start before time 0, and the last block is partial.
+
+The contract both decoder kernels share (the masked kernel row ignored, causality, input layouts, refusals) is
+tested here for both: the fused kernel and the three-kernel one (kernels/sea_decoder_v2.py, shrunk tiles too;
+its own numerics are in tests/test_sea_decoder_v2.py)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import kernels.sea_decoder as dec_mod
-from kernels.sea_decoder import causal_decoder_forward, decoder_forward, decoder_usable
+import kernels.sea_decoder_v2 as v2
 from methods.sea.estimator import CausalDecoder
+
+KERNELS = pytest.mark.parametrize("kmod", [dec_mod, v2], ids=["fused", "split"])
 
 # (B, H, d, K, T): w = K/4 = 6 (padded to 8) with 3 blocks + a partial one over 2 batches; w = 16 (SEA's
 # width, no padding) with T = 3 < the 4-row halo; w = 4 with 6 blocks (T = 70 = 5 x 12 + 10).
@@ -24,6 +30,17 @@ def _small_blocks(monkeypatch):
     monkeypatch.setattr(dec_mod, "BLOCK_L", 16)
     monkeypatch.setattr(dec_mod, "BLOCK_F", 16)     # 2d = 16: one slice; 2d = 32: two
     monkeypatch.setattr(dec_mod, "PROGRAMS", 2)
+    small_split_tiles(monkeypatch)
+
+
+def small_split_tiles(monkeypatch):
+    """kernels/sea_decoder_v2.py shrunk: 16-row blocks in 16-feature steps for kernel 1, 32 positions for the conv
+    kernels (tests/test_sea_decoder_v2.py uses the same), outputs and intermediates NaN-poisoned."""
+    monkeypatch.setattr(v2, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(v2, "PRECISION", "ieee")
+    monkeypatch.setattr(v2, "BLOCK_T", 16)
+    monkeypatch.setattr(v2, "BLOCK_F", 16)
+    monkeypatch.setattr(v2, "BLOCK_M", 32)
 
 
 def _decoder(d, H, K, seed=0):
@@ -45,9 +62,9 @@ def _z(B, H, T, d, seed=1):
     return torch.randn(B, H, T, 2 * d, generator=gen)                      # [B, H, T, 2d]
 
 
-def _run(dec, z):
+def _run(dec, z, kmod=dec_mod, **kw):
     with torch.no_grad():
-        return decoder_forward(z, dec)
+        return kmod.decoder_forward(z, dec, **kw)
 
 
 def _f64_restatement(dec, z):
@@ -102,30 +119,33 @@ def test_matches_float64_restatement(B, H, d, K, T):
         torch.testing.assert_close(dec(z).double(), ref, atol=1e-4, rtol=0)
 
 
-def test_time_mask_weights_ignored():
+@KERNELS
+def test_time_mask_weights_ignored(kmod):
     """conv kernel row 2 (time t+2) is the module's masked row: raw and masked weights give the same output,
     and a huge value there changes nothing (the kernel never reads it)."""
     B, H, d, K, T = SHAPES[0]
     dec = _decoder(d, H, K)
     z = _z(B, H, T, d)
-    out = _run(dec, z)
+    out = _run(dec, z, kmod)
     with torch.no_grad():
         dec.conv1.weight[:, :, 2, :] = 1e6
         dec.conv2.weight[:, :, 2, :] = -1e6
-    torch.testing.assert_close(_run(dec, z), out, atol=0, rtol=0)
+    torch.testing.assert_close(_run(dec, z, kmod), out, atol=0, rtol=0)
     with torch.no_grad():
         torch.testing.assert_close(dec(z), out, atol=1e-4, rtol=0)        # the module masks them too
 
 
-@pytest.mark.parametrize("t0", [5, 12, 30])      # inside a window, at a window start (12 = BLOCK_T - 4), later
-def test_causal(t0):
+@KERNELS
+# inside a block; the fused kernel's window start (12 = BLOCK_T - 4); the split kernel-1 block start (16); later
+@pytest.mark.parametrize("t0", [5, 12, 16, 30])
+def test_causal(kmod, t0):
     B, H, d, K, T = SHAPES[0]
     dec = _decoder(d, H, K)
     z = _z(B, H, T, d)
-    out = _run(dec, z)
+    out = _run(dec, z, kmod)
     z2 = z.clone()
     z2[:, :, t0:] = 5.0 * torch.randn(z2[:, :, t0:].shape)               # change every row >= t0
-    out2 = _run(dec, z2)
+    out2 = _run(dec, z2, kmod)
     assert torch.equal(out2[:, :, :t0], out[:, :, :t0])                   # rows before t0 bit-identical
     assert (out2[:, :, t0:] - out[:, :, t0:]).abs().amax(dim=(0, 1, 3)).min() > 1e-3   # every later row moved
 
@@ -144,31 +164,34 @@ def test_block_sizes_do_not_change_the_result(monkeypatch):
         torch.testing.assert_close(_run(dec, z), out, atol=1e-5, rtol=0)
 
 
-def test_non_contiguous_z_and_empty():
+@KERNELS
+def test_non_contiguous_z_and_empty(kmod):
     B, H, d, K, T = SHAPES[0]
     dec = _decoder(d, H, K)
     zt = _z(B, T, H, d).transpose(1, 2)                                    # [B, H, T, 2d], non-contiguous
     assert not zt.is_contiguous()
     with torch.no_grad():
-        torch.testing.assert_close(_run(dec, zt), dec(zt), atol=1e-4, rtol=0)
-    assert _run(dec, torch.zeros(B, H, 0, 2 * d)).shape == (B, H, 0, K)
+        torch.testing.assert_close(_run(dec, zt, kmod), dec(zt), atol=1e-4, rtol=0)
+    assert _run(dec, torch.zeros(B, H, 0, 2 * d), kmod).shape == (B, H, 0, K)
 
 
-def test_usable_on_interpreter_or_cuda():
-    assert decoder_usable(torch.device("cuda")) or not torch.cuda.is_available()
-    assert decoder_usable("cpu") == (dec_mod.triton is not None and
-                                     __import__("os").environ.get("TRITON_INTERPRET") == "1")
+@KERNELS
+def test_usable_on_interpreter_or_cuda(kmod):
+    assert kmod.decoder_usable(torch.device("cuda")) or not torch.cuda.is_available()
+    assert kmod.decoder_usable("cpu") == (kmod.triton is not None and
+                                          __import__("os").environ.get("TRITON_INTERPRET") == "1")
 
 
-def test_refuses_grad():
+@KERNELS
+def test_refuses_grad(kmod):
     B, H, d, K, T = SHAPES[0]
     dec = _decoder(d, H, K)                                                # parameters require grad
     z = _z(B, H, T, d)
     with pytest.raises(RuntimeError, match="forward-only"):
-        decoder_forward(z, dec)
+        kmod.decoder_forward(z, dec)
     dec.requires_grad_(False)
     with pytest.raises(RuntimeError, match="forward-only"):
-        decoder_forward(z.requires_grad_(True), dec)
+        kmod.decoder_forward(z.requires_grad_(True), dec)
 
 
 def _args(dec):
@@ -179,7 +202,8 @@ def _args(dec):
                 norm_out_b=dec.norm_out.bias, norm_out_eps=dec.norm_out.eps, K=dec.K)
 
 
-def test_refuses_bad_shapes_dtypes_and_geometry(monkeypatch):
+@KERNELS
+def test_refuses_bad_shapes_dtypes_and_geometry(kmod, monkeypatch):
     B, H, d, K, T = SHAPES[0]
     dec = _decoder(d, H, K)
     z = _z(B, H, T, d)
@@ -200,21 +224,23 @@ def test_refuses_bad_shapes_dtypes_and_geometry(monkeypatch):
     with torch.no_grad():
         for change in bad:
             with pytest.raises(ValueError, match="sea decoder"):
-                causal_decoder_forward(**{**good, **change})
+                kmod.causal_decoder_forward(**{**good, **change})
         for name in ("z", "row_w", "conv2_w", "norm_out_b"):
             with pytest.raises(ValueError, match="float32"):
-                causal_decoder_forward(**{**good, name: good[name].double()})
+                kmod.causal_decoder_forward(**{**good, name: good[name].double()})
+        with pytest.raises(ValueError, match="precision"):
+            kmod.causal_decoder_forward(**good, precision="fp16")
         other = CausalDecoder(d, H, K)
         other.conv2.dilation = (1, 1)
         with pytest.raises(ValueError, match="conv2"):
-            decoder_forward(z, other)
+            kmod.decoder_forward(z, other)
         other = CausalDecoder(d, H, K)
         other.conv1.time_mask.fill_(1.0)                                  # a non-causal conv
         with pytest.raises(ValueError, match="time_mask"):
-            decoder_forward(z, other)
-        monkeypatch.setattr(dec_mod, "PRECISION", "fp16")
+            kmod.decoder_forward(z, other)
+        monkeypatch.setattr(kmod, "PRECISION", "fp16")
         with pytest.raises(ValueError, match="PRECISION"):
-            decoder_forward(z, dec)
+            kmod.decoder_forward(z, dec)
 
 
 @pytest.mark.gpu

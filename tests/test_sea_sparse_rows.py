@@ -252,6 +252,8 @@ def test_gpu_real_size_matches_row_kernel():
     """B=1, H=16, D=64, bf16, causal, T = 16384 and 65536, lists as SEA builds them (causal_per_batch, K=64, k=64,
     random A_hat): equal to the row kernel within one bf16 ulp (lse to fp32 rounding); prints both times (the module
     docstring predicts 0.5-0.8 ms against 2.6 ms at T = 65536)."""
+    from harness.measure import time_cuda
+
     dev = "cuda"
     Bg, Hg, Dg, K, kk = 1, 16, 64, 64, 64
     for T in (16384, 65536):
@@ -269,16 +271,8 @@ def test_gpu_real_size_matches_row_kernel():
         assert_within_one_ulp(out, want)
         assert_same_lse(lse, want_lse)
 
-        def ms(f, reps=20):
-            for _ in range(3):
-                f()
-            ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-            ev[0].record()
-            for _ in range(reps):
-                f()
-            ev[1].record()
-            torch.cuda.synchronize()
-            return ev[0].elapsed_time(ev[1]) / reps
+        def ms(f):                                                   # the harness's timer (median, L2 flushed)
+            return time_cuda(f, rep_ms=50).median_ms
 
         t_row = ms(lambda: ssa._triton_forward(q, k, v, rp, col, scale))
         t_blk = ms(lambda: sr.sparse_rows_forward(q, k, v, rp, col, scale))

@@ -1,7 +1,6 @@
 """SEA's grouped top-k kernels (kernels/sea_topk.py): the sort-free bisect kernel against the stable-sort
 restatement and the sort kernel, bit for bit (CPU: TRITON_INTERPRET=1, tiny sizes), and both timed at the real
 size on a GPU (pytest -m gpu -s tests/test_sea_topk_kernel.py prints the times)."""
-import statistics
 
 import pytest
 import torch
@@ -94,24 +93,12 @@ def test_bisect_config_fills_programs():
     assert st.bisect_config(1024) == (1, 2) and st.bisect_config(64) == (8, 1) and st.bisect_config(48) == (8, 1)
 
 
-def _cuda_ms(fn, reps=20):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
-    return statistics.median(times)
-
-
 @pytest.mark.gpu
 def test_topk_algorithms_agree_and_timed_at_real_size(monkeypatch):
     """B=1, H=16, T=65536, K=64, one group per (b, t) (causal_per_batch, SEA's budgets for k=64): every bisect
-    variant == the sort kernel on random scores and on SEA-like ties; prints the CUDA-event medians."""
+    variant == the sort kernel on random scores and on SEA-like ties; prints the medians of the harness's timer
+    (harness.measure.time_cuda)."""
+    from harness.measure import time_cuda
     from methods.sea.topk import budgets
 
     monkeypatch.setattr(st, "POISON_OUTPUTS", False)
@@ -134,7 +121,7 @@ def test_topk_algorithms_agree_and_timed_at_real_size(monkeypatch):
             got = st.select_rows(a, width, n, heads_per_group=Hg)
             want = got if want is None else want
             assert torch.equal(got, want), (name, algo, snap, per_thread)
-            ms = _cuda_ms(lambda: st.select_rows(a, width, n, heads_per_group=Hg))
+            ms = time_cuda(lambda: st.select_rows(a, width, n, heads_per_group=Hg), rep_ms=50).median_ms
             tag = "sort" if algo == "sort" else f"bisect{'-snap' if snap else '-count'}/{per_thread}pt"
             line.append(f"{tag} {ms:.3f} ms")
         print(f"topk T={Tg} {name}: " + ", ".join(line))
