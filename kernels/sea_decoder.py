@@ -303,13 +303,7 @@ def causal_decoder_forward(z, row_w, row_b, norm_in_w, norm_in_b, norm_in_eps, c
     named = dict(row_w=row_w, row_b=row_b, norm_in_w=norm_in_w, norm_in_b=norm_in_b, conv1_w=conv1_w,
                  conv1_b=conv1_b, conv2_w=conv2_w, conv2_b=conv2_b, conv3_w=conv3_w, conv3_b=conv3_b,
                  norm_out_w=norm_out_w, norm_out_b=norm_out_b)
-    B, H, T, D2 = _check(z, named, K)
-    prec = PRECISION if precision is None else precision
-    if prec not in _PRECISIONS:
-        raise ValueError(f"sea decoder: PRECISION={PRECISION!r}, precision={precision!r}: expected one of "
-                         f"{_PRECISIONS}")
-    if not decoder_usable(z.device):
-        raise RuntimeError(f"sea decoder kernel needs triton on CUDA (or TRITON_INTERPRET=1); got device {z.device}")
+    B, H, T, D2, prec = check_call("sea decoder", z, named, K, precision, PRECISION, _PRECISIONS, decoder_usable)
     w = K // 4
     wp = pow2_block(w, floor=1)
     for name, val, lo in (("BLOCK_T", BLOCK_T, 8), ("BLOCK_C", BLOCK_C, 1), ("BLOCK_L", BLOCK_L, 16),
@@ -339,18 +333,36 @@ def causal_decoder_forward(z, row_w, row_b, norm_in_w, norm_in_b, norm_in_eps, c
     return out
 
 
-def decoder_forward(z, dec, *, precision=None):
-    """z [B, H, T, 2d] fp32 -> dec(z) [B, H, T, K] for a CausalDecoder `dec` (its weights, forward only).
-    Refuses a decoder whose conv geometry is not the causal one this kernel implements. The check reads the
-    time masks' values (a device-to-host copy), so it runs once per decoder module and is remembered: later calls,
-    including those inside a CUDA-graph capture (where such a copy is an error), skip it."""
+def check_call(what, z, named: dict, K: int, precision, default: str, allowed: tuple, usable):
+    """The checks of a causal_decoder_forward call (this kernel's and kernels/sea_decoder_v2.py's): shapes and
+    dtypes of z and the weights, the precision (None: the module's default), a device the kernel runs on.
+    Returns (B, H, T, 2d, precision)."""
+    B, H, T, D2 = _check(z, named, K)
+    prec = default if precision is None else precision
+    if prec not in allowed:
+        raise ValueError(f"{what}: PRECISION={default!r}, precision={precision!r}: expected one of {allowed}")
+    if not usable(z.device):
+        raise RuntimeError(f"{what} kernel needs triton on CUDA (or TRITON_INTERPRET=1); got device {z.device}")
+    return B, H, T, D2, prec
+
+
+def module_args(dec) -> tuple:
+    """causal_decoder_forward's arguments after z for a CausalDecoder `dec` (its weights; both decoder kernels take
+    the same). Refuses a decoder whose conv geometry is not the causal one the kernels implement. The check reads
+    the time masks' values (a device-to-host copy), so it runs once per decoder module and is remembered: later
+    calls, including those inside a CUDA-graph capture (where such a copy is an error), skip it."""
     if not getattr(dec, "_fused_kernel_geometry_ok", False):
         _check_geometry(dec)
         dec._fused_kernel_geometry_ok = True
-    return causal_decoder_forward(
-        z, dec.row.weight, dec.row.bias, dec.norm_in.weight, dec.norm_in.bias, dec.norm_in.eps,
-        dec.conv1.weight, dec.conv1.bias, dec.conv2.weight, dec.conv2.bias, dec.conv3.weight, dec.conv3.bias,
-        dec.norm_out.weight, dec.norm_out.bias, dec.norm_out.eps, dec.K, precision=precision)
+    return (dec.row.weight, dec.row.bias, dec.norm_in.weight, dec.norm_in.bias, dec.norm_in.eps,
+            dec.conv1.weight, dec.conv1.bias, dec.conv2.weight, dec.conv2.bias, dec.conv3.weight, dec.conv3.bias,
+            dec.norm_out.weight, dec.norm_out.bias, dec.norm_out.eps, dec.K)
+
+
+def decoder_forward(z, dec, *, precision=None):
+    """z [B, H, T, 2d] fp32 -> dec(z) [B, H, T, K] for a CausalDecoder `dec` (its weights, forward only; geometry
+    checked once per module: module_args)."""
+    return causal_decoder_forward(z, *module_args(dec), precision=precision)
 
 
 def _check_geometry(dec) -> None:

@@ -96,7 +96,7 @@ import os
 import torch
 
 from kernels._buffers import fresh, pow2_block, triton_runs_on
-from kernels.sea_decoder import _check, _check_geometry
+from kernels.sea_decoder import check_call, module_args
 
 try:
     import triton
@@ -297,13 +297,8 @@ def causal_decoder_forward(z, row_w, row_b, norm_in_w, norm_in_b, norm_in_eps, c
     named = dict(row_w=row_w, row_b=row_b, norm_in_w=norm_in_w, norm_in_b=norm_in_b, conv1_w=conv1_w,
                  conv1_b=conv1_b, conv2_w=conv2_w, conv2_b=conv2_b, conv3_w=conv3_w, conv3_b=conv3_b,
                  norm_out_w=norm_out_w, norm_out_b=norm_out_b)
-    B, H, T, D2 = _check(z, named, K)
-    prec = PRECISION if precision is None else precision
-    if prec not in _PRECISIONS:
-        raise ValueError(f"sea decoder v2: PRECISION={PRECISION!r}, precision={precision!r}: expected one of "
-                         f"{_PRECISIONS}")
-    if not decoder_usable(z.device):
-        raise RuntimeError(f"sea decoder kernel needs triton on CUDA (or TRITON_INTERPRET=1); got device {z.device}")
+    B, H, T, D2, prec = check_call("sea decoder v2", z, named, K, precision, PRECISION, _PRECISIONS,
+                                   decoder_usable)
     _pow2("BLOCK_T", BLOCK_T, 16)
     _pow2("BLOCK_F", BLOCK_F, 16)
     _pow2("BLOCK_M", BLOCK_M, 16)
@@ -336,14 +331,6 @@ def causal_decoder_forward(z, row_w, row_b, norm_in_w, norm_in_b, norm_in_eps, c
 
 
 def decoder_forward(z, dec, *, precision=None):
-    """z [B, H, T, 2d] fp32 -> dec(z) [B, H, T, K] for a CausalDecoder `dec` (its weights, forward only).
-    Refuses a decoder whose conv geometry is not the causal one implemented here; the check reads the time masks
-    (a device-to-host copy), so it runs once per module and is remembered (the flag kernels/sea_decoder.py sets:
-    the two kernels accept the same geometry), which keeps later calls CUDA-graph capturable."""
-    if not getattr(dec, "_fused_kernel_geometry_ok", False):
-        _check_geometry(dec)
-        dec._fused_kernel_geometry_ok = True
-    return causal_decoder_forward(
-        z, dec.row.weight, dec.row.bias, dec.norm_in.weight, dec.norm_in.bias, dec.norm_in.eps,
-        dec.conv1.weight, dec.conv1.bias, dec.conv2.weight, dec.conv2.bias, dec.conv3.weight, dec.conv3.bias,
-        dec.norm_out.weight, dec.norm_out.bias, dec.norm_out.eps, dec.K, precision=precision)
+    """z [B, H, T, 2d] fp32 -> dec(z) [B, H, T, K] for a CausalDecoder `dec` (its weights, forward only): the same
+    geometry check and arguments as kernels/sea_decoder.py (module_args)."""
+    return causal_decoder_forward(z, *module_args(dec), precision=precision)
