@@ -90,17 +90,7 @@ def bidirectional_block_reason(layer, q, k, v, *, key_padding_mask=None) -> str 
     """Why this call cannot run in bidirectional query blocks (None: it can). For block_plan's routing."""
     if layer.causal:
         return "causal layer (query blocks: SEAAttention._forward_blocks)"
-    if key_padding_mask is not None:
-        return "padding mask"
-    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, *layer.parameters())):
-        return "gradient needed"
-    if layer.oracle:
-        return "oracle"
-    if layer.mode not in MODES:
-        return f"mode {layer.mode} (bidirectional blocks rank per_batch or per_head)"
-    if layer.backend == "triton_tiled":
-        return "tiled kernel"
-    return None
+    return layer.blocks_refusal(q, k, v, key_padding_mask=key_padding_mask, modes=MODES)
 
 
 # --- decoder on a window of rows -------------------------------------------------------------------------------------

@@ -405,17 +405,24 @@ class SEAAttention(AttentionModule):
             from methods.sea.bidir_blocks import bidirectional_block_reason
 
             why = bidirectional_block_reason(self, q, k, v, key_padding_mask=key_padding_mask)
-            return None if why is None else f"whole ({why})"
+        else:
+            why = self.blocks_refusal(q, k, v, key_padding_mask=key_padding_mask,
+                                      modes=("per_query", "causal_per_batch"))
+        return None if why is None else f"whole ({why})"
+
+    def blocks_refusal(self, q, k, v, *, key_padding_mask, modes: tuple) -> str | None:
+        """What keeps a call out of query blocks in either direction (None: nothing): a padding mask, a needed
+        gradient, the oracle, a top-k mode outside `modes` (the direction's blocked modes), the tiled kernel."""
         if key_padding_mask is not None:
-            return "whole (padding mask)"
+            return "padding mask"
         if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, *self.parameters())):
-            return "whole (gradient needed)"
+            return "gradient needed"
         if self.oracle:
-            return "whole (oracle)"
-        if self.mode not in ("per_query", "causal_per_batch"):
-            return f"whole (mode {self.mode})"
+            return "oracle"
+        if self.mode not in modes:
+            return f"mode {self.mode} (query blocks take {' or '.join(modes)})"
         if self.backend == "triton_tiled":
-            return "whole (tiled kernel)"
+            return "tiled kernel"
         return None
 
     @torch.no_grad()
