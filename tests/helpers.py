@@ -39,6 +39,29 @@ def gaussian_qkv(B: int, H: int, Hkv: int, T: int, D: int, *, seed: int = 0, dty
     return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
+def sea_case(B: int, H: int, Hkv: int, T: int, D: int, *, causal: bool = True, **opts):
+    """(method class, resolved config, Problem) of a small fp32 CPU `sea` case: k=3, K=16 unless opts say
+    otherwise (opts are sea options; values are stringified as on the command line)."""
+    from methods.base import Problem, get
+
+    M = get("sea")
+    cfg = M.resolve_config({key: str(val) for key, val in dict(dict(k=3, K=16), **opts).items()})
+    return M, cfg, Problem(B, H, Hkv, T, D, dtype="fp32", causal=causal, device="cpu")
+
+
+def untie_sea_decoder(mod, seed: int = 11):
+    """Random LayerNorm affine at a causal SEA decoder's output (`mod` an SEA layer or its estimator): no two of a
+    row's K logits are equal, so torch.topk has no ties to break."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    norm = mod.estimator.dec.norm_out if hasattr(mod, "estimator") else mod.dec.norm_out
+    with torch.no_grad():
+        norm.weight.copy_(0.5 + torch.rand(norm.weight.shape, generator=g))
+        norm.bias.copy_(torch.rand(norm.bias.shape, generator=g))
+    return mod
+
+
 def two_sided_padding(B: int, T: int):
     """bool [B, T] key padding mask (True = real): right padding in row 0, left padding in row 1."""
     import torch

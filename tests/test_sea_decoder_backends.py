@@ -6,35 +6,26 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.base import Problem, get
+from methods.base import Problem
+from tests.helpers import gaussian_qkv, sea_case, untie_sea_decoder
 
 B, H, Hkv, T, D = 2, 4, 2, 45, 16
 
 
 def build(**opts):
-    M = get("sea")
-    cfg = M.resolve_config({key: str(val) for key, val in dict(dict(k=3, K=16, backend="torch", max_len=64),
-                                                                 **opts).items()})
-    prob = Problem(B, H, Hkv, T, D, dtype="fp32", causal=True, device="cpu")
-    return M, cfg, prob
+    return sea_case(B, H, Hkv, T, D, **dict(dict(backend="torch", max_len=64), **opts))
 
 
 def test_split_and_fused_kernels_match_the_modules():
-    g = torch.Generator().manual_seed(0)
-    q, k, v = torch.randn(B, H, T, D, generator=g), torch.randn(B, Hkv, T, D, generator=g), \
-        torch.randn(B, Hkv, T, D, generator=g)
+    q, k, v = gaussian_qkv(B, H, Hkv, T, D, dtype=torch.float32)
     logits, impls = {}, {}
     state = None
     for backend in ("torch", "triton", "split"):
         M, cfg, prob = build(decoder_backend=backend)
         assert M.supports(prob, cfg) == []
         mod = M.build(cfg, prob, seed=4)
-        if state is None:
-            with torch.no_grad():                    # LayerNorm affine away from its init: no trivial output
-                norm = mod.estimator.dec.norm_out
-                norm.weight.copy_(0.5 + torch.rand(norm.weight.shape, generator=g))
-                norm.bias.copy_(torch.rand(norm.bias.shape, generator=g))
-            state = mod.state_dict()
+        if state is None:                            # LayerNorm affine away from its init: no trivial output
+            state = untie_sea_decoder(mod).state_dict()
         mod.load_state_dict(state)
         with torch.no_grad():
             mod(q, k, v, causal=True)

@@ -9,6 +9,8 @@ import torch
 
 import kernels.sea_causal_mix as cm
 from methods.base import Problem, get
+from tests.helpers import gaussian_qkv, sea_case
+from tests.helpers import untie_sea_decoder as untie
 
 B, H, Hkv, T, D = 2, 4, 2, 70, 16
 
@@ -20,27 +22,11 @@ def _small_chunks(monkeypatch):
 
 
 def build(causal=True, **opts):
-    M = get("sea")
-    cfg = M.resolve_config({key: str(val) for key, val in dict(dict(k=3, K=16, backend="torch", max_len=256),
-                                                                 **opts).items()})
-    prob = Problem(B, H, Hkv, T, D, dtype="fp32", causal=causal, device="cpu")
-    return M, cfg, prob
-
-
-def untie(mod, seed=11):
-    """Random LayerNorm affine at the decoder's output: no exact ties among the K logits (torch.topk)."""
-    g = torch.Generator().manual_seed(seed)
-    norm = mod.estimator.dec.norm_out
-    with torch.no_grad():
-        norm.weight.copy_(0.5 + torch.rand(norm.weight.shape, generator=g))
-        norm.bias.copy_(torch.rand(norm.bias.shape, generator=g))
-    return mod
+    return sea_case(B, H, Hkv, T, D, causal=causal, **dict(dict(backend="torch", max_len=256), **opts))
 
 
 def qkv(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, H, T, D, generator=g), torch.randn(B, Hkv, T, D, generator=g),
-            torch.randn(B, Hkv, T, D, generator=g))
+    return gaussian_qkv(B, H, Hkv, T, D, seed=seed, dtype=torch.float32)
 
 
 @pytest.mark.parametrize("query_chunk", [0, 24])

@@ -15,6 +15,7 @@ from methods.sea.estimator import Estimator
 from methods.sea.favor import favor_attention, favor_causal_carry
 from methods.sea.interp import mask_to_csr
 from methods.sea.topk import select_topk, selection_caps
+from tests.helpers import untie_sea_decoder as untie
 
 B, H, Hkv, T, D = 2, 4, 2, 203, 16
 
@@ -24,16 +25,6 @@ def build(causal=True, **opts):
     base = dict(k=3, K=16, backend="torch", max_len=512)
     cfg = M.resolve_config({key: str(val) for key, val in dict(base, **opts).items()})
     return M.build(cfg, Problem(B, H, Hkv, T, D, dtype="fp32", causal=causal, device="cpu"), seed=5)
-
-
-def untie(mod, seed=11):
-    """Random LayerNorm affine at the decoder's output: no two of the K logits of a row are equal."""
-    g = torch.Generator().manual_seed(seed)
-    norm = mod.estimator.dec.norm_out if hasattr(mod, "estimator") else mod.dec.norm_out
-    with torch.no_grad():
-        norm.weight.copy_(0.5 + torch.rand(norm.weight.shape, generator=g))
-        norm.bias.copy_(torch.rand(norm.bias.shape, generator=g))
-    return mod
 
 
 def qkv(seed=0, kv_heads=Hkv):

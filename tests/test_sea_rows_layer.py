@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import kernels.sea_sparse_rows as sr
-from methods.base import Problem, get
+from tests.helpers import gaussian_qkv, sea_case
 
 B, H, Hkv, T, D = 2, 4, 2, 40, 16
 
@@ -19,16 +19,11 @@ def _small_steps(monkeypatch):
 
 
 def build(**opts):
-    M = get("sea")
-    cfg = M.resolve_config({key: str(val) for key, val in dict(dict(k=3, K=16, max_len=128), **opts).items()})
-    prob = Problem(B, H, Hkv, T, D, dtype="fp32", causal=True, device="cpu")
-    return M, cfg, prob
+    return sea_case(B, H, Hkv, T, D, **dict(dict(max_len=128), **opts))
 
 
 def qkv(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, H, T, D, generator=g), torch.randn(B, Hkv, T, D, generator=g),
-            torch.randn(B, Hkv, T, D, generator=g))
+    return gaussian_qkv(B, H, Hkv, T, D, seed=seed, dtype=torch.float32)
 
 
 @pytest.mark.parametrize("query_chunk", [0, 16])
