@@ -439,23 +439,13 @@ class _Blocks:
         return out
 
     def kernels(self) -> tuple[str, bool]:
-        from kernels.sea_sparse_attention import triton_usable
-
         layer, q = self.layer, self.q
-        sparse = layer.backend
-        if sparse == "auto":                                             # forward-only: as _forward_blocks
-            sparse = "triton_rows" if q.is_cuda else ("triton" if triton_usable(q.device) else "torch")
+        _, sparse = layer.sparse_plan(q, self.k, self.v, None)           # forward-only here (no_grad)
         fused = layer.mix_fused(q, self.k, self.v, layout="csr", kernel=sparse, valid=None)
         return sparse, fused
 
     def attend(self, sparse, qb, row_ptr, col):
-        if sparse == "triton_rows":
-            from kernels.sea_sparse_rows import sparse_rows_forward
-
-            return sparse_rows_forward(qb, self.k, self.v, row_ptr, col, self.scale), "triton_rows"
-        from kernels.sea_sparse_attention import sparse_attention_block
-
-        return sparse_attention_block(qb, self.k, self.v, row_ptr, col, self.scale, backend=sparse)
+        return self.layer.attend_block(sparse, qb, self.k, self.v, row_ptr, col, self.scale)
 
 
 def forward_bidirectional_blocks(layer, q, k, v, *, scale=None, rows: int, info: dict | None = None) -> torch.Tensor:

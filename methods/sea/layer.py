@@ -446,11 +446,7 @@ class SEAAttention(AttentionModule):
         finite = []                                                      # per block: q, k, v all finite?
         kr, vr = kr.contiguous(), vr.contiguous()
         B, H, T, D = q.shape
-        from kernels.sea_sparse_attention import sparse_attention_block, triton_usable
-
-        sparse = self.backend
-        if sparse == "auto":                                             # blocks run forward-only: as sparse_plan
-            sparse = "triton_rows" if q.is_cuda else ("triton" if triton_usable(q.device) else "torch")
+        _, sparse = self.sparse_plan(q, k, v, None)                      # forward-only here (no_grad)
         fused = self.mix_fused(q, k, v, layout="csr", kernel=sparse, valid=None)
         mixk = not fused and self.mix_kernel_usable(q.device)
         self.last_mix = "fused" if fused else ("kernel" if mixk else "torch")
@@ -460,11 +456,7 @@ class SEAAttention(AttentionModule):
             from kernels.sea_causal_mix import causal_mix
 
         def attend(qb, row_ptr, col):                                    # one block's sparse attention
-            if sparse == "triton_rows":
-                from kernels.sea_sparse_rows import sparse_rows_forward
-
-                return sparse_rows_forward(qb, kr, vr, row_ptr, col, scale), "triton_rows"
-            return sparse_attention_block(qb, kr, vr, row_ptr, col, scale, backend=sparse)
+            return self.attend_block(sparse, qb, kr, vr, row_ptr, col, scale)
         out = torch.empty_like(q)
         carry, vsum, ran, n = None, None, "not-run", 0
         rows = self.query_chunk or -(-T // self.query_blocks)               # rows per block
@@ -511,6 +503,18 @@ class SEAAttention(AttentionModule):
         self.last_aux = {}
         self.impl = self._impl(ran)
         return out
+
+    @staticmethod
+    def attend_block(sparse: str, qb, k, v, row_ptr, col, scale):
+        """One query block's sparse attention on its CSR lists (query blocks of both directions): qb [B, H, Tc, D]
+        against all keys k, v [B, H, T, D] -> (c [B, H, Tc, D], what ran). sparse: sparse_plan's kernel."""
+        if sparse == "triton_rows":
+            from kernels.sea_sparse_rows import sparse_rows_forward
+
+            return sparse_rows_forward(qb, k, v, row_ptr, col, scale), "triton_rows"
+        from kernels.sea_sparse_attention import sparse_attention_block
+
+        return sparse_attention_block(qb, k, v, row_ptr, col, scale, backend=sparse)
 
     def _forward_bidirectional_blocks(self, q, k, v, *, scale):
         """Bidirectional inference in query blocks (methods/sea/bidir_blocks.py): the estimator runs two or three
