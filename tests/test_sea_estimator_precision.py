@@ -122,3 +122,52 @@ def test_precision_reaches_the_bidirectional_performer_kernel(monkeypatch):
     assert seen == [("favor_softmax_dense", "tf32")] and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="precision"):
         fd.favor_softmax_dense(q, k, v, mod.estimator.proj, precision="fp16")
+
+
+def flag_state():
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+@pytest.mark.parametrize("precision,inside", [("tf32", (True, True)), ("fp32", (False, False))])
+@pytest.mark.parametrize("compile_mode", ["none", "estimator"])
+def test_torch_operations_take_tf32_only_under_tf32(monkeypatch, precision, inside, compile_mode):
+    """The bidirectional decoder's row projection and convolutions (PyTorch) run with TF32 allowed under
+    estimator_precision=tf32 and in the caller's setting (here: off, as the harness worker sets it) under fp32;
+    the caller's flags are back after the call, also after an error. Checked from inside the decoder module, so
+    a scope placed around the wrong call (or not restored) fails; compiled estimators included (aot_eager)."""
+    import methods.sea.estimator as est_mod
+
+    monkeypatch.setattr(est_mod, "COMPILE_BACKEND", "aot_eager")
+    old = flag_state()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        check_flags(precision, inside, compile_mode, monkeypatch)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def check_flags(precision, inside, compile_mode, monkeypatch):
+    M = get("sea")
+    cfg = M.resolve_config(dict(k="3", K="16", backend="torch", max_len="64", estimator_precision=precision,
+                                compile=compile_mode))
+    prob = Problem(B, H, H, T, D, dtype="fp32", causal=False, device="cpu")
+    mod = M.build(cfg, prob, seed=3)
+    seen = []
+    mod.estimator.dec.conv2.register_forward_pre_hook(lambda m, args: seen.append(flag_state()))
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, H, T, D, generator=g) for _ in range(3))
+    with torch.no_grad():
+        mod(q, k, v, causal=False)
+    if compile_mode == "none":                      # (a compiled module's hooks run at trace time only)
+        assert seen == [inside]
+    assert flag_state() == (False, False)
+    if compile_mode != "none":
+        return
+
+    def boom(*args, **kwargs):
+        assert flag_state() == inside
+        raise RuntimeError("boom")
+    monkeypatch.setattr(mod.estimator.dec, "forward", boom)
+    with pytest.raises(RuntimeError, match="boom"), torch.no_grad():
+        mod(q, k, v, causal=False)
+    assert flag_state() == (False, False)

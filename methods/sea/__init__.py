@@ -78,7 +78,8 @@ class _SEABase(Method):
                "fp32: the paper's precision) or tf32 (one-pass TF32, ~2^-11 relative per product, and 128-row "
                "chunks in the fused front; with performer_dtype=bf16 the fused front's feature projection also takes "
                "bf16 operands). The decoder kernel keeps three-pass TF32 "
-               "(one pass measured slower) and the PyTorch paths are not affected. H200, causal, bf16, with the "
+               "(one pass measured slower); the estimator's PyTorch matmuls and cuDNN convolutions (the "
+               "bidirectional decoder) may use TF32 (allow_tf32 for the call). H200, causal, bf16, with the "
                "fused front: 0.548x -> 0.472x cuDNN at 64k, 0.120x -> 0.095x at 256k, fidelity on SmolLM2 q/k/v "
                "unchanged (results/nvidia-h200/sea-precision/); bidirectional 64k 0.935x -> 0.921x, MiniLM gate "
                "passed (results/nvidia-h200/sea-bidir-tf32/)", choices=("fp32", "tf32")),

@@ -48,7 +48,8 @@ Semantics against the whole call (SEAAttention.forward, causal=False, no mask, n
     [m, 2d] summary is accumulated in fp32 over key blocks and rounded to bf16 once, then the query product runs in
     bf16; agreement to bf16 rounding, not bit for bit. On CUDA the whole call runs the fused Performer kernel
     (kernels/favor_dense.py, tf32 products under estimator_precision=tf32); here the Performer is always torch
-    matmuls in fp32 (the estimator_precision option does not reach it). compile="estimator" is not applied here
+    matmuls in fp32 (estimator_precision=tf32 allows TF32 for them and for the decoder window's convolutions, as
+    for the whole call's PyTorch operations: estimator.torch_precision). compile="estimator" is not applied here
     (eager estimator). estimator_dtype bf16/fp16: the decoder window runs under the same autocast as
     Estimator.decode.
   * Cost: the estimator runs twice (pass 1 and the final pass), three times when the threshold bin is only partly
@@ -76,7 +77,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.base import check_inputs
-from methods.sea.estimator import DEC_DTYPES, nearest_resize
+from methods.sea.estimator import DEC_DTYPES, nearest_resize, torch_precision
 from methods.sea.interp import cell_bounds
 from methods.sea.topk import budgets
 
@@ -470,5 +471,5 @@ def forward_bidirectional_blocks(layer, q, k, v, *, scale=None, rows: int, info:
         from methods.sea.layer import check_finite                       # layer.py imports this module
 
         check_finite(q=q, k=k, v=v)
-    with torch.no_grad():
+    with torch.no_grad(), torch_precision(layer.estimator.precision):
         return _Blocks(layer, q, k, v, scale, int(rows), info).run()

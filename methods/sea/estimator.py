@@ -6,6 +6,7 @@ except the decoder convolutions, whose channels are heads (so the module needs H
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -40,6 +41,27 @@ def compiled(fn):
 
     functorch_config.donated_buffer = False
     return torch.compile(fn, backend=COMPILE_BACKEND, dynamic=False)
+
+
+@contextlib.contextmanager
+def torch_precision(precision: str):
+    """The float32 matmul and cuDNN convolution precision of the estimator's PyTorch operations for one call:
+    estimator_precision=tf32 allows one-pass TF32 for both (torch.backends.cuda.matmul / cudnn .allow_tf32), the
+    same products the Triton kernels take under it; fp32 leaves the caller's settings as they are (the harness
+    worker turns both off, so there they are true fp32). The flags are restored on exit, also on an error.
+    They are read when the operations run (eager, and inductor's calls of aten.mm / aten.convolution), so the
+    scope is put around the whole (compiled or eager) call. On an H200 at T = 65536, bidirectional, the torch
+    decoder's row projection took 1.65 ms as an fp32 FFMA GEMM (results/nvidia-h200/sea-tune/profile-bidir-64k.txt)."""
+    if precision != "tf32":
+        yield
+        return
+    mm, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    old = (mm.allow_tf32, cudnn.allow_tf32)
+    mm.allow_tf32 = cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        mm.allow_tf32, cudnn.allow_tf32 = old
 
 
 def identity_values(valid: torch.Tensor | None, B: int, T: int, d: int, device) -> torch.Tensor:
@@ -235,7 +257,12 @@ class Estimator(nn.Module):
         """{part: ms} of one no-padding forward (q, k, v [B, H, T, d], k/v already repeated to H heads):
         inputs (fp32 casts, V_I / identity values), performer (FAVOR+ features + prefix sums), encoder,
         decoder (the CNN, in dec_dtype), scaler. Each part runs on the previous parts' outputs. With
-        performer_backend=fused, 'performer' is the one kernel that also does the casts, the encoder and the scaler."""
+        performer_backend=fused, 'performer' is the one kernel that also does the casts, the encoder and the scaler.
+        Under this estimator's torch_precision scope, as forward."""
+        with torch_precision(self.precision):
+            return self._stage_profile(q, k, v, timer=timer)
+
+    def _stage_profile(self, q, k, v, *, timer) -> dict:
         B, H, T, d = q.shape
 
         def inputs():
@@ -355,11 +382,12 @@ class Estimator(nn.Module):
         return sum(c.dilation[0] * (c.kernel_size[0] // 2) for c in (self.dec.conv1, self.dec.conv2, self.dec.conv3))
 
     def _run(self, q, k, v, vi, valid, carry):
-        if self.compile == "none":
-            return self._forward(q, k, v, vi, valid=valid, carry=carry)
-        if self._compiled is None:
-            self._compiled = compiled(self._forward)
-        return self._compiled(q, k, v, vi, valid=valid, carry=carry)
+        with torch_precision(self.precision):
+            if self.compile == "none":
+                return self._forward(q, k, v, vi, valid=valid, carry=carry)
+            if self._compiled is None:
+                self._compiled = compiled(self._forward)
+            return self._compiled(q, k, v, vi, valid=valid, carry=carry)
 
     def _forward(self, q, k, v, vi, *, valid: torch.Tensor | None, carry: dict | None):
         """vi: the V_I rows (causal) or identity values (bidirectional) [B, H, T, d]. carry: None for a whole
