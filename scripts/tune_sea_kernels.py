@@ -29,6 +29,11 @@ DECODER = [{}, {"PRECISION": "tf32"}, {"BLOCK_T": 64}, {"NUM_WARPS": 8}, {"BLOCK
 FRONT = [{}, {"STAGES_TF32": None}, {"STAGES_TF32": 1}, {"STAGES_TF32": 3}, {"NUM_WARPS_OUTPUT": 4},
          {"NUM_WARPS_OUTPUT": 4, "STAGES_TF32": 1}, {"CHUNK_TF32": 64}, {"MAX_CHECKPOINTS": 512},
          {"MAX_CHECKPOINTS": 2048}]     # CHUNK / CHUNK_TF32, STAGES_TF32: the chunk of fp32 / tf32-precision calls
+# kernels/favor_dense.py (the bidirectional Performer: key pass, torch combine, query pass), timed as one call
+FAVOR = [{}, {"KEY_BLOCK_T": 64}, {"KEY_BLOCK_T": 128}, {"KEY_BLOCK_F": 32}, {"KEY_BLOCK_F": 128},
+         {"KEY_NUM_WARPS": 4}, {"KEY_PROGRAMS": 1024}, {"KEY_PROGRAMS": 4096}, {"KEY_BLOCK_T": 64, "KEY_NUM_WARPS": 4},
+         {"KEY_BLOCK_T": 64, "KEY_BLOCK_F": 32}, {"QUERY_BLOCK_T": 128}, {"QUERY_BLOCK_F": 64},
+         {"QUERY_NUM_WARPS": 8}, {"QUERY_BLOCK_T": 128, "QUERY_NUM_WARPS": 8}]
 ROWS = [{}, {"ROWS_PER_PROGRAM": 32}, {"ENTRIES_PER_STEP": 32}, {"ENTRIES_PER_STEP": 128}, {"NUM_WARPS": 8},
         {"NUM_WARPS": 2}, {"ROWS_PER_PROGRAM": 32, "NUM_WARPS": 8}]
 
@@ -69,11 +74,14 @@ def main(argv=None) -> int:
     ap.add_argument("--T", type=int, default=65536)
     ap.add_argument("--opts", default="performer_dtype=bf16,performer_backend=fused,estimator_precision=tf32")
     ap.add_argument("--rep-ms", type=float, default=100, help="timing budget of each variant")
-    ap.add_argument("--only", default="decoder,front,rows")
+    ap.add_argument("--only", default="decoder,front,rows",
+                    help="comma list of decoder, front, rows, favor (favor: the bidirectional Performer kernel on "
+                         "the same q, k and [identity values ; v], operands and precision from --opts)")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("tune_sea_kernels.py needs a CUDA device", file=sys.stderr)
         return 2
+    import kernels.favor_dense as fd
     import kernels.sea_decoder as dk
     import kernels.sea_favor_encoder as fe
     import kernels.sea_sparse_rows as sr
@@ -100,6 +108,14 @@ def main(argv=None) -> int:
             sweep("fused front (precision tf32 when asked)", fe, FRONT,
                   lambda: est.fused_front(q, k, v, valid=None, vid_rows=est.v_id[:T], state=None, want_state=False),
                   a.rep_ms)
+        if "favor" in todo:
+            from methods.sea.estimator import PRECISIONS, identity_values
+
+            vals = torch.cat([identity_values(None, 1, T, D, q.device)[:, None].expand(1, H, T, D), v.float()], -1)
+            qf, kf = q.float(), k.float()
+            sweep("bidirectional Performer (favor_dense)", fd, FAVOR,
+                  lambda: fd.favor_softmax_dense(qf, kf, vals, est.proj, operands=est.performer_dtype,
+                                                 precision=PRECISIONS[est.precision]), a.rep_ms)
         if "rows" in todo:
             scale = D ** -0.5
             sweep("rows kernel", sr, ROWS,
