@@ -21,7 +21,7 @@ echo "fidelity exit $?"; grep -E "mean|Error" "$OUT/fidelity.txt" | cut -c1-60 |
 mkdir -p "$OUT/fidelity" && cp /tmp/fidelity/meta.json /tmp/fidelity/rows.jsonl "$OUT/fidelity/" 2>/dev/null
 fast=sea:performer_dtype=bf16:compile=estimator
 bash scripts/device_sweep.sh bidir 140 --device cuda \
-  --methods sdpa:backend=cudnn,$fast,$fast:estimator_precision=tf32 \
+  --methods sdpa:backend=cudnn,$fast:estimator_precision=tf32,$fast \
   --method-args sea.max_len=262144 --seq-lens 8192,65536,262144 --batch 1 --heads 16 --head-dim 64 \
   --dtype bf16 --bidirectional --mode fwd --rep-ms 200 --timeout 240
 timeout 100 python3 scripts/tune_sea_kernels.py --T 65536 --only favor \
