@@ -1,0 +1,248 @@
+"""SEA's bidirectional top-k modes (per_batch: all H x T x K cells of a batch element against one budget;
+per_head: the T x K cells of each (b, h)) as an exact radix select in Triton, instead of torch.topk over groups of
+up to ~10^8 cells.
+
+API: select_global(scores, n, width=None) -> bool [G, N]. scores: a contiguous float tensor (fp32, bf16; fp16 also
+works, through 32-bit keys) of G * N elements viewed as [G, N], G = n.numel(); n: int64 [G] budgets on the device;
+width: optional int tensor [K] with N % K == 0, cell c = flat index % K is ineligible when width[c] <= 0 (None: all
+cells eligible). Output [G, N]: per group the n[g] highest eligible cells (every eligible cell when fewer; none when
+n[g] <= 0). Eligible also means a score that is neither -inf nor NaN (+inf is eligible, the highest); equality is
+float equality (-0.0 == +0.0). Ties at the threshold go to the LOWEST flat index of the group first; torch.topk's
+order among equal values is unspecified, so the two agree wherever the threshold value is unique. No host sync:
+every count stays on the device (no .item()), so the call can be captured in a CUDA graph.
+
+Algorithm (most significant digit radix select on monotone keys, as in kernels/sea_topk.py): each score becomes a
+key whose unsigned integer order is the float order: fp32 bits b (after -0.0 -> +0.0) -> k = b ^ ((b >> 31) &
+0x7fffffff) (signed order == float order), then u = k ^ 0x80000000 (unsigned order); for bf16 the low 16 bits carry
+nothing, so u = (k >> 16) + 32768, a 16-bit key (half the passes). Ineligible cells get u = 0 and are masked out of
+every count (an eligible key is >= 0x00800000, resp. 128). The key's bits are split into digits, most significant
+first (DIGITS_32 = 8 + 12 + 12 bits, DIGITS_16 = 8 + 8). Per digit one pass over the group: a grid of
+PROGRAMS (P) programs per group, each owning one contiguous chunk of TILES x BLOCK cells, counts the digit of the
+keys whose higher digits equal the prefix found so far into its own row of a [G, P, bins] int32 buffer:
+  - digits of <= HIST_MAX_BINS bins (the first pass, where every key matches): tl.histogram per tile, summed in
+    registers over the chunk and stored once (no atomics at all);
+  - wider digits (the later passes, where only the keys of the chosen bin match): a masked tl.atomic_add per
+    matching key into the program's own row (privatized: programs never contend with each other, so even a group of
+    all-equal values costs P-way parallel atomics, not one serialized address; SEA's duplicated column pairs cost
+    nothing special). Tiles with no matching key skip the work.
+Between passes, torch sums the rows over programs ([G, bins]) and a one-program-per-group kernel (_pick_kernel)
+finds the digit d holding the need-th highest key (need = min(n, eligible) after the first pass): S = suffix
+cumsum of the bins, d = the highest digit with S[d] >= need, need -= S[d] - hist[d], prefix = prefix << bits | d.
+After the last digit the prefix is the threshold key v itself and need the number of keys == v to take. The last
+pick also reads its digit's count from every program's row and writes their exclusive cumsum over programs (the
+keys == v in the chunks before each program, index order). The final pass (_mark_kernel) marks keys > v, and keys
+== v whose rank (that base + a running count over the program's earlier tiles + an exclusive tl.cumsum within the
+tile; only for tiles holding a key == v) is below need. n <= 0 or no eligible cell gives need = 0 and v = the
+all-ones key, above every eligible key: nothing is selected. Offsets are int64 (N may exceed 2^31 for G = 1).
+Launches for fp32: 3 x (count pass, torch sum, pick) + mark (+ 2 memsets for the atomic passes); bf16: 2 x + mark.
+
+GPU time, predicted (not measured: no GPU here) for the brief's size, G = 1, N = 16 x 65536 x 128 = 134M cells,
+fp32 (537 MB), n = 2^20, softmax-like scores with duplicated column pairs, H200 (~4.0 TB/s achievable of 4.8,
+~1.0e12 warp-instructions/s: 132 SMs x 4 schedulers x ~1.9 GHz):
+  - pass 1 (8-bit digit, tl.histogram): 0.13 ms of reads, but Triton lowers tl.histogram to one warp ballot per
+    bin-index bit plus per-lane popcounts of its bins/32 bins (the PTX compiled here for sm_90: ~60 instructions a
+    warp-row of 32 keys at 64 bins, ~80 at 256, ~190 at 1024), i.e. 4.2M warp-rows x ~80 + ~20 (load, key, digit)
+    = ~4.2e8 warp-instructions = ~0.4 ms: compute-bound. (That is why the first digit is only 8 bits and the wider
+    ones count by atomics; FIRST digit 6 bits would cut it to ~0.3 ms at the cost of more matches in pass 2.)
+  - passes 2 and 3 (12-bit digits, privatized atomics): 0.13 ms of reads each, ~20 instructions a warp-row
+    (~0.09 ms, hidden under the reads) plus one atomic per matching key. Pass 2's matches are the keys in pass 1's
+    bin (a factor-4 band of values, exponent pairs): for softmax probabilities around the 0.8 % quantile a guess of
+    5-20 % of the cells = 7-27M atomics spread over 1024 x 4096 addresses, at ~1e11 L2 atomics/s ~0.07-0.27 ms (the
+    most uncertain term); pass 3 matches ~1/4096 of those: nothing. ~0.15-0.3 ms and ~0.13 ms.
+  - mark: 0.13 ms reads + 0.03 ms of bool writes; ties to cumsum only in tiles holding the threshold value: ~0.17 ms.
+  - small stuff: 2 memsets + 3 sums of [1, 1024, 4096] int32 (16 MB each) ~0.03 ms, ~11 launches ~0.03 ms.
+  Total ~0.9-1.1 ms (torch.topk path ~2.5 ms + its masked_fill copy and scatter), about 7x the 0.13 ms one-read
+  floor; bf16 input (16-bit keys, two passes + mark, half the bytes): ~0.6 ms, dominated by the histogram pass.
+  Knobs for the lead (module level, read at each call): DIGITS_32 / DIGITS_16, HIST_MAX_BINS, BLOCK, PROGRAMS,
+  NUM_WARPS. Not done: a per-group early exit when a bin's count equals need (the rest of that group's passes could
+  skip their reads), sample-based first pivots instead of the fixed 8-bit digit.
+
+`select_global_ref` is the plain restatement (stable sort) the tests compare with.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+DIGITS_32 = (8, 12, 12)     # digit widths of a 32-bit key (fp32, fp16), most significant first; sum 32
+DIGITS_16 = (8, 8)          # bf16: 16-bit keys; sum 16
+HIST_MAX_BINS = 256         # digits of at most this many bins count with tl.histogram, wider ones with atomics
+BLOCK = 4096                # cells a tile (power of two)
+PROGRAMS = 1024             # programs per pass in all (~8 per SM of an H200), split over the groups
+NUM_WARPS = 8               # warps per program of the count and mark passes
+POISON_OUTPUTS = False      # tests: start from a buffer of 0x55 bytes instead of torch.empty
+
+
+@triton.jit
+def _keys(X, offs, inside, WIDTH, K, HAS_WIDTH: tl.constexpr, KEY16: tl.constexpr):
+    """(unsigned monotone key, eligible) of the cells at flat offsets offs (int64)."""
+    x = tl.load(X + offs, mask=inside, other=0.0).to(tl.float32)
+    ok = inside & (x > float("-inf"))                                   # NaN and -inf: ineligible
+    if HAS_WIDTH:
+        w = tl.load(WIDTH + offs % K, mask=inside, other=0)
+        ok = ok & (w > 0)
+    x = tl.where(x == 0.0, 0.0, x)                                      # -0.0 -> +0.0 (equal floats, one key)
+    bits = x.to(tl.int32, bitcast=True)
+    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)                            # signed order == float order
+    if KEY16:
+        key = (key >> 16) + 32768                                       # bf16: the high half, in [0, 65536)
+    else:
+        key = key ^ -2147483648                                         # unsigned order == float order
+    return key.to(tl.uint32, bitcast=True), ok                          # callers mask with ok
+
+
+@triton.jit
+def _count_kernel(X, WIDTH, K, PREFIX, PH, N, P, TPP, SHIFT: tl.constexpr, BITS: tl.constexpr,
+                  FIRST: tl.constexpr, USE_HIST: tl.constexpr, HAS_WIDTH: tl.constexpr, KEY16: tl.constexpr,
+                  BLK: tl.constexpr):
+    """PH[g, p, :2^BITS] = counts of digit (u >> SHIFT) of the eligible keys of program p's chunk whose higher bits
+    (u >> (SHIFT + BITS)) equal PREFIX[g]. USE_HIST: tl.histogram and a store; else atomics into a zeroed row."""
+    p = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1).to(tl.int64)
+    BINS: tl.constexpr = 1 << BITS
+    row = PH + (g * P + p) * BINS
+    if not FIRST:
+        prefix = tl.load(PREFIX + g).to(tl.uint32)
+    i = tl.arange(0, BLK)
+    acc = tl.zeros([BINS], dtype=tl.int32)
+    for t in range(0, TPP):
+        start = (p * TPP + t) * BLK                                     # int64 cell index within the group
+        idx = start + i
+        inside = idx < N
+        u, ok = _keys(X, g * N + idx, inside, WIDTH, K, HAS_WIDTH, KEY16)
+        match = ok
+        if not FIRST:
+            match = ok & ((u >> (SHIFT + BITS)) == prefix)
+        digit = ((u >> SHIFT) & (BINS - 1)).to(tl.int32)
+        if USE_HIST:
+            acc += tl.histogram(digit, BINS, mask=match)
+        else:
+            if tl.max(match.to(tl.int32), axis=0) > 0:
+                tl.atomic_add(row + digit, 1, mask=match, sem="relaxed")
+    if USE_HIST:
+        tl.store(row + tl.arange(0, BINS), acc)
+
+
+@triton.jit
+def _pick_kernel(HIST, PH, NB, PREFIX, NEED, TIEBASE, P, BITS: tl.constexpr, FIRST: tl.constexpr,
+                 LAST: tl.constexpr, PB: tl.constexpr):
+    """One program per group: the digit holding the need-th highest matching key; updates PREFIX / NEED. LAST: the
+    exclusive cumsum over programs of their counts at that digit -> TIEBASE[g, :P]."""
+    g = tl.program_id(0).to(tl.int64)
+    BINS: tl.constexpr = 1 << BITS
+    j = tl.arange(0, BINS)
+    h = tl.load(HIST + g * BINS + j)                                    # [BINS] int64
+    if FIRST:
+        need = tl.minimum(tl.load(NB + g), tl.sum(h, axis=0))           # cells to select: min(n, eligible)
+        need = tl.maximum(need, 0)
+        prefix = tl.zeros([], dtype=tl.int64)
+    else:
+        need = tl.load(NEED + g)
+        prefix = tl.load(PREFIX + g)
+    s = tl.cumsum(h, 0, reverse=True)                                   # keys with digit >= j
+    d = tl.sum((s >= need).to(tl.int32), axis=0) - 1                   # need == 0: the top digit (all ones)
+    above = tl.sum(tl.where(j == d, s - h, 0), axis=0)                  # keys with digit > d
+    tl.store(NEED + g, need - above)
+    tl.store(PREFIX + g, (prefix << BITS) | d)
+    if LAST:
+        carry = tl.zeros([], dtype=tl.int64)
+        for p0 in range(0, P, PB):
+            q = p0 + tl.arange(0, PB)
+            c = tl.load(PH + (g * P + q) * BINS + d, mask=q < P, other=0).to(tl.int64)
+            tl.store(TIEBASE + g * P + q, carry + tl.cumsum(c, 0) - c, mask=q < P)
+            carry += tl.sum(c, axis=0)
+
+
+@triton.jit
+def _mark_kernel(X, WIDTH, K, THR, NEED, TIEBASE, OUT, N, P, TPP, HAS_WIDTH: tl.constexpr, KEY16: tl.constexpr,
+                 BLK: tl.constexpr):
+    """OUT[g, c] = key > v, or key == v with fewer than NEED[g] keys == v at lower indices (v = THR[g])."""
+    p = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1).to(tl.int64)
+    thr = tl.load(THR + g).to(tl.uint32)
+    need = tl.load(NEED + g)
+    before = tl.load(TIEBASE + g * P + p)                               # keys == v in earlier programs' chunks
+    i = tl.arange(0, BLK)
+    for t in range(0, TPP):
+        idx = (p * TPP + t) * BLK + i
+        inside = idx < N
+        u, ok = _keys(X, g * N + idx, inside, WIDTH, K, HAS_WIDTH, KEY16)
+        sel = ok & (u > thr)
+        eq = (ok & (u == thr)).to(tl.int32)
+        ties = tl.sum(eq, axis=0)
+        if ties > 0:
+            rank = before + (tl.cumsum(eq, 0) - eq)                    # keys == v at lower indices
+            sel = sel | ((eq > 0) & (rank < need))
+            before += ties
+        tl.store(OUT + g * N + idx, sel.to(tl.int8), mask=inside)
+
+
+def _layout(G: int, N: int) -> tuple[int, int]:
+    """(programs per group P, tiles per program TPP) for a group of N cells."""
+    tiles = triton.cdiv(N, BLOCK)
+    per_group = max(1, min(tiles, triton.cdiv(PROGRAMS, G)))
+    tpp = triton.cdiv(tiles, per_group)
+    return triton.cdiv(tiles, tpp), tpp
+
+
+def select_global(scores: torch.Tensor, n: torch.Tensor, width: torch.Tensor | None = None) -> torch.Tensor:
+    """bool [G, N]: per group g (G = n.numel(), N = scores.numel() // G) the n[g] highest eligible cells of
+    scores viewed as [G, N], ties to the lowest index. See the module docstring."""
+    G = n.numel()
+    if scores.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"select_global: scores dtype {scores.dtype} (expected float32, bfloat16 or float16)")
+    if not scores.is_contiguous() or G == 0 or scores.numel() % G:
+        raise ValueError(f"select_global: scores {tuple(scores.shape)} (contiguous) must split into n.numel() = {G} "
+                         "groups")
+    N = scores.numel() // G
+    if width is not None and (width.dim() != 1 or width.numel() == 0 or N % width.numel()):
+        raise ValueError(f"select_global: width {tuple(width.shape)} must be [K] with K dividing N = {N}")
+    key16 = scores.dtype == torch.bfloat16
+    digits = DIGITS_16 if key16 else DIGITS_32
+    if sum(digits) != (16 if key16 else 32) or min(digits) < 1:
+        raise ValueError(f"select_global: digit widths {digits} must be positive and sum to the key width")
+    dev = scores.device
+    if POISON_OUTPUTS:
+        out = torch.full((G, N), 0x55, dtype=torch.int8, device=dev)
+    else:
+        out = torch.empty(G, N, dtype=torch.int8, device=dev)
+    if N == 0:
+        return out.view(torch.bool)
+    P, tpp = _layout(G, N)
+    has_w = width is not None
+    w = width.to(device=dev, dtype=torch.int32).contiguous() if has_w else out   # out: an unused dummy pointer
+    K = width.numel() if has_w else 1
+    nb = n.to(device=dev, dtype=torch.int64).reshape(G).contiguous()
+    prefix = torch.empty(G, dtype=torch.int64, device=dev)
+    need = torch.empty(G, dtype=torch.int64, device=dev)
+    tiebase = torch.empty(G, P, dtype=torch.int64, device=dev)
+    shift = sum(digits)
+    for pass_i, bits in enumerate(digits):
+        shift -= bits
+        bins = 1 << bits
+        use_hist = bins <= HIST_MAX_BINS
+        ph = (torch.empty if use_hist else torch.zeros)(G, P, bins, dtype=torch.int32, device=dev)
+        _count_kernel[(P, G)](scores, w, K, prefix, ph, N, P, tpp, SHIFT=shift, BITS=bits, FIRST=pass_i == 0,
+                              USE_HIST=use_hist, HAS_WIDTH=has_w, KEY16=key16, BLK=BLOCK, num_warps=NUM_WARPS)
+        hist = ph.sum(1, dtype=torch.int64)                              # [G, bins]
+        _pick_kernel[(G,)](hist, ph, nb, prefix, need, tiebase, P, BITS=bits, FIRST=pass_i == 0,
+                           LAST=pass_i == len(digits) - 1, PB=min(1024, triton.next_power_of_2(P)), num_warps=4)
+    _mark_kernel[(P, G)](scores, w, K, prefix, need, tiebase, out, N, P, tpp, HAS_WIDTH=has_w, KEY16=key16,
+                         BLK=BLOCK, num_warps=NUM_WARPS)
+    return out.view(torch.bool)
+
+
+def select_global_ref(scores: torch.Tensor, n: torch.Tensor, width: torch.Tensor | None = None) -> torch.Tensor:
+    """The same selection with a stable descending sort per group (tests only): bool [G, N]."""
+    G = n.numel()
+    x = scores.reshape(G, -1).float()                                   # [G, N]
+    N = x.shape[1]
+    elig = ~torch.isnan(x) & (x > float("-inf"))
+    if width is not None:
+        elig = elig & (width > 0).repeat(N // width.numel())[None, :]
+    x = x.masked_fill(~elig, float("-inf"))
+    order = torch.sort(x, dim=1, descending=True, stable=True).indices   # equal floats keep index order
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(N, device=x.device).expand(G, N).contiguous())
+    return (rank < n.reshape(G, 1).to(x.device)) & elig

@@ -1,0 +1,187 @@
+"""Global top-k for SEA's per_batch / per_head modes (kernels/sea_topk_global.py): the radix-select kernel against
+the stable-sort restatement, bit for bit (CPU: TRITON_INTERPRET=1, tiny tiles so a group spans several programs of
+several tiles), against torch.topk where the threshold value is unique, and timed against the torch.topk path at
+the real size on a GPU (pytest -m gpu -s tests/test_sea_topk_global.py prints the times)."""
+
+import pytest
+import torch
+
+import kernels.sea_topk_global as sg
+
+G, K = 3, 8
+N = 5 * 37 * K                                       # 1480 cells a group: 24 tiles of 64, 2 programs of 12
+
+
+@pytest.fixture(autouse=True)
+def small_tiles(monkeypatch):
+    monkeypatch.setattr(sg, "POISON_OUTPUTS", True)   # outputs start as 0x55 bytes: a skipped write shows
+    monkeypatch.setattr(sg, "BLOCK", 64)
+    monkeypatch.setattr(sg, "PROGRAMS", 6)            # 2 programs a group at G = 3 (the last one's tiles ragged)
+
+
+def run(scores, n, width=None):
+    out = sg.select_global(scores, n, width)
+    raw = out.view(torch.int8)
+    assert out.dtype == torch.bool and out.shape == (n.numel(), scores.numel() // n.numel())
+    assert ((raw == 0) | (raw == 1)).all()
+    return out
+
+
+def scores_of(kind, dtype, seed, g=G, n=N):
+    """[g, n] scores: 'random' (normal, ~10 % -inf, a few NaN / +inf) or 'ties' (a few levels incl. -0.0 / +0.0,
+    extremes, infinities and NaN, each pair of columns equal as in SEA's bidirectional decoder)."""
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "random":
+        x = torch.randn(g, n, generator=gen)
+        u = torch.rand(g, n, generator=gen)
+        x[u < 0.1] = float("-inf")
+        x[(u > 0.1) & (u < 0.12)] = float("nan")
+        x[(u > 0.12) & (u < 0.125)] = float("inf")
+    else:
+        vals = torch.tensor([-3.0e38, -2.0, -1e-40, -0.0, 0.0, 1e-40, 0.25, 0.5, 3.0e38,
+                             float("inf"), float("-inf"), float("nan")])
+        p = torch.tensor([1, 2, 1, 4, 4, 1, 3, 3, 1, 0.3, 1, 0.5])
+        half = vals[torch.multinomial(p, g * n // 2, replacement=True, generator=gen)].view(g, n // 2)
+        x = half.repeat_interleave(2, dim=1)                             # [g, n]: columns 2j, 2j+1 equal
+    return x.to(dtype)
+
+
+WIDTH = torch.tensor([1, 0, 2, 3, 0, 1, 5, 1])       # cells 1 and 4 of every 8 cover no key
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["random", "ties"])
+def test_equals_stable_sort_restatement(kind, dtype):
+    """Budgets none / one / some / all eligible / above, with widths: == select_global_ref bit for bit."""
+    x = scores_of(kind, dtype, seed=1 if kind == "random" else 2)
+    want_all = sg.select_global_ref(x, torch.tensor([N] * G), WIDTH)
+    elig = int(want_all[1].sum())
+    n = torch.tensor([0, elig, 301])
+    want = sg.select_global_ref(x, n, WIDTH)
+    assert want[2].sum() == 301 and want[1].equal(want_all[1]) and not want[0].any()
+    assert torch.equal(run(x, n, WIDTH), want)
+    n2 = torch.tensor([1, elig + 7, 900])
+    assert torch.equal(run(x, n2, WIDTH), sg.select_global_ref(x, n2, WIDTH))
+
+
+def test_budget_edges_without_width():
+    """n = 0, 1, -5, eligible - 1, eligible, eligible + 1 and far above, on 7 groups of one tensor; a group of
+    only -inf / NaN selects nothing whatever its budget."""
+    x = scores_of("ties", torch.float32, seed=3, g=7, n=6 * 37)
+    gen = torch.Generator().manual_seed(3)
+    for r in range(1, 6):
+        x[r] = x[0, torch.randperm(6 * 37, generator=gen)]             # same values (same eligible count), shuffled
+    x[6, ::2] = float("-inf")
+    x[6, 1::2] = float("nan")
+    elig = int((~torch.isnan(x[0]) & (x[0] > float("-inf"))).sum())
+    n = torch.tensor([0, 1, -5, elig - 1, elig, elig + 1, 10 ** 6])
+    want = sg.select_global_ref(x, n)
+    assert want.sum(1).tolist() == [0, 1, 0, elig - 1, elig, elig, 0]
+    got = run(x, n)
+    assert torch.equal(got, want) and not got[6].any()
+
+
+def test_sea_like_duplicated_columns_heavy_ties():
+    """Softmax rows [2, 4, 9, 16] of logits from 3 levels with each column duplicated: per_batch and per_head
+    groupings (budgets cut through long runs of equal values) == restatement."""
+    gen = torch.Generator().manual_seed(4)
+    B, H, T, Kc = 2, 4, 9, 16
+    logits = torch.randint(0, 3, (B, H, T, Kc // 2), generator=gen).float()
+    probs = torch.softmax(logits.repeat_interleave(2, dim=-1), dim=-1)   # [B, H, T, K], pairs of equal columns
+    width = torch.tensor([1] * 12 + [0] * 4)                               # the last 4 cells empty
+    for groups, n in ((B, torch.tensor([200, 333])), (B * H, torch.tensor([5, 40, 0, 77, 100, 1, 60, 144]))):
+        want = sg.select_global_ref(probs, n, width)
+        assert torch.equal(run(probs, n, width), want)
+        assert want.sum(1).tolist() == torch.minimum(n, torch.tensor(H * T * 12 * B // groups)).tolist()
+
+
+@pytest.mark.parametrize("d32,d16,hist_max", [((8, 8, 8, 8), (4, 4, 4, 4), 256),   # every pass tl.histogram
+                                             ((16, 16), (16,), 0)])               # every pass atomics; 1 pass
+def test_digit_schedules(monkeypatch, d32, d16, hist_max):
+    """Other digit widths and both counting paths in every pass (a one-pass schedule picks and ranks ties at once)
+    give the same selection."""
+    monkeypatch.setattr(sg, "DIGITS_32", d32)
+    monkeypatch.setattr(sg, "DIGITS_16", d16)
+    monkeypatch.setattr(sg, "HIST_MAX_BINS", hist_max)
+    for dtype, seed in ((torch.float32, 5), (torch.bfloat16, 6)):
+        x = scores_of("ties", dtype, seed=seed, g=2, n=4 * 37 * K)
+        n = torch.tensor([250, 3])
+        assert torch.equal(run(x, n, WIDTH), sg.select_global_ref(x, n, WIDTH))
+
+
+def test_signed_zero_ties_go_to_lowest_index():
+    """-0.0 and +0.0 are one value: with the budget cutting through them the lowest flat indices win, whichever
+    sign they carry."""
+    x = torch.tensor([[-1.0, 0.0, -0.0, 2.0, -0.0, 0.0, 0.0, -3.0] * 9])   # [1, 72]
+    got = run(x, torch.tensor([9 + 4]))                                   # the 9 twos and the first 4 zeros
+    want = torch.zeros(72, dtype=torch.bool)
+    want[3::8] = True
+    want[[1, 2, 4, 5]] = True
+    assert torch.equal(got[0], want)
+
+
+def test_agrees_with_torch_topk_at_a_unique_threshold():
+    """Distinct random values (no ties anywhere): the kernel's mask == torch.topk + scatter, per group."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randperm(G * N, generator=gen).float().view(G, N) / (G * N) - 0.5
+    n = torch.tensor([1, 377, 1200])
+    got = run(x, n)
+    for g in range(G):
+        ref = torch.zeros(N, dtype=torch.bool)
+        ref[torch.topk(x[g], int(n[g])).indices] = True
+        assert torch.equal(got[g], ref)
+
+
+def test_rejects_bad_inputs():
+    x = torch.zeros(2, 10)
+    with pytest.raises(ValueError, match="groups"):
+        sg.select_global(x, torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="width"):
+        sg.select_global(x, torch.tensor([1, 2]), torch.ones(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="dtype"):
+        sg.select_global(x.double(), torch.tensor([1, 2]))
+
+
+@pytest.mark.gpu
+def test_gpu_time_against_torch_topk_per_batch():
+    """B=1, H=16, T=65536, K=128 (134M cells), n = 2^20, softmax-like fp32 estimate with duplicated column pairs:
+    the kernel (eager and as a CUDA-graph replay) against SEA's torch path (masked_fill copy + torch.topk +
+    scatter), both timed with harness.measure.time_cuda; masks equal where ties allow. Also bf16 input."""
+    from harness.measure import time_cuda
+
+    B, H, T, Kc = 1, 16, 65536, 128
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    logits = torch.randn(B, H, T, Kc // 2, device="cuda", generator=gen) * 2.0
+    probs = torch.softmax(logits.repeat_interleave(2, dim=-1), dim=-1).contiguous()   # [B, H, T, K]
+    del logits
+    n = torch.full((B,), 1 << 20, dtype=torch.int64, device="cuda")
+    eligible = torch.ones(B, T, Kc, dtype=torch.bool, device="cuda")
+
+    def torch_path():
+        scores = probs.float().masked_fill(~eligible[:, None], float("-inf"))   # [B, H, T, K]
+        flat = scores.reshape(B, H * T * Kc)
+        vals, idx = torch.topk(flat, 1 << 20, dim=-1, sorted=True)
+        keep = (torch.arange(1 << 20, device="cuda") < n[:, None]) & torch.isfinite(vals)
+        return torch.zeros_like(flat, dtype=torch.bool).scatter_(-1, idx, keep)
+
+    def kernel():
+        return sg.select_global(probs, n)
+
+    ref, got = torch_path(), kernel()
+    flat = probs.reshape(B, -1)
+    for a, b in ((got, ref), (ref, got)):
+        assert int(a.sum()) == int(b.sum()) == 1 << 20
+        assert flat[a].min() >= flat[~b].max()                            # every selected >= every unselected
+    thr = flat[got].min()
+    assert torch.equal(got[flat != thr], ref[flat != thr])                # differences only among ties at thr
+    t_torch = time_cuda(torch_path)
+    t_kernel = time_cuda(kernel)
+    t_graph = time_cuda(kernel, cuda_graph=True)
+    pb = probs.bfloat16()
+    got16 = sg.select_global(pb, n)
+    fb = pb.reshape(B, -1)
+    assert int(got16.sum()) == 1 << 20 and fb[got16].min() >= fb[~got16].max()
+    t_bf16 = time_cuda(lambda: sg.select_global(pb, n))
+    print(f"\nper_batch top-k, 134M cells, n=2^20: torch path {t_torch.median_ms:.3f} ms, kernel fp32 "
+          f"{t_kernel.median_ms:.3f} ms (graph {t_graph.median_ms:.3f} ms), kernel bf16 {t_bf16.median_ms:.3f} ms; "
+          f"ties at the threshold: {int((flat == thr).sum())}")
