@@ -19,9 +19,9 @@ every count (an eligible key is >= 0x00800000, resp. 128). The key's bits are sp
 first (DIGITS_32 = 8 + 12 + 12 bits, DIGITS_16 = 8 + 8). Per digit one pass over the group: a grid of
 PROGRAMS (P) programs per group, each owning one contiguous chunk of TILES x BLOCK cells, counts the digit of the
 keys whose higher digits equal the prefix found so far into its own row of a [G, P, bins] int32 buffer:
-  - digits of <= HIST_MAX_BINS bins (the first pass, where every key matches): tl.histogram per tile, summed in
-    registers over the chunk and stored once (no atomics at all);
-  - wider digits (the later passes, where only the keys of the chosen bin match): a masked tl.atomic_add per
+  - the first HIST_PASSES passes (default 1: the first, where every key matches): tl.histogram per tile, summed
+    in registers over the chunk and stored once (no atomics at all);
+  - the later passes (where only the keys of the chosen bins match, wide digits): a masked tl.atomic_add per
     matching key into the program's own row (privatized: programs never contend with each other, so even a group of
     all-equal values costs P-way parallel atomics, not one serialized address; SEA's duplicated column pairs cost
     nothing special). Tiles with no matching key skip the work.
@@ -38,22 +38,24 @@ Launches for fp32: 3 x (count pass, torch sum, pick) + mark (+ 2 memsets for the
 
 GPU time, predicted (not measured: no GPU here) for the brief's size, G = 1, N = 16 x 65536 x 128 = 134M cells,
 fp32 (537 MB), n = 2^20, softmax-like scores with duplicated column pairs, H200 (~4.0 TB/s achievable of 4.8,
-~1.0e12 warp-instructions/s: 132 SMs x 4 schedulers x ~1.9 GHz):
+~1.0e12 warp-instructions/s: 132 SMs x 4 schedulers x ~1.9 GHz). 134M keys = 4.2M warp-rows of 32 keys. PTX of
+the kernels compiled here for sm_90 (BLOCK 4096, 8 warps: 16 keys a thread a tile), instructions a tile / 16 =
+per warp-row: first pass 5 bits 67, 6 bits 76, 7 bits 89, 8 bits 110; atomic pass ~30; mark ~40 without ties.
   - pass 1 (8-bit digit, tl.histogram): 0.13 ms of reads, but Triton lowers tl.histogram to one warp ballot per
-    bin-index bit plus per-lane popcounts of its bins/32 bins (the PTX compiled here for sm_90: ~60 instructions a
-    warp-row of 32 keys at 64 bins, ~80 at 256, ~190 at 1024), i.e. 4.2M warp-rows x ~80 + ~20 (load, key, digit)
-    = ~4.2e8 warp-instructions = ~0.4 ms: compute-bound. (That is why the first digit is only 8 bits and the wider
-    ones count by atomics; FIRST digit 6 bits would cut it to ~0.3 ms at the cost of more matches in pass 2.)
-  - passes 2 and 3 (12-bit digits, privatized atomics): 0.13 ms of reads each, ~20 instructions a warp-row
-    (~0.09 ms, hidden under the reads) plus one atomic per matching key. Pass 2's matches are the keys in pass 1's
-    bin (a factor-4 band of values, exponent pairs): for softmax probabilities around the 0.8 % quantile a guess of
-    5-20 % of the cells = 7-27M atomics spread over 1024 x 4096 addresses, at ~1e11 L2 atomics/s ~0.07-0.27 ms (the
-    most uncertain term); pass 3 matches ~1/4096 of those: nothing. ~0.15-0.3 ms and ~0.13 ms.
-  - mark: 0.13 ms reads + 0.03 ms of bool writes; ties to cumsum only in tiles holding the threshold value: ~0.17 ms.
-  - small stuff: 2 memsets + 3 sums of [1, 1024, 4096] int32 (16 MB each) ~0.03 ms, ~11 launches ~0.03 ms.
-  Total ~0.9-1.1 ms (torch.topk path ~2.5 ms + its masked_fill copy and scatter), about 7x the 0.13 ms one-read
-  floor; bf16 input (16-bit keys, two passes + mark, half the bytes): ~0.6 ms, dominated by the histogram pass.
-  Knobs for the lead (module level, read at each call): DIGITS_32 / DIGITS_16, HIST_MAX_BINS, BLOCK, PROGRAMS,
+    bin-index bit plus per-lane popcounts of its bins/32 bins: 4.2M x 110 = 4.6e8 warp-instructions = ~0.45 ms,
+    issue-bound. (Hence only 8 bits first and atomics for the wide digits; 6 bits: ~0.32 ms, more pass-2 matches.)
+  - passes 2 and 3 (12-bit digits, privatized atomics): 0.13 ms of reads each; 4.2M x 30 = 1.3e8 = ~0.13 ms of
+    issue, so ~0.15 ms each. Atomics: pass 2's matches are the keys of pass 1's bin (a factor-4 band of values):
+    simulated on 8M cells of this test's data (softmax of N(0, 4) logits, 64 columns duplicated, the top 0.78 %),
+    0.9 % of the cells (threshold ~0.13, bin [0.125, 0.5)), i.e. ~1.2M atomics over 1024 x 4096 addresses:
+    negligible; pass 3 matches 7e-6 of the cells (~900). Data whose threshold sits in a crowded factor-4 band (up
+    to all cells) would cost up to ~134M atomics spread over P rows, ~1 ms more (guess: ~1e11 L2 atomics/s).
+  - mark: 0.13 ms reads + 0.03 ms bool writes, ~0.17 ms (tl.cumsum only in tiles holding the threshold value).
+  - small stuff: 2 memsets + 3 sums of [1, 1024, <=4096] int32 (<=16 MB each) ~0.03 ms, ~11 launches ~0.03 ms.
+  Total ~1.0 ms (torch.topk path ~2.5 ms + its masked_fill copy and scatter), ~2.5-3x faster, still ~8x the
+  0.13 ms one-read floor; bf16 input (16-bit keys, two passes + mark, half the bytes): ~0.45 (histogram, same key
+  count) + 0.13 + 0.1 = ~0.7 ms.
+  Knobs for the lead (module level, read at each call): DIGITS_32 / DIGITS_16, HIST_PASSES, BLOCK, PROGRAMS,
   NUM_WARPS. Not done: a per-group early exit when a bin's count equals need (the rest of that group's passes could
   skip their reads), sample-based first pivots instead of the fixed 8-bit digit.
 
@@ -67,7 +69,8 @@ import triton.language as tl
 
 DIGITS_32 = (8, 12, 12)     # digit widths of a 32-bit key (fp32, fp16), most significant first; sum 32
 DIGITS_16 = (8, 8)          # bf16: 16-bit keys; sum 16
-HIST_MAX_BINS = 256         # digits of at most this many bins count with tl.histogram, wider ones with atomics
+HIST_PASSES = 1             # the first this-many passes count with tl.histogram (keep their digits <= ~8 bits),
+                            # the later ones with atomics into per-program rows
 BLOCK = 4096                # cells a tile (power of two)
 PROGRAMS = 1024             # programs per pass in all (~8 per SM of an H200), split over the groups
 NUM_WARPS = 8               # warps per program of the count and mark passes
@@ -221,7 +224,7 @@ def select_global(scores: torch.Tensor, n: torch.Tensor, width: torch.Tensor | N
     for pass_i, bits in enumerate(digits):
         shift -= bits
         bins = 1 << bits
-        use_hist = bins <= HIST_MAX_BINS
+        use_hist = pass_i < HIST_PASSES
         ph = (torch.empty if use_hist else torch.zeros)(G, P, bins, dtype=torch.int32, device=dev)
         _count_kernel[(P, G)](scores, w, K, prefix, ph, N, P, tpp, SHIFT=shift, BITS=bits, FIRST=pass_i == 0,
                               USE_HIST=use_hist, HAS_WIDTH=has_w, KEY16=key16, BLK=BLOCK, num_warps=NUM_WARPS)

@@ -95,14 +95,14 @@ def test_sea_like_duplicated_columns_heavy_ties():
         assert want.sum(1).tolist() == torch.minimum(n, torch.tensor(H * T * 12 * B // groups)).tolist()
 
 
-@pytest.mark.parametrize("d32,d16,hist_max", [((8, 8, 8, 8), (4, 4, 4, 4), 256),   # every pass tl.histogram
-                                             ((16, 16), (16,), 0)])               # every pass atomics; 1 pass
-def test_digit_schedules(monkeypatch, d32, d16, hist_max):
+@pytest.mark.parametrize("d32,d16,hist", [((8, 8, 8, 8), (4, 4, 4, 4), 4),   # every pass tl.histogram
+                                          ((16, 16), (16,), 0)])             # every pass atomics; 1 pass
+def test_digit_schedules(monkeypatch, d32, d16, hist):
     """Other digit widths and both counting paths in every pass (a one-pass schedule picks and ranks ties at once)
     give the same selection."""
     monkeypatch.setattr(sg, "DIGITS_32", d32)
     monkeypatch.setattr(sg, "DIGITS_16", d16)
-    monkeypatch.setattr(sg, "HIST_MAX_BINS", hist_max)
+    monkeypatch.setattr(sg, "HIST_PASSES", hist)
     for dtype, seed in ((torch.float32, 5), (torch.bfloat16, 6)):
         x = scores_of("ties", dtype, seed=seed, g=2, n=4 * 37 * K)
         n = torch.tensor([250, 3])

@@ -177,12 +177,19 @@ class BlockedTopK:
                              f"{tuple(x.shape)}")
         return x.contiguous().view(torch.int32)                          # >= 0 values: bits order like values
 
+    @staticmethod
+    def _ones(n: int, dtype, device) -> torch.Tensor:
+        """n ones (a stride-0 view) to add into a histogram. The histograms use scatter_add_ (atomic adds on CUDA;
+        integer sums, so the result does not depend on their order): index_put_(accumulate=True) sorts the indices
+        and adds each bin's duplicates one after another, which took 3.5 of 3.6 s of a bidirectional forward in 16
+        query blocks at T = 16k on an H200 (~2M cells a block in a few hundred bins; results/nvidia-h200/sea-round19/)."""
+        return torch.ones(1, dtype=dtype, device=device).expand(n)
+
     def count(self, x: torch.Tensor) -> None:
         bits = self._bits(x)
         idx = self.gid[:, :, None, None] * NBINS + (bits >> 16).long()   # [B, H, R, K]
         idx = torch.where(self.eligible, idx, self.G * NBINS)
-        one = torch.ones(1, dtype=torch.int64, device=x.device).expand(idx.numel())
-        self.hist.index_put_((idx.reshape(-1),), one, accumulate=True)
+        self.hist.scatter_add_(0, idx.reshape(-1), self._ones(idx.numel(), self.hist.dtype, x.device))
 
     def plan(self) -> bool:
         """Threshold bin per group from the high-bit histogram; True when some group needs the low bits."""
@@ -211,8 +218,7 @@ class BlockedTopK:
         take = self.eligible & ((bits >> 16).long() == jb) & self.need[self.gid][:, :, None, None]
         bh = torch.arange(B * H, device=x.device).view(B, H, 1, 1)
         idx = torch.where(take, bh * NBINS + (bits & 0xFFFF).long(), B * H * NBINS)
-        one = torch.ones(1, dtype=self.hist_lo.dtype, device=x.device).expand(idx.numel())
-        self.hist_lo.index_put_((idx.reshape(-1),), one, accumulate=True)
+        self.hist_lo.scatter_add_(0, idx.reshape(-1), self._ones(idx.numel(), self.hist_lo.dtype, x.device))
 
     def settle(self) -> None:
         """Exact threshold tau and per-head quotas of tied cells from the low-bit histograms."""
