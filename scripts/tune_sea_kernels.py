@@ -111,11 +111,18 @@ def main(argv=None) -> int:
         if "favor" in todo:
             from methods.sea.estimator import PRECISIONS, identity_values
 
+            # a bidirectional layer of the same options (its softmax-feature projection: m = d ln d features)
+            bopts = {key: val for key, val in opts.items() if key != "performer_backend"}
+            bmod = M.build(M.resolve_config(bopts), Problem(1, H, H, T, D, dtype="bf16", causal=False,
+                                                            device="cuda"), seed=0)
+            best = bmod.estimator
             vals = torch.cat([identity_values(None, 1, T, D, q.device)[:, None].expand(1, H, T, D), v.float()], -1)
             qf, kf = q.float(), k.float()
+            print(f"favor_dense: m={best.proj.shape[0]} features, operands {best.performer_dtype}, "
+                  f"precision {best.precision}")
             sweep("bidirectional Performer (favor_dense)", fd, FAVOR,
-                  lambda: fd.favor_softmax_dense(qf, kf, vals, est.proj, operands=est.performer_dtype,
-                                                 precision=PRECISIONS[est.precision]), a.rep_ms)
+                  lambda: fd.favor_softmax_dense(qf, kf, vals, best.proj, operands=best.performer_dtype,
+                                                 precision=PRECISIONS[best.precision]), a.rep_ms)
         if "rows" in todo:
             scale = D ** -0.5
             sweep("rows kernel", sr, ROWS,
