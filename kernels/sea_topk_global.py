@@ -53,8 +53,8 @@ per warp-row: first pass 5 bits 67, 6 bits 76, 7 bits 89, 8 bits 110; atomic pas
   - mark: 0.13 ms reads + 0.03 ms bool writes, ~0.17 ms (tl.cumsum only in tiles holding the threshold value).
   - small stuff: 2 memsets + 3 sums of [1, 1024, <=4096] int32 (<=16 MB each) ~0.03 ms, ~11 launches ~0.03 ms.
   Total ~1.0 ms (torch.topk path ~2.5 ms + its masked_fill copy and scatter), ~2.5-3x faster, still ~8x the
-  0.13 ms one-read floor; bf16 input (16-bit keys, two passes + mark, half the bytes): ~0.45 (histogram, same key
-  count) + 0.13 + 0.1 = ~0.7 ms.
+  0.13 ms one-read floor; bf16 input (16-bit keys: one histogram pass, one atomic pass, mark; half the bytes):
+  ~0.45 (histogram, issue-bound, same key count) + ~0.13 (atomic pass, issue-bound) + ~0.1 (mark) = ~0.7 ms.
   Knobs for the lead (module level, read at each call): DIGITS_32 / DIGITS_16, HIST_PASSES, BLOCK, PROGRAMS,
   NUM_WARPS. Not done: a per-group early exit when a bin's count equals need (the rest of that group's passes could
   skip their reads), sample-based first pivots instead of the fixed 8-bit digit.
