@@ -185,3 +185,50 @@ def test_gpu_time_against_torch_topk_per_batch():
     print(f"\nper_batch top-k, 134M cells, n=2^20: torch path {t_torch.median_ms:.3f} ms, kernel fp32 "
           f"{t_kernel.median_ms:.3f} ms (graph {t_graph.median_ms:.3f} ms), kernel bf16 {t_bf16.median_ms:.3f} ms; "
           f"ties at the threshold: {int((flat == thr).sum())}")
+
+
+@pytest.mark.parametrize("mode", ["per_batch", "per_head"])
+@pytest.mark.parametrize("T", [37, 5])                       # T = 5 < K = 8: cells without keys are never taken
+def test_select_topk_routes_global_modes_to_the_kernel(mode, T):
+    """methods/sea/topk.select_topk with backend=triton runs this kernel for per_batch / per_head (topk_path says
+    'triton') and selects what the torch path selects (continuous scores: the threshold value is unique), with the
+    cells of width 0 (T < K) never selected; auto keeps torch on the CPU."""
+    from methods.sea.topk import select_topk, topk_path
+
+    B, H, Kc = 2, 3, 8
+    gen = torch.Generator().manual_seed(T)
+    probs = torch.softmax(torch.randn(B, H, T, Kc, generator=gen), dim=-1)          # [B, H, T, K]
+    assert topk_path(mode, H=H, K=Kc, valid=None, backend="triton", device="cpu") == "triton"
+    assert topk_path(mode, H=H, K=Kc, valid=None, backend="auto", device="cpu") == "torch"
+    calls = []
+    real = sg.select_global
+    try:
+        sg.select_global = lambda *a, **kw: calls.append(1) or real(*a, **kw)
+        got = select_topk(probs, mode=mode, k=3, causal=False, backend="triton")
+    finally:
+        sg.select_global = real
+    want = select_topk(probs, mode=mode, k=3, causal=False, backend="torch")
+    assert calls == [1]
+    assert got.shape == (B, H, T, Kc) and got.dtype == torch.bool
+    assert torch.equal(got, want) and want.any()
+    if T < Kc:
+        from methods.sea.interp import cell_bounds, row_lengths
+
+        lo, hi = cell_bounds(row_lengths(1, T, causal=False, valid=None, device="cpu"), Kc)   # [1, T, K]
+        empty = (hi <= lo)[0, 0]                              # [K]: the same cells of every row
+        assert empty.any() and not got[..., empty].any()
+
+
+def test_layer_output_with_the_global_kernel_equals_torch_path():
+    """A bidirectional SEA layer (per_batch) gives the same output with topk_backend=triton as with torch."""
+    from tests.helpers import gaussian_qkv, sea_case
+
+    outs = []
+    for backend in ("torch", "triton"):
+        M, cfg, prob = sea_case(2, 4, 2, 37, 16, causal=False, K=8, k=3, backend="torch", topk_backend=backend)
+        mod = M.build(cfg, prob, seed=0)
+        q, k, v = gaussian_qkv(2, 4, 2, 37, 16, seed=1, dtype=torch.float32)
+        with torch.no_grad():
+            outs.append(mod(q, k, v, causal=False))
+        assert f"topk={backend}" in mod.impl
+    assert torch.equal(outs[0], outs[1])

@@ -108,9 +108,11 @@ class _SEABase(Method):
                "without a gradient or padding mask; on an H200 within noise of torch below 64k, 1-2 % faster at "
                "64k-256k: results/nvidia-h200/sea-mix/)",
                choices=("auto", "torch", "kernel", "triton")),
-        Option("topk_backend", "auto", "grouped top-k: torch (tensor ops), triton (one sort per group in a kernel; "
-               "per_query and causal_per_batch without a padding mask, tensor ops otherwise) or auto (the kernel on "
-               "CUDA for groups of <= 1024 candidates, the size measured; tensor ops otherwise)",
+        Option("topk_backend", "auto", "grouped top-k: torch (tensor ops), triton (kernels without a padding mask: "
+               "per_query and causal_per_batch by kernels/sea_topk.py, per_head and per_batch by a radix select, "
+               "kernels/sea_topk_global.py; tensor ops otherwise) or auto (the per-row kernel on CUDA for groups of "
+               "<= 1024 candidates, the size measured; the radix select on CUDA where topk.AUTO_GLOBAL_KERNEL; "
+               "tensor ops otherwise)",
                choices=("auto", "torch", "triton")),
         Option("interp_backend", "auto", "interpolation of the mask to CSR key lists: torch (tensor ops), triton "
                "(a kernel writes the columns, 16 query rows per program; calls without a padding mask) or auto (the "

@@ -133,18 +133,26 @@ def _rank_select_rows(scores: torch.Tensor, n: torch.Tensor, buckets) -> torch.T
 AUTO_KERNEL_MAX_GROUP = 1024
 
 
+# auto picks kernels/sea_topk_global.py for per_head / per_batch on CUDA when True (set after it was timed).
+AUTO_GLOBAL_KERNEL = False
+
+
 def topk_path(mode: str, *, H: int, K: int, valid: torch.Tensor | None, backend: str, device) -> str:
-    """Which path select_topk runs: 'triton' (kernels/sea_topk.py) or 'torch' (tensor ops). The kernel serves the
-    per-row budget modes without a padding mask; backend triton asks for it there, auto takes it on CUDA for
-    groups up to AUTO_KERNEL_MAX_GROUP candidates, torch never."""
+    """Which path select_topk runs: 'triton' or 'torch' (tensor ops). The kernels serve calls without a padding
+    mask: kernels/sea_topk.py the per-row budget modes (per_query, causal_per_batch), kernels/sea_topk_global.py
+    the modes that rank across time (per_head, per_batch: a radix select over each group's T K or H T K cells).
+    backend triton asks for them there; auto takes the per-row kernel on CUDA for groups up to
+    AUTO_KERNEL_MAX_GROUP candidates and the global one on CUDA when AUTO_GLOBAL_KERNEL; torch never."""
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"top-k backend {backend!r}: expected auto, torch or triton")
-    kernel_ok = valid is None and mode in ("per_query", "causal_per_batch")
+    kernel_ok = valid is None and mode in MODES
     if backend == "triton":
         return "triton" if kernel_ok else "torch"
     if backend == "auto":
-        group = H * K if mode == "causal_per_batch" else K
         cuda = torch.device(device).type == "cuda"
+        if mode in ("per_head", "per_batch"):
+            return "triton" if kernel_ok and cuda and AUTO_GLOBAL_KERNEL else "torch"
+        group = H * K if mode == "causal_per_batch" else K
         return "triton" if kernel_ok and cuda and group <= AUTO_KERNEL_MAX_GROUP else "torch"
     return "torch"
 
@@ -161,6 +169,16 @@ def select_topk(probs: torch.Tensor, *, mode: str, k: int, causal: bool,
     if causal and mode in ("per_head", "per_batch"):
         raise ValueError(f"top-k mode {mode} ranks across time and would leak the future; "
                          "causal attention needs per_query or causal_per_batch")
+    if topk_path(mode, H=H, K=K, valid=valid, backend=backend, device=probs.device) == "triton" and \
+            mode in ("per_head", "per_batch"):
+        from kernels.sea_topk_global import select_global
+
+        L1 = row_lengths(1, T, causal=False, valid=None, device=probs.device)   # [1, T]: every row spans T keys
+        lo1, hi1 = cell_bounds(L1, K)                                     # [1, T, K], the same for every row
+        n = budgets(mode, L1, k=k, K=K, H=H)                              # [1]
+        G = B * H if mode == "per_head" else B
+        sel = select_global(probs.detach().contiguous(), n.expand(G).contiguous(), (hi1 - lo1)[0, 0])   # [G, N]
+        return sel.view(B, H, T, K)
     if topk_path(mode, H=H, K=K, valid=valid, backend=backend, device=probs.device) == "triton":
         from kernels.sea_topk import select_rows
 
