@@ -79,7 +79,7 @@ KEY_PROGRAMS = 2048
 QUERY_BLOCK_T = 64        # query rows per query-pass program
 QUERY_BLOCK_F = 32        # features per step of the query-pass loop
 KEY_NUM_WARPS = 2          # H200, B=1, H=16, T=65536, m=266, Dv=128, bf16 operands, tf32: the whole call 4.74 ms with
-                           # 8 warps, 2.59 with 4, 2.36 with 2 (results/nvidia-h200/sea-round19/tune-favor.txt)
+                           # 8 warps, 2.59 with 4, 2.36 with 2 (results/nvidia-h200/sea-round19/call2/tune-favor.txt)
 QUERY_NUM_WARPS = 4
 FP32_PRECISION = "tf32x3"         # tl.dot input precision for operands="fp32" ("ieee": CUDA-core fp32)
 BF16_DASH_PRECISION = "tf32x3"    # tl.dot input precision of x' proj^T for operands="bf16"

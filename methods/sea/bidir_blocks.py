@@ -182,7 +182,8 @@ class BlockedTopK:
         """n ones (a stride-0 view) to add into a histogram. The histograms use scatter_add_ (atomic adds on CUDA;
         integer sums, so the result does not depend on their order): index_put_(accumulate=True) sorts the indices
         and adds each bin's duplicates one after another, which took 3.5 of 3.6 s of a bidirectional forward in 16
-        query blocks at T = 16k on an H200 (~2M cells a block in a few hundred bins; results/nvidia-h200/sea-round19/)."""
+        query blocks at T = 16k on an H200 (~2M cells a block in a few hundred bins;
+        results/nvidia-h200/sea-round19/call1/profile-bidir-blocks-16k.txt)."""
         return torch.ones(1, dtype=dtype, device=device).expand(n)
 
     def count(self, x: torch.Tensor) -> None:
