@@ -16,7 +16,7 @@ key whose unsigned integer order is the float order: fp32 bits b (after -0.0 -> 
 0x7fffffff) (signed order == float order), then u = k ^ 0x80000000 (unsigned order); for bf16 the low 16 bits carry
 nothing, so u = (k >> 16) + 32768, a 16-bit key (half the passes). Ineligible cells get u = 0 and are masked out of
 every count (an eligible key is >= 0x00800000, resp. 128). The key's bits are split into digits, most significant
-first (DIGITS_32 = 8 + 12 + 12 bits, DIGITS_16 = 8 + 8). Per digit one pass over the group: a grid of
+first (DIGITS_32 = 8 + 8 + 8 + 8 bits, DIGITS_16 = 8 + 8). Per digit one pass over the group: a grid of
 PROGRAMS (P) programs per group, each owning one contiguous chunk of TILES x BLOCK cells, counts the digit of the
 keys whose higher digits equal the prefix found so far into its own row of a [G, P, bins] int32 buffer:
   - the first HIST_PASSES passes (default 1: the first, where every key matches): tl.histogram per tile, summed
@@ -59,6 +59,14 @@ per warp-row: first pass 5 bits 67, 6 bits 76, 7 bits 89, 8 bits 110; atomic pas
   NUM_WARPS. Not done: a per-group early exit when a bin's count equals need (the rest of that group's passes could
   skip their reads), sample-based first pivots instead of the fixed 8-bit digit.
 
+Measured on an H200 (scripts/probe_topk_global.py, results/nvidia-h200/sea-round19/call4/): at that size, on the
+estimate A_hat of an untrained bidirectional SEA layer at T = 65536 (values in [6.6e-3, 9.2e-3]: pass 2 matches half
+of the 134M cells, not 1 % as simulated above) with cell widths, 2.22 ms with 8 + 12 + 12 bit digits (count passes
+1.83, mark 0.27), 2.06 ms with 8 + 8 + 8 + 8 (now the default), 2.72 ms counting every pass with tl.histogram,
+4.10 ms with 11 + 11 + 10 by atomics only; on the test's softmax data 1.50 / 1.68 ms. The torch.topk path took 3.4
+ms (tests/test_sea_topk_global.py's GPU test), so the prediction of ~1.0 ms was 2x optimistic: the count passes,
+not the reads, dominate. In SEA's bidirectional forward at 64k: 17.41 -> 16.28 ms.
+
 `select_global_ref` is the plain restatement (stable sort) the tests compare with.
 """
 from __future__ import annotations
@@ -67,7 +75,8 @@ import torch
 import triton
 import triton.language as tl
 
-DIGITS_32 = (8, 12, 12)     # digit widths of a 32-bit key (fp32, fp16), most significant first; sum 32
+DIGITS_32 = (8, 8, 8, 8)    # digit widths of a 32-bit key (fp32, fp16), most significant first; sum 32 (H200, SEA's
+                            # 64k estimate: 2.06 ms against 2.22 with 8 + 12 + 12, 4.10 with 11 + 11 + 10)
 DIGITS_16 = (8, 8)          # bf16: 16-bit keys; sum 16
 HIST_PASSES = 1             # the first this-many passes count with tl.histogram (keep their digits <= ~8 bits),
                             # the later ones with atomics into per-program rows

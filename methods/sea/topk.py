@@ -133,8 +133,11 @@ def _rank_select_rows(scores: torch.Tensor, n: torch.Tensor, buckets) -> torch.T
 AUTO_KERNEL_MAX_GROUP = 1024
 
 
-# auto picks kernels/sea_topk_global.py for per_head / per_batch on CUDA when True (set after it was timed).
-AUTO_GLOBAL_KERNEL = False
+# auto picks kernels/sea_topk_global.py for per_head / per_batch on CUDA. Measured on an H200 (bf16, B=1, H=16, D=64,
+# bidirectional SEA fast, per_batch): 64k 17.41 -> 16.28 ms, 256k 64.76 -> 59.57 ms, CUDA-graph replay 64k 16.24 ->
+# 14.93 ms, same output (results/nvidia-h200/sea-round19/call3/); the selection alone on SEA's 64k estimate 2.0-2.2 ms
+# against 3.4 ms for the torch.topk path (call4/probe-topk-global.txt).
+AUTO_GLOBAL_KERNEL = True
 
 
 def topk_path(mode: str, *, H: int, K: int, valid: torch.Tensor | None, backend: str, device) -> str:
