@@ -128,11 +128,12 @@ if triton is not None:
         return tl.dot(p3, vt, acc)
 
     @triton.jit
-    def _rows_fwd_kernel(Q, K, V, ROWPTR, COL, O, LSE, scale,
+    def _rows_fwd_kernel(Q, K, V, ROWPTR, COL, O, LSE, SPROB, SMIX, CAVG, scale,
                          sqb, sqh, sqt, skb, skh, skt, sob, soh, sot,
+                         spb, sph, spt, smb, smh, smt, scb, sch, sct, scd,
                          H, T, D, GROUP, NTB, HG,
                          ROWS: tl.constexpr, NE: tl.constexpr, BLOCK_D: tl.constexpr, WANT_LSE: tl.constexpr,
-                         FP32: tl.constexpr, EMU: tl.constexpr):
+                         FP32: tl.constexpr, EMU: tl.constexpr, MIX: tl.constexpr):
         # Program order: groups of HG (b, h) one after the other; inside a group time-block major (block 0 of
         # every (b, h) of the group, then block 1, ...).
         pid = tl.program_id(0).to(tl.int64)
@@ -189,6 +190,12 @@ if triton is not None:
             m_i = m_new
         safe_l = tl.where(l_i > 0, l_i, 1.0)
         out = acc / safe_l[:, None]
+        if MIX:     # SEA's mix in the epilogue: (1 - s_mix) c_avg + s_mix s_prob c, c kept in fp32
+            sp = tl.load(SPROB + b * spb + h * sph + t * spt, mask=rmask, other=0.0)             # [ROWS]
+            sm = tl.load(SMIX + b * smb + h * smh + t * smt, mask=rmask, other=0.0)
+            ca = tl.load(CAVG + b * scb + h * sch + t[:, None] * sct + offs_d[None, :] * scd, mask=qmask,
+                         other=0.0)                                                             # [ROWS, BLOCK_D]
+            out = (1.0 - sm)[:, None] * ca + (sm * sp)[:, None] * out
         tl.store(O + b * sob + h * soh + t[:, None] * sot + offs_d[None, :], out.to(O.dtype.element_ty), mask=qmask)
         if WANT_LSE:
             lse = tl.where(l_i > 0, m_i + tl.log(safe_l), float("inf"))
@@ -212,18 +219,31 @@ def rows_usable(device) -> bool:
     return triton_runs_on(device, triton is not None)
 
 
-def sparse_rows_forward(q, k, v, row_ptr, col, scale: float, *, want_lse: bool = False):
+def sparse_rows_forward(q, k, v, row_ptr, col, scale: float, *, want_lse: bool = False, mix=None, out=None):
     """out [B, H, Tq, D] in q's dtype (and, with want_lse, lse fp32 [B, H, Tq], +inf for empty rows): SEA's sparse
     attention of the query rows q [B, H, Tq, D] over their CSR keys in k, v [B, Hkv, Tk, D] (Tk >= Tq; row_ptr
     integer [B*H*Tq + 1] over rows (b, h, t); col integer key positions 0 .. Tk - 1, may be longer than row_ptr[-1]).
-    Same result as kernels.sea_sparse_attention's row kernel up to float summation order. Forward only."""
+    Same result as kernels.sea_sparse_attention's row kernel up to float summation order. Forward only.
+    mix = (s_prob, s_mix, c_avg): out = ((1 - s_mix) c_avg + s_mix s_prob c).to(q.dtype) with c the attention
+    above in fp32 (never rounded to q's dtype), s_prob, s_mix fp32 [B, H, Tq, 1], c_avg fp32 [B, H, Tq, D] or
+    [B, H, 1, D] (any strides): kernels/sea_sparse_mix.py's contract and checks on this kernel's layout (its mix
+    lives in the epilogue; the lse, when asked, is c's). out: optionally a preallocated [B, H, Tq, D] tensor of q's
+    dtype with a unit last stride (e.g. a query-block slice of the layer's output), written and returned."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
         raise RuntimeError("sparse_rows_forward is forward-only (no autograd); use "
                            "kernels.sea_sparse_attention.sea_sparse_attention for gradients, or run under "
                            "torch.no_grad()")
-    check_csr_block_inputs(q, k, v, row_ptr, col)
+    if mix is not None:
+        from kernels.sea_sparse_mix import _check_mix
+
+        s_prob, s_mix, c_avg = mix
+        if torch.is_grad_enabled() and any(x.requires_grad for x in mix):
+            raise RuntimeError("sparse_rows_forward is forward-only (no autograd): the mix operands require grad")
+        _check_mix(q, k, v, row_ptr, col, s_prob, s_mix, c_avg, None)
+    else:
+        check_csr_block_inputs(q, k, v, row_ptr, col)
     B, H, Tq, D = q.shape
     Hkv = k.shape[1]
     rows, ne = ROWS_PER_PROGRAM, ENTRIES_PER_STEP
@@ -232,16 +252,28 @@ def sparse_rows_forward(q, k, v, row_ptr, col, scale: float, *, want_lse: bool =
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     row_ptr = row_ptr.to(torch.int64).contiguous()
     col = col.to(torch.int32).contiguous()
-    o = fresh((B, H, Tq, D), q.dtype, q.device, poison=POISON_OUTPUTS)
+    if out is not None:
+        if tuple(out.shape) != (B, H, Tq, D) or out.dtype != q.dtype or out.device != q.device or out.stride(3) != 1:
+            raise ValueError(f"out must be {q.dtype} {(B, H, Tq, D)} on {q.device} with a unit last stride; got "
+                             f"{out.dtype} {tuple(out.shape)} on {out.device}, strides {out.stride()}")
+        o = out
+    else:
+        o = fresh((B, H, Tq, D), q.dtype, q.device, poison=POISON_OUTPUTS)
     lse = fresh((B, H, Tq), torch.float32, q.device, poison=POISON_OUTPUTS) if want_lse else o
     if Tq and B * H:
         ntb = triton.cdiv(Tq, rows)
         hg = head_group(B * H, k.shape[2], D, k.element_size())
+        if mix is not None:
+            cst = c_avg.stride()
+            mix_args = (s_prob, s_mix, c_avg, *s_prob.stride()[:3], *s_mix.stride()[:3],
+                        cst[0], cst[1], 0 if c_avg.shape[2] == 1 else cst[2], cst[3])   # one c_avg row: stride 0
+        else:
+            mix_args = (o, o, o) + (0,) * 10                             # unused pointers and strides
         _rows_fwd_kernel[(B * H * ntb,)](
-            q, k, v, row_ptr, col, o, lse, float(scale),
+            q, k, v, row_ptr, col, o, lse, *mix_args[:3], float(scale),
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            o.stride(0), o.stride(1), o.stride(2),
+            o.stride(0), o.stride(1), o.stride(2), *mix_args[3:],
             H, Tq, D, H // Hkv, ntb, hg,
             ROWS=rows, NE=ne, BLOCK_D=pow2_block(D), WANT_LSE=bool(want_lse), FP32=q.dtype == torch.float32,
-            EMU=q.device.type != "cuda", num_warps=NUM_WARPS)
+            EMU=q.device.type != "cuda", MIX=mix is not None, num_warps=NUM_WARPS)
     return (o, lse) if want_lse else o

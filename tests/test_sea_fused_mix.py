@@ -25,8 +25,13 @@ def qkv(seed=0):
             torch.randn(B, Hkv, T, D, generator=g))
 
 
-@pytest.mark.parametrize("causal, opts", [(True, {}), (False, {}), (True, dict(query_chunk=10))])
+@pytest.mark.parametrize("causal, opts", [(True, {}), (False, {}), (True, dict(query_chunk=10)),
+                                          (False, dict(backend="triton_rows")),
+                                          (True, dict(backend="triton_rows", query_chunk=10)),
+                                          (False, dict(backend="triton_rows", query_chunk=16))])
 def test_fused_mix_equals_two_steps(causal, opts):
+    """Row kernel (kernels/sea_sparse_mix.py) or rows kernel (its mix epilogue, kernels/sea_sparse_rows.py): whole
+    calls and query blocks of both directions."""
     two = build(causal, **opts)
     fused = build(causal, mix_backend="triton", **opts)
     fused.load_state_dict(two.state_dict())
@@ -37,6 +42,26 @@ def test_fused_mix_equals_two_steps(causal, opts):
     assert got.shape == want.shape and got.dtype == want.dtype
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert "mix=fused" in fused.impl and "mix=fused" not in two.impl
+    assert ("sparse=triton_rows" in fused.impl) == (opts.get("backend") == "triton_rows")
+
+
+def test_auto_fuses_the_rows_mix_only_for_bidirectional_rows_calls(monkeypatch):
+    """mix_backend=auto takes the rows kernel's mix epilogue for bidirectional calls on the rows kernel when
+    layer.AUTO_ROWS_MIX (same output as the two steps), never for causal calls (the causal mix kernel's job)."""
+    import methods.sea.layer as layer_mod
+
+    q, k, v = qkv(4)
+    for flag in (False, True):
+        monkeypatch.setattr(layer_mod, "AUTO_ROWS_MIX", flag)
+        two = build(False, backend="triton_rows", mix_backend="torch")
+        auto = build(False, backend="triton_rows")
+        auto.load_state_dict(two.state_dict())
+        with torch.no_grad():
+            want, got = two(q, k, v, causal=False), auto(q, k, v, causal=False)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        assert ("mix=fused" in auto.impl) == flag
+        causal = build(True, backend="triton_rows")
+        assert not causal.mix_fused(q, k, v, layout="csr", kernel="triton_rows", valid=None, causal=True)
 
 
 def test_fused_mix_stage_profile_times_the_kernel():

@@ -295,3 +295,43 @@ def test_gpu_small_all_dtypes_match_row_kernel(dtype):
     want, want_lse = ssa._triton_forward(q, k, v, rp, col, 0.2)
     assert_same_out(out.cpu(), want.cpu())
     assert_same_lse(lse.cpu(), want_lse.cpu())
+
+
+MIX_CASES = [
+    # dtype, Tq, Tk, hkv, D, causal block start, c_avg one broadcast row (bidirectional) or one per query row
+    (torch.float32, 37, 37, HKV, 16, None, True),
+    (torch.float32, 21, 50, HKV, 24, 29, False),
+    (torch.bfloat16, 40, 40, 1, 16, None, True),
+    (torch.bfloat16, 17, 17, HKV, 16, 0, False),
+]
+
+
+@pytest.mark.parametrize("dtype,Tq,Tk,hkv,D,row0,one_row", MIX_CASES)
+def test_mix_epilogue(monkeypatch, dtype, Tq, Tk, hkv, D, row0, one_row):
+    """mix=(s_prob, s_mix, c_avg): fp32 against a float64 restatement of (1 - s_mix) c_avg + s_mix s_prob c; 16-bit
+    against kernels/sea_sparse_mix.py (the row kernel with the same epilogue: c kept in fp32) within one ulp; c_avg as
+    one broadcast row [B, H, 1, D] or per query row from a non-contiguous view; the lse is still c's."""
+    from kernels.sea_sparse_mix import sparse_attention_mix
+
+    monkeypatch.setattr(sr, "ENTRIES_PER_STEP", 16)
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = make(dtype, Tq, Tk, hkv, D, seed=4)
+    rp, col = random_csr(Tq, Tk, 20, gen, row0=row0)
+    s_prob = torch.rand(B, H, Tq, 1, generator=gen)
+    s_mix = torch.rand(B, H, Tq, 1, generator=gen)
+    if one_row:
+        c_avg = torch.randn(B, H, 1, D, generator=gen)                   # [B, H, 1, D]
+    else:
+        c_avg = torch.randn(B, H, D, Tq, generator=gen).transpose(2, 3)  # [B, H, Tq, D], T stride 1
+    scale = D ** -0.5
+    out, lse = sr.sparse_rows_forward(q, k, v, rp, col, scale, want_lse=True, mix=(s_prob, s_mix, c_avg))
+    assert out.dtype == dtype and out.shape == q.shape
+    c64, lse64 = ref64(q, k, v, rp, col, scale)
+    assert_same_lse(lse, lse64.float())
+    if dtype == torch.float32:
+        want = (1 - s_mix.double()) * c_avg.double() + s_mix.double() * s_prob.double() * c64
+        torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-6)
+    else:
+        assert_within_one_ulp(out, sparse_attention_mix(q, k, v, rp, col, scale, s_prob, s_mix, c_avg))
+    with pytest.raises(ValueError, match="s_mix must be float32"):
+        sr.sparse_rows_forward(q, k, v, rp, col, scale, mix=(s_prob, s_mix[:, :, :1], c_avg))

@@ -436,10 +436,8 @@ class _Blocks:
             row_ptr, col = block_csr(sel, k=layer.k, lo=self.lo, width=self.width)
             qb = q[:, :, s:e]                                            # [B, H, R, D]
             if fused:
-                from kernels.sea_sparse_mix import sparse_attention_mix
-
-                sparse_attention_mix(qb, k, v, row_ptr, col, self.scale, s_prob, s_mix, c_avg, out=out[:, :, s:e])
-                ran = "triton"
+                _, ran = layer.sparse_mix(sparse, qb, k, v, row_ptr, col, self.scale, s_prob, s_mix, c_avg,
+                                          out=out[:, :, s:e])
             else:
                 c, ran = self.attend(sparse, qb, row_ptr, col)          # [B, H, R, D] in q's dtype
                 out[:, :, s:e] = torch.addcmul((1 - s_mix) * c_avg, s_mix * s_prob, c.float()).to(q.dtype)
@@ -449,7 +447,7 @@ class _Blocks:
     def kernels(self) -> tuple[str, bool]:
         layer, q = self.layer, self.q
         _, sparse = layer.sparse_plan(q, self.k, self.v, None)           # forward-only here (no_grad)
-        fused = layer.mix_fused(q, self.k, self.v, layout="csr", kernel=sparse, valid=None)
+        fused = layer.mix_fused(q, self.k, self.v, layout="csr", kernel=sparse, valid=None, causal=False)
         return sparse, fused
 
     def attend(self, sparse, qb, row_ptr, col):

@@ -17,6 +17,10 @@ from methods.sea.interp import (active_tiles, cell_bounds, csr_counts, csr_to_de
                                 row_lengths, selected_counts)
 from methods.sea.topk import select_topk, selection_caps, topk_path
 
+# mix_backend=auto runs the sparse attention and the mix as one kernel (the rows kernel's mix epilogue) for
+# bidirectional calls on the rows kernel when True; False until timed on a GPU.
+AUTO_ROWS_MIX = False
+
 
 def all_finite(t: torch.Tensor) -> torch.Tensor:
     """bool scalar tensor: no NaN or Inf in t. The smallest and largest value are finite exactly when every value is
@@ -339,8 +343,11 @@ class SEAAttention(AttentionModule):
         B, H, T, _ = vr.shape
         if causal:
             return causal_mean(vr.float(), valid), None                  # [B, H, T, D]
-        qv = valid[:, None, :, None].float() if valid is not None else a_hat.new_ones(1, 1, T, 1)
-        colmean = (a_hat * qv).sum(2, keepdim=True) / qv.sum(2, keepdim=True).clamp(min=1)   # [B, H, 1, K]
+        if valid is None:                                                # no [B, H, T, K] temporary
+            colmean = a_hat.sum(2, keepdim=True) / T                     # [B, H, 1, K]
+        else:
+            qv = valid[:, None, :, None].float()
+            colmean = (a_hat * qv).sum(2, keepdim=True) / qv.sum(2, keepdim=True).clamp(min=1)   # [B, H, 1, K]
         L = row_lengths(B, T, causal=False, valid=valid, device=vr.device)[:, :1]          # [B, 1]
         lo, hi = cell_bounds(L, self.K)                                  # [B, 1, K]
         colmean = colmean / (hi - lo).clamp(min=1)[:, None].float()      # mass per key of the cell
@@ -447,11 +454,9 @@ class SEAAttention(AttentionModule):
         kr, vr = kr.contiguous(), vr.contiguous()
         B, H, T, D = q.shape
         _, sparse = self.sparse_plan(q, k, v, None)                      # forward-only here (no_grad)
-        fused = self.mix_fused(q, k, v, layout="csr", kernel=sparse, valid=None)
+        fused = self.mix_fused(q, k, v, layout="csr", kernel=sparse, valid=None, causal=True)
         mixk = not fused and self.mix_kernel_usable(q.device)
         self.last_mix = "fused" if fused else ("kernel" if mixk else "torch")
-        if fused:
-            from kernels.sea_sparse_mix import sparse_attention_mix
         if mixk:
             from kernels.sea_causal_mix import causal_mix
 
@@ -488,8 +493,8 @@ class SEAAttention(AttentionModule):
             vsum = csum[:, :, -1:]                                       # [B, H, 1, D] sum of v[0 .. e-1]
             pos = torch.arange(s + 1, e + 1, device=q.device, dtype=torch.float32)[:, None]   # [Tc, 1]
             if fused:                                                    # sparse attention + mix in one kernel
-                sparse_attention_mix(qb, kr, vr, row_ptr, col, scale, s_prob, s_mix, csum / pos, out=out[:, :, s:e])
-                ran = "triton"
+                _, ran = self.sparse_mix(sparse, qb, kr, vr, row_ptr, col, scale, s_prob, s_mix, csum / pos,
+                                         out=out[:, :, s:e])
             else:
                 c, ran = attend(qb, row_ptr, col)                        # [B, H, Tc, D]
                 out[:, :, s:e] = torch.addcmul((1 - s_mix) * (csum / pos), s_mix * s_prob, c.float()).to(q.dtype)
@@ -532,22 +537,37 @@ class SEAAttention(AttentionModule):
         self.impl = self._impl(info["sparse"])
         return out
 
-    def mix_fused(self, q, k, v, *, layout: str, kernel: str, valid) -> bool:
-        """Does this call run the sparse attention and the mix as one kernel (mix_backend=triton,
-        kernels/sea_sparse_mix.py)? It serves forward-only calls on the CSR lists with the row kernel and no
-        padding mask; other calls take the two steps, and the impl string says which ran (mix=fused)."""
-        if self.mix_backend != "triton" or layout != "csr" or not kernel.startswith("triton") or valid is not None:
+    def mix_fused(self, q, k, v, *, layout: str, kernel: str, valid, causal: bool) -> bool:
+        """Does this call run the sparse attention and the mix as one kernel (sparse_mix)? mix_backend=triton:
+        forward-only calls on the CSR lists with a Triton sparse kernel and no padding mask; auto: the same for
+        bidirectional calls on the rows kernel when AUTO_ROWS_MIX (causal calls take the causal mean + mix kernel).
+        Other calls take the two steps, and the impl string says which ran (mix=fused)."""
+        if self.mix_backend not in ("triton", "auto") or layout != "csr" or not kernel.startswith("triton") \
+                or valid is not None:
+            return False
+        if self.mix_backend == "auto" and (causal or kernel != "triton_rows" or not AUTO_ROWS_MIX):
             return False
         return not (torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, *self.parameters())))
 
-    def stage_sparse_mix(self, q, k, v, row_ptr, col, a_hat, s_prob, s_mix, vr, *, causal, scale):
-        """5-7 in one kernel (mix_backend=triton): out = s_mix s_prob c + (1 - s_mix) C_avg without writing c.
-        Returns (out in q's dtype, c_avg, avg_w) like stage_mix."""
+    @staticmethod
+    def sparse_mix(kernel: str, q, k, v, row_ptr, col, scale, s_prob, s_mix, c_avg, *, out=None):
+        """The sparse attention and the mix in one kernel: the rows kernel's mix epilogue
+        (kernels/sea_sparse_rows.py) when `kernel` is triton_rows, the row kernel's (kernels/sea_sparse_mix.py)
+        otherwise. Returns (out in q's dtype, the kernel that ran)."""
+        if kernel == "triton_rows":
+            from kernels.sea_sparse_rows import sparse_rows_forward
+
+            return sparse_rows_forward(q, k, v, row_ptr, col, scale, mix=(s_prob, s_mix, c_avg), out=out), kernel
         from kernels.sea_sparse_mix import sparse_attention_mix
 
+        return sparse_attention_mix(q, k, v, row_ptr, col, scale, s_prob, s_mix, c_avg, out=out), "triton"
+
+    def stage_sparse_mix(self, q, k, v, row_ptr, col, a_hat, s_prob, s_mix, vr, *, causal, scale, kernel):
+        """5-7 in one kernel (mix_fused): out = s_mix s_prob c + (1 - s_mix) C_avg without writing c.
+        Returns (out in q's dtype, c_avg, avg_w, the kernel that ran), the first three like stage_mix."""
         c_avg, avg_w = self.average_context(a_hat, vr, causal=causal, valid=None)
-        out = sparse_attention_mix(q, k, v, row_ptr, col, scale, s_prob, s_mix, c_avg)
-        return out, c_avg, avg_w
+        out, ran = self.sparse_mix(kernel, q, k, v, row_ptr, col, scale, s_prob, s_mix, c_avg)
+        return out, c_avg, avg_w, ran
 
     def forward(self, q, k, v, *, causal: bool, key_padding_mask=None, scale=None):
         why = self.block_plan(q, k, v, causal=causal, key_padding_mask=key_padding_mask)
@@ -560,11 +580,11 @@ class SEAAttention(AttentionModule):
         layout, kernel = self.sparse_plan(q, k, v, key_padding_mask)
         aux, sel, vr = self._pipeline(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale,
                                       layout=layout)
-        if self.mix_fused(q, k, v, layout=layout, kernel=kernel, valid=aux["valid"]):
-            self.last_mix, ran = "fused", "triton"
-            out, aux["c_avg"], aux["avg_w"] = self.stage_sparse_mix(
+        if self.mix_fused(q, k, v, layout=layout, kernel=kernel, valid=aux["valid"], causal=causal):
+            self.last_mix = "fused"
+            out, aux["c_avg"], aux["avg_w"], ran = self.stage_sparse_mix(
                 q, k, v, sel["row_ptr"], sel["col"], aux["a_hat"], aux["s_prob"], aux["s_mix"], vr, causal=causal,
-                scale=aux["scale"])
+                scale=aux["scale"], kernel=kernel)
         else:
             self.last_mix = "torch"
             c, ran = self.stage_sparse(q, k, v, sel, causal=causal, scale=aux["scale"], kernel=kernel)
@@ -601,14 +621,13 @@ class SEAAttention(AttentionModule):
         ms["topk"] = timer(lambda: self.stage_topk(a_hat, causal=causal, valid=None))
         sel = self.stage_interpolate(mask, causal=causal, valid=None, layout=layout)
         ms["interpolate"] = timer(lambda: self.stage_interpolate(mask, causal=causal, valid=None, layout=layout))
-        if self.mix_fused(q, k, v, layout=layout, kernel=kernel, valid=None):
+        if self.mix_fused(q, k, v, layout=layout, kernel=kernel, valid=None, causal=causal):
             # one kernel attends and mixes: "sparse_attention" is that kernel, "mix" the average context it reads
-            from kernels.sea_sparse_mix import sparse_attention_mix
-
-            self.last_mix, ran = "fused", "triton"
+            self.last_mix = "fused"
             c_avg, _ = self.average_context(a_hat, vr, causal=causal, valid=None)
-            ms["sparse_attention"] = timer(lambda: sparse_attention_mix(q, k, v, sel["row_ptr"], sel["col"], scale,
-                                                                        s_prob, s_mix, c_avg))
+            _, ran = self.sparse_mix(kernel, q, k, v, sel["row_ptr"], sel["col"], scale, s_prob, s_mix, c_avg)
+            ms["sparse_attention"] = timer(lambda: self.sparse_mix(kernel, q, k, v, sel["row_ptr"], sel["col"], scale,
+                                                                   s_prob, s_mix, c_avg)[0])
             ms["mix"] = timer(lambda: self.average_context(a_hat, vr, causal=causal, valid=None))
             self.impl = self._impl(ran)
             return ms
