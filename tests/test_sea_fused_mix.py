@@ -32,7 +32,7 @@ def qkv(seed=0):
 def test_fused_mix_equals_two_steps(causal, opts):
     """Row kernel (kernels/sea_sparse_mix.py) or rows kernel (its mix epilogue, kernels/sea_sparse_rows.py): whole
     calls and query blocks of both directions."""
-    two = build(causal, **opts)
+    two = build(causal, mix_backend="torch", **opts)
     fused = build(causal, mix_backend="triton", **opts)
     fused.load_state_dict(two.state_dict())
     q, k, v = qkv(1)
