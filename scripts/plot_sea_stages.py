@@ -21,12 +21,15 @@ def label(row: dict) -> str:
     c = row.get("config") or {}
     if row["method"] != "sea":
         return f"{row['method']}[{c['backend']}]" if "backend" in c else row["method"]
-    keys = ("performer_dtype", "performer_backend", "mix_backend", "compile", "query_blocks", "query_chunk")
-    defaults = {"performer_dtype": "fp32", "performer_backend": "auto", "mix_backend": "auto", "compile": "none",
-                "query_blocks": 0, "query_chunk": 0}
+    # every sea option a results table varies (a variant whose differing option is missing here would share its
+    # label with another and drop out of the plot)
     short = {"performer_dtype": "perf", "performer_backend": "front", "mix_backend": "mix", "compile": "compile",
-             "query_blocks": "blocks", "query_chunk": "chunk"}
-    diff = [f"{short[k]}={c[k]}" for k in keys if k in c and c[k] != defaults[k]]
+             "query_blocks": "blocks", "query_chunk": "chunk", "estimator_precision": "prec",
+             "estimator_dtype": "dec", "topk_backend": "topk", "decoder_backend": "decoder", "backend": "sparse"}
+    defaults = {"performer_dtype": "fp32", "performer_backend": "auto", "mix_backend": "auto", "compile": "none",
+                "query_blocks": 0, "query_chunk": 0, "estimator_precision": "fp32", "estimator_dtype": "fp32",
+                "topk_backend": "auto", "decoder_backend": "auto", "backend": "auto"}
+    diff = [f"{short[k]}={c[k]}" for k in short if k in c and c[k] != defaults[k]]
     return "sea" + (f"[{','.join(diff)}]" if diff else "")
 
 

@@ -239,8 +239,9 @@ def test_sea_topk_backend_keeps_a_valid_top_n_of_the_estimate():
 
 
 def test_topk_path_auto_takes_the_kernel_only_where_it_was_measured():
-    """auto: the kernel for the per-row modes without padding, on CUDA, for groups up to 1024 candidates; tensor ops
-    on the CPU, with a padding mask, for the per-batch modes and for larger groups. The path that ran is named."""
+    """auto: the per-row kernel for the per-row modes without padding, on CUDA, for groups up to 1024 candidates; the
+    radix select (kernels/sea_topk_global.py) for per_batch / per_head without padding on CUDA; tensor ops on the
+    CPU, with a padding mask and for larger per-row groups. The path that ran is named."""
     from methods.base import Problem, get
     from methods.sea.topk import AUTO_KERNEL_MAX_GROUP, topk_path
 
@@ -252,9 +253,11 @@ def test_topk_path_auto_takes_the_kernel_only_where_it_was_measured():
     assert path("causal_per_batch", H=32) == "torch"                   # 2048 candidates per group: not measured
     assert path("per_query", K=2048) == "torch"
     assert path("causal_per_batch", device="cpu") == "torch"
-    assert path("causal_per_batch", valid=valid) == "torch" and path("per_batch") == "torch"
+    assert path("causal_per_batch", valid=valid) == "torch"
+    assert path("per_batch") == "triton" and path("per_head") == "triton"        # the radix select, measured
+    assert path("per_batch", device="cpu") == "torch" and path("per_batch", valid=valid) == "torch"
     assert path("causal_per_batch", H=32, backend="triton", device="cpu") == "triton"   # asked for: taken
-    assert path("per_batch", backend="triton") == "torch"              # no kernel for per_batch
+    assert path("per_batch", backend="triton", valid=valid) == "torch"  # no kernel with a padding mask
     assert path("causal_per_batch", backend="torch") == "torch"
     with pytest.raises(ValueError, match="expected auto, torch or triton"):
         path("per_query", backend="cuda")

@@ -53,10 +53,11 @@ class _SEABase(Method):
                "2.0x the row kernel at 64k causal, results/nvidia-h200/sea-rows-mix/), torch",
                choices=("auto", "triton", "triton_tiled", "triton_rows", "torch")),
         Option("estimator_dtype", "fp32", "dtype of the estimator's CNN decoder: fp32 (the paper's), bf16 or "
-               "fp16 (autocast; the Performer and the encoder stay fp32). Causal CUDA calls then leave the fp32 "
-               "decoder kernel for the PyTorch modules (slower); bidirectional ones gain: H200, SEA fast, 64k "
-               "15.7 -> 13.2 ms, MiniLM fidelity within 5.3e-4 relative per layer "
-               "(results/nvidia-h200/sea-round19/call5/)", choices=("fp32", "bf16", "fp16")),
+               "fp16 (autocast; the Performer and the encoder stay fp32; causal calls then run the PyTorch "
+               "decoder instead of the fp32 decoder kernel). H200, SEA fast (compiled estimator), bf16: "
+               "bidirectional 64k 15.7 -> 13.2 ms, causal 64k 5.60 -> 4.99 ms replayed (the compiled bf16 "
+               "modules beat the kernel); per-layer fidelity change at most 5.3e-4 (MiniLM) and 1.7e-3 "
+               "(SmolLM2) relative (results/nvidia-h200/sea-vs-dense-4/)", choices=("fp32", "bf16", "fp16")),
         Option("performer_dtype", "fp32", "operands of the estimator's Performer products: fp32 (the paper's) or "
                "bf16 (features computed in fp32, then rounded; fp32 accumulation)", choices=("fp32", "bf16")),
         Option("performer_backend", "auto", "estimator's Performer pass: auto (causal: the fused front below for "
