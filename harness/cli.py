@@ -217,8 +217,11 @@ def cmd_compare(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     from methods.base import MethodConfigError
 
+    from harness.measure import exact_fp32
+
     parser = build_parser()
     a = parser.parse_args(argv)
+    exact_fp32()                                 # as the run workers: fp32 is fp32 in every command
     try:
         return a.func(a)
     except (UsageError, MethodConfigError) as exc:

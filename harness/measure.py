@@ -48,6 +48,15 @@ def summarize(times_ms: list[float], timer: str) -> Timing:
     return Timing(statistics.median(times_ms), _quantile(times_ms, 0.2), _quantile(times_ms, 0.8), len(times_ms), timer)
 
 
+def exact_fp32() -> None:
+    """The harness's numeric setting for every command (run workers, fidelity, perplexity, accuracy, distill): float32
+    matmuls and cuDNN convolutions in true fp32, no TF32 (torch's own default allows TF32 in cuDNN convolutions). A
+    method that wants TF32 asks for it in its options (e.g. sea.estimator_precision=tf32, which allows it for its
+    own calls only), so "fp32" means the same thing in a latency row and in a quality table."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 def time_cuda(fn: Callable[[], object], *, warmup_ms: float = 25, rep_ms: float = 100,
               cuda_graph: bool = False) -> Timing:
     import triton.testing as tt

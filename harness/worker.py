@@ -34,7 +34,7 @@ def _worker_main(conn, settings: dict) -> None:
     import torch
 
     from harness.cell import run_cell
-    from harness.measure import MMAP_THRESHOLD_TIMING, set_mmap_threshold
+    from harness.measure import MMAP_THRESHOLD_TIMING, exact_fp32, set_mmap_threshold
 
     set_mmap_threshold(MMAP_THRESHOLD_TIMING)     # fixed, so one cell's frees don't change the next's timing
 
@@ -43,8 +43,7 @@ def _worker_main(conn, settings: dict) -> None:
         torch.set_num_threads(int(threads))
     if settings.get("cuda_device") is not None:
         torch.cuda.set_device(int(settings["cuda_device"]))     # this rank's GPU in a distributed sweep
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    exact_fp32()
     device_name = settings.get("device_name", "")
     while True:
         msg = conn.recv()

@@ -94,3 +94,20 @@ def test_flops_formula():
     assert f == 4 * 1 * 2 * 100 * 100 * 8
     assert measure.attention_flops(1, 2, 100, 8, causal=True, backward=False) == f / 2
     assert measure.attention_flops(1, 2, 100, 8, causal=False, backward=True) == f * 3.5
+
+
+def test_every_command_runs_fp32_as_fp32(capsys):
+    """harness.cli.main sets the run workers' numeric setting (no TF32 in matmuls or cuDNN convolutions) before any
+    command, so a quality table (fidelity, perplexity) and a latency row compute fp32 alike."""
+    import torch
+
+    from harness.cli import main
+
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        assert main(["list"]) == 0
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    assert "sea" in capsys.readouterr().out
