@@ -93,7 +93,7 @@ def mix_usable(device: torch.device) -> bool:
     return triton_runs_on(device, triton is not None)
 
 
-def _check_mix(q, k, v, row_ptr, col, s_prob, s_mix, c_avg, out):
+def check_mix_inputs(q, k, v, row_ptr, col, s_prob, s_mix, c_avg, out):
     _ssa.check_csr_block_inputs(q, k, v, row_ptr, col)                  # q, k, v, the lists (shared with the row kernels)
     B, H, Tq, D = q.shape
     for name, x in (("s_prob", s_prob), ("s_mix", s_mix)):
@@ -121,7 +121,7 @@ def sparse_attention_mix(q, k, v, row_ptr, col, scale: float, s_prob, s_mix, c_a
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, s_prob, s_mix, c_avg)):
         raise RuntimeError("sparse_attention_mix is forward-only; use sea_sparse_attention and the torch mix "
                            "for gradients")
-    _check_mix(q, k, v, row_ptr, col, s_prob, s_mix, c_avg, out)
+    check_mix_inputs(q, k, v, row_ptr, col, s_prob, s_mix, c_avg, out)
     B, H, Tq, D = q.shape
     Hkv = k.shape[1]
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()

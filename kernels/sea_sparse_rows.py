@@ -236,12 +236,12 @@ def sparse_rows_forward(q, k, v, row_ptr, col, scale: float, *, want_lse: bool =
                            "kernels.sea_sparse_attention.sea_sparse_attention for gradients, or run under "
                            "torch.no_grad()")
     if mix is not None:
-        from kernels.sea_sparse_mix import _check_mix
+        from kernels.sea_sparse_mix import check_mix_inputs
 
         s_prob, s_mix, c_avg = mix
         if torch.is_grad_enabled() and any(x.requires_grad for x in mix):
             raise RuntimeError("sparse_rows_forward is forward-only (no autograd): the mix operands require grad")
-        _check_mix(q, k, v, row_ptr, col, s_prob, s_mix, c_avg, None)
+        check_mix_inputs(q, k, v, row_ptr, col, s_prob, s_mix, c_avg, None)
     else:
         check_csr_block_inputs(q, k, v, row_ptr, col)
     B, H, Tq, D = q.shape

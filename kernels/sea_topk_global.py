@@ -72,8 +72,13 @@ not the reads, dominate. In SEA's bidirectional forward at 64k: 17.41 -> 16.28 m
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - triton missing: select_global cannot run
+    triton = None
+    tl = None
 
 DIGITS_32 = (8, 8, 8, 8)    # digit widths of a 32-bit key (fp32, fp16), most significant first; sum 32 (H200, SEA's
                             # 64k estimate: 2.06 ms against 2.22 with 8 + 12 + 12, 4.10 with 11 + 11 + 10)
@@ -86,108 +91,110 @@ NUM_WARPS = 8               # warps per program of the count and mark passes
 POISON_OUTPUTS = False      # tests: start from a buffer of 0x55 bytes instead of torch.empty
 
 
-@triton.jit
-def _keys(X, offs, inside, WIDTH, K, HAS_WIDTH: tl.constexpr, KEY16: tl.constexpr):
-    """(unsigned monotone key, eligible) of the cells at flat offsets offs (int64)."""
-    x = tl.load(X + offs, mask=inside, other=0.0).to(tl.float32)
-    ok = inside & (x > float("-inf"))                                   # NaN and -inf: ineligible
-    if HAS_WIDTH:
-        w = tl.load(WIDTH + offs % K, mask=inside, other=0)
-        ok = ok & (w > 0)
-    x = tl.where(x == 0.0, 0.0, x)                                      # -0.0 -> +0.0 (equal floats, one key)
-    bits = x.to(tl.int32, bitcast=True)
-    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)                            # signed order == float order
-    if KEY16:
-        key = (key >> 16) + 32768                                       # bf16: the high half, in [0, 65536)
-    else:
-        key = key ^ -2147483648                                         # unsigned order == float order
-    return key.to(tl.uint32, bitcast=True), ok                          # callers mask with ok
+if triton is not None:
 
-
-@triton.jit
-def _count_kernel(X, WIDTH, K, PREFIX, PH, N, P, TPP, SHIFT: tl.constexpr, BITS: tl.constexpr,
-                  FIRST: tl.constexpr, USE_HIST: tl.constexpr, HAS_WIDTH: tl.constexpr, KEY16: tl.constexpr,
-                  BLK: tl.constexpr):
-    """PH[g, p, :2^BITS] = counts of digit (u >> SHIFT) of the eligible keys of program p's chunk whose higher bits
-    (u >> (SHIFT + BITS)) equal PREFIX[g]. USE_HIST: tl.histogram and a store; else atomics into a zeroed row."""
-    p = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1).to(tl.int64)
-    BINS: tl.constexpr = 1 << BITS
-    row = PH + (g * P + p) * BINS
-    if not FIRST:
-        prefix = tl.load(PREFIX + g).to(tl.uint32)
-    i = tl.arange(0, BLK)
-    acc = tl.zeros([BINS], dtype=tl.int32)
-    for t in range(0, TPP):
-        start = (p * TPP + t) * BLK                                     # int64 cell index within the group
-        idx = start + i
-        inside = idx < N
-        u, ok = _keys(X, g * N + idx, inside, WIDTH, K, HAS_WIDTH, KEY16)
-        match = ok
-        if not FIRST:
-            match = ok & ((u >> (SHIFT + BITS)) == prefix)
-        digit = ((u >> SHIFT) & (BINS - 1)).to(tl.int32)
-        if USE_HIST:
-            acc += tl.histogram(digit, BINS, mask=match)
+    @triton.jit
+    def _keys(X, offs, inside, WIDTH, K, HAS_WIDTH: tl.constexpr, KEY16: tl.constexpr):
+        """(unsigned monotone key, eligible) of the cells at flat offsets offs (int64)."""
+        x = tl.load(X + offs, mask=inside, other=0.0).to(tl.float32)
+        ok = inside & (x > float("-inf"))                                   # NaN and -inf: ineligible
+        if HAS_WIDTH:
+            w = tl.load(WIDTH + offs % K, mask=inside, other=0)
+            ok = ok & (w > 0)
+        x = tl.where(x == 0.0, 0.0, x)                                      # -0.0 -> +0.0 (equal floats, one key)
+        bits = x.to(tl.int32, bitcast=True)
+        key = bits ^ ((bits >> 31) & 0x7FFFFFFF)                            # signed order == float order
+        if KEY16:
+            key = (key >> 16) + 32768                                       # bf16: the high half, in [0, 65536)
         else:
-            if tl.max(match.to(tl.int32), axis=0) > 0:
-                tl.atomic_add(row + digit, 1, mask=match, sem="relaxed")
-    if USE_HIST:
-        tl.store(row + tl.arange(0, BINS), acc)
+            key = key ^ -2147483648                                         # unsigned order == float order
+        return key.to(tl.uint32, bitcast=True), ok                          # callers mask with ok
 
 
-@triton.jit
-def _pick_kernel(HIST, PH, NB, PREFIX, NEED, TIEBASE, P, BITS: tl.constexpr, FIRST: tl.constexpr,
-                 LAST: tl.constexpr, PB: tl.constexpr):
-    """One program per group: the digit holding the need-th highest matching key; updates PREFIX / NEED. LAST: the
-    exclusive cumsum over programs of their counts at that digit -> TIEBASE[g, :P]."""
-    g = tl.program_id(0).to(tl.int64)
-    BINS: tl.constexpr = 1 << BITS
-    j = tl.arange(0, BINS)
-    h = tl.load(HIST + g * BINS + j)                                    # [BINS] int64
-    if FIRST:
-        need = tl.minimum(tl.load(NB + g), tl.sum(h, axis=0))           # cells to select: min(n, eligible)
-        need = tl.maximum(need, 0)
-        prefix = tl.zeros([], dtype=tl.int64)
-    else:
+    @triton.jit
+    def _count_kernel(X, WIDTH, K, PREFIX, PH, N, P, TPP, SHIFT: tl.constexpr, BITS: tl.constexpr,
+                      FIRST: tl.constexpr, USE_HIST: tl.constexpr, HAS_WIDTH: tl.constexpr, KEY16: tl.constexpr,
+                      BLK: tl.constexpr):
+        """PH[g, p, :2^BITS] = counts of digit (u >> SHIFT) of the eligible keys of program p's chunk whose higher bits
+        (u >> (SHIFT + BITS)) equal PREFIX[g]. USE_HIST: tl.histogram and a store; else atomics into a zeroed row."""
+        p = tl.program_id(0).to(tl.int64)
+        g = tl.program_id(1).to(tl.int64)
+        BINS: tl.constexpr = 1 << BITS
+        row = PH + (g * P + p) * BINS
+        if not FIRST:
+            prefix = tl.load(PREFIX + g).to(tl.uint32)
+        i = tl.arange(0, BLK)
+        acc = tl.zeros([BINS], dtype=tl.int32)
+        for t in range(0, TPP):
+            start = (p * TPP + t) * BLK                                     # int64 cell index within the group
+            idx = start + i
+            inside = idx < N
+            u, ok = _keys(X, g * N + idx, inside, WIDTH, K, HAS_WIDTH, KEY16)
+            match = ok
+            if not FIRST:
+                match = ok & ((u >> (SHIFT + BITS)) == prefix)
+            digit = ((u >> SHIFT) & (BINS - 1)).to(tl.int32)
+            if USE_HIST:
+                acc += tl.histogram(digit, BINS, mask=match)
+            else:
+                if tl.max(match.to(tl.int32), axis=0) > 0:
+                    tl.atomic_add(row + digit, 1, mask=match, sem="relaxed")
+        if USE_HIST:
+            tl.store(row + tl.arange(0, BINS), acc)
+
+
+    @triton.jit
+    def _pick_kernel(HIST, PH, NB, PREFIX, NEED, TIEBASE, P, BITS: tl.constexpr, FIRST: tl.constexpr,
+                     LAST: tl.constexpr, PB: tl.constexpr):
+        """One program per group: the digit holding the need-th highest matching key; updates PREFIX / NEED. LAST: the
+        exclusive cumsum over programs of their counts at that digit -> TIEBASE[g, :P]."""
+        g = tl.program_id(0).to(tl.int64)
+        BINS: tl.constexpr = 1 << BITS
+        j = tl.arange(0, BINS)
+        h = tl.load(HIST + g * BINS + j)                                    # [BINS] int64
+        if FIRST:
+            need = tl.minimum(tl.load(NB + g), tl.sum(h, axis=0))           # cells to select: min(n, eligible)
+            need = tl.maximum(need, 0)
+            prefix = tl.zeros([], dtype=tl.int64)
+        else:
+            need = tl.load(NEED + g)
+            prefix = tl.load(PREFIX + g)
+        s = tl.cumsum(h, 0, reverse=True)                                   # keys with digit >= j
+        d = tl.sum((s >= need).to(tl.int32), axis=0) - 1                   # need == 0: the top digit (all ones)
+        above = tl.sum(tl.where(j == d, s - h, 0), axis=0)                  # keys with digit > d
+        tl.store(NEED + g, need - above)
+        tl.store(PREFIX + g, (prefix << BITS) | d)
+        if LAST:
+            carry = tl.zeros([], dtype=tl.int64)
+            for p0 in range(0, P, PB):
+                q = p0 + tl.arange(0, PB)
+                c = tl.load(PH + (g * P + q) * BINS + d, mask=q < P, other=0).to(tl.int64)
+                tl.store(TIEBASE + g * P + q, carry + tl.cumsum(c, 0) - c, mask=q < P)
+                carry += tl.sum(c, axis=0)
+
+
+    @triton.jit
+    def _mark_kernel(X, WIDTH, K, THR, NEED, TIEBASE, OUT, N, P, TPP, HAS_WIDTH: tl.constexpr, KEY16: tl.constexpr,
+                     BLK: tl.constexpr):
+        """OUT[g, c] = key > v, or key == v with fewer than NEED[g] keys == v at lower indices (v = THR[g])."""
+        p = tl.program_id(0).to(tl.int64)
+        g = tl.program_id(1).to(tl.int64)
+        thr = tl.load(THR + g).to(tl.uint32)
         need = tl.load(NEED + g)
-        prefix = tl.load(PREFIX + g)
-    s = tl.cumsum(h, 0, reverse=True)                                   # keys with digit >= j
-    d = tl.sum((s >= need).to(tl.int32), axis=0) - 1                   # need == 0: the top digit (all ones)
-    above = tl.sum(tl.where(j == d, s - h, 0), axis=0)                  # keys with digit > d
-    tl.store(NEED + g, need - above)
-    tl.store(PREFIX + g, (prefix << BITS) | d)
-    if LAST:
-        carry = tl.zeros([], dtype=tl.int64)
-        for p0 in range(0, P, PB):
-            q = p0 + tl.arange(0, PB)
-            c = tl.load(PH + (g * P + q) * BINS + d, mask=q < P, other=0).to(tl.int64)
-            tl.store(TIEBASE + g * P + q, carry + tl.cumsum(c, 0) - c, mask=q < P)
-            carry += tl.sum(c, axis=0)
-
-
-@triton.jit
-def _mark_kernel(X, WIDTH, K, THR, NEED, TIEBASE, OUT, N, P, TPP, HAS_WIDTH: tl.constexpr, KEY16: tl.constexpr,
-                 BLK: tl.constexpr):
-    """OUT[g, c] = key > v, or key == v with fewer than NEED[g] keys == v at lower indices (v = THR[g])."""
-    p = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1).to(tl.int64)
-    thr = tl.load(THR + g).to(tl.uint32)
-    need = tl.load(NEED + g)
-    before = tl.load(TIEBASE + g * P + p)                               # keys == v in earlier programs' chunks
-    i = tl.arange(0, BLK)
-    for t in range(0, TPP):
-        idx = (p * TPP + t) * BLK + i
-        inside = idx < N
-        u, ok = _keys(X, g * N + idx, inside, WIDTH, K, HAS_WIDTH, KEY16)
-        sel = ok & (u > thr)
-        eq = (ok & (u == thr)).to(tl.int32)
-        ties = tl.sum(eq, axis=0)
-        if ties > 0:
-            rank = before + (tl.cumsum(eq, 0) - eq)                    # keys == v at lower indices
-            sel = sel | ((eq > 0) & (rank < need))
-            before += ties
-        tl.store(OUT + g * N + idx, sel.to(tl.int8), mask=inside)
+        before = tl.load(TIEBASE + g * P + p)                               # keys == v in earlier programs' chunks
+        i = tl.arange(0, BLK)
+        for t in range(0, TPP):
+            idx = (p * TPP + t) * BLK + i
+            inside = idx < N
+            u, ok = _keys(X, g * N + idx, inside, WIDTH, K, HAS_WIDTH, KEY16)
+            sel = ok & (u > thr)
+            eq = (ok & (u == thr)).to(tl.int32)
+            ties = tl.sum(eq, axis=0)
+            if ties > 0:
+                rank = before + (tl.cumsum(eq, 0) - eq)                    # keys == v at lower indices
+                sel = sel | ((eq > 0) & (rank < need))
+                before += ties
+            tl.store(OUT + g * N + idx, sel.to(tl.int8), mask=inside)
 
 
 def _layout(G: int, N: int) -> tuple[int, int]:
@@ -201,6 +208,8 @@ def _layout(G: int, N: int) -> tuple[int, int]:
 def select_global(scores: torch.Tensor, n: torch.Tensor, width: torch.Tensor | None = None) -> torch.Tensor:
     """bool [G, N]: per group g (G = n.numel(), N = scores.numel() // G) the n[g] highest eligible cells of
     scores viewed as [G, N], ties to the lowest index. See the module docstring."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
     G = n.numel()
     if scores.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"select_global: scores dtype {scores.dtype} (expected float32, bfloat16 or float16)")

@@ -83,7 +83,8 @@ class _SEABase(Method):
                "chunks in the fused front; with performer_dtype=bf16 the fused front's feature projection also takes "
                "bf16 operands). The decoder kernel keeps three-pass TF32 "
                "(one pass measured slower); the estimator's PyTorch matmuls and cuDNN convolutions (the "
-               "bidirectional decoder) may use TF32 (allow_tf32 for the call). H200, causal, bf16, with the "
+               "bidirectional decoder) may use TF32 for the call (bidirectional 64k 34.7 -> 19.8 ms on an H200, "
+               "MiniLM gate passed: results/nvidia-h200/sea-round19/). H200, causal, bf16, with the "
                "fused front: 0.548x -> 0.472x cuDNN at 64k, 0.120x -> 0.095x at 256k, fidelity on SmolLM2 q/k/v "
                "unchanged (results/nvidia-h200/sea-precision/); bidirectional 64k 0.935x -> 0.921x, MiniLM gate "
                "passed (results/nvidia-h200/sea-bidir-tf32/)", choices=("fp32", "tf32")),
@@ -106,11 +107,11 @@ class _SEABase(Method):
         Option("mix_backend", "auto", "sparse attention and mix: torch (the sparse kernel writes c, then the mix "
                "in tensor ops), kernel (causal, forward-only, no padding mask: the cumulative mean of v and the mix "
                "in one Triton kernel after the sparse kernel, kernels/sea_causal_mix.py; on an H200 1.56 -> 0.22 ms "
-               "at 64k causal, results/nvidia-h200/sea-rows-mix/), auto (kernel where it serves on CUDA, torch "
-               "otherwise) or triton "
-               "(one forward-only kernel mixes as it attends, kernels/sea_sparse_mix.py; calls on the row kernel "
-               "without a gradient or padding mask; on an H200 within noise of torch below 64k, 1-2 % faster at "
-               "64k-256k: results/nvidia-h200/sea-mix/)",
+               "at 64k causal, results/nvidia-h200/sea-rows-mix/), triton (forward-only, no padding mask: the "
+               "sparse kernel mixes as it attends, c never written: the rows kernel's epilogue, "
+               "kernels/sea_sparse_rows.py, or the row kernel's, kernels/sea_sparse_mix.py; bidirectional 64k "
+               "15.74 -> 15.25 ms on an H200, results/nvidia-h200/sea-round19/) or auto (on CUDA: kernel for causal "
+               "calls, triton for bidirectional calls on the rows kernel; torch otherwise)",
                choices=("auto", "torch", "kernel", "triton")),
         Option("topk_backend", "auto", "grouped top-k: torch (tensor ops), triton (kernels without a padding mask: "
                "per_query and causal_per_batch by kernels/sea_topk.py, per_head and per_batch by a radix select, "

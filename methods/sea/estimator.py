@@ -48,10 +48,11 @@ def torch_precision(precision: str):
     """The float32 matmul and cuDNN convolution precision of the estimator's PyTorch operations for one call:
     estimator_precision=tf32 allows one-pass TF32 for both (torch.backends.cuda.matmul / cudnn .allow_tf32), the
     same products the Triton kernels take under it; fp32 leaves the caller's settings as they are (the harness
-    worker turns both off, so there they are true fp32). The flags are restored on exit, also on an error.
-    They are read when the operations run (eager, and inductor's calls of aten.mm / aten.convolution), so the
-    scope is put around the whole (compiled or eager) call. On an H200 at T = 65536, bidirectional, the torch
-    decoder's row projection took 1.65 ms as an fp32 FFMA GEMM (results/nvidia-h200/sea-tune/profile-bidir-64k.txt)."""
+    turns both off for every command, harness.measure.exact_fp32, so there they are true fp32). The flags are
+    restored on exit, also on an error. They are read when the operations run (eager, and inductor's calls of
+    aten.mm / aten.convolution), so the scope is put around the whole (compiled or eager) call. On an H200 at
+    T = 65536, bidirectional, SEA fast took 34.7 ms with the decoder's convolutions and row projection in true fp32
+    and 19.8 ms with TF32 (results/nvidia-h200/sea-round19/)."""
     if precision != "tf32":
         yield
         return
