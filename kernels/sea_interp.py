@@ -206,13 +206,16 @@ def _flags(mask: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
     return mask.view(torch.uint8), (mask.stride(0), mask.stride(1), mask.stride(2))
 
 
-def _geometry(T: int, *, causal: bool, row0: int) -> tuple[int, int]:
-    """(L0, LSTEP): row t spans L0 + t LSTEP keys (interp.row_lengths without a padding mask)."""
+def _geometry(T: int, *, causal: bool, row0: int, span: int | None = None) -> tuple[int, int]:
+    """(L0, LSTEP): row t spans L0 + t LSTEP keys (interp.row_lengths without a padding mask). span: the keys every
+    bidirectional row spans when the T rows are a block of a longer sequence (default T)."""
     if not causal and row0:
         raise ValueError("row0 (query blocks) is for causal rows only")
+    if span is not None and (causal or span < 1 or span >= 2 ** 31):
+        raise ValueError(f"span={span}: bidirectional rows only, 1 <= span < 2^31")
     if row0 < 0 or row0 + T >= 2 ** 31:
         raise ValueError(f"row0={row0}, T={T}: keys must fit int32")
-    return (row0 + 1, 1) if causal else (T, 0)
+    return (row0 + 1, 1) if causal else (T if span is None else span, 0)
 
 
 def _launch_columns(flags, strides, B, H, T, K, lo, width, row_ptr, k, capacity, L0, LSTEP, geom):
@@ -262,27 +265,30 @@ def csr_columns(sel: torch.Tensor, lo: torch.Tensor, width: torch.Tensor, row_pt
 
 
 def csr_columns_cells(mask: torch.Tensor, row_ptr: torch.Tensor, k: int, capacity: int, *, causal: bool,
-                      row0: int = 0) -> torch.Tensor:
+                      row0: int = 0, span: int | None = None) -> torch.Tensor:
     """csr_columns for the cells of interp.cell_bounds (no padding mask), their edges computed in the kernel:
     mask bool [B, H, T, K] (any strides, e.g. the permuted view causal_per_batch selects; cells of width 0 may
-    be selected: they add no key), row_ptr int64 [B H T + 1] (csr_row_ptr). No [T, K] table is built or read."""
+    be selected: they add no key), row_ptr int64 [B H T + 1] (csr_row_ptr). No [T, K] table is built or read.
+    span (bidirectional): the T rows are a block of query rows of a sequence of `span` keys (every row spans all
+    of them; methods/sea/bidir_blocks.py)."""
     B, H, T, K = mask.shape
     if row_ptr.shape != (B * H * T + 1,):
         raise ValueError(f"csr_columns_cells: mask {tuple(mask.shape)}, row_ptr {tuple(row_ptr.shape)}")
-    L0, LSTEP = _geometry(T, causal=causal, row0=row0)
+    L0, LSTEP = _geometry(T, causal=causal, row0=row0, span=span)
     flags, strides = _flags(mask)
     return _launch_columns(flags, strides, B, H, T, K, None, None, row_ptr, k, capacity, L0, LSTEP, True)
 
 
-def row_key_counts(mask: torch.Tensor, k: int, *, causal: bool, row0: int = 0, row_ptr: bool = False
-                   ) -> torch.Tensor:
+def row_key_counts(mask: torch.Tensor, k: int, *, causal: bool, row0: int = 0, row_ptr: bool = False,
+                   span: int | None = None) -> torch.Tensor:
     """Keys per query row sum_c mask[b, h, t, c] min(width[t, c], k) with the cells of interp.cell_bounds (no
     padding mask), from the mask bytes: int64 [B H T] (rows (b, h, t)), or with row_ptr=True the CSR row
-    pointers int64 [B H T + 1] (the counts' prefix sum, 0 first). mask bool [B, H, T, K], any strides."""
+    pointers int64 [B H T + 1] (the counts' prefix sum, 0 first). mask bool [B, H, T, K], any strides. span: as
+    csr_columns_cells."""
     B, H, T, K = mask.shape
     if k < 1:
         raise ValueError(f"row_key_counts: k={k} (needs >= 1)")
-    L0, LSTEP = _geometry(T, causal=causal, row0=row0)
+    L0, LSTEP = _geometry(T, causal=causal, row0=row0, span=span)
     R = B * H * T
     if POISON_OUTPUTS:
         out = torch.full((R + int(row_ptr),), _POISON, dtype=torch.int64, device=mask.device)

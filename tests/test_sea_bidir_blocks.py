@@ -316,3 +316,38 @@ def test_no_tensor_of_the_estimates_size():
     assert per_block <= 2 * Bm * Hm * (rows + 16) * K, per_block
     assert info["blocks"] == 12 and info["passes"] == 3
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("T,K,k,R", [(37, 8, 3, 10), (200, 16, 5, 33), (5, 8, 3, 5)])
+def test_block_lists_by_the_interpolation_kernels_equal_block_csr(T, K, k, R):
+    """A block's CSR lists from kernels/sea_interp.py (row_key_counts + csr_columns_cells with span=T: the block's
+    R rows each span all T keys) equal block_csr's, entry for entry; T < K gives cells of width 0 (never keys)."""
+    from kernels.sea_interp import csr_columns_cells, row_key_counts
+    from methods.sea.bidir_blocks import block_csr
+    from methods.sea.interp import cell_bounds
+
+    B, H = 2, 3
+    g = torch.Generator().manual_seed(T + R)
+    sel = torch.rand(B, H, R, K, generator=g) < 0.3                      # [B, H, R, K]
+    lo, hi = cell_bounds(torch.full((1, 1), T, dtype=torch.long), K)     # [1, 1, K]
+    want_ptr, want_col = block_csr(sel, k=k, lo=lo[0, 0], width=(hi - lo)[0, 0])
+    ptr = row_key_counts(sel, k, causal=False, row_ptr=True, span=T)
+    nnz = int(ptr[-1])
+    col = csr_columns_cells(sel, ptr, k, max(nnz, 1), causal=False, span=T)[:nnz]
+    assert torch.equal(ptr, want_ptr) and torch.equal(col, want_col) and nnz > 0
+    with pytest.raises(ValueError, match="span"):
+        row_key_counts(sel, k, causal=True, row_ptr=True, span=T)
+
+
+def test_blocks_take_the_interpolation_kernels_when_asked():
+    """interp_backend=triton: bidirectional query blocks build their lists with the kernels (impl says interp=triton)
+    and give the same output as with the tensor ops."""
+    T = 20
+    outs = []
+    for interp in ("torch", "triton"):
+        layer = build(T, backend="triton_rows", interp_backend=interp)
+        q, k, v = qkv(T, seed=7)
+        with torch.no_grad():
+            outs.append(forward_bidirectional_blocks(layer, q, k, v, rows=8))
+        assert layer.last_interp == interp
+    assert torch.equal(outs[0], outs[1])

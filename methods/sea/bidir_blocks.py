@@ -27,9 +27,10 @@ a time. Steps:
     threshold value tau and how many cells equal to tau must be taken. The final pass recomputes each block's
     estimate and selects the cells above tau plus the tied cells at tau in order of lowest flat index (b, h, t, k)
     first (per head: (t, k)); then it builds the block's CSR key lists (interp.py's geometry: bidirectional rows
-    all span the T keys), runs the sparse attention of the block's query rows against all keys (the layer's sparse
-    kernel: the rows kernel on CUDA, the row kernel under Triton, the torch gather path otherwise; the fused
-    attention + mix kernel with mix_backend=triton), and mixes with the global average context.
+    all span the T keys; by the interpolation kernels where interp_backend takes them, auto: CUDA, else by
+    block_csr's tensor ops), runs the sparse attention of the block's query rows against all keys (the layer's
+    sparse kernel: the rows kernel on CUDA, the row kernel under Triton, the torch gather path otherwise; with the
+    mix in the kernel where mix_fused says so), and mixes with the global average context.
  4. The mix: C_avg [B, H, 1, D] = sum_c colmean_c / width_c * (sum of v over cell c's keys), the column mean of A_hat
     over all T query rows spread over each cell's keys: SEAAttention.average_context without its [B, H, 1, T]
     weights.
@@ -60,10 +61,12 @@ Semantics against the whole call (SEAAttention.forward, causal=False, no mask, n
 
 Memory (beyond q, k, v and the output [B, H, T, D] in q's dtype): O(rows x H x K) for the estimate, the masks and the
 tie ranks of one block (plus the decoder window's ~12 halo rows), O(rows x H x K x min(k, T / K)) for one block's CSR
-lists, O(B H (m + K) d) for the Performer summary and the cell sums of v, and the histograms: [G, 65536] int64
-(G = B per_batch, B H per_head) and, for the refinement, [B H, 65536] int32 (int64 when T K >= 2^31). No O(T) tensor
-except q, k, v and the output. Measured on the CPU (live storage bytes of every aten op's outputs, B=1, H=16, d=64,
-K=128, T=2048, sparse attention stubbed out): 62 KiB per query row of a block (~4 KiB per row and head; the encoder's
+lists (int32 columns from the kernels; block_csr's tensor ops hold ~5 int64 temporaries per key; a run at T = 16M
+in 64 blocks on an H200 ran out of memory with the tensor-op lists, cause not traced: results/nvidia-h200/
+sea-vs-dense-4/), O(B H (m + K) d) for the Performer summary and the cell sums of v, and the histograms: [G, 65536]
+int64 (G = B per_batch, B H per_head) and, for the refinement, [B H, 65536] int32 (int64 when T K >= 2^31). No O(T)
+tensor except q, k, v and the output. Measured on the CPU (live storage bytes of every aten op's outputs, B=1, H=16,
+d=64, K=128, T=2048, sparse attention stubbed out): 62 KiB per query row of a block (~4 KiB per row and head; the encoder's
 LayerNorm is the peak) plus 4.5 MiB of histograms; the torch gather path of the sparse attention (CPU only) adds
 ~3x D floats per selected key. This module imports no Triton at module level (kernels are imported inside calls).
 It sets the estimator's last_performer / last_decoder ("torch-blocks", "torch-window") and last_encoder, which the
@@ -433,7 +436,7 @@ class _Blocks:
             if layer.force_s_mix >= 0:
                 s_mix = torch.full_like(s_mix, layer.force_s_mix)
             sel = topk.select(a)                                         # bool [B, H, R, K]
-            row_ptr, col = block_csr(sel, k=layer.k, lo=self.lo, width=self.width)
+            row_ptr, col = self.csr(sel)
             qb = q[:, :, s:e]                                            # [B, H, R, D]
             if fused:
                 _, ran = layer.sparse_mix(sparse, qb, k, v, row_ptr, col, self.scale, s_prob, s_mix, c_avg,
@@ -449,6 +452,23 @@ class _Blocks:
         _, sparse = layer.sparse_plan(q, self.k, self.v, None)           # forward-only here (no_grad)
         fused = layer.mix_fused(q, self.k, self.v, layout="csr", kernel=sparse, valid=None, causal=False)
         return sparse, fused
+
+    def csr(self, sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A block's CSR lists from its selected cells bool [B, H, R, K]: the interpolation kernels
+        (kernels/sea_interp.py: row_key_counts + csr_columns_cells, rows spanning all T keys) where the layer's
+        interp_backend takes them (auto: CUDA), block_csr's tensor ops otherwise; the same lists either way. The
+        kernels write the int32 columns directly, where block_csr holds ~5 int64 temporaries per key (the peak of a
+        block that selects many cells)."""
+        layer = self.layer
+        use = layer.interp_backend == "triton" or (layer.interp_backend == "auto" and sel.is_cuda)
+        layer.last_interp = "triton" if use else "torch"
+        if not use:
+            return block_csr(sel, k=layer.k, lo=self.lo, width=self.width)
+        from kernels.sea_interp import csr_columns_cells, row_key_counts
+
+        row_ptr = row_key_counts(sel, layer.k, causal=False, row_ptr=True, span=self.T)   # [B*H*R + 1]
+        nnz = int(row_ptr[-1])                                           # one host sync, as block_csr's nonzero
+        return row_ptr, csr_columns_cells(sel, row_ptr, layer.k, max(nnz, 1), causal=False, span=self.T)[:nnz]
 
     def attend(self, sparse, qb, row_ptr, col):
         return self.layer.attend_block(sparse, qb, self.k, self.v, row_ptr, col, self.scale)
