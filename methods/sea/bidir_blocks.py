@@ -66,9 +66,9 @@ in 64 blocks on an H200 ran out of memory with the tensor-op lists, cause not tr
 sea-vs-dense-4/), O(B H (m + K) d) for the Performer summary and the cell sums of v, and the histograms: [G, 65536]
 int64 (G = B per_batch, B H per_head) and, for the refinement, [B H, 65536] int32 (int64 when T K >= 2^31). No O(T)
 tensor except q, k, v and the output. Measured on the CPU (live storage bytes of every aten op's outputs, B=1, H=16,
-d=64, K=128, T=2048, sparse attention stubbed out): 62 KiB per query row of a block (~4 KiB per row and head; the encoder's
-LayerNorm is the peak) plus 4.5 MiB of histograms; the torch gather path of the sparse attention (CPU only) adds
-~3x D floats per selected key. This module imports no Triton at module level (kernels are imported inside calls).
+d=64, K=128, T=2048, sparse attention stubbed out): 62 KiB per query row of a block (~4 KiB per row and head; the
+encoder's LayerNorm is the peak) plus 4.5 MiB of histograms; the torch gather path of the sparse attention (CPU only)
+adds ~3x D floats per selected key. This module imports no Triton at module level (kernels are imported inside calls).
 It sets the estimator's last_performer / last_decoder ("torch-blocks", "torch-window") and last_encoder, which the
 layer's impl string reads; `info` (forward_bidirectional_blocks) reports the rest.
 """
