@@ -72,17 +72,21 @@ POISON_OUTPUTS = False          # tests: start from a buffer of 0x55 bytes inste
 
 
 @triton.jit
+def _group_cells(rest, H, K: tl.constexpr, HG: tl.constexpr, GP: tl.constexpr):
+    """A program's group from its index over (b, head group): (b, head h [GP], cell c [GP], lane inside the group
+    [GP]); lanes i < HG K hold the group's cells in (head, cell) order, the rest pad GP."""
+    groups = H // HG
+    b = rest // groups
+    i = tl.arange(0, GP)
+    return b, (rest % groups) * HG + i // K, i % K, i < HG * K
+
+
+@triton.jit
 def _group_topk_kernel(A, WIDTH, N, OUT, T, H, K: tl.constexpr, HG: tl.constexpr, GP: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     t = pid % T
-    rest = pid // T
-    groups = H // HG
-    h0 = (rest % groups) * HG
-    b = rest // groups
+    b, h, c, inside = _group_cells(pid // T, H, K, HG, GP)
     i = tl.arange(0, GP)
-    h = h0 + i // K
-    c = i % K
-    inside = i < HG * K
     off = ((b * H + h) * T + t) * K + c                                   # [GP] flat [B, H, T, K] positions
     w = tl.load(WIDTH + t * K + c, mask=inside, other=0)
     x = tl.load(A + off, mask=inside, other=0.0).to(tl.float32)
@@ -112,15 +116,9 @@ def _group_bisect_kernel(A, WIDTH, N, OUT, T, H, K: tl.constexpr, HG: tl.constex
     pid = tl.program_id(0).to(tl.int64)
     tiles = tl.cdiv(T, R)
     t = (pid % tiles) * R + tl.arange(0, R)                             # [R] the program's time steps
-    rest = pid // tiles
-    groups = H // HG
-    h0 = (rest % groups) * HG
-    b = rest // groups
-    i = tl.arange(0, GP)
-    h = h0 + i // K
-    c = i % K
+    b, h, c, in_group = _group_cells(pid // tiles, H, K, HG, GP)
     row_in = t < T
-    inside = row_in[:, None] & (i < HG * K)[None, :]                    # [R, GP]
+    inside = row_in[:, None] & in_group[None, :]                        # [R, GP]
     off = ((b * H + h[None, :]) * T + t[:, None]) * K + c[None, :]      # [R, GP] flat [B, H, T, K] positions
     w = tl.load(WIDTH + t[:, None] * K + c[None, :], mask=inside, other=0)
     x = tl.load(A + off, mask=inside, other=0.0).to(tl.float32)
