@@ -151,18 +151,28 @@ def test_causal(kmod, t0):
     assert (out2[:, :, t0:] - out[:, :, t0:]).abs().amax(dim=(0, 1, 3)).min() > 1e-3   # every later row moved
 
 
-def test_block_sizes_do_not_change_the_result(monkeypatch):
-    """Other window / chunk / program counts: 32-row windows in 8-row chunks, one program for all jobs;
-    one 16-row chunk per window over 3 programs."""
+LAUNCH_VARIANTS = {
+    # fused: 32-row windows in 8-row chunks, one program for all jobs; one 16-row chunk per window over 3 programs
+    "fused": [dict(BLOCK_T=32, BLOCK_C=8, PROGRAMS=1), dict(BLOCK_T=16, BLOCK_C=16, PROGRAMS=3)],
+    # split: one 16-position conv tile per 2 rows; 64 positions; kernel-1 blocks of 32 rows in one 32-feature step;
+    # x0 placed in the output buffer (POISON_OUTPUTS off, the production path)
+    "split": [dict(BLOCK_T=32, BLOCK_F=32, BLOCK_M=16), dict(BLOCK_T=16, BLOCK_F=16, BLOCK_M=64),
+              dict(POISON_OUTPUTS=False)],
+}
+
+
+@KERNELS
+def test_launch_constants_do_not_change_the_result(monkeypatch, kmod):
+    """Each kernel's tiles, chunks and program counts (LAUNCH_VARIANTS, applied one after the other) change the
+    float summation order at most."""
     B, H, d, K, T = SHAPES[0]
     dec = _decoder(d, H, K)
     z = _z(B, H, T, d)
-    out = _run(dec, z)
-    for bt, bc, progs in ((32, 8, 1), (16, 16, 3)):
-        monkeypatch.setattr(dec_mod, "BLOCK_T", bt)
-        monkeypatch.setattr(dec_mod, "BLOCK_C", bc)
-        monkeypatch.setattr(dec_mod, "PROGRAMS", progs)
-        torch.testing.assert_close(_run(dec, z), out, atol=1e-5, rtol=0)
+    out = _run(dec, z, kmod)
+    for values in LAUNCH_VARIANTS["fused" if kmod is dec_mod else "split"]:
+        for name, value in values.items():
+            monkeypatch.setattr(kmod, name, value)
+        torch.testing.assert_close(_run(dec, z, kmod), out, atol=1e-5, rtol=0)
 
 
 @KERNELS
