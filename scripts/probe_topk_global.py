@@ -43,17 +43,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--T", type=int, default=65536)
     a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("probe_topk_global.py needs a CUDA device", file=sys.stderr)
+        return 2
     import kernels.sea_topk_global as sg
-    from methods.base import Problem, get
     from methods.sea.interp import cell_bounds, row_lengths
     from methods.sea.topk import budgets
+    from scripts._sea_setup import build_sea, gaussian_qkv
 
     H, D, T = 16, 64, a.T
-    M = get("sea")
-    cfg = M.resolve_config(dict(performer_dtype="bf16", estimator_precision="tf32", max_len=str(T)))
-    mod = M.build(cfg, Problem(1, H, H, T, D, dtype="bf16", causal=False, device="cuda"), seed=0)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(1, H, T, D, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    mod = build_sea(dict(performer_dtype="bf16", estimator_precision="tf32"), T=T, causal=False)
+    q, k, v, g = gaussian_qkv(T)
     K = mod.K
     with torch.no_grad():
         _, a_hat, _, _ = mod.stage_estimator(q, k, v, causal=False, valid=None, scale=D ** -0.5)

@@ -57,22 +57,10 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("profile_sea.py needs a CUDA device", file=sys.stderr)
         return 2
-    from methods.base import Problem, get
+    from scripts._sea_setup import build_sea, gaussian_qkv, parse_opts
 
-    opts = dict(kv.split("=", 1) for kv in a.opts.split(",") if kv)
-    if a.causal:
-        opts.setdefault("max_len", str(a.T))
-    M = get("sea")
-    cfg = M.resolve_config(opts)
-    prob = Problem(1, a.heads, a.heads, a.T, a.head_dim, dtype=a.dtype, causal=a.causal, device="cuda")
-    reasons = M.supports(prob, cfg)
-    if reasons:
-        print("unsupported:", "; ".join(reasons), file=sys.stderr)
-        return 2
-    mod = M.build(cfg, prob, seed=0)
-    dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(1, a.heads, a.T, a.head_dim, device="cuda", dtype=dt, generator=g) for _ in range(3))
+    mod = build_sea(parse_opts(a.opts), T=a.T, causal=a.causal, heads=a.heads, head_dim=a.head_dim, dtype=a.dtype)
+    q, k, v, _ = gaussian_qkv(a.T, heads=a.heads, head_dim=a.head_dim, dtype=a.dtype)
     with torch.no_grad():
         for _ in range(a.warmup):
             mod(q, k, v, causal=a.causal)

@@ -86,16 +86,12 @@ def main(argv=None) -> int:
     import kernels.sea_decoder as dk
     import kernels.sea_favor_encoder as fe
     import kernels.sea_sparse_rows as sr
-    from methods.base import Problem, get
+    from scripts._sea_setup import build_sea, gaussian_qkv, parse_opts
 
     H, D, T = 16, 64, a.T
-    opts = dict(kv.split("=", 1) for kv in a.opts.split(",") if kv)
-    opts.setdefault("max_len", str(T))
-    M = get("sea")
-    cfg = M.resolve_config(opts)
-    mod = M.build(cfg, Problem(1, H, H, T, D, dtype="bf16", causal=True, device="cuda"), seed=0)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(1, H, T, D, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    opts = parse_opts(a.opts)
+    mod = build_sea(opts, T=T, causal=True)
+    q, k, v, _ = gaussian_qkv(T)
     est = mod.estimator
     with torch.no_grad():
         mod(q, k, v, causal=True)
@@ -114,9 +110,7 @@ def main(argv=None) -> int:
 
             # a bidirectional layer of the same options (its softmax-feature projection: m = d ln d features)
             bopts = {key: val for key, val in opts.items() if key != "performer_backend"}
-            bmod = M.build(M.resolve_config(bopts), Problem(1, H, H, T, D, dtype="bf16", causal=False,
-                                                            device="cuda"), seed=0)
-            best = bmod.estimator
+            best = build_sea(bopts, T=T, causal=False).estimator
             vals = torch.cat([identity_values(None, 1, T, D, q.device)[:, None].expand(1, H, T, D), v.float()], -1)
             qf, kf = q.float(), k.float()
             print(f"favor_dense: m={best.proj.shape[0]} features, operands {best.performer_dtype}, "
