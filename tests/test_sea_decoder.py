@@ -100,13 +100,20 @@ def _f64_restatement(dec, z):
 def test_matches_causal_decoder_module(kmod, B, H, d, K, T):
     dec = _decoder(d, H, K)
     z = _z(B, H, T, d)
-    out = _run(dec, z, kmod)
+    assert_matches_module(_run(dec, z, kmod), dec, z)
+
+
+def assert_matches_module(out, dec, z):
+    """A decoder kernel's output for z [B, H, T, 2d] against the CausalDecoder module `dec` itself (fp32); returns
+    the module's output."""
+    B, H, T, _ = z.shape
     with torch.no_grad():
         ref = dec(z)                                                       # [B, H, T, K]
-    assert out.shape == (B, H, T, K) and out.dtype == torch.float32
+    assert out.shape == (B, H, T, dec.K) and out.dtype == torch.float32
     assert torch.isfinite(out).all()                                       # every poisoned entry written
     assert ref.abs().max() > 1.0 and ref.std() > 0.3                       # not a trivially small comparison
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+    return ref
 
 
 @pytest.mark.parametrize("B,H,d,K,T", SHAPES[::2])

@@ -11,7 +11,7 @@ import torch
 import kernels.sea_decoder_v2 as v2
 from kernels.sea_decoder_v2 import decoder_forward
 from methods.sea.estimator import CausalDecoder
-from tests.test_sea_decoder import _decoder, _z, small_split_tiles
+from tests.test_sea_decoder import _decoder, _z, assert_matches_module, small_split_tiles
 
 # (B, H, d, K, T): w = 6 (padded to 8), H = 3, 2 batches, 10 conv blocks + a partial one; w = 16 (SEA's width)
 # with T = 3 < every block; w = 4 with 9 conv blocks (70 = 8 x 8 + 6) and 2d = 32 (two feature steps); H = 5,
@@ -70,12 +70,7 @@ def test_matches_causal_decoder_module_and_f64(B, H, d, K, T):
     dec = _decoder(d, H, K)
     z = _z(B, H, T, d)
     out = _run(dec, z)
-    with torch.no_grad():
-        ref = dec(z)                                                       # [B, H, T, K]
-    assert out.shape == (B, H, T, K) and out.dtype == torch.float32
-    assert torch.isfinite(out).all()                                       # every poisoned entry written
-    assert ref.abs().max() > 1.0 and ref.std() > 0.3                       # not a trivially small comparison
-    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+    ref = assert_matches_module(out, dec, z)
     f64 = _f64_taps(dec, z)
     torch.testing.assert_close(out.double(), f64, atol=1e-4, rtol=0)
     torch.testing.assert_close(ref.double(), f64, atol=1e-4, rtol=0)      # the restatement is the module's
