@@ -172,8 +172,8 @@ def select_topk(probs: torch.Tensor, *, mode: str, k: int, causal: bool,
     if causal and mode in ("per_head", "per_batch"):
         raise ValueError(f"top-k mode {mode} ranks across time and would leak the future; "
                          "causal attention needs per_query or causal_per_batch")
-    if topk_path(mode, H=H, K=K, valid=valid, backend=backend, device=probs.device) == "triton" and \
-            mode in ("per_head", "per_batch"):
+    kernel = topk_path(mode, H=H, K=K, valid=valid, backend=backend, device=probs.device) == "triton"
+    if kernel and mode in ("per_head", "per_batch"):
         from kernels.sea_topk_global import select_global
 
         L1 = row_lengths(1, T, causal=False, valid=None, device=probs.device)   # [1, T]: every row spans T keys
@@ -182,7 +182,7 @@ def select_topk(probs: torch.Tensor, *, mode: str, k: int, causal: bool,
         G = B * H if mode == "per_head" else B
         sel = select_global(probs.detach().contiguous(), n.expand(G).contiguous(), (hi1 - lo1)[0, 0])   # [G, N]
         return sel.view(B, H, T, K)
-    if topk_path(mode, H=H, K=K, valid=valid, backend=backend, device=probs.device) == "triton":
+    if kernel:
         from kernels.sea_topk import select_rows
 
         L1 = row_lengths(1, T, causal=causal, valid=None, device=probs.device, row0=row0)   # [1, T]
