@@ -19,14 +19,15 @@ def parse_opts(text: str) -> dict[str, str]:
 
 
 def build_sea(opts: dict[str, str], *, T: int, causal: bool, heads: int = 16, head_dim: int = 64,
-              dtype: str = "bf16", device: str = "cuda", seed: int = 0):
-    """An SEA layer (B=1, H=heads, untrained estimator, `seed`) for the problem, max_len = T unless given; exits
-    with the method's reasons when it refuses the problem."""
+              dtype: str = "bf16", device: str = "cuda", seed: int = 0, backward: bool = False):
+    """An SEA layer (B=1, H=heads, untrained estimator, `seed`) for the problem (forward+backward when `backward`),
+    max_len = T unless given; exits with the method's reasons when it refuses the problem."""
     from methods.base import Problem, get
 
     M = get("sea")
     cfg = M.resolve_config({"max_len": str(T), **opts})
-    prob = Problem(1, heads, heads, T, head_dim, dtype=dtype, causal=causal, device=device)
+    prob = Problem(1, heads, heads, T, head_dim, dtype=dtype, causal=causal, device=device,
+                   backward=backward)
     reasons = M.supports(prob, cfg)
     if reasons:
         raise SystemExit("sea does not run this problem: " + "; ".join(reasons))

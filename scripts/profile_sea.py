@@ -8,6 +8,7 @@ wall time measured with CUDA events outside the profiler. Used to attribute the 
 
     python scripts/profile_sea.py --T 65536 --causal --opts performer_dtype=bf16
     python scripts/profile_sea.py --T 65536 --opts performer_dtype=bf16,compile=estimator --top 30
+    python scripts/profile_sea.py --T 32768 --causal --backward    # forward + backward, as the harness times it
 """
 from __future__ import annotations
 
@@ -53,24 +54,37 @@ def main(argv=None) -> int:
     ap.add_argument("--host", action="store_true",
                     help="also profile the host side of one forward (cProfile: Python functions by own time), for "
                          "host-bound calls such as query blocks")
+    ap.add_argument("--backward", action="store_true",
+                    help="profile forward + backward as the harness's fwd+bwd cells time it: the output's gradient "
+                         "to q, k, v (seeded Gaussian output gradient)")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("profile_sea.py needs a CUDA device", file=sys.stderr)
         return 2
     from scripts._sea_setup import build_sea, gaussian_qkv, parse_opts
 
-    mod = build_sea(parse_opts(a.opts), T=a.T, causal=a.causal, heads=a.heads, head_dim=a.head_dim, dtype=a.dtype)
-    q, k, v, _ = gaussian_qkv(a.T, heads=a.heads, head_dim=a.head_dim, dtype=a.dtype)
-    with torch.no_grad():
+    mod = build_sea(parse_opts(a.opts), T=a.T, causal=a.causal, heads=a.heads, head_dim=a.head_dim, dtype=a.dtype,
+                    backward=a.backward)
+    q, k, v, g = gaussian_qkv(a.T, heads=a.heads, head_dim=a.head_dim, dtype=a.dtype)
+    if a.backward:
+        q, k, v = (x.requires_grad_() for x in (q, k, v))
+        grad_out = torch.randn(q.shape, device=q.device, dtype=q.dtype, generator=g)
+
+        def step():
+            return torch.autograd.grad(mod(q, k, v, causal=a.causal), (q, k, v), grad_out)
+    else:
+        def step():
+            return mod(q, k, v, causal=a.causal)
+    with torch.set_grad_enabled(a.backward):
         for _ in range(a.warmup):
-            mod(q, k, v, causal=a.causal)
+            step()
         torch.cuda.synchronize()
         if a.host:
-            host_profile(lambda: mod(q, k, v, causal=a.causal), a.top)
+            host_profile(step, a.top)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(a.iters):
-            mod(q, k, v, causal=a.causal)
+            step()
         end.record()
         torch.cuda.synchronize()
         wall = start.elapsed_time(end) / a.iters
@@ -78,7 +92,7 @@ def main(argv=None) -> int:
 
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(a.iters):
-                mod(q, k, v, causal=a.causal)
+                step()
             torch.cuda.synchronize()
     rows = []
     for ev in prof.key_averages():
@@ -89,9 +103,10 @@ def main(argv=None) -> int:
             rows.append((t / 1e3 / a.iters, ev.count / a.iters, ev.key))
     rows.sort(reverse=True)
     total = sum(r[0] for r in rows)
-    print(f"T={a.T} causal={a.causal} opts={a.opts or '-'} impl={mod.impl}")
-    print(f"forward wall {wall:.3f} ms (CUDA events, {a.iters} forwards); kernels sum {total:.3f} ms per forward")
-    print(f"{'ms/fwd':>8} {'calls':>6} {'share':>6}  kernel")
+    what = "forward+backward" if a.backward else "forward"
+    print(f"T={a.T} causal={a.causal} {what} opts={a.opts or '-'} impl={mod.impl}")
+    print(f"{what} wall {wall:.3f} ms (CUDA events, {a.iters} calls); kernels sum {total:.3f} ms per call")
+    print(f"{'ms/call':>8} {'calls':>6} {'share':>6}  kernel")
     for t, n, key in rows[:a.top]:
         print(f"{t:8.3f} {n:6.1f} {t / total:6.1%}  {key[:110]}")
     rest = rows[a.top:]
