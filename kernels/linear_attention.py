@@ -30,7 +30,7 @@ comparison (scripts/bench_linear_attention.py); it is latency-bound at long T.
 
 Normaliser: computed *in the same pass* (fused), not via a ones column appended to v (which would waste a
 whole power-of-two block for E = 64 or 128). Its gradient is two cumulative sums done in PyTorch in
-backward (O(T M) memory).
+backward (O(T M) memory; chunked, kernels/scan.py: a plain cumsum along T took ~11 ms per call at T = 32k).
 
 Backward is three more passes of the same kernels:
     dfq = causal(q=dout, k=v,    v=fk)      (+ dden * cumsum(fk))
@@ -43,7 +43,10 @@ Dtypes: fq/fk/v may be fp32, fp16 or bf16; accumulation is fp32 and *outputs (ou
 Matmul operands, parallel form: when all three inputs of a pass are fp16 (or all bf16) the tl.dot
 operands are that dtype (tensor cores; the fp32 states and intra-chunk scores are rounded to it before
 their matmuls); otherwise fp32 operands, IEEE by default, TF32 with tf32=True. Sequential form: every tile
-upcast to fp32 (IEEE / TF32 likewise). Backward passes take the fp32 dout, so they run in fp32 (tf32 flag).
+upcast to fp32 (IEEE / TF32 likewise). Backward (Triton): when the forward's three inputs share a half dtype,
+the output gradient is rounded to it, so the three backward passes multiply half operands too (fp32
+accumulation; with the fp32 gradient they ran fp32 IEEE dots: 22 ms of SEA's 32k forward+backward on an H200,
+results/nvidia-h200/sea-train/); otherwise they run in fp32 (tf32 flag). The normaliser's gradient stays fp32.
 Gradients come back in each input's dtype. fp64 runs on the PyTorch backend only (in fp64).
 
 Grouped heads: fk and v may have fewer heads than fq (H % Hkv == 0); the kernels index the shared head
@@ -61,6 +64,8 @@ import functools
 import os
 
 import torch
+
+from kernels.scan import chunked_cumsum, chunked_rev_cumsum
 
 __all__ = ["causal_linear_attention", "causal_linear_attention_ref", "pick_backend"]
 
@@ -541,10 +546,6 @@ def _group_sum(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(B, heads, H // heads, *x.shape[2:]).sum(2)
 
 
-def _rev_cumsum(x: torch.Tensor, dim: int) -> torch.Tensor:
-    return x.flip(dim).cumsum(dim).flip(dim)
-
-
 class _CausalLinearAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fq, fk, v, backend, kw):
@@ -564,6 +565,9 @@ class _CausalLinearAttention(torch.autograd.Function):
         dfq = dfk = dv = None
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
         if dout is not None:
+            half = {fq.dtype, fk.dtype, v.dtype}
+            if backend == "triton" and len(half) == 1 and half <= {torch.float16, torch.bfloat16}:
+                dout = dout.to(fq.dtype)                 # half forward dots -> half backward dots (see the top)
             dout = dout.contiguous()
             if need_q:
                 dfq = _pass(backend, dout, v, fk, reverse=False, **kw)[0]            # [B, H, T, M]
@@ -574,10 +578,10 @@ class _CausalLinearAttention(torch.autograd.Function):
         if dden is not None:
             dden = dden.to(work)[..., None]                                           # [B, H, T, 1]
             if need_q:
-                ck = fk.to(work).cumsum(2).repeat_interleave(H // Hkv, dim=1)         # [B, H, T, M]
+                ck = chunked_cumsum(fk.to(work)).repeat_interleave(H // Hkv, dim=1)   # [B, H, T, M]
                 dfq = dden * ck if dfq is None else dfq + dden * ck
             if need_k:
-                rq = _rev_cumsum(dden * fq.to(work), 2)                               # [B, H, T, M]
+                rq = chunked_rev_cumsum(dden * fq.to(work))                           # [B, H, T, M]
                 dfk = rq if dfk is None else dfk + rq
         if dfk is not None:
             dfk = _group_sum(dfk, Hkv)                                                # [B, Hkv, T, M]

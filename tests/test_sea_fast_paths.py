@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kernels.scan import chunked_rev_cumsum
 from methods.sea.layer import causal_mean, chunked_cumsum
 
 B, H, T, D = 2, 4, 37, 16
@@ -26,6 +27,8 @@ def test_chunked_cumsum_equals_cumsum_float64(T_, chunk):
     got = chunked_cumsum(x, chunk)
     assert got.shape == (B, H, T_, D)
     torch.testing.assert_close(got, x.cumsum(2), rtol=1e-12, atol=1e-12)
+    rev = chunked_rev_cumsum(x, chunk)                                   # suffix sums (linear attention's grad)
+    torch.testing.assert_close(rev, x.flip(2).cumsum(2).flip(2), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("padded", [False, True])

@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from kernels.scan import chunked_cumsum
 from methods.base import AttentionModule, check_inputs, repeat_kv
 from methods.sea.estimator import Estimator
 from methods.sea.interp import (active_tiles, cell_bounds, csr_counts, csr_to_dense, expand_columns, mask_to_csr,
@@ -57,30 +58,6 @@ def pool_columns(probs: torch.Tensor, *, K: int, causal: bool, valid: torch.Tens
     cell = torch.searchsorted(hi.contiguous(), rank.contiguous(), right=True).clamp(max=K - 1)   # [B, R, T]
     out = probs.new_zeros(B, H, R, K)
     return out.scatter_add_(-1, cell[:, None].expand(B, H, R, T), probs)
-
-
-def chunked_cumsum(x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """Inclusive cumulative sum of x [N..., T, D] along T (dim -2), in x's dtype.
-
-    Why not x.cumsum(-2): on CUDA a scan along a non-innermost dim runs one thread per (row, column) walking
-    all T steps in sequence (B H D = 1024 threads for 65536 dependent steps at B=1, H=16, D=64: ~25 ms at
-    T=64k). Here T is split into chunks of `chunk` rows: the scan inside each chunk has only `chunk` steps
-    and B H (T / chunk) D independent threads, the chunk totals are scanned the same way (recursively, so
-    every level is short), and each chunk adds the exclusive prefix of the totals before it. Plain adds in
-    x's dtype (no matmul, so no TF32 rounding); only the summation order differs from a sequential scan."""
-    T = x.shape[-2]
-    if T <= chunk:
-        return x.cumsum(-2)
-    lead, D = x.shape[:-2], x.shape[-1]
-    nc = -(-T // chunk)
-    pad = nc * chunk - T
-    xp = torch.nn.functional.pad(x, (0, 0, 0, pad)) if pad else x       # [..., nc*c, D]
-    local = xp.reshape(*lead, nc, chunk, D).cumsum(-2)                  # [..., nc, c, D] scan inside chunks
-    tot = local[..., -1, :]                                              # [..., nc, D] chunk totals
-    pre = chunked_cumsum(tot, chunk)                                     # [..., nc, D] inclusive over chunks
-    excl = torch.cat([torch.zeros_like(pre[..., :1, :]), pre[..., :-1, :]], dim=-2)   # [..., nc, D] before chunk
-    local += excl[..., None, :]                                          # [..., nc, c, D]
-    return local.reshape(*lead, nc * chunk, D)[..., :T, :]             # [..., T, D]
 
 
 def causal_mean(v: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
