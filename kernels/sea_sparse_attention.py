@@ -270,6 +270,17 @@ def _triton_forward(q, k, v, row_ptr, col, scale, out=None, lse=None):
     return o, lse
 
 
+def grad_buffers(q, k, o, do, *, poison: bool):
+    """What a CSR sparse-attention backward kernel takes besides its inputs: (do contiguous, delta = rowsum(o do)
+    fp32 [B, H, T] from the stored output o, dq fp32 (fresh, NaN when poison), dk / dv fp32 zeros of k's shape for
+    atomic adds)."""
+    do = do.contiguous()
+    delta = (o.float() * do.float()).sum(-1).contiguous()               # [B, H, T]
+    dq = fresh(q.shape, torch.float32, q.device, poison=poison)
+    dk = torch.zeros(k.shape, dtype=torch.float32, device=q.device)
+    return do, delta, dq, dk, torch.zeros_like(dk)
+
+
 class _SparseAttnFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, row_ptr, col, scale):
@@ -284,11 +295,7 @@ class _SparseAttnFn(torch.autograd.Function):
         q, k, v, o, lse, row_ptr, col = ctx.saved_tensors
         B, H, T, D = q.shape
         Hkv = k.shape[1]
-        do = do.contiguous()
-        delta = (o.float() * do.float()).sum(-1).contiguous()           # [B, H, T]
-        dq = _fresh(q.shape, torch.float32, q.device)
-        dk = torch.zeros(k.shape, dtype=torch.float32, device=q.device)
-        dv = torch.zeros(v.shape, dtype=torch.float32, device=q.device)
+        do, delta, dq, dk, dv = grad_buffers(q, k, o, do, poison=POISON_OUTPUTS)
         _bwd_kernel[(T, B * H)](
             q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, ctx.scale,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),

@@ -128,14 +128,11 @@ if triton is not None:
         return tl.dot(p3, vt, acc)
 
     @triton.jit
-    def _rows_fwd_kernel(Q, K, V, ROWPTR, COL, O, LSE, SPROB, SMIX, CAVG, scale,
-                         sqb, sqh, sqt, skb, skh, skt, sob, soh, sot,
-                         spb, sph, spt, smb, smh, smt, scb, sch, sct, scd,
-                         H, T, D, GROUP, NTB, HG,
-                         ROWS: tl.constexpr, NE: tl.constexpr, BLOCK_D: tl.constexpr, WANT_LSE: tl.constexpr,
-                         FP32: tl.constexpr, EMU: tl.constexpr, MIX: tl.constexpr):
-        # Program order: groups of HG (b, h) one after the other; inside a group time-block major (block 0 of
-        # every (b, h) of the group, then block 1, ...).
+    def _rows_program(ROWPTR, H, T, D, GROUP, NTB, HG, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+        """This program's block of query rows (shared by the forward and backward kernels): (b, h, kv head, t [ROWS]
+        int64 time steps, rmask, row [ROWS] CSR rows (b, h, t), beg / end [ROWS] their entries (rows past T: [0, 0)),
+        e_lo / e_hi the block's entries (consecutive in col), offs_d, dmask). Program order: groups of HG (b, h) one
+        after the other; inside a group time-block major (block 0 of every (b, h) of the group, then block 1, ...)."""
         pid = tl.program_id(0).to(tl.int64)
         grp = pid // (HG * NTB)
         rem = pid % (HG * NTB)
@@ -143,18 +140,26 @@ if triton is not None:
         bh = grp * HG + rem % HG
         b = bh // H
         h = bh % H
-        hk = h // GROUP
         t0 = tb * ROWS
-        t = t0 + tl.arange(0, ROWS)                                      # [ROWS] int64 time steps
+        t = t0 + tl.arange(0, ROWS)
         rmask = t < T
-        row = bh * T + t                                                 # [ROWS] CSR rows (b, h, t)
-        beg = tl.load(ROWPTR + row, mask=rmask, other=0)                 # [ROWS] int64 (rows past T: [0, 0))
+        row = bh * T + t
+        beg = tl.load(ROWPTR + row, mask=rmask, other=0)
         end = tl.load(ROWPTR + row + 1, mask=rmask, other=0)
-        # the block's entries are consecutive in col: [row_ptr[first row], row_ptr[last row + 1])
         e_lo = tl.load(ROWPTR + bh * T + t0)
         e_hi = tl.load(ROWPTR + bh * T + tl.minimum(t0 + ROWS, T))
         offs_d = tl.arange(0, BLOCK_D)
-        dmask = offs_d < D
+        return b, h, h // GROUP, t, rmask, row, beg, end, e_lo, e_hi, offs_d, offs_d < D
+
+    @triton.jit
+    def _rows_fwd_kernel(Q, K, V, ROWPTR, COL, O, LSE, SPROB, SMIX, CAVG, scale,
+                         sqb, sqh, sqt, skb, skh, skt, sob, soh, sot,
+                         spb, sph, spt, smb, smh, smt, scb, sch, sct, scd,
+                         H, T, D, GROUP, NTB, HG,
+                         ROWS: tl.constexpr, NE: tl.constexpr, BLOCK_D: tl.constexpr, WANT_LSE: tl.constexpr,
+                         FP32: tl.constexpr, EMU: tl.constexpr, MIX: tl.constexpr):
+        b, h, hk, t, rmask, row, beg, end, e_lo, e_hi, offs_d, dmask = _rows_program(
+            ROWPTR, H, T, D, GROUP, NTB, HG, ROWS, BLOCK_D)
         qmask = rmask[:, None] & dmask[None, :]                          # [ROWS, BLOCK_D]
         q = tl.load(Q + b * sqb + h * sqh + t[:, None] * sqt + offs_d[None, :], mask=qmask, other=0.0)
         kbase = K + b * skb + hk * skh

@@ -1,6 +1,6 @@
 """sea.backend=triton_rows: the row-block sparse forward (kernels/sea_sparse_rows.py) inside the SEA layer, whole and in
-query blocks, against the row kernel (backend=triton) of the same layer; the row kernel when a gradient is needed,
-said in impl. Runs under TRITON_INTERPRET=1 on CPU (tests/conftest.py)."""
+query blocks, against the row kernel (backend=triton) of the same layer; with gradients (its backward,
+kernels/sea_sparse_rows_bwd.py) in both directions. Runs under TRITON_INTERPRET=1 on CPU (tests/conftest.py)."""
 from __future__ import annotations
 
 import pytest
@@ -43,10 +43,29 @@ def test_layer_rows_kernel_matches_row_kernel(query_chunk):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_gradients_take_the_row_kernel_and_say_so():
-    M, cfg, prob = build(backend="triton_rows")
-    mod = M.build(cfg, prob, seed=3)
-    q, k, v = (x.requires_grad_() for x in qkv(2))
-    mod(q, k, v, causal=True).sum().backward()
-    assert "sparse=triton (rows kernel is forward-only)" in mod.impl
-    assert q.grad is not None and torch.isfinite(q.grad).all()
+@pytest.mark.parametrize("causal", [True, False])
+def test_layer_gradients_on_rows_kernel_match_row_kernel(causal):
+    """With gradients the rows kernel runs with its backward (kernels/sea_sparse_rows_bwd.py): the layer's output
+    and the gradients of q, k, v and the estimator's parameters equal the row kernel's up to float summation order."""
+    M, cfg, prob = sea_case(B, H, Hkv, T, D, causal=causal, backend="triton_rows", max_len=128)
+    got_mod = M.build(cfg, prob, seed=3)
+    M2, cfg2, _ = sea_case(B, H, Hkv, T, D, causal=causal, backend="triton", max_len=128)
+    want_mod = M2.build(cfg2, prob, seed=3)
+    want_mod.load_state_dict(got_mod.state_dict())
+    g = torch.Generator().manual_seed(9)
+    dout = torch.randn(B, H, T, D, generator=g)
+    grads = []
+    for mod in (got_mod, want_mod):
+        x = [t.requires_grad_() for t in qkv(2)]
+        params = [p for p in mod.parameters() if p.requires_grad]
+        out = mod(x[0], x[1], x[2], causal=causal)
+        grads.append((out.detach(), torch.autograd.grad(out, x + params, dout, allow_unused=True)))
+    assert "sparse=triton_rows" in got_mod.impl and "sparse=triton]" in want_mod.impl
+    (out, got), (want_out, want) = grads
+    torch.testing.assert_close(out, want_out, rtol=1e-5, atol=1e-6)
+    assert sum(a is not None for a in got) >= 4                          # q, k, v and some estimator parameters
+    for a, b in zip(got, want):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.isfinite(a).all()
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

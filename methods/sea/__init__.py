@@ -48,9 +48,9 @@ class _SEABase(Method):
                "row kernel for other calls on CUDA or TRITON_INTERPRET, else torch), triton (one program per query "
                "row, CSR lists), triton_tiled (forward-only, blocks of query rows with tl.dot over active key "
                "tiles; the row kernel runs when grads or a padding mask are needed, and impl says so), triton_rows "
-               "(forward-only: 16 query rows per program walking their consecutive CSR entries with tl.dot, "
-               "kernels/sea_sparse_rows.py; the row kernel runs when grads are needed, and impl says so; on an H200 "
-               "2.0x the row kernel at 64k causal, results/nvidia-h200/sea-rows-mix/), torch",
+               "(16 query rows per program walking their consecutive CSR entries with tl.dot, "
+               "kernels/sea_sparse_rows.py, and a backward of the same layout, kernels/sea_sparse_rows_bwd.py; on "
+               "an H200 2.0x the row kernel's forward at 64k causal, results/nvidia-h200/sea-rows-mix/), torch",
                choices=("auto", "triton", "triton_tiled", "triton_rows", "torch")),
         Option("estimator_dtype", "fp32", "dtype of the estimator's CNN decoder: fp32 (the paper's), bf16 or "
                "fp16 (autocast; the Performer and the encoder stay fp32; causal calls then run the PyTorch "

@@ -23,6 +23,9 @@ from methods.sea.topk import select_topk, selection_caps, topk_path
 # -> 15.25 ms eager, 14.38 -> 13.77 ms replayed, 256k 57.86 -> 55.42 ms; MiniLM fidelity unchanged (largest per-layer
 # change 5.7e-6 relative): results/nvidia-h200/sea-round19/call5/.
 AUTO_ROWS_MIX = True
+# backend=auto takes the rows kernel for CUDA calls that need gradients too (its backward:
+# kernels/sea_sparse_rows_bwd.py) when True; the row kernel's autograd otherwise. Not measured yet.
+AUTO_ROWS_GRAD = False
 
 
 def all_finite(t: torch.Tensor) -> torch.Tensor:
@@ -252,18 +255,19 @@ class SEAAttention(AttentionModule):
 
     def sparse_plan(self, q, k, v, valid) -> tuple[str, str]:
         """(layout, kernel) for this call: layout 'csr' or 'tiles'; kernel 'triton', 'triton_rows', 'torch' or
-        'triton_tiled'. auto: the rows kernel for CUDA calls without a gradient, the row kernel for other calls
-        where Triton runs, torch otherwise. The tiled and rows kernels are forward-only (the tiled one also needs
-        no padding mask); otherwise the row kernel runs and the impl string says why."""
+        'triton_tiled'. auto: the rows kernel for CUDA calls without a gradient (and with one when AUTO_ROWS_GRAD),
+        the row kernel for other calls where Triton runs, torch otherwise. The rows kernel has a backward
+        (kernels/sea_sparse_rows_bwd.py); the tiled kernel is forward-only and needs no padding mask, otherwise
+        the row kernel runs and the impl string says why."""
         from kernels.sea_sparse_attention import triton_usable
 
         backend = self.backend
         needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
         if backend == "auto":                      # rows kernel: 2.0x the row kernel at 64k on an H200 (round 9)
-            backend = "triton_rows" if q.is_cuda and not needs_grad else (
+            backend = "triton_rows" if q.is_cuda and (AUTO_ROWS_GRAD or not needs_grad) else (
                 "triton" if triton_usable(q.device) else "torch")
         if backend == "triton_rows":
-            return "csr", "triton (rows kernel is forward-only)" if needs_grad else "triton_rows"
+            return "csr", "triton_rows"
         if backend != "triton_tiled":
             return "csr", backend
         if needs_grad:
@@ -308,7 +312,11 @@ class SEAAttention(AttentionModule):
                                              k_sel=self.k, causal=causal, block_m=sel["block_m"],
                                              block_n=sel["block_n"])
             return out, "triton_tiled"
-        if kernel == "triton_rows":                                      # 16 query rows per program, forward-only
+        if kernel == "triton_rows":                                      # 16 query rows per program
+            if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+                from kernels.sea_sparse_rows_bwd import sparse_rows_attention
+
+                return sparse_rows_attention(q, k, v, sel["row_ptr"], sel["col"], scale), "triton_rows"
             from kernels.sea_sparse_rows import sparse_rows_forward
 
             return sparse_rows_forward(q, k, v, sel["row_ptr"], sel["col"], scale), "triton_rows"

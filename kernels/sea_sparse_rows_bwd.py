@@ -1,0 +1,152 @@
+"""SEA's sparse attention over CSR key lists with a backward: the rows kernel's forward (kernels/sea_sparse_rows.py,
+with its log-sum-exp) and a backward kernel of the same layout, one Triton program per block of query rows.
+
+What: `sparse_rows_attention(q, k, v, row_ptr, col, scale)` is differentiable in q, k, v and computes what
+kernels/sea_sparse_attention.py's row kernel computes (same mask format, semantics and checks): per query row r the
+softmax over its listed keys, out in q's dtype. Gradients, for p = exp(q k^T scale - lse) on the listed entries:
+    delta_r = sum_d out_r,d dout_r,d;  ds = p (dout v^T - delta);  dq = scale ds k;  dk = scale ds^T q;  dv = p^T dout
+dq in q's dtype, dk / dv in k's / v's dtype (summed over the query heads of a kv head, GQA), through fp32 buffers.
+
+Why: SEA's forward+backward at 32k causal spent 5.5 ms of ~24 in the row kernel's backward (`_bwd_kernel`: one
+program per query row, fp32 FMA loops over its keys, dk / dv by atomic adds), 1.8 ms in its forward, on an H200
+(results/nvidia-h200/sea-train/); the rows kernel's forward runs the same lists about 2x faster than the row kernel
+(one program per 16 rows walking their entries 64 at a time: per-row latency chains shared, tensor-core tiles).
+
+Layout of the backward (mirrors `_rows_fwd_kernel`): one program per ROWS_PER_PROGRAM = 16 consecutive t of one
+(b, h), the same program order (head groups kept in L2, time-block major inside), walking the block's CSR entries
+ENTRIES_PER_STEP = 64 at a time. Per step: gather the 64 key and value rows once, S = q k^T scale [16, 64] (tensor
+cores; 16-bit products are exact in fp32), P = exp(S - lse) on member entries (0 elsewhere: each entry belongs to
+one row of the block), dP = dout v^T [16, 64] (exact likewise), dS = P (dP - delta); dq += dS k [16, D]; the
+per-entry dk = dS^T q [64, D] and dv = P^T dout [64, D] (each a sum over the block's 16 rows of which only the
+entry's own row is non-zero, so exact) go to the key rows by fp32 atomic adds. Products of an fp32 factor (P, dS)
+with 16-bit operands use `_split3_dot` (three 16-bit pieces: fp32 accuracy on tensor cores), so gradients are fp32
+arithmetic up to summation order, like the row kernel's; fp32 inputs use IEEE dots; under Triton's interpreter
+(EMU) the same pieces run as fp32 dots. Atomic adds: one per (entry, d) for dk and for dv, as in the row kernel
+(nnz x D each); what this layout saves is the per-row latency and the scalar FMA loops.
+
+Prediction (H200, 32k causal, bf16, SEA's causal_per_batch lists; not yet measured when written): backward 5.5 ->
+2.5-3.5 ms, forward (the rows kernel with lse) 1.8 -> ~1.0 ms.
+
+Limits: no padding mask (the lists hold only the keys each row may see); q, k, v in one dtype among bf16 / fp16 /
+fp32, made contiguous; the output gradient is made contiguous.
+"""
+from __future__ import annotations
+
+import torch
+
+from kernels import sea_sparse_rows as rows_mod
+from kernels._buffers import pow2_block
+from kernels.sea_sparse_attention import grad_buffers
+from kernels.sea_sparse_rows import head_group, sparse_rows_forward
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - triton missing: nothing here can run
+    triton = None
+    tl = None
+
+# Tests set this to True: the fresh dq buffer is then filled with NaN so a skipped write fails.
+POISON_OUTPUTS = False
+
+
+if triton is not None:
+    _split3_dot = rows_mod._split3_dot
+    _rows_program = rows_mod._rows_program
+
+    @triton.jit
+    def _rows_bwd_kernel(Q, K, V, DO, ROWPTR, COL, LSE, DELTA, DQ, DK, DV, scale,
+                         sqb, sqh, sqt, skb, skh, skt,
+                         H, T, D, GROUP, NTB, HG,
+                         ROWS: tl.constexpr, NE: tl.constexpr, BLOCK_D: tl.constexpr, FP32: tl.constexpr,
+                         EMU: tl.constexpr):
+        # q, dout, dq share q's (contiguous) layout; k, v, dk, dv share k's. Program order as _rows_fwd_kernel.
+        b, h, hk, t, rmask, row, beg, end, e_lo, e_hi, offs_d, dmask = _rows_program(
+            ROWPTR, H, T, D, GROUP, NTB, HG, ROWS, BLOCK_D)
+        qmask = rmask[:, None] & dmask[None, :]                          # [ROWS, BLOCK_D]
+        qoff = b * sqb + h * sqh + t[:, None] * sqt + offs_d[None, :]
+        q = tl.load(Q + qoff, mask=qmask, other=0.0)                     # [ROWS, BLOCK_D] input dtype
+        do = tl.load(DO + qoff, mask=qmask, other=0.0)
+        lse = tl.load(LSE + row, mask=rmask, other=float("inf"))         # [ROWS] fp32 (+inf: empty row)
+        delta = tl.load(DELTA + row, mask=rmask, other=0.0)              # [ROWS] fp32
+        kvoff = b * skb + hk * skh
+        offs_e = tl.arange(0, NE)
+        dq = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+        for e0 in range(e_lo, e_hi, NE):
+            e = e0 + offs_e                                              # [NE] int64 entries
+            emask = e < e_hi
+            kid = tl.load(COL + e, mask=emask, other=0).to(tl.int64)     # [NE] key positions
+            kvm = emask[:, None] & dmask[None, :]                        # [NE, BLOCK_D]
+            ptr = kvoff + kid[:, None] * skt + offs_d[None, :]
+            kt = tl.load(K + ptr, mask=kvm, other=0.0)                   # [NE, BLOCK_D] gathered key rows
+            vt = tl.load(V + ptr, mask=kvm, other=0.0)                   # [NE, BLOCK_D] gathered value rows
+            member = (e[None, :] >= beg[:, None]) & (e[None, :] < end[:, None])   # [ROWS, NE]
+            if FP32:
+                s = tl.dot(q, tl.trans(kt), input_precision="ieee")
+                dp = tl.dot(do, tl.trans(vt), input_precision="ieee")
+            elif EMU:
+                s = tl.dot(q.to(tl.float32), tl.trans(kt.to(tl.float32)), input_precision="ieee")
+                dp = tl.dot(do.to(tl.float32), tl.trans(vt.to(tl.float32)), input_precision="ieee")
+            else:
+                s = tl.dot(q, tl.trans(kt))                               # exact 16-bit products, fp32 sums
+                dp = tl.dot(do, tl.trans(vt))
+            p = tl.where(member, tl.exp(s * scale - lse[:, None]), 0.0)  # [ROWS, NE]
+            ds = p * (dp - delta[:, None])                               # [ROWS, NE]
+            zero = tl.zeros([NE, BLOCK_D], dtype=tl.float32)
+            if FP32:
+                dq = tl.dot(ds, kt, dq, input_precision="ieee")
+                dk = tl.dot(tl.trans(ds), q, zero, input_precision="ieee")
+                dv = tl.dot(tl.trans(p), do, zero, input_precision="ieee")
+            else:
+                dq = _split3_dot(ds, kt, dq, EMU)                        # [ROWS, BLOCK_D]
+                dk = _split3_dot(tl.trans(ds), q, zero, EMU)             # [NE, BLOCK_D]
+                dv = _split3_dot(tl.trans(p), do, zero, EMU)
+            tl.atomic_add(DK + ptr, dk * scale, mask=kvm)
+            tl.atomic_add(DV + ptr, dv, mask=kvm)
+        tl.store(DQ + qoff, dq * scale, mask=qmask)
+
+
+class _RowsAttnFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, row_ptr, col, scale):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        o, lse = sparse_rows_forward(q, k, v, row_ptr, col, scale, want_lse=True)
+        ctx.save_for_backward(q, k, v, o, lse, row_ptr, col)
+        ctx.scale = scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse, row_ptr, col = ctx.saved_tensors
+        return rows_backward(q, k, v, o, lse, row_ptr, col, ctx.scale, do) + (None, None, None)
+
+
+def rows_backward(q, k, v, o, lse, row_ptr, col, scale: float, do):
+    """(dq, dk, dv) of sparse_rows_attention for the output gradient `do`, given its forward's out `o` and lse."""
+    B, H, T, D = q.shape
+    Hkv = k.shape[1]
+    do, delta, dq, dk, dv = grad_buffers(q, k, o, do, poison=POISON_OUTPUTS)
+    rows, ne = rows_mod.ROWS_PER_PROGRAM, rows_mod.ENTRIES_PER_STEP
+    if T and B * H:
+        ntb = triton.cdiv(T, rows)
+        hg = head_group(B * H, k.shape[2], D, k.element_size())
+        _rows_bwd_kernel[(B * H * ntb,)](
+            q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, float(scale),
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            H, T, D, H // Hkv, ntb, hg,
+            ROWS=rows, NE=ne, BLOCK_D=pow2_block(D), FP32=q.dtype == torch.float32, EMU=q.device.type != "cuda",
+            num_warps=rows_mod.NUM_WARPS)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def sparse_rows_attention(q, k, v, row_ptr, col, scale: float):
+    """Differentiable SEA sparse attention (q [B, H, T, D], k, v [B, Hkv, T, D], CSR lists over rows (b, h, t)):
+    the rows kernel's forward and this module's backward. Same result as kernels.sea_sparse_attention's row
+    kernel up to float summation order."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    if k.shape[2] != q.shape[2]:
+        raise ValueError("sparse_rows_attention expects as many keys as queries (self-attention); got "
+                         f"q {tuple(q.shape)}, k {tuple(k.shape)}")
+    return _RowsAttnFn.apply(q, k, v, row_ptr.to(torch.int64).contiguous(), col.to(torch.int32).contiguous(),
+                             float(scale))
