@@ -48,6 +48,9 @@ except ImportError:  # pragma: no cover - triton missing: nothing here can run
 
 # Tests set this to True: the fresh dq buffer is then filled with NaN so a skipped write fails.
 POISON_OUTPUTS = False
+# Which kernel runs the backward: "rows" (this module's, one program per block of rows) or "row" (the row kernel's
+# `_bwd_kernel` of kernels/sea_sparse_attention.py, one program per row, on the same lists and lse).
+BACKWARD = "rows"
 
 
 if triton is not None:
@@ -92,17 +95,20 @@ if triton is not None:
                 dp = tl.dot(do, tl.trans(vt))
             p = tl.where(member, tl.exp(s * scale - lse[:, None]), 0.0)  # [ROWS, NE]
             ds = p * (dp - delta[:, None])                               # [ROWS, NE]
-            zero = tl.zeros([NE, BLOCK_D], dtype=tl.float32)
             if FP32:
                 dq = tl.dot(ds, kt, dq, input_precision="ieee")
-                dk = tl.dot(tl.trans(ds), q, zero, input_precision="ieee")
-                dv = tl.dot(tl.trans(p), do, zero, input_precision="ieee")
             else:
                 dq = _split3_dot(ds, kt, dq, EMU)                        # [ROWS, BLOCK_D]
-                dk = _split3_dot(tl.trans(ds), q, zero, EMU)             # [NE, BLOCK_D]
-                dv = _split3_dot(tl.trans(p), do, zero, EMU)
-            tl.atomic_add(DK + ptr, dk * scale, mask=kvm)
-            tl.atomic_add(DV + ptr, dv, mask=kvm)
+            # dk, dv per entry: each entry belongs to one row r(e), so dk[e] = ds[r(e), e] q[r(e)] and
+            # dv[e] = p[r(e), e] dout[r(e)]: the column sums of ds and p, and the q / dout rows of each entry's row
+            # gathered again (L1 / L2 hits), in the gathers' layout like the row kernel (no [NE, D] products on
+            # tensor cores, no layout change before the atomics)
+            er = tl.sum(tl.where(member, tl.arange(0, ROWS)[:, None], 0), axis=0)    # [NE] row of each entry
+            eoff = b * sqb + h * sqh + (tl.min(t, axis=0) + er)[:, None] * sqt + offs_d[None, :]
+            qe = tl.load(Q + eoff, mask=kvm, other=0.0).to(tl.float32)   # [NE, BLOCK_D]
+            doe = tl.load(DO + eoff, mask=kvm, other=0.0).to(tl.float32)
+            tl.atomic_add(DK + ptr, tl.sum(ds, axis=0)[:, None] * qe * scale, mask=kvm)
+            tl.atomic_add(DV + ptr, tl.sum(p, axis=0)[:, None] * doe, mask=kvm)
         tl.store(DQ + qoff, dq * scale, mask=qmask)
 
 
@@ -127,7 +133,17 @@ def rows_backward(q, k, v, o, lse, row_ptr, col, scale: float, do):
     Hkv = k.shape[1]
     do, delta, dq, dk, dv = grad_buffers(q, k, o, do, poison=POISON_OUTPUTS)
     rows, ne = rows_mod.ROWS_PER_PROGRAM, rows_mod.ENTRIES_PER_STEP
-    if T and B * H:
+    if BACKWARD not in ("rows", "row"):
+        raise ValueError(f"BACKWARD={BACKWARD!r}: expected rows or row")
+    if T and B * H and BACKWARD == "row":
+        from kernels.sea_sparse_attention import BLOCK_N, _bwd_kernel
+
+        _bwd_kernel[(T, B * H)](
+            q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, float(scale),
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            H, T, D, H // Hkv,
+            BLOCK_N=BLOCK_N, BLOCK_D=pow2_block(D))
+    elif T and B * H:
         ntb = triton.cdiv(T, rows)
         hg = head_group(B * H, k.shape[2], D, k.element_size())
         _rows_bwd_kernel[(B * H * ntb,)](

@@ -40,3 +40,25 @@ def gaussian_qkv(T: int, *, heads: int = 16, head_dim: int = 64, dtype: str = "b
     g = torch.Generator(device=device).manual_seed(seed)
     q, k, v = (torch.randn(1, heads, T, head_dim, device=device, dtype=DTYPES[dtype], generator=g) for _ in range(3))
     return q, k, v, g
+
+
+def set_constants(items: list[str]) -> None:
+    """Set module constants given as 'package.module.NAME=VALUE' (VALUE a Python literal, else the plain string);
+    an unknown module or name is an error in words."""
+    import ast
+    import importlib
+
+    for item in items:
+        target, sep, text = item.partition("=")
+        mod_name, _, name = target.rpartition(".")
+        if not sep or not mod_name:
+            raise SystemExit(f"--set {item!r}: expected package.module.NAME=VALUE")
+        mod = importlib.import_module(mod_name)
+        if not hasattr(mod, name):
+            raise SystemExit(f"--set {item!r}: {mod_name} has no {name}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        setattr(mod, name, value)
+        print(f"set {mod_name}.{name} = {value!r}")

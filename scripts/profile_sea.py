@@ -57,11 +57,16 @@ def main(argv=None) -> int:
     ap.add_argument("--backward", action="store_true",
                     help="profile forward + backward as the harness's fwd+bwd cells time it: the output's gradient "
                          "to q, k, v (seeded Gaussian output gradient)")
+    ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                    help="set a module constant before building (e.g. kernels.sea_sparse_rows_bwd.BACKWARD=row, "
+                         "methods.sea.layer.AUTO_ROWS_GRAD=True); the value is a Python literal or a plain string")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("profile_sea.py needs a CUDA device", file=sys.stderr)
         return 2
-    from scripts._sea_setup import build_sea, gaussian_qkv, parse_opts
+    from scripts._sea_setup import build_sea, gaussian_qkv, parse_opts, set_constants
+
+    set_constants(a.set)
 
     mod = build_sea(parse_opts(a.opts), T=a.T, causal=a.causal, heads=a.heads, head_dim=a.head_dim, dtype=a.dtype,
                     backward=a.backward)

@@ -69,8 +69,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype,T,hkv,D,causal,ne,hg,filler", CASES)
-def test_grads_match_float64_and_row_kernel(monkeypatch, dtype, T, hkv, D, causal, ne, hg, filler):
+# every case on this module's backward; the bf16 ones also on the row kernel's backward (BACKWARD = "row")
+@pytest.mark.parametrize("dtype,T,hkv,D,causal,ne,hg,filler,backward",
+                         [c + ("rows",) for c in CASES] + [c + ("row",) for c in CASES if c[0] == torch.bfloat16])
+def test_grads_match_float64_and_row_kernel(monkeypatch, dtype, T, hkv, D, causal, ne, hg, filler, backward):
+    monkeypatch.setattr(srb, "BACKWARD", backward)
     monkeypatch.setattr(sr, "ENTRIES_PER_STEP", ne)
     monkeypatch.setattr(sr, "HEAD_GROUP", hg)
     q, k, v = make(dtype, T, T, hkv, D, seed=T + D)
@@ -166,5 +169,13 @@ def test_gpu_matches_row_kernel_and_times(dtype):
 
     t_rows = ms(lambda: torch.autograd.grad(out, x, dout, retain_graph=True))
     t_row = ms(lambda: torch.autograd.grad(ref, y, dout, retain_graph=True))
-    print(f"\nbackward {dtype}, T={T}, nnz {int(rp[-1]) / 1e6:.1f}M: rows kernel {t_rows:.3f} ms, row kernel "
-          f"{t_row:.3f} ms")
+    srb.BACKWARD = "row"
+    try:
+        t_mixed = ms(lambda: torch.autograd.grad(out, x, dout, retain_graph=True))
+    finally:
+        srb.BACKWARD = "rows"
+    t_fwd_rows = ms(lambda: srb.sparse_rows_attention(*x, rp, col, 0.125))
+    t_fwd_row = ms(lambda: ssa.sparse_attention_triton(*y, rp, col, 0.125))
+    print(f"\n{dtype}, T={T}, nnz {int(rp[-1]) / 1e6:.1f}M: backward rows kernel {t_rows:.3f} ms, row kernel "
+          f"{t_row:.3f} ms (on the rows forward's lse {t_mixed:.3f} ms); forward with lse: rows {t_fwd_rows:.3f} ms, "
+          f"row {t_fwd_row:.3f} ms")
