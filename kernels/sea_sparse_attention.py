@@ -99,10 +99,21 @@ if triton is not None:
     @triton.jit
     def _bwd_kernel(Q, K, V, DO, ROWPTR, COL, LSE, DELTA, DQ, DK, DV, scale,
                     sqb, sqh, sqt, skb, skh, skt,
-                    H, T, D, GROUP,
-                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                    H, T, D, GROUP, BH,
+                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEADS_FAST: tl.constexpr):
         # q, do, dq share the layout of q (contiguous [B, H, T, D]); k, v, dk, dv that of k.
-        t, bh, b, h, hk, offs_d, dmask = _row_program(H, GROUP, D, BLOCK_D)
+        # HEADS_FAST: a 1-D grid of T * BH programs, (b, h) fastest (see ROW_BWD_HEADS_FAST)
+        if HEADS_FAST:
+            pid = tl.program_id(0).to(tl.int64)
+            t = pid // BH
+            bh = pid % BH
+            b = bh // H
+            h = bh % H
+            hk = h // GROUP
+            offs_d = tl.arange(0, BLOCK_D)
+            dmask = offs_d < D
+        else:
+            t, bh, b, h, hk, offs_d, dmask = _row_program(H, GROUP, D, BLOCK_D)
         qoff = b * sqb + h * sqh + t * sqt
         q = tl.load(Q + qoff + offs_d, mask=dmask, other=0.0).to(tl.float32)
         do = tl.load(DO + qoff + offs_d, mask=dmask, other=0.0).to(tl.float32)
@@ -209,6 +220,10 @@ if triton is not None:
 
 
 BLOCK_N = 32
+# Program order of the row kernel's backward: False, the grid (T, B*H) (t fastest: the resident programs are
+# consecutive rows of one head, which list the same keys, so their dk / dv atomic adds meet on the same addresses);
+# True, (b, h) fastest (resident programs spread over the heads, whose dk / dv rows are disjoint). Tests force both.
+ROW_BWD_HEADS_FAST = False
 # Tiled kernel blocks (query rows per program, keys per tile). Tests under the interpreter shrink them.
 TILED_BLOCK_M = 64
 TILED_BLOCK_N = 64
@@ -296,12 +311,22 @@ class _SparseAttnFn(torch.autograd.Function):
         B, H, T, D = q.shape
         Hkv = k.shape[1]
         do, delta, dq, dk, dv = grad_buffers(q, k, o, do, poison=POISON_OUTPUTS)
-        _bwd_kernel[(T, B * H)](
-            q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, ctx.scale,
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            H, T, D, H // Hkv,
-            BLOCK_N=BLOCK_N, BLOCK_D=pow2_block(D))
+        row_backward(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, ctx.scale)
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+
+
+def row_backward(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale: float) -> None:
+    """Launch the row kernel's backward (`_bwd_kernel`): dq written, dk / dv (fp32 zeros) added to atomically.
+    Grid: (T, B*H) with t fastest, or with ROW_BWD_HEADS_FAST one of T * B*H programs with (b, h) fastest."""
+    B, H, T, D = q.shape
+    BH = B * H
+    grid = (T * BH,) if ROW_BWD_HEADS_FAST else (T, BH)
+    if T and BH:
+        _bwd_kernel[grid](
+            q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, float(scale),
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            H, T, D, H // k.shape[1], BH,
+            BLOCK_N=BLOCK_N, BLOCK_D=pow2_block(D), HEADS_FAST=bool(ROW_BWD_HEADS_FAST))
 
 
 def sparse_attention_triton(q, k, v, row_ptr, col, scale: float):

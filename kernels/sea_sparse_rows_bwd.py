@@ -1,7 +1,8 @@
 """SEA's sparse attention over CSR key lists with a backward: the rows kernel's forward (kernels/sea_sparse_rows.py,
 with its log-sum-exp) and a backward kernel of the same layout, one Triton program per block of query rows.
 
-What: `sparse_rows_attention(q, k, v, row_ptr, col, scale)` is differentiable in q, k, v and computes what
+What: `sparse_rows_attention(q, k, v, row_ptr, col, scale)` is differentiable in q, k, v (backward: see BACKWARD)
+and computes what
 kernels/sea_sparse_attention.py's row kernel computes (same mask format, semantics and checks): per query row r the
 softmax over its listed keys, out in q's dtype. Gradients, for p = exp(q k^T scale - lse) on the listed entries:
     delta_r = sum_d out_r,d dout_r,d;  ds = p (dout v^T - delta);  dq = scale ds k;  dk = scale ds^T q;  dv = p^T dout
@@ -24,8 +25,13 @@ arithmetic up to summation order, like the row kernel's; fp32 inputs use IEEE do
 (EMU) the same pieces run as fp32 dots. Atomic adds: one per (entry, d) for dk and for dv, as in the row kernel
 (nnz x D each); what this layout saves is the per-row latency and the scalar FMA loops.
 
-Prediction (H200, 32k causal, bf16, SEA's causal_per_batch lists; not yet measured when written): backward 5.5 ->
-2.5-3.5 ms, forward (the rows kernel with lse) 1.8 -> ~1.0 ms.
+Prediction (H200, 32k causal, bf16, SEA's causal_per_batch lists): backward 5.5 -> 2.5-3.5 ms, forward (the rows
+kernel with lse) 1.8 -> ~1.0 ms. Measured (results/nvidia-h200/sea-train/): forward 1.77 -> 1.11 ms as predicted, but
+this backward took 10.2 ms (dk / dv as [64, D] tensor-core products) and 9.9 ms (as now: per-entry products in the
+gathers' layout), twice the row kernel's 5.5 ms; also 10.2 against 5.2 ms at 8k on synthetic lists. Not traced; a
+guess: consecutive rows of a block list the same keys (whole cells), so one atomic instruction carries the same
+address several times and serialises, where the row kernel's instructions (one row each) never do. Hence BACKWARD
+below: the default backward is the row kernel's, on this forward's lse.
 
 Limits: no padding mask (the lists hold only the keys each row may see); q, k, v in one dtype among bf16 / fp16 /
 fp32, made contiguous; the output gradient is made contiguous.
@@ -36,7 +42,7 @@ import torch
 
 from kernels import sea_sparse_rows as rows_mod
 from kernels._buffers import pow2_block
-from kernels.sea_sparse_attention import grad_buffers
+from kernels.sea_sparse_attention import grad_buffers, row_backward
 from kernels.sea_sparse_rows import head_group, sparse_rows_forward
 
 try:
@@ -48,9 +54,11 @@ except ImportError:  # pragma: no cover - triton missing: nothing here can run
 
 # Tests set this to True: the fresh dq buffer is then filled with NaN so a skipped write fails.
 POISON_OUTPUTS = False
-# Which kernel runs the backward: "rows" (this module's, one program per block of rows) or "row" (the row kernel's
-# `_bwd_kernel` of kernels/sea_sparse_attention.py, one program per row, on the same lists and lse).
-BACKWARD = "rows"
+# Which kernel runs the backward: "row" (the row kernel's `_bwd_kernel` of kernels/sea_sparse_attention.py, one
+# program per row, on the same lists and the rows forward's lse) or "rows" (this module's, one program per block of
+# rows). Measured on an H200 (bf16, SEA's lists at 32k causal, results/nvidia-h200/sea-train/): rows 9.9-10.2 ms,
+# row 5.5 ms; so "row", with the rows forward (1.11 against the row kernel's 1.77 ms): SEA fwd+bwd 24.08 -> 22.70 ms.
+BACKWARD = "row"
 
 
 if triton is not None:
@@ -135,14 +143,8 @@ def rows_backward(q, k, v, o, lse, row_ptr, col, scale: float, do):
     rows, ne = rows_mod.ROWS_PER_PROGRAM, rows_mod.ENTRIES_PER_STEP
     if BACKWARD not in ("rows", "row"):
         raise ValueError(f"BACKWARD={BACKWARD!r}: expected rows or row")
-    if T and B * H and BACKWARD == "row":
-        from kernels.sea_sparse_attention import BLOCK_N, _bwd_kernel
-
-        _bwd_kernel[(T, B * H)](
-            q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, float(scale),
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            H, T, D, H // Hkv,
-            BLOCK_N=BLOCK_N, BLOCK_D=pow2_block(D))
+    if BACKWARD == "row":
+        row_backward(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale)
     elif T and B * H:
         ntb = triton.cdiv(T, rows)
         hg = head_group(B * H, k.shape[2], D, k.element_size())

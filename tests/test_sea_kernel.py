@@ -41,8 +41,10 @@ def make(dtype=torch.float32, seed=0, W=20, causal=False, hkv=HKV):
     return q, k, v, row_ptr, col
 
 
+@pytest.mark.parametrize("heads_fast", [False, True])
 @pytest.mark.parametrize("hkv,W", [(HKV, 20), (H, 37)])
-def test_triton_matches_dense_reference_outputs_and_grads(hkv, W):
+def test_triton_matches_dense_reference_outputs_and_grads(hkv, W, heads_fast, monkeypatch):
+    monkeypatch.setattr(ssa, "ROW_BWD_HEADS_FAST", heads_fast)           # the backward's two program orders
     q, k, v, rp, col = make(hkv=hkv, W=W)
     scale = 0.3
     out = ssa.sparse_attention_triton(q, k, v, rp, col, scale)

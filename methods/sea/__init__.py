@@ -44,13 +44,15 @@ class _SEABase(Method):
                "`harness distill` run (None: untrained estimator)"),
         Option("checkpoint_layer", -1, "which attention layer of a whole-model checkpoint to load (-1: the layer "
                "being built; a sweep builds layer 0)"),
-        Option("backend", "auto", "sparse attention: auto (triton_rows for CUDA calls without a gradient, the "
-               "row kernel for other calls on CUDA or TRITON_INTERPRET, else torch), triton (one program per query "
+        Option("backend", "auto", "sparse attention: auto (triton_rows on CUDA, the row kernel on "
+               "TRITON_INTERPRET, else torch), triton (one program per query "
                "row, CSR lists), triton_tiled (forward-only, blocks of query rows with tl.dot over active key "
                "tiles; the row kernel runs when grads or a padding mask are needed, and impl says so), triton_rows "
                "(16 query rows per program walking their consecutive CSR entries with tl.dot, "
-               "kernels/sea_sparse_rows.py, and a backward of the same layout, kernels/sea_sparse_rows_bwd.py; on "
-               "an H200 2.0x the row kernel's forward at 64k causal, results/nvidia-h200/sea-rows-mix/), torch",
+               "kernels/sea_sparse_rows.py; with gradients its forward keeps the lse and the row kernel's backward "
+               "runs on it, kernels/sea_sparse_rows_bwd.py; on an H200 2.0x the row kernel's forward at 64k causal, "
+               "results/nvidia-h200/sea-rows-mix/, fwd+bwd 24.08 -> 22.70 ms at 32k causal, "
+               "results/nvidia-h200/sea-train/), torch",
                choices=("auto", "triton", "triton_tiled", "triton_rows", "torch")),
         Option("estimator_dtype", "fp32", "dtype of the estimator's CNN decoder: fp32 (the paper's), bf16 or "
                "fp16 (autocast; the Performer and the encoder stay fp32; causal calls then run the PyTorch "
