@@ -17,21 +17,21 @@ Layout of the backward (mirrors `_rows_fwd_kernel`): one program per ROWS_PER_PR
 (b, h), the same program order (head groups kept in L2, time-block major inside), walking the block's CSR entries
 ENTRIES_PER_STEP = 64 at a time. Per step: gather the 64 key and value rows once, S = q k^T scale [16, 64] (tensor
 cores; 16-bit products are exact in fp32), P = exp(S - lse) on member entries (0 elsewhere: each entry belongs to
-one row of the block), dP = dout v^T [16, 64] (exact likewise), dS = P (dP - delta); dq += dS k [16, D]; the
-per-entry dk = dS^T q [64, D] and dv = P^T dout [64, D] (each a sum over the block's 16 rows of which only the
-entry's own row is non-zero, so exact) go to the key rows by fp32 atomic adds. Products of an fp32 factor (P, dS)
-with 16-bit operands use `_split3_dot` (three 16-bit pieces: fp32 accuracy on tensor cores), so gradients are fp32
-arithmetic up to summation order, like the row kernel's; fp32 inputs use IEEE dots; under Triton's interpreter
-(EMU) the same pieces run as fp32 dots. Atomic adds: one per (entry, d) for dk and for dv, as in the row kernel
-(nnz x D each); what this layout saves is the per-row latency and the scalar FMA loops.
+one row of the block), dP = dout v^T [16, 64] (exact likewise), dS = P (dP - delta); dq += dS k [16, D] (fp32 P,
+dS times 16-bit operands by `_split3_dot`: three 16-bit pieces, fp32 accuracy on tensor cores). Per entry e of row
+r(e): dk[e] = scale dS[r(e), e] q[r(e)] and dv[e] = P[r(e), e] dout[r(e)], from the column sums of dS and P and the
+q / dout rows gathered again per entry (fp32 products), added to the key rows by fp32 atomic adds: one per (entry,
+d) for dk and for dv, as in the row kernel (nnz x D each). Gradients are fp32 arithmetic up to summation order,
+like the row kernel's; fp32 inputs use IEEE dots; under Triton's interpreter (EMU) the 16-bit pieces run as fp32
+dots.
 
 Prediction (H200, 32k causal, bf16, SEA's causal_per_batch lists): backward 5.5 -> 2.5-3.5 ms, forward (the rows
 kernel with lse) 1.8 -> ~1.0 ms. Measured (results/nvidia-h200/sea-train/): forward 1.77 -> 1.11 ms as predicted, but
-this backward took 10.2 ms (dk / dv as [64, D] tensor-core products) and 9.9 ms (as now: per-entry products in the
-gathers' layout), twice the row kernel's 5.5 ms; also 10.2 against 5.2 ms at 8k on synthetic lists. Not traced; a
-guess: consecutive rows of a block list the same keys (whole cells), so one atomic instruction carries the same
-address several times and serialises, where the row kernel's instructions (one row each) never do. Hence BACKWARD
-below: the default backward is the row kernel's, on this forward's lse.
+this backward took 10.2 ms (dk / dv first as [64, D] tensor-core products) and 9.9 ms (as now), twice the row
+kernel's 5.5 ms; also 10.2 against 5.2 ms at 8k on synthetic lists, and 10.9 ms with all 16 heads interleaved. Not
+traced (the row kernel with its heads interleaved was slower too, 6.1 ms, so same-address atomics of neighbouring
+rows do not explain it alone). Hence BACKWARD below: the default backward is the row kernel's, on this forward's
+lse.
 
 Limits: no padding mask (the lists hold only the keys each row may see); q, k, v in one dtype among bf16 / fp16 /
 fp32, made contiguous; the output gradient is made contiguous.
@@ -57,7 +57,7 @@ POISON_OUTPUTS = False
 # Which kernel runs the backward: "row" (the row kernel's `_bwd_kernel` of kernels/sea_sparse_attention.py, one
 # program per row, on the same lists and the rows forward's lse) or "rows" (this module's, one program per block of
 # rows). Measured on an H200 (bf16, SEA's lists at 32k causal, results/nvidia-h200/sea-train/): rows 9.9-10.2 ms,
-# row 5.5 ms; so "row", with the rows forward (1.11 against the row kernel's 1.77 ms): SEA fwd+bwd 24.08 -> 22.70 ms.
+# row 5.5 ms; so "row", after the rows forward (with lse 1.02 against the row kernel's 1.56 ms at 8k, same run).
 BACKWARD = "row"
 
 

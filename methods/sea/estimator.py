@@ -6,7 +6,6 @@ except the decoder convolutions, whose channels are heads (so the module needs H
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -15,6 +14,8 @@ from torch import nn
 
 from methods.sea.favor import (favor_attention, favor_causal_carry, needs_grad, orthogonal_random_features,
                                performer_backend)
+from methods.sea import precision as sea_precision
+from methods.sea.precision import tf32_linear, torch_precision
 
 
 DEC_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -41,28 +42,6 @@ def compiled(fn):
 
     functorch_config.donated_buffer = False
     return torch.compile(fn, backend=COMPILE_BACKEND, dynamic=False)
-
-
-@contextlib.contextmanager
-def torch_precision(precision: str):
-    """The float32 matmul and cuDNN convolution precision of the estimator's PyTorch operations for one call:
-    estimator_precision=tf32 allows one-pass TF32 for both (torch.backends.cuda.matmul / cudnn .allow_tf32), the
-    same products the Triton kernels take under it; fp32 leaves the caller's settings as they are (the harness
-    turns both off for every command, harness.measure.exact_fp32, so there they are true fp32). The flags are
-    restored on exit, also on an error. They are read when the operations run (eager, and inductor's calls of
-    aten.mm / aten.convolution), so the scope is put around the whole (compiled or eager) call. On an H200 at
-    T = 65536, bidirectional, SEA fast took 34.7 ms with the decoder's convolutions and row projection in true fp32
-    and 19.8 ms with TF32 (results/nvidia-h200/sea-round19/)."""
-    if precision != "tf32":
-        yield
-        return
-    mm, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    old = (mm.allow_tf32, cudnn.allow_tf32)
-    mm.allow_tf32 = cudnn.allow_tf32 = True
-    try:
-        yield
-    finally:
-        mm.allow_tf32, cudnn.allow_tf32 = old
 
 
 def identity_values(valid: torch.Tensor | None, B: int, T: int, d: int, device) -> torch.Tensor:
@@ -418,10 +397,19 @@ class Estimator(nn.Module):
         if self.last_encoder == "triton":
             z, scales = self.fused_encoder(c_perf, v)                    # [B, H, T, 2d], [B, H, T, 2]
         else:
-            z = self.enc(torch.cat([c_perf, v], dim=-1))                 # [B, H, T, 2d]
-            # "detached": gradients reaching s_prob / s_mix (the layer output, hidden states, logits) train the
-            # scaler head only; the encoder and decoder then learn from the estimate's own terms
-            scales = torch.sigmoid(self.scaler(z.detach() if self.scaler_input == "detached" else z))  # [B, H, T, 2]
+            x = torch.cat([c_perf, v], dim=-1)                           # [B, H, T, 3d]
+            if self.precision == "tf32" and sea_precision.TF32_BACKWARD and needs_grad(x, *self.enc.parameters()):
+                # TF32 in the backward too (methods/sea/precision.py): the encoder's and the scaler's products
+                lin = self.enc[0]
+                z = self.enc[2](self.enc[1](tf32_linear(x, lin.weight, lin.bias)))      # [B, H, T, 2d]
+                zin = z.detach() if self.scaler_input == "detached" else z
+                scales = torch.sigmoid(tf32_linear(zin, self.scaler.weight, self.scaler.bias))
+            else:
+                z = self.enc(x)                                          # [B, H, T, 2d]
+                # "detached": gradients reaching s_prob / s_mix (the layer output, hidden states, logits) train
+                # the scaler head only; the encoder and decoder then learn from the estimate's own terms
+                zin = z.detach() if self.scaler_input == "detached" else z
+                scales = torch.sigmoid(self.scaler(zin))                 # [B, H, T, 2]
         return self._finish(z, scales, carry, None if carry is None else state)
 
     def _finish(self, z, scales, carry, state):

@@ -40,14 +40,23 @@ def orthogonal_random_features(m: int, d: int, generator: torch.Generator) -> to
     return (w * norms[:, None]).float()
 
 
+def project(xn: torch.Tensor, proj: torch.Tensor, tf32: bool) -> torch.Tensor:
+    """xn @ proj.T; tf32: with TF32 allowed in the forward and the backward (methods/sea/precision.py)."""
+    if tf32:
+        from methods.sea.precision import tf32_linear
+
+        return tf32_linear(xn, proj)
+    return xn @ proj.T
+
+
 def softmax_features(x: torch.Tensor, proj: torch.Tensor, *, is_query: bool, valid: torch.Tensor | None = None,
-                     eps: float = 1e-4) -> torch.Tensor:
+                     eps: float = 1e-4, tf32: bool = False) -> torch.Tensor:
     """x [B, H, T, d], proj [m, d] -> positive features [B, H, T, m]. `valid` bool [B, T] restricts the key
-    stabiliser to real tokens."""
+    stabiliser to real tokens. tf32: the projection with TF32 allowed, backward included."""
     d = x.shape[-1]
     m = proj.shape[0]
     xn = x * d ** -0.25
-    dash = xn @ proj.T                                                   # [B, H, T, m]
+    dash = project(xn, proj, tf32)                                       # [B, H, T, m]
     diag = (xn * xn).sum(-1, keepdim=True) / 2                           # [B, H, T, 1]
     if is_query:
         stab = dash.amax(dim=-1, keepdim=True)                           # [B, H, T, 1]
@@ -60,9 +69,9 @@ def softmax_features(x: torch.Tensor, proj: torch.Tensor, *, is_query: bool, val
     return m ** -0.5 * (torch.exp(dash - diag - stab) + eps)
 
 
-def relu_features(x: torch.Tensor, proj: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+def relu_features(x: torch.Tensor, proj: torch.Tensor, eps: float = 1e-3, tf32: bool = False) -> torch.Tensor:
     d = x.shape[-1]
-    return torch.relu((x * d ** -0.25) @ proj.T) + eps                   # [B, H, T, m]
+    return torch.relu(project(x * d ** -0.25, proj, tf32)) + eps         # [B, H, T, m]
 
 
 def linear_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, *, causal: bool,
@@ -144,7 +153,8 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
     computed in fp32, then features and values are rounded to bf16 for the products (tensor cores on CUDA);
     sums and prefix states accumulate in fp32 (the Triton kernel and the torch fallback alike; the bidirectional
     path rounds its [m, Dv] key-value summary to bf16 before the second product). precision: the fused
-    bidirectional kernel's tl.dot precision (None: its default; "tf32": one pass); the other paths ignore it."""
+    bidirectional kernel's tl.dot precision (None: its default; "tf32": one pass); on the other paths "tf32" with a
+    gradient to compute runs the feature projection with TF32 allowed in its backward too (tf32_linear)."""
     if operands not in ("fp32", "bf16"):
         raise ValueError(f"performer operands {operands!r}: expected fp32 or bf16")
     path = performer_backend(q, causal, backend, needs_grad(q, k, v, proj), padded=valid is not None)
@@ -155,13 +165,16 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
 
         return torch.compiler.disable(favor_softmax_dense)(q, k, v, proj.float(), valid=valid, operands=operands,
                                                            eps=eps, precision=precision)
+    from methods.sea import precision as prec
+
+    tf32 = precision == "tf32" and prec.TF32_BACKWARD and needs_grad(q, k, v, proj)
     q, k, v = q.float(), k.float(), v.float()
     if kernel == "softmax":
-        phi_q = softmax_features(q, proj, is_query=True)
-        phi_k = softmax_features(k, proj, is_query=False, valid=valid)
+        phi_q = softmax_features(q, proj, is_query=True, tf32=tf32)
+        phi_k = softmax_features(k, proj, is_query=False, valid=valid, tf32=tf32)
     elif kernel == "relu":
-        phi_q = relu_features(q, proj)
-        phi_k = relu_features(k, proj)
+        phi_q = relu_features(q, proj, tf32=tf32)
+        phi_k = relu_features(k, proj, tf32=tf32)
     else:
         raise ValueError(f"unknown FAVOR kernel {kernel!r}")
     if valid is not None:
