@@ -86,7 +86,9 @@ class _SEABase(Method):
                "bf16 operands). The decoder kernel keeps three-pass TF32 "
                "(one pass measured slower); the estimator's PyTorch matmuls and cuDNN convolutions (the "
                "bidirectional decoder) may use TF32 for the call (bidirectional 64k 34.7 -> 19.8 ms on an H200, "
-               "MiniLM gate passed: results/nvidia-h200/sea-round19/). H200, causal, bf16, with the "
+               "MiniLM gate passed: results/nvidia-h200/sea-round19/), and with gradients the encoder's, scaler's "
+               "and feature projections' backward products too (methods/sea/precision.py; 32k causal fwd+bwd "
+               "-0.46 ms of kernels, +9 % memory: results/nvidia-h200/sea-train/). H200, causal, bf16, with the "
                "fused front: 0.548x -> 0.472x cuDNN at 64k, 0.120x -> 0.095x at 256k, fidelity on SmolLM2 q/k/v "
                "unchanged (results/nvidia-h200/sea-precision/); bidirectional 64k 0.935x -> 0.921x, MiniLM gate "
                "passed (results/nvidia-h200/sea-bidir-tf32/)", choices=("fp32", "tf32")),

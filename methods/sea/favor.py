@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from methods.sea import precision as sea_precision
+from methods.sea.precision import tf32_linear
 
 # Stored prefix states per head of the causal Triton kernel (kernels/linear_attention.py's parallel form): 1024 x m x 2d
 # fp32 (17 MiB per head at m = 33, d = 64). Above 1024 chunks of 64 rows (T > 64k) the chunks are grouped, and each
@@ -42,11 +44,7 @@ def orthogonal_random_features(m: int, d: int, generator: torch.Generator) -> to
 
 def project(xn: torch.Tensor, proj: torch.Tensor, tf32: bool) -> torch.Tensor:
     """xn @ proj.T; tf32: with TF32 allowed in the forward and the backward (methods/sea/precision.py)."""
-    if tf32:
-        from methods.sea.precision import tf32_linear
-
-        return tf32_linear(xn, proj)
-    return xn @ proj.T
+    return tf32_linear(xn, proj) if tf32 else xn @ proj.T
 
 
 def softmax_features(x: torch.Tensor, proj: torch.Tensor, *, is_query: bool, valid: torch.Tensor | None = None,
@@ -165,9 +163,7 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
 
         return torch.compiler.disable(favor_softmax_dense)(q, k, v, proj.float(), valid=valid, operands=operands,
                                                            eps=eps, precision=precision)
-    from methods.sea import precision as prec
-
-    tf32 = precision == "tf32" and prec.TF32_BACKWARD and needs_grad(q, k, v, proj)
+    tf32 = precision == "tf32" and sea_precision.TF32_BACKWARD and needs_grad(q, k, v, proj)
     q, k, v = q.float(), k.float(), v.float()
     if kernel == "softmax":
         phi_q = softmax_features(q, proj, is_query=True, tf32=tf32)
