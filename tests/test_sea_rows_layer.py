@@ -69,3 +69,33 @@ def test_layer_gradients_on_rows_kernel_match_row_kernel(causal):
         if a is not None:
             assert torch.isfinite(a).all()
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_gpu_auto_backend_with_gradients_matches_row_kernel():
+    """On CUDA, backend=auto with gradients runs the rows forward and the row kernel's backward (AUTO_ROWS_GRAD):
+    output and q / k / v gradients equal backend=triton's (the row kernel both ways) up to summation order; bf16."""
+    from methods.base import Problem, get
+
+    Tg, Hg, Dg = 2048, 4, 64
+    M = get("sea")
+    prob = Problem(1, Hg, Hg, Tg, Dg, dtype="bf16", causal=True, device="cuda", backward=True)
+    mods = []
+    for backend in ("auto", "triton"):
+        cfg = M.resolve_config({"backend": backend, "max_len": str(Tg)})
+        assert M.supports(prob, cfg) == []
+        mods.append(M.build(cfg, prob, seed=3).cuda())
+    mods[1].load_state_dict(mods[0].state_dict())
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, dout = (torch.randn(1, Hg, Tg, Dg, device="cuda", generator=g).to(torch.bfloat16) for _ in range(4))
+    res = []
+    for mod in mods:
+        x = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = mod(x[0], x[1], x[2], causal=True)
+        res.append((out.detach(), torch.autograd.grad(out, x, dout)))
+    assert "sparse=triton_rows" in mods[0].impl and "sparse=triton]" in mods[1].impl
+    (out_a, g_a), (out_b, g_b) = res
+    assert float((out_a.float() - out_b.float()).abs().max()) <= 2 ** -7 * float(out_b.float().abs().max())
+    for name, a, b in zip("qkv", g_a, g_b):
+        assert torch.isfinite(a).all(), name
+        assert float((a.float() - b.float()).abs().max()) <= 2 ** -7 * float(b.float().abs().max()) + 1e-6, name
