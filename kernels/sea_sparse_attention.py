@@ -100,9 +100,11 @@ if triton is not None:
     def _bwd_kernel(Q, K, V, DO, ROWPTR, COL, LSE, DELTA, DQ, DK, DV, scale,
                     sqb, sqh, sqt, skb, skh, skt,
                     H, T, D, GROUP, BH,
-                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEADS_FAST: tl.constexpr):
+                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEADS_FAST: tl.constexpr,
+                    WANT_KV: tl.constexpr):
         # q, do, dq share the layout of q (contiguous [B, H, T, D]); k, v, dk, dv that of k.
         # HEADS_FAST: a 1-D grid of T * BH programs, (b, h) fastest (see ROW_BWD_HEADS_FAST)
+        # WANT_KV: False computes dq only (no dk / dv atomic adds; DK, DV are not touched)
         if HEADS_FAST:
             pid = tl.program_id(0).to(tl.int64)
             t = pid // BH
@@ -137,8 +139,9 @@ if triton is not None:
             dp = tl.sum(vt * do[None, :], axis=1)
             ds = p * (dp - delta)
             dq += tl.sum(ds[:, None] * kt, axis=0) * scale
-            tl.atomic_add(DK + ptr, ds[:, None] * q[None, :] * scale, mask=m2)
-            tl.atomic_add(DV + ptr, p[:, None] * do[None, :], mask=m2)
+            if WANT_KV:
+                tl.atomic_add(DK + ptr, ds[:, None] * q[None, :] * scale, mask=m2)
+                tl.atomic_add(DV + ptr, p[:, None] * do[None, :], mask=m2)
         tl.store(DQ + qoff + offs_d, dq, mask=dmask)
 
 
@@ -316,9 +319,10 @@ class _SparseAttnFn(torch.autograd.Function):
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
 
 
-def row_backward(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale: float) -> None:
-    """Launch the row kernel's backward (`_bwd_kernel`): dq written, dk / dv (fp32 zeros) added to atomically.
-    Grid: (T, B*H) with t fastest, or with ROW_BWD_HEADS_FAST one of T * B*H programs with (b, h) fastest."""
+def row_backward(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale: float, *, want_kv: bool = True) -> None:
+    """Launch the row kernel's backward (`_bwd_kernel`): dq written, dk / dv (fp32 zeros) added to atomically
+    (want_kv=False: dq only). Grid: (T, B*H) with t fastest, or with ROW_BWD_HEADS_FAST one of T * B*H programs with
+    (b, h) fastest."""
     B, H, T, D = q.shape
     BH = B * H
     grid = (T * BH,) if ROW_BWD_HEADS_FAST else (T, BH)
@@ -327,7 +331,7 @@ def row_backward(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale: float
             q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, float(scale),
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             H, T, D, H // k.shape[1], BH,
-            BLOCK_N=BLOCK_N, BLOCK_D=pow2_block(D), HEADS_FAST=bool(ROW_BWD_HEADS_FAST))
+            BLOCK_N=BLOCK_N, BLOCK_D=pow2_block(D), HEADS_FAST=bool(ROW_BWD_HEADS_FAST), WANT_KV=bool(want_kv))
 
 
 def sparse_attention_triton(q, k, v, row_ptr, col, scale: float):

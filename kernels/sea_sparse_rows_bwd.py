@@ -33,6 +33,17 @@ traced (the row kernel with its heads interleaved was slower too, 6.1 ms, so sam
 rows do not explain it alone). Hence BACKWARD below: the default backward is the row kernel's, on this forward's
 lse.
 
+Key-major backward (BACKWARD = "keys", written after the eighth session's last GPU call: tested under the
+interpreter, NOT timed): dq by the row kernel's backward without its atomic adds (WANT_KV=False), and dk / dv by
+`_keys_bwd_kernel` over the lists transposed to key order (`key_lists`: each entry's query row by searchsorted over
+row_ptr, a sort of the entries by (b, kv head, key), key_ptr by searchsorted; no host sync): one program per 16
+consecutive keys of one (b, kv head) walks their entries 64 at a time, gathers the q / dout rows of the entries'
+query rows with their lse and delta, and accumulates dk = scale dS^T q, dv = P^T dout [16, D] in registers
+(`_split3_dot`, fp32 accuracy), stored once: no atomics. Prediction (H200, SEA's 32k causal lists, against the row
+kernel's 5.5 ms): dq pass ~1.8 ms (the row kernel's forward cost), transposition ~1.5 ms (a sort of ~13M int64 keys
+and the gathers), key kernel ~1.2 ms (the rows forward's gathers, on q / dout instead of k / v): ~4.5 ms, uncertain by
+~1.5 ms; `bash scripts/device_sea_round34.sh` measures it.
+
 Limits: no padding mask (the lists hold only the keys each row may see); q, k, v in one dtype among bf16 / fp16 /
 fp32, made contiguous; the output gradient is made contiguous.
 """
@@ -58,12 +69,28 @@ POISON_OUTPUTS = False
 # program per row, on the same lists and the rows forward's lse) or "rows" (this module's, one program per block of
 # rows). Measured on an H200 (bf16, SEA's lists at 32k causal, results/nvidia-h200/sea-train/): rows 9.9-10.2 ms,
 # row 5.5 ms; so "row", after the rows forward (with lse 1.02 against the row kernel's 1.56 ms at 8k, same run).
+# "keys": dq by the row kernel without atomics, dk / dv key-major (`key_lists`, `_keys_bwd_kernel`: no atomics);
+# written after this session's last GPU call, tested under the interpreter, NOT timed.
 BACKWARD = "row"
+BACKWARDS = ("row", "rows", "keys")
+# key-major backward: keys per program (a power of two >= 16, the N of its tl.dot tiles)
+KEYS_PER_PROGRAM = 16
 
 
 if triton is not None:
     _split3_dot = rows_mod._split3_dot
     _rows_program = rows_mod._rows_program
+
+    @triton.jit
+    def _scores(q, kt, do, vt, FP32: tl.constexpr, EMU: tl.constexpr):
+        """(q kt^T, do vt^T) in fp32: IEEE dots for fp32 inputs; 16-bit inputs on tensor cores (exact products, fp32
+        sums), or as fp32 IEEE dots under Triton's interpreter (EMU), whose bf16 tl.dot is wrong."""
+        if FP32:
+            return tl.dot(q, tl.trans(kt), input_precision="ieee"), tl.dot(do, tl.trans(vt), input_precision="ieee")
+        if EMU:
+            return (tl.dot(q.to(tl.float32), tl.trans(kt.to(tl.float32)), input_precision="ieee"),
+                    tl.dot(do.to(tl.float32), tl.trans(vt.to(tl.float32)), input_precision="ieee"))
+        return tl.dot(q, tl.trans(kt)), tl.dot(do, tl.trans(vt))
 
     @triton.jit
     def _rows_bwd_kernel(Q, K, V, DO, ROWPTR, COL, LSE, DELTA, DQ, DK, DV, scale,
@@ -92,15 +119,7 @@ if triton is not None:
             kt = tl.load(K + ptr, mask=kvm, other=0.0)                   # [NE, BLOCK_D] gathered key rows
             vt = tl.load(V + ptr, mask=kvm, other=0.0)                   # [NE, BLOCK_D] gathered value rows
             member = (e[None, :] >= beg[:, None]) & (e[None, :] < end[:, None])   # [ROWS, NE]
-            if FP32:
-                s = tl.dot(q, tl.trans(kt), input_precision="ieee")
-                dp = tl.dot(do, tl.trans(vt), input_precision="ieee")
-            elif EMU:
-                s = tl.dot(q.to(tl.float32), tl.trans(kt.to(tl.float32)), input_precision="ieee")
-                dp = tl.dot(do.to(tl.float32), tl.trans(vt.to(tl.float32)), input_precision="ieee")
-            else:
-                s = tl.dot(q, tl.trans(kt))                               # exact 16-bit products, fp32 sums
-                dp = tl.dot(do, tl.trans(vt))
+            s, dp = _scores(q, kt, do, vt, FP32, EMU)                    # [ROWS, NE] q k^T, dout v^T
             p = tl.where(member, tl.exp(s * scale - lse[:, None]), 0.0)  # [ROWS, NE]
             ds = p * (dp - delta[:, None])                               # [ROWS, NE]
             if FP32:
@@ -118,6 +137,76 @@ if triton is not None:
             tl.atomic_add(DK + ptr, tl.sum(ds, axis=0)[:, None] * qe * scale, mask=kvm)
             tl.atomic_add(DV + ptr, tl.sum(p, axis=0)[:, None] * doe, mask=kvm)
         tl.store(DQ + qoff, dq * scale, mask=qmask)
+
+
+    @triton.jit
+    def _keys_bwd_kernel(Q, K, V, DO, KEYPTR, EROW, LSE, DELTA, DK, DV, scale,
+                         skb, skh, skt, T, D, Hkv, NKB,
+                         KB: tl.constexpr, NE: tl.constexpr, BLOCK_D: tl.constexpr, FP32: tl.constexpr,
+                         EMU: tl.constexpr):
+        # One program per KB consecutive keys of one (b, kv head); their CSR-transposed entries (the query rows that
+        # list them, contiguous in EROW: key j's are [KEYPTR[j], KEYPTR[j + 1])) walked NE at a time. q, dout are
+        # contiguous [B, H, T, D] (query row r at r * D); k, v, dk, dv share k's layout. Each key belongs to one
+        # program: dk, dv are stored, not added.
+        pid = tl.program_id(0).to(tl.int64)
+        bk = pid // NKB                                                  # b * Hkv + kv head
+        j0 = (pid % NKB) * KB
+        b = bk // Hkv
+        hk = bk % Hkv
+        j = j0 + tl.arange(0, KB)                                        # [KB] key positions
+        jmask = j < T
+        kbeg = tl.load(KEYPTR + bk * T + j, mask=jmask, other=0)         # [KB] entries of each key
+        kend = tl.load(KEYPTR + bk * T + j + 1, mask=jmask, other=0)
+        e_lo = tl.load(KEYPTR + bk * T + j0)
+        e_hi = tl.load(KEYPTR + bk * T + tl.minimum(j0 + KB, T))
+        offs_d = tl.arange(0, BLOCK_D)
+        dmask = offs_d < D
+        kmask = jmask[:, None] & dmask[None, :]                          # [KB, BLOCK_D]
+        kptr = b * skb + hk * skh + j[:, None] * skt + offs_d[None, :]
+        kt = tl.load(K + kptr, mask=kmask, other=0.0)                    # [KB, BLOCK_D]
+        vt = tl.load(V + kptr, mask=kmask, other=0.0)
+        dk = tl.zeros([KB, BLOCK_D], dtype=tl.float32)
+        dv = tl.zeros([KB, BLOCK_D], dtype=tl.float32)
+        offs_e = tl.arange(0, NE)
+        for e0 in range(e_lo, e_hi, NE):
+            e = e0 + offs_e                                              # [NE] entries (sorted by key)
+            emask = e < e_hi
+            r = tl.load(EROW + e, mask=emask, other=0)                   # [NE] int64 query rows (b, h, t)
+            qm = emask[:, None] & dmask[None, :]
+            qe = tl.load(Q + r[:, None] * D + offs_d[None, :], mask=qm, other=0.0)     # [NE, BLOCK_D] gathered
+            doe = tl.load(DO + r[:, None] * D + offs_d[None, :], mask=qm, other=0.0)
+            lse = tl.load(LSE + r, mask=emask, other=float("inf"))      # [NE]
+            delta = tl.load(DELTA + r, mask=emask, other=0.0)
+            member = (e[:, None] >= kbeg[None, :]) & (e[:, None] < kend[None, :])   # [NE, KB] entry of key?
+            s, dp = _scores(qe, kt, doe, vt, FP32, EMU)                  # [NE, KB] q k^T, dout v^T
+            p = tl.where(member, tl.exp(s * scale - lse[:, None]), 0.0)  # [NE, KB]
+            ds = p * (dp - delta[:, None])
+            if FP32:
+                dk = tl.dot(tl.trans(ds), qe, dk, input_precision="ieee")
+                dv = tl.dot(tl.trans(p), doe, dv, input_precision="ieee")
+            else:
+                dk = _split3_dot(tl.trans(ds), qe, dk, EMU)              # [KB, BLOCK_D]
+                dv = _split3_dot(tl.trans(p), doe, dv, EMU)
+        tl.store(DK + kptr, dk * scale, mask=kmask)
+        tl.store(DV + kptr, dv, mask=kmask)
+
+
+def key_lists(row_ptr, col, B: int, H: int, Hkv: int, T: int):
+    """The CSR lists transposed to key-major order without a host sync: (key_ptr int64 [B*Hkv*T + 1], erow int64
+    [col.numel()]) where the entries of key j of (b, kv head) are erow[key_ptr[(b Hkv + kv) T + j] : ...[... + 1]],
+    each the flat query row (b, h, t) that lists it. Filler entries of col past row_ptr[-1] sort after all keys."""
+    n = col.numel()
+    e = torch.arange(n, device=col.device)
+    erow = torch.searchsorted(row_ptr, e, right=True) - 1                # [n] the CSR row of each entry
+    live = e < row_ptr[-1]
+    erow = erow.clamp(max=row_ptr.numel() - 2)
+    bh = erow // T
+    kv_row = ((bh // H) * Hkv + (bh % H) // (H // Hkv)) * T + col.long()
+    sentinel = B * Hkv * T
+    key = torch.where(live, kv_row, sentinel)
+    key_sorted, order = torch.sort(key)
+    key_ptr = torch.searchsorted(key_sorted, torch.arange(sentinel + 1, device=col.device))
+    return key_ptr, erow[order]
 
 
 class _RowsAttnFn(torch.autograd.Function):
@@ -141,10 +230,23 @@ def rows_backward(q, k, v, o, lse, row_ptr, col, scale: float, do):
     Hkv = k.shape[1]
     do, delta, dq, dk, dv = grad_buffers(q, k, o, do, poison=POISON_OUTPUTS)
     rows, ne = rows_mod.ROWS_PER_PROGRAM, rows_mod.ENTRIES_PER_STEP
-    if BACKWARD not in ("rows", "row"):
-        raise ValueError(f"BACKWARD={BACKWARD!r}: expected rows or row")
+    if BACKWARD not in BACKWARDS:
+        raise ValueError(f"BACKWARD={BACKWARD!r}: expected one of {BACKWARDS}")
     if BACKWARD == "row":
         row_backward(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale)
+    elif BACKWARD == "keys":
+        row_backward(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale, want_kv=False)
+        kb = KEYS_PER_PROGRAM
+        if kb < 16 or kb & (kb - 1):
+            raise ValueError(f"KEYS_PER_PROGRAM={kb}: must be a power of two >= 16")
+        if T and B * H:
+            key_ptr, erow = key_lists(row_ptr, col, B, H, Hkv, T)
+            nkb = triton.cdiv(T, kb)
+            _keys_bwd_kernel[(B * Hkv * nkb,)](
+                q, k, v, do, key_ptr, erow, lse, delta, dk, dv, float(scale),
+                k.stride(0), k.stride(1), k.stride(2), T, D, Hkv, nkb,
+                KB=kb, NE=ne, BLOCK_D=pow2_block(D), FP32=q.dtype == torch.float32, EMU=q.device.type != "cuda",
+                num_warps=rows_mod.NUM_WARPS)
     elif T and B * H:
         ntb = triton.cdiv(T, rows)
         hg = head_group(B * H, k.shape[2], D, k.element_size())

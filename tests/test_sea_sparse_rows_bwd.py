@@ -69,9 +69,11 @@ CASES = [
 ]
 
 
-# every case on this module's backward; the bf16 ones also on the row kernel's backward (BACKWARD = "row")
+# every case on this module's block-of-rows backward and on the key-major one; the bf16 ones also on the row kernel's
+# backward (BACKWARD = "row")
 @pytest.mark.parametrize("dtype,T,hkv,D,causal,ne,hg,filler,backward",
-                         [c + ("rows",) for c in CASES] + [c + ("row",) for c in CASES if c[0] == torch.bfloat16])
+                         [c + ("rows",) for c in CASES] + [c + ("keys",) for c in CASES]
+                         + [c + ("row",) for c in CASES if c[0] == torch.bfloat16])
 def test_grads_match_float64_and_row_kernel(monkeypatch, dtype, T, hkv, D, causal, ne, hg, filler, backward):
     monkeypatch.setattr(srb, "BACKWARD", backward)
     monkeypatch.setattr(sr, "ENTRIES_PER_STEP", ne)
@@ -114,6 +116,23 @@ def test_unlisted_keys_get_no_gradient(monkeypatch):
     assert (~listed).any() and listed.any()
     assert (dk.reshape(-1, D)[~listed] == 0).all() and (dv.reshape(-1, D)[~listed] == 0).all()
     assert (dv.reshape(-1, D)[listed].abs().sum(-1) > 0).all()
+
+
+def test_key_lists_transpose_the_csr_lists():
+    """key_lists: every live entry once, under its (b, kv head, key), with its query row; filler entries dropped."""
+    T = 21
+    rp, col = random_csr(T, T, 6, torch.Generator().manual_seed(3), row0=0, filler=4)
+    key_ptr, erow = srb.key_lists(rp, col, B, H, HKV, T)
+    assert key_ptr.shape == (B * HKV * T + 1,) and int(key_ptr[-1]) == int(rp[-1])
+    want = {}
+    for r in range(B * H * T):
+        bh = r // T
+        kv = (bh // H) * HKV + (bh % H) // (H // HKV)
+        for c in col[int(rp[r]):int(rp[r + 1])].tolist():
+            want.setdefault(kv * T + c, []).append(r)
+    got = {j: sorted(erow[int(key_ptr[j]):int(key_ptr[j + 1])].tolist()) for j in range(B * HKV * T)
+           if key_ptr[j + 1] > key_ptr[j]}
+    assert got == {j: sorted(rs) for j, rs in want.items()}
 
 
 def test_refuses_query_blocks():
@@ -178,9 +197,14 @@ def test_gpu_matches_row_kernel_and_times(dtype, monkeypatch):
     monkeypatch.setattr(ssa, "ROW_BWD_HEADS_FAST", True)
     t_heads = ms(lambda: torch.autograd.grad(out, x, dout, retain_graph=True))
     check(torch.autograd.grad(out, x, dout, retain_graph=True))
+    monkeypatch.setattr(ssa, "ROW_BWD_HEADS_FAST", False)
+    monkeypatch.setattr(srb, "BACKWARD", "keys")
+    check(torch.autograd.grad(out, x, dout, retain_graph=True))
+    t_keys = ms(lambda: torch.autograd.grad(out, x, dout, retain_graph=True))
     t_fwd_rows = ms(lambda: srb.sparse_rows_attention(*x, rp, col, 0.125))
     t_fwd_row = ms(lambda: ssa.sparse_attention_triton(*y, rp, col, 0.125))
     print(f"\n{dtype}, T={T}, nnz {int(rp[-1]) / 1e6:.1f}M: backward rows kernel {t_rows:.3f} ms, row kernel "
-          f"{t_row:.3f} ms (on the rows forward's lse {t_mixed:.3f} ms, heads fastest {t_heads:.3f} ms); forward "
+          f"{t_row:.3f} ms (on the rows forward's lse {t_mixed:.3f} ms, heads fastest {t_heads:.3f} ms), key-major "
+          f"{t_keys:.3f} ms; forward "
           f"with lse: rows {t_fwd_rows:.3f} ms, "
           f"row {t_fwd_row:.3f} ms")
