@@ -179,16 +179,10 @@ def test_gpu_matches_row_kernel_and_times(dtype, monkeypatch):
 
     check(torch.autograd.grad(out, x, dout, retain_graph=True))
 
-    def ms(fn, n=20):
-        fn()
-        torch.cuda.synchronize()
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(n):
-            fn()
-        e.record()
-        torch.cuda.synchronize()
-        return s.elapsed_time(e) / n
+    from harness.measure import time_cuda
+
+    def ms(fn):                                                          # the harness's timer (median, L2 flushed)
+        return time_cuda(fn, rep_ms=50).median_ms
 
     t_rows = ms(lambda: torch.autograd.grad(out, x, dout, retain_graph=True))
     t_row = ms(lambda: torch.autograd.grad(ref, y, dout, retain_graph=True))

@@ -398,18 +398,16 @@ class Estimator(nn.Module):
             z, scales = self.fused_encoder(c_perf, v)                    # [B, H, T, 2d], [B, H, T, 2]
         else:
             x = torch.cat([c_perf, v], dim=-1)                           # [B, H, T, 3d]
-            if self.precision == "tf32" and sea_precision.TF32_BACKWARD and needs_grad(x, *self.enc.parameters()):
-                # TF32 in the backward too (methods/sea/precision.py): the encoder's and the scaler's products
-                lin = self.enc[0]
-                z = self.enc[2](self.enc[1](tf32_linear(x, lin.weight, lin.bias)))      # [B, H, T, 2d]
-                zin = z.detach() if self.scaler_input == "detached" else z
-                scales = torch.sigmoid(tf32_linear(zin, self.scaler.weight, self.scaler.bias))
-            else:
-                z = self.enc(x)                                          # [B, H, T, 2d]
-                # "detached": gradients reaching s_prob / s_mix (the layer output, hidden states, logits) train
-                # the scaler head only; the encoder and decoder then learn from the estimate's own terms
-                zin = z.detach() if self.scaler_input == "detached" else z
-                scales = torch.sigmoid(self.scaler(zin))                 # [B, H, T, 2]
+            # with a gradient under estimator_precision=tf32 the encoder's and the scaler's products keep TF32 in
+            # the backward too (methods/sea/precision.py); the modules' own F.linear otherwise
+            tf32 = self.precision == "tf32" and sea_precision.TF32_BACKWARD and needs_grad(x, *self.enc.parameters())
+            linear = tf32_linear if tf32 else F.linear
+            lin, norm, act = self.enc
+            z = act(norm(linear(x, lin.weight, lin.bias)))                # [B, H, T, 2d]
+            # "detached": gradients reaching s_prob / s_mix (the layer output, hidden states, logits) train the
+            # scaler head only; the encoder and decoder then learn from the estimate's own terms
+            zin = z.detach() if self.scaler_input == "detached" else z
+            scales = torch.sigmoid(linear(zin, self.scaler.weight, self.scaler.bias))   # [B, H, T, 2]
         return self._finish(z, scales, carry, None if carry is None else state)
 
     def _finish(self, z, scales, carry, state):
