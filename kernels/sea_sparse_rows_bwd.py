@@ -3,7 +3,8 @@ with its log-sum-exp) and a backward kernel of the same layout, one Triton progr
 
 What: `sparse_rows_attention(q, k, v, row_ptr, col, scale)` is differentiable in q, k, v (backward: see BACKWARD)
 and computes what kernels/sea_sparse_attention.py's row kernel computes (same mask format, semantics and checks):
-per query row r the softmax over its listed keys, out in q's dtype. Gradients, for p = exp(q k^T scale - lse) on the listed entries:
+per query row r the softmax over its listed keys, out in q's dtype. Gradients, for p = exp(q k^T scale - lse) on the
+listed entries:
     delta_r = sum_d out_r,d dout_r,d;  ds = p (dout v^T - delta);  dq = scale ds k;  dk = scale ds^T q;  dv = p^T dout
 dq in q's dtype, dk / dv in k's / v's dtype (summed over the query heads of a kv head, GQA), through fp32 buffers.
 
