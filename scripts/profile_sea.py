@@ -40,6 +40,38 @@ def host_profile(fn, top: int) -> None:
     print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[:8000])
 
 
+def ops_profile(step, top: int, iters: int, trace: str) -> None:
+    """Host and device profile of `iters` steps: the `top` host operations by device time including their
+    children (the same kernel counts once per enclosing operation, so shares overlap and do not add up), then the
+    Chrome trace of the last step when `trace` names a file."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+    if top:
+        with profile(activities=acts) as prof:
+            for _ in range(iters):
+                step()
+            torch.cuda.synchronize()
+        rows = []
+        for ev in prof.key_averages():
+            t = getattr(ev, "device_time_total", None)
+            t = ev.cuda_time_total if t is None else t
+            cpu = ev.cpu_time_total
+            if t > 0 and ev.count > 0 and ev.device_type.name == "CPU":
+                rows.append((t / 1e3 / iters, cpu / 1e3 / iters, ev.count / iters, ev.key))
+        rows.sort(reverse=True)
+        print(f"host operations by device time, inclusive ({iters} steps):")
+        print(f"{'dev ms':>8} {'host ms':>8} {'calls':>6}  operation")
+        for t, cpu, n, key in rows[:top]:
+            print(f"{t:8.3f} {cpu:8.3f} {n:6.1f}  {key[:110]}")
+    if trace:
+        with profile(activities=acts) as prof:
+            step()
+            torch.cuda.synchronize()
+        prof.export_chrome_trace(trace)
+        print(f"trace of one step: {trace}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--T", type=int, default=65536)
@@ -57,6 +89,11 @@ def main(argv=None) -> int:
     ap.add_argument("--backward", action="store_true",
                     help="profile forward + backward as the harness's fwd+bwd cells time it: the output's gradient "
                          "to q, k, v (seeded Gaussian output gradient)")
+    ap.add_argument("--ops", type=int, default=0, metavar="N",
+                    help="also list the N host-side operations with the most device time, inclusive of what they "
+                         "launch (aten ops, autograd backward nodes, compiled regions): which step the kernels serve")
+    ap.add_argument("--trace", default="", metavar="FILE",
+                    help="also write a Chrome trace (host and device) of one step to FILE: launch gaps, host syncs")
     ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
                     help="set a module constant before building (e.g. kernels.sea_sparse_rows_bwd.BACKWARD=row, "
                          "methods.sea.layer.AUTO_ROWS_GRAD=True); the value is a Python literal or a plain string")
@@ -99,6 +136,8 @@ def main(argv=None) -> int:
             for _ in range(a.iters):
                 step()
             torch.cuda.synchronize()
+        if a.ops or a.trace:
+            ops_profile(step, a.ops, a.iters, a.trace)
     rows = []
     for ev in prof.key_averages():
         t = getattr(ev, "device_time_total", None)
