@@ -171,7 +171,7 @@ if triton is not None:
         for e0 in range(e_lo, e_hi, NE):
             e = e0 + offs_e                                              # [NE] entries (sorted by key)
             emask = e < e_hi
-            r = tl.load(EROW + e, mask=emask, other=0)                   # [NE] int64 query rows (b, h, t)
+            r = tl.load(EROW + e, mask=emask, other=0).to(tl.int64)      # [NE] query rows (b, h, t)
             qm = emask[:, None] & dmask[None, :]
             qe = tl.load(Q + r[:, None] * D + offs_d[None, :], mask=qm, other=0.0)     # [NE, BLOCK_D] gathered
             doe = tl.load(DO + r[:, None] * D + offs_d[None, :], mask=qm, other=0.0)
@@ -192,20 +192,22 @@ if triton is not None:
 
 
 def key_lists(row_ptr, col, B: int, H: int, Hkv: int, T: int):
-    """The CSR lists transposed to key-major order without a host sync: (key_ptr int64 [B*Hkv*T + 1], erow int64
-    [col.numel()]) where the entries of key j of (b, kv head) are erow[key_ptr[(b Hkv + kv) T + j] : ...[... + 1]],
+    """The CSR lists transposed to key-major order without a host sync: (key_ptr int64 [B*Hkv*T + 1], erow int32
+    (int64 past 2^31 rows) [col.numel()]) where the entries of key j of (b, kv head) are erow[key_ptr[(b Hkv + kv) T + j] : ...[... + 1]],
     each the flat query row (b, h, t) that lists it. Filler entries of col past row_ptr[-1] sort after all keys."""
     n = col.numel()
-    e = torch.arange(n, device=col.device)
-    erow = torch.searchsorted(row_ptr, e, right=True) - 1                # [n] the CSR row of each entry
-    live = e < row_ptr[-1]
-    erow = erow.clamp(max=row_ptr.numel() - 2)
-    bh = erow // T
-    kv_row = ((bh // H) * Hkv + (bh % H) // (H // Hkv)) * T + col.long()
+    rows = row_ptr.numel() - 1
     sentinel = B * Hkv * T
-    key = torch.where(live, kv_row, sentinel)
+    # int32 row ids and keys while they fit (a radix sort of 32-bit keys takes half the passes of 64-bit ones)
+    idt = torch.int32 if max(rows, sentinel) < 2 ** 31 - 1 else torch.int64
+    # the CSR row of each entry, the filler entries past row_ptr[-1] in an extra row `rows` (output_size: no sync)
+    counts = torch.cat([row_ptr[1:] - row_ptr[:-1], n - row_ptr[-1:]])
+    erow = torch.repeat_interleave(torch.arange(rows + 1, device=col.device, dtype=idt), counts, output_size=n)
+    bh = erow // T
+    kv_row = ((bh // H) * Hkv + (bh % H) // (H // Hkv)) * T + col.to(idt)
+    key = torch.where(erow < rows, kv_row, sentinel)
     key_sorted, order = torch.sort(key)
-    key_ptr = torch.searchsorted(key_sorted, torch.arange(sentinel + 1, device=col.device))
+    key_ptr = torch.searchsorted(key_sorted, torch.arange(sentinel + 1, device=col.device, dtype=idt))
     return key_ptr, erow[order]
 
 

@@ -48,6 +48,30 @@ def test_layer_mix_kernel_matches_tensor_ops(query_chunk):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_layer_mix_kernel_gradients_match_tensor_ops():
+    """With gradients the kernel's backward (kernels/sea_causal_mix_grad.py) runs in the layer: the output and the
+    gradients to q, k, v and the estimator's parameters are the tensor-op mix's, up to summation order."""
+    M, cfg, prob = build(mix_backend="kernel")
+    got_mod = M.build(cfg, prob, seed=2)
+    M2, cfg2, _ = build()
+    want_mod = M2.build(cfg2, prob, seed=2)
+    want_mod.load_state_dict(got_mod.state_dict())
+    results = []
+    for mod in (got_mod, want_mod):
+        q, k, v = (x.requires_grad_() for x in qkv(6))
+        out = mod(q, k, v, causal=True)
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(7)))
+        params = {n: p.grad for n, p in mod.estimator.named_parameters() if p.grad is not None}
+        results.append((out.detach(), q.grad, k.grad, v.grad, params))
+    assert "mix=kernel" in got_mod.impl and "mix=" not in want_mod.impl
+    (*got, got_p), (*want, want_p) = results
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    assert set(got_p) == set(want_p) and {"scaler.weight", "enc.0.weight"} <= set(got_p)
+    for name in want_p:
+        torch.testing.assert_close(got_p[name], want_p[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_stage_profile_runs_the_kernel():
     M, cfg, prob = build(mix_backend="kernel")
     mod = M.build(cfg, prob, seed=2)
@@ -62,7 +86,9 @@ def test_refusals(monkeypatch):
     bidir = Problem(B, H, Hkv, T, D, dtype="fp32", causal=False, device="cpu")
     assert any("mix_backend=kernel" in r and "bidirectional" in r for r in M.supports(bidir, cfg))
     back = Problem(B, H, Hkv, T, D, dtype="fp32", causal=True, device="cpu", backward=True)
-    assert any("mix_backend=kernel" in r and "forward+backward" in r for r in M.supports(back, cfg))
+    assert M.supports(back, cfg) == []                   # the kernel has a backward
+    wide = Problem(B, H, Hkv, T, 288, dtype="fp32", causal=True, device="cpu", backward=True)
+    assert any("mix_backend=kernel's backward" in r and "288" in r for r in M.supports(wide, cfg))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     cpu = Problem(B, H, Hkv, T, D, dtype="fp32", causal=True, device="cpu")
     assert any("mix_backend=kernel needs a CUDA device" in r for r in M.supports(cpu, cfg))
@@ -70,7 +96,7 @@ def test_refusals(monkeypatch):
 
 def test_auto_is_the_kernel_on_cuda_only():
     """mix_backend=auto (the default): the kernel on CUDA, the tensor ops on the CPU even under the interpreter,
-    and never a refusal (bidirectional and backward calls take the tensor ops)."""
+    and never a refusal (bidirectional calls take the tensor ops)."""
     M, cfg, prob = build()
     assert cfg["mix_backend"] == "auto"
     mod = M.build(cfg, prob, seed=2)

@@ -109,9 +109,10 @@ class _SEABase(Method):
         Option("query_blocks", 0, "like query_chunk, given as a number of blocks: ceil(T / query_blocks) rows each "
                "(0: off), so the intermediates stay a fixed fraction of the sequence at every T"),
         Option("mix_backend", "auto", "sparse attention and mix: torch (the sparse kernel writes c, then the mix "
-               "in tensor ops), kernel (causal, forward-only, no padding mask: the cumulative mean of v and the mix "
-               "in one Triton kernel after the sparse kernel, kernels/sea_causal_mix.py; on an H200 1.56 -> 0.22 ms "
-               "at 64k causal, results/nvidia-h200/sea-rows-mix/), triton (forward-only, no padding mask: the "
+               "in tensor ops), kernel (causal, no padding mask: the cumulative mean of v and the mix in one Triton "
+               "kernel after the sparse kernel, kernels/sea_causal_mix.py; on an H200 1.56 -> 0.22 ms at 64k causal, "
+               "results/nvidia-h200/sea-rows-mix/; with gradients its backward in two more launches, "
+               "kernels/sea_causal_mix_grad.py), triton (forward-only, no padding mask: the "
                "sparse kernel mixes as it attends, c never written: the rows kernel's epilogue, "
                "kernels/sea_sparse_rows.py, or the row kernel's, kernels/sea_sparse_mix.py; bidirectional 64k "
                "15.74 -> 15.25 ms on an H200, results/nvidia-h200/sea-round19/) or auto (on CUDA: kernel for causal "
@@ -189,10 +190,12 @@ class _SEABase(Method):
         if cfg["encoder_backend"] == "triton" and problem.backward:
             reasons.append("encoder_backend=triton is the fused forward-only encoder kernel; forward+backward needs "
                            "encoder_backend=torch")
-        if cfg["mix_backend"] == "kernel" and (problem.backward or not problem.causal):
-            what = "forward+backward" if problem.backward else "bidirectional calls"
-            reasons.append(f"mix_backend=kernel is the forward-only causal mean + mix kernel; {what} need "
+        if cfg["mix_backend"] == "kernel" and not problem.causal:
+            reasons.append("mix_backend=kernel is the causal mean + mix kernel; bidirectional calls need "
                            "mix_backend=torch")
+        if cfg["mix_backend"] == "kernel" and problem.causal and problem.backward and problem.head_dim > 256:
+            reasons.append(f"mix_backend=kernel's backward holds whole rows of at most 256 columns "
+                           f"(kernels/sea_causal_mix_grad.py); head_dim {problem.head_dim} needs mix_backend=torch")
         if cfg["mix_backend"] == "triton" and problem.backward:
             reasons.append("mix_backend=triton is the fused forward-only sparse attention + mix kernel; "
                            "forward+backward needs mix_backend=torch")

@@ -28,6 +28,9 @@ AUTO_ROWS_MIX = True
 # an H200: the forward with lse 1.02 against 1.56 ms (8k, same run), 1.11 against 1.77 ms in SEA's 32k causal step;
 # the whole step's gain is below its run-to-run spread (results/nvidia-h200/sea-train/).
 AUTO_ROWS_GRAD = True
+# The causal mean + mix kernel (mix_backend kernel, or auto on CUDA) serves calls that need gradients too when True:
+# kernels/sea_causal_mix_grad.py (its forward, two backward launches) in place of ~30 tensor-op kernels.
+AUTO_MIX_GRAD = True
 
 
 def all_finite(t: torch.Tensor) -> torch.Tensor:
@@ -354,22 +357,31 @@ class SEAAttention(AttentionModule):
 
     def mix_kernel(self, c, vr, s_prob, s_mix, *, causal, valid) -> bool:
         """Does this call mix with kernels/sea_causal_mix.py (mix_backend=kernel, or auto on CUDA)? Causal calls
-        without a padding mask or a gradient where it may run; the tensor ops otherwise (impl says mix=kernel when
-        it ran)."""
+        without a padding mask where it may run; with a gradient too when AUTO_MIX_GRAD (its backward:
+        kernels/sea_causal_mix_grad.py, head dims up to its MAX_D). The tensor ops otherwise (impl says mix=kernel
+        when it ran)."""
         if self.mix_backend not in ("kernel", "auto") or not causal or valid is not None:
             return False
         if not self.mix_kernel_usable(c.device):
             return False
-        return not (torch.is_grad_enabled() and any(x.requires_grad for x in (c, vr, s_prob, s_mix)))
+        if torch.is_grad_enabled() and any(x.requires_grad for x in (c, vr, s_prob, s_mix)):
+            from kernels.sea_causal_mix_grad import MAX_D
+
+            return AUTO_MIX_GRAD and 0 < c.numel() and c.shape[-1] <= MAX_D
+        return True
 
     def stage_mix(self, c, a_hat, s_prob, s_mix, vr, *, causal, valid, out_dtype):
         """6-7. out = s_mix s_prob c + (1 - s_mix) C_avg (padded query rows -> 0). Returns (out, c_avg, avg_w);
-        with mix_backend=kernel (causal, forward-only) one Triton kernel computes the cumulative mean and the mix,
-        and c_avg is not kept (None)."""
+        with mix_backend=kernel (causal, see mix_kernel) one Triton kernel computes the cumulative mean and the mix
+        (with a Triton backward when a gradient is needed), and c_avg is not kept (None)."""
         if self.mix_kernel(c, vr, s_prob, s_mix, causal=causal, valid=valid):
+            self.last_mix = "kernel"
+            if torch.is_grad_enabled() and any(x.requires_grad for x in (c, vr, s_prob, s_mix)):
+                from kernels.sea_causal_mix_grad import causal_mix_grad
+
+                return causal_mix_grad(c, vr, s_prob, s_mix, out_dtype=out_dtype), None, None
             from kernels.sea_causal_mix import causal_mix
 
-            self.last_mix = "kernel"
             return causal_mix(c, vr, s_prob, s_mix, out_dtype=out_dtype), None, None
         c_avg, avg_w = self.average_context(a_hat, vr, causal=causal, valid=valid)
         # one fp32 temporary of [B, H, T, D] besides c_avg: (1 - s_mix) C_avg + (s_mix s_prob) c, with the
