@@ -154,10 +154,12 @@ def test_no_padding_forward_has_no_host_sync(monkeypatch, causal):
         with torch.no_grad():
             got = m(q, k, v, causal=causal)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    # the guard is live: the validated call (and a padding mask) do read the device
+    # the guard is live: the validated call (and a padding mask) do read the device (the finite check's flags,
+    # by tolist at the end of the forward)
     m.validate_inputs = True
     with monkeypatch.context() as mp:
-        mp.setattr(torch.Tensor, "__bool__", _raise("__bool__"))
+        for n in ("__bool__", "tolist"):
+            mp.setattr(torch.Tensor, n, _raise(n))
         with pytest.raises(HostSync):
             m(q, k, v, causal=causal)
 

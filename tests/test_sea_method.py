@@ -154,6 +154,52 @@ def test_non_finite_inputs_rejected(bad):
         m(q, k, v, causal=True)
 
 
+def test_non_finite_check_is_resolved_after_the_work_is_queued(monkeypatch):
+    """The whole-sequence forward resolves its finite check at the end (PendingFiniteCheck: on CUDA the host then
+    waits only for the check's own event): a bad call raises and leaves no aux behind, the next good call runs;
+    when a later stage fails on bad inputs, the non-finite error is the one raised."""
+    from methods.sea import layer as sea_layer
+
+    m = build("sea", causal=True, k=3, K=16)
+    q, k, v = qkv(8)
+    m(q, k, v, causal=True)
+    assert m.last_aux and m._pending_check is None
+    bad = q.clone()
+    bad[0, 1, 3, 0] = float("nan")
+    with pytest.raises(ValueError, match="q contains non-finite"):
+        m(bad, k, v, causal=True)
+    assert m.last_aux == {} and m._pending_check is None
+    assert torch.isfinite(m(q, k, v, causal=True)).all()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a later stage failed")
+
+    monkeypatch.setattr(sea_layer.SEAAttention, "stage_topk", broken)
+    with pytest.raises(ValueError, match="q contains non-finite"):
+        m(bad, k, v, causal=True)
+    with pytest.raises(RuntimeError, match="a later stage failed"):
+        m(q, k, v, causal=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_non_finite_check_resolves_at_the_end():
+    """On CUDA the pending check (pinned flags behind an event) raises for a NaN key and the next call runs."""
+    M = get("sea")
+    T2 = 2048
+    mod = M.build(M.resolve_config({}), Problem(1, 4, 4, T2, 64, dtype="bf16", causal=True, device="cuda"), seed=0)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 4, T2, 64, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3))
+    bad = k.clone()
+    bad[0, 2, 100, 5] = float("nan")
+    with torch.no_grad():
+        want = mod(q, k, v, causal=True)
+        with pytest.raises(ValueError, match="k contains non-finite"):
+            mod(q, bad, v, causal=True)
+        torch.testing.assert_close(mod(q, k, v, causal=True), want, rtol=0, atol=0)
+    assert torch.isfinite(want).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_all_finite_matches_isfinite(dtype):
     from methods.sea.layer import all_finite

@@ -18,8 +18,10 @@ def flags():
     return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
 
 
+@pytest.mark.parametrize("op", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
-def test_tf32_linear_matches_linear_and_scopes_its_backward(monkeypatch, bias):
+def test_tf32_linear_matches_linear_and_scopes_its_backward(monkeypatch, bias, op):
+    monkeypatch.setattr(prec, "TF32_LINEAR_OP", op)              # the custom operator, or the autograd.Function
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 5, 8, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 8, generator=g, dtype=torch.float64, requires_grad=True)
@@ -48,8 +50,8 @@ def test_tf32_linear_matches_linear_and_scopes_its_backward(monkeypatch, bias):
 @pytest.mark.parametrize("causal", [True, False])
 def test_sea_tf32_grads_route_through_tf32_linear_and_equal_fp32_on_cpu(monkeypatch, causal):
     calls = []
-    real = prec._TF32Linear.apply
-    monkeypatch.setattr(prec._TF32Linear, "apply", lambda *a: (calls.append(a[1].shape), real(*a))[1])
+    real = prec._forward_product
+    monkeypatch.setattr(prec, "_forward_product", lambda *a: (calls.append(a[1].shape), real(*a))[1])
     grads = {}
     for precision in ("fp32", "tf32"):
         M, cfg, prob = sea_case(B, H, H, T, D, causal=causal, backend="torch", performer_backend="torch",
@@ -78,8 +80,8 @@ def test_sea_tf32_grads_route_through_tf32_linear_and_equal_fp32_on_cpu(monkeypa
 def test_switch_off_takes_the_plain_modules(monkeypatch):
     monkeypatch.setattr(prec, "TF32_BACKWARD", False)
     calls = []
-    real = prec._TF32Linear.apply
-    monkeypatch.setattr(prec._TF32Linear, "apply", lambda *a: (calls.append(a[1].shape), real(*a))[1])
+    real = prec._forward_product
+    monkeypatch.setattr(prec, "_forward_product", lambda *a: (calls.append(a[1].shape), real(*a))[1])
     M, cfg, prob = sea_case(B, H, H, T, D, causal=True, backend="torch", performer_backend="torch",
                             estimator_precision="tf32", max_len=64)
     mod = M.build(cfg, prob, seed=5)

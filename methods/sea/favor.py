@@ -42,6 +42,15 @@ def orthogonal_random_features(m: int, d: int, generator: torch.Generator) -> to
     return (w * norms[:, None]).float()
 
 
+@torch.compiler.disable
+def _linear_attention_untraced(*args, **kwargs):
+    """kernels.linear_attention.causal_linear_attention, not traced by compile="estimator" (its Triton kernels and
+    autograd.Function run as they are): one graph break, where wrapping it inside the traced code made two."""
+    from kernels.linear_attention import causal_linear_attention
+
+    return causal_linear_attention(*args, **kwargs)
+
+
 def project(xn: torch.Tensor, proj: torch.Tensor, tf32: bool) -> torch.Tensor:
     """xn @ proj.T; tf32: with TF32 allowed in the forward and the backward (methods/sea/precision.py)."""
     return tf32_linear(xn, proj) if tf32 else xn @ proj.T
@@ -187,12 +196,11 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
         else:                                                            # torch prefix sums: rounded operands
             phi_q, phi_k, v = (x.to(torch.bfloat16).float() for x in (phi_q, phi_k, v))
     if path == "triton":
-        from kernels.linear_attention import causal_linear_attention, group_for
+        from kernels.linear_attention import group_for
 
-        kernel_call = torch.compiler.disable(causal_linear_attention)         # compile="estimator": not traced
-        num, den = kernel_call(phi_q.contiguous(), phi_k.contiguous(), v.contiguous(), chunk=64,
-                               backend="triton", tf32=False,
-                               group=group_for(q.shape[2], 64, CAUSAL_CHECKPOINTS))   # fp32 [B, H, T, Dv], [B, H, T]
+        num, den = _linear_attention_untraced(phi_q.contiguous(), phi_k.contiguous(), v.contiguous(), chunk=64,
+                                              backend="triton", tf32=False,
+                                              group=group_for(q.shape[2], 64, CAUSAL_CHECKPOINTS))   # fp32
         return num / (den[..., None] + eps)
     return linear_attention(phi_q, phi_k, v, causal=causal, chunk=chunk, eps=eps)
 
@@ -211,17 +219,16 @@ def favor_causal_carry(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: 
     the two agree to bf16 rounding, not bit for bit)."""
     if operands not in ("fp32", "bf16"):
         raise ValueError(f"performer operands {operands!r}: expected fp32 or bf16")
-    from kernels.linear_attention import causal_linear_attention, group_for
+    from kernels.linear_attention import group_for
 
     which = performer_backend(q, True, backend)                          # triton on CUDA (auto), else torch
     q, k, v = q.float(), k.float(), v.float()
     phi_q, phi_k = relu_features(q, proj), relu_features(k, proj)       # [B, H, Tc, m]
     if operands == "bf16":
         phi_q, phi_k, v = (x.to(torch.bfloat16) for x in (phi_q, phi_k, v))
-    kernel_call = torch.compiler.disable(causal_linear_attention)         # compile="estimator": not traced
-    num, den = kernel_call(phi_q.contiguous(), phi_k.contiguous(), v.contiguous(), chunk=64, backend=which,
-                           tf32=False,
-                           group=group_for(q.shape[2], 64, CAUSAL_CHECKPOINTS))   # fp32 [B, H, Tc, Dv], [B, H, Tc]
+    num, den = _linear_attention_untraced(phi_q.contiguous(), phi_k.contiguous(), v.contiguous(), chunk=64,
+                                          backend=which, tf32=False,
+                                          group=group_for(q.shape[2], 64, CAUSAL_CHECKPOINTS))   # fp32
     pq, pk, vf = phi_q.float(), phi_k.float(), v.float()
     if state is not None:
         S, zs = state

@@ -28,6 +28,9 @@ AUTO_ROWS_MIX = True
 # an H200: the forward with lse 1.02 against 1.56 ms (8k, same run), 1.11 against 1.77 ms in SEA's 32k causal step;
 # the whole step's gain is below its run-to-run spread (results/nvidia-h200/sea-train/).
 AUTO_ROWS_GRAD = True
+# forward (whole sequence) resolves its finite-input check after queuing its work when True (PendingFiniteCheck);
+# at the start, with the host waiting for the device, when False. A switch for same-run A/B measurements.
+DEFER_FINITE_CHECK = True
 # The causal mean + mix kernel (mix_backend kernel, or auto on CUDA) serves calls that need gradients too when True:
 # kernels/sea_causal_mix_grad.py (its forward, two backward launches) in place of ~30 tensor-op kernels.
 AUTO_MIX_GRAD = True
@@ -51,6 +54,33 @@ def check_finite(**tensors: torch.Tensor) -> None:
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(all_finite(t)):
             raise ValueError(f"sea: {name} contains non-finite values (NaN or Inf); refusing to attend")
+
+
+class PendingFiniteCheck:
+    """check_finite without waiting on the device at its start: the flags of q, k, v are reduced on the GPU and
+    copied into pinned host memory behind an event; `resolve()` waits for that event only (the work queued after
+    it keeps running) and raises like check_finite. A check at the start of a forward made the host wait for all
+    queued work (in training: the previous step's backward) before it could launch the forward, which left the
+    GPU idle for the forward's launch time (~3 ms of SEA's 32k causal training step on an H200)."""
+
+    def __init__(self, **tensors: torch.Tensor):
+        self.names = [name for name, t in tensors.items() if t.is_floating_point()]
+        flags = torch.stack([all_finite(tensors[name]) for name in self.names]) if self.names else torch.ones(0)
+        self.event = None
+        if flags.is_cuda:
+            self.host = torch.empty(flags.shape, dtype=torch.bool, pin_memory=True)
+            self.host.copy_(flags, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:                                    # CPU: the flags are computed already; resolve() reads them
+            self.host = flags
+
+    def resolve(self) -> None:
+        if self.event is not None:
+            self.event.synchronize()
+        for name, ok in zip(self.names, self.host.tolist()):
+            if not ok:
+                raise ValueError(f"sea: {name} contains non-finite values (NaN or Inf); refusing to attend")
 
 
 def pool_columns(probs: torch.Tensor, *, K: int, causal: bool, valid: torch.Tensor | None) -> torch.Tensor:
@@ -142,7 +172,8 @@ class SEAAttention(AttentionModule):
         if checkpoint:
             self.load_estimator(checkpoint, layer)
         self.last_aux: dict = {}
-        self.validate_inputs = True          # finite-input check (a host sync); see _prepare
+        self.validate_inputs = True          # finite-input check (the host reads a device flag); see _prepare
+        self._pending_check: PendingFiniteCheck | None = None
         self.impl = self._impl("not-run")
 
     def load_estimator(self, path: str, layer: int) -> None:
@@ -205,16 +236,21 @@ class SEAAttention(AttentionModule):
     # --- stages ---------------------------------------------------------------------------------
     # forward = prepare -> stage_estimator -> stage_topk -> stage_interpolate -> stage_sparse -> stage_mix.
     # Each stage takes the previous stages' outputs only, so stage_profile can time them one by one.
-    def _prepare(self, q, k, v, *, causal, key_padding_mask, scale, finite_check: bool = True):
+    def _prepare(self, q, k, v, *, causal, key_padding_mask, scale, finite_check: bool = True, defer: bool = False):
         """Checks and the per-call constants: (kr, vr [B, H, T, D], valid bool [B, T] or None, scale).
-        finite_check=False: the caller checks q, k, v for NaN / Inf itself (query blocks, block by block)."""
+        finite_check=False: the caller checks q, k, v for NaN / Inf itself (query blocks, block by block).
+        defer: the finite check is left pending in self._pending_check (PendingFiniteCheck) for the caller to
+        resolve once it has queued its work (forward does, also when a later stage fails)."""
         check_inputs(q, k, v)
-        # The finite-input check needs one host sync (bool of a device flag), which CUDA-graph capture forbids:
-        # it is skipped while the current stream is capturing (a replayed graph cannot raise anyway) and when
+        # The finite-input check needs the host to read a device flag, which CUDA-graph capture forbids: it is
+        # skipped while the current stream is capturing (a replayed graph cannot raise anyway) and when
         # `self.validate_inputs` is False; every normal (eager) call still runs it.
         capturing = q.is_cuda and torch.cuda.is_current_stream_capturing()
         if self.validate_inputs and not capturing and finite_check:
-            check_finite(q=q, k=k, v=v)
+            if defer and DEFER_FINITE_CHECK:
+                self._pending_check = PendingFiniteCheck(q=q, k=k, v=v)
+            else:
+                check_finite(q=q, k=k, v=v)
         B, H, T, D = q.shape
         if causal != self.causal:
             raise ValueError(f"this sea layer was built for causal={self.causal}; called with causal={causal}")
@@ -391,10 +427,11 @@ class SEAAttention(AttentionModule):
             out = out * valid[:, None, :, None]                          # padded query rows -> 0
         return out.to(out_dtype), c_avg, avg_w
 
-    def _pipeline(self, q, k, v, *, causal, key_padding_mask, scale, layout="csr"):
-        """Stages 1-4: what distillation and attention_probs need (logits, a_hat, mask, selection, scalers)."""
+    def _pipeline(self, q, k, v, *, causal, key_padding_mask, scale, layout="csr", defer_check: bool = False):
+        """Stages 1-4: what distillation and attention_probs need (logits, a_hat, mask, selection, scalers).
+        defer_check: see _prepare's defer."""
         kr, vr, valid, scale = self._prepare(q, k, v, causal=causal, key_padding_mask=key_padding_mask,
-                                             scale=scale)
+                                             scale=scale, defer=defer_check)
         logits, a_hat, s_prob, s_mix = self.stage_estimator(q, kr, vr, causal=causal, valid=valid, scale=scale)
         mask = self.stage_topk(a_hat, causal=causal, valid=valid)        # bool [B, H, T, K]
         sel = self.stage_interpolate(mask, causal=causal, valid=valid, layout=layout)
@@ -578,9 +615,30 @@ class SEAAttention(AttentionModule):
             return self._forward_blocks(q, k, v, scale=scale)
         if why != "off":
             self.last_blocks = why
+        self._pending_check = None
+        try:
+            out = self._forward_whole(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+        except Exception:
+            self._resolve_check()                # non-finite inputs: that error rather than a later stage's
+            raise
+        self._resolve_check()
+        return out
+
+    def _resolve_check(self) -> None:
+        """Raise if the pending finite check found NaN / Inf in q, k or v (what the call computed is dropped)."""
+        pending, self._pending_check = self._pending_check, None
+        if pending is not None:
+            try:
+                pending.resolve()
+            except ValueError:
+                self.last_aux = {}
+                raise
+
+    def _forward_whole(self, q, k, v, *, causal, key_padding_mask, scale):
+        """forward over the whole sequence (no query blocks), its finite-input check left pending (defer)."""
         layout, kernel = self.sparse_plan(q, k, v, key_padding_mask)
         aux, sel, vr = self._pipeline(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale,
-                                      layout=layout)
+                                      layout=layout, defer_check=True)
         if self.mix_fused(q, k, v, layout=layout, kernel=kernel, valid=aux["valid"], causal=causal):
             self.last_mix = "fused"
             out, aux["c_avg"], aux["avg_w"], ran = self.stage_sparse_mix(
