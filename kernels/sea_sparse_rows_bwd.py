@@ -213,30 +213,33 @@ def key_lists(row_ptr, col, B: int, H: int, Hkv: int, T: int):
 
 class _RowsAttnFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, row_ptr, col, scale):
+    def forward(ctx, q, k, v, row_ptr, col, scale, backward):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         o, lse = sparse_rows_forward(q, k, v, row_ptr, col, scale, want_lse=True)
         ctx.save_for_backward(q, k, v, o, lse, row_ptr, col)
-        ctx.scale = scale
+        ctx.scale, ctx.backward = scale, backward
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, row_ptr, col = ctx.saved_tensors
-        return rows_backward(q, k, v, o, lse, row_ptr, col, ctx.scale, do) + (None, None, None)
+        grads = rows_backward(q, k, v, o, lse, row_ptr, col, ctx.scale, do, backward=ctx.backward)
+        return grads + (None, None, None, None)
 
 
-def rows_backward(q, k, v, o, lse, row_ptr, col, scale: float, do):
-    """(dq, dk, dv) of sparse_rows_attention for the output gradient `do`, given its forward's out `o` and lse."""
+def rows_backward(q, k, v, o, lse, row_ptr, col, scale: float, do, backward: str | None = None):
+    """(dq, dk, dv) of sparse_rows_attention for the output gradient `do`, given its forward's out `o` and lse.
+    backward: one of BACKWARDS, None for the module's BACKWARD."""
     B, H, T, D = q.shape
     Hkv = k.shape[1]
+    backward = BACKWARD if backward is None else backward
+    if backward not in BACKWARDS:
+        raise ValueError(f"sparse backward {backward!r}: expected one of {BACKWARDS}")
     do, delta, dq, dk, dv = grad_buffers(q, k, o, do, poison=POISON_OUTPUTS)
     rows, ne = rows_mod.ROWS_PER_PROGRAM, rows_mod.ENTRIES_PER_STEP
-    if BACKWARD not in BACKWARDS:
-        raise ValueError(f"BACKWARD={BACKWARD!r}: expected one of {BACKWARDS}")
-    if BACKWARD == "row":
+    if backward == "row":
         row_backward(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale)
-    elif BACKWARD == "keys":
+    elif backward == "keys":
         row_backward(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale, want_kv=False)
         kb = KEYS_PER_PROGRAM
         if kb < 16 or kb & (kb - 1):
@@ -261,14 +264,16 @@ def rows_backward(q, k, v, o, lse, row_ptr, col, scale: float, do):
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
-def sparse_rows_attention(q, k, v, row_ptr, col, scale: float):
+def sparse_rows_attention(q, k, v, row_ptr, col, scale: float, backward: str | None = None):
     """Differentiable SEA sparse attention (q [B, H, T, D], k, v [B, Hkv, T, D], CSR lists over rows (b, h, t)):
-    the rows kernel's forward and this module's backward. Same result as kernels.sea_sparse_attention's row
-    kernel up to float summation order."""
+    the rows kernel's forward and this module's backward (`backward`: one of BACKWARDS, None for BACKWARD). Same
+    result as kernels.sea_sparse_attention's row kernel up to float summation order."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     if k.shape[2] != q.shape[2]:
         raise ValueError("sparse_rows_attention expects as many keys as queries (self-attention); got "
                          f"q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if backward is not None and backward not in BACKWARDS:
+        raise ValueError(f"sparse backward {backward!r}: expected one of {BACKWARDS} (or None: BACKWARD)")
     return _RowsAttnFn.apply(q, k, v, row_ptr.to(torch.int64).contiguous(), col.to(torch.int32).contiguous(),
-                             float(scale))
+                             float(scale), backward)

@@ -123,6 +123,8 @@ def main(argv=None) -> int:
         torch.cuda.synchronize()
         if a.host:
             host_profile(step, a.top)
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(a.iters):
@@ -130,6 +132,7 @@ def main(argv=None) -> int:
         end.record()
         torch.cuda.synchronize()
         wall = start.elapsed_time(end) / a.iters
+        peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -149,7 +152,8 @@ def main(argv=None) -> int:
     total = sum(r[0] for r in rows)
     what = "forward+backward" if a.backward else "forward"
     print(f"T={a.T} causal={a.causal} {what} opts={a.opts or '-'} impl={mod.impl}")
-    print(f"{what} wall {wall:.3f} ms (CUDA events, {a.iters} calls); kernels sum {total:.3f} ms per call")
+    print(f"{what} wall {wall:.3f} ms (CUDA events, {a.iters} calls); kernels sum {total:.3f} ms per call; "
+          f"peak memory {peak:.0f} MiB above what the timed steps started with")
     print(f"{'ms/call':>8} {'calls':>6} {'share':>6}  kernel")
     for t, n, key in rows[:a.top]:
         print(f"{t:8.3f} {n:6.1f} {t / total:6.1%}  {key[:110]}")

@@ -43,11 +43,18 @@ def test_layer_rows_kernel_matches_row_kernel(query_chunk):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("causal", [True, False])
-def test_layer_gradients_on_rows_kernel_match_row_kernel(causal):
-    """With gradients the rows kernel runs with its backward (kernels/sea_sparse_rows_bwd.py): the layer's output
-    and the gradients of q, k, v and the estimator's parameters equal the row kernel's up to float summation order."""
-    M, cfg, prob = sea_case(B, H, Hkv, T, D, causal=causal, backend="triton_rows", max_len=128)
+@pytest.mark.parametrize("causal, sparse_backward", [(True, "auto"), (False, "auto"), (True, "keys")])
+def test_layer_gradients_on_rows_kernel_match_row_kernel(monkeypatch, causal, sparse_backward):
+    """With gradients the rows kernel runs with its backward (kernels/sea_sparse_rows_bwd.py, the one the
+    sparse_backward option names): the layer's output and the gradients of q, k, v and the estimator's parameters
+    equal the row kernel's up to float summation order."""
+    import kernels.sea_sparse_rows_bwd as srb
+
+    ran = []
+    real = srb.rows_backward
+    monkeypatch.setattr(srb, "rows_backward", lambda *a, **kw: (ran.append(kw.get("backward")), real(*a, **kw))[1])
+    M, cfg, prob = sea_case(B, H, Hkv, T, D, causal=causal, backend="triton_rows", max_len=128,
+                            sparse_backward=sparse_backward)
     got_mod = M.build(cfg, prob, seed=3)
     M2, cfg2, _ = sea_case(B, H, Hkv, T, D, causal=causal, backend="triton", max_len=128)
     want_mod = M2.build(cfg2, prob, seed=3)
@@ -61,6 +68,7 @@ def test_layer_gradients_on_rows_kernel_match_row_kernel(causal):
         out = mod(x[0], x[1], x[2], causal=causal)
         grads.append((out.detach(), torch.autograd.grad(out, x + params, dout, allow_unused=True)))
     assert "sparse=triton_rows" in got_mod.impl and "sparse=triton]" in want_mod.impl
+    assert ran == [None if sparse_backward == "auto" else sparse_backward]
     (out, got), (want_out, want) = grads
     torch.testing.assert_close(out, want_out, rtol=1e-5, atol=1e-6)
     assert sum(a is not None for a in got) >= 4                          # q, k, v and some estimator parameters

@@ -108,6 +108,12 @@ class _SEABase(Method):
                "run whole (impl says why)"),
         Option("query_blocks", 0, "like query_chunk, given as a number of blocks: ceil(T / query_blocks) rows each "
                "(0: off), so the intermediates stay a fixed fraction of the sequence at every T"),
+        Option("sparse_backward", "auto", "backward of the rows kernel (backend triton_rows, and auto on CUDA, "
+               "with gradients; kernels/sea_sparse_rows_bwd.py): row (the row kernel's backward, dk / dv by "
+               "atomic adds), keys (dq by the row kernel without atomics, dk / dv over the lists sorted by key: "
+               "a 32-bit sort of the entries, more memory), rows (its own 16-row program; slower, kept for "
+               "comparison) or auto (the module's BACKWARD)",
+               choices=("auto", "row", "keys", "rows")),
         Option("mix_backend", "auto", "sparse attention and mix: torch (the sparse kernel writes c, then the mix "
                "in tensor ops), kernel (causal, no padding mask: the cumulative mean of v and the mix in one Triton "
                "kernel after the sparse kernel, kernels/sea_causal_mix.py; on an H200 1.56 -> 0.22 ms at 64k causal, "
@@ -234,7 +240,8 @@ class _SEABase(Method):
                            encoder_backend=cfg["encoder_backend"], compile=cfg["compile"],
                            query_chunk=cfg["query_chunk"], decoder_backend=cfg["decoder_backend"],
                            query_blocks=cfg["query_blocks"], mix_backend=cfg["mix_backend"],
-                           estimator_precision=cfg["estimator_precision"])
+                           estimator_precision=cfg["estimator_precision"],
+                           sparse_backward=cfg["sparse_backward"])
         return mod.to(problem.device)
 
 

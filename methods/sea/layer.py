@@ -142,8 +142,12 @@ class SEAAttention(AttentionModule):
                  performer_dtype: str = "fp32", interp_backend: str = "auto", topk_backend: str = "auto",
                  scaler_input: str = "shared", performer_backend: str = "auto", encoder_backend: str = "auto",
                  compile: str = "none", query_chunk: int = 0, decoder_backend: str = "auto",
-                 query_blocks: int = 0, mix_backend: str = "auto", estimator_precision: str = "fp32"):
+                 query_blocks: int = 0, mix_backend: str = "auto", estimator_precision: str = "fp32",
+                 sparse_backward: str = "auto"):
         super().__init__()
+        if sparse_backward not in ("auto", "row", "keys", "rows"):
+            raise ValueError(f"sparse backward {sparse_backward!r}: expected auto, row, keys or rows")
+        self.sparse_backward = sparse_backward
         if query_chunk < 0 or query_blocks < 0 or (query_chunk and query_blocks):
             raise ValueError(f"query_chunk={query_chunk}, query_blocks={query_blocks}: at most one of them, >= 1 "
                              "(rows per query block, or number of blocks; 0: whole sequence)")
@@ -357,7 +361,8 @@ class SEAAttention(AttentionModule):
             if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
                 from kernels.sea_sparse_rows_bwd import sparse_rows_attention
 
-                return sparse_rows_attention(q, k, v, sel["row_ptr"], sel["col"], scale), "triton_rows"
+                backward = None if self.sparse_backward == "auto" else self.sparse_backward
+                return sparse_rows_attention(q, k, v, sel["row_ptr"], sel["col"], scale, backward), "triton_rows"
             from kernels.sea_sparse_rows import sparse_rows_forward
 
             return sparse_rows_forward(q, k, v, sel["row_ptr"], sel["col"], scale), "triton_rows"
