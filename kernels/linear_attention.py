@@ -29,8 +29,9 @@ all chunks with the state in registers and per-M-block partial outputs summed af
 comparison (scripts/bench_linear_attention.py); it is latency-bound at long T.
 
 Normaliser: computed *in the same pass* (fused), not via a ones column appended to v (which would waste a
-whole power-of-two block for E = 64 or 128). Its gradient is two cumulative sums done in PyTorch in
-backward (O(T M) memory; chunked, kernels/scan.py: a plain cumsum along T took ~11 ms per call at T = 32k).
+whole power-of-two block for E = 64 or 128). Its gradient is two cumulative sums: on the Triton path three small
+launches (kernels/linear_attention_den_grad.py, DEN_GRAD_KERNEL), otherwise in PyTorch (O(T M) memory; chunked,
+kernels/scan.py: a plain cumsum along T took ~11 ms per call at T = 32k).
 
 Backward is three more passes of the same kernels:
     dfq = causal(q=dout, k=v,    v=fk)      (+ dden * cumsum(fk))
@@ -546,6 +547,11 @@ def _group_sum(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(B, heads, H // heads, *x.shape[2:]).sum(2)
 
 
+# The normaliser's gradient on the Triton path (fp32 work) by kernels/linear_attention_den_grad.py when True; by
+# chunked cumulative sums in PyTorch when False (a switch for same-run A/B measurements).
+DEN_GRAD_KERNEL = True
+
+
 class _CausalLinearAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fq, fk, v, backend, kw):
@@ -575,7 +581,16 @@ class _CausalLinearAttention(torch.autograd.Function):
                 dfk = _pass(backend, v, dout, fq, reverse=True, **kw)[0]             # [B, H, T, M]
             if need_v:
                 dv = _group_sum(_pass(backend, fk, fq, dout, reverse=True, **kw)[0], Hkv)   # [B, Hkv, T, E]
-        if dden is not None:
+        if dden is not None and backend == "triton" and work == torch.float32 and DEN_GRAD_KERNEL:
+            from kernels.linear_attention_den_grad import den_grad_add_
+
+            B, _, T, M = fq.shape
+            if need_q:
+                dfq = fq.new_zeros(B, H, T, M, dtype=work) if dfq is None else dfq.contiguous()
+            if need_k:
+                dfk = fq.new_zeros(B, H, T, M, dtype=work) if dfk is None else dfk.contiguous()
+            den_grad_add_(fq, fk, dden.to(work), dfq if need_q else None, dfk if need_k else None)
+        elif dden is not None:
             dden = dden.to(work)[..., None]                                           # [B, H, T, 1]
             if need_q:
                 ck = chunked_cumsum(fk.to(work)).repeat_interleave(H // Hkv, dim=1)   # [B, H, T, M]

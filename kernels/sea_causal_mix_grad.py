@@ -48,19 +48,23 @@ MAX_D = 256          # whole rows per program in the backward
 
 if triton is not None:
     @triton.jit
-    def _tile(V, G, SM, svb, svh, svt, svd, sgb, sgh, sgt, sgd, smb, smh, smt, H, T, D,
-              CHUNK: tl.constexpr, BLOCK_D: tl.constexpr):
-        """Program (chunk c, b * H + h) of launches 1 and 3: indices, masks, the v and g tiles [C, BD] (int64 row
-        offsets) and s_mix [C]."""
+    def chunk_rows(H, T, D, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Program (chunk c, b * H + h) of a grid (NC, B * H) over whole rows: c, bh, b, h (int64), the chunk's rows
+        t [C] (int64), the columns d [BD] and their masks (also used by kernels/linear_attention_den_grad.py)."""
         c = tl.program_id(0).to(tl.int64)
         bh = tl.program_id(1).to(tl.int64)
-        b = bh // H
-        h = bh % H
         t = c * CHUNK + tl.arange(0, CHUNK)                                             # [C] int64
         d = tl.arange(0, BLOCK_D)                                                       # [BD]
         t_ok = t < T
         d_ok = d < D
-        ok = t_ok[:, None] & d_ok[None, :]
+        return c, bh, bh // H, bh % H, t, d, t_ok, d_ok, t_ok[:, None] & d_ok[None, :]
+
+    @triton.jit
+    def _tile(V, G, SM, svb, svh, svt, svd, sgb, sgh, sgt, sgd, smb, smh, smt, H, T, D,
+              CHUNK: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Program (chunk c, b * H + h) of launches 1 and 3: indices, masks, the v and g tiles [C, BD] (int64 row
+        offsets) and s_mix [C]."""
+        c, bh, b, h, t, d, t_ok, d_ok, ok = chunk_rows(H, T, D, CHUNK, BLOCK_D)
         x = tl.load(V + b * svb + h * svh + t[:, None] * svt + d[None, :] * svd, mask=ok, other=0.0)
         g = tl.load(G + b * sgb + h * sgh + t[:, None] * sgt + d[None, :] * sgd, mask=ok, other=0.0)
         sm = tl.load(SM + b * smb + h * smh + t * smt, mask=t_ok, other=0.0)            # [C]

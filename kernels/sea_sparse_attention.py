@@ -289,12 +289,17 @@ def _triton_forward(q, k, v, row_ptr, col, scale, out=None, lse=None):
     return o, lse
 
 
-def grad_buffers(q, k, o, do, *, poison: bool):
+def grad_buffers(q, k, o, do, *, poison: bool, stored: bool = False):
     """What a CSR sparse-attention backward kernel takes besides its inputs: (do contiguous, delta = rowsum(o do)
     fp32 [B, H, T] from the stored output o, dq fp32 (fresh, NaN when poison), dk / dv fp32 zeros of k's shape for
-    atomic adds)."""
+    atomic adds). stored: the kernels store every element of dq, dk, dv once (no atomic adds), so all three are
+    fresh in q's / k's dtype (no zero fill, no cast afterwards)."""
     do = do.contiguous()
     delta = (o.float() * do.float()).sum(-1).contiguous()               # [B, H, T]
+    if stored:
+        dk = fresh(k.shape, k.dtype, q.device, poison=poison)
+        return do, delta, fresh(q.shape, q.dtype, q.device, poison=poison), dk, fresh(k.shape, k.dtype, q.device,
+                                                                                      poison=poison)
     dq = fresh(q.shape, torch.float32, q.device, poison=poison)
     dk = torch.zeros(k.shape, dtype=torch.float32, device=q.device)
     return do, delta, dq, dk, torch.zeros_like(dk)

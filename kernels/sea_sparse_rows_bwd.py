@@ -6,7 +6,8 @@ and computes what kernels/sea_sparse_attention.py's row kernel computes (same ma
 per query row r the softmax over its listed keys, out in q's dtype. Gradients, for p = exp(q k^T scale - lse) on the
 listed entries:
     delta_r = sum_d out_r,d dout_r,d;  ds = p (dout v^T - delta);  dq = scale ds k;  dk = scale ds^T q;  dv = p^T dout
-dq in q's dtype, dk / dv in k's / v's dtype (summed over the query heads of a kv head, GQA), through fp32 buffers.
+dq in q's dtype, dk / dv in k's / v's dtype (summed over the query heads of a kv head, GQA), through fp32 buffers
+(atomic adds; the key-major backward stores them directly).
 
 Why: SEA's forward+backward at 32k causal spent 5.5 ms of ~24 in the row kernel's backward (`_bwd_kernel`: one
 program per query row, fp32 FMA loops over its keys, dk / dv by atomic adds), 1.8 ms in its forward, on an H200
@@ -30,19 +31,22 @@ kernel with lse) 1.8 -> ~1.0 ms. Measured (results/nvidia-h200/sea-train/): forw
 this backward took 10.2 ms (dk / dv first as [64, D] tensor-core products) and 9.9 ms (as now), twice the row
 kernel's 5.5 ms; also 10.2 against 5.2 ms at 8k on synthetic lists, and 10.9 ms with all 16 heads interleaved. Not
 traced (the row kernel with its heads interleaved was slower too, 6.1 ms, so same-address atomics of neighbouring
-rows do not explain it alone). Hence BACKWARD below: the default backward is the row kernel's, on this forward's
-lse.
+rows do not explain it alone). Hence BACKWARD below: the row kernel's backward on this forward's lse, or the
+key-major one (the default since the ninth session).
 
-Key-major backward (BACKWARD = "keys", written after the eighth session's last GPU call: tested under the
-interpreter, NOT timed): dq by the row kernel's backward without its atomic adds (WANT_KV=False), and dk / dv by
-`_keys_bwd_kernel` over the lists transposed to key order (`key_lists`: each entry's query row by searchsorted over
-row_ptr, a sort of the entries by (b, kv head, key), key_ptr by searchsorted; no host sync): one program per 16
+Key-major backward (BACKWARD = "keys"): dq by the row kernel's backward without its atomic adds (WANT_KV=False), and
+dk / dv by `_keys_bwd_kernel` over the lists transposed to key order (`key_lists`: each entry's query row by
+repeat_interleave over the rows' counts, a sort of the entries by (b, kv head, key) on 32-bit keys, key_ptr by
+searchsorted; no host sync): one program per 16
 consecutive keys of one (b, kv head) walks their entries 64 at a time, gathers the q / dout rows of the entries'
 query rows with their lse and delta, and accumulates dk = scale dS^T q, dv = P^T dout [16, D] in registers
 (`_split3_dot`, fp32 accuracy), stored once: no atomics. Prediction (H200, SEA's 32k causal lists, against the row
 kernel's 5.5 ms): dq pass ~1.8 ms (the row kernel's forward cost), transposition ~1.5 ms (a sort of ~13M int64 keys
 and the gathers), key kernel ~1.2 ms (the rows forward's gathers, on q / dout instead of k / v): ~4.5 ms, uncertain by
-~1.5 ms; `bash scripts/device_sea_round34.sh` measures it.
+~1.5 ms. Measured (H200, SEA fast at 32k causal, results/nvidia-h200/sea-train/call8, call9, call11): dq pass 1.60
+ms, key kernel 1.47 ms, the sort 1.06 ms on 64-bit keys and 0.47 ms on 32-bit ones; the whole step 16.77 -> 15.42 ms
+of kernels, 16.97 -> 15.65 ms wall (same run, A/B/A), +213 MiB peak memory at 32k (the sorted lists). dq, dk, dv are
+stored once each, so they are written in the inputs' dtypes (grad_buffers(stored=True): no zero fill, no casts).
 
 Limits: no padding mask (the lists hold only the keys each row may see); q, k, v in one dtype among bf16 / fp16 /
 fp32, made contiguous; the output gradient is made contiguous.
@@ -69,9 +73,10 @@ POISON_OUTPUTS = False
 # program per row, on the same lists and the rows forward's lse) or "rows" (this module's, one program per block of
 # rows). Measured on an H200 (bf16, SEA's lists at 32k causal, results/nvidia-h200/sea-train/): rows 9.9-10.2 ms,
 # row 5.5 ms; so "row", after the rows forward (with lse 1.02 against the row kernel's 1.56 ms at 8k, same run).
-# "keys": dq by the row kernel without atomics, dk / dv key-major (`key_lists`, `_keys_bwd_kernel`: no atomics);
-# written after this session's last GPU call, tested under the interpreter, NOT timed.
-BACKWARD = "row"
+# "keys": dq by the row kernel without atomics, dk / dv key-major (`key_lists`, `_keys_bwd_kernel`: no atomics): the
+# step 16.77 -> 15.42 ms of kernels at 32k (A/B/A, results/nvidia-h200/sea-train/call11/), +213 MiB; the default.
+# SEA's sparse_backward option picks one per layer.
+BACKWARD = "keys"
 BACKWARDS = ("row", "rows", "keys")
 # key-major backward: keys per program (a power of two >= 16, the N of its tl.dot tiles)
 KEYS_PER_PROGRAM = 16
@@ -235,7 +240,8 @@ def rows_backward(q, k, v, o, lse, row_ptr, col, scale: float, do, backward: str
     backward = BACKWARD if backward is None else backward
     if backward not in BACKWARDS:
         raise ValueError(f"sparse backward {backward!r}: expected one of {BACKWARDS}")
-    do, delta, dq, dk, dv = grad_buffers(q, k, o, do, poison=POISON_OUTPUTS)
+    # key-major: dq by the row kernel without atomics, dk / dv stored by key, so fresh buffers in the inputs' dtypes
+    do, delta, dq, dk, dv = grad_buffers(q, k, o, do, poison=POISON_OUTPUTS, stored=backward == "keys" and T > 0)
     rows, ne = rows_mod.ROWS_PER_PROGRAM, rows_mod.ENTRIES_PER_STEP
     if backward == "row":
         row_backward(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale)

@@ -69,8 +69,8 @@ CASES = [
 ]
 
 
-# every case on this module's block-of-rows backward and on the key-major one; the bf16 ones also on the row kernel's
-# backward (BACKWARD = "row")
+# every case on this module's block-of-rows backward and on the key-major one (the default); the bf16 ones also on
+# the row kernel's backward (BACKWARD = "row")
 @pytest.mark.parametrize("dtype,T,hkv,D,causal,ne,hg,filler,backward",
                          [c + ("rows",) for c in CASES] + [c + ("keys",) for c in CASES]
                          + [c + ("row",) for c in CASES if c[0] == torch.bfloat16])
