@@ -97,14 +97,15 @@ if triton is not None:
         tl.store(LSE + row, lse)
 
     @triton.jit
-    def _bwd_kernel(Q, K, V, DO, ROWPTR, COL, LSE, DELTA, DQ, DK, DV, scale,
+    def _bwd_kernel(Q, K, V, DO, ROWPTR, COL, LSE, DELTA, DQ, DK, DV, O, scale,
                     sqb, sqh, sqt, skb, skh, skt,
                     H, T, D, GROUP, BH,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEADS_FAST: tl.constexpr,
-                    WANT_KV: tl.constexpr):
+                    WANT_KV: tl.constexpr, COMPUTE_DELTA: tl.constexpr):
         # q, do, dq share the layout of q (contiguous [B, H, T, D]); k, v, dk, dv that of k.
         # HEADS_FAST: a 1-D grid of T * BH programs, (b, h) fastest (see ROW_BWD_HEADS_FAST)
         # WANT_KV: False computes dq only (no dk / dv atomic adds; DK, DV are not touched)
+        # COMPUTE_DELTA: delta from O (q's layout) and DO, written to DELTA; else read from DELTA
         if HEADS_FAST:
             pid = tl.program_id(0).to(tl.int64)
             t = pid // BH
@@ -123,7 +124,12 @@ if triton is not None:
         beg = tl.load(ROWPTR + row)
         end = tl.load(ROWPTR + row + 1)
         lse = tl.load(LSE + row)
-        delta = tl.load(DELTA + row)
+        if COMPUTE_DELTA:                      # delta = rowsum(o do) from the forward's output, stored for later passes
+            o = tl.load(O + qoff + offs_d, mask=dmask, other=0.0).to(tl.float32)
+            delta = tl.sum(o * do, axis=0)
+            tl.store(DELTA + row, delta)
+        else:
+            delta = tl.load(DELTA + row)
         dq = tl.zeros([BLOCK_D], dtype=tl.float32)
         kvoff = b * skb + hk * skh
         for start in range(beg, end, BLOCK_N):
@@ -289,13 +295,17 @@ def _triton_forward(q, k, v, row_ptr, col, scale, out=None, lse=None):
     return o, lse
 
 
-def grad_buffers(q, k, o, do, *, poison: bool, stored: bool = False):
+def grad_buffers(q, k, o, do, *, poison: bool, stored: bool = False, delta: bool = True):
     """What a CSR sparse-attention backward kernel takes besides its inputs: (do contiguous, delta = rowsum(o do)
     fp32 [B, H, T] from the stored output o, dq fp32 (fresh, NaN when poison), dk / dv fp32 zeros of k's shape for
     atomic adds). stored: the kernels store every element of dq, dk, dv once (no atomic adds), so all three are
-    fresh in q's / k's dtype (no zero fill, no cast afterwards)."""
+    fresh in q's / k's dtype (no zero fill, no cast afterwards). delta=False: delta is a fresh buffer for the
+    kernel to fill (row_backward with o)."""
     do = do.contiguous()
-    delta = (o.float() * do.float()).sum(-1).contiguous()               # [B, H, T]
+    if delta:
+        delta = (o.float() * do.float()).sum(-1).contiguous()           # [B, H, T]
+    else:
+        delta = fresh(q.shape[:3], torch.float32, q.device, poison=poison)
     if stored:
         dk = fresh(k.shape, k.dtype, q.device, poison=poison)
         return do, delta, fresh(q.shape, q.dtype, q.device, poison=poison), dk, fresh(k.shape, k.dtype, q.device,
@@ -324,19 +334,24 @@ class _SparseAttnFn(torch.autograd.Function):
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
 
 
-def row_backward(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale: float, *, want_kv: bool = True) -> None:
+def row_backward(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale: float, *, want_kv: bool = True,
+                 o=None) -> None:
     """Launch the row kernel's backward (`_bwd_kernel`): dq written, dk / dv (fp32 zeros) added to atomically
-    (want_kv=False: dq only). Grid: (T, B*H) with t fastest, or with ROW_BWD_HEADS_FAST one of T * B*H programs with
-    (b, h) fastest."""
+    (want_kv=False: dq only). o: the forward's output (q's layout): the kernel then computes delta = rowsum(o do)
+    itself and writes it to `delta` (for passes after it); None: delta is read. Grid: (T, B*H) with t fastest, or
+    with ROW_BWD_HEADS_FAST one of T * B*H programs with (b, h) fastest."""
     B, H, T, D = q.shape
     BH = B * H
     grid = (T * BH,) if ROW_BWD_HEADS_FAST else (T, BH)
+    if o is not None and (o.shape != q.shape or o.stride() != q.stride() or do.stride() != q.stride()):
+        raise ValueError("row_backward: o and do must share q's shape and layout")
     if T and BH:
         _bwd_kernel[grid](
-            q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, float(scale),
+            q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, q if o is None else o, float(scale),
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             H, T, D, H // k.shape[1], BH,
-            BLOCK_N=BLOCK_N, BLOCK_D=pow2_block(D), HEADS_FAST=bool(ROW_BWD_HEADS_FAST), WANT_KV=bool(want_kv))
+            BLOCK_N=BLOCK_N, BLOCK_D=pow2_block(D), HEADS_FAST=bool(ROW_BWD_HEADS_FAST), WANT_KV=bool(want_kv),
+            COMPUTE_DELTA=o is not None)
 
 
 def sparse_attention_triton(q, k, v, row_ptr, col, scale: float):
