@@ -217,8 +217,9 @@ if triton is not None:
 
 def key_lists(row_ptr, col, B: int, H: int, Hkv: int, T: int):
     """The CSR lists transposed to key-major order without a host sync: (key_ptr int64 [B*Hkv*T + 1], erow int32
-    (int64 past 2^31 rows) [col.numel()]) where the entries of key j of (b, kv head) are erow[key_ptr[(b Hkv + kv) T + j] : ...[... + 1]],
-    each the flat query row (b, h, t) that lists it. Filler entries of col past row_ptr[-1] sort after all keys."""
+    (int64 past 2^31 rows) [col.numel()]) where the entries of key j of (b, kv head) are
+    erow[key_ptr[(b Hkv + kv) T + j] : ...[... + 1]], each the flat query row (b, h, t) that lists it. Filler
+    entries of col past row_ptr[-1] sort after all keys."""
     n = col.numel()
     rows = row_ptr.numel() - 1
     sentinel = B * Hkv * T

@@ -127,4 +127,5 @@ def test_gpu_against_pytorch_form_and_timing(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3 * (1 + b.abs().max().item()))
     t_torch = time_cuda(torch_form, rep_ms=50).median_ms
     t_kernel = time_cuda(kernel_form, rep_ms=50).median_ms
-    print(f"\nnormaliser gradient T=32768: PyTorch form {t_torch:.3f} ms, kernel {t_kernel:.3f} ms (with two zero fills)")
+    print(f"\nnormaliser gradient T=32768: PyTorch form {t_torch:.3f} ms, kernel {t_kernel:.3f} ms "
+          "(with two zero fills)")

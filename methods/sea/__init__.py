@@ -50,9 +50,9 @@ class _SEABase(Method):
                "tiles; the row kernel runs when grads or a padding mask are needed, and impl says so), triton_rows "
                "(16 query rows per program walking their consecutive CSR entries with tl.dot, "
                "kernels/sea_sparse_rows.py; with gradients its forward keeps the lse and the backward of "
-               "sparse_backward runs on it, kernels/sea_sparse_rows_bwd.py; on an H200 2.0x the row kernel's forward at 64k causal, "
-               "results/nvidia-h200/sea-rows-mix/; the forward with lse 1.77 -> 1.11 ms in the 32k causal "
-               "forward+backward, results/nvidia-h200/sea-train/), torch",
+               "sparse_backward runs on it, kernels/sea_sparse_rows_bwd.py; on an H200 2.0x the row kernel's "
+               "forward at 64k causal, results/nvidia-h200/sea-rows-mix/; the forward with lse 1.77 -> 1.11 ms "
+               "in the 32k causal forward+backward, results/nvidia-h200/sea-train/), torch",
                choices=("auto", "triton", "triton_tiled", "triton_rows", "torch")),
         Option("estimator_dtype", "fp32", "dtype of the estimator's CNN decoder: fp32 (the paper's), bf16 or "
                "fp16 (autocast; the Performer and the encoder stay fp32; causal calls then run the PyTorch "

@@ -24,9 +24,9 @@ from methods.sea.topk import select_topk, selection_caps, topk_path
 # change 5.7e-6 relative): results/nvidia-h200/sea-round19/call5/.
 AUTO_ROWS_MIX = True
 # backend=auto takes the rows kernel for CUDA calls that need gradients too (kernels/sea_sparse_rows_bwd.py: its
-# forward with lse, the backward the sparse_backward option names) when True; the row kernel's forward and backward otherwise. Measured on
-# an H200: the forward with lse 1.02 against 1.56 ms (8k, same run), 1.11 against 1.77 ms in SEA's 32k causal step;
-# the whole step's gain is below its run-to-run spread (results/nvidia-h200/sea-train/).
+# forward with lse, the backward the sparse_backward option names) when True; the row kernel's forward and backward
+# otherwise. Measured on an H200: the forward with lse 1.02 against 1.56 ms (8k, same run), 1.11 against 1.77 ms in
+# SEA's 32k causal step (results/nvidia-h200/sea-train/).
 AUTO_ROWS_GRAD = True
 # forward (whole sequence) resolves its finite-input check after queuing its work when True (PendingFiniteCheck);
 # at the start, with the host waiting for the device, when False. A switch for same-run A/B measurements.
