@@ -75,9 +75,12 @@ POISON_OUTPUTS = False
 # row 5.5 ms; so "row", after the rows forward (with lse 1.02 against the row kernel's 1.56 ms at 8k, same run).
 # "keys": dq by the row kernel without atomics, dk / dv key-major (`key_lists`, `_keys_bwd_kernel`: no atomics): the
 # step 16.77 -> 15.42 ms of kernels at 32k (A/B/A, results/nvidia-h200/sea-train/call11/), +213 MiB; the default.
-# SEA's sparse_backward option picks one per layer.
+# SEA's sparse_backward option picks one per layer. "keys_rows": key-major dk / dv, dq by this module's 16-row
+# program without atomics (the layout of the rows forward, 1.11 ms against the row kernel's 1.77 ms dq pass at 32k):
+# written after the ninth session's last GPU call, tested under the interpreter, NOT timed
+# (`bash scripts/device_sea_round40.sh`).
 BACKWARD = "keys"
-BACKWARDS = ("row", "rows", "keys")
+BACKWARDS = ("row", "rows", "keys", "keys_rows")
 # key-major backward: keys per program (a power of two >= 16, the N of its tl.dot tiles)
 KEYS_PER_PROGRAM = 16
 
@@ -117,12 +120,13 @@ if triton is not None:
             tl.store(KEY + e, key.to(KEY.dtype.element_ty), mask=emask)
 
     @triton.jit
-    def _rows_bwd_kernel(Q, K, V, DO, ROWPTR, COL, LSE, DELTA, DQ, DK, DV, scale,
+    def _rows_bwd_kernel(Q, K, V, DO, ROWPTR, COL, LSE, DELTA, DQ, DK, DV, O, scale,
                          sqb, sqh, sqt, skb, skh, skt,
                          H, T, D, GROUP, NTB, HG,
                          ROWS: tl.constexpr, NE: tl.constexpr, BLOCK_D: tl.constexpr, FP32: tl.constexpr,
-                         EMU: tl.constexpr):
-        # q, dout, dq share q's (contiguous) layout; k, v, dk, dv share k's. Program order as _rows_fwd_kernel.
+                         EMU: tl.constexpr, WANT_KV: tl.constexpr, COMPUTE_DELTA: tl.constexpr):
+        # q, dout, dq, o share q's (contiguous) layout; k, v, dk, dv share k's. Program order as _rows_fwd_kernel.
+        # WANT_KV False: dq only (DK, DV untouched). COMPUTE_DELTA: delta = rowsum(o dout) here, stored to DELTA.
         b, h, hk, t, rmask, row, beg, end, e_lo, e_hi, offs_d, dmask = _rows_program(
             ROWPTR, H, T, D, GROUP, NTB, HG, ROWS, BLOCK_D)
         qmask = rmask[:, None] & dmask[None, :]                          # [ROWS, BLOCK_D]
@@ -130,7 +134,12 @@ if triton is not None:
         q = tl.load(Q + qoff, mask=qmask, other=0.0)                     # [ROWS, BLOCK_D] input dtype
         do = tl.load(DO + qoff, mask=qmask, other=0.0)
         lse = tl.load(LSE + row, mask=rmask, other=float("inf"))         # [ROWS] fp32 (+inf: empty row)
-        delta = tl.load(DELTA + row, mask=rmask, other=0.0)              # [ROWS] fp32
+        if COMPUTE_DELTA:
+            o = tl.load(O + qoff, mask=qmask, other=0.0).to(tl.float32)
+            delta = tl.sum(o * do.to(tl.float32), axis=1)                # [ROWS] fp32
+            tl.store(DELTA + row, delta, mask=rmask)
+        else:
+            delta = tl.load(DELTA + row, mask=rmask, other=0.0)          # [ROWS] fp32
         kvoff = b * skb + hk * skh
         offs_e = tl.arange(0, NE)
         dq = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
@@ -154,12 +163,13 @@ if triton is not None:
             # dv[e] = p[r(e), e] dout[r(e)]: the column sums of ds and p, and the q / dout rows of each entry's row
             # gathered again (L1 / L2 hits), in the gathers' layout like the row kernel (no [NE, D] products on
             # tensor cores, no layout change before the atomics)
-            er = tl.sum(tl.where(member, tl.arange(0, ROWS)[:, None], 0), axis=0)    # [NE] row of each entry
-            eoff = b * sqb + h * sqh + (tl.min(t, axis=0) + er)[:, None] * sqt + offs_d[None, :]
-            qe = tl.load(Q + eoff, mask=kvm, other=0.0).to(tl.float32)   # [NE, BLOCK_D]
-            doe = tl.load(DO + eoff, mask=kvm, other=0.0).to(tl.float32)
-            tl.atomic_add(DK + ptr, tl.sum(ds, axis=0)[:, None] * qe * scale, mask=kvm)
-            tl.atomic_add(DV + ptr, tl.sum(p, axis=0)[:, None] * doe, mask=kvm)
+            if WANT_KV:
+                er = tl.sum(tl.where(member, tl.arange(0, ROWS)[:, None], 0), axis=0)    # [NE] row of each entry
+                eoff = b * sqb + h * sqh + (tl.min(t, axis=0) + er)[:, None] * sqt + offs_d[None, :]
+                qe = tl.load(Q + eoff, mask=kvm, other=0.0).to(tl.float32)   # [NE, BLOCK_D]
+                doe = tl.load(DO + eoff, mask=kvm, other=0.0).to(tl.float32)
+                tl.atomic_add(DK + ptr, tl.sum(ds, axis=0)[:, None] * qe * scale, mask=kvm)
+                tl.atomic_add(DV + ptr, tl.sum(p, axis=0)[:, None] * doe, mask=kvm)
         tl.store(DQ + qoff, dq * scale, mask=qmask)
 
 
@@ -260,16 +270,19 @@ def rows_backward(q, k, v, o, lse, row_ptr, col, scale: float, do, backward: str
     backward = BACKWARD if backward is None else backward
     if backward not in BACKWARDS:
         raise ValueError(f"sparse backward {backward!r}: expected one of {BACKWARDS}")
-    # key-major: dq by the row kernel without atomics, dk / dv stored by key, so fresh buffers in the inputs' dtypes
-    # the row kernel's passes compute delta = rowsum(o do) themselves (row_backward with o)
-    by_row = backward in ("row", "keys")
-    do, delta, dq, dk, dv = grad_buffers(q, k, o, do, poison=POISON_OUTPUTS, stored=backward == "keys" and T > 0,
-                                         delta=not by_row)
-    rows, ne = rows_mod.ROWS_PER_PROGRAM, rows_mod.ENTRIES_PER_STEP
+    # key-major: dq without atomics, dk / dv stored by key, so fresh buffers in the inputs' dtypes. The dq passes of
+    # row / keys / keys_rows compute delta = rowsum(o do) themselves.
+    key_major = backward in ("keys", "keys_rows")
+    do, delta, dq, dk, dv = grad_buffers(q, k, o, do, poison=POISON_OUTPUTS, stored=key_major and T > 0,
+                                         delta=backward == "rows")
+    ne = rows_mod.ENTRIES_PER_STEP
     if backward == "row":
         row_backward(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale, o=o)
-    elif backward == "keys":
-        row_backward(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale, want_kv=False, o=o)
+    elif key_major:
+        if backward == "keys":
+            row_backward(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale, want_kv=False, o=o)
+        elif T and B * H:                                                # keys_rows: dq in the rows layout
+            _rows_pass(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale, want_kv=False, o=o)
         kb = KEYS_PER_PROGRAM
         if kb < 16 or kb & (kb - 1):
             raise ValueError(f"KEYS_PER_PROGRAM={kb}: must be a power of two >= 16")
@@ -282,15 +295,23 @@ def rows_backward(q, k, v, o, lse, row_ptr, col, scale: float, do, backward: str
                 KB=kb, NE=ne, BLOCK_D=pow2_block(D), FP32=q.dtype == torch.float32, EMU=q.device.type != "cuda",
                 num_warps=rows_mod.NUM_WARPS)
     elif T and B * H:
-        ntb = triton.cdiv(T, rows)
-        hg = head_group(B * H, k.shape[2], D, k.element_size())
-        _rows_bwd_kernel[(B * H * ntb,)](
-            q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, float(scale),
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            H, T, D, H // Hkv, ntb, hg,
-            ROWS=rows, NE=ne, BLOCK_D=pow2_block(D), FP32=q.dtype == torch.float32, EMU=q.device.type != "cuda",
-            num_warps=rows_mod.NUM_WARPS)
+        _rows_pass(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale, want_kv=True, o=None)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def _rows_pass(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale: float, *, want_kv: bool, o) -> None:
+    """Launch `_rows_bwd_kernel` (16 rows per program): dq stored, dk / dv added atomically when want_kv; o given:
+    delta computed in the kernel and stored."""
+    B, H, T, D = q.shape
+    ntb = triton.cdiv(T, rows_mod.ROWS_PER_PROGRAM)
+    hg = head_group(B * H, k.shape[2], D, k.element_size())
+    _rows_bwd_kernel[(B * H * ntb,)](
+        q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, q if o is None else o, float(scale),
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        H, T, D, H // k.shape[1], ntb, hg,
+        ROWS=rows_mod.ROWS_PER_PROGRAM, NE=rows_mod.ENTRIES_PER_STEP, BLOCK_D=pow2_block(D),
+        FP32=q.dtype == torch.float32, EMU=q.device.type != "cuda", WANT_KV=want_kv, COMPUTE_DELTA=o is not None,
+        num_warps=rows_mod.NUM_WARPS)
 
 
 def sparse_rows_attention(q, k, v, row_ptr, col, scale: float, backward: str | None = None):

@@ -43,7 +43,8 @@ def test_layer_rows_kernel_matches_row_kernel(query_chunk):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("causal, sparse_backward", [(True, "auto"), (False, "auto"), (True, "keys")])
+@pytest.mark.parametrize("causal, sparse_backward", [(True, "auto"), (False, "auto"), (True, "row"),
+                                                     (True, "keys_rows")])
 def test_layer_gradients_on_rows_kernel_match_row_kernel(monkeypatch, causal, sparse_backward):
     """With gradients the rows kernel runs with its backward (kernels/sea_sparse_rows_bwd.py, the one the
     sparse_backward option names): the layer's output and the gradients of q, k, v and the estimator's parameters

@@ -69,10 +69,11 @@ CASES = [
 ]
 
 
-# every case on this module's block-of-rows backward and on the key-major one (the default); the bf16 ones also on
-# the row kernel's backward (BACKWARD = "row")
+# every case on this module's block-of-rows backward and on the key-major ones (keys, the default, and keys_rows);
+# the bf16 ones also on the row kernel's backward (BACKWARD = "row")
 @pytest.mark.parametrize("dtype,T,hkv,D,causal,ne,hg,filler,backward",
                          [c + ("rows",) for c in CASES] + [c + ("keys",) for c in CASES]
+                         + [c + ("keys_rows",) for c in CASES]
                          + [c + ("row",) for c in CASES if c[0] == torch.bfloat16])
 def test_grads_match_float64_and_row_kernel(monkeypatch, dtype, T, hkv, D, causal, ne, hg, filler, backward):
     monkeypatch.setattr(srb, "BACKWARD", backward)
@@ -195,10 +196,13 @@ def test_gpu_matches_row_kernel_and_times(dtype, monkeypatch):
     monkeypatch.setattr(srb, "BACKWARD", "keys")
     check(torch.autograd.grad(out, x, dout, retain_graph=True))
     t_keys = ms(lambda: torch.autograd.grad(out, x, dout, retain_graph=True))
+    monkeypatch.setattr(srb, "BACKWARD", "keys_rows")
+    check(torch.autograd.grad(out, x, dout, retain_graph=True))
+    t_keys_rows = ms(lambda: torch.autograd.grad(out, x, dout, retain_graph=True))
     t_fwd_rows = ms(lambda: srb.sparse_rows_attention(*x, rp, col, 0.125))
     t_fwd_row = ms(lambda: ssa.sparse_attention_triton(*y, rp, col, 0.125))
     print(f"\n{dtype}, T={T}, nnz {int(rp[-1]) / 1e6:.1f}M: backward rows kernel {t_rows:.3f} ms, row kernel "
           f"{t_row:.3f} ms (on the rows forward's lse {t_mixed:.3f} ms, heads fastest {t_heads:.3f} ms), key-major "
-          f"{t_keys:.3f} ms; forward "
+          f"{t_keys:.3f} ms (dq in the 16-row layout {t_keys_rows:.3f} ms); forward "
           f"with lse: rows {t_fwd_rows:.3f} ms, "
           f"row {t_fwd_row:.3f} ms")

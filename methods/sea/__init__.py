@@ -111,10 +111,11 @@ class _SEABase(Method):
         Option("sparse_backward", "auto", "backward of the rows kernel (backend triton_rows, and auto on CUDA, "
                "with gradients; kernels/sea_sparse_rows_bwd.py): row (the row kernel's backward, dk / dv by "
                "atomic adds), keys (dq by the row kernel without atomics, dk / dv over the lists sorted by key: "
-               "a 32-bit sort of the entries, more memory), rows (its own 16-row program; slower, kept for "
-               "comparison) or auto (the module's BACKWARD: keys; on an H200 the 32k causal step of SEA fast 16.9 -> "
-               "15.6 ms with keys, +8 % peak memory, results/nvidia-h200/sea-train/call11/)",
-               choices=("auto", "row", "keys", "rows")),
+               "a 32-bit sort of the entries), keys_rows (keys with dq by the 16-row program; not timed yet), rows "
+               "(its own 16-row program with atomic adds; slower, kept for comparison) or auto (the module's "
+               "BACKWARD: keys; on an H200 the 32k causal step of SEA fast 16.9 -> 15.6 ms with keys, same run, "
+               "results/nvidia-h200/sea-train/call11/)",
+               choices=("auto", "row", "keys", "rows", "keys_rows")),
         Option("mix_backend", "auto", "sparse attention and mix: torch (the sparse kernel writes c, then the mix "
                "in tensor ops), kernel (causal, no padding mask: the cumulative mean of v and the mix in one Triton "
                "kernel after the sparse kernel, kernels/sea_causal_mix.py; on an H200 1.56 -> 0.22 ms at 64k causal, "

@@ -145,8 +145,8 @@ class SEAAttention(AttentionModule):
                  query_blocks: int = 0, mix_backend: str = "auto", estimator_precision: str = "fp32",
                  sparse_backward: str = "auto"):
         super().__init__()
-        if sparse_backward not in ("auto", "row", "keys", "rows"):
-            raise ValueError(f"sparse backward {sparse_backward!r}: expected auto, row, keys or rows")
+        if sparse_backward not in ("auto", "row", "keys", "rows", "keys_rows"):
+            raise ValueError(f"sparse backward {sparse_backward!r}: expected auto, row, keys, rows or keys_rows")
         self.sparse_backward = sparse_backward
         if query_chunk < 0 or query_blocks < 0 or (query_chunk and query_blocks):
             raise ValueError(f"query_chunk={query_chunk}, query_blocks={query_blocks}: at most one of them, >= 1 "
