@@ -114,7 +114,7 @@ if triton is not None:
         for e0 in range(beg, end, NE):
             e = e0 + tl.arange(0, NE)
             emask = e < end
-            c = tl.load(COL + e, mask=emask & (r < NROWS), other=0).to(tl.int64)
+            c = tl.load(COL + e, mask=emask, other=0).to(tl.int64)      # filler entries: read, not used
             key = tl.where(last, sentinel, kvrow + c)
             tl.store(EROW + e, r.to(EROW.dtype.element_ty), mask=emask)
             tl.store(KEY + e, key.to(KEY.dtype.element_ty), mask=emask)
