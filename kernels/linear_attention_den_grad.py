@@ -25,7 +25,6 @@ from __future__ import annotations
 import torch
 
 from kernels import sea_causal_mix as scm
-from kernels._buffers import fresh
 
 try:
     import triton
@@ -38,7 +37,7 @@ CHUNK = 64           # rows per program (power of two)
 MAX_M = 512          # features per row held by one program
 
 if triton is not None:
-    from kernels.sea_causal_mix_grad import chunk_rows
+    from kernels.sea_causal_mix_grad import chunk_rows, prefix_suffix_scan
 
     @triton.jit
     def _den_tile(FQ, FK, DDEN, sqb, sqh, sqt, skb, skh, skt, H, T, M, G,
@@ -98,15 +97,12 @@ def den_grad_add_(fq, fk, dden, dfq, dfk) -> None:
         raise ValueError(f"den_grad_add_: B * H = {B * H} programs on the grid's second axis (at most 65535)")
     BH, NC = B * H, -(-T // CHUNK)
     bm = scm._pow2(M)
-    stacked = fresh((2 * BH, NC + 1, M), torch.float32, fq.device, poison=scm.POISON_OUTPUTS)   # PRE, then SUF
-    pre, suf = stacked[:BH], stacked[BH:]
-    stacked[:, 0].zero_()
     dden = dden.contiguous()
     args = (fq.stride(0), fq.stride(1), fq.stride(2), fk.stride(0), fk.stride(1), fk.stride(2), H, T, M, H // Hkv, NC)
-    _den_sums_kernel[(NC, BH)](fq, fk, dden, pre, suf, *args, CHUNK=CHUNK, BLOCK_M=bm, num_warps=4)
-    sbd = min(scm.SCAN_BLOCK_D, bm)
-    scm._prefix_kernel[(-(-M // sbd), 2 * BH)](stacked, M, NC + 1, SCAN_BLOCK_D=sbd, SCAN_STEPS=scm.SCAN_STEPS,
-                                               num_warps=4)
-    _den_apply_kernel[(NC, BH)](fq, fk, dden, pre, suf, dfq if dfq is not None else stacked,
-                                dfk if dfk is not None else stacked, *args, CHUNK=CHUNK, BLOCK_M=bm,
+    pre, suf = prefix_suffix_scan(
+        lambda pre, suf: _den_sums_kernel[(NC, BH)](fq, fk, dden, pre, suf, *args, CHUNK=CHUNK, BLOCK_M=bm,
+                                                    num_warps=4),
+        BH, NC, M, fq.device)
+    _den_apply_kernel[(NC, BH)](fq, fk, dden, pre, suf, dfq if dfq is not None else pre,
+                                dfk if dfk is not None else pre, *args, CHUNK=CHUNK, BLOCK_M=bm,
                                 WANT_Q=dfq is not None, WANT_K=dfk is not None, num_warps=4)

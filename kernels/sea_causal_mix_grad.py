@@ -108,22 +108,33 @@ if triton is not None:
         tl.store(DV + row, dv.to(DV.dtype.element_ty), mask=ok)
 
 
+def prefix_suffix_scan(sums_launch, BH: int, NC: int, D: int, device):
+    """The chunk totals' scan shared by this module and kernels/linear_attention_den_grad.py: a fresh fp32 buffer
+    of 2 BH (NC + 1) D (PRE rows [BH, NC + 1, D], then SUF rows, row 0 of each zero), `sums_launch(pre, suf)` writing
+    chunk c's totals to PRE[:, c + 1] and SUF[:, NC - c], then one scm._prefix_kernel launch over both: PRE[:, c] is
+    the sum over the chunks before c, SUF[:, NC - c - 1] over the chunks after c. Returns (pre, suf)."""
+    stacked = fresh((2 * BH, NC + 1, D), torch.float32, device, poison=scm.POISON_OUTPUTS)
+    pre, suf = stacked[:BH], stacked[BH:]
+    stacked[:, 0].zero_()
+    sums_launch(pre, suf)
+    sbd = min(scm.SCAN_BLOCK_D, scm._pow2(D))
+    scm._prefix_kernel[(-(-D // sbd), 2 * BH)](stacked, D, NC + 1, SCAN_BLOCK_D=sbd, SCAN_STEPS=scm.SCAN_STEPS,
+                                               num_warps=scm.NUM_WARPS)
+    return pre, suf
+
+
 def _backward(g, c, v, s_prob, s_mix):
-    """(dc, dv, ds_prob, ds_mix) by the two launches above around scm._prefix_kernel."""
+    """(dc, dv, ds_prob, ds_mix) by the two launches above around the prefix scan."""
     B, H, T, D = c.shape
     dev = c.device
     BH = B * H
     NC = -(-T // scm.CHUNK)
     bd = scm._pow2(D)
-    stacked = fresh((2 * BH, NC + 1, D), torch.float32, dev, poison=scm.POISON_OUTPUTS)   # PRE rows, then SUF rows
-    pre, suf = stacked[:BH], stacked[BH:]
-    stacked[:, 0].zero_()
     sv, sg, sm = v.stride(), g.stride(), s_mix.stride()
-    _grad_sums_kernel[(NC, BH)](v, g, s_mix, pre, suf, *sv, *sg, sm[0], sm[1], sm[2], H, T, D, NC,
-                                CHUNK=scm.CHUNK, BLOCK_D=bd, num_warps=scm.NUM_WARPS)
-    sbd = min(scm.SCAN_BLOCK_D, bd)
-    scm._prefix_kernel[(-(-D // sbd), 2 * BH)](stacked, D, NC + 1, SCAN_BLOCK_D=sbd, SCAN_STEPS=scm.SCAN_STEPS,
-                                               num_warps=scm.NUM_WARPS)
+    pre, suf = prefix_suffix_scan(
+        lambda pre, suf: _grad_sums_kernel[(NC, BH)](v, g, s_mix, pre, suf, *sv, *sg, sm[0], sm[1], sm[2], H, T, D,
+                                                     NC, CHUNK=scm.CHUNK, BLOCK_D=bd, num_warps=scm.NUM_WARPS),
+        BH, NC, D, dev)
     dc = fresh((B, H, T, D), c.dtype, dev, poison=scm.POISON_OUTPUTS)
     dv = fresh((B, H, T, D), v.dtype, dev, poison=scm.POISON_OUTPUTS)
     dsp = fresh((B, H, T, 1), torch.float32, dev, poison=scm.POISON_OUTPUTS)

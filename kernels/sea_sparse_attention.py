@@ -101,11 +101,11 @@ if triton is not None:
                     sqb, sqh, sqt, skb, skh, skt,
                     H, T, D, GROUP, BH,
                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEADS_FAST: tl.constexpr,
-                    WANT_KV: tl.constexpr, COMPUTE_DELTA: tl.constexpr):
+                    WANT_KV: tl.constexpr):
         # q, do, dq share the layout of q (contiguous [B, H, T, D]); k, v, dk, dv that of k.
         # HEADS_FAST: a 1-D grid of T * BH programs, (b, h) fastest (see ROW_BWD_HEADS_FAST)
         # WANT_KV: False computes dq only (no dk / dv atomic adds; DK, DV are not touched)
-        # COMPUTE_DELTA: delta from O (q's layout) and DO, written to DELTA; else read from DELTA
+        # delta = rowsum(o dout) from O (q's layout) and DO, also written to DELTA for passes after this one
         if HEADS_FAST:
             pid = tl.program_id(0).to(tl.int64)
             t = pid // BH
@@ -124,12 +124,9 @@ if triton is not None:
         beg = tl.load(ROWPTR + row)
         end = tl.load(ROWPTR + row + 1)
         lse = tl.load(LSE + row)
-        if COMPUTE_DELTA:                      # delta = rowsum(o do) from the forward's output, stored for later passes
-            o = tl.load(O + qoff + offs_d, mask=dmask, other=0.0).to(tl.float32)
-            delta = tl.sum(o * do, axis=0)
-            tl.store(DELTA + row, delta)
-        else:
-            delta = tl.load(DELTA + row)
+        o = tl.load(O + qoff + offs_d, mask=dmask, other=0.0).to(tl.float32)
+        delta = tl.sum(o * do, axis=0)
+        tl.store(DELTA + row, delta)
         dq = tl.zeros([BLOCK_D], dtype=tl.float32)
         kvoff = b * skb + hk * skh
         for start in range(beg, end, BLOCK_N):
@@ -295,17 +292,13 @@ def _triton_forward(q, k, v, row_ptr, col, scale, out=None, lse=None):
     return o, lse
 
 
-def grad_buffers(q, k, o, do, *, poison: bool, stored: bool = False, delta: bool = True):
-    """What a CSR sparse-attention backward kernel takes besides its inputs: (do contiguous, delta = rowsum(o do)
-    fp32 [B, H, T] from the stored output o, dq fp32 (fresh, NaN when poison), dk / dv fp32 zeros of k's shape for
-    atomic adds). stored: the kernels store every element of dq, dk, dv once (no atomic adds), so all three are
-    fresh in q's / k's dtype (no zero fill, no cast afterwards). delta=False: delta is a fresh buffer for the
-    kernel to fill (row_backward with o)."""
+def grad_buffers(q, k, do, *, poison: bool, stored: bool = False):
+    """What a CSR sparse-attention backward kernel takes besides its inputs: (do contiguous, delta fp32 [B, H, T]
+    (fresh: the dq pass computes rowsum(o do) and stores it there), dq fp32 (fresh, NaN when poison), dk / dv fp32
+    zeros of k's shape for atomic adds). stored: the kernels store every element of dq, dk, dv once (no atomic
+    adds), so all three are fresh in q's / k's dtype (no zero fill, no cast afterwards)."""
     do = do.contiguous()
-    if delta:
-        delta = (o.float() * do.float()).sum(-1).contiguous()           # [B, H, T]
-    else:
-        delta = fresh(q.shape[:3], torch.float32, q.device, poison=poison)
+    delta = fresh(q.shape[:3], torch.float32, q.device, poison=poison)
     if stored:
         dk = fresh(k.shape, k.dtype, q.device, poison=poison)
         return do, delta, fresh(q.shape, q.dtype, q.device, poison=poison), dk, fresh(k.shape, k.dtype, q.device,
@@ -329,29 +322,28 @@ class _SparseAttnFn(torch.autograd.Function):
         q, k, v, o, lse, row_ptr, col = ctx.saved_tensors
         B, H, T, D = q.shape
         Hkv = k.shape[1]
-        do, delta, dq, dk, dv = grad_buffers(q, k, o, do, poison=POISON_OUTPUTS)
-        row_backward(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, ctx.scale)
+        do, delta, dq, dk, dv = grad_buffers(q, k, do, poison=POISON_OUTPUTS)
+        row_backward(q, k, v, o, do, row_ptr, col, lse, delta, dq, dk, dv, ctx.scale)
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
 
 
-def row_backward(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale: float, *, want_kv: bool = True,
-                 o=None) -> None:
+def row_backward(q, k, v, o, do, row_ptr, col, lse, delta, dq, dk, dv, scale: float, *,
+                 want_kv: bool = True) -> None:
     """Launch the row kernel's backward (`_bwd_kernel`): dq written, dk / dv (fp32 zeros) added to atomically
-    (want_kv=False: dq only). o: the forward's output (q's layout): the kernel then computes delta = rowsum(o do)
-    itself and writes it to `delta` (for passes after it); None: delta is read. Grid: (T, B*H) with t fastest, or
-    with ROW_BWD_HEADS_FAST one of T * B*H programs with (b, h) fastest."""
+    (want_kv=False: dq only); delta = rowsum(o do) from the forward's output o (q's layout) computed per row and
+    written to `delta` (for passes after this one). Grid: (T, B*H) with t fastest, or with ROW_BWD_HEADS_FAST one of
+    T * B*H programs with (b, h) fastest."""
     B, H, T, D = q.shape
     BH = B * H
     grid = (T * BH,) if ROW_BWD_HEADS_FAST else (T, BH)
-    if o is not None and (o.shape != q.shape or o.stride() != q.stride() or do.stride() != q.stride()):
+    if o.shape != q.shape or o.stride() != q.stride() or do.stride() != q.stride():
         raise ValueError("row_backward: o and do must share q's shape and layout")
     if T and BH:
         _bwd_kernel[grid](
-            q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, q if o is None else o, float(scale),
+            q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, o, float(scale),
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             H, T, D, H // k.shape[1], BH,
-            BLOCK_N=BLOCK_N, BLOCK_D=pow2_block(D), HEADS_FAST=bool(ROW_BWD_HEADS_FAST), WANT_KV=bool(want_kv),
-            COMPUTE_DELTA=o is not None)
+            BLOCK_N=BLOCK_N, BLOCK_D=pow2_block(D), HEADS_FAST=bool(ROW_BWD_HEADS_FAST), WANT_KV=bool(want_kv))
 
 
 def sparse_attention_triton(q, k, v, row_ptr, col, scale: float):

@@ -35,18 +35,19 @@ rows do not explain it alone). Hence BACKWARD below: the row kernel's backward o
 key-major one (the default since the ninth session).
 
 Key-major backward (BACKWARD = "keys"): dq by the row kernel's backward without its atomic adds (WANT_KV=False), and
-dk / dv by `_keys_bwd_kernel` over the lists transposed to key order (`key_lists`: each entry's query row and key
-by `_entry_keys_kernel`, a sort of the entries by (b, kv head, key) on 32-bit keys, key_ptr by
-searchsorted; no host sync): one program per 16
-consecutive keys of one (b, kv head) walks their entries 64 at a time, gathers the q / dout rows of the entries'
-query rows with their lse and delta, and accumulates dk = scale dS^T q, dv = P^T dout [16, D] in registers
-(`_split3_dot`, fp32 accuracy), stored once: no atomics. Prediction (H200, SEA's 32k causal lists, against the row
-kernel's 5.5 ms): dq pass ~1.8 ms (the row kernel's forward cost), transposition ~1.5 ms (a sort of ~13M int64 keys
-and the gathers), key kernel ~1.2 ms (the rows forward's gathers, on q / dout instead of k / v): ~4.5 ms, uncertain by
-~1.5 ms. Measured (H200, SEA fast at 32k causal, results/nvidia-h200/sea-train/call8, call9, call11): dq pass 1.60
-ms, key kernel 1.47 ms, the sort 1.06 ms on 64-bit keys and 0.47 ms on 32-bit ones; the whole step 16.77 -> 15.42 ms
-of kernels, 16.97 -> 15.65 ms wall (same run, A/B/A), +213 MiB peak memory at 32k (the sorted lists). dq, dk, dv are
-stored once each, so they are written in the inputs' dtypes (grad_buffers(stored=True): no zero fill, no casts).
+dk / dv by `_keys_bwd_kernel` over the lists transposed to key order (`key_lists`: each entry's query row and key by
+`_entry_keys_kernel`, a sort of the entries by (b, kv head, key) on 32-bit keys, key_ptr by searchsorted; no host
+sync): one program per 16 consecutive keys of one (b, kv head) walks their entries 64 at a time, gathers the q /
+dout rows of the entries' query rows with their lse and delta, and accumulates dk = scale dS^T q, dv = P^T dout [16,
+D] in registers (`_split3_dot`, fp32 accuracy), stored once: no atomics. Prediction (H200, SEA's 32k causal lists,
+against the row kernel's 5.5 ms): dq pass ~1.8 ms (the row kernel's forward cost), transposition ~1.5 ms (a sort of
+~13M int64 keys and the gathers), key kernel ~1.2 ms (the rows forward's gathers, on q / dout instead of k / v):
+~4.5 ms, uncertain by ~1.5 ms. Measured (H200, SEA fast at 32k causal, results/nvidia-h200/sea-train/call8, call9,
+call11): dq pass 1.60 ms, key kernel 1.47 ms, the sort 1.06 ms on 64-bit keys and 0.47 ms on 32-bit ones; the whole
+step 16.77 -> 15.42 ms of kernels, 16.97 -> 15.65 ms wall (same run, A/B/A), +213 MiB peak memory at 32k (the sorted
+lists). dq, dk, dv are stored once each, so they are written in the inputs' dtypes (grad_buffers(stored=True): no
+zero fill, no casts); every dq pass computes delta = rowsum(o dout) itself, in place of a PyTorch product and sum
+(the dq pass 1.60 -> 1.77 ms across calls, results/nvidia-h200/sea-train/call13/).
 
 Limits: no padding mask (the lists hold only the keys each row may see); q, k, v in one dtype among bf16 / fp16 /
 fp32, made contiguous; the output gradient is made contiguous.
@@ -124,9 +125,9 @@ if triton is not None:
                          sqb, sqh, sqt, skb, skh, skt,
                          H, T, D, GROUP, NTB, HG,
                          ROWS: tl.constexpr, NE: tl.constexpr, BLOCK_D: tl.constexpr, FP32: tl.constexpr,
-                         EMU: tl.constexpr, WANT_KV: tl.constexpr, COMPUTE_DELTA: tl.constexpr):
+                         EMU: tl.constexpr, WANT_KV: tl.constexpr):
         # q, dout, dq, o share q's (contiguous) layout; k, v, dk, dv share k's. Program order as _rows_fwd_kernel.
-        # WANT_KV False: dq only (DK, DV untouched). COMPUTE_DELTA: delta = rowsum(o dout) here, stored to DELTA.
+        # WANT_KV False: dq only (DK, DV untouched). delta = rowsum(o dout) here, also stored to DELTA.
         b, h, hk, t, rmask, row, beg, end, e_lo, e_hi, offs_d, dmask = _rows_program(
             ROWPTR, H, T, D, GROUP, NTB, HG, ROWS, BLOCK_D)
         qmask = rmask[:, None] & dmask[None, :]                          # [ROWS, BLOCK_D]
@@ -134,12 +135,9 @@ if triton is not None:
         q = tl.load(Q + qoff, mask=qmask, other=0.0)                     # [ROWS, BLOCK_D] input dtype
         do = tl.load(DO + qoff, mask=qmask, other=0.0)
         lse = tl.load(LSE + row, mask=rmask, other=float("inf"))         # [ROWS] fp32 (+inf: empty row)
-        if COMPUTE_DELTA:
-            o = tl.load(O + qoff, mask=qmask, other=0.0).to(tl.float32)
-            delta = tl.sum(o * do.to(tl.float32), axis=1)                # [ROWS] fp32
-            tl.store(DELTA + row, delta, mask=rmask)
-        else:
-            delta = tl.load(DELTA + row, mask=rmask, other=0.0)          # [ROWS] fp32
+        o = tl.load(O + qoff, mask=qmask, other=0.0).to(tl.float32)
+        delta = tl.sum(o * do.to(tl.float32), axis=1)                    # [ROWS] fp32
+        tl.store(DELTA + row, delta, mask=rmask)
         kvoff = b * skb + hk * skh
         offs_e = tl.arange(0, NE)
         dq = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
@@ -270,19 +268,18 @@ def rows_backward(q, k, v, o, lse, row_ptr, col, scale: float, do, backward: str
     backward = BACKWARD if backward is None else backward
     if backward not in BACKWARDS:
         raise ValueError(f"sparse backward {backward!r}: expected one of {BACKWARDS}")
-    # key-major: dq without atomics, dk / dv stored by key, so fresh buffers in the inputs' dtypes. The dq passes of
-    # row / keys / keys_rows compute delta = rowsum(o do) themselves.
+    # key-major: dq without atomics, dk / dv stored by key, so fresh buffers in the inputs' dtypes. Every dq pass
+    # computes delta = rowsum(o do) itself and stores it for the key pass.
     key_major = backward in ("keys", "keys_rows")
-    do, delta, dq, dk, dv = grad_buffers(q, k, o, do, poison=POISON_OUTPUTS, stored=key_major and T > 0,
-                                         delta=backward == "rows")
+    do, delta, dq, dk, dv = grad_buffers(q, k, do, poison=POISON_OUTPUTS, stored=key_major and T > 0)
     ne = rows_mod.ENTRIES_PER_STEP
     if backward == "row":
-        row_backward(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale, o=o)
+        row_backward(q, k, v, o, do, row_ptr, col, lse, delta, dq, dk, dv, scale)
     elif key_major:
         if backward == "keys":
-            row_backward(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale, want_kv=False, o=o)
+            row_backward(q, k, v, o, do, row_ptr, col, lse, delta, dq, dk, dv, scale, want_kv=False)
         elif T and B * H:                                                # keys_rows: dq in the rows layout
-            _rows_pass(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale, want_kv=False, o=o)
+            _rows_pass(q, k, v, o, do, row_ptr, col, lse, delta, dq, dk, dv, scale, want_kv=False)
         kb = KEYS_PER_PROGRAM
         if kb < 16 or kb & (kb - 1):
             raise ValueError(f"KEYS_PER_PROGRAM={kb}: must be a power of two >= 16")
@@ -295,23 +292,22 @@ def rows_backward(q, k, v, o, lse, row_ptr, col, scale: float, do, backward: str
                 KB=kb, NE=ne, BLOCK_D=pow2_block(D), FP32=q.dtype == torch.float32, EMU=q.device.type != "cuda",
                 num_warps=rows_mod.NUM_WARPS)
     elif T and B * H:
-        _rows_pass(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale, want_kv=True, o=None)
+        _rows_pass(q, k, v, o, do, row_ptr, col, lse, delta, dq, dk, dv, scale, want_kv=True)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
-def _rows_pass(q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, scale: float, *, want_kv: bool, o) -> None:
-    """Launch `_rows_bwd_kernel` (16 rows per program): dq stored, dk / dv added atomically when want_kv; o given:
-    delta computed in the kernel and stored."""
+def _rows_pass(q, k, v, o, do, row_ptr, col, lse, delta, dq, dk, dv, scale: float, *, want_kv: bool) -> None:
+    """Launch `_rows_bwd_kernel` (16 rows per program): dq stored, dk / dv added atomically when want_kv; delta =
+    rowsum(o do) computed in the kernel and stored."""
     B, H, T, D = q.shape
     ntb = triton.cdiv(T, rows_mod.ROWS_PER_PROGRAM)
     hg = head_group(B * H, k.shape[2], D, k.element_size())
     _rows_bwd_kernel[(B * H * ntb,)](
-        q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, q if o is None else o, float(scale),
+        q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, o, float(scale),
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         H, T, D, H // k.shape[1], ntb, hg,
         ROWS=rows_mod.ROWS_PER_PROGRAM, NE=rows_mod.ENTRIES_PER_STEP, BLOCK_D=pow2_block(D),
-        FP32=q.dtype == torch.float32, EMU=q.device.type != "cuda", WANT_KV=want_kv, COMPUTE_DELTA=o is not None,
-        num_warps=rows_mod.NUM_WARPS)
+        FP32=q.dtype == torch.float32, EMU=q.device.type != "cuda", WANT_KV=want_kv, num_warps=rows_mod.NUM_WARPS)
 
 
 def sparse_rows_attention(q, k, v, row_ptr, col, scale: float, backward: str | None = None):

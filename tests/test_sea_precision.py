@@ -18,10 +18,8 @@ def flags():
     return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
 
 
-@pytest.mark.parametrize("op", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
-def test_tf32_linear_matches_linear_and_scopes_its_backward(monkeypatch, bias, op):
-    monkeypatch.setattr(prec, "TF32_LINEAR_OP", op)              # the custom operator, or the autograd.Function
+def test_tf32_linear_matches_linear_and_scopes_its_backward(monkeypatch, bias):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 5, 8, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 8, generator=g, dtype=torch.float64, requires_grad=True)

@@ -16,6 +16,9 @@ import os
 
 from methods.base import Method, MethodConfigError, Option, register
 
+# values of the sparse_backward option (the SEA layer checks them too): auto = the kernel module's BACKWARD
+SPARSE_BACKWARDS = ("auto", "row", "keys", "rows", "keys_rows")
+
 MODES = ("auto", "per_query", "per_head", "per_batch", "causal_per_batch")
 DEFAULTS = {True: dict(k=64, K=64, mode="causal_per_batch", nbf=8.0),
             False: dict(k=13, K=128, mode="per_batch", nbf=1.0)}
@@ -115,7 +118,7 @@ class _SEABase(Method):
                "(its own 16-row program with atomic adds; slower, kept for comparison) or auto (the module's "
                "BACKWARD: keys; on an H200 the 32k causal step of SEA fast 16.9 -> 15.6 ms with keys, same run, "
                "results/nvidia-h200/sea-train/call11/)",
-               choices=("auto", "row", "keys", "rows", "keys_rows")),
+               choices=SPARSE_BACKWARDS),
         Option("mix_backend", "auto", "sparse attention and mix: torch (the sparse kernel writes c, then the mix "
                "in tensor ops), kernel (causal, no padding mask: the cumulative mean of v and the mix in one Triton "
                "kernel after the sparse kernel, kernels/sea_causal_mix.py; on an H200 1.56 -> 0.22 ms at 64k causal, "

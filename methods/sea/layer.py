@@ -14,6 +14,7 @@ from torch import nn
 from kernels.scan import chunked_cumsum
 from methods.base import AttentionModule, check_inputs, repeat_kv
 from methods.sea.estimator import Estimator
+from methods.sea.favor import needs_grad
 from methods.sea.interp import (active_tiles, cell_bounds, csr_counts, csr_to_dense, expand_columns, mask_to_csr,
                                 row_lengths, selected_counts)
 from methods.sea.topk import select_topk, selection_caps, topk_path
@@ -47,19 +48,15 @@ def all_finite(t: torch.Tensor) -> torch.Tensor:
 
 
 def check_finite(**tensors: torch.Tensor) -> None:
-    """One host sync for all tensors together; names the culprit only when something is wrong."""
-    flags = [all_finite(t) for t in tensors.values() if t.is_floating_point()]
-    if not flags or bool(torch.stack(flags).all()):
-        return
-    for name, t in tensors.items():
-        if t.is_floating_point() and not bool(all_finite(t)):
-            raise ValueError(f"sea: {name} contains non-finite values (NaN or Inf); refusing to attend")
+    """Raise if a floating tensor holds NaN / Inf, naming it: the flags of all tensors read in one go (the host
+    waits for the device here; PendingFiniteCheck is the form that waits later)."""
+    PendingFiniteCheck(**tensors).resolve()
 
 
 class PendingFiniteCheck:
     """check_finite without waiting on the device at its start: the flags of q, k, v are reduced on the GPU and
     copied into pinned host memory behind an event; `resolve()` waits for that event only (the work queued after
-    it keeps running) and raises like check_finite. A check at the start of a forward made the host wait for all
+    it keeps running) and raises ValueError naming the first non-finite tensor. A check at the start of a forward made the host wait for all
     queued work (in training: the previous step's backward) before it could launch the forward, which left the
     GPU idle for the forward's launch time (~3 ms of SEA's 32k causal training step on an H200)."""
 
@@ -145,8 +142,10 @@ class SEAAttention(AttentionModule):
                  query_blocks: int = 0, mix_backend: str = "auto", estimator_precision: str = "fp32",
                  sparse_backward: str = "auto"):
         super().__init__()
-        if sparse_backward not in ("auto", "row", "keys", "rows", "keys_rows"):
-            raise ValueError(f"sparse backward {sparse_backward!r}: expected auto, row, keys, rows or keys_rows")
+        from methods.sea import SPARSE_BACKWARDS
+
+        if sparse_backward not in SPARSE_BACKWARDS:
+            raise ValueError(f"sparse backward {sparse_backward!r}: expected one of {SPARSE_BACKWARDS}")
         self.sparse_backward = sparse_backward
         if query_chunk < 0 or query_blocks < 0 or (query_chunk and query_blocks):
             raise ValueError(f"query_chunk={query_chunk}, query_blocks={query_blocks}: at most one of them, >= 1 "
@@ -307,15 +306,15 @@ class SEAAttention(AttentionModule):
         from kernels.sea_sparse_attention import triton_usable
 
         backend = self.backend
-        needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+        grad = needs_grad(q, k, v)
         if backend == "auto":                      # rows kernel: 2.0x the row kernel at 64k on an H200 (round 9)
-            backend = "triton_rows" if q.is_cuda and (AUTO_ROWS_GRAD or not needs_grad) else (
+            backend = "triton_rows" if q.is_cuda and (AUTO_ROWS_GRAD or not grad) else (
                 "triton" if triton_usable(q.device) else "torch")
         if backend == "triton_rows":
             return "csr", "triton_rows"
         if backend != "triton_tiled":
             return "csr", backend
-        if needs_grad:
+        if grad:
             return "csr", "triton (tiled is forward-only)"
         if valid is not None:
             return "csr", "triton (tiled needs no padding mask)"
@@ -358,7 +357,7 @@ class SEAAttention(AttentionModule):
                                              block_n=sel["block_n"])
             return out, "triton_tiled"
         if kernel == "triton_rows":                                      # 16 query rows per program
-            if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+            if needs_grad(q, k, v):
                 from kernels.sea_sparse_rows_bwd import sparse_rows_attention
 
                 backward = None if self.sparse_backward == "auto" else self.sparse_backward
@@ -405,7 +404,7 @@ class SEAAttention(AttentionModule):
             return False
         if not self.mix_kernel_usable(c.device):
             return False
-        if torch.is_grad_enabled() and any(x.requires_grad for x in (c, vr, s_prob, s_mix)):
+        if needs_grad(c, vr, s_prob, s_mix):
             from kernels.sea_causal_mix_grad import MAX_D
 
             return AUTO_MIX_GRAD and 0 < c.numel() and c.shape[-1] <= MAX_D
@@ -417,7 +416,7 @@ class SEAAttention(AttentionModule):
         (with a Triton backward when a gradient is needed), and c_avg is not kept (None)."""
         if self.mix_kernel(c, vr, s_prob, s_mix, causal=causal, valid=valid):
             self.last_mix = "kernel"
-            if torch.is_grad_enabled() and any(x.requires_grad for x in (c, vr, s_prob, s_mix)):
+            if needs_grad(c, vr, s_prob, s_mix):
                 from kernels.sea_causal_mix_grad import causal_mix_grad
 
                 return causal_mix_grad(c, vr, s_prob, s_mix, out_dtype=out_dtype), None, None
@@ -465,7 +464,7 @@ class SEAAttention(AttentionModule):
         gradient, the oracle, a top-k mode outside `modes` (the direction's blocked modes), the tiled kernel."""
         if key_padding_mask is not None:
             return "padding mask"
-        if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, *self.parameters())):
+        if needs_grad(q, k, v, *self.parameters()):
             return "gradient needed"
         if self.oracle:
             return "oracle"
@@ -590,7 +589,7 @@ class SEAAttention(AttentionModule):
             return False
         if self.mix_backend == "auto" and (causal or kernel != "triton_rows" or not AUTO_ROWS_MIX):
             return False
-        return not (torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, *self.parameters())))
+        return not needs_grad(q, k, v, *self.parameters())
 
     @staticmethod
     def sparse_mix(kernel: str, q, k, v, row_ptr, col, scale, s_prob, s_mix, c_avg, *, out=None):

@@ -37,13 +37,6 @@ def torch_precision(precision: str):
         mm.allow_tf32, cudnn.allow_tf32 = old
 
 
-# tf32_linear as a registered custom operator (torch.library; compile="estimator" traces it as one opaque node, and
-# its backward operator keeps the TF32 scope in the compiled backward) when True; an autograd.Function hidden from
-# torch.compile otherwise, which split the compiled estimator at each of its four calls (four more graphs, each
-# with its host-side guards and wrappers in the forward and the backward).
-TF32_LINEAR_OP = True
-
-
 def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b (the backward's products; tests patch it to see the flags they run under)."""
     return a @ b
@@ -67,20 +60,6 @@ def _backward_products(g, x, w, need_x: bool, need_w: bool, need_b: bool):
         if need_b:
             gb = g2.sum(0)
     return gx, gw, gb
-
-
-class _TF32Linear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, w, b):
-        ctx.save_for_backward(x, w)
-        ctx.has_bias = b is not None
-        return _forward_product(x, w, b)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, w = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        return _backward_products(g, x, w, need[0], need[1], ctx.has_bias and need[2])
 
 
 @torch.library.custom_op("sea::tf32_linear", mutates_args=())
@@ -124,17 +103,12 @@ def _op_backward(ctx, g):
 _tf32_linear_op.register_autograd(_op_backward, setup_context=_op_setup)
 
 
-@torch.compiler.disable
-def _tf32_linear_function(x, w, b):
-    return _TF32Linear.apply(x, w, b)
-
-
 def tf32_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear(x, w, b) with TF32 allowed for its float32 products in the forward and in the backward. Why: the
     TF32 scope of torch_precision covers the forward call only; the backward runs later, under the caller's flags
     (the harness turns TF32 off), so the estimator's backward products ran as fp32 FFMA GEMMs: ~1.8 ms of SEA's 32k
-    causal forward+backward on an H200 (results/nvidia-h200/sea-train/). The custom operator sea::tf32_linear
-    (TF32_LINEAR_OP), or the same products in an autograd.Function that compile="estimator" does not trace."""
-    if TF32_LINEAR_OP:
-        return _tf32_linear_op(x, w, b)
-    return _tf32_linear_function(x, w, b)
+    causal forward+backward on an H200 (results/nvidia-h200/sea-train/). A registered custom operator
+    (sea::tf32_linear, with a backward operator that keeps the TF32 scope): compile="estimator" traces it as one
+    opaque node, where an autograd.Function hidden from torch.compile split the compiled estimator at each of its four
+    calls (10 compiled graphs -> 4; the step's time within its spread, results/nvidia-h200/sea-train/call10/)."""
+    return _tf32_linear_op(x, w, b)
