@@ -37,7 +37,7 @@ bf16 gathers in flight per program. The price is a [16, 64] score tile of which 
 MMAs of 16 x 64 x 64 plus the split below) and 8 exps per thread per step, cheap next to the gathers.
   fp32 accuracy with tensor cores: for bf16 / fp16 inputs the score products of 16-bit values are exact in fp32 and
 the MMA sums in fp32; P (fp32) is split into three pieces in v's dtype (P = p1 + p2 + p3 to 2^-24 relative,
-`_split3_dot`), three MMAs with v (exact products, fp32 sums): the result is fp32 arithmetic up to summation order,
+`_split_dot`), three MMAs with v (exact products, fp32 sums): the result is fp32 arithmetic up to summation order,
 so bf16 outputs equal the row kernel's up to a bf16 rounding boundary (the tests check one ulp and that > 99% are
 exactly one rounding of the fp32 result; P rounded to bf16 would not pass). fp32 inputs use input_precision="ieee"
 dots (CUDA-core FMAs: exact, slower; not the benchmarked dtype; "tf32x3" would be the lever). Triton's interpreter
@@ -96,6 +96,11 @@ ROWS_PER_PROGRAM = 16
 # score tile and the K of the p v product).
 ENTRIES_PER_STEP = 64
 NUM_WARPS = 4
+# 16-bit pieces of the fp32 probabilities in the P v product (16-bit inputs; `_split_dot`): 3 = fp32 accuracy
+# (the default), 1 = P rounded once to the inputs' dtype, FlashAttention's precision. sparse_rows_forward's `pieces`
+# argument overrides it per call; the backward (kernels/sea_sparse_rows_bwd.py) applies the same to dS and P.
+PIECES = 3
+PIECES_CHOICES = (1, 2, 3)
 # (b, h) whose time blocks are interleaved (time-block major inside a group of HEAD_GROUP (b, h), groups one after
 # the other). None: the largest divisor of B*H whose groups' k and v (2 Tk D bytes-per-element each) fit in
 # HEAD_GROUP_L2_BYTES, so the gathers of the resident programs hit L2. Tests force it.
@@ -109,23 +114,33 @@ POISON_OUTPUTS = False
 if triton is not None:
 
     @triton.jit
-    def _split3_dot(p, vt, acc, EMU: tl.constexpr):
-        """acc + p @ vt for p fp32 [M, N] and vt 16-bit [N, D] on tensor cores at fp32 accuracy: p = p1 + p2 + p3
-        in vt's dtype (each piece takes the next 8 (bf16) or 11 (fp16) significant bits; the remainder past
-        three pieces is below 2^-24 p), every product piece * v is exact in fp32, the sums fp32. EMU (Triton's
-        interpreter, whose bf16 tl.dot is wrong): the same pieces as fp32 values, fp32 dots (same products)."""
+    def _split_dot(p, vt, acc, EMU: tl.constexpr, PIECES: tl.constexpr = 3):
+        """acc + p @ vt for p fp32 [M, N] and vt 16-bit [N, D] on tensor cores. PIECES = 3: at fp32 accuracy, p =
+        p1 + p2 + p3 in vt's dtype (each piece takes the next 8 (bf16) or 11 (fp16) significant bits; the remainder
+        past three pieces is below 2^-24 p), every product piece * v is exact in fp32, the sums fp32. PIECES = 2:
+        the first two pieces (p to ~2^-16 relative); PIECES = 1: p rounded once to vt's dtype (FlashAttention's
+        precision for its P v and dS k products). EMU (Triton's interpreter, whose bf16 tl.dot is wrong): the same
+        pieces as fp32 values, fp32 dots (same products)."""
         p1 = p.to(vt.dtype)
-        r1 = p - p1.to(tl.float32)
-        p2 = r1.to(vt.dtype)
-        p3 = (r1 - p2.to(tl.float32)).to(vt.dtype)
         if EMU:
             v32 = vt.to(tl.float32)
             acc = tl.dot(p1.to(tl.float32), v32, acc, input_precision="ieee")
-            acc = tl.dot(p2.to(tl.float32), v32, acc, input_precision="ieee")
-            return tl.dot(p3.to(tl.float32), v32, acc, input_precision="ieee")
-        acc = tl.dot(p1, vt, acc)
-        acc = tl.dot(p2, vt, acc)
-        return tl.dot(p3, vt, acc)
+        else:
+            acc = tl.dot(p1, vt, acc)
+        if PIECES >= 2:
+            r1 = p - p1.to(tl.float32)
+            p2 = r1.to(vt.dtype)
+            if EMU:
+                acc = tl.dot(p2.to(tl.float32), v32, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(p2, vt, acc)
+            if PIECES >= 3:
+                p3 = (r1 - p2.to(tl.float32)).to(vt.dtype)
+                if EMU:
+                    acc = tl.dot(p3.to(tl.float32), v32, acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(p3, vt, acc)
+        return acc
 
     @triton.jit
     def _rows_program(ROWPTR, H, T, D, GROUP, NTB, HG, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -157,7 +172,8 @@ if triton is not None:
                          spb, sph, spt, smb, smh, smt, scb, sch, sct, scd,
                          H, T, D, GROUP, NTB, HG,
                          ROWS: tl.constexpr, NE: tl.constexpr, BLOCK_D: tl.constexpr, WANT_LSE: tl.constexpr,
-                         FP32: tl.constexpr, EMU: tl.constexpr, MIX: tl.constexpr):
+                         FP32: tl.constexpr, EMU: tl.constexpr, MIX: tl.constexpr,
+                         PIECES: tl.constexpr):
         b, h, hk, t, rmask, row, beg, end, e_lo, e_hi, offs_d, dmask = _rows_program(
             ROWPTR, H, T, D, GROUP, NTB, HG, ROWS, BLOCK_D)
         qmask = rmask[:, None] & dmask[None, :]                          # [ROWS, BLOCK_D]
@@ -191,7 +207,7 @@ if triton is not None:
             if FP32:
                 acc = tl.dot(p, vt, acc * alpha[:, None], input_precision="ieee")
             else:
-                acc = _split3_dot(p, vt, acc * alpha[:, None], EMU)      # [ROWS, BLOCK_D]
+                acc = _split_dot(p, vt, acc * alpha[:, None], EMU, PIECES)   # [ROWS, BLOCK_D]
             m_i = m_new
         safe_l = tl.where(l_i > 0, l_i, 1.0)
         out = acc / safe_l[:, None]
@@ -205,6 +221,14 @@ if triton is not None:
         if WANT_LSE:
             lse = tl.where(l_i > 0, m_i + tl.log(safe_l), float("inf"))
             tl.store(LSE + row, lse, mask=rmask)
+
+
+def check_pieces(pieces: int | None) -> int:
+    """The pieces argument resolved (None: the module's PIECES) and checked."""
+    pieces = PIECES if pieces is None else pieces
+    if pieces not in PIECES_CHOICES:
+        raise ValueError(f"pieces={pieces!r}: expected one of {PIECES_CHOICES}")
+    return int(pieces)
 
 
 def head_group(BH: int, Tk: int, D: int, elem_bytes: int) -> int:
@@ -224,7 +248,8 @@ def rows_usable(device) -> bool:
     return triton_runs_on(device, triton is not None)
 
 
-def sparse_rows_forward(q, k, v, row_ptr, col, scale: float, *, want_lse: bool = False, mix=None, out=None):
+def sparse_rows_forward(q, k, v, row_ptr, col, scale: float, *, want_lse: bool = False, mix=None, out=None,
+                        pieces: int | None = None):
     """out [B, H, Tq, D] in q's dtype (and, with want_lse, lse fp32 [B, H, Tq], +inf for empty rows): SEA's sparse
     attention of the query rows q [B, H, Tq, D] over their CSR keys in k, v [B, Hkv, Tk, D] (Tk >= Tq; row_ptr
     integer [B*H*Tq + 1] over rows (b, h, t); col integer key positions 0 .. Tk - 1, may be longer than row_ptr[-1]).
@@ -233,9 +258,11 @@ def sparse_rows_forward(q, k, v, row_ptr, col, scale: float, *, want_lse: bool =
     above in fp32 (never rounded to q's dtype), s_prob, s_mix fp32 [B, H, Tq, 1], c_avg fp32 [B, H, Tq, D] or
     [B, H, 1, D] (any strides): kernels/sea_sparse_mix.py's contract and checks on this kernel's layout (its mix
     lives in the epilogue; the lse, when asked, is c's). out: optionally a preallocated [B, H, Tq, D] tensor of q's
-    dtype with a unit last stride (e.g. a query-block slice of the layer's output), written and returned."""
+    dtype with a unit last stride (e.g. a query-block slice of the layer's output), written and returned.
+    pieces: 16-bit pieces of P in the P v product (PIECES_CHOICES; None: the module's PIECES; 16-bit inputs only)."""
     if triton is None:
         raise RuntimeError("triton is not installed")
+    pieces = check_pieces(pieces)
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
         raise RuntimeError("sparse_rows_forward is forward-only (no autograd); use "
                            "kernels.sea_sparse_attention.sea_sparse_attention for gradients, or run under "
@@ -280,5 +307,5 @@ def sparse_rows_forward(q, k, v, row_ptr, col, scale: float, *, want_lse: bool =
             o.stride(0), o.stride(1), o.stride(2), *mix_args[3:],
             H, Tq, D, H // Hkv, ntb, hg,
             ROWS=rows, NE=ne, BLOCK_D=pow2_block(D), WANT_LSE=bool(want_lse), FP32=q.dtype == torch.float32,
-            EMU=q.device.type != "cuda", MIX=mix is not None, num_warps=NUM_WARPS)
+            EMU=q.device.type != "cuda", MIX=mix is not None, PIECES=pieces, num_warps=NUM_WARPS)
     return (o, lse) if want_lse else o

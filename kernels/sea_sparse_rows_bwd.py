@@ -19,7 +19,7 @@ Layout of the backward (mirrors `_rows_fwd_kernel`): one program per ROWS_PER_PR
 ENTRIES_PER_STEP = 64 at a time. Per step: gather the 64 key and value rows once, S = q k^T scale [16, 64] (tensor
 cores; 16-bit products are exact in fp32), P = exp(S - lse) on member entries (0 elsewhere: each entry belongs to
 one row of the block), dP = dout v^T [16, 64] (exact likewise), dS = P (dP - delta); dq += dS k [16, D] (fp32 P,
-dS times 16-bit operands by `_split3_dot`: three 16-bit pieces, fp32 accuracy on tensor cores). Per entry e of row
+dS times 16-bit operands by `_split_dot`: three 16-bit pieces, fp32 accuracy on tensor cores). Per entry e of row
 r(e): dk[e] = scale dS[r(e), e] q[r(e)] and dv[e] = P[r(e), e] dout[r(e)], from the column sums of dS and P and the
 q / dout rows gathered again per entry (fp32 products), added to the key rows by fp32 atomic adds: one per (entry,
 d) for dk and for dv, as in the row kernel (nnz x D each). Gradients are fp32 arithmetic up to summation order,
@@ -39,7 +39,7 @@ dk / dv by `_keys_bwd_kernel` over the lists transposed to key order (`key_lists
 `_entry_keys_kernel`, a sort of the entries by (b, kv head, key) on 32-bit keys, key_ptr by searchsorted; no host
 sync): one program per 16 consecutive keys of one (b, kv head) walks their entries 64 at a time, gathers the q /
 dout rows of the entries' query rows with their lse and delta, and accumulates dk = scale dS^T q, dv = P^T dout [16,
-D] in registers (`_split3_dot`, fp32 accuracy), stored once: no atomics. Prediction (H200, SEA's 32k causal lists,
+D] in registers (`_split_dot`, fp32 accuracy), stored once: no atomics. Prediction (H200, SEA's 32k causal lists,
 against the row kernel's 5.5 ms): dq pass ~1.8 ms (the row kernel's forward cost), transposition ~1.5 ms (a sort of
 ~13M int64 keys and the gathers), key kernel ~1.2 ms (the rows forward's gathers, on q / dout instead of k / v):
 ~4.5 ms, uncertain by ~1.5 ms. Measured (H200, SEA fast at 32k causal, results/nvidia-h200/sea-train/call8, call9,
@@ -47,7 +47,8 @@ call11): dq pass 1.60 ms, key kernel 1.47 ms, the sort 1.06 ms on 64-bit keys an
 step 16.77 -> 15.42 ms of kernels, 16.97 -> 15.65 ms wall (same run, A/B/A), +213 MiB peak memory at 32k (the sorted
 lists). dq, dk, dv are stored once each, so they are written in the inputs' dtypes (grad_buffers(stored=True): no
 zero fill, no casts); every dq pass computes delta = rowsum(o dout) itself, in place of a PyTorch product and sum
-(the dq pass 1.60 -> 1.77 ms across calls, results/nvidia-h200/sea-train/call13/).
+(the dq pass 1.60 -> 1.77 ms across calls, results/nvidia-h200/sea-train/call13/). BACKWARD = "keys_rows": the
+same with the dq pass by `_rows_bwd_kernel` (WANT_KV=False; the rows forward's layout): 1.77 -> 0.83 ms (call14/).
 
 Limits: no padding mask (the lists hold only the keys each row may see); q, k, v in one dtype among bf16 / fp16 /
 fp32, made contiguous; the output gradient is made contiguous.
@@ -75,19 +76,20 @@ POISON_OUTPUTS = False
 # rows). Measured on an H200 (bf16, SEA's lists at 32k causal, results/nvidia-h200/sea-train/): rows 9.9-10.2 ms,
 # row 5.5 ms; so "row", after the rows forward (with lse 1.02 against the row kernel's 1.56 ms at 8k, same run).
 # "keys": dq by the row kernel without atomics, dk / dv key-major (`key_lists`, `_keys_bwd_kernel`: no atomics): the
-# step 16.77 -> 15.42 ms of kernels at 32k (A/B/A, results/nvidia-h200/sea-train/call11/), +213 MiB; the default.
+# step 16.77 -> 15.42 ms of kernels at 32k (A/B/A, results/nvidia-h200/sea-train/call11/), +213 MiB.
 # SEA's sparse_backward option picks one per layer. "keys_rows": key-major dk / dv, dq by this module's 16-row
-# program without atomics (the layout of the rows forward, 1.11 ms against the row kernel's 1.77 ms dq pass at 32k):
-# written after the ninth session's last GPU call, tested under the interpreter, NOT timed
-# (`bash scripts/device_sea_round40.sh`).
-BACKWARD = "keys"
-BACKWARDS = ("row", "rows", "keys", "keys_rows")
+# program without atomics (the layout of the rows forward): the dq pass 1.77 -> 0.83 ms, the step's kernels 14.20 ->
+# 13.27 ms at 32k (A/B/A), fwd+bwd 14.4 -> 13.4 ms (same harness command; results/nvidia-h200/sea-train/call14/).
+# With fp32 inputs (FMA dots) the key-major passes lose: at 8k on synthetic lists row 4.85, keys 12.3, keys_rows
+# 19.4 ms (same run). "auto" (the default): keys_rows for 16-bit inputs, row for fp32.
+BACKWARD = "auto"
+BACKWARDS = ("auto", "row", "rows", "keys", "keys_rows")
 # key-major backward: keys per program (a power of two >= 16, the N of its tl.dot tiles)
 KEYS_PER_PROGRAM = 16
 
 
 if triton is not None:
-    _split3_dot = rows_mod._split3_dot
+    _split_dot = rows_mod._split_dot
     _rows_program = rows_mod._rows_program
 
     @triton.jit
@@ -125,7 +127,7 @@ if triton is not None:
                          sqb, sqh, sqt, skb, skh, skt,
                          H, T, D, GROUP, NTB, HG,
                          ROWS: tl.constexpr, NE: tl.constexpr, BLOCK_D: tl.constexpr, FP32: tl.constexpr,
-                         EMU: tl.constexpr, WANT_KV: tl.constexpr):
+                         EMU: tl.constexpr, WANT_KV: tl.constexpr, PIECES: tl.constexpr):
         # q, dout, dq, o share q's (contiguous) layout; k, v, dk, dv share k's. Program order as _rows_fwd_kernel.
         # WANT_KV False: dq only (DK, DV untouched). delta = rowsum(o dout) here, also stored to DELTA.
         b, h, hk, t, rmask, row, beg, end, e_lo, e_hi, offs_d, dmask = _rows_program(
@@ -156,7 +158,7 @@ if triton is not None:
             if FP32:
                 dq = tl.dot(ds, kt, dq, input_precision="ieee")
             else:
-                dq = _split3_dot(ds, kt, dq, EMU)                        # [ROWS, BLOCK_D]
+                dq = _split_dot(ds, kt, dq, EMU, PIECES)                # [ROWS, BLOCK_D]
             # dk, dv per entry: each entry belongs to one row r(e), so dk[e] = ds[r(e), e] q[r(e)] and
             # dv[e] = p[r(e), e] dout[r(e)]: the column sums of ds and p, and the q / dout rows of each entry's row
             # gathered again (L1 / L2 hits), in the gathers' layout like the row kernel (no [NE, D] products on
@@ -175,7 +177,7 @@ if triton is not None:
     def _keys_bwd_kernel(Q, K, V, DO, KEYPTR, EROW, LSE, DELTA, DK, DV, scale,
                          skb, skh, skt, T, D, Hkv, NKB,
                          KB: tl.constexpr, NE: tl.constexpr, BLOCK_D: tl.constexpr, FP32: tl.constexpr,
-                         EMU: tl.constexpr):
+                         EMU: tl.constexpr, PIECES: tl.constexpr):
         # One program per KB consecutive keys of one (b, kv head); their CSR-transposed entries (the query rows that
         # list them, contiguous in EROW: key j's are [KEYPTR[j], KEYPTR[j + 1])) walked NE at a time. q, dout are
         # contiguous [B, H, T, D] (query row r at r * D); k, v, dk, dv share k's layout. Each key belongs to one
@@ -217,8 +219,8 @@ if triton is not None:
                 dk = tl.dot(tl.trans(ds), qe, dk, input_precision="ieee")
                 dv = tl.dot(tl.trans(p), doe, dv, input_precision="ieee")
             else:
-                dk = _split3_dot(tl.trans(ds), qe, dk, EMU)              # [KB, BLOCK_D]
-                dv = _split3_dot(tl.trans(p), doe, dv, EMU)
+                dk = _split_dot(tl.trans(ds), qe, dk, EMU, PIECES)      # [KB, BLOCK_D]
+                dv = _split_dot(tl.trans(p), doe, dv, EMU, PIECES)
         tl.store(DK + kptr, dk * scale, mask=kmask)
         tl.store(DV + kptr, dv, mask=kmask)
 
@@ -246,28 +248,34 @@ def key_lists(row_ptr, col, B: int, H: int, Hkv: int, T: int):
 
 class _RowsAttnFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, row_ptr, col, scale, backward):
+    def forward(ctx, q, k, v, row_ptr, col, scale, backward, pieces):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        o, lse = sparse_rows_forward(q, k, v, row_ptr, col, scale, want_lse=True)
+        o, lse = sparse_rows_forward(q, k, v, row_ptr, col, scale, want_lse=True, pieces=pieces)
         ctx.save_for_backward(q, k, v, o, lse, row_ptr, col)
-        ctx.scale, ctx.backward = scale, backward
+        ctx.scale, ctx.backward, ctx.pieces = scale, backward, pieces
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, row_ptr, col = ctx.saved_tensors
-        grads = rows_backward(q, k, v, o, lse, row_ptr, col, ctx.scale, do, backward=ctx.backward)
-        return grads + (None, None, None, None)
+        grads = rows_backward(q, k, v, o, lse, row_ptr, col, ctx.scale, do, backward=ctx.backward,
+                              pieces=ctx.pieces)
+        return grads + (None, None, None, None, None)
 
 
-def rows_backward(q, k, v, o, lse, row_ptr, col, scale: float, do, backward: str | None = None):
+def rows_backward(q, k, v, o, lse, row_ptr, col, scale: float, do, backward: str | None = None,
+                  pieces: int | None = None):
     """(dq, dk, dv) of sparse_rows_attention for the output gradient `do`, given its forward's out `o` and lse.
-    backward: one of BACKWARDS, None for the module's BACKWARD."""
+    backward: one of BACKWARDS, None for the module's BACKWARD. pieces: 16-bit pieces of dS and P in the products
+    with 16-bit operands (kernels/sea_sparse_rows.py's PIECES_CHOICES, None: its PIECES; "row" always runs fp32)."""
     B, H, T, D = q.shape
     Hkv = k.shape[1]
     backward = BACKWARD if backward is None else backward
     if backward not in BACKWARDS:
         raise ValueError(f"sparse backward {backward!r}: expected one of {BACKWARDS}")
+    if backward == "auto":
+        backward = "row" if q.dtype == torch.float32 else "keys_rows"
+    pieces = rows_mod.check_pieces(pieces)
     # key-major: dq without atomics, dk / dv stored by key, so fresh buffers in the inputs' dtypes. Every dq pass
     # computes delta = rowsum(o do) itself and stores it for the key pass.
     key_major = backward in ("keys", "keys_rows")
@@ -279,7 +287,7 @@ def rows_backward(q, k, v, o, lse, row_ptr, col, scale: float, do, backward: str
         if backward == "keys":
             row_backward(q, k, v, o, do, row_ptr, col, lse, delta, dq, dk, dv, scale, want_kv=False)
         elif T and B * H:                                                # keys_rows: dq in the rows layout
-            _rows_pass(q, k, v, o, do, row_ptr, col, lse, delta, dq, dk, dv, scale, want_kv=False)
+            _rows_pass(q, k, v, o, do, row_ptr, col, lse, delta, dq, dk, dv, scale, want_kv=False, pieces=pieces)
         kb = KEYS_PER_PROGRAM
         if kb < 16 or kb & (kb - 1):
             raise ValueError(f"KEYS_PER_PROGRAM={kb}: must be a power of two >= 16")
@@ -290,13 +298,14 @@ def rows_backward(q, k, v, o, lse, row_ptr, col, scale: float, do, backward: str
                 q, k, v, do, key_ptr, erow, lse, delta, dk, dv, float(scale),
                 k.stride(0), k.stride(1), k.stride(2), T, D, Hkv, nkb,
                 KB=kb, NE=ne, BLOCK_D=pow2_block(D), FP32=q.dtype == torch.float32, EMU=q.device.type != "cuda",
-                num_warps=rows_mod.NUM_WARPS)
+                PIECES=pieces, num_warps=rows_mod.NUM_WARPS)
     elif T and B * H:
-        _rows_pass(q, k, v, o, do, row_ptr, col, lse, delta, dq, dk, dv, scale, want_kv=True)
+        _rows_pass(q, k, v, o, do, row_ptr, col, lse, delta, dq, dk, dv, scale, want_kv=True, pieces=pieces)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
-def _rows_pass(q, k, v, o, do, row_ptr, col, lse, delta, dq, dk, dv, scale: float, *, want_kv: bool) -> None:
+def _rows_pass(q, k, v, o, do, row_ptr, col, lse, delta, dq, dk, dv, scale: float, *, want_kv: bool,
+               pieces: int) -> None:
     """Launch `_rows_bwd_kernel` (16 rows per program): dq stored, dk / dv added atomically when want_kv; delta =
     rowsum(o do) computed in the kernel and stored."""
     B, H, T, D = q.shape
@@ -307,13 +316,16 @@ def _rows_pass(q, k, v, o, do, row_ptr, col, lse, delta, dq, dk, dv, scale: floa
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         H, T, D, H // k.shape[1], ntb, hg,
         ROWS=rows_mod.ROWS_PER_PROGRAM, NE=rows_mod.ENTRIES_PER_STEP, BLOCK_D=pow2_block(D),
-        FP32=q.dtype == torch.float32, EMU=q.device.type != "cuda", WANT_KV=want_kv, num_warps=rows_mod.NUM_WARPS)
+        FP32=q.dtype == torch.float32, EMU=q.device.type != "cuda", WANT_KV=want_kv, PIECES=pieces,
+        num_warps=rows_mod.NUM_WARPS)
 
 
-def sparse_rows_attention(q, k, v, row_ptr, col, scale: float, backward: str | None = None):
+def sparse_rows_attention(q, k, v, row_ptr, col, scale: float, backward: str | None = None,
+                          pieces: int | None = None):
     """Differentiable SEA sparse attention (q [B, H, T, D], k, v [B, Hkv, T, D], CSR lists over rows (b, h, t)):
     the rows kernel's forward and this module's backward (`backward`: one of BACKWARDS, None for BACKWARD). Same
-    result as kernels.sea_sparse_attention's row kernel up to float summation order."""
+    result as kernels.sea_sparse_attention's row kernel up to float summation order (pieces=3; pieces: see
+    kernels/sea_sparse_rows.py's PIECES, None for it)."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     if k.shape[2] != q.shape[2]:
@@ -322,4 +334,4 @@ def sparse_rows_attention(q, k, v, row_ptr, col, scale: float, backward: str | N
     if backward is not None and backward not in BACKWARDS:
         raise ValueError(f"sparse backward {backward!r}: expected one of {BACKWARDS} (or None: BACKWARD)")
     return _RowsAttnFn.apply(q, k, v, row_ptr.to(torch.int64).contiguous(), col.to(torch.int32).contiguous(),
-                             float(scale), backward)
+                             float(scale), backward, rows_mod.check_pieces(pieces))

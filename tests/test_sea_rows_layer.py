@@ -108,3 +108,34 @@ def test_gpu_auto_backend_with_gradients_matches_row_kernel():
     for name, a, b in zip("qkv", g_a, g_b):
         assert torch.isfinite(a).all(), name
         assert float((a.float() - b.float()).abs().max()) <= 2 ** -7 * float(b.float().abs().max()) + 1e-6, name
+
+
+def test_sparse_pieces_option_reaches_the_rows_kernels(monkeypatch):
+    """sea.sparse_pieces: the rows kernels get it in forward-only and gradient calls (sparse_rows_forward's and
+    rows_backward's pieces), impl names it, and the layer's bf16 output stays within the rounding of P to bf16
+    of the fp32-accurate one (kernel-level bounds: tests/test_sea_sparse_rows_bwd.py); bad values are refused."""
+    import kernels.sea_sparse_rows_bwd as srb
+    from methods.base import MethodConfigError
+
+    seen = []
+    real_fwd, real_bwd = sr.sparse_rows_forward, srb.rows_backward
+    monkeypatch.setattr(sr, "sparse_rows_forward", lambda *a, **kw: (seen.append(("fwd", kw.get("pieces"))),
+                                                                     real_fwd(*a, **kw))[1])
+    monkeypatch.setattr(srb, "sparse_rows_forward", sr.sparse_rows_forward)
+    monkeypatch.setattr(srb, "rows_backward", lambda *a, **kw: (seen.append(("bwd", kw.get("pieces"))),
+                                                                real_bwd(*a, **kw))[1])
+    outs = {}
+    for pieces in (1, 3):
+        M, cfg, prob = build(backend="triton_rows", sparse_pieces=str(pieces))
+        mod = M.build(cfg, prob, seed=3)
+        q, k, v = (t.to(torch.bfloat16) for t in qkv(4))
+        with torch.no_grad():
+            outs[pieces] = mod(q, k, v, causal=True).float()
+        assert ("/pieces=1" in mod.impl) == (pieces == 1), mod.impl
+        x = [t.clone().requires_grad_() for t in (q, k, v)]
+        torch.autograd.grad(mod(*x, causal=True), x, torch.ones_like(q))
+    assert seen == [("fwd", 1), ("fwd", 1), ("bwd", 1), ("fwd", 3), ("fwd", 3), ("bwd", 3)]
+    assert not torch.equal(outs[1], outs[3])
+    assert float((outs[1] - outs[3]).abs().max()) <= 2 ** -6 * float(outs[3].abs().max())
+    with pytest.raises(MethodConfigError, match="sparse_pieces=4"):
+        build(backend="triton_rows", sparse_pieces="4")

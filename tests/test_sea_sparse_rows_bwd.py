@@ -21,11 +21,13 @@ def poison(monkeypatch):
     monkeypatch.setattr(srb, "POISON_OUTPUTS", True)
 
 
-def dense_ref64(q, k, v, rp, col, scale, dout, stored=None):
+def dense_ref64(q, k, v, rp, col, scale, dout, stored=None, abs_terms=False):
     """out and (dq, dk, dv) in float64 by the softmax gradient formulas over each row's listed keys (an empty row
     gives 0): p = softmax, ds = p (dout v^T - delta), dq = scale ds k, dk = scale ds^T q, dv = p^T dout (summed over
     a kv head's query heads). delta = rowsum(stored dout) with `stored` the forward's output as the kernel returned
-    it (rounded to q's dtype; the kernels, like FlashAttention, take delta from the stored output), out if None."""
+    it (rounded to q's dtype; the kernels, like FlashAttention, take delta from the stored output), out if None.
+    abs_terms: also the same sums of absolute terms (sum p |v|, scale sum |ds| |k|, scale sum |ds| |q|, sum p |dout|),
+    the scale of the error when p and ds are rounded before their products."""
     Bq, Hq, T, D = q.shape
     grp = Hq // k.shape[1]
     allowed = torch.zeros(Bq * Hq * T, k.shape[2], dtype=torch.bool)
@@ -41,16 +43,22 @@ def dense_ref64(q, k, v, rp, col, scale, dout, stored=None):
     ds = p * (do64 @ v64.transpose(-1, -2) - delta)
     dq = ds @ k64 * scale
     fold = lambda x: x.view(Bq, k.shape[1], grp, *x.shape[2:]).sum(2)    # noqa: E731  [B, Hkv, T, D]
-    return out, (dq, fold(ds.transpose(-1, -2) @ q64 * scale), fold(p.transpose(-1, -2) @ do64))
+    grads = (dq, fold(ds.transpose(-1, -2) @ q64 * scale), fold(p.transpose(-1, -2) @ do64))
+    if not abs_terms:
+        return out, grads
+    a = ds.abs()
+    return out, grads, (p @ v64.abs(), a @ k64.abs() * scale, fold(a.transpose(-1, -2) @ q64.abs() * scale),
+                        fold(p.transpose(-1, -2) @ do64.abs()))
 
 
-def assert_close_to_ref(got, ref, what):
+def assert_close_to_ref(got, ref, what, extra=None):
     """fp32: 1e-5 of the largest reference value; 16-bit: one unit in the last place of the value plus that
-    (fp32 arithmetic, one final rounding; the interpreter truncates where CUDA rounds)."""
+    (fp32 arithmetic, one final rounding; the interpreter truncates where CUDA rounds). extra: a further elementwise
+    allowance (the rounding of p / ds under pieces < 3)."""
     g, r = got.double(), ref
     assert torch.isfinite(g).all(), what
     scale = float(r.abs().max()) or 1.0
-    tol = 1e-5 * scale + 1e-7
+    tol = 1e-5 * scale + 1e-7 + (0 if extra is None else extra)
     if got.dtype != torch.float32:
         bits = {torch.bfloat16: 7, torch.float16: 10}[got.dtype]
         _, e = torch.frexp(r.abs())
@@ -69,7 +77,17 @@ CASES = [
 ]
 
 
-# every case on this module's block-of-rows backward and on the key-major ones (keys, the default, and keys_rows);
+def case_inputs(monkeypatch, dtype, T, hkv, D, causal, ne, hg, filler):
+    """A CASES row's q, k, v, lists, output gradient and scale (the kernel's step size and head group set)."""
+    monkeypatch.setattr(sr, "ENTRIES_PER_STEP", ne)
+    monkeypatch.setattr(sr, "HEAD_GROUP", hg)
+    q, k, v = make(dtype, T, T, hkv, D, seed=T + D)
+    rp, col = random_csr(T, T, 9, torch.Generator().manual_seed(T), row0=0 if causal else None, filler=filler)
+    dout = torch.randn(B, H, T, D, generator=torch.Generator().manual_seed(7)).to(dtype)
+    return q, k, v, rp, col, dout, 1 / math.sqrt(D)
+
+
+# every case on this module's block-of-rows backward and on the key-major ones (keys, and keys_rows: the default);
 # the bf16 ones also on the row kernel's backward (BACKWARD = "row")
 @pytest.mark.parametrize("dtype,T,hkv,D,causal,ne,hg,filler,backward",
                          [c + ("rows",) for c in CASES] + [c + ("keys",) for c in CASES]
@@ -77,12 +95,7 @@ CASES = [
                          + [c + ("row",) for c in CASES if c[0] == torch.bfloat16])
 def test_grads_match_float64_and_row_kernel(monkeypatch, dtype, T, hkv, D, causal, ne, hg, filler, backward):
     monkeypatch.setattr(srb, "BACKWARD", backward)
-    monkeypatch.setattr(sr, "ENTRIES_PER_STEP", ne)
-    monkeypatch.setattr(sr, "HEAD_GROUP", hg)
-    q, k, v = make(dtype, T, T, hkv, D, seed=T + D)
-    rp, col = random_csr(T, T, 9, torch.Generator().manual_seed(T), row0=0 if causal else None, filler=filler)
-    dout = torch.randn(B, H, T, D, generator=torch.Generator().manual_seed(7)).to(dtype)
-    scale = 1 / math.sqrt(D)
+    q, k, v, rp, col, dout, scale = case_inputs(monkeypatch, dtype, T, hkv, D, causal, ne, hg, filler)
     x = [t.clone().requires_grad_() for t in (q, k, v)]
     out = srb.sparse_rows_attention(*x, rp, col, scale)
     assert out.dtype == dtype and out.shape == (B, H, T, D)
@@ -99,6 +112,63 @@ def test_grads_match_float64_and_row_kernel(monkeypatch, dtype, T, hkv, D, causa
     for name, g, w in zip(("dq", "dk", "dv"), grads, grads_row):
         tol = 2e-5 if dtype == torch.float32 else {torch.bfloat16: 2 ** -7, torch.float16: 2 ** -10}[dtype]
         assert float((g.double() - w.double()).abs().max()) <= tol * float(w.double().abs().max()) + 1e-6, name
+
+
+# pieces < 3 (kernels/sea_sparse_rows.py's PIECES): p and ds rounded to the inputs' dtype before their products with
+# v / k / q / dout (pieces = 1, FlashAttention's precision) or kept to two pieces. Each product term then errs by at
+# most (2u)^pieces of its size (u the unit roundoff, 2^-8 for bf16, 2^-11 for fp16; doubled for the interpreter's
+# truncation), so every output is within that share of the float64 sum of absolute terms on top of the fp32 tolerance.
+@pytest.mark.parametrize("pieces, backward", [(1, "keys_rows"), (1, "keys"), (1, "rows"), (2, "keys_rows")])
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] != torch.float32], ids=str)
+def test_fewer_pieces_within_their_rounding_bound(monkeypatch, pieces, backward, case):
+    dtype = case[0]
+    q, k, v, rp, col, dout, scale = case_inputs(monkeypatch, *case)
+    x = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = srb.sparse_rows_attention(*x, rp, col, scale, backward=backward, pieces=pieces)
+    grads = torch.autograd.grad(out, x, dout)
+    want_out, want, terms = dense_ref64(q, k, v, rp, col, scale, dout, stored=out.detach(), abs_terms=True)
+    share = (2 * {torch.bfloat16: 2 ** -8, torch.float16: 2 ** -11}[dtype]) ** pieces
+    assert_close_to_ref(out, want_out, "out", extra=share * terms[0])
+    # the "keys" backward's dq comes from the row kernel, which is fp32 whatever pieces says
+    for name, g, w, t in zip(("dq", "dk", "dv"), grads, want, terms[1:]):
+        assert g.dtype == dtype, name
+        assert_close_to_ref(g, w, f"{name} pieces={pieces}", extra=share * t)
+    # and the knob is live: three pieces give other values (pieces = 1 drops 2^-9-relative parts of p)
+    y = [t.clone().requires_grad_() for t in (q, k, v)]
+    out3 = srb.sparse_rows_attention(*y, rp, col, scale, backward=backward, pieces=3)
+    grads3 = torch.autograd.grad(out3, y, dout)
+    if pieces == 1:
+        assert not torch.equal(out, out3)
+        # dq by the 16-row dq pass (rows, keys_rows), dk / dv by the key-major pass (keys, keys_rows)
+        live = {"rows": (0,), "keys": (1, 2), "keys_rows": (0, 1, 2)}[backward]
+        assert all(not torch.equal(grads[i], grads3[i]) for i in live), backward
+
+
+def test_auto_backward_and_pieces_arguments(monkeypatch):
+    """BACKWARD "auto" runs keys_rows for 16-bit inputs and row for fp32; bad backward / pieces values are refused."""
+    seen = []
+    real = srb._rows_pass
+
+    def spy(*a, **kw):
+        seen.append(kw["want_kv"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(srb, "_rows_pass", spy)
+    monkeypatch.setattr(sr, "ENTRIES_PER_STEP", 16)
+    T, D = 20, 16
+    rp, col = random_csr(T, T, 5, torch.Generator().manual_seed(4), row0=0)
+    for dtype, want in ((torch.bfloat16, [False]), (torch.float32, [])):
+        seen.clear()
+        x = [t.requires_grad_() for t in make(dtype, T, T, HKV, D, seed=5)]
+        torch.autograd.grad(srb.sparse_rows_attention(*x, rp, col, 0.25), x, torch.ones(B, H, T, D, dtype=dtype))
+        assert seen == want, dtype                                       # keys_rows: the dq pass without atomics
+    x = make(torch.bfloat16, T, T, HKV, D, seed=5)
+    with pytest.raises(ValueError, match="pieces=4"):
+        srb.sparse_rows_attention(*x, rp, col, 0.25, pieces=4)
+    with pytest.raises(ValueError, match="sparse backward 'cols'"):
+        srb.sparse_rows_attention(*x, rp, col, 0.25, backward="cols")
+    with torch.no_grad(), pytest.raises(ValueError, match="pieces=0"):
+        sr.sparse_rows_forward(*x, rp, col, 0.25, pieces=0)
 
 
 def test_unlisted_keys_get_no_gradient(monkeypatch):
@@ -199,10 +269,16 @@ def test_gpu_matches_row_kernel_and_times(dtype, monkeypatch):
     monkeypatch.setattr(srb, "BACKWARD", "keys_rows")
     check(torch.autograd.grad(out, x, dout, retain_graph=True))
     t_keys_rows = ms(lambda: torch.autograd.grad(out, x, dout, retain_graph=True))
+    t_p1 = {}
+    if dtype != torch.float32:                                           # P and dS rounded once (pieces = 1)
+        out1 = srb.sparse_rows_attention(*x, rp, col, 0.125, pieces=1)
+        check(torch.autograd.grad(out1, x, dout, retain_graph=True))
+        t_p1["backward keys_rows"] = ms(lambda: torch.autograd.grad(out1, x, dout, retain_graph=True))
+        t_p1["forward rows"] = ms(lambda: srb.sparse_rows_attention(*x, rp, col, 0.125, pieces=1))
     t_fwd_rows = ms(lambda: srb.sparse_rows_attention(*x, rp, col, 0.125))
     t_fwd_row = ms(lambda: ssa.sparse_attention_triton(*y, rp, col, 0.125))
     print(f"\n{dtype}, T={T}, nnz {int(rp[-1]) / 1e6:.1f}M: backward rows kernel {t_rows:.3f} ms, row kernel "
           f"{t_row:.3f} ms (on the rows forward's lse {t_mixed:.3f} ms, heads fastest {t_heads:.3f} ms), key-major "
           f"{t_keys:.3f} ms (dq in the 16-row layout {t_keys_rows:.3f} ms); forward "
           f"with lse: rows {t_fwd_rows:.3f} ms, "
-          f"row {t_fwd_row:.3f} ms")
+          f"row {t_fwd_row:.3f} ms" + "".join(f"; pieces=1 {k_} {v_:.3f} ms" for k_, v_ in t_p1.items()))

@@ -18,6 +18,8 @@ from methods.base import Method, MethodConfigError, Option, register
 
 # values of the sparse_backward option (the SEA layer checks them too): auto = the kernel module's BACKWARD
 SPARSE_BACKWARDS = ("auto", "row", "keys", "rows", "keys_rows")
+# values of the sparse_pieces option (kernels/sea_sparse_rows.py's PIECES_CHOICES)
+SPARSE_PIECES = (1, 2, 3)
 
 MODES = ("auto", "per_query", "per_head", "per_batch", "causal_per_batch")
 DEFAULTS = {True: dict(k=64, K=64, mode="causal_per_batch", nbf=8.0),
@@ -114,11 +116,15 @@ class _SEABase(Method):
         Option("sparse_backward", "auto", "backward of the rows kernel (backend triton_rows, and auto on CUDA, "
                "with gradients; kernels/sea_sparse_rows_bwd.py): row (the row kernel's backward, dk / dv by "
                "atomic adds), keys (dq by the row kernel without atomics, dk / dv over the lists sorted by key: "
-               "a 32-bit sort of the entries), keys_rows (keys with dq by the 16-row program; not timed yet), rows "
+               "a 32-bit sort of the entries), keys_rows (keys with dq by the 16-row program), rows "
                "(its own 16-row program with atomic adds; slower, kept for comparison) or auto (the module's "
-               "BACKWARD: keys; on an H200 the 32k causal step of SEA fast 16.9 -> 15.6 ms with keys, same run, "
-               "results/nvidia-h200/sea-train/call11/)",
+               "BACKWARD: keys_rows for bf16 / fp16, row for fp32; on an H200 the 32k causal step of SEA fast "
+               "14.4 ms with keys, 13.4 with keys_rows, same run, results/nvidia-h200/sea-train/call14/)",
                choices=SPARSE_BACKWARDS),
+        Option("sparse_pieces", 3, "16-bit pieces of the probabilities (and of dS in the backward) in the rows "
+               "kernels' tensor-core products with 16-bit inputs (backend triton_rows; kernels/sea_sparse_rows.py): "
+               "3 = fp32 accuracy, 1 = rounded once to the inputs' dtype as FlashAttention does, 2 in between",
+               choices=SPARSE_PIECES),
         Option("mix_backend", "auto", "sparse attention and mix: torch (the sparse kernel writes c, then the mix "
                "in tensor ops), kernel (causal, no padding mask: the cumulative mean of v and the mix in one Triton "
                "kernel after the sparse kernel, kernels/sea_causal_mix.py; on an H200 1.56 -> 0.22 ms at 64k causal, "
@@ -246,7 +252,7 @@ class _SEABase(Method):
                            query_chunk=cfg["query_chunk"], decoder_backend=cfg["decoder_backend"],
                            query_blocks=cfg["query_blocks"], mix_backend=cfg["mix_backend"],
                            estimator_precision=cfg["estimator_precision"],
-                           sparse_backward=cfg["sparse_backward"])
+                           sparse_backward=cfg["sparse_backward"], sparse_pieces=cfg["sparse_pieces"])
         return mod.to(problem.device)
 
 

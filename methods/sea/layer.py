@@ -140,13 +140,15 @@ class SEAAttention(AttentionModule):
                  scaler_input: str = "shared", performer_backend: str = "auto", encoder_backend: str = "auto",
                  compile: str = "none", query_chunk: int = 0, decoder_backend: str = "auto",
                  query_blocks: int = 0, mix_backend: str = "auto", estimator_precision: str = "fp32",
-                 sparse_backward: str = "auto"):
+                 sparse_backward: str = "auto", sparse_pieces: int = 3):
         super().__init__()
-        from methods.sea import SPARSE_BACKWARDS
+        from methods.sea import SPARSE_BACKWARDS, SPARSE_PIECES
 
         if sparse_backward not in SPARSE_BACKWARDS:
             raise ValueError(f"sparse backward {sparse_backward!r}: expected one of {SPARSE_BACKWARDS}")
-        self.sparse_backward = sparse_backward
+        if sparse_pieces not in SPARSE_PIECES:
+            raise ValueError(f"sparse_pieces={sparse_pieces!r}: expected one of {SPARSE_PIECES}")
+        self.sparse_backward, self.sparse_pieces = sparse_backward, int(sparse_pieces)
         if query_chunk < 0 or query_blocks < 0 or (query_chunk and query_blocks):
             raise ValueError(f"query_chunk={query_chunk}, query_blocks={query_blocks}: at most one of them, >= 1 "
                              "(rows per query block, or number of blocks; 0: whole sequence)")
@@ -234,7 +236,8 @@ class SEAAttention(AttentionModule):
                 f"{'interp=triton, ' if self.last_interp == 'triton' else ''}k={self.k}, K={self.K}, "
                 f"{'mix=' + self.last_mix + ', ' if self.last_mix in ('fused', 'kernel') else ''}"
                 f"{'' if self.last_blocks == 'off' else 'query_blocks=' + self.last_blocks + ', '}"
-                f"nb_features={self.estimator.nb_features}, scalers={sc}, sparse={kernel}]")
+                f"nb_features={self.estimator.nb_features}, scalers={sc}, sparse={kernel}"
+                f"{'/pieces=' + str(self.sparse_pieces) if kernel == 'triton_rows' and self.sparse_pieces != 3 else ''}]")
 
     # --- stages ---------------------------------------------------------------------------------
     # forward = prepare -> stage_estimator -> stage_topk -> stage_interpolate -> stage_sparse -> stage_mix.
@@ -361,10 +364,12 @@ class SEAAttention(AttentionModule):
                 from kernels.sea_sparse_rows_bwd import sparse_rows_attention
 
                 backward = None if self.sparse_backward == "auto" else self.sparse_backward
-                return sparse_rows_attention(q, k, v, sel["row_ptr"], sel["col"], scale, backward), "triton_rows"
+                return sparse_rows_attention(q, k, v, sel["row_ptr"], sel["col"], scale, backward,
+                                             pieces=self.sparse_pieces), "triton_rows"
             from kernels.sea_sparse_rows import sparse_rows_forward
 
-            return sparse_rows_forward(q, k, v, sel["row_ptr"], sel["col"], scale), "triton_rows"
+            return sparse_rows_forward(q, k, v, sel["row_ptr"], sel["col"], scale,
+                                       pieces=self.sparse_pieces), "triton_rows"
         backend = "triton" if kernel.startswith("triton") else kernel
         c, ran = ssa.sea_sparse_attention(q, k, v, sel["row_ptr"], sel["col"], scale, backend=backend)
         return c, (kernel if kernel.startswith("triton (") else ran)
@@ -551,14 +556,13 @@ class SEAAttention(AttentionModule):
         self.impl = self._impl(ran)
         return out
 
-    @staticmethod
-    def attend_block(sparse: str, qb, k, v, row_ptr, col, scale):
+    def attend_block(self, sparse: str, qb, k, v, row_ptr, col, scale):
         """One query block's sparse attention on its CSR lists (query blocks of both directions): qb [B, H, Tc, D]
         against all keys k, v [B, H, T, D] -> (c [B, H, Tc, D], what ran). sparse: sparse_plan's kernel."""
         if sparse == "triton_rows":
             from kernels.sea_sparse_rows import sparse_rows_forward
 
-            return sparse_rows_forward(qb, k, v, row_ptr, col, scale), "triton_rows"
+            return sparse_rows_forward(qb, k, v, row_ptr, col, scale, pieces=self.sparse_pieces), "triton_rows"
         from kernels.sea_sparse_attention import sparse_attention_block
 
         return sparse_attention_block(qb, k, v, row_ptr, col, scale, backend=sparse)
@@ -591,15 +595,15 @@ class SEAAttention(AttentionModule):
             return False
         return not needs_grad(q, k, v, *self.parameters())
 
-    @staticmethod
-    def sparse_mix(kernel: str, q, k, v, row_ptr, col, scale, s_prob, s_mix, c_avg, *, out=None):
+    def sparse_mix(self, kernel: str, q, k, v, row_ptr, col, scale, s_prob, s_mix, c_avg, *, out=None):
         """The sparse attention and the mix in one kernel: the rows kernel's mix epilogue
         (kernels/sea_sparse_rows.py) when `kernel` is triton_rows, the row kernel's (kernels/sea_sparse_mix.py)
         otherwise. Returns (out in q's dtype, the kernel that ran)."""
         if kernel == "triton_rows":
             from kernels.sea_sparse_rows import sparse_rows_forward
 
-            return sparse_rows_forward(q, k, v, row_ptr, col, scale, mix=(s_prob, s_mix, c_avg), out=out), kernel
+            return sparse_rows_forward(q, k, v, row_ptr, col, scale, mix=(s_prob, s_mix, c_avg), out=out,
+                                       pieces=self.sparse_pieces), kernel
         from kernels.sea_sparse_mix import sparse_attention_mix
 
         return sparse_attention_mix(q, k, v, row_ptr, col, scale, s_prob, s_mix, c_avg, out=out), "triton"
