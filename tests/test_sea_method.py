@@ -201,17 +201,18 @@ def test_gpu_non_finite_check_resolves_at_the_end():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_all_finite_matches_isfinite(dtype):
-    from methods.sea.layer import all_finite
+def test_finite_flags_match_isfinite(dtype):
+    from methods.sea.layer import finite_flags
 
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(3, 5, 7, generator=g) * 100).to(dtype)
-    assert all_finite(x).item() and all_finite(x[:, :0]).item()       # empty: nothing non-finite
+    assert finite_flags(x, x[:, :0], x.transpose(0, 2)).tolist() == [True] * 3   # empty; non-contiguous
     for bad in (float("nan"), float("inf"), float("-inf")):
         for where in ((0, 0, 0), (2, 4, 6), (1, 2, 3)):
             y = x.clone()
             y[where] = bad
-            assert all_finite(y).item() is False and torch.isfinite(y).all().item() is False
+            assert finite_flags(x, y, y.transpose(0, 2)).tolist() == [True, False, False]
+            assert torch.isfinite(y).all().item() is False
 
 
 def test_options_defaults_and_refusals():

@@ -1,0 +1,65 @@
+"""kernels/finite_check.py: the non-finite flags kernel (Triton under TRITON_INTERPRET=1 on CPU, tests/conftest.py)
+against torch.isfinite, on every floating dtype, with the bad value in the first, a middle and the last partial
+block of several programs; float64 values beyond float32's range stay finite; the PyTorch form and the refusals."""
+import pytest
+import torch
+
+import kernels.finite_check as fc
+
+
+@pytest.fixture(autouse=True)
+def _small_programs(monkeypatch):
+    monkeypatch.setattr(fc, "BLOCK", 64)
+    monkeypatch.setattr(fc, "ITERS", 2)                                  # 128 values per program
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_flags_match_isfinite(dtype, backend):
+    g = torch.Generator().manual_seed(1)
+    n = 1000                                                             # 8 programs, the last one partial
+    x = (torch.randn(n, generator=g) * 50).to(dtype)
+    if dtype == torch.float64:
+        x[17] = 1e300                                                    # finite in float64, Inf in float32
+    clean = [x, x[:0].clone(), x[:5].clone()]
+    assert fc.nonfinite_flags(*clean, backend=backend).tolist() == [0, 0, 0]
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for where in (0, 129, 500, n - 1):
+            y = x.clone()
+            y[where] = bad
+            got = fc.nonfinite_flags(x, y, x, backend=backend)
+            assert got.dtype == torch.int32 and got.tolist() == [0, 1, 0], (bad, where)
+            assert got.tolist() == [int(not torch.isfinite(t).all()) for t in (x, y, x)]
+
+
+def test_auto_falls_back_for_non_contiguous_and_refuses_bad_input():
+    x = torch.randn(6, 40)
+    y = x.clone()
+    y[3, 7] = float("nan")
+    assert fc.nonfinite_flags(x.t(), y.t(), x).tolist() == [0, 1, 0]      # views: the PyTorch form
+    with pytest.raises(ValueError, match="not contiguous"):
+        fc.nonfinite_flags(x.t(), backend="triton")
+    with pytest.raises(ValueError, match="not floating"):
+        fc.nonfinite_flags(x, torch.ones(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="at least one"):
+        fc.nonfinite_flags()
+    with pytest.raises(ValueError, match="backend='cuda'"):
+        fc.nonfinite_flags(x, backend="cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_flags_and_time():
+    """On CUDA at SEA's 32k size (bf16 [1, 16, 32768, 64] x 3): same flags as isfinite; time against aminmax
+    (printed)."""
+    from harness.measure import time_cuda
+
+    fc.BLOCK, fc.ITERS = 4096, 8
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 16, 32768, 64, device="cuda", generator=g).to(torch.bfloat16) for _ in range(3))
+    assert fc.nonfinite_flags(q, k, v).tolist() == [0, 0, 0]
+    k2 = k.clone()
+    k2.view(-1)[-1] = float("inf")
+    assert fc.nonfinite_flags(q, k2, v).tolist() == [0, 1, 0]
+    t_kernel = time_cuda(lambda: fc.nonfinite_flags(q, k, v), rep_ms=50).median_ms
+    t_torch = time_cuda(lambda: fc.nonfinite_flags(q, k, v, backend="torch"), rep_ms=50).median_ms
+    print(f"\nnonfinite flags of q, k, v at 32k bf16: kernel {t_kernel:.4f} ms, aminmax {t_torch:.4f} ms")
