@@ -49,6 +49,8 @@ lists). dq, dk, dv are stored once each, so they are written in the inputs' dtyp
 zero fill, no casts); every dq pass computes delta = rowsum(o dout) itself, in place of a PyTorch product and sum
 (the dq pass 1.60 -> 1.77 ms across calls, results/nvidia-h200/sea-train/call13/). BACKWARD = "keys_rows": the
 same with the dq pass by `_rows_bwd_kernel` (WANT_KV=False; the rows forward's layout): 1.77 -> 0.83 ms (call14/).
+Tried and removed: that dq pass also storing each entry's row and sort key in place of `_entry_keys_kernel` (0.34
+ms): the dq pass 0.72 -> 1.10-1.14 ms, the step's kernels 12.28 -> 12.36 / 12.31 ms (A/B/A, call16/).
 
 Limits: no padding mask (the lists hold only the keys each row may see); q, k, v in one dtype among bf16 / fp16 /
 fp32, made contiguous; the output gradient is made contiguous.
@@ -86,9 +88,6 @@ BACKWARD = "auto"
 BACKWARDS = ("auto", "row", "rows", "keys", "keys_rows")
 # key-major backward: keys per program (a power of two >= 16, the N of its tl.dot tiles)
 KEYS_PER_PROGRAM = 16
-# keys_rows: the dq pass also writes each entry's row and sort key (in place of _entry_keys_kernel, 0.34 ms at 32k
-# causal) when True; a switch for same-run A/B measurements
-ROWS_PASS_KEYS = True
 
 
 if triton is not None:
@@ -126,24 +125,13 @@ if triton is not None:
             tl.store(KEY + e, key.to(KEY.dtype.element_ty), mask=emask)
 
     @triton.jit
-    def _filler_keys_kernel(ROWPTR, EROW, KEY, n, NROWS, sentinel, BLOCK: tl.constexpr):
-        # The filler entries past ROWPTR[NROWS] (when the dq pass wrote the live entries' keys): EROW = NROWS,
-        # KEY = sentinel. One program per BLOCK entries; those before ROWPTR[NROWS] store nothing.
-        e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        m = (e >= tl.load(ROWPTR + NROWS)) & (e < n)
-        tl.store(EROW + e, (tl.zeros([BLOCK], tl.int64) + NROWS).to(EROW.dtype.element_ty), mask=m)
-        tl.store(KEY + e, (tl.zeros([BLOCK], tl.int64) + sentinel).to(KEY.dtype.element_ty), mask=m)
-
-    @triton.jit
-    def _rows_bwd_kernel(Q, K, V, DO, ROWPTR, COL, LSE, DELTA, DQ, DK, DV, O, EROW, KEY, scale,
+    def _rows_bwd_kernel(Q, K, V, DO, ROWPTR, COL, LSE, DELTA, DQ, DK, DV, O, scale,
                          sqb, sqh, sqt, skb, skh, skt,
                          H, T, D, GROUP, NTB, HG,
                          ROWS: tl.constexpr, NE: tl.constexpr, BLOCK_D: tl.constexpr, FP32: tl.constexpr,
-                         EMU: tl.constexpr, WANT_KV: tl.constexpr, PIECES: tl.constexpr, WANT_KEYS: tl.constexpr):
+                         EMU: tl.constexpr, WANT_KV: tl.constexpr, PIECES: tl.constexpr):
         # q, dout, dq, o share q's (contiguous) layout; k, v, dk, dv share k's. Program order as _rows_fwd_kernel.
         # WANT_KV False: dq only (DK, DV untouched). delta = rowsum(o dout) here, also stored to DELTA.
-        # WANT_KEYS: each visited entry's CSR row and key-major sort key stored to EROW / KEY (what
-        # _entry_keys_kernel computes; the dq pass reads col and knows each entry's row anyway).
         b, h, hk, t, rmask, row, beg, end, e_lo, e_hi, offs_d, dmask = _rows_program(
             ROWPTR, H, T, D, GROUP, NTB, HG, ROWS, BLOCK_D)
         qmask = rmask[:, None] & dmask[None, :]                          # [ROWS, BLOCK_D]
@@ -177,12 +165,8 @@ if triton is not None:
             # dv[e] = p[r(e), e] dout[r(e)]: the column sums of ds and p, and the q / dout rows of each entry's row
             # gathered again (L1 / L2 hits), in the gathers' layout like the row kernel (no [NE, D] products on
             # tensor cores, no layout change before the atomics)
-            if WANT_KV or WANT_KEYS:
-                er = tl.sum(tl.where(member, tl.arange(0, ROWS)[:, None], 0), axis=0)    # [NE] row of each entry
-            if WANT_KEYS:
-                tl.store(EROW + e, (tl.min(row, axis=0) + er).to(EROW.dtype.element_ty), mask=emask)
-                tl.store(KEY + e, ((b * (H // GROUP) + hk) * T + kid).to(KEY.dtype.element_ty), mask=emask)
             if WANT_KV:
+                er = tl.sum(tl.where(member, tl.arange(0, ROWS)[:, None], 0), axis=0)    # [NE] row of each entry
                 eoff = b * sqb + h * sqh + (tl.min(t, axis=0) + er)[:, None] * sqt + offs_d[None, :]
                 qe = tl.load(Q + eoff, mask=kvm, other=0.0).to(tl.float32)   # [NE, BLOCK_D]
                 doe = tl.load(DO + eoff, mask=kvm, other=0.0).to(tl.float32)
@@ -243,39 +227,24 @@ if triton is not None:
         tl.store(DV + kptr, dv, mask=kmask)
 
 
-def entry_buffers(row_ptr, col, B: int, Hkv: int, T: int):
-    """Empty (erow, key) buffers [col.numel()] for key_lists: int32 while the row ids and keys fit (a radix sort of
-    32-bit keys takes half the passes of 64-bit ones), int64 past that."""
-    idt = torch.int32 if max(row_ptr.numel() - 1, B * Hkv * T) < 2 ** 31 - 1 else torch.int64
-    return (torch.empty(col.numel(), dtype=idt, device=col.device),
-            torch.empty(col.numel(), dtype=idt, device=col.device))
-
-
-def key_lists(row_ptr, col, B: int, H: int, Hkv: int, T: int, entries=None):
+def key_lists(row_ptr, col, B: int, H: int, Hkv: int, T: int):
     """The CSR lists transposed to key-major order without a host sync: (key_ptr int64 [B*Hkv*T + 1], erow int32
     (int64 past 2^31 rows) [col.numel()]) where the entries of key j of (b, kv head) are
     erow[key_ptr[(b Hkv + kv) T + j] : ...[... + 1]], each the flat query row (b, h, t) that lists it. Filler
-    entries of col past row_ptr[-1] sort after all keys. entries: (erow, key) from entry_buffers whose live
-    entries a dq pass with WANT_KEYS already wrote (only the filler is filled here); None: computed here."""
+    entries of col past row_ptr[-1] sort after all keys."""
     n = col.numel()
     rows = row_ptr.numel() - 1
     sentinel = B * Hkv * T
-    if entries is not None:
-        erow, key = entries
-        if n:
-            blk = 1024
-            _filler_keys_kernel[(triton.cdiv(n, blk),)](row_ptr, erow, key, n, rows, sentinel, BLOCK=blk,
-                                                        num_warps=4)
-    else:
-        # each entry's CSR row and sort key by one program per row (the filler entries past row_ptr[-1] in an
-        # extra row `rows`); in tensor ops (repeat_interleave, divisions, where) this took ~0.45 ms of SEA's 32k
-        # causal step, by this kernel 0.34 ms (results/nvidia-h200/sea-train/call13/)
-        erow, key = entry_buffers(row_ptr, col, B, Hkv, T)
-        if n:
-            _entry_keys_kernel[(rows + 1,)](row_ptr, col, erow, key, n, T, H, Hkv, rows, sentinel, NE=128,
-                                            num_warps=4)
+    # int32 row ids and keys while they fit (a radix sort of 32-bit keys takes half the passes of 64-bit ones)
+    idt = torch.int32 if max(rows, sentinel) < 2 ** 31 - 1 else torch.int64
+    # each entry's CSR row and sort key by one program per row (the filler entries past row_ptr[-1] in an extra
+    # row `rows`); in tensor ops (repeat_interleave, divisions, where) this took ~0.45 ms of SEA's 32k causal step
+    erow = torch.empty(n, dtype=idt, device=col.device)
+    key = torch.empty(n, dtype=idt, device=col.device)
+    if n:
+        _entry_keys_kernel[(rows + 1,)](row_ptr, col, erow, key, n, T, H, Hkv, rows, sentinel, NE=128, num_warps=4)
     key_sorted, order = torch.sort(key)
-    key_ptr = torch.searchsorted(key_sorted, torch.arange(sentinel + 1, device=col.device, dtype=key.dtype))
+    key_ptr = torch.searchsorted(key_sorted, torch.arange(sentinel + 1, device=col.device, dtype=idt))
     return key_ptr, erow[order]
 
 
@@ -317,18 +286,15 @@ def rows_backward(q, k, v, o, lse, row_ptr, col, scale: float, do, backward: str
     if backward == "row":
         row_backward(q, k, v, o, do, row_ptr, col, lse, delta, dq, dk, dv, scale)
     elif key_major:
-        entries = None
         if backward == "keys":
             row_backward(q, k, v, o, do, row_ptr, col, lse, delta, dq, dk, dv, scale, want_kv=False)
-        elif T and B * H:                      # keys_rows: dq in the rows layout, which writes the entry keys too
-            entries = entry_buffers(row_ptr, col, B, Hkv, T) if ROWS_PASS_KEYS else None
-            _rows_pass(q, k, v, o, do, row_ptr, col, lse, delta, dq, dk, dv, scale, want_kv=False, pieces=pieces,
-                       entries=entries)
+        elif T and B * H:                                                # keys_rows: dq in the rows layout
+            _rows_pass(q, k, v, o, do, row_ptr, col, lse, delta, dq, dk, dv, scale, want_kv=False, pieces=pieces)
         kb = KEYS_PER_PROGRAM
         if kb < 16 or kb & (kb - 1):
             raise ValueError(f"KEYS_PER_PROGRAM={kb}: must be a power of two >= 16")
         if T and B * H:
-            key_ptr, erow = key_lists(row_ptr, col, B, H, Hkv, T, entries=entries)
+            key_ptr, erow = key_lists(row_ptr, col, B, H, Hkv, T)
             nkb = triton.cdiv(T, kb)
             _keys_bwd_kernel[(B * Hkv * nkb,)](
                 q, k, v, do, key_ptr, erow, lse, delta, dk, dv, float(scale),
@@ -341,21 +307,19 @@ def rows_backward(q, k, v, o, lse, row_ptr, col, scale: float, do, backward: str
 
 
 def _rows_pass(q, k, v, o, do, row_ptr, col, lse, delta, dq, dk, dv, scale: float, *, want_kv: bool,
-               pieces: int, entries=None) -> None:
+               pieces: int) -> None:
     """Launch `_rows_bwd_kernel` (16 rows per program): dq stored, dk / dv added atomically when want_kv; delta =
-    rowsum(o do) computed in the kernel and stored; entries = (erow, key) from entry_buffers: each live entry's row
-    and sort key stored there too (key_lists' input)."""
+    rowsum(o do) computed in the kernel and stored."""
     B, H, T, D = q.shape
     ntb = triton.cdiv(T, rows_mod.ROWS_PER_PROGRAM)
     hg = head_group(B * H, k.shape[2], D, k.element_size())
-    erow, key = (dq, dq) if entries is None else entries                # unused pointers without entries
     _rows_bwd_kernel[(B * H * ntb,)](
-        q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, o, erow, key, float(scale),
+        q, k, v, do, row_ptr, col, lse, delta, dq, dk, dv, o, float(scale),
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         H, T, D, H // k.shape[1], ntb, hg,
         ROWS=rows_mod.ROWS_PER_PROGRAM, NE=rows_mod.ENTRIES_PER_STEP, BLOCK_D=pow2_block(D),
         FP32=q.dtype == torch.float32, EMU=q.device.type != "cuda", WANT_KV=want_kv, PIECES=pieces,
-        WANT_KEYS=entries is not None, num_warps=rows_mod.NUM_WARPS)
+        num_warps=rows_mod.NUM_WARPS)
 
 
 def sparse_rows_attention(q, k, v, row_ptr, col, scale: float, backward: str | None = None,

@@ -206,34 +206,6 @@ def test_key_lists_transpose_the_csr_lists():
     assert got == {j: sorted(rs) for j, rs in want.items()}
 
 
-@pytest.mark.parametrize("filler", [0, 1500])
-def test_dq_pass_writes_the_entry_keys(monkeypatch, filler):
-    """keys_rows: the dq pass's entry rows / keys (WANT_KEYS, filler by _filler_keys_kernel over more than one
-    program) give key_lists exactly what _entry_keys_kernel gives, and the same dq."""
-    monkeypatch.setattr(sr, "ENTRIES_PER_STEP", 16)
-    T, D = 26, 16
-    q, k, v = make(torch.bfloat16, T, T, HKV, D, seed=21)
-    rp, col = random_csr(T, T, 7, torch.Generator().manual_seed(22), row0=0, filler=filler)
-    do = torch.randn(B, H, T, D, generator=torch.Generator().manual_seed(23)).to(torch.bfloat16)
-    out, lse = sr.sparse_rows_forward(q, k, v, rp, col, 0.25, want_lse=True)
-    dqs = []
-    for entries in (None, srb.entry_buffers(rp, col, B, HKV, T)):
-        if entries is not None:
-            for buf in entries:
-                buf.fill_(-7)                                            # every entry must be written
-        delta = torch.empty(B * H * T)
-        dq = torch.full_like(q, float("nan"))
-        srb._rows_pass(q, k, v, out, do, rp, col, lse, delta, dq, None, None, 0.25, want_kv=False, pieces=3,
-                       entries=entries)
-        dqs.append(dq)
-        if entries is not None:
-            got = srb.key_lists(rp, col, B, H, HKV, T, entries=entries)   # fills the filler entries
-            assert (entries[0] >= 0).all() and (entries[1] >= 0).all()
-    torch.testing.assert_close(dqs[0], dqs[1], rtol=0, atol=0)
-    want = srb.key_lists(rp, col, B, H, HKV, T)
-    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
-
-
 def test_refuses_query_blocks():
     q, k, v = make(torch.float32, 8, 16, HKV, 16, seed=1)
     rp, col = random_csr(8, 16, 3, torch.Generator().manual_seed(2), row0=8)
