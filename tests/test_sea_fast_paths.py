@@ -99,6 +99,31 @@ def test_favor_causal_kernel_path_matches_torch_path(kernel):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk, block_e, warps", [(64, 64, 4), (16, 16, 2), (32, 128, 8)])
+def test_favor_causal_kernel_tilings_match_torch_path_with_gradients(monkeypatch, chunk, block_e, warps):
+    """favor.LINEAR_CHUNK / LINEAR_BLOCK_E / LINEAR_WARPS (the causal linear-attention kernel's tiling): output and
+    gradients of q, k, v equal the PyTorch path's for several chunks and value blocks (40 value columns)."""
+    import methods.sea.favor as favor
+
+    monkeypatch.setattr(favor, "LINEAR_CHUNK", chunk)
+    monkeypatch.setattr(favor, "LINEAR_BLOCK_E", block_e)
+    monkeypatch.setattr(favor, "LINEAR_WARPS", warps)
+    g = torch.Generator().manual_seed(5)
+    q, k = torch.randn(1, 2, 70, 8, generator=g), torch.randn(1, 2, 70, 8, generator=g)
+    v = torch.randn(1, 2, 70, 40, generator=g)
+    proj = favor.orthogonal_random_features(6, 8, g)
+    dout = torch.randn(1, 2, 70, 40, generator=g)
+    res = []
+    for backend in ("torch", "triton"):
+        x = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = favor.favor_attention(*x, proj, kernel="relu", causal=True, backend=backend)
+        res.append((out.detach(), torch.autograd.grad(out, x, dout)))
+    (want, gw), (got, gg) = res
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    for a, b in zip(gg, gw):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 class HostSync(AssertionError):
     pass
 

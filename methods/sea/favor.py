@@ -27,6 +27,12 @@ from methods.sea.precision import tf32_linear
 # chunks at T = 256k (in the fused Performer + encoder kernel, which has the same structure, that output kernel was 26
 # of SEA's 58 ms at 256k on an H200: results/nvidia-h200/sea-vs-dense-2/fused-first/).
 CAUSAL_CHECKPOINTS = 1024
+# Tiling of the causal linear-attention kernels (kernels/linear_attention.py, parallel algo) on the Triton path: rows
+# per chunk, value columns per program (block_e; SEA's values are [V_I ; v], 2d = 128 columns, so 64 splits each
+# chunk's scores over two programs) and warps. Module constants so same-run A/B measurements can set them.
+LINEAR_CHUNK = 64
+LINEAR_BLOCK_E = 64
+LINEAR_WARPS = 4
 
 
 def orthogonal_random_features(m: int, d: int, generator: torch.Generator) -> torch.Tensor:
@@ -198,9 +204,10 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
     if path == "triton":
         from kernels.linear_attention import group_for
 
-        num, den = _linear_attention_untraced(phi_q.contiguous(), phi_k.contiguous(), v.contiguous(), chunk=64,
-                                              backend="triton", tf32=False,
-                                              group=group_for(q.shape[2], 64, CAUSAL_CHECKPOINTS))   # fp32
+        num, den = _linear_attention_untraced(phi_q.contiguous(), phi_k.contiguous(), v.contiguous(),
+                                              chunk=LINEAR_CHUNK, backend="triton", tf32=False,
+                                              block_e=LINEAR_BLOCK_E, num_warps=LINEAR_WARPS,
+                                              group=group_for(q.shape[2], LINEAR_CHUNK, CAUSAL_CHECKPOINTS))
         return num / (den[..., None] + eps)
     return linear_attention(phi_q, phi_k, v, causal=causal, chunk=chunk, eps=eps)
 
@@ -226,9 +233,10 @@ def favor_causal_carry(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: 
     phi_q, phi_k = relu_features(q, proj), relu_features(k, proj)       # [B, H, Tc, m]
     if operands == "bf16":
         phi_q, phi_k, v = (x.to(torch.bfloat16) for x in (phi_q, phi_k, v))
-    num, den = _linear_attention_untraced(phi_q.contiguous(), phi_k.contiguous(), v.contiguous(), chunk=64,
-                                          backend=which, tf32=False,
-                                          group=group_for(q.shape[2], 64, CAUSAL_CHECKPOINTS))   # fp32
+    tiles = dict(block_e=LINEAR_BLOCK_E, num_warps=LINEAR_WARPS) if which == "triton" else {}
+    num, den = _linear_attention_untraced(phi_q.contiguous(), phi_k.contiguous(), v.contiguous(),
+                                          chunk=LINEAR_CHUNK, backend=which, tf32=False,
+                                          group=group_for(q.shape[2], LINEAR_CHUNK, CAUSAL_CHECKPOINTS), **tiles)
     pq, pk, vf = phi_q.float(), phi_k.float(), v.float()
     if state is not None:
         S, zs = state
