@@ -29,9 +29,12 @@ from methods.sea.precision import tf32_linear
 CAUSAL_CHECKPOINTS = 1024
 # Tiling of the causal linear-attention kernels (kernels/linear_attention.py, parallel algo) on the Triton path: rows
 # per chunk, value columns per program (block_e; SEA's values are [V_I ; v], 2d = 128 columns, so 64 splits each
-# chunk's scores over two programs) and warps. Module constants so same-run A/B measurements can set them.
+# chunk's scores over two programs) and warps. Module constants so same-run A/B measurements can set them. Measured
+# on an H200 (SEA fast at 32k causal fwd+bwd, results/nvidia-h200/sea-train/call18/): block_e 64 -> 128 took the four
+# passes' output kernel 1.50 -> 1.26 ms and the step's kernels 12.29 -> 12.02 ms (12.28 again after); 8 warps or
+# 128-row chunks were slower (12.39, 12.76, 14.75 ms).
 LINEAR_CHUNK = 64
-LINEAR_BLOCK_E = 64
+LINEAR_BLOCK_E = 128
 LINEAR_WARPS = 4
 
 
