@@ -112,8 +112,9 @@ def test_gpu_auto_backend_with_gradients_matches_row_kernel():
 
 def test_sparse_pieces_option_reaches_the_rows_kernels(monkeypatch):
     """sea.sparse_pieces: the rows kernels get it in forward-only and gradient calls (sparse_rows_forward's and
-    rows_backward's pieces), impl names it, and the layer's bf16 output stays within the rounding of P to bf16
-    of the fp32-accurate one (kernel-level bounds: tests/test_sea_sparse_rows_bwd.py); bad values are refused."""
+    rows_backward's pieces; fp32 inputs get 3), impl names it, and the layer's bf16 output stays within the rounding
+    of P to bf16 of the fp32-accurate one (kernel-level bounds: tests/test_sea_sparse_rows_bwd.py); bad values are
+    refused."""
     import kernels.sea_sparse_rows_bwd as srb
     from methods.base import MethodConfigError
 
@@ -137,5 +138,11 @@ def test_sparse_pieces_option_reaches_the_rows_kernels(monkeypatch):
     assert seen == [("fwd", 1), ("fwd", 1), ("bwd", 1), ("fwd", 3), ("fwd", 3), ("bwd", 3)]
     assert not torch.equal(outs[1], outs[3])
     assert float((outs[1] - outs[3]).abs().max()) <= 2 ** -6 * float(outs[3].abs().max())
+    seen.clear()                                                         # fp32 inputs: fp32 products, impl says so
+    M, cfg, prob = build(backend="triton_rows", sparse_pieces="1")
+    mod = M.build(cfg, prob, seed=3)
+    with torch.no_grad():
+        mod(*qkv(4), causal=True)
+    assert seen == [("fwd", 3)] and "/pieces" not in mod.impl, (seen, mod.impl)
     with pytest.raises(MethodConfigError, match="sparse_pieces=4"):
         build(backend="triton_rows", sparse_pieces="4")

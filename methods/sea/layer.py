@@ -154,6 +154,7 @@ class SEAAttention(AttentionModule):
         if sparse_pieces not in SPARSE_PIECES:
             raise ValueError(f"sparse_pieces={sparse_pieces!r}: expected one of {SPARSE_PIECES}")
         self.sparse_backward, self.sparse_pieces = sparse_backward, int(sparse_pieces)
+        self._pieces_ran = 3                 # what the rows kernels last got (impl names it when not 3)
         if query_chunk < 0 or query_blocks < 0 or (query_chunk and query_blocks):
             raise ValueError(f"query_chunk={query_chunk}, query_blocks={query_blocks}: at most one of them, >= 1 "
                              "(rows per query block, or number of blocks; 0: whole sequence)")
@@ -224,6 +225,12 @@ class SEAAttention(AttentionModule):
         """Exact probabilities [B, H, T, T] pooled to this layer's K cells (the estimate's geometry)."""
         return pool_columns(probs, K=self.K, causal=causal, valid=valid)
 
+    def pieces_for(self, q: torch.Tensor) -> int:
+        """The pieces the rows kernels get for q's dtype (recorded for impl): the sparse_pieces option for bf16 /
+        fp16 inputs; 3 for fp32 inputs, whose products run at fp32 accuracy whatever the option says."""
+        self._pieces_ran = self.sparse_pieces if q.dtype in (torch.bfloat16, torch.float16) else 3
+        return self._pieces_ran
+
     def _impl(self, kernel: str) -> str:
         self._kernel_ran = kernel
         est = "oracle" if self.oracle else ("trained" if self.trained else "untrained")
@@ -242,7 +249,7 @@ class SEAAttention(AttentionModule):
                 f"{'mix=' + self.last_mix + ', ' if self.last_mix in ('fused', 'kernel') else ''}"
                 f"{'' if self.last_blocks == 'off' else 'query_blocks=' + self.last_blocks + ', '}"
                 f"nb_features={self.estimator.nb_features}, scalers={sc}, sparse={kernel}"
-                f"{'/pieces=' + str(self.sparse_pieces) if kernel == 'triton_rows' and self.sparse_pieces != 3 else ''}]")
+                f"{'/pieces=' + str(self._pieces_ran) if kernel == 'triton_rows' and self._pieces_ran != 3 else ''}]")
 
     # --- stages ---------------------------------------------------------------------------------
     # forward = prepare -> stage_estimator -> stage_topk -> stage_interpolate -> stage_sparse -> stage_mix.
@@ -370,11 +377,11 @@ class SEAAttention(AttentionModule):
 
                 backward = None if self.sparse_backward == "auto" else self.sparse_backward
                 return sparse_rows_attention(q, k, v, sel["row_ptr"], sel["col"], scale, backward,
-                                             pieces=self.sparse_pieces), "triton_rows"
+                                             pieces=self.pieces_for(q)), "triton_rows"
             from kernels.sea_sparse_rows import sparse_rows_forward
 
             return sparse_rows_forward(q, k, v, sel["row_ptr"], sel["col"], scale,
-                                       pieces=self.sparse_pieces), "triton_rows"
+                                       pieces=self.pieces_for(q)), "triton_rows"
         backend = "triton" if kernel.startswith("triton") else kernel
         c, ran = ssa.sea_sparse_attention(q, k, v, sel["row_ptr"], sel["col"], scale, backend=backend)
         return c, (kernel if kernel.startswith("triton (") else ran)
@@ -567,7 +574,7 @@ class SEAAttention(AttentionModule):
         if sparse == "triton_rows":
             from kernels.sea_sparse_rows import sparse_rows_forward
 
-            return sparse_rows_forward(qb, k, v, row_ptr, col, scale, pieces=self.sparse_pieces), "triton_rows"
+            return sparse_rows_forward(qb, k, v, row_ptr, col, scale, pieces=self.pieces_for(qb)), "triton_rows"
         from kernels.sea_sparse_attention import sparse_attention_block
 
         return sparse_attention_block(qb, k, v, row_ptr, col, scale, backend=sparse)
@@ -608,7 +615,7 @@ class SEAAttention(AttentionModule):
             from kernels.sea_sparse_rows import sparse_rows_forward
 
             return sparse_rows_forward(q, k, v, row_ptr, col, scale, mix=(s_prob, s_mix, c_avg), out=out,
-                                       pieces=self.sparse_pieces), kernel
+                                       pieces=self.pieces_for(q)), kernel
         from kernels.sea_sparse_mix import sparse_attention_mix
 
         return sparse_attention_mix(q, k, v, row_ptr, col, scale, s_prob, s_mix, c_avg, out=out), "triton"
