@@ -300,9 +300,8 @@ def grad_buffers(q, k, do, *, poison: bool, stored: bool = False):
     do = do.contiguous()
     delta = fresh(q.shape[:3], torch.float32, q.device, poison=poison)
     if stored:
-        dk = fresh(k.shape, k.dtype, q.device, poison=poison)
-        return do, delta, fresh(q.shape, q.dtype, q.device, poison=poison), dk, fresh(k.shape, k.dtype, q.device,
-                                                                                      poison=poison)
+        return (do, delta, fresh(q.shape, q.dtype, q.device, poison=poison),
+                fresh(k.shape, k.dtype, q.device, poison=poison), fresh(k.shape, k.dtype, q.device, poison=poison))
     dq = fresh(q.shape, torch.float32, q.device, poison=poison)
     dk = torch.zeros(k.shape, dtype=torch.float32, device=q.device)
     return do, delta, dq, dk, torch.zeros_like(dk)

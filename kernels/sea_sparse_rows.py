@@ -119,32 +119,28 @@ POISON_OUTPUTS = False
 if triton is not None:
 
     @triton.jit
-    def _split_dot(p, vt, acc, EMU: tl.constexpr, PIECES: tl.constexpr = 3):
+    def _piece_dot(piece, vt, acc, EMU: tl.constexpr):
+        """acc + piece @ vt, both 16-bit, fp32 sums: tensor cores, or under Triton's interpreter (EMU, whose bf16
+        tl.dot is wrong) the same values as fp32 "ieee" dots (the 16-bit products are exact in fp32 either way)."""
+        if EMU:
+            return tl.dot(piece.to(tl.float32), vt.to(tl.float32), acc, input_precision="ieee")
+        return tl.dot(piece, vt, acc)
+
+    @triton.jit
+    def _split_dot(p, vt, acc, EMU: tl.constexpr, PIECES: tl.constexpr):
         """acc + p @ vt for p fp32 [M, N] and vt 16-bit [N, D] on tensor cores. PIECES = 3: at fp32 accuracy, p =
         p1 + p2 + p3 in vt's dtype (each piece takes the next 8 (bf16) or 11 (fp16) significant bits; the remainder
         past three pieces is below 2^-24 p), every product piece * v is exact in fp32, the sums fp32. PIECES = 2:
         the first two pieces (p to ~2^-16 relative); PIECES = 1: p rounded once to vt's dtype (FlashAttention's
-        precision for its P v and dS k products). EMU (Triton's interpreter, whose bf16 tl.dot is wrong): the same
-        pieces as fp32 values, fp32 dots (same products)."""
+        precision for its P v and dS k products)."""
         p1 = p.to(vt.dtype)
-        if EMU:
-            v32 = vt.to(tl.float32)
-            acc = tl.dot(p1.to(tl.float32), v32, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(p1, vt, acc)
+        acc = _piece_dot(p1, vt, acc, EMU)
         if PIECES >= 2:
             r1 = p - p1.to(tl.float32)
             p2 = r1.to(vt.dtype)
-            if EMU:
-                acc = tl.dot(p2.to(tl.float32), v32, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(p2, vt, acc)
+            acc = _piece_dot(p2, vt, acc, EMU)
             if PIECES >= 3:
-                p3 = (r1 - p2.to(tl.float32)).to(vt.dtype)
-                if EMU:
-                    acc = tl.dot(p3.to(tl.float32), v32, acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(p3, vt, acc)
+                acc = _piece_dot((r1 - p2.to(tl.float32)).to(vt.dtype), vt, acc, EMU)
         return acc
 
     @triton.jit

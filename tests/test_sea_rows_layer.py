@@ -146,3 +146,6 @@ def test_sparse_pieces_option_reaches_the_rows_kernels(monkeypatch):
     assert seen == [("fwd", 3)] and "/pieces" not in mod.impl, (seen, mod.impl)
     with pytest.raises(MethodConfigError, match="sparse_pieces=4"):
         build(backend="triton_rows", sparse_pieces="4")
+    from methods.sea import SPARSE_BACKWARDS, SPARSE_PIECES              # the options' values are the kernels'
+
+    assert SPARSE_PIECES == sr.PIECES_CHOICES and set(SPARSE_BACKWARDS) == set(srb.BACKWARDS)

@@ -61,9 +61,10 @@ def check_finite(**tensors: torch.Tensor) -> None:
 class PendingFiniteCheck:
     """check_finite without waiting on the device at its start: the flags of q, k, v are reduced on the GPU and
     copied into pinned host memory behind an event; `resolve()` waits for that event only (the work queued after
-    it keeps running) and raises ValueError naming the first non-finite tensor. A check at the start of a forward made the host wait for all
-    queued work (in training: the previous step's backward) before it could launch the forward, which left the
-    GPU idle for the forward's launch time (~3 ms of SEA's 32k causal training step on an H200)."""
+    it keeps running) and raises ValueError naming the first non-finite tensor. A check at the start of a forward
+    made the host wait for all queued work (in training: the previous step's backward) before it could launch the
+    forward, which left the GPU idle for the forward's launch time (~3 ms of SEA's 32k causal training step on an
+    H200)."""
 
     def __init__(self, **tensors: torch.Tensor):
         self.names = [name for name, t in tensors.items() if t.is_floating_point()]
