@@ -30,6 +30,12 @@ How (three launches, the chunk-parallel structure of kernels/linear_attention.py
      quadratically (phi_k recomputed from k), the division, then the encoder epilogue (tl.dot of the [C, d]
      halves of c against the Wc^T slices and of the v tile against Wv^T, bias, LayerNorm, GELU, the scaler's
      two dot products) on the same registers; it writes only z [B, H, T, 2d] and scales [B, H, T, 2].
+  With head= (the causal decoder's row projection W [2w, 2d], b [2w] and its LayerNorm over w, plus a 16-bit
+     dtype dt: SEA's estimator_dtype), the epilogue goes on from z in registers: for each half j of the
+     projection, h_j = dt(dt(z) @ dt(W_j)^T + dt(b_j)) (dt tensor-core dots, fp32 sums), x_j = LayerNorm(h_j) in
+     fp32, stored in dt as channel 2h + j of x [B, 2H, T, w], the first convolution's input. z is then never
+     written: 67 MB of bf16 instead of 537 MB of fp32 at T=65536, H=16, w=16, and the decoder's cast of z and
+     its row GEMM are gone. This is what CausalDecoder.head computes under autocast (up to summation order).
   m is padded to BM (a power of two >= 16) with masks: padded feature columns are 0 (not relu(0) + eps), and
   so are the features of rows past T. d is padded to BD likewise (d must be a power of two <= 128).
 
@@ -79,7 +85,7 @@ except ImportError:  # pragma: no cover - triton missing: the kernel is unavaila
     triton = None
     tl = None
 
-__all__ = ["favor_encoder_forward", "favor_encoder_ref", "favor_encoder_usable"]
+__all__ = ["favor_encoder_forward", "favor_encoder_ref", "favor_encoder_usable", "head_ref"]
 
 # Tests set this to True: fresh outputs (z, scales, the returned state) are then NaN so a skipped write fails.
 POISON_OUTPUTS = False
@@ -222,15 +228,18 @@ if triton is not None:
             tl.store(XO + ext, run, mask=ext_ok)
 
     @triton.jit
-    def _fe_output_kernel(Q, K, V, VID, P, ST, ZS, LW, LB, LNW, LNB, SW, SB, Z, S,
+    def _fe_output_kernel(Q, K, V, VID, P, ST, ZS, LW, LB, LNW, LNB, SW, SB, Z, S, RW, RB, NW, NB,
                           sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sit, sid,
-                          H, T, M, NG, row0, scale, ln_eps,
+                          H, T, M, NG, row0, scale, ln_eps, nin_eps,
                           D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, CHUNK: tl.constexpr,
                           GROUP: tl.constexpr, DOT: tl.constexpr, MMA: tl.constexpr, SOFT: tl.constexpr,
                           OPREC: tl.constexpr,
-                          FPREC: tl.constexpr, PREC: tl.constexpr, FEAT_BF16: tl.constexpr):
+                          FPREC: tl.constexpr, PREC: tl.constexpr, FEAT_BF16: tl.constexpr,
+                          HEAD: tl.constexpr, HDT: tl.constexpr, HMMA: tl.constexpr, HSOFT: tl.constexpr,
+                          HPREC: tl.constexpr, WH: tl.constexpr, BW: tl.constexpr):
         """Phase 3: one program per (chunk c, bh): c = num / (den + eps) for its rows over all 2d value
-        columns, then the encoder + scaler epilogue; writes z and scales only."""
+        columns, then the encoder + scaler epilogue; writes z (or, with HEAD, the decoder head's output into Z)
+        and scales only."""
         c = tl.program_id(0)
         pid_bh = tl.program_id(1).to(tl.int64)
         b = pid_bh // H
@@ -312,7 +321,29 @@ if triton is not None:
              + tl.load(LNB + offs_n, mask=n_ok, other=0.0)[None, :])                          # padded: 0
         zz = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))                                # exact GELU
         row = pid_bh * T + t                                                                 # [C] flat row
-        tl.store(Z + row[:, None] * D2 + offs_n[None, :], zz, mask=t_ok[:, None] & n_ok[None, :])
+        if HEAD:
+            # the causal decoder's head under autocast (HDT): y_j = LayerNorm_w(HDT(HDT(z) @ HDT(W_j)^T +
+            # HDT(b_j))) for the two halves j of its row projection, stored in HDT as channel 2h + j of
+            # Z [B, 2H, T, WH] (the first convolution's input)
+            offs_w = tl.arange(0, BW)
+            w_ok = offs_w < WH
+            zb = _operand(zz, HDT, HMMA, HSOFT)                                             # [C, BD2]
+            rw_ptr = RW + offs_w[None, :] * D2 + offs_n[:, None]                            # [BD2, BW] rows^T
+            for j in tl.static_range(2):
+                wt = _operand(tl.load(rw_ptr + j * WH * D2, mask=n_ok[:, None] & w_ok[None, :], other=0.0),
+                              HDT, HMMA, HSOFT)
+                bj = _operand(tl.load(RB + j * WH + offs_w, mask=w_ok, other=0.0), HDT, tl.float32, HSOFT)
+                hj = _operand(tl.dot(zb, wt, input_precision=HPREC) + bj[None, :], HDT, tl.float32, HSOFT)
+                hmean = tl.sum(hj, axis=1) / WH                                              # padded: 0
+                hdiff = tl.where(w_ok[None, :], hj - hmean[:, None], 0.0)
+                hrstd = 1.0 / tl.sqrt(tl.sum(hdiff * hdiff, axis=1) / WH + nin_eps)
+                yj = (hdiff * hrstd[:, None] * tl.load(NW + offs_w, mask=w_ok, other=0.0)[None, :]
+                      + tl.load(NB + offs_w, mask=w_ok, other=0.0)[None, :])
+                yj = _operand(yj, HDT, tl.float32, HSOFT)                                  # exact in HDT
+                hrow = (2 * pid_bh + j) * T + t                                              # [C]
+                tl.store(Z + hrow[:, None] * WH + offs_w[None, :], yj.to(HDT), mask=t_ok[:, None] & w_ok[None, :])
+        else:
+            tl.store(Z + row[:, None] * D2 + offs_n[None, :], zz, mask=t_ok[:, None] & n_ok[None, :])
         s0 = tl.sum(zz * tl.load(SW + offs_n, mask=n_ok, other=0.0)[None, :], axis=1) + tl.load(SB)
         s1 = tl.sum(zz * tl.load(SW + D2 + offs_n, mask=n_ok, other=0.0)[None, :], axis=1) + tl.load(SB + 1)
         tl.store(S + row * 2, 1.0 / (1.0 + tl.exp(-s0)), mask=t_ok)
@@ -377,17 +408,66 @@ def _check(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, sc_w, sc_b, row0, stat
     return B, H, T, d, m
 
 
+_HEAD_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _check_head(head, d: int, device, *, kernel: bool = True) -> int | None:
+    """None, or the head's width w after checking head = (row_w [2w, 2d], row_b [2w], norm_w [w], norm_b [w]
+    (fp32 on `device` for the kernel), norm_eps, dtype in bf16 / fp16)."""
+    if head is None:
+        return None
+    what = "sea favor encoder head"
+    if not isinstance(head, (tuple, list)) or len(head) != 6:
+        raise ValueError(f"{what}: expected (row_w, row_b, norm_w, norm_b, norm_eps, dtype), got {type(head).__name__}")
+    row_w, row_b, norm_w, norm_b, eps, dtype = head
+    if kernel:
+        check_fp32_tensors(what, dict(row_w=row_w, row_b=row_b, norm_w=norm_w, norm_b=norm_b), "row_w")
+    if kernel and row_w.device != torch.device(device):
+        raise ValueError(f"{what}: row_w is on {row_w.device}, v_id on {device}")
+    if dtype not in _HEAD_DTYPES:
+        raise ValueError(f"{what}: dtype {dtype} unsupported (bf16 or fp16: the decoder's autocast dtypes)")
+    if row_w.dim() != 2 or row_w.shape[1] != 2 * d or row_w.shape[0] < 2 or row_w.shape[0] % 2:
+        raise ValueError(f"{what}: row_w has shape {tuple(row_w.shape)}, expected [2w, {2 * d}]")
+    w = row_w.shape[0] // 2
+    for name, t, shape in (("row_b", row_b, (2 * w,)), ("norm_w", norm_w, (w,)), ("norm_b", norm_b, (w,))):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{what}: {name} has shape {tuple(t.shape)}, expected {shape}")
+    if not float(eps) > 0:
+        raise ValueError(f"{what}: norm_eps must be > 0, got {eps}")
+    return w
+
+
+def head_ref(z: torch.Tensor, head) -> torch.Tensor:
+    """The causal decoder's head as the fused kernel computes it, in plain PyTorch: z [B, H, T, 2d] -> x
+    [B, 2H, T, w] in head's dtype dt. x[:, 2h + j] = LayerNorm_w(dt(dt(z) @ dt(W_j)^T + dt(b_j))) with fp32 (or
+    z's float64) arithmetic and the LayerNorm's output rounded to dt: what `CausalDecoder.head` gives under
+    autocast to dt (the row projection in dt with an fp32 accumulator, the LayerNorm in fp32, the first
+    convolution's input cast to dt), up to summation order."""
+    row_w, row_b, norm_w, norm_b, eps, dt = head
+    work = torch.float64 if z.dtype == torch.float64 else torch.float32
+    B, H, T, _ = z.shape
+    w = row_w.shape[0] // 2
+    h = z.to(dt).to(work) @ row_w.to(dt).to(work).T + row_b.to(dt).to(work)             # [B, H, T, 2w]
+    h = h.to(dt).to(work).view(B, H, T, 2, w).permute(0, 1, 3, 2, 4).reshape(B, 2 * H, T, w)
+    mean = h.mean(-1, keepdim=True)
+    var = ((h - mean) ** 2).mean(-1, keepdim=True)
+    return ((h - mean) / torch.sqrt(var + eps) * norm_w.to(work) + norm_b.to(work)).to(dt)
+
+
 def favor_encoder_forward(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, *, row0=0,
-                          state=None, operands="fp32", return_state=False, precision=None):
+                          state=None, operands="fp32", return_state=False, precision=None, head=None):
     """q, k, v [B, H, T, d] (any float dtype; d a power of two <= 128), v_id [max_len, d], proj [m, d],
     lin_w [2d, 3d], lin_b [2d], ln_w, ln_b [2d], ln_eps, sc_w [2, 2d], sc_b [2] (all fp32); rows row0 ..
     row0 + T - 1 of v_id are V_I; state: None or (S [B, H, m, 2d], z [B, H, m]) fp32, the prefix state of the
     rows before. Returns (z [B, H, T, 2d], scales [B, H, T, 2]) fp32, plus (S, z) after the last row when
     return_state. precision: None (the module's PRECISION / FEAT_PRECISION), "tf32x3", "ieee" or "tf32" (every
     fp32 product one-pass TF32, and with operands="bf16" the feature projection on bf16-rounded q / k and
-    d^-1/4 proj). See the module docstring. Forward only."""
+    d^-1/4 proj). head: None, or the causal decoder's head (row_w [2w, 2d], row_b [2w], norm_w, norm_b [w] fp32,
+    norm_eps, dtype bf16 / fp16), which then replaces z in the output by x [B, 2H, T, w] in that dtype (see
+    `head_ref`). See the module docstring. Forward only."""
     B, H, T, d, m = _check(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, sc_w, sc_b, row0, state, operands,
                            kernel=True)
+    head_w = _check_head(head, d, v_id.device)
     for name, p in (("PRECISION", PRECISION), ("FEAT_PRECISION", FEAT_PRECISION)):
         if p not in _PRECISIONS:
             raise ValueError(f"sea favor encoder: {name}={p!r}, expected one of {_PRECISIONS}")
@@ -407,7 +487,10 @@ def favor_encoder_forward(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps,
         raise RuntimeError(f"sea favor encoder kernel needs triton on CUDA (or TRITON_INTERPRET=1); "
                            f"got device {q.device}")
     dev = q.device
-    z = fresh((B, H, T, 2 * d), torch.float32, dev, poison=POISON_OUTPUTS)
+    if head is None:
+        z = fresh((B, H, T, 2 * d), torch.float32, dev, poison=POISON_OUTPUTS)
+    else:
+        z = fresh((B, 2 * H, T, head_w), head[5], dev, poison=POISON_OUTPUTS)
     scales = fresh((B, H, T, 2), torch.float32, dev, poison=POISON_OUTPUTS)
     S_out = fresh((B, H, m, 2 * d), torch.float32, dev, poison=POISON_OUTPUTS) if return_state else None
     z_out = fresh((B, H, m), torch.float32, dev, poison=POISON_OUTPUTS) if return_state else None
@@ -459,20 +542,30 @@ def favor_encoder_forward(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps,
         _fe_scan_kernel[(triton.cdiv(f, SCAN_BLOCK_F), B * H)](
             x, x0, x if xo is None else xo, m, NG, f, D=d, BD=BD, IS_Z=is_z, BLOCK_F=SCAN_BLOCK_F, STEPS=SCAN_STEPS,
             HAS_STATE=has_state, RET_STATE=return_state, num_warps=4)
+    if head is None:                         # unused pointers (the HEAD branch is compiled out)
+        hargs, heps, hconst = (z, z, z, z), 0.0, dict(HEAD=False, HDT=tl.bfloat16, HMMA=tl.float32, HSOFT=False,
+                                                     HPREC="ieee", WH=16, BW=16)
+    else:
+        hdt = tl.bfloat16 if head[5] == torch.bfloat16 else tl.float16
+        hsoft = _interpret() and not q.is_cuda and hdt == tl.bfloat16    # the interpreter's bf16 cast truncates
+        hmma = tl.float32 if _interpret() and not q.is_cuda else hdt     # and its 16-bit dots are unreliable
+        hargs, heps = tuple(t.contiguous() for t in head[:4]), float(head[4])
+        hconst = dict(HEAD=True, HDT=hdt, HMMA=hmma, HSOFT=hsoft, HPREC="ieee" if hmma == tl.float32 else "tf32",
+                      WH=head_w, BW=pow2_block(head_w))
     _fe_output_kernel[(NC, B * H)](
         q, k, v, v_id, proj.contiguous(), states, zst, lin_w.contiguous(), lin_b.contiguous(), ln_w.contiguous(),
-        ln_b.contiguous(), sc_w.contiguous(), sc_b.contiguous(), z, scales,
+        ln_b.contiguous(), sc_w.contiguous(), sc_b.contiguous(), z, scales, *hargs,
         *q.stride(), *k.stride(), *v.stride(), *vid_st,
-        H, T, m, NG, int(row0), scale, float(ln_eps),
+        H, T, m, NG, int(row0), scale, float(ln_eps), heps,
         CHUNK=chunk, GROUP=G, DOT=dot, MMA=mma, SOFT=soft, OPREC=oprec, FPREC=fprec, PREC=prec,
-        FEAT_BF16=feat_bf16, num_warps=NUM_WARPS_OUTPUT, **stages, **common)
+        FEAT_BF16=feat_bf16, num_warps=NUM_WARPS_OUTPUT, **hconst, **stages, **common)
     if return_state:
         return z, scales, (S_out, z_out)
     return z, scales
 
 
 def favor_encoder_ref(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, *, row0=0,
-                      state=None, operands="fp32", return_state=False, precision=None):
+                      state=None, operands="fp32", return_state=False, precision=None, head=None):
     """The same forward as plain PyTorch (tests; materialises the [B, H, T, T] causal score matrix).
 
     Computes in float64 when q or proj is float64, else float32. operands="bf16": the features are computed in
@@ -480,8 +573,8 @@ def favor_encoder_ref(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_
     every product and sum is exact in the working dtype (the kernel's further rounding of its intra-chunk
     scores to bf16 is not modelled). precision="tf32" with operands="bf16": the feature projection's operands
     (q, k and proj d^-1/4) rounded to bf16 first, as the kernel does; the TF32 rounding of the kernel's other
-    products is not modelled (the interpreter multiplies exactly; the GPU test bounds it). Same signature and
-    results as favor_encoder_forward."""
+    products is not modelled (the interpreter multiplies exactly; the GPU test bounds it). head: as
+    favor_encoder_forward (z replaced by head_ref(z, head)). Same signature and results as favor_encoder_forward."""
     B, H, T, d, m = _check(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, sc_w, sc_b, row0, state, operands,
                            kernel=False)
     work = torch.float64 if torch.float64 in (q.dtype, proj.dtype) else torch.float32
@@ -522,6 +615,9 @@ def favor_encoder_ref(q, k, v, v_id, proj, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_
     y = (x - mean) / torch.sqrt(var + ln_eps) * ln_w.to(work) + ln_b.to(work)
     z = 0.5 * y * (1.0 + torch.erf(y / math.sqrt(2.0)))                           # [B, H, T, 2d]
     scales = torch.sigmoid(z @ sc_w.to(work).T + sc_b.to(work))                   # [B, H, T, 2]
+    if head is not None:
+        _check_head(head, d, q.device, kernel=False)
+        z = head_ref(z, head)                                                      # [B, 2H, T, w]
     if not return_state:
         return z, scales
     S = S0 + fk.transpose(-1, -2) @ vals                                           # [B, H, m, 2d]

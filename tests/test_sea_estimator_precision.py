@@ -102,6 +102,37 @@ def test_gpu_auto_front_with_tf32_is_fused():
     assert "performer=fused" in mod.impl and torch.isfinite(out).all(), mod.impl
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("compile_mode", ["none", "estimator"])
+def test_gpu_decoder_head_in_the_front(monkeypatch, compile_mode):
+    """SEA fast with estimator_dtype=bf16 on CUDA (eager, and compiled by inductor): the fused front computes the
+    decoder's head and says so in impl; the estimate equals the one with the front writing z (FUSED_HEAD off) up
+    to the head's bf16 rounding flips, and A_hat (from the estimator's graph) is the softmax of the logits."""
+    import methods.sea.estimator as est_mod
+
+    M = get("sea")
+    cfg = M.resolve_config(dict(performer_dtype="bf16", estimator_precision="tf32", estimator_dtype="bf16",
+                                compile=compile_mode, max_len="4096"))
+    prob = Problem(1, 4, 4, 4096, 64, dtype="bf16", causal=True, device="cuda")
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 4, 4096, 64, generator=g).to(torch.bfloat16).cuda() for _ in range(3))
+    got = {}
+    for fused_head in (True, False):
+        monkeypatch.setattr(est_mod, "FUSED_HEAD", fused_head)
+        mod = M.build(cfg, prob, seed=0)
+        with torch.no_grad():
+            out = mod(q, k, v, causal=True)
+            logits, a_hat, _, _ = mod.estimator(q, k, v, valid=None, probs=True)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(a_hat, torch.softmax(logits, dim=-1), rtol=1e-5, atol=1e-7)
+        got[fused_head] = logits, mod.impl
+    assert "decoder=head-fused" in got[True][1] and "head-fused" not in got[False][1], got[True][1]
+    err = (got[True][0] - got[False][0]).abs()
+    print(f"compile={compile_mode}: logits max abs diff {err.max().item():.3g}, mean {err.mean().item():.3g}")
+    assert err.max().item() < 0.1 and err.mean().item() < 2e-3
+
+
 def test_precision_reaches_the_bidirectional_performer_kernel(monkeypatch):
     """Bidirectional SEA with performer_backend=triton (kernels/favor_dense.py, interpreted here): tf32 reaches the
     kernel (the interpreter multiplies exactly, so only the plumbing is visible on the CPU)."""

@@ -88,6 +88,47 @@ def test_estimator_blocks_carry_the_state_through_the_kernel():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dec_dtype", ["bf16", "fp16"])
+def test_decoder_head_in_the_front_matches_the_modules(monkeypatch, dec_dtype):
+    """estimator_dtype bf16 / fp16: the fused front computes the decoder's head (row projection, norm_in) in its
+    epilogue and the decoder runs its body only (last_decoder "head-fused"). The logits equal those of the same
+    front writing z and the whole decoder under autocast, up to the 16-bit rounding of the head's output (a flip
+    where the two summation orders straddle a rounding boundary), for a whole sequence and for query blocks
+    (the carried tail then holds head rows); the scalers are the same tensors' values."""
+    import methods.sea.estimator as est_mod
+
+    _, fused = _pair("bf16")
+    fused.dec_dtype = dec_dtype
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():                              # norm_in's affine away from its 1 / 0 init
+        fused.dec.norm_in.weight.copy_(0.5 + torch.rand(fused.dec.norm_in.weight.shape, generator=g))
+        fused.dec.norm_in.bias.copy_(0.3 * torch.randn(fused.dec.norm_in.bias.shape, generator=g))
+    q, k, v = _qkv(4)
+
+    def run(fused_head):
+        monkeypatch.setattr(est_mod, "FUSED_HEAD", fused_head)
+        with torch.no_grad():
+            whole = fused(q, k, v, valid=None)
+            assert fused.last_decoder == ("head-fused" if fused_head else "torch")
+            blocks, carry = [], None
+            for s in range(0, T, 20):
+                lg, _, _, carry = fused.forward_block(q[:, :, s:s + 20], k[:, :, s:s + 20], v[:, :, s:s + 20],
+                                                      row0=s, carry=carry)
+                blocks.append(lg)
+        return whole, torch.cat(blocks, dim=2)
+
+    (headed, headed_blocks), (plain, plain_blocks) = run(True), run(False)
+    for a, b in zip(headed[1:], plain[1:]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the decoder's output is LayerNorm'd over K (|logits| ~ 1): a flipped 16-bit head value moves it by ~1e-2.
+    # (Blocks against the whole call differ more, ~0.2, with either path: the bf16 operands round the front's
+    # intra-chunk scores on other chunks when the rows are split.)
+    for lg, want in ((headed[0], plain[0]), (headed_blocks, plain_blocks)):
+        assert lg.shape == want.shape and torch.isfinite(lg).all() and want.std() > 0.1
+        err = (lg - want).abs()
+        assert err.max().item() < 0.1 and err.mean().item() < 2e-3, (err.max().item(), err.mean().item())
+
+
 def test_stage_profile_times_the_one_kernel():
     _, fused = _pair()
     q, k, v = _qkv(3)

@@ -25,6 +25,9 @@ PRECISIONS = {"fp32": None, "tf32": "tf32"}
 COMPILE_BACKEND = "inductor"     # torch.compile backend of compile="estimator" (tests may use "aot_eager")
 # compile="estimator" with gradients: the decoder in a compiled graph of its own (see Estimator._finish) when True
 DECODER_OWN_GRAPH = True
+# the fused causal front computes the decoder's row-wise head (row projection, norm_in) in its epilogue when the
+# decoder runs under autocast as PyTorch modules (kernels/sea_favor_encoder.py, head=); False: it writes z
+FUSED_HEAD = True
 RECOMPILE_LIMIT = 64             # each estimator instance and shape is one more compiled entry of forward()
 
 
@@ -127,15 +130,24 @@ class CausalDecoder(nn.Module):
         self.norm_out = nn.LayerNorm(K)
 
     def forward(self, z):                                               # z [B, H, T, 2d]
+        return self.body(self.head(z))
+
+    def head(self, z):
+        """The row-wise part: z [B, H, T, 2d] -> the first convolution's input [B, 2H, T, K/4] (the fused causal
+        front can compute it in its epilogue: kernels/sea_favor_encoder.py, head=)."""
         B, H, T, _ = z.shape
         w = self.K // 4
         x = self.row(z).view(B, H, T, 2, w)                             # [B, H, T, 2, K/4]
         x = x.permute(0, 1, 3, 2, 4).reshape(B, 2 * H, T, w)            # [B, 2H, T, K/4]
-        x = self.norm_in(x)
+        return self.norm_in(x)
+
+    def body(self, x):                                                  # x [B, 2H, T, K/4]
+        T = x.shape[2]
         x = F.relu(self.conv1(x))
         x = F.relu(self.conv2(x))
-        x = x.repeat_interleave(4, dim=3)                               # [B, 2H, T, K]: nearest x4
-        x = self.conv3(x)                                               # [B, H, T, K]
+        # conv3 is 1 x 1 (a map over channels at each position), so it commutes with the nearest x4 widening:
+        # applied before it, on a quarter of the positions (the same products and sums per output value)
+        x = self.conv3(x).repeat_interleave(4, dim=3)                   # [B, H, T, K]
         if x.shape[-1] != self.K:
             x = nearest_resize(x, T, self.K)
         return self.norm_out(x)
@@ -190,10 +202,16 @@ class Estimator(nn.Module):
             self.dec = CausalDecoder(d, H, K) if causal else BidirectionalDecoder(d, H, K)
             self.scaler = nn.Linear(2 * d, 2)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, *, headed: bool = False) -> torch.Tensor:
         """The CNN decoder, z [B, H, T, 2d] fp32 -> logits [B, H, T, K] fp32. dec_dtype bf16/fp16 runs it under
         autocast (convs and the row projection in that dtype, fp32 weights kept; LayerNorm as autocast
-        decides); cache_enabled=False so the weight casts are redone per call, which CUDA-graph capture needs."""
+        decides); cache_enabled=False so the weight casts are redone per call, which CUDA-graph capture needs.
+        headed: z is already the causal decoder head's output [B, 2H, T, K/4] (the fused front's head=, see
+        front_head): only the decoder's body runs."""
+        if headed:
+            self.last_decoder = "head-fused"
+            with torch.autocast(device_type=z.device.type, dtype=DEC_DTYPES[self.dec_dtype], cache_enabled=False):
+                return self.dec.body(z).float()
         self.last_decoder = self.decoder_path(z)
         if self.last_decoder in ("triton", "split"):                     # forward-only kernels
             if self.last_decoder == "triton":                            # one fused kernel
@@ -254,11 +272,12 @@ class Estimator(nn.Module):
             return qf, kf, vf, torch.cat([vi, vf], dim=-1)               # vals [B, H, T, 2d]
 
         if self.uses_fused_front(q, k, v, None):                         # Performer + encoder: one kernel
+            head = self.front_head()
             front = lambda: self.fused_front(q, k, v, valid=None, vid_rows=self.v_id[:T],  # noqa: E731
-                                             state=None, want_state=False)
+                                             state=None, want_state=False, head=head)
             z, _, _ = front()
-            return dict(inputs=0.0, performer=timer(front), encoder=0.0, decoder=timer(lambda: self.decode(z)),
-                        scaler=0.0)
+            return dict(inputs=0.0, performer=timer(front), encoder=0.0,
+                        decoder=timer(lambda: self.decode(z, headed=head is not None)), scaler=0.0)
         qf, kf, vf, vals = inputs()
         perf = lambda: favor_attention(qf, kf, vals, self.proj, kernel=self.kernel, causal=self.causal,  # noqa: E731
                                        backend=self.performer_backend, operands=self.performer_dtype,
@@ -303,11 +322,22 @@ class Estimator(nn.Module):
         return kernel_call(c_perf, v, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, self.scaler.weight,
                            self.scaler.bias, precision=PRECISIONS[self.precision])
 
-    def fused_front(self, q, k, v, *, valid, vid_rows: torch.Tensor, state, want_state: bool):
+    def front_head(self):
+        """The causal decoder's head as the fused front's head= argument (kernels/sea_favor_encoder.py), or None
+        where the front writes z: unless FUSED_HEAD and a 16-bit estimator dtype (the PyTorch decoder under
+        autocast; the fp32 decoder kernels take z)."""
+        if not (FUSED_HEAD and self.causal and self.dec_dtype in ("bf16", "fp16")):
+            return None
+        dec = self.dec
+        return (dec.row.weight, dec.row.bias, dec.norm_in.weight, dec.norm_in.bias, dec.norm_in.eps,
+                DEC_DTYPES[self.dec_dtype])
+
+    def fused_front(self, q, k, v, *, valid, vid_rows: torch.Tensor, state, want_state: bool, head=None):
         """performer_backend=fused (causal): z [B, H, T, 2d], scales [B, H, T, 2] and (when want_state) the Performer
         state after the last row (vid_rows [T, d]: the call's V_I rows), from kernels/sea_favor_encoder.py (relu
-        features, causal linear attention over [V_I ; v], encoder and scaler head in one forward-only pass). Refused
-        in words where it cannot serve."""
+        features, causal linear attention over [V_I ; v], encoder and scaler head in one forward-only pass). head
+        (front_head): z replaced by the decoder head's output [B, 2H, T, K/4]. Refused in words where it cannot
+        serve."""
         from kernels.sea_favor_encoder import favor_encoder_forward
 
         if not self.causal:
@@ -317,7 +347,7 @@ class Estimator(nn.Module):
             raise RuntimeError("sea performer_backend=fused has no padding mask: use performer_backend=auto or torch")
         lin, ln = self.enc[0], self.enc[1]
         weights = (self.v_id, self.proj, lin.weight, lin.bias, ln.weight, ln.bias, self.scaler.weight, self.scaler.bias)
-        if needs_grad(q, k, v, *weights):
+        if needs_grad(q, k, v, *weights, *(() if head is None else head[:4])):
             raise RuntimeError("sea performer_backend=fused is a forward-only kernel and this call needs gradients "
                                "(training, or forward+backward): use performer_backend=auto or torch")
         self.last_performer = self.last_encoder = "fused"
@@ -325,11 +355,13 @@ class Estimator(nn.Module):
         out = kernel_call(q, k, v, vid_rows, self.proj, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps,
                           self.scaler.weight, self.scaler.bias, row0=0, state=state,
                           operands=self.performer_dtype, return_state=want_state,
-                          precision=PRECISIONS[self.precision])
+                          precision=PRECISIONS[self.precision], head=head)
         return (out[0], out[1], out[2]) if want_state else (out[0], out[1], None)
 
-    def forward(self, q, k, v, *, valid: torch.Tensor | None):
+    def forward(self, q, k, v, *, valid: torch.Tensor | None, probs: bool = False):
         """q, k, v [B, H, T, d] (any float dtype) -> logits [B, H, T, K], s_prob, s_mix [B, H, T, 1] (fp32).
+        probs: (logits, softmax(logits) over K, s_prob, s_mix), the softmax computed with the decoder (under
+        compile="estimator" inside its compiled graph, where it fuses with the decoder's last LayerNorm).
         compile="estimator": the tensor operations (casts, features, encoder, decoder, scaler) run through
         torch.compile; the Triton kernels (Performer, fused encoder) are called as they are, between the compiled
         pieces (kernels/ calls are wrapped in torch.compiler.disable in favor.py / fused_encoder)."""
@@ -340,8 +372,8 @@ class Estimator(nn.Module):
             vi = self.v_id[:T].expand(B, H, T, d)                        # [B, H, T, d]
         else:
             vi = identity_values(valid, B, T, d, q.device)[:, None].expand(B, H, T, d)
-        logits, s_prob, s_mix, _ = self._run(q, k, v, vi, valid, None)
-        return logits, s_prob, s_mix
+        logits, a_hat, s_prob, s_mix, _ = self._run(q, k, v, vi, valid, None, probs)
+        return (logits, a_hat, s_prob, s_mix) if probs else (logits, s_prob, s_mix)
 
     def forward_block(self, q, k, v, *, row0: int, carry: dict | None):
         """Causal, no padding, no gradient: the estimate for query rows row0 .. row0 + Tc - 1 of a longer sequence,
@@ -356,32 +388,34 @@ class Estimator(nn.Module):
         if row0 + Tc > self.v_id.shape[0]:
             raise ValueError(f"sequence length {row0 + Tc} exceeds sea max_len={self.v_id.shape[0]}")
         vi = self.v_id[row0:row0 + Tc].expand(B, H, Tc, d)               # [B, H, Tc, d]
-        return self._run(q, k, v, vi, None, {} if carry is None else carry)
+        logits, _, s_prob, s_mix, nxt = self._run(q, k, v, vi, None, {} if carry is None else carry, False)
+        return logits, s_prob, s_mix, nxt
 
     @property
     def decoder_halo(self) -> int:
         """Rows before t that the causal decoder's output at t depends on (time reach of its convolutions)."""
         return sum(c.dilation[0] * (c.kernel_size[0] // 2) for c in (self.dec.conv1, self.dec.conv2, self.dec.conv3))
 
-    def _run(self, q, k, v, vi, valid, carry):
+    def _run(self, q, k, v, vi, valid, carry, probs: bool):
         with torch_precision(self.precision):
             if self.compile == "none":
-                return self._forward(q, k, v, vi, valid=valid, carry=carry)
+                return self._forward(q, k, v, vi, valid=valid, carry=carry, probs=probs)
             if self._compiled is None:
                 self._compiled = compiled(self._forward)
-            return self._compiled(q, k, v, vi, valid=valid, carry=carry)
+            return self._compiled(q, k, v, vi, valid=valid, carry=carry, probs=probs)
 
-    def _forward(self, q, k, v, vi, *, valid: torch.Tensor | None, carry: dict | None):
+    def _forward(self, q, k, v, vi, *, valid: torch.Tensor | None, carry: dict | None, probs: bool):
         """vi: the V_I rows (causal) or identity values (bidirectional) [B, H, T, d]. carry: None for a whole
         sequence; a dict (or {} for a first block) in the block form (forward_block). Returns (logits, s_prob,
         s_mix, next carry or None)."""
         if self.uses_fused_front(q, k, v, valid):                        # Performer + encoder in one kernel
             # the V_I rows of this call as a [T, d] view of v_id (vi is that view expanded): the block's first row
             # is not passed as an int, which would make compile="estimator" recompile for every query block
+            head = self.front_head()
             z, scales, state = self.fused_front(q, k, v, valid=valid, vid_rows=vi[0, 0],
                                                 state=None if carry is None else carry.get("state"),
-                                                want_state=carry is not None)
-            return self._finish(z, scales, carry, state)
+                                                want_state=carry is not None, head=head)
+            return self._finish(z, scales, carry, state, headed=head is not None, probs=probs)
         q, k, v = q.float(), k.float(), v.float()
         if valid is not None:
             v = v * valid[:, None, :, None]
@@ -410,11 +444,13 @@ class Estimator(nn.Module):
             # scaler head only; the encoder and decoder then learn from the estimate's own terms
             zin = z.detach() if self.scaler_input == "detached" else z
             scales = torch.sigmoid(linear(zin, self.scaler.weight, self.scaler.bias))   # [B, H, T, 2]
-        return self._finish(z, scales, carry, None if carry is None else state)
+        return self._finish(z, scales, carry, None if carry is None else state, probs=probs)
 
-    def _finish(self, z, scales, carry, state):
-        """The decoder on the encoder output z [B, H, T, 2d]: (logits, s_prob, s_mix, next carry or None); in the
-        block form the carried tail rows go before the block's rows and the new tail and Performer state are carried."""
+    def _finish(self, z, scales, carry, state, *, headed: bool = False, probs: bool = False):
+        """The decoder on the encoder output z [B, H, T, 2d] (headed: on the decoder head's output [B, 2H, T, K/4]):
+        (logits, softmax(logits) when probs else None, s_prob, s_mix, next carry or None); in the block form the
+        carried tail rows (of z, or of the head's output: both are row-wise) go before the block's rows and the new
+        tail and Performer state are carried."""
         if self.compile != "none" and torch.is_grad_enabled() and DECODER_OWN_GRAPH:
             # compile="estimator" with gradients: the decoder in a compiled graph of its own. In one graph with the
             # encoder and scaler, AOT autograd runs the decoder's backward on zero gradients whenever the loss
@@ -422,10 +458,12 @@ class Estimator(nn.Module):
             # differentiable), 2.0 ms of convolution backward in SEA's 32k causal step on an H200.
             torch._dynamo.graph_break()
         if carry is None:
-            return self.decode(z), scales[..., 0:1], scales[..., 1:2], None
-        tail = carry.get("tail")                                         # [B, H, <= halo, 2d] rows before the block
+            logits = self.decode(z, headed=headed)                       # [B, H, T, K]
+            a_hat = torch.softmax(logits, dim=-1) if probs else None
+            return logits, a_hat, scales[..., 0:1], scales[..., 1:2], None
+        tail = carry.get("tail")                                         # [B, ., <= halo, .] rows before the block
         zz = z if tail is None else torch.cat([tail, z], dim=2)
-        logits = self.decode(zz)[:, :, zz.shape[2] - z.shape[2]:]        # [B, H, Tc, K]
+        logits = self.decode(zz, headed=headed)[:, :, zz.shape[2] - z.shape[2]:]   # [B, H, Tc, K]
         halo = self.decoder_halo
         nxt = dict(state=state, tail=zz[:, :, -halo:].clone() if halo else None)   # a copy: zz is freed
-        return logits, scales[..., 0:1], scales[..., 1:2], nxt
+        return logits, torch.softmax(logits, dim=-1) if probs else None, scales[..., 0:1], scales[..., 1:2], nxt

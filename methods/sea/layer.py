@@ -242,7 +242,7 @@ class SEAAttention(AttentionModule):
                 f"performer={self.estimator.last_performer}"
                 f"{'' if self.estimator.performer_dtype == 'fp32' else '/' + self.estimator.performer_dtype}, "
                 f"{'encoder=triton, ' if self.estimator.last_encoder == 'triton' else ''}"
-                f"{'decoder=' + dec + ', ' if dec in ('triton', 'split') else ''}"
+                f"{'decoder=' + dec + ', ' if dec in ('triton', 'split', 'head-fused') else ''}"
                 f"{'' if self.estimator.compile == 'none' else 'compile=' + self.estimator.compile + ', '}"
                 f"{'' if self.estimator.precision == 'fp32' else 'estimator_precision=tf32, '}"
                 f"mode={self.mode}, topk={self.last_topk}, "
@@ -291,15 +291,14 @@ class SEAAttention(AttentionModule):
         if self.oracle and forced:                   # the oracle with both scalers forced needs no estimator
             logits = s_prob = s_mix = None
         else:
-            logits, s_prob, s_mix = self.estimator(q, kr, vr, valid=valid)   # [B, H, T, K], [B, H, T, 1] x2
+            # [B, H, T, K] x2, [B, H, T, 1] x2: A_hat by the estimator (in its compiled graph when it has one)
+            logits, a_hat, s_prob, s_mix = self.estimator(q, kr, vr, valid=valid, probs=True)
         if self.oracle:
             from methods.exact import softmax_attention_probs
             exact = softmax_attention_probs(q.float(), kr.float(), causal=causal, scale=scale,
                                             key_padding_mask=valid)      # [B, H, T, T]
             a_hat = pool_columns(exact, K=self.K, causal=causal, valid=valid)   # [B, H, T, K]
             logits = torch.log(a_hat.clamp_min(1e-30))
-        else:
-            a_hat = torch.softmax(logits, dim=-1)                        # [B, H, T, K]
         ones = q.new_ones(B, H, T, 1, dtype=torch.float32)
         if self.force_s_prob >= 0:
             s_prob = ones * self.force_s_prob
