@@ -17,7 +17,7 @@ set -u
 export PYTHONUNBUFFERED=1
 new=$PWD
 old=$PWD/.gl/old
-timeout 200 env PYTHONPATH=$new python3 -m pytest -q -s -rA --tb=short -m gpu tests/test_sea_favor_encoder.py \
+timeout 300 env PYTHONPATH=$new python3 -m pytest -q -s -rA --tb=short -m gpu tests/test_sea_favor_encoder.py \
   tests/test_sea_estimator_precision.py >"$OUT/gpu-tests.txt" 2>&1
 echo "gpu tests exit $?"; grep -E "head|compile=|passed|failed|Error" "$OUT/gpu-tests.txt" | cut -c1-200 | tail -n 8
 fast=performer_dtype=bf16,estimator_precision=tf32,estimator_dtype=bf16,compile=estimator,sparse_pieces=1
