@@ -265,8 +265,8 @@ def _head(est, dtype, seed=7, width=None):
         row_w, row_b = dec.row.weight.detach(), dec.row.bias.detach()
         nw, nb = dec.norm_in.weight.detach(), dec.norm_in.bias.detach()
     gen = torch.Generator().manual_seed(seed + 1)
-    nw = nw + 0.5 * torch.rand(nw.shape, generator=gen)
-    nb = nb + 0.3 * torch.randn(nb.shape, generator=gen)
+    nw = nw + 0.5 * torch.rand(nw.shape, generator=gen).to(nw.device)
+    nb = nb + 0.3 * torch.randn(nb.shape, generator=gen).to(nb.device)
     return (row_w, row_b, nw, nb, 1e-5, dtype)
 
 
