@@ -36,7 +36,15 @@ FAVOR = [{}, {"KEY_BLOCK_T": 64}, {"KEY_BLOCK_F": 32}, {"KEY_BLOCK_F": 128}, {"K
          {"KEY_NUM_WARPS": 4, "KEY_PROGRAMS": 4096}, {"KEY_BLOCK_T": 64, "KEY_NUM_WARPS": 4},
          {"QUERY_BLOCK_T": 128}, {"QUERY_BLOCK_F": 64}, {"QUERY_NUM_WARPS": 8}, {"QUERY_BLOCK_T": 32}]
 ROWS = [{}, {"ROWS_PER_PROGRAM": 32}, {"ENTRIES_PER_STEP": 32}, {"ENTRIES_PER_STEP": 128}, {"NUM_WARPS": 8},
-        {"NUM_WARPS": 2}, {"ROWS_PER_PROGRAM": 32, "NUM_WARPS": 8}]
+        {"NUM_WARPS": 2}, {"ROWS_PER_PROGRAM": 32, "NUM_WARPS": 8}, {"ENTRIES_PER_STEP": 128, "NUM_WARPS": 8},
+        {"HEAD_GROUP": 1}, {"HEAD_GROUP": 4}]
+# kernels/sea_interp.py's CSR columns kernel (csr_columns_cells on the layer's own mask and row pointers)
+INTERP = [{}, {"ROWS_PER_PROGRAM": 8}, {"ROWS_PER_PROGRAM": 32}, {"NUM_WARPS": 1}, {"NUM_WARPS": 4},
+          {"SLOT_BLOCK": 32}, {"SLOT_BLOCK": 128}, {"ROWS_PER_PROGRAM": 8, "NUM_WARPS": 1},
+          {"ROWS_PER_PROGRAM": 32, "NUM_WARPS": 4}]
+# kernels/sea_topk.py's bisect top-k (select_topk on the layer's A_hat, the mode and k of the layer)
+TOPK = [{}, {"BISECT_CELLS": 256}, {"BISECT_CELLS": 1024}, {"BISECT_CELLS_PER_THREAD": 8},
+        {"BISECT_CELLS_PER_THREAD": 32}, {"BISECT_SNAP": False}]
 
 
 @contextlib.contextmanager
@@ -76,8 +84,9 @@ def main(argv=None) -> int:
     ap.add_argument("--opts", default="performer_dtype=bf16,performer_backend=fused,estimator_precision=tf32")
     ap.add_argument("--rep-ms", type=float, default=100, help="timing budget of each variant")
     ap.add_argument("--only", default="decoder,front,rows",
-                    help="comma list of decoder, front, rows, favor (favor: the bidirectional Performer kernel on "
-                         "the same q, k and [identity values ; v], operands and precision from --opts)")
+                    help="comma list of decoder, front, rows, interp, topk, favor (favor: the bidirectional "
+                         "Performer kernel on the same q, k and [identity values ; v], operands and precision from "
+                         "--opts; front: with the decoder head when the estimator puts it there)")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("tune_sea_kernels.py needs a CUDA device", file=sys.stderr)
@@ -85,7 +94,10 @@ def main(argv=None) -> int:
     import kernels.favor_dense as fd
     import kernels.sea_decoder as dk
     import kernels.sea_favor_encoder as fe
+    import kernels.sea_interp as si
     import kernels.sea_sparse_rows as sr
+    import kernels.sea_topk as stk
+    from methods.sea.topk import select_topk, selection_caps
     from scripts._sea_setup import build_sea, gaussian_qkv, parse_opts
 
     H, D, T = 16, 64, a.T
@@ -102,9 +114,10 @@ def main(argv=None) -> int:
         if "decoder" in todo:
             sweep("decoder", dk, DECODER, lambda: dk.decoder_forward(z, est.dec, precision=None), a.rep_ms)
         if "front" in todo:
-            sweep("fused front (precision tf32 when asked)", fe, FRONT,
-                  lambda: est.fused_front(q, k, v, valid=None, vid_rows=est.v_id[:T], state=None, want_state=False),
-                  a.rep_ms)
+            head = est.front_head()
+            sweep(f"fused front (precision tf32 when asked; decoder head {'in' if head else 'not in'} it)", fe, FRONT,
+                  lambda: est.fused_front(q, k, v, valid=None, vid_rows=est.v_id[:T], state=None, want_state=False,
+                                          head=head), a.rep_ms)
         if "favor" in todo:
             from methods.sea.estimator import PRECISIONS, identity_values
 
@@ -120,8 +133,19 @@ def main(argv=None) -> int:
                                                  precision=PRECISIONS[best.precision]), a.rep_ms)
         if "rows" in todo:
             scale = D ** -0.5
-            sweep("rows kernel", sr, ROWS,
-                  lambda: sr.sparse_rows_forward(q, k, v, aux["row_ptr"], aux["col"], scale), a.rep_ms)
+            pieces = mod.pieces_for(q)
+            sweep(f"rows kernel (pieces={pieces})", sr, ROWS,
+                  lambda: sr.sparse_rows_forward(q, k, v, aux["row_ptr"], aux["col"], scale, pieces=pieces),
+                  a.rep_ms)
+        if "interp" in todo:
+            caps = selection_caps(mod.mode, B=1, H=H, T=T, K=mod.K, k=mod.k, causal=True)
+            sweep("CSR columns", si, INTERP,
+                  lambda: si.csr_columns_cells(aux["mask"], aux["row_ptr"], mod.k, max(int(caps[1]), 1), causal=True),
+                  a.rep_ms)
+        if "topk" in todo:
+            sweep("top-k (triton)", stk, TOPK,
+                  lambda: select_topk(aux["a_hat"], mode=mod.mode, k=mod.k, causal=True, backend="triton").float(),
+                  a.rep_ms)
     return 0
 
 
