@@ -101,6 +101,10 @@ ROWS_PER_PROGRAM = 16
 # score tile and the K of the p v product).
 ENTRIES_PER_STEP = 64
 NUM_WARPS = 4
+# warps of the forward's programs when P is rounded once (pieces=1: a third of the P v products per step). H200,
+# T=65536 causal, SEA's lists, bf16: 0.960 -> 0.889 ms with 2 warps (4 warps with three pieces: 2 warps 1.016x
+# there); results/nvidia-h200/sea-front/call3/. The backward kernels keep NUM_WARPS.
+NUM_WARPS_ONE_PIECE = 2
 # 16-bit pieces of the fp32 probabilities in the P v product (16-bit inputs; `_split_dot`): 3 = fp32 accuracy
 # (the default), 1 = P rounded once to the inputs' dtype, FlashAttention's precision. sparse_rows_forward's `pieces`
 # argument overrides it per call; the backward (kernels/sea_sparse_rows_bwd.py) applies the same to dS and P.
@@ -308,5 +312,6 @@ def sparse_rows_forward(q, k, v, row_ptr, col, scale: float, *, want_lse: bool =
             o.stride(0), o.stride(1), o.stride(2), *mix_args[3:],
             H, Tq, D, H // Hkv, ntb, hg,
             ROWS=rows, NE=ne, BLOCK_D=pow2_block(D), WANT_LSE=bool(want_lse), FP32=q.dtype == torch.float32,
-            EMU=q.device.type != "cuda", MIX=mix is not None, PIECES=pieces, num_warps=NUM_WARPS)
+            EMU=q.device.type != "cuda", MIX=mix is not None, PIECES=pieces,
+            num_warps=NUM_WARPS_ONE_PIECE if pieces == 1 else NUM_WARPS)
     return (o, lse) if want_lse else o
