@@ -228,6 +228,27 @@ if triton is not None:
             tl.store(XO + ext, run, mask=ext_ok)
 
     @triton.jit
+    def _fe_chunk(fqm, pm, k_base, v_base, VID, tk, keep, offs_d, d_ok, m_ok, T, skt, skd, svt, svd, sit, sid,
+                  row0, scale, DOT: tl.constexpr, MMA: tl.constexpr, SOFT: tl.constexpr, OPREC: tl.constexpr,
+                  FPREC: tl.constexpr, FEAT_BF16: tl.constexpr):
+        """One key chunk (rows tk [C]) against the query chunk's features fqm [C, BM]: its scores kept where `keep`
+        [C, C] (the causal mask on the diagonal chunk), as their row sums (the normaliser's part) and as the
+        rounded dot operand, with the chunk's V_I and v rows as operands and v unrounded (fp32)."""
+        tk_ok = tk < T
+        kt = tl.load(k_base + tk[None, :] * skt + offs_d[:, None] * skd,
+                     mask=d_ok[:, None] & tk_ok[None, :], other=0.0).to(tl.float32) * scale       # [BD, C]
+        rows_ok = tk_ok[:, None] & d_ok[None, :]
+        vid = tl.load(VID + (row0 + tk)[:, None] * sit + offs_d[None, :] * sid, mask=rows_ok, other=0.0)  # [C, BD]
+        vraw = tl.load(v_base + tk[:, None] * svt + offs_d[None, :] * svd, mask=rows_ok,
+                       other=0.0).to(tl.float32)                                                # [C, BD]
+        fk = _feature_dot(pm, kt, DOT, MMA, SOFT, OPREC, FPREC, FEAT_BF16)                      # [BM, C]
+        fk = tl.where(m_ok[:, None] & tk_ok[None, :], tl.maximum(fk, 0.0) + 1e-3, 0.0)
+        sc = tl.dot(fqm, _operand(fk, DOT, MMA, SOFT), input_precision=OPREC)                  # [C, C] fp32
+        sc = tl.where(keep, sc, 0.0)
+        return (tl.sum(sc, axis=1), _operand(sc, DOT, MMA, SOFT), _operand(vid, DOT, MMA, SOFT),
+                _operand(vraw, DOT, MMA, SOFT), vraw)
+
+    @triton.jit
     def _fe_output_kernel(Q, K, V, VID, P, ST, ZS, LW, LB, LNW, LNB, SW, SB, Z, S, RW, RB, NW, NB,
                           sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sit, sid,
                           H, T, M, NG, row0, scale, ln_eps, nin_eps,
@@ -265,36 +286,39 @@ if triton is not None:
         fq = tl.where(m_ok[None, :], tl.maximum(fq, 0.0) + 1e-3, 0.0)
         fq = _operand(fq, DOT, tl.float32, SOFT)                                            # (bf16-rounded)
 
-        # inter-group: the scanned state of group g (incoming state included), fp32
-        st = ST + (pid_bh * NG + g) * (BM * 2 * BD) + offs_m[:, None] * (2 * BD) + offs_d[None, :]
-        acc_id = tl.dot(fq, tl.load(st), input_precision=PREC)                             # [C, BD]
-        acc_v = tl.dot(fq, tl.load(st + BD), input_precision=PREC)                         # [C, BD]
-        den = tl.sum(fq * tl.load(ZS + (pid_bh * NG + g) * BM + offs_m)[None, :], axis=1)   # [C]
-
-        # intra-group: the chunks of group g before c, and c itself with the causal mask
         fqm = fq.to(MMA)
         pm = tl.load(P + offs_m[:, None] * D + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :],
                      other=0.0)                                                             # [BM, BD] proj
         causal = offs_c[None, :] <= offs_c[:, None]                                         # key s <= query t
-        for cp in range(g * GROUP, c + 1):
-            tk = (cp * CHUNK + offs_c).to(tl.int64)                                         # [C] key rows
-            tk_ok = tk < T
-            kt = tl.load(k_base + tk[None, :] * skt + offs_d[:, None] * skd,
-                         mask=d_ok[:, None] & tk_ok[None, :], other=0.0).to(tl.float32) * scale   # [BD, C]
-            fk = _feature_dot(pm, kt, DOT, MMA, SOFT, OPREC, FPREC, FEAT_BF16)              # [BM, C]
-            fk = tl.where(m_ok[:, None] & tk_ok[None, :], tl.maximum(fk, 0.0) + 1e-3, 0.0)
-            fk = _operand(fk, DOT, MMA, SOFT)
-            sc = tl.dot(fqm, fk, input_precision=OPREC)                                    # [C, C] fp32
-            sc = tl.where(causal | (cp != c), sc, 0.0)
-            den += tl.sum(sc, axis=1)
-            scm = _operand(sc, DOT, MMA, SOFT)
-            rows_ok = tk_ok[:, None] & d_ok[None, :]
-            vi = _operand(tl.load(VID + (row0 + tk)[:, None] * sit + offs_d[None, :] * sid, mask=rows_ok,
-                                  other=0.0), DOT, MMA, SOFT)                                          # [C, BD]
-            vv = _operand(tl.load(v_base + tk[:, None] * svt + offs_d[None, :] * svd, mask=rows_ok,
-                                  other=0.0).to(tl.float32), DOT, MMA, SOFT)                           # [C, BD]
-            acc_id = tl.dot(scm, vi, acc_id, input_precision=OPREC)
-            acc_v = tl.dot(scm, vv, acc_v, input_precision=OPREC)
+        st = ST + (pid_bh * NG + g) * (BM * 2 * BD) + offs_m[:, None] * (2 * BD) + offs_d[None, :]
+        zst = tl.load(ZS + (pid_bh * NG + g) * BM + offs_m)
+        if GROUP == 1:
+            # one chunk per group: the intra-group part is the chunk itself, in straight-line code (its k, V_I and
+            # v loads are issued with the state's rather than after them), and its v rows are the encoder's
+            den, scm, vi, vv, vq = _fe_chunk(fqm, pm, k_base, v_base, VID, t, causal, offs_d, d_ok, m_ok, T, skt,
+                                             skd, svt, svd, sit, sid, row0, scale, DOT, MMA, SOFT, OPREC, FPREC,
+                                             FEAT_BF16)
+            acc_id = tl.dot(scm, vi, input_precision=OPREC)                                  # [C, BD]
+            acc_v = tl.dot(scm, vv, input_precision=OPREC)
+            # inter-group: the scanned state of group g (incoming state included), fp32
+            acc_id = tl.dot(fq, tl.load(st), acc_id, input_precision=PREC)
+            acc_v = tl.dot(fq, tl.load(st + BD), acc_v, input_precision=PREC)
+            den += tl.sum(fq * zst[None, :], axis=1)                                        # [C]
+        else:
+            # inter-group: the scanned state of group g (incoming state included), fp32
+            acc_id = tl.dot(fq, tl.load(st), input_precision=PREC)                         # [C, BD]
+            acc_v = tl.dot(fq, tl.load(st + BD), input_precision=PREC)                     # [C, BD]
+            den = tl.sum(fq * zst[None, :], axis=1)                                         # [C]
+            # intra-group: the chunks of group g before c, and c itself with the causal mask
+            for cp in range(g * GROUP, c + 1):
+                rs, scm, vi, vv, _ = _fe_chunk(fqm, pm, k_base, v_base, VID, (cp * CHUNK + offs_c).to(tl.int64),
+                                               causal | (cp != c), offs_d, d_ok, m_ok, T, skt, skd, svt, svd,
+                                               sit, sid, row0, scale, DOT, MMA, SOFT, OPREC, FPREC, FEAT_BF16)
+                den += rs
+                acc_id = tl.dot(scm, vi, acc_id, input_precision=OPREC)
+                acc_v = tl.dot(scm, vv, acc_v, input_precision=OPREC)
+            vq = tl.load(v_base + t[:, None] * svt + offs_d[None, :] * svd, mask=t_ok[:, None] & d_ok[None, :],
+                         other=0.0).to(tl.float32)                                           # [C, BD] unrounded v
         dinv = den + 1e-6
         c_id = acc_id / dinv[:, None]                                                        # [C, BD]
         c_v = acc_v / dinv[:, None]                                                          # [C, BD]
@@ -307,8 +331,6 @@ if triton is not None:
         n_ok = offs_n < D2
         w_ok = d_ok[:, None] & n_ok[None, :]
         w_ptr = LW + offs_n[None, :] * D3 + offs_d[:, None]                                 # [BD, BD2] lin_w^T
-        vq = tl.load(v_base + t[:, None] * svt + offs_d[None, :] * svd, mask=t_ok[:, None] & d_ok[None, :],
-                     other=0.0).to(tl.float32)                                               # [C, BD] unrounded v
         x = tl.dot(c_id, tl.load(w_ptr, mask=w_ok, other=0.0), input_precision=PREC)       # [C, BD2]
         x = tl.dot(c_v, tl.load(w_ptr + D, mask=w_ok, other=0.0), x, input_precision=PREC)
         x = tl.dot(vq, tl.load(w_ptr + D2, mask=w_ok, other=0.0), x, input_precision=PREC)

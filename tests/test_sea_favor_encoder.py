@@ -379,15 +379,17 @@ def test_refuses_bad_arguments(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("operands, precision", [("fp32", None), ("bf16", None), ("bf16", "tf32")])
-def test_cuda_matches_reference_and_sea(monkeypatch, operands, precision):
-    """The real tiles on a GPU (CHUNK=64, 8 chunks per group: 47 chunks in 6 groups, a partial last chunk),
+@pytest.mark.parametrize("operands, precision, ckpt", [("fp32", None, 8), ("bf16", None, 8), ("bf16", "tf32", 8),
+                                                       ("bf16", "tf32", 1024), ("fp32", None, 1024)])
+def test_cuda_matches_reference_and_sea(monkeypatch, operands, precision, ckpt):
+    """The real tiles on a GPU (CHUNK=64, 8 chunks per group: 47 chunks in 6 groups, a partial last chunk; ckpt
+    1024: one chunk per group, the output kernel's straight-line path),
     d=64, m=33 as SEA's causal estimator at nbf=8: against the float64 reference and against SEA's composition
     on its Triton Performer path (favor_attention backend=triton, then the torch encoder modules). precision
     "tf32": against the reference that rounds the feature projection's operands to bf16 (the TF32 products are
     not modelled: their error is what this measures), and not against SEA's fp32-feature composition."""
     _tiling(monkeypatch, "default")
-    monkeypatch.setattr(fe, "MAX_CHECKPOINTS", 8)
+    monkeypatch.setattr(fe, "MAX_CHECKPOINTS", ckpt)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)   # the torch side in true fp32
     d, m, T, heads, row0 = 64, 33, 3000, 4, 100
     est = _estimator(m, d=d, seed=1, heads=heads, max_len=4096).cuda()
@@ -404,7 +406,7 @@ def test_cuda_matches_reference_and_sea(monkeypatch, operands, precision):
     for name, got, want in zip(names, (out[0], out[1], *out[2]), (ref[0], ref[1], *ref[2])):
         scale = max(1.0, want.abs().max().item())                 # printed first: every error, before any check fails
         err = (got.double() - want.double()).abs().max().item()
-        print(f"{operands}/{precision or 'default'} {name}: max abs err {err:.3g} (scale {scale:.3g})")
+        print(f"{operands}/{precision or 'default'}/ckpt {ckpt} {name}: max abs err {err:.3g} (scale {scale:.3g})")
     _check_all(out, ref, **tol)
     if precision is not None:
         return
