@@ -284,10 +284,10 @@ def test_decoder_head_in_the_epilogue(monkeypatch, dtype, operands, width, tilin
     est = _estimator(33, seed=5)
     head = _head(est, dtype, width=width)
     w = head[0].shape[0] // 2
-    q, k, v = _qkv(130, seed=12)
+    q, k, v = _qkv(70, seed=12)                    # c16g2: 5 chunks in 3 groups, the last chunk 6 rows
     z, s, st = _run(q, k, v, est, row0=9, operands=operands, return_state=True, precision="tf32")
     x, s2, st2 = _run(q, k, v, est, row0=9, operands=operands, return_state=True, precision="tf32", head=head)
-    assert x.dtype == dtype and x.shape == (B, 2 * H, 130, w) and torch.isfinite(x).all()   # every entry written
+    assert x.dtype == dtype and x.shape == (B, 2 * H, 70, w) and torch.isfinite(x).all()   # every entry written
     assert torch.equal(s2, s) and torch.equal(st2[0], st[0]) and torch.equal(st2[1], st[1])
     want = fe.head_ref(z, head)
     assert want.dtype == dtype and want.float().std() > 0.3                 # LayerNorm'd values, not all zero

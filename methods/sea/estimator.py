@@ -406,8 +406,8 @@ class Estimator(nn.Module):
 
     def _forward(self, q, k, v, vi, *, valid: torch.Tensor | None, carry: dict | None, probs: bool):
         """vi: the V_I rows (causal) or identity values (bidirectional) [B, H, T, d]. carry: None for a whole
-        sequence; a dict (or {} for a first block) in the block form (forward_block). Returns (logits, s_prob,
-        s_mix, next carry or None)."""
+        sequence; a dict (or {} for a first block) in the block form (forward_block). probs: also A_hat. Returns
+        (logits, A_hat or None, s_prob, s_mix, next carry or None)."""
         if self.uses_fused_front(q, k, v, valid):                        # Performer + encoder in one kernel
             # the V_I rows of this call as a [T, d] view of v_id (vi is that view expanded): the block's first row
             # is not passed as an int, which would make compile="estimator" recompile for every query block
