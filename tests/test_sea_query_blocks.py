@@ -62,12 +62,19 @@ def test_estimator_blocks_match_whole_sequence(block):
     assert est.decoder_halo == 4                                       # two dilation-2 causal 3x3 convs, one 1x1
     q, k, v = (x.repeat_interleave(H // Hkv, 1) if x.shape[1] != H else x for x in qkv(3))
     with torch.no_grad():
-        want = est(q, k, v, valid=None)
+        want = est(q, k, v, valid=None, probs=True)                    # logits, A_hat, s_prob, s_mix
         got, carry = [], None
         for s in range(0, T, block):
             *out, carry = est.forward_block(q[:, :, s:s + block], k[:, :, s:s + block], v[:, :, s:s + block], row0=s,
-                                            carry=carry)
+                                            carry=carry, probs=True)
             got.append(out)
+            # without probs: the same estimate, A_hat left out
+            lg, sp, sm, _ = est.forward_block(q[:, :, s:s + block], k[:, :, s:s + block], v[:, :, s:s + block],
+                                              row0=s, carry=None if s == 0 else prev)
+            assert torch.equal(lg, out[0]) and torch.equal(sp, out[2]) and torch.equal(sm, out[3])
+            prev = carry
+    for a_hat, lg in ((g[1], g[0]) for g in got):
+        torch.testing.assert_close(a_hat, torch.softmax(lg, dim=-1), rtol=0, atol=0)
     for i, w in enumerate(want):
         # float32 sums in another order (1-row blocks vs 64-row chunks) reach the logits through two LayerNorms
         torch.testing.assert_close(torch.cat([g[i] for g in got], dim=2), w, rtol=1e-4, atol=1e-4)

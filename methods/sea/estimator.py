@@ -210,8 +210,7 @@ class Estimator(nn.Module):
         front_head): only the decoder's body runs."""
         if headed:
             self.last_decoder = "head-fused"
-            with torch.autocast(device_type=z.device.type, dtype=DEC_DTYPES[self.dec_dtype], cache_enabled=False):
-                return self.dec.body(z).float()
+            return self._autocast(self.dec.body, z)
         self.last_decoder = self.decoder_path(z)
         if self.last_decoder in ("triton", "split"):                     # forward-only kernels
             if self.last_decoder == "triton":                            # one fused kernel
@@ -227,8 +226,12 @@ class Estimator(nn.Module):
             return torch.compiler.disable(decoder_forward)(z, self.dec)
         if self.dec_dtype == "fp32":
             return self.dec(z)
-        with torch.autocast(device_type=z.device.type, dtype=DEC_DTYPES[self.dec_dtype], cache_enabled=False):
-            return self.dec(z).float()
+        return self._autocast(self.dec, z)
+
+    def _autocast(self, module, x: torch.Tensor) -> torch.Tensor:
+        """module(x) under autocast to the estimator's 16-bit dtype, returned in fp32 (see decode)."""
+        with torch.autocast(device_type=x.device.type, dtype=DEC_DTYPES[self.dec_dtype], cache_enabled=False):
+            return module(x).float()
 
     def decoder_path(self, z: torch.Tensor) -> str:
         """'triton' (kernels/sea_decoder.py) or 'torch'. auto: the kernel for causal fp32 decoders on CUDA tensors
@@ -375,10 +378,11 @@ class Estimator(nn.Module):
         logits, a_hat, s_prob, s_mix, _ = self._run(q, k, v, vi, valid, None, probs)
         return (logits, a_hat, s_prob, s_mix) if probs else (logits, s_prob, s_mix)
 
-    def forward_block(self, q, k, v, *, row0: int, carry: dict | None):
+    def forward_block(self, q, k, v, *, row0: int, carry: dict | None, probs: bool = False):
         """Causal, no padding, no gradient: the estimate for query rows row0 .. row0 + Tc - 1 of a longer sequence,
         q, k, v [B, H, Tc, d] being those rows, given `carry` from the block before (None for the first block).
-        Returns (logits [B, H, Tc, K], s_prob, s_mix, carry for the next block). Block by block this computes what
+        Returns (logits [B, H, Tc, K], s_prob, s_mix, carry for the next block); probs: (logits, A_hat, s_prob,
+        s_mix, carry), A_hat as in forward. Block by block this computes what
         forward() computes over the whole sequence: the Performer's prefix state (sum phi_k^T [V_I ; v], sum
         phi_k) is carried, and the last `decoder_halo` rows of the encoder output are carried and put before the
         block's rows for the causal decoder (whose convolutions look that many rows back), then dropped."""
@@ -388,8 +392,8 @@ class Estimator(nn.Module):
         if row0 + Tc > self.v_id.shape[0]:
             raise ValueError(f"sequence length {row0 + Tc} exceeds sea max_len={self.v_id.shape[0]}")
         vi = self.v_id[row0:row0 + Tc].expand(B, H, Tc, d)               # [B, H, Tc, d]
-        logits, _, s_prob, s_mix, nxt = self._run(q, k, v, vi, None, {} if carry is None else carry, False)
-        return logits, s_prob, s_mix, nxt
+        logits, a_hat, s_prob, s_mix, nxt = self._run(q, k, v, vi, None, {} if carry is None else carry, probs)
+        return (logits, a_hat, s_prob, s_mix, nxt) if probs else (logits, s_prob, s_mix, nxt)
 
     @property
     def decoder_halo(self) -> int:
@@ -458,12 +462,12 @@ class Estimator(nn.Module):
             # differentiable), 2.0 ms of convolution backward in SEA's 32k causal step on an H200.
             torch._dynamo.graph_break()
         if carry is None:
-            logits = self.decode(z, headed=headed)                       # [B, H, T, K]
-            a_hat = torch.softmax(logits, dim=-1) if probs else None
-            return logits, a_hat, scales[..., 0:1], scales[..., 1:2], None
-        tail = carry.get("tail")                                         # [B, ., <= halo, .] rows before the block
-        zz = z if tail is None else torch.cat([tail, z], dim=2)
-        logits = self.decode(zz, headed=headed)[:, :, zz.shape[2] - z.shape[2]:]   # [B, H, Tc, K]
-        halo = self.decoder_halo
-        nxt = dict(state=state, tail=zz[:, :, -halo:].clone() if halo else None)   # a copy: zz is freed
-        return logits, torch.softmax(logits, dim=-1) if probs else None, scales[..., 0:1], scales[..., 1:2], nxt
+            logits, nxt = self.decode(z, headed=headed), None            # [B, H, T, K]
+        else:
+            tail = carry.get("tail")                                     # [B, ., <= halo, .] rows before the block
+            zz = z if tail is None else torch.cat([tail, z], dim=2)
+            logits = self.decode(zz, headed=headed)[:, :, zz.shape[2] - z.shape[2]:]   # [B, H, Tc, K]
+            halo = self.decoder_halo
+            nxt = dict(state=state, tail=zz[:, :, -halo:].clone() if halo else None)   # a copy: zz is freed
+        a_hat = torch.softmax(logits, dim=-1) if probs else None
+        return logits, a_hat, scales[..., 0:1], scales[..., 1:2], nxt

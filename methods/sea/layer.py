@@ -529,8 +529,8 @@ class SEAAttention(AttentionModule):
             qb, kb, vb = q[:, :, s:e], kr[:, :, s:e], vr[:, :, s:e]      # [B, H, Tc, D]
             if check:
                 finite.append(finite_flags(qb, kb, vb))                  # [3]
-            logits, s_prob, s_mix, carry = self.estimator.forward_block(qb, kb, vb, row0=s, carry=carry)
-            a_hat = torch.softmax(logits, dim=-1)                        # [B, H, Tc, K]
+            # A_hat [B, H, Tc, K] by the estimator (in its compiled graph when it has one), as in stage_estimator
+            _, a_hat, s_prob, s_mix, carry = self.estimator.forward_block(qb, kb, vb, row0=s, carry=carry, probs=True)
             if self.force_s_prob >= 0:                                   # forced scalers, as stage_estimator does
                 s_prob = torch.full_like(s_prob, self.force_s_prob)
             if self.force_s_mix >= 0:
