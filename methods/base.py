@@ -125,6 +125,12 @@ class AttentionModule(nn.Module):
         [B, H, T, K] (rows keep their sums); None when the module has no estimate."""
         return None
 
+    def retained_memory_bytes(self) -> int:
+        """Device memory the module keeps between calls besides its parameters and buffers (caches such as
+        captured CUDA graphs and their memory pools). The harness adds it to a call's peak: a replay that
+        allocates nothing new still needs it."""
+        return 0
+
     def note_trained(self, steps: int) -> None:
         """Called by a trainer after `steps` optimizer steps updated this module (e.g. to say so in `impl`)."""
 

@@ -125,6 +125,12 @@ class _SEABase(Method):
                "kernels' tensor-core products with 16-bit inputs (backend triton_rows; kernels/sea_sparse_rows.py): "
                "3 = fp32 accuracy, 1 = rounded once to the inputs' dtype as FlashAttention does, 2 in between",
                choices=SPARSE_PIECES),
+        Option("cuda_graph", 0, "replay inference calls of at most this many tokens as CUDA graphs (0: off; "
+               "methods/sea/graphs.py): per call signature the first call runs eagerly, the second captures the "
+               "whole-sequence forward, later ones copy q, k, v into the graph's inputs, replay and copy the output "
+               "out. For short sequences, where the eager forward waits on Python's ~100 launches; calls with "
+               "gradients, query blocks, CPU tensors or inside another capture run eagerly (impl says why). The "
+               "graphs' memory stays reserved (the harness adds it to the peak)"),
         Option("mix_backend", "auto", "sparse attention and mix: torch (the sparse kernel writes c, then the mix "
                "in tensor ops), kernel (causal, no padding mask: the cumulative mean of v and the mix in one Triton "
                "kernel after the sparse kernel, kernels/sea_causal_mix.py; on an H200 1.56 -> 0.22 ms at 64k causal, "
@@ -170,6 +176,9 @@ class _SEABase(Method):
                                     "or 0 for the whole sequence")
         if cfg["query_chunk"] and cfg["query_blocks"]:
             raise MethodConfigError(f"{cls.name}: query_chunk and query_blocks both set; give one of them")
+        if cfg["cuda_graph"] < 0:
+            raise MethodConfigError(f"{cls.name}.cuda_graph={cfg['cuda_graph']}: longest sequence to replay as a "
+                                    "CUDA graph (>= 1), or 0 for off")
         if cfg["max_len"] < 1:
             raise MethodConfigError(f"{cls.name}.max_len={cfg['max_len']}: must be >= 1")
         for key in ("s_prob", "s_mix"):
@@ -252,7 +261,8 @@ class _SEABase(Method):
                            query_chunk=cfg["query_chunk"], decoder_backend=cfg["decoder_backend"],
                            query_blocks=cfg["query_blocks"], mix_backend=cfg["mix_backend"],
                            estimator_precision=cfg["estimator_precision"],
-                           sparse_backward=cfg["sparse_backward"], sparse_pieces=cfg["sparse_pieces"])
+                           sparse_backward=cfg["sparse_backward"], sparse_pieces=cfg["sparse_pieces"],
+                           cuda_graph=cfg["cuda_graph"])
         return mod.to(problem.device)
 
 

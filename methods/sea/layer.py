@@ -146,9 +146,12 @@ class SEAAttention(AttentionModule):
                  scaler_input: str = "shared", performer_backend: str = "auto", encoder_backend: str = "auto",
                  compile: str = "none", query_chunk: int = 0, decoder_backend: str = "auto",
                  query_blocks: int = 0, mix_backend: str = "auto", estimator_precision: str = "fp32",
-                 sparse_backward: str = "auto", sparse_pieces: int = 3):
+                 sparse_backward: str = "auto", sparse_pieces: int = 3, cuda_graph: int = 0):
         super().__init__()
         from methods.sea import SPARSE_BACKWARDS, SPARSE_PIECES
+        from methods.sea.graphs import GraphCache
+
+        self.graphs = GraphCache(cuda_graph)     # CUDA-graph replay of inference calls with T <= cuda_graph
 
         if sparse_backward not in SPARSE_BACKWARDS:
             raise ValueError(f"sparse backward {sparse_backward!r}: expected one of {SPARSE_BACKWARDS}")
@@ -250,7 +253,8 @@ class SEAAttention(AttentionModule):
                 f"{'mix=' + self.last_mix + ', ' if self.last_mix in ('fused', 'kernel') else ''}"
                 f"{'' if self.last_blocks == 'off' else 'query_blocks=' + self.last_blocks + ', '}"
                 f"nb_features={self.estimator.nb_features}, scalers={sc}, sparse={kernel}"
-                f"{'/pieces=' + str(self._pieces_ran) if kernel == 'triton_rows' and self._pieces_ran != 3 else ''}]")
+                f"{'/pieces=' + str(self._pieces_ran) if kernel == 'triton_rows' and self._pieces_ran != 3 else ''}"
+                f"{'' if self.graphs.max_len == 0 else ', cuda_graph=' + self.graphs.last}]")
 
     # --- stages ---------------------------------------------------------------------------------
     # forward = prepare -> stage_estimator -> stage_topk -> stage_interpolate -> stage_sparse -> stage_mix.
@@ -628,6 +632,22 @@ class SEAAttention(AttentionModule):
         return out, c_avg, avg_w, ran
 
     def forward(self, q, k, v, *, causal: bool, key_padding_mask=None, scale=None):
+        if self.graphs.max_len == 0:
+            return self._forward_eager(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+        if self.block_plan(q, k, v, causal=causal, key_padding_mask=key_padding_mask) is None:
+            self.graphs.last = "eager (query blocks)"
+            out = self._forward_eager(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+        else:
+            out = self.graphs(self, self._forward_eager, q, k, v, causal=causal, key_padding_mask=key_padding_mask,
+                              scale=scale)
+        self.impl = self._impl(self._kernel_ran)             # names what the graph cache did
+        return out
+
+    def retained_memory_bytes(self) -> int:
+        """Device memory the layer's captured CUDA graphs hold between calls (methods/sea/graphs.py)."""
+        return self.graphs.retained_bytes()
+
+    def _forward_eager(self, q, k, v, *, causal: bool, key_padding_mask=None, scale=None):
         why = self.block_plan(q, k, v, causal=causal, key_padding_mask=key_padding_mask)
         if why is None and not causal:
             return self._forward_bidirectional_blocks(q, k, v, scale=scale)
