@@ -7,9 +7,10 @@ import pytest
 from tests.helpers import read_rows, run_cli
 
 FAULTS = ["fault-hang", "fault-oom", "fault-raise", "fault-nan", "fault-crash", "fault-exit", "fault-wrong",
-          "fault-none"]
+          "fault-none", "fault-second", "fault-keeps"]
 EXPECTED = {"fault-oom": "oom", "fault-raise": "error", "fault-nan": "wrong", "fault-hang": "timeout",
-            "fault-crash": "error", "fault-exit": "error", "fault-wrong": "wrong", "fault-none": "ok", "exact": "ok"}
+            "fault-crash": "error", "fault-exit": "error", "fault-wrong": "wrong", "fault-none": "ok", "exact": "ok",
+            "fault-second": "wrong", "fault-keeps": "ok"}
 ARGS = ["--seq-lens", "32", "--batch", "1", "--heads", "2", "--head-dim", "16", "--dtype", "fp32", "--causal",
         "--device", "cpu", "--timeout", "10", "--quiet", "--cpu-budget", "0.05"]
 
@@ -38,6 +39,14 @@ def test_each_fault_is_its_own_row(fault_run):
     # a failed cell is never a number
     for name in ("fault-oom", "fault-raise", "fault-nan", "fault-hang", "fault-crash", "fault-wrong"):
         assert got[name]["latency_ms"] is None and got[name]["memory_bytes"] is None
+    # the gate reads a warm call (the path the timing repeats), not only the first one
+    assert "rel L2 error" in got["fault-second"]["reason"]
+    # memory a module keeps between calls counts in its peak, and the row says so
+    keeps, none = got["fault-keeps"], got["fault-none"]
+    assert keeps["memory_bytes"] >= 3 << 30 and none["memory_bytes"] < 1 << 30
+    assert keeps["extra"]["retained_memory_bytes"] == 3 << 30
+    assert keeps["memory_metric"].endswith("+ memory the module keeps between calls")
+    assert "keeps" not in none["memory_metric"]
     # the cells after the crashes still ran and were measured
     assert got["exact"]["latency_ms"] > 0 and got["exact"]["err_rel_l2"] < 1e-6
 
