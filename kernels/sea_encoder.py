@@ -1,7 +1,7 @@
 """SEA estimator encoder + scaler head in one Triton forward pass.
 
-What: for rows r (the flattened B, H, T) of c_perf [R, 2d] (the estimator's Performer output) and
-v [R, d] (SEA's values, fp32), computes
+What: for rows r (the flattened B, H, T) of c_perf [R, 2d] (the estimator's Performer output, fp32) and
+v [R, d] (SEA's values: fp32, or bf16 / fp16 read exactly into fp32), computes
 
     z[r]      = GELU_erf(LayerNorm(c_perf[r] @ Wc^T + v[r] @ Wv^T + b))         [R, 2d] fp32
     scales[r] = sigmoid(z[r] @ Ws^T + bs)                                      [R, 2]  fp32
@@ -24,6 +24,9 @@ and d = 64 that is about 1.35 GB (the weights add nothing measurable: L2-residen
 Precision: the dots take fp32 inputs with input_precision PRECISION ("tf32x3" by default: three TF32
 tensor-core products, close to fp32; "ieee": CUDA-core fp32). LayerNorm, GELU and the scaler run in fp32.
 d (the head dim, v's last dim) is at most 128; any d is allowed (power-of-two padding with masks).
+
+z is stored in fp32, or rounded once (to nearest even) to bf16 / fp16 when asked (z_dtype): SEA's estimator asks
+when its decoder runs under 16-bit autocast, whose first Linear would cast z so anyway.
 
 Forward only (no autograd): `encoder_forward` refuses when grad is enabled and any input requires grad.
 """
@@ -50,6 +53,8 @@ NUM_WARPS = None         # None: 4 when 2d <= 128, else 8
 MAX_D = 128
 
 _PRECISIONS = ("tf32x3", "ieee")
+_V_DTYPES = (torch.float32, torch.bfloat16, torch.float16)       # v: 16-bit values are read exactly into fp32
+_Z_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _fresh(shape, dtype, device):
@@ -57,11 +62,12 @@ def _fresh(shape, dtype, device):
 
 
 if triton is not None:
+    from kernels.favor_dense import _round_bf16
 
     @triton.jit
     def _encoder_fwd_kernel(C, V, W, LB, LNW, LNB, SW, SB, Z, S, R, eps,
                             D: tl.constexpr, BD2: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-                            PREC: tl.constexpr):
+                            PREC: tl.constexpr, SOFT_BF16: tl.constexpr):
         D2: tl.constexpr = 2 * D
         D3: tl.constexpr = 3 * D
         pid = tl.program_id(0).to(tl.int64)
@@ -83,7 +89,8 @@ if triton is not None:
         for k0 in range(0, D, BLOCK_K):
             kk = k0 + offs_k
             kmask = kk < D
-            x = tl.load(V + rows[:, None] * D + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+            x = tl.load(V + rows[:, None] * D + kk[None, :], mask=rmask[:, None] & kmask[None, :],
+                        other=0.0).to(tl.float32)                         # 16-bit v: exact in fp32
             wt = tl.load(W + offs_n[None, :] * D3 + (D2 + kk)[:, None], mask=kmask[:, None] & nmask[None, :],
                          other=0.0)                                       # [BK, BD2]
             acc += tl.dot(x, wt, input_precision=PREC)
@@ -97,7 +104,11 @@ if triton is not None:
         lnb = tl.load(LNB + offs_n, mask=nmask, other=0.0)
         y = diff * rstd[:, None] * lnw[None, :] + lnb[None, :]           # padded columns: 0
         z = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))              # exact GELU; GELU(0) = 0
-        tl.store(Z + rows[:, None] * D2 + offs_n[None, :], z, mask=rmask[:, None] & nmask[None, :])
+        zs = z
+        if SOFT_BF16:        # bf16 z under the interpreter, whose fp32 -> bf16 cast truncates: round to nearest even
+            zs = _round_bf16(z)
+        tl.store(Z + rows[:, None] * D2 + offs_n[None, :], zs.to(Z.dtype.element_ty),
+                 mask=rmask[:, None] & nmask[None, :])
         # scaler: two outputs, each a row reduction
         w0 = tl.load(SW + offs_n, mask=nmask, other=0.0)
         w1 = tl.load(SW + D2 + offs_n, mask=nmask, other=0.0)
@@ -116,7 +127,11 @@ def encoder_usable(device) -> bool:
 
 def _check(c_perf, v, lin_w, lin_b, ln_w, ln_b, sc_w, sc_b) -> int:
     named = dict(c_perf=c_perf, v=v, lin_w=lin_w, lin_b=lin_b, ln_w=ln_w, ln_b=ln_b, sc_w=sc_w, sc_b=sc_b)
-    check_fp32_tensors("sea encoder", named, "c_perf")
+    check_fp32_tensors("sea encoder", {key: t for key, t in named.items() if key != "v"}, "c_perf")
+    if not isinstance(v, torch.Tensor) or v.dtype not in _V_DTYPES or v.device != c_perf.device:
+        raise ValueError(f"sea encoder: v must be a float32, bfloat16 or float16 tensor on {c_perf.device}, got "
+                         f"{v.dtype if isinstance(v, torch.Tensor) else type(v).__name__}"
+                         f"{' on ' + str(v.device) if isinstance(v, torch.Tensor) else ''}")
     if v.dim() < 1 or c_perf.dim() != v.dim():
         raise ValueError(f"sea encoder: c_perf {tuple(c_perf.shape)} and v {tuple(v.shape)} must have the "
                          f"same number of dims (leading dims then features)")
@@ -137,8 +152,12 @@ def _check(c_perf, v, lin_w, lin_b, ln_w, ln_b, sc_w, sc_b) -> int:
     return d
 
 
-def encoder_forward(c_perf, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, *, precision=None):
-    """c_perf [..., 2d], v [..., d] fp32 -> (z [..., 2d], scales [..., 2]) fp32; see the module docstring.
+def encoder_forward(c_perf, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, *, precision=None,
+                    z_dtype=torch.float32):
+    """c_perf [..., 2d] fp32, v [..., d] (fp32, bf16 or fp16, read exactly) -> (z [..., 2d] in z_dtype, scales
+    [..., 2] fp32); see the module docstring. z_dtype bf16 / fp16: z computed in fp32 as always, rounded once to
+    nearest even when stored -- what `z.to(z_dtype)` gives, so a consumer that casts z to that dtype anyway
+    (the decoder under autocast) reads the same values from half the bytes.
 
     lin_w [2d, 3d], lin_b [2d] (nn.Linear(3d, 2d)), ln_w, ln_b [2d] and ln_eps (nn.LayerNorm(2d)),
     sc_w [2, 2d], sc_b [2] (nn.Linear(2d, 2)). precision: None (the module's PRECISION), "tf32x3", "ieee" or
@@ -154,8 +173,10 @@ def encoder_forward(c_perf, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, *, 
                            f"got device {c_perf.device}")
     if BLOCK_K < 16 or BLOCK_K & (BLOCK_K - 1) or BLOCK_R < 16 or BLOCK_R & (BLOCK_R - 1):
         raise ValueError(f"sea encoder: BLOCK_R={BLOCK_R}, BLOCK_K={BLOCK_K} must be powers of two >= 16")
+    if z_dtype not in _Z_DTYPES:
+        raise ValueError(f"sea encoder: z_dtype={z_dtype}, expected one of {_Z_DTYPES}")
     lead = tuple(c_perf.shape[:-1])
-    z = _fresh(lead + (2 * d,), torch.float32, c_perf.device)
+    z = _fresh(lead + (2 * d,), z_dtype, c_perf.device)
     scales = _fresh(lead + (2,), torch.float32, c_perf.device)
     R = z.numel() // (2 * d)
     if R == 0:
@@ -168,5 +189,6 @@ def encoder_forward(c_perf, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, *, 
     _encoder_fwd_kernel[grid](
         c2, v2, lin_w.contiguous(), lin_b.contiguous(), ln_w.contiguous(), ln_b.contiguous(),
         sc_w.contiguous(), sc_b.contiguous(), z, scales, R, float(ln_eps),
-        D=d, BD2=bd2, BLOCK_R=BLOCK_R, BLOCK_K=BLOCK_K, PREC=prec, num_warps=warps)
+        D=d, BD2=bd2, BLOCK_R=BLOCK_R, BLOCK_K=BLOCK_K, PREC=prec,
+        SOFT_BF16=z_dtype == torch.bfloat16 and not c_perf.is_cuda, num_warps=warps)
     return z, scales

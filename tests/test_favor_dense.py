@@ -117,6 +117,32 @@ def test_bf16_operands_within_bf16_rounding(masked, in_dtype):
     assert (out.double() - exact).norm() <= 2 * (ref.double() - exact).norm()
 
 
+@pytest.mark.parametrize("operands", ["fp32", "bf16"])
+def test_16bit_q_k_read_exactly(operands):
+    """SEA's estimator passes q and k in the layer's dtype (no fp32 copies): the kernel's own casts give the
+    output of their fp32 copies bit for bit."""
+    q, k, v, proj = _inputs(3, torch.bfloat16)
+    vals = _vals(v.float(), None)
+    torch.testing.assert_close(_run(q, k, vals, proj, None, operands),
+                               _run(q.float(), k.float(), vals, proj, None, operands), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("operands", ["fp32", "bf16"])
+def test_cuda_16bit_q_k_read_exactly(monkeypatch, operands):
+    for name, val in DEFAULT_TILES.items():
+        monkeypatch.setattr(fd, name, val)
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 4, 4096, 64, generator=g).cuda().bfloat16() for _ in range(3))
+    proj = orthogonal_random_features(266, 64, g).cuda()
+    vals = torch.cat([identity_values(None, 1, 4096, 64, "cuda")[:, None].expand(1, 4, 4096, 64), v.float()], -1)
+    with torch.no_grad():
+        a = fd.favor_softmax_dense(q, k, vals, proj, operands=operands, precision="tf32")
+        b = fd.favor_softmax_dense(q.float(), k.float(), vals, proj, operands=operands, precision="tf32")
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_default_tiles_production_widths(monkeypatch):
     """The module's own tile sizes with SEA's widths (d = 64, m = 266, Dv = 128) on a short sequence."""
     for name, value in DEFAULT_TILES.items():

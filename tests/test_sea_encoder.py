@@ -172,8 +172,27 @@ def test_refuses_bad_shapes_and_dtypes():
         for name in ("c_perf", "v", "lin_w", "ln_b", "sc_w"):
             with pytest.raises(ValueError, match="float32"):
                 encoder_forward(**{**good, name: good[name].double()})
-        with pytest.raises(ValueError, match="float32"):
-            encoder_forward(**{**good, "v": v.bfloat16()})
+        with pytest.raises(ValueError, match="z_dtype"):
+            encoder_forward(**good, z_dtype=torch.float64)
+
+
+@pytest.mark.parametrize("vdt", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("zdt", [torch.bfloat16, torch.float16])
+def test_16bit_values_and_z(vdt, zdt):
+    """16-bit v is read exactly (the same z and scales as its fp32 copy, bit for bit); a 16-bit z is the fp32 z
+    rounded once to nearest even (what the decoder's autocast cast gives), and the scales do not change."""
+    d = 16
+    est = _estimator(d)
+    c, v = _inputs(d)
+    v16 = v.to(vdt)
+    z32, s32 = _run(est, c, v16.float())
+    z, s = _run(est, c, v16)
+    assert z.dtype == torch.float32 and torch.equal(z, z32) and torch.equal(s, s32)
+    with torch.no_grad():
+        zh, sh = encoder_forward(c, v16, *_args(est), z_dtype=zdt)
+    assert zh.dtype == zdt and torch.equal(sh, s32)
+    assert torch.equal(zh, z32.to(zdt))
+    assert (zh.float() != z32).float().mean() > 0.5                  # it was rounded (not stored fp32 by mistake)
 
 
 def test_refuses_unknown_precision(monkeypatch):
@@ -206,3 +225,58 @@ def test_cuda_matches_torch_modules(monkeypatch, d, precision):
     atol = 2e-5 if precision == "ieee" else 1e-4
     torch.testing.assert_close(z, zr, atol=atol * max(1.0, zr.abs().max().item()), rtol=0)
     torch.testing.assert_close(s, sr, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_estimator_with_16bit_z_gives_the_same_estimate(monkeypatch, causal):
+    """estimator_dtype=bf16: the encoder kernel writes z in bf16 (ENCODER_Z_16BIT), which the decoder's autocast
+    Linear would have cast it to: logits, A_hat and scalers equal the fp32-z run's bit for bit."""
+    import methods.sea.estimator as em
+
+    est = Estimator(d=16, H=H, K=8, causal=causal, nbf=1.0, max_len=64, seed=0, dec_dtype="bf16",
+                    encoder_backend="triton", performer_backend="torch")
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(B, H, T, 16, generator=gen).bfloat16() for _ in range(3))
+    real, seen = enc_mod.encoder_forward, []
+
+    def spy(*a, **kw):
+        z, s = real(*a, **kw)
+        seen.append(z.dtype)
+        return z, s
+
+    monkeypatch.setattr(enc_mod, "encoder_forward", spy)
+    outs = {}
+    with torch.no_grad():
+        for flag in (False, True):
+            monkeypatch.setattr(em, "ENCODER_Z_16BIT", flag)
+            outs[flag] = est(q, k, v, valid=None, probs=True)
+    assert seen == [torch.float32, torch.bfloat16]
+    for a, b in zip(outs[True], outs[False]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("causal", [False, True])
+def test_cuda_layer_with_16bit_z_is_unchanged(monkeypatch, causal):
+    """SEA fast on the GPU (compiled estimator, bf16 decoder; causal on the Performer + encoder path that is not the
+    fused front): the layer's output with z written in bf16 equals the fp32-z output bit for bit."""
+    import methods.sea.estimator as em
+    from methods.base import Problem, get
+
+    M = get("sea")
+    opts = dict(performer_dtype="bf16", estimator_precision="tf32", estimator_dtype="bf16", compile="estimator",
+                sparse_pieces="1")
+    if causal:
+        opts["performer_backend"] = "triton"
+    cfg = M.resolve_config(opts)
+    lay = M.build(cfg, Problem(1, 4, 4, 2048, 64, dtype="bf16", causal=causal, device="cuda"), seed=0).eval()
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 2048, 64, generator=gen).cuda().bfloat16() for _ in range(3))
+    outs = {}
+    with torch.no_grad():
+        for flag in (False, True):
+            monkeypatch.setattr(em, "ENCODER_Z_16BIT", flag)
+            outs[flag] = lay(q, k, v, causal=causal)
+    assert "encoder=triton" in lay.impl, lay.impl
+    torch.testing.assert_close(outs[True], outs[False], rtol=0, atol=0)

@@ -28,6 +28,10 @@ DECODER_OWN_GRAPH = True
 # the fused causal front computes the decoder's row-wise head (row projection, norm_in) in its epilogue when the
 # decoder runs under autocast as PyTorch modules (kernels/sea_favor_encoder.py, head=); False: it writes z
 FUSED_HEAD = True
+# The encoder kernel (kernels/sea_encoder.py) writes z in the decoder's autocast dtype when the PyTorch decoder runs
+# under 16-bit autocast (estimator_dtype bf16 / fp16), whose first Linear casts z to that dtype anyway (the same
+# rounding, half the bytes, no cast kernel); fp32 z when False. A switch for same-run A/B measurements.
+ENCODER_Z_16BIT = True
 RECOMPILE_LIMIT = 64             # each estimator instance and shape is one more compiled entry of forward()
 
 
@@ -322,8 +326,10 @@ class Estimator(nn.Module):
             raise RuntimeError("sea encoder_backend=triton is a forward-only kernel and this call needs gradients "
                                "(training, or forward+backward): use encoder_backend=torch")
         kernel_call = torch.compiler.disable(encoder_forward)            # compile="estimator": not traced
+        z16 = ENCODER_Z_16BIT and self.dec_dtype != "fp32" and self.decoder_backend in ("auto", "torch")
         return kernel_call(c_perf, v, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, self.scaler.weight,
-                           self.scaler.bias, precision=PRECISIONS[self.precision])
+                           self.scaler.bias, precision=PRECISIONS[self.precision],
+                           z_dtype=DEC_DTYPES[self.dec_dtype] if z16 else torch.float32)
 
     def front_head(self):
         """The causal decoder's head as the fused front's head= argument (kernels/sea_favor_encoder.py), or None
@@ -420,10 +426,11 @@ class Estimator(nn.Module):
                                                 state=None if carry is None else carry.get("state"),
                                                 want_state=carry is not None, head=head)
             return self._finish(z, scales, carry, state, headed=head is not None, probs=probs)
-        q, k, v = q.float(), k.float(), v.float()
+        if carry is not None:                     # favor_attention reads q, k in any dtype (fp32 inside)
+            q, k = q.float(), k.float()
         if valid is not None:
             v = v * valid[:, None, :, None]
-        vals = torch.cat([vi, v], dim=-1)                                # [B, H, T, 2d]
+        vals = torch.cat([vi, v.float()], dim=-1)                        # [B, H, T, 2d] fp32
         self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(q, k, vals),
                                                 padded=valid is not None)
         if carry is None:
@@ -437,7 +444,7 @@ class Estimator(nn.Module):
         if self.last_encoder == "triton":
             z, scales = self.fused_encoder(c_perf, v)                    # [B, H, T, 2d], [B, H, T, 2]
         else:
-            x = torch.cat([c_perf, v], dim=-1)                           # [B, H, T, 3d]
+            x = torch.cat([c_perf, v.float()], dim=-1)                   # [B, H, T, 3d]
             # with a gradient under estimator_precision=tf32 the encoder's and the scaler's products keep TF32 in
             # the backward too (methods/sea/precision.py); the modules' own F.linear otherwise
             tf32 = self.precision == "tf32" and sea_precision.TF32_BACKWARD and needs_grad(x, *self.enc.parameters())
