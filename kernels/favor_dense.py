@@ -81,6 +81,11 @@ QUERY_BLOCK_F = 32        # features per step of the query-pass loop
 KEY_NUM_WARPS = 2          # H200, B=1, H=16, T=65536, m=266, Dv=128, bf16 operands, tf32: the whole call 4.74 ms with
                            # 8 warps, 2.59 with 4, 2.36 with 2 (results/nvidia-h200/sea-round19/call2/tune-favor.txt)
 QUERY_NUM_WARPS = 4
+# The key pass reads an fp32 copy of 16-bit keys when True: on an H200 (B=1, H=16, T=65536, m=266, bf16 operands,
+# tf32) it took 1.79 ms reading bf16 keys against 1.54 ms reading fp32 ones, and the copy costs ~0.1 ms (SEA's
+# estimator passes q and k in the layer's dtype since the twelfth session; the query pass reads bf16 queries in
+# +0.02 ms and keeps them: results/nvidia-h200/sea-graph-replay/call3/).
+KEY_FP32 = True
 FP32_PRECISION = "tf32x3"         # tl.dot input precision for operands="fp32" ("ieee": CUDA-core fp32)
 BF16_DASH_PRECISION = "tf32x3"    # tl.dot input precision of x' proj^T for operands="bf16"
 
@@ -299,6 +304,8 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
     dev = q.device
     bf16 = operands == "bf16"
     emu = dev.type != "cuda"          # interpreter: bf16 products as fp32 dots of bf16-rounded values (same result)
+    if KEY_FP32 and k.dtype != torch.float32:
+        k = k.float()
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     proj = proj.contiguous()
     BH = B * H

@@ -230,7 +230,7 @@ def test_cuda_matches_torch_modules(monkeypatch, d, precision):
 @pytest.mark.parametrize("causal", [False, True])
 def test_estimator_with_16bit_z_gives_the_same_estimate(monkeypatch, causal):
     """estimator_dtype=bf16: the encoder kernel writes z in bf16 (ENCODER_Z_16BIT), which the decoder's autocast
-    Linear would have cast it to: logits, A_hat and scalers equal the fp32-z run's bit for bit."""
+    Linear would have cast it to: logits, A_hat and scalers equal the fp32-z run's bit for bit (interpreter)."""
     import methods.sea.estimator as em
 
     est = Estimator(d=16, H=H, K=8, causal=causal, nbf=1.0, max_len=64, seed=0, dec_dtype="bf16",
@@ -260,7 +260,9 @@ def test_estimator_with_16bit_z_gives_the_same_estimate(monkeypatch, causal):
 @pytest.mark.parametrize("causal", [False, True])
 def test_cuda_layer_with_16bit_z_is_unchanged(monkeypatch, causal):
     """SEA fast on the GPU (compiled estimator, bf16 decoder; causal on the Performer + encoder path that is not the
-    fused front): the layer's output with z written in bf16 equals the fp32-z output bit for bit."""
+    fused front): the layer's output with z written in bf16 equals the fp32-z output up to a few bf16 ulps (the
+    decoder's Linear reads the same bf16 z, but the compiled graph around it changes with z's dtype: measured 14 of
+    524288 elements one ulp apart, bidirectional)."""
     import methods.sea.estimator as em
     from methods.base import Problem, get
 
@@ -279,4 +281,7 @@ def test_cuda_layer_with_16bit_z_is_unchanged(monkeypatch, causal):
             monkeypatch.setattr(em, "ENCODER_Z_16BIT", flag)
             outs[flag] = lay(q, k, v, causal=causal)
     assert "encoder=triton" in lay.impl, lay.impl
-    torch.testing.assert_close(outs[True], outs[False], rtol=0, atol=0)
+    a, b = outs[True].float(), outs[False].float()
+    diff = (a - b).abs()
+    assert (diff > 0).float().mean().item() <= 1e-3
+    assert diff.max().item() <= 2 ** -7 * b.abs().max().item()
