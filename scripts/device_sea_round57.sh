@@ -45,13 +45,4 @@ g=sea:performer_dtype=bf16:estimator_precision=tf32:estimator_dtype=bf16:compile
 bash scripts/device_sweep.sh fwd 230 --device cuda --method-args sea.max_len=65536 --batch 1 --heads 16 \
   --head-dim 64 --dtype bf16 --methods sdpa:backend=cudnn,$g,$g:cuda_graph=32768 --seq-lens 8192,16384,32768,65536 \
   --both-directions --mode fwd --rep-ms 50 --timeout 150 | tail -n 2
-python3 - "$OUT/fwd/rows.jsonl" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-ref = {(r["seq_len"], r["causal"]): r["latency_ms"] for r in rows if r["method"] == "sdpa" and r["status"] == "ok"}
-for r in rows:
-    lat = r.get("latency_ms") or float("nan")
-    print(f"{r['method']:5} graph={r['config'].get('cuda_graph', '-')!s:6} causal={r['causal']!s:5} T={r['seq_len']:6} "
-          f"{r['status']:6} {lat:8.3f} ms {lat / ref.get((r['seq_len'], r['causal']), float('nan')):6.3f}x "
-          f"err {r.get('err_rel_l2') or float('nan'):.6f} mem {(r.get('memory_bytes') or 0) / 2**20:7.1f} MiB")
-PY
+python3 scripts/ratio_table.py "$OUT/fwd/rows.jsonl"
