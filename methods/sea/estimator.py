@@ -426,7 +426,10 @@ class Estimator(nn.Module):
                                                 state=None if carry is None else carry.get("state"),
                                                 want_state=carry is not None, head=head)
             return self._finish(z, scales, carry, state, headed=head is not None, probs=probs)
-        if carry is not None:                     # favor_attention reads q, k in any dtype (fp32 inside)
+        # favor_attention reads q, k in any dtype (fp32 inside): no fp32 copies of q, k (nor of v, cast inside the
+        # cat; the encoder kernel reads it in its dtype). H200, bidirectional 64k, SEA fast: kernels 11.30 -> 10.96
+        # ms, peak memory 2456 -> 1944 MiB, MiniLM fidelity +1.6e-5 relative (results/nvidia-h200/sea-graph-replay/)
+        if carry is not None:
             q, k = q.float(), k.float()
         if valid is not None:
             v = v * valid[:, None, :, None]
