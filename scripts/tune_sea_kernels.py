@@ -37,7 +37,10 @@ FAVOR = [{}, {"KEY_BLOCK_T": 64}, {"KEY_BLOCK_F": 32}, {"KEY_BLOCK_F": 128}, {"K
          {"QUERY_BLOCK_T": 128}, {"QUERY_BLOCK_F": 64}, {"QUERY_NUM_WARPS": 8}, {"QUERY_BLOCK_T": 32}]
 ROWS = [{}, {"ROWS_PER_PROGRAM": 32}, {"ENTRIES_PER_STEP": 32}, {"ENTRIES_PER_STEP": 128}, {"NUM_WARPS": 8},
         {"NUM_WARPS": 2}, {"ROWS_PER_PROGRAM": 32, "NUM_WARPS": 8}, {"ENTRIES_PER_STEP": 128, "NUM_WARPS": 8},
-        {"HEAD_GROUP": 1}, {"HEAD_GROUP": 4}]
+        {"HEAD_GROUP": 1}, {"HEAD_GROUP": 4},
+        # the forward with P rounded once (pieces=1) runs NUM_WARPS_ONE_PIECE warps (2), not NUM_WARPS
+        {"NUM_WARPS_ONE_PIECE": 1}, {"NUM_WARPS_ONE_PIECE": 4}, {"ENTRIES_PER_STEP": 128, "NUM_WARPS_ONE_PIECE": 4},
+        {"ENTRIES_PER_STEP": 32, "NUM_WARPS_ONE_PIECE": 1}, {"HEAD_GROUP": 2}, {"HEAD_GROUP": 16}]
 # kernels/sea_interp.py's CSR columns kernel (csr_columns_cells on the layer's own mask and row pointers)
 INTERP = [{}, {"ROWS_PER_PROGRAM": 8}, {"ROWS_PER_PROGRAM": 32}, {"NUM_WARPS": 1}, {"NUM_WARPS": 4},
           {"SLOT_BLOCK": 32}, {"SLOT_BLOCK": 128}, {"ROWS_PER_PROGRAM": 8, "NUM_WARPS": 1},
