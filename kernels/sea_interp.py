@@ -7,8 +7,7 @@ row pointers of the CSR lists (row_ptr [R + 1], from the per-row key counts) and
 selected cell contributes n = min(width, k) keys, uniformly spaced: lo + floor(j * width / n) for j < n; a row's
 keys are its cells' keys in cell order (so ascending).
 
-Layout (third version). One 2-warp program per block of ROWS_PER_PROGRAM consecutive time steps of one (b, h) (16
-when this was written, the [16, ...] tiles below; 8 since the twelfth session, measured faster);
+Layout (third version). One 2-warp program per block of ROWS_PER_PROGRAM = 16 consecutive time steps of one (b, h);
 program ids run time-block major (block 0 of every (b, h), then block 1, ...), so the small-t blocks, whose rows
 hold many narrow cells and loop longest, start first and overlap the rest rather than trail it. It loads the block's
 selected flags as one [16, KP] byte tile (contiguous: 1 KiB at K = 64), counts each row's selected cells, and loops
@@ -89,8 +88,9 @@ import triton.language as tl
 
 # Query rows per program: the rows' selected-cell flags are read as one [ROWS_PER_PROGRAM, KP] tile, so a block
 # of rows without a selected cell costs one coalesced load and a reduction.
-ROWS_PER_PROGRAM = 8     # H200, SEA's causal lists: 16k 0.186 -> 0.164 ms, 64k 0.360 -> 0.326 against 16 rows
-# (results/nvidia-h200/sea-graph-replay/call5/, sea-front/call3/)
+# 8 rows timed faster on its own (H200: 16k 0.186 -> 0.164 ms, 64k 0.360 -> 0.326) but not inside SEA's forward
+# (16k 0.183 -> 0.180, 64k 0.363 -> 0.381 ms, A/B in one call: results/nvidia-h200/sea-graph-replay/call6/)
+ROWS_PER_PROGRAM = 16
 # Keys per step of a cell's run (the lane width of the [rows, keys] tile): min(SLOT_BLOCK, next_pow2(k)).
 SLOT_BLOCK = 64
 # Filler entries zeroed per program (entries past row_ptr[-1], up to the capacity).

@@ -117,7 +117,8 @@ HEAD_GROUP = None
 HEAD_GROUP_L2_BYTES = 32 << 20
 # The forward's group when HEAD_GROUP is None (None: the rule above, which the backward kernels keep): one (b, h) at
 # a time measured fastest on an H200 (bf16, SEA's causal lists, pieces=1): 16k 0.518 -> 0.491 ms against the rule's
-# 8 heads, 64k 0.894 -> 0.868 against its 2 (results/nvidia-h200/sea-graph-replay/call5/).
+# 8 heads, 64k 0.894 -> 0.868 against its 2 (results/nvidia-h200/sea-graph-replay/call5/); inside SEA's forward
+# 0.518 -> 0.490 and 0.897 -> 0.869 ms (call6/).
 FORWARD_HEAD_GROUP = 1
 # Tests set this to True: fresh outputs (out, lse) are then filled with NaN so a skipped write fails.
 POISON_OUTPUTS = False
