@@ -326,6 +326,8 @@ class Estimator(nn.Module):
             raise RuntimeError("sea encoder_backend=triton is a forward-only kernel and this call needs gradients "
                                "(training, or forward+backward): use encoder_backend=torch")
         kernel_call = torch.compiler.disable(encoder_forward)            # compile="estimator": not traced
+        if v.dtype not in (torch.float32, torch.bfloat16, torch.float16):    # the kernel reads these exactly
+            v = v.float()
         z16 = ENCODER_Z_16BIT and self.dec_dtype != "fp32" and self.decoder_backend in ("auto", "torch")
         return kernel_call(c_perf, v, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, self.scaler.weight,
                            self.scaler.bias, precision=PRECISIONS[self.precision],

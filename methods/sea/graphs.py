@@ -36,6 +36,8 @@ import torch
 
 # signatures kept per layer (least recently used dropped)
 CACHE_SIZE = 4
+# signatures remembered as seen once (their second call captures); the set is cleared when it reaches this size
+SEEN_LIMIT = 1024
 
 
 @dataclass
@@ -108,6 +110,8 @@ class GraphCache:
             return eager(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
         if entry is None and key not in self.seen:            # first call: compile, autotune, check the inputs
             out = eager(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+            if len(self.seen) >= SEEN_LIMIT:                      # calls of ever new shapes: forget the oldest ones
+                self.seen.clear()
             self.seen.add(key)
             self.last = "eager (first call of this shape)"
             return out
