@@ -53,7 +53,7 @@ NUM_WARPS = None         # None: 4 when 2d <= 128, else 8
 MAX_D = 128
 
 _PRECISIONS = ("tf32x3", "ieee")
-_V_DTYPES = (torch.float32, torch.bfloat16, torch.float16)       # v: 16-bit values are read exactly into fp32
+V_DTYPES = (torch.float32, torch.bfloat16, torch.float16)        # v: 16-bit values are read exactly into fp32
 _Z_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -128,7 +128,7 @@ def encoder_usable(device) -> bool:
 def _check(c_perf, v, lin_w, lin_b, ln_w, ln_b, sc_w, sc_b) -> int:
     named = dict(c_perf=c_perf, v=v, lin_w=lin_w, lin_b=lin_b, ln_w=ln_w, ln_b=ln_b, sc_w=sc_w, sc_b=sc_b)
     check_fp32_tensors("sea encoder", {key: t for key, t in named.items() if key != "v"}, "c_perf")
-    if not isinstance(v, torch.Tensor) or v.dtype not in _V_DTYPES or v.device != c_perf.device:
+    if not isinstance(v, torch.Tensor) or v.dtype not in V_DTYPES or v.device != c_perf.device:
         raise ValueError(f"sea encoder: v must be a float32, bfloat16 or float16 tensor on {c_perf.device}, got "
                          f"{v.dtype if isinstance(v, torch.Tensor) else type(v).__name__}"
                          f"{' on ' + str(v.device) if isinstance(v, torch.Tensor) else ''}")

@@ -241,14 +241,17 @@ def check_pieces(pieces: int | None) -> int:
     return int(pieces)
 
 
-def head_group(BH: int, Tk: int, D: int, elem_bytes: int) -> int:
-    """(b, h) per group of the program order: HEAD_GROUP if set, else the largest divisor of BH whose k and v
+def head_group(BH: int, Tk: int, D: int, elem_bytes: int, *, forward: bool = False) -> int:
+    """(b, h) per group of the program order: HEAD_GROUP if set; else for the forward (forward=True)
+    FORWARD_HEAD_GROUP when set and a divisor of BH; else the largest divisor of BH whose k and v
     (2 Tk D elem_bytes per (b, h)) fit in HEAD_GROUP_L2_BYTES (at least 1)."""
     if HEAD_GROUP is not None:
         g = int(HEAD_GROUP)
         if g < 1 or BH % g:
             raise ValueError(f"HEAD_GROUP={HEAD_GROUP} must be a divisor of B*H={BH}")
         return g
+    if forward and FORWARD_HEAD_GROUP is not None and BH % FORWARD_HEAD_GROUP == 0:
+        return int(FORWARD_HEAD_GROUP)
     fit = max(1, HEAD_GROUP_L2_BYTES // max(1, 2 * Tk * D * elem_bytes))
     return max(d for d in range(1, min(BH, fit) + 1) if BH % d == 0)
 
@@ -304,8 +307,7 @@ def sparse_rows_forward(q, k, v, row_ptr, col, scale: float, *, want_lse: bool =
     lse = fresh((B, H, Tq), torch.float32, q.device, poison=POISON_OUTPUTS) if want_lse else o
     if Tq and B * H:
         ntb = triton.cdiv(Tq, rows)
-        hg = FORWARD_HEAD_GROUP if FORWARD_HEAD_GROUP is not None and HEAD_GROUP is None and \
-            (B * H) % FORWARD_HEAD_GROUP == 0 else head_group(B * H, k.shape[2], D, k.element_size())
+        hg = head_group(B * H, k.shape[2], D, k.element_size(), forward=True)
         if mix is not None:
             cst = c_avg.stride()
             mix_args = (s_prob, s_mix, c_avg, *s_prob.stride()[:3], *s_mix.stride()[:3],

@@ -14,16 +14,4 @@ f=sea:performer_dtype=bf16:estimator_precision=tf32:estimator_dtype=bf16:compile
 bash scripts/device_sweep.sh fwd 420 --device cuda --method-args sea.max_len=65536 --batch 1 --heads 16 \
   --head-dim 64 --dtype bf16 --methods sdpa:backend=cudnn,$f,$f:cuda_graph=65536 --seq-lens 8192,16384,32768,65536 \
   --both-directions --mode fwd --rep-ms 50 --timeout 150 | tail -n 8
-python3 - "$OUT/fwd/rows.jsonl" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-ref = {(r["seq_len"], r["causal"]): r["latency_ms"] for r in rows if r["method"] == "sdpa" and r["status"] == "ok"}
-for r in rows:
-    g = r["config"].get("cuda_graph", "-")
-    lat = r.get("latency_ms") or float("nan")
-    base = ref.get((r["seq_len"], r["causal"]), float("nan"))
-    print(f"{r['method']:5} graph={g!s:6} causal={r['causal']!s:5} T={r['seq_len']:6} {r['status']:6} "
-          f"{lat:8.3f} ms  {lat / base:6.3f}x  mem {(r.get('memory_bytes') or 0) / 2**20:8.1f} MiB  "
-          f"kept {(r.get('extra') or {}).get('retained_memory_bytes', 0) / 2**20:7.1f}  "
-          f"{(r.get('impl') or '')[-36:]} {r.get('reason') or ''}")
-PY
+python3 scripts/ratio_table.py "$OUT/fwd/rows.jsonl"

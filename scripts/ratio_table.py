@@ -3,7 +3,8 @@
     python scripts/ratio_table.py RUN/rows.jsonl [--ref sdpa]
 
 One line per row: method, its cuda_graph option, direction, T, status, median ms, ratio to the reference's median
-at the same (T, direction), error against exact attention and peak memory."""
+at the same (T, direction), error against exact attention, peak memory (with what the module keeps between calls,
+"kept") and the end of its impl string."""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,8 @@ def main(argv=None) -> int:
         print(f"{r['method']:5} graph={r['config'].get('cuda_graph', '-')!s:6} causal={r['causal']!s:5} "
               f"T={r['seq_len']:6} {r['status']:6} {lat:8.3f} ms {lat / base:6.3f}x "
               f"err {r.get('err_rel_l2') or nan:.6f} mem {(r.get('memory_bytes') or 0) / 2**20:7.1f} MiB "
-              f"{r.get('reason') or ''}")
+              f"kept {(r.get('extra') or {}).get('retained_memory_bytes', 0) / 2**20:7.1f} "
+              f"{(r.get('impl') or '')[-36:]} {r.get('reason') or ''}")
     return 0
 
 

@@ -236,15 +236,21 @@ def test_refuses_bad_block_constants(monkeypatch, name, value, match):
 
 
 def test_head_group_fits_l2_budget(monkeypatch):
-    """Auto group: the largest divisor of B*H whose k and v (2 Tk D bytes each) fit in 32 MiB."""
+    """Auto group: the largest divisor of B*H whose k and v (2 Tk D bytes each) fit in 32 MiB (the backward); the
+    forward's FORWARD_HEAD_GROUP where it divides B*H; HEAD_GROUP over both."""
     assert sr.HEAD_GROUP is None and sr.HEAD_GROUP_L2_BYTES == 32 << 20
     assert sr.head_group(16, 65536, 64, 2) == 2                          # 16 MiB per (b, h)
     assert sr.head_group(16, 16384, 64, 2) == 8
     assert sr.head_group(16, 262144, 64, 2) == 1                         # 64 MiB: one at a time
     assert sr.head_group(12, 32768, 64, 2) == 4                          # 5 fit; 4 divides 12
     assert sr.head_group(6, 128, 16, 4) == 6
+    assert sr.FORWARD_HEAD_GROUP == 1                                   # the forward: one (b, h) at a time
+    assert sr.head_group(16, 16384, 64, 2, forward=True) == 1
+    monkeypatch.setattr(sr, "FORWARD_HEAD_GROUP", 3)                    # not a divisor of 16: the L2 rule
+    assert sr.head_group(16, 16384, 64, 2, forward=True) == 8
     monkeypatch.setattr(sr, "HEAD_GROUP", 4)
     assert sr.head_group(16, 128, 16, 4) == 4
+    assert sr.head_group(16, 128, 16, 4, forward=True) == 4             # HEAD_GROUP wins for both
 
 
 @pytest.mark.gpu

@@ -318,7 +318,7 @@ class Estimator(nn.Module):
     def fused_encoder(self, c_perf: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """encoder_backend=triton: z [B, H, T, 2d] and sigmoid scales [B, H, T, 2] by kernels/sea_encoder.py (one
         forward-only kernel, no [T, 3d] concatenation); refused in words when a gradient is needed."""
-        from kernels.sea_encoder import encoder_forward
+        from kernels.sea_encoder import V_DTYPES, encoder_forward
 
         lin, ln = self.enc[0], self.enc[1]
         weights = (lin.weight, lin.bias, ln.weight, ln.bias, self.scaler.weight, self.scaler.bias)
@@ -326,7 +326,7 @@ class Estimator(nn.Module):
             raise RuntimeError("sea encoder_backend=triton is a forward-only kernel and this call needs gradients "
                                "(training, or forward+backward): use encoder_backend=torch")
         kernel_call = torch.compiler.disable(encoder_forward)            # compile="estimator": not traced
-        if v.dtype not in (torch.float32, torch.bfloat16, torch.float16):    # the kernel reads these exactly
+        if v.dtype not in V_DTYPES:                                      # the kernel reads these exactly
             v = v.float()
         z16 = ENCODER_Z_16BIT and self.dec_dtype != "fp32" and self.decoder_backend in ("auto", "torch")
         return kernel_call(c_perf, v, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, self.scaler.weight,

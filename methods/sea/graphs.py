@@ -10,8 +10,8 @@ the flags after the replay is queued, as the eager forward does), copies q, k, v
 graph's static inputs, replays, and returns a copy of the graph's output (the next replay overwrites it). So a
 replay costs four copies of a [B, H, T, D] tensor on top of the kernels: cheap where launches dominate, a loss where
 the kernels do, hence the cap on T (`max_len`). Measured on an H200 (bf16, B=1, H=16, D=64, SEA fast, against cuDNN in
-the same run, results/nvidia-h200/sea-graph-replay/): causal 8k 6.7-11.5x eager -> 2.9x, 16k 2.4-3.2x -> 1.28-1.30x,
-32k 0.52-0.60x -> 0.54x; bidirectional 8k 8.7-13.7x -> 3.2-3.4x, 16k 1.6-3.5x -> 1.36-1.48x (the eager walls vary
+the same run, results/nvidia-h200/sea-graph-replay/): causal 8k 6.7-11.5x eager -> 2.9x, 16k 2.2-3.2x -> 1.28-1.30x,
+32k 0.50-0.83x -> 0.52-0.54x; bidirectional 8k 8.7-13.7x -> 3.2-3.4x, 16k 1.6-3.5x -> 1.36-1.48x (the eager walls vary
 with the lent host, the replayed ones do not); at 64k the replay was 0.1-0.2 ms slower than eager.
 
 Which calls replay: CUDA, no gradient needed (no_grad / inference, or nothing requiring grad), not inside another
@@ -46,8 +46,8 @@ class _Graph:
     inputs: tuple            # static q, k, v, mask (or None)
     out: torch.Tensor        # the graph's output (overwritten by each replay)
 
-    def static_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.inputs, self.out) if t is not None)
+    def input_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.inputs if t is not None)
 
 
 class GraphCache:
@@ -144,7 +144,8 @@ class GraphCache:
         return out
 
     def _capture(self, layer, eager, key, q, k, v, *, causal, key_padding_mask, scale) -> _Graph | str:
-        inputs = tuple(None if t is None else torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+        # filled before each replay (the capture records kernels, it runs none)
+        inputs = tuple(None if t is None else torch.empty(t.shape, dtype=t.dtype, device=t.device)
                        for t in (q, k, v, key_padding_mask))
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
@@ -179,7 +180,7 @@ class GraphCache:
         graphs = [e for e in self.entries.values() if isinstance(e, _Graph)]
         if not graphs:
             return 0
-        static = sum(e.static_bytes() - e.out.numel() * e.out.element_size() for e in graphs)   # out: in the pool
+        static = sum(e.input_bytes() for e in graphs)                     # the output lives in the pool
         pool = sum(s["total_size"] for s in torch.cuda.memory_snapshot() if _seg_pool(s) in self.pool_ids)
         return int(pool + static)
 
