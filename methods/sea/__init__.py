@@ -156,6 +156,16 @@ class _SEABase(Method):
         Option("scaler_input", "shared", "what the s_prob / s_mix head reads: shared (the encoder output, as in the "
                "paper) or detached (the same values, no gradient into the encoder: in distillation the encoder and "
                "decoder then learn from the estimate's own terms only)", choices=("shared", "detached")),
+        Option("shared_keys", 0, "query rows per block sharing one key selection (0: each row its own, the paper's; "
+               "else a power of two >= 16, causal layers with a per-row top-k mode): each block of this many rows "
+               "ranks the cells of A_hat summed over its rows at the block end's geometry and attends the chosen "
+               "cells' keys (those at or before each row), shared_budget times a row's cell budget; on CUDA without "
+               "gradients one tensor-core kernel per block expands the cells itself "
+               "(kernels/sea_shared_attention.py, no CSR lists), elsewhere the per-row CSR lists of the same "
+               "selection (methods/sea/shared.py). An approximation of its own: its cost in quality is measured, "
+               "not assumed (see results/)"),
+        Option("shared_budget", 1.0, "cells a shared-key block attends, as a multiple of one row's top-k budget at "
+               "the block's end (shared_keys > 0)"),
         Option("s_prob", -1.0, "force the s_prob scaler to this value (negative: estimated)"),
         Option("s_mix", -1.0, "force the s_mix scaler to this value (negative: estimated)"),
     )
@@ -184,6 +194,15 @@ class _SEABase(Method):
                                     "CUDA graph (>= 1), or 0 for off")
         if cfg["max_len"] < 1:
             raise MethodConfigError(f"{cls.name}.max_len={cfg['max_len']}: must be >= 1")
+        R = cfg["shared_keys"]
+        if R < 0 or (R and (R < 16 or R & (R - 1))):
+            raise MethodConfigError(f"{cls.name}.shared_keys={R}: query rows per shared-key block, a power of two "
+                                    ">= 16 (or 0 for per-row selection)")
+        if not cfg["shared_budget"] > 0:
+            raise MethodConfigError(f"{cls.name}.shared_budget={cfg['shared_budget']}: must be > 0")
+        if R and (cfg["query_chunk"] or cfg["query_blocks"]):
+            raise MethodConfigError(f"{cls.name}: shared_keys runs over the whole sequence; it does not combine with "
+                                    "query_chunk / query_blocks")
         for key in ("s_prob", "s_mix"):
             if cfg[key] > 1:
                 raise MethodConfigError(f"{cls.name}.{key}={cfg[key]}: a forced scaler lies in [0, 1]")
@@ -238,6 +257,11 @@ class _SEABase(Method):
                                "decoder_backend=torch")
             if cfg["estimator_dtype"] != "fp32":
                 reasons.append(f"{name} runs in fp32; estimator_dtype={cfg['estimator_dtype']}")
+        if cfg["shared_keys"] and not problem.causal:
+            reasons.append(f"shared_keys={cfg['shared_keys']} serves causal layers (per-row top-k modes); "
+                           "bidirectional calls need shared_keys=0")
+        elif cfg["shared_keys"] and r["mode"] not in ("per_query", "causal_per_batch"):
+            reasons.append(f"shared_keys needs a per-row top-k mode (per_query, causal_per_batch); mode={r['mode']}")
         if problem.causal and problem.seq_len > cfg["max_len"]:
             reasons.append(f"seq_len={problem.seq_len} > max_len={cfg['max_len']} (learned V_I rows)")
         return reasons
@@ -265,7 +289,8 @@ class _SEABase(Method):
                            query_blocks=cfg["query_blocks"], mix_backend=cfg["mix_backend"],
                            estimator_precision=cfg["estimator_precision"],
                            sparse_backward=cfg["sparse_backward"], sparse_pieces=cfg["sparse_pieces"],
-                           cuda_graph=cfg["cuda_graph"])
+                           cuda_graph=cfg["cuda_graph"], shared_keys=cfg["shared_keys"],
+                           shared_budget=cfg["shared_budget"])
         return mod.to(problem.device)
 
 

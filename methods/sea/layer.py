@@ -146,7 +146,8 @@ class SEAAttention(AttentionModule):
                  scaler_input: str = "shared", performer_backend: str = "auto", encoder_backend: str = "auto",
                  compile: str = "none", query_chunk: int = 0, decoder_backend: str = "auto",
                  query_blocks: int = 0, mix_backend: str = "auto", estimator_precision: str = "fp32",
-                 sparse_backward: str = "auto", sparse_pieces: int = 3, cuda_graph: int = 0):
+                 sparse_backward: str = "auto", sparse_pieces: int = 3, cuda_graph: int = 0,
+                 shared_keys: int = 0, shared_budget: float = 1.0):
         super().__init__()
         from methods.sea import SPARSE_BACKWARDS, SPARSE_PIECES
         from methods.sea.graphs import GraphCache
@@ -163,6 +164,17 @@ class SEAAttention(AttentionModule):
             raise ValueError(f"query_chunk={query_chunk}, query_blocks={query_blocks}: at most one of them, >= 1 "
                              "(rows per query block, or number of blocks; 0: whole sequence)")
         self.query_chunk, self.query_blocks = query_chunk, query_blocks
+        if shared_keys < 0 or (shared_keys and (shared_keys < 16 or shared_keys & (shared_keys - 1))):
+            raise ValueError(f"shared_keys={shared_keys}: rows per shared-key block, a power of two >= 16 (0: off)")
+        if shared_keys and (not causal or mode not in ("per_query", "causal_per_batch")):
+            raise ValueError(f"shared_keys serves causal layers with a per-row top-k mode; causal={causal}, "
+                             f"mode={mode}")
+        if shared_keys and (query_chunk or query_blocks):
+            raise ValueError("shared_keys runs over the whole sequence; it does not combine with query blocks")
+        if not shared_budget > 0:
+            raise ValueError(f"shared_budget={shared_budget}: must be > 0")
+        # methods/sea/shared.py: blocks of shared_keys query rows share one selection (0: per-row, the paper's)
+        self.shared_keys, self.shared_budget = int(shared_keys), float(shared_budget)
         if mix_backend not in ("auto", "torch", "kernel", "triton"):
             raise ValueError(f"mix backend {mix_backend!r}: expected auto, torch, kernel or triton")
         self.mix_backend = mix_backend
@@ -252,9 +264,15 @@ class SEAAttention(AttentionModule):
                 f"{'interp=triton, ' if self.last_interp == 'triton' else ''}k={self.k}, K={self.K}, "
                 f"{'mix=' + self.last_mix + ', ' if self.last_mix in ('fused', 'kernel') else ''}"
                 f"{'' if self.last_blocks == 'off' else 'query_blocks=' + self.last_blocks + ', '}"
+                f"{self._shared_impl()}"
                 f"nb_features={self.estimator.nb_features}, scalers={sc}, sparse={kernel}"
                 f"{'/pieces=' + str(self._pieces_ran) if kernel == 'triton_rows' and self._pieces_ran != 3 else ''}"
                 f"{'' if self.graphs.max_len == 0 else ', cuda_graph=' + self.graphs.last}]")
+
+    def _shared_impl(self) -> str:
+        if not self.shared_keys:
+            return ""
+        return f"shared_keys={self.shared_keys}x{self.shared_budget:g}, "
 
     # --- stages ---------------------------------------------------------------------------------
     # forward = prepare -> stage_estimator -> stage_topk -> stage_interpolate -> stage_sparse -> stage_mix.
@@ -311,9 +329,15 @@ class SEAAttention(AttentionModule):
         return logits, a_hat, s_prob, s_mix
 
     def stage_topk(self, a_hat, *, causal, valid):
-        """3. grouped top-k -> compressed mask bool [B, H, T, K]."""
+        """3. grouped top-k -> compressed mask bool [B, H, T, K]; with shared_keys = R the blocks' selection
+        bool [B, H, ceil(T / R), K] (methods/sea/shared.py: each block ranks A_hat summed over its rows)."""
         B, H, T, K = a_hat.shape
         self.last_topk = topk_path(self.mode, H=H, K=K, valid=valid, backend=self.topk_backend, device=a_hat.device)
+        if self.shared_keys:
+            from methods.sea.shared import select_blocks
+
+            return select_blocks(a_hat, R=self.shared_keys, mode=self.mode, k=self.k, budget=self.shared_budget,
+                                 backend=self.last_topk)
         return select_topk(a_hat, mode=self.mode, k=self.k, causal=causal, valid=valid, backend=self.last_topk)
 
     def sparse_plan(self, q, k, v, valid) -> tuple[str, str]:
@@ -326,6 +350,8 @@ class SEAAttention(AttentionModule):
 
         backend = self.backend
         grad = needs_grad(q, k, v)
+        if self.shared_keys:
+            return self.shared_plan(q, valid, grad)
         if backend == "auto":                      # rows kernel: 2.0x the row kernel at 64k on an H200 (round 9)
             backend = "triton_rows" if q.is_cuda and (AUTO_ROWS_GRAD or not grad) else (
                 "triton" if triton_usable(q.device) else "torch")
@@ -339,9 +365,40 @@ class SEAAttention(AttentionModule):
             return "csr", "triton (tiled needs no padding mask)"
         return "tiles", "triton_tiled"
 
-    def stage_interpolate(self, mask, *, causal, valid, layout):
+    def shared_plan(self, q, valid, grad: bool) -> tuple[str, str]:
+        """sparse_plan with shared_keys: ('shared', 'triton_shared') (kernels/sea_shared_attention.py reads the
+        blocks' cells) for calls without gradients or padding mask on CUDA, or under Triton's interpreter when backend
+        is triton / triton_rows; else the per-row CSR lists of the same selection on the kernel sparse_plan picks
+        without shared keys (the tiled kernel reads per-row masks: the row kernel runs instead)."""
+        from kernels.sea_sparse_attention import triton_usable
+
+        asked = self.backend in ("triton", "triton_rows") and triton_usable(q.device)
+        if not grad and valid is None and (q.is_cuda or asked):
+            return "shared", "triton_shared"
+        if self.backend == "auto":
+            kernel = "triton_rows" if q.is_cuda else ("triton" if triton_usable(q.device) else "torch")
+        elif self.backend == "triton_tiled":
+            kernel = "triton (tiled reads per-row masks)"
+        else:
+            kernel = self.backend
+        return "csr", kernel
+
+    def stage_interpolate(self, mask, *, causal, valid, layout, T: int | None = None):
         """4. compressed mask -> the sparse kernel's selection: CSR key lists (layout 'csr') or, for the tiled
-        kernel, active key tiles per query block (the kernel re-derives the keys from the mask itself)."""
+        kernel, active key tiles per query block (the kernel re-derives the keys from the mask itself). With
+        shared_keys (mask: the blocks' selection): the cells per block (layout 'shared', the shared kernel expands
+        them; count None, see shared.shared_row_csr for the per-row lists) or the per-row CSR lists."""
+        if self.shared_keys:
+            from methods.sea.shared import shared_cells, shared_row_csr
+
+            T = int(T)                           # the blocks' mask does not give it
+            self.last_interp = "shared"
+            if layout == "shared":
+                cells, ncells = shared_cells(mask)
+                return dict(layout=layout, cells=cells, ncells=ncells, count=None)
+            B, H = mask.shape[:2]
+            row_ptr, col = shared_row_csr(mask, T=T, R=self.shared_keys, k=self.k, valid=valid)
+            return dict(layout=layout, row_ptr=row_ptr, col=col, count=csr_counts(row_ptr, (B, H, T)))
         B, H, T, K = mask.shape
         if layout == "tiles":
             from kernels import sea_sparse_attention as ssa
@@ -370,6 +427,11 @@ class SEAAttention(AttentionModule):
         """5. sparse softmax attention over the selected keys -> (c [B, H, T, D] in q's dtype, what ran)."""
         from kernels import sea_sparse_attention as ssa
 
+        if sel["layout"] == "shared":
+            from kernels.sea_shared_attention import shared_attention
+
+            return shared_attention(q, k, v, sel["cells"], sel["ncells"], rows=self.shared_keys, k_sel=self.k,
+                                    scale=scale, pieces=self.pieces_for(q)), "triton_shared"
         if sel["layout"] == "tiles":
             out = ssa.sparse_attention_tiled(q, k, v, sel["mask"], sel["tiles"], sel["ntiles"], scale,
                                              k_sel=self.k, causal=causal, block_m=sel["block_m"],
@@ -458,8 +520,8 @@ class SEAAttention(AttentionModule):
         kr, vr, valid, scale = self._prepare(q, k, v, causal=causal, key_padding_mask=key_padding_mask,
                                              scale=scale, defer=defer_check)
         logits, a_hat, s_prob, s_mix = self.stage_estimator(q, kr, vr, causal=causal, valid=valid, scale=scale)
-        mask = self.stage_topk(a_hat, causal=causal, valid=valid)        # bool [B, H, T, K]
-        sel = self.stage_interpolate(mask, causal=causal, valid=valid, layout=layout)
+        mask = self.stage_topk(a_hat, causal=causal, valid=valid)        # bool [B, H, T, K] (shared: [B, H, NB, K])
+        sel = self.stage_interpolate(mask, causal=causal, valid=valid, layout=layout, T=q.shape[2])
         aux = dict(logits=logits, a_hat=a_hat, mask=mask, row_ptr=sel.get("row_ptr"), col=sel.get("col"),
                    count=sel["count"], s_prob=s_prob, s_mix=s_mix, scale=scale, valid=valid)
         return aux, sel, vr
@@ -718,8 +780,9 @@ class SEAAttention(AttentionModule):
             ms.update({f"est_{name}": t for name, t in parts.items()})
         mask = self.stage_topk(a_hat, causal=causal, valid=None)
         ms["topk"] = timer(lambda: self.stage_topk(a_hat, causal=causal, valid=None))
-        sel = self.stage_interpolate(mask, causal=causal, valid=None, layout=layout)
-        ms["interpolate"] = timer(lambda: self.stage_interpolate(mask, causal=causal, valid=None, layout=layout))
+        T = q.shape[2]
+        sel = self.stage_interpolate(mask, causal=causal, valid=None, layout=layout, T=T)
+        ms["interpolate"] = timer(lambda: self.stage_interpolate(mask, causal=causal, valid=None, layout=layout, T=T))
         if self.mix_fused(q, k, v, layout=layout, kernel=kernel, valid=None, causal=causal):
             # one kernel attends and mixes: "sparse_attention" is that kernel, "mix" the average context it reads
             self.last_mix = "fused"
@@ -751,7 +814,7 @@ class SEAAttention(AttentionModule):
             kr, vr, valid, scale = self._prepare(q, k, v, causal=causal, key_padding_mask=None, scale=None)
             _, a_hat, s_prob, s_mix = self.stage_estimator(q, kr, vr, causal=causal, valid=valid, scale=scale)
             mask = self.stage_topk(a_hat.detach(), causal=causal, valid=None)
-            sel = self.stage_interpolate(mask, causal=causal, valid=None, layout=layout)
+            sel = self.stage_interpolate(mask, causal=causal, valid=None, layout=layout, T=q.shape[2])
             c, ran = self.stage_sparse(q, k, v, sel, causal=causal, scale=scale, kernel=kernel)
             mix_in = [t.detach().requires_grad_() for t in (c, a_hat, s_prob, s_mix, vr)]
             out, _, _ = self.stage_mix(*mix_in, causal=causal, valid=None, out_dtype=q.dtype)
@@ -794,7 +857,12 @@ class SEAAttention(AttentionModule):
         rows = torch.as_tensor(rows, device=q.device).long()
         kr = repeat_kv(k, H).float()
         s = (q[:, :, rows].float() @ kr.transpose(-1, -2)) * aux["scale"]   # [B, H, R, T]
-        sel = csr_to_dense(aux["row_ptr"], aux["col"], (B, H, T), T, rows=rows)   # bool [B, H, R, T]
+        row_ptr, col = aux["row_ptr"], aux["col"]
+        if row_ptr is None and self.shared_keys:  # shared_keys on its kernel: the per-row lists of its selection
+            from methods.sea.shared import shared_row_csr
+
+            row_ptr, col = shared_row_csr(aux["mask"], T=T, R=self.shared_keys, k=self.k, valid=aux["valid"])
+        sel = csr_to_dense(row_ptr, col, (B, H, T), T, rows=rows)       # bool [B, H, R, T]
         p = torch.nan_to_num(torch.softmax(s.masked_fill(~sel, float("-inf")), -1), nan=0.0)
         s_prob, s_mix = aux["s_prob"][:, :, rows], aux["s_mix"][:, :, rows]   # [B, H, R, 1]
         if causal:

@@ -1,0 +1,167 @@
+"""Causal sparse attention where each block of R query rows attends one key set made of compressed cells.
+
+What: q [B, H, T, D], k, v [B, Hkv, T, D] (GQA: head h reads kv head h // (H / Hkv)), cells int32 [B*H*NB, KC] and
+ncells int32 [B*H*NB] (NB = ceil(T / R); per (b, h, block j) the ids of its selected cells, ascending, in the first
+ncells slots). Block j holds query rows [j R, min(T, (j+1) R)) and its geometry is L_j = min(T, (j+1) R): cell c spans
+keys [lo, hi) = [floor((2 c L_j + KC) / (2 KC)), floor((2 (c+1) L_j + KC) / (2 KC))) and contributes n = min(hi - lo,
+k_sel) keys lo + floor(i (hi - lo) / n), i < n (methods/sea/interp.py's rule), of which those before the block's
+first row j R count; then the block's own keys j R .. t. Row t attends
+    out[t] = sum_key softmax(q_t . k_key * scale) v_key      (renormalised over those keys; at least key t)
+fp32 arithmetic (score products of 16-bit inputs are exact in fp32; P v by kernels/sea_sparse_rows.py's pieces),
+out in q's dtype. The per-row CSR form of the same selection (methods/sea/shared.py: shared_row_csr) run through
+any of the CSR kernels gives the same function: that is what the tests compare against.
+
+Why: SEA's per-row selection makes the sparse kernel a gather (kernels/sea_sparse_rows.py walks ~10M scattered
+(row, key) entries at T = 16k causal). With a shared selection a program loads each selected key once for its R rows
+and the score and P v products are [R, BN] x [BN, D] tiles on tensor cores, with no CSR lists at all: the cells are
+expanded to keys in the kernel.
+
+Layout: one program per (b, h, block); the loop over its cells, and inside a cell over chunks of BN keys (one chunk
+when k_sel <= BN), then one [R, R] causal tile of the block's own keys, with an online softmax (running max and
+normaliser per row; `_tile`).
+"""
+from __future__ import annotations
+
+import torch
+
+from kernels._buffers import pow2_block
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:                                                      # pragma: no cover - triton is a dependency
+    triton = None
+
+# keys per loop step (the N of the score tile); a power of two >= 16
+BLOCK_N = 64
+NUM_WARPS = 4
+
+
+if triton is not None:
+    from kernels.sea_sparse_rows import _split_dot
+
+    @triton.jit
+    def _tile(q, kbase, vbase, key, kmask, t, m_i, l_i, acc, scale, skt, svt, offs_d, dmask,
+              FP32: tl.constexpr, EMU: tl.constexpr, PIECES: tl.constexpr):
+        """One step of the online softmax: the keys `key` [N] (where kmask, and <= each row's t) against q [R, D]."""
+        kt = tl.load(kbase + key[None, :] * skt + offs_d[:, None],
+                     mask=kmask[None, :] & dmask[:, None], other=0.0)    # [BLOCK_D, N]
+        vt = tl.load(vbase + key[:, None] * svt + offs_d[None, :],
+                     mask=kmask[:, None] & dmask[None, :], other=0.0)    # [N, BLOCK_D]
+        if FP32:
+            s = tl.dot(q, kt, input_precision="ieee")
+        elif EMU:                                                        # interpreter: exact products, fp32 sums
+            s = tl.dot(q.to(tl.float32), kt.to(tl.float32), input_precision="ieee")
+        else:
+            s = tl.dot(q, kt)                                            # [R, N] fp32 sums of exact products
+        ok = kmask[None, :] & (key[None, :] <= t[:, None])
+        s = tl.where(ok, s * scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)           # rows with no key yet: all terms 0
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if FP32:
+            acc = tl.dot(p, vt, acc * alpha[:, None], input_precision="ieee")
+        else:
+            acc = _split_dot(p, vt, acc * alpha[:, None], EMU, PIECES)
+        return m_new, l_i, acc
+
+    @triton.jit
+    def _shared_fwd_kernel(Q, K, V, CELLS, NCELLS, O, scale,
+                           sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
+                           H, T, D, GROUP, NB, KSEL,
+                           KC: tl.constexpr, R: tl.constexpr, BN: tl.constexpr, BLOCK_D: tl.constexpr,
+                           FP32: tl.constexpr, EMU: tl.constexpr, PIECES: tl.constexpr):
+        pid = tl.program_id(0).to(tl.int64)
+        j = pid % NB
+        bh = pid // NB
+        b = bh // H
+        h = bh % H
+        hk = h // GROUP
+        t = j * R + tl.arange(0, R)                                      # [R] int64 query rows
+        rmask = t < T
+        L = tl.minimum((j + 1) * R, T)                                   # the block's geometry
+        offs_d = tl.arange(0, BLOCK_D)
+        dmask = offs_d < D
+        q = tl.load(Q + b * sqb + h * sqh + t[:, None] * sqt + offs_d[None, :],
+                    mask=rmask[:, None] & dmask[None, :], other=0.0)
+        kbase = K + b * skb + hk * skh
+        vbase = V + b * svb + hk * svh
+        offs_n = tl.arange(0, BN)
+        m_i = tl.full([R], float("-inf"), tl.float32)
+        l_i = tl.zeros([R], dtype=tl.float32)
+        acc = tl.zeros([R, BLOCK_D], dtype=tl.float32)
+        start = j * R                                                    # cells give keys before the block
+        n_cells = tl.load(NCELLS + pid)
+        for i in range(0, n_cells):
+            c = tl.load(CELLS + pid * KC + i).to(tl.int64)
+            lo = (2 * c * L + KC) // (2 * KC)
+            w = (2 * (c + 1) * L + KC) // (2 * KC) - lo
+            n = tl.minimum(w, KSEL)
+            for j0 in range(0, n, BN):
+                jj = j0 + offs_n                                         # [BN] key slots of the cell
+                key = lo + (jj * w) // tl.maximum(n, 1)                  # [BN] key positions
+                kmask = (jj < n) & (key < start)
+                m_i, l_i, acc = _tile(q, kbase, vbase, key, kmask, t, m_i, l_i, acc, scale, skt, svt, offs_d, dmask,
+                                      FP32, EMU, PIECES)
+        own = start + tl.arange(0, R)                                    # the block's own keys, each row's <= t
+        m_i, l_i, acc = _tile(q, kbase, vbase, own, own < T, t, m_i, l_i, acc, scale, skt, svt, offs_d, dmask,
+                              FP32, EMU, PIECES)
+        out = tl.where(l_i[:, None] > 0, acc / tl.where(l_i > 0, l_i, 1.0)[:, None], 0.0)
+        tl.store(O + b * sob + h * soh + t[:, None] * sot + offs_d[None, :], out.to(O.dtype.element_ty),
+                 mask=rmask[:, None] & dmask[None, :])
+
+
+def check_shared_inputs(q, k, v, cells, ncells, R: int) -> None:
+    """Shapes, dtypes and devices of shared_attention's inputs (ValueError naming what is wrong)."""
+    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
+        raise ValueError(f"shared attention: q [B, H, T, D], k = v [B, Hkv, T, D]; got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    B, H, T, D = q.shape
+    if k.shape[0] != B or k.shape[2] != T or k.shape[3] != D or H % k.shape[1]:
+        raise ValueError(f"shared attention: k, v {tuple(k.shape)} do not match q {tuple(q.shape)} (B, T, D equal, "
+                         "H a multiple of Hkv)")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"shared attention: q, k, v of one dtype among fp32 / fp16 / bf16; got {q.dtype}, "
+                         f"{k.dtype}, {v.dtype}")
+    if R < 16 or R & (R - 1):
+        raise ValueError(f"shared attention: rows per block {R} must be a power of two >= 16")
+    NB = -(-T // R)
+    if cells.dim() != 2 or cells.shape[0] != B * H * NB or ncells.shape != (B * H * NB,):
+        raise ValueError(f"shared attention: cells [B*H*NB, KC] and ncells [B*H*NB] with B*H*NB = {B * H * NB}; "
+                         f"got {tuple(cells.shape)}, {tuple(ncells.shape)}")
+    if cells.dtype != torch.int32 or ncells.dtype != torch.int32:
+        raise ValueError(f"shared attention: cells and ncells int32; got {cells.dtype}, {ncells.dtype}")
+    for name, x in (("k", k), ("v", v), ("cells", cells), ("ncells", ncells)):
+        if x.device != q.device:
+            raise ValueError(f"shared attention: {name} on {x.device}, q on {q.device}")
+
+
+def shared_attention(q, k, v, cells, ncells, *, rows: int, k_sel: int, scale: float, pieces: int = 3
+                     ) -> torch.Tensor:
+    """out [B, H, T, D] in q's dtype (see the module docstring). Forward only: inputs that require grad are refused
+    (the per-row CSR kernels carry the backward). pieces: kernels/sea_sparse_rows.py's P v precision for 16-bit
+    inputs (3: fp32 accuracy, 1: P rounded once)."""
+    if triton is None:
+        raise RuntimeError("shared attention needs Triton")
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        raise RuntimeError("shared_attention is forward-only (no autograd); run under torch.no_grad() or use the "
+                           "per-row CSR lists (methods/sea/shared.py: shared_row_csr) with a CSR kernel")
+    if pieces not in (1, 2, 3):
+        raise ValueError(f"pieces={pieces!r}: expected 1, 2 or 3")
+    check_shared_inputs(q, k, v, cells, ncells, rows)
+    B, H, T, D = q.shape
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    cells, ncells = cells.contiguous(), ncells.contiguous()
+    out = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
+    NB = -(-T // rows)
+    if B * H * NB and D:
+        _shared_fwd_kernel[(B * H * NB,)](
+            q, k, v, cells, ncells, out, float(scale),
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            H, T, D, H // k.shape[1], NB, int(k_sel),
+            KC=cells.shape[1], R=rows, BN=BLOCK_N, BLOCK_D=pow2_block(D), FP32=q.dtype == torch.float32,
+            EMU=q.device.type != "cuda", PIECES=pieces, num_warps=NUM_WARPS)
+    return out

@@ -1,0 +1,216 @@
+"""Shared-key selection (option `shared_keys`): blocks of query rows that attend one key set, chosen for the block.
+
+The paper's SEA picks cells per query row: each row t ranks the K cells of its own estimate row A_hat[t] (cell c of
+row t spans keys [round(c L_t / K), round((c+1) L_t / K)), L_t = t + 1) and attends min(width, k) keys spread over
+each selected cell (methods/sea/interp.py). Its sparse attention gathers every row's own keys (~38 a row at T = 16k,
+few of them shared by neighbouring rows), which makes that kernel a gather of scattered rows, not a matrix product.
+
+Here the rows of a block j = [j R, min(T, (j+1) R)) (R = shared_keys) share one selection:
+  * geometry: the block's end, L_j = min(T, (j+1) R), for all its rows (cell c spans [round(c L_j / K),
+    round((c+1) L_j / K))). A cell is eligible when it holds a key before the block's first row j R.
+  * score of a block cell (SCORE_POOL): "rebin" (default) adds A_hat[t, c] of each row t of the block into the
+    block cell that holds the middle key of row t's cell c (A_hat rows use their own geometry L_t = t + 1; at
+    t << K R the two geometries differ by several cells); "sum" adds it into block cell c. On SmolLM2's real q/k/v
+    with the oracle estimate (T = 2048, R = 64, per-row budget) rebin took the mean error 0.73 -> 0.54 before the
+    own keys below were added (results/cpu/sea-shared-keys/).
+  * budget: the per-row budget of topk.budgets at L_j times `budget` (float), rounded half up:
+    causal_per_batch n_j = clamp(round(budget H k K / L_j), 1, H K) cells of the block's H x K (all heads),
+    per_query n_j = clamp(round(budget k K / L_j), 1, K) of each head's K. Ties go to the lowest index (a stable
+    sort; kernels/sea_topk.py's select_rows breaks them alike on CUDA).
+  * keys: of a selected cell, interp.py's rule at L_j (min(width, k) keys at lo + floor(i width / n)) restricted to
+    keys before j R; and the block's own keys j R .. t for row t (an R x R causal tile). The per-row selection
+    always holds a row's latest cell (in causal language models the heaviest); a block's shared cells cannot hold
+    every row's, so the block attends its own keys densely (oracle, same data: 0.54 -> 0.38 at budget 1).
+Every row attends at least itself. This is an approximation of its own, not an identity of SEA's: its fidelity is
+measured (results/cpu/sea-shared-keys/), and the speed it buys (results/nvidia-h200/).
+
+Layouts: `shared_cells` gives the selected cell ids per (b, h, block) ascending, padded to K (int32 [B*H*NB, K]) and
+their counts: what kernels/sea_shared_attention.py reads. `shared_row_csr` expands the selection to interp.py's
+per-row CSR lists (the block's cell keys before it, then its own keys up to the row): the path for calls with
+gradients, on CPU and for padding masks (padded keys dropped), and the exact re-statement the kernel is tested
+against (besides `shared_dense_mask`, a plain loop).
+"""
+from __future__ import annotations
+
+import torch
+
+from methods.sea.interp import cell_bounds
+
+SHARED_MODES = ("per_query", "causal_per_batch")
+
+
+def block_ends(T: int, R: int, device) -> torch.Tensor:
+    """int64 [NB]: L_j = min(T, (j + 1) R), the geometry of each block of R query rows."""
+    NB = -(-T // R)
+    return ((torch.arange(NB, device=device) + 1) * R).clamp(max=T)
+
+
+# How block_scores pools the block's rows: "sum" adds A_hat[t, c] into the block's cell c; "rebin" adds it into the
+# block cell holding the middle key of row t's cell c (the row's geometry L_t = t + 1 moved to the block's L_j).
+SCORE_POOL = "rebin"
+POOLS = ("sum", "rebin")
+
+
+def rebin_index(T: int, R: int, K: int, device) -> torch.Tensor:
+    """int64 [T, K]: for row t's cell c (row geometry), the flat block cell j K + c' (block geometry L_j) holding the
+    cell's middle key; a cell of width 0 maps to where its edge falls."""
+    L = torch.arange(1, T + 1, device=device)[None]                      # [1, T]
+    lo, hi = cell_bounds(L, K)                                           # [1, T, K]
+    mid = torch.div(lo + torch.clamp(hi - 1, min=lo), 2, rounding_mode="floor")[0]   # [T, K]
+    j = torch.arange(T, device=device) // R                              # [T]
+    edges_lo, _ = cell_bounds(block_ends(T, R, device)[None], K)         # [1, NB, K]
+    c = torch.searchsorted(edges_lo[0][j].contiguous(), mid.contiguous(), right=True) - 1   # [T, K]
+    return j[:, None] * K + c.clamp(0, K - 1)
+
+
+def block_scores(a_hat: torch.Tensor, R: int, pool: str | None = None) -> torch.Tensor:
+    """A_hat [B, H, T, K] -> float32 [B, H, NB, K]: each block's rows pooled per cell (SCORE_POOL, or `pool`)."""
+    pool = SCORE_POOL if pool is None else pool
+    if pool not in POOLS:
+        raise ValueError(f"block score pooling {pool!r}: expected one of {POOLS}")
+    B, H, T, K = a_hat.shape
+    NB = -(-T // R)
+    a = a_hat.detach().float()
+    if pool == "rebin":
+        idx = rebin_index(T, R, K, a.device).reshape(1, 1, T * K).expand(B, H, T * K)
+        out = torch.zeros(B, H, NB * K, dtype=torch.float32, device=a.device)
+        return out.scatter_add_(-1, idx, a.reshape(B, H, T * K)).view(B, H, NB, K)
+    if NB * R != T:                                                      # the last block is short: zero rows
+        a = torch.nn.functional.pad(a, (0, 0, 0, NB * R - T))
+    return a.view(B, H, NB, R, K).sum(3)
+
+
+def block_budgets(mode: str, ends: torch.Tensor, *, k: int, K: int, H: int, budget: float) -> torch.Tensor:
+    """int64 [NB] cells per block group (topk.budgets' per-row rule at L_j, times `budget`)."""
+    L = ends.clamp(min=1).double()
+    if mode == "per_query":
+        return torch.floor(budget * k * K / L + 0.5).long().clamp(1, K)
+    if mode == "causal_per_batch":
+        return torch.floor(budget * H * k * K / L + 0.5).long().clamp(1, H * K)
+    raise ValueError(f"shared_keys: top-k mode {mode!r} is not a per-row mode; expected one of {SHARED_MODES}")
+
+
+def eligible_widths(T: int, R: int, K: int, device) -> torch.Tensor:
+    """int64 [NB, K]: the width of each block cell (block geometry), 0 where the cell is empty or holds no key before
+    the block's first row (those keys are the block's own, attended anyway): the cells a block may select."""
+    ends = block_ends(T, R, device)
+    lo, hi = cell_bounds(ends[None], K)                                  # [1, NB, K]
+    starts = (torch.arange(ends.numel(), device=device) * R)[:, None]   # [NB, 1]
+    return torch.where(lo[0] < starts, hi[0] - lo[0], 0)
+
+
+def select_blocks(a_hat: torch.Tensor, *, R: int, mode: str, k: int, budget: float, backend: str = "torch"
+                  ) -> torch.Tensor:
+    """bool [B, H, NB, K]: the cells each block of R query rows attends (causal). backend 'triton': the top-k kernel
+    of kernels/sea_topk.py on the block scores (CUDA), 'torch': a stable sort; same selection (lowest index first
+    among ties)."""
+    B, H, T, K = a_hat.shape
+    scores = block_scores(a_hat, R)                                      # [B, H, NB, K]
+    ends = block_ends(T, R, a_hat.device)                                # [NB]
+    width = eligible_widths(T, R, K, a_hat.device)                      # [NB, K]
+    n = block_budgets(mode, ends, k=k, K=K, H=H, budget=budget)          # [NB]
+    g = H if mode == "causal_per_batch" else 1
+    if backend == "triton":
+        from kernels.sea_topk import select_rows
+
+        return select_rows(scores, width, n, heads_per_group=g)
+    NB = scores.shape[2]
+    x = scores.masked_fill(~(width > 0)[None, None] | torch.isnan(scores), float("-inf"))
+    x = x.view(B, H // g, g, NB, K).permute(0, 1, 3, 2, 4).reshape(B, H // g, NB, g * K)
+    order = torch.sort(x, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(g * K, device=x.device).expand_as(order).contiguous())
+    sel = (rank < n.view(1, 1, NB, 1)) & (x > float("-inf"))
+    return sel.view(B, H // g, NB, g, K).permute(0, 1, 3, 2, 4).reshape(B, H, NB, K)
+
+
+def shared_cells(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bool [B, H, NB, K] -> (cells int32 [B*H*NB, K]: the selected cell ids ascending, then filler 0;
+    ncells int32 [B*H*NB]). No host sync (scatter into a spare slot)."""
+    B, H, NB, K = sel.shape
+    s = sel.reshape(-1, K)
+    pos = s.to(torch.int32).cumsum(-1) - 1                               # slot of each selected cell
+    slot = torch.where(s, pos.long(), K)                                 # unselected -> the spare slot K
+    cells = torch.zeros(s.shape[0], K + 1, dtype=torch.int32, device=sel.device)
+    ids = torch.arange(K, dtype=torch.int32, device=sel.device).expand_as(s)
+    cells.scatter_(-1, slot, ids)
+    return cells[:, :K].contiguous(), s.sum(-1, dtype=torch.int32)
+
+
+def block_key_lists(sel: torch.Tensor, *, T: int, R: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys of each (b, h, block), ascending: (ptr int64 [B*H*NB + 1], keys int64 [nnz]). Host sync."""
+    B, H, NB, K = sel.shape
+    dev = sel.device
+    ends = block_ends(T, R, dev)
+    lo, hi = cell_bounds(ends[None], K)                                  # [1, NB, K]
+    width = (hi - lo)[0]                                                 # [NB, K]
+    n_cell = width.clamp(max=k)
+    pair = torch.nonzero((sel & (n_cell > 0)).reshape(-1)).squeeze(1)    # (b, h, j, c) flat: blocks, cells ascending
+    jc = pair % (NB * K)
+    n_p, lo_p, w_p = n_cell.reshape(-1)[jc], lo.reshape(-1)[jc], width.reshape(-1)[jc]
+    e_pair = torch.repeat_interleave(torch.arange(pair.numel(), device=dev), n_p)
+    first = torch.cumsum(n_p, 0) - n_p
+    off = torch.arange(e_pair.numel(), device=dev) - first[e_pair]
+    keys = lo_p[e_pair] + torch.div(off * w_p[e_pair], n_p[e_pair], rounding_mode="floor")
+    blk = pair[e_pair] // K                                              # flat (b, h, j) of each key
+    ptr = torch.zeros(B * H * NB + 1, dtype=torch.int64, device=dev)
+    ptr[1:] = torch.cumsum(torch.bincount(blk, minlength=B * H * NB), 0)
+    return ptr, keys
+
+
+def shared_row_csr(sel: torch.Tensor, *, T: int, R: int, k: int, valid: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row CSR lists (interp.py's format: row_ptr int64 [B*H*T + 1], col int32, keys ascending) of the shared
+    selection: row t of block j gets its block's cell keys before j R, then the keys j R .. t (with a padding mask
+    valid [B, T]: only valid keys). Host syncs; O(entries) memory."""
+    B, H, NB, K = sel.shape
+    dev = sel.device
+    ptr, keys = block_key_lists(sel, T=T, R=R, k=k)
+    blk_of = torch.repeat_interleave(torch.arange(B * H * NB, device=dev), ptr[1:] - ptr[:-1])
+    early = keys < (blk_of % NB) * R                                     # cell keys before the block
+    own = torch.arange(T, device=dev)                                    # the block's own keys: j R + i < T
+    own_blk = torch.arange(B * H, device=dev)[:, None] * NB + (own // R)[None]   # [B*H, T]
+    keys = torch.cat([keys[early], own.expand_as(own_blk).reshape(-1)])
+    blk_of = torch.cat([blk_of[early], own_blk.reshape(-1)])
+    if valid is not None:
+        keep = valid.to(torch.bool)[blk_of // (H * NB), keys]
+        keys, blk_of = keys[keep], blk_of[keep]
+    order = torch.argsort(blk_of * T + keys)                             # blocks, then keys ascending
+    keys, blk_of = keys[order], blk_of[order]
+    ptr = torch.zeros(B * H * NB + 1, dtype=torch.int64, device=dev)
+    ptr[1:] = torch.cumsum(torch.bincount(blk_of, minlength=B * H * NB), 0)
+    glob = blk_of * T + keys
+    t = torch.arange(T, device=dev)
+    row_blk = torch.arange(B * H, device=dev)[:, None] * NB + (t // R)[None]   # [B*H, T] block of each row
+    upto = torch.searchsorted(glob, (row_blk * T + t[None]).reshape(-1), right=True)   # entries <= (block, t)
+    start = ptr[row_blk.reshape(-1)]
+    counts = upto - start                                                # [B*H*T] keys of each row
+    row_ptr = torch.zeros(B * H * T + 1, dtype=torch.int64, device=dev)
+    row_ptr[1:] = torch.cumsum(counts, 0)
+    e_row = torch.repeat_interleave(torch.arange(B * H * T, device=dev), counts)
+    off = torch.arange(e_row.numel(), device=dev) - row_ptr[e_row]
+    col = keys[start[e_row] + off]
+    return row_ptr, col.to(torch.int32).contiguous()
+
+
+def shared_dense_mask(sel: torch.Tensor, *, T: int, R: int, k: int) -> torch.Tensor:
+    """bool [B, H, T, T]: the same selection as a dense key mask, built the plain way (tests; O(T^2))."""
+    B, H, NB, K = sel.shape
+    dense = torch.zeros(B, H, T, T, dtype=torch.bool, device=sel.device)
+    ends = block_ends(T, R, sel.device).tolist()
+    for j, L in enumerate(ends):
+        for c in range(K):
+            lo, hi = (2 * c * L + K) // (2 * K), (2 * (c + 1) * L + K) // (2 * K)
+            n = min(hi - lo, k)
+            if n <= 0:
+                continue
+            cols = [lo + (i * (hi - lo)) // n for i in range(n)]
+            for b in range(B):
+                for h in range(H):
+                    if sel[b, h, j, c]:
+                        dense[b, h, j * R:L, cols] = True
+    starts = (torch.arange(T, device=sel.device) // R) * R               # [T] first row of each row's block
+    keys = torch.arange(T, device=sel.device)
+    dense &= keys[None, :] < starts[:, None]                             # cells: keys before the block only
+    dense |= (keys[None, :] >= starts[:, None]) & (keys[None, :] <= keys[:, None])   # the block's own keys <= row
+    return dense

@@ -1,0 +1,270 @@
+"""Shared-key selection (sea.shared_keys; methods/sea/shared.py, kernels/sea_shared_attention.py).
+
+The selection against a plain re-statement (per-block loops over cells, a dense T x T mask), the budgets it spends,
+the tensor-op and kernel top-k agreeing, the per-row CSR lists equal to the dense mask (with and without a padding
+mask), the kernel (Triton under TRITON_INTERPRET=1 on CPU) against the gather path on those lists and against a
+float64 masked softmax, and the layer's two paths (kernel, per-row lists) giving one output, with option checks."""
+import math
+
+import pytest
+import torch
+
+from kernels.sea_shared_attention import shared_attention
+from kernels.sea_sparse_attention import sparse_attention_torch
+from methods.sea.interp import cell_bounds, csr_to_dense
+from methods.sea.shared import (block_budgets, block_ends, block_scores, select_blocks, shared_cells,
+                                shared_dense_mask, shared_row_csr)
+from tests.helpers import gaussian_qkv, sea_case
+from tests.test_sea_sparse_rows import assert_within_one_ulp
+
+B, H, HKV, D = 2, 4, 2, 32
+
+
+def estimate(T, K, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, H, T, K, generator=g)
+
+
+@pytest.mark.parametrize("mode", ["causal_per_batch", "per_query"])
+@pytest.mark.parametrize("T,R,K,k,budget", [(150, 32, 16, 4, 1.0), (96, 16, 8, 16, 2.5), (64, 64, 16, 2, 0.5)])
+def test_selection_spends_the_budget_on_the_highest_block_scores(mode, T, R, K, k, budget):
+    a = estimate(T, K)
+    sel = select_blocks(a, R=R, mode=mode, k=k, budget=budget)           # [B, H, NB, K]
+    NB = -(-T // R)
+    assert sel.shape == (B, H, NB, K)
+    scores = block_scores(a, R)
+    ends = block_ends(T, R, "cpu")
+    assert ends.tolist() == [min(T, (j + 1) * R) for j in range(NB)]
+    lo, hi = cell_bounds(ends[None], K)
+    width = torch.where(lo[0] < torch.arange(NB)[:, None] * R, hi[0] - lo[0], 0)   # [NB, K] cells with early keys
+    n = block_budgets(mode, ends, k=k, K=K, H=H, budget=budget)
+    for b in range(B):
+        for j in range(NB):
+            groups = [list(range(H))] if mode == "causal_per_batch" else [[h] for h in range(H)]
+            want_n = round(budget * (H if mode == "causal_per_batch" else 1) * k * K / int(ends[j]) + 1e-9)
+            for heads in groups:
+                cap = len(heads) * K
+                assert int(n[j]) == max(1, min(cap, int(math.floor(budget * len(heads) * k * K / int(ends[j]) + 0.5))))
+                assert want_n >= 0
+                s = torch.stack([scores[b, h, j] for h in heads]).reshape(-1)   # group's candidates
+                w = torch.stack([width[j] for _ in heads]).reshape(-1)
+                chosen = torch.stack([sel[b, h, j] for h in heads]).reshape(-1)
+                eligible = int((w > 0).sum())
+                assert int(chosen.sum()) == min(int(n[j]), eligible)
+                assert not chosen[w == 0].any()
+                if chosen.any() and (~chosen & (w > 0)).any():             # every chosen score >= every other
+                    assert s[chosen].min() >= s[~chosen & (w > 0)].max()
+
+
+def test_block_scores_pool_the_rows_of_each_block_and_a_short_last_block():
+    T, R, K = 70, 32, 8                                                  # blocks [0, 32), [32, 64), [64, 70)
+    a = estimate(T, K)
+    s = block_scores(a, R, pool="sum")
+    torch.testing.assert_close(s[:, :, 1], a[:, :, 32:64].sum(2))
+    torch.testing.assert_close(s[:, :, 2], a[:, :, 64:].sum(2))
+    # rebin: row t's cell c goes to the block cell (geometry L_j) holding the cell's middle key, by a plain loop
+    want = torch.zeros(B, H, 3, K, dtype=torch.float64)
+    for t in range(T):
+        j, L = t // R, min(T, (t // R + 1) * R)
+        for c in range(K):
+            lo, hi = (2 * c * (t + 1) + K) // (2 * K), (2 * (c + 1) * (t + 1) + K) // (2 * K)
+            mid = (lo + max(hi - 1, lo)) // 2
+            edges = [(2 * e * L + K) // (2 * K) for e in range(K)]
+            cb = max(e for e in range(K) if edges[e] <= mid)
+            want[:, :, j, cb] += a[:, :, t, c].double()
+    torch.testing.assert_close(block_scores(a, R, pool="rebin").double(), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="pooling"):
+        block_scores(a, R, pool="max")
+
+
+def test_ties_go_to_the_lowest_index_and_the_first_block_selects_nothing(monkeypatch):
+    import methods.sea.shared as shared
+
+    monkeypatch.setattr(shared, "SCORE_POOL", "sum")                      # equal rows: every block cell tied
+    sel = select_blocks(torch.ones(1, 2, 48, 8), R=16, mode="per_query", k=2, budget=1.0)
+    assert not sel[:, :, 0].any()                                         # block 0: no key before it
+    assert sel[0, 0, 1].nonzero().flatten().tolist() == [0]               # n = round(2 * 8 / 32) = 1
+    assert sel[0, 1, 2].nonzero().flatten().tolist() == [0]
+
+
+@pytest.mark.parametrize("mode", ["causal_per_batch", "per_query"])
+def test_topk_kernel_selects_like_the_stable_sort(mode):
+    pytest.importorskip("triton")
+    a = estimate(150, 16, seed=3)
+    a[:, :, :, 4:8] = a[:, :, :, :4]                                     # exact ties, as the causal decoder makes
+    want = select_blocks(a, R=32, mode=mode, k=4, budget=1.5, backend="torch")
+    got = select_blocks(a, R=32, mode=mode, k=4, budget=1.5, backend="triton")
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("T,R,K,k", [(150, 32, 16, 4), (96, 16, 8, 16), (40, 16, 16, 64)])
+def test_row_lists_equal_the_dense_restatement(T, R, K, k):
+    sel = select_blocks(estimate(T, K, seed=1), R=R, mode="causal_per_batch", k=k, budget=2.0)
+    row_ptr, col = shared_row_csr(sel, T=T, R=R, k=k)
+    dense = shared_dense_mask(sel, T=T, R=R, k=k)
+    assert torch.equal(csr_to_dense(row_ptr, col, (B, H, T), T), dense)
+    for r in range(B * H * T):                                           # keys ascending inside a row
+        row = col[row_ptr[r]:row_ptr[r + 1]]
+        assert (row[1:] > row[:-1]).all()
+    # rows of one block share the keys before them: the block's last row holds every key of its block
+    assert dense.any()
+
+
+def test_row_lists_drop_padded_keys():
+    T, R, K, k = 100, 16, 16, 8
+    sel = select_blocks(estimate(T, K, seed=2), R=R, mode="causal_per_batch", k=k, budget=3.0)
+    valid = torch.ones(B, T, dtype=torch.bool)
+    valid[0, 10:30] = False
+    valid[1, :5] = False
+    row_ptr, col = shared_row_csr(sel, T=T, R=R, k=k, valid=valid)
+    want = shared_dense_mask(sel, T=T, R=R, k=k) & valid[:, None, None, :]
+    assert torch.equal(csr_to_dense(row_ptr, col, (B, H, T), T), want)
+
+
+def masked_softmax_f64(q, k, v, mask, scale):
+    """The exact re-statement: softmax over the masked keys in float64, rows without a key -> 0."""
+    kr = k.double().repeat_interleave(q.shape[1] // k.shape[1], 1)
+    vr = v.double().repeat_interleave(q.shape[1] // v.shape[1], 1)
+    s = (q.double() @ kr.transpose(-1, -2) * scale).masked_fill(~mask, float("-inf"))
+    p = torch.nan_to_num(torch.softmax(s, -1), nan=0.0)
+    return p @ vr
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T,R,K,k", [(150, 32, 16, 4), (96, 16, 8, 80), (40, 16, 16, 64)])
+def test_kernel_matches_the_row_lists_and_the_float64_softmax(dtype, T, R, K, k):
+    pytest.importorskip("triton")
+    sel = select_blocks(estimate(T, K, seed=4), R=R, mode="causal_per_batch", k=k, budget=2.0)
+    q, kk, v = gaussian_qkv(B, H, HKV, T, D, seed=5, dtype=dtype)
+    scale = 1.0 / math.sqrt(D)
+    cells, ncells = shared_cells(sel)
+    got = shared_attention(q, kk, v, cells, ncells, rows=R, k_sel=k, scale=scale)
+    row_ptr, col = shared_row_csr(sel, T=T, R=R, k=k)
+    want = sparse_attention_torch(q, kk, v, row_ptr, col, scale)
+    ref = masked_softmax_f64(q, kk, v, shared_dense_mask(sel, T=T, R=R, k=k), scale)
+    assert (row_ptr[1:] > row_ptr[:-1]).all()                            # every row attends its own key at least
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
+    else:
+        assert_within_one_ulp(got, want)
+        assert_within_one_ulp(got, ref.to(dtype))
+
+
+def test_kernel_one_piece_rounds_p_once():
+    pytest.importorskip("triton")
+    T, R, K, k = 96, 32, 16, 16
+    sel = select_blocks(estimate(T, K, seed=6), R=R, mode="per_query", k=k, budget=2.0)
+    q, kk, v = gaussian_qkv(B, H, HKV, T, D, seed=7, dtype=torch.bfloat16)
+    cells, ncells = shared_cells(sel)
+    full = shared_attention(q, kk, v, cells, ncells, rows=R, k_sel=k, scale=0.2, pieces=3)
+    one = shared_attention(q, kk, v, cells, ncells, rows=R, k_sel=k, scale=0.2, pieces=1)
+    err = (one.float() - full.float()).abs().max().item()
+    assert 0 < err < 0.05                                                # P rounded to bf16 (2^-8 relative)
+
+
+def test_kernel_refuses_bad_inputs_and_gradients():
+    pytest.importorskip("triton")
+    q, kk, v = gaussian_qkv(1, 2, 2, 32, 16, dtype=torch.float32)
+    cells, ncells = shared_cells(torch.ones(1, 2, 2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="power of two"):
+        shared_attention(q, kk, v, cells, ncells, rows=24, k_sel=4, scale=0.25)
+    with pytest.raises(ValueError, match="B\\*H\\*NB"):
+        shared_attention(q, kk, v, cells[:3], ncells[:3], rows=16, k_sel=4, scale=0.25)
+    with pytest.raises(RuntimeError, match="forward-only"):
+        shared_attention(q.requires_grad_(), kk, v, cells, ncells, rows=16, k_sel=4, scale=0.25)
+
+
+def build(backend, **opts):
+    M, cfg, problem = sea_case(1, 4, 2, 150, 32, k=8, K=16, shared_keys=32, shared_budget=2.0, backend=backend,
+                               **opts)
+    M.validate_config(cfg)
+    assert M.extra_reasons(problem, cfg) == []
+    return M.build(cfg, problem)
+
+
+def test_layer_kernel_and_row_lists_give_one_output():
+    pytest.importorskip("triton")
+    a, b = build("triton"), build("torch")
+    b.load_state_dict(a.state_dict())
+    q, k, v = gaussian_qkv(1, 4, 2, 150, 32, seed=8, dtype=torch.float32)
+    with torch.no_grad():
+        out_a, out_b = a(q, k, v, causal=True), b(q, k, v, causal=True)
+    assert "sparse=triton_shared" in a.impl and "shared_keys=32x2" in a.impl
+    assert "sparse=torch" in b.impl
+    assert a.last_aux["mask"].shape == (1, 4, 5, 16)
+    torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-6)
+    probs = a.attention_probs(q, k, v, causal=True, rows=[0, 40, 149])
+    torch.testing.assert_close(probs, b.attention_probs(q, k, v, causal=True, rows=[0, 40, 149]))
+    assert (probs[..., 150:] == 0).all() and (probs[:, :, 0, 1:] == 0).all()   # causal: row 0 sees key 0 only
+
+
+def test_layer_with_gradients_runs_the_row_lists():
+    a = build("torch")
+    q, k, v = gaussian_qkv(1, 4, 2, 150, 32, seed=9, dtype=torch.float32)
+    q.requires_grad_()
+    out = a(q, k, v, causal=True)
+    out.square().sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
+
+
+def test_options_are_checked():
+    from methods.base import MethodConfigError
+
+    for opts, match in ((dict(shared_keys=24), "power of two"), (dict(shared_keys=32, query_chunk=16), "query_chunk"),
+                        (dict(shared_keys=32, shared_budget=0), "shared_budget")):
+        with pytest.raises(MethodConfigError, match=match):
+            M, cfg, _ = sea_case(1, 4, 4, 64, 16, **opts)
+            M.validate_config(cfg)
+    M, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=False, shared_keys=32)
+    assert any("causal" in r for r in M.extra_reasons(problem, cfg))
+    with pytest.raises(ValueError, match="causal"):
+        M.build(cfg, problem)
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("pieces", [3, 1])
+def test_kernel_on_the_gpu_matches_the_rows_kernel_on_the_row_lists(pieces):
+    from kernels.sea_sparse_rows import sparse_rows_forward
+
+    T, R, K, k = 4096, 64, 64, 64
+    g = torch.Generator(device="cuda").manual_seed(0)
+    a = torch.rand(1, 8, T, K, device="cuda", generator=g)
+    sel = select_blocks(a, R=R, mode="causal_per_batch", k=k, budget=2.0, backend="triton")
+    assert torch.equal(sel, select_blocks(a, R=R, mode="causal_per_batch", k=k, budget=2.0, backend="torch"))
+    q, kk, v = (x.cuda() for x in gaussian_qkv(1, 8, 4, T, 64, seed=3, dtype=torch.bfloat16))
+    cells, ncells = shared_cells(sel)
+    got = shared_attention(q, kk, v, cells, ncells, rows=R, k_sel=k, scale=0.125, pieces=pieces)
+    row_ptr, col = shared_row_csr(sel, T=T, R=R, k=k)
+    want = sparse_rows_forward(q, kk, v, row_ptr, col, 0.125, pieces=3)
+    if pieces == 3:
+        assert_within_one_ulp(got, want)
+    else:                                                                # P rounded once to bf16
+        assert (got.float() - want.float()).abs().max().item() < 0.02
+
+
+@gpu
+@pytest.mark.gpu
+def test_layer_on_the_gpu_replays_and_matches_its_row_lists():
+    from tests.test_sea_graphs import FAST
+
+    from methods.base import Problem
+
+    M, cfg, _ = sea_case(1, 8, 4, 4096, 64, k=64, K=64, shared_keys=64, cuda_graph=8192, **FAST)
+    problem = Problem(1, 8, 4, 4096, 64, dtype="bf16", causal=True, device="cuda")
+    lay = M.build(cfg, problem)
+    q, k, v = (x.cuda() for x in gaussian_qkv(1, 8, 4, 4096, 64, seed=4, dtype=torch.bfloat16))
+    with torch.no_grad():
+        outs = [lay(q, k, v, causal=True) for _ in range(3)]
+    assert lay.graphs.last == "replay" and "sparse=triton_shared" in lay.impl, lay.impl
+    torch.testing.assert_close(outs[2], outs[0], rtol=0, atol=2 ** -6 * outs[0].float().abs().max().item())
+    # the same layer with gradients takes the per-row lists of the same selection (rows kernel, its backward)
+    qg = q.detach().clone().requires_grad_()
+    out = lay(qg, k, v, causal=True)
+    assert "sparse=triton_rows" in lay.impl, lay.impl                 # (its estimator runs other kernels: no equality)
+    out.float().square().sum().backward()
+    assert torch.isfinite(qg.grad).all()
