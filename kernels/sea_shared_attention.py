@@ -16,9 +16,10 @@ Why: SEA's per-row selection makes the sparse kernel a gather (kernels/sea_spars
 and the score and P v products are [R, BN] x [BN, D] tiles on tensor cores, with no CSR lists at all: the cells are
 expanded to keys in the kernel.
 
-Layout: one program per (b, h, block); the loop over its cells, and inside a cell over chunks of BN keys (one chunk
-when k_sel <= BN), then one [R, R] causal tile of the block's own keys, with an online softmax (running max and
-normaliser per row; `_tile`).
+Layout: one program per (b, h, block). Its cells' keys, one cell after the other, form a run of key slots that the
+loop walks BN at a time (a slot finds its cell in the cells' cumulative key counts, held as [KC] vectors), so narrow
+cells share a tile; then one [R, R] causal tile of the block's own keys; an online softmax (running max and
+normaliser per row; `_tile`) throughout. Keys are loaded as rows ([N, D], as kernels/sea_sparse_rows.py does).
 """
 from __future__ import annotations
 
@@ -44,16 +45,15 @@ if triton is not None:
     def _tile(q, kbase, vbase, key, kmask, t, m_i, l_i, acc, scale, skt, svt, offs_d, dmask,
               FP32: tl.constexpr, EMU: tl.constexpr, PIECES: tl.constexpr):
         """One step of the online softmax: the keys `key` [N] (where kmask, and <= each row's t) against q [R, D]."""
-        kt = tl.load(kbase + key[None, :] * skt + offs_d[:, None],
-                     mask=kmask[None, :] & dmask[:, None], other=0.0)    # [BLOCK_D, N]
-        vt = tl.load(vbase + key[:, None] * svt + offs_d[None, :],
-                     mask=kmask[:, None] & dmask[None, :], other=0.0)    # [N, BLOCK_D]
+        kv_mask = kmask[:, None] & dmask[None, :]
+        kr = tl.load(kbase + key[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)   # [N, BLOCK_D] rows
+        vt = tl.load(vbase + key[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)   # [N, BLOCK_D]
         if FP32:
-            s = tl.dot(q, kt, input_precision="ieee")
+            s = tl.dot(q, tl.trans(kr), input_precision="ieee")
         elif EMU:                                                        # interpreter: exact products, fp32 sums
-            s = tl.dot(q.to(tl.float32), kt.to(tl.float32), input_precision="ieee")
+            s = tl.dot(q.to(tl.float32), tl.trans(kr.to(tl.float32)), input_precision="ieee")
         else:
-            s = tl.dot(q, kt)                                            # [R, N] fp32 sums of exact products
+            s = tl.dot(q, tl.trans(kr))                                  # [R, N] fp32 sums of exact products
         ok = kmask[None, :] & (key[None, :] <= t[:, None])
         s = tl.where(ok, s * scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -71,7 +71,8 @@ if triton is not None:
     def _shared_fwd_kernel(Q, K, V, CELLS, NCELLS, O, scale,
                            sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
                            H, T, D, GROUP, NB, KSEL,
-                           KC: tl.constexpr, R: tl.constexpr, BN: tl.constexpr, BLOCK_D: tl.constexpr,
+                           KC: tl.constexpr, KCP: tl.constexpr, R: tl.constexpr, BN: tl.constexpr,
+                           BLOCK_D: tl.constexpr,
                            FP32: tl.constexpr, EMU: tl.constexpr, PIECES: tl.constexpr):
         pid = tl.program_id(0).to(tl.int64)
         j = pid % NB
@@ -93,24 +94,70 @@ if triton is not None:
         l_i = tl.zeros([R], dtype=tl.float32)
         acc = tl.zeros([R, BLOCK_D], dtype=tl.float32)
         start = j * R                                                    # cells give keys before the block
-        n_cells = tl.load(NCELLS + pid)
-        for i in range(0, n_cells):
-            c = tl.load(CELLS + pid * KC + i).to(tl.int64)
-            lo = (2 * c * L + KC) // (2 * KC)
-            w = (2 * (c + 1) * L + KC) // (2 * KC) - lo
-            n = tl.minimum(w, KSEL)
-            for j0 in range(0, n, BN):
-                jj = j0 + offs_n                                         # [BN] key slots of the cell
-                key = lo + (jj * w) // tl.maximum(n, 1)                  # [BN] key positions
-                kmask = (jj < n) & (key < start)
-                m_i, l_i, acc = _tile(q, kbase, vbase, key, kmask, t, m_i, l_i, acc, scale, skt, svt, offs_d, dmask,
-                                      FP32, EMU, PIECES)
+        # the program's cells as vectors [KCP]: id, first key, width, keys n, and where their keys start in the
+        # block's run of key slots (cells one after the other); the loop walks that run BN slots at a time, so a
+        # tile holds keys of several narrow cells (at L_j < k KC a cell has fewer than k keys)
+        offs_c = tl.arange(0, KCP)
+        live = offs_c < tl.load(NCELLS + pid)
+        c = tl.load(CELLS + pid * KC + offs_c, mask=live, other=0).to(tl.int64)
+        lo = (2 * c * L + KC) // (2 * KC)
+        w = (2 * (c + 1) * L + KC) // (2 * KC) - lo
+        n = tl.minimum(w, KSEL)                                          # the cell's keys (their spacing)
+        m = tl.where(live & (w > 0), tl.minimum(n, ((start - lo) * n + w - 1) // tl.maximum(w, 1)), 0)   # < start
+        end = tl.cumsum(m, 0)                                            # [KCP] inclusive ends of the cells' slots
+        total = tl.sum(m, 0)
+        for s0 in range(0, total, BN):
+            slot = s0 + offs_n                                           # [BN]
+            ci = tl.sum((end[None, :] <= slot[:, None]).to(tl.int32), 1)   # [BN] the cell holding each slot
+            pick = ci[:, None] == offs_c[None, :]                        # [BN, KCP] one-hot
+            lo_s = tl.sum(tl.where(pick, lo[None, :], 0), 1)
+            w_s = tl.sum(tl.where(pick, w[None, :], 0), 1)
+            n_s = tl.sum(tl.where(pick, n[None, :], 0), 1)
+            off = slot - tl.sum(tl.where(pick, end[None, :] - m[None, :], 0), 1)
+            key = lo_s + (off * w_s) // tl.maximum(n_s, 1)               # [BN] key positions
+            kmask = (slot < total) & (key < start)
+            m_i, l_i, acc = _tile(q, kbase, vbase, key, kmask, t, m_i, l_i, acc, scale, skt, svt, offs_d, dmask,
+                                  FP32, EMU, PIECES)
         own = start + tl.arange(0, R)                                    # the block's own keys, each row's <= t
         m_i, l_i, acc = _tile(q, kbase, vbase, own, own < T, t, m_i, l_i, acc, scale, skt, svt, offs_d, dmask,
                               FP32, EMU, PIECES)
         out = tl.where(l_i[:, None] > 0, acc / tl.where(l_i > 0, l_i, 1.0)[:, None], 0.0)
         tl.store(O + b * sob + h * soh + t[:, None] * sot + offs_d[None, :], out.to(O.dtype.element_ty),
                  mask=rmask[:, None] & dmask[None, :])
+
+
+    @triton.jit
+    def _rebin_kernel(A, OUT, sab, sah, sat, H, T, NB,
+                      K: tl.constexpr, KP: tl.constexpr, R: tl.constexpr):
+        """One (b, h, block j): OUT[b, h, j, c'] = sum of A[b, h, t, c] over the block's rows t and the cells c whose
+        middle key (row geometry L_t = t + 1) lies in block cell c' (geometry L_j). c' = c - s with
+        -(K / L_j + 2) <= s <= K R / L_j + 2 (negative where L_j < K leaves empty block cells, margins for rounding),
+        so the sum runs over the shifts s: for each, the [R, K] tile of A read s cells to the right (from L1 / L2
+        after the first), the entries whose shift is s, summed over rows."""
+        pid = tl.program_id(0).to(tl.int64)
+        j = pid % NB
+        bh = pid // NB
+        t = j * R + tl.arange(0, R)                                      # [R] rows
+        rmask = t < T
+        L = tl.minimum((j + 1) * R, T)
+        cb = tl.arange(0, KP)                                            # [KP] block cells c'
+        base = A + (bh // H) * sab + (bh % H) * sah
+        acc = tl.zeros([KP], dtype=tl.float32)
+        smax = (K * R) // L + 2                                          # the largest shift, with a margin
+        sneg = K // L + 2                 # L < K: runs of empty block cells; a cell goes to the run's last, c' > c
+        for sh in range(-sneg, smax + 1):
+            c = cb + sh                                                  # [KP] row cells read at this shift
+            cmask = (c >= 0) & (c < K)
+            a = tl.load(base + t[:, None] * sat + c[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
+            lt = t[:, None] + 1                                          # row geometry
+            lo = (2 * c[None, :] * lt + K) // (2 * K)
+            hi = (2 * (c[None, :] + 1) * lt + K) // (2 * K)
+            mid = (lo + tl.maximum(hi - 1, lo)) // 2
+            dst = (2 * K * mid + K + 2 * L - 1) // (2 * L) - 1           # largest c' with edge(c') <= mid
+            dst = tl.minimum(tl.maximum(dst, 0), K - 1)
+            hit = (dst == cb[None, :]) & rmask[:, None] & cmask[None, :]
+            acc += tl.sum(tl.where(hit, a.to(tl.float32), 0.0), 0)
+        tl.store(OUT + pid * K + cb, acc, mask=cb < K)
 
 
 def check_shared_inputs(q, k, v, cells, ncells, R: int) -> None:
@@ -162,6 +209,24 @@ def shared_attention(q, k, v, cells, ncells, *, rows: int, k_sel: int, scale: fl
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
             H, T, D, H // k.shape[1], NB, int(k_sel),
-            KC=cells.shape[1], R=rows, BN=BLOCK_N, BLOCK_D=pow2_block(D), FP32=q.dtype == torch.float32,
+            KC=cells.shape[1], KCP=pow2_block(cells.shape[1]), R=rows, BN=BLOCK_N, BLOCK_D=pow2_block(D),
+            FP32=q.dtype == torch.float32,
             EMU=q.device.type != "cuda", PIECES=pieces, num_warps=NUM_WARPS)
+    return out
+
+
+def rebin_scores(a_hat: torch.Tensor, rows: int) -> torch.Tensor:
+    """A_hat [B, H, T, K] (fp32 / bf16 / fp16, unit last stride) -> float32 [B, H, NB, K]: each block of `rows` query
+    rows pooled into its cells at the block end's geometry (methods/sea/shared.py's "rebin" pooling, whose tensor-op
+    form is a scatter_add: 0.27 ms at T = 64k causal on an H200, results/nvidia-h200/sea-shared-keys/)."""
+    if triton is None:
+        raise RuntimeError("rebin_scores needs Triton")
+    B, H, T, K = a_hat.shape
+    if a_hat.stride(-1) != 1:
+        a_hat = a_hat.contiguous()
+    NB = -(-T // rows)
+    out = torch.empty(B, H, NB, K, dtype=torch.float32, device=a_hat.device)
+    if out.numel():
+        _rebin_kernel[(B * H * NB,)](a_hat, out, a_hat.stride(0), a_hat.stride(1), a_hat.stride(2), H, T, NB,
+                                     K=K, KP=pow2_block(K), R=rows, num_warps=4)
     return out

@@ -77,6 +77,16 @@ def test_block_scores_pool_the_rows_of_each_block_and_a_short_last_block():
         block_scores(a, R, pool="max")
 
 
+@pytest.mark.parametrize("T,R,K", [(70, 32, 8), (300, 16, 64), (129, 64, 12)])
+def test_rebin_kernel_equals_the_tensor_ops(T, R, K):
+    pytest.importorskip("triton")
+    a = estimate(T, K, seed=T)
+    want = block_scores(a, R, pool="rebin")
+    torch.testing.assert_close(block_scores(a, R, pool="rebin", backend="triton"), want, rtol=1e-5, atol=1e-5)
+    half = block_scores(a.bfloat16(), R, pool="rebin", backend="triton")     # 16-bit estimates: fp32 sums
+    torch.testing.assert_close(half, block_scores(a.bfloat16().float(), R, pool="rebin"), rtol=1e-5, atol=1e-5)
+
+
 def test_ties_go_to_the_lowest_index_and_the_first_block_selects_nothing(monkeypatch):
     import methods.sea.shared as shared
 

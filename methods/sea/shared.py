@@ -63,13 +63,18 @@ def rebin_index(T: int, R: int, K: int, device) -> torch.Tensor:
     return j[:, None] * K + c.clamp(0, K - 1)
 
 
-def block_scores(a_hat: torch.Tensor, R: int, pool: str | None = None) -> torch.Tensor:
-    """A_hat [B, H, T, K] -> float32 [B, H, NB, K]: each block's rows pooled per cell (SCORE_POOL, or `pool`)."""
+def block_scores(a_hat: torch.Tensor, R: int, pool: str | None = None, backend: str = "torch") -> torch.Tensor:
+    """A_hat [B, H, T, K] -> float32 [B, H, NB, K]: each block's rows pooled per cell (SCORE_POOL, or `pool`).
+    backend 'triton': rebin by kernels/sea_shared_attention.py's rebin_scores (same sums, another order)."""
     pool = SCORE_POOL if pool is None else pool
     if pool not in POOLS:
         raise ValueError(f"block score pooling {pool!r}: expected one of {POOLS}")
     B, H, T, K = a_hat.shape
     NB = -(-T // R)
+    if pool == "rebin" and backend == "triton":
+        from kernels.sea_shared_attention import rebin_scores
+
+        return rebin_scores(a_hat.detach(), R)
     a = a_hat.detach().float()
     if pool == "rebin":
         idx = rebin_index(T, R, K, a.device).reshape(1, 1, T * K).expand(B, H, T * K)
@@ -105,7 +110,7 @@ def select_blocks(a_hat: torch.Tensor, *, R: int, mode: str, k: int, budget: flo
     of kernels/sea_topk.py on the block scores (CUDA), 'torch': a stable sort; same selection (lowest index first
     among ties)."""
     B, H, T, K = a_hat.shape
-    scores = block_scores(a_hat, R)                                      # [B, H, NB, K]
+    scores = block_scores(a_hat, R, backend=backend)                     # [B, H, NB, K]
     ends = block_ends(T, R, a_hat.device)                                # [NB]
     width = eligible_widths(T, R, K, a_hat.device)                      # [NB, K]
     n = block_budgets(mode, ends, k=k, K=K, H=H, budget=budget)          # [NB]
