@@ -68,12 +68,11 @@ if triton is not None:
         return m_new, l_i, acc
 
     @triton.jit
-    def _shared_fwd_kernel(Q, K, V, CELLS, NCELLS, O, scale,
+    def _shared_fwd_kernel(Q, K, V, TAB, ENDS, TOTAL, O, scale,
                            sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
-                           H, T, D, GROUP, NB, KSEL,
+                           H, T, D, GROUP, NB,
                            KC: tl.constexpr, KCP: tl.constexpr, R: tl.constexpr, BN: tl.constexpr,
-                           BLOCK_D: tl.constexpr,
-                           FP32: tl.constexpr, EMU: tl.constexpr, PIECES: tl.constexpr):
+                           BLOCK_D: tl.constexpr, FP32: tl.constexpr, EMU: tl.constexpr, PIECES: tl.constexpr):
         pid = tl.program_id(0).to(tl.int64)
         j = pid % NB
         bh = pid // NB
@@ -82,7 +81,6 @@ if triton is not None:
         hk = h // GROUP
         t = j * R + tl.arange(0, R)                                      # [R] int64 query rows
         rmask = t < T
-        L = tl.minimum((j + 1) * R, T)                                   # the block's geometry
         offs_d = tl.arange(0, BLOCK_D)
         dmask = offs_d < D
         q = tl.load(Q + b * sqb + h * sqh + t[:, None] * sqt + offs_d[None, :],
@@ -93,70 +91,53 @@ if triton is not None:
         m_i = tl.full([R], float("-inf"), tl.float32)
         l_i = tl.zeros([R], dtype=tl.float32)
         acc = tl.zeros([R, BLOCK_D], dtype=tl.float32)
-        start = j * R                                                    # cells give keys before the block
-        # the program's cells as vectors [KCP]: id, first key, width, keys n, and where their keys start in the
-        # block's run of key slots (cells one after the other); the loop walks that run BN slots at a time, so a
-        # tile holds keys of several narrow cells (at L_j < k KC a cell has fewer than k keys)
+        # the cells' keys before the block, one cell after the other, as a run of `total` key slots (cell i holds
+        # slots [ENDS[i] - m_i, ENDS[i])); BN slots a step, so narrow cells share a tile
         offs_c = tl.arange(0, KCP)
-        live = offs_c < tl.load(NCELLS + pid)
-        c = tl.load(CELLS + pid * KC + offs_c, mask=live, other=0).to(tl.int64)
-        lo = (2 * c * L + KC) // (2 * KC)
-        w = (2 * (c + 1) * L + KC) // (2 * KC) - lo
-        n = tl.minimum(w, KSEL)                                          # the cell's keys (their spacing)
-        m = tl.where(live & (w > 0), tl.minimum(n, ((start - lo) * n + w - 1) // tl.maximum(w, 1)), 0)   # < start
-        end = tl.cumsum(m, 0)                                            # [KCP] inclusive ends of the cells' slots
-        total = tl.sum(m, 0)
+        ends = tl.load(ENDS + pid * KC + offs_c, mask=offs_c < KC, other=2147483647)   # [KCP] int32
+        total = tl.load(TOTAL + pid)
+        tab = TAB + pid * (4 * KC)                                       # per cell: lo, width, n, first slot
         for s0 in range(0, total, BN):
-            slot = s0 + offs_n                                           # [BN]
-            ci = tl.sum((end[None, :] <= slot[:, None]).to(tl.int32), 1)   # [BN] the cell holding each slot
-            pick = ci[:, None] == offs_c[None, :]                        # [BN, KCP] one-hot
-            lo_s = tl.sum(tl.where(pick, lo[None, :], 0), 1)
-            w_s = tl.sum(tl.where(pick, w[None, :], 0), 1)
-            n_s = tl.sum(tl.where(pick, n[None, :], 0), 1)
-            off = slot - tl.sum(tl.where(pick, end[None, :] - m[None, :], 0), 1)
-            key = lo_s + (off * w_s) // tl.maximum(n_s, 1)               # [BN] key positions
-            kmask = (slot < total) & (key < start)
-            m_i, l_i, acc = _tile(q, kbase, vbase, key, kmask, t, m_i, l_i, acc, scale, skt, svt, offs_d, dmask,
+            slot = s0 + offs_n                                           # [BN] int32
+            smask = slot < total
+            ci = tl.sum((ends[None, :] <= slot[:, None]).to(tl.int32), 1)   # [BN] the cell holding each slot
+            ci = tl.minimum(ci, KC - 1)
+            lo = tl.load(tab + ci, mask=smask, other=0)
+            w = tl.load(tab + KC + ci, mask=smask, other=0)
+            n = tl.load(tab + 2 * KC + ci, mask=smask, other=1)
+            first = tl.load(tab + 3 * KC + ci, mask=smask, other=0)
+            key = (lo + ((slot - first) * w) // tl.maximum(n, 1)).to(tl.int64)   # [BN] key positions (interp's rule)
+            m_i, l_i, acc = _tile(q, kbase, vbase, key, smask, t, m_i, l_i, acc, scale, skt, svt, offs_d, dmask,
                                   FP32, EMU, PIECES)
-        own = start + tl.arange(0, R)                                    # the block's own keys, each row's <= t
+        own = j * R + tl.arange(0, R)                                    # the block's own keys, each row's <= t
         m_i, l_i, acc = _tile(q, kbase, vbase, own, own < T, t, m_i, l_i, acc, scale, skt, svt, offs_d, dmask,
                               FP32, EMU, PIECES)
         out = tl.where(l_i[:, None] > 0, acc / tl.where(l_i > 0, l_i, 1.0)[:, None], 0.0)
         tl.store(O + b * sob + h * soh + t[:, None] * sot + offs_d[None, :], out.to(O.dtype.element_ty),
                  mask=rmask[:, None] & dmask[None, :])
 
-
     @triton.jit
-    def _rebin_kernel(A, OUT, sab, sah, sat, H, T, NB,
+    def _rebin_kernel(A, SHIFT, SRANGE, OUT, sab, sah, sat, H, T, NB,
                       K: tl.constexpr, KP: tl.constexpr, R: tl.constexpr):
         """One (b, h, block j): OUT[b, h, j, c'] = sum of A[b, h, t, c] over the block's rows t and the cells c whose
-        middle key (row geometry L_t = t + 1) lies in block cell c' (geometry L_j). c' = c - s with
-        -(K / L_j + 2) <= s <= K R / L_j + 2 (negative where L_j < K leaves empty block cells, margins for rounding),
-        so the sum runs over the shifts s: for each, the [R, K] tile of A read s cells to the right (from L1 / L2
-        after the first), the entries whose shift is s, summed over rows."""
+        middle key (row geometry L_t = t + 1) lies in block cell c' (geometry L_j): c' = c - SHIFT[t, c] (a table
+        made once per shape, rebin_tables). The sum runs over the block's shifts s in SRANGE[j]: for each, the
+        [R, K] tile of A read s cells to the right (L1 / L2 after the first), the entries whose shift is s, summed
+        over the rows. No division in the kernel."""
         pid = tl.program_id(0).to(tl.int64)
         j = pid % NB
         bh = pid // NB
         t = j * R + tl.arange(0, R)                                      # [R] rows
         rmask = t < T
-        L = tl.minimum((j + 1) * R, T)
         cb = tl.arange(0, KP)                                            # [KP] block cells c'
         base = A + (bh // H) * sab + (bh % H) * sah
         acc = tl.zeros([KP], dtype=tl.float32)
-        smax = (K * R) // L + 2                                          # the largest shift, with a margin
-        sneg = K // L + 2                 # L < K: runs of empty block cells; a cell goes to the run's last, c' > c
-        for sh in range(-sneg, smax + 1):
+        for sh in range(tl.load(SRANGE + 2 * j), tl.load(SRANGE + 2 * j + 1) + 1):
             c = cb + sh                                                  # [KP] row cells read at this shift
-            cmask = (c >= 0) & (c < K)
-            a = tl.load(base + t[:, None] * sat + c[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
-            lt = t[:, None] + 1                                          # row geometry
-            lo = (2 * c[None, :] * lt + K) // (2 * K)
-            hi = (2 * (c[None, :] + 1) * lt + K) // (2 * K)
-            mid = (lo + tl.maximum(hi - 1, lo)) // 2
-            dst = (2 * K * mid + K + 2 * L - 1) // (2 * L) - 1           # largest c' with edge(c') <= mid
-            dst = tl.minimum(tl.maximum(dst, 0), K - 1)
-            hit = (dst == cb[None, :]) & rmask[:, None] & cmask[None, :]
-            acc += tl.sum(tl.where(hit, a.to(tl.float32), 0.0), 0)
+            ok = rmask[:, None] & ((c >= 0) & (c < K))[None, :]
+            a = tl.load(base + t[:, None] * sat + c[None, :], mask=ok, other=0.0)
+            s = tl.load(SHIFT + t[:, None] * K + c[None, :], mask=ok, other=-32768)
+            acc += tl.sum(tl.where(s.to(tl.int32) == sh, a.to(tl.float32), 0.0), 0)
         tl.store(OUT + pid * K + cb, acc, mask=cb < K)
 
 
@@ -199,34 +180,62 @@ def shared_attention(q, k, v, cells, ncells, *, rows: int, k_sel: int, scale: fl
         raise ValueError(f"pieces={pieces!r}: expected 1, 2 or 3")
     check_shared_inputs(q, k, v, cells, ncells, rows)
     B, H, T, D = q.shape
+    if 2 * cells.shape[1] * (T + 1) >= 2 ** 31:
+        raise ValueError(f"shared attention: T={T} with {cells.shape[1]} cells overflows its int32 cell arithmetic")
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    cells, ncells = cells.contiguous(), ncells.contiguous()
+    tab, ends, total = slot_table(cells, ncells, T=T, rows=rows, k_sel=k_sel)
     out = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
     NB = -(-T // rows)
     if B * H * NB and D:
+        KC = cells.shape[1]
         _shared_fwd_kernel[(B * H * NB,)](
-            q, k, v, cells, ncells, out, float(scale),
+            q, k, v, tab, ends, total, out, float(scale),
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            H, T, D, H // k.shape[1], NB, int(k_sel),
-            KC=cells.shape[1], KCP=pow2_block(cells.shape[1]), R=rows, BN=BLOCK_N, BLOCK_D=pow2_block(D),
-            FP32=q.dtype == torch.float32,
+            H, T, D, H // k.shape[1], NB,
+            KC=KC, KCP=pow2_block(KC), R=rows, BN=BLOCK_N, BLOCK_D=pow2_block(D), FP32=q.dtype == torch.float32,
             EMU=q.device.type != "cuda", PIECES=pieces, num_warps=NUM_WARPS)
     return out
 
 
-def rebin_scores(a_hat: torch.Tensor, rows: int) -> torch.Tensor:
-    """A_hat [B, H, T, K] (fp32 / bf16 / fp16, unit last stride) -> float32 [B, H, NB, K]: each block of `rows` query
-    rows pooled into its cells at the block end's geometry (methods/sea/shared.py's "rebin" pooling, whose tensor-op
-    form is a scatter_add: 0.27 ms at T = 64k causal on an H200, results/nvidia-h200/sea-shared-keys/)."""
+def slot_table(cells: torch.Tensor, ncells: torch.Tensor, *, T: int, rows: int, k_sel: int):
+    """The kernel's view of the cells (tensor ops, no host sync), per program p = (b, h, block j) and cell slot i:
+    tab int32 [P, 4, KC] = (first key lo, width w, keys n = min(w, k_sel), first slot), ends int32 [P, KC] (the
+    cells' inclusive cumulative counts of keys before the block, m_i = min(n, ceil((j R - lo) n / w)): the first
+    m_i of a cell's keys lo + floor(i w / n) are the ones before j R), total int32 [P]."""
+    P, KC = cells.shape
+    NB = -(-T // rows)
+    j = torch.arange(P, device=cells.device) % NB
+    L = torch.clamp((j + 1) * rows, max=T)[:, None]                      # [P, 1] int64
+    start = (j * rows)[:, None]
+    c = cells.long()
+    lo = torch.div(2 * c * L + KC, 2 * KC, rounding_mode="floor")
+    w = torch.div(2 * (c + 1) * L + KC, 2 * KC, rounding_mode="floor") - lo
+    n = w.clamp(max=k_sel)
+    live = torch.arange(KC, device=cells.device)[None] < ncells[:, None]
+    m = torch.div((start - lo) * n + w - 1, w.clamp(min=1), rounding_mode="floor").clamp(min=0)
+    m = torch.where(live & (w > 0), torch.minimum(n, m), 0)
+    ends = m.cumsum(-1)
+    tab = torch.stack([lo, w, n.clamp(min=1), ends - m], 1).to(torch.int32)   # [P, 4, KC]
+    return tab.contiguous(), ends.to(torch.int32).contiguous(), ends[:, -1].to(torch.int32).contiguous()
+
+
+def rebin_scores(a_hat: torch.Tensor, rows: int, shift: torch.Tensor, srange: torch.Tensor) -> torch.Tensor:
+    """A_hat [B, H, T, K] (fp32 / bf16 / fp16) -> float32 [B, H, NB, K]: each block of `rows` query rows pooled into
+    the block cells c' = c - shift[t, c] (int16 [T, K]; srange int32 [NB, 2] each block's smallest and largest
+    shift: methods/sea/shared.py's rebin_tables). The tensor-op form is a scatter_add (atomics)."""
     if triton is None:
         raise RuntimeError("rebin_scores needs Triton")
     B, H, T, K = a_hat.shape
+    NB = -(-T // rows)
+    if shift.shape != (T, K) or shift.dtype != torch.int16 or srange.shape != (NB, 2) or srange.dtype != torch.int32:
+        raise ValueError(f"rebin_scores: shift int16 {(T, K)} and srange int32 {(NB, 2)}; got {shift.dtype} "
+                         f"{tuple(shift.shape)}, {srange.dtype} {tuple(srange.shape)}")
     if a_hat.stride(-1) != 1:
         a_hat = a_hat.contiguous()
-    NB = -(-T // rows)
     out = torch.empty(B, H, NB, K, dtype=torch.float32, device=a_hat.device)
     if out.numel():
-        _rebin_kernel[(B * H * NB,)](a_hat, out, a_hat.stride(0), a_hat.stride(1), a_hat.stride(2), H, T, NB,
-                                     K=K, KP=pow2_block(K), R=rows, num_warps=4)
+        _rebin_kernel[(B * H * NB,)](a_hat, shift.contiguous(), srange.contiguous(), out, a_hat.stride(0),
+                                     a_hat.stride(1), a_hat.stride(2), H, T, NB, K=K, KP=pow2_block(K), R=rows,
+                                     num_warps=4)
     return out

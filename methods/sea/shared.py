@@ -32,6 +32,8 @@ against (besides `shared_dense_mask`, a plain loop).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from methods.sea.interp import cell_bounds
@@ -63,6 +65,18 @@ def rebin_index(T: int, R: int, K: int, device) -> torch.Tensor:
     return j[:, None] * K + c.clamp(0, K - 1)
 
 
+@functools.lru_cache(maxsize=16)
+def rebin_tables(T: int, R: int, K: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the rebin kernel reads, made once per shape: shift int16 [T, K] = c - c' (row t's cell c goes to block
+    cell c' = rebin_index's), srange int32 [NB, 2] each block's smallest and largest shift."""
+    idx = rebin_index(T, R, K, torch.device(device))                    # [T, K] flat j K + c'
+    shift = torch.arange(K, device=idx.device)[None] - idx % K          # [T, K]
+    NB = -(-T // R)
+    sp = torch.nn.functional.pad(shift, (0, 0, 0, NB * R - T)).view(NB, R, K)   # padded rows: shift 0
+    srange = torch.stack([sp.amin((1, 2)), sp.amax((1, 2))], 1)
+    return shift.to(torch.int16).contiguous(), srange.to(torch.int32).contiguous()
+
+
 def block_scores(a_hat: torch.Tensor, R: int, pool: str | None = None, backend: str = "torch") -> torch.Tensor:
     """A_hat [B, H, T, K] -> float32 [B, H, NB, K]: each block's rows pooled per cell (SCORE_POOL, or `pool`).
     backend 'triton': rebin by kernels/sea_shared_attention.py's rebin_scores (same sums, another order)."""
@@ -74,7 +88,7 @@ def block_scores(a_hat: torch.Tensor, R: int, pool: str | None = None, backend: 
     if pool == "rebin" and backend == "triton":
         from kernels.sea_shared_attention import rebin_scores
 
-        return rebin_scores(a_hat.detach(), R)
+        return rebin_scores(a_hat.detach(), R, *rebin_tables(T, R, K, str(a_hat.device)))
     a = a_hat.detach().float()
     if pool == "rebin":
         idx = rebin_index(T, R, K, a.device).reshape(1, 1, T * K).expand(B, H, T * K)
