@@ -1,8 +1,7 @@
 """Causal sparse attention where each block of R query rows attends one key set made of compressed cells.
 
-What: q [B, H, T, D], k, v [B, Hkv, T, D] (GQA: head h reads kv head h // (H / Hkv)), cells int32 [B*H*NB, KC] and
-ncells int32 [B*H*NB] (NB = ceil(T / R); per (b, h, block j) the ids of its selected cells, ascending, in the first
-ncells slots). Block j holds query rows [j R, min(T, (j+1) R)) and its geometry is L_j = min(T, (j+1) R): cell c spans
+What: q [B, H, T, D], k, v [B, Hkv, T, D] (GQA: head h reads kv head h // (H / Hkv)), sel bool [B, H, NB, KC]
+(NB = ceil(T / R); per (b, h, block j) its selected cells). Block j holds query rows [j R, min(T, (j+1) R)) and its geometry is L_j = min(T, (j+1) R): cell c spans
 keys [lo, hi) = [floor((2 c L_j + KC) / (2 KC)), floor((2 (c+1) L_j + KC) / (2 KC))) and contributes n = min(hi - lo,
 k_sel) keys lo + floor(i (hi - lo) / n), i < n (methods/sea/interp.py's rule), of which those before the block's
 first row j R count; then the block's own keys j R .. t. Row t attends
@@ -16,10 +15,15 @@ Why: SEA's per-row selection makes the sparse kernel a gather (kernels/sea_spars
 and the score and P v products are [R, BN] x [BN, D] tiles on tensor cores, with no CSR lists at all: the cells are
 expanded to keys in the kernel.
 
-Layout: one program per (b, h, block). Its cells' keys, one cell after the other, form a run of key slots that the
-loop walks BN at a time (a slot finds its cell in the cells' cumulative key counts, held as [KC] vectors), so narrow
-cells share a tile; then one [R, R] causal tile of the block's own keys; an online softmax (running max and
+Layout: one program per (b, h, block). Its selected cells' keys, one cell after the other, form a run of key slots
+that the loop walks BN at a time (a slot finds its cell by one compare-and-sum against the cells' cumulative key
+counts, [KC] in registers, then reads the cell's geometry from a per-program int32 table the program wrote first), so
+narrow cells share a tile; then one [R, R] causal tile of the block's own keys; an online softmax (running max and
 normaliser per row; `_tile`) throughout. Keys are loaded as rows ([N, D], as kernels/sea_sparse_rows.py does).
+Measured on an H200 (bf16, B=1, H=16, D=64, causal, SEA's untrained estimate, R=64, budget 2): the first form, a loop
+over cells with scalar cell loads and keys gathered as [D, N] columns, 0.55 ms at T = 16k (as long as the rows kernel
+it replaces); the slot run with per-slot one-hot selects of int64 [64 x 64] vectors 4.65 ms; with a table 0.23 ms
+(results/nvidia-h200/sea-shared-keys/).
 """
 from __future__ import annotations
 
@@ -68,9 +72,9 @@ if triton is not None:
         return m_new, l_i, acc
 
     @triton.jit
-    def _shared_fwd_kernel(Q, K, V, TAB, ENDS, TOTAL, O, scale,
+    def _shared_fwd_kernel(Q, K, V, MASK, TAB, O, scale,
                            sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
-                           H, T, D, GROUP, NB,
+                           H, T, D, GROUP, NB, KSEL,
                            KC: tl.constexpr, KCP: tl.constexpr, R: tl.constexpr, BN: tl.constexpr,
                            BLOCK_D: tl.constexpr, FP32: tl.constexpr, EMU: tl.constexpr, PIECES: tl.constexpr):
         pid = tl.program_id(0).to(tl.int64)
@@ -91,22 +95,39 @@ if triton is not None:
         m_i = tl.full([R], float("-inf"), tl.float32)
         l_i = tl.zeros([R], dtype=tl.float32)
         acc = tl.zeros([R, BLOCK_D], dtype=tl.float32)
-        # the cells' keys before the block, one cell after the other, as a run of `total` key slots (cell i holds
-        # slots [ENDS[i] - m_i, ENDS[i])); BN slots a step, so narrow cells share a tile
-        offs_c = tl.arange(0, KCP)
-        ends = tl.load(ENDS + pid * KC + offs_c, mask=offs_c < KC, other=2147483647)   # [KCP] int32
-        total = tl.load(TOTAL + pid)
-        tab = TAB + pid * (4 * KC)                                       # per cell: lo, width, n, first slot
+        # The selected cells' keys before the block, cells in ascending order, form a run of `total` key slots:
+        # cell c holds slots [ends[c] - m[c], ends[c]) with m[c] = min(n, ceil((j R - lo) n / w)) of its n keys
+        # lo + floor(i w / n) (those before j R come first). Per cell (lo, w, n, first slot) go to this program's
+        # rows of TAB (int32 scratch), read back by gathers; BN slots a step, so narrow cells share a tile.
+        cc = tl.arange(0, KCP)
+        ccm = cc < KC
+        sel = tl.load(MASK + pid * KC + cc, mask=ccm, other=0) != 0     # [KCP] the block's selection of this head
+        L = tl.minimum((j + 1) * R, T).to(tl.int32)                      # the block's geometry
+        start = (j * R).to(tl.int32)
+        lo = (2 * cc * L + KC) // (2 * KC)
+        w = (2 * (cc + 1) * L + KC) // (2 * KC) - lo
+        n = tl.minimum(w, KSEL)
+        m = tl.maximum(((start - lo) * n + w - 1) // tl.maximum(w, 1), 0)
+        m = tl.where(sel & ccm & (w > 0), tl.minimum(n, m), 0)
+        ends = tl.cumsum(m, 0)                                           # [KCP] int32
+        total = tl.sum(m, 0)
+        tab = TAB + pid * (4 * KC)
+        tl.store(tab + cc, lo, mask=ccm)
+        tl.store(tab + KC + cc, w, mask=ccm)
+        tl.store(tab + 2 * KC + cc, tl.maximum(n, 1), mask=ccm)
+        tl.store(tab + 3 * KC + cc, ends - m, mask=ccm)
+        tl.debug_barrier()                                               # the table is read by other threads
+        ends = tl.where(ccm, ends, 2147483647)
         for s0 in range(0, total, BN):
             slot = s0 + offs_n                                           # [BN] int32
             smask = slot < total
             ci = tl.sum((ends[None, :] <= slot[:, None]).to(tl.int32), 1)   # [BN] the cell holding each slot
             ci = tl.minimum(ci, KC - 1)
-            lo = tl.load(tab + ci, mask=smask, other=0)
-            w = tl.load(tab + KC + ci, mask=smask, other=0)
-            n = tl.load(tab + 2 * KC + ci, mask=smask, other=1)
-            first = tl.load(tab + 3 * KC + ci, mask=smask, other=0)
-            key = (lo + ((slot - first) * w) // tl.maximum(n, 1)).to(tl.int64)   # [BN] key positions (interp's rule)
+            c_lo = tl.load(tab + ci, mask=smask, other=0)
+            c_w = tl.load(tab + KC + ci, mask=smask, other=0)
+            c_n = tl.load(tab + 2 * KC + ci, mask=smask, other=1)
+            c_first = tl.load(tab + 3 * KC + ci, mask=smask, other=0)
+            key = (c_lo + ((slot - c_first) * c_w) // c_n).to(tl.int64)   # [BN] key positions (interp.py's rule)
             m_i, l_i, acc = _tile(q, kbase, vbase, key, smask, t, m_i, l_i, acc, scale, skt, svt, offs_d, dmask,
                                   FP32, EMU, PIECES)
         own = j * R + tl.arange(0, R)                                    # the block's own keys, each row's <= t
@@ -141,7 +162,7 @@ if triton is not None:
         tl.store(OUT + pid * K + cb, acc, mask=cb < K)
 
 
-def check_shared_inputs(q, k, v, cells, ncells, R: int) -> None:
+def check_shared_inputs(q, k, v, sel, R: int) -> None:
     """Shapes, dtypes and devices of shared_attention's inputs (ValueError naming what is wrong)."""
     if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
         raise ValueError(f"shared attention: q [B, H, T, D], k = v [B, Hkv, T, D]; got q {tuple(q.shape)}, "
@@ -156,21 +177,20 @@ def check_shared_inputs(q, k, v, cells, ncells, R: int) -> None:
     if R < 16 or R & (R - 1):
         raise ValueError(f"shared attention: rows per block {R} must be a power of two >= 16")
     NB = -(-T // R)
-    if cells.dim() != 2 or cells.shape[0] != B * H * NB or ncells.shape != (B * H * NB,):
-        raise ValueError(f"shared attention: cells [B*H*NB, KC] and ncells [B*H*NB] with B*H*NB = {B * H * NB}; "
-                         f"got {tuple(cells.shape)}, {tuple(ncells.shape)}")
-    if cells.dtype != torch.int32 or ncells.dtype != torch.int32:
-        raise ValueError(f"shared attention: cells and ncells int32; got {cells.dtype}, {ncells.dtype}")
-    for name, x in (("k", k), ("v", v), ("cells", cells), ("ncells", ncells)):
+    if sel.dim() != 4 or tuple(sel.shape[:3]) != (B, H, NB) or sel.dtype != torch.bool:
+        raise ValueError(f"shared attention: the blocks' selection bool [B, H, NB, K] with (B, H, NB) = "
+                         f"{(B, H, NB)}; got {sel.dtype} {tuple(sel.shape)}")
+    if 2 * sel.shape[3] * (T + 1) >= 2 ** 31:
+        raise ValueError(f"shared attention: T={T} with {sel.shape[3]} cells overflows its int32 cell arithmetic")
+    for name, x in (("k", k), ("v", v), ("sel", sel)):
         if x.device != q.device:
             raise ValueError(f"shared attention: {name} on {x.device}, q on {q.device}")
 
 
-def shared_attention(q, k, v, cells, ncells, *, rows: int, k_sel: int, scale: float, pieces: int = 3
-                     ) -> torch.Tensor:
-    """out [B, H, T, D] in q's dtype (see the module docstring). Forward only: inputs that require grad are refused
-    (the per-row CSR kernels carry the backward). pieces: kernels/sea_sparse_rows.py's P v precision for 16-bit
-    inputs (3: fp32 accuracy, 1: P rounded once)."""
+def shared_attention(q, k, v, sel, *, rows: int, k_sel: int, scale: float, pieces: int = 3) -> torch.Tensor:
+    """out [B, H, T, D] in q's dtype for the blocks' selection sel bool [B, H, NB, K] (see the module docstring).
+    Forward only: inputs that require grad are refused (the per-row CSR kernels carry the backward). pieces:
+    kernels/sea_sparse_rows.py's P v precision for 16-bit inputs (3: fp32 accuracy, 1: P rounded once)."""
     if triton is None:
         raise RuntimeError("shared attention needs Triton")
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
@@ -178,46 +198,23 @@ def shared_attention(q, k, v, cells, ncells, *, rows: int, k_sel: int, scale: fl
                            "per-row CSR lists (methods/sea/shared.py: shared_row_csr) with a CSR kernel")
     if pieces not in (1, 2, 3):
         raise ValueError(f"pieces={pieces!r}: expected 1, 2 or 3")
-    check_shared_inputs(q, k, v, cells, ncells, rows)
+    check_shared_inputs(q, k, v, sel, rows)
     B, H, T, D = q.shape
-    if 2 * cells.shape[1] * (T + 1) >= 2 ** 31:
-        raise ValueError(f"shared attention: T={T} with {cells.shape[1]} cells overflows its int32 cell arithmetic")
+    KC = sel.shape[3]
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    tab, ends, total = slot_table(cells, ncells, T=T, rows=rows, k_sel=k_sel)
-    out = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
+    mask = sel.contiguous().view(torch.int8)
     NB = -(-T // rows)
+    tab = torch.empty(B * H * NB, 4, KC, dtype=torch.int32, device=q.device)   # per program: its cells' table
+    out = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
     if B * H * NB and D:
-        KC = cells.shape[1]
         _shared_fwd_kernel[(B * H * NB,)](
-            q, k, v, tab, ends, total, out, float(scale),
+            q, k, v, mask, tab, out, float(scale),
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            H, T, D, H // k.shape[1], NB,
+            H, T, D, H // k.shape[1], NB, int(k_sel),
             KC=KC, KCP=pow2_block(KC), R=rows, BN=BLOCK_N, BLOCK_D=pow2_block(D), FP32=q.dtype == torch.float32,
             EMU=q.device.type != "cuda", PIECES=pieces, num_warps=NUM_WARPS)
     return out
-
-
-def slot_table(cells: torch.Tensor, ncells: torch.Tensor, *, T: int, rows: int, k_sel: int):
-    """The kernel's view of the cells (tensor ops, no host sync), per program p = (b, h, block j) and cell slot i:
-    tab int32 [P, 4, KC] = (first key lo, width w, keys n = min(w, k_sel), first slot), ends int32 [P, KC] (the
-    cells' inclusive cumulative counts of keys before the block, m_i = min(n, ceil((j R - lo) n / w)): the first
-    m_i of a cell's keys lo + floor(i w / n) are the ones before j R), total int32 [P]."""
-    P, KC = cells.shape
-    NB = -(-T // rows)
-    j = torch.arange(P, device=cells.device) % NB
-    L = torch.clamp((j + 1) * rows, max=T)[:, None]                      # [P, 1] int64
-    start = (j * rows)[:, None]
-    c = cells.long()
-    lo = torch.div(2 * c * L + KC, 2 * KC, rounding_mode="floor")
-    w = torch.div(2 * (c + 1) * L + KC, 2 * KC, rounding_mode="floor") - lo
-    n = w.clamp(max=k_sel)
-    live = torch.arange(KC, device=cells.device)[None] < ncells[:, None]
-    m = torch.div((start - lo) * n + w - 1, w.clamp(min=1), rounding_mode="floor").clamp(min=0)
-    m = torch.where(live & (w > 0), torch.minimum(n, m), 0)
-    ends = m.cumsum(-1)
-    tab = torch.stack([lo, w, n.clamp(min=1), ends - m], 1).to(torch.int32)   # [P, 4, KC]
-    return tab.contiguous(), ends.to(torch.int32).contiguous(), ends[:, -1].to(torch.int32).contiguous()
 
 
 def rebin_scores(a_hat: torch.Tensor, rows: int, shift: torch.Tensor, srange: torch.Tensor) -> torch.Tensor:

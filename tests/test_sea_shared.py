@@ -12,7 +12,7 @@ import torch
 from kernels.sea_shared_attention import shared_attention
 from kernels.sea_sparse_attention import sparse_attention_torch
 from methods.sea.interp import cell_bounds, csr_to_dense
-from methods.sea.shared import (block_budgets, block_ends, block_scores, select_blocks, shared_cells,
+from methods.sea.shared import (block_budgets, block_ends, block_scores, select_blocks,
                                 shared_dense_mask, shared_row_csr)
 from tests.helpers import gaussian_qkv, sea_case
 from tests.test_sea_sparse_rows import assert_within_one_ulp
@@ -147,8 +147,7 @@ def test_kernel_matches_the_row_lists_and_the_float64_softmax(dtype, T, R, K, k)
     sel = select_blocks(estimate(T, K, seed=4), R=R, mode="causal_per_batch", k=k, budget=2.0)
     q, kk, v = gaussian_qkv(B, H, HKV, T, D, seed=5, dtype=dtype)
     scale = 1.0 / math.sqrt(D)
-    cells, ncells = shared_cells(sel)
-    got = shared_attention(q, kk, v, cells, ncells, rows=R, k_sel=k, scale=scale)
+    got = shared_attention(q, kk, v, sel, rows=R, k_sel=k, scale=scale)
     row_ptr, col = shared_row_csr(sel, T=T, R=R, k=k)
     want = sparse_attention_torch(q, kk, v, row_ptr, col, scale)
     ref = masked_softmax_f64(q, kk, v, shared_dense_mask(sel, T=T, R=R, k=k), scale)
@@ -166,9 +165,8 @@ def test_kernel_one_piece_rounds_p_once():
     T, R, K, k = 96, 32, 16, 16
     sel = select_blocks(estimate(T, K, seed=6), R=R, mode="per_query", k=k, budget=2.0)
     q, kk, v = gaussian_qkv(B, H, HKV, T, D, seed=7, dtype=torch.bfloat16)
-    cells, ncells = shared_cells(sel)
-    full = shared_attention(q, kk, v, cells, ncells, rows=R, k_sel=k, scale=0.2, pieces=3)
-    one = shared_attention(q, kk, v, cells, ncells, rows=R, k_sel=k, scale=0.2, pieces=1)
+    full = shared_attention(q, kk, v, sel, rows=R, k_sel=k, scale=0.2, pieces=3)
+    one = shared_attention(q, kk, v, sel, rows=R, k_sel=k, scale=0.2, pieces=1)
     err = (one.float() - full.float()).abs().max().item()
     assert 0 < err < 0.05                                                # P rounded to bf16 (2^-8 relative)
 
@@ -176,13 +174,15 @@ def test_kernel_one_piece_rounds_p_once():
 def test_kernel_refuses_bad_inputs_and_gradients():
     pytest.importorskip("triton")
     q, kk, v = gaussian_qkv(1, 2, 2, 32, 16, dtype=torch.float32)
-    cells, ncells = shared_cells(torch.ones(1, 2, 2, 4, dtype=torch.bool))
+    sel = torch.ones(1, 2, 2, 4, dtype=torch.bool)
     with pytest.raises(ValueError, match="power of two"):
-        shared_attention(q, kk, v, cells, ncells, rows=24, k_sel=4, scale=0.25)
-    with pytest.raises(ValueError, match="B\\*H\\*NB"):
-        shared_attention(q, kk, v, cells[:3], ncells[:3], rows=16, k_sel=4, scale=0.25)
+        shared_attention(q, kk, v, sel, rows=24, k_sel=4, scale=0.25)
+    with pytest.raises(ValueError, match="selection"):
+        shared_attention(q, kk, v, sel[:, :, :1], rows=16, k_sel=4, scale=0.25)
+    with pytest.raises(ValueError, match="selection"):
+        shared_attention(q, kk, v, sel.int(), rows=16, k_sel=4, scale=0.25)
     with pytest.raises(RuntimeError, match="forward-only"):
-        shared_attention(q.requires_grad_(), kk, v, cells, ncells, rows=16, k_sel=4, scale=0.25)
+        shared_attention(q.requires_grad_(), kk, v, sel, rows=16, k_sel=4, scale=0.25)
 
 
 def build(backend, **opts):
@@ -247,8 +247,7 @@ def test_kernel_on_the_gpu_matches_the_rows_kernel_on_the_row_lists(pieces):
     sel = select_blocks(a, R=R, mode="causal_per_batch", k=k, budget=2.0, backend="triton")
     assert torch.equal(sel, select_blocks(a, R=R, mode="causal_per_batch", k=k, budget=2.0, backend="torch"))
     q, kk, v = (x.cuda() for x in gaussian_qkv(1, 8, 4, T, 64, seed=3, dtype=torch.bfloat16))
-    cells, ncells = shared_cells(sel)
-    got = shared_attention(q, kk, v, cells, ncells, rows=R, k_sel=k, scale=0.125, pieces=pieces)
+    got = shared_attention(q, kk, v, sel, rows=R, k_sel=k, scale=0.125, pieces=pieces)
     row_ptr, col = shared_row_csr(sel, T=T, R=R, k=k)
     want = sparse_rows_forward(q, kk, v, row_ptr, col, 0.125, pieces=3)
     if pieces == 3:

@@ -389,13 +389,12 @@ class SEAAttention(AttentionModule):
         shared_keys (mask: the blocks' selection): the cells per block (layout 'shared', the shared kernel expands
         them; count None, see shared.shared_row_csr for the per-row lists) or the per-row CSR lists."""
         if self.shared_keys:
-            from methods.sea.shared import shared_cells, shared_row_csr
+            from methods.sea.shared import shared_row_csr
 
             T = int(T)                           # the blocks' mask does not give it
             self.last_interp = "shared"
-            if layout == "shared":
-                cells, ncells = shared_cells(mask)
-                return dict(layout=layout, cells=cells, ncells=ncells, count=None)
+            if layout == "shared":               # the kernel reads the blocks' selection itself
+                return dict(layout=layout, sel=mask, count=None)
             B, H = mask.shape[:2]
             row_ptr, col = shared_row_csr(mask, T=T, R=self.shared_keys, k=self.k, valid=valid)
             return dict(layout=layout, row_ptr=row_ptr, col=col, count=csr_counts(row_ptr, (B, H, T)))
@@ -430,8 +429,8 @@ class SEAAttention(AttentionModule):
         if sel["layout"] == "shared":
             from kernels.sea_shared_attention import shared_attention
 
-            return shared_attention(q, k, v, sel["cells"], sel["ncells"], rows=self.shared_keys, k_sel=self.k,
-                                    scale=scale, pieces=self.pieces_for(q)), "triton_shared"
+            return shared_attention(q, k, v, sel["sel"], rows=self.shared_keys, k_sel=self.k, scale=scale,
+                                    pieces=self.pieces_for(q)), "triton_shared"
         if sel["layout"] == "tiles":
             out = ssa.sparse_attention_tiled(q, k, v, sel["mask"], sel["tiles"], sel["ntiles"], scale,
                                              k_sel=self.k, causal=causal, block_m=sel["block_m"],

@@ -24,8 +24,7 @@ Here the rows of a block j = [j R, min(T, (j+1) R)) (R = shared_keys) share one 
 Every row attends at least itself. This is an approximation of its own, not an identity of SEA's: its fidelity is
 measured (results/cpu/sea-shared-keys/), and the speed it buys (results/nvidia-h200/).
 
-Layouts: `shared_cells` gives the selected cell ids per (b, h, block) ascending, padded to K (int32 [B*H*NB, K]) and
-their counts: what kernels/sea_shared_attention.py reads. `shared_row_csr` expands the selection to interp.py's
+Layouts: kernels/sea_shared_attention.py reads the blocks' selection (bool [B, H, NB, K]) itself. `shared_row_csr` expands the selection to interp.py's
 per-row CSR lists (the block's cell keys before it, then its own keys up to the row): the path for calls with
 gradients, on CPU and for padding masks (padded keys dropped), and the exact re-statement the kernel is tested
 against (besides `shared_dense_mask`, a plain loop).
@@ -118,6 +117,16 @@ def eligible_widths(T: int, R: int, K: int, device) -> torch.Tensor:
     return torch.where(lo[0] < starts, hi[0] - lo[0], 0)
 
 
+@functools.lru_cache(maxsize=64)
+def selection_shape(mode: str, *, T: int, R: int, K: int, k: int, H: int, budget: float, device: str
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eligible widths [NB, K], budgets [NB]) of a call shape, made once (a CUDA-graph replay or a benchmark loop
+    then launches only the score, top-k and attention kernels)."""
+    dev = torch.device(device)
+    ends = block_ends(T, R, dev)
+    return eligible_widths(T, R, K, dev), block_budgets(mode, ends, k=k, K=K, H=H, budget=budget)
+
+
 def select_blocks(a_hat: torch.Tensor, *, R: int, mode: str, k: int, budget: float, backend: str = "torch"
                   ) -> torch.Tensor:
     """bool [B, H, NB, K]: the cells each block of R query rows attends (causal). backend 'triton': the top-k kernel
@@ -125,9 +134,7 @@ def select_blocks(a_hat: torch.Tensor, *, R: int, mode: str, k: int, budget: flo
     among ties)."""
     B, H, T, K = a_hat.shape
     scores = block_scores(a_hat, R, backend=backend)                     # [B, H, NB, K]
-    ends = block_ends(T, R, a_hat.device)                                # [NB]
-    width = eligible_widths(T, R, K, a_hat.device)                      # [NB, K]
-    n = block_budgets(mode, ends, k=k, K=K, H=H, budget=budget)          # [NB]
+    width, n = selection_shape(mode, T=T, R=R, K=K, k=k, H=H, budget=budget, device=str(a_hat.device))
     g = H if mode == "causal_per_batch" else 1
     if backend == "triton":
         from kernels.sea_topk import select_rows
@@ -141,19 +148,6 @@ def select_blocks(a_hat: torch.Tensor, *, R: int, mode: str, k: int, budget: flo
     rank.scatter_(-1, order, torch.arange(g * K, device=x.device).expand_as(order).contiguous())
     sel = (rank < n.view(1, 1, NB, 1)) & (x > float("-inf"))
     return sel.view(B, H // g, NB, g, K).permute(0, 1, 3, 2, 4).reshape(B, H, NB, K)
-
-
-def shared_cells(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """bool [B, H, NB, K] -> (cells int32 [B*H*NB, K]: the selected cell ids ascending, then filler 0;
-    ncells int32 [B*H*NB]). No host sync (scatter into a spare slot)."""
-    B, H, NB, K = sel.shape
-    s = sel.reshape(-1, K)
-    pos = s.to(torch.int32).cumsum(-1) - 1                               # slot of each selected cell
-    slot = torch.where(s, pos.long(), K)                                 # unselected -> the spare slot K
-    cells = torch.zeros(s.shape[0], K + 1, dtype=torch.int32, device=sel.device)
-    ids = torch.arange(K, dtype=torch.int32, device=sel.device).expand_as(s)
-    cells.scatter_(-1, slot, ids)
-    return cells[:, :K].contiguous(), s.sum(-1, dtype=torch.int32)
 
 
 def block_key_lists(sel: torch.Tensor, *, T: int, R: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
