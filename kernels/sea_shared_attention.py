@@ -1,8 +1,8 @@
 """Causal sparse attention where each block of R query rows attends one key set made of compressed cells.
 
 What: q [B, H, T, D], k, v [B, Hkv, T, D] (GQA: head h reads kv head h // (H / Hkv)), sel bool [B, H, NB, KC]
-(NB = ceil(T / R); per (b, h, block j) its selected cells). Block j holds query rows [j R, min(T, (j+1) R)) and its geometry is L_j = min(T, (j+1) R): cell c spans
-keys [lo, hi) = [floor((2 c L_j + KC) / (2 KC)), floor((2 (c+1) L_j + KC) / (2 KC))) and contributes n = min(hi - lo,
+(NB = ceil(T / R); per (b, h, block j) its selected cells). Block j holds query rows [j R, min(T, (j+1) R)) and
+its geometry is L_j = min(T, (j+1) R): cell c spans keys [lo, hi) = [floor((2 c L_j + KC) / (2 KC)), floor((2 (c+1) L_j + KC) / (2 KC))) and contributes n = min(hi - lo,
 k_sel) keys lo + floor(i (hi - lo) / n), i < n (methods/sea/interp.py's rule), of which those before the block's
 first row j R count; then the block's own keys j R .. t. Row t attends
     out[t] = sum_key softmax(q_t . k_key * scale) v_key      (renormalised over those keys; at least key t)
@@ -37,9 +37,12 @@ try:
 except ImportError:                                                      # pragma: no cover - triton is a dependency
     triton = None
 
-# keys per loop step (the N of the score tile); a power of two >= 16
+# keys per loop step (the N of the score tile; a power of two >= 16) and warps per program. Measured on an H200 (bf16,
+# B=1, H=16, D=64, causal, SEA's untrained estimate, R=64, budget 2; scripts/probe_shared_kernel.py): 64 keys on 2
+# warps 0.195 ms at 16k, 0.484 at 64k; on 4 warps 0.317 / 0.827; 128 keys on 4 warps 0.216 / 0.632; 32 keys >= 0.275
+# / 0.667; 8 warps slower everywhere (results/nvidia-h200/sea-shared-keys/call6/).
 BLOCK_N = 64
-NUM_WARPS = 4
+NUM_WARPS = 2
 
 
 if triton is not None:

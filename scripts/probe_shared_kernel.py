@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     ap.add_argument("--T", type=int, nargs="+", default=[16384, 65536])
     ap.add_argument("--opts", default="performer_dtype=bf16,estimator_precision=tf32,estimator_dtype=bf16,"
                                       "compile=estimator,sparse_pieces=1,shared_keys=64,shared_budget=2")
+    ap.add_argument("--block-n", type=int, nargs="+", default=[32, 64, 128])
+    ap.add_argument("--warps", type=int, nargs="+", default=[2, 4, 8])
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("probe_shared_kernel.py needs a CUDA device", file=sys.stderr)
@@ -61,6 +63,7 @@ def main(argv=None) -> int:
     from scripts._sea_setup import build_sea, gaussian_qkv, parse_opts
 
     rows = []
+    bn0, warps0 = ssa.BLOCK_N, ssa.NUM_WARPS
     for T in a.T:
         opts = parse_opts(a.opts)
         lay = build_sea(opts, T=T, causal=True)
@@ -84,20 +87,22 @@ def main(argv=None) -> int:
                 rows.append((T, name, float("nan"), float("nan")))
                 print(f"T={T} {name}: {type(exc).__name__}: {str(exc)[:200]}")
 
-        for bn in (32, 64, 128):
-            for warps in (2, 4, 8):
+        for bn in a.block_n:
+            for warps in a.warps:
                 def run(bn=bn, warps=warps):
                     ssa.BLOCK_N, ssa.NUM_WARPS = bn, warps
                     return ssa.shared_attention(q, k, v, sel, rows=R, k_sel=ksel, scale=scale, pieces=1)
                 timed(f"shared BLOCK_N={bn} warps={warps}", run)
-        ssa.BLOCK_N, ssa.NUM_WARPS = 64, 4
+        ssa.BLOCK_N, ssa.NUM_WARPS = bn0, warps0
         timed("rows kernel, same lists", lambda: sparse_rows_forward(q, k, v, row_ptr, col, scale, pieces=1))
         try:
             from torch.nn.attention.flex_attention import flex_attention
 
             bm = flex_block_mask(row_ptr, col, B=1, H=16, T=T, R=R)
             flex = torch.compile(flex_attention)
-            timed(f"flex, {R}x{R} block mask", lambda: flex(q, k, v, block_mask=bm, scale=scale), check=False)
+            blocks = {"BLOCK_M": R, "BLOCK_N": R}                        # Flex's tiles must divide the mask's blocks
+            timed(f"flex, {R}x{R} block mask", lambda: flex(q, k, v, block_mask=bm, scale=scale, kernel_options=blocks),
+                  check=False)
             dens = bm.kv_num_blocks.float().sum().item() / (16 * (T // R) * (T // R + 1) / 2)
             print(f"T={T} flex block density {dens:.4f} of the causal blocks")
         except Exception as exc:

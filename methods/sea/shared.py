@@ -24,10 +24,10 @@ Here the rows of a block j = [j R, min(T, (j+1) R)) (R = shared_keys) share one 
 Every row attends at least itself. This is an approximation of its own, not an identity of SEA's: its fidelity is
 measured (results/cpu/sea-shared-keys/), and the speed it buys (results/nvidia-h200/).
 
-Layouts: kernels/sea_shared_attention.py reads the blocks' selection (bool [B, H, NB, K]) itself. `shared_row_csr` expands the selection to interp.py's
-per-row CSR lists (the block's cell keys before it, then its own keys up to the row): the path for calls with
-gradients, on CPU and for padding masks (padded keys dropped), and the exact re-statement the kernel is tested
-against (besides `shared_dense_mask`, a plain loop).
+Layouts: kernels/sea_shared_attention.py reads the blocks' selection (bool [B, H, NB, K]) itself. `shared_row_csr`
+expands the selection to interp.py's per-row CSR lists (the block's cell keys before it, then its own keys up to the
+row): the path for calls with gradients, on CPU and for padding masks (padded keys dropped), and the exact
+re-statement the kernel is tested against (besides `shared_dense_mask`, a plain loop).
 """
 from __future__ import annotations
 
