@@ -147,7 +147,7 @@ class SEAAttention(AttentionModule):
                  compile: str = "none", query_chunk: int = 0, decoder_backend: str = "auto",
                  query_blocks: int = 0, mix_backend: str = "auto", estimator_precision: str = "fp32",
                  sparse_backward: str = "auto", sparse_pieces: int = 3, cuda_graph: int = 0,
-                 shared_keys: int = 0, shared_budget: float = 1.0):
+                 shared_keys: int = 0, shared_budget: float = 2.0):
         super().__init__()
         from methods.sea import SPARSE_BACKWARDS, SPARSE_PIECES
         from methods.sea.graphs import GraphCache
