@@ -2,9 +2,10 @@
 
 What: q [B, H, T, D], k, v [B, Hkv, T, D] (GQA: head h reads kv head h // (H / Hkv)), sel bool [B, H, NB, KC]
 (NB = ceil(T / R); per (b, h, block j) its selected cells). Block j holds query rows [j R, min(T, (j+1) R)) and
-its geometry is L_j = min(T, (j+1) R): cell c spans keys [lo, hi) = [floor((2 c L_j + KC) / (2 KC)), floor((2 (c+1) L_j + KC) / (2 KC))) and contributes n = min(hi - lo,
-k_sel) keys lo + floor(i (hi - lo) / n), i < n (methods/sea/interp.py's rule), of which those before the block's
-first row j R count; then the block's own keys j R .. t. Row t attends
+its geometry is L_j = min(T, (j+1) R): cell c spans keys [lo, hi) = [floor((2 c L_j + KC) / (2 KC)),
+floor((2 (c+1) L_j + KC) / (2 KC))) and contributes n = min(hi - lo, k_sel) keys lo + floor(i (hi - lo) / n), i < n
+(methods/sea/interp.py's rule), of which those before the block's first row j R count; then the block's own keys
+j R .. t. Row t attends
     out[t] = sum_key softmax(q_t . k_key * scale) v_key      (renormalised over those keys; at least key t)
 fp32 arithmetic (score products of 16-bit inputs are exact in fp32; P v by kernels/sea_sparse_rows.py's pieces),
 out in q's dtype. The per-row CSR form of the same selection (methods/sea/shared.py: shared_row_csr) run through
@@ -22,7 +23,8 @@ narrow cells share a tile; then one [R, R] causal tile of the block's own keys; 
 normaliser per row; `_tile`) throughout. Keys are loaded as rows ([N, D], as kernels/sea_sparse_rows.py does).
 Measured on an H200 (bf16, B=1, H=16, D=64, causal, SEA's untrained estimate, R=64, budget 2): the first form, a loop
 over cells with scalar cell loads and keys gathered as [D, N] columns, 0.55 ms at T = 16k (as long as the rows kernel
-it replaces); the slot run with per-slot one-hot selects of int64 [64 x 64] vectors 4.65 ms; with a table 0.23 ms
+it replaces); the slot run with per-slot one-hot selects of int64 [64 x 64] vectors 4.65 ms; with the table made
+by tensor ops 0.231 ms (but ~20 small launches a call); the table made in the kernel 0.320 ms on 4 warps, 0.195 on 2
 (results/nvidia-h200/sea-shared-keys/).
 """
 from __future__ import annotations

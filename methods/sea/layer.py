@@ -367,13 +367,15 @@ class SEAAttention(AttentionModule):
 
     def shared_plan(self, q, valid, grad: bool) -> tuple[str, str]:
         """sparse_plan with shared_keys: ('shared', 'triton_shared') (kernels/sea_shared_attention.py reads the
-        blocks' cells) for calls without gradients or padding mask on CUDA, or under Triton's interpreter when backend
-        is triton / triton_rows; else the per-row CSR lists of the same selection on the kernel sparse_plan picks
-        without shared keys (the tiled kernel reads per-row masks: the row kernel runs instead)."""
+        blocks' selection) for calls without gradients or padding mask, with backend auto on CUDA or triton /
+        triton_rows where Triton runs (CUDA, or its interpreter); else the per-row CSR lists of the same selection on
+        the kernel sparse_plan picks without shared keys (the tiled kernel reads per-row masks: the row kernel runs
+        instead; backend torch: the gather path)."""
         from kernels.sea_sparse_attention import triton_usable
 
-        asked = self.backend in ("triton", "triton_rows") and triton_usable(q.device)
-        if not grad and valid is None and (q.is_cuda or asked):
+        kernel_ok = (self.backend == "auto" and q.is_cuda) or \
+            (self.backend in ("triton", "triton_rows") and triton_usable(q.device))
+        if not grad and valid is None and kernel_ok:
             return "shared", "triton_shared"
         if self.backend == "auto":
             kernel = "triton_rows" if q.is_cuda else ("triton" if triton_usable(q.device) else "torch")
@@ -386,8 +388,9 @@ class SEAAttention(AttentionModule):
     def stage_interpolate(self, mask, *, causal, valid, layout, T: int | None = None):
         """4. compressed mask -> the sparse kernel's selection: CSR key lists (layout 'csr') or, for the tiled
         kernel, active key tiles per query block (the kernel re-derives the keys from the mask itself). With
-        shared_keys (mask: the blocks' selection): the cells per block (layout 'shared', the shared kernel expands
-        them; count None, see shared.shared_row_csr for the per-row lists) or the per-row CSR lists."""
+        shared_keys (mask: the blocks' selection [B, H, NB, K]; T: the sequence length): that selection as it is
+        (layout 'shared': the shared kernel expands it; count None, shared.shared_row_csr gives the per-row lists) or
+        the per-row CSR lists."""
         if self.shared_keys:
             from methods.sea.shared import shared_row_csr
 
