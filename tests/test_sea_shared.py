@@ -209,6 +209,30 @@ def test_layer_kernel_and_row_lists_give_one_output():
     assert (probs[..., 150:] == 0).all() and (probs[:, :, 0, 1:] == 0).all()   # causal: row 0 sees key 0 only
 
 
+def test_plan_takes_the_kernel_only_where_asked_and_possible():
+    pytest.importorskip("triton")
+    q = torch.zeros(1, 4, 150, 32)
+    valid = torch.ones(1, 150, dtype=torch.bool)
+    assert build("triton").shared_plan(q, None, False) == ("shared", "triton_shared")   # interpreter: kernel
+    assert build("triton").shared_plan(q, None, True) == ("csr", "triton")               # gradients: the lists
+    assert build("triton").shared_plan(q, valid, False) == ("csr", "triton")             # padding mask: the lists
+    assert build("torch").shared_plan(q, None, False) == ("csr", "torch")                # torch: the gather path
+    assert build("triton_tiled").shared_plan(q, None, True)[1].startswith("triton (tiled")
+
+
+def test_stage_profile_times_the_shared_stages():
+    lay = build("torch")
+    q, k, v = gaussian_qkv(1, 4, 2, 150, 32, seed=10, dtype=torch.float32)
+    calls = []
+
+    def timer(fn):
+        calls.append(fn())
+        return 1.0
+    ms = lay.stage_profile(q, k, v, causal=True, timer=timer)
+    assert set(ms) == {"estimator", "topk", "interpolate", "sparse_attention", "mix"}
+    assert calls[1].shape == (1, 4, 5, 16)                               # the top-k stage returns the blocks' selection
+
+
 def test_layer_with_gradients_runs_the_row_lists():
     a = build("torch")
     q, k, v = gaussian_qkv(1, 4, 2, 150, 32, seed=9, dtype=torch.float32)
