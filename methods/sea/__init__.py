@@ -164,8 +164,9 @@ class _SEABase(Method):
                "itself (kernels/sea_shared_attention.py, no CSR lists), elsewhere the per-row CSR lists of the same "
                "selection. H200, bf16, SEA fast, 64 rows, budget 2, one run: causal 16k 1.26x -> 0.86x cuDNN "
                "(CUDA-graph replay), 64k 0.216x -> 0.168x (0.87x / 0.165x in a second run); fidelity on "
-               "SmolLM2-135M's q/k/v (T=2048) better than per-row selection: mean relative error 0.886 -> 0.777 (untrained estimator), 0.258 -> 0.186 (oracle "
-               "estimate) (results/nvidia-h200/sea-shared-keys/, results/cpu/sea-shared-keys/)"),
+               "SmolLM2-135M's q/k/v (T=2048) better than per-row selection: mean relative error 0.886 -> 0.777 "
+               "(untrained estimator), 0.258 -> 0.186 (oracle estimate) (results/nvidia-h200/sea-shared-keys/, "
+               "results/cpu/sea-shared-keys/)"),
         Option("shared_budget", 2.0, "cells a shared-key block attends, as a multiple of one row's top-k budget at "
                "the block's end (shared_keys > 0; 1 measured worse than per-row selection with the oracle estimate, "
                "2 and 4 better)"),
