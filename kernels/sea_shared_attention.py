@@ -1,4 +1,6 @@
-"""Causal sparse attention where each block of R query rows attends one key set made of compressed cells.
+"""Sparse attention where each block of R query rows attends one key set made of compressed cells (causal, or
+bidirectional with causal=False: every block takes the geometry L = T, its cells' keys outside its own rows and all of
+its own R keys, no mask inside).
 
 What: q [B, H, T, D], k, v [B, Hkv, T, D] (GQA: head h reads kv head h // (H / Hkv)), sel bool [B, H, NB, KC]
 (NB = ceil(T / R); per (b, h, block j) its selected cells). Block j holds query rows [j R, min(T, (j+1) R)) and
@@ -52,8 +54,9 @@ if triton is not None:
 
     @triton.jit
     def _tile(q, kbase, vbase, key, kmask, t, m_i, l_i, acc, scale, skt, svt, offs_d, dmask,
-              FP32: tl.constexpr, EMU: tl.constexpr, PIECES: tl.constexpr):
-        """One step of the online softmax: the keys `key` [N] (where kmask, and <= each row's t) against q [R, D]."""
+              FP32: tl.constexpr, EMU: tl.constexpr, PIECES: tl.constexpr, CAUSAL: tl.constexpr):
+        """One step of the online softmax: the keys `key` [N] (where kmask, and causal: <= each row's t) against
+        q [R, D]."""
         kv_mask = kmask[:, None] & dmask[None, :]
         kr = tl.load(kbase + key[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)   # [N, BLOCK_D] rows
         vt = tl.load(vbase + key[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)   # [N, BLOCK_D]
@@ -63,7 +66,10 @@ if triton is not None:
             s = tl.dot(q.to(tl.float32), tl.trans(kr.to(tl.float32)), input_precision="ieee")
         else:
             s = tl.dot(q, tl.trans(kr))                                  # [R, N] fp32 sums of exact products
-        ok = kmask[None, :] & (key[None, :] <= t[:, None])
+        if CAUSAL:
+            ok = kmask[None, :] & (key[None, :] <= t[:, None])
+        else:
+            ok = kmask[None, :] & (t[:, None] >= 0)
         s = tl.where(ok, s * scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)           # rows with no key yet: all terms 0
@@ -81,7 +87,8 @@ if triton is not None:
                            sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
                            H, T, D, GROUP, NB, KSEL,
                            KC: tl.constexpr, KCP: tl.constexpr, R: tl.constexpr, BN: tl.constexpr,
-                           BLOCK_D: tl.constexpr, FP32: tl.constexpr, EMU: tl.constexpr, PIECES: tl.constexpr):
+                           BLOCK_D: tl.constexpr, FP32: tl.constexpr, EMU: tl.constexpr, PIECES: tl.constexpr,
+                           CAUSAL: tl.constexpr):
         pid = tl.program_id(0).to(tl.int64)
         j = pid % NB
         bh = pid // NB
@@ -100,27 +107,42 @@ if triton is not None:
         m_i = tl.full([R], float("-inf"), tl.float32)
         l_i = tl.zeros([R], dtype=tl.float32)
         acc = tl.zeros([R, BLOCK_D], dtype=tl.float32)
-        # The selected cells' keys before the block, cells in ascending order, form a run of `total` key slots:
-        # cell c holds slots [ends[c] - m[c], ends[c]) with m[c] = min(n, ceil((j R - lo) n / w)) of its n keys
-        # lo + floor(i w / n) (those before j R come first). Per cell (lo, w, n, first slot) go to this program's
-        # rows of TAB (int32 scratch), read back by gathers; BN slots a step, so narrow cells share a tile.
+        # The selected cells' keys outside the block's own rows [j R, j R + R) (causal: before them), cells in
+        # ascending order, form a run of `total` key slots: cell c holds slots [ends[c] - m[c], ends[c]). Of its n keys
+        # lo + floor(i w / n) (ascending) the first a = min(n, ceil((j R - lo) n / w)) lie before the block and the
+        # first b = min(n, ceil((j R + R - lo) n / w)) before its end: causal m = a; bidirectional m = n - (b - a),
+        # slot i of the cell taking key i, or i + (b - a) from i = a on. Per cell (lo, w, n, first slot, a, b - a)
+        # go to this program's rows of TAB (int32 scratch), read back by gathers; BN slots a step, so narrow cells
+        # share a tile.
         cc = tl.arange(0, KCP)
         ccm = cc < KC
         sel = tl.load(MASK + pid * KC + cc, mask=ccm, other=0) != 0     # [KCP] the block's selection of this head
-        L = tl.minimum((j + 1) * R, T).to(tl.int32)                      # the block's geometry
+        if CAUSAL:
+            L = tl.minimum((j + 1) * R, T).to(tl.int32)                  # the block's geometry
+        else:
+            L = T                                                        # one geometry for all rows
         start = (j * R).to(tl.int32)
         lo = (2 * cc * L + KC) // (2 * KC)
         w = (2 * (cc + 1) * L + KC) // (2 * KC) - lo
         n = tl.minimum(w, KSEL)
-        m = tl.maximum(((start - lo) * n + w - 1) // tl.maximum(w, 1), 0)
-        m = tl.where(sel & ccm & (w > 0), tl.minimum(n, m), 0)
+        wd = tl.maximum(w, 1)
+        a = tl.minimum(tl.maximum(((start - lo) * n + w - 1) // wd, 0), n)
+        live = sel & ccm & (w > 0)
+        if CAUSAL:
+            gap = tl.zeros_like(a)
+            m = tl.where(live, a, 0)
+        else:
+            gap = tl.minimum(tl.maximum(((start + R - lo) * n + w - 1) // wd, 0), n) - a
+            m = tl.where(live, n - gap, 0)
         ends = tl.cumsum(m, 0)                                           # [KCP] int32
         total = tl.sum(m, 0)
-        tab = TAB + pid * (4 * KC)
+        tab = TAB + pid * (6 * KC)
         tl.store(tab + cc, lo, mask=ccm)
         tl.store(tab + KC + cc, w, mask=ccm)
         tl.store(tab + 2 * KC + cc, tl.maximum(n, 1), mask=ccm)
         tl.store(tab + 3 * KC + cc, ends - m, mask=ccm)
+        tl.store(tab + 4 * KC + cc, a, mask=ccm)
+        tl.store(tab + 5 * KC + cc, gap, mask=ccm)
         tl.debug_barrier()                                               # the table is read by other threads
         ends = tl.where(ccm, ends, 2147483647)
         for s0 in range(0, total, BN):
@@ -132,12 +154,16 @@ if triton is not None:
             c_w = tl.load(tab + KC + ci, mask=smask, other=0)
             c_n = tl.load(tab + 2 * KC + ci, mask=smask, other=1)
             c_first = tl.load(tab + 3 * KC + ci, mask=smask, other=0)
-            key = (c_lo + ((slot - c_first) * c_w) // c_n).to(tl.int64)   # [BN] key positions (interp.py's rule)
+            i = slot - c_first                                           # the slot's place in its cell's run
+            if not CAUSAL:                                               # past the keys inside the block: skip them
+                i += tl.where(i >= tl.load(tab + 4 * KC + ci, mask=smask, other=0),
+                              tl.load(tab + 5 * KC + ci, mask=smask, other=0), 0)
+            key = (c_lo + (i * c_w) // c_n).to(tl.int64)                 # [BN] key positions (interp.py's rule)
             m_i, l_i, acc = _tile(q, kbase, vbase, key, smask, t, m_i, l_i, acc, scale, skt, svt, offs_d, dmask,
-                                  FP32, EMU, PIECES)
-        own = j * R + tl.arange(0, R)                                    # the block's own keys, each row's <= t
+                                  FP32, EMU, PIECES, CAUSAL)
+        own = j * R + tl.arange(0, R)                                    # the block's own keys (causal: <= t)
         m_i, l_i, acc = _tile(q, kbase, vbase, own, own < T, t, m_i, l_i, acc, scale, skt, svt, offs_d, dmask,
-                              FP32, EMU, PIECES)
+                              FP32, EMU, PIECES, CAUSAL)
         out = tl.where(l_i[:, None] > 0, acc / tl.where(l_i > 0, l_i, 1.0)[:, None], 0.0)
         tl.store(O + b * sob + h * soh + t[:, None] * sot + offs_d[None, :], out.to(O.dtype.element_ty),
                  mask=rmask[:, None] & dmask[None, :])
@@ -192,8 +218,10 @@ def check_shared_inputs(q, k, v, sel, R: int) -> None:
             raise ValueError(f"shared attention: {name} on {x.device}, q on {q.device}")
 
 
-def shared_attention(q, k, v, sel, *, rows: int, k_sel: int, scale: float, pieces: int = 3) -> torch.Tensor:
-    """out [B, H, T, D] in q's dtype for the blocks' selection sel bool [B, H, NB, K] (see the module docstring).
+def shared_attention(q, k, v, sel, *, rows: int, k_sel: int, scale: float, pieces: int = 3, causal: bool = True
+                     ) -> torch.Tensor:
+    """out [B, H, T, D] in q's dtype for the blocks' selection sel bool [B, H, NB, K] (see the module docstring;
+    causal=False: one geometry L = T for every block, cells' keys outside the block's rows, all of its own keys).
     Forward only: inputs that require grad are refused (the per-row CSR kernels carry the backward). pieces:
     kernels/sea_sparse_rows.py's P v precision for 16-bit inputs (3: fp32 accuracy, 1: P rounded once)."""
     if triton is None:
@@ -209,7 +237,7 @@ def shared_attention(q, k, v, sel, *, rows: int, k_sel: int, scale: float, piece
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     mask = sel.contiguous().view(torch.int8)
     NB = -(-T // rows)
-    tab = torch.empty(B * H * NB, 4, KC, dtype=torch.int32, device=q.device)   # per program: its cells' table
+    tab = torch.empty(B * H * NB, 6, KC, dtype=torch.int32, device=q.device)   # per program: its cells' table
     out = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
     if B * H * NB and D:
         _shared_fwd_kernel[(B * H * NB,)](
@@ -218,7 +246,7 @@ def shared_attention(q, k, v, sel, *, rows: int, k_sel: int, scale: float, piece
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
             H, T, D, H // k.shape[1], NB, int(k_sel),
             KC=KC, KCP=pow2_block(KC), R=rows, BN=BLOCK_N, BLOCK_D=pow2_block(D), FP32=q.dtype == torch.float32,
-            EMU=q.device.type != "cuda", PIECES=pieces, num_warps=NUM_WARPS)
+            EMU=q.device.type != "cuda", PIECES=pieces, CAUSAL=bool(causal), num_warps=NUM_WARPS)
     return out
 
 

@@ -18,6 +18,7 @@ from tests.helpers import gaussian_qkv, sea_case
 from tests.test_sea_sparse_rows import assert_within_one_ulp
 
 B, H, HKV, D = 2, 4, 2, 32
+DIRECTIONS = [("causal_per_batch", True), ("per_batch", False), ("per_head", False)]   # (top-k mode, causal)
 
 
 def estimate(T, K, seed=0):
@@ -107,17 +108,24 @@ def test_topk_kernel_selects_like_the_stable_sort(mode):
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("mode,causal", DIRECTIONS)
 @pytest.mark.parametrize("T,R,K,k", [(150, 32, 16, 4), (96, 16, 8, 16), (40, 16, 16, 64)])
-def test_row_lists_equal_the_dense_restatement(T, R, K, k):
-    sel = select_blocks(estimate(T, K, seed=1), R=R, mode="causal_per_batch", k=k, budget=2.0)
-    row_ptr, col = shared_row_csr(sel, T=T, R=R, k=k)
-    dense = shared_dense_mask(sel, T=T, R=R, k=k)
+def test_row_lists_equal_the_dense_restatement(T, R, K, k, mode, causal):
+    sel = select_blocks(estimate(T, K, seed=1), R=R, mode=mode, k=k, budget=2.0, causal=causal)
+    row_ptr, col = shared_row_csr(sel, T=T, R=R, k=k, causal=causal)
+    dense = shared_dense_mask(sel, T=T, R=R, k=k, causal=causal)
     assert torch.equal(csr_to_dense(row_ptr, col, (B, H, T), T), dense)
     for r in range(B * H * T):                                           # keys ascending inside a row
         row = col[row_ptr[r]:row_ptr[r + 1]]
         assert (row[1:] > row[:-1]).all()
-    # rows of one block share the keys before them: the block's last row holds every key of its block
-    assert dense.any()
+    rows = torch.arange(T)
+    own = (rows[None, :] // R) == (rows[:, None] // R)                   # [T, T] keys of the row's own block
+    if causal:
+        assert not (dense & (rows[None, :] > rows[:, None])).any()       # nothing after the row
+        assert (dense | ~(own & (rows[None, :] <= rows[:, None]))).all()   # its own block's keys up to itself
+    else:
+        assert (dense | ~own).all()                                      # all of its own block's keys
+        assert (dense & ~own).any()                                      # and cells' keys elsewhere, both sides
 
 
 def test_row_lists_drop_padded_keys():
@@ -131,6 +139,29 @@ def test_row_lists_drop_padded_keys():
     assert torch.equal(csr_to_dense(row_ptr, col, (B, H, T), T), want)
 
 
+
+
+@pytest.mark.parametrize("mode", ["per_batch", "per_head"])
+@pytest.mark.parametrize("T,R,K,k,budget", [(150, 32, 16, 4, 2.0), (96, 16, 8, 40, 0.5)])
+def test_bidirectional_selection_ranks_the_group_together(mode, T, R, K, k, budget):
+    from methods.sea.shared import bidirectional_budget
+
+    a = estimate(T, K, seed=11)
+    sel = select_blocks(a, R=R, mode=mode, k=k, budget=budget, causal=False)
+    scores = block_scores(a, R, pool="sum")                              # one geometry: plain sums
+    n = bidirectional_budget(mode, T=T, R=R, k=k, K=K, H=H, budget=budget)
+    per = min(max(k * K // T, 1), K)
+    groups = H if mode == "per_batch" else 1
+    assert n == max(1, min(groups * (-(-T // R)) * K, int(budget * groups * (-(-T // R)) * per + 0.5)))
+    G = B if mode == "per_batch" else B * H
+    for g in range(G):
+        chosen, s = sel.reshape(G, -1)[g], scores.reshape(G, -1)[g]
+        assert int(chosen.sum()) == n
+        assert s[chosen].min() >= s[~chosen].max()
+    pytest.importorskip("triton")                                        # the radix select picks the same cells
+    assert torch.equal(select_blocks(a, R=R, mode=mode, k=k, budget=budget, causal=False, backend="triton"), sel)
+
+
 def masked_softmax_f64(q, k, v, mask, scale):
     """The exact re-statement: softmax over the masked keys in float64, rows without a key -> 0."""
     kr = k.double().repeat_interleave(q.shape[1] // k.shape[1], 1)
@@ -140,17 +171,18 @@ def masked_softmax_f64(q, k, v, mask, scale):
     return p @ vr
 
 
+@pytest.mark.parametrize("mode,causal", DIRECTIONS[:2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("T,R,K,k", [(150, 32, 16, 4), (96, 16, 8, 80), (40, 16, 16, 64)])
-def test_kernel_matches_the_row_lists_and_the_float64_softmax(dtype, T, R, K, k):
+def test_kernel_matches_the_row_lists_and_the_float64_softmax(dtype, T, R, K, k, mode, causal):
     pytest.importorskip("triton")
-    sel = select_blocks(estimate(T, K, seed=4), R=R, mode="causal_per_batch", k=k, budget=2.0)
+    sel = select_blocks(estimate(T, K, seed=4), R=R, mode=mode, k=k, budget=2.0, causal=causal)
     q, kk, v = gaussian_qkv(B, H, HKV, T, D, seed=5, dtype=dtype)
     scale = 1.0 / math.sqrt(D)
-    got = shared_attention(q, kk, v, sel, rows=R, k_sel=k, scale=scale)
-    row_ptr, col = shared_row_csr(sel, T=T, R=R, k=k)
+    got = shared_attention(q, kk, v, sel, rows=R, k_sel=k, scale=scale, causal=causal)
+    row_ptr, col = shared_row_csr(sel, T=T, R=R, k=k, causal=causal)
     want = sparse_attention_torch(q, kk, v, row_ptr, col, scale)
-    ref = masked_softmax_f64(q, kk, v, shared_dense_mask(sel, T=T, R=R, k=k), scale)
+    ref = masked_softmax_f64(q, kk, v, shared_dense_mask(sel, T=T, R=R, k=k, causal=causal), scale)
     assert (row_ptr[1:] > row_ptr[:-1]).all()                            # every row attends its own key at least
     if dtype == torch.float32:
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
@@ -185,9 +217,9 @@ def test_kernel_refuses_bad_inputs_and_gradients():
         shared_attention(q.requires_grad_(), kk, v, sel, rows=16, k_sel=4, scale=0.25)
 
 
-def build(backend, **opts):
-    M, cfg, problem = sea_case(1, 4, 2, 150, 32, k=8, K=16, shared_keys=32, shared_budget=2.0, backend=backend,
-                               **opts)
+def build(backend, causal=True, **opts):
+    M, cfg, problem = sea_case(1, 4, 2, 150, 32, causal=causal, k=8, K=16, shared_keys=32, shared_budget=2.0,
+                               backend=backend, **opts)
     M.validate_config(cfg)
     assert M.extra_reasons(problem, cfg) == []
     return M.build(cfg, problem)
@@ -207,6 +239,20 @@ def test_layer_kernel_and_row_lists_give_one_output():
     probs = a.attention_probs(q, k, v, causal=True, rows=[0, 40, 149])
     torch.testing.assert_close(probs, b.attention_probs(q, k, v, causal=True, rows=[0, 40, 149]))
     assert (probs[..., 150:] == 0).all() and (probs[:, :, 0, 1:] == 0).all()   # causal: row 0 sees key 0 only
+
+
+def test_bidirectional_layer_kernel_and_row_lists_give_one_output():
+    pytest.importorskip("triton")
+    a, b = (build(backend, causal=False, mode="per_batch") for backend in ("triton", "torch"))
+    b.load_state_dict(a.state_dict())
+    q, k, v = gaussian_qkv(1, 4, 2, 150, 32, seed=12, dtype=torch.float32)
+    with torch.no_grad():
+        out_a, out_b = a(q, k, v, causal=False), b(q, k, v, causal=False)
+    assert "sparse=triton_shared" in a.impl and "sparse=torch" in b.impl
+    torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-6)
+    probs = a.attention_probs(q, k, v, causal=False, rows=[0, 149])
+    torch.testing.assert_close(probs, b.attention_probs(q, k, v, causal=False, rows=[0, 149]))
+    assert (probs[:, :, 0, 140:149] > 0).any()                           # row 0 sees keys after it
 
 
 def test_plan_takes_the_kernel_only_where_asked_and_possible():
@@ -250,10 +296,17 @@ def test_options_are_checked():
         with pytest.raises(MethodConfigError, match=match):
             M, cfg, _ = sea_case(1, 4, 4, 64, 16, **opts)
             M.validate_config(cfg)
-    M, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=False, shared_keys=32)
-    assert any("causal" in r for r in M.extra_reasons(problem, cfg))
-    with pytest.raises(ValueError, match="causal"):
-        M.build(cfg, problem)
+    M, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=False, shared_keys=32)      # per_batch: served
+    assert M.extra_reasons(problem, cfg) == []
+    for causal, mode in ((False, "per_query"), (True, "per_batch")):
+        M, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=causal, shared_keys=32, mode=mode)
+        assert any("shared_keys" in r for r in M.extra_reasons(problem, cfg))
+        with pytest.raises(ValueError, match="top-k mode"):
+            from methods.sea.layer import SEAAttention
+
+            SEAAttention(heads=4, head_dim=16, causal=causal, k=3, K=16, mode=mode, nbf=1.0, max_len=64, oracle=False,
+                         backend="torch", force_s_prob=-1, force_s_mix=-1, checkpoint=None, layer=0, seed=0,
+                         shared_keys=32)
 
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
@@ -262,17 +315,19 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("pieces", [3, 1])
-def test_kernel_on_the_gpu_matches_the_rows_kernel_on_the_row_lists(pieces):
+@pytest.mark.parametrize("mode,causal", DIRECTIONS[:2])
+def test_kernel_on_the_gpu_matches_the_rows_kernel_on_the_row_lists(pieces, mode, causal):
     from kernels.sea_sparse_rows import sparse_rows_forward
 
-    T, R, K, k = 4096, 64, 64, 64
+    T, R = 4096, 64
+    K, k = (64, 64) if causal else (128, 13)                             # SEA's defaults in each direction
     g = torch.Generator(device="cuda").manual_seed(0)
     a = torch.rand(1, 8, T, K, device="cuda", generator=g)
-    sel = select_blocks(a, R=R, mode="causal_per_batch", k=k, budget=2.0, backend="triton")
-    assert torch.equal(sel, select_blocks(a, R=R, mode="causal_per_batch", k=k, budget=2.0, backend="torch"))
+    sel = select_blocks(a, R=R, mode=mode, k=k, budget=2.0, backend="triton", causal=causal)
+    assert torch.equal(sel, select_blocks(a, R=R, mode=mode, k=k, budget=2.0, backend="torch", causal=causal))
     q, kk, v = (x.cuda() for x in gaussian_qkv(1, 8, 4, T, 64, seed=3, dtype=torch.bfloat16))
-    got = shared_attention(q, kk, v, sel, rows=R, k_sel=k, scale=0.125, pieces=pieces)
-    row_ptr, col = shared_row_csr(sel, T=T, R=R, k=k)
+    got = shared_attention(q, kk, v, sel, rows=R, k_sel=k, scale=0.125, pieces=pieces, causal=causal)
+    row_ptr, col = shared_row_csr(sel, T=T, R=R, k=k, causal=causal)
     want = sparse_rows_forward(q, kk, v, row_ptr, col, 0.125, pieces=3)
     if pieces == 3:
         assert_within_one_ulp(got, want)

@@ -261,11 +261,13 @@ class _SEABase(Method):
                                "decoder_backend=torch")
             if cfg["estimator_dtype"] != "fp32":
                 reasons.append(f"{name} runs in fp32; estimator_dtype={cfg['estimator_dtype']}")
-        if cfg["shared_keys"] and not problem.causal:
-            reasons.append(f"shared_keys={cfg['shared_keys']} serves causal layers (per-row top-k modes); "
-                           "bidirectional calls need shared_keys=0")
-        elif cfg["shared_keys"] and r["mode"] not in ("per_query", "causal_per_batch"):
-            reasons.append(f"shared_keys needs a per-row top-k mode (per_query, causal_per_batch); mode={r['mode']}")
+        if cfg["shared_keys"]:
+            from methods.sea.shared import BIDIRECTIONAL_MODES, SHARED_MODES
+
+            modes = SHARED_MODES if problem.causal else BIDIRECTIONAL_MODES
+            if r["mode"] not in modes:
+                reasons.append(f"shared_keys on {'causal' if problem.causal else 'bidirectional'} calls needs a "
+                               f"top-k mode among {', '.join(modes)}; mode={r['mode']}")
         if problem.causal and problem.seq_len > cfg["max_len"]:
             reasons.append(f"seq_len={problem.seq_len} > max_len={cfg['max_len']} (learned V_I rows)")
         return reasons

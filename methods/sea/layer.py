@@ -166,9 +166,11 @@ class SEAAttention(AttentionModule):
         self.query_chunk, self.query_blocks = query_chunk, query_blocks
         if shared_keys < 0 or (shared_keys and (shared_keys < 16 or shared_keys & (shared_keys - 1))):
             raise ValueError(f"shared_keys={shared_keys}: rows per shared-key block, a power of two >= 16 (0: off)")
-        if shared_keys and (not causal or mode not in ("per_query", "causal_per_batch")):
-            raise ValueError(f"shared_keys serves causal layers with a per-row top-k mode; causal={causal}, "
-                             f"mode={mode}")
+        from methods.sea.shared import BIDIRECTIONAL_MODES, SHARED_MODES
+
+        if shared_keys and mode not in (SHARED_MODES if causal else BIDIRECTIONAL_MODES):
+            raise ValueError(f"shared_keys: causal layers take a per-row top-k mode {SHARED_MODES}, bidirectional "
+                             f"ones {BIDIRECTIONAL_MODES}; causal={causal}, mode={mode}")
         if shared_keys and (query_chunk or query_blocks):
             raise ValueError("shared_keys runs over the whole sequence; it does not combine with query blocks")
         if not shared_budget > 0:
@@ -337,7 +339,7 @@ class SEAAttention(AttentionModule):
             from methods.sea.shared import select_blocks
 
             return select_blocks(a_hat, R=self.shared_keys, mode=self.mode, k=self.k, budget=self.shared_budget,
-                                 backend=self.last_topk)
+                                 backend=self.last_topk, causal=causal)
         return select_topk(a_hat, mode=self.mode, k=self.k, causal=causal, valid=valid, backend=self.last_topk)
 
     def sparse_plan(self, q, k, v, valid) -> tuple[str, str]:
@@ -399,7 +401,7 @@ class SEAAttention(AttentionModule):
             if layout == "shared":               # the kernel reads the blocks' selection itself
                 return dict(layout=layout, sel=mask, count=None)
             B, H = mask.shape[:2]
-            row_ptr, col = shared_row_csr(mask, T=T, R=self.shared_keys, k=self.k, valid=valid)
+            row_ptr, col = shared_row_csr(mask, T=T, R=self.shared_keys, k=self.k, valid=valid, causal=causal)
             return dict(layout=layout, row_ptr=row_ptr, col=col, count=csr_counts(row_ptr, (B, H, T)))
         B, H, T, K = mask.shape
         if layout == "tiles":
@@ -433,7 +435,7 @@ class SEAAttention(AttentionModule):
             from kernels.sea_shared_attention import shared_attention
 
             return shared_attention(q, k, v, sel["sel"], rows=self.shared_keys, k_sel=self.k, scale=scale,
-                                    pieces=self.pieces_for(q)), "triton_shared"
+                                    pieces=self.pieces_for(q), causal=causal), "triton_shared"
         if sel["layout"] == "tiles":
             out = ssa.sparse_attention_tiled(q, k, v, sel["mask"], sel["tiles"], sel["ntiles"], scale,
                                              k_sel=self.k, causal=causal, block_m=sel["block_m"],
@@ -863,7 +865,8 @@ class SEAAttention(AttentionModule):
         if row_ptr is None and self.shared_keys:  # shared_keys on its kernel: the per-row lists of its selection
             from methods.sea.shared import shared_row_csr
 
-            row_ptr, col = shared_row_csr(aux["mask"], T=T, R=self.shared_keys, k=self.k, valid=aux["valid"])
+            row_ptr, col = shared_row_csr(aux["mask"], T=T, R=self.shared_keys, k=self.k, valid=aux["valid"],
+                                          causal=causal)
         sel = csr_to_dense(row_ptr, col, (B, H, T), T, rows=rows)       # bool [B, H, R, T]
         p = torch.nan_to_num(torch.softmax(s.masked_fill(~sel, float("-inf")), -1), nan=0.0)
         s_prob, s_mix = aux["s_prob"][:, :, rows], aux["s_mix"][:, :, rows]   # [B, H, R, 1]

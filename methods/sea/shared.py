@@ -38,11 +38,14 @@ import torch
 from methods.sea.interp import cell_bounds
 
 SHARED_MODES = ("per_query", "causal_per_batch")
+BIDIRECTIONAL_MODES = ("per_head", "per_batch")
 
 
-def block_ends(T: int, R: int, device) -> torch.Tensor:
-    """int64 [NB]: L_j = min(T, (j + 1) R), the geometry of each block of R query rows."""
+def block_ends(T: int, R: int, device, causal: bool = True) -> torch.Tensor:
+    """int64 [NB]: the geometry of each block of R query rows: L_j = min(T, (j + 1) R) causal, T bidirectional."""
     NB = -(-T // R)
+    if not causal:
+        return torch.full((NB,), T, dtype=torch.long, device=device)
     return ((torch.arange(NB, device=device) + 1) * R).clamp(max=T)
 
 
@@ -108,13 +111,27 @@ def block_budgets(mode: str, ends: torch.Tensor, *, k: int, K: int, H: int, budg
     raise ValueError(f"shared_keys: top-k mode {mode!r} is not a per-row mode; expected one of {SHARED_MODES}")
 
 
-def eligible_widths(T: int, R: int, K: int, device) -> torch.Tensor:
-    """int64 [NB, K]: the width of each block cell (block geometry), 0 where the cell is empty or holds no key before
-    the block's first row (those keys are the block's own, attended anyway): the cells a block may select."""
-    ends = block_ends(T, R, device)
+def eligible_widths(T: int, R: int, K: int, device, causal: bool = True) -> torch.Tensor:
+    """int64 [NB, K]: the width of each block cell (block geometry), 0 where the cell is empty or (causal) holds no
+    key before the block's first row (those keys are the block's own, attended anyway): the cells a block may select.
+    Bidirectional: every non-empty cell (one that lies inside the block's own rows adds no key: the block has them)."""
+    ends = block_ends(T, R, device, causal)
     lo, hi = cell_bounds(ends[None], K)                                  # [1, NB, K]
+    if not causal:
+        return hi[0] - lo[0]
     starts = (torch.arange(ends.numel(), device=device) * R)[:, None]   # [NB, 1]
     return torch.where(lo[0] < starts, hi[0] - lo[0], 0)
+
+
+def bidirectional_budget(mode: str, *, T: int, R: int, k: int, K: int, H: int, budget: float) -> int:
+    """Cells ranked together per group (per_batch: a batch element's H x NB x K block cells, per_head: a head's
+    NB x K): topk.budgets' per-row rule (floor(k K / T) cells a row, at least 1) for NB block rows, times `budget`."""
+    if mode not in BIDIRECTIONAL_MODES:
+        raise ValueError(f"shared_keys: bidirectional top-k mode {mode!r}; expected one of {BIDIRECTIONAL_MODES}")
+    NB = -(-T // R)
+    per = min(max(k * K // max(T, 1), 1), K)
+    groups = H if mode == "per_batch" else 1
+    return max(1, min(groups * NB * K, int(budget * groups * NB * per + 0.5)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -127,12 +144,16 @@ def selection_shape(mode: str, *, T: int, R: int, K: int, k: int, H: int, budget
     return eligible_widths(T, R, K, dev), block_budgets(mode, ends, k=k, K=K, H=H, budget=budget)
 
 
-def select_blocks(a_hat: torch.Tensor, *, R: int, mode: str, k: int, budget: float, backend: str = "torch"
-                  ) -> torch.Tensor:
-    """bool [B, H, NB, K]: the cells each block of R query rows attends (causal). backend 'triton': the top-k kernel
-    of kernels/sea_topk.py on the block scores (CUDA), 'torch': a stable sort; same selection (lowest index first
-    among ties)."""
+def select_blocks(a_hat: torch.Tensor, *, R: int, mode: str, k: int, budget: float, backend: str = "torch",
+                  causal: bool = True) -> torch.Tensor:
+    """bool [B, H, NB, K]: the cells each block of R query rows attends. backend 'triton': the top-k kernel of
+    kernels/sea_topk.py on the block scores (CUDA; bidirectional: the radix select of kernels/sea_topk_global.py),
+    'torch': a stable sort; same selection (lowest index first among ties). Bidirectional calls rank the block
+    cells of a group together (per_batch / per_head, bidirectional_budget) on the plain sums of A_hat over the
+    block's rows (one geometry for all rows)."""
     B, H, T, K = a_hat.shape
+    if not causal:
+        return _select_blocks_bidirectional(a_hat, R=R, mode=mode, k=k, budget=budget, backend=backend)
     scores = block_scores(a_hat, R, backend=backend)                     # [B, H, NB, K]
     width, n = selection_shape(mode, T=T, R=R, K=K, k=k, H=H, budget=budget, device=str(a_hat.device))
     g = H if mode == "causal_per_batch" else 1
@@ -150,11 +171,33 @@ def select_blocks(a_hat: torch.Tensor, *, R: int, mode: str, k: int, budget: flo
     return sel.view(B, H // g, NB, g, K).permute(0, 1, 3, 2, 4).reshape(B, H, NB, K)
 
 
-def block_key_lists(sel: torch.Tensor, *, T: int, R: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _select_blocks_bidirectional(a_hat, *, R: int, mode: str, k: int, budget: float, backend: str) -> torch.Tensor:
+    B, H, T, K = a_hat.shape
+    scores = block_scores(a_hat, R, pool="sum")                          # [B, H, NB, K]: one geometry for all rows
+    NB = scores.shape[2]
+    n = bidirectional_budget(mode, T=T, R=R, k=k, K=K, H=H, budget=budget)
+    width = eligible_widths(T, R, K, a_hat.device, causal=False)[0]     # [K], the same for every block
+    G = B if mode == "per_batch" else B * H
+    nn = torch.full((G,), n, dtype=torch.long, device=a_hat.device)
+    if backend == "triton":
+        from kernels.sea_topk_global import select_global
+
+        return select_global(scores.contiguous(), nn, width).view(B, H, NB, K)
+    x = scores.reshape(G, -1)
+    elig = ((width > 0).repeat(NB * (H if mode == "per_batch" else 1))[None, :]) & ~torch.isnan(x)
+    x = x.masked_fill(~elig, float("-inf"))
+    order = torch.sort(x, dim=1, descending=True, stable=True).indices   # equal scores keep index order
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(x.shape[1], device=x.device).expand_as(order).contiguous())
+    return ((rank < n) & elig).view(B, H, NB, K)
+
+
+def block_key_lists(sel: torch.Tensor, *, T: int, R: int, k: int, causal: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The keys of each (b, h, block), ascending: (ptr int64 [B*H*NB + 1], keys int64 [nnz]). Host sync."""
     B, H, NB, K = sel.shape
     dev = sel.device
-    ends = block_ends(T, R, dev)
+    ends = block_ends(T, R, dev, causal)
     lo, hi = cell_bounds(ends[None], K)                                  # [1, NB, K]
     width = (hi - lo)[0]                                                 # [NB, K]
     n_cell = width.clamp(max=k)
@@ -171,16 +214,18 @@ def block_key_lists(sel: torch.Tensor, *, T: int, R: int, k: int) -> tuple[torch
     return ptr, keys
 
 
-def shared_row_csr(sel: torch.Tensor, *, T: int, R: int, k: int, valid: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def shared_row_csr(sel: torch.Tensor, *, T: int, R: int, k: int, valid: torch.Tensor | None = None,
+                   causal: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row CSR lists (interp.py's format: row_ptr int64 [B*H*T + 1], col int32, keys ascending) of the shared
     selection: row t of block j gets its block's cell keys before j R, then the keys j R .. t (with a padding mask
-    valid [B, T]: only valid keys). Host syncs; O(entries) memory."""
+    valid [B, T]: only valid keys). Bidirectional (causal=False): every row of block j gets the block's cell keys
+    outside [j R, j R + R) and all of the block's own keys. Host syncs; O(entries) memory."""
     B, H, NB, K = sel.shape
     dev = sel.device
-    ptr, keys = block_key_lists(sel, T=T, R=R, k=k)
+    ptr, keys = block_key_lists(sel, T=T, R=R, k=k, causal=causal)
     blk_of = torch.repeat_interleave(torch.arange(B * H * NB, device=dev), ptr[1:] - ptr[:-1])
-    early = keys < (blk_of % NB) * R                                     # cell keys before the block
+    first = (blk_of % NB) * R
+    early = (keys < first) if causal else ((keys < first) | (keys >= first + R))   # cell keys outside the block
     own = torch.arange(T, device=dev)                                    # the block's own keys: j R + i < T
     own_blk = torch.arange(B * H, device=dev)[:, None] * NB + (own // R)[None]   # [B*H, T]
     keys = torch.cat([keys[early], own.expand_as(own_blk).reshape(-1)])
@@ -195,7 +240,8 @@ def shared_row_csr(sel: torch.Tensor, *, T: int, R: int, k: int, valid: torch.Te
     glob = blk_of * T + keys
     t = torch.arange(T, device=dev)
     row_blk = torch.arange(B * H, device=dev)[:, None] * NB + (t // R)[None]   # [B*H, T] block of each row
-    upto = torch.searchsorted(glob, (row_blk * T + t[None]).reshape(-1), right=True)   # entries <= (block, t)
+    last = t[None] if causal else (T - 1) + 0 * t[None]                  # a row's keys: <= t, or all of the block's
+    upto = torch.searchsorted(glob, (row_blk * T + last).reshape(-1), right=True)   # entries <= (block, last)
     start = ptr[row_blk.reshape(-1)]
     counts = upto - start                                                # [B*H*T] keys of each row
     row_ptr = torch.zeros(B * H * T + 1, dtype=torch.int64, device=dev)
@@ -206,11 +252,11 @@ def shared_row_csr(sel: torch.Tensor, *, T: int, R: int, k: int, valid: torch.Te
     return row_ptr, col.to(torch.int32).contiguous()
 
 
-def shared_dense_mask(sel: torch.Tensor, *, T: int, R: int, k: int) -> torch.Tensor:
+def shared_dense_mask(sel: torch.Tensor, *, T: int, R: int, k: int, causal: bool = True) -> torch.Tensor:
     """bool [B, H, T, T]: the same selection as a dense key mask, built the plain way (tests; O(T^2))."""
     B, H, NB, K = sel.shape
     dense = torch.zeros(B, H, T, T, dtype=torch.bool, device=sel.device)
-    ends = block_ends(T, R, sel.device).tolist()
+    ends = block_ends(T, R, sel.device, causal).tolist()
     for j, L in enumerate(ends):
         for c in range(K):
             lo, hi = (2 * c * L + K) // (2 * K), (2 * (c + 1) * L + K) // (2 * K)
@@ -221,9 +267,11 @@ def shared_dense_mask(sel: torch.Tensor, *, T: int, R: int, k: int) -> torch.Ten
             for b in range(B):
                 for h in range(H):
                     if sel[b, h, j, c]:
-                        dense[b, h, j * R:L, cols] = True
+                        dense[b, h, j * R:min(T, (j + 1) * R), cols] = True
     starts = (torch.arange(T, device=sel.device) // R) * R               # [T] first row of each row's block
     keys = torch.arange(T, device=sel.device)
-    dense &= keys[None, :] < starts[:, None]                             # cells: keys before the block only
-    dense |= (keys[None, :] >= starts[:, None]) & (keys[None, :] <= keys[:, None])   # the block's own keys <= row
-    return dense
+    own = (keys[None, :] >= starts[:, None]) & (keys[None, :] < starts[:, None] + R)   # [T, T] the block's own keys
+    if causal:
+        dense &= keys[None, :] < starts[:, None]                         # cells: keys before the block only
+        return dense | (own & (keys[None, :] <= keys[:, None]))          # the block's own keys <= row
+    return (dense & ~own) | own
