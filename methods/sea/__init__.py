@@ -157,16 +157,18 @@ class _SEABase(Method):
                "paper) or detached (the same values, no gradient into the encoder: in distillation the encoder and "
                "decoder then learn from the estimate's own terms only)", choices=("shared", "detached")),
         Option("shared_keys", 0, "query rows per block sharing one key selection (0: each row its own, the paper's; "
-               "else a power of two >= 16; causal layers with a per-row top-k mode): each block ranks the cells of "
-               "A_hat pooled over its rows at the block end's geometry, attends the chosen cells' keys before the "
-               "block (shared_budget times a row's cell budget) and its own keys up to each row "
-               "(methods/sea/shared.py); on CUDA without gradients one tensor-core kernel per block expands the cells "
-               "itself (kernels/sea_shared_attention.py, no CSR lists), elsewhere the per-row CSR lists of the same "
-               "selection. H200, bf16, SEA fast, 64 rows, budget 2, one run: causal 16k 1.26x -> 0.86x cuDNN "
-               "(CUDA-graph replay), 64k 0.216x -> 0.168x (0.87x / 0.165x in a second run); fidelity on "
-               "SmolLM2-135M's q/k/v (T=2048) better than per-row selection: mean relative error 0.886 -> 0.777 "
-               "(untrained estimator), 0.258 -> 0.186 (oracle estimate) (results/nvidia-h200/sea-shared-keys/, "
-               "results/cpu/sea-shared-keys/)"),
+               "else a power of two >= 16; causal layers with a per-row top-k mode, bidirectional ones with per_batch "
+               "or per_head): each block ranks the cells of A_hat pooled over its rows (causal: at the block end's "
+               "geometry), attends the chosen cells' keys outside its own rows (causal: before them; shared_budget "
+               "times a row's cell budget) and its own keys (causal: up to each row) (methods/sea/shared.py); on CUDA "
+               "without gradients one tensor-core kernel per block expands the cells itself "
+               "(kernels/sea_shared_attention.py, no CSR lists), elsewhere the per-row CSR lists of the same "
+               "selection. H200, bf16, SEA fast, 64 rows, budget 2, one run each: causal 16k 1.26x -> 0.86x cuDNN "
+               "(CUDA-graph replay), 64k 0.216x -> 0.168x (0.87x / 0.165x in a second run); bidirectional 8k 3.19x "
+               "-> 2.54x, 16k 1.41x -> 1.13x (replayed), 64k 0.293x -> 0.224x; fidelity better than per-row "
+               "selection: mean relative error on SmolLM2-135M's q/k/v (causal, T=2048) 0.886 -> 0.777 (untrained "
+               "estimator), 0.258 -> 0.186 (oracle estimate), on all-MiniLM-L6's (bidirectional, T=512) 0.778 -> "
+               "0.572 and 0.837 -> 0.485 (results/nvidia-h200/sea-shared-keys/, results/cpu/sea-shared-keys/)"),
         Option("shared_budget", 2.0, "cells a shared-key block attends, as a multiple of one row's top-k budget at "
                "the block's end (shared_keys > 0; 1 measured worse than per-row selection with the oracle estimate, "
                "2 and 4 better)"),

@@ -1,4 +1,5 @@
 """Shared-key selection (option `shared_keys`): blocks of query rows that attend one key set, chosen for the block.
+(Causal first; bidirectional layers at the end.)
 
 The paper's SEA picks cells per query row: each row t ranks the K cells of its own estimate row A_hat[t] (cell c of
 row t spans keys [round(c L_t / K), round((c+1) L_t / K)), L_t = t + 1) and attends min(width, k) keys spread over
@@ -23,6 +24,14 @@ Here the rows of a block j = [j R, min(T, (j+1) R)) (R = shared_keys) share one 
     every row's, so the block attends its own keys densely (oracle, same data: 0.54 -> 0.38 at budget 1).
 Every row attends at least itself. This is an approximation of its own, not an identity of SEA's: its fidelity is
 measured (results/cpu/sea-shared-keys/), and the speed it buys (results/nvidia-h200/).
+
+Bidirectional layers (causal=False; top-k modes per_batch / per_head): every row spans the T keys, so all blocks take
+the geometry L = T and the block scores are plain sums over the block's rows; a group's block cells (per_batch: a batch
+element's H x NB x K, per_head: a head's NB x K) are ranked together against budget times the per-row rule's count
+for NB rows (bidirectional_budget; on CUDA kernels/sea_topk_global.py's radix select, over 1 / R of the per-row
+selection's cells); a block attends the chosen cells' keys outside its own rows and all of its R own keys (a cell
+that lies inside the block's rows adds nothing). With a padding mask the budget still counts T positions and padded
+keys are dropped from the lists.
 
 Layouts: kernels/sea_shared_attention.py reads the blocks' selection (bool [B, H, NB, K]) itself. `shared_row_csr`
 expands the selection to interp.py's per-row CSR lists (the block's cell keys before it, then its own keys up to the
