@@ -195,7 +195,8 @@ def select_rows(a: torch.Tensor, width: torch.Tensor, n: torch.Tensor, *, heads_
 
 
 def select_rows_ref(a: torch.Tensor, width: torch.Tensor, n: torch.Tensor, *, heads_per_group: int) -> torch.Tensor:
-    """The same selection with a stable sort per group (tests only). NaN and -inf cells are ineligible."""
+    """The same selection with a stable sort per group (tests, and methods/sea/shared.py's tensor-op path). NaN and
+    -inf cells are ineligible."""
     B, H, T, K = a.shape
     g = heads_per_group
     x = a.float()

@@ -255,7 +255,8 @@ def select_global(scores: torch.Tensor, n: torch.Tensor, width: torch.Tensor | N
 
 
 def select_global_ref(scores: torch.Tensor, n: torch.Tensor, width: torch.Tensor | None = None) -> torch.Tensor:
-    """The same selection with a stable descending sort per group (tests only): bool [G, N]."""
+    """The same selection with a stable descending sort per group (tests, and methods/sea/shared.py's tensor-op
+    path): bool [G, N]."""
     G = n.numel()
     x = scores.reshape(G, -1).float()                                   # [G, N]
     N = x.shape[1]

@@ -259,11 +259,14 @@ def test_plan_takes_the_kernel_only_where_asked_and_possible():
     pytest.importorskip("triton")
     q = torch.zeros(1, 4, 150, 32)
     valid = torch.ones(1, 150, dtype=torch.bool)
-    assert build("triton").shared_plan(q, None, False) == ("shared", "triton_shared")   # interpreter: kernel
-    assert build("triton").shared_plan(q, None, True) == ("csr", "triton")               # gradients: the lists
-    assert build("triton").shared_plan(q, valid, False) == ("csr", "triton")             # padding mask: the lists
-    assert build("torch").shared_plan(q, None, False) == ("csr", "torch")                # torch: the gather path
-    assert build("triton_tiled").shared_plan(q, None, True)[1].startswith("triton (tiled")
+    qg = q.clone().requires_grad_()
+    assert build("triton").sparse_plan(q, q, q, None) == ("shared", "triton_shared")     # interpreter: kernel
+    with torch.enable_grad():
+        assert build("triton").sparse_plan(qg, qg, qg, None) == ("csr", "triton")        # gradients: the lists
+    assert build("triton").sparse_plan(q, q, q, valid) == ("csr", "triton")              # padding mask: the lists
+    assert build("torch").sparse_plan(q, q, q, None) == ("csr", "torch")                 # torch: the gather path
+    assert build("auto").sparse_plan(q, q, q, None) == ("csr", "triton")                 # auto on CPU: the lists
+    assert build("triton_tiled").sparse_plan(q, q, q, None)[1].startswith("triton (tiled")
 
 
 def test_stage_profile_times_the_shared_stages():

@@ -347,16 +347,25 @@ class SEAAttention(AttentionModule):
         'triton_tiled'. auto: the rows kernel for CUDA calls without a gradient (and with one when AUTO_ROWS_GRAD),
         the row kernel for other calls where Triton runs, torch otherwise. The rows kernel has a backward
         (kernels/sea_sparse_rows_bwd.py: by default the row kernel's, on the rows forward's lse); the tiled kernel
-        is forward-only and needs no padding mask, otherwise the row kernel runs and the impl string says why."""
+        is forward-only and needs no padding mask, otherwise the row kernel runs and the impl string says why.
+        With shared_keys: ('shared', 'triton_shared') (kernels/sea_shared_attention.py reads the blocks' selection)
+        for calls without gradients or padding mask when auto resolves to the rows kernel or the backend is triton /
+        triton_rows; else the per-row CSR lists of the same selection on the kernel picked here (the tiled kernel
+        reads per-row masks: the row kernel instead)."""
         from kernels.sea_sparse_attention import triton_usable
 
         backend = self.backend
         grad = needs_grad(q, k, v)
-        if self.shared_keys:
-            return self.shared_plan(q, valid, grad)
         if backend == "auto":                      # rows kernel: 2.0x the row kernel at 64k on an H200 (round 9)
             backend = "triton_rows" if q.is_cuda and (AUTO_ROWS_GRAD or not grad) else (
                 "triton" if triton_usable(q.device) else "torch")
+        if self.shared_keys:
+            kernel_ok = backend == "triton_rows" if self.backend == "auto" else \
+                backend in ("triton", "triton_rows") and triton_usable(q.device)
+            if not grad and valid is None and kernel_ok:
+                return "shared", "triton_shared"
+            if backend == "triton_tiled":
+                return "csr", "triton (tiled reads per-row masks)"
         if backend == "triton_rows":
             return "csr", "triton_rows"
         if backend != "triton_tiled":
@@ -366,26 +375,6 @@ class SEAAttention(AttentionModule):
         if valid is not None:
             return "csr", "triton (tiled needs no padding mask)"
         return "tiles", "triton_tiled"
-
-    def shared_plan(self, q, valid, grad: bool) -> tuple[str, str]:
-        """sparse_plan with shared_keys: ('shared', 'triton_shared') (kernels/sea_shared_attention.py reads the
-        blocks' selection) for calls without gradients or padding mask, with backend auto on CUDA or triton /
-        triton_rows where Triton runs (CUDA, or its interpreter); else the per-row CSR lists of the same selection on
-        the kernel sparse_plan picks without shared keys (the tiled kernel reads per-row masks: the row kernel runs
-        instead; backend torch: the gather path)."""
-        from kernels.sea_sparse_attention import triton_usable
-
-        kernel_ok = (self.backend == "auto" and q.is_cuda) or \
-            (self.backend in ("triton", "triton_rows") and triton_usable(q.device))
-        if not grad and valid is None and kernel_ok:
-            return "shared", "triton_shared"
-        if self.backend == "auto":
-            kernel = "triton_rows" if q.is_cuda else ("triton" if triton_usable(q.device) else "torch")
-        elif self.backend == "triton_tiled":
-            kernel = "triton (tiled reads per-row masks)"
-        else:
-            kernel = self.backend
-        return "csr", kernel
 
     def stage_interpolate(self, mask, *, causal, valid, layout, T: int | None = None):
         """4. compressed mask -> the sparse kernel's selection: CSR key lists (layout 'csr') or, for the tiled

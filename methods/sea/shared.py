@@ -166,39 +166,30 @@ def select_blocks(a_hat: torch.Tensor, *, R: int, mode: str, k: int, budget: flo
     scores = block_scores(a_hat, R, backend=backend)                     # [B, H, NB, K]
     width, n = selection_shape(mode, T=T, R=R, K=K, k=k, H=H, budget=budget, device=str(a_hat.device))
     g = H if mode == "causal_per_batch" else 1
-    if backend == "triton":
-        from kernels.sea_topk import select_rows
+    from kernels.sea_topk import select_rows, select_rows_ref
 
-        return select_rows(scores, width, n, heads_per_group=g)
-    NB = scores.shape[2]
-    x = scores.masked_fill(~(width > 0)[None, None] | torch.isnan(scores), float("-inf"))
-    x = x.view(B, H // g, g, NB, K).permute(0, 1, 3, 2, 4).reshape(B, H // g, NB, g * K)
-    order = torch.sort(x, dim=-1, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(-1, order, torch.arange(g * K, device=x.device).expand_as(order).contiguous())
-    sel = (rank < n.view(1, 1, NB, 1)) & (x > float("-inf"))
-    return sel.view(B, H // g, NB, g, K).permute(0, 1, 3, 2, 4).reshape(B, H, NB, K)
+    return (select_rows if backend == "triton" else select_rows_ref)(scores, width, n, heads_per_group=g)
+
+
+@functools.lru_cache(maxsize=64)
+def _bidirectional_shape(mode: str, *, B: int, T: int, R: int, K: int, k: int, H: int, budget: float, device: str
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cell widths [K], the same for every block; budget per group [G]) of a bidirectional call shape, made once."""
+    dev = torch.device(device)
+    n = bidirectional_budget(mode, T=T, R=R, k=k, K=K, H=H, budget=budget)
+    G = B if mode == "per_batch" else B * H
+    return eligible_widths(T, R, K, dev, causal=False)[0], torch.full((G,), n, dtype=torch.long, device=dev)
 
 
 def _select_blocks_bidirectional(a_hat, *, R: int, mode: str, k: int, budget: float, backend: str) -> torch.Tensor:
     B, H, T, K = a_hat.shape
     scores = block_scores(a_hat, R, pool="sum")                          # [B, H, NB, K]: one geometry for all rows
     NB = scores.shape[2]
-    n = bidirectional_budget(mode, T=T, R=R, k=k, K=K, H=H, budget=budget)
-    width = eligible_widths(T, R, K, a_hat.device, causal=False)[0]     # [K], the same for every block
-    G = B if mode == "per_batch" else B * H
-    nn = torch.full((G,), n, dtype=torch.long, device=a_hat.device)
-    if backend == "triton":
-        from kernels.sea_topk_global import select_global
+    width, nn = _bidirectional_shape(mode, B=B, T=T, R=R, K=K, k=k, H=H, budget=budget, device=str(a_hat.device))
+    from kernels.sea_topk_global import select_global, select_global_ref
 
-        return select_global(scores.contiguous(), nn, width).view(B, H, NB, K)
-    x = scores.reshape(G, -1)
-    elig = ((width > 0).repeat(NB * (H if mode == "per_batch" else 1))[None, :]) & ~torch.isnan(x)
-    x = x.masked_fill(~elig, float("-inf"))
-    order = torch.sort(x, dim=1, descending=True, stable=True).indices   # equal scores keep index order
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(x.shape[1], device=x.device).expand_as(order).contiguous())
-    return ((rank < n) & elig).view(B, H, NB, K)
+    pick = select_global if backend == "triton" else select_global_ref
+    return pick(scores.contiguous(), nn, width).view(B, H, NB, K)
 
 
 def block_key_lists(sel: torch.Tensor, *, T: int, R: int, k: int, causal: bool = True
@@ -249,7 +240,7 @@ def shared_row_csr(sel: torch.Tensor, *, T: int, R: int, k: int, valid: torch.Te
     glob = blk_of * T + keys
     t = torch.arange(T, device=dev)
     row_blk = torch.arange(B * H, device=dev)[:, None] * NB + (t // R)[None]   # [B*H, T] block of each row
-    last = t[None] if causal else (T - 1) + 0 * t[None]                  # a row's keys: <= t, or all of the block's
+    last = t[None] if causal else torch.full_like(t, T - 1)[None]        # a row's keys: <= t, or all of the block's
     upto = torch.searchsorted(glob, (row_blk * T + last).reshape(-1), right=True)   # entries <= (block, last)
     start = ptr[row_blk.reshape(-1)]
     counts = upto - start                                                # [B*H*T] keys of each row
