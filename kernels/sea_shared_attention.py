@@ -83,12 +83,13 @@ if triton is not None:
         return m_new, l_i, acc
 
     @triton.jit
-    def _shared_fwd_kernel(Q, K, V, MASK, TAB, O, scale,
+    def _shared_fwd_kernel(Q, K, V, MASK, TAB, O, SPROB, SMIX, CAVG, scale,
                            sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
+                           spb, sph, spt, smb, smh, smt, scb, sch, sct, scd,
                            H, T, D, GROUP, NB, KSEL,
                            KC: tl.constexpr, KCP: tl.constexpr, R: tl.constexpr, BN: tl.constexpr,
                            BLOCK_D: tl.constexpr, FP32: tl.constexpr, EMU: tl.constexpr, PIECES: tl.constexpr,
-                           CAUSAL: tl.constexpr):
+                           CAUSAL: tl.constexpr, MIX: tl.constexpr):
         pid = tl.program_id(0).to(tl.int64)
         j = pid % NB
         bh = pid // NB
@@ -165,6 +166,12 @@ if triton is not None:
         m_i, l_i, acc = _tile(q, kbase, vbase, own, own < T, t, m_i, l_i, acc, scale, skt, svt, offs_d, dmask,
                               FP32, EMU, PIECES, CAUSAL)
         out = tl.where(l_i[:, None] > 0, acc / tl.where(l_i > 0, l_i, 1.0)[:, None], 0.0)
+        if MIX:     # SEA's mix in the epilogue, as kernels/sea_sparse_rows.py's: c stays in fp32
+            sp = tl.load(SPROB + b * spb + h * sph + t * spt, mask=rmask, other=0.0)             # [R]
+            sm = tl.load(SMIX + b * smb + h * smh + t * smt, mask=rmask, other=0.0)
+            ca = tl.load(CAVG + b * scb + h * sch + t[:, None] * sct + offs_d[None, :] * scd,
+                         mask=rmask[:, None] & dmask[None, :], other=0.0)                       # [R, BLOCK_D]
+            out = (1.0 - sm)[:, None] * ca + (sm * sp)[:, None] * out
         tl.store(O + b * sob + h * soh + t[:, None] * sot + offs_d[None, :], out.to(O.dtype.element_ty),
                  mask=rmask[:, None] & dmask[None, :])
 
@@ -218,12 +225,31 @@ def check_shared_inputs(q, k, v, sel, R: int) -> None:
             raise ValueError(f"shared attention: {name} on {x.device}, q on {q.device}")
 
 
-def shared_attention(q, k, v, sel, *, rows: int, k_sel: int, scale: float, pieces: int = 3, causal: bool = True
-                     ) -> torch.Tensor:
+def check_shared_mix(q, mix) -> None:
+    """The mix operands of shared_attention (ValueError / RuntimeError naming what is wrong)."""
+    if not isinstance(mix, (tuple, list)) or len(mix) != 3:
+        raise ValueError("shared attention: mix must be (s_prob, s_mix, c_avg)")
+    B, H, T, D = q.shape
+    s_prob, s_mix, c_avg = mix
+    if torch.is_grad_enabled() and any(x.requires_grad for x in mix):
+        raise RuntimeError("shared_attention is forward-only (no autograd): the mix operands require grad")
+    for name, x, shapes in (("s_prob", s_prob, [(B, H, T, 1)]), ("s_mix", s_mix, [(B, H, T, 1)]),
+                            ("c_avg", c_avg, [(B, H, T, D), (B, H, 1, D)])):
+        if x.dtype != torch.float32 or tuple(x.shape) not in shapes or x.device != q.device:
+            raise ValueError(f"shared attention: mix operand {name} must be float32 of shape "
+                             f"{' or '.join(map(str, shapes))} on {q.device}; got {x.dtype} {tuple(x.shape)} "
+                             f"on {x.device}")
+
+
+def shared_attention(q, k, v, sel, *, rows: int, k_sel: int, scale: float, pieces: int = 3, causal: bool = True,
+                     mix=None) -> torch.Tensor:
     """out [B, H, T, D] in q's dtype for the blocks' selection sel bool [B, H, NB, K] (see the module docstring;
     causal=False: one geometry L = T for every block, cells' keys outside the block's rows, all of its own keys).
     Forward only: inputs that require grad are refused (the per-row CSR kernels carry the backward). pieces:
-    kernels/sea_sparse_rows.py's P v precision for 16-bit inputs (3: fp32 accuracy, 1: P rounded once)."""
+    kernels/sea_sparse_rows.py's P v precision for 16-bit inputs (3: fp32 accuracy, 1: P rounded once).
+    mix = (s_prob, s_mix, c_avg): SEA's mix in the epilogue, out = ((1 - s_mix) c_avg + s_mix s_prob c).to(q.dtype)
+    with c the attention above in fp32, s_prob, s_mix fp32 [B, H, T, 1], c_avg fp32 [B, H, T, D] or [B, H, 1, D]
+    (any strides; the contract of kernels/sea_sparse_rows.py's mix)."""
     if triton is None:
         raise RuntimeError("shared attention needs Triton")
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
@@ -233,20 +259,30 @@ def shared_attention(q, k, v, sel, *, rows: int, k_sel: int, scale: float, piece
         raise ValueError(f"pieces={pieces!r}: expected 1, 2 or 3")
     check_shared_inputs(q, k, v, sel, rows)
     B, H, T, D = q.shape
+    if mix is not None:
+        check_shared_mix(q, mix)
     KC = sel.shape[3]
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     mask = sel.contiguous().view(torch.int8)
     NB = -(-T // rows)
     tab = torch.empty(B * H * NB, 6, KC, dtype=torch.int32, device=q.device)   # per program: its cells' table
     out = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
+    if mix is not None:
+        s_prob, s_mix, c_avg = mix
+        cst = c_avg.stride()
+        mix_args = (s_prob, s_mix, c_avg, *s_prob.stride()[:3], *s_mix.stride()[:3],
+                    cst[0], cst[1], 0 if c_avg.shape[2] == 1 else cst[2], cst[3])   # one c_avg row: stride 0
+    else:
+        mix_args = (out, out, out) + (0,) * 10                           # unused pointers and strides
     if B * H * NB and D:
         _shared_fwd_kernel[(B * H * NB,)](
-            q, k, v, mask, tab, out, float(scale),
+            q, k, v, mask, tab, out, *mix_args[:3], float(scale),
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), *mix_args[3:],
             H, T, D, H // k.shape[1], NB, int(k_sel),
             KC=KC, KCP=pow2_block(KC), R=rows, BN=BLOCK_N, BLOCK_D=pow2_block(D), FP32=q.dtype == torch.float32,
-            EMU=q.device.type != "cuda", PIECES=pieces, CAUSAL=bool(causal), num_warps=NUM_WARPS)
+            EMU=q.device.type != "cuda", PIECES=pieces, CAUSAL=bool(causal), MIX=mix is not None,
+            num_warps=NUM_WARPS)
     return out
 
 

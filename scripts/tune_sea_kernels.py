@@ -31,10 +31,12 @@ FRONT = [{}, {"STAGES_TF32": None}, {"STAGES_TF32": 1}, {"STAGES_TF32": 3}, {"NU
          {"MAX_CHECKPOINTS": 2048}]     # CHUNK / CHUNK_TF32, STAGES_TF32: the chunk of fp32 / tf32-precision calls
 # kernels/favor_dense.py (the bidirectional Performer: key pass, torch combine, query pass), timed as one call
 # (KEY_BLOCK_T=128 needs 256 KiB of shared memory: out of resources on an H200)
-FAVOR = [{}, {"KEY_BLOCK_T": 64}, {"KEY_BLOCK_F": 32}, {"KEY_BLOCK_F": 128}, {"KEY_NUM_WARPS": 4},
-         {"KEY_NUM_WARPS": 2}, {"KEY_NUM_WARPS": 4, "KEY_BLOCK_F": 128}, {"KEY_NUM_WARPS": 4, "KEY_PROGRAMS": 1024},
-         {"KEY_NUM_WARPS": 4, "KEY_PROGRAMS": 4096}, {"KEY_BLOCK_T": 64, "KEY_NUM_WARPS": 4},
-         {"QUERY_BLOCK_T": 128}, {"QUERY_BLOCK_F": 64}, {"QUERY_NUM_WARPS": 8}, {"QUERY_BLOCK_T": 32}]
+# (the round-19 sweep of the untransposed key pass: results/nvidia-h200/sea-round19/call2/tune-favor.txt; since then
+# the key pass has a transposed form, KEY_TRANSPOSED, swept with its tiles here)
+FAVOR = [{}, {"KEY_TRANSPOSED": True}, {"KEY_TRANSPOSED": True, "KEY_NUM_WARPS": 4},
+         {"KEY_TRANSPOSED": True, "KEY_BLOCK_T": 64}, {"KEY_TRANSPOSED": True, "KEY_BLOCK_T": 64, "KEY_NUM_WARPS": 4},
+         {"KEY_TRANSPOSED": True, "KEY_BLOCK_T": 16}, {"KEY_TRANSPOSED": True, "KEY_BLOCK_F": 128, "KEY_NUM_WARPS": 4},
+         {"KEY_TRANSPOSED": True, "KEY_BLOCK_F": 32}, {"KEY_BLOCK_F": 128}, {"KEY_BLOCK_F": 128, "KEY_NUM_WARPS": 4}]
 ROWS = [{}, {"ROWS_PER_PROGRAM": 32}, {"ENTRIES_PER_STEP": 32}, {"ENTRIES_PER_STEP": 128}, {"NUM_WARPS": 8},
         {"NUM_WARPS": 2}, {"ROWS_PER_PROGRAM": 32, "NUM_WARPS": 8}, {"ENTRIES_PER_STEP": 128, "NUM_WARPS": 8},
         {"HEAD_GROUP": 1}, {"HEAD_GROUP": 4},

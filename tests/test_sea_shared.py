@@ -63,6 +63,9 @@ def test_block_scores_pool_the_rows_of_each_block_and_a_short_last_block():
     s = block_scores(a, R, pool="sum")
     torch.testing.assert_close(s[:, :, 1], a[:, :, 32:64].sum(2))
     torch.testing.assert_close(s[:, :, 2], a[:, :, 64:].sum(2))
+    # whole blocks (T a multiple of R): the fp32 sums read 16-bit estimates directly, without a copy
+    half = estimate(64, K).bfloat16()
+    torch.testing.assert_close(block_scores(half, R, pool="sum"), half.float().view(B, H, 2, R, K).sum(3))
     # rebin: row t's cell c goes to the block cell (geometry L_j) holding the cell's middle key, by a plain loop
     want = torch.zeros(B, H, 3, K, dtype=torch.float64)
     for t in range(T):
@@ -192,6 +195,36 @@ def test_kernel_matches_the_row_lists_and_the_float64_softmax(dtype, T, R, K, k,
         assert_within_one_ulp(got, ref.to(dtype))
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("one_row", [True, False])
+def test_kernel_mix_epilogue_equals_the_mix_after_the_attention(causal, dtype, one_row):
+    pytest.importorskip("triton")
+    from kernels.sea_sparse_rows import sparse_rows_forward
+
+    T, R, K, k = 150, 32, 16, 4
+    sel = select_blocks(estimate(T, K, seed=13), R=R, mode="per_batch" if not causal else "per_query", k=k,
+                        budget=2.0, causal=causal)
+    q, kk, v = gaussian_qkv(B, H, HKV, T, D, seed=14, dtype=dtype)
+    g = torch.Generator().manual_seed(15)
+    s_prob, s_mix = torch.rand(B, H, T, 1, generator=g), torch.rand(B, H, T, 1, generator=g)
+    c_avg = torch.randn(B, H, 1 if one_row else T, D, generator=g)
+    got = shared_attention(q, kk, v, sel, rows=R, k_sel=k, scale=0.2, causal=causal, mix=(s_prob, s_mix, c_avg))
+    assert got.dtype == dtype
+    if dtype == torch.float32:                                           # c in fp32 either way: the mix after it
+        c = shared_attention(q, kk, v, sel, rows=R, k_sel=k, scale=0.2, causal=causal)
+        torch.testing.assert_close(got, (1 - s_mix) * c_avg + s_mix * s_prob * c, rtol=1e-5, atol=1e-6)
+    else:                                                                # the rows kernel's epilogue on the lists
+        row_ptr, col = shared_row_csr(sel, T=T, R=R, k=k, causal=causal)
+        want = sparse_rows_forward(q, kk, v, row_ptr, col, 0.2, mix=(s_prob, s_mix, c_avg), pieces=3)
+        assert_within_one_ulp(got, want)
+    with pytest.raises(ValueError, match="c_avg"):
+        shared_attention(q, kk, v, sel, rows=R, k_sel=k, scale=0.2, causal=causal,
+                         mix=(s_prob, s_mix, c_avg.double()))
+    with pytest.raises(ValueError, match="s_mix"):
+        shared_attention(q, kk, v, sel, rows=R, k_sel=k, scale=0.2, causal=causal, mix=(s_prob, s_mix[:, :1], c_avg))
+
+
 def test_kernel_one_piece_rounds_p_once():
     pytest.importorskip("triton")
     T, R, K, k = 96, 32, 16, 16
@@ -249,10 +282,22 @@ def test_bidirectional_layer_kernel_and_row_lists_give_one_output():
     with torch.no_grad():
         out_a, out_b = a(q, k, v, causal=False), b(q, k, v, causal=False)
     assert "sparse=triton_shared" in a.impl and "sparse=torch" in b.impl
+    assert "mix=fused" in a.impl and "mix=" not in b.impl                # the shared kernel's epilogue mixed
     torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-6)
     probs = a.attention_probs(q, k, v, causal=False, rows=[0, 149])
     torch.testing.assert_close(probs, b.attention_probs(q, k, v, causal=False, rows=[0, 149]))
     assert (probs[:, :, 0, 140:149] > 0).any()                           # row 0 sees keys after it
+
+
+def test_average_context_by_cell_sums_equals_the_spread_weights():
+    lay = build("torch", causal=False, mode="per_batch")                 # K = 16
+    g = torch.Generator().manual_seed(16)
+    for T in (160, 150):                                                 # cells of 10 keys each; unequal cells
+        a_hat = torch.rand(1, 4, T, 16, generator=g)
+        vr = torch.randn(1, 4, T, 32, generator=g).bfloat16()
+        c_avg, avg_w = lay.average_context(a_hat, vr, causal=False, valid=None)
+        assert avg_w.shape == (1, 4, 1, T)
+        torch.testing.assert_close(c_avg, avg_w @ vr.float(), rtol=1e-5, atol=1e-6)
 
 
 def test_plan_takes_the_kernel_only_where_asked_and_possible():

@@ -24,6 +24,10 @@ from methods.sea.topk import select_topk, selection_caps, topk_path
 # -> 15.25 ms eager, 14.38 -> 13.77 ms replayed, 256k 57.86 -> 55.42 ms; MiniLM fidelity unchanged (largest per-layer
 # change 5.7e-6 relative): results/nvidia-h200/sea-round19/call5/.
 AUTO_ROWS_MIX = True
+# mix_backend=auto gives the mix to the shared kernel's epilogue (kernels/sea_shared_attention.py) for bidirectional
+# calls with shared_keys on it when True, instead of the tensor ops (a float copy of c, an fp32 [B, H, T, D]
+# temporary, addcmul, the cast back: ~0.5 ms at 64k in results/nvidia-h200/sea-shared-keys/call9/'s profile).
+AUTO_SHARED_MIX = True
 # backend=auto takes the rows kernel for CUDA calls that need gradients too (kernels/sea_sparse_rows_bwd.py: its
 # forward with lse, the backward the sparse_backward option names) when True; the row kernel's forward and backward
 # otherwise. Measured on an H200: the forward with lse 1.02 against 1.56 ms (8k, same run), 1.11 against 1.77 ms in
@@ -460,6 +464,11 @@ class SEAAttention(AttentionModule):
         lo, hi = cell_bounds(L, self.K)                                  # [B, 1, K]
         colmean = colmean / (hi - lo).clamp(min=1)[:, None].float()      # mass per key of the cell
         avg_w = expand_columns(colmean, causal=False, valid=valid, T=T)  # [B, H, 1, T]
+        if valid is None and T % self.K == 0:
+            # cells of T / K keys each: the cells' sums of v (fp32 sums of vr's values, no fp32 copy of vr) times
+            # the mass per key; the same sum as avg_w @ v in another order
+            cells = vr.reshape(B, H, self.K, T // self.K, vr.shape[-1]).sum(3, dtype=torch.float32)
+            return colmean.float() @ cells, avg_w                        # [B, H, 1, D]
         return avg_w @ vr.float(), avg_w                                 # [B, H, 1, D]
 
     def mix_kernel_usable(self, device) -> bool:
@@ -658,7 +667,11 @@ class SEAAttention(AttentionModule):
         """Does this call run the sparse attention and the mix as one kernel (sparse_mix)? mix_backend=triton:
         forward-only calls on the CSR lists with a Triton sparse kernel and no padding mask; auto: the same for
         bidirectional calls on the rows kernel when AUTO_ROWS_MIX (causal calls take the causal mean + mix kernel).
+        Layout 'shared' (bidirectional): the shared kernel's epilogue, with triton or (AUTO_SHARED_MIX) auto.
         Other calls take the two steps, and the impl string says which ran (mix=fused)."""
+        if layout == "shared":                   # the shared kernel's mix epilogue (bidirectional calls)
+            return self.mix_backend in ("triton", "auto") and not causal and valid is None and \
+                (AUTO_SHARED_MIX or self.mix_backend == "triton") and not needs_grad(q, k, v, *self.parameters())
         if self.mix_backend not in ("triton", "auto") or layout != "csr" or not kernel.startswith("triton") \
                 or valid is not None:
             return False
@@ -679,12 +692,24 @@ class SEAAttention(AttentionModule):
 
         return sparse_attention_mix(q, k, v, row_ptr, col, scale, s_prob, s_mix, c_avg, out=out), "triton"
 
-    def stage_sparse_mix(self, q, k, v, row_ptr, col, a_hat, s_prob, s_mix, vr, *, causal, scale, kernel):
-        """5-7 in one kernel (mix_fused): out = s_mix s_prob c + (1 - s_mix) C_avg without writing c.
-        Returns (out in q's dtype, c_avg, avg_w, the kernel that ran), the first three like stage_mix."""
+    def stage_sparse_mix(self, q, k, v, sel, a_hat, s_prob, s_mix, vr, *, causal, scale, kernel):
+        """5-7 in one kernel (mix_fused): out = s_mix s_prob c + (1 - s_mix) C_avg without writing c; sel is
+        stage_interpolate's selection (CSR lists, or the blocks' selection of layout 'shared': the shared kernel's
+        epilogue). Returns (out in q's dtype, c_avg, avg_w, the kernel that ran), the first three like stage_mix."""
         c_avg, avg_w = self.average_context(a_hat, vr, causal=causal, valid=None)
-        out, ran = self.sparse_mix(kernel, q, k, v, row_ptr, col, scale, s_prob, s_mix, c_avg)
+        out, ran = self.attend_and_mix(kernel, q, k, v, sel, scale, s_prob, s_mix, c_avg, causal=causal)
         return out, c_avg, avg_w, ran
+
+    def attend_and_mix(self, kernel: str, q, k, v, sel, scale, s_prob, s_mix, c_avg, *, causal: bool):
+        """sparse_mix on stage_interpolate's selection: the CSR lists' kernels, or for layout 'shared' the shared
+        kernel with its mix epilogue. Returns (out in q's dtype, the kernel that ran)."""
+        if sel["layout"] == "shared":
+            from kernels.sea_shared_attention import shared_attention
+
+            return shared_attention(q, k, v, sel["sel"], rows=self.shared_keys, k_sel=self.k, scale=scale,
+                                    pieces=self.pieces_for(q), causal=causal, mix=(s_prob, s_mix, c_avg)), \
+                "triton_shared"
+        return self.sparse_mix(kernel, q, k, v, sel["row_ptr"], sel["col"], scale, s_prob, s_mix, c_avg)
 
     def forward(self, q, k, v, *, causal: bool, key_padding_mask=None, scale=None):
         if self.graphs.max_len == 0:
@@ -737,7 +762,7 @@ class SEAAttention(AttentionModule):
         if self.mix_fused(q, k, v, layout=layout, kernel=kernel, valid=aux["valid"], causal=causal):
             self.last_mix = "fused"
             out, aux["c_avg"], aux["avg_w"], ran = self.stage_sparse_mix(
-                q, k, v, sel["row_ptr"], sel["col"], aux["a_hat"], aux["s_prob"], aux["s_mix"], vr, causal=causal,
+                q, k, v, sel, aux["a_hat"], aux["s_prob"], aux["s_mix"], vr, causal=causal,
                 scale=aux["scale"], kernel=kernel)
         else:
             self.last_mix = "torch"
@@ -780,9 +805,9 @@ class SEAAttention(AttentionModule):
             # one kernel attends and mixes: "sparse_attention" is that kernel, "mix" the average context it reads
             self.last_mix = "fused"
             c_avg, _ = self.average_context(a_hat, vr, causal=causal, valid=None)
-            _, ran = self.sparse_mix(kernel, q, k, v, sel["row_ptr"], sel["col"], scale, s_prob, s_mix, c_avg)
-            ms["sparse_attention"] = timer(lambda: self.sparse_mix(kernel, q, k, v, sel["row_ptr"], sel["col"], scale,
-                                                                   s_prob, s_mix, c_avg)[0])
+            _, ran = self.attend_and_mix(kernel, q, k, v, sel, scale, s_prob, s_mix, c_avg, causal=causal)
+            ms["sparse_attention"] = timer(lambda: self.attend_and_mix(kernel, q, k, v, sel, scale, s_prob, s_mix,
+                                                                       c_avg, causal=causal)[0])
             ms["mix"] = timer(lambda: self.average_context(a_hat, vr, causal=causal, valid=None))
             self.impl = self._impl(ran)
             return ms

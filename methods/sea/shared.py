@@ -100,6 +100,8 @@ def block_scores(a_hat: torch.Tensor, R: int, pool: str | None = None, backend: 
         from kernels.sea_shared_attention import rebin_scores
 
         return rebin_scores(a_hat.detach(), R, *rebin_tables(T, R, K, str(a_hat.device)))
+    if pool == "sum" and NB * R == T:                                    # fp32 sums of A_hat's values, no copy
+        return a_hat.detach().reshape(B, H, NB, R, K).sum(3, dtype=torch.float32)
     a = a_hat.detach().float()
     if pool == "rebin":
         idx = rebin_index(T, R, K, a.device).reshape(1, 1, T * K).expand(B, H, T * K)
