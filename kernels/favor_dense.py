@@ -81,9 +81,6 @@ QUERY_BLOCK_F = 32        # features per step of the query-pass loop
 KEY_NUM_WARPS = 2          # H200, B=1, H=16, T=65536, m=266, Dv=128, bf16 operands, tf32: the whole call 4.74 ms with
                            # 8 warps, 2.59 with 4, 2.36 with 2 (results/nvidia-h200/sea-round19/call2/tune-favor.txt)
 QUERY_NUM_WARPS = 4
-# The key pass computes the features transposed ([features, keys], the left operand of their product with v as the
-# first product leaves them) when True, instead of [keys, features] and a transpose; same sums.
-KEY_TRANSPOSED = False
 # The key pass reads an fp32 copy of 16-bit keys when True: on an H200 (B=1, H=16, T=65536, m=266, bf16 operands,
 # tf32) it took 1.79 ms reading bf16 keys against 1.54 ms reading fp32 ones, and the copy costs ~0.1 ms (SEA's
 # estimator passes q and k in the layer's dtype since the twelfth session; the query pass reads bf16 queries in
@@ -114,7 +111,7 @@ if triton is not None:
                     HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr,
                     DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
                     BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
-                    BLOCK_DV: tl.constexpr, TRANS: tl.constexpr):
+                    BLOCK_DV: tl.constexpr):
         fb = tl.program_id(0)
         sp = tl.program_id(1).to(tl.int64)
         bh = tl.program_id(2).to(tl.int64)            # int64 offsets throughout
@@ -126,12 +123,9 @@ if triton is not None:
         dmask = offs_d < D
         offs_e = tl.arange(0, BLOCK_DV)
         emask = offs_e < DV
-        if TRANS:   # proj block [BLOCK_F, BLOCK_D]: dash^T = proj k'^T comes out [BLOCK_F, BLOCK_T]
-            pt = tl.load(PROJ + offs_f[:, None] * D + offs_d[None, :], mask=fmask[:, None] & dmask[None, :],
-                         other=0.0).to(tl.float32)
-        else:       # proj block, transposed: [BLOCK_D, BLOCK_F]
-            pt = tl.load(PROJ + offs_f[None, :] * D + offs_d[:, None], mask=fmask[None, :] & dmask[:, None],
-                         other=0.0).to(tl.float32)
+        # proj block, transposed: [BLOCK_D, BLOCK_F]
+        pt = tl.load(PROJ + offs_f[None, :] * D + offs_d[:, None], mask=fmask[None, :] & dmask[:, None],
+                     other=0.0).to(tl.float32)
         acc = tl.zeros([BLOCK_F, BLOCK_DV], dtype=tl.float32)
         zacc = tl.zeros([BLOCK_F], dtype=tl.float32)
         vsum = tl.zeros([BLOCK_DV], dtype=tl.float32)
@@ -148,42 +142,28 @@ if triton is not None:
                 rmask = tmask & ok
             else:
                 rmask = tmask
+            kt = tl.load(kbase + offs_t[:, None] * skt + offs_d[None, :], mask=tmask[:, None] & dmask[None, :],
+                         other=0.0).to(tl.float32) * x_scale                       # [BT, BD]
+            diag = tl.sum(kt * kt, axis=1) * 0.5                                    # [BT]
+            dash = tl.dot(kt, pt, input_precision=DASH_PREC)                        # [BT, BF]
+            pm = rmask[:, None] & fmask[None, :]
+            dash = tl.where(pm, dash, float("-inf"))
+            m_new = tl.maximum(m_run, tl.max(tl.max(dash, axis=1), axis=0))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m_run - m_safe)
+            p = tl.where(pm, tl.exp(dash - diag[:, None] - m_safe), 0.0)           # [BT, BF]
             vt = tl.load(vbase + offs_t[:, None] * svt + offs_e[None, :], mask=tmask[:, None] & emask[None, :],
                          other=0.0).to(tl.float32)
             vt = tl.where(rmask[:, None], vt, 0.0)                                  # [BT, BDV]
-            if TRANS:   # features as [BF, BT]: the product's left operand as they come out of the first dot
-                kt = tl.load(kbase + offs_t[None, :] * skt + offs_d[:, None], mask=tmask[None, :] & dmask[:, None],
-                             other=0.0).to(tl.float32) * x_scale                   # [BD, BT]
-                diag = tl.sum(kt * kt, axis=0) * 0.5                                # [BT]
-                dash = tl.dot(pt, kt, input_precision=DASH_PREC)                    # [BF, BT]
-                pm = fmask[:, None] & rmask[None, :]
-                dash = tl.where(pm, dash, float("-inf"))
-                m_new = tl.maximum(m_run, tl.max(tl.max(dash, axis=1), axis=0))
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                alpha = tl.exp(m_run - m_safe)
-                pf = tl.where(pm, tl.exp(dash - diag[None, :] - m_safe), 0.0)      # [BF, BT]
-                zacc = zacc * alpha + tl.sum(pf, axis=1)
-            else:
-                kt = tl.load(kbase + offs_t[:, None] * skt + offs_d[None, :], mask=tmask[:, None] & dmask[None, :],
-                             other=0.0).to(tl.float32) * x_scale                   # [BT, BD]
-                diag = tl.sum(kt * kt, axis=1) * 0.5                                # [BT]
-                dash = tl.dot(kt, pt, input_precision=DASH_PREC)                    # [BT, BF]
-                pm = rmask[:, None] & fmask[None, :]
-                dash = tl.where(pm, dash, float("-inf"))
-                m_new = tl.maximum(m_run, tl.max(tl.max(dash, axis=1), axis=0))
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                alpha = tl.exp(m_run - m_safe)
-                p = tl.where(pm, tl.exp(dash - diag[:, None] - m_safe), 0.0)       # [BT, BF]
-                zacc = zacc * alpha + tl.sum(p, axis=0)
-                pf = tl.trans(p)                                                    # [BF, BT]
             if BF16:
                 if EMU:     # interpreter: its bf16 tl.dot is broken; fp32 dot of bf16-rounded values instead
-                    kv = tl.dot(_round_bf16(pf), _round_bf16(vt), input_precision="ieee")
+                    kv = tl.dot(tl.trans(_round_bf16(p)), _round_bf16(vt), input_precision="ieee")
                 else:
-                    kv = tl.dot(pf.to(tl.bfloat16), vt.to(tl.bfloat16))
+                    kv = tl.dot(tl.trans(p.to(tl.bfloat16)), vt.to(tl.bfloat16))
             else:
-                kv = tl.dot(pf, vt, input_precision=PROD_PREC)                      # [BF, BDV]
+                kv = tl.dot(tl.trans(p), vt, input_precision=PROD_PREC)            # [BF, BDV]
             acc = acc * alpha + kv
+            zacc = zacc * alpha + tl.sum(p, axis=0)
             vsum += tl.sum(vt, axis=0)
             m_run = m_new
         part = bh * NSPLIT + sp
@@ -351,8 +331,7 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         H, T, d, Dv, m, rows, nsplit, nfb, x_scale,
         HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,
-        BLOCK_T=KEY_BLOCK_T, BLOCK_F=KEY_BLOCK_F, BLOCK_D=BD, BLOCK_DV=BDV, TRANS=bool(KEY_TRANSPOSED),
-        num_warps=KEY_NUM_WARPS)
+        BLOCK_T=KEY_BLOCK_T, BLOCK_F=KEY_BLOCK_F, BLOCK_D=BD, BLOCK_DV=BDV, num_warps=KEY_NUM_WARPS)
 
     # 2. combine (torch, O(B H n_split m Dv)): one stabiliser per head, as favor.py's key features
     stab = mx_part.amax(dim=(1, 2))                                                  # [BH]

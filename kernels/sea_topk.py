@@ -204,6 +204,6 @@ def select_rows_ref(a: torch.Tensor, width: torch.Tensor, n: torch.Tensor, *, he
     x = x.view(B, H // g, g, T, K).permute(0, 1, 3, 2, 4).reshape(B, H // g, T, g * K)   # [B, H/g, T, gK]
     order = torch.sort(x, dim=-1, descending=True, stable=True).indices
     rank = torch.empty_like(order)
-    rank.scatter_(-1, order, torch.arange(g * K).expand_as(order).contiguous())
+    rank.scatter_(-1, order, torch.arange(g * K, device=a.device).expand_as(order).contiguous())
     sel = (rank < n.view(1, 1, T, 1)) & (x > float("-inf"))
     return sel.view(B, H // g, T, g, K).permute(0, 1, 3, 2, 4).reshape(B, H, T, K)

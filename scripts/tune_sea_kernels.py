@@ -31,12 +31,10 @@ FRONT = [{}, {"STAGES_TF32": None}, {"STAGES_TF32": 1}, {"STAGES_TF32": 3}, {"NU
          {"MAX_CHECKPOINTS": 2048}]     # CHUNK / CHUNK_TF32, STAGES_TF32: the chunk of fp32 / tf32-precision calls
 # kernels/favor_dense.py (the bidirectional Performer: key pass, torch combine, query pass), timed as one call
 # (KEY_BLOCK_T=128 needs 256 KiB of shared memory: out of resources on an H200)
-# (the round-19 sweep of the untransposed key pass: results/nvidia-h200/sea-round19/call2/tune-favor.txt; since then
-# the key pass has a transposed form, KEY_TRANSPOSED, swept with its tiles here)
-FAVOR = [{}, {"KEY_TRANSPOSED": True}, {"KEY_TRANSPOSED": True, "KEY_NUM_WARPS": 4},
-         {"KEY_TRANSPOSED": True, "KEY_BLOCK_T": 64}, {"KEY_TRANSPOSED": True, "KEY_BLOCK_T": 64, "KEY_NUM_WARPS": 4},
-         {"KEY_TRANSPOSED": True, "KEY_BLOCK_T": 16}, {"KEY_TRANSPOSED": True, "KEY_BLOCK_F": 128, "KEY_NUM_WARPS": 4},
-         {"KEY_TRANSPOSED": True, "KEY_BLOCK_F": 32}, {"KEY_BLOCK_F": 128}, {"KEY_BLOCK_F": 128, "KEY_NUM_WARPS": 4}]
+# (the round-19 sweep: results/nvidia-h200/sea-round19/call2/tune-favor.txt; a transposed key pass, features as
+# [features, keys], was no faster: results/nvidia-h200/sea-bidir-mix/call1/tune-favor.txt)
+FAVOR = [{}, {"KEY_NUM_WARPS": 4}, {"KEY_BLOCK_F": 128, "KEY_NUM_WARPS": 4}, {"KEY_BLOCK_T": 16},
+         {"KEY_BLOCK_T": 64, "KEY_NUM_WARPS": 4}, {"KEY_PROGRAMS": 4096}, {"KEY_PROGRAMS": 1024}]
 ROWS = [{}, {"ROWS_PER_PROGRAM": 32}, {"ENTRIES_PER_STEP": 32}, {"ENTRIES_PER_STEP": 128}, {"NUM_WARPS": 8},
         {"NUM_WARPS": 2}, {"ROWS_PER_PROGRAM": 32, "NUM_WARPS": 8}, {"ENTRIES_PER_STEP": 128, "NUM_WARPS": 8},
         {"HEAD_GROUP": 1}, {"HEAD_GROUP": 4},

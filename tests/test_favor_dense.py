@@ -78,11 +78,9 @@ def _run(q, k, v, proj, valid, operands):
     return out
 
 
-@pytest.mark.parametrize("trans", [False, True])                      # KEY_TRANSPOSED: the key pass's two forms
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16])
-def test_fp32_operands_match_torch_and_float64(masked, in_dtype, trans, monkeypatch):
-    monkeypatch.setattr(fd, "KEY_TRANSPOSED", trans)
+def test_fp32_operands_match_torch_and_float64(masked, in_dtype):
     q, k, v, proj = _inputs(1, in_dtype)
     valid = _valid() if masked else None
     vals = _vals(v, valid)
@@ -95,15 +93,13 @@ def test_fp32_operands_match_torch_and_float64(masked, in_dtype, trans, monkeypa
     torch.testing.assert_close(out.double(), ref64, atol=3e-6, rtol=3e-5)
 
 
-@pytest.mark.parametrize("trans", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16])
-def test_bf16_operands_within_bf16_rounding(masked, in_dtype, trans, monkeypatch):
+def test_bf16_operands_within_bf16_rounding(masked, in_dtype):
     """bf16 products: phi_q, phi_k, v rounded to bf16 (unit roundoff u = 2^-9), the KV summary and the numerator
     rounded once more; normaliser fp32. First order, |out - exact| <= 5 u * (the same attention with |v|): the
     kernel and the torch bf16 path both satisfy it with 6 u (their roundings differ: the kernel rounds features
     stabilised by running maxima), so they differ by at most 12 u of that size."""
-    monkeypatch.setattr(fd, "KEY_TRANSPOSED", trans)
     q, k, v, proj = _inputs(2, in_dtype)
     valid = _valid() if masked else None
     vals = _vals(v, valid)
@@ -230,17 +226,15 @@ def test_errors():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("operands,precision,call,trans", [
-    ("fp32", "tf32x3", None, False), ("fp32", "ieee", None, False), ("bf16", None, None, False),
-    ("bf16", None, "tf32", False), ("fp32", None, "tf32", False), ("fp32", "ieee", None, True),
-    ("bf16", None, "tf32", True)])
-def test_compiled_kernel_at_sea_widths_matches_torch(monkeypatch, operands, precision, call, trans):
+@pytest.mark.parametrize("operands,precision,call", [("fp32", "tf32x3", None), ("fp32", "ieee", None),
+                                                     ("bf16", None, None), ("bf16", None, "tf32"),
+                                                     ("fp32", None, "tf32")])
+def test_compiled_kernel_at_sea_widths_matches_torch(monkeypatch, operands, precision, call):
     """On CUDA, default tiles, SEA's bidirectional widths (d = 64, m = 266, Dv = 128), a padding mask: the fused
     pass against the torch path (fp32: float rounding; bf16: the same rounding-size bound as on the CPU). call:
     the call's precision= (tf32: one-pass products, held to the bf16 bound; its error is printed)."""
     for name, value in DEFAULT_TILES.items():
         monkeypatch.setattr(fd, name, value)
-    monkeypatch.setattr(fd, "KEY_TRANSPOSED", trans)
     if precision:
         monkeypatch.setattr(fd, "FP32_PRECISION", precision)
     g = torch.Generator(device="cpu").manual_seed(5)

@@ -298,6 +298,12 @@ def test_average_context_by_cell_sums_equals_the_spread_weights():
         c_avg, avg_w = lay.average_context(a_hat, vr, causal=False, valid=None)
         assert avg_w.shape == (1, 4, 1, T)
         torch.testing.assert_close(c_avg, avg_w @ vr.float(), rtol=1e-5, atol=1e-6)
+        # the column sums the bidirectional selection leaves (the block sums summed) serve the same context
+        col: dict = {}
+        select_blocks(a_hat, R=32, mode="per_batch", k=8, budget=2.0, causal=False, col_sums=col)
+        torch.testing.assert_close(col["sum"], a_hat.sum(2), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(lay.average_context(a_hat, vr, causal=False, valid=None, col_sums=col["sum"])[0],
+                                   c_avg, rtol=1e-5, atol=1e-6)
 
 
 def test_plan_takes_the_kernel_only_where_asked_and_possible():

@@ -334,16 +334,18 @@ class SEAAttention(AttentionModule):
             s_mix = ones * self.force_s_mix
         return logits, a_hat, s_prob, s_mix
 
-    def stage_topk(self, a_hat, *, causal, valid):
+    def stage_topk(self, a_hat, *, causal, valid, col_sums: dict | None = None):
         """3. grouped top-k -> compressed mask bool [B, H, T, K]; with shared_keys = R the blocks' selection
-        bool [B, H, ceil(T / R), K] (methods/sea/shared.py: each block ranks A_hat summed over its rows)."""
+        bool [B, H, ceil(T / R), K] (methods/sea/shared.py: each block ranks A_hat summed over its rows).
+        col_sums: a dict that bidirectional shared selections fill with A_hat's column sums (key 'sum', fp32
+        [B, H, K], the sums of the block sums), which average_context then reads instead of A_hat."""
         B, H, T, K = a_hat.shape
         self.last_topk = topk_path(self.mode, H=H, K=K, valid=valid, backend=self.topk_backend, device=a_hat.device)
         if self.shared_keys:
             from methods.sea.shared import select_blocks
 
             return select_blocks(a_hat, R=self.shared_keys, mode=self.mode, k=self.k, budget=self.shared_budget,
-                                 backend=self.last_topk, causal=causal)
+                                 backend=self.last_topk, causal=causal, col_sums=col_sums)
         return select_topk(a_hat, mode=self.mode, k=self.k, causal=causal, valid=valid, backend=self.last_topk)
 
     def sparse_plan(self, q, k, v, valid) -> tuple[str, str]:
@@ -449,14 +451,15 @@ class SEAAttention(AttentionModule):
         c, ran = ssa.sea_sparse_attention(q, k, v, sel["row_ptr"], sel["col"], scale, backend=backend)
         return c, (kernel if kernel.startswith("triton (") else ran)
 
-    def average_context(self, a_hat, vr, *, causal, valid):
+    def average_context(self, a_hat, vr, *, causal, valid, col_sums=None):
         """6. C_avg: causal -> cumulative mean of v ([B, H, T, D], avg_w None); bidirectional -> the column
         mean of A_hat spread over each cell's keys (avg_w [B, H, 1, T]) times v ([B, H, 1, D])."""
         B, H, T, _ = vr.shape
         if causal:
             return causal_mean(vr.float(), valid), None                  # [B, H, T, D]
         if valid is None:                                                # no [B, H, T, K] temporary
-            colmean = a_hat.sum(2, keepdim=True) / T                     # [B, H, 1, K]
+            # col_sums: A_hat's column sums [B, H, K] the top-k stage already made (stage_topk)
+            colmean = (a_hat.sum(2, keepdim=True) if col_sums is None else col_sums[:, :, None]) / T   # [B, H, 1, K]
         else:
             qv = valid[:, None, :, None].float()
             colmean = (a_hat * qv).sum(2, keepdim=True) / qv.sum(2, keepdim=True).clamp(min=1)   # [B, H, 1, K]
@@ -495,7 +498,7 @@ class SEAAttention(AttentionModule):
             return AUTO_MIX_GRAD and 0 < c.numel() and c.shape[-1] <= MAX_D
         return True
 
-    def stage_mix(self, c, a_hat, s_prob, s_mix, vr, *, causal, valid, out_dtype):
+    def stage_mix(self, c, a_hat, s_prob, s_mix, vr, *, causal, valid, out_dtype, col_sums=None):
         """6-7. out = s_mix s_prob c + (1 - s_mix) C_avg (padded query rows -> 0). Returns (out, c_avg, avg_w);
         with mix_backend=kernel (causal, see mix_kernel) one Triton kernel computes the cumulative mean and the mix
         (with a Triton backward when a gradient is needed), and c_avg is not kept (None)."""
@@ -508,7 +511,7 @@ class SEAAttention(AttentionModule):
             from kernels.sea_causal_mix import causal_mix
 
             return causal_mix(c, vr, s_prob, s_mix, out_dtype=out_dtype), None, None
-        c_avg, avg_w = self.average_context(a_hat, vr, causal=causal, valid=valid)
+        c_avg, avg_w = self.average_context(a_hat, vr, causal=causal, valid=valid, col_sums=col_sums)
         # one fp32 temporary of [B, H, T, D] besides c_avg: (1 - s_mix) C_avg + (s_mix s_prob) c, with the
         # [B, H, T, 1] factors formed first (c stays in its dtype; addcmul computes in fp32)
         out = torch.addcmul((1 - s_mix) * c_avg, s_mix * s_prob, c.float())   # [B, H, T, D] fp32
@@ -522,10 +525,12 @@ class SEAAttention(AttentionModule):
         kr, vr, valid, scale = self._prepare(q, k, v, causal=causal, key_padding_mask=key_padding_mask,
                                              scale=scale, defer=defer_check)
         logits, a_hat, s_prob, s_mix = self.stage_estimator(q, kr, vr, causal=causal, valid=valid, scale=scale)
-        mask = self.stage_topk(a_hat, causal=causal, valid=valid)        # bool [B, H, T, K] (shared: [B, H, NB, K])
+        col: dict = {}
+        mask = self.stage_topk(a_hat, causal=causal, valid=valid, col_sums=col)   # bool [B, H, T, K] (shared: NB)
         sel = self.stage_interpolate(mask, causal=causal, valid=valid, layout=layout, T=q.shape[2])
         aux = dict(logits=logits, a_hat=a_hat, mask=mask, row_ptr=sel.get("row_ptr"), col=sel.get("col"),
-                   count=sel["count"], s_prob=s_prob, s_mix=s_mix, scale=scale, valid=valid)
+                   count=sel["count"], s_prob=s_prob, s_mix=s_mix, scale=scale, valid=valid,
+                   col_sums=col.get("sum"))
         return aux, sel, vr
 
     def block_plan(self, q, k, v, *, causal, key_padding_mask) -> str | None:
@@ -692,11 +697,11 @@ class SEAAttention(AttentionModule):
 
         return sparse_attention_mix(q, k, v, row_ptr, col, scale, s_prob, s_mix, c_avg, out=out), "triton"
 
-    def stage_sparse_mix(self, q, k, v, sel, a_hat, s_prob, s_mix, vr, *, causal, scale, kernel):
+    def stage_sparse_mix(self, q, k, v, sel, a_hat, s_prob, s_mix, vr, *, causal, scale, kernel, col_sums=None):
         """5-7 in one kernel (mix_fused): out = s_mix s_prob c + (1 - s_mix) C_avg without writing c; sel is
         stage_interpolate's selection (CSR lists, or the blocks' selection of layout 'shared': the shared kernel's
         epilogue). Returns (out in q's dtype, c_avg, avg_w, the kernel that ran), the first three like stage_mix."""
-        c_avg, avg_w = self.average_context(a_hat, vr, causal=causal, valid=None)
+        c_avg, avg_w = self.average_context(a_hat, vr, causal=causal, valid=None, col_sums=col_sums)
         out, ran = self.attend_and_mix(kernel, q, k, v, sel, scale, s_prob, s_mix, c_avg, causal=causal)
         return out, c_avg, avg_w, ran
 
@@ -763,12 +768,13 @@ class SEAAttention(AttentionModule):
             self.last_mix = "fused"
             out, aux["c_avg"], aux["avg_w"], ran = self.stage_sparse_mix(
                 q, k, v, sel, aux["a_hat"], aux["s_prob"], aux["s_mix"], vr, causal=causal,
-                scale=aux["scale"], kernel=kernel)
+                scale=aux["scale"], kernel=kernel, col_sums=aux["col_sums"])
         else:
             self.last_mix = "torch"
             c, ran = self.stage_sparse(q, k, v, sel, causal=causal, scale=aux["scale"], kernel=kernel)
             out, aux["c_avg"], aux["avg_w"] = self.stage_mix(c, aux["a_hat"], aux["s_prob"], aux["s_mix"], vr,
-                                                             causal=causal, valid=aux["valid"], out_dtype=q.dtype)
+                                                             causal=causal, valid=aux["valid"], out_dtype=q.dtype,
+                                                             col_sums=aux["col_sums"])
         aux["c_sea"] = out
         aux["call"] = (q, k, v, causal, key_padding_mask, scale, torch.is_grad_enabled())
         self.last_aux = aux
@@ -796,26 +802,28 @@ class SEAAttention(AttentionModule):
         if estimator_parts and not self.oracle:      # where the estimator's time goes (est_* keys)
             parts = self.estimator.stage_profile(q, kr, vr, timer=timer)
             ms.update({f"est_{name}": t for name, t in parts.items()})
-        mask = self.stage_topk(a_hat, causal=causal, valid=None)
-        ms["topk"] = timer(lambda: self.stage_topk(a_hat, causal=causal, valid=None))
+        col: dict = {}
+        mask = self.stage_topk(a_hat, causal=causal, valid=None, col_sums=col)
+        ms["topk"] = timer(lambda: self.stage_topk(a_hat, causal=causal, valid=None, col_sums={}))
+        col_sums = col.get("sum")
         T = q.shape[2]
         sel = self.stage_interpolate(mask, causal=causal, valid=None, layout=layout, T=T)
         ms["interpolate"] = timer(lambda: self.stage_interpolate(mask, causal=causal, valid=None, layout=layout, T=T))
         if self.mix_fused(q, k, v, layout=layout, kernel=kernel, valid=None, causal=causal):
             # one kernel attends and mixes: "sparse_attention" is that kernel, "mix" the average context it reads
             self.last_mix = "fused"
-            c_avg, _ = self.average_context(a_hat, vr, causal=causal, valid=None)
+            c_avg, _ = self.average_context(a_hat, vr, causal=causal, valid=None, col_sums=col_sums)
             _, ran = self.attend_and_mix(kernel, q, k, v, sel, scale, s_prob, s_mix, c_avg, causal=causal)
             ms["sparse_attention"] = timer(lambda: self.attend_and_mix(kernel, q, k, v, sel, scale, s_prob, s_mix,
                                                                        c_avg, causal=causal)[0])
-            ms["mix"] = timer(lambda: self.average_context(a_hat, vr, causal=causal, valid=None))
+            ms["mix"] = timer(lambda: self.average_context(a_hat, vr, causal=causal, valid=None, col_sums=col_sums))
             self.impl = self._impl(ran)
             return ms
         c, ran = self.stage_sparse(q, k, v, sel, causal=causal, scale=scale, kernel=kernel)
         ms["sparse_attention"] = timer(lambda: self.stage_sparse(q, k, v, sel, causal=causal, scale=scale,
                                                                  kernel=kernel))
         ms["mix"] = timer(lambda: self.stage_mix(c, a_hat, s_prob, s_mix, vr, causal=causal, valid=None,
-                                                 out_dtype=q.dtype))
+                                                 out_dtype=q.dtype, col_sums=col_sums))
         self.impl = self._impl(ran)
         return ms
 

@@ -156,15 +156,17 @@ def selection_shape(mode: str, *, T: int, R: int, K: int, k: int, H: int, budget
 
 
 def select_blocks(a_hat: torch.Tensor, *, R: int, mode: str, k: int, budget: float, backend: str = "torch",
-                  causal: bool = True) -> torch.Tensor:
+                  causal: bool = True, col_sums: dict | None = None) -> torch.Tensor:
     """bool [B, H, NB, K]: the cells each block of R query rows attends. backend 'triton': the top-k kernel of
     kernels/sea_topk.py on the block scores (CUDA; bidirectional: the radix select of kernels/sea_topk_global.py),
     'torch': a stable sort; same selection (lowest index first among ties). Bidirectional calls rank the block
     cells of a group together (per_batch / per_head, bidirectional_budget) on the plain sums of A_hat over the
-    block's rows (one geometry for all rows)."""
+    block's rows (one geometry for all rows); there, a dict col_sums gets A_hat's column sums (key 'sum', fp32
+    [B, H, K]: the block sums summed, what the average context reads)."""
     B, H, T, K = a_hat.shape
     if not causal:
-        return _select_blocks_bidirectional(a_hat, R=R, mode=mode, k=k, budget=budget, backend=backend)
+        return _select_blocks_bidirectional(a_hat, R=R, mode=mode, k=k, budget=budget, backend=backend,
+                                            col_sums=col_sums)
     scores = block_scores(a_hat, R, backend=backend)                     # [B, H, NB, K]
     width, n = selection_shape(mode, T=T, R=R, K=K, k=k, H=H, budget=budget, device=str(a_hat.device))
     g = H if mode == "causal_per_batch" else 1
@@ -183,9 +185,12 @@ def _bidirectional_shape(mode: str, *, B: int, T: int, R: int, K: int, k: int, H
     return eligible_widths(T, R, K, dev, causal=False)[0], torch.full((G,), n, dtype=torch.long, device=dev)
 
 
-def _select_blocks_bidirectional(a_hat, *, R: int, mode: str, k: int, budget: float, backend: str) -> torch.Tensor:
+def _select_blocks_bidirectional(a_hat, *, R: int, mode: str, k: int, budget: float, backend: str,
+                                 col_sums: dict | None = None) -> torch.Tensor:
     B, H, T, K = a_hat.shape
     scores = block_scores(a_hat, R, pool="sum")                          # [B, H, NB, K]: one geometry for all rows
+    if col_sums is not None:
+        col_sums["sum"] = scores.sum(2)                                  # [B, H, K]
     NB = scores.shape[2]
     width, nn = _bidirectional_shape(mode, B=B, T=T, R=R, K=K, k=k, H=H, budget=budget, device=str(a_hat.device))
     from kernels.sea_topk_global import select_global, select_global_ref
