@@ -21,7 +21,7 @@ without ever writing a [T, m] tensor (dash, exp, features) to memory. Two launch
   2. torch (tiny): S = max M_p; KV = m^-1/2 (sum_p exp(M_p - S) A_p + feat_eps sum_t valid v_t)  [m, Dv],
      z = m^-1/2 (sum_p exp(M_p - S) z_p + feat_eps n_valid)  [m], and their sums over the features.
      Partials: B H n_split (m Dv + m + Dv) fp32; n_split is chosen for about KEY_PROGRAMS (2048) key-pass
-     programs: 26 splits of 2528 rows, 57 MB, at B=1 H=16 T=65536 m=266 Dv=128.
+     programs: 43 splits of 1536 rows, 94 MB, at B=1 H=16 T=65536 m=266 Dv=128 (3 feature blocks of 128).
   3. query pass, grid (T / QUERY_BLOCK_T, B*H). Per tile of query rows, one loop over the feature blocks with
      an online row maximum: acc = sum_f exp(dash_f - rowmax) KV_f, acc_z likewise with z; then
      num = m^-1/2 (exp(-diag) acc + feat_eps sum_f KV_f), den likewise, out = num / (den + eps). dash_q is
@@ -43,7 +43,7 @@ of two), so the rounding is of the same size as the torch path's but not bit-ide
 interpreter (CPU tensors), whose bf16 tl.dot is broken, the bf16 products run as fp32 dots of bf16-rounded
 values (round to nearest even, the same numbers a bf16 tensor-core dot with fp32 accumulation produces).
 
-Work: 2 B H T m (2 d + 2 Dv) flops (214 GFLOP at T=65536 H=16 d=64 m=266 Dv=128, ~20% more with the
+Work: 2 B H T m (2 d + 2 Dv) flops (214 GFLOP at T=65536 H=16 d=64 m=266 Dv=128, ~44% more with the
 feature-block padding), so with "ieee" fp32 dots (CUDA-core FMAs) the passes are compute-bound, not
 memory-bound; operands="bf16" or FP32_PRECISION="tf32x3" move the dots onto tensor cores.
 
@@ -73,13 +73,15 @@ POISON_OUTPUTS = False
 # Tile sizes (tests under the interpreter shrink them; all must be powers of two >= 16 except KEY_SPLIT_ROWS,
 # which must be a multiple of KEY_BLOCK_T).
 KEY_BLOCK_T = 32          # key rows per tile in the key pass
-KEY_BLOCK_F = 64          # features per key-pass program
+KEY_BLOCK_F = 128         # features per key-pass program
 KEY_SPLIT_ROWS = None     # key rows per key-pass program (T split); None: about KEY_PROGRAMS programs in all
 KEY_PROGRAMS = 2048
 QUERY_BLOCK_T = 64        # query rows per query-pass program
 QUERY_BLOCK_F = 32        # features per step of the query-pass loop
-KEY_NUM_WARPS = 2          # H200, B=1, H=16, T=65536, m=266, Dv=128, bf16 operands, tf32: the whole call 4.74 ms with
-                           # 8 warps, 2.59 with 4, 2.36 with 2 (results/nvidia-h200/sea-round19/call2/tune-favor.txt)
+KEY_NUM_WARPS = 4          # H200, B=1, H=16, T=65536, m=266, Dv=128, bf16 operands, tf32, the whole call: 64 features
+                           # a program on 8 warps 4.74 ms, on 4 2.59, on 2 2.36; 128 features on 4 warps 2.26
+                           # (results/nvidia-h200/sea-round19/call2/tune-favor.txt); again: 2.35 (64 on 2 warps)
+                           # against 2.26 (128 on 4) (results/nvidia-h200/sea-bidir-mix/call2/tune-favor.txt)
 QUERY_NUM_WARPS = 4
 # The key pass reads an fp32 copy of 16-bit keys when True: on an H200 (B=1, H=16, T=65536, m=266, bf16 operands,
 # tf32) it took 1.79 ms reading bf16 keys against 1.54 ms reading fp32 ones, and the copy costs ~0.1 ms (SEA's
