@@ -57,8 +57,9 @@ class _SEABase(Method):
                "kernels/sea_sparse_rows.py; with gradients its forward keeps the lse and the backward of "
                "sparse_backward runs on it, kernels/sea_sparse_rows_bwd.py; on an H200 2.0x the row kernel's "
                "forward at 64k causal, results/nvidia-h200/sea-rows-mix/; the forward with lse 1.77 -> 1.11 ms "
-               "in the 32k causal forward+backward, results/nvidia-h200/sea-train/), torch",
-               choices=("auto", "triton", "triton_tiled", "triton_rows", "torch")),
+               "in the 32k causal forward+backward, results/nvidia-h200/sea-train/), torch, flex (FlexAttention; "
+               "shared_span=blocks only, which auto runs on it on CUDA)",
+               choices=("auto", "triton", "triton_tiled", "triton_rows", "torch", "flex")),
         Option("estimator_dtype", "fp32", "dtype of the estimator's CNN decoder: fp32 (the paper's), bf16 or "
                "fp16 (autocast; the Performer and the encoder stay fp32; causal calls then run the PyTorch "
                "decoder instead of the fp32 decoder kernel). H200, SEA fast (compiled estimator), bf16: "
@@ -172,6 +173,11 @@ class _SEABase(Method):
         Option("shared_budget", 2.0, "cells a shared-key block attends, as a multiple of one row's top-k budget at "
                "the block's end (shared_keys > 0; 1 measured worse than per-row selection with the oracle estimate, "
                "2 and 4 better)"),
+        Option("shared_span", "strided", "the keys a selected cell brings to a shared-key block: strided (the "
+               "paper's rule, min(width, k) keys spread over the cell) or blocks (every key of the shared_keys-aligned "
+               "key blocks holding the cell's keys: contiguous runs in FlexAttention's block-sparse format, computed "
+               "exactly by FlexAttention on CUDA, methods/sea/flex_shared.py; more keys a row)",
+               choices=("strided", "blocks")),
         Option("s_prob", -1.0, "force the s_prob scaler to this value (negative: estimated)"),
         Option("s_mix", -1.0, "force the s_mix scaler to this value (negative: estimated)"),
     )
@@ -206,6 +212,10 @@ class _SEABase(Method):
                                     ">= 16 (or 0 for per-row selection)")
         if not cfg["shared_budget"] > 0:
             raise MethodConfigError(f"{cls.name}.shared_budget={cfg['shared_budget']}: must be > 0")
+        if cfg["shared_span"] != "strided" and not R:
+            raise MethodConfigError(f"{cls.name}.shared_span={cfg['shared_span']} needs shared_keys > 0")
+        if cfg["backend"] == "flex" and cfg["shared_span"] != "blocks":
+            raise MethodConfigError(f"{cls.name}.backend=flex runs shared selections with shared_span=blocks only")
         if R and (cfg["query_chunk"] or cfg["query_blocks"]):
             raise MethodConfigError(f"{cls.name}: shared_keys runs over the whole sequence; it does not combine with "
                                     "query_chunk / query_blocks")
@@ -298,7 +308,7 @@ class _SEABase(Method):
                            estimator_precision=cfg["estimator_precision"],
                            sparse_backward=cfg["sparse_backward"], sparse_pieces=cfg["sparse_pieces"],
                            cuda_graph=cfg["cuda_graph"], shared_keys=cfg["shared_keys"],
-                           shared_budget=cfg["shared_budget"])
+                           shared_budget=cfg["shared_budget"], shared_span=cfg["shared_span"])
         return mod.to(problem.device)
 
 

@@ -151,7 +151,7 @@ class SEAAttention(AttentionModule):
                  compile: str = "none", query_chunk: int = 0, decoder_backend: str = "auto",
                  query_blocks: int = 0, mix_backend: str = "auto", estimator_precision: str = "fp32",
                  sparse_backward: str = "auto", sparse_pieces: int = 3, cuda_graph: int = 0,
-                 shared_keys: int = 0, shared_budget: float = 2.0):
+                 shared_keys: int = 0, shared_budget: float = 2.0, shared_span: str = "strided"):
         super().__init__()
         from methods.sea import SPARSE_BACKWARDS, SPARSE_PIECES
         from methods.sea.graphs import GraphCache
@@ -170,7 +170,7 @@ class SEAAttention(AttentionModule):
         self.query_chunk, self.query_blocks = query_chunk, query_blocks
         if shared_keys < 0 or (shared_keys and (shared_keys < 16 or shared_keys & (shared_keys - 1))):
             raise ValueError(f"shared_keys={shared_keys}: rows per shared-key block, a power of two >= 16 (0: off)")
-        from methods.sea.shared import BIDIRECTIONAL_MODES, SHARED_MODES
+        from methods.sea.shared import BIDIRECTIONAL_MODES, SHARED_MODES, SPANS
 
         if shared_keys and mode not in (SHARED_MODES if causal else BIDIRECTIONAL_MODES):
             raise ValueError(f"shared_keys: causal layers take a per-row top-k mode {SHARED_MODES}, bidirectional "
@@ -179,8 +179,13 @@ class SEAAttention(AttentionModule):
             raise ValueError("shared_keys runs over the whole sequence; it does not combine with query blocks")
         if not shared_budget > 0:
             raise ValueError(f"shared_budget={shared_budget}: must be > 0")
+        if shared_span not in SPANS or (shared_span != "strided" and not shared_keys):
+            raise ValueError(f"shared_span={shared_span!r}: one of {SPANS}; other than strided only with shared_keys")
+        if backend == "flex" and shared_span != "blocks":
+            raise ValueError("backend=flex computes shared selections with shared_span=blocks only")
         # methods/sea/shared.py: blocks of shared_keys query rows share one selection (0: per-row, the paper's)
         self.shared_keys, self.shared_budget = int(shared_keys), float(shared_budget)
+        self.shared_span = shared_span
         if mix_backend not in ("auto", "torch", "kernel", "triton"):
             raise ValueError(f"mix backend {mix_backend!r}: expected auto, torch, kernel or triton")
         self.mix_backend = mix_backend
@@ -278,7 +283,8 @@ class SEAAttention(AttentionModule):
     def _shared_impl(self) -> str:
         if not self.shared_keys:
             return ""
-        return f"shared_keys={self.shared_keys}x{self.shared_budget:g}, "
+        span = "" if self.shared_span == "strided" else f"/{self.shared_span}"
+        return f"shared_keys={self.shared_keys}x{self.shared_budget:g}{span}, "
 
     # --- stages ---------------------------------------------------------------------------------
     # forward = prepare -> stage_estimator -> stage_topk -> stage_interpolate -> stage_sparse -> stage_mix.
@@ -357,15 +363,25 @@ class SEAAttention(AttentionModule):
         With shared_keys: ('shared', 'triton_shared') (kernels/sea_shared_attention.py reads the blocks' selection)
         for calls without gradients or padding mask when auto resolves to the rows kernel or the backend is triton /
         triton_rows; else the per-row CSR lists of the same selection on the kernel picked here (the tiled kernel
-        reads per-row masks: the row kernel instead)."""
+        reads per-row masks: the row kernel instead). With shared_span=blocks: ('flex', 'flex') (FlexAttention on the
+        key blocks, methods/sea/flex_shared.py) for calls without gradients or padding mask, with backend flex or
+        auto on CUDA; else the per-row lists of the same keys on auto's kernel."""
         from kernels.sea_sparse_attention import triton_usable
 
         backend = self.backend
         grad = needs_grad(q, k, v)
+        if self.shared_keys and self.shared_span == "blocks":
+            from methods.sea.flex_shared import flex_usable
+
+            if (backend == "flex" or (backend == "auto" and q.is_cuda)) and not grad and valid is None \
+                    and flex_usable(q) is None:
+                return "flex", "flex"
+            if backend in ("flex", "triton_tiled"):    # the per-row lists of the same keys, on auto's kernel
+                backend = "auto"
         if backend == "auto":                      # rows kernel: 2.0x the row kernel at 64k on an H200 (round 9)
             backend = "triton_rows" if q.is_cuda and (AUTO_ROWS_GRAD or not grad) else (
                 "triton" if triton_usable(q.device) else "torch")
-        if self.shared_keys:
+        if self.shared_keys and self.shared_span == "strided":
             kernel_ok = backend == "triton_rows" if self.backend == "auto" else \
                 backend in ("triton", "triton_rows") and triton_usable(q.device)
             if not grad and valid is None and kernel_ok:
@@ -395,8 +411,14 @@ class SEAAttention(AttentionModule):
             self.last_interp = "shared"
             if layout == "shared":               # the kernel reads the blocks' selection itself
                 return dict(layout=layout, sel=mask, count=None)
+            if layout == "flex":                 # FlexAttention's BlockMask of the key blocks
+                from methods.sea.flex_shared import shared_block_mask
+
+                return dict(layout=layout, sel=mask, count=None, block_mask=shared_block_mask(
+                    mask, T=T, R=self.shared_keys, causal=causal, exact_mod=not mask.is_cuda))
             B, H = mask.shape[:2]
-            row_ptr, col = shared_row_csr(mask, T=T, R=self.shared_keys, k=self.k, valid=valid, causal=causal)
+            row_ptr, col = shared_row_csr(mask, T=T, R=self.shared_keys, k=self.k, valid=valid, causal=causal,
+                                          span=self.shared_span)
             return dict(layout=layout, row_ptr=row_ptr, col=col, count=csr_counts(row_ptr, (B, H, T)))
         B, H, T, K = mask.shape
         if layout == "tiles":
@@ -431,6 +453,11 @@ class SEAAttention(AttentionModule):
 
             return shared_attention(q, k, v, sel["sel"], rows=self.shared_keys, k_sel=self.k, scale=scale,
                                     pieces=self.pieces_for(q), causal=causal), "triton_shared"
+        if sel["layout"] == "flex":
+            from methods.sea.flex_shared import flex_shared_attention
+
+            return flex_shared_attention(q, k, v, sel["sel"], R=self.shared_keys, scale=scale, causal=causal,
+                                         block_mask=sel["block_mask"]), "flex"
         if sel["layout"] == "tiles":
             out = ssa.sparse_attention_tiled(q, k, v, sel["mask"], sel["tiles"], sel["ntiles"], scale,
                                              k_sel=self.k, causal=causal, block_m=sel["block_m"],
@@ -888,7 +915,7 @@ class SEAAttention(AttentionModule):
             from methods.sea.shared import shared_row_csr
 
             row_ptr, col = shared_row_csr(aux["mask"], T=T, R=self.shared_keys, k=self.k, valid=aux["valid"],
-                                          causal=causal)
+                                          causal=causal, span=self.shared_span)
         sel = csr_to_dense(row_ptr, col, (B, H, T), T, rows=rows)       # bool [B, H, R, T]
         p = torch.nan_to_num(torch.softmax(s.masked_fill(~sel, float("-inf")), -1), nan=0.0)
         s_prob, s_mix = aux["s_prob"][:, :, rows], aux["s_mix"][:, :, rows]   # [B, H, R, 1]

@@ -47,6 +47,10 @@ import torch
 from methods.sea.interp import cell_bounds
 
 SHARED_MODES = ("per_query", "causal_per_batch")
+# The keys a selected cell brings (option shared_span): "strided", interp.py's min(width, k) keys spread over the cell
+# (the paper's rule); "blocks", every key of the R-aligned key blocks holding the cell's keys (contiguous runs,
+# FlexAttention's block-sparse format: methods/sea/flex_shared.py).
+SPANS = ("strided", "blocks")
 BIDIRECTIONAL_MODES = ("per_head", "per_batch")
 
 
@@ -199,9 +203,59 @@ def _select_blocks_bidirectional(a_hat, *, R: int, mode: str, k: int, budget: fl
     return pick(scores.contiguous(), nn, width).view(B, H, NB, K)
 
 
-def block_key_lists(sel: torch.Tensor, *, T: int, R: int, k: int, causal: bool = True
+@functools.lru_cache(maxsize=32)
+def cell_key_blocks(T: int, R: int, K: int, causal: bool, device: str
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For span 'blocks', per block cell (block geometry): (first key block, last key block, live) int64 / int64 /
+    bool [NB, K], the R-aligned key blocks that hold the cell's keys (causal: its keys before the block's first row);
+    live where there is such a key. Made once per shape."""
+    dev = torch.device(device)
+    ends = block_ends(T, R, dev, causal)
+    lo, hi = cell_bounds(ends[None], K)                                  # [1, NB, K]
+    lo, hi = lo[0], hi[0]
+    if causal:
+        hi = torch.minimum(hi, (torch.arange(ends.numel(), device=dev) * R)[:, None])   # keys before the block
+    return lo // R, (hi - 1).clamp(min=0) // R, hi > lo
+
+
+def key_block_mask(sel: torch.Tensor, *, T: int, R: int, causal: bool = True) -> torch.Tensor:
+    """Span 'blocks': bool [B, H, NB, NB], block j attends key block i: every R-aligned key block holding a key of
+    one of its selected cells (causal: a key before the block, so i < j), and its own block i = j. Tensor ops, no
+    host sync (a difference array over the key blocks, summed along them)."""
+    B, H, NB, K = sel.shape
+    first, last, live = cell_key_blocks(T, R, K, bool(causal), str(sel.device))
+    w = (sel & live).to(torch.int32)                                     # [B, H, NB, K]
+    diff = torch.zeros(B, H, NB, NB + 1, dtype=torch.int32, device=sel.device)
+    diff.scatter_add_(3, first.expand(B, H, NB, K), w)
+    diff.scatter_add_(3, (last + 1).expand(B, H, NB, K), -w)
+    kb = diff.cumsum(3, dtype=torch.int32)[..., :NB] > 0
+    return kb | torch.eye(NB, dtype=torch.bool, device=sel.device)
+
+
+def _span_block_key_lists(sel: torch.Tensor, *, T: int, R: int, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """block_key_lists for span 'blocks': every key of the block's key blocks other than its own."""
+    B, H, NB, K = sel.shape
+    dev = sel.device
+    kb = key_block_mask(sel, T=T, R=R, causal=causal) & ~torch.eye(NB, dtype=torch.bool, device=dev)
+    flat = torch.nonzero(kb.reshape(-1)).squeeze(1)                      # (b, h, j, i) ascending
+    blk, i = flat // NB, flat % NB
+    n = (T - i * R).clamp(max=R)                                         # keys in key block i (the last is short)
+    e = torch.repeat_interleave(torch.arange(flat.numel(), device=dev), n)
+    first = torch.cumsum(n, 0) - n
+    keys = i[e] * R + torch.arange(e.numel(), device=dev) - first[e]
+    ptr = torch.zeros(B * H * NB + 1, dtype=torch.int64, device=dev)
+    ptr[1:] = torch.cumsum(torch.bincount(blk[e], minlength=B * H * NB), 0)
+    return ptr, keys
+
+
+def block_key_lists(sel: torch.Tensor, *, T: int, R: int, k: int, causal: bool = True, span: str = "strided"
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The keys of each (b, h, block), ascending: (ptr int64 [B*H*NB + 1], keys int64 [nnz]). Host sync."""
+    """The keys of each (b, h, block), ascending: (ptr int64 [B*H*NB + 1], keys int64 [nnz]). Host sync.
+    span 'strided': interp.py's keys of each selected cell; 'blocks': every key of the key blocks (key_block_mask)."""
+    if span not in SPANS:
+        raise ValueError(f"shared key span {span!r}: expected one of {SPANS}")
+    if span == "blocks":
+        return _span_block_key_lists(sel, T=T, R=R, causal=causal)
     B, H, NB, K = sel.shape
     dev = sel.device
     ends = block_ends(T, R, dev, causal)
@@ -222,14 +276,15 @@ def block_key_lists(sel: torch.Tensor, *, T: int, R: int, k: int, causal: bool =
 
 
 def shared_row_csr(sel: torch.Tensor, *, T: int, R: int, k: int, valid: torch.Tensor | None = None,
-                   causal: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                   causal: bool = True, span: str = "strided") -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row CSR lists (interp.py's format: row_ptr int64 [B*H*T + 1], col int32, keys ascending) of the shared
     selection: row t of block j gets its block's cell keys before j R, then the keys j R .. t (with a padding mask
     valid [B, T]: only valid keys). Bidirectional (causal=False): every row of block j gets the block's cell keys
-    outside [j R, j R + R) and all of the block's own keys. Host syncs; O(entries) memory."""
+    outside [j R, j R + R) and all of the block's own keys. span: the cells' keys (block_key_lists). Host syncs;
+    O(entries) memory."""
     B, H, NB, K = sel.shape
     dev = sel.device
-    ptr, keys = block_key_lists(sel, T=T, R=R, k=k, causal=causal)
+    ptr, keys = block_key_lists(sel, T=T, R=R, k=k, causal=causal, span=span)
     blk_of = torch.repeat_interleave(torch.arange(B * H * NB, device=dev), ptr[1:] - ptr[:-1])
     first = (blk_of % NB) * R
     early = (keys < first) if causal else ((keys < first) | (keys >= first + R))   # cell keys outside the block
@@ -259,8 +314,10 @@ def shared_row_csr(sel: torch.Tensor, *, T: int, R: int, k: int, valid: torch.Te
     return row_ptr, col.to(torch.int32).contiguous()
 
 
-def shared_dense_mask(sel: torch.Tensor, *, T: int, R: int, k: int, causal: bool = True) -> torch.Tensor:
-    """bool [B, H, T, T]: the same selection as a dense key mask, built the plain way (tests; O(T^2))."""
+def shared_dense_mask(sel: torch.Tensor, *, T: int, R: int, k: int, causal: bool = True, span: str = "strided"
+                      ) -> torch.Tensor:
+    """bool [B, H, T, T]: the same selection as a dense key mask, built the plain way (tests; O(T^2)). span
+    'blocks': a selected cell brings every key of each R-aligned key block that holds one of its keys."""
     B, H, NB, K = sel.shape
     dense = torch.zeros(B, H, T, T, dtype=torch.bool, device=sel.device)
     ends = block_ends(T, R, sel.device, causal).tolist()
@@ -271,6 +328,11 @@ def shared_dense_mask(sel: torch.Tensor, *, T: int, R: int, k: int, causal: bool
             if n <= 0:
                 continue
             cols = [lo + (i * (hi - lo)) // n for i in range(n)]
+            if span == "blocks":
+                if causal:                                               # only its keys before the block count
+                    cols = [c for c in cols if c < j * R]
+                    hi = min(hi, j * R)
+                cols = [c for c in range(lo // R * R, min(T, ((hi - 1) // R + 1) * R))] if hi > lo else []
             for b in range(B):
                 for h in range(H):
                     if sel[b, h, j, c]:

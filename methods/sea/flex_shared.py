@@ -1,0 +1,101 @@
+"""Shared-key selections with span 'blocks' on FlexAttention (torch.nn.attention.flex_attention).
+
+With `shared_span=blocks` a block of R query rows attends every key of the R-aligned key blocks its selected cells
+touch (methods/sea/shared.py: key_block_mask) and its own block (causal: up to each row): a block-sparse mask in
+FlexAttention's own format, so its kernel computes SEA's function exactly, not a superset of it. The BlockMask is
+built from the selection inside the forward by tensor ops (no host sync, no T x T mask function): the key blocks
+other than the own one are full blocks; the own block is the one partial block of a causal row (its mask function
+q >= kv), none in a bidirectional row.
+
+Compiled (CUDA): FlexAttention evaluates the mask function on partial blocks only, so the plain causal rule is
+exact there. Eager (the Triton-less reference FlexAttention runs for CPU tensors): the mask function is evaluated
+on every (query, key) pair and the block structure is ignored, so there it reads the key-block mask itself.
+Forward only in the layer (calls with gradients take the per-row lists of the same keys).
+"""
+from __future__ import annotations
+
+import torch
+
+from methods.sea.shared import key_block_mask
+
+
+def flex_usable(q: torch.Tensor) -> str | None:
+    """Why FlexAttention cannot serve these queries (None: it can)."""
+    try:
+        from torch.nn.attention.flex_attention import BlockMask  # noqa: F401
+    except ImportError:                                                  # pragma: no cover - torch >= 2.5 here
+        return "torch without FlexAttention"
+    D = q.shape[-1]
+    if D < 16 or D & (D - 1):
+        return f"head_dim={D} (FlexAttention needs a power of two >= 16)"
+    if q.device.type == "cpu" and q.dtype == torch.float16:
+        return "FlexAttention on CPU takes fp32 and bf16"
+    return None
+
+
+def _ordered(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """bool [..., N] -> (count int32 [...], the true columns first in ascending order, int32 [..., N]): positions by
+    a running count and one scatter (no sort)."""
+    N = mask.shape[-1]
+    count = mask.sum(-1, dtype=torch.int32)
+    pos = torch.where(mask, mask.to(torch.int32).cumsum(-1, dtype=torch.int32) - 1, N).long()
+    cols = torch.arange(N, dtype=torch.int32, device=mask.device).expand(mask.shape)
+    out = torch.zeros(*mask.shape[:-1], N + 1, dtype=torch.int32, device=mask.device)
+    return count, out.scatter_(-1, pos, cols)[..., :N].contiguous()
+
+
+def _causal(b, h, q_idx, kv_idx):
+    return q_idx >= kv_idx
+
+
+def shared_block_mask(sel: torch.Tensor, *, T: int, R: int, causal: bool, exact_mod: bool):
+    """The BlockMask of a selection sel bool [B, H, NB, K] with span 'blocks' (BLOCK_SIZE R, sequence T).
+    exact_mod: the mask function reads the key-block mask (for the eager FlexAttention, which ignores the blocks);
+    else it is the causal rule (or none), exact on the partial blocks the compiled kernel applies it to."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    kb = key_block_mask(sel, T=T, R=R, causal=causal)                    # [B, H, NB, NB], own block included
+    B, H, NB, _ = kb.shape
+    own = torch.eye(NB, dtype=torch.bool, device=sel.device)
+    full_num, full_idx = _ordered(kb & ~own if causal else kb)
+    if causal:                                                           # the own block: partial, q >= kv inside
+        part_num = torch.ones(B, H, NB, dtype=torch.int32, device=sel.device)
+        part_idx = torch.zeros_like(full_idx)
+        part_idx[..., 0] = torch.arange(NB, dtype=torch.int32, device=sel.device)
+    else:                                                                # every block full
+        part_num, part_idx = torch.zeros_like(full_num), full_idx
+    if exact_mod:
+        def mod(b, h, q_idx, kv_idx):
+            ok = kb[b, h, q_idx // R, kv_idx // R]
+            return ok & ((kv_idx <= q_idx) | (kv_idx < (q_idx // R) * R)) if causal else ok
+    else:
+        mod = _causal if causal else None
+    return BlockMask.from_kv_blocks(part_num, part_idx, full_num, full_idx, BLOCK_SIZE=R, mask_mod=mod,
+                                    seq_lengths=(T, T), compute_q_blocks=False)
+
+
+def flex_shared_attention(q, k, v, sel, *, R: int, scale: float, causal: bool, block_mask=None) -> torch.Tensor:
+    """out [B, H, T, D] in q's dtype: softmax attention of every query row over its block's keys (span 'blocks').
+    q [B, H, T, D], k, v [B, Hkv, T, D] (GQA: H a multiple of Hkv), sel bool [B, H, NB, K]. CUDA: the compiled
+    FlexAttention (methods/flex.py's compiled function; tiles of min(R, 128)); elsewhere the eager one.
+    block_mask: a BlockMask already built by shared_block_mask for this call."""
+    why = flex_usable(q)
+    if why is not None:
+        raise ValueError(f"flex shared attention: {why}")
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+        raise RuntimeError("flex_shared_attention is forward-only here; calls with gradients take the per-row lists "
+                           "(methods/sea/shared.py: shared_row_csr with span='blocks')")
+    from torch.nn.attention.flex_attention import flex_attention
+
+    T = q.shape[2]
+    compiled = q.is_cuda
+    bm = block_mask if block_mask is not None else shared_block_mask(sel, T=T, R=R, causal=causal,
+                                                                     exact_mod=not compiled)
+    gqa = k.shape[1] != q.shape[1]
+    if compiled:
+        from methods.flex import _compiled_flex
+
+        tile = min(R, 128)
+        return _compiled_flex()(q, k, v, block_mask=bm, scale=scale, enable_gqa=gqa,
+                                kernel_options={"BLOCK_M": tile, "BLOCK_N": tile})
+    return flex_attention(q, k, v, block_mask=bm, scale=scale, enable_gqa=gqa)
