@@ -72,6 +72,29 @@ def test_block_mask_holds_the_key_blocks(mode, causal):
     assert torch.equal(full, kb & ~own if causal else kb)                # causal: the own block is the partial one
 
 
+@pytest.mark.parametrize("mode,causal", DIRECTIONS)
+@pytest.mark.parametrize("T,R,K,k", SHAPES + [(300, 16, 8, 2)])          # cells of ~2 key blocks at the end
+def test_list_kernel_gives_the_key_blocks_of_the_tensor_ops(T, R, K, k, mode, causal):
+    pytest.importorskip("triton")
+    from methods.sea.flex_shared import full_blocks
+
+    sel = selection(T, R, K, k, mode, causal, seed=T + 1)
+    n_t, i_t = full_blocks(sel, T=T, R=R, causal=causal, backend="torch")    # ascending
+    n_k, i_k = full_blocks(sel, T=T, R=R, causal=causal, backend="triton")
+    assert torch.equal(n_k, n_t)
+    NB = sel.shape[2]
+    for b in range(B):
+        for h in range(H):
+            for j in range(NB):
+                n = int(n_t[b, h, j])
+                got = i_k[b, h, j, :n].tolist()
+                assert sorted(got) == i_t[b, h, j, :n].tolist()
+                if not causal:
+                    assert got[0] == j                                   # the own block first
+                else:
+                    assert got == sorted(got)
+
+
 @pytest.mark.parametrize("mode,causal", DIRECTIONS[::2])
 @pytest.mark.parametrize("T,R,K,k", SHAPES[:2])
 def test_flex_matches_the_row_lists_and_the_float64_softmax(T, R, K, k, mode, causal):
@@ -136,11 +159,11 @@ def test_plan_takes_flex_only_where_it_can():
 
 
 def test_layer_with_gradients_runs_the_row_lists_of_the_blocks():
-    a = build("flex")
+    a = build("torch")                                                   # (flex with gradients plans these lists)
     q, k, v = gaussian_qkv(1, 4, 2, 150, 32, seed=9, dtype=torch.float32)
     q.requires_grad_()
     out = a(q, k, v, causal=True)
-    assert "sparse=flex" not in a.impl
+    assert "sparse=torch" in a.impl and "/blocks" in a.impl
     out.square().sum().backward()
     assert q.grad is not None and torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
 

@@ -14,6 +14,8 @@ Forward only in the layer (calls with gradients take the per-row lists of the sa
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from methods.sea.shared import key_block_mask
@@ -48,23 +50,51 @@ def _causal(b, h, q_idx, kv_idx):
     return q_idx >= kv_idx
 
 
-def shared_block_mask(sel: torch.Tensor, *, T: int, R: int, causal: bool, exact_mod: bool):
+@functools.lru_cache(maxsize=8)
+def _partial_blocks(B: int, H: int, NB: int, causal: bool, device: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The partial blocks, the same for every selection of a shape: causal, each query block's own block (count 1,
+    index j); bidirectional, none."""
+    dev = torch.device(device)
+    if not causal:
+        return torch.zeros(B, H, NB, dtype=torch.int32, device=dev), None    # (indices: the full ones, unread)
+    idx = torch.zeros(B, H, NB, NB, dtype=torch.int32, device=dev)
+    idx[..., 0] = torch.arange(NB, dtype=torch.int32, device=dev)
+    return torch.ones(B, H, NB, dtype=torch.int32, device=dev), idx
+
+
+def full_blocks(sel: torch.Tensor, *, T: int, R: int, causal: bool, backend: str = "auto"
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(count int32 [B, H, NB], indices int32 [B, H, NB, NB]): each query block's full key blocks (causal: those
+    before it; bidirectional: with its own). backend 'triton' (kernels/sea_block_lists.py, one program per query
+    block: the own block first when bidirectional, entries after the count unwritten), 'torch' (key_block_mask and
+    a running count: ascending, the rest zero), 'auto' (triton on CUDA)."""
+    if backend == "auto":
+        backend = "triton" if sel.is_cuda else "torch"
+    if backend == "triton":
+        from kernels.sea_block_lists import block_lists
+        from methods.sea.shared import cell_key_block_tables
+
+        first, last, live, span = cell_key_block_tables(T, R, sel.shape[3], bool(causal), str(sel.device))
+        return block_lists(sel, first, last, live, span=span, causal=causal)
+    kb = key_block_mask(sel, T=T, R=R, causal=causal)                    # [B, H, NB, NB], own block included
+    own = torch.eye(kb.shape[2], dtype=torch.bool, device=sel.device)
+    return _ordered(kb & ~own if causal else kb)
+
+
+def shared_block_mask(sel: torch.Tensor, *, T: int, R: int, causal: bool, exact_mod: bool, backend: str = "auto"):
     """The BlockMask of a selection sel bool [B, H, NB, K] with span 'blocks' (BLOCK_SIZE R, sequence T).
     exact_mod: the mask function reads the key-block mask (for the eager FlexAttention, which ignores the blocks);
-    else it is the causal rule (or none), exact on the partial blocks the compiled kernel applies it to."""
+    else it is the causal rule (or none), exact on the partial blocks the compiled kernel applies it to.
+    backend: full_blocks' (how the lists are made)."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    kb = key_block_mask(sel, T=T, R=R, causal=causal)                    # [B, H, NB, NB], own block included
-    B, H, NB, _ = kb.shape
-    own = torch.eye(NB, dtype=torch.bool, device=sel.device)
-    full_num, full_idx = _ordered(kb & ~own if causal else kb)
-    if causal:                                                           # the own block: partial, q >= kv inside
-        part_num = torch.ones(B, H, NB, dtype=torch.int32, device=sel.device)
-        part_idx = torch.zeros_like(full_idx)
-        part_idx[..., 0] = torch.arange(NB, dtype=torch.int32, device=sel.device)
-    else:                                                                # every block full
-        part_num, part_idx = torch.zeros_like(full_num), full_idx
+    B, H, NB, _ = sel.shape
+    full_num, full_idx = full_blocks(sel, T=T, R=R, causal=causal, backend=backend)
+    part_num, part_idx = _partial_blocks(B, H, NB, bool(causal), str(sel.device))
+    part_idx = full_idx if part_idx is None else part_idx
     if exact_mod:
+        kb = key_block_mask(sel, T=T, R=R, causal=causal)
+
         def mod(b, h, q_idx, kv_idx):
             ok = kb[b, h, q_idx // R, kv_idx // R]
             return ok & ((kv_idx <= q_idx) | (kv_idx < (q_idx // R) * R)) if causal else ok

@@ -218,6 +218,16 @@ def cell_key_blocks(T: int, R: int, K: int, causal: bool, device: str
     return lo // R, (hi - 1).clamp(min=0) // R, hi > lo
 
 
+@functools.lru_cache(maxsize=32)
+def cell_key_block_tables(T: int, R: int, K: int, causal: bool, device: str
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """What kernels/sea_block_lists.py reads, made once per shape: cell_key_blocks' first and last as int32, live,
+    and the widest live cell's number of key blocks."""
+    first, last, live = cell_key_blocks(T, R, K, causal, device)
+    span = int(torch.where(live, last - first + 1, 0).max().item()) if live.numel() else 0
+    return first.to(torch.int32).contiguous(), last.to(torch.int32).contiguous(), live.contiguous(), span
+
+
 def key_block_mask(sel: torch.Tensor, *, T: int, R: int, causal: bool = True) -> torch.Tensor:
     """Span 'blocks': bool [B, H, NB, NB], block j attends key block i: every R-aligned key block holding a key of
     one of its selected cells (causal: a key before the block, so i < j), and its own block i = j. Tensor ops, no
