@@ -3,7 +3,7 @@ Triton program per (b, h, query block).
 
 What: sel bool [B, H, NB, K] (a block's selected cells) and per block cell its first and last key block and whether
 it holds a key (int32 / int32 / bool [NB, K]; methods/sea/shared.py: cell_key_blocks) -> (count int32 [B, H, NB],
-indices int32 [B, H, NB, NB]): the key blocks of the selected cells, each once; bidirectional (causal=False) with the
+indices int32 [B, H, NB, width]): the key blocks of the selected cells, each once; bidirectional (causal=False) with the
 block's own block j first; causal without it (all before j: the caller adds j as the one partial block). Entries
 after `count` in a row are not written (FlexAttention reads a row's first `count`).
 
@@ -37,7 +37,7 @@ if triton is not None:
         return tl.maximum(a, b)
 
     @triton.jit
-    def _lists_kernel(SEL, FIRST, LAST, LIVE, COUNT, IDX, NB, SPAN,
+    def _lists_kernel(SEL, FIRST, LAST, LIVE, COUNT, IDX, NB, SPAN, W,
                       K: tl.constexpr, KP: tl.constexpr, CAUSAL: tl.constexpr):
         pid = tl.program_id(0).to(tl.int64)                              # (b, h, j) flat
         j = (pid % NB).to(tl.int32)
@@ -63,21 +63,23 @@ if triton is not None:
             skip = tl.where((n > 0) & (start <= j) & (j <= last), 1, 0)
             n = n - skip
         off = base + tl.cumsum(n, 0) - n                                 # each cell's first slot
-        row = IDX + pid * NB
+        row = IDX + pid * W
         if not CAUSAL:
             tl.store(row, j)
         for t in range(0, SPAN):
             blk = start + t
             blk = blk + tl.where((skip > 0) & (blk >= j), 1, 0)          # past the own block
-            tl.store(row + off + t, blk, mask=t < n)
+            tl.store(row + off + t, blk, mask=(t < n) & (off + t < W))
         tl.store(COUNT + pid, base + tl.sum(n, 0))
 
 
 def block_lists(sel: torch.Tensor, first: torch.Tensor, last: torch.Tensor, live: torch.Tensor, *, span: int,
-                causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(count int32 [B, H, NB], indices int32 [B, H, NB, NB]) of sel bool [B, H, NB, K] with the cells' key-block
+                causal: bool, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(count int32 [B, H, NB], indices int32 [B, H, NB, width]) of sel bool [B, H, NB, K] with the cells' key-block
     ranges first, last int32 [NB, K] and live bool [NB, K] (see the module docstring); span: at least the widest
-    live cell's number of key blocks (last - first + 1; the tables and span are per shape: no host sync here)."""
+    live cell's number of key blocks (last - first + 1; the tables and span are per shape: no host sync here);
+    width (default NB): the lists' length, at least the largest count (methods/sea/shared.py: key_block_width
+    bounds it per shape); entries past it are not written."""
     if triton is None:
         raise RuntimeError("block_lists needs Triton")
     if sel.dim() != 4 or sel.dtype != torch.bool:
@@ -87,10 +89,13 @@ def block_lists(sel: torch.Tensor, first: torch.Tensor, last: torch.Tensor, live
         if tuple(x.shape) != (NB, K) or x.device != sel.device:
             raise ValueError(f"block_lists: {name} must be [{NB}, {K}] on {sel.device}; got {tuple(x.shape)} on "
                              f"{x.device}")
+    width = NB if width is None else int(width)
+    if width < 1:
+        raise ValueError(f"block_lists: width={width} must be >= 1")
     count = torch.empty(B, H, NB, dtype=torch.int32, device=sel.device)
-    idx = torch.empty(B, H, NB, NB, dtype=torch.int32, device=sel.device)
+    idx = torch.empty(B, H, NB, width, dtype=torch.int32, device=sel.device)
     if B * H * NB:
         _lists_kernel[(B * H * NB,)](sel.contiguous().view(torch.int8), first.to(torch.int32).contiguous(),
                                      last.to(torch.int32).contiguous(), live.contiguous().view(torch.int8), count,
-                                     idx, NB, int(span), K=K, KP=pow2_block(K), CAUSAL=bool(causal), num_warps=1)
+                                     idx, NB, int(span), width, K=K, KP=pow2_block(K), CAUSAL=bool(causal), num_warps=1)
     return count, idx

@@ -41,6 +41,19 @@ def test_row_lists_equal_the_dense_restatement_and_hold_the_strided_keys(T, R, K
         assert not (kb & torch.ones_like(kb[0, 0]).triu(1)).any()        # no key block after the query block
 
 
+@pytest.mark.parametrize("mode", ["causal_per_batch", "per_query"])
+def test_list_width_bounds_the_fullest_selection(mode):
+    from methods.sea.shared import key_block_width
+
+    T, R, K, k = 1024, 16, 32, 8                                         # causal: budgets fall with the block end
+    width = key_block_width(T, R, K, True, mode, k, H, 2.0, "cpu")
+    sel = selection(T, R, K, k, mode, True, seed=1)
+    worst = torch.ones_like(sel)                                         # every cell of every block: the bound's
+    kb = key_block_mask(sel, T=T, R=R) & ~torch.eye(T // R, dtype=torch.bool)   # own block is not counted
+    assert int(kb.sum(-1).max()) <= width < T // R
+    assert int((key_block_mask(worst, T=T, R=R) & ~torch.eye(T // R, dtype=torch.bool)).sum(-1).max()) >= width
+
+
 def test_key_blocks_of_one_cell_by_hand():
     T, R, K = 256, 32, 4                                                 # bidirectional: cells of 64 keys
     sel = torch.zeros(1, 1, 8, K, dtype=torch.bool)
@@ -78,10 +91,14 @@ def test_list_kernel_gives_the_key_blocks_of_the_tensor_ops(T, R, K, k, mode, ca
     pytest.importorskip("triton")
     from methods.sea.flex_shared import full_blocks
 
+    from methods.sea.shared import key_block_width
+
     sel = selection(T, R, K, k, mode, causal, seed=T + 1)
     n_t, i_t = full_blocks(sel, T=T, R=R, causal=causal, backend="torch")    # ascending
-    n_k, i_k = full_blocks(sel, T=T, R=R, causal=causal, backend="triton")
-    assert torch.equal(n_k, n_t)
+    width = key_block_width(T, R, K, causal, mode, k, H, 2.0, "cpu")    # the per-shape bound on the counts
+    assert int(n_t.max()) <= width <= sel.shape[2]
+    n_k, i_k = full_blocks(sel, T=T, R=R, causal=causal, backend="triton", width=width)
+    assert torch.equal(n_k, n_t) and i_k.shape[-1] == width
     NB = sel.shape[2]
     for b in range(B):
         for h in range(H):

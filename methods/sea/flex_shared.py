@@ -51,23 +51,25 @@ def _causal(b, h, q_idx, kv_idx):
 
 
 @functools.lru_cache(maxsize=8)
-def _partial_blocks(B: int, H: int, NB: int, causal: bool, device: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _partial_blocks(B: int, H: int, NB: int, width: int, causal: bool, device: str
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The partial blocks, the same for every selection of a shape: causal, each query block's own block (count 1,
     index j); bidirectional, none."""
     dev = torch.device(device)
     if not causal:
         return torch.zeros(B, H, NB, dtype=torch.int32, device=dev), None    # (indices: the full ones, unread)
-    idx = torch.zeros(B, H, NB, NB, dtype=torch.int32, device=dev)
+    idx = torch.zeros(B, H, NB, width, dtype=torch.int32, device=dev)
     idx[..., 0] = torch.arange(NB, dtype=torch.int32, device=dev)
     return torch.ones(B, H, NB, dtype=torch.int32, device=dev), idx
 
 
-def full_blocks(sel: torch.Tensor, *, T: int, R: int, causal: bool, backend: str = "auto"
+def full_blocks(sel: torch.Tensor, *, T: int, R: int, causal: bool, width: int | None = None, backend: str = "auto"
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(count int32 [B, H, NB], indices int32 [B, H, NB, NB]): each query block's full key blocks (causal: those
-    before it; bidirectional: with its own). backend 'triton' (kernels/sea_block_lists.py, one program per query
-    block: the own block first when bidirectional, entries after the count unwritten), 'torch' (key_block_mask and
-    a running count: ascending, the rest zero), 'auto' (triton on CUDA)."""
+    """(count int32 [B, H, NB], indices int32 [B, H, NB, width]): each query block's full key blocks (causal: those
+    before it; bidirectional: with its own); width (default NB) at least the largest count (key_block_width).
+    backend 'triton' (kernels/sea_block_lists.py, one program per query block: the own block first when
+    bidirectional, entries after the count unwritten), 'torch' (key_block_mask and a running count: ascending, the
+    rest zero), 'auto' (triton on CUDA)."""
     if backend == "auto":
         backend = "triton" if sel.is_cuda else "torch"
     if backend == "triton":
@@ -75,22 +77,26 @@ def full_blocks(sel: torch.Tensor, *, T: int, R: int, causal: bool, backend: str
         from methods.sea.shared import cell_key_block_tables
 
         first, last, live, span = cell_key_block_tables(T, R, sel.shape[3], bool(causal), str(sel.device))
-        return block_lists(sel, first, last, live, span=span, causal=causal)
+        return block_lists(sel, first, last, live, span=span, causal=causal, width=width)
     kb = key_block_mask(sel, T=T, R=R, causal=causal)                    # [B, H, NB, NB], own block included
     own = torch.eye(kb.shape[2], dtype=torch.bool, device=sel.device)
-    return _ordered(kb & ~own if causal else kb)
+    count, idx = _ordered(kb & ~own if causal else kb)
+    return count, idx[..., :width].contiguous() if width is not None else idx
 
 
-def shared_block_mask(sel: torch.Tensor, *, T: int, R: int, causal: bool, exact_mod: bool, backend: str = "auto"):
+def shared_block_mask(sel: torch.Tensor, *, T: int, R: int, causal: bool, exact_mod: bool, width: int | None = None,
+                      backend: str = "auto"):
     """The BlockMask of a selection sel bool [B, H, NB, K] with span 'blocks' (BLOCK_SIZE R, sequence T).
     exact_mod: the mask function reads the key-block mask (for the eager FlexAttention, which ignores the blocks);
     else it is the causal rule (or none), exact on the partial blocks the compiled kernel applies it to.
-    backend: full_blocks' (how the lists are made)."""
+    width: the lists' length (None: NB; methods/sea/shared.py: key_block_width bounds it per shape; the transposed
+    lists a backward needs are not made). backend: full_blocks' (how the lists are made)."""
     from torch.nn.attention.flex_attention import BlockMask
 
     B, H, NB, _ = sel.shape
-    full_num, full_idx = full_blocks(sel, T=T, R=R, causal=causal, backend=backend)
-    part_num, part_idx = _partial_blocks(B, H, NB, bool(causal), str(sel.device))
+    width = NB if width is None else int(width)
+    full_num, full_idx = full_blocks(sel, T=T, R=R, causal=causal, width=width, backend=backend)
+    part_num, part_idx = _partial_blocks(B, H, NB, width, bool(causal), str(sel.device))
     part_idx = full_idx if part_idx is None else part_idx
     if exact_mod:
         kb = key_block_mask(sel, T=T, R=R, causal=causal)

@@ -413,9 +413,13 @@ class SEAAttention(AttentionModule):
                 return dict(layout=layout, sel=mask, count=None)
             if layout == "flex":                 # FlexAttention's BlockMask of the key blocks
                 from methods.sea.flex_shared import shared_block_mask
+                from methods.sea.shared import key_block_width
 
+                H, K = mask.shape[1], mask.shape[3]
+                width = key_block_width(T, self.shared_keys, K, bool(causal), self.mode, self.k, H,
+                                        self.shared_budget, str(mask.device))
                 return dict(layout=layout, sel=mask, count=None, block_mask=shared_block_mask(
-                    mask, T=T, R=self.shared_keys, causal=causal, exact_mod=not mask.is_cuda))
+                    mask, T=T, R=self.shared_keys, causal=causal, exact_mod=not mask.is_cuda, width=width))
             B, H = mask.shape[:2]
             row_ptr, col = shared_row_csr(mask, T=T, R=self.shared_keys, k=self.k, valid=valid, causal=causal,
                                           span=self.shared_span)

@@ -228,6 +228,23 @@ def cell_key_block_tables(T: int, R: int, K: int, causal: bool, device: str
     return first.to(torch.int32).contiguous(), last.to(torch.int32).contiguous(), live.contiguous(), span
 
 
+@functools.lru_cache(maxsize=32)
+def key_block_width(T: int, R: int, K: int, causal: bool, mode: str, k: int, H: int, budget: float, device: str
+                    ) -> int:
+    """The most key blocks one (b, h, query block) can hold with span 'blocks' (causal: without its own; bidirectional:
+    with it), made once per shape: a head selects at most min(K, its group's cells) cells of a block (causal:
+    block_budgets; bidirectional: any of the K), each over at most the block's widest cell's key blocks, and a causal
+    block only blocks before it. The width of the BlockMask's lists (FlexAttention reads a row's first `count`)."""
+    first, last, live = cell_key_blocks(T, R, K, causal, device)
+    span = torch.where(live, last - first + 1, 0).amax(1)               # [NB]
+    NB = span.numel()
+    if causal:
+        n = block_budgets(mode, block_ends(T, R, span.device), k=k, K=K, H=H, budget=budget).clamp(max=K)
+        bound = torch.minimum(n * span, torch.arange(NB, device=span.device))
+        return max(1, int(bound.max().item()))
+    return max(1, min(NB, int((K * span).max().item()) + 1))
+
+
 def key_block_mask(sel: torch.Tensor, *, T: int, R: int, causal: bool = True) -> torch.Tensor:
     """Span 'blocks': bool [B, H, NB, NB], block j attends key block i: every R-aligned key block holding a key of
     one of its selected cells (causal: a key before the block, so i < j), and its own block i = j. Tensor ops, no
