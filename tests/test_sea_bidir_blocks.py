@@ -12,6 +12,8 @@ with a tie at the threshold (T < K: empty cells break the pairs) are compared wi
 a selection by the lowest-index rule."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -117,6 +119,26 @@ def test_decoder_window_matches_whole_decoder(T):
             torch.testing.assert_close(torch.cat(got, dim=2), want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="encoder rows"):
         decode_window(dec, z[:, :, :1], T=T, s=0, e=T) if T > 3 else decode_window(dec, z[:, :, :0], T=T, s=0, e=1)
+
+
+@pytest.mark.parametrize("T", [1, 8, 37])
+def test_channels_last_decoder_equals_the_default_layout(T, monkeypatch):
+    import methods.sea.estimator as est
+
+    torch.manual_seed(T + 100)
+    dec = BidirectionalDecoder(D, H, 16)
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.copy_(torch.randn(p.shape) * 0.3)
+        z = torch.randn(B, H, T, 2 * D)
+        want = dec(z)
+        exact = copy.deepcopy(dec).double()(z.double())                 # float64: what both fp32 layouts round
+        monkeypatch.setattr(est, "BIDIR_CHANNELS_LAST", True)
+        got = dec(z)
+    assert got.shape == want.shape == (B, H, T, 16)
+    # the convolutions sum in another order: the same fp32 rounding size as the default layout's, not its bits
+    err, err0 = (got.double() - exact).abs().max().item(), (want.double() - exact).abs().max().item()
+    assert err <= 4 * err0 + 1e-6 * exact.abs().max().item(), (err, err0)
 
 
 # --- the blocked top-k ----------------------------------------------------------------------------------------------

@@ -32,6 +32,11 @@ FUSED_HEAD = True
 # under 16-bit autocast (estimator_dtype bf16 / fp16), whose first Linear casts z to that dtype anyway (the same
 # rounding, half the bytes, no cast kernel); fp32 z when False. A switch for same-run A/B measurements.
 ENCODER_Z_16BIT = True
+# The bidirectional decoder holds its convolutions' activations channels-last (NHWC memory: the row projection's
+# output rearranged once into that layout, the x2 time repeat done in it) when True; the default layout (NCHW, which
+# cuDNN's NHWC kernels receive through permuting copies) when False. Same values up to the convolutions' summation
+# order. A switch for same-run A/B measurements.
+BIDIR_CHANNELS_LAST = False
 RECOMPILE_LIMIT = 64             # each estimator instance and shape is one more compiled entry of forward()
 
 
@@ -113,6 +118,12 @@ class BidirectionalDecoder(nn.Module):
     def forward(self, z):                                               # z [B, H, T, 2d]
         B, H, T, _ = z.shape
         x = self.row(z).view(B, H, T, 4, self.K // 2)                   # [B, H, T, 4, K/2]
+        if BIDIR_CHANNELS_LAST:                                          # channel h * 4 + i, as below, stored last
+            x = x.permute(0, 2, 4, 1, 3).reshape(B, T, self.K // 2, 4 * H).permute(0, 3, 1, 2)
+            x = F.relu(self.conv1(x))
+            x = F.relu(self.conv2(x))
+            x = x.permute(0, 2, 3, 1).repeat_interleave(2, dim=1).permute(0, 3, 1, 2)   # nearest x2, NHWC kept
+            return nearest_resize(self.conv3(x), T, self.K)
         x = x.permute(0, 1, 3, 2, 4).reshape(B, 4 * H, T, self.K // 2)  # [B, 4H, T, K/2]
         x = F.relu(self.conv1(x))                                       # [B, 4H, ceil(T/2), K/2]
         x = F.relu(self.conv2(x))
