@@ -34,9 +34,12 @@ FUSED_HEAD = True
 ENCODER_Z_16BIT = True
 # The bidirectional decoder holds its convolutions' activations channels-last (NHWC memory: the row projection's
 # output rearranged once into that layout, the x2 time repeat done in it) when True; the default layout (NCHW, which
-# cuDNN's NHWC kernels receive through permuting copies) when False. Same values up to the convolutions' summation
-# order. A switch for same-run A/B measurements.
-BIDIR_CHANNELS_LAST = False
+# cuDNN's NHWC kernels receive through permuting copies) when False; "auto": channels-last for CUDA tensors. Same
+# values up to the convolutions' summation order (so on CPU, where the query-block decoder windows
+# (methods/sea/bidir_blocks.py: decode_window) sum in the NCHW order, auto keeps NCHW). H200, bf16, SEA fast + shared
+# keys, bidirectional 64k: kernels 7.18 -> 6.85 ms, CUDA-event wall 7.38 -> 7.03 ms (profiles in one call:
+# results/nvidia-h200/sea-bidir-mix/call7/).
+BIDIR_CHANNELS_LAST = "auto"
 RECOMPILE_LIMIT = 64             # each estimator instance and shape is one more compiled entry of forward()
 
 
@@ -118,7 +121,7 @@ class BidirectionalDecoder(nn.Module):
     def forward(self, z):                                               # z [B, H, T, 2d]
         B, H, T, _ = z.shape
         x = self.row(z).view(B, H, T, 4, self.K // 2)                   # [B, H, T, 4, K/2]
-        if BIDIR_CHANNELS_LAST:                                          # channel h * 4 + i, as below, stored last
+        if BIDIR_CHANNELS_LAST is True or (BIDIR_CHANNELS_LAST == "auto" and z.is_cuda):   # channel h * 4 + i, last
             x = x.permute(0, 2, 4, 1, 3).reshape(B, T, self.K // 2, 4 * H).permute(0, 3, 1, 2)
             x = F.relu(self.conv1(x))
             x = F.relu(self.conv2(x))
