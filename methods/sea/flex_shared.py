@@ -3,13 +3,14 @@
 With `shared_span=blocks` a block of R query rows attends every key of the R-aligned key blocks its selected cells
 touch (methods/sea/shared.py: key_block_mask) and its own block (causal: up to each row): a block-sparse mask in
 FlexAttention's own format, so its kernel computes SEA's function exactly, not a superset of it. The BlockMask is
-built from the selection inside the forward by tensor ops (no host sync, no T x T mask function): the key blocks
-other than the own one are full blocks; the own block is the one partial block of a causal row (its mask function
-q >= kv), none in a bidirectional row.
+built from the selection inside the forward without a host sync or a T x T mask function (on CUDA one Triton
+program per query block writes its list, kernels/sea_block_lists.py; tensor ops elsewhere), its lists as long as a
+per-shape bound (methods/sea/shared.py: key_block_width): the key blocks other than the own one are full blocks; the
+own block is the one partial block of a causal row (its mask function q >= kv), none in a bidirectional row.
 
 Compiled (CUDA): FlexAttention evaluates the mask function on partial blocks only, so the plain causal rule is
-exact there. Eager (the Triton-less reference FlexAttention runs for CPU tensors): the mask function is evaluated
-on every (query, key) pair and the block structure is ignored, so there it reads the key-block mask itself.
+exact there. Eager (the reference FlexAttention that runs for CPU tensors): the mask function is evaluated on every
+(query, key) pair and the block structure is ignored, so there it reads the key-block mask itself.
 Forward only in the layer (calls with gradients take the per-row lists of the same keys).
 """
 from __future__ import annotations
