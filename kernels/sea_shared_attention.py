@@ -225,22 +225,6 @@ def check_shared_inputs(q, k, v, sel, R: int) -> None:
             raise ValueError(f"shared attention: {name} on {x.device}, q on {q.device}")
 
 
-def check_shared_mix(q, mix) -> None:
-    """The mix operands of shared_attention (ValueError / RuntimeError naming what is wrong)."""
-    if not isinstance(mix, (tuple, list)) or len(mix) != 3:
-        raise ValueError("shared attention: mix must be (s_prob, s_mix, c_avg)")
-    B, H, T, D = q.shape
-    s_prob, s_mix, c_avg = mix
-    if torch.is_grad_enabled() and any(x.requires_grad for x in mix):
-        raise RuntimeError("shared_attention is forward-only (no autograd): the mix operands require grad")
-    for name, x, shapes in (("s_prob", s_prob, [(B, H, T, 1)]), ("s_mix", s_mix, [(B, H, T, 1)]),
-                            ("c_avg", c_avg, [(B, H, T, D), (B, H, 1, D)])):
-        if x.dtype != torch.float32 or tuple(x.shape) not in shapes or x.device != q.device:
-            raise ValueError(f"shared attention: mix operand {name} must be float32 of shape "
-                             f"{' or '.join(map(str, shapes))} on {q.device}; got {x.dtype} {tuple(x.shape)} "
-                             f"on {x.device}")
-
-
 def shared_attention(q, k, v, sel, *, rows: int, k_sel: int, scale: float, pieces: int = 3, causal: bool = True,
                      mix=None) -> torch.Tensor:
     """out [B, H, T, D] in q's dtype for the blocks' selection sel bool [B, H, NB, K] (see the module docstring;
@@ -260,20 +244,22 @@ def shared_attention(q, k, v, sel, *, rows: int, k_sel: int, scale: float, piece
     check_shared_inputs(q, k, v, sel, rows)
     B, H, T, D = q.shape
     if mix is not None:
-        check_shared_mix(q, mix)
+        from kernels.sea_sparse_mix import check_mix_operands
+
+        if not isinstance(mix, (tuple, list)) or len(mix) != 3:
+            raise ValueError("shared attention: mix must be (s_prob, s_mix, c_avg)")
+        if torch.is_grad_enabled() and any(x.requires_grad for x in mix):
+            raise RuntimeError("shared_attention is forward-only (no autograd): the mix operands require grad")
+        check_mix_operands(q, *mix)
     KC = sel.shape[3]
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     mask = sel.contiguous().view(torch.int8)
     NB = -(-T // rows)
     tab = torch.empty(B * H * NB, 6, KC, dtype=torch.int32, device=q.device)   # per program: its cells' table
     out = torch.empty(B, H, T, D, dtype=q.dtype, device=q.device)
-    if mix is not None:
-        s_prob, s_mix, c_avg = mix
-        cst = c_avg.stride()
-        mix_args = (s_prob, s_mix, c_avg, *s_prob.stride()[:3], *s_mix.stride()[:3],
-                    cst[0], cst[1], 0 if c_avg.shape[2] == 1 else cst[2], cst[3])   # one c_avg row: stride 0
-    else:
-        mix_args = (out, out, out) + (0,) * 10                           # unused pointers and strides
+    from kernels.sea_sparse_mix import mix_launch_args
+
+    mix_args = mix_launch_args(mix, out)
     if B * H * NB and D:
         _shared_fwd_kernel[(B * H * NB,)](
             q, k, v, mask, tab, out, *mix_args[:3], float(scale),

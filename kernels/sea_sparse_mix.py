@@ -95,6 +95,12 @@ def mix_usable(device: torch.device) -> bool:
 
 def check_mix_inputs(q, k, v, row_ptr, col, s_prob, s_mix, c_avg, out):
     _ssa.check_csr_block_inputs(q, k, v, row_ptr, col)                  # q, k, v, the lists (shared with the row kernels)
+    check_mix_operands(q, s_prob, s_mix, c_avg, out)
+
+
+def check_mix_operands(q, s_prob, s_mix, c_avg, out=None):
+    """The mix operands' dtypes, shapes and devices against q [B, H, Tq, D] (every kernel with SEA's mix epilogue:
+    this module's, kernels/sea_sparse_rows.py's, kernels/sea_shared_attention.py's)."""
     B, H, Tq, D = q.shape
     for name, x in (("s_prob", s_prob), ("s_mix", s_mix)):
         if x.dtype != torch.float32 or tuple(x.shape) != (B, H, Tq, 1):
@@ -107,6 +113,17 @@ def check_mix_inputs(q, k, v, row_ptr, col, s_prob, s_mix, c_avg, out):
     tensors = (s_prob, s_mix, c_avg) + (() if out is None else (out,))
     if any(x.device != q.device for x in tensors):
         raise ValueError("q, k, v, row_ptr, col, s_prob, s_mix, c_avg (and out) must be on one device")
+
+
+def mix_launch_args(mix, o) -> tuple:
+    """The mix epilogue's launch arguments: (S_PROB, S_MIX, C_AVG pointers, then their [B, H, T] strides and c_avg's
+    four, its row stride 0 for a single c_avg row); without a mix (None) o's pointer three times and zero strides."""
+    if mix is None:
+        return (o, o, o) + (0,) * 10                                     # unused pointers and strides
+    s_prob, s_mix, c_avg = mix
+    cst = c_avg.stride()
+    return (s_prob, s_mix, c_avg, *s_prob.stride()[:3], *s_mix.stride()[:3],
+            cst[0], cst[1], 0 if c_avg.shape[2] == 1 else cst[2], cst[3])
 
 
 def sparse_attention_mix(q, k, v, row_ptr, col, scale: float, s_prob, s_mix, c_avg, *, out=None):

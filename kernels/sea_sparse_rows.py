@@ -308,12 +308,9 @@ def sparse_rows_forward(q, k, v, row_ptr, col, scale: float, *, want_lse: bool =
     if Tq and B * H:
         ntb = triton.cdiv(Tq, rows)
         hg = head_group(B * H, k.shape[2], D, k.element_size(), forward=True)
-        if mix is not None:
-            cst = c_avg.stride()
-            mix_args = (s_prob, s_mix, c_avg, *s_prob.stride()[:3], *s_mix.stride()[:3],
-                        cst[0], cst[1], 0 if c_avg.shape[2] == 1 else cst[2], cst[3])   # one c_avg row: stride 0
-        else:
-            mix_args = (o, o, o) + (0,) * 10                             # unused pointers and strides
+        from kernels.sea_sparse_mix import mix_launch_args
+
+        mix_args = mix_launch_args(mix, o)
         _rows_fwd_kernel[(B * H * ntb,)](
             q, k, v, row_ptr, col, o, lse, *mix_args[:3], float(scale),
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),

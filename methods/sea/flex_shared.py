@@ -64,13 +64,13 @@ def _partial_blocks(B: int, H: int, NB: int, width: int, causal: bool, device: s
     return torch.ones(B, H, NB, dtype=torch.int32, device=dev), idx
 
 
-def full_blocks(sel: torch.Tensor, *, T: int, R: int, causal: bool, width: int | None = None, backend: str = "auto"
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def full_blocks(sel: torch.Tensor, *, T: int, R: int, causal: bool, width: int | None = None, backend: str = "auto",
+                kb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(count int32 [B, H, NB], indices int32 [B, H, NB, width]): each query block's full key blocks (causal: those
     before it; bidirectional: with its own); width (default NB) at least the largest count (key_block_width).
     backend 'triton' (kernels/sea_block_lists.py, one program per query block: the own block first when
     bidirectional, entries after the count unwritten), 'torch' (key_block_mask and a running count: ascending, the
-    rest zero), 'auto' (triton on CUDA)."""
+    rest zero; kb: the key_block_mask when the caller has it), 'auto' (triton on CUDA)."""
     if backend == "auto":
         backend = "triton" if sel.is_cuda else "torch"
     if backend == "triton":
@@ -79,7 +79,8 @@ def full_blocks(sel: torch.Tensor, *, T: int, R: int, causal: bool, width: int |
 
         first, last, live, span = cell_key_block_tables(T, R, sel.shape[3], bool(causal), str(sel.device))
         return block_lists(sel, first, last, live, span=span, causal=causal, width=width)
-    kb = key_block_mask(sel, T=T, R=R, causal=causal)                    # [B, H, NB, NB], own block included
+    if kb is None:
+        kb = key_block_mask(sel, T=T, R=R, causal=causal)                # [B, H, NB, NB], own block included
     own = torch.eye(kb.shape[2], dtype=torch.bool, device=sel.device)
     count, idx = _ordered(kb & ~own if causal else kb)
     return count, idx[..., :width].contiguous() if width is not None else idx
@@ -96,12 +97,11 @@ def shared_block_mask(sel: torch.Tensor, *, T: int, R: int, causal: bool, exact_
 
     B, H, NB, _ = sel.shape
     width = NB if width is None else int(width)
-    full_num, full_idx = full_blocks(sel, T=T, R=R, causal=causal, width=width, backend=backend)
+    kb = key_block_mask(sel, T=T, R=R, causal=causal) if exact_mod else None
+    full_num, full_idx = full_blocks(sel, T=T, R=R, causal=causal, width=width, backend=backend, kb=kb)
     part_num, part_idx = _partial_blocks(B, H, NB, width, bool(causal), str(sel.device))
     part_idx = full_idx if part_idx is None else part_idx
     if exact_mod:
-        kb = key_block_mask(sel, T=T, R=R, causal=causal)
-
         def mod(b, h, q_idx, kv_idx):
             ok = kb[b, h, q_idx // R, kv_idx // R]
             return ok & ((kv_idx <= q_idx) | (kv_idx < (q_idx // R) * R)) if causal else ok

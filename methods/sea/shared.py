@@ -355,11 +355,9 @@ def shared_dense_mask(sel: torch.Tensor, *, T: int, R: int, k: int, causal: bool
             if n <= 0:
                 continue
             cols = [lo + (i * (hi - lo)) // n for i in range(n)]
-            if span == "blocks":
-                if causal:                                               # only its keys before the block count
-                    cols = [c for c in cols if c < j * R]
-                    hi = min(hi, j * R)
-                cols = [c for c in range(lo // R * R, min(T, ((hi - 1) // R + 1) * R))] if hi > lo else []
+            if span == "blocks":                                         # whole key blocks of [lo, hi)
+                hi = min(hi, j * R) if causal else hi                    # causal: its keys before the block
+                cols = list(range(lo // R * R, min(T, ((hi - 1) // R + 1) * R))) if hi > lo else []
             for b in range(B):
                 for h in range(H):
                     if sel[b, h, j, c]:
