@@ -121,16 +121,17 @@ class BidirectionalDecoder(nn.Module):
     def forward(self, z):                                               # z [B, H, T, 2d]
         B, H, T, _ = z.shape
         x = self.row(z).view(B, H, T, 4, self.K // 2)                   # [B, H, T, 4, K/2]
-        if BIDIR_CHANNELS_LAST is True or (BIDIR_CHANNELS_LAST == "auto" and z.is_cuda):   # channel h * 4 + i, last
+        last = BIDIR_CHANNELS_LAST is True or (BIDIR_CHANNELS_LAST == "auto" and z.is_cuda)
+        if last:                                                         # channel h * 4 + i, stored last
             x = x.permute(0, 2, 4, 1, 3).reshape(B, T, self.K // 2, 4 * H).permute(0, 3, 1, 2)
-            x = F.relu(self.conv1(x))
-            x = F.relu(self.conv2(x))
-            x = x.permute(0, 2, 3, 1).repeat_interleave(2, dim=1).permute(0, 3, 1, 2)   # nearest x2, NHWC kept
-            return nearest_resize(self.conv3(x), T, self.K)
-        x = x.permute(0, 1, 3, 2, 4).reshape(B, 4 * H, T, self.K // 2)  # [B, 4H, T, K/2]
+        else:
+            x = x.permute(0, 1, 3, 2, 4).reshape(B, 4 * H, T, self.K // 2)  # [B, 4H, T, K/2]
         x = F.relu(self.conv1(x))                                       # [B, 4H, ceil(T/2), K/2]
         x = F.relu(self.conv2(x))
-        x = x.repeat_interleave(2, dim=2)                               # [B, 4H, 2ceil(T/2), K/2]: nearest x2
+        if last:                                                         # nearest x2 in the NHWC memory
+            x = x.permute(0, 2, 3, 1).repeat_interleave(2, dim=1).permute(0, 3, 1, 2)
+        else:
+            x = x.repeat_interleave(2, dim=2)                           # [B, 4H, 2ceil(T/2), K/2]: nearest x2
         x = self.conv3(x)                                               # [B, H, ., K/2]
         return nearest_resize(x, T, self.K)                             # [B, H, T, K]
 
