@@ -158,6 +158,7 @@ class GraphCache:
         except Exception as e:                                   # an operation that cannot be captured
             torch.cuda.synchronize()
             why = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            release_generator(q.device)
             self._store(key, why)
             return why
         finally:
@@ -183,6 +184,22 @@ class GraphCache:
         static = sum(e.input_bytes() for e in graphs)                     # the output lives in the pool
         pool = sum(s["total_size"] for s in torch.cuda.memory_snapshot() if _seg_pool(s) in self.pool_ids)
         return int(pool + static)
+
+
+def release_generator(device) -> None:
+    """Give the device's default CUDA generator back after a capture that failed. torch puts the generator in
+    capture mode when a capture begins and takes it out only when the capture ends cleanly, so after a failed one
+    every random draw outside a capture raises "Offset increment outside graph capture encountered unexpectedly"
+    (measured on an H200 after a padded call's capture: results/nvidia-h200/sea-floor/call1/padded-capture.txt).
+    A trivial capture that ends cleanly runs the missing epilogue; the generator's eager seed and offset are the
+    ones it had before the failed capture (captures advance only their own offsets)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.device(device):
+        x = torch.zeros(1, device=device)
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph):
+            x.add_(1)
+    del graph
 
 
 def _seg_pool(segment: dict):
