@@ -34,7 +34,8 @@ FRONT = [{}, {"STAGES_TF32": None}, {"STAGES_TF32": 1}, {"STAGES_TF32": 3}, {"NU
 # (the round-19 sweep: results/nvidia-h200/sea-round19/call2/tune-favor.txt; a transposed key pass, features as
 # [features, keys], was no faster: results/nvidia-h200/sea-bidir-mix/call1/tune-favor.txt)
 FAVOR = [{}, {"KEY_NUM_WARPS": 4}, {"KEY_BLOCK_F": 128, "KEY_NUM_WARPS": 4}, {"KEY_BLOCK_T": 16},
-         {"KEY_BLOCK_T": 64, "KEY_NUM_WARPS": 4}, {"KEY_PROGRAMS": 4096}, {"KEY_PROGRAMS": 1024}]
+         {"KEY_BLOCK_T": 64, "KEY_NUM_WARPS": 4}, {"KEY_PROGRAMS": 4096}, {"KEY_PROGRAMS": 1024},
+         {"KEY_PROGRAMS": 512}, {"KEY_PROGRAMS": 256}]
 ROWS = [{}, {"ROWS_PER_PROGRAM": 32}, {"ENTRIES_PER_STEP": 32}, {"ENTRIES_PER_STEP": 128}, {"NUM_WARPS": 8},
         {"NUM_WARPS": 2}, {"ROWS_PER_PROGRAM": 32, "NUM_WARPS": 8}, {"ENTRIES_PER_STEP": 128, "NUM_WARPS": 8},
         {"HEAD_GROUP": 1}, {"HEAD_GROUP": 4},
