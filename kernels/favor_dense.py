@@ -21,7 +21,9 @@ without ever writing a [T, m] tensor (dash, exp, features) to memory. Two launch
   2. torch (tiny): S = max M_p; KV = m^-1/2 (sum_p exp(M_p - S) A_p + feat_eps sum_t valid v_t)  [m, Dv],
      z = m^-1/2 (sum_p exp(M_p - S) z_p + feat_eps n_valid)  [m], and their sums over the features.
      Partials: B H n_split (m Dv + m + Dv) fp32; n_split is chosen for about KEY_PROGRAMS (2048) key-pass
-     programs: 43 splits of 1536 rows, 94 MB, at B=1 H=16 T=65536 m=266 Dv=128 (3 feature blocks of 128).
+     programs: 43 splits of 1536 rows, 94 MB, at B=1 H=16 T=65536 m=266 Dv=128 (3 feature blocks of 128). The
+     A_p are stored [B H, m, n_split, Dv], so the sum over p is a batched gemv that reads them once (stored
+     [B H, n_split, m, Dv], the batched product needs a reordered copy of all of them first).
   3. query pass, grid (T / QUERY_BLOCK_T, B*H). Per tile of query rows, one loop over the feature blocks with
      an online row maximum: acc = sum_f exp(dash_f - rowmax) KV_f, acc_z likewise with z; then
      num = m^-1/2 (exp(-diag) acc + feat_eps sum_f KV_f), den likewise, out = num / (den + eps). dash_q is
@@ -169,7 +171,8 @@ if triton is not None:
             vsum += tl.sum(vt, axis=0)
             m_run = m_new
         part = bh * NSPLIT + sp
-        tl.store(A + (part * M + offs_f[:, None]) * DV + offs_e[None, :], acc,
+        # A is [BH, M, NSPLIT, DV] (the split inside the feature) so the combine is a batched gemv without a copy
+        tl.store(A + ((bh * M + offs_f[:, None]) * NSPLIT + sp) * DV + offs_e[None, :], acc,
                  mask=fmask[:, None] & emask[None, :])
         tl.store(Z + part * M + offs_f, zacc, mask=fmask)
         tl.store(MX + part * NFB + fb, m_run)
@@ -323,7 +326,7 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
     nsplit = triton.cdiv(T, rows)
 
     # 1. key pass: per (feature block, key range, head) partial sums with their own stabiliser
-    a_part = _fresh((BH, nsplit, m, Dv), torch.float32, dev)
+    a_part = _fresh((BH, m, nsplit, Dv), torch.float32, dev)                        # split inside the feature
     z_part = _fresh((BH, nsplit, m), torch.float32, dev)
     mx_part = _fresh((BH, nsplit, nfb), torch.float32, dev)
     vs_part = _fresh((BH, nsplit, Dv), torch.float32, dev)
@@ -344,7 +347,7 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
         n_valid = valid.sum(dim=1).float().repeat_interleave(H)                      # [BH]
     else:
         n_valid = torch.full((BH,), float(T), device=dev)
-    kv = torch.einsum("psf,psfe->pfe", scale_f, a_part)                              # [BH, m, Dv]
+    kv = torch.einsum("pfs,pfse->pfe", scale_f.transpose(1, 2), a_part)             # [BH, m, Dv]
     kv = phi_scale * (kv + feat_eps * vs_part.sum(1)[:, None, :])                    # [BH, m, Dv]
     z = phi_scale * ((scale_f * z_part).sum(1) + feat_eps * n_valid[:, None])        # [BH, m]
     if bf16:
