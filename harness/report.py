@@ -95,6 +95,25 @@ def failures_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def legend_below(fig, ax, *, width_chars: int = 220) -> None:
+    """One legend for the figure, under its panels, each label wrapped to the figure's width: variant labels carry
+    every option (`sea:performer_dtype=bf16:...`) and an in-panel legend of them covers the data or leaves the
+    figure. The figure grows by the legend's height; the panels keep theirs."""
+    import textwrap
+
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        fig.tight_layout()
+        return
+    wrapped = [textwrap.fill(label, width_chars, subsequent_indent="    ") for label in labels]
+    lines = sum(w.count("\n") + 1 for w in wrapped)
+    w, h = fig.get_size_inches()
+    extra = 0.15 * lines + 0.25                                          # inches: 7-point lines and a margin
+    fig.set_size_inches(w, h + extra)
+    fig.legend(handles, wrapped, loc="lower left", bbox_to_anchor=(0.01, 0.0), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, extra / (h + extra), 1, 1))
+
+
 def make_plots(df: pd.DataFrame, out: Path) -> list[Path]:
     import matplotlib
 
@@ -118,10 +137,9 @@ def make_plots(df: pd.DataFrame, out: Path) -> list[Path]:
         axes[2].set(xscale="log", yscale="log", xlabel="latency, ms", ylabel="relative L2 error vs exact")
         for ax in axes:
             ax.grid(True, which="both", alpha=0.3)
-        axes[0].legend(fontsize=7)
         title = ", ".join(f"{k}={v}" for k, v in zip(GROUP, key))
         fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
+        legend_below(fig, axes[0])
         path = out / f"plot_{tag}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -187,8 +205,7 @@ def training_section(df: pd.DataFrame, out: Path, plots: bool = True) -> list[st
         axes[1].set(yscale="log" if key == "eval_ppl" else "linear", xlabel="step", ylabel=key or "")
         for ax in axes:
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.tight_layout()
+        legend_below(fig, axes[1] if axes[1].get_legend_handles_labels()[0] else axes[0])
         path = out / "training_curves.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)

@@ -17,19 +17,26 @@ from pathlib import Path
 STAGES = ("estimator", "topk", "interpolate", "sparse_attention", "mix")
 
 
+def sea_defaults() -> dict:
+    """SEA's options at their defaults, as the method registry resolves them."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from methods.base import get
+
+    return dict(get("sea").resolve_config({}))
+
+
 def label(row: dict) -> str:
     c = row.get("config") or {}
     if row["method"] != "sea":
         return f"{row['method']}[{c['backend']}]" if "backend" in c else row["method"]
-    # every sea option a results table varies (a variant whose differing option is missing here would share its
-    # label with another and drop out of the plot)
+    # every option that differs from the method's defaults (max_len aside: a sweep sets it for its longest T), the
+    # common ones shortened; two variants never share a label, so none drops out of the plot
     short = {"performer_dtype": "perf", "performer_backend": "front", "mix_backend": "mix", "compile": "compile",
              "query_blocks": "blocks", "query_chunk": "chunk", "estimator_precision": "prec",
-             "estimator_dtype": "dec", "topk_backend": "topk", "decoder_backend": "decoder", "backend": "sparse"}
-    defaults = {"performer_dtype": "fp32", "performer_backend": "auto", "mix_backend": "auto", "compile": "none",
-                "query_blocks": 0, "query_chunk": 0, "estimator_precision": "fp32", "estimator_dtype": "fp32",
-                "topk_backend": "auto", "decoder_backend": "auto", "backend": "auto"}
-    diff = [f"{short[k]}={c[k]}" for k in short if k in c and c[k] != defaults[k]]
+             "estimator_dtype": "dec", "topk_backend": "topk", "decoder_backend": "decoder", "backend": "sparse",
+             "shared_keys": "shared", "shared_span": "span", "cuda_graph": "graph", "sparse_pieces": "pieces"}
+    defaults = sea_defaults()
+    diff = [f"{short.get(k, k)}={c[k]}" for k in c if k != "max_len" and c[k] != defaults.get(k)]
     return "sea" + (f"[{','.join(diff)}]" if diff else "")
 
 

@@ -179,3 +179,26 @@ def test_git_info_prefers_the_commit_named_by_the_sender(monkeypatch):
     assert sent["commit"] == "abc1234" and "sender" in sent["dirty"]
     if len(local["commit"]) == 40:                       # a checkout with history: its own view is kept beside
         assert sent["local_git"]["commit"] == local["commit"]
+
+
+def test_plot_legend_of_long_variant_labels_stays_in_the_figure_below_the_panels():
+    """Variant labels carry every option; the report's legend must neither leave the figure nor cover a panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from harness.report import legend_below
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    long = "sea[" + ",".join(f"option_{i}=value_{i}" for i in range(25)) + "]"
+    for i in range(4):
+        axes[0].plot([1, 2], [i, i + 1], label=f"{long}{i}")
+    legend_below(fig, axes[0])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert len(fig.legends) == 1
+    box, frame = fig.legends[0].get_window_extent(renderer), fig.bbox
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+    assert box.y1 <= min(ax.get_tightbbox(renderer).y0 for ax in axes) + 1      # under every panel and its labels
+    plt.close(fig)
