@@ -230,3 +230,20 @@ def test_layer_on_the_gpu_replays_flex():
         outs = [lay(q, k, v, causal=True) for _ in range(3)]
     assert lay.graphs.last == "replay" and "sparse=flex" in lay.impl, lay.impl
     torch.testing.assert_close(outs[2], outs[0], rtol=0, atol=2 ** -6 * outs[0].float().abs().max().item())
+
+
+@pytest.mark.parametrize("mode,causal", DIRECTIONS)
+@pytest.mark.parametrize("T,R,K,k", SHAPES[:2])
+def test_rows_mask_equals_the_rows_of_the_dense_restatement(T, R, K, k, mode, causal):
+    """attention_probs' mask for a few rows (key_block_rows_mask) against the plain re-statement, padded or not."""
+    from methods.sea.shared import key_block_rows_mask
+
+    sel = selection(T, R, K, k, mode, causal, seed=T + 1)
+    rows = torch.tensor([0, 1, R - 1, R, T // 2, T - 1])
+    want = shared_dense_mask(sel, T=T, R=R, k=k, causal=causal, span="blocks")[:, :, rows]
+    assert torch.equal(key_block_rows_mask(sel, rows, T=T, R=R, causal=causal), want)
+    valid = torch.ones(B, T, dtype=torch.bool)
+    valid[1, T - 7:] = False
+    row_ptr, col = shared_row_csr(sel, T=T, R=R, k=k, valid=valid, causal=causal, span="blocks")
+    padded = csr_to_dense(row_ptr, col, (B, H, T), T, rows=rows)
+    assert torch.equal(key_block_rows_mask(sel, rows, T=T, R=R, causal=causal, valid=valid), padded)

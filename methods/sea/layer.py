@@ -915,12 +915,17 @@ class SEAAttention(AttentionModule):
         kr = repeat_kv(k, H).float()
         s = (q[:, :, rows].float() @ kr.transpose(-1, -2)) * aux["scale"]   # [B, H, R, T]
         row_ptr, col = aux["row_ptr"], aux["col"]
-        if row_ptr is None and self.shared_keys:  # shared_keys on its kernel: the per-row lists of its selection
-            from methods.sea.shared import shared_row_csr
+        if row_ptr is None and self.shared_keys and self.shared_span == "blocks":   # these rows' key blocks only
+            from methods.sea.shared import key_block_rows_mask
 
-            row_ptr, col = shared_row_csr(aux["mask"], T=T, R=self.shared_keys, k=self.k, valid=aux["valid"],
-                                          causal=causal, span=self.shared_span)
-        sel = csr_to_dense(row_ptr, col, (B, H, T), T, rows=rows)       # bool [B, H, R, T]
+            sel = key_block_rows_mask(aux["mask"], rows, T=T, R=self.shared_keys, causal=causal, valid=aux["valid"])
+        else:
+            if row_ptr is None and self.shared_keys:  # shared_keys on its kernel: the per-row lists of its selection
+                from methods.sea.shared import shared_row_csr
+
+                row_ptr, col = shared_row_csr(aux["mask"], T=T, R=self.shared_keys, k=self.k, valid=aux["valid"],
+                                              causal=causal, span=self.shared_span)
+            sel = csr_to_dense(row_ptr, col, (B, H, T), T, rows=rows)   # bool [B, H, R, T]
         p = torch.nan_to_num(torch.softmax(s.masked_fill(~sel, float("-inf")), -1), nan=0.0)
         s_prob, s_mix = aux["s_prob"][:, :, rows], aux["s_mix"][:, :, rows]   # [B, H, R, 1]
         if causal:

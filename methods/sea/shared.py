@@ -259,6 +259,22 @@ def key_block_mask(sel: torch.Tensor, *, T: int, R: int, causal: bool = True) ->
     return kb | torch.eye(NB, dtype=torch.bool, device=sel.device)
 
 
+def key_block_rows_mask(sel: torch.Tensor, rows: torch.Tensor, *, T: int, R: int, causal: bool = True,
+                        valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Span 'blocks', some query rows only: bool [B, H, len(rows), T], row t attends every key of its block's key
+    blocks (key_block_mask; causal: the keys up to t), with a padding mask valid [B, T] only valid keys: the rows of
+    shared_row_csr(span='blocks') as a dense mask, in O(B H NB^2 + B H len(rows) T) memory rather than the lists of
+    every row (130 GiB at bidirectional T = 256k, H = 16: results/nvidia-h200/sea-vs-dense-5/)."""
+    rows = rows.to(sel.device).long()
+    kb = key_block_mask(sel, T=T, R=R, causal=causal)[:, :, rows // R]   # [B, H, Rr, NB]
+    m = kb.repeat_interleave(R, dim=3)[..., :T]                          # [B, H, Rr, T]
+    if causal:
+        m = m & (torch.arange(T, device=sel.device)[None, :] <= rows[:, None])
+    if valid is not None:
+        m = m & valid[:, None, None, :]
+    return m
+
+
 def _span_block_key_lists(sel: torch.Tensor, *, T: int, R: int, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """block_key_lists for span 'blocks': every key of the block's key blocks other than its own."""
     B, H, NB, K = sel.shape
