@@ -247,3 +247,19 @@ def test_rows_mask_equals_the_rows_of_the_dense_restatement(T, R, K, k, mode, ca
     row_ptr, col = shared_row_csr(sel, T=T, R=R, k=k, valid=valid, causal=causal, span="blocks")
     padded = csr_to_dense(row_ptr, col, (B, H, T), T, rows=rows)
     assert torch.equal(key_block_rows_mask(sel, rows, T=T, R=R, causal=causal, valid=valid), padded)
+
+
+@pytest.mark.parametrize("span", ["blocks", "strided"])
+@pytest.mark.parametrize("causal,mode", [(True, "causal_per_batch"), (False, "per_batch")])
+def test_attention_probs_without_a_forward_equal_those_after_it(span, causal, mode):
+    """attention_probs on inputs the layer has not just run runs its own pipeline on the blocks' selection (no
+    per-row lists of every row); the same distribution as right after a forward, which reuses the forward's."""
+    lay = build("auto", causal=causal, mode=mode, shared_span=span)
+    q, k, v = gaussian_qkv(1, 4, 2, 150, 32, seed=9, dtype=torch.float32)
+    rows = [0, 63, 64, 149]
+    with torch.no_grad():
+        fresh = lay.attention_probs(q, k, v, causal=causal, rows=rows)
+        lay(q, k, v, causal=causal)
+        after = lay.attention_probs(q, k, v, causal=causal, rows=rows)
+    torch.testing.assert_close(fresh, after)
+    assert torch.isfinite(fresh).all() and (fresh >= 0).all() and (fresh > 0).any()

@@ -908,8 +908,9 @@ class SEAAttention(AttentionModule):
         call = (q, k, v, causal, key_padding_mask, scale)
         if self._same_call(call):                # right after forward on these very inputs (distillation): reuse
             aux, vr = self.last_aux, repeat_kv(v, q.shape[1])
-        else:
-            aux, _, vr = self._pipeline(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+        else:                                    # shared keys: the blocks' selection, no per-row lists of all T
+            aux, _, vr = self._pipeline(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale,
+                                        layout="shared" if self.shared_keys else "csr")
         B, H, T, D = q.shape
         rows = torch.as_tensor(rows, device=q.device).long()
         kr = repeat_kv(k, H).float()
