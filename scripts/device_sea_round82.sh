@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7, fifteenth session, call 6 (results/nvidia-h200/sea-vs-dense-5/call6/): the cell that was recorded oom in
+# Issue 7, fifteenth session, calls 6 and 7 (results/nvidia-h200/sea-vs-dense-5/call6/, call7/): the cell recorded oom in
 # the table (bidirectional key blocks at 256k: attention_probs built every row's lists, 130 GiB), after the fix
 # (key_block_rows_mask), beside cuDNN; and the GPU tests of the key blocks.
 # Predictions (written before the run): the cell runs ok, ~7776 MiB-class memory, ~0.045-0.05x cuDNN (bidirectional
@@ -14,3 +14,5 @@ bash scripts/device_sweep.sh bidir-blocks-256k 200 --device cuda --method-args s
   --heads 16 --head-dim 64 --dtype bf16 --methods sdpa:backend=cudnn,$g:shared_keys=64:shared_span=blocks:cuda_graph=16384 \
   --seq-lens 262144 --bidirectional --mode fwd --rep-ms 50 --timeout 150 | tail -n 3
 python3 scripts/ratio_table.py "$OUT/bidir-blocks-256k/rows.jsonl"
+# Call 6 (at 3668d4b) was still oom: attention_probs on inputs the layer had not just run built every row's lists in
+# its own pipeline; call 7 runs this script again after that fix (17a445c).
