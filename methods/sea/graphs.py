@@ -158,7 +158,10 @@ class GraphCache:
         except Exception as e:                                   # an operation that cannot be captured
             torch.cuda.synchronize()
             why = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-            release_generator(q.device)
+            try:
+                release_generator(q.device)
+            except Exception as e2:                              # said in the reason; the call still runs eagerly
+                why += f"; the CUDA generator was not given back ({type(e2).__name__})"
             self._store(key, why)
             return why
         finally:
