@@ -119,6 +119,7 @@ def make_plots(df: pd.DataFrame, out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker.NullFormatter below)
 
     written = []
     ok = df[(df.status == "ok") & pd.to_numeric(df.latency_ms, errors="coerce").notna()]   # timed rows only
@@ -137,6 +138,10 @@ def make_plots(df: pd.DataFrame, out: Path) -> list[Path]:
         axes[2].set(xscale="log", yscale="log", xlabel="latency, ms", ylabel="relative L2 error vs exact")
         for ax in axes:
             ax.grid(True, which="both", alpha=0.3)
+        lens = sorted(int(t) for t in g.seq_len.unique())
+        for ax in axes[:2]:                              # the swept lengths as ticks (log minor labels collide)
+            ax.set_xticks(lens, [str(t) for t in lens])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         title = ", ".join(f"{k}={v}" for k, v in zip(GROUP, key))
         fig.suptitle(title, fontsize=9)
         legend_below(fig, axes[0])
