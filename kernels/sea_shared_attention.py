@@ -244,13 +244,9 @@ def shared_attention(q, k, v, sel, *, rows: int, k_sel: int, scale: float, piece
     check_shared_inputs(q, k, v, sel, rows)
     B, H, T, D = q.shape
     if mix is not None:
-        from kernels.sea_sparse_mix import check_mix_operands
+        from kernels.sea_sparse_mix import check_mix
 
-        if not isinstance(mix, (tuple, list)) or len(mix) != 3:
-            raise ValueError("shared attention: mix must be (s_prob, s_mix, c_avg)")
-        if torch.is_grad_enabled() and any(x.requires_grad for x in mix):
-            raise RuntimeError("shared_attention is forward-only (no autograd): the mix operands require grad")
-        check_mix_operands(q, *mix)
+        check_mix(q, mix, "shared_attention")
     KC = sel.shape[3]
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     mask = sel.contiguous().view(torch.int8)

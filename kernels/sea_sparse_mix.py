@@ -115,6 +115,16 @@ def check_mix_operands(q, s_prob, s_mix, c_avg, out=None):
         raise ValueError("q, k, v, row_ptr, col, s_prob, s_mix, c_avg (and out) must be on one device")
 
 
+def check_mix(q, mix, who: str) -> None:
+    """A kernel's `mix` argument, (s_prob, s_mix, c_avg), checked against q (ValueError / RuntimeError naming `who`):
+    a triple of operands check_mix_operands accepts, none requiring grad (the epilogues are forward-only)."""
+    if not isinstance(mix, (tuple, list)) or len(mix) != 3:
+        raise ValueError(f"{who}: mix must be (s_prob, s_mix, c_avg)")
+    if torch.is_grad_enabled() and any(x.requires_grad for x in mix):
+        raise RuntimeError(f"{who} is forward-only (no autograd): the mix operands require grad")
+    check_mix_operands(q, *mix)
+
+
 def mix_launch_args(mix, o) -> tuple:
     """The mix epilogue's launch arguments: (S_PROB, S_MIX, C_AVG pointers, then their [B, H, T] strides and c_avg's
     four, its row stride 0 for a single c_avg row); without a mix (None) o's pointer three times and zero strides."""

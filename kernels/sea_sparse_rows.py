@@ -280,15 +280,11 @@ def sparse_rows_forward(q, k, v, row_ptr, col, scale: float, *, want_lse: bool =
         raise RuntimeError("sparse_rows_forward is forward-only (no autograd); use "
                            "kernels.sea_sparse_attention.sea_sparse_attention for gradients, or run under "
                            "torch.no_grad()")
+    check_csr_block_inputs(q, k, v, row_ptr, col)
     if mix is not None:
-        from kernels.sea_sparse_mix import check_mix_inputs
+        from kernels.sea_sparse_mix import check_mix
 
-        s_prob, s_mix, c_avg = mix
-        if torch.is_grad_enabled() and any(x.requires_grad for x in mix):
-            raise RuntimeError("sparse_rows_forward is forward-only (no autograd): the mix operands require grad")
-        check_mix_inputs(q, k, v, row_ptr, col, s_prob, s_mix, c_avg, None)
-    else:
-        check_csr_block_inputs(q, k, v, row_ptr, col)
+        check_mix(q, mix, "sparse_rows_forward")
     B, H, Tq, D = q.shape
     Hkv = k.shape[1]
     rows, ne = ROWS_PER_PROGRAM, ENTRIES_PER_STEP

@@ -10,16 +10,19 @@ from the measured forward a little), and every method's measured forward latency
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))       # methods/ (SEA's defaults) from any directory
+
 STAGES = ("estimator", "topk", "interpolate", "sparse_attention", "mix")
 
 
+@functools.lru_cache(maxsize=1)
 def sea_defaults() -> dict:
-    """SEA's options at their defaults, as the method registry resolves them."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    """SEA's options at their defaults, as the method registry resolves them (once: label() runs per row)."""
     from methods.base import get
 
     return dict(get("sea").resolve_config({}))
