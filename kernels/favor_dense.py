@@ -8,26 +8,28 @@ Computes, in float32, the same quantity as
     phi_k = m^-1/2 (exp(dash_k - diag_k - S) + feat_eps) * valid,  S = max of dash_k over valid keys and features
     out   = phi_q (phi_k^T v) / (phi_q . sum_t phi_k + eps)                              -> [B, H, T, Dv]
 
-without ever writing a [T, m] tensor (dash, exp, features) to memory. Two launches and a tiny torch step:
+without ever writing a [T, m] tensor (dash, exp, features) to memory. Three launches:
 
-  1. key pass, grid (feature block, T split, B*H). A program owns KEY_BLOCK_F features and a range of
-     keys; it walks that range in tiles of KEY_BLOCK_T rows: dash = k' proj_blk^T (tl.dot),
+  1. key pass, grid (feature block, T split, B*H). A program owns KEY_BLOCK_F features (the last block only the
+     features left, in a narrower tile: KEY_TAIL) and a range of keys; it walks that range in tiles of
+     KEY_BLOCK_T rows: dash = k' proj_blk^T (tl.dot),
      then, with an online maximum M_p over the valid (row, feature) pairs it has seen (as in flash attention),
      accumulates A_p = sum_t exp(dash - diag - M_p) v_t  [BLOCK_F, Dv],  z_p = sum_t exp(...)  [BLOCK_F],
      rescaling both when M_p grows; it also writes M_p and (feature block 0 only) sum_t valid v_t.
      Every (key, feature) pair belongs to exactly one program, so the global key stabiliser is S = max_p M_p:
      no separate stabiliser pass and dash_k is computed once. The feature block is the fastest grid axis, so
      the programs re-reading a key/value range run together and share it through L2.
-  2. torch (tiny): S = max M_p; KV = m^-1/2 (sum_p exp(M_p - S) A_p + feat_eps sum_t valid v_t)  [m, Dv],
-     z = m^-1/2 (sum_p exp(M_p - S) z_p + feat_eps n_valid)  [m], and their sums over the features.
+  2. combine, grid (feature block of COMBINE_BLOCK_F, B*H): S = max M_p; KV = m^-1/2 (sum_p exp(M_p - S) A_p +
+     feat_eps sum_t valid v_t)  [m, Dv], z = m^-1/2 (sum_p exp(M_p - S) z_p + feat_eps n_valid)  [m].
      Partials: B H n_split (m Dv + m + Dv) fp32; n_split is chosen for about KEY_PROGRAMS (2048) key-pass
-     programs: 43 splits of 1536 rows, 94 MB, at B=1 H=16 T=65536 m=266 Dv=128 (3 feature blocks of 128). The
-     A_p are stored [B H, m, n_split, Dv], so the sum over p is a batched gemv that reads them once (stored
-     [B H, n_split, m, Dv], the batched product needs a reordered copy of all of them first).
+     programs: 43 splits of 1536 rows, 94 MB, at B=1 H=16 T=65536 m=266 Dv=128 (3 feature blocks). The
+     A_p are stored [B H, m, n_split, Dv], so a program reads its features' splits in a row (COMBINE="torch":
+     the same sums by ~15 torch operations and a batched gemv, the form before the sixteenth session).
   3. query pass, grid (T / QUERY_BLOCK_T, B*H). Per tile of query rows, one loop over the feature blocks with
      an online row maximum: acc = sum_f exp(dash_f - rowmax) KV_f, acc_z likewise with z; then
      num = m^-1/2 (exp(-diag) acc + feat_eps sum_f KV_f), den likewise, out = num / (den + eps). dash_q is
-     computed once (the row maximum is not needed before the features are used).
+     computed once (the row maximum is not needed before the features are used); sum_f KV_f and sum_f z_f are
+     summed in the same loop from the blocks it reads.
 
 HBM traffic: q, k, v read once each (the key pass re-reads k, v once per feature block, mostly from L2), the
 fp32 output written once, plus the partials above. The torch path instead materialises dash, exp and the
@@ -45,8 +47,8 @@ of two), so the rounding is of the same size as the torch path's but not bit-ide
 interpreter (CPU tensors), whose bf16 tl.dot is broken, the bf16 products run as fp32 dots of bf16-rounded
 values (round to nearest even, the same numbers a bf16 tensor-core dot with fp32 accumulation produces).
 
-Work: 2 B H T m (2 d + 2 Dv) flops (214 GFLOP at T=65536 H=16 d=64 m=266 Dv=128, ~44% more with the
-feature-block padding), so with "ieee" fp32 dots (CUDA-core FMAs) the passes are compute-bound, not
+Work: 2 B H T m (2 d + 2 Dv) flops (214 GFLOP at T=65536 H=16 d=64 m=266 Dv=128; the key pass computes 272
+feature columns with KEY_TAIL, 384 without, the query pass 288), so with "ieee" fp32 dots (CUDA-core FMAs) the passes are compute-bound, not
 memory-bound; operands="bf16" or FP32_PRECISION="tf32x3" move the dots onto tensor cores.
 
 Degenerate input: a batch element without any valid key gives 0 here (the torch path gives NaN there).
@@ -90,6 +92,14 @@ QUERY_NUM_WARPS = 4
 # estimator passes q and k in the layer's dtype since the twelfth session; the query pass reads bf16 queries in
 # +0.02 ms and keeps them: results/nvidia-h200/sea-graph-replay/call3/).
 KEY_FP32 = True
+# The last key-pass feature block computes only the features left (m - (nfb - 1) KEY_BLOCK_F, in a tile of the next
+# power of two >= 16) when True: SEA's m = 266 runs 128 + 128 + 16 feature columns instead of 3 x 128 (a third of
+# the key pass's products were padding); False: every block KEY_BLOCK_F wide (a same-run A/B switch).
+KEY_TAIL = True
+# The combine (partials -> KV, z) as one Triton kernel ("triton": each program sums the splits of COMBINE_BLOCK_F
+# features) or as ~15 torch operations with a batched gemv ("torch"; the sixteenth session's A/B switch).
+COMBINE = "triton"
+COMBINE_BLOCK_F = 16
 FP32_PRECISION = "tf32x3"         # tl.dot input precision for operands="fp32" ("ieee": CUDA-core fp32)
 BF16_DASH_PRECISION = "tf32x3"    # tl.dot input precision of x' proj^T for operands="bf16"
 
@@ -109,19 +119,17 @@ if triton is not None:
         return bits.to(tl.float32, bitcast=True)
 
     @triton.jit
-    def _key_kernel(K, V, VALID, PROJ, A, Z, MX, VS,
-                    skb, skh, skt, svb, svh, svt,
-                    H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
-                    HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr,
-                    DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
-                    BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
-                    BLOCK_DV: tl.constexpr):
-        fb = tl.program_id(0)
-        sp = tl.program_id(1).to(tl.int64)
-        bh = tl.program_id(2).to(tl.int64)            # int64 offsets throughout
+    def _key_block(K, V, VALID, PROJ, A, Z, MX, VS, f0, fb, sp, bh,
+                   skb, skh, skt, svb, svh, svt,
+                   H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
+                   HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr,
+                   DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
+                   BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+                   BLOCK_DV: tl.constexpr):
+        # features f0 .. f0 + BLOCK_F - 1 (feature block fb) over key rows sp * ROWS .. of head bh
         b = bh // H
         h = bh % H
-        offs_f = fb * BLOCK_F + tl.arange(0, BLOCK_F)
+        offs_f = f0 + tl.arange(0, BLOCK_F)
         fmask = offs_f < M
         offs_d = tl.arange(0, BLOCK_D)
         dmask = offs_d < D
@@ -171,7 +179,7 @@ if triton is not None:
             vsum += tl.sum(vt, axis=0)
             m_run = m_new
         part = bh * NSPLIT + sp
-        # A is [BH, M, NSPLIT, DV] (the split inside the feature) so the combine is a batched gemv without a copy
+        # A is [BH, M, NSPLIT, DV] (the split inside the feature) so the combine reads each feature's splits in a row
         tl.store(A + ((bh * M + offs_f[:, None]) * NSPLIT + sp) * DV + offs_e[None, :], acc,
                  mask=fmask[:, None] & emask[None, :])
         tl.store(Z + part * M + offs_f, zacc, mask=fmask)
@@ -180,7 +188,76 @@ if triton is not None:
             tl.store(VS + part * DV + offs_e, vsum, mask=emask)
 
     @triton.jit
-    def _query_kernel(Q, PROJ, KV, Z, KVS, ZS, O,
+    def _key_kernel(K, V, VALID, PROJ, A, Z, MX, VS,
+                    skb, skh, skt, svb, svh, svt,
+                    H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
+                    HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr,
+                    DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
+                    BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, TAIL_F: tl.constexpr, BLOCK_D: tl.constexpr,
+                    BLOCK_DV: tl.constexpr):
+        # grid (NFB, NSPLIT, B H): feature blocks of BLOCK_F features; with TAIL_F > 0 the last block holds the
+        # M - (NFB - 1) BLOCK_F remaining features in a narrower tile of TAIL_F (no padded features computed)
+        fb = tl.program_id(0)
+        sp = tl.program_id(1).to(tl.int64)
+        bh = tl.program_id(2).to(tl.int64)            # int64 offsets throughout
+        if TAIL_F == 0:
+            _key_block(K, V, VALID, PROJ, A, Z, MX, VS, fb * BLOCK_F, fb, sp, bh, skb, skh, skt, svb, svh, svt,
+                       H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale, HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC,
+                       BLOCK_T, BLOCK_F, BLOCK_D, BLOCK_DV)
+        else:
+            if fb < NFB - 1:
+                _key_block(K, V, VALID, PROJ, A, Z, MX, VS, fb * BLOCK_F, fb, sp, bh, skb, skh, skt, svb, svh, svt,
+                           H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale, HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC,
+                           BLOCK_T, BLOCK_F, BLOCK_D, BLOCK_DV)
+            else:
+                _key_block(K, V, VALID, PROJ, A, Z, MX, VS, fb * BLOCK_F, fb, sp, bh, skb, skh, skt, svb, svh, svt,
+                           H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale, HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC,
+                           BLOCK_T, TAIL_F, BLOCK_D, BLOCK_DV)
+
+    @triton.jit
+    def _combine_kernel(A, Z, MX, VS, NV, KV, ZO,
+                        M, DV, NSPLIT, NFB, n_all, phi_scale, feat_eps,
+                        HAS_NV: tl.constexpr, KEY_F: tl.constexpr, BF16: tl.constexpr,
+                        BLOCK_F: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr):
+        # grid (cdiv(M, BLOCK_F), B H): KV = phi_scale (sum_p exp(M_p - S) A_p + feat_eps sum_p vsum_p) for BLOCK_F
+        # features, z likewise; S = max_p M_p over the head's key-pass programs (recomputed by every program)
+        fblk = tl.program_id(0)
+        bh = tl.program_id(1).to(tl.int64)
+        offs_f = fblk * BLOCK_F + tl.arange(0, BLOCK_F)
+        fmask = offs_f < M
+        offs_e = tl.arange(0, BLOCK_DV)
+        emask = offs_e < DV
+        offs_s = tl.arange(0, BLOCK_S)
+        n_mx = NSPLIT * NFB
+        stab = tl.full([], float("-inf"), tl.float32)
+        for s0 in range(0, n_mx, BLOCK_S):
+            mx = tl.load(MX + bh * n_mx + s0 + offs_s, mask=s0 + offs_s < n_mx, other=float("-inf"))
+            stab = tl.maximum(stab, tl.max(mx, axis=0))
+        stab = tl.where(stab == float("-inf"), 0.0, stab)                           # no valid key at all
+        fbk = offs_f // KEY_F                                                       # the key pass's feature block
+        acc = tl.zeros([BLOCK_F, BLOCK_DV], dtype=tl.float32)
+        zacc = tl.zeros([BLOCK_F], dtype=tl.float32)
+        vsum = tl.zeros([BLOCK_DV], dtype=tl.float32)
+        for sp in range(0, NSPLIT):
+            part = bh * NSPLIT + sp
+            sc = tl.exp(tl.load(MX + part * NFB + fbk, mask=fmask, other=float("-inf")) - stab)   # [BF], 0 at -inf
+            a = tl.load(A + ((bh * M + offs_f[:, None]) * NSPLIT + sp) * DV + offs_e[None, :],
+                        mask=fmask[:, None] & emask[None, :], other=0.0)            # [BF, BDV]
+            acc += sc[:, None] * a
+            zacc += sc * tl.load(Z + part * M + offs_f, mask=fmask, other=0.0)
+            vsum += tl.load(VS + part * DV + offs_e, mask=emask, other=0.0)
+        if HAS_NV:
+            n_valid = tl.load(NV + bh)
+        else:
+            n_valid = n_all
+        kv = phi_scale * (acc + feat_eps * vsum[None, :])
+        if BF16:
+            kv = kv.to(tl.bfloat16)                                                 # favor.py's bf16 KV
+        tl.store(KV + (bh * M + offs_f[:, None]) * DV + offs_e[None, :], kv, mask=fmask[:, None] & emask[None, :])
+        tl.store(ZO + bh * M + offs_f, phi_scale * (zacc + feat_eps * n_valid), mask=fmask)
+
+    @triton.jit
+    def _query_kernel(Q, PROJ, KV, Z, O,
                       sqb, sqh, sqt, sob, soh, sot,
                       H, T, D, DV, M, x_scale, phi_scale, eps, feat_eps,
                       BF16: tl.constexpr, EMU: tl.constexpr, DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
@@ -202,6 +279,8 @@ if triton is not None:
         m_run = tl.full([BLOCK_T], float("-inf"), tl.float32)
         acc = tl.zeros([BLOCK_T, BLOCK_DV], dtype=tl.float32)
         accz = tl.zeros([BLOCK_T], dtype=tl.float32)
+        kvs = tl.zeros([BLOCK_DV], dtype=tl.float32)                               # sum_f KV_f
+        zs = tl.zeros([BLOCK_F], dtype=tl.float32)                                  # sum_f z_f, by lanes
         kvbase = KV + bh * M * DV
         for f0 in range(0, M, BLOCK_F):
             offs_f = f0 + tl.arange(0, BLOCK_F)
@@ -225,12 +304,12 @@ if triton is not None:
                 prod = tl.dot(p, kvb, input_precision=PROD_PREC)                    # [BT, BDV]
             acc = acc * alpha[:, None] + prod
             accz = accz * alpha + tl.sum(p * zb[None, :], axis=1)
+            kvs += tl.sum(kvb.to(tl.float32), axis=0)
+            zs += zb
             m_run = m_new
         g = tl.exp(-diag)                                                           # exp(-|q'|^2 / 2)
-        kvs = tl.load(KVS + bh * DV + offs_e, mask=emask, other=0.0)                # [BDV]
-        zs = tl.load(ZS + bh)
         num = phi_scale * (g[:, None] * acc + feat_eps * kvs[None, :])
-        den = phi_scale * (g * accz + feat_eps * zs)
+        den = phi_scale * (g * accz + feat_eps * tl.sum(zs, axis=0))
         if BF16:
             num = _round_bf16(num)                                                  # a bf16 GEMM's output
         out = num / (den[:, None] + eps)
@@ -322,6 +401,8 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
     dash_prec = precision or (BF16_DASH_PRECISION if bf16 else FP32_PRECISION)
     prod_prec = precision or FP32_PRECISION
     nfb = triton.cdiv(m, KEY_BLOCK_F)
+    tail = m - (nfb - 1) * KEY_BLOCK_F                                               # features in the last block
+    tail_f = pow2_block(tail) if KEY_TAIL and pow2_block(tail) < KEY_BLOCK_F else 0
     rows = _split_rows(T, BH * nfb)
     nsplit = triton.cdiv(T, rows)
 
@@ -336,31 +417,39 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         H, T, d, Dv, m, rows, nsplit, nfb, x_scale,
         HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,
-        BLOCK_T=KEY_BLOCK_T, BLOCK_F=KEY_BLOCK_F, BLOCK_D=BD, BLOCK_DV=BDV, num_warps=KEY_NUM_WARPS)
+        BLOCK_T=KEY_BLOCK_T, BLOCK_F=KEY_BLOCK_F, TAIL_F=tail_f, BLOCK_D=BD, BLOCK_DV=BDV, num_warps=KEY_NUM_WARPS)
 
-    # 2. combine (torch, O(B H n_split m Dv)): one stabiliser per head, as favor.py's key features
-    stab = mx_part.amax(dim=(1, 2))                                                  # [BH]
-    stab = torch.where(torch.isinf(stab), torch.zeros_like(stab), stab)              # no valid key at all
-    scale = torch.exp(mx_part - stab[:, None, None])                                 # [BH, S, nfb], 0 for -inf
-    scale_f = scale.repeat_interleave(KEY_BLOCK_F, dim=2)[:, :, :m]                  # [BH, S, m]
+    # 2. combine: one stabiliser per head, as favor.py's key features
     if valid is not None:
         n_valid = valid.sum(dim=1).float().repeat_interleave(H)                      # [BH]
     else:
-        n_valid = torch.full((BH,), float(T), device=dev)
-    kv = torch.einsum("pfs,pfse->pfe", scale_f.transpose(1, 2), a_part)             # [BH, m, Dv]
-    kv = phi_scale * (kv + feat_eps * vs_part.sum(1)[:, None, :])                    # [BH, m, Dv]
-    z = phi_scale * ((scale_f * z_part).sum(1) + feat_eps * n_valid[:, None])        # [BH, m]
-    if bf16:
-        kv = kv.to(torch.bfloat16)                                                   # favor.py's bf16 KV
-    kv = kv.contiguous()
-    kv_sum = kv.float().sum(1).contiguous()                                          # [BH, Dv]
-    z = z.contiguous()
-    z_sum = z.sum(1).contiguous()                                                    # [BH]
+        n_valid = None
+    if COMBINE == "triton":
+        kv = _fresh((BH, m, Dv), torch.bfloat16 if bf16 else torch.float32, dev)
+        z = _fresh((BH, m), torch.float32, dev)
+        _combine_kernel[(triton.cdiv(m, COMBINE_BLOCK_F), BH)](
+            a_part, z_part, mx_part, vs_part, mx_part if n_valid is None else n_valid, kv, z,
+            m, Dv, nsplit, nfb, float(T), phi_scale, float(feat_eps),
+            HAS_NV=n_valid is not None, KEY_F=KEY_BLOCK_F, BF16=bf16, BLOCK_F=COMBINE_BLOCK_F,
+            BLOCK_S=pow2_block(min(nsplit * nfb, 1024)), BLOCK_DV=BDV, num_warps=4)
+    else:                                                                            # torch (A/B switch)
+        stab = mx_part.amax(dim=(1, 2))                                              # [BH]
+        stab = torch.where(torch.isinf(stab), torch.zeros_like(stab), stab)          # no valid key at all
+        scale = torch.exp(mx_part - stab[:, None, None])                             # [BH, S, nfb], 0 for -inf
+        scale_f = scale.repeat_interleave(KEY_BLOCK_F, dim=2)[:, :, :m]              # [BH, S, m]
+        if n_valid is None:
+            n_valid = torch.full((BH,), float(T), device=dev)
+        kv = torch.einsum("pfs,pfse->pfe", scale_f.transpose(1, 2), a_part)         # [BH, m, Dv]
+        kv = phi_scale * (kv + feat_eps * vs_part.sum(1)[:, None, :])                # [BH, m, Dv]
+        z = phi_scale * ((scale_f * z_part).sum(1) + feat_eps * n_valid[:, None])    # [BH, m]
+        if bf16:
+            kv = kv.to(torch.bfloat16)                                               # favor.py's bf16 KV
+        kv, z = kv.contiguous(), z.contiguous()
 
-    # 3. query pass
+    # 3. query pass (it sums KV and z over the features as it reads them)
     out = _fresh((B, H, T, Dv), torch.float32, dev)
     _query_kernel[(triton.cdiv(T, QUERY_BLOCK_T), BH)](
-        q, proj, kv, z, kv_sum, z_sum, out,
+        q, proj, kv, z, out,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
         H, T, d, Dv, m, x_scale, phi_scale, float(eps), float(feat_eps),
         BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,

@@ -117,6 +117,37 @@ def test_bf16_operands_within_bf16_rounding(masked, in_dtype):
     assert (out.double() - exact).norm() <= 2 * (ref.double() - exact).norm()
 
 
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("operands", ["fp32", "bf16"])
+def test_narrow_last_feature_block_and_combine_kernel_equal_the_padded_blocks_and_torch(monkeypatch, masked,
+                                                                                    operands):
+    """m = 40 in blocks of 32 features: the last key-pass block holds 8 (KEY_TAIL: a 16-wide tile instead of a
+    32-wide one) and the partials are combined by the Triton kernel or by torch operations; all four agree to float
+    rounding (bf16: the same roundings in another summation order) and fp32 matches the float64 statement."""
+    monkeypatch.setattr(fd, "KEY_BLOCK_F", 32)
+    g = torch.Generator().manual_seed(21)
+    q, k, v = (1.5 * torch.randn(B, H, T, D, generator=g) for _ in range(3))
+    proj = orthogonal_random_features(40, D, g)
+    valid = _valid() if masked else None
+    vals = _vals(v, valid)
+    outs = {}
+    for tail in (True, False):
+        for combine in ("triton", "torch"):
+            monkeypatch.setattr(fd, "KEY_TAIL", tail)
+            monkeypatch.setattr(fd, "COMBINE", combine)
+            outs[tail, combine] = _run(q, k, vals, proj, valid, operands)
+    base = outs[False, "torch"]                                                  # the padded blocks, torch combine
+    size = favor_ref64(q, k, vals, proj, valid, abs_v=True)                       # bf16: 12 u of this (see above)
+    for key, out in outs.items():
+        if operands == "fp32":
+            torch.testing.assert_close(out, base, atol=3e-6, rtol=3e-5, msg=lambda m: f"{key}: {m}")
+        else:
+            assert ((out - base).double().abs() <= 12 * 2.0 ** -9 * size + 1e-6).all(), key
+    if operands == "fp32":
+        torch.testing.assert_close(outs[True, "triton"].double(), favor_ref64(q, k, vals, proj, valid),
+                                   atol=3e-6, rtol=3e-5)
+
+
 @pytest.mark.parametrize("operands", ["fp32", "bf16"])
 def test_16bit_q_k_read_exactly(operands):
     """SEA's estimator passes q and k in the layer's dtype (no fp32 copies): under the interpreter the kernel's own

@@ -288,6 +288,56 @@ def test_bidirectional_layer_kernel_and_row_lists_give_one_output():
     assert (probs[:, :, 0, 140:149] > 0).any()                           # row 0 sees keys after it
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_bidirectional_block_sums_from_the_estimator_equal_block_scores_of_a_hat(monkeypatch, backend):
+    """POOLED_SCORES: the estimator sums A_hat over each block's rows itself (no logits, no A_hat kept); the
+    selection, column sums, output and attention_probs equal those made from the whole A_hat."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    import methods.sea.layer as sea_layer
+
+    a = build(backend, causal=False, mode="per_batch")
+    q, k, v = gaussian_qkv(1, 4, 2, 160, 32, seed=13, dtype=torch.float32)   # 5 blocks of 32 rows
+    runs = {}
+    for pooled in (True, False):
+        monkeypatch.setattr(sea_layer, "POOLED_SCORES", pooled)
+        with torch.no_grad():
+            out = a(q, k, v, causal=False)
+            probs = a.attention_probs(q, k, v, causal=False, rows=[0, 77, 159])
+        runs[pooled] = out, probs, dict(a.last_aux)
+    (out_p, probs_p, aux_p), (out_w, probs_w, aux_w) = runs[True], runs[False]
+    assert aux_p["a_hat"] is None and aux_p["logits"] is None and aux_w["block_scores"] is None
+    assert aux_p["block_scores"].shape == (1, 4, 5, 16) and aux_p["block_scores"].dtype == torch.float32
+    torch.testing.assert_close(aux_p["block_scores"], block_scores(aux_w["a_hat"], 32, pool="sum"),
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(aux_p["block_scores"].sum(-1), torch.full((1, 4, 5), 32.0), rtol=1e-5, atol=1e-5)
+    assert torch.equal(aux_p["mask"], aux_w["mask"]) and aux_p["mask"].sum() >= 5 * 4
+    torch.testing.assert_close(aux_p["col_sums"], aux_w["a_hat"].sum(2), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_p, out_w, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(probs_p, probs_w, rtol=1e-5, atol=1e-6)
+    # where the block sums cannot serve, the whole A_hat is made: a padding mask, a block size not dividing T
+    monkeypatch.setattr(sea_layer, "POOLED_SCORES", True)
+    valid = torch.ones(1, 160, dtype=torch.bool)
+    with torch.no_grad():
+        assert a.pooled_scores(q, k, v, causal=False, valid=None)
+        assert not a.pooled_scores(q, k, v, causal=False, valid=valid)
+        assert not a.pooled_scores(q[:, :, :150], k[:, :, :150], v[:, :, :150], causal=False, valid=None)
+    assert not a.pooled_scores(q, k, v, causal=False, valid=None)     # the estimator's weights need gradients
+
+
+def test_estimator_block_sums_are_checked():
+    est = build("torch", causal=False, mode="per_batch").estimator
+    q, k, v = gaussian_qkv(1, 4, 4, 160, 32, seed=14, dtype=torch.float32)
+    with torch.no_grad():
+        logits, a_hat, _, _ = est(q, k, v, valid=None, probs=True)
+        none, sums, _, _ = est(q, k, v, valid=None, probs=True, pool=40)
+        for bad in (dict(pool=40), dict(pool=48, probs=True), dict(pool=-2, probs=True)):
+            with pytest.raises(ValueError, match="block sums"):
+                est(q, k, v, valid=None, **bad)
+    assert none is None and sums.shape == (1, 4, 4, 16)
+    torch.testing.assert_close(sums, a_hat.reshape(1, 4, 4, 40, 16).sum(3), rtol=1e-5, atol=1e-6)
+
+
 def test_average_context_by_cell_sums_equals_the_spread_weights():
     lay = build("torch", causal=False, mode="per_batch")                 # K = 16
     g = torch.Generator().manual_seed(16)

@@ -384,10 +384,13 @@ class Estimator(nn.Module):
                           precision=PRECISIONS[self.precision], head=head)
         return (out[0], out[1], out[2]) if want_state else (out[0], out[1], None)
 
-    def forward(self, q, k, v, *, valid: torch.Tensor | None, probs: bool = False):
+    def forward(self, q, k, v, *, valid: torch.Tensor | None, probs: bool = False, pool: int = 0):
         """q, k, v [B, H, T, d] (any float dtype) -> logits [B, H, T, K], s_prob, s_mix [B, H, T, 1] (fp32).
         probs: (logits, softmax(logits) over K, s_prob, s_mix), the softmax computed with the decoder (under
         compile="estimator" inside its compiled graph, where it fuses with the decoder's last LayerNorm).
+        pool = R > 0 (with probs, R dividing T): (None, the softmax summed over each block of R rows, fp32
+        [B, H, T / R, K], s_prob, s_mix) in place of logits and A_hat, so that neither [B, H, T, K] tensor is
+        written (in the compiled graph the block sums fuse with the softmax): what a shared selection ranks.
         compile="estimator": the tensor operations (casts, features, encoder, decoder, scaler) run through
         torch.compile; the Triton kernels (Performer, fused encoder) are called as they are, between the compiled
         pieces (kernels/ calls are wrapped in torch.compiler.disable in favor.py / fused_encoder)."""
@@ -398,7 +401,9 @@ class Estimator(nn.Module):
             vi = self.v_id[:T].expand(B, H, T, d)                        # [B, H, T, d]
         else:
             vi = identity_values(valid, B, T, d, q.device)[:, None].expand(B, H, T, d)
-        logits, a_hat, s_prob, s_mix, _ = self._run(q, k, v, vi, valid, None, probs)
+        if pool and (not probs or pool < 0 or T % pool):
+            raise ValueError(f"estimator pool={pool}: block sums need probs=True and a block size dividing T={T}")
+        logits, a_hat, s_prob, s_mix, _ = self._run(q, k, v, vi, valid, None, probs, pool)
         return (logits, a_hat, s_prob, s_mix) if probs else (logits, s_prob, s_mix)
 
     def forward_block(self, q, k, v, *, row0: int, carry: dict | None, probs: bool = False):
@@ -423,18 +428,19 @@ class Estimator(nn.Module):
         """Rows before t that the causal decoder's output at t depends on (time reach of its convolutions)."""
         return sum(c.dilation[0] * (c.kernel_size[0] // 2) for c in (self.dec.conv1, self.dec.conv2, self.dec.conv3))
 
-    def _run(self, q, k, v, vi, valid, carry, probs: bool):
+    def _run(self, q, k, v, vi, valid, carry, probs: bool, pool: int = 0):
         with torch_precision(self.precision):
             if self.compile == "none":
-                return self._forward(q, k, v, vi, valid=valid, carry=carry, probs=probs)
+                return self._forward(q, k, v, vi, valid=valid, carry=carry, probs=probs, pool=pool)
             if self._compiled is None:
                 self._compiled = compiled(self._forward)
-            return self._compiled(q, k, v, vi, valid=valid, carry=carry, probs=probs)
+            return self._compiled(q, k, v, vi, valid=valid, carry=carry, probs=probs, pool=pool)
 
-    def _forward(self, q, k, v, vi, *, valid: torch.Tensor | None, carry: dict | None, probs: bool):
+    def _forward(self, q, k, v, vi, *, valid: torch.Tensor | None, carry: dict | None, probs: bool, pool: int = 0):
         """vi: the V_I rows (causal) or identity values (bidirectional) [B, H, T, d]. carry: None for a whole
-        sequence; a dict (or {} for a first block) in the block form (forward_block). probs: also A_hat. Returns
-        (logits, A_hat or None, s_prob, s_mix, next carry or None)."""
+        sequence; a dict (or {} for a first block) in the block form (forward_block). probs: also A_hat. pool: see
+        forward. Returns (logits, A_hat or None, s_prob, s_mix, next carry or None); with pool (None, the block
+        sums, s_prob, s_mix, None)."""
         if self.uses_fused_front(q, k, v, valid):                        # Performer + encoder in one kernel
             # the V_I rows of this call as a [T, d] view of v_id (vi is that view expanded): the block's first row
             # is not passed as an int, which would make compile="estimator" recompile for every query block
@@ -442,7 +448,7 @@ class Estimator(nn.Module):
             z, scales, state = self.fused_front(q, k, v, valid=valid, vid_rows=vi[0, 0],
                                                 state=None if carry is None else carry.get("state"),
                                                 want_state=carry is not None, head=head)
-            return self._finish(z, scales, carry, state, headed=head is not None, probs=probs)
+            return self._finish(z, scales, carry, state, headed=head is not None, probs=probs, pool=pool)
         # favor_attention reads q, k in any dtype (fp32 inside): no fp32 copies of q, k (nor of v, cast inside the
         # cat; the encoder kernel reads it in its dtype). H200, bidirectional 64k, SEA fast: kernels 11.30 -> 10.96
         # ms, peak memory 2456 -> 1944 MiB, MiniLM fidelity +1.6e-5 relative (results/nvidia-h200/sea-graph-replay/)
@@ -475,9 +481,9 @@ class Estimator(nn.Module):
             # scaler head only; the encoder and decoder then learn from the estimate's own terms
             zin = z.detach() if self.scaler_input == "detached" else z
             scales = torch.sigmoid(linear(zin, self.scaler.weight, self.scaler.bias))   # [B, H, T, 2]
-        return self._finish(z, scales, carry, None if carry is None else state, probs=probs)
+        return self._finish(z, scales, carry, None if carry is None else state, probs=probs, pool=pool)
 
-    def _finish(self, z, scales, carry, state, *, headed: bool = False, probs: bool = False):
+    def _finish(self, z, scales, carry, state, *, headed: bool = False, probs: bool = False, pool: int = 0):
         """The decoder on the encoder output z [B, H, T, 2d] (headed: on the decoder head's output [B, 2H, T, K/4]):
         (logits, softmax(logits) when probs else None, s_prob, s_mix, next carry or None); in the block form the
         carried tail rows (of z, or of the head's output: both are row-wise) go before the block's rows and the new
@@ -497,4 +503,7 @@ class Estimator(nn.Module):
             halo = self.decoder_halo
             nxt = dict(state=state, tail=zz[:, :, -halo:].clone() if halo else None)   # a copy: zz is freed
         a_hat = torch.softmax(logits, dim=-1) if probs else None
+        if pool:                                                         # the block sums only (see forward)
+            B, H, T, K = a_hat.shape
+            a_hat, logits = a_hat.reshape(B, H, T // pool, pool, K).sum(3, dtype=torch.float32), None
         return logits, a_hat, scales[..., 0:1], scales[..., 1:2], nxt

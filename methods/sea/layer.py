@@ -43,6 +43,11 @@ AUTO_MIX_GRAD = True
 
 # the finite-input check on CUDA by kernels/finite_check.py's kernel when True, by aminmax when False (A/B switch)
 FINITE_KERNEL = True
+# Bidirectional shared selections (shared_keys, no padding mask, no gradient, R dividing T) take A_hat's block sums
+# from the estimator (Estimator.forward's pool=R: summed in its compiled graph with the softmax) when True, so
+# neither the logits nor A_hat ([B, H, T, K] fp32 each) is written; last_aux then holds the block sums
+# ('block_scores') and no 'logits' / 'a_hat'. False: A_hat, then block_scores (a same-run A/B switch).
+POOLED_SCORES = True
 
 
 def finite_flags(*tensors: torch.Tensor) -> torch.Tensor:
@@ -318,15 +323,24 @@ class SEAAttention(AttentionModule):
         scale = 1.0 / math.sqrt(D) if scale is None else scale
         return repeat_kv(k, H), repeat_kv(v, H), valid, scale
 
-    def stage_estimator(self, q, kr, vr, *, causal, valid, scale):
-        """1-2. A_hat [B, H, T, K] (float32), its logits, and the scalers s_prob, s_mix [B, H, T, 1]."""
+    def pooled_scores(self, q, k, v, *, causal, valid) -> bool:
+        """Does this call's estimator return A_hat's block sums in place of A_hat (POOLED_SCORES)? Bidirectional
+        shared selections without a padding mask or a gradient whose block size divides T, not the oracle."""
+        return bool(POOLED_SCORES and self.shared_keys and not causal and valid is None and not self.oracle
+                    and q.shape[2] % self.shared_keys == 0 and not needs_grad(q, k, v, *self.parameters()))
+
+    def stage_estimator(self, q, kr, vr, *, causal, valid, scale, pool: int = 0):
+        """1-2. A_hat [B, H, T, K] (float32), its logits, and the scalers s_prob, s_mix [B, H, T, 1]. pool = R
+        (pooled_scores): (None, A_hat's sums over each block of R rows [B, H, T / R, K], s_prob, s_mix)."""
         B, H, T, _ = q.shape
         forced = self.force_s_prob >= 0 and self.force_s_mix >= 0
+        if pool and (self.oracle or causal):
+            raise ValueError("stage_estimator: block sums (pool) serve the bidirectional estimator only")
         if self.oracle and forced:                   # the oracle with both scalers forced needs no estimator
             logits = s_prob = s_mix = None
         else:
             # [B, H, T, K] x2, [B, H, T, 1] x2: A_hat by the estimator (in its compiled graph when it has one)
-            logits, a_hat, s_prob, s_mix = self.estimator(q, kr, vr, valid=valid, probs=True)
+            logits, a_hat, s_prob, s_mix = self.estimator(q, kr, vr, valid=valid, probs=True, pool=pool)
         if self.oracle:
             from methods.exact import softmax_attention_probs
             exact = softmax_attention_probs(q.float(), kr.float(), causal=causal, scale=scale,
@@ -340,18 +354,22 @@ class SEAAttention(AttentionModule):
             s_mix = ones * self.force_s_mix
         return logits, a_hat, s_prob, s_mix
 
-    def stage_topk(self, a_hat, *, causal, valid, col_sums: dict | None = None):
+    def stage_topk(self, a_hat, *, causal, valid, col_sums: dict | None = None, pooled: bool = False):
         """3. grouped top-k -> compressed mask bool [B, H, T, K]; with shared_keys = R the blocks' selection
         bool [B, H, ceil(T / R), K] (methods/sea/shared.py: each block ranks A_hat summed over its rows).
         col_sums: a dict that bidirectional shared selections fill with A_hat's column sums (key 'sum', fp32
-        [B, H, K], the sums of the block sums), which average_context then reads instead of A_hat."""
-        B, H, T, K = a_hat.shape
+        [B, H, K], the sums of the block sums), which average_context then reads instead of A_hat.
+        pooled: a_hat holds those block sums already (stage_estimator's pool)."""
+        B, H, _, K = a_hat.shape
         self.last_topk = topk_path(self.mode, H=H, K=K, valid=valid, backend=self.topk_backend, device=a_hat.device)
         if self.shared_keys:
             from methods.sea.shared import select_blocks
 
-            return select_blocks(a_hat, R=self.shared_keys, mode=self.mode, k=self.k, budget=self.shared_budget,
-                                 backend=self.last_topk, causal=causal, col_sums=col_sums)
+            return select_blocks(None if pooled else a_hat, R=self.shared_keys, mode=self.mode, k=self.k,
+                                 budget=self.shared_budget, backend=self.last_topk, causal=causal,
+                                 col_sums=col_sums, scores=a_hat if pooled else None)
+        if pooled:
+            raise ValueError("stage_topk: block sums (pooled) serve shared selections only")
         return select_topk(a_hat, mode=self.mode, k=self.k, causal=causal, valid=valid, backend=self.last_topk)
 
     def sparse_plan(self, q, k, v, valid) -> tuple[str, str]:
@@ -555,13 +573,16 @@ class SEAAttention(AttentionModule):
         defer_check: see _prepare's defer."""
         kr, vr, valid, scale = self._prepare(q, k, v, causal=causal, key_padding_mask=key_padding_mask,
                                              scale=scale, defer=defer_check)
-        logits, a_hat, s_prob, s_mix = self.stage_estimator(q, kr, vr, causal=causal, valid=valid, scale=scale)
+        pool = self.shared_keys if self.pooled_scores(q, kr, vr, causal=causal, valid=valid) else 0
+        logits, a_hat, s_prob, s_mix = self.stage_estimator(q, kr, vr, causal=causal, valid=valid, scale=scale,
+                                                            pool=pool)
         col: dict = {}
-        mask = self.stage_topk(a_hat, causal=causal, valid=valid, col_sums=col)   # bool [B, H, T, K] (shared: NB)
+        # bool [B, H, T, K] (shared: [B, H, NB, K])
+        mask = self.stage_topk(a_hat, causal=causal, valid=valid, col_sums=col, pooled=bool(pool))
         sel = self.stage_interpolate(mask, causal=causal, valid=valid, layout=layout, T=q.shape[2])
-        aux = dict(logits=logits, a_hat=a_hat, mask=mask, row_ptr=sel.get("row_ptr"), col=sel.get("col"),
-                   count=sel["count"], s_prob=s_prob, s_mix=s_mix, scale=scale, valid=valid,
-                   col_sums=col.get("sum"))
+        aux = dict(logits=logits, a_hat=None if pool else a_hat, block_scores=a_hat if pool else None, mask=mask,
+                   row_ptr=sel.get("row_ptr"), col=sel.get("col"), count=sel["count"], s_prob=s_prob, s_mix=s_mix,
+                   scale=scale, valid=valid, col_sums=col.get("sum"))
         return aux, sel, vr
 
     def block_plan(self, q, k, v, *, causal, key_padding_mask) -> str | None:
@@ -824,18 +845,24 @@ class SEAAttention(AttentionModule):
         layout, kernel = self.sparse_plan(q, k, v, None)
         ms = {}
 
+        pool = self.shared_keys if self.pooled_scores(q, k, v, causal=causal, valid=None) else 0
+
         def estimator():
             kr, vr, valid, scale = self._prepare(q, k, v, causal=causal, key_padding_mask=None, scale=None)
-            return (kr, vr, scale) + self.stage_estimator(q, kr, vr, causal=causal, valid=valid, scale=scale)
+            return (kr, vr, scale) + self.stage_estimator(q, kr, vr, causal=causal, valid=valid, scale=scale,
+                                                          pool=pool)
 
-        kr, vr, scale, logits, a_hat, s_prob, s_mix = estimator()
+        kr, vr, scale, logits, a_hat, s_prob, s_mix = estimator()      # a_hat: the block sums when pool
         ms["estimator"] = timer(estimator)
         if estimator_parts and not self.oracle:      # where the estimator's time goes (est_* keys)
             parts = self.estimator.stage_profile(q, kr, vr, timer=timer)
             ms.update({f"est_{name}": t for name, t in parts.items()})
         col: dict = {}
-        mask = self.stage_topk(a_hat, causal=causal, valid=None, col_sums=col)
-        ms["topk"] = timer(lambda: self.stage_topk(a_hat, causal=causal, valid=None, col_sums={}))
+        pooled = bool(pool)
+        mask = self.stage_topk(a_hat, causal=causal, valid=None, col_sums=col, pooled=pooled)
+        ms["topk"] = timer(lambda: self.stage_topk(a_hat, causal=causal, valid=None, col_sums={}, pooled=pooled))
+        if pooled:
+            a_hat = None                             # average_context reads the column sums
         col_sums = col.get("sum")
         T = q.shape[2]
         sel = self.stage_interpolate(mask, causal=causal, valid=None, layout=layout, T=T)
@@ -936,6 +963,7 @@ class SEAAttention(AttentionModule):
                 vis = vis * aux["valid"][:, None, None, :]
             avg = vis / vis.sum(-1, keepdim=True).clamp(min=1)
         else:
-            _, avg_w = self.average_context(aux["a_hat"], vr, causal=False, valid=aux["valid"])
+            _, avg_w = self.average_context(aux["a_hat"], vr, causal=False, valid=aux["valid"],
+                                            col_sums=aux["col_sums"] if aux["valid"] is None else None)
             avg = avg_w.expand(B, H, len(rows), T)
         return s_mix * s_prob * p + (1 - s_mix) * avg

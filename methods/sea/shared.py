@@ -159,18 +159,22 @@ def selection_shape(mode: str, *, T: int, R: int, K: int, k: int, H: int, budget
     return eligible_widths(T, R, K, dev), block_budgets(mode, ends, k=k, K=K, H=H, budget=budget)
 
 
-def select_blocks(a_hat: torch.Tensor, *, R: int, mode: str, k: int, budget: float, backend: str = "torch",
-                  causal: bool = True, col_sums: dict | None = None) -> torch.Tensor:
+def select_blocks(a_hat: torch.Tensor | None, *, R: int, mode: str, k: int, budget: float, backend: str = "torch",
+                  causal: bool = True, col_sums: dict | None = None, scores: torch.Tensor | None = None
+                  ) -> torch.Tensor:
     """bool [B, H, NB, K]: the cells each block of R query rows attends. backend 'triton': the top-k kernel of
     kernels/sea_topk.py on the block scores (CUDA; bidirectional: the radix select of kernels/sea_topk_global.py),
     'torch': a stable sort; same selection (lowest index first among ties). Bidirectional calls rank the block
     cells of a group together (per_batch / per_head, bidirectional_budget) on the plain sums of A_hat over the
     block's rows (one geometry for all rows); there, a dict col_sums gets A_hat's column sums (key 'sum', fp32
-    [B, H, K]: the block sums summed, what the average context reads)."""
-    B, H, T, K = a_hat.shape
+    [B, H, K]: the block sums summed, what the average context reads). scores (bidirectional only): those plain
+    block sums [B, H, NB, K] fp32 already made (the estimator's pool=R, T = NB R); a_hat is then not read."""
+    if scores is not None and causal:
+        raise ValueError("select_blocks: block sums given as scores serve bidirectional selections only")
     if not causal:
         return _select_blocks_bidirectional(a_hat, R=R, mode=mode, k=k, budget=budget, backend=backend,
-                                            col_sums=col_sums)
+                                            col_sums=col_sums, scores=scores)
+    B, H, T, K = a_hat.shape
     scores = block_scores(a_hat, R, backend=backend)                     # [B, H, NB, K]
     width, n = selection_shape(mode, T=T, R=R, K=K, k=k, H=H, budget=budget, device=str(a_hat.device))
     g = H if mode == "causal_per_batch" else 1
@@ -190,13 +194,17 @@ def _bidirectional_shape(mode: str, *, B: int, T: int, R: int, K: int, k: int, H
 
 
 def _select_blocks_bidirectional(a_hat, *, R: int, mode: str, k: int, budget: float, backend: str,
-                                 col_sums: dict | None = None) -> torch.Tensor:
-    B, H, T, K = a_hat.shape
-    scores = block_scores(a_hat, R, pool="sum")                          # [B, H, NB, K]: one geometry for all rows
+                                 col_sums: dict | None = None, scores: torch.Tensor | None = None) -> torch.Tensor:
+    if scores is None:
+        B, H, T, K = a_hat.shape
+        scores = block_scores(a_hat, R, pool="sum")                      # [B, H, NB, K]: one geometry for all rows
+    else:
+        B, H, NB, K = scores.shape
+        T = NB * R
     if col_sums is not None:
         col_sums["sum"] = scores.sum(2)                                  # [B, H, K]
     NB = scores.shape[2]
-    width, nn = _bidirectional_shape(mode, B=B, T=T, R=R, K=K, k=k, H=H, budget=budget, device=str(a_hat.device))
+    width, nn = _bidirectional_shape(mode, B=B, T=T, R=R, K=K, k=k, H=H, budget=budget, device=str(scores.device))
     from kernels.sea_topk_global import select_global, select_global_ref
 
     pick = select_global if backend == "triton" else select_global_ref
