@@ -20,7 +20,8 @@ without ever writing a [T, m] tensor (dash, exp, features) to memory. Three laun
      no separate stabiliser pass and dash_k is computed once. The feature block is the fastest grid axis, so
      the programs re-reading a key/value range run together and share it through L2.
   2. combine, grid (feature block of COMBINE_BLOCK_F, B*H): S = max M_p; KV = m^-1/2 (sum_p exp(M_p - S) A_p +
-     feat_eps sum_t valid v_t)  [m, Dv], z = m^-1/2 (sum_p exp(M_p - S) z_p + feat_eps n_valid)  [m].
+     feat_eps sum_t valid v_t)  [m, Dv], z = m^-1/2 (sum_p exp(M_p - S) z_p + feat_eps n_valid)  [m], and each
+     block's sums of KV and z over its features (what the query pass needs summed over all features).
      Partials: B H n_split (m Dv + m + Dv) fp32; n_split is chosen for about KEY_PROGRAMS (2048) key-pass
      programs: 43 splits of 1536 rows, 94 MB, at B=1 H=16 T=65536 m=266 Dv=128 (3 feature blocks). The
      A_p are stored [B H, m, n_split, Dv], so a program reads its features' splits in a row (COMBINE="torch":
@@ -29,7 +30,8 @@ without ever writing a [T, m] tensor (dash, exp, features) to memory. Three laun
      an online row maximum: acc = sum_f exp(dash_f - rowmax) KV_f, acc_z likewise with z; then
      num = m^-1/2 (exp(-diag) acc + feat_eps sum_f KV_f), den likewise, out = num / (den + eps). dash_q is
      computed once (the row maximum is not needed before the features are used); sum_f KV_f and sum_f z_f are
-     summed in the same loop from the blocks it reads.
+     the combine's block sums added up (one reduction a program: summing each feature step's KV block inside the
+     loop doubled the pass's time on an H200, results/nvidia-h200/sea-fewer-launches/call1/).
 
 HBM traffic: q, k, v read once each (the key pass re-reads k, v once per feature block, mostly from L2), the
 fp32 output written once, plus the partials above. The torch path instead materialises dash, exp and the
@@ -48,8 +50,8 @@ interpreter (CPU tensors), whose bf16 tl.dot is broken, the bf16 products run as
 values (round to nearest even, the same numbers a bf16 tensor-core dot with fp32 accumulation produces).
 
 Work: 2 B H T m (2 d + 2 Dv) flops (214 GFLOP at T=65536 H=16 d=64 m=266 Dv=128; the key pass computes 272
-feature columns with KEY_TAIL, 384 without, the query pass 288), so with "ieee" fp32 dots (CUDA-core FMAs) the passes are compute-bound, not
-memory-bound; operands="bf16" or FP32_PRECISION="tf32x3" move the dots onto tensor cores.
+feature columns with KEY_TAIL, 384 without, the query pass 288), so with "ieee" fp32 dots (CUDA-core FMAs) the
+passes are compute-bound, not memory-bound; operands="bf16" or FP32_PRECISION="tf32x3" move the dots onto tensor cores.
 
 Degenerate input: a batch element without any valid key gives 0 here (the torch path gives NaN there).
 Forward only (no autograd). Inputs: q, k [B, H, T, d], v [B, H, T, Dv] of any float dtype (loaded and cast
@@ -97,9 +99,12 @@ KEY_FP32 = True
 # the key pass's products were padding); False: every block KEY_BLOCK_F wide (a same-run A/B switch).
 KEY_TAIL = True
 # The combine (partials -> KV, z) as one Triton kernel ("triton": each program sums the splits of COMBINE_BLOCK_F
-# features) or as ~15 torch operations with a batched gemv ("torch"; the sixteenth session's A/B switch).
-COMBINE = "triton"
-COMBINE_BLOCK_F = 16
+# features) or as ~15 torch operations with a batched gemv ("torch"; the sixteenth session's A/B switch); "auto":
+# the kernel on CUDA, the torch operations under the Triton interpreter (where the kernel's per-feature steps are
+# slow to interpret; tests run the kernel there by name).
+COMBINE = "auto"
+COMBINE_BLOCK_F = 8               # features per combine program (their KV rows one after another)
+COMBINE_SPLITS = 64               # key-pass splits per combine tile (more are walked in steps of this many)
 FP32_PRECISION = "tf32x3"         # tl.dot input precision for operands="fp32" ("ieee": CUDA-core fp32)
 BF16_DASH_PRECISION = "tf32x3"    # tl.dot input precision of x' proj^T for operands="bf16"
 
@@ -121,8 +126,8 @@ if triton is not None:
     @triton.jit
     def _key_block(K, V, VALID, PROJ, A, Z, MX, VS, f0, fb, sp, bh,
                    skb, skh, skt, svb, svh, svt,
-                   H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
-                   HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr,
+                   H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale, y_div, y_mul,
+                   DI: tl.constexpr, HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr,
                    DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
                    BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_DV: tl.constexpr):
@@ -164,8 +169,15 @@ if triton is not None:
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             alpha = tl.exp(m_run - m_safe)
             p = tl.where(pm, tl.exp(dash - diag[:, None] - m_safe), 0.0)           # [BT, BF]
-            vt = tl.load(vbase + offs_t[:, None] * svt + offs_e[None, :], mask=tmask[:, None] & emask[None, :],
-                         other=0.0).to(tl.float32)
+            if DI == 0:
+                vt = tl.load(vbase + offs_t[:, None] * svt + offs_e[None, :],
+                             mask=tmask[:, None] & emask[None, :], other=0.0).to(tl.float32)
+            else:           # columns < DI: eye(DI) interpolated to T rows, relu(1 - |t (DI - 1) / (T - 1) - c|)
+                y = offs_t.to(tl.float32) / y_div * y_mul                           # [BT]
+                ident = tl.maximum(1.0 - tl.abs(y[:, None] - offs_e[None, :].to(tl.float32)), 0.0)
+                vt = tl.load(vbase + offs_t[:, None] * svt + (offs_e[None, :] - DI),
+                             mask=tmask[:, None] & emask[None, :] & (offs_e[None, :] >= DI), other=0.0)
+                vt = tl.where(offs_e[None, :] < DI, ident, vt.to(tl.float32))
             vt = tl.where(rmask[:, None], vt, 0.0)                                  # [BT, BDV]
             if BF16:
                 if EMU:     # interpreter: its bf16 tl.dot is broken; fp32 dot of bf16-rounded values instead
@@ -190,8 +202,8 @@ if triton is not None:
     @triton.jit
     def _key_kernel(K, V, VALID, PROJ, A, Z, MX, VS,
                     skb, skh, skt, svb, svh, svt,
-                    H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
-                    HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr,
+                    H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale, y_div, y_mul,
+                    DI: tl.constexpr, HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr,
                     DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
                     BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, TAIL_F: tl.constexpr, BLOCK_D: tl.constexpr,
                     BLOCK_DV: tl.constexpr):
@@ -202,29 +214,31 @@ if triton is not None:
         bh = tl.program_id(2).to(tl.int64)            # int64 offsets throughout
         if TAIL_F == 0:
             _key_block(K, V, VALID, PROJ, A, Z, MX, VS, fb * BLOCK_F, fb, sp, bh, skb, skh, skt, svb, svh, svt,
-                       H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale, HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC,
-                       BLOCK_T, BLOCK_F, BLOCK_D, BLOCK_DV)
+                       H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale, y_div, y_mul, DI, HAS_VALID, BF16, EMU,
+                       DASH_PREC, PROD_PREC, BLOCK_T, BLOCK_F, BLOCK_D, BLOCK_DV)
         else:
             if fb < NFB - 1:
                 _key_block(K, V, VALID, PROJ, A, Z, MX, VS, fb * BLOCK_F, fb, sp, bh, skb, skh, skt, svb, svh, svt,
-                           H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale, HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC,
-                           BLOCK_T, BLOCK_F, BLOCK_D, BLOCK_DV)
+                           H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale, y_div, y_mul, DI, HAS_VALID, BF16, EMU,
+                           DASH_PREC, PROD_PREC, BLOCK_T, BLOCK_F, BLOCK_D, BLOCK_DV)
             else:
                 _key_block(K, V, VALID, PROJ, A, Z, MX, VS, fb * BLOCK_F, fb, sp, bh, skb, skh, skt, svb, svh, svt,
-                           H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale, HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC,
-                           BLOCK_T, TAIL_F, BLOCK_D, BLOCK_DV)
+                           H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale, y_div, y_mul, DI, HAS_VALID, BF16, EMU,
+                           DASH_PREC, PROD_PREC, BLOCK_T, TAIL_F, BLOCK_D, BLOCK_DV)
 
     @triton.jit
-    def _combine_kernel(A, Z, MX, VS, NV, KV, ZO,
+    def _combine_kernel(A, Z, MX, VS, NV, KV, ZO, KVSP, ZSP,
                         M, DV, NSPLIT, NFB, n_all, phi_scale, feat_eps,
                         HAS_NV: tl.constexpr, KEY_F: tl.constexpr, BF16: tl.constexpr,
                         BLOCK_F: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr):
-        # grid (cdiv(M, BLOCK_F), B H): KV = phi_scale (sum_p exp(M_p - S) A_p + feat_eps sum_p vsum_p) for BLOCK_F
-        # features, z likewise; S = max_p M_p over the head's key-pass programs (recomputed by every program)
+        # grid (cdiv(M, BLOCK_F), B H): for each of BLOCK_F features f, KV_f = phi_scale (sum_p exp(M_p - S) A_p,f +
+        # feat_eps sum_p vsum_p) from one [splits, Dv] tile (A is [BH, M, NSPLIT, DV]), z_f likewise; S = max_p M_p
+        # over the head's key-pass programs (each program recomputes it). Also the block's sums over its features of
+        # KV (as stored: bf16-rounded with BF16) and of z, [BH, cdiv(M, BLOCK_F), DV] / [BH, cdiv(M, BLOCK_F)], which
+        # the query pass adds up.
         fblk = tl.program_id(0)
         bh = tl.program_id(1).to(tl.int64)
-        offs_f = fblk * BLOCK_F + tl.arange(0, BLOCK_F)
-        fmask = offs_f < M
+        nblk = tl.num_programs(0)
         offs_e = tl.arange(0, BLOCK_DV)
         emask = offs_e < DV
         offs_s = tl.arange(0, BLOCK_S)
@@ -234,35 +248,50 @@ if triton is not None:
             mx = tl.load(MX + bh * n_mx + s0 + offs_s, mask=s0 + offs_s < n_mx, other=float("-inf"))
             stab = tl.maximum(stab, tl.max(mx, axis=0))
         stab = tl.where(stab == float("-inf"), 0.0, stab)                           # no valid key at all
-        fbk = offs_f // KEY_F                                                       # the key pass's feature block
-        acc = tl.zeros([BLOCK_F, BLOCK_DV], dtype=tl.float32)
-        zacc = tl.zeros([BLOCK_F], dtype=tl.float32)
         vsum = tl.zeros([BLOCK_DV], dtype=tl.float32)
-        for sp in range(0, NSPLIT):
-            part = bh * NSPLIT + sp
-            sc = tl.exp(tl.load(MX + part * NFB + fbk, mask=fmask, other=float("-inf")) - stab)   # [BF], 0 at -inf
-            a = tl.load(A + ((bh * M + offs_f[:, None]) * NSPLIT + sp) * DV + offs_e[None, :],
-                        mask=fmask[:, None] & emask[None, :], other=0.0)            # [BF, BDV]
-            acc += sc[:, None] * a
-            zacc += sc * tl.load(Z + part * M + offs_f, mask=fmask, other=0.0)
-            vsum += tl.load(VS + part * DV + offs_e, mask=emask, other=0.0)
+        for s0 in range(0, NSPLIT, BLOCK_S):
+            sm = s0 + offs_s < NSPLIT
+            vs = tl.load(VS + (bh * NSPLIT + s0 + offs_s[:, None]) * DV + offs_e[None, :],
+                         mask=sm[:, None] & emask[None, :], other=0.0)
+            vsum += tl.sum(vs, axis=0)
         if HAS_NV:
             n_valid = tl.load(NV + bh)
         else:
             n_valid = n_all
-        kv = phi_scale * (acc + feat_eps * vsum[None, :])
-        if BF16:
-            kv = kv.to(tl.bfloat16)                                                 # favor.py's bf16 KV
-        tl.store(KV + (bh * M + offs_f[:, None]) * DV + offs_e[None, :], kv, mask=fmask[:, None] & emask[None, :])
-        tl.store(ZO + bh * M + offs_f, phi_scale * (zacc + feat_eps * n_valid), mask=fmask)
+        kvs = tl.zeros([BLOCK_DV], dtype=tl.float32)
+        zs = 0.0
+        for i in tl.static_range(BLOCK_F):
+            f = fblk * BLOCK_F + i
+            fs = (offs_s * 0 + f) < M                                               # [BS]: f is a feature
+            fe = (offs_e * 0 + f) < M                                               # [BDV]
+            acc = tl.zeros([BLOCK_DV], dtype=tl.float32)
+            zacc = 0.0
+            for s0 in range(0, NSPLIT, BLOCK_S):
+                sm = (s0 + offs_s < NSPLIT) & fs
+                part = bh * NSPLIT + s0 + offs_s                                    # [BS]
+                sc = tl.exp(tl.load(MX + part * NFB + f // KEY_F, mask=sm, other=float("-inf")) - stab)  # 0 off
+                a = tl.load(A + ((bh * M + f) * NSPLIT + s0 + offs_s[:, None]) * DV + offs_e[None, :],
+                            mask=sm[:, None] & emask[None, :], other=0.0)           # [BS, BDV]
+                acc += tl.sum(sc[:, None] * a, axis=0)
+                zacc += tl.sum(sc * tl.load(Z + part * M + f, mask=sm, other=0.0), axis=0)
+            kv = phi_scale * (acc + feat_eps * vsum)
+            z = phi_scale * (zacc + feat_eps * n_valid)
+            if BF16:
+                kv = kv.to(tl.bfloat16)                                             # favor.py's bf16 KV
+            tl.store(KV + (bh * M + f) * DV + offs_e, kv, mask=emask & fe)
+            tl.store(ZO + bh * M + f + offs_s * 0, z + offs_s * 0.0, mask=(offs_s == 0) & fs)
+            kvs += tl.where(fe, kv.to(tl.float32), 0.0)
+            zs += tl.where(f < M, z, 0.0)
+        tl.store(KVSP + (bh * nblk + fblk) * DV + offs_e, kvs, mask=emask)
+        tl.store(ZSP + bh * nblk + fblk, zs)
 
     @triton.jit
-    def _query_kernel(Q, PROJ, KV, Z, O,
+    def _query_kernel(Q, PROJ, KV, Z, KVSP, ZSP, O,
                       sqb, sqh, sqt, sob, soh, sot,
-                      H, T, D, DV, M, x_scale, phi_scale, eps, feat_eps,
+                      H, T, D, DV, M, NCB, x_scale, phi_scale, eps, feat_eps,
                       BF16: tl.constexpr, EMU: tl.constexpr, DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
                       BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_DV: tl.constexpr):
+                      BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr):
         tb = tl.program_id(0).to(tl.int64)
         bh = tl.program_id(1).to(tl.int64)
         b = bh // H
@@ -279,8 +308,12 @@ if triton is not None:
         m_run = tl.full([BLOCK_T], float("-inf"), tl.float32)
         acc = tl.zeros([BLOCK_T, BLOCK_DV], dtype=tl.float32)
         accz = tl.zeros([BLOCK_T], dtype=tl.float32)
-        kvs = tl.zeros([BLOCK_DV], dtype=tl.float32)                               # sum_f KV_f
-        zs = tl.zeros([BLOCK_F], dtype=tl.float32)                                  # sum_f z_f, by lanes
+        # sum_f KV_f and sum_f z_f from the combine's per-block sums (one reduction, not one per feature step)
+        offs_cb = tl.arange(0, BLOCK_CB)
+        cbm = offs_cb < NCB
+        kvs = tl.sum(tl.load(KVSP + (bh * NCB + offs_cb[:, None]) * DV + offs_e[None, :],
+                             mask=cbm[:, None] & emask[None, :], other=0.0), axis=0)    # [BDV]
+        zs = tl.sum(tl.load(ZSP + bh * NCB + offs_cb, mask=cbm, other=0.0), axis=0)
         kvbase = KV + bh * M * DV
         for f0 in range(0, M, BLOCK_F):
             offs_f = f0 + tl.arange(0, BLOCK_F)
@@ -304,12 +337,10 @@ if triton is not None:
                 prod = tl.dot(p, kvb, input_precision=PROD_PREC)                    # [BT, BDV]
             acc = acc * alpha[:, None] + prod
             accz = accz * alpha + tl.sum(p * zb[None, :], axis=1)
-            kvs += tl.sum(kvb.to(tl.float32), axis=0)
-            zs += zb
             m_run = m_new
         g = tl.exp(-diag)                                                           # exp(-|q'|^2 / 2)
         num = phi_scale * (g[:, None] * acc + feat_eps * kvs[None, :])
-        den = phi_scale * (g * accz + feat_eps * tl.sum(zs, axis=0))
+        den = phi_scale * (g * accz + feat_eps * zs)
         if BF16:
             num = _round_bf16(num)                                                  # a bf16 GEMM's output
         out = num / (den[:, None] + eps)
@@ -324,7 +355,7 @@ def favor_dense_usable(device) -> bool:
     return torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _check(q, k, v, proj, valid, operands):
+def _check(q, k, v, proj, valid, operands, identity: int = 0):
     if operands not in ("fp32", "bf16"):
         raise ValueError(f"operands {operands!r}: expected fp32 or bf16")
     for name, x in (("q", q), ("k", k), ("v", v)):
@@ -339,8 +370,11 @@ def _check(q, k, v, proj, valid, operands):
         raise ValueError(f"v shape {tuple(v.shape)} must be [B={B}, H={H}, T={T}, Dv]")
     if d > 128 or d < 1:
         raise ValueError(f"head dim d={d}: the fused kernel supports 1..128")
-    if v.shape[3] > 128 or v.shape[3] < 1:
-        raise ValueError(f"value width Dv={v.shape[3]}: the fused kernel supports 1..128")
+    if identity < 0 or (identity and valid is not None):
+        raise ValueError(f"identity={identity}: identity value columns are generated for calls without a padding "
+                         "mask only (with one, pass the values whole)")
+    if v.shape[3] + identity > 128 or v.shape[3] + identity < 1:
+        raise ValueError(f"value width Dv={v.shape[3] + identity}: the fused kernel supports 1..128")
     if proj.dim() != 2 or proj.shape[1] != d or proj.shape[0] < 1:
         raise ValueError(f"proj must be [m, d={d}]; got shape {tuple(proj.shape)}")
     if proj.dtype != torch.float32:
@@ -371,19 +405,22 @@ def _unit_last(x):
 
 def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, *,
                         valid: torch.Tensor | None = None, operands: str = "fp32", eps: float = 1e-6,
-                        feat_eps: float = 1e-4, precision: str | None = None) -> torch.Tensor:
+                        feat_eps: float = 1e-4, precision: str | None = None, identity: int = 0) -> torch.Tensor:
     """Bidirectional FAVOR+ softmax-feature attention, fused (see the module docstring).
     q, k [B, H, T, d]; v [B, H, T, Dv]; proj [m, d] fp32; valid bool [B, T] or None -> float32 [B, H, T, Dv].
     precision: None (FP32_PRECISION / BF16_DASH_PRECISION) or one of tf32x3, ieee, tf32 for every fp32 tl.dot
-    (tf32: one-pass TF32, ~2^-11 relative per product; the exp of the features carries it as an absolute error)."""
+    (tf32: one-pass TF32, ~2^-11 relative per product; the exp of the features carries it as an absolute error).
+    identity = di > 0 (no padding mask): the values are [eye(di) interpolated to T rows ; v], the first di columns
+    generated by the key pass (methods.sea.favor.identity_values' formula, no [B, H, T, di + Dv] concatenation
+    read); v [B, H, T, Dv - di] and the output [B, H, T, Dv]."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, proj)):
         raise RuntimeError("favor_softmax_dense is forward-only (no backward); call it under torch.no_grad() "
                            "or with inputs that do not require grad")
-    _check(q, k, v, proj, valid, operands)
+    _check(q, k, v, proj, valid, operands, identity)
     B, H, T, d = q.shape
-    Dv = v.shape[3]
+    Dv = v.shape[3] + identity
     m = proj.shape[0]
     dev = q.device
     bf16 = operands == "bf16"
@@ -415,8 +452,8 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
     _key_kernel[(nfb, nsplit, BH)](
         k, v, valid_u8, proj, a_part, z_part, mx_part, vs_part,
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        H, T, d, Dv, m, rows, nsplit, nfb, x_scale,
-        HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,
+        H, T, d, Dv, m, rows, nsplit, nfb, x_scale, float(max(T - 1, 1)), float(max(identity - 1, 0)),
+        DI=identity, HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,
         BLOCK_T=KEY_BLOCK_T, BLOCK_F=KEY_BLOCK_F, TAIL_F=tail_f, BLOCK_D=BD, BLOCK_DV=BDV, num_warps=KEY_NUM_WARPS)
 
     # 2. combine: one stabiliser per head, as favor.py's key features
@@ -424,14 +461,19 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
         n_valid = valid.sum(dim=1).float().repeat_interleave(H)                      # [BH]
     else:
         n_valid = None
-    if COMBINE == "triton":
+    if COMBINE not in ("auto", "triton", "torch"):
+        raise ValueError(f"favor_dense.COMBINE={COMBINE!r}: expected auto, triton or torch")
+    if COMBINE == "triton" or (COMBINE == "auto" and dev.type == "cuda"):
+        ncb = triton.cdiv(m, COMBINE_BLOCK_F)
         kv = _fresh((BH, m, Dv), torch.bfloat16 if bf16 else torch.float32, dev)
         z = _fresh((BH, m), torch.float32, dev)
-        _combine_kernel[(triton.cdiv(m, COMBINE_BLOCK_F), BH)](
-            a_part, z_part, mx_part, vs_part, mx_part if n_valid is None else n_valid, kv, z,
+        kvs_part = _fresh((BH, ncb, Dv), torch.float32, dev)
+        zs_part = _fresh((BH, ncb), torch.float32, dev)
+        _combine_kernel[(ncb, BH)](
+            a_part, z_part, mx_part, vs_part, mx_part if n_valid is None else n_valid, kv, z, kvs_part, zs_part,
             m, Dv, nsplit, nfb, float(T), phi_scale, float(feat_eps),
             HAS_NV=n_valid is not None, KEY_F=KEY_BLOCK_F, BF16=bf16, BLOCK_F=COMBINE_BLOCK_F,
-            BLOCK_S=pow2_block(min(nsplit * nfb, 1024)), BLOCK_DV=BDV, num_warps=4)
+            BLOCK_S=pow2_block(min(nsplit, COMBINE_SPLITS)), BLOCK_DV=BDV, num_warps=4)
     else:                                                                            # torch (A/B switch)
         stab = mx_part.amax(dim=(1, 2))                                              # [BH]
         stab = torch.where(torch.isinf(stab), torch.zeros_like(stab), stab)          # no valid key at all
@@ -445,13 +487,17 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
         if bf16:
             kv = kv.to(torch.bfloat16)                                               # favor.py's bf16 KV
         kv, z = kv.contiguous(), z.contiguous()
+        ncb = 1
+        kvs_part = kv.float().sum(1, keepdim=True).contiguous()                      # [BH, 1, Dv]
+        zs_part = z.sum(1, keepdim=True).contiguous()                                # [BH, 1]
 
-    # 3. query pass (it sums KV and z over the features as it reads them)
+    # 3. query pass
     out = _fresh((B, H, T, Dv), torch.float32, dev)
     _query_kernel[(triton.cdiv(T, QUERY_BLOCK_T), BH)](
-        q, proj, kv, z, out,
+        q, proj, kv, z, kvs_part, zs_part, out,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        H, T, d, Dv, m, x_scale, phi_scale, float(eps), float(feat_eps),
+        H, T, d, Dv, m, ncb, x_scale, phi_scale, float(eps), float(feat_eps),
         BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,
-        BLOCK_T=QUERY_BLOCK_T, BLOCK_F=QUERY_BLOCK_F, BLOCK_D=BD, BLOCK_DV=BDV, num_warps=QUERY_NUM_WARPS)
+        BLOCK_T=QUERY_BLOCK_T, BLOCK_F=QUERY_BLOCK_F, BLOCK_D=BD, BLOCK_DV=BDV, BLOCK_CB=pow2_block(ncb),
+        num_warps=QUERY_NUM_WARPS)
     return out

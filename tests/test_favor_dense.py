@@ -117,12 +117,11 @@ def test_bf16_operands_within_bf16_rounding(masked, in_dtype):
     assert (out.double() - exact).norm() <= 2 * (ref.double() - exact).norm()
 
 
-@pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("operands", ["fp32", "bf16"])
+@pytest.mark.parametrize("operands,masked", [("fp32", True), ("bf16", False)])
 def test_narrow_last_feature_block_and_combine_kernel_equal_the_padded_blocks_and_torch(monkeypatch, masked,
                                                                                     operands):
     """m = 40 in blocks of 32 features: the last key-pass block holds 8 (KEY_TAIL: a 16-wide tile instead of a
-    32-wide one) and the partials are combined by the Triton kernel or by torch operations; all four agree to float
+    32-wide one) and the partials are combined by the Triton kernel or by torch operations; all three agree to float
     rounding (bf16: the same roundings in another summation order) and fp32 matches the float64 statement."""
     monkeypatch.setattr(fd, "KEY_BLOCK_F", 32)
     g = torch.Generator().manual_seed(21)
@@ -131,11 +130,10 @@ def test_narrow_last_feature_block_and_combine_kernel_equal_the_padded_blocks_an
     valid = _valid() if masked else None
     vals = _vals(v, valid)
     outs = {}
-    for tail in (True, False):
-        for combine in ("triton", "torch"):
-            monkeypatch.setattr(fd, "KEY_TAIL", tail)
-            monkeypatch.setattr(fd, "COMBINE", combine)
-            outs[tail, combine] = _run(q, k, vals, proj, valid, operands)
+    for tail, combine in ((False, "torch"), (True, "torch"), (True, "triton")):
+        monkeypatch.setattr(fd, "KEY_TAIL", tail)
+        monkeypatch.setattr(fd, "COMBINE", combine)
+        outs[tail, combine] = _run(q, k, vals, proj, valid, operands)
     base = outs[False, "torch"]                                                  # the padded blocks, torch combine
     size = favor_ref64(q, k, vals, proj, valid, abs_v=True)                       # bf16: 12 u of this (see above)
     for key, out in outs.items():
@@ -146,6 +144,23 @@ def test_narrow_last_feature_block_and_combine_kernel_equal_the_padded_blocks_an
     if operands == "fp32":
         torch.testing.assert_close(outs[True, "triton"].double(), favor_ref64(q, k, vals, proj, valid),
                                    atol=3e-6, rtol=3e-5)
+
+
+@pytest.mark.parametrize("operands", ["fp32", "bf16"])
+def test_identity_columns_generated_in_the_key_pass_equal_the_concatenated_values(operands):
+    """identity=D: the first D value columns are made by the key pass from the row index (no [T, 2D] values read);
+    the same numbers as passing the concatenation [identity_values ; v] (float32: identical up to the rounding of
+    y = t (D - 1) / (T - 1); bf16: both round the same values to bf16)."""
+    q, k, v, proj = _inputs(4, torch.bfloat16)
+    vals = _vals(v.float(), None)                                                # fp32, as SEA's estimator makes them
+    want = _run(q, k, vals, proj, None, operands)
+    got = fd.favor_softmax_dense(q, k, v, proj, operands=operands, identity=D)
+    assert got.shape == want.shape and torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="padding mask"):
+        fd.favor_softmax_dense(q, k, v, proj, valid=_valid(), identity=D)
+    with pytest.raises(ValueError, match="value width"):
+        fd.favor_softmax_dense(q, k, v, proj, identity=128)
 
 
 @pytest.mark.parametrize("operands", ["fp32", "bf16"])
@@ -283,3 +298,37 @@ def test_compiled_kernel_at_sea_widths_matches_torch(monkeypatch, operands, prec
     rel = float((got.double() - want.double()).norm() / want.double().norm())
     print(f"favor_dense operands={operands} precision={precision or call or 'default'}: rel L2 {rel:.3g}")
     assert rel < (1e-5 if operands == "fp32" and call is None else 1e-2), rel
+
+
+def test_estimator_identity_columns_in_the_kernel_equal_the_concatenation(monkeypatch):
+    """SEA's bidirectional estimator on the fused kernel (performer_backend=triton): the identity values made in the
+    key pass (IDENTITY_IN_KERNEL) give the logits and scalers of the concatenated values; a padding mask keeps
+    the concatenation."""
+    import methods.sea.estimator as est_mod
+    from tests.helpers import gaussian_qkv, sea_case
+
+    M_, cfg, problem = sea_case(1, 2, 2, 48, 16, causal=False, K=16, performer_backend="triton")
+    layer = M_.build(cfg, problem)
+    q, k, v = gaussian_qkv(1, 2, 2, 48, 16, seed=3, dtype=torch.float32)
+    seen = []
+    kernel = fd.favor_softmax_dense
+
+    def spy(*args, **kw):
+        seen.append((args[2].shape[-1], kw.get("identity", 0)))            # (value columns read, identity columns)
+        return kernel(*args, **kw)
+    monkeypatch.setattr(fd, "favor_softmax_dense", spy)
+    outs = {}
+    with torch.no_grad():
+        for inside in (True, False):
+            monkeypatch.setattr(est_mod, "IDENTITY_IN_KERNEL", inside)
+            outs[inside] = layer.estimator(q, k, v, valid=None)
+            assert layer.estimator.last_performer == "triton-dense"
+    assert seen == [(16, 16), (32, 0)]
+    for a, b in zip(outs[True], outs[False]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    monkeypatch.setattr(est_mod, "IDENTITY_IN_KERNEL", True)
+    valid = torch.ones(1, 48, dtype=torch.bool)
+    valid[0, 40:] = False
+    with torch.no_grad():
+        logits, _, _ = layer.estimator(q, k, v, valid=valid)
+    assert torch.isfinite(logits).all() and seen[-1] == (32, 0)              # padding mask: the concatenation

@@ -40,6 +40,10 @@ ENCODER_Z_16BIT = True
 # keys, bidirectional 64k: kernels 7.18 -> 6.85 ms, CUDA-event wall 7.38 -> 7.03 ms (profiles in one call:
 # results/nvidia-h200/sea-bidir-mix/call7/).
 BIDIR_CHANNELS_LAST = "auto"
+# The bidirectional Performer's identity values (eye(d) interpolated to T rows) made inside the fused kernel's key
+# pass (kernels/favor_dense.py, identity=d) when True, for calls without a padding mask on that kernel: no fp32
+# [B, H, T, 2d] concatenation written and read (0.22 ms at 64k on an H200); False: the concatenation (A/B switch).
+IDENTITY_IN_KERNEL = True
 RECOMPILE_LIMIT = 64             # each estimator instance and shape is one more compiled entry of forward()
 
 
@@ -456,9 +460,15 @@ class Estimator(nn.Module):
             q, k = q.float(), k.float()
         if valid is not None:
             v = v * valid[:, None, :, None]
-        vals = torch.cat([vi, v.float()], dim=-1)                        # [B, H, T, 2d] fp32
-        self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(q, k, vals),
+        self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(q, k, v, vi),
                                                 padded=valid is not None)
+        if IDENTITY_IN_KERNEL and self.last_performer == "triton-dense" and valid is None and carry is None:
+            c_perf = favor_attention(q, k, v, self.proj, kernel=self.kernel, causal=False,
+                                     backend=self.performer_backend, operands=self.performer_dtype,
+                                     precision=PRECISIONS[self.precision],
+                                     identity=vi.shape[-1])              # [B, H, T, 2d] fp32 out, vi made inside
+            return self._encode(c_perf, v, carry, None, probs, pool)
+        vals = torch.cat([vi, v.float()], dim=-1)                        # [B, H, T, 2d] fp32
         if carry is None:
             c_perf = favor_attention(q, k, vals, self.proj, kernel=self.kernel, causal=self.causal, valid=valid,
                                      backend=self.performer_backend, operands=self.performer_dtype,
@@ -466,6 +476,10 @@ class Estimator(nn.Module):
         else:
             c_perf, state = favor_causal_carry(q, k, vals, self.proj, carry.get("state"),
                                                backend=self.performer_backend, operands=self.performer_dtype)
+        return self._encode(c_perf, v, carry, None if carry is None else state, probs, pool)
+
+    def _encode(self, c_perf, v, carry, state, probs: bool, pool: int):
+        """The encoder and scaler head on the Performer's output, then _finish."""
         self.last_encoder = self.encoder_path(c_perf, v)
         if self.last_encoder == "triton":
             z, scales = self.fused_encoder(c_perf, v)                    # [B, H, T, 2d], [B, H, T, 2]
@@ -481,7 +495,7 @@ class Estimator(nn.Module):
             # scaler head only; the encoder and decoder then learn from the estimate's own terms
             zin = z.detach() if self.scaler_input == "detached" else z
             scales = torch.sigmoid(linear(zin, self.scaler.weight, self.scaler.bias))   # [B, H, T, 2]
-        return self._finish(z, scales, carry, None if carry is None else state, probs=probs, pool=pool)
+        return self._finish(z, scales, carry, state, probs=probs, pool=pool)
 
     def _finish(self, z, scales, carry, state, *, headed: bool = False, probs: bool = False, pool: int = 0):
         """The decoder on the encoder output z [B, H, T, 2d] (headed: on the decoder head's output [B, 2H, T, K/4]):
