@@ -43,7 +43,14 @@ BIDIR_CHANNELS_LAST = "auto"
 # The bidirectional Performer's identity values (eye(d) interpolated to T rows) made inside the fused kernel's key
 # pass (kernels/favor_dense.py, identity=d) when True, for calls without a padding mask on that kernel: no fp32
 # [B, H, T, 2d] concatenation written and read (0.22 ms at 64k on an H200); False: the concatenation (A/B switch).
-IDENTITY_IN_KERNEL = True
+IDENTITY_IN_KERNEL = False
+# (measured: the key pass 0.186 -> 0.226 ms at 8k and 1.25 -> 1.58 ms at 64k making them, more than the concatenation
+# it saves, 0.021 / 0.217 ms; H200, results/nvidia-h200/sea-fewer-launches/call2/)
+# The bidirectional front (kernels/sea_bidir_front.py: the Performer's query pass, the encoder and scaler head and the
+# decoder's row projection in one kernel, writing the first convolution's channels-last input) for calls it serves
+# (no padding mask or gradient, the fused Performer and encoder kernels, bf16 estimator dtype, channels-last
+# decoder, d <= 64): True, False, or "auto" (on CUDA).
+BIDIR_FRONT = "auto"
 RECOMPILE_LIMIT = 64             # each estimator instance and shape is one more compiled entry of forward()
 
 
@@ -112,6 +119,11 @@ def nearest_resize(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return take(take(x, 2, rows), 3, cols)
 
 
+def channels_last(x: torch.Tensor) -> bool:
+    """Does the bidirectional decoder hold its activations channels-last for this tensor (BIDIR_CHANNELS_LAST)?"""
+    return BIDIR_CHANNELS_LAST is True or (BIDIR_CHANNELS_LAST == "auto" and x.is_cuda)
+
+
 class BidirectionalDecoder(nn.Module):
     def __init__(self, d: int, H: int, K: int):
         super().__init__()
@@ -123,13 +135,20 @@ class BidirectionalDecoder(nn.Module):
         self.conv3 = nn.Conv2d(c, H, 3, padding=1)
 
     def forward(self, z):                                               # z [B, H, T, 2d]
+        return self.body(self.head(z))
+
+    def head(self, z):
+        """The row-wise part: z [B, H, T, 2d] -> the first convolution's input [B, 4H, T, K/2] (channel h * 4 + i;
+        channels-last memory where channels_last says; kernels/sea_bidir_front.py writes it in that layout)."""
         B, H, T, _ = z.shape
         x = self.row(z).view(B, H, T, 4, self.K // 2)                   # [B, H, T, 4, K/2]
-        last = BIDIR_CHANNELS_LAST is True or (BIDIR_CHANNELS_LAST == "auto" and z.is_cuda)
-        if last:                                                         # channel h * 4 + i, stored last
-            x = x.permute(0, 2, 4, 1, 3).reshape(B, T, self.K // 2, 4 * H).permute(0, 3, 1, 2)
-        else:
-            x = x.permute(0, 1, 3, 2, 4).reshape(B, 4 * H, T, self.K // 2)  # [B, 4H, T, K/2]
+        if channels_last(z):                                             # channel h * 4 + i, stored last
+            return x.permute(0, 2, 4, 1, 3).reshape(B, T, self.K // 2, 4 * H).permute(0, 3, 1, 2)
+        return x.permute(0, 1, 3, 2, 4).reshape(B, 4 * H, T, self.K // 2)  # [B, 4H, T, K/2]
+
+    def body(self, x):                                                  # x [B, 4H, T, K/2]
+        T = x.shape[2]
+        last = channels_last(x)
         x = F.relu(self.conv1(x))                                       # [B, 4H, ceil(T/2), K/2]
         x = F.relu(self.conv2(x))
         if last:                                                         # nearest x2 in the NHWC memory
@@ -334,6 +353,34 @@ class Estimator(nn.Module):
                    self.scaler.bias)
         return q.is_cuda and not needs_grad(q, k, v, *weights)
 
+    def uses_bidir_front(self, q, k, v, valid, carry) -> bool:
+        """Does this bidirectional call take kernels/sea_bidir_front.py (BIDIR_FRONT; after performer_backend set
+        last_performer)? Where the kernels it replaces would run: the fused Performer (triton-dense) and encoder,
+        a bf16 PyTorch decoder holding channels-last activations, no padding mask, no gradient, d <= 64."""
+        from kernels.sea_bidir_front import front_usable
+
+        if BIDIR_FRONT is False or (BIDIR_FRONT == "auto" and not q.is_cuda) or self.causal:
+            return False
+        weights = (*self.enc.parameters(), *self.scaler.parameters(), *self.dec.row.parameters())
+        return (valid is None and carry is None and self.last_performer == "triton-dense"
+                and self.encoder_backend in ("auto", "triton") and self.dec_dtype == "bf16"
+                and self.decoder_backend in ("auto", "torch") and channels_last(q) and q.shape[-1] <= 64
+                and front_usable(q.device) and not needs_grad(q, k, v, *weights))
+
+    def bidir_front(self, q, k, v) -> tuple[torch.Tensor, torch.Tensor]:
+        """kernels/sea_bidir_front.py: (the decoder's first convolution input [B, 4H, T, K/2] bf16, channels-last;
+        scales [B, H, T, 2]) for the whole bidirectional call (see uses_bidir_front)."""
+        from kernels import sea_encoder
+        from kernels.sea_bidir_front import bidir_front
+
+        lin, ln = self.enc[0], self.enc[1]
+        self.last_encoder = "front"
+        prec = PRECISIONS[self.precision]
+        return torch.compiler.disable(bidir_front)(
+            q, k, v, self.proj, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, self.scaler.weight,
+            self.scaler.bias, self.dec.row.weight, self.dec.row.bias, K=self.K, operands=self.performer_dtype,
+            precision=prec, enc_precision=prec or sea_encoder.PRECISION)
+
     def fused_encoder(self, c_perf: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """encoder_backend=triton: z [B, H, T, 2d] and sigmoid scales [B, H, T, 2] by kernels/sea_encoder.py (one
         forward-only kernel, no [T, 3d] concatenation); refused in words when a gradient is needed."""
@@ -462,6 +509,9 @@ class Estimator(nn.Module):
             v = v * valid[:, None, :, None]
         self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(q, k, v, vi),
                                                 padded=valid is not None)
+        if self.uses_bidir_front(q, k, v, valid, carry):
+            x, scales = self.bidir_front(q, k, v)                        # [B, 4H, T, K/2] bf16, [B, H, T, 2]
+            return self._finish(x, scales, carry, None, headed=True, probs=probs, pool=pool)
         if IDENTITY_IN_KERNEL and self.last_performer == "triton-dense" and valid is None and carry is None:
             c_perf = favor_attention(q, k, v, self.proj, kernel=self.kernel, causal=False,
                                      backend=self.performer_backend, operands=self.performer_dtype,
