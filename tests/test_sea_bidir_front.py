@@ -52,10 +52,10 @@ def _composed(q, k, v, proj, w, *, K, operands, precision, enc_precision):
     return x, scales, z
 
 
-def _front(q, k, v, proj, w, *, K, operands, precision, enc_precision):
+def _front(q, k, v, proj, w, *, K, operands, precision, enc_precision, values=None):
     return bf.bidir_front(q, k, v, proj, w["lin_w"], w["lin_b"], w["ln_w"], w["ln_b"], 1e-5, w["sc_w"], w["sc_b"],
                           w["row_w"], w["row_b"], K=K, operands=operands, precision=precision,
-                          enc_precision=enc_precision)
+                          enc_precision=enc_precision, values=values)
 
 
 def _check_against_composed(x, scales, want_x, want_scales, z):
@@ -70,11 +70,13 @@ def _check_against_composed(x, scales, want_x, want_scales, z):
     assert (xl.float() - want_x).abs().mean() < 1e-3 * want_x.abs().mean()
 
 
-@pytest.mark.parametrize("operands", ["bf16", "fp32"])
-def test_front_equals_the_performer_encoder_and_row_projection_in_turn(operands):
+@pytest.mark.parametrize("operands,given", [("bf16", False), ("fp32", False), ("bf16", True)])
+def test_front_equals_the_performer_encoder_and_row_projection_in_turn(operands, given):
+    """given: the key pass reads the concatenated values passed in (values=); else it makes the identity columns."""
     q, k, v, proj, w = _case(1, 2, 40, 16, 19, 16, "cpu")
     args = dict(K=16, operands=operands, precision=None, enc_precision="ieee")
-    x, scales = _front(q, k, v, proj, w, **args)
+    vals = torch.cat([identity_values(None, 1, 40, 16, q.device)[:, None].expand(1, 2, 40, 16), v.float()], -1)
+    x, scales = _front(q, k, v, proj, w, **args, values=vals if given else None)
     _check_against_composed(x, scales, *_composed(q, k, v, proj, w, **args))
 
 
@@ -86,6 +88,8 @@ def test_front_refuses_what_it_cannot_serve():
         _front(q, k, v, proj, w, K=32, operands="bf16", precision=None, enc_precision="ieee")
     with pytest.raises(ValueError, match="enc_precision"):
         _front(q, k, v, proj, w, K=16, operands="bf16", precision=None, enc_precision="bf16")
+    with pytest.raises(ValueError, match="values"):
+        _front(q, k, v, proj, w, K=16, operands="bf16", precision=None, enc_precision="ieee", values=v.float())
     wide = _case(1, 1, 16, 80, 19, 16, "cpu")
     with pytest.raises(ValueError, match="d=80"):
         _front(*wide, K=16, operands="bf16", precision=None, enc_precision="ieee")
@@ -131,5 +135,6 @@ def test_estimator_front_gives_the_logits_and_scalers_of_the_separate_kernels(mo
 def test_front_on_the_gpu_at_sea_widths(precision):
     q, k, v, proj, w = _case(1, 4, 3000, 64, 266, 128, "cuda", seed=3)
     args = dict(K=128, operands="bf16", precision=precision, enc_precision=precision or "tf32x3")
-    x, scales = _front(q, k, v, proj, w, **args)
+    vals = torch.cat([identity_values(None, 1, 3000, 64, q.device)[:, None].expand(1, 4, 3000, 64), v.float()], -1)
+    x, scales = _front(q, k, v, proj, w, **args, values=vals if precision else None)   # tf32: the values given
     _check_against_composed(x, scales, *_composed(q, k, v, proj, w, **args))

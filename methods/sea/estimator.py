@@ -367,9 +367,10 @@ class Estimator(nn.Module):
                 and self.decoder_backend in ("auto", "torch") and channels_last(q) and q.shape[-1] <= 64
                 and front_usable(q.device) and not needs_grad(q, k, v, *weights))
 
-    def bidir_front(self, q, k, v) -> tuple[torch.Tensor, torch.Tensor]:
+    def bidir_front(self, q, k, v, vals=None) -> tuple[torch.Tensor, torch.Tensor]:
         """kernels/sea_bidir_front.py: (the decoder's first convolution input [B, 4H, T, K/2] bf16, channels-last;
-        scales [B, H, T, 2]) for the whole bidirectional call (see uses_bidir_front)."""
+        scales [B, H, T, 2]) for the whole bidirectional call (see uses_bidir_front). vals: the Performer's values
+        [identity ; v] for its key pass (None: made in the key pass)."""
         from kernels import sea_encoder
         from kernels.sea_bidir_front import bidir_front
 
@@ -379,7 +380,7 @@ class Estimator(nn.Module):
         return torch.compiler.disable(bidir_front)(
             q, k, v, self.proj, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, self.scaler.weight,
             self.scaler.bias, self.dec.row.weight, self.dec.row.bias, K=self.K, operands=self.performer_dtype,
-            precision=prec, enc_precision=prec or sea_encoder.PRECISION)
+            precision=prec, enc_precision=prec or sea_encoder.PRECISION, values=vals)
 
     def fused_encoder(self, c_perf: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """encoder_backend=triton: z [B, H, T, 2d] and sigmoid scales [B, H, T, 2] by kernels/sea_encoder.py (one
@@ -510,7 +511,8 @@ class Estimator(nn.Module):
         self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(q, k, v, vi),
                                                 padded=valid is not None)
         if self.uses_bidir_front(q, k, v, valid, carry):
-            x, scales = self.bidir_front(q, k, v)                        # [B, 4H, T, K/2] bf16, [B, H, T, 2]
+            vals = None if IDENTITY_IN_KERNEL else torch.cat([vi, v.float()], dim=-1)
+            x, scales = self.bidir_front(q, k, v, vals)                  # [B, 4H, T, K/2] bf16, [B, H, T, 2]
             return self._finish(x, scales, carry, None, headed=True, probs=probs, pool=pool)
         if IDENTITY_IN_KERNEL and self.last_performer == "triton-dense" and valid is None and carry is None:
             c_perf = favor_attention(q, k, v, self.proj, kernel=self.kernel, causal=False,
