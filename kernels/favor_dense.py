@@ -103,7 +103,9 @@ KEY_TAIL = True
 # the kernel on CUDA, the torch operations under the Triton interpreter (where the kernel's per-feature steps are
 # slow to interpret; tests run the kernel there by name).
 COMBINE = "auto"
-COMBINE_BLOCK_F = 8               # features per combine program (their KV rows one after another)
+COMBINE_BLOCK_F = 4               # features per combine program (their KV rows one after another); H200, 8k / 64k:
+                                  # 2 -> 0.056 / 0.054 ms, 4 -> 0.052 / 0.050, 8 -> 0.065 / 0.067
+                                  # (results/nvidia-h200/sea-fewer-launches/call3/)
 COMBINE_SPLITS = 64               # key-pass splits per combine tile (more are walked in steps of this many)
 FP32_PRECISION = "tf32x3"         # tl.dot input precision for operands="fp32" ("ieee": CUDA-core fp32)
 BF16_DASH_PRECISION = "tf32x3"    # tl.dot input precision of x' proj^T for operands="bf16"
