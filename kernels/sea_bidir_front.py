@@ -16,9 +16,11 @@ and writes scales [B, H, T, 2] and y, whose column j = i (K / 2) + w (i < 4) goe
 [B, H, T, 2K] output or the permuting copy ever written).
 
 Why: at T = 8k (B=1, H=16, d=64, K=128) those tensors are ~0.2 GB of writes and reads in four launches besides the
-query pass; at 64k ~1.6 GB. Measured (H200, these tiles): 1.62 ms at 8k, 11.7 ms at 64k, against ~0.24 / ~1.7 ms for
-the launches it replaces (results/nvidia-h200/sea-fewer-launches/call3/): its tiles spill, so SEA does not take it
-by default (methods/sea/estimator.py: BIDIR_FRONT); smaller row tiles per program are the next thing to try.
+query pass; at 64k ~1.6 GB. Measured (H200): 1.62 ms at 8k, 11.7 ms at 64k, against ~0.24 / ~1.7 ms for the launches
+it replaces, and 1.24-1.64 ms at 8k with 16- to 64-row tiles on 2-8 warps (results/nvidia-h200/sea-fewer-launches/
+call3/, call4/), so SEA does not take it by default (methods/sea/estimator.py: BIDIR_FRONT). Likely cause, not
+profiled: each program stores one head's 4 of the 64 channels of a row (scattered 2-byte stores); the next form
+would give one program every head of a block of rows, so that it writes whole 128-byte channel rows.
 
 Precision: the query pass is favor_dense's (operands bf16 / fp32, its dot precisions); the encoder's dots take
 fp32 operands at input_precision `precision` (tf32x3 by default, as kernels/sea_encoder.py; one dot over the

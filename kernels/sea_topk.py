@@ -67,6 +67,7 @@ ALGO = "bisect"                 # "sort" | "bisect" (H200, 64k: 1.38 -> 0.32 ms 
 ALGOS = ("sort", "bisect")
 BISECT_SNAP = True              # bisect: snap lo / hi to the nearest real keys (one reduction of three values)
 BISECT_CELLS = 512              # bisect: at least this many cells per program (several rows for small groups)
+BISECT_SPLIT = "auto"           # bisect: (count, min, max) as three reductions (True) or one (False); see _split_reduce
 BISECT_CELLS_PER_THREAD = 16    # bisect: warps per program = cells per program / (32 x this), 1 to 8
 POISON_OUTPUTS = False          # tests: start from a buffer of 0x55 bytes instead of torch.empty
 
@@ -111,8 +112,18 @@ def _count_min_max(c0, lo0, hi0, c1, lo1, hi1):
 
 
 @triton.jit
+def _count_min_max_rows(c, lo, hi, SPLIT: tl.constexpr):
+    # [R, GP] -> (sum c, min lo, max hi) over axis 1: one combined reduction, or (SPLIT) three built-in ones, the
+    # same integers (the Triton interpreter runs a combined reduction in Python, ~100x slower)
+    if SPLIT:
+        return tl.sum(c, axis=1), tl.min(lo, axis=1), tl.max(hi, axis=1)
+    else:
+        return tl.reduce((c, lo, hi), 1, _count_min_max)
+
+
+@triton.jit
 def _group_bisect_kernel(A, WIDTH, N, OUT, T, H, K: tl.constexpr, HG: tl.constexpr, GP: tl.constexpr,
-                         R: tl.constexpr, SNAP: tl.constexpr):
+                         R: tl.constexpr, SNAP: tl.constexpr, SPLIT: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     tiles = tl.cdiv(T, R)
     t = (pid % tiles) * R + tl.arange(0, R)                             # [R] the program's time steps
@@ -128,7 +139,7 @@ def _group_bisect_kernel(A, WIDTH, N, OUT, T, H, K: tl.constexpr, HG: tl.constex
     key = bits ^ ((bits >> 31) & 0x7FFFFFFF)                            # integer order == float order
     key = tl.where(ok, key, -2147483648)                                # below every eligible key
     n = tl.load(N + t, mask=row_in, other=0)                            # [R] budgets
-    cnt, kmin, kmax = tl.reduce((ok.to(tl.int32), tl.where(ok, key, 2147483647), key), 1, _count_min_max)
+    cnt, kmin, kmax = _count_min_max_rows(ok.to(tl.int32), tl.where(ok, key, 2147483647), key, SPLIT)
     n = tl.minimum(n, cnt)                                              # cells to select (<= 0: none)
     # Search the n-th highest key v: count(key >= lo) >= n and v <= hi throughout; lo, hi int64 (no overflow).
     lo = tl.where(n == 1, kmax, kmin).to(tl.int64)                      # n == 1: v = kmax; n >= cnt: v = kmin
@@ -137,8 +148,8 @@ def _group_bisect_kernel(A, WIDTH, N, OUT, T, H, K: tl.constexpr, HG: tl.constex
         mid = lo + (hi - lo + 1) // 2                                   # [R]; == lo for a row already done
         m = key >= mid.to(tl.int32)[:, None]
         if SNAP:
-            above, up, down = tl.reduce((m.to(tl.int32), tl.where(m, key, 2147483647),
-                                         tl.where(m, -2147483648, key)), 1, _count_min_max)
+            above, up, down = _count_min_max_rows(m.to(tl.int32), tl.where(m, key, 2147483647),
+                                                  tl.where(m, -2147483648, key), SPLIT)
             ge = above >= n
             lo = tl.where(ge, up.to(tl.int64), lo)                      # lowest key >= mid (v >= it)
             hi = tl.where(ge, tl.where(above == n, lo, hi), down.to(tl.int64))   # else highest key < mid
@@ -156,6 +167,14 @@ def _group_bisect_kernel(A, WIDTH, N, OUT, T, H, K: tl.constexpr, HG: tl.constex
     before = tl.cumsum(eqi, 1) - eqi                                    # equal keys at lower indices
     sel = (gt | (eq & (before < need[:, None]))) & (n > 0)[:, None]
     tl.store(OUT + off, sel.to(tl.int8), mask=inside)
+
+
+def _split_reduce(device) -> bool:
+    """The bisect kernel's (count, min, max) as three reductions (BISECT_SPLIT True) or one combined one (False);
+    "auto": three off CUDA (the interpreter), one on CUDA. The same integers either way."""
+    if BISECT_SPLIT not in (True, False, "auto"):
+        raise ValueError(f"kernels.sea_topk.BISECT_SPLIT = {BISECT_SPLIT!r}: expected True, False or auto")
+    return BISECT_SPLIT is True or (BISECT_SPLIT == "auto" and torch.device(device).type != "cuda")
 
 
 def bisect_config(group: int) -> tuple[int, int]:
@@ -190,7 +209,8 @@ def select_rows(a: torch.Tensor, width: torch.Tensor, n: torch.Tensor, *, heads_
     else:
         rows, warps = bisect_config(heads_per_group * K)
         _group_bisect_kernel[(groups * triton.cdiv(T, rows),)](*args, K=K, HG=heads_per_group, GP=gp, R=rows,
-                                                               SNAP=BISECT_SNAP, num_warps=warps)
+                                                               SNAP=BISECT_SNAP, SPLIT=_split_reduce(a.device),
+                                                               num_warps=warps)
     return out.view(torch.bool)
 
 

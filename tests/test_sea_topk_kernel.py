@@ -59,6 +59,9 @@ def test_bisect_equals_sort_and_stable_sort_restatement(monkeypatch, kind, hg):
     assert torch.equal(got_snap, want)
     got_count = run(monkeypatch, a, width, n, hg, "bisect", snap=False, cells=16)    # one row a program
     assert torch.equal(got_count, want)
+    # the combined (count, min, max) reduction the GPU runs, here under the interpreter too (BISECT_SPLIT False)
+    monkeypatch.setattr(st, "BISECT_SPLIT", False)
+    assert torch.equal(run(monkeypatch, a, width, n, hg, "bisect", snap=True, cells=64), want)
     # the semantics spelled out: per group, min(n, eligible) cells, never an ineligible one
     x = a.masked_fill(~(width > 0) | torch.isnan(a), float("-inf"))                  # [B, H, T, K]
     elig = (x > float("-inf")).view(B, H // hg, hg, T, K).sum((2, 4))              # [B, H/g, T]

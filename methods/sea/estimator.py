@@ -50,9 +50,9 @@ IDENTITY_IN_KERNEL = False
 # decoder's row projection in one kernel, writing the first convolution's channels-last input) for calls it serves
 # (no padding mask or gradient, the fused Performer and encoder kernels, bf16 estimator dtype, channels-last
 # decoder, d <= 64): True, False, or "auto" (on CUDA). Off: on an H200 (bf16, H=16, SEA fast + shared keys) the
-# kernel took 1.62 ms at 8k and 11.7 ms at 64k where the four launches it replaces take ~0.24 / ~1.7 ms (its tiles
-# spill: 8 warps holding a [64, 128] query tile, a [128, 128] fp32 weight and the encoder's accumulator;
-# results/nvidia-h200/sea-fewer-launches/call3/); kept, tested, for retuning.
+# kernel took 1.62 ms at 8k and 11.7 ms at 64k where the four launches it replaces take ~0.24 / ~1.7 ms, and 1.24 -
+# 1.64 ms at 8k with 16 / 32 / 64 rows on 2-8 warps (results/nvidia-h200/sea-fewer-launches/call3/, call4/): likely
+# its scattered stores (a program writes one head's 4 of the 64 channels); kept, tested, for a redesign.
 BIDIR_FRONT = False
 RECOMPILE_LIMIT = 64             # each estimator instance and shape is one more compiled entry of forward()
 
