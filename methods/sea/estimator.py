@@ -251,8 +251,8 @@ class Estimator(nn.Module):
         """The CNN decoder, z [B, H, T, 2d] fp32 -> logits [B, H, T, K] fp32. dec_dtype bf16/fp16 runs it under
         autocast (convs and the row projection in that dtype, fp32 weights kept; LayerNorm as autocast
         decides); cache_enabled=False so the weight casts are redone per call, which CUDA-graph capture needs.
-        headed: z is already the causal decoder head's output [B, 2H, T, K/4] (the fused front's head=, see
-        front_head): only the decoder's body runs."""
+        headed: z is already the decoder head's output (causal: [B, 2H, T, K/4], the fused front's head=, see
+        front_head; bidirectional: [B, 4H, T, K/2], kernels/sea_bidir_front.py): only the decoder's body runs."""
         if headed:
             self.last_decoder = "head-fused"
             return self._autocast(self.dec.body, z)
@@ -445,7 +445,8 @@ class Estimator(nn.Module):
         compile="estimator" inside its compiled graph, where it fuses with the decoder's last LayerNorm).
         pool = R > 0 (with probs, R dividing T): (None, the softmax summed over each block of R rows, fp32
         [B, H, T / R, K], s_prob, s_mix) in place of logits and A_hat, so that neither [B, H, T, K] tensor is
-        written (in the compiled graph the block sums fuse with the softmax): what a shared selection ranks.
+        written (compile="estimator": the sums are in the compiled graph with the softmax; inductor makes them two
+        kernels that recompute it, results/nvidia-h200/sea-fewer-launches/): what a shared selection ranks.
         compile="estimator": the tensor operations (casts, features, encoder, decoder, scaler) run through
         torch.compile; the Triton kernels (Performer, fused encoder) are called as they are, between the compiled
         pieces (kernels/ calls are wrapped in torch.compiler.disable in favor.py / fused_encoder)."""
@@ -553,7 +554,7 @@ class Estimator(nn.Module):
         return self._finish(z, scales, carry, state, probs=probs, pool=pool)
 
     def _finish(self, z, scales, carry, state, *, headed: bool = False, probs: bool = False, pool: int = 0):
-        """The decoder on the encoder output z [B, H, T, 2d] (headed: on the decoder head's output [B, 2H, T, K/4]):
+        """The decoder on the encoder output z [B, H, T, 2d] (headed: on the decoder head's output, see decode):
         (logits, softmax(logits) when probs else None, s_prob, s_mix, next carry or None); in the block form the
         carried tail rows (of z, or of the head's output: both are row-wise) go before the block's rows and the new
         tail and Performer state are carried."""
