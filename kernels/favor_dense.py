@@ -40,8 +40,8 @@ feature tensors ([B, H, T, m] fp32, several times) and runs two GEMMs over them.
 operands="fp32": every tl.dot is fp32 with input_precision FP32_PRECISION: "tf32x3" by default (three TF32
 tensor-core products; on an H200 at T=65536, H=16: 14.2 ms against 24.2 ms with "ieee" CUDA-core FMAs and 18.5 ms
 for the torch path, relative L2 to the torch fp32 output 6.6e-7 for both settings,
-results/nvidia-h200/sea-kernels/favor-dense.jsonl); "ieee" is the exact-fp32 setting. operands="bf16" (favor.py's dense bf16
-path): dash in fp32 (BF16_DASH_PRECISION, "tf32x3" by default), the products phi_k^T v and phi_q KV take
+results/nvidia-h200/sea-kernels/favor-dense.jsonl); "ieee" is the exact-fp32 setting. operands="bf16" (favor.py's
+dense bf16 path): dash in fp32 (BF16_DASH_PRECISION, "tf32x3" by default), the products phi_k^T v and phi_q KV take
 bf16-rounded features and values with fp32 accumulation, KV is rounded to bf16 before the second product and
 the numerator to bf16 after it (as a bf16 GEMM's output), the normaliser stays fp32. The features rounded here
 are stabilised by the running maxima above rather than the final ones (the factor exp(M_p - S) is not a power
