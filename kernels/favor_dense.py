@@ -128,8 +128,8 @@ if triton is not None:
     @triton.jit
     def _key_block(K, V, VALID, PROJ, A, Z, MX, VS, f0, fb, sp, bh,
                    skb, skh, skt, svb, svh, svt,
-                   H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale, y_div, y_mul,
-                   DI: tl.constexpr, HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr,
+                   H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
+                   HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr,
                    DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
                    BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_DV: tl.constexpr):
@@ -171,15 +171,8 @@ if triton is not None:
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             alpha = tl.exp(m_run - m_safe)
             p = tl.where(pm, tl.exp(dash - diag[:, None] - m_safe), 0.0)           # [BT, BF]
-            if DI == 0:
-                vt = tl.load(vbase + offs_t[:, None] * svt + offs_e[None, :],
-                             mask=tmask[:, None] & emask[None, :], other=0.0).to(tl.float32)
-            else:           # columns < DI: eye(DI) interpolated to T rows, relu(1 - |t (DI - 1) / (T - 1) - c|)
-                y = offs_t.to(tl.float32) / y_div * y_mul                           # [BT]
-                ident = tl.maximum(1.0 - tl.abs(y[:, None] - offs_e[None, :].to(tl.float32)), 0.0)
-                vt = tl.load(vbase + offs_t[:, None] * svt + (offs_e[None, :] - DI),
-                             mask=tmask[:, None] & emask[None, :] & (offs_e[None, :] >= DI), other=0.0)
-                vt = tl.where(offs_e[None, :] < DI, ident, vt.to(tl.float32))
+            vt = tl.load(vbase + offs_t[:, None] * svt + offs_e[None, :], mask=tmask[:, None] & emask[None, :],
+                         other=0.0).to(tl.float32)
             vt = tl.where(rmask[:, None], vt, 0.0)                                  # [BT, BDV]
             if BF16:
                 if EMU:     # interpreter: its bf16 tl.dot is broken; fp32 dot of bf16-rounded values instead
@@ -204,8 +197,8 @@ if triton is not None:
     @triton.jit
     def _key_kernel(K, V, VALID, PROJ, A, Z, MX, VS,
                     skb, skh, skt, svb, svh, svt,
-                    H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale, y_div, y_mul,
-                    DI: tl.constexpr, HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr,
+                    H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
+                    HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr,
                     DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
                     BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, TAIL_F: tl.constexpr, BLOCK_D: tl.constexpr,
                     BLOCK_DV: tl.constexpr):
@@ -216,16 +209,16 @@ if triton is not None:
         bh = tl.program_id(2).to(tl.int64)            # int64 offsets throughout
         if TAIL_F == 0:
             _key_block(K, V, VALID, PROJ, A, Z, MX, VS, fb * BLOCK_F, fb, sp, bh, skb, skh, skt, svb, svh, svt,
-                       H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale, y_div, y_mul, DI, HAS_VALID, BF16, EMU,
+                       H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale, HAS_VALID, BF16, EMU,
                        DASH_PREC, PROD_PREC, BLOCK_T, BLOCK_F, BLOCK_D, BLOCK_DV)
         else:
             if fb < NFB - 1:
                 _key_block(K, V, VALID, PROJ, A, Z, MX, VS, fb * BLOCK_F, fb, sp, bh, skb, skh, skt, svb, svh, svt,
-                           H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale, y_div, y_mul, DI, HAS_VALID, BF16, EMU,
+                           H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale, HAS_VALID, BF16, EMU,
                            DASH_PREC, PROD_PREC, BLOCK_T, BLOCK_F, BLOCK_D, BLOCK_DV)
             else:
                 _key_block(K, V, VALID, PROJ, A, Z, MX, VS, fb * BLOCK_F, fb, sp, bh, skb, skh, skt, svb, svh, svt,
-                           H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale, y_div, y_mul, DI, HAS_VALID, BF16, EMU,
+                           H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale, HAS_VALID, BF16, EMU,
                            DASH_PREC, PROD_PREC, BLOCK_T, TAIL_F, BLOCK_D, BLOCK_DV)
 
     @triton.jit
@@ -370,7 +363,7 @@ def favor_dense_usable(device) -> bool:
     return torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _check(q, k, v, proj, valid, operands, identity: int = 0):
+def _check(q, k, v, proj, valid, operands):
     if operands not in ("fp32", "bf16"):
         raise ValueError(f"operands {operands!r}: expected fp32 or bf16")
     for name, x in (("q", q), ("k", k), ("v", v)):
@@ -385,11 +378,8 @@ def _check(q, k, v, proj, valid, operands, identity: int = 0):
         raise ValueError(f"v shape {tuple(v.shape)} must be [B={B}, H={H}, T={T}, Dv]")
     if d > 128 or d < 1:
         raise ValueError(f"head dim d={d}: the fused kernel supports 1..128")
-    if identity < 0 or (identity and valid is not None):
-        raise ValueError(f"identity={identity}: identity value columns are generated for calls without a padding "
-                         "mask only (with one, pass the values whole)")
-    if v.shape[3] + identity > 128 or v.shape[3] + identity < 1:
-        raise ValueError(f"value width Dv={v.shape[3] + identity}: the fused kernel supports 1..128")
+    if v.shape[3] > 128 or v.shape[3] < 1:
+        raise ValueError(f"value width Dv={v.shape[3]}: the fused kernel supports 1..128")
     if proj.dim() != 2 or proj.shape[1] != d or proj.shape[0] < 1:
         raise ValueError(f"proj must be [m, d={d}]; got shape {tuple(proj.shape)}")
     if proj.dtype != torch.float32:
@@ -420,16 +410,12 @@ def _unit_last(x):
 
 def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, *,
                         valid: torch.Tensor | None = None, operands: str = "fp32", eps: float = 1e-6,
-                        feat_eps: float = 1e-4, precision: str | None = None, identity: int = 0) -> torch.Tensor:
+                        feat_eps: float = 1e-4, precision: str | None = None) -> torch.Tensor:
     """Bidirectional FAVOR+ softmax-feature attention, fused (see the module docstring).
     q, k [B, H, T, d]; v [B, H, T, Dv]; proj [m, d] fp32; valid bool [B, T] or None -> float32 [B, H, T, Dv].
     precision: None (FP32_PRECISION / BF16_DASH_PRECISION) or one of tf32x3, ieee, tf32 for every fp32 tl.dot
-    (tf32: one-pass TF32, ~2^-11 relative per product; the exp of the features carries it as an absolute error).
-    identity = di > 0 (no padding mask): the values are [eye(di) interpolated to T rows ; v], the first di columns
-    generated by the key pass (methods.sea.favor.identity_values' formula, no [B, H, T, di + Dv] concatenation
-    read); v [B, H, T, Dv - di] and the output [B, H, T, Dv]."""
-    st = key_summary(q, k, v, proj, valid=valid, operands=operands, feat_eps=feat_eps, precision=precision,
-                     identity=identity)
+    (tf32: one-pass TF32, ~2^-11 relative per product; the exp of the features carries it as an absolute error)."""
+    st = key_summary(q, k, v, proj, valid=valid, operands=operands, feat_eps=feat_eps, precision=precision)
     B, H, T, _ = q.shape
     q, Dv = st["q"], st["Dv"]
     out = _fresh((B, H, T, Dv), torch.float32, q.device)
@@ -443,7 +429,7 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
     return out
 
 
-def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, precision=None, identity=0) -> dict:
+def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, precision=None) -> dict:
     """The key pass and the combine of favor_softmax_dense (same arguments): a dict with the [B H, m, Dv] summary
     'kv' (bf16 with bf16 operands), 'z' [B H, m], the per-block sums 'kvs_part' / 'zs_part' ('ncb' blocks) and what
     the query pass needs besides ('q' with a unit last stride, 'proj', 'm', 'Dv', 'x_scale', 'phi_scale', 'bf16',
@@ -453,9 +439,9 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, proj)):
         raise RuntimeError("favor_softmax_dense is forward-only (no backward); call it under torch.no_grad() "
                            "or with inputs that do not require grad")
-    _check(q, k, v, proj, valid, operands, identity)
+    _check(q, k, v, proj, valid, operands)
     B, H, T, d = q.shape
-    Dv = v.shape[3] + identity
+    Dv = v.shape[3]
     m = proj.shape[0]
     dev = q.device
     bf16 = operands == "bf16"
@@ -487,8 +473,8 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
     _key_kernel[(nfb, nsplit, BH)](
         k, v, valid_u8, proj, a_part, z_part, mx_part, vs_part,
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        H, T, d, Dv, m, rows, nsplit, nfb, x_scale, float(max(T - 1, 1)), float(max(identity - 1, 0)),
-        DI=identity, HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,
+        H, T, d, Dv, m, rows, nsplit, nfb, x_scale,
+        HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,
         BLOCK_T=KEY_BLOCK_T, BLOCK_F=KEY_BLOCK_F, TAIL_F=tail_f, BLOCK_D=BD, BLOCK_DV=BDV, num_warps=KEY_NUM_WARPS)
 
     # 2. combine: one stabiliser per head, as favor.py's key features

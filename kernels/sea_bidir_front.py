@@ -124,17 +124,15 @@ def front_usable(device) -> bool:
     return triton_runs_on(device, triton is not None)
 
 
-def bidir_front(q, k, v, proj, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, row_w, row_b, *, K: int,
+def bidir_front(q, k, v, values, proj, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, row_w, row_b, *, K: int,
                 operands: str = "bf16", precision: str | None = None, enc_precision: str = "tf32x3",
-                eps: float = 1e-6, feat_eps: float = 1e-4, values: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """q, k, v [B, H, T, d] (v in any float dtype, read exactly into fp32); proj [m, d]; the encoder's lin_w [2d, 3d],
+                eps: float = 1e-6, feat_eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """q, k, v [B, H, T, d] (v in any float dtype, read exactly into fp32); values: the Performer's values
+    [identity columns ; v] [B, H, T, 2d] for the key pass; proj [m, d]; the encoder's lin_w [2d, 3d],
     lin_b, ln_w, ln_b [2d], ln_eps; the scaler's sc_w [2, 2d], sc_b [2]; the bidirectional decoder's row_w
     [2K, 2d], row_b [2K] (fp32 weights) -> (x bf16 [B, 4H, T, K / 2], a channels-last view of [B, T, K / 2, 4H];
     scales fp32 [B, H, T, 2]). operands / precision: the Performer's (favor_softmax_dense's); enc_precision: the
-    encoder dots' input precision. values: the Performer's values [identity columns ; v] [B, H, T, 2d] for the key
-    pass to read (None: the key pass makes the identity columns itself, favor_dense's identity=d). See the module
-    docstring."""
+    encoder dots' input precision. See the module docstring."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     if not front_usable(q.device):
@@ -157,10 +155,9 @@ def bidir_front(q, k, v, proj, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, row
             raise ValueError(f"sea bidirectional front: {name} has shape {tuple(named[name].shape)}, expected {shape}")
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *named.values())):
         raise RuntimeError("sea bidirectional front is forward-only: an input requires grad while grad is enabled")
-    if values is not None and tuple(values.shape) != (B, H, T, 2 * d):
+    if tuple(values.shape) != (B, H, T, 2 * d):
         raise ValueError(f"sea bidirectional front: values {tuple(values.shape)} must be [B, H, T, 2d]")
-    st = fd.key_summary(q, k, v if values is None else values, proj, operands=operands, feat_eps=feat_eps,
-                        precision=precision, identity=d if values is None else 0)
+    st = fd.key_summary(q, k, values, proj, operands=operands, feat_eps=feat_eps, precision=precision)
     q = st["q"]
     v = v if v.stride(-1) == 1 else v.contiguous()
     KH = K // 2

@@ -147,23 +147,6 @@ def test_narrow_last_feature_block_and_combine_kernel_equal_the_padded_blocks_an
 
 
 @pytest.mark.parametrize("operands", ["fp32", "bf16"])
-def test_identity_columns_generated_in_the_key_pass_equal_the_concatenated_values(operands):
-    """identity=D: the first D value columns are made by the key pass from the row index (no [T, 2D] values read);
-    the same numbers as passing the concatenation [identity_values ; v] (float32: identical up to the rounding of
-    y = t (D - 1) / (T - 1); bf16: both round the same values to bf16)."""
-    q, k, v, proj = _inputs(4, torch.bfloat16)
-    vals = _vals(v.float(), None)                                                # fp32, as SEA's estimator makes them
-    want = _run(q, k, vals, proj, None, operands)
-    got = fd.favor_softmax_dense(q, k, v, proj, operands=operands, identity=D)
-    assert got.shape == want.shape and torch.isfinite(got).all()
-    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
-    with pytest.raises(ValueError, match="padding mask"):
-        fd.favor_softmax_dense(q, k, v, proj, valid=_valid(), identity=D)
-    with pytest.raises(ValueError, match="value width"):
-        fd.favor_softmax_dense(q, k, v, proj, identity=128)
-
-
-@pytest.mark.parametrize("operands", ["fp32", "bf16"])
 def test_16bit_q_k_read_exactly(operands):
     """SEA's estimator passes q and k in the layer's dtype (no fp32 copies): under the interpreter the kernel's own
     casts give the output of their fp32 copies bit for bit."""
@@ -299,36 +282,3 @@ def test_compiled_kernel_at_sea_widths_matches_torch(monkeypatch, operands, prec
     print(f"favor_dense operands={operands} precision={precision or call or 'default'}: rel L2 {rel:.3g}")
     assert rel < (1e-5 if operands == "fp32" and call is None else 1e-2), rel
 
-
-def test_estimator_identity_columns_in_the_kernel_equal_the_concatenation(monkeypatch):
-    """SEA's bidirectional estimator on the fused kernel (performer_backend=triton): the identity values made in the
-    key pass (IDENTITY_IN_KERNEL) give the logits and scalers of the concatenated values; a padding mask keeps
-    the concatenation."""
-    import methods.sea.estimator as est_mod
-    from tests.helpers import gaussian_qkv, sea_case
-
-    M_, cfg, problem = sea_case(1, 2, 2, 48, 16, causal=False, K=16, performer_backend="triton")
-    layer = M_.build(cfg, problem)
-    q, k, v = gaussian_qkv(1, 2, 2, 48, 16, seed=3, dtype=torch.float32)
-    seen = []
-    kernel = fd.favor_softmax_dense
-
-    def spy(*args, **kw):
-        seen.append((args[2].shape[-1], kw.get("identity", 0)))            # (value columns read, identity columns)
-        return kernel(*args, **kw)
-    monkeypatch.setattr(fd, "favor_softmax_dense", spy)
-    outs = {}
-    with torch.no_grad():
-        for inside in (True, False):
-            monkeypatch.setattr(est_mod, "IDENTITY_IN_KERNEL", inside)
-            outs[inside] = layer.estimator(q, k, v, valid=None)
-            assert layer.estimator.last_performer == "triton-dense"
-    assert seen == [(16, 16), (32, 0)]
-    for a, b in zip(outs[True], outs[False]):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    monkeypatch.setattr(est_mod, "IDENTITY_IN_KERNEL", True)
-    valid = torch.ones(1, 48, dtype=torch.bool)
-    valid[0, 40:] = False
-    with torch.no_grad():
-        logits, _, _ = layer.estimator(q, k, v, valid=valid)
-    assert torch.isfinite(logits).all() and seen[-1] == (32, 0)              # padding mask: the concatenation

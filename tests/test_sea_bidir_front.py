@@ -42,8 +42,7 @@ def _composed(q, k, v, proj, w, *, K, operands, precision, enc_precision):
     """What the front replaces: the fused Performer on the concatenated values, the encoder kernel writing bf16 z,
     the row projection as a bf16 GEMM (fp32 sums, one rounding) and the permute into [B, T, K/2, 4H]."""
     B, H, T, d = q.shape
-    vals = torch.cat([identity_values(None, B, T, d, q.device)[:, None].expand(B, H, T, d), v.float()], -1)
-    c = fd.favor_softmax_dense(q, k, vals, proj, operands=operands, precision=precision)
+    c = fd.favor_softmax_dense(q, k, _values(v), proj, operands=operands, precision=precision)
     z, scales = encoder_forward(c, v, w["lin_w"], w["lin_b"], w["ln_w"], w["ln_b"], 1e-5, w["sc_w"], w["sc_b"],
                                 precision=enc_precision, z_dtype=torch.bfloat16)
     bf16 = lambda t: t.to(torch.bfloat16).float()  # noqa: E731
@@ -52,10 +51,15 @@ def _composed(q, k, v, proj, w, *, K, operands, precision, enc_precision):
     return x, scales, z
 
 
-def _front(q, k, v, proj, w, *, K, operands, precision, enc_precision, values=None):
-    return bf.bidir_front(q, k, v, proj, w["lin_w"], w["lin_b"], w["ln_w"], w["ln_b"], 1e-5, w["sc_w"], w["sc_b"],
-                          w["row_w"], w["row_b"], K=K, operands=operands, precision=precision,
-                          enc_precision=enc_precision, values=values)
+def _values(v):
+    B, H, T, d = v.shape
+    return torch.cat([identity_values(None, B, T, d, v.device)[:, None].expand(B, H, T, d), v.float()], -1)
+
+
+def _front(q, k, v, proj, w, *, K, operands, precision, enc_precision):
+    return bf.bidir_front(q, k, v, _values(v), proj, w["lin_w"], w["lin_b"], w["ln_w"], w["ln_b"], 1e-5,
+                          w["sc_w"], w["sc_b"], w["row_w"], w["row_b"], K=K, operands=operands, precision=precision,
+                          enc_precision=enc_precision)
 
 
 def _check_against_composed(x, scales, want_x, want_scales, z):
@@ -70,13 +74,11 @@ def _check_against_composed(x, scales, want_x, want_scales, z):
     assert (xl.float() - want_x).abs().mean() < 1e-3 * want_x.abs().mean()
 
 
-@pytest.mark.parametrize("operands,given", [("bf16", False), ("fp32", False), ("bf16", True)])
-def test_front_equals_the_performer_encoder_and_row_projection_in_turn(operands, given):
-    """given: the key pass reads the concatenated values passed in (values=); else it makes the identity columns."""
+@pytest.mark.parametrize("operands", ["bf16", "fp32"])
+def test_front_equals_the_performer_encoder_and_row_projection_in_turn(operands):
     q, k, v, proj, w = _case(1, 2, 40, 16, 19, 16, "cpu")
     args = dict(K=16, operands=operands, precision=None, enc_precision="ieee")
-    vals = torch.cat([identity_values(None, 1, 40, 16, q.device)[:, None].expand(1, 2, 40, 16), v.float()], -1)
-    x, scales = _front(q, k, v, proj, w, **args, values=vals if given else None)
+    x, scales = _front(q, k, v, proj, w, **args)
     _check_against_composed(x, scales, *_composed(q, k, v, proj, w, **args))
 
 
@@ -89,7 +91,8 @@ def test_front_refuses_what_it_cannot_serve():
     with pytest.raises(ValueError, match="enc_precision"):
         _front(q, k, v, proj, w, K=16, operands="bf16", precision=None, enc_precision="bf16")
     with pytest.raises(ValueError, match="values"):
-        _front(q, k, v, proj, w, K=16, operands="bf16", precision=None, enc_precision="ieee", values=v.float())
+        bf.bidir_front(q, k, v, v.float(), proj, *(w[n] for n in ("lin_w", "lin_b", "ln_w", "ln_b")), 1e-5,
+                       w["sc_w"], w["sc_b"], w["row_w"], w["row_b"], K=16)
     wide = _case(1, 1, 16, 80, 19, 16, "cpu")
     with pytest.raises(ValueError, match="d=80"):
         _front(*wide, K=16, operands="bf16", precision=None, enc_precision="ieee")
@@ -135,6 +138,5 @@ def test_estimator_front_gives_the_logits_and_scalers_of_the_separate_kernels(mo
 def test_front_on_the_gpu_at_sea_widths(precision):
     q, k, v, proj, w = _case(1, 4, 3000, 64, 266, 128, "cuda", seed=3)
     args = dict(K=128, operands="bf16", precision=precision, enc_precision=precision or "tf32x3")
-    vals = torch.cat([identity_values(None, 1, 3000, 64, q.device)[:, None].expand(1, 4, 3000, 64), v.float()], -1)
-    x, scales = _front(q, k, v, proj, w, **args, values=vals if precision else None)   # tf32: the values given
+    x, scales = _front(q, k, v, proj, w, **args)
     _check_against_composed(x, scales, *_composed(q, k, v, proj, w, **args))

@@ -40,12 +40,6 @@ ENCODER_Z_16BIT = True
 # keys, bidirectional 64k: kernels 7.18 -> 6.85 ms, CUDA-event wall 7.38 -> 7.03 ms (profiles in one call:
 # results/nvidia-h200/sea-bidir-mix/call7/).
 BIDIR_CHANNELS_LAST = "auto"
-# The bidirectional Performer's identity values (eye(d) interpolated to T rows) made inside the fused kernel's key
-# pass (kernels/favor_dense.py, identity=d) when True, for calls without a padding mask on that kernel: no fp32
-# [B, H, T, 2d] concatenation written and read (0.22 ms at 64k on an H200); False: the concatenation (A/B switch).
-IDENTITY_IN_KERNEL = False
-# (measured: the key pass 0.186 -> 0.226 ms at 8k and 1.25 -> 1.58 ms at 64k making them, more than the concatenation
-# it saves, 0.021 / 0.217 ms; H200, results/nvidia-h200/sea-fewer-launches/call2/)
 # The bidirectional front (kernels/sea_bidir_front.py: the Performer's query pass, the encoder and scaler head and the
 # decoder's row projection in one kernel, writing the first convolution's channels-last input) for calls it serves
 # (no padding mask or gradient, the fused Performer and encoder kernels, bf16 estimator dtype, channels-last
@@ -360,20 +354,20 @@ class Estimator(nn.Module):
         """Does this bidirectional call take kernels/sea_bidir_front.py (BIDIR_FRONT; after performer_backend set
         last_performer)? Where the kernels it replaces would run: the fused Performer (triton-dense) and encoder,
         a bf16 PyTorch decoder holding channels-last activations, no padding mask, no gradient, d <= 64."""
-        from kernels.sea_bidir_front import front_usable
-
         if BIDIR_FRONT is False or (BIDIR_FRONT == "auto" and not q.is_cuda) or self.causal:
             return False
+        from kernels.sea_bidir_front import front_usable
+
         weights = (*self.enc.parameters(), *self.scaler.parameters(), *self.dec.row.parameters())
         return (valid is None and carry is None and self.last_performer == "triton-dense"
                 and self.encoder_backend in ("auto", "triton") and self.dec_dtype == "bf16"
                 and self.decoder_backend in ("auto", "torch") and channels_last(q) and q.shape[-1] <= 64
                 and front_usable(q.device) and not needs_grad(q, k, v, *weights))
 
-    def bidir_front(self, q, k, v, vals=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def bidir_front(self, q, k, v, vals) -> tuple[torch.Tensor, torch.Tensor]:
         """kernels/sea_bidir_front.py: (the decoder's first convolution input [B, 4H, T, K/2] bf16, channels-last;
         scales [B, H, T, 2]) for the whole bidirectional call (see uses_bidir_front). vals: the Performer's values
-        [identity ; v] for its key pass (None: made in the key pass)."""
+        [identity ; v] [B, H, T, 2d] for its key pass."""
         from kernels import sea_encoder
         from kernels.sea_bidir_front import bidir_front
 
@@ -381,9 +375,9 @@ class Estimator(nn.Module):
         self.last_encoder = "front"
         prec = PRECISIONS[self.precision]
         return torch.compiler.disable(bidir_front)(
-            q, k, v, self.proj, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, self.scaler.weight,
+            q, k, v, vals, self.proj, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, self.scaler.weight,
             self.scaler.bias, self.dec.row.weight, self.dec.row.bias, K=self.K, operands=self.performer_dtype,
-            precision=prec, enc_precision=prec or sea_encoder.PRECISION, values=vals)
+            precision=prec, enc_precision=prec or sea_encoder.PRECISION)
 
     def fused_encoder(self, c_perf: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """encoder_backend=triton: z [B, H, T, 2d] and sigmoid scales [B, H, T, 2] by kernels/sea_encoder.py (one
@@ -514,17 +508,10 @@ class Estimator(nn.Module):
             v = v * valid[:, None, :, None]
         self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(q, k, v, vi),
                                                 padded=valid is not None)
+        vals = torch.cat([vi, v.float()], dim=-1)                        # [B, H, T, 2d] fp32
         if self.uses_bidir_front(q, k, v, valid, carry):
-            vals = None if IDENTITY_IN_KERNEL else torch.cat([vi, v.float()], dim=-1)
             x, scales = self.bidir_front(q, k, v, vals)                  # [B, 4H, T, K/2] bf16, [B, H, T, 2]
             return self._finish(x, scales, carry, None, headed=True, probs=probs, pool=pool)
-        if IDENTITY_IN_KERNEL and self.last_performer == "triton-dense" and valid is None and carry is None:
-            c_perf = favor_attention(q, k, v, self.proj, kernel=self.kernel, causal=False,
-                                     backend=self.performer_backend, operands=self.performer_dtype,
-                                     precision=PRECISIONS[self.precision],
-                                     identity=vi.shape[-1])              # [B, H, T, 2d] fp32 out, vi made inside
-            return self._encode(c_perf, v, carry, None, probs, pool)
-        vals = torch.cat([vi, v.float()], dim=-1)                        # [B, H, T, 2d] fp32
         if carry is None:
             c_perf = favor_attention(q, k, vals, self.proj, kernel=self.kernel, causal=self.causal, valid=valid,
                                      backend=self.performer_backend, operands=self.performer_dtype,
