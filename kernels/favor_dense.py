@@ -107,6 +107,17 @@ COMBINE_BLOCK_F = 4               # features per combine program (their KV rows 
                                   # 2 -> 0.056 / 0.054 ms, 4 -> 0.052 / 0.050, 8 -> 0.065 / 0.067
                                   # (results/nvidia-h200/sea-fewer-launches/call3/)
 COMBINE_SPLITS = 64               # key-pass splits per combine tile (more are walked in steps of this many)
+# The key pass's form. "per_feature": tiles held features x keys (the flash-attention shape: the proj block in the
+# place of the queries, keys streamed, the features of the first product feeding the second from registers), each
+# feature f stabilised by its own running maximum of dash over the program's keys (a reduction along the key axis,
+# inside a warp, as flash attention's row maximum; M_pf <= S, so no value that matters can underflow), and the combine
+# scales each (split, feature) partial by exp(M_pf - S). "per_program": the form before the seventeenth session (keys
+# x features tiles, one running maximum per program: a reduction across warps every tile); the same-run A/B switch.
+KEY_FORM = "per_feature"
+KEY_PF_BLOCK_T = 64               # key rows per tile in the per-feature form
+KEY_PF_WARPS = 8
+KEY_PF_STAGES = 3
+KEY_PF_PROGRAMS = 512             # about this many key-pass programs in the per-feature form (fewer, longer splits)
 FP32_PRECISION = "tf32x3"         # tl.dot input precision for operands="fp32" ("ieee": CUDA-core fp32)
 BF16_DASH_PRECISION = "tf32x3"    # tl.dot input precision of x' proj^T for operands="bf16"
 
@@ -222,15 +233,111 @@ if triton is not None:
                            DASH_PREC, PROD_PREC, BLOCK_T, TAIL_F, BLOCK_D, BLOCK_DV)
 
     @triton.jit
-    def _combine_kernel(A, Z, MX, VS, NV, KV, ZO, KVSP, ZSP,
+    def _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, f0, fb, sp, bh,
+                      skb, skh, skt, svb, svh, svt,
+                      H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
+                      HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr,
+                      DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
+                      BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+                      BLOCK_DV: tl.constexpr):
+        # KEY_FORM="per_feature": features f0 .. f0 + BLOCK_F - 1 over key rows sp * ROWS .. of head bh, tiles held
+        # [features, keys], a running maximum of dash per feature
+        b = bh // H
+        h = bh % H
+        offs_f = f0 + tl.arange(0, BLOCK_F)
+        fmask = offs_f < M
+        offs_d = tl.arange(0, BLOCK_D)
+        dmask = offs_d < D
+        offs_e = tl.arange(0, BLOCK_DV)
+        emask = offs_e < DV
+        w = tl.load(PROJ + offs_f[:, None] * D + offs_d[None, :], mask=fmask[:, None] & dmask[None, :],
+                    other=0.0).to(tl.float32)                                       # [BF, BD]
+        acc = tl.zeros([BLOCK_F, BLOCK_DV], dtype=tl.float32)
+        zacc = tl.zeros([BLOCK_F], dtype=tl.float32)
+        vsum = tl.zeros([BLOCK_DV], dtype=tl.float32)
+        m_run = tl.full([BLOCK_F], float("-inf"), tl.float32)
+        row0 = sp * ROWS
+        row_end = tl.minimum(row0 + ROWS, T)
+        kbase = K + b * skb + h * skh
+        vbase = V + b * svb + h * svh
+        for start in range(row0, row_end, BLOCK_T):
+            offs_t = start + tl.arange(0, BLOCK_T)      # int64
+            tmask = offs_t < row_end
+            if HAS_VALID:
+                ok = tl.load(VALID + b * T + offs_t, mask=tmask, other=0) != 0
+                rmask = tmask & ok
+            else:
+                rmask = tmask
+            kt = tl.load(kbase + offs_t[None, :] * skt + offs_d[:, None], mask=dmask[:, None] & tmask[None, :],
+                         other=0.0).to(tl.float32) * x_scale                       # [BD, BT]: k'^T
+            diag = tl.where(rmask, tl.sum(kt * kt, axis=0) * 0.5, 0.0)              # [BT] (NaN keys off)
+            dash = tl.dot(w, kt, input_precision=DASH_PREC)                         # [BF, BT]
+            dash = tl.where(rmask[None, :], dash, float("-inf"))
+            m_new = tl.maximum(m_run, tl.max(dash, axis=1))                         # [BF]
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m_run - m_safe)                                          # 0 while nothing was valid
+            p = tl.exp(dash - diag[None, :] - m_safe[:, None])                      # [BF, BT], 0 off valid keys
+            vt = tl.load(vbase + offs_t[:, None] * svt + offs_e[None, :], mask=tmask[:, None] & emask[None, :],
+                         other=0.0).to(tl.float32)
+            vt = tl.where(rmask[:, None], vt, 0.0)                                  # [BT, BDV]
+            acc = acc * alpha[:, None]
+            if BF16:
+                if EMU:
+                    acc += tl.dot(_round_bf16(p), _round_bf16(vt), input_precision="ieee")
+                else:
+                    acc = tl.dot(p.to(tl.bfloat16), vt.to(tl.bfloat16), acc)
+            else:
+                acc = tl.dot(p, vt, acc, input_precision=PROD_PREC)                 # [BF, BDV]
+            zacc = zacc * alpha + tl.sum(p, axis=1)
+            vsum += tl.sum(vt, axis=0)
+            m_run = m_new
+        part = bh * NSPLIT + sp
+        # A and MXF are [BH, M, NSPLIT(, DV)]: the combine reads each feature's splits in a row
+        tl.store(A + ((bh * M + offs_f[:, None]) * NSPLIT + sp) * DV + offs_e[None, :], acc,
+                 mask=fmask[:, None] & emask[None, :])
+        tl.store(Z + part * M + offs_f, zacc, mask=fmask)
+        tl.store(MXF + (bh * M + offs_f) * NSPLIT + sp, m_run, mask=fmask)
+        tl.store(MX + part * NFB + fb, tl.max(tl.where(fmask, m_run, float("-inf")), axis=0))
+        if fb == 0:
+            tl.store(VS + part * DV + offs_e, vsum, mask=emask)
+
+    @triton.jit
+    def _key_pf_kernel(K, V, VALID, PROJ, A, Z, MX, VS, MXF,
+                       skb, skh, skt, svb, svh, svt,
+                       H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
+                       HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr,
+                       DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
+                       BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, TAIL_F: tl.constexpr,
+                       BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+        # grid (NFB, NSPLIT, B H), as _key_kernel (TAIL_F: the last block's narrower tile)
+        fb = tl.program_id(0)
+        sp = tl.program_id(1).to(tl.int64)
+        bh = tl.program_id(2).to(tl.int64)
+        if TAIL_F == 0:
+            _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, fb * BLOCK_F, fb, sp, bh,
+                          skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
+                          HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, BLOCK_T, BLOCK_F, BLOCK_D, BLOCK_DV)
+        else:
+            if fb < NFB - 1:
+                _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, fb * BLOCK_F, fb, sp, bh,
+                              skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
+                              HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, BLOCK_T, BLOCK_F, BLOCK_D, BLOCK_DV)
+            else:
+                _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, fb * BLOCK_F, fb, sp, bh,
+                              skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
+                              HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, BLOCK_T, TAIL_F, BLOCK_D, BLOCK_DV)
+
+    @triton.jit
+    def _combine_kernel(A, Z, MX, VS, NV, MXF, KV, ZO, KVSP, ZSP,
                         M, DV, NSPLIT, NFB, n_all, phi_scale, feat_eps,
-                        HAS_NV: tl.constexpr, KEY_F: tl.constexpr, BF16: tl.constexpr,
+                        HAS_NV: tl.constexpr, KEY_F: tl.constexpr, BF16: tl.constexpr, PER_FEATURE: tl.constexpr,
                         BLOCK_F: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr):
         # grid (cdiv(M, BLOCK_F), B H): for each of BLOCK_F features f, KV_f = phi_scale (sum_p exp(M_p - S) A_p,f +
         # feat_eps sum_p vsum_p) from one [splits, Dv] tile (A is [BH, M, NSPLIT, DV]), z_f likewise; S = max_p M_p
         # over the head's key-pass programs (each program recomputes it). Also the block's sums over its features of
         # KV (as stored: bf16-rounded with BF16) and of z, [BH, cdiv(M, BLOCK_F), DV] / [BH, cdiv(M, BLOCK_F)], which
-        # the query pass adds up.
+        # the query pass adds up. PER_FEATURE (KEY_FORM="per_feature"): split p's partial of feature f is scaled by
+        # exp(M_pf - S) (MXF [BH, M, NSPLIT]) instead of its program's exp(M_p - S).
         fblk = tl.program_id(0)
         bh = tl.program_id(1).to(tl.int64)
         nblk = tl.num_programs(0)
@@ -264,11 +371,16 @@ if triton is not None:
             for s0 in range(0, NSPLIT, BLOCK_S):
                 sm = (s0 + offs_s < NSPLIT) & fs
                 part = bh * NSPLIT + s0 + offs_s                                    # [BS]
-                sc = tl.exp(tl.load(MX + part * NFB + f // KEY_F, mask=sm, other=float("-inf")) - stab)  # 0 off
                 a = tl.load(A + ((bh * M + f) * NSPLIT + s0 + offs_s[:, None]) * DV + offs_e[None, :],
                             mask=sm[:, None] & emask[None, :], other=0.0)           # [BS, BDV]
+                zp = tl.load(Z + part * M + f, mask=sm, other=0.0)
+                if PER_FEATURE:
+                    mp = tl.load(MXF + (bh * M + f) * NSPLIT + s0 + offs_s, mask=sm, other=float("-inf"))
+                else:
+                    mp = tl.load(MX + part * NFB + f // KEY_F, mask=sm, other=float("-inf"))
+                sc = tl.exp(mp - stab)                                              # 0 off and where none valid
                 acc += tl.sum(sc[:, None] * a, axis=0)
-                zacc += tl.sum(sc * tl.load(Z + part * M + f, mask=sm, other=0.0), axis=0)
+                zacc += tl.sum(sc * zp, axis=0)
             kv = phi_scale * (acc + feat_eps * vsum)
             z = phi_scale * (zacc + feat_eps * n_valid)
             if BF16:
@@ -392,16 +504,25 @@ def _check(q, k, v, proj, valid, operands):
         raise ValueError(f"all inputs must be on one device; got {sorted(str(x) for x in devs)}")
 
 
+def _key_form() -> str:
+    if KEY_FORM not in ("per_feature", "per_program"):
+        raise ValueError(f"favor_dense.KEY_FORM={KEY_FORM!r}: expected per_feature or per_program")
+    return KEY_FORM
+
+
 def _split_rows(T: int, heads_x_blocks: int) -> int:
-    """Key rows per key-pass program: KEY_SPLIT_ROWS, or enough splits for about KEY_PROGRAMS programs;
-    a multiple of KEY_BLOCK_T."""
+    """Key rows per key-pass program: KEY_SPLIT_ROWS, or enough splits for about KEY_PROGRAMS programs
+    (KEY_PF_PROGRAMS in the per-feature form); a multiple of the form's key tile."""
+    block_t = KEY_PF_BLOCK_T if _key_form() == "per_feature" else KEY_BLOCK_T
     if KEY_SPLIT_ROWS is not None:
-        if KEY_SPLIT_ROWS % KEY_BLOCK_T or KEY_SPLIT_ROWS <= 0:
-            raise ValueError(f"KEY_SPLIT_ROWS={KEY_SPLIT_ROWS} must be a positive multiple of KEY_BLOCK_T")
+        if KEY_SPLIT_ROWS % block_t or KEY_SPLIT_ROWS <= 0:
+            raise ValueError(f"KEY_SPLIT_ROWS={KEY_SPLIT_ROWS} must be a positive multiple of the key tile "
+                             f"({block_t})")
         return KEY_SPLIT_ROWS
-    tiles = -(-T // KEY_BLOCK_T)
-    nsplit = max(1, min(tiles, -(-KEY_PROGRAMS // heads_x_blocks)))
-    return -(-tiles // nsplit) * KEY_BLOCK_T
+    programs = KEY_PF_PROGRAMS if _key_form() == "per_feature" else KEY_PROGRAMS
+    tiles = -(-T // block_t)
+    nsplit = max(1, min(tiles, -(-programs // heads_x_blocks)))
+    return -(-tiles // nsplit) * block_t
 
 
 def _unit_last(x):
@@ -470,12 +591,24 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
     mx_part = _fresh((BH, nsplit, nfb), torch.float32, dev)
     vs_part = _fresh((BH, nsplit, Dv), torch.float32, dev)
     valid_u8 = valid.to(torch.uint8).contiguous() if valid is not None else mx_part   # dummy when None
-    _key_kernel[(nfb, nsplit, BH)](
-        k, v, valid_u8, proj, a_part, z_part, mx_part, vs_part,
-        k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        H, T, d, Dv, m, rows, nsplit, nfb, x_scale,
-        HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,
-        BLOCK_T=KEY_BLOCK_T, BLOCK_F=KEY_BLOCK_F, TAIL_F=tail_f, BLOCK_D=BD, BLOCK_DV=BDV, num_warps=KEY_NUM_WARPS)
+    per_feature = _key_form() == "per_feature"
+    strides = (k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2))
+    if per_feature:
+        mxf_part = _fresh((BH, m, nsplit), torch.float32, dev)                      # M_pf, split inside the feature
+        _key_pf_kernel[(nfb, nsplit, BH)](
+            k, v, valid_u8, proj, a_part, z_part, mx_part, vs_part, mxf_part, *strides,
+            H, T, d, Dv, m, rows, nsplit, nfb, x_scale,
+            HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,
+            BLOCK_T=KEY_PF_BLOCK_T, BLOCK_F=KEY_BLOCK_F, TAIL_F=tail_f, BLOCK_D=BD, BLOCK_DV=BDV,
+            num_warps=KEY_PF_WARPS, num_stages=KEY_PF_STAGES)
+    else:
+        mxf_part = mx_part                                                           # unused
+        _key_kernel[(nfb, nsplit, BH)](
+            k, v, valid_u8, proj, a_part, z_part, mx_part, vs_part, *strides,
+            H, T, d, Dv, m, rows, nsplit, nfb, x_scale,
+            HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,
+            BLOCK_T=KEY_BLOCK_T, BLOCK_F=KEY_BLOCK_F, TAIL_F=tail_f, BLOCK_D=BD, BLOCK_DV=BDV,
+            num_warps=KEY_NUM_WARPS)
 
     # 2. combine: one stabiliser per head, as favor.py's key features
     if valid is not None:
@@ -491,15 +624,19 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
         kvs_part = _fresh((BH, ncb, Dv), torch.float32, dev)
         zs_part = _fresh((BH, ncb), torch.float32, dev)
         _combine_kernel[(ncb, BH)](
-            a_part, z_part, mx_part, vs_part, mx_part if n_valid is None else n_valid, kv, z, kvs_part, zs_part,
-            m, Dv, nsplit, nfb, float(T), phi_scale, float(feat_eps),
-            HAS_NV=n_valid is not None, KEY_F=KEY_BLOCK_F, BF16=bf16, BLOCK_F=COMBINE_BLOCK_F,
+            a_part, z_part, mx_part, vs_part, mx_part if n_valid is None else n_valid, mxf_part, kv, z, kvs_part,
+            zs_part, m, Dv, nsplit, nfb, float(T), phi_scale, float(feat_eps),
+            HAS_NV=n_valid is not None, KEY_F=KEY_BLOCK_F, BF16=bf16, PER_FEATURE=per_feature,
+            BLOCK_F=COMBINE_BLOCK_F,
             BLOCK_S=pow2_block(min(nsplit, COMBINE_SPLITS)), BLOCK_DV=BDV, num_warps=4)
     else:                                                                            # torch (A/B switch)
         stab = mx_part.amax(dim=(1, 2))                                              # [BH]
         stab = torch.where(torch.isinf(stab), torch.zeros_like(stab), stab)          # no valid key at all
-        scale = torch.exp(mx_part - stab[:, None, None])                             # [BH, S, nfb], 0 for -inf
-        scale_f = scale.repeat_interleave(KEY_BLOCK_F, dim=2)[:, :, :m]              # [BH, S, m]
+        if per_feature:                                                              # [BH, S, m], 0 for -inf
+            scale_f = torch.exp(mxf_part - stab[:, None, None]).transpose(1, 2)
+        else:
+            scale = torch.exp(mx_part - stab[:, None, None])                         # [BH, S, nfb], 0 for -inf
+            scale_f = scale.repeat_interleave(KEY_BLOCK_F, dim=2)[:, :, :m]          # [BH, S, m]
         if n_valid is None:
             n_valid = torch.full((BH,), float(T), device=dev)
         kv = torch.einsum("pfs,pfse->pfe", scale_f.transpose(1, 2), a_part)         # [BH, m, Dv]

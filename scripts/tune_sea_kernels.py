@@ -29,13 +29,14 @@ DECODER = [{}, {"PRECISION": "tf32"}, {"BLOCK_T": 64}, {"NUM_WARPS": 8}, {"BLOCK
 FRONT = [{}, {"STAGES_TF32": None}, {"STAGES_TF32": 1}, {"STAGES_TF32": 3}, {"NUM_WARPS_OUTPUT": 4},
          {"NUM_WARPS_OUTPUT": 4, "STAGES_TF32": 1}, {"CHUNK_TF32": 64}, {"MAX_CHECKPOINTS": 512},
          {"MAX_CHECKPOINTS": 2048}]     # CHUNK / CHUNK_TF32, STAGES_TF32: the chunk of fp32 / tf32-precision calls
-# kernels/favor_dense.py (the bidirectional Performer: key pass, torch combine, query pass), timed as one call
-# (KEY_BLOCK_T=128 needs 256 KiB of shared memory: out of resources on an H200)
-# (the round-19 sweep: results/nvidia-h200/sea-round19/call2/tune-favor.txt; a transposed key pass, features as
-# [features, keys], was no faster: results/nvidia-h200/sea-bidir-mix/call1/tune-favor.txt)
-FAVOR = [{}, {"KEY_NUM_WARPS": 4}, {"KEY_BLOCK_F": 128, "KEY_NUM_WARPS": 4}, {"KEY_BLOCK_T": 16},
-         {"KEY_BLOCK_T": 64, "KEY_NUM_WARPS": 4}, {"KEY_PROGRAMS": 4096}, {"KEY_PROGRAMS": 1024},
-         {"KEY_PROGRAMS": 512}, {"KEY_PROGRAMS": 256}]
+# kernels/favor_dense.py (the bidirectional Performer: key pass, combine, query pass), timed as one call; the first row
+# is the per-program key pass (the form before the seventeenth session), the rest the per-feature one
+# (KEY_BLOCK_T=128 in the per-program form needs 256 KiB of shared memory: out of resources on an H200)
+# (the round-19 sweep: results/nvidia-h200/sea-round19/call2/tune-favor.txt; a transposed per-program key pass,
+# features as [features, keys], was no faster: results/nvidia-h200/sea-bidir-mix/call1/tune-favor.txt)
+FAVOR = [{"KEY_FORM": "per_program"}, {}, {"KEY_PF_WARPS": 4}, {"KEY_PF_BLOCK_T": 32}, {"KEY_PF_BLOCK_T": 128},
+         {"KEY_PF_STAGES": 2}, {"KEY_PF_PROGRAMS": 256}, {"KEY_PF_PROGRAMS": 1024}, {"KEY_PF_PROGRAMS": 2048},
+         {"KEY_BLOCK_F": 64}, {"KEY_BLOCK_F": 64, "KEY_PF_WARPS": 4}, {"KEY_FP32": False}]
 ROWS = [{}, {"ROWS_PER_PROGRAM": 32}, {"ENTRIES_PER_STEP": 32}, {"ENTRIES_PER_STEP": 128}, {"NUM_WARPS": 8},
         {"NUM_WARPS": 2}, {"ROWS_PER_PROGRAM": 32, "NUM_WARPS": 8}, {"ENTRIES_PER_STEP": 128, "NUM_WARPS": 8},
         {"HEAD_GROUP": 1}, {"HEAD_GROUP": 4},
@@ -129,11 +130,11 @@ def main(argv=None) -> int:
             bopts = {key: val for key, val in opts.items() if key != "performer_backend"}
             best = build_sea(bopts, T=T, causal=False).estimator
             vals = torch.cat([identity_values(None, 1, T, D, q.device)[:, None].expand(1, H, T, D), v.float()], -1)
-            qf, kf = q.float(), k.float()
-            print(f"favor_dense: m={best.proj.shape[0]} features, operands {best.performer_dtype}, "
+            # q, k in the layer's dtype, as SEA's estimator passes them (KEY_FP32: the key pass's fp32 copy of k)
+            print(f"favor_dense: m={best.proj.shape[0]} features, operands {best.performer_dtype}, q/k {q.dtype}, "
                   f"precision {best.precision}")
             sweep("bidirectional Performer (favor_dense)", fd, FAVOR,
-                  lambda: fd.favor_softmax_dense(qf, kf, vals, best.proj, operands=best.performer_dtype,
+                  lambda: fd.favor_softmax_dense(q, k, vals, best.proj, operands=best.performer_dtype,
                                                  precision=PRECISIONS[best.precision]), a.rep_ms)
         if "rows" in todo:
             scale = D ** -0.5

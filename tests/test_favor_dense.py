@@ -14,14 +14,18 @@ DV = 2 * D                               # SEA's vals: identity half + value hal
 
 
 DEFAULT_TILES = {name: getattr(fd, name) for name in
-                 ("KEY_BLOCK_T", "KEY_BLOCK_F", "KEY_SPLIT_ROWS", "QUERY_BLOCK_T", "QUERY_BLOCK_F")}
+                 ("KEY_BLOCK_T", "KEY_PF_BLOCK_T", "KEY_BLOCK_F", "KEY_SPLIT_ROWS", "QUERY_BLOCK_T",
+                  "QUERY_BLOCK_F")}
 
 
 @pytest.fixture(autouse=True)
 def small_tiles(monkeypatch):
-    # 16-row key tiles, 32-row key splits (2 splits, the first with 2 tiles: online rescaling across tiles and
-    # the combine across splits), 2 key feature blocks and 2 query feature steps for m = 19 (masked tails).
+    # The per-feature key pass (tests taking `form` run the per-program one too). 16-row key tiles, 32-row key
+    # splits (2 splits, the first with 2 tiles: the accumulation with rescaling across tiles and the combine across
+    # splits), 2 key feature blocks and 2 query feature steps for m = 19 (masked tails).
+    monkeypatch.setattr(fd, "KEY_FORM", "per_feature")
     monkeypatch.setattr(fd, "KEY_BLOCK_T", 16)
+    monkeypatch.setattr(fd, "KEY_PF_BLOCK_T", 16)
     monkeypatch.setattr(fd, "KEY_BLOCK_F", 16)
     monkeypatch.setattr(fd, "KEY_SPLIT_ROWS", 32)
     monkeypatch.setattr(fd, "QUERY_BLOCK_T", 16)
@@ -80,7 +84,9 @@ def _run(q, k, v, proj, valid, operands):
 
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16])
-def test_fp32_operands_match_torch_and_float64(masked, in_dtype):
+@pytest.mark.parametrize("form", ["per_feature", "per_program"])
+def test_fp32_operands_match_torch_and_float64(monkeypatch, form, masked, in_dtype):
+    monkeypatch.setattr(fd, "KEY_FORM", form)
     q, k, v, proj = _inputs(1, in_dtype)
     valid = _valid() if masked else None
     vals = _vals(v, valid)
@@ -95,11 +101,13 @@ def test_fp32_operands_match_torch_and_float64(masked, in_dtype):
 
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16])
-def test_bf16_operands_within_bf16_rounding(masked, in_dtype):
+@pytest.mark.parametrize("form", ["per_feature", "per_program"])
+def test_bf16_operands_within_bf16_rounding(monkeypatch, form, masked, in_dtype):
     """bf16 products: phi_q, phi_k, v rounded to bf16 (unit roundoff u = 2^-9), the KV summary and the numerator
     rounded once more; normaliser fp32. First order, |out - exact| <= 5 u * (the same attention with |v|): the
     kernel and the torch bf16 path both satisfy it with 6 u (their roundings differ: the kernel rounds features
     stabilised by running maxima), so they differ by at most 12 u of that size."""
+    monkeypatch.setattr(fd, "KEY_FORM", form)
     q, k, v, proj = _inputs(2, in_dtype)
     valid = _valid() if masked else None
     vals = _vals(v, valid)
@@ -195,7 +203,9 @@ def test_default_tiles_production_widths(monkeypatch):
     assert ((out - ref).abs() <= 12 * 2.0 ** -9 * size + 1e-6).all()
 
 
-def test_padded_keys_have_no_influence():
+@pytest.mark.parametrize("form", ["per_feature", "per_program"])
+def test_padded_keys_have_no_influence(monkeypatch, form):
+    monkeypatch.setattr(fd, "KEY_FORM", form)
     q, k, v, proj = _inputs(3)
     valid = _valid()
     vals = _vals(v, valid)
@@ -213,9 +223,12 @@ def test_padded_keys_have_no_influence():
                                atol=0, rtol=0)
 
 
-def test_no_valid_key_gives_zero(monkeypatch):
+@pytest.mark.parametrize("form", ["per_feature", "per_program"])
+def test_no_valid_key_gives_zero(form, monkeypatch):
+    monkeypatch.setattr(fd, "KEY_FORM", form)
     monkeypatch.setattr(fd, "KEY_SPLIT_ROWS", None)                              # automatic split: here one
     monkeypatch.setattr(fd, "KEY_PROGRAMS", 12)                                  # 48-row split per (head, block)
+    monkeypatch.setattr(fd, "KEY_PF_PROGRAMS", 12)
     assert fd._split_rows(T, B * H * 2) == 48
     q, k, v, proj = _inputs(4)
     valid = _valid()
@@ -226,7 +239,20 @@ def test_no_valid_key_gives_zero(monkeypatch):
                                atol=3e-6, rtol=3e-5)
 
 
-def test_errors():
+@pytest.mark.parametrize("form", ["per_feature", "per_program"])
+def test_keys_of_very_different_norms(monkeypatch, form):
+    """Keys from near zero to 6x the usual size in one head (the stabilisers see values far apart; a value that
+    matters must not underflow, none may overflow): fp32 against the float64 statement."""
+    monkeypatch.setattr(fd, "KEY_FORM", form)
+    q, k, v, proj = _inputs(8)
+    scale = torch.logspace(-2, 0.8, T)[torch.randperm(T, generator=torch.Generator().manual_seed(0))]
+    k = k * scale[None, None, :, None]
+    vals = _vals(v, None)
+    out = _run(q, k, vals, proj, None, "fp32")
+    torch.testing.assert_close(out.double(), favor_ref64(q, k, vals, proj), atol=3e-6, rtol=3e-5)
+
+
+def test_errors(monkeypatch):
     q, k, v, proj = _inputs(5)
     assert fd.favor_dense_usable("cpu")                                          # conftest set TRITON_INTERPRET=1
     qg = q.clone().requires_grad_(True)
@@ -245,6 +271,10 @@ def test_errors():
         dict(q=q.long()),                                                        # integer input
         dict(operands="fp16"),
     ]
+    monkeypatch.setattr(fd, "KEY_FORM", "rows")
+    with pytest.raises(ValueError, match="KEY_FORM"):
+        fd.favor_softmax_dense(q, k, v, proj)
+    monkeypatch.setattr(fd, "KEY_FORM", "per_feature")
     for change in bad:
         args = dict(q=q, k=k, v=v, proj=proj, valid=None, operands="fp32")
         args.update(change)
@@ -255,15 +285,17 @@ def test_errors():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("form", ["per_feature", "per_program"])
 @pytest.mark.parametrize("operands,precision,call", [("fp32", "tf32x3", None), ("fp32", "ieee", None),
                                                      ("bf16", None, None), ("bf16", None, "tf32"),
                                                      ("fp32", None, "tf32")])
-def test_compiled_kernel_at_sea_widths_matches_torch(monkeypatch, operands, precision, call):
+def test_compiled_kernel_at_sea_widths_matches_torch(monkeypatch, operands, precision, call, form):
     """On CUDA, default tiles, SEA's bidirectional widths (d = 64, m = 266, Dv = 128), a padding mask: the fused
     pass against the torch path (fp32: float rounding; bf16: the same rounding-size bound as on the CPU). call:
     the call's precision= (tf32: one-pass products, held to the bf16 bound; its error is printed)."""
     for name, value in DEFAULT_TILES.items():
         monkeypatch.setattr(fd, name, value)
+    monkeypatch.setattr(fd, "KEY_FORM", form)
     if precision:
         monkeypatch.setattr(fd, "FP32_PRECISION", precision)
     g = torch.Generator(device="cpu").manual_seed(5)
@@ -279,6 +311,6 @@ def test_compiled_kernel_at_sea_widths_matches_torch(monkeypatch, operands, prec
     got = fd.favor_softmax_dense(q, k, vals, proj, valid=valid, operands=operands, precision=call)
     assert torch.isfinite(got).all()
     rel = float((got.double() - want.double()).norm() / want.double().norm())
-    print(f"favor_dense operands={operands} precision={precision or call or 'default'}: rel L2 {rel:.3g}")
+    print(f"favor_dense {form} operands={operands} precision={precision or call or 'default'}: rel L2 {rel:.3g}")
     assert rel < (1e-5 if operands == "fp32" and call is None else 1e-2), rel
 
