@@ -118,6 +118,14 @@ KEY_PF_BLOCK_T = 64               # key rows per tile in the per-feature form
 KEY_PF_WARPS = 8
 KEY_PF_STAGES = 3
 KEY_PF_PROGRAMS = 512             # about this many key-pass programs in the per-feature form (fewer, longer splits)
+# Per-feature form with one-pass TF32 asked for dash (precision "tf32") and bf16 keys: "bf16x2" computes dash as two
+# bf16 products of the raw keys (w d^-1/4 split in a high and a low bf16 part; ~2^-16 relative, finer than TF32),
+# so no fp32 copy of the keys is made and the key tile goes to the products as loaded; "tf32": the keys' fp32 copy
+# (KEY_FP32) and one TF32 product, as the per-program form.
+KEY_PF_DASH = "bf16x2"
+# Per-feature form: |k'|^2 / 2 per key from a small kernel run first ("pre", one [B H, T] fp32 vector) or summed
+# from each key tile inside the pass ("tile").
+KEY_DIAG = "pre"
 FP32_PRECISION = "tf32x3"         # tl.dot input precision for operands="fp32" ("ieee": CUDA-core fp32)
 BF16_DASH_PRECISION = "tf32x3"    # tl.dot input precision of x' proj^T for operands="bf16"
 
@@ -233,15 +241,19 @@ if triton is not None:
                            DASH_PREC, PROD_PREC, BLOCK_T, TAIL_F, BLOCK_D, BLOCK_DV)
 
     @triton.jit
-    def _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, f0, fb, sp, bh,
+    def _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, f0, fb, sp, bh,
                       skb, skh, skt, svb, svh, svt,
                       H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                       HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr,
-                      DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
+                      DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr, DASH_X2: tl.constexpr,
+                      DIAG_PRE: tl.constexpr,
                       BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
                       BLOCK_DV: tl.constexpr):
         # KEY_FORM="per_feature": features f0 .. f0 + BLOCK_F - 1 over key rows sp * ROWS .. of head bh, tiles held
-        # [features, keys], a running maximum of dash per feature
+        # [features, keys], a running maximum of dash per feature. DASH_X2 (bf16 keys): dash = w_hi k + w_lo k, two
+        # bf16 products of the raw keys with x_scale w split in two bf16 parts (each product exact, fp32 sums:
+        # ~2^-16 relative, finer than one-pass TF32's 2^-11), so the key tile feeds the products as loaded.
+        # DIAG_PRE: |k'|^2 / 2 read from DG [BH, T] (_key_sqnorm_kernel) instead of summed from the tile.
         b = bh // H
         h = bh % H
         offs_f = f0 + tl.arange(0, BLOCK_F)
@@ -260,6 +272,10 @@ if triton is not None:
         row_end = tl.minimum(row0 + ROWS, T)
         kbase = K + b * skb + h * skh
         vbase = V + b * svb + h * svh
+        if DASH_X2:
+            ws = w * x_scale
+            w_hi = ws.to(tl.bfloat16)
+            w_lo = (ws - w_hi.to(tl.float32)).to(tl.bfloat16)
         for start in range(row0, row_end, BLOCK_T):
             offs_t = start + tl.arange(0, BLOCK_T)      # int64
             tmask = offs_t < row_end
@@ -268,10 +284,23 @@ if triton is not None:
                 rmask = tmask & ok
             else:
                 rmask = tmask
-            kt = tl.load(kbase + offs_t[None, :] * skt + offs_d[:, None], mask=dmask[:, None] & tmask[None, :],
-                         other=0.0).to(tl.float32) * x_scale                       # [BD, BT]: k'^T
-            diag = tl.where(rmask, tl.sum(kt * kt, axis=0) * 0.5, 0.0)              # [BT] (NaN keys off)
-            dash = tl.dot(w, kt, input_precision=DASH_PREC)                         # [BF, BT]
+            kraw = tl.load(kbase + offs_t[None, :] * skt + offs_d[:, None], mask=dmask[:, None] & tmask[None, :],
+                           other=0.0)                                               # [BD, BT]: k^T
+            if DASH_X2:
+                if EMU:     # the interpreter's bf16 tl.dot is broken: fp32 dots of the bf16 values (exact products)
+                    dash = tl.dot(w_hi.to(tl.float32), kraw.to(tl.float32), input_precision="ieee")
+                    dash += tl.dot(w_lo.to(tl.float32), kraw.to(tl.float32), input_precision="ieee")
+                else:
+                    dash = tl.dot(w_lo, kraw)
+                    dash = tl.dot(w_hi, kraw, dash)                                 # [BF, BT]
+            else:
+                kt = kraw.to(tl.float32) * x_scale                                  # k'^T
+                dash = tl.dot(w, kt, input_precision=DASH_PREC)                     # [BF, BT]
+            if DIAG_PRE:
+                diag = tl.load(DG + bh * T + offs_t, mask=rmask, other=0.0)         # [BT]
+            else:
+                kd = kraw.to(tl.float32) * x_scale
+                diag = tl.where(rmask, tl.sum(kd * kd, axis=0) * 0.5, 0.0)          # [BT] (NaN keys off)
             dash = tl.where(rmask[None, :], dash, float("-inf"))
             m_new = tl.maximum(m_run, tl.max(dash, axis=1))                         # [BF]
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -302,11 +331,12 @@ if triton is not None:
             tl.store(VS + part * DV + offs_e, vsum, mask=emask)
 
     @triton.jit
-    def _key_pf_kernel(K, V, VALID, PROJ, A, Z, MX, VS, MXF,
+    def _key_pf_kernel(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG,
                        skb, skh, skt, svb, svh, svt,
                        H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                        HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr,
-                       DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
+                       DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr, DASH_X2: tl.constexpr,
+                       DIAG_PRE: tl.constexpr,
                        BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, TAIL_F: tl.constexpr,
                        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
         # grid (NFB, NSPLIT, B H), as _key_kernel (TAIL_F: the last block's narrower tile)
@@ -314,18 +344,33 @@ if triton is not None:
         sp = tl.program_id(1).to(tl.int64)
         bh = tl.program_id(2).to(tl.int64)
         if TAIL_F == 0:
-            _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, fb * BLOCK_F, fb, sp, bh,
+            _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                           skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
-                          HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, BLOCK_T, BLOCK_F, BLOCK_D, BLOCK_DV)
+                          HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, BLOCK_T, BLOCK_F, BLOCK_D,
+                          BLOCK_DV)
         else:
             if fb < NFB - 1:
-                _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, fb * BLOCK_F, fb, sp, bh,
+                _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                               skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
-                              HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, BLOCK_T, BLOCK_F, BLOCK_D, BLOCK_DV)
+                              HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, BLOCK_T, BLOCK_F,
+                              BLOCK_D, BLOCK_DV)
             else:
-                _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, fb * BLOCK_F, fb, sp, bh,
+                _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                               skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
-                              HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, BLOCK_T, TAIL_F, BLOCK_D, BLOCK_DV)
+                              HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, BLOCK_T, TAIL_F,
+                              BLOCK_D, BLOCK_DV)
+
+    @triton.jit
+    def _key_sqnorm_kernel(K, DG, skb, skh, skt, H, T, D, x_scale,
+                           BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+        # grid (cdiv(T, BLOCK_T), B H): DG[bh, t] = |k_t d^-1/4|^2 / 2 in fp32 (KEY_DIAG="pre")
+        tb = tl.program_id(0).to(tl.int64)
+        bh = tl.program_id(1).to(tl.int64)
+        offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
+        offs_d = tl.arange(0, BLOCK_D)
+        kt = tl.load(K + (bh // H) * skb + (bh % H) * skh + offs_t[:, None] * skt + offs_d[None, :],
+                     mask=(offs_t < T)[:, None] & (offs_d < D)[None, :], other=0.0).to(tl.float32) * x_scale
+        tl.store(DG + bh * T + offs_t, tl.sum(kt * kt, axis=1) * 0.5, mask=offs_t < T)
 
     @triton.jit
     def _combine_kernel(A, Z, MX, VS, NV, MXF, KV, ZO, KVSP, ZSP,
@@ -567,7 +612,15 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
     dev = q.device
     bf16 = operands == "bf16"
     emu = dev.type != "cuda"          # interpreter: bf16 products as fp32 dots of bf16-rounded values (same result)
-    if KEY_FP32 and k.dtype != torch.float32:
+    per_feature = _key_form() == "per_feature"
+    if KEY_PF_DASH not in ("bf16x2", "tf32") or KEY_DIAG not in ("pre", "tile"):
+        raise ValueError(f"favor_dense: KEY_PF_DASH={KEY_PF_DASH!r} (bf16x2 or tf32), KEY_DIAG={KEY_DIAG!r} "
+                         "(pre or tile)")
+    if precision not in (None, "tf32x3", "ieee", "tf32"):
+        raise ValueError(f"favor_dense: precision={precision!r}, expected None, tf32x3, ieee or tf32")
+    dash_prec = precision or (BF16_DASH_PRECISION if bf16 else FP32_PRECISION)
+    dash_x2 = per_feature and KEY_PF_DASH == "bf16x2" and dash_prec == "tf32" and k.dtype == torch.bfloat16
+    if KEY_FP32 and k.dtype != torch.float32 and not dash_x2:
         k = k.float()
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     proj = proj.contiguous()
@@ -575,9 +628,6 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
     x_scale = float(d) ** -0.25
     phi_scale = float(m) ** -0.5
     BD, BDV = pow2_block(d), pow2_block(Dv)
-    if precision not in (None, "tf32x3", "ieee", "tf32"):
-        raise ValueError(f"favor_softmax_dense: precision={precision!r}, expected None, tf32x3, ieee or tf32")
-    dash_prec = precision or (BF16_DASH_PRECISION if bf16 else FP32_PRECISION)
     prod_prec = precision or FP32_PRECISION
     nfb = triton.cdiv(m, KEY_BLOCK_F)
     tail = m - (nfb - 1) * KEY_BLOCK_F                                               # features in the last block
@@ -591,14 +641,20 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
     mx_part = _fresh((BH, nsplit, nfb), torch.float32, dev)
     vs_part = _fresh((BH, nsplit, Dv), torch.float32, dev)
     valid_u8 = valid.to(torch.uint8).contiguous() if valid is not None else mx_part   # dummy when None
-    per_feature = _key_form() == "per_feature"
     strides = (k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2))
     if per_feature:
         mxf_part = _fresh((BH, m, nsplit), torch.float32, dev)                      # M_pf, split inside the feature
+        if KEY_DIAG == "pre":
+            diag = _fresh((BH, T), torch.float32, dev)
+            _key_sqnorm_kernel[(triton.cdiv(T, 64), BH)](k, diag, k.stride(0), k.stride(1), k.stride(2), H, T, d,
+                                                        x_scale, BLOCK_T=64, BLOCK_D=BD, num_warps=4)
+        else:
+            diag = mx_part                                                           # unused
         _key_pf_kernel[(nfb, nsplit, BH)](
-            k, v, valid_u8, proj, a_part, z_part, mx_part, vs_part, mxf_part, *strides,
+            k, v, valid_u8, proj, a_part, z_part, mx_part, vs_part, mxf_part, diag, *strides,
             H, T, d, Dv, m, rows, nsplit, nfb, x_scale,
             HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,
+            DASH_X2=dash_x2, DIAG_PRE=KEY_DIAG == "pre",
             BLOCK_T=KEY_PF_BLOCK_T, BLOCK_F=KEY_BLOCK_F, TAIL_F=tail_f, BLOCK_D=BD, BLOCK_DV=BDV,
             num_warps=KEY_PF_WARPS, num_stages=KEY_PF_STAGES)
     else:

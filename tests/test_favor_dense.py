@@ -252,6 +252,26 @@ def test_keys_of_very_different_norms(monkeypatch, form):
     torch.testing.assert_close(out.double(), favor_ref64(q, k, vals, proj), atol=3e-6, rtol=3e-5)
 
 
+@pytest.mark.parametrize("diag", ["pre", "tile"])
+def test_bf16x2_dash_for_bf16_keys(monkeypatch, diag):
+    """precision="tf32" with bf16 keys in the per-feature pass: dash from two bf16 products of the raw keys (the
+    projection split in a high and a low bf16 part) and |k'|^2 / 2 read from the small pre-pass or summed from the
+    tile: within ~2^-16 of the float64 statement (one-pass TF32's 2^-11 would not pass this tolerance on a GPU; the
+    interpreter multiplies "tf32" exactly, so the fp32-key call below is the exact path)."""
+    monkeypatch.setattr(fd, "KEY_DIAG", diag)
+    q, k, v, proj = _inputs(9, torch.bfloat16)
+    valid = _valid()
+    vals = _vals(v.float(), valid)
+    out = fd.favor_softmax_dense(q, k, vals, proj, valid=valid, operands="fp32", precision="tf32")
+    assert torch.isfinite(out).all()
+    exact = favor_ref64(q, k, vals, proj, valid)
+    rel = ((out.double() - exact).norm() / exact.norm()).item()
+    assert rel < 3e-5, rel
+    exact_path = fd.favor_softmax_dense(q, k.float(), vals, proj, valid=valid, operands="fp32", precision="tf32")
+    assert not torch.equal(out, exact_path)                                      # the split products did run
+    torch.testing.assert_close(exact_path.double(), exact, atol=3e-6, rtol=3e-5)
+
+
 def test_errors(monkeypatch):
     q, k, v, proj = _inputs(5)
     assert fd.favor_dense_usable("cpu")                                          # conftest set TRITON_INTERPRET=1
@@ -314,3 +334,26 @@ def test_compiled_kernel_at_sea_widths_matches_torch(monkeypatch, operands, prec
     print(f"favor_dense {form} operands={operands} precision={precision or call or 'default'}: rel L2 {rel:.3g}")
     assert rel < (1e-5 if operands == "fp32" and call is None else 1e-2), rel
 
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16x2_dash_is_finer_than_one_pass_tf32(monkeypatch):
+    """On the GPU, precision="tf32" with bf16 keys: the per-feature pass's two bf16 products (KEY_PF_DASH="bf16x2")
+    against its one TF32 product ("tf32"), both against the exact fp32 ("ieee") output: the split products are
+    several times closer, and close in absolute terms."""
+    for name, val in DEFAULT_TILES.items():
+        monkeypatch.setattr(fd, name, val)
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, 4, 4096, 64, generator=g).cuda().bfloat16() for _ in range(3))
+    proj = orthogonal_random_features(266, 64, g).cuda()
+    vals = torch.cat([identity_values(None, 1, 4096, 64, "cuda")[:, None].expand(1, 4, 4096, 64), v.float()], -1)
+    with torch.no_grad():
+        exact = fd.favor_softmax_dense(q, k, vals, proj, operands="fp32", precision="ieee").double()
+        rel = {}
+        for dash in ("bf16x2", "tf32"):
+            monkeypatch.setattr(fd, "KEY_PF_DASH", dash)
+            out = fd.favor_softmax_dense(q, k, vals, proj, operands="fp32", precision="tf32").double()
+            rel[dash] = ((out - exact).norm() / exact.norm()).item()
+    print(f"favor_dense dash products, rel L2 to ieee: {rel}")
+    assert rel["bf16x2"] < 1e-4 and rel["bf16x2"] * 4 < rel["tf32"], rel

@@ -155,6 +155,43 @@ def test_precision_reaches_the_bidirectional_performer_kernel(monkeypatch):
         fd.favor_softmax_dense(q, k, v, mod.estimator.proj, precision="fp16")
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_bf16_performer_values_built_in_bf16(monkeypatch, backend):
+    """Bidirectional SEA with performer_dtype=bf16 builds the Performer's values [identity ; v] in bf16
+    (estimator.VALS_BF16): they reach the Performer in bf16; the torch path (which rounds them to bf16 for its
+    products anyway) gives the same estimate bit for bit, the fused kernel (interpreted) within its feat_eps term's
+    rounding."""
+    import kernels.favor_dense as fd
+    import methods.sea.estimator as est
+    import methods.sea.favor as favor
+
+    seen = []
+    real = favor.favor_attention
+
+    def spy_vals(q, k, v, *a, **kw):
+        seen.append(v.dtype)
+        return real(q, k, v, *a, **kw)
+
+    monkeypatch.setattr(est, "favor_attention", spy_vals)
+    monkeypatch.setattr(fd, "POISON_OUTPUTS", True)
+    M = get("sea")
+    cfg = M.resolve_config(dict(k="3", K="16", backend="torch", performer_backend=backend, performer_dtype="bf16"))
+    prob = Problem(B, H, H, T, D, dtype="fp32", causal=False, device="cpu")
+    mod = M.build(cfg, prob, seed=3)
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(B, H, T, D, generator=g) for _ in range(3))
+    got = {}
+    for flag in (True, False):
+        monkeypatch.setattr(est, "VALS_BF16", flag)
+        with torch.no_grad():
+            got[flag] = mod.estimator(q, k, v, valid=None)[0]
+    assert seen == [torch.bfloat16, torch.float32]
+    if backend == "torch":
+        assert torch.equal(got[True], got[False])
+    else:
+        torch.testing.assert_close(got[True], got[False], atol=1e-4, rtol=1e-4)
+
+
 def flag_state():
     return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
 

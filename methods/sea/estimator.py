@@ -48,6 +48,10 @@ BIDIR_CHANNELS_LAST = "auto"
 # 1.64 ms at 8k with 16 / 32 / 64 rows on 2-8 warps (results/nvidia-h200/sea-fewer-launches/call3/, call4/): likely
 # its scattered stores (a program writes one head's 4 of the 64 channels); kept, tested, for a redesign.
 BIDIR_FRONT = False
+# The bidirectional Performer's values [identity ; v] built in bf16 when its products take bf16 operands (the
+# products round them to bf16 anyway; half the bytes written and read): True; False keeps them fp32 (the A/B switch).
+# Only the feat_eps term's sum of the values sees the rounding (1e-4 times a bf16 rounding).
+VALS_BF16 = True
 RECOMPILE_LIMIT = 64             # each estimator instance and shape is one more compiled entry of forward()
 
 
@@ -509,6 +513,8 @@ class Estimator(nn.Module):
         self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(q, k, v, vi),
                                                 padded=valid is not None)
         vals = torch.cat([vi, v.float()], dim=-1)                        # [B, H, T, 2d] fp32
+        if VALS_BF16 and not self.causal and self.performer_dtype == "bf16" and not needs_grad(vals):
+            vals = vals.to(torch.bfloat16)                                   # one fused cast under compile
         if self.uses_bidir_front(q, k, v, valid, carry):
             x, scales = self.bidir_front(q, k, v, vals)                  # [B, 4H, T, K/2] bf16, [B, H, T, 2]
             return self._finish(x, scales, carry, None, headed=True, probs=probs, pool=pool)
