@@ -114,9 +114,9 @@ COMBINE_SPLITS = 64               # key-pass splits per combine tile (more are w
 # scales each (split, feature) partial by exp(M_pf - S). "per_program": the form before the seventeenth session (keys
 # x features tiles, one running maximum per program: a reduction across warps every tile); the same-run A/B switch.
 KEY_FORM = "per_feature"
-KEY_PF_BLOCK_T = 64               # key rows per tile in the per-feature form
-KEY_PF_WARPS = 8
-KEY_PF_STAGES = 3
+KEY_PF_BLOCK_T = 128              # key rows per tile in the per-feature form; H200, bf16 values, favor_dense's whole
+KEY_PF_WARPS = 8                  # call at 8k / 64k: 64 keys on 3 stages 0.402 / 2.198 ms, 128 on 2 stages 0.280 /
+KEY_PF_STAGES = 2                 # 1.832, per-program 0.392 / 2.460 (results/nvidia-h200/sea-key-pass/call2/)
 KEY_PF_PROGRAMS = 512             # about this many key-pass programs in the per-feature form (fewer, longer splits)
 # Per-feature form with one-pass TF32 asked for dash (precision "tf32") and bf16 keys: "bf16x2" computes dash as two
 # bf16 products of the raw keys (w d^-1/4 split in a high and a low bf16 part; ~2^-16 relative, finer than TF32),
