@@ -117,6 +117,10 @@ KEY_FORM = "per_feature"
 KEY_PF_BLOCK_T = 128              # key rows per tile in the per-feature form; H200, bf16 values, favor_dense's whole
 KEY_PF_WARPS = 8                  # call at 8k / 64k: 64 keys on 3 stages 0.402 / 2.198 ms, 128 on 2 stages 0.280 /
 KEY_PF_STAGES = 2                 # 1.832, per-program 0.392 / 2.460 (results/nvidia-h200/sea-key-pass/call2/)
+# fp32 products (operands="fp32": TF32x3 or IEEE dots of fp32 features and values) need more registers and shared
+# memory per key: 128-key tiles failed to compile or run there (call 3's GPU tests); they take these tiles
+KEY_PF_FP32_BLOCK_T = 64
+KEY_PF_FP32_STAGES = 2
 KEY_PF_PROGRAMS = 512             # about this many key-pass programs in the per-feature form (fewer, longer splits)
 # Per-feature form with one-pass TF32 asked for dash (precision "tf32") and bf16 keys: "bf16x2" computes dash as two
 # bf16 products of the raw keys (w d^-1/4 split in a high and a low bf16 part; ~2^-16 relative, finer than TF32),
@@ -555,10 +559,16 @@ def _key_form() -> str:
     return KEY_FORM
 
 
-def _split_rows(T: int, heads_x_blocks: int) -> int:
+def _pf_tiles(bf16: bool) -> tuple[int, int]:
+    """(key rows per tile, pipeline stages) of the per-feature key pass for bf16 or fp32 products."""
+    return (KEY_PF_BLOCK_T, KEY_PF_STAGES) if bf16 else (KEY_PF_FP32_BLOCK_T, KEY_PF_FP32_STAGES)
+
+
+def _split_rows(T: int, heads_x_blocks: int, bf16: bool = True) -> int:
     """Key rows per key-pass program: KEY_SPLIT_ROWS, or enough splits for about KEY_PROGRAMS programs
-    (KEY_PF_PROGRAMS in the per-feature form); a multiple of the form's key tile."""
-    block_t = KEY_PF_BLOCK_T if _key_form() == "per_feature" else KEY_BLOCK_T
+    (KEY_PF_PROGRAMS in the per-feature form); a multiple of the form's key tile (per-feature: for bf16 or fp32
+    products)."""
+    block_t = _pf_tiles(bf16)[0] if _key_form() == "per_feature" else KEY_BLOCK_T
     if KEY_SPLIT_ROWS is not None:
         if KEY_SPLIT_ROWS % block_t or KEY_SPLIT_ROWS <= 0:
             raise ValueError(f"KEY_SPLIT_ROWS={KEY_SPLIT_ROWS} must be a positive multiple of the key tile "
@@ -632,7 +642,7 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
     nfb = triton.cdiv(m, KEY_BLOCK_F)
     tail = m - (nfb - 1) * KEY_BLOCK_F                                               # features in the last block
     tail_f = pow2_block(tail) if KEY_TAIL and pow2_block(tail) < KEY_BLOCK_F else 0
-    rows = _split_rows(T, BH * nfb)
+    rows = _split_rows(T, BH * nfb, bf16)
     nsplit = triton.cdiv(T, rows)
 
     # 1. key pass: per (feature block, key range, head) partial sums with their own stabiliser
@@ -655,8 +665,8 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
             H, T, d, Dv, m, rows, nsplit, nfb, x_scale,
             HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,
             DASH_X2=dash_x2, DIAG_PRE=KEY_DIAG == "pre",
-            BLOCK_T=KEY_PF_BLOCK_T, BLOCK_F=KEY_BLOCK_F, TAIL_F=tail_f, BLOCK_D=BD, BLOCK_DV=BDV,
-            num_warps=KEY_PF_WARPS, num_stages=KEY_PF_STAGES)
+            BLOCK_T=_pf_tiles(bf16)[0], BLOCK_F=KEY_BLOCK_F, TAIL_F=tail_f, BLOCK_D=BD, BLOCK_DV=BDV,
+            num_warps=KEY_PF_WARPS, num_stages=_pf_tiles(bf16)[1])
     else:
         mxf_part = mx_part                                                           # unused
         _key_kernel[(nfb, nsplit, BH)](

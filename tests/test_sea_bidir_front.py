@@ -18,8 +18,9 @@ from methods.sea.favor import orthogonal_random_features  # noqa: E402
 @pytest.fixture(autouse=True)
 def small_tiles(monkeypatch):
     if not torch.cuda.is_available():
-        for mod, name, val in ((fd, "KEY_BLOCK_T", 16), (fd, "KEY_PF_BLOCK_T", 16), (fd, "KEY_BLOCK_F", 16), (fd, "KEY_SPLIT_ROWS", 32),
-                               (fd, "QUERY_BLOCK_F", 16), (bf, "BLOCK_T", 16), (bf, "ROW_CHUNK", 16)):
+        for mod, name, val in ((fd, "KEY_BLOCK_T", 16), (fd, "KEY_PF_BLOCK_T", 16), (fd, "KEY_PF_FP32_BLOCK_T", 16),
+                               (fd, "KEY_BLOCK_F", 16), (fd, "KEY_SPLIT_ROWS", 32), (fd, "QUERY_BLOCK_F", 16),
+                               (bf, "BLOCK_T", 16), (bf, "ROW_CHUNK", 16)):
             monkeypatch.setattr(mod, name, val)
     monkeypatch.setattr(fd, "POISON_OUTPUTS", True)
     monkeypatch.setattr(bf, "POISON_OUTPUTS", True)
