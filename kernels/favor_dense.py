@@ -130,9 +130,6 @@ KEY_PF_DASH = "bf16x2"
 # Per-feature form: |k'|^2 / 2 per key from a small kernel run first ("pre", one [B H, T] fp32 vector) or summed
 # from each key tile inside the pass ("tile").
 KEY_DIAG = "pre"
-# The query pass's dash with one-pass TF32 asked and bf16 queries: "bf16x2" (two bf16 products of the raw queries,
-# as KEY_PF_DASH) or "tf32" (one TF32 product of the scaled fp32 queries).
-QUERY_DASH = "bf16x2"
 FP32_PRECISION = "tf32x3"         # tl.dot input precision for operands="fp32" ("ieee": CUDA-core fp32)
 BF16_DASH_PRECISION = "tf32x3"    # tl.dot input precision of x' proj^T for operands="bf16"
 
@@ -448,11 +445,9 @@ if triton is not None:
     def _query_tile(Q, PROJ, KV, Z, KVSP, ZSP, tb, bh, sqb, sqh, sqt,
                     H, T, D, DV, M, NCB, x_scale, phi_scale, eps, feat_eps,
                     BF16: tl.constexpr, EMU: tl.constexpr, DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
-                    DASH_X2: tl.constexpr,
                     BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
                     BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr):
-        # the query pass's output for query rows tb * BLOCK_T .. of head bh: fp32 [BLOCK_T, BLOCK_DV]. DASH_X2 (bf16
-        # queries): dash from two bf16 products of the raw queries, as the per-feature key pass's
+        # the query pass's output for query rows tb * BLOCK_T .. of head bh: fp32 [BLOCK_T, BLOCK_DV]
         b = bh // H
         h = bh % H
         offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -461,9 +456,8 @@ if triton is not None:
         dmask = offs_d < D
         offs_e = tl.arange(0, BLOCK_DV)
         emask = offs_e < DV
-        qraw = tl.load(Q + b * sqb + h * sqh + offs_t[:, None] * sqt + offs_d[None, :],
-                       mask=tmask[:, None] & dmask[None, :], other=0.0)
-        qt = qraw.to(tl.float32) * x_scale                                          # [BT, BD]
+        qt = tl.load(Q + b * sqb + h * sqh + offs_t[:, None] * sqt + offs_d[None, :],
+                     mask=tmask[:, None] & dmask[None, :], other=0.0).to(tl.float32) * x_scale   # [BT, BD]
         diag = tl.sum(qt * qt, axis=1) * 0.5                                        # [BT]
         m_run = tl.full([BLOCK_T], float("-inf"), tl.float32)
         acc = tl.zeros([BLOCK_T, BLOCK_DV], dtype=tl.float32)
@@ -480,18 +474,7 @@ if triton is not None:
             fmask = offs_f < M
             pt = tl.load(PROJ + offs_f[None, :] * D + offs_d[:, None], mask=fmask[None, :] & dmask[:, None],
                          other=0.0).to(tl.float32)                                  # [BD, BF]
-            if DASH_X2:
-                ps = pt * x_scale
-                p_hi = ps.to(tl.bfloat16)
-                p_lo = (ps - p_hi.to(tl.float32)).to(tl.bfloat16)
-                if EMU:
-                    dash = tl.dot(qraw.to(tl.float32), p_hi.to(tl.float32), input_precision="ieee")
-                    dash += tl.dot(qraw.to(tl.float32), p_lo.to(tl.float32), input_precision="ieee")
-                else:
-                    dash = tl.dot(qraw, p_lo)
-                    dash = tl.dot(qraw, p_hi, dash)                                 # [BT, BF]
-            else:
-                dash = tl.dot(qt, pt, input_precision=DASH_PREC)                    # [BT, BF]
+            dash = tl.dot(qt, pt, input_precision=DASH_PREC)                        # [BT, BF]
             dash = tl.where(fmask[None, :], dash, float("-inf"))
             m_new = tl.maximum(m_run, tl.max(dash, axis=1))                         # finite: >= 1 feature
             alpha = tl.exp(m_run - m_new)
@@ -521,13 +504,13 @@ if triton is not None:
                       sqb, sqh, sqt, sob, soh, sot,
                       H, T, D, DV, M, NCB, x_scale, phi_scale, eps, feat_eps,
                       BF16: tl.constexpr, EMU: tl.constexpr, DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
-                      DASH_X2: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+                      BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
                       BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr):
         tb = tl.program_id(0).to(tl.int64)
         bh = tl.program_id(1).to(tl.int64)
         out = _query_tile(Q, PROJ, KV, Z, KVSP, ZSP, tb, bh, sqb, sqh, sqt, H, T, D, DV, M, NCB, x_scale, phi_scale,
-                          eps, feat_eps, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, BLOCK_T, BLOCK_F, BLOCK_D,
-                          BLOCK_DV, BLOCK_CB)
+                          eps, feat_eps, BF16, EMU, DASH_PREC, PROD_PREC, BLOCK_T, BLOCK_F, BLOCK_D, BLOCK_DV,
+                          BLOCK_CB)
         offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
         offs_e = tl.arange(0, BLOCK_DV)
         tl.store(O + (bh // H) * sob + (bh % H) * soh + offs_t[:, None] * sot + offs_e[None, :], out,
@@ -617,8 +600,7 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
         H, T, q.shape[3], Dv, st["m"], st["ncb"], st["x_scale"], st["phi_scale"], float(eps), float(feat_eps),
         BF16=st["bf16"], EMU=st["emu"], DASH_PREC=st["dash_prec"], PROD_PREC=st["prod_prec"],
-        DASH_X2=st["q_dash_x2"], BLOCK_T=QUERY_BLOCK_T, BLOCK_F=QUERY_BLOCK_F, BLOCK_D=pow2_block(q.shape[3]),
-        BLOCK_DV=pow2_block(Dv),
+        BLOCK_T=QUERY_BLOCK_T, BLOCK_F=QUERY_BLOCK_F, BLOCK_D=pow2_block(q.shape[3]), BLOCK_DV=pow2_block(Dv),
         BLOCK_CB=pow2_block(st["ncb"]), num_warps=QUERY_NUM_WARPS)
     return out
 
@@ -641,9 +623,9 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
     bf16 = operands == "bf16"
     emu = dev.type != "cuda"          # interpreter: bf16 products as fp32 dots of bf16-rounded values (same result)
     per_feature = _key_form() == "per_feature"
-    if KEY_PF_DASH not in ("bf16x2", "tf32") or QUERY_DASH not in ("bf16x2", "tf32") or KEY_DIAG not in ("pre", "tile"):
-        raise ValueError(f"favor_dense: KEY_PF_DASH={KEY_PF_DASH!r}, QUERY_DASH={QUERY_DASH!r} (bf16x2 or tf32), "
-                         f"KEY_DIAG={KEY_DIAG!r} (pre or tile)")
+    if KEY_PF_DASH not in ("bf16x2", "tf32") or KEY_DIAG not in ("pre", "tile"):
+        raise ValueError(f"favor_dense: KEY_PF_DASH={KEY_PF_DASH!r} (bf16x2 or tf32), KEY_DIAG={KEY_DIAG!r} "
+                         "(pre or tile)")
     if precision not in (None, "tf32x3", "ieee", "tf32"):
         raise ValueError(f"favor_dense: precision={precision!r}, expected None, tf32x3, ieee or tf32")
     dash_prec = precision or (BF16_DASH_PRECISION if bf16 else FP32_PRECISION)
@@ -733,7 +715,5 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
         kvs_part = kv.float().sum(1, keepdim=True).contiguous()                      # [BH, 1, Dv]
         zs_part = z.sum(1, keepdim=True).contiguous()                                # [BH, 1]
 
-    q_dash_x2 = QUERY_DASH == "bf16x2" and dash_prec == "tf32" and q.dtype == torch.bfloat16
     return dict(q=q, proj=proj, kv=kv, z=z, kvs_part=kvs_part, zs_part=zs_part, ncb=ncb, m=m, Dv=Dv,
-                q_dash_x2=q_dash_x2,
                 x_scale=x_scale, phi_scale=phi_scale, bf16=bf16, emu=emu, dash_prec=dash_prec, prod_prec=prod_prec)

@@ -62,16 +62,16 @@ if triton is not None:
                       sqb, sqh, sqt, svb, svh, svt,
                       H, T, D, M, NCB, KH, x_scale, phi_scale, eps, feat_eps, ln_eps,
                       BF16: tl.constexpr, EMU: tl.constexpr, DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
-                      DASH_X2: tl.constexpr, ENC_PREC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr,
-                      BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr, ROW_CHUNK: tl.constexpr):
+                      ENC_PREC: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+                      BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr, ROW_CHUNK: tl.constexpr):
         tb = tl.program_id(0).to(tl.int64)
         bh = tl.program_id(1).to(tl.int64)
         b = bh // H
         h = bh % H
         D2 = 2 * D
         c = _query_tile(Q, PROJ, KV, Z, KVSP, ZSP, tb, bh, sqb, sqh, sqt, H, T, D, D2, M, NCB, x_scale, phi_scale,
-                        eps, feat_eps, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, BLOCK_T, BLOCK_F, BLOCK_D,
-                        BLOCK_DV, BLOCK_CB)                                                   # [BT, BDV] fp32
+                        eps, feat_eps, BF16, EMU, DASH_PREC, PROD_PREC, BLOCK_T, BLOCK_F, BLOCK_D, BLOCK_DV,
+                        BLOCK_CB)                                                   # [BT, BDV] fp32
         offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
         tmask = offs_t < T
         offs_n = tl.arange(0, BLOCK_DV)                                             # 2d encoder outputs
@@ -168,8 +168,7 @@ def bidir_front(q, k, v, values, proj, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, s
         *(t.contiguous() for t in (lin_w, lin_b, ln_w, ln_b, sc_w, sc_b, row_w, row_b)), x, scales,
         q.stride(0), q.stride(1), q.stride(2), v.stride(0), v.stride(1), v.stride(2),
         H, T, d, st["m"], st["ncb"], KH, st["x_scale"], st["phi_scale"], float(eps), float(feat_eps), float(ln_eps),
-        BF16=st["bf16"], EMU=st["emu"], DASH_PREC=st["dash_prec"], PROD_PREC=st["prod_prec"],
-        DASH_X2=st["q_dash_x2"], ENC_PREC=enc_precision,
+        BF16=st["bf16"], EMU=st["emu"], DASH_PREC=st["dash_prec"], PROD_PREC=st["prod_prec"], ENC_PREC=enc_precision,
         BLOCK_T=BLOCK_T, BLOCK_F=fd.QUERY_BLOCK_F, BLOCK_D=pow2_block(d), BLOCK_DV=pow2_block(2 * d),
         BLOCK_CB=pow2_block(st["ncb"]), ROW_CHUNK=ROW_CHUNK, num_warps=NUM_WARPS)
     return x.permute(0, 3, 1, 2), scales
