@@ -8,22 +8,32 @@ Computes, in float32, the same quantity as
     phi_k = m^-1/2 (exp(dash_k - diag_k - S) + feat_eps) * valid,  S = max of dash_k over valid keys and features
     out   = phi_q (phi_k^T v) / (phi_q . sum_t phi_k + eps)                              -> [B, H, T, Dv]
 
-without ever writing a [T, m] tensor (dash, exp, features) to memory. Three launches:
+without ever writing a [T, m] tensor (dash, exp, features) to memory. Three launches (four with KEY_DIAG="pre"):
 
   1. key pass, grid (feature block, T split, B*H). A program owns KEY_BLOCK_F features (the last block only the
-     features left, in a narrower tile: KEY_TAIL) and a range of keys; it walks that range in tiles of
-     KEY_BLOCK_T rows: dash = k' proj_blk^T (tl.dot),
-     then, with an online maximum M_p over the valid (row, feature) pairs it has seen (as in flash attention),
-     accumulates A_p = sum_t exp(dash - diag - M_p) v_t  [BLOCK_F, Dv],  z_p = sum_t exp(...)  [BLOCK_F],
-     rescaling both when M_p grows; it also writes M_p and (feature block 0 only) sum_t valid v_t.
-     Every (key, feature) pair belongs to exactly one program, so the global key stabiliser is S = max_p M_p:
-     no separate stabiliser pass and dash_k is computed once. The feature block is the fastest grid axis, so
-     the programs re-reading a key/value range run together and share it through L2.
+     features left, in a narrower tile: KEY_TAIL) and a range of keys, which it walks in tiles of keys.
+     KEY_FORM="per_feature" (the default since the seventeenth session): the tile is held [features, keys], as
+     flash attention holds [queries, keys] (the proj block in the queries' place, loaded once; keys and values
+     streamed); dash = proj_blk k'^T, and with a running maximum M_pf of dash per feature over the valid keys it
+     has seen (a reduction along the key axis, inside a warp) it accumulates A_p = sum_t exp(dash - diag - M_pf) v_t
+     [BLOCK_F, Dv] and z_p likewise, rescaling a feature's row when its maximum grows; it writes M_pf. M_pf <= S,
+     so no value that matters underflows and none overflows. With one-pass TF32 asked for dash and bf16 keys,
+     dash is two bf16 products of the raw keys with x_scale proj split in a high and a low bf16 part (KEY_PF_DASH:
+     ~2^-16 relative, finer than TF32; the key tile reaches the products as loaded, no fp32 copy of the keys), and
+     diag = |k'|^2 / 2 comes from a small pre-pass over the keys (KEY_DIAG). 128-key tiles on 2 stages with bf16
+     products, 64 with fp32 ones. KEY_FORM="per_program" (the form before): tiles [keys, features] of KEY_BLOCK_T
+     keys and one online maximum M_p per program (a reduction across warps every tile). On an H200 (B=1, H=16,
+     m=266, Dv=128, bf16 values) the whole call took 0.280 / 1.826 ms at 8k / 64k per feature against 0.392 /
+     2.454 per program (results/nvidia-h200/sea-key-pass/call3/). Either form also writes (feature block 0 only)
+     sum_t valid v_t. Every (key, feature) pair belongs to exactly one program, so the global key stabiliser is
+     S = max of the programs' maxima: no separate stabiliser pass and dash_k is computed once. The feature block
+     is the fastest grid axis, so the programs re-reading a key/value range run together and share it through L2.
   2. combine, grid (feature block of COMBINE_BLOCK_F, B*H): S = max M_p; KV = m^-1/2 (sum_p exp(M_p - S) A_p +
-     feat_eps sum_t valid v_t)  [m, Dv], z = m^-1/2 (sum_p exp(M_p - S) z_p + feat_eps n_valid)  [m], and each
-     block's sums of KV and z over its features (what the query pass needs summed over all features).
-     Partials: B H n_split (m Dv + m + Dv) fp32; n_split is chosen for about KEY_PROGRAMS (2048) key-pass
-     programs: 43 splits of 1536 rows, 94 MB, at B=1 H=16 T=65536 m=266 Dv=128 (3 feature blocks). The
+     feat_eps sum_t valid v_t)  [m, Dv], z = m^-1/2 (sum_p exp(M_p - S) z_p + feat_eps n_valid)  [m] (per feature:
+     M_pf in place of M_p), and each block's sums of KV and z over its features (what the query pass needs summed
+     over all features). Partials: B H n_split (m Dv + m + Dv) fp32; n_split is chosen for about KEY_PF_PROGRAMS
+     (512; per program: KEY_PROGRAMS, 2048) key-pass programs: per program 43 splits of 1536 rows, 94 MB, at B=1
+     H=16 T=65536 m=266 Dv=128 (3 feature blocks); per feature 11 splits, 24 MB. The
      A_p are stored [B H, m, n_split, Dv], so a program reads its features' splits in a row (COMBINE="torch":
      the same sums by ~15 torch operations and a batched gemv, the form before the sixteenth session).
   3. query pass, grid (T / QUERY_BLOCK_T, B*H). Per tile of query rows, one loop over the feature blocks with
