@@ -140,10 +140,6 @@ KEY_PF_DASH = "bf16x2"
 # Per-feature form: |k'|^2 / 2 per key from a small kernel run first ("pre", one [B H, T] fp32 vector) or summed
 # from each key tile inside the pass ("tile").
 KEY_DIAG = "pre"
-# Per-feature form with a narrow last block (KEY_TAIL): its features computed by the programs of the last full block,
-# on the same key and value tiles, when True (SEA's m = 266: 2 programs per key range instead of 3; a narrow block's
-# programs walk every key tile as a full block's do); False: a program of their own (the same-run A/B switch).
-KEY_TAIL_MERGE = True
 FP32_PRECISION = "tf32x3"         # tl.dot input precision for operands="fp32" ("ieee": CUDA-core fp32)
 BF16_DASH_PRECISION = "tf32x3"    # tl.dot input precision of x' proj^T for operands="bf16"
 
@@ -259,67 +255,6 @@ if triton is not None:
                            DASH_PREC, PROD_PREC, BLOCK_T, TAIL_F, BLOCK_D, BLOCK_DV)
 
     @triton.jit
-    def _pf_weights(PROJ, f0, M, D, x_scale, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr, DASH_X2: tl.constexpr):
-        # a feature tile's projection rows [BLOCK_F, BLOCK_D] for the per-feature pass: (w, 0) fp32, or with DASH_X2
-        # (the high, the low bf16 part of x_scale w)
-        offs_f = f0 + tl.arange(0, BLOCK_F)
-        offs_d = tl.arange(0, BLOCK_D)
-        w = tl.load(PROJ + offs_f[:, None] * D + offs_d[None, :], mask=(offs_f < M)[:, None] & (offs_d < D)[None, :],
-                    other=0.0).to(tl.float32)
-        if DASH_X2:
-            ws = w * x_scale
-            w_hi = ws.to(tl.bfloat16)
-            return w_hi, (ws - w_hi.to(tl.float32)).to(tl.bfloat16)
-        else:
-            return w, w
-
-    @triton.jit
-    def _pf_step(wa, wb, kraw, diag, rmask, vt, m_run, acc, zacc, x_scale,
-                 BF16: tl.constexpr, EMU: tl.constexpr, DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
-                 DASH_X2: tl.constexpr):
-        # one key tile for one feature tile of the per-feature pass: dash (two bf16 products with DASH_X2: wa, wb the
-        # high and low parts; else one product of wa with the scaled keys), the per-feature running maximum, the
-        # rescaled accumulators -> (m_new, acc, zacc)
-        if DASH_X2:
-            if EMU:     # the interpreter's bf16 tl.dot is broken: fp32 dots of the bf16 values (exact products)
-                dash = tl.dot(wa.to(tl.float32), kraw.to(tl.float32), input_precision="ieee")
-                dash += tl.dot(wb.to(tl.float32), kraw.to(tl.float32), input_precision="ieee")
-            else:
-                dash = tl.dot(wb, kraw)
-                dash = tl.dot(wa, kraw, dash)                                       # [BF, BT]
-        else:
-            dash = tl.dot(wa, kraw.to(tl.float32) * x_scale, input_precision=DASH_PREC)
-        dash = tl.where(rmask[None, :], dash, float("-inf"))
-        m_new = tl.maximum(m_run, tl.max(dash, axis=1))                             # [BF]
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_run - m_safe)                                              # 0 while nothing was valid
-        p = tl.exp(dash - diag[None, :] - m_safe[:, None])                          # [BF, BT], 0 off valid keys
-        acc = acc * alpha[:, None]
-        if BF16:
-            if EMU:
-                acc += tl.dot(_round_bf16(p), _round_bf16(vt), input_precision="ieee")
-            else:
-                acc = tl.dot(p.to(tl.bfloat16), vt.to(tl.bfloat16), acc)
-        else:
-            acc = tl.dot(p, vt, acc, input_precision=PROD_PREC)                     # [BF, BDV]
-        zacc = zacc * alpha + tl.sum(p, axis=1)
-        return m_new, acc, zacc
-
-    @triton.jit
-    def _pf_store(A, Z, MXF, acc, zacc, m_run, f0, bh, sp, M, NSPLIT, DV,
-                  BLOCK_F: tl.constexpr, BLOCK_DV: tl.constexpr):
-        # a feature tile's partials; A and MXF are [BH, M, NSPLIT(, DV)]: the combine reads each feature's splits in a
-        # row. Returns the tile's largest maximum (-inf off features).
-        offs_f = f0 + tl.arange(0, BLOCK_F)
-        fmask = offs_f < M
-        offs_e = tl.arange(0, BLOCK_DV)
-        tl.store(A + ((bh * M + offs_f[:, None]) * NSPLIT + sp) * DV + offs_e[None, :], acc,
-                 mask=fmask[:, None] & (offs_e < DV)[None, :])
-        tl.store(Z + (bh * NSPLIT + sp) * M + offs_f, zacc, mask=fmask)
-        tl.store(MXF + (bh * M + offs_f) * NSPLIT + sp, m_run, mask=fmask)
-        return tl.max(tl.where(fmask, m_run, float("-inf")), axis=0)
-
-    @triton.jit
     def _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, f0, fb, sp, bh,
                       skb, skh, skt, svb, svh, svt,
                       H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
@@ -327,35 +262,34 @@ if triton is not None:
                       DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr, DASH_X2: tl.constexpr,
                       DIAG_PRE: tl.constexpr,
                       BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_DV: tl.constexpr, TAIL2: tl.constexpr):
+                      BLOCK_DV: tl.constexpr):
         # KEY_FORM="per_feature": features f0 .. f0 + BLOCK_F - 1 over key rows sp * ROWS .. of head bh, tiles held
         # [features, keys], a running maximum of dash per feature. DASH_X2 (bf16 keys): dash = w_hi k + w_lo k, two
         # bf16 products of the raw keys with x_scale w split in two bf16 parts (each product exact, fp32 sums:
         # ~2^-16 relative, finer than one-pass TF32's 2^-11), so the key tile feeds the products as loaded.
         # DIAG_PRE: |k'|^2 / 2 read from DG [BH, T] (_key_sqnorm_kernel) instead of summed from the tile.
-        # TAIL2 > 0 (KEY_TAIL_MERGE): a second tile of TAIL2 features, f0 + BLOCK_F .., on the same key and value
-        # tiles (the last block's features, which would otherwise walk every key tile in a program of their own);
-        # its maximum goes into this program's MX entry and the next block's entry gets -inf.
         b = bh // H
         h = bh % H
+        offs_f = f0 + tl.arange(0, BLOCK_F)
+        fmask = offs_f < M
         offs_d = tl.arange(0, BLOCK_D)
         dmask = offs_d < D
         offs_e = tl.arange(0, BLOCK_DV)
         emask = offs_e < DV
-        wa, wb = _pf_weights(PROJ, f0, M, D, x_scale, BLOCK_F, BLOCK_D, DASH_X2)
+        w = tl.load(PROJ + offs_f[:, None] * D + offs_d[None, :], mask=fmask[:, None] & dmask[None, :],
+                    other=0.0).to(tl.float32)                                       # [BF, BD]
         acc = tl.zeros([BLOCK_F, BLOCK_DV], dtype=tl.float32)
         zacc = tl.zeros([BLOCK_F], dtype=tl.float32)
-        m_run = tl.full([BLOCK_F], float("-inf"), tl.float32)
-        if TAIL2 > 0:
-            wa2, wb2 = _pf_weights(PROJ, f0 + BLOCK_F, M, D, x_scale, TAIL2, BLOCK_D, DASH_X2)
-            acc2 = tl.zeros([TAIL2, BLOCK_DV], dtype=tl.float32)
-            zacc2 = tl.zeros([TAIL2], dtype=tl.float32)
-            m_run2 = tl.full([TAIL2], float("-inf"), tl.float32)
         vsum = tl.zeros([BLOCK_DV], dtype=tl.float32)
+        m_run = tl.full([BLOCK_F], float("-inf"), tl.float32)
         row0 = sp * ROWS
         row_end = tl.minimum(row0 + ROWS, T)
         kbase = K + b * skb + h * skh
         vbase = V + b * svb + h * svh
+        if DASH_X2:
+            ws = w * x_scale
+            w_hi = ws.to(tl.bfloat16)
+            w_lo = (ws - w_hi.to(tl.float32)).to(tl.bfloat16)
         for start in range(row0, row_end, BLOCK_T):
             offs_t = start + tl.arange(0, BLOCK_T)      # int64
             tmask = offs_t < row_end
@@ -366,27 +300,47 @@ if triton is not None:
                 rmask = tmask
             kraw = tl.load(kbase + offs_t[None, :] * skt + offs_d[:, None], mask=dmask[:, None] & tmask[None, :],
                            other=0.0)                                               # [BD, BT]: k^T
+            if DASH_X2:
+                if EMU:     # the interpreter's bf16 tl.dot is broken: fp32 dots of the bf16 values (exact products)
+                    dash = tl.dot(w_hi.to(tl.float32), kraw.to(tl.float32), input_precision="ieee")
+                    dash += tl.dot(w_lo.to(tl.float32), kraw.to(tl.float32), input_precision="ieee")
+                else:
+                    dash = tl.dot(w_lo, kraw)
+                    dash = tl.dot(w_hi, kraw, dash)                                 # [BF, BT]
+            else:
+                kt = kraw.to(tl.float32) * x_scale                                  # k'^T
+                dash = tl.dot(w, kt, input_precision=DASH_PREC)                     # [BF, BT]
             if DIAG_PRE:
                 diag = tl.load(DG + bh * T + offs_t, mask=rmask, other=0.0)         # [BT]
             else:
                 kd = kraw.to(tl.float32) * x_scale
                 diag = tl.where(rmask, tl.sum(kd * kd, axis=0) * 0.5, 0.0)          # [BT] (NaN keys off)
+            dash = tl.where(rmask[None, :], dash, float("-inf"))
+            m_new = tl.maximum(m_run, tl.max(dash, axis=1))                         # [BF]
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m_run - m_safe)                                          # 0 while nothing was valid
+            p = tl.exp(dash - diag[None, :] - m_safe[:, None])                      # [BF, BT], 0 off valid keys
             vt = tl.load(vbase + offs_t[:, None] * svt + offs_e[None, :], mask=tmask[:, None] & emask[None, :],
                          other=0.0).to(tl.float32)
             vt = tl.where(rmask[:, None], vt, 0.0)                                  # [BT, BDV]
-            m_run, acc, zacc = _pf_step(wa, wb, kraw, diag, rmask, vt, m_run, acc, zacc, x_scale,
-                                        BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2)
-            if TAIL2 > 0:
-                m_run2, acc2, zacc2 = _pf_step(wa2, wb2, kraw, diag, rmask, vt, m_run2, acc2, zacc2, x_scale,
-                                               BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2)
+            acc = acc * alpha[:, None]
+            if BF16:
+                if EMU:
+                    acc += tl.dot(_round_bf16(p), _round_bf16(vt), input_precision="ieee")
+                else:
+                    acc = tl.dot(p.to(tl.bfloat16), vt.to(tl.bfloat16), acc)
+            else:
+                acc = tl.dot(p, vt, acc, input_precision=PROD_PREC)                 # [BF, BDV]
+            zacc = zacc * alpha + tl.sum(p, axis=1)
             vsum += tl.sum(vt, axis=0)
-        mx = _pf_store(A, Z, MXF, acc, zacc, m_run, f0, bh, sp, M, NSPLIT, DV, BLOCK_F, BLOCK_DV)
+            m_run = m_new
         part = bh * NSPLIT + sp
-        if TAIL2 > 0:
-            mx2 = _pf_store(A, Z, MXF, acc2, zacc2, m_run2, f0 + BLOCK_F, bh, sp, M, NSPLIT, DV, TAIL2, BLOCK_DV)
-            mx = tl.maximum(mx, mx2)
-            tl.store(MX + part * NFB + fb + 1, tl.full([], float("-inf"), tl.float32))
-        tl.store(MX + part * NFB + fb, mx)
+        # A and MXF are [BH, M, NSPLIT(, DV)]: the combine reads each feature's splits in a row
+        tl.store(A + ((bh * M + offs_f[:, None]) * NSPLIT + sp) * DV + offs_e[None, :], acc,
+                 mask=fmask[:, None] & emask[None, :])
+        tl.store(Z + part * M + offs_f, zacc, mask=fmask)
+        tl.store(MXF + (bh * M + offs_f) * NSPLIT + sp, m_run, mask=fmask)
+        tl.store(MX + part * NFB + fb, tl.max(tl.where(fmask, m_run, float("-inf")), axis=0))
         if fb == 0:
             tl.store(VS + part * DV + offs_e, vsum, mask=emask)
 
@@ -397,10 +351,9 @@ if triton is not None:
                        HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr,
                        DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr, DASH_X2: tl.constexpr,
                        DIAG_PRE: tl.constexpr,
-                       BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, TAIL_F: tl.constexpr, MERGE: tl.constexpr,
+                       BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, TAIL_F: tl.constexpr,
                        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-        # grid (NFB, NSPLIT, B H), as _key_kernel (TAIL_F: the last block's narrower tile); MERGE (needs TAIL_F and
-        # NFB >= 2): grid (NFB - 1, ...), the last full block's programs also doing the tail's features
+        # grid (NFB, NSPLIT, B H), as _key_kernel (TAIL_F: the last block's narrower tile)
         fb = tl.program_id(0)
         sp = tl.program_id(1).to(tl.int64)
         bh = tl.program_id(2).to(tl.int64)
@@ -408,29 +361,18 @@ if triton is not None:
             _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                           skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                           HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, BLOCK_T, BLOCK_F, BLOCK_D,
-                          BLOCK_DV, 0)
-        elif MERGE:
-            if fb < NFB - 2:
-                _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
-                              skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
-                              HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, BLOCK_T, BLOCK_F,
-                              BLOCK_D, BLOCK_DV, 0)
-            else:
-                _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
-                              skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
-                              HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, BLOCK_T, BLOCK_F,
-                              BLOCK_D, BLOCK_DV, TAIL_F)
+                          BLOCK_DV)
         else:
             if fb < NFB - 1:
                 _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                               skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                               HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, BLOCK_T, BLOCK_F,
-                              BLOCK_D, BLOCK_DV, 0)
+                              BLOCK_D, BLOCK_DV)
             else:
                 _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                               skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                               HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, BLOCK_T, TAIL_F,
-                              BLOCK_D, BLOCK_DV, 0)
+                              BLOCK_D, BLOCK_DV)
 
     @triton.jit
     def _key_sqnorm_kernel(K, DG, skb, skh, skt, H, T, D, x_scale,
@@ -710,9 +652,7 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
     nfb = triton.cdiv(m, KEY_BLOCK_F)
     tail = m - (nfb - 1) * KEY_BLOCK_F                                               # features in the last block
     tail_f = pow2_block(tail) if KEY_TAIL and pow2_block(tail) < KEY_BLOCK_F else 0
-    # per-feature: the tail's features in the last full block's programs (KEY_TAIL_MERGE)
-    merge = int(per_feature and KEY_TAIL_MERGE and tail_f > 0 and nfb >= 2)
-    rows = _split_rows(T, BH * (nfb - merge), bf16)
+    rows = _split_rows(T, BH * nfb, bf16)
     nsplit = triton.cdiv(T, rows)
 
     # 1. key pass: per (feature block, key range, head) partial sums with their own stabiliser
@@ -730,12 +670,12 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
                                                         x_scale, BLOCK_T=64, BLOCK_D=BD, num_warps=4)
         else:
             diag = mx_part                                                           # unused
-        _key_pf_kernel[(nfb - merge, nsplit, BH)](
+        _key_pf_kernel[(nfb, nsplit, BH)](
             k, v, valid_u8, proj, a_part, z_part, mx_part, vs_part, mxf_part, diag, *strides,
             H, T, d, Dv, m, rows, nsplit, nfb, x_scale,
             HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,
             DASH_X2=dash_x2, DIAG_PRE=KEY_DIAG == "pre",
-            BLOCK_T=_pf_tiles(bf16)[0], BLOCK_F=KEY_BLOCK_F, TAIL_F=tail_f, MERGE=bool(merge), BLOCK_D=BD, BLOCK_DV=BDV,
+            BLOCK_T=_pf_tiles(bf16)[0], BLOCK_F=KEY_BLOCK_F, TAIL_F=tail_f, BLOCK_D=BD, BLOCK_DV=BDV,
             num_warps=KEY_PF_WARPS, num_stages=_pf_tiles(bf16)[1])
     else:
         mxf_part = mx_part                                                           # unused

@@ -130,9 +130,8 @@ def test_bf16_operands_within_bf16_rounding(monkeypatch, form, masked, in_dtype)
 def test_narrow_last_feature_block_and_combine_kernel_equal_the_padded_blocks_and_torch(monkeypatch, masked,
                                                                                     operands):
     """m = 40 in blocks of 32 features: the last key-pass block holds 8 (KEY_TAIL: a 16-wide tile instead of a
-    32-wide one; KEY_TAIL_MERGE: that tile computed by the first block's programs, or by programs of its own) and the
-    partials are combined by the Triton kernel or by torch operations; all agree to float rounding (bf16: the same
-    roundings in another summation order) and fp32 matches the float64 statement."""
+    32-wide one) and the partials are combined by the Triton kernel or by torch operations; all three agree to float
+    rounding (bf16: the same roundings in another summation order) and fp32 matches the float64 statement."""
     monkeypatch.setattr(fd, "KEY_BLOCK_F", 32)
     g = torch.Generator().manual_seed(21)
     q, k, v = (1.5 * torch.randn(B, H, T, D, generator=g) for _ in range(3))
@@ -140,13 +139,11 @@ def test_narrow_last_feature_block_and_combine_kernel_equal_the_padded_blocks_an
     valid = _valid() if masked else None
     vals = _vals(v, valid)
     outs = {}
-    for tail, combine, merge in ((False, "torch", False), (True, "torch", True), (True, "triton", True),
-                                 (True, "triton", False)):
+    for tail, combine in ((False, "torch"), (True, "torch"), (True, "triton")):
         monkeypatch.setattr(fd, "KEY_TAIL", tail)
         monkeypatch.setattr(fd, "COMBINE", combine)
-        monkeypatch.setattr(fd, "KEY_TAIL_MERGE", merge)
-        outs[tail, combine, merge] = _run(q, k, vals, proj, valid, operands)
-    base = outs[False, "torch", False]                                           # the padded blocks, torch combine
+        outs[tail, combine] = _run(q, k, vals, proj, valid, operands)
+    base = outs[False, "torch"]                                                  # the padded blocks, torch combine
     size = favor_ref64(q, k, vals, proj, valid, abs_v=True)                       # bf16: 12 u of this (see above)
     for key, out in outs.items():
         if operands == "fp32":
@@ -154,9 +151,8 @@ def test_narrow_last_feature_block_and_combine_kernel_equal_the_padded_blocks_an
         else:
             assert ((out - base).double().abs() <= 12 * 2.0 ** -9 * size + 1e-6).all(), key
     if operands == "fp32":
-        for merge in (True, False):
-            torch.testing.assert_close(outs[True, "triton", merge].double(), favor_ref64(q, k, vals, proj, valid),
-                                       atol=3e-6, rtol=3e-5)
+        torch.testing.assert_close(outs[True, "triton"].double(), favor_ref64(q, k, vals, proj, valid),
+                                   atol=3e-6, rtol=3e-5)
 
 
 @pytest.mark.parametrize("operands", ["fp32", "bf16"])
