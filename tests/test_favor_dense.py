@@ -48,6 +48,11 @@ def _vals(v, valid):
     return torch.cat([vi, v], dim=-1)                                            # [B, H, T, 2D]
 
 
+# every (masked, input dtype) case with the per-feature key pass; two with the per-program one (its A/B switch)
+FORM_CASES = [("per_feature", m, dt) for m in (False, True) for dt in (torch.float32, torch.bfloat16)] + \
+    [("per_program", True, torch.bfloat16), ("per_program", False, torch.float32)]
+
+
 def _valid():
     valid = torch.ones(B, T, dtype=torch.bool)
     valid[1, 29:] = False            # batch 1: 8 padded keys; its second key split (rows 32..36) has none valid
@@ -83,9 +88,7 @@ def _run(q, k, v, proj, valid, operands):
     return out
 
 
-@pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("form", ["per_feature", "per_program"])
+@pytest.mark.parametrize("form,masked,in_dtype", FORM_CASES)
 def test_fp32_operands_match_torch_and_float64(monkeypatch, form, masked, in_dtype):
     monkeypatch.setattr(fd, "KEY_FORM", form)
     q, k, v, proj = _inputs(1, in_dtype)
@@ -100,9 +103,7 @@ def test_fp32_operands_match_torch_and_float64(monkeypatch, form, masked, in_dty
     torch.testing.assert_close(out.double(), ref64, atol=3e-6, rtol=3e-5)
 
 
-@pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("form", ["per_feature", "per_program"])
+@pytest.mark.parametrize("form,masked,in_dtype", FORM_CASES)
 def test_bf16_operands_within_bf16_rounding(monkeypatch, form, masked, in_dtype):
     """bf16 products: phi_q, phi_k, v rounded to bf16 (unit roundoff u = 2^-9), the KV summary and the numerator
     rounded once more; normaliser fp32. First order, |out - exact| <= 5 u * (the same attention with |v|): the
@@ -205,9 +206,7 @@ def test_default_tiles_production_widths(monkeypatch):
     assert ((out - ref).abs() <= 12 * 2.0 ** -9 * size + 1e-6).all()
 
 
-@pytest.mark.parametrize("form", ["per_feature", "per_program"])
-def test_padded_keys_have_no_influence(monkeypatch, form):
-    monkeypatch.setattr(fd, "KEY_FORM", form)
+def test_padded_keys_have_no_influence():
     q, k, v, proj = _inputs(3)
     valid = _valid()
     vals = _vals(v, valid)
