@@ -159,6 +159,24 @@ if triton is not None:
         return bits.to(tl.float32, bitcast=True)
 
     @triton.jit
+    def _key_rows(VALID, b, T, start, row_end, HAS_VALID: tl.constexpr, BLOCK_T: tl.constexpr):
+        # a key tile's rows (int64), those inside the program's range, and those also valid
+        offs_t = start + tl.arange(0, BLOCK_T)
+        tmask = offs_t < row_end
+        if HAS_VALID:
+            rmask = tmask & (tl.load(VALID + b * T + offs_t, mask=tmask, other=0) != 0)
+        else:
+            rmask = tmask
+        return offs_t, tmask, rmask
+
+    @triton.jit
+    def _value_tile(vbase, offs_t, svt, tmask, rmask, offs_e, emask):
+        # [BLOCK_T, BLOCK_DV] values in fp32, zero on rows that are not valid keys (padded values may hold anything)
+        vt = tl.load(vbase + offs_t[:, None] * svt + offs_e[None, :], mask=tmask[:, None] & emask[None, :],
+                     other=0.0).to(tl.float32)
+        return tl.where(rmask[:, None], vt, 0.0)
+
+    @triton.jit
     def _key_block(K, V, VALID, PROJ, A, Z, MX, VS, f0, fb, sp, bh,
                    skb, skh, skt, svb, svh, svt,
                    H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
@@ -187,13 +205,7 @@ if triton is not None:
         kbase = K + b * skb + h * skh
         vbase = V + b * svb + h * svh
         for start in range(row0, row_end, BLOCK_T):
-            offs_t = start + tl.arange(0, BLOCK_T)      # int64
-            tmask = offs_t < row_end
-            if HAS_VALID:
-                ok = tl.load(VALID + b * T + offs_t, mask=tmask, other=0) != 0
-                rmask = tmask & ok
-            else:
-                rmask = tmask
+            offs_t, tmask, rmask = _key_rows(VALID, b, T, start, row_end, HAS_VALID, BLOCK_T)
             kt = tl.load(kbase + offs_t[:, None] * skt + offs_d[None, :], mask=tmask[:, None] & dmask[None, :],
                          other=0.0).to(tl.float32) * x_scale                       # [BT, BD]
             diag = tl.sum(kt * kt, axis=1) * 0.5                                    # [BT]
@@ -204,9 +216,7 @@ if triton is not None:
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             alpha = tl.exp(m_run - m_safe)
             p = tl.where(pm, tl.exp(dash - diag[:, None] - m_safe), 0.0)           # [BT, BF]
-            vt = tl.load(vbase + offs_t[:, None] * svt + offs_e[None, :], mask=tmask[:, None] & emask[None, :],
-                         other=0.0).to(tl.float32)
-            vt = tl.where(rmask[:, None], vt, 0.0)                                  # [BT, BDV]
+            vt = _value_tile(vbase, offs_t, svt, tmask, rmask, offs_e, emask)       # [BT, BDV]
             if BF16:
                 if EMU:     # interpreter: its bf16 tl.dot is broken; fp32 dot of bf16-rounded values instead
                     kv = tl.dot(tl.trans(_round_bf16(p)), _round_bf16(vt), input_precision="ieee")
@@ -291,13 +301,7 @@ if triton is not None:
             w_hi = ws.to(tl.bfloat16)
             w_lo = (ws - w_hi.to(tl.float32)).to(tl.bfloat16)
         for start in range(row0, row_end, BLOCK_T):
-            offs_t = start + tl.arange(0, BLOCK_T)      # int64
-            tmask = offs_t < row_end
-            if HAS_VALID:
-                ok = tl.load(VALID + b * T + offs_t, mask=tmask, other=0) != 0
-                rmask = tmask & ok
-            else:
-                rmask = tmask
+            offs_t, tmask, rmask = _key_rows(VALID, b, T, start, row_end, HAS_VALID, BLOCK_T)
             kraw = tl.load(kbase + offs_t[None, :] * skt + offs_d[:, None], mask=dmask[:, None] & tmask[None, :],
                            other=0.0)                                               # [BD, BT]: k^T
             if DASH_X2:
@@ -320,9 +324,7 @@ if triton is not None:
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             alpha = tl.exp(m_run - m_safe)                                          # 0 while nothing was valid
             p = tl.exp(dash - diag[None, :] - m_safe[:, None])                      # [BF, BT], 0 off valid keys
-            vt = tl.load(vbase + offs_t[:, None] * svt + offs_e[None, :], mask=tmask[:, None] & emask[None, :],
-                         other=0.0).to(tl.float32)
-            vt = tl.where(rmask[:, None], vt, 0.0)                                  # [BT, BDV]
+            vt = _value_tile(vbase, offs_t, svt, tmask, rmask, offs_e, emask)       # [BT, BDV]
             acc = acc * alpha[:, None]
             if BF16:
                 if EMU:
@@ -663,6 +665,7 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
     valid_u8 = valid.to(torch.uint8).contiguous() if valid is not None else mx_part   # dummy when None
     strides = (k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2))
     if per_feature:
+        pf_block_t, pf_stages = _pf_tiles(bf16)
         mxf_part = _fresh((BH, m, nsplit), torch.float32, dev)                      # M_pf, split inside the feature
         if KEY_DIAG == "pre":
             diag = _fresh((BH, T), torch.float32, dev)
@@ -675,8 +678,8 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
             H, T, d, Dv, m, rows, nsplit, nfb, x_scale,
             HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,
             DASH_X2=dash_x2, DIAG_PRE=KEY_DIAG == "pre",
-            BLOCK_T=_pf_tiles(bf16)[0], BLOCK_F=KEY_BLOCK_F, TAIL_F=tail_f, BLOCK_D=BD, BLOCK_DV=BDV,
-            num_warps=KEY_PF_WARPS, num_stages=_pf_tiles(bf16)[1])
+            BLOCK_T=pf_block_t, BLOCK_F=KEY_BLOCK_F, TAIL_F=tail_f, BLOCK_D=BD, BLOCK_DV=BDV,
+            num_warps=KEY_PF_WARPS, num_stages=pf_stages)
     else:
         mxf_part = mx_part                                                           # unused
         _key_kernel[(nfb, nsplit, BH)](
