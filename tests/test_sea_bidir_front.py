@@ -109,6 +109,7 @@ def test_estimator_front_gives_the_logits_and_scalers_of_the_separate_kernels(mo
     from tests.helpers import gaussian_qkv, sea_case
 
     monkeypatch.setattr(est_mod, "BIDIR_CHANNELS_LAST", True)
+    monkeypatch.setattr(est_mod, "BIDIR_HEAD", False)                   # the encoder kernel when the front is off
     M_, cfg, problem = sea_case(1, 2, 2, 64, 16, causal=False, K=16, performer_backend="triton",
                                 encoder_backend="triton", estimator_dtype="bf16", shared_keys=16)
     layer = M_.build(cfg, problem)

@@ -266,6 +266,7 @@ def test_cuda_layer_with_16bit_z_is_unchanged(monkeypatch, causal):
     import methods.sea.estimator as em
     from methods.base import Problem, get
 
+    monkeypatch.setattr(em, "BIDIR_HEAD", False)                        # the encoder kernel's z, not the fused head
     M = get("sea")
     opts = dict(performer_dtype="bf16", estimator_precision="tf32", estimator_dtype="bf16", compile="estimator",
                 sparse_pieces="1")

@@ -81,6 +81,7 @@ import torch.nn.functional as F
 
 from methods.base import check_inputs
 from methods.sea.estimator import DEC_DTYPES, nearest_resize, torch_precision
+from methods.sea import estimator as est_mod
 from methods.sea.interp import cell_bounds
 from methods.sea.topk import budgets
 
@@ -143,6 +144,15 @@ def decode_window(dec, z: torch.Tensor, *, T: int, s: int, e: int) -> torch.Tens
     x = F.conv2d(x, dec.conv1.weight, dec.conv1.bias, stride=(2, 1), padding=(0, 1)).relu_()   # conv1 rows [c0, c1)
     x = F.pad(x, (0, 0, c0 - (a2 - 1), (b2 + 1) - c1))                   # conv1 rows [a2 - 1, b2 + 1)
     x = F.conv2d(x, dec.conv2.weight, dec.conv2.bias, padding=(0, 1)).relu_()   # conv2 rows [a2, b2)
+    if est_mod.PARITY_CONV3:                                             # the module's parity form (parity_weight)
+        # half rows [a2, b2) in both parities; a kept row 2i + p reads half rows i - 1, i (p = 0) or i, i + 1 (p = 1),
+        # inside [a2, b2) or outside the sequence (zero): only rows outside [a3, b3) see the window's zero edges
+        y = F.conv2d(F.pad(x, (0, 0, 1, 1)), *dec.parity_weight(), padding=(0, 1))   # [B, 2H, b2 - a2, K/2]
+        y = y.view(B, 2, H, b2 - a2, K // 2).permute(0, 2, 3, 1, 4).reshape(B, H, 2 * (b2 - a2), K // 2)
+        x = y[:, :, a3 - 2 * a2:b3 - 2 * a2]                             # conv3 rows [a3, b3)
+        if src is not None:
+            x = x.index_select(2, (src - a3).to(x.device))
+        return nearest_resize(x, e - s, K)
     x = x.repeat_interleave(2, dim=2)[:, :, r0 - 2 * a2:r1 - 2 * a2]      # repeated rows [r0, r1)
     x = F.pad(x, (0, 0, r0 - (a3 - 1), (b3 + 1) - r1))                   # repeated rows [a3 - 1, b3 + 1)
     x = F.conv2d(x, dec.conv3.weight, dec.conv3.bias, padding=(0, 1))    # conv3 rows [a3, b3): [B, H, ., K/2]

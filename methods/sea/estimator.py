@@ -48,6 +48,19 @@ BIDIR_CHANNELS_LAST = "auto"
 # 1.64 ms at 8k with 16 / 32 / 64 rows on 2-8 warps (results/nvidia-h200/sea-fewer-launches/call3/, call4/): likely
 # its scattered stores (a program writes one head's 4 of the 64 channels); kept, tested, for a redesign.
 BIDIR_FRONT = False
+# The bidirectional decoder's last convolution (3x3 after a nearest x2 time upsampling) as one 3x3 convolution at half
+# resolution with 2H outputs, the upsampling folded into its weights (BidirectionalDecoder.parity_weight): no
+# upsampled [B, 4H, T, K/2] tensor. The same function; under 16-bit autocast the folded weights w1 + w2 / w0 + w1
+# round to bf16 once rather than each term (a change of one bf16 rounding of those weights). False: the old form.
+PARITY_CONV3 = True
+# Bidirectional calls with pooled block scores (pool=R) take them from kernels/sea_bidir_tail.py (the row softmax and
+# the block sums read straight from the parity-form last convolution, one launch): True, False, or "auto" (on CUDA).
+BIDIR_TAIL = "auto"
+# The bidirectional encoder, scaler head and decoder row projection in one kernel (kernels/sea_bidir_head.py, all heads
+# of a block of rows per program, writing the first convolution's channels-last input) in place of the encoder kernel,
+# the row projection's GEMM and the permuting copy: True, False, or "auto" (on CUDA). Where it serves: the Triton
+# encoder, a bf16 decoder holding channels-last activations, no gradient (Estimator.uses_bidir_head).
+BIDIR_HEAD = "auto"
 # The bidirectional Performer's values [identity ; v] built in bf16 when its products take bf16 operands (the
 # products round them to bf16 anyway; half the bytes written and read): True; False keeps them fp32 (the A/B switch).
 # Only the feat_eps term's sum of the values sees the rounding (1e-4 times a bf16 rounding).
@@ -120,6 +133,39 @@ def nearest_resize(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return take(take(x, 2, rows), 3, cols)
 
 
+# The bidirectional decoder's first two convolutions and their ReLU as cuDNN's fused convolution + bias + ReLU
+# (torch.cudnn_convolution_relu, one kernel each) when the activations are 16-bit channels-last CUDA tensors and no
+# gradient is needed: True / False / "auto" (the same: the op is CUDA-only). On an H200 at SEA's widths (bf16, 64
+# channels, 64 columns) 0.053 against 0.115 ms for conv1 + ReLU at T = 8k and 0.37 against 0.47 ms (compiled) at 64k
+# (results/nvidia-h200/sea-decoder-ends/call3/). Its output rounds once after bias and ReLU, so values may differ from
+# the separate ops' by one bf16 step.
+CONV_RELU = "auto"
+
+
+@torch.library.custom_op("sea::conv_relu", mutates_args=(),
+                         schema="(Tensor x, Tensor w, Tensor b, int[] stride, int[] padding) -> Tensor")
+def conv_relu(x, w, b, stride, padding):
+    """relu(conv2d(x, w, b, stride, padding)) by cuDNN's fused kernel (a custom op, so torch.compile keeps it in
+    the estimator's graph as an external call, its output layout given by the fake implementation below)."""
+    return torch.cudnn_convolution_relu(x, w, b, stride, padding, [1, 1], 1)
+
+
+@conv_relu.register_fake
+def _conv_relu_fake(x, w, b, stride, padding):
+    B, _, Hx, Wx = x.shape
+    kh, kw = w.shape[2], w.shape[3]
+    shape = (B, w.shape[0], (Hx + 2 * padding[0] - kh) // stride[0] + 1, (Wx + 2 * padding[1] - kw) // stride[1] + 1)
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+
+
+def uses_conv_relu(x: torch.Tensor, *modules: nn.Module) -> bool:
+    """Does the bidirectional decoder take conv_relu for x (CONV_RELU)?"""
+    if CONV_RELU is False or not x.is_cuda or x.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    return x.is_contiguous(memory_format=torch.channels_last) and not needs_grad(x, *(p for m in modules
+                                                                                         for p in m.parameters()))
+
+
 def channels_last(x: torch.Tensor) -> bool:
     """Does the bidirectional decoder hold its activations channels-last for this tensor (BIDIR_CHANNELS_LAST)?"""
     return BIDIR_CHANNELS_LAST is True or (BIDIR_CHANNELS_LAST == "auto" and x.is_cuda)
@@ -135,23 +181,52 @@ class BidirectionalDecoder(nn.Module):
         self.conv2 = nn.Conv2d(c, c, 3, padding=1)
         self.conv3 = nn.Conv2d(c, H, 3, padding=1)
 
-    def forward(self, z):                                               # z [B, H, T, 2d]
-        return self.body(self.head(z))
+    def forward(self, z, *, parity: bool = False):                      # z [B, H, T, 2d]
+        return self.body(self.head(z), parity=parity)
 
     def head(self, z):
         """The row-wise part: z [B, H, T, 2d] -> the first convolution's input [B, 4H, T, K/2] (channel h * 4 + i;
-        channels-last memory where channels_last says; kernels/sea_bidir_front.py writes it in that layout)."""
+        channels-last memory where channels_last says; kernels/sea_bidir_head.py writes it in that layout)."""
         B, H, T, _ = z.shape
         x = self.row(z).view(B, H, T, 4, self.K // 2)                   # [B, H, T, 4, K/2]
         if channels_last(z):                                             # channel h * 4 + i, stored last
             return x.permute(0, 2, 4, 1, 3).reshape(B, T, self.K // 2, 4 * H).permute(0, 3, 1, 2)
         return x.permute(0, 1, 3, 2, 4).reshape(B, 4 * H, T, self.K // 2)  # [B, 4H, T, K/2]
 
-    def body(self, x):                                                  # x [B, 4H, T, K/2]
+    def parity_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """conv3 after the nearest x2 time upsampling, as one 3x3 convolution at half resolution with 2H outputs:
+        output row 2i of the upsampled convolution reads upsampled rows 2i-1, 2i, 2i+1 = half rows i-1, i, i, so its
+        kernel rows are (w0, w1 + w2, 0); row 2i+1 reads half rows i, i, i+1: (0, w0 + w1, w2). Channel p * H + h
+        holds row 2i + p of head h; the zero padding of both forms lines up (half row -1 / ceil(T/2) is the
+        upsampled row -1 / 2 ceil(T/2))."""
+        w, b = self.conv3.weight, self.conv3.bias                        # [H, C, 3, 3], [H]
+        zero = torch.zeros_like(w[:, :, 0])
+        even = torch.stack([w[:, :, 0], w[:, :, 1] + w[:, :, 2], zero], dim=2)
+        odd = torch.stack([zero, w[:, :, 0] + w[:, :, 1], w[:, :, 2]], dim=2)
+        return torch.cat([even, odd], dim=0), torch.cat([b, b])
+
+    def body(self, x, *, parity: bool = False):                         # x [B, 4H, T, K/2]
+        """The convolutions -> logits [B, H, T, K]; parity=True (needs PARITY_CONV3): the last convolution's output
+        in its parity form [B, 2H, ceil(T/2), K/2] (see parity_weight), before the interleave and width resize."""
         T = x.shape[2]
         last = channels_last(x)
-        x = F.relu(self.conv1(x))                                       # [B, 4H, ceil(T/2), K/2]
-        x = F.relu(self.conv2(x))
+        if uses_conv_relu(x, self.conv1, self.conv2):                    # 16-bit, channels-last: fused ReLU
+            c1, c2 = self.conv1, self.conv2
+            cl = torch.channels_last                                     # cuDNN's layout for the weights too
+            x = conv_relu(x, c1.weight.to(x.dtype, memory_format=cl), c1.bias.to(x.dtype), [2, 1], [1, 1])
+            x = conv_relu(x, c2.weight.to(x.dtype, memory_format=cl), c2.bias.to(x.dtype), [1, 1], [1, 1])
+        else:
+            x = F.relu(self.conv1(x))                                   # [B, 4H, ceil(T/2), K/2]
+            x = F.relu(self.conv2(x))
+        if PARITY_CONV3:                                                 # no upsampled [B, 4H, T, K/2] tensor
+            y = F.conv2d(x, *self.parity_weight(), padding=1)            # [B, 2H, ceil(T/2), K/2]
+            if parity:
+                return y
+            B, _, T2, W = y.shape
+            y = y.view(B, 2, self.H, T2, W).permute(0, 2, 3, 1, 4).reshape(B, self.H, 2 * T2, W)
+            return nearest_resize(y, T, self.K)                          # [B, H, T, K]
+        if parity:
+            raise ValueError("BidirectionalDecoder.body(parity=True) needs PARITY_CONV3")
         if last:                                                         # nearest x2 in the NHWC memory
             x = x.permute(0, 2, 3, 1).repeat_interleave(2, dim=1).permute(0, 3, 1, 2)
         else:
@@ -245,16 +320,22 @@ class Estimator(nn.Module):
             self.dec = CausalDecoder(d, H, K) if causal else BidirectionalDecoder(d, H, K)
             self.scaler = nn.Linear(2 * d, 2)
 
-    def decode(self, z: torch.Tensor, *, headed: bool = False) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, *, headed: bool = False, parity: bool = False) -> torch.Tensor:
         """The CNN decoder, z [B, H, T, 2d] fp32 -> logits [B, H, T, K] fp32. dec_dtype bf16/fp16 runs it under
         autocast (convs and the row projection in that dtype, fp32 weights kept; LayerNorm as autocast
         decides); cache_enabled=False so the weight casts are redone per call, which CUDA-graph capture needs.
         headed: z is already the decoder head's output (causal: [B, 2H, T, K/4], the fused front's head=, see
-        front_head; bidirectional: [B, 4H, T, K/2], kernels/sea_bidir_front.py): only the decoder's body runs."""
+        front_head; bidirectional: [B, 4H, T, K/2], kernels/sea_bidir_head.py): only the decoder's body runs.
+        parity (bidirectional, PARITY_CONV3): the last convolution's parity-form output [B, 2H, ceil(T/2), K/2] in
+        the decoder's dtype (BidirectionalDecoder.body) in place of the logits."""
+        if parity and self.causal:
+            raise ValueError("decode(parity=True) is the bidirectional decoder's form")
         if headed:
             self.last_decoder = "head-fused"
-            return self._autocast(self.dec.body, z)
+            return self._autocast(self.dec.body, z, parity=parity)
         self.last_decoder = self.decoder_path(z)
+        if parity:
+            return self.dec(z, parity=True) if self.dec_dtype == "fp32" else self._autocast(self.dec, z, parity=True)
         if self.last_decoder in ("triton", "split"):                     # forward-only kernels
             if self.last_decoder == "triton":                            # one fused kernel
                 from kernels.sea_decoder import decoder_forward
@@ -271,10 +352,11 @@ class Estimator(nn.Module):
             return self.dec(z)
         return self._autocast(self.dec, z)
 
-    def _autocast(self, module, x: torch.Tensor) -> torch.Tensor:
-        """module(x) under autocast to the estimator's 16-bit dtype, returned in fp32 (see decode)."""
+    def _autocast(self, module, x: torch.Tensor, *, parity: bool = False) -> torch.Tensor:
+        """module(x) under autocast to the estimator's 16-bit dtype, returned in fp32 (see decode); parity: the
+        parity-form output of module(x, parity=True) as autocast left it."""
         with torch.autocast(device_type=x.device.type, dtype=DEC_DTYPES[self.dec_dtype], cache_enabled=False):
-            return module(x).float()
+            return module(x, parity=True) if parity else module(x).float()
 
     def decoder_path(self, z: torch.Tensor) -> str:
         """'triton' (kernels/sea_decoder.py) or 'torch'. auto: the kernel for causal fp32 decoders on CUDA tensors
@@ -382,6 +464,42 @@ class Estimator(nn.Module):
             q, k, v, vals, self.proj, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, self.scaler.weight,
             self.scaler.bias, self.dec.row.weight, self.dec.row.bias, K=self.K, operands=self.performer_dtype,
             precision=prec, enc_precision=prec or sea_encoder.PRECISION)
+
+    def uses_bidir_head(self, c_perf: torch.Tensor, v: torch.Tensor) -> bool:
+        """Does this bidirectional call take kernels/sea_bidir_head.py (BIDIR_HEAD) after the Triton encoder was
+        chosen? Where the launches it replaces would run: a bf16 PyTorch decoder holding channels-last activations,
+        no gradient."""
+        if BIDIR_HEAD is False or (BIDIR_HEAD == "auto" and not c_perf.is_cuda) or self.causal:
+            return False
+        from kernels.sea_bidir_head import head_usable
+
+        weights = (*self.enc.parameters(), *self.scaler.parameters(), *self.dec.row.parameters())
+        return (self.dec_dtype == "bf16" and self.decoder_backend in ("auto", "torch") and channels_last(c_perf)
+                and c_perf.dtype == torch.float32 and head_usable(c_perf.device)
+                and not needs_grad(c_perf, v, *weights))
+
+    def bidir_head(self, c_perf: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """kernels/sea_bidir_head.py: (the decoder's first convolution input [B, 4H, T, K/2] bf16, channels-last;
+        scales [B, H, T, 2]) from the Performer's output (see uses_bidir_head)."""
+        from kernels import sea_encoder
+        from kernels.sea_bidir_head import V_DTYPES, encoder_head
+
+        lin, ln = self.enc[0], self.enc[1]
+        self.last_encoder = "triton-head"
+        if v.dtype not in V_DTYPES:                                      # the kernel reads these exactly
+            v = v.float()
+        return torch.compiler.disable(encoder_head)(
+            c_perf, v, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, self.scaler.weight, self.scaler.bias,
+            self.dec.row.weight, self.dec.row.bias, K=self.K,
+            precision=PRECISIONS[self.precision] or sea_encoder.PRECISION)
+
+    def uses_bidir_tail(self, z: torch.Tensor) -> bool:
+        """Do this call's pooled block scores come from kernels/sea_bidir_tail.py (BIDIR_TAIL, PARITY_CONV3)?"""
+        if not PARITY_CONV3 or BIDIR_TAIL is False or (BIDIR_TAIL == "auto" and not z.is_cuda) or self.causal:
+            return False
+        from kernels.sea_bidir_tail import tail_usable
+
+        return tail_usable(z.device) and not needs_grad(z, *self.dec.parameters())
 
     def fused_encoder(self, c_perf: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """encoder_backend=triton: z [B, H, T, 2d] and sigmoid scales [B, H, T, 2] by kernels/sea_encoder.py (one
@@ -530,6 +648,9 @@ class Estimator(nn.Module):
     def _encode(self, c_perf, v, carry, state, probs: bool, pool: int):
         """The encoder and scaler head on the Performer's output, then _finish."""
         self.last_encoder = self.encoder_path(c_perf, v)
+        if self.last_encoder == "triton" and carry is None and self.uses_bidir_head(c_perf, v):
+            x, scales = self.bidir_head(c_perf, v)                       # [B, 4H, T, K/2] bf16, [B, H, T, 2]
+            return self._finish(x, scales, carry, state, headed=True, probs=probs, pool=pool)
         if self.last_encoder == "triton":
             z, scales = self.fused_encoder(c_perf, v)                    # [B, H, T, 2d], [B, H, T, 2]
         else:
@@ -557,6 +678,12 @@ class Estimator(nn.Module):
             # does not reach the logits (the causal layer output reaches only the scalers: the selection is not
             # differentiable), 2.0 ms of convolution backward in SEA's 32k causal step on an H200.
             torch._dynamo.graph_break()
+        if pool and carry is None and self.uses_bidir_tail(z):           # the block sums in one kernel
+            from kernels.sea_bidir_tail import pooled_scores
+
+            y = self.decode(z, headed=headed, parity=True)               # [B, 2H, T/2, K/2]
+            sums = torch.compiler.disable(pooled_scores)(y, heads=self.H, rows=pool)
+            return None, sums, scales[..., 0:1], scales[..., 1:2], None
         if carry is None:
             logits, nxt = self.decode(z, headed=headed), None            # [B, H, T, K]
         else:

@@ -273,7 +273,7 @@ class SEAAttention(AttentionModule):
         return (f"sea[estimator={est}, estimator_dtype={self.estimator.dec_dtype}, "
                 f"performer={self.estimator.last_performer}"
                 f"{'' if self.estimator.performer_dtype == 'fp32' else '/' + self.estimator.performer_dtype}, "
-                f"{'encoder=' + enc + ', ' if enc in ('triton', 'front') else ''}"
+                f"{'encoder=' + enc + ', ' if enc in ('triton', 'front', 'triton-head') else ''}"
                 f"{'decoder=' + dec + ', ' if dec in ('triton', 'split', 'head-fused') else ''}"
                 f"{'' if self.estimator.compile == 'none' else 'compile=' + self.estimator.compile + ', '}"
                 f"{'' if self.estimator.precision == 'fp32' else 'estimator_precision=tf32, '}"

@@ -1,0 +1,188 @@
+"""The bidirectional SEA estimator's encoder, scaler head and decoder row projection in one Triton pass, written
+straight into the channels-last layout of the decoder's first convolution, one program per block of time rows
+holding every head.
+
+What: for the Performer's output c [B, H, T, 2d] fp32 and SEA's values v [B, H, T, d], computes per row (b, h, t)
+
+    z      = GELU_erf(LayerNorm([c ; v] @ lin_w^T + lin_b))      (kernels/sea_encoder.py)      [2d] fp32
+    scales = sigmoid(z @ sc_w^T + sc_b)                                                       [2]  fp32
+    y      = bf16(bf16(z) @ bf16(row_w)^T + bf16(row_b))      (BidirectionalDecoder.row under bf16 autocast)
+
+and writes scales [B, H, T, 2] and y, whose column j = i W + w (i < 4, W = K / 2) goes to x[b, t, w, 4h + i] of a
+[B, T, W, 4H] bf16 tensor: BidirectionalDecoder.head's output [B, 4H, T, W] in channels-last memory, without z
+([B, H, T, 2d]), the row projection's output ([B, H, T, 2K]) or the permuting copy between them ever written.
+
+Why: at T = 8k (B=1, H=16, d=64, K=128) on an H200 the encoder kernel, the row projection's GEMM and the permuting
+copy took 0.071 + 0.038 + 0.034 ms (results/nvidia-h200/sea-key-pass/call3/), for ~0.15 GB of minimum traffic
+(~0.04 ms). kernels/sea_bidir_front.py did this with the query pass in front, one head per program, and measured
+~7x slower than the launches it replaced: each program stored one head's 4 of the 64 channels of a row. Here the
+weights are shared by the heads, so the rows of all heads of BLOCK_T time steps form one tile (rows (t, h)), the two
+products are plain tl.dot's, and the [BLOCK_T, W, 4H] output block is stored whole after a permute in registers.
+
+How: grid (T / BLOCK_T, B). Rows r = (t, h) of the tile: the encoder's Linear as tl.dot's over BLOCK_K-wide slices
+of the 3d input features (the c part, then the v part) at input precision ENC_PREC, bias, LayerNorm, exact GELU,
+the scaler's two row sums; then bf16(z) @ bf16(row_w)^T as one [M, 4 BLOCK_W] dot (fp32 sums), bias, one bf16
+rounding, reshape [BLOCK_T, BLOCK_H, 4, BLOCK_W] -> permute [BLOCK_T, BLOCK_W, BLOCK_H, 4] -> store (masked where
+H, W or T are padded).
+
+Precision: as kernels/sea_encoder.py for z and the scales (the same slices, the same dot precision); the row
+projection as cuBLAS under autocast (bf16 operands, fp32 sums, one rounding), summed in another order. Under the
+Triton interpreter, bf16 products run as fp32 dots of bf16-rounded values.
+
+Forward only, no padding mask handling (the caller zeroes padded values as it does for the encoder), d <= 128.
+"""
+from __future__ import annotations
+
+import torch
+
+from kernels._buffers import check_fp32_tensors, fresh, pow2_block, triton_runs_on
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - triton missing: head_usable() is False
+    triton = None
+    tl = None
+
+POISON_OUTPUTS = False           # tests: fresh outputs filled with NaN so a skipped write fails
+BLOCK_T = 4                      # time rows per program (times the padded head count: the tile's rows)
+BLOCK_K = 32                     # encoder input features per dot step (>= 16)
+NUM_WARPS = 8
+NUM_STAGES = 2
+MAX_D = 128
+PRECISIONS = ("tf32x3", "ieee", "tf32")
+V_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+if triton is not None:
+    from kernels.favor_dense import _round_bf16
+
+    @triton.jit
+    def _head_kernel(C, V, LW, LB, LNW, LNB, SW, SB, RWT, RB, XO, SO,
+                     scb, sch, sct, svb, svh, svt, H, T, D, W, ln_eps,
+                     ENC_PREC: tl.constexpr, EMU: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+                     BLOCK_K: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_W: tl.constexpr):
+        tb = tl.program_id(0).to(tl.int64)
+        b = tl.program_id(1).to(tl.int64)
+        M: tl.constexpr = BLOCK_T * BLOCK_H
+        r = tl.arange(0, M)
+        t = tb * BLOCK_T + r // BLOCK_H                                   # rows (t, h), h fastest
+        h = r % BLOCK_H
+        rmask = (t < T) & (h < H)
+        D2 = 2 * D
+        D3 = 3 * D
+        offs_n = tl.arange(0, BLOCK_DV)                                   # the 2d encoder outputs
+        nmask = offs_n < D2
+        offs_k = tl.arange(0, BLOCK_K)
+        crow = C + b * scb + h * sch + t * sct                            # [M] row pointers
+        vrow = V + b * svb + h * svh + t * svt
+        acc = tl.zeros([M, BLOCK_DV], dtype=tl.float32)
+        for k0 in range(0, D2, BLOCK_K):                                  # [c ; v] @ lin_w^T: the c columns
+            kk = k0 + offs_k
+            kmask = kk < D2
+            x = tl.load(crow[:, None] + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+            wt = tl.load(LW + offs_n[None, :] * D3 + kk[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
+            acc += tl.dot(x, wt, input_precision=ENC_PREC)
+        for k0 in range(0, D, BLOCK_K):                                   # the v columns
+            kk = k0 + offs_k
+            kmask = kk < D
+            x = tl.load(vrow[:, None] + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+            wt = tl.load(LW + offs_n[None, :] * D3 + (D2 + kk)[:, None], mask=kmask[:, None] & nmask[None, :],
+                         other=0.0)
+            acc += tl.dot(x, wt, input_precision=ENC_PREC)
+        acc += tl.load(LB + offs_n, mask=nmask, other=0.0)[None, :]
+        mean = tl.sum(acc, axis=1) / D2                                   # LayerNorm over the 2d features
+        diff = tl.where(nmask[None, :], acc - mean[:, None], 0.0)
+        var = tl.sum(diff * diff, axis=1) / D2
+        rstd = 1.0 / tl.sqrt(var + ln_eps)
+        y = diff * rstd[:, None] * tl.load(LNW + offs_n, mask=nmask, other=0.0)[None, :] \
+            + tl.load(LNB + offs_n, mask=nmask, other=0.0)[None, :]
+        z = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))              # exact GELU; padded columns: 0
+        srow = ((b * H + h) * T + t) * 2                                  # scales [B, H, T, 2]
+        s0 = tl.sum(z * tl.load(SW + offs_n, mask=nmask, other=0.0)[None, :], axis=1) + tl.load(SB)
+        s1 = tl.sum(z * tl.load(SW + D2 + offs_n, mask=nmask, other=0.0)[None, :], axis=1) + tl.load(SB + 1)
+        tl.store(SO + srow, 1.0 / (1.0 + tl.exp(-s0)), mask=rmask)
+        tl.store(SO + srow + 1, 1.0 / (1.0 + tl.exp(-s1)), mask=rmask)
+        # the row projection: column (i, w) of the tile is row_w's row i W + w
+        offs_j = tl.arange(0, 4 * BLOCK_W)
+        ji = offs_j // BLOCK_W
+        jw = offs_j % BLOCK_W
+        jmask = jw < W
+        j = ji * W + jw
+        rw = tl.load(RWT + offs_n[:, None] * (4 * W) + j[None, :], mask=nmask[:, None] & jmask[None, :],
+                     other=0.0)                                           # [BLOCK_DV, 4 BLOCK_W] bf16 = row_w^T
+        zb = _round_bf16(z)
+        if EMU:
+            out = tl.dot(zb, rw.to(tl.float32), input_precision="ieee")
+        else:
+            out = tl.dot(zb.to(tl.bfloat16), rw)
+        out = _round_bf16(out + _round_bf16(tl.load(RB + j, mask=jmask, other=0.0))[None, :])
+        out = tl.reshape(out.to(tl.bfloat16), [BLOCK_T, BLOCK_H, 4, BLOCK_W])
+        out = tl.reshape(tl.permute(out, (0, 3, 1, 2)), [BLOCK_T * BLOCK_W, BLOCK_H * 4])
+        q = tl.arange(0, BLOCK_T * BLOCK_W)                               # rows (t, w) of the stored block
+        ot = tb * BLOCK_T + q // BLOCK_W
+        ow = q % BLOCK_W
+        oc = tl.arange(0, BLOCK_H * 4)                                    # channel 4h + i
+        dst = ((b * T + ot[:, None]) * W + ow[:, None]) * (4 * H) + oc[None, :]
+        tl.store(XO + dst, out, mask=(ot < T)[:, None] & (ow < W)[:, None] & (oc < 4 * H)[None, :])
+
+
+def head_usable(device) -> bool:
+    """True when the kernel can run on `device` (CUDA, or any device under TRITON_INTERPRET=1)."""
+    return triton_runs_on(device, triton is not None)
+
+
+def encoder_head(c, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, row_w, row_b, *, K: int,
+                 precision: str = "tf32x3") -> tuple[torch.Tensor, torch.Tensor]:
+    """c [B, H, T, 2d] fp32 (the Performer's output), v [B, H, T, d] (fp32, bf16 or fp16, read exactly); the
+    encoder's lin_w [2d, 3d], lin_b, ln_w, ln_b [2d], ln_eps; the scaler's sc_w [2, 2d], sc_b [2]; the bidirectional
+    decoder's row_w [2K, 2d], row_b [2K] (fp32) -> (x bf16 [B, 4H, T, K / 2], a channels-last view of
+    [B, T, K / 2, 4H]; scales fp32 [B, H, T, 2]). precision: the encoder dots' input precision. Any strides with a
+    unit last stride (others are copied). See the module docstring."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    named = dict(c=c, lin_w=lin_w, lin_b=lin_b, ln_w=ln_w, ln_b=ln_b, sc_w=sc_w, sc_b=sc_b, row_w=row_w, row_b=row_b)
+    check_fp32_tensors("sea bidirectional head", named, "c")
+    if not head_usable(c.device):
+        raise RuntimeError(f"sea bidirectional head needs triton on CUDA (or TRITON_INTERPRET=1); got {c.device}")
+    if c.dim() != 4:
+        raise ValueError(f"sea bidirectional head: c must be [B, H, T, 2d], got {tuple(c.shape)}")
+    B, H, T, d2 = c.shape
+    d = d2 // 2
+    if d2 % 2 or d < 1 or d > MAX_D:
+        raise ValueError(f"sea bidirectional head: c's last dim {d2} must be 2d with 1 <= d <= {MAX_D}")
+    if not isinstance(v, torch.Tensor) or v.dtype not in V_DTYPES or v.device != c.device:
+        raise ValueError(f"sea bidirectional head: v must be a float32, bfloat16 or float16 tensor on {c.device}")
+    if tuple(v.shape) != (B, H, T, d):
+        raise ValueError(f"sea bidirectional head: v {tuple(v.shape)} must be [B, H, T, d] = {(B, H, T, d)}")
+    if K % 2 or K < 2:
+        raise ValueError(f"sea bidirectional head: K={K} must be even")
+    if precision not in PRECISIONS:
+        raise ValueError(f"sea bidirectional head: precision={precision!r}, expected one of {PRECISIONS}")
+    if BLOCK_K < 16 or BLOCK_K & (BLOCK_K - 1) or BLOCK_T < 1 or BLOCK_T & (BLOCK_T - 1):
+        raise ValueError(f"sea bidirectional head: BLOCK_K={BLOCK_K} (power of two >= 16), BLOCK_T={BLOCK_T} "
+                         f"(power of two)")
+    want = dict(lin_w=(2 * d, 3 * d), lin_b=(2 * d,), ln_w=(2 * d,), ln_b=(2 * d,), sc_w=(2, 2 * d), sc_b=(2,),
+                row_w=(2 * K, 2 * d), row_b=(2 * K,))
+    for name, shape in want.items():
+        if tuple(named[name].shape) != shape:
+            raise ValueError(f"sea bidirectional head: {name} has shape {tuple(named[name].shape)}, expected {shape}")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (v, *named.values())):
+        raise RuntimeError("sea bidirectional head is forward-only: an input requires grad while grad is enabled")
+    c = c if c.stride(-1) == 1 else c.contiguous()
+    v = v if v.stride(-1) == 1 else v.contiguous()
+    W = K // 2
+    x = fresh((B, T, W, 4 * H), torch.bfloat16, c.device, poison=POISON_OUTPUTS)
+    scales = fresh((B, H, T, 2), torch.float32, c.device, poison=POISON_OUTPUTS)
+    bh = pow2_block(H, 1)
+    bt = max(BLOCK_T, pow2_block(-(-16 // bh), 1))                      # tl.dot needs >= 16 rows
+    rwt = row_w.t().to(torch.bfloat16).contiguous()                    # [2d, 2K]: autocast's bf16 weight, transposed
+    if B * T:
+        _head_kernel[(triton.cdiv(T, bt), B)](
+            c, v, *(t.contiguous() for t in (lin_w, lin_b, ln_w, ln_b, sc_w, sc_b)), rwt, row_b.contiguous(), x,
+            scales,
+            c.stride(0), c.stride(1), c.stride(2), v.stride(0), v.stride(1), v.stride(2), H, T, d, W, float(ln_eps),
+            ENC_PREC=precision, EMU=not c.is_cuda, BLOCK_T=bt, BLOCK_H=bh, BLOCK_K=BLOCK_K,
+            BLOCK_DV=pow2_block(2 * d), BLOCK_W=pow2_block(W, 4), num_warps=NUM_WARPS,
+            num_stages=NUM_STAGES)
+    return x.permute(0, 3, 1, 2), scales

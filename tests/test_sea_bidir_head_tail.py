@@ -1,0 +1,271 @@
+"""The bidirectional estimator's fused head (kernels/sea_bidir_head.py: encoder, scaler head and the decoder's row
+projection into channels-last memory), its parity-form last convolution (BidirectionalDecoder.parity_weight) and
+its fused tail (kernels/sea_bidir_tail.py: the row softmax and block sums) against what each replaces. CPU under
+TRITON_INTERPRET=1 at small sizes; on CUDA at SEA's widths."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+
+import methods.sea.estimator as est_mod  # noqa: E402
+from kernels import sea_bidir_head as bh  # noqa: E402
+from kernels import sea_bidir_tail as bt  # noqa: E402
+from kernels.sea_encoder import encoder_forward  # noqa: E402
+from methods.sea.bidir_blocks import decode_window, decoder_window  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    monkeypatch.setattr(bh, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(bt, "POISON_OUTPUTS", True)
+
+
+# --- the tail -----------------------------------------------------------------------------------------------------
+def _tail_reference(y, H, R):
+    """Written out from the decoder's definition: interleave the parities to T rows, nearest x2 width resize
+    (F.interpolate), softmax over the K columns in float64, sums over blocks of R rows."""
+    B, C, T2, W = y.shape
+    logits = torch.empty(B, H, 2 * T2, W, dtype=torch.float64)
+    logits[:, :, 0::2] = y[:, :H].double()
+    logits[:, :, 1::2] = y[:, H:].double()
+    logits = F.interpolate(logits, size=(2 * T2, 2 * W), mode="nearest")
+    return torch.softmax(logits, dim=-1).reshape(B, H, 2 * T2 // R, R, 2 * W).sum(3)
+
+
+@pytest.mark.parametrize("B,H,T2,W,R", [(1, 2, 8, 8, 4), (2, 3, 12, 5, 8), (1, 4, 16, 16, 32), (1, 2, 9, 4, 6)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_tail_equals_the_softmax_block_sums(B, H, T2, W, R, layout):
+    g = torch.Generator().manual_seed(B * 100 + H * 10 + W)
+    y = 3 * torch.randn(B, 2 * H, T2, W, generator=g)
+    y[0, 0, 0, 0] = 30.0                                                 # a dominant logit (the maximum matters)
+    y = y.to(torch.bfloat16)
+    if layout == "channels_last":
+        y = y.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    got = bt.pooled_scores(y, heads=H, rows=R)
+    want = _tail_reference(y, H, R)
+    assert got.dtype == torch.float32 and got.shape == (B, H, 2 * T2 // R, 2 * W)
+    torch.testing.assert_close(got.double(), want, atol=2e-6, rtol=2e-6)
+    torch.testing.assert_close(got.sum(-1).double(), torch.full_like(want.sum(-1), float(R)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(got, bt.pooled_scores_reference(y, heads=H, rows=R), atol=2e-6, rtol=2e-6)
+
+
+def test_tail_refuses_bad_input():
+    y = torch.randn(1, 4, 8, 8)
+    with pytest.raises(ValueError, match="2H = 6"):
+        bt.pooled_scores(y, heads=3, rows=4)
+    with pytest.raises(ValueError, match="rows=3"):
+        bt.pooled_scores(y, heads=2, rows=3)
+    with pytest.raises(ValueError, match="rows=32"):
+        bt.pooled_scores(y, heads=2, rows=32)
+    with pytest.raises(ValueError, match="floating"):
+        bt.pooled_scores(torch.zeros(1, 4, 8, 8, dtype=torch.int32), heads=2, rows=4)
+    with torch.enable_grad(), pytest.raises(RuntimeError, match="forward-only"):
+        bt.pooled_scores(y.clone().requires_grad_(), heads=2, rows=4)
+
+
+# --- the parity-form last convolution -----------------------------------------------------------------------------
+@pytest.mark.parametrize("T", [32, 33, 17])
+@pytest.mark.parametrize("last", [False, True])
+def test_parity_conv3_is_the_upsampled_convolution(monkeypatch, T, last):
+    torch.manual_seed(T)
+    dec = est_mod.BidirectionalDecoder(8, 3, 16)
+    z = torch.randn(2, 3, T, 16)
+    monkeypatch.setattr(est_mod, "BIDIR_CHANNELS_LAST", last)
+    out = {}
+    for parity in (False, True):
+        monkeypatch.setattr(est_mod, "PARITY_CONV3", parity)
+        with torch.no_grad():
+            out[parity] = dec(z)
+    torch.testing.assert_close(out[True], out[False], atol=1e-6, rtol=1e-5)
+    # written out: x2 nearest upsampling of the relu'd conv2 output, then conv3 with padding 1
+    with torch.no_grad():
+        x = F.relu(dec.conv2(F.relu(dec.conv1(dec.head(z).contiguous()))))
+        y = dec.conv3(x.repeat_interleave(2, dim=2))
+        parity_y = dec.body(dec.head(z), parity=True)
+    torch.testing.assert_close(parity_y[:, :3], y[:, :, 0::2], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(parity_y[:, 3:], y[:, :, 1::2], atol=1e-6, rtol=1e-5)
+    # rows of a window (query blocks) equal the whole decoder's in the parity form too
+    monkeypatch.setattr(est_mod, "PARITY_CONV3", True)
+    for s, e in [(0, 5), (3, 11), (T - 7, T), (5, 6)]:
+        z0, z1 = decoder_window(T, s, e)
+        with torch.no_grad():
+            got = decode_window(dec, z[:, :, z0:z1], T=T, s=s, e=e)
+        torch.testing.assert_close(got, out[True][:, :, s:e], atol=1e-6, rtol=1e-5)
+
+
+def test_parity_conv3_under_bf16_autocast_moves_the_logits_by_bf16_roundings(monkeypatch):
+    """Under autocast the folded weights (w1 + w2, w0 + w1) round to bf16 once instead of per term."""
+    torch.manual_seed(0)
+    dec = est_mod.BidirectionalDecoder(16, 4, 32)
+    z = torch.randn(1, 4, 64, 32)
+    out = {}
+    for parity in (False, True):
+        monkeypatch.setattr(est_mod, "PARITY_CONV3", parity)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out[parity] = dec(z).float()
+    with torch.no_grad():
+        exact = dec(z)                                                   # PARITY_CONV3 True, fp32
+    err_new, err_old = ((out[p] - exact).abs().mean() for p in (True, False))
+    assert err_new < 1.5 * err_old and err_new < 2e-2 * exact.abs().mean()
+    with pytest.raises(ValueError, match="PARITY_CONV3"):
+        monkeypatch.setattr(est_mod, "PARITY_CONV3", False)
+        dec.body(dec.head(z), parity=True)
+
+
+# --- the head -----------------------------------------------------------------------------------------------------
+def _weights(d, K, g):
+    return dict(lin_w=torch.randn(2 * d, 3 * d, generator=g) / (3 * d) ** 0.5,
+                lin_b=0.1 * torch.randn(2 * d, generator=g),
+                ln_w=1 + 0.1 * torch.randn(2 * d, generator=g), ln_b=0.1 * torch.randn(2 * d, generator=g),
+                sc_w=torch.randn(2, 2 * d, generator=g) / (2 * d) ** 0.5, sc_b=0.1 * torch.randn(2, generator=g),
+                row_w=torch.randn(2 * K, 2 * d, generator=g) / (2 * d) ** 0.5,
+                row_b=0.1 * torch.randn(2 * K, generator=g))
+
+
+def _head(c, v, w, K, precision="tf32x3"):
+    return bh.encoder_head(c, v, w["lin_w"], w["lin_b"], w["ln_w"], w["ln_b"], 1e-5, w["sc_w"], w["sc_b"],
+                           w["row_w"], w["row_b"], K=K, precision=precision)
+
+
+def _head_composed(c, v, w, K):
+    """What the head replaces: the encoder kernel writing bf16 z, the row projection as a bf16 GEMM (fp32 sums, one
+    rounding; bf16 weight and bias, as under autocast) and the permute into [B, T, K/2, 4H]."""
+    B, H, T, _ = c.shape
+    z, scales = encoder_forward(c, v, w["lin_w"], w["lin_b"], w["ln_w"], w["ln_b"], 1e-5, w["sc_w"], w["sc_b"],
+                                z_dtype=torch.bfloat16)
+    bf16 = lambda t: t.to(torch.bfloat16).float()  # noqa: E731
+    y = bf16(z.double() @ bf16(w["row_w"]).double().T + bf16(w["row_b"]).double())
+    # what one bf16 step of every z entry (the two kernels' encoder sums may round z to either neighbour) can move
+    # an output by: 2^-8 sum_j |z_j| |w_j|
+    slack = 2.0 ** -8 * (z.double().abs() @ w["row_w"].double().abs().T)
+    return tuple(t.view(B, H, T, 4, K // 2).permute(0, 2, 4, 1, 3).reshape(B, T, K // 2, 4 * H) for t in (y, slack)) \
+        + (scales,)
+
+
+def _check_head(x, want_x, slack):
+    """At most one bf16 step of the output (<= 2^-7 relative) plus what one-step changes of z can do; most equal."""
+    diff = (x.permute(0, 2, 3, 1).double() - want_x).abs()
+    assert (diff <= 2.0 ** -7 * want_x.abs() + slack + 1e-6).all()
+    assert (diff > 0).float().mean() < 0.05
+
+
+@pytest.mark.parametrize("B,H,T,d,K", [(1, 2, 10, 16, 16), (2, 3, 9, 8, 10), (1, 12, 7, 32, 64), (1, 16, 6, 64, 128)])
+def test_head_equals_the_encoder_row_projection_and_permute(B, H, T, d, K):
+    g = torch.Generator().manual_seed(B + H + T + d)
+    c = torch.randn(B, H, T, 2 * d, generator=g)
+    v = torch.randn(B, T, H, d, generator=g).to(torch.bfloat16).transpose(1, 2)   # a strided view, as SEA's v
+    w = _weights(d, K, g)
+    x, scales = _head(c, v, w, K)
+    want_x, slack, want_scales = _head_composed(c, v, w, K)
+    assert x.dtype == torch.bfloat16 and x.shape == (B, 4 * H, T, K // 2)
+    assert x.permute(0, 2, 3, 1).is_contiguous()                          # channels-last memory
+    torch.testing.assert_close(scales, want_scales, atol=1e-6, rtol=1e-6)
+    _check_head(x, want_x, slack)
+
+
+def test_head_refuses_bad_input():
+    g = torch.Generator().manual_seed(0)
+    c, v, w = torch.randn(1, 2, 8, 32, generator=g), torch.randn(1, 2, 8, 16, generator=g), _weights(16, 16, g)
+    with pytest.raises(ValueError, match="K=15"):
+        _head(c, v, w, 15)
+    with pytest.raises(ValueError, match="row_w"):
+        _head(c, v, w, 32)
+    with pytest.raises(ValueError, match="v"):
+        _head(c, v[:, :, :4], w, 16)
+    with pytest.raises(ValueError, match="float32"):
+        _head(c.double(), v, w, 16)
+    with pytest.raises(ValueError, match="precision"):
+        _head(c, v, w, 16, precision="bf16")
+    with torch.enable_grad(), pytest.raises(RuntimeError, match="forward-only"):
+        _head(c, v, {**w, "row_b": w["row_b"].clone().requires_grad_()}, 16)
+
+
+# --- in SEA's estimator -------------------------------------------------------------------------------------------
+def test_estimator_head_and_tail_give_the_block_scores_of_the_module_path(monkeypatch):
+    """SEA's bidirectional estimator with shared keys (pooled block scores): the fused head and tail against the
+    encoder kernel, the PyTorch row projection and the compiled-away softmax sums, the same call, same weights."""
+    from tests.helpers import gaussian_qkv, sea_case
+
+    monkeypatch.setattr(est_mod, "BIDIR_CHANNELS_LAST", True)
+    M_, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=False, K=16, performer_backend="triton",
+                                encoder_backend="triton", estimator_dtype="bf16", shared_keys=16)
+    layer = M_.build(cfg, problem)
+    q, k, v = gaussian_qkv(1, 4, 4, 64, 16, seed=5, dtype=torch.bfloat16)
+    outs = {}
+    with torch.no_grad():
+        for fused in (True, False):
+            monkeypatch.setattr(est_mod, "BIDIR_HEAD", fused)
+            monkeypatch.setattr(est_mod, "BIDIR_TAIL", fused)
+            outs[fused] = layer.estimator(q, k, v, valid=None, probs=True, pool=16)
+            assert layer.estimator.last_encoder == ("triton-head" if fused else "triton")
+            assert layer.estimator.last_decoder == ("head-fused" if fused else "torch")
+        layer(q, k, v, causal=False)
+        assert "encoder=triton-head" not in layer.impl
+        monkeypatch.setattr(est_mod, "BIDIR_HEAD", True)
+        monkeypatch.setattr(est_mod, "BIDIR_TAIL", True)
+        layer(q, k, v, causal=False)
+        assert "encoder=triton-head" in layer.impl
+    (lf, af, sf, mf), (lw, aw, sw, mw) = outs[True], outs[False]
+    assert lf is None and lw is None and af.shape == aw.shape == (1, 4, 4, 16)
+    torch.testing.assert_close(sf, sw, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(mf, mw, atol=1e-6, rtol=1e-6)
+    # the row projection's sums in another order move a bf16 value by one step here and there
+    torch.testing.assert_close(af, aw, atol=2e-3, rtol=2e-2)
+    assert (af - aw).abs().mean() < 1e-3 * aw.abs().mean()
+
+
+# --- on the GPU ---------------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_head_and_tail_on_the_gpu_at_sea_widths():
+    g = torch.Generator().manual_seed(3)
+    B, H, T, d, K = 1, 16, 3000, 64, 128
+    c = torch.randn(B, H, T, 2 * d, generator=g)
+    v = torch.randn(B, T, H, d, generator=g).to(torch.bfloat16).transpose(1, 2)
+    w = _weights(d, K, g)
+    want_x, slack, want_scales = _head_composed(c.cuda(), v.cuda(), {n: t.cuda() for n, t in w.items()}, K)
+    x, scales = _head(c.cuda(), v.cuda(), {n: t.cuda() for n, t in w.items()}, K, precision="tf32x3")
+    torch.testing.assert_close(scales, want_scales, atol=1e-5, rtol=1e-5)
+    _check_head(x, want_x, slack)
+    y = (3 * torch.randn(1, 2 * H, 4096, K // 2, generator=g)).to(torch.bfloat16).cuda()
+    y = y.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)              # cuDNN's channels-last output
+    got = bt.pooled_scores(y, heads=H, rows=64)
+    torch.testing.assert_close(got.double().cpu(), _tail_reference(y.cpu(), H, 64), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_conv_relu_on_the_gpu(monkeypatch):
+    """The decoder's conv + ReLU pairs as cuDNN's fused kernel (CONV_RELU) against the separate ops, eager and in
+    SEA's compiled estimator: the same values up to one bf16 rounding of the convolution outputs."""
+    from tests.helpers import gaussian_qkv, sea_case
+
+    torch.manual_seed(0)
+    dec = est_mod.BidirectionalDecoder(64, 16, 128).cuda()
+    x = torch.randn(1, 64, 2048, 64, device="cuda").to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    out = {}
+    for fused in (True, False):
+        monkeypatch.setattr(est_mod, "CONV_RELU", fused)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            assert est_mod.uses_conv_relu(x, dec.conv1, dec.conv2) is fused
+            out[fused] = dec.body(x, parity=True).float()
+    diff = (out[True] - out[False]).abs()
+    assert diff.mean() < 2e-3 * out[False].abs().mean() and diff.max() < 0.05 * out[False].abs().max()
+    M_, cfg, problem = sea_case(1, 16, 16, 4096, 64, causal=False, K=128, performer_dtype="bf16",
+                                estimator_precision="tf32", estimator_dtype="bf16", compile="estimator",
+                                shared_keys=64)
+    layer = M_.build(cfg, dataclasses.replace(problem, device="cuda", dtype="bf16")).cuda()
+    q, k, v = (t.cuda() for t in gaussian_qkv(1, 16, 16, 4096, 64, seed=2, dtype=torch.bfloat16))
+    sums = {}
+    with torch.no_grad():
+        for fused in (True, False):
+            monkeypatch.setattr(est_mod, "CONV_RELU", fused)
+            layer.estimator._compiled = None                             # recompile with the switch
+            sums[fused] = layer.estimator(q, k, v, valid=None, probs=True, pool=64)[1]
+    torch.testing.assert_close(sums[True], sums[False], atol=0.05, rtol=0.05)
+    assert (sums[True] - sums[False]).abs().mean() < 2e-3 * sums[False].abs().mean()
