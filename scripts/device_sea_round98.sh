@@ -9,7 +9,7 @@
 set -u
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-timeout 240 python3 -m pytest -q -m gpu tests/test_sea_bidir_head_tail.py tests/test_sea_bidir_blocks.py \
+timeout 150 python3 -m pytest -q -m gpu tests/test_sea_bidir_head_tail.py tests/test_sea_bidir_blocks.py \
   tests/test_sea_bidir_front.py tests/test_sea_encoder.py tests/test_sea_estimator_precision.py \
   tests/test_sea_method.py -p no:cacheprovider -rA > "$OUT/gpu-tests-full.txt" 2>&1
 grep -E "^FAILED|^ERROR|passed|failed" "$OUT/gpu-tests-full.txt" | cut -c1-160 | tail -n 14
@@ -28,7 +28,7 @@ for run in 8192:all 8192:noconvrelu 8192:nohead 65536:all; do
     "$OUT/profile-$T-$v.txt" | cut -c1-100 | head -n 8
 done
 g=sea:performer_dtype=bf16:estimator_precision=tf32:estimator_dtype=bf16:compile=estimator:sparse_pieces=1
-bash scripts/device_sweep.sh table "${1:-230}" --device cuda --method-args sea.max_len=262144 --batch 1 --heads 16 \
+bash scripts/device_sweep.sh table "${1:-220}" --device cuda --method-args sea.max_len=262144 --batch 1 --heads 16 \
   --head-dim 64 --dtype bf16 --methods sdpa:backend=cudnn,sdpa:backend=flash,$g:shared_keys=64:cuda_graph=16384 \
   --seq-lens 8192,16384,65536,262144 --bidirectional --mode fwd --rep-ms 50 --timeout 120 | tail -n 2
 python3 scripts/ratio_table.py "$OUT/table/rows.jsonl"
