@@ -1,4 +1,4 @@
-"""Non-finite (NaN / Inf) flags of several tensors in one small Triton kernel launch each, no host sync.
+"""Non-finite (NaN / Inf) flags of several tensors in small Triton kernel launches, no host sync.
 
 What: `nonfinite_flags(*tensors)` -> int32 [len(tensors)] on the tensors' device, 1 where the tensor holds a NaN or
 an Inf, 0 where every value is finite. Floating tensors of any dtype (16-bit ones tested in float32, float64 in its
@@ -8,7 +8,9 @@ exactly when every value is, as NaN propagates).
 
 Why: SEA checks q, k, v for NaN / Inf before attending (a non-finite input would otherwise turn into an attention
 mask built on garbage). One program reads ITERS x BLOCK consecutive values, keeps a per-lane flag and adds one atomic
-max per program into the tensor's flag. Predicted on an H200 (32k, bf16, B=1, H=16, D=64): ~0.06 ms for the three
+max per program into the tensor's flag; three contiguous tensors (SEA's q, k, v) share one launch whose program
+ranges cover them in turn (in SEA's 8k bidirectional forward on an H200 the three launches took 0.025 ms for 50 MB),
+other counts take one launch each. Predicted on an H200 (32k, bf16, B=1, H=16, D=64): ~0.06 ms for the three
 tensors, against aminmax's ~0.26 ms (a guess that took a 0.26 ms reduction of the training step for the check; it
 was another reduction). Measured (results/nvidia-h200/sea-train/call16/, call17/): alone 0.107 against aminmax's
 0.335 ms (L2 flushed); inside a 64k causal forward 0.109 against 0.160 ms; in the 32k training step within the
@@ -30,13 +32,15 @@ except ImportError:  # pragma: no cover - triton missing: the PyTorch form runs
 # values per load step and steps per program (BLOCK * ITERS values per program)
 BLOCK = 4096
 ITERS = 8
+ONE_LAUNCH = True                # three contiguous tensors in one launch (False: one launch each; the A/B switch)
 
 
 if triton is not None:
 
     @triton.jit
-    def _nonfinite_kernel(X, n, FLAG, BLOCK: tl.constexpr, ITERS: tl.constexpr):
-        base = tl.program_id(0).to(tl.int64) * (BLOCK * ITERS)
+    def _scan(X, n, pid, FLAG, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+        # program `pid` of one tensor: ITERS x BLOCK consecutive values, one atomic max into its flag
+        base = pid.to(tl.int64) * (BLOCK * ITERS)
         bad = tl.zeros([BLOCK], dtype=tl.int32)
         for i in range(ITERS):
             offs = base + i * BLOCK + tl.arange(0, BLOCK)
@@ -45,6 +49,21 @@ if triton is not None:
                 x = x.to(tl.float32)
             bad = bad | ((x != x) | (tl.abs(x) == float("inf"))).to(tl.int32)
         tl.atomic_max(FLAG, tl.max(bad, axis=0))
+
+    @triton.jit
+    def _nonfinite_kernel(X, n, FLAG, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+        _scan(X, n, tl.program_id(0), FLAG, BLOCK, ITERS)
+
+    @triton.jit
+    def _nonfinite3_kernel(X0, X1, X2, n0, n1, n2, p0, p1, FLAG, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+        # three tensors in one launch: programs [0, p0) read X0, [p0, p0 + p1) X1, the rest X2
+        pid = tl.program_id(0)
+        if pid < p0:
+            _scan(X0, n0, pid, FLAG, BLOCK, ITERS)
+        elif pid < p0 + p1:
+            _scan(X1, n1, pid - p0, FLAG + 1, BLOCK, ITERS)
+        else:
+            _scan(X2, n2, pid - p0 - p1, FLAG + 2, BLOCK, ITERS)
 
 
 def _torch_flag(t: torch.Tensor) -> torch.Tensor:
@@ -73,13 +92,18 @@ def nonfinite_flags(*tensors: torch.Tensor, backend: str = "auto") -> torch.Tens
     if backend == "torch" or (backend == "auto" and not runs):
         return torch.stack([_torch_flag(t) for t in tensors])
     flags = torch.zeros(len(tensors), dtype=torch.int32, device=dev)
+    per = BLOCK * ITERS
+    if ONE_LAUNCH and len(tensors) == 3 and all(t.is_contiguous() and t.numel() for t in tensors):   # q, k, v
+        p0, p1, p2 = (triton.cdiv(t.numel(), per) for t in tensors)
+        _nonfinite3_kernel[(p0 + p1 + p2,)](*tensors, *(t.numel() for t in tensors), p0, p1, flags, BLOCK=BLOCK,
+                                            ITERS=ITERS, num_warps=8)
+        return flags
     for i, t in enumerate(tensors):
         if not t.is_contiguous():
             if backend == "triton":
                 raise ValueError(f"nonfinite_flags: tensor {i} is not contiguous (backend=triton)")
             flags[i] = _torch_flag(t)
         elif t.numel():
-            per = BLOCK * ITERS
             _nonfinite_kernel[(triton.cdiv(t.numel(), per),)](t, t.numel(), flags[i:], BLOCK=BLOCK, ITERS=ITERS,
                                                               num_warps=8)
     return flags

@@ -4,7 +4,8 @@ over blocks of R query rows, read straight from the last convolution's output at
 What: the bidirectional decoder (methods/sea/estimator.py, BidirectionalDecoder) ends in a nearest x2 time
 upsampling, a 3x3 convolution to H channels and a nearest x2 width resize to K columns. With PARITY_CONV3 its last
 convolution runs at half resolution with 2H output channels, channel p H + h holding output row 2i + p of head h
-(the upsampling folded into the weights: BidirectionalDecoder.parity_weight). From that tensor y [B, 2H, T/2, W]
+(the upsampling folded into the weights: BidirectionalDecoder.parity_weight; its bias, one constant per head and row,
+left out: the softmax below does not see it). From that tensor y [B, 2H, T/2, W]
 (W = K/2, any strides: channels-last from cuDNN, or contiguous) this kernel computes
 
     s[b, h, n, 2w + j] = sum over rows r = 2i + p of block n of  exp(y[b, pH+h, i, w]) / (2 sum_w' exp(y[..., w']))

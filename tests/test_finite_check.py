@@ -32,6 +32,31 @@ def test_flags_match_isfinite(dtype, backend):
             assert got.tolist() == [int(not torch.isfinite(t).all()) for t in (x, y, x)]
 
 
+def test_three_tensors_of_different_sizes_and_dtypes_in_one_launch(monkeypatch):
+    """Three contiguous tensors share one launch (_nonfinite3_kernel): each program range reads its own tensor, in
+    its own dtype, and flags only that tensor."""
+    launches = []
+    real = fc._nonfinite3_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(fc, "_nonfinite3_kernel", Spy())
+    g = torch.Generator().manual_seed(2)
+    ts = [torch.randn(300, generator=g), torch.randn(7, 40, generator=g).to(torch.bfloat16),
+          torch.randn(129, generator=g).to(torch.float16)]                 # 3 + 3 + 2 programs of 128 values
+    assert fc.nonfinite_flags(*ts, backend="triton").tolist() == [0, 0, 0]
+    assert launches == [(8,)]
+    for i in range(3):
+        for where in (0, ts[i].numel() - 1):
+            bad = [t.clone() for t in ts]
+            bad[i].view(-1)[where] = float("nan") if where else float("-inf")
+            want = [int(j == i) for j in range(3)]
+            assert fc.nonfinite_flags(*bad, backend="triton").tolist() == want, (i, where)
+
+
 def test_auto_falls_back_for_non_contiguous_and_refuses_bad_input():
     x = torch.randn(6, 40)
     y = x.clone()

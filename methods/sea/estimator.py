@@ -56,6 +56,9 @@ PARITY_CONV3 = True
 # Bidirectional calls with pooled block scores (pool=R) take them from kernels/sea_bidir_tail.py (the row softmax and
 # the block sums read straight from the parity-form last convolution, one launch): True, False, or "auto" (on CUDA).
 BIDIR_TAIL = "auto"
+# ... its parity-form input without conv3's bias (a constant per head and row: the softmax does not see it), so that
+# inductor does not add it in a pass of its own: True; False adds it (the A/B switch).
+TAIL_BIAS_FREE = True
 # The bidirectional encoder, scaler head and decoder row projection in one kernel (kernels/sea_bidir_head.py, all heads
 # of a block of rows per program, writing the first convolution's channels-last input) in place of the encoder kernel,
 # the row projection's GEMM and the permuting copy: True, False, or "auto" (on CUDA). Where it serves: the Triton
@@ -207,7 +210,10 @@ class BidirectionalDecoder(nn.Module):
 
     def body(self, x, *, parity: bool = False):                         # x [B, 4H, T, K/2]
         """The convolutions -> logits [B, H, T, K]; parity=True (needs PARITY_CONV3): the last convolution's output
-        in its parity form [B, 2H, ceil(T/2), K/2] (see parity_weight), before the interleave and width resize."""
+        in its parity form [B, 2H, ceil(T/2), K/2] (see parity_weight), before the interleave and width resize, and
+        without its bias (TAIL_BIAS_FREE): one constant per head, the same for a row's K logits, which their softmax
+        does not see (what parity=True serves: kernels/sea_bidir_tail.py). Under inductor the bias would be a
+        separate pass over the output (0.012 ms at 8k on an H200)."""
         T = x.shape[2]
         last = channels_last(x)
         if uses_conv_relu(x, self.conv1, self.conv2):                    # 16-bit, channels-last: fused ReLU
@@ -219,9 +225,10 @@ class BidirectionalDecoder(nn.Module):
             x = F.relu(self.conv1(x))                                   # [B, 4H, ceil(T/2), K/2]
             x = F.relu(self.conv2(x))
         if PARITY_CONV3:                                                 # no upsampled [B, 4H, T, K/2] tensor
-            y = F.conv2d(x, *self.parity_weight(), padding=1)            # [B, 2H, ceil(T/2), K/2]
-            if parity:
-                return y
+            w, b = self.parity_weight()
+            if parity:                                                   # softmax-invariant bias left out
+                return F.conv2d(x, w, None if TAIL_BIAS_FREE else b, padding=1)   # [B, 2H, ceil(T/2), K/2]
+            y = F.conv2d(x, w, b, padding=1)
             B, _, T2, W = y.shape
             y = y.view(B, 2, self.H, T2, W).permute(0, 2, 3, 1, 4).reshape(B, self.H, 2 * T2, W)
             return nearest_resize(y, T, self.K)                          # [B, H, T, K]
@@ -327,7 +334,7 @@ class Estimator(nn.Module):
         headed: z is already the decoder head's output (causal: [B, 2H, T, K/4], the fused front's head=, see
         front_head; bidirectional: [B, 4H, T, K/2], kernels/sea_bidir_head.py): only the decoder's body runs.
         parity (bidirectional, PARITY_CONV3): the last convolution's parity-form output [B, 2H, ceil(T/2), K/2] in
-        the decoder's dtype (BidirectionalDecoder.body) in place of the logits."""
+        the decoder's dtype, without its softmax-invariant bias (BidirectionalDecoder.body), in place of the logits."""
         if parity and self.causal:
             raise ValueError("decode(parity=True) is the bidirectional decoder's form")
         if headed:
