@@ -621,7 +621,7 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
     """The key pass and the combine of favor_softmax_dense (same arguments): a dict with the [B H, m, Dv] summary
     'kv' (bf16 with bf16 operands), 'z' [B H, m], the per-block sums 'kvs_part' / 'zs_part' ('ncb' blocks) and what
     the query pass needs besides ('q' with a unit last stride, 'proj', 'm', 'Dv', 'x_scale', 'phi_scale', 'bf16',
-    'emu', 'dash_prec', 'prod_prec'). kernels/sea_bidir_front.py runs its own query pass on it."""
+    'emu', 'dash_prec', 'prod_prec')."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, proj)):

@@ -14,10 +14,13 @@ and writes scales [B, H, T, 2] and y, whose column j = i W + w (i < 4, W = K / 2
 
 Why: at T = 8k (B=1, H=16, d=64, K=128) on an H200 the encoder kernel, the row projection's GEMM and the permuting
 copy took 0.071 + 0.038 + 0.034 ms (results/nvidia-h200/sea-key-pass/call3/), for ~0.15 GB of minimum traffic
-(~0.04 ms). kernels/sea_bidir_front.py did this with the query pass in front, one head per program, and measured
-~7x slower than the launches it replaced: each program stored one head's 4 of the 64 channels of a row. Here the
-weights are shared by the heads, so the rows of all heads of BLOCK_T time steps form one tile (rows (t, h)), the two
-products are plain tl.dot's, and the [BLOCK_T, W, 4H] output block is stored whole after a permute in registers.
+(~0.04 ms). The sixteenth session's kernels/sea_bidir_front.py (since removed) did this with the query pass in front,
+one head per program, and measured ~7x slower than the launches it replaced: each program stored one head's 4 of the
+64 channels of a row. Here the weights are shared by the heads, so the rows of all heads of BLOCK_T time steps form
+one tile (rows (t, h)), the two products are plain tl.dot's, and the [BLOCK_T, W, 4H] output block is stored whole
+after a permute in registers. Measured (results/nvidia-h200/sea-decoder-ends/): alone, L2 flushed, 0.151 ms against
+0.327 for the three launches (64k: 1.07 against 1.91); inside SEA's 8k forward 0.146 against 0.143, the same time;
+256 MiB less peak memory at 64k (z, the projection's output and its copy are never written).
 
 How: grid (T / BLOCK_T, B). Rows r = (t, h) of the tile: the encoder's Linear as tl.dot's over BLOCK_K-wide slices
 of the 3d input features (the c part, then the v part) at input precision ENC_PREC, bias, LayerNorm, exact GELU,

@@ -40,14 +40,6 @@ ENCODER_Z_16BIT = True
 # keys, bidirectional 64k: kernels 7.18 -> 6.85 ms, CUDA-event wall 7.38 -> 7.03 ms (profiles in one call:
 # results/nvidia-h200/sea-bidir-mix/call7/).
 BIDIR_CHANNELS_LAST = "auto"
-# The bidirectional front (kernels/sea_bidir_front.py: the Performer's query pass, the encoder and scaler head and the
-# decoder's row projection in one kernel, writing the first convolution's channels-last input) for calls it serves
-# (no padding mask or gradient, the fused Performer and encoder kernels, bf16 estimator dtype, channels-last
-# decoder, d <= 64): True, False, or "auto" (on CUDA). Off: on an H200 (bf16, H=16, SEA fast + shared keys) the
-# kernel took 1.62 ms at 8k and 11.7 ms at 64k where the four launches it replaces take ~0.24 / ~1.7 ms, and 1.24 -
-# 1.64 ms at 8k with 16 / 32 / 64 rows on 2-8 warps (results/nvidia-h200/sea-fewer-launches/call3/, call4/): likely
-# its scattered stores (a program writes one head's 4 of the 64 channels); kept, tested, for a redesign.
-BIDIR_FRONT = False
 # The bidirectional decoder's last convolution (3x3 after a nearest x2 time upsampling) as one 3x3 convolution at half
 # resolution with 2H outputs, the upsampling folded into its weights (BidirectionalDecoder.parity_weight): no
 # upsampled [B, 4H, T, K/2] tensor. The same function; under 16-bit autocast the folded weights w1 + w2 / w0 + w1
@@ -62,7 +54,10 @@ TAIL_BIAS_FREE = True
 # The bidirectional encoder, scaler head and decoder row projection in one kernel (kernels/sea_bidir_head.py, all heads
 # of a block of rows per program, writing the first convolution's channels-last input) in place of the encoder kernel,
 # the row projection's GEMM and the permuting copy: True, False, or "auto" (on CUDA). Where it serves: the Triton
-# encoder, a bf16 decoder holding channels-last activations, no gradient (Estimator.uses_bidir_head).
+# encoder, a bf16 decoder holding channels-last activations, no gradient (Estimator.uses_bidir_head). On an H200 at
+# 8k the same time as the three launches (0.146 against 0.143 ms) and 256 MiB less peak memory at 64k
+# (results/nvidia-h200/sea-decoder-ends/). (The sixteenth session's front, one head per program with the Performer's
+# query pass in front, took 1.62 ms for ~0.24 ms of launches: its scattered stores; removed in the eighteenth.)
 BIDIR_HEAD = "auto"
 # The bidirectional Performer's values [identity ; v] built in bf16 when its products take bf16 operands (the
 # products round them to bf16 anyway; half the bytes written and read): True; False keeps them fp32 (the A/B switch).
@@ -443,35 +438,6 @@ class Estimator(nn.Module):
                    self.scaler.bias)
         return q.is_cuda and not needs_grad(q, k, v, *weights)
 
-    def uses_bidir_front(self, q, k, v, valid, carry) -> bool:
-        """Does this bidirectional call take kernels/sea_bidir_front.py (BIDIR_FRONT; after performer_backend set
-        last_performer)? Where the kernels it replaces would run: the fused Performer (triton-dense) and encoder,
-        a bf16 PyTorch decoder holding channels-last activations, no padding mask, no gradient, d <= 64."""
-        if BIDIR_FRONT is False or (BIDIR_FRONT == "auto" and not q.is_cuda) or self.causal:
-            return False
-        from kernels.sea_bidir_front import front_usable
-
-        weights = (*self.enc.parameters(), *self.scaler.parameters(), *self.dec.row.parameters())
-        return (valid is None and carry is None and self.last_performer == "triton-dense"
-                and self.encoder_backend in ("auto", "triton") and self.dec_dtype == "bf16"
-                and self.decoder_backend in ("auto", "torch") and channels_last(q) and q.shape[-1] <= 64
-                and front_usable(q.device) and not needs_grad(q, k, v, *weights))
-
-    def bidir_front(self, q, k, v, vals) -> tuple[torch.Tensor, torch.Tensor]:
-        """kernels/sea_bidir_front.py: (the decoder's first convolution input [B, 4H, T, K/2] bf16, channels-last;
-        scales [B, H, T, 2]) for the whole bidirectional call (see uses_bidir_front). vals: the Performer's values
-        [identity ; v] [B, H, T, 2d] for its key pass."""
-        from kernels import sea_encoder
-        from kernels.sea_bidir_front import bidir_front
-
-        lin, ln = self.enc[0], self.enc[1]
-        self.last_encoder = "front"
-        prec = PRECISIONS[self.precision]
-        return torch.compiler.disable(bidir_front)(
-            q, k, v, vals, self.proj, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, self.scaler.weight,
-            self.scaler.bias, self.dec.row.weight, self.dec.row.bias, K=self.K, operands=self.performer_dtype,
-            precision=prec, enc_precision=prec or sea_encoder.PRECISION)
-
     def uses_bidir_head(self, c_perf: torch.Tensor, v: torch.Tensor) -> bool:
         """Does this bidirectional call take kernels/sea_bidir_head.py (BIDIR_HEAD) after the Triton encoder was
         chosen? Where the launches it replaces would run: a bf16 PyTorch decoder holding channels-last activations,
@@ -640,9 +606,6 @@ class Estimator(nn.Module):
         vals = torch.cat([vi, v.float()], dim=-1)                        # [B, H, T, 2d] fp32
         if VALS_BF16 and not self.causal and self.performer_dtype == "bf16" and not needs_grad(vals):
             vals = vals.to(torch.bfloat16)                                   # one fused cast under compile
-        if self.uses_bidir_front(q, k, v, valid, carry):
-            x, scales = self.bidir_front(q, k, v, vals)                  # [B, 4H, T, K/2] bf16, [B, H, T, 2]
-            return self._finish(x, scales, carry, None, headed=True, probs=probs, pool=pool)
         if carry is None:
             c_perf = favor_attention(q, k, vals, self.proj, kernel=self.kernel, causal=self.causal, valid=valid,
                                      backend=self.performer_backend, operands=self.performer_dtype,

@@ -269,11 +269,11 @@ class SEAAttention(AttentionModule):
         dec = self.estimator.last_decoder
         sc = "estimated" if self.force_s_prob < 0 and self.force_s_mix < 0 else \
             f"forced(s_prob={self.force_s_prob:g}, s_mix={self.force_s_mix:g})"
-        enc = self.estimator.last_encoder                                # triton: the encoder kernel; front: fused
+        enc = self.estimator.last_encoder                # triton: the encoder kernel; triton-head: with the row head
         return (f"sea[estimator={est}, estimator_dtype={self.estimator.dec_dtype}, "
                 f"performer={self.estimator.last_performer}"
                 f"{'' if self.estimator.performer_dtype == 'fp32' else '/' + self.estimator.performer_dtype}, "
-                f"{'encoder=' + enc + ', ' if enc in ('triton', 'front', 'triton-head') else ''}"
+                f"{'encoder=' + enc + ', ' if enc in ('triton', 'triton-head') else ''}"
                 f"{'decoder=' + dec + ', ' if dec in ('triton', 'split', 'head-fused') else ''}"
                 f"{'' if self.estimator.compile == 'none' else 'compile=' + self.estimator.compile + ', '}"
                 f"{'' if self.estimator.precision == 'fp32' else 'estimator_precision=tf32, '}"
