@@ -8,11 +8,11 @@ exactly when every value is, as NaN propagates).
 
 Why: SEA checks q, k, v for NaN / Inf before attending (a non-finite input would otherwise turn into an attention
 mask built on garbage). One program reads ITERS x BLOCK consecutive values, keeps a per-lane flag and adds one atomic
-max per program into the tensor's flag; three contiguous tensors (SEA's q, k, v) share one launch whose program
-ranges cover them in turn (in SEA's 8k bidirectional forward on an H200 the three launches took 0.025 ms for 50 MB),
-other counts take one launch each. Predicted on an H200 (32k, bf16, B=1, H=16, D=64): ~0.06 ms for the three
-tensors, against aminmax's ~0.26 ms (a guess that took a 0.26 ms reduction of the training step for the check; it
-was another reduction). Measured (results/nvidia-h200/sea-train/call16/, call17/): alone 0.107 against aminmax's
+max per program into the tensor's flag; contiguous tensors go in groups of up to three (SEA's q, k, v: one launch)
+whose program ranges cover them in turn (in SEA's 8k bidirectional forward on an H200 three launches took 0.025 ms
+for 50 MB, one launch 0.014: results/nvidia-h200/sea-decoder-ends/call7/). Predicted on an H200 (32k, bf16, B=1,
+H=16, D=64) before either: ~0.06 ms for the three tensors, against aminmax's ~0.26 ms (a guess that took a 0.26 ms
+reduction of the training step for the check; it was another reduction). Measured (results/nvidia-h200/sea-train/call16/, call17/): alone 0.107 against aminmax's
 0.335 ms (L2 flushed); inside a 64k causal forward 0.109 against 0.160 ms; in the 32k training step within the
 spread.
 """
@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - triton missing: the PyTorch form runs
 # values per load step and steps per program (BLOCK * ITERS values per program)
 BLOCK = 4096
 ITERS = 8
-ONE_LAUNCH = True                # three contiguous tensors in one launch (False: one launch each; the A/B switch)
+ONE_LAUNCH = True                # up to three contiguous tensors a launch (False: one launch each; the A/B switch)
 
 
 if triton is not None:
@@ -51,19 +51,17 @@ if triton is not None:
         tl.atomic_max(FLAG, tl.max(bad, axis=0))
 
     @triton.jit
-    def _nonfinite_kernel(X, n, FLAG, BLOCK: tl.constexpr, ITERS: tl.constexpr):
-        _scan(X, n, tl.program_id(0), FLAG, BLOCK, ITERS)
-
-    @triton.jit
-    def _nonfinite3_kernel(X0, X1, X2, n0, n1, n2, p0, p1, FLAG, BLOCK: tl.constexpr, ITERS: tl.constexpr):
-        # three tensors in one launch: programs [0, p0) read X0, [p0, p0 + p1) X1, the rest X2
+    def _nonfinite3_kernel(X0, X1, X2, n0, n1, n2, p0, p1, FLAG, f0, f1, f2, BLOCK: tl.constexpr,
+                           ITERS: tl.constexpr):
+        # up to three tensors in one launch: programs [0, p0) read X0 (flag f0), [p0, p0 + p1) X1 (f1), the rest X2
+        # (f2); a group of fewer tensors launches fewer programs, so the missing slots are never reached
         pid = tl.program_id(0)
         if pid < p0:
-            _scan(X0, n0, pid, FLAG, BLOCK, ITERS)
+            _scan(X0, n0, pid, FLAG + f0, BLOCK, ITERS)
         elif pid < p0 + p1:
-            _scan(X1, n1, pid - p0, FLAG + 1, BLOCK, ITERS)
+            _scan(X1, n1, pid - p0, FLAG + f1, BLOCK, ITERS)
         else:
-            _scan(X2, n2, pid - p0 - p1, FLAG + 2, BLOCK, ITERS)
+            _scan(X2, n2, pid - p0 - p1, FLAG + f2, BLOCK, ITERS)
 
 
 def _torch_flag(t: torch.Tensor) -> torch.Tensor:
@@ -93,17 +91,20 @@ def nonfinite_flags(*tensors: torch.Tensor, backend: str = "auto") -> torch.Tens
         return torch.stack([_torch_flag(t) for t in tensors])
     flags = torch.zeros(len(tensors), dtype=torch.int32, device=dev)
     per = BLOCK * ITERS
-    if ONE_LAUNCH and len(tensors) == 3 and all(t.is_contiguous() and t.numel() for t in tensors):   # q, k, v
-        p0, p1, p2 = (triton.cdiv(t.numel(), per) for t in tensors)
-        _nonfinite3_kernel[(p0 + p1 + p2,)](*tensors, *(t.numel() for t in tensors), p0, p1, flags, BLOCK=BLOCK,
-                                            ITERS=ITERS, num_warps=8)
-        return flags
+    todo = []                                                            # contiguous, non-empty: the kernel's
     for i, t in enumerate(tensors):
         if not t.is_contiguous():
             if backend == "triton":
                 raise ValueError(f"nonfinite_flags: tensor {i} is not contiguous (backend=triton)")
             flags[i] = _torch_flag(t)
         elif t.numel():
-            _nonfinite_kernel[(triton.cdiv(t.numel(), per),)](t, t.numel(), flags[i:], BLOCK=BLOCK, ITERS=ITERS,
-                                                              num_warps=8)
+            todo.append(i)
+    group = 3 if ONE_LAUNCH else 1
+    for g in range(0, len(todo), group):                                 # q, k, v: one launch
+        real = todo[g:g + group]
+        progs = [triton.cdiv(tensors[i].numel(), per) for i in real] + [0] * (3 - len(real))
+        idx = real + [real[0]] * (3 - len(real))                         # unused slots: no programs reach them
+        ts = [tensors[i] for i in idx]
+        _nonfinite3_kernel[(sum(progs),)](*ts, *(t.numel() for t in ts), progs[0], progs[1], flags, *idx,
+                                          BLOCK=BLOCK, ITERS=ITERS, num_warps=8)
     return flags

@@ -34,7 +34,7 @@ def test_flags_match_isfinite(dtype, backend):
 
 def test_three_tensors_of_different_sizes_and_dtypes_in_one_launch(monkeypatch):
     """Three contiguous tensors share one launch (_nonfinite3_kernel): each program range reads its own tensor, in
-    its own dtype, and flags only that tensor."""
+    its own dtype, and flags only that tensor; more tensors go in groups of three."""
     launches = []
     real = fc._nonfinite3_kernel
 
@@ -55,6 +55,19 @@ def test_three_tensors_of_different_sizes_and_dtypes_in_one_launch(monkeypatch):
             bad[i].view(-1)[where] = float("nan") if where else float("-inf")
             want = [int(j == i) for j in range(3)]
             assert fc.nonfinite_flags(*bad, backend="triton").tolist() == want, (i, where)
+    # more tensors: groups of three and a rest, a view (PyTorch form) and an empty tensor skipped by the grouping
+    launches.clear()
+    x = torch.randn(6, 40, generator=g)
+    bad_view = x.clone()
+    bad_view[5, 39] = float("inf")
+    more = [ts[0], bad_view.t(), torch.zeros(0), ts[1], ts[2], ts[0].clone(), ts[2].clone()]
+    more[-1][3] = float("nan")
+    assert fc.nonfinite_flags(*more).tolist() == [0, 1, 0, 0, 0, 0, 1]
+    assert launches == [(3 + 3 + 2,), (3 + 2,)]                           # [0, 3, 4] then [5, 6]
+    launches.clear()
+    monkeypatch.setattr(fc, "ONE_LAUNCH", False)                        # the A/B switch: one launch a tensor
+    assert fc.nonfinite_flags(*ts, backend="triton").tolist() == [0, 0, 0]
+    assert launches == [(3,), (3,), (2,)]
 
 
 def test_auto_falls_back_for_non_contiguous_and_refuses_bad_input():
