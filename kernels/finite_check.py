@@ -12,9 +12,9 @@ max per program into the tensor's flag; contiguous tensors go in groups of up to
 whose program ranges cover them in turn (in SEA's 8k bidirectional forward on an H200 three launches took 0.025 ms
 for 50 MB, one launch 0.014: results/nvidia-h200/sea-decoder-ends/call7/). Predicted on an H200 (32k, bf16, B=1,
 H=16, D=64) before either: ~0.06 ms for the three tensors, against aminmax's ~0.26 ms (a guess that took a 0.26 ms
-reduction of the training step for the check; it was another reduction). Measured (results/nvidia-h200/sea-train/call16/, call17/): alone 0.107 against aminmax's
-0.335 ms (L2 flushed); inside a 64k causal forward 0.109 against 0.160 ms; in the 32k training step within the
-spread.
+reduction of the training step for the check; it was another reduction). Measured (one launch a tensor then,
+results/nvidia-h200/sea-train/call16/, call17/): alone 0.107 against aminmax's 0.335 ms (L2 flushed); inside a 64k
+causal forward 0.109 against 0.160 ms; in the 32k training step within the spread.
 """
 from __future__ import annotations
 
