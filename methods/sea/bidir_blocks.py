@@ -148,8 +148,7 @@ def decode_window(dec, z: torch.Tensor, *, T: int, s: int, e: int) -> torch.Tens
         # half rows [a2, b2) in both parities; a kept row 2i + p reads half rows i - 1, i (p = 0) or i, i + 1 (p = 1),
         # inside [a2, b2) or outside the sequence (zero): only rows outside [a3, b3) see the window's zero edges
         y = F.conv2d(F.pad(x, (0, 0, 1, 1)), *dec.parity_weight(), padding=(0, 1))   # [B, 2H, b2 - a2, K/2]
-        y = y.view(B, 2, H, b2 - a2, K // 2).permute(0, 2, 3, 1, 4).reshape(B, H, 2 * (b2 - a2), K // 2)
-        x = y[:, :, a3 - 2 * a2:b3 - 2 * a2]                             # conv3 rows [a3, b3)
+        x = est_mod.interleave_parity(y, H)[:, :, a3 - 2 * a2:b3 - 2 * a2]   # conv3 rows [a3, b3)
         if src is not None:
             x = x.index_select(2, (src - a3).to(x.device))
         return nearest_resize(x, e - s, K)

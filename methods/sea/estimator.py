@@ -164,6 +164,13 @@ def uses_conv_relu(x: torch.Tensor, *modules: nn.Module) -> bool:
                                                                                          for p in m.parameters()))
 
 
+def interleave_parity(y: torch.Tensor, H: int) -> torch.Tensor:
+    """The parity-form convolution output [B, 2H, n, W] (channel p H + h = row 2i + p of head h; see
+    BidirectionalDecoder.parity_weight) as rows [B, H, 2n, W]."""
+    B, _, n, W = y.shape
+    return y.view(B, 2, H, n, W).permute(0, 2, 3, 1, 4).reshape(B, H, 2 * n, W)
+
+
 def channels_last(x: torch.Tensor) -> bool:
     """Does the bidirectional decoder hold its activations channels-last for this tensor (BIDIR_CHANNELS_LAST)?"""
     return BIDIR_CHANNELS_LAST is True or (BIDIR_CHANNELS_LAST == "auto" and x.is_cuda)
@@ -223,9 +230,7 @@ class BidirectionalDecoder(nn.Module):
             w, b = self.parity_weight()
             if parity:                                                   # softmax-invariant bias left out
                 return F.conv2d(x, w, None if TAIL_BIAS_FREE else b, padding=1)   # [B, 2H, ceil(T/2), K/2]
-            y = F.conv2d(x, w, b, padding=1)
-            B, _, T2, W = y.shape
-            y = y.view(B, 2, self.H, T2, W).permute(0, 2, 3, 1, 4).reshape(B, self.H, 2 * T2, W)
+            y = interleave_parity(F.conv2d(x, w, b, padding=1), self.H)  # [B, H, 2 ceil(T/2), K/2]
             return nearest_resize(y, T, self.K)                          # [B, H, T, K]
         if parity:
             raise ValueError("BidirectionalDecoder.body(parity=True) needs PARITY_CONV3")
