@@ -17,12 +17,15 @@ without ever writing a [T, m] tensor (dash, exp, features) to memory. Three laun
      streamed); dash = proj_blk k'^T, and with a running maximum M_pf of dash per feature over the valid keys it
      has seen (a reduction along the key axis, inside a warp) it accumulates A_p = sum_t exp(dash - diag - M_pf) v_t
      [BLOCK_F, Dv] and z_p likewise, rescaling a feature's row when its maximum grows; it writes M_pf. M_pf <= S,
-     so no value that matters underflows and none overflows. With one-pass TF32 asked for dash and bf16 keys,
-     dash is two bf16 products of the raw keys with x_scale proj split in a high and a low bf16 part (KEY_PF_DASH:
-     ~2^-16 relative, finer than TF32; the key tile reaches the products as loaded, no fp32 copy of the keys), and
-     diag = |k'|^2 / 2 comes from a small pre-pass over the keys (KEY_DIAG). 128-key tiles on 2 stages with bf16
-     products, 64 with fp32 ones. KEY_FORM="per_program" (the form before): tiles [keys, features] of KEY_BLOCK_T
-     keys and one online maximum M_p per program (a reduction across warps every tile). On an H200 (B=1, H=16,
+     so no value that matters underflows and none overflows. KEY_OFFSET="norm" (the default since the nineteenth
+     session) subtracts c_f = |proj_f|^2 / 2 instead, a bound of dash - diag for every key, so nothing is rescaled
+     in the loop; the running maximum of dash only feeds S, and c_f is written where M_pf was. With one-pass TF32
+     asked for dash and bf16 keys, dash is two bf16 products of the raw keys with x_scale proj split in a high and
+     a low bf16 part (KEY_PF_DASH: ~2^-16 relative, finer than TF32; the key tile reaches the products as loaded, no
+     fp32 copy of the keys), and diag = |k'|^2 / 2 comes from a small pre-pass over the keys (KEY_DIAG). 128-key
+     tiles on 2 stages with bf16 products, 64 with fp32 ones. KEY_FORM="per_program" (the form before): tiles
+     [keys, features] of KEY_BLOCK_T keys and one online maximum M_p per program (a reduction across warps every
+     tile). On an H200 (B=1, H=16,
      m=266, Dv=128, bf16 values) the whole call took 0.280 / 1.826 ms at 8k / 64k per feature against 0.392 /
      2.454 per program (results/nvidia-h200/sea-key-pass/call3/). Either form also writes (feature block 0 only)
      sum_t valid v_t. Every (key, feature) pair belongs to exactly one program, so the global key stabiliser is
@@ -37,7 +40,8 @@ without ever writing a [T, m] tensor (dash, exp, features) to memory. Three laun
      A_p are stored [B H, m, n_split, Dv], so a program reads its features' splits in a row (COMBINE="torch":
      the same sums by ~15 torch operations and a batched gemv, the form before the sixteenth session).
   3. query pass, grid (T / QUERY_BLOCK_T, B*H). Per tile of query rows, one loop over the feature blocks with
-     an online row maximum: acc = sum_f exp(dash_f - rowmax) KV_f, acc_z likewise with z; then
+     an online row maximum: acc = sum_f exp(dash_f - rowmax) KV_f, acc_z likewise with z (QUERY_OFFSET="norm":
+     exp(dash_f - diag - C), C = max_f |proj_f|^2 / 2, without rescaling, and exp(C - rowmax) after the loop); then
      num = m^-1/2 (exp(-diag) acc + feat_eps sum_f KV_f), den likewise, out = num / (den + eps). dash_q is
      computed once (the row maximum is not needed before the features are used); sum_f KV_f and sum_f z_f are
      the combine's block sums added up (one reduction a program: summing each feature step's KV block inside the
@@ -140,6 +144,23 @@ KEY_PF_DASH = "bf16x2"
 # Per-feature form: |k'|^2 / 2 per key from a small kernel run first ("pre", one [B H, T] fp32 vector) or summed
 # from each key tile inside the pass ("tile").
 KEY_DIAG = "pre"
+# The per-feature key pass's exponent offset: "norm" takes exp(dash - diag - c_f) with c_f = |proj_f|^2 / 2, a bound
+# of dash - diag for every key (dash - diag = proj_f . k' - |k'|^2 / 2 = (|proj_f|^2 - |proj_f - k'|^2) / 2), so the
+# features are <= 1 without a running maximum and the accumulators are never rescaled inside the loop (the combine
+# applies exp(c_f - S) once, as it applied exp(M_pf - S)); "running": the running per-feature maximum of dash, the
+# accumulators rescaled whenever it grows (flash attention's form; the A/B switch). Both are the same function; they
+# differ where a feature's value falls below fp32's range: in "norm" a value exp(dash - diag - S) >= e^-20 (what
+# can matter against feat_eps = 1e-4) is stored as itself times exp(S - c_f), which underflows only if c_f - S > ~67
+# (c_f ~ d / 2 = 32 for SEA's orthogonal features, S >= 0 unless every key has a negative projection on every one).
+KEY_OFFSET = "norm"
+# The query pass's exponent offset: "norm" takes exp(dash - diag - C), C = max_f |proj_f|^2 / 2 (one scalar from the
+# key pre-pass or a one-program kernel), the row maximum of dash kept as a plain maximum and exp(C - rowmax) applied to
+# the sums once, so the [rows, Dv] accumulator is not rescaled at every feature step; "running": the online row
+# maximum (the A/B switch). Same function, same range argument as KEY_OFFSET, with C - rowmax in place of c_f - S
+# (C ~ 45-50 for SEA's m = 266, d = 64; rowmax is the largest of 266 projections of the query, not below 0 unless the
+# query lies in the negative orthant of every orthogonal block of features). Exponents of the correction are capped
+# at 80 in the combine (only such a degenerate input reaches it), so an empty split never gives inf * 0.
+QUERY_OFFSET = "norm"
 FP32_PRECISION = "tf32x3"         # tl.dot input precision for operands="fp32" ("ieee": CUDA-core fp32)
 BF16_DASH_PRECISION = "tf32x3"    # tl.dot input precision of x' proj^T for operands="bf16"
 
@@ -270,7 +291,7 @@ if triton is not None:
                       H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                       HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr,
                       DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr, DASH_X2: tl.constexpr,
-                      DIAG_PRE: tl.constexpr,
+                      DIAG_PRE: tl.constexpr, FIXED_OFF: tl.constexpr,
                       BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
                       BLOCK_DV: tl.constexpr):
         # KEY_FORM="per_feature": features f0 .. f0 + BLOCK_F - 1 over key rows sp * ROWS .. of head bh, tiles held
@@ -278,6 +299,9 @@ if triton is not None:
         # bf16 products of the raw keys with x_scale w split in two bf16 parts (each product exact, fp32 sums:
         # ~2^-16 relative, finer than one-pass TF32's 2^-11), so the key tile feeds the products as loaded.
         # DIAG_PRE: |k'|^2 / 2 read from DG [BH, T] (_key_sqnorm_kernel) instead of summed from the tile.
+        # FIXED_OFF (KEY_OFFSET="norm"): exp(dash - diag - c_f), c_f = |proj_f|^2 / 2 >= dash - diag for every key,
+        # so nothing is rescaled in the loop; the running maximum of dash is kept only for S (MX), and c_f goes
+        # where M_pf went (MXF), so the combine's exp(MXF - S) is the same correction.
         b = bh // H
         h = bh % H
         offs_f = f0 + tl.arange(0, BLOCK_F)
@@ -296,6 +320,8 @@ if triton is not None:
         row_end = tl.minimum(row0 + ROWS, T)
         kbase = K + b * skb + h * skh
         vbase = V + b * svb + h * svh
+        if FIXED_OFF:
+            c_f = tl.sum(w * w, axis=1) * 0.5                                       # [BF]: max of dash - diag
         if DASH_X2:
             ws = w * x_scale
             w_hi = ws.to(tl.bfloat16)
@@ -321,11 +347,15 @@ if triton is not None:
                 diag = tl.where(rmask, tl.sum(kd * kd, axis=0) * 0.5, 0.0)          # [BT] (NaN keys off)
             dash = tl.where(rmask[None, :], dash, float("-inf"))
             m_new = tl.maximum(m_run, tl.max(dash, axis=1))                         # [BF]
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp(m_run - m_safe)                                          # 0 while nothing was valid
-            p = tl.exp(dash - diag[None, :] - m_safe[:, None])                      # [BF, BT], 0 off valid keys
+            if FIXED_OFF:
+                p = tl.exp(dash - diag[None, :] - c_f[:, None])                     # [BF, BT] <= 1, 0 off keys
+            else:
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                alpha = tl.exp(m_run - m_safe)                                      # 0 while nothing was valid
+                p = tl.exp(dash - diag[None, :] - m_safe[:, None])                  # [BF, BT], 0 off valid keys
+                acc = acc * alpha[:, None]
+                zacc = zacc * alpha
             vt = _value_tile(vbase, offs_t, svt, tmask, rmask, offs_e, emask)       # [BT, BDV]
-            acc = acc * alpha[:, None]
             if BF16:
                 if EMU:
                     acc += tl.dot(_round_bf16(p), _round_bf16(vt), input_precision="ieee")
@@ -333,7 +363,7 @@ if triton is not None:
                     acc = tl.dot(p.to(tl.bfloat16), vt.to(tl.bfloat16), acc)
             else:
                 acc = tl.dot(p, vt, acc, input_precision=PROD_PREC)                 # [BF, BDV]
-            zacc = zacc * alpha + tl.sum(p, axis=1)
+            zacc += tl.sum(p, axis=1)
             vsum += tl.sum(vt, axis=0)
             m_run = m_new
         part = bh * NSPLIT + sp
@@ -341,7 +371,10 @@ if triton is not None:
         tl.store(A + ((bh * M + offs_f[:, None]) * NSPLIT + sp) * DV + offs_e[None, :], acc,
                  mask=fmask[:, None] & emask[None, :])
         tl.store(Z + part * M + offs_f, zacc, mask=fmask)
-        tl.store(MXF + (bh * M + offs_f) * NSPLIT + sp, m_run, mask=fmask)
+        if FIXED_OFF:
+            tl.store(MXF + (bh * M + offs_f) * NSPLIT + sp, c_f, mask=fmask)
+        else:
+            tl.store(MXF + (bh * M + offs_f) * NSPLIT + sp, m_run, mask=fmask)
         tl.store(MX + part * NFB + fb, tl.max(tl.where(fmask, m_run, float("-inf")), axis=0))
         if fb == 0:
             tl.store(VS + part * DV + offs_e, vsum, mask=emask)
@@ -352,7 +385,7 @@ if triton is not None:
                        H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                        HAS_VALID: tl.constexpr, BF16: tl.constexpr, EMU: tl.constexpr,
                        DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr, DASH_X2: tl.constexpr,
-                       DIAG_PRE: tl.constexpr,
+                       DIAG_PRE: tl.constexpr, FIXED_OFF: tl.constexpr,
                        BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, TAIL_F: tl.constexpr,
                        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
         # grid (NFB, NSPLIT, B H), as _key_kernel (TAIL_F: the last block's narrower tile)
@@ -362,26 +395,47 @@ if triton is not None:
         if TAIL_F == 0:
             _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                           skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
-                          HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, BLOCK_T, BLOCK_F, BLOCK_D,
-                          BLOCK_DV)
+                          HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T, BLOCK_F,
+                          BLOCK_D, BLOCK_DV)
         else:
             if fb < NFB - 1:
                 _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                               skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
-                              HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, BLOCK_T, BLOCK_F,
-                              BLOCK_D, BLOCK_DV)
+                              HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T,
+                              BLOCK_F, BLOCK_D, BLOCK_DV)
             else:
                 _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                               skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
-                              HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, BLOCK_T, TAIL_F,
-                              BLOCK_D, BLOCK_DV)
+                              HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T,
+                              TAIL_F, BLOCK_D, BLOCK_DV)
 
     @triton.jit
-    def _key_sqnorm_kernel(K, DG, skb, skh, skt, H, T, D, x_scale,
-                           BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-        # grid (cdiv(T, BLOCK_T), B H): DG[bh, t] = |k_t d^-1/4|^2 / 2 in fp32 (KEY_DIAG="pre")
+    def _proj_half_sqnorm_max(PROJ, CM, D, M, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr):
+        # CM[0] = max_f |proj_f|^2 / 2 over the M rows of proj [M, D] fp32
+        offs_d = tl.arange(0, BLOCK_D)
+        best = tl.zeros([BLOCK_F], dtype=tl.float32)
+        for f0 in range(0, M, BLOCK_F):
+            offs_f = f0 + tl.arange(0, BLOCK_F)
+            w = tl.load(PROJ + offs_f[:, None] * D + offs_d[None, :],
+                        mask=(offs_f < M)[:, None] & (offs_d < D)[None, :], other=0.0)
+            best = tl.maximum(best, tl.sum(w * w, axis=1) * 0.5)
+        tl.store(CM, tl.max(best, axis=0))
+
+    @triton.jit
+    def _proj_sqnorm_kernel(PROJ, CM, D, M, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr):
+        # one program: CM[0] = max_f |proj_f|^2 / 2 (the query pass's offset when there is no key pre-pass)
+        _proj_half_sqnorm_max(PROJ, CM, D, M, BLOCK_F, BLOCK_D)
+
+    @triton.jit
+    def _key_sqnorm_kernel(K, DG, PROJ, CM, skb, skh, skt, H, T, D, M, x_scale,
+                           WITH_CM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+        # grid (cdiv(T, BLOCK_T), B H): DG[bh, t] = |k_t d^-1/4|^2 / 2 in fp32 (KEY_DIAG="pre"); WITH_CM: program
+        # (0, 0) also writes CM[0] = max_f |proj_f|^2 / 2 (the query pass's fixed offset, QUERY_OFFSET="norm")
         tb = tl.program_id(0).to(tl.int64)
         bh = tl.program_id(1).to(tl.int64)
+        if WITH_CM:
+            if (tb == 0) & (bh == 0):
+                _proj_half_sqnorm_max(PROJ, CM, D, M, BLOCK_T, BLOCK_D)
         offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
         offs_d = tl.arange(0, BLOCK_D)
         kt = tl.load(K + (bh // H) * skb + (bh % H) * skh + offs_t[:, None] * skt + offs_d[None, :],
@@ -439,7 +493,7 @@ if triton is not None:
                     mp = tl.load(MXF + (bh * M + f) * NSPLIT + s0 + offs_s, mask=sm, other=float("-inf"))
                 else:
                     mp = tl.load(MX + part * NFB + f // KEY_F, mask=sm, other=float("-inf"))
-                sc = tl.exp(mp - stab)                                              # 0 off and where none valid
+                sc = tl.exp(tl.minimum(mp - stab, 80.0))                            # 0 off and where none valid
                 acc += tl.sum(sc[:, None] * a, axis=0)
                 zacc += tl.sum(sc * zp, axis=0)
             kv = phi_scale * (acc + feat_eps * vsum)
@@ -456,10 +510,12 @@ if triton is not None:
     @triton.jit
     def _query_tile(Q, PROJ, KV, Z, KVSP, ZSP, tb, bh, sqb, sqh, sqt,
                     H, T, D, DV, M, NCB, x_scale, phi_scale, eps, feat_eps,
-                    BF16: tl.constexpr, EMU: tl.constexpr, DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
-                    BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+                    CM, BF16: tl.constexpr, EMU: tl.constexpr, DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
+                    FIXED_OFF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
                     BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr):
-        # the query pass's output for query rows tb * BLOCK_T .. of head bh: fp32 [BLOCK_T, BLOCK_DV]
+        # the query pass's output for query rows tb * BLOCK_T .. of head bh: fp32 [BLOCK_T, BLOCK_DV]. FIXED_OFF
+        # (QUERY_OFFSET="norm"): features exp(dash - diag - C), C = CM[0] = max_f |proj_f|^2 / 2 >= dash - diag, so
+        # nothing is rescaled in the loop; the row maximum of dash is kept and its factor exp(C - rowmax) applied once
         b = bh // H
         h = bh % H
         offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -471,6 +527,8 @@ if triton is not None:
         qt = tl.load(Q + b * sqb + h * sqh + offs_t[:, None] * sqt + offs_d[None, :],
                      mask=tmask[:, None] & dmask[None, :], other=0.0).to(tl.float32) * x_scale   # [BT, BD]
         diag = tl.sum(qt * qt, axis=1) * 0.5                                        # [BT]
+        if FIXED_OFF:
+            c_off = tl.load(CM)
         m_run = tl.full([BLOCK_T], float("-inf"), tl.float32)
         acc = tl.zeros([BLOCK_T, BLOCK_DV], dtype=tl.float32)
         accz = tl.zeros([BLOCK_T], dtype=tl.float32)
@@ -489,8 +547,11 @@ if triton is not None:
             dash = tl.dot(qt, pt, input_precision=DASH_PREC)                        # [BT, BF]
             dash = tl.where(fmask[None, :], dash, float("-inf"))
             m_new = tl.maximum(m_run, tl.max(dash, axis=1))                         # finite: >= 1 feature
-            alpha = tl.exp(m_run - m_new)
-            p = tl.exp(dash - m_new[:, None])                                       # [BT, BF], 0 off features
+            if FIXED_OFF:
+                p = tl.exp(dash - (diag + c_off)[:, None])                          # [BT, BF] <= 1
+            else:
+                alpha = tl.exp(m_run - m_new)
+                p = tl.exp(dash - m_new[:, None])                                   # [BT, BF], 0 off features
             kvb = tl.load(kvbase + offs_f[:, None] * DV + offs_e[None, :], mask=fmask[:, None] & emask[None, :],
                           other=0.0)                                                # [BF, BDV]
             zb = tl.load(Z + bh * M + offs_f, mask=fmask, other=0.0)                # [BF]
@@ -501,10 +562,17 @@ if triton is not None:
                     prod = tl.dot(p.to(tl.bfloat16), kvb)
             else:
                 prod = tl.dot(p, kvb, input_precision=PROD_PREC)                    # [BT, BDV]
-            acc = acc * alpha[:, None] + prod
-            accz = accz * alpha + tl.sum(p * zb[None, :], axis=1)
+            if FIXED_OFF:
+                acc += prod
+                accz += tl.sum(p * zb[None, :], axis=1)
+            else:
+                acc = acc * alpha[:, None] + prod
+                accz = accz * alpha + tl.sum(p * zb[None, :], axis=1)
             m_run = m_new
-        g = tl.exp(-diag)                                                           # exp(-|q'|^2 / 2)
+        if FIXED_OFF:
+            g = tl.exp(tl.minimum(c_off - m_run, 80.0))                             # the offset, back to rowmax
+        else:
+            g = tl.exp(-diag)                                                       # exp(-|q'|^2 / 2)
         num = phi_scale * (g[:, None] * acc + feat_eps * kvs[None, :])
         den = phi_scale * (g * accz + feat_eps * zs)
         if BF16:
@@ -512,17 +580,17 @@ if triton is not None:
         return num / (den[:, None] + eps)
 
     @triton.jit
-    def _query_kernel(Q, PROJ, KV, Z, KVSP, ZSP, O,
+    def _query_kernel(Q, PROJ, KV, Z, KVSP, ZSP, O, CM,
                       sqb, sqh, sqt, sob, soh, sot,
                       H, T, D, DV, M, NCB, x_scale, phi_scale, eps, feat_eps,
                       BF16: tl.constexpr, EMU: tl.constexpr, DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
-                      BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+                      FIXED_OFF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
                       BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr):
         tb = tl.program_id(0).to(tl.int64)
         bh = tl.program_id(1).to(tl.int64)
         out = _query_tile(Q, PROJ, KV, Z, KVSP, ZSP, tb, bh, sqb, sqh, sqt, H, T, D, DV, M, NCB, x_scale, phi_scale,
-                          eps, feat_eps, BF16, EMU, DASH_PREC, PROD_PREC, BLOCK_T, BLOCK_F, BLOCK_D, BLOCK_DV,
-                          BLOCK_CB)
+                          eps, feat_eps, CM, BF16, EMU, DASH_PREC, PROD_PREC, FIXED_OFF, BLOCK_T, BLOCK_F, BLOCK_D,
+                          BLOCK_DV, BLOCK_CB)
         offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
         offs_e = tl.arange(0, BLOCK_DV)
         tl.store(O + (bh // H) * sob + (bh % H) * soh + offs_t[:, None] * sot + offs_e[None, :], out,
@@ -571,6 +639,18 @@ def _key_form() -> str:
     return KEY_FORM
 
 
+def _key_offset() -> str:
+    if KEY_OFFSET not in ("norm", "running"):
+        raise ValueError(f"favor_dense.KEY_OFFSET={KEY_OFFSET!r}: expected norm or running")
+    return KEY_OFFSET
+
+
+def _query_offset() -> str:
+    if QUERY_OFFSET not in ("norm", "running"):
+        raise ValueError(f"favor_dense.QUERY_OFFSET={QUERY_OFFSET!r}: expected norm or running")
+    return QUERY_OFFSET
+
+
 def _pf_tiles(bf16: bool) -> tuple[int, int]:
     """(key rows per tile, pipeline stages) of the per-feature key pass for bf16 or fp32 products."""
     return (KEY_PF_BLOCK_T, KEY_PF_STAGES) if bf16 else (KEY_PF_FP32_BLOCK_T, KEY_PF_FP32_STAGES)
@@ -607,11 +687,12 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
     B, H, T, _ = q.shape
     q, Dv = st["q"], st["Dv"]
     out = _fresh((B, H, T, Dv), torch.float32, q.device)
+    q_off = _query_offset() == "norm"
     _query_kernel[(triton.cdiv(T, QUERY_BLOCK_T), B * H)](
-        q, st["proj"], st["kv"], st["z"], st["kvs_part"], st["zs_part"], out,
+        q, st["proj"], st["kv"], st["z"], st["kvs_part"], st["zs_part"], out, st["cmax"] if q_off else out,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
         H, T, q.shape[3], Dv, st["m"], st["ncb"], st["x_scale"], st["phi_scale"], float(eps), float(feat_eps),
-        BF16=st["bf16"], EMU=st["emu"], DASH_PREC=st["dash_prec"], PROD_PREC=st["prod_prec"],
+        BF16=st["bf16"], EMU=st["emu"], DASH_PREC=st["dash_prec"], PROD_PREC=st["prod_prec"], FIXED_OFF=q_off,
         BLOCK_T=QUERY_BLOCK_T, BLOCK_F=QUERY_BLOCK_F, BLOCK_D=pow2_block(q.shape[3]), BLOCK_DV=pow2_block(Dv),
         BLOCK_CB=pow2_block(st["ncb"]), num_warps=QUERY_NUM_WARPS)
     return out
@@ -658,6 +739,8 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
     nsplit = triton.cdiv(T, rows)
 
     # 1. key pass: per (feature block, key range, head) partial sums with their own stabiliser
+    cmax = _fresh((1,), torch.float32, dev)                                          # max_f |proj_f|^2 / 2
+    cmax_done = False
     a_part = _fresh((BH, m, nsplit, Dv), torch.float32, dev)                        # split inside the feature
     z_part = _fresh((BH, nsplit, m), torch.float32, dev)
     mx_part = _fresh((BH, nsplit, nfb), torch.float32, dev)
@@ -669,15 +752,17 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
         mxf_part = _fresh((BH, m, nsplit), torch.float32, dev)                      # M_pf, split inside the feature
         if KEY_DIAG == "pre":
             diag = _fresh((BH, T), torch.float32, dev)
-            _key_sqnorm_kernel[(triton.cdiv(T, 64), BH)](k, diag, k.stride(0), k.stride(1), k.stride(2), H, T, d,
-                                                        x_scale, BLOCK_T=64, BLOCK_D=BD, num_warps=4)
+            _key_sqnorm_kernel[(triton.cdiv(T, 64), BH)](k, diag, proj, cmax, k.stride(0), k.stride(1), k.stride(2),
+                                                        H, T, d, m, x_scale, WITH_CM=True, BLOCK_T=64, BLOCK_D=BD,
+                                                        num_warps=4)
+            cmax_done = True
         else:
             diag = mx_part                                                           # unused
         _key_pf_kernel[(nfb, nsplit, BH)](
             k, v, valid_u8, proj, a_part, z_part, mx_part, vs_part, mxf_part, diag, *strides,
             H, T, d, Dv, m, rows, nsplit, nfb, x_scale,
             HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,
-            DASH_X2=dash_x2, DIAG_PRE=KEY_DIAG == "pre",
+            DASH_X2=dash_x2, DIAG_PRE=KEY_DIAG == "pre", FIXED_OFF=_key_offset() == "norm",
             BLOCK_T=pf_block_t, BLOCK_F=KEY_BLOCK_F, TAIL_F=tail_f, BLOCK_D=BD, BLOCK_DV=BDV,
             num_warps=KEY_PF_WARPS, num_stages=pf_stages)
     else:
@@ -712,7 +797,7 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
         stab = mx_part.amax(dim=(1, 2))                                              # [BH]
         stab = torch.where(torch.isinf(stab), torch.zeros_like(stab), stab)          # no valid key at all
         if per_feature:                                                              # [BH, S, m], 0 for -inf
-            scale_f = torch.exp(mxf_part - stab[:, None, None]).transpose(1, 2)
+            scale_f = torch.exp((mxf_part - stab[:, None, None]).clamp(max=80.0)).transpose(1, 2)
         else:
             scale = torch.exp(mx_part - stab[:, None, None])                         # [BH, S, nfb], 0 for -inf
             scale_f = scale.repeat_interleave(KEY_BLOCK_F, dim=2)[:, :, :m]          # [BH, S, m]
@@ -728,5 +813,7 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
         kvs_part = kv.float().sum(1, keepdim=True).contiguous()                      # [BH, 1, Dv]
         zs_part = z.sum(1, keepdim=True).contiguous()                                # [BH, 1]
 
-    return dict(q=q, proj=proj, kv=kv, z=z, kvs_part=kvs_part, zs_part=zs_part, ncb=ncb, m=m, Dv=Dv,
+    if not cmax_done and _query_offset() == "norm":
+        _proj_sqnorm_kernel[(1,)](proj, cmax, d, m, BLOCK_F=64, BLOCK_D=BD, num_warps=4)
+    return dict(q=q, proj=proj, kv=kv, z=z, kvs_part=kvs_part, zs_part=zs_part, ncb=ncb, m=m, Dv=Dv, cmax=cmax,
                 x_scale=x_scale, phi_scale=phi_scale, bf16=bf16, emu=emu, dash_prec=dash_prec, prod_prec=prod_prec)

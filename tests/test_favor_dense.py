@@ -253,6 +253,51 @@ def test_keys_of_very_different_norms(monkeypatch, form):
     torch.testing.assert_close(out.double(), favor_ref64(q, k, vals, proj), atol=3e-6, rtol=3e-5)
 
 
+@pytest.mark.parametrize("key_off,query_off", [("norm", "norm"), ("running", "running"), ("norm", "running"),
+                                               ("running", "norm")])
+@pytest.mark.parametrize("diag", ["pre", "tile"])
+def test_offset_forms_equal_the_float64_statement(monkeypatch, key_off, query_off, diag):
+    """KEY_OFFSET / QUERY_OFFSET: the features exp(dash - diag - |proj_f|^2 / 2) (resp. its maximum over features for
+    the queries) with the per-head / per-row maxima applied once, against the running maxima: both the same function.
+    Queries of norms from 0.1x to 6x the usual, keys from 0.5x to 2x (wider key norms make every feature's phi_k
+    mostly feat_eps, where a wrong per-feature factor no longer shows: test_keys_of_very_different_norms has those),
+    padded keys, an empty key split: fp32 against float64, and the two forms within the same tolerance of each
+    other. diag="tile": the query offset from its own launch."""
+    monkeypatch.setattr(fd, "KEY_DIAG", diag)
+    q, k, v, proj = _inputs(11)
+    g = torch.Generator().manual_seed(3)
+    q = q * torch.logspace(-1, 0.8, T)[torch.randperm(T, generator=g)][None, None, :, None]
+    k = k * torch.logspace(-0.3, 0.3, T)[torch.randperm(T, generator=g)][None, None, :, None]
+    valid = _valid()
+    vals = _vals(v, valid)
+    exact = favor_ref64(q, k, vals, proj, valid)
+    monkeypatch.setattr(fd, "KEY_OFFSET", key_off)
+    monkeypatch.setattr(fd, "QUERY_OFFSET", query_off)
+    out = _run(q, k, vals, proj, valid, "fp32")
+    torch.testing.assert_close(out.double(), exact, atol=3e-6, rtol=3e-5)
+    monkeypatch.setattr(fd, "KEY_OFFSET", "running")
+    monkeypatch.setattr(fd, "QUERY_OFFSET", "running")
+    torch.testing.assert_close(out, _run(q, k, vals, proj, valid, "fp32"), atol=3e-6, rtol=3e-5)
+
+
+def test_offsets_are_the_projection_norms(monkeypatch):
+    """The two offsets as written: the query pass's C = max_f |proj_f|^2 / 2 (from the key pre-pass's program 0 and
+    from the one-program kernel alike), and the key pass's per-feature c_f in the partial maxima the combine reads."""
+    q, k, v, proj = _inputs(12)
+    want = 0.5 * proj.double().square().sum(1).max()
+    for diag in ("pre", "tile"):
+        monkeypatch.setattr(fd, "KEY_DIAG", diag)
+        st = fd.key_summary(q, k, v, proj)
+        torch.testing.assert_close(st["cmax"].double(), want.reshape(1), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="KEY_OFFSET"):
+        monkeypatch.setattr(fd, "KEY_OFFSET", "max")
+        fd.favor_softmax_dense(q, k, v, proj)
+    monkeypatch.setattr(fd, "KEY_OFFSET", "norm")
+    monkeypatch.setattr(fd, "QUERY_OFFSET", "rowmax")
+    with pytest.raises(ValueError, match="QUERY_OFFSET"):
+        fd.favor_softmax_dense(q, k, v, proj)
+
+
 @pytest.mark.parametrize("diag", ["pre", "tile"])
 def test_bf16x2_dash_for_bf16_keys(monkeypatch, diag):
     """precision="tf32" with bf16 keys in the per-feature pass: dash from two bf16 products of the raw keys (the
