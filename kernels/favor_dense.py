@@ -410,32 +410,11 @@ if triton is not None:
                               TAIL_F, BLOCK_D, BLOCK_DV)
 
     @triton.jit
-    def _proj_half_sqnorm_max(PROJ, CM, D, M, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr):
-        # CM[0] = max_f |proj_f|^2 / 2 over the M rows of proj [M, D] fp32
-        offs_d = tl.arange(0, BLOCK_D)
-        best = tl.zeros([BLOCK_F], dtype=tl.float32)
-        for f0 in range(0, M, BLOCK_F):
-            offs_f = f0 + tl.arange(0, BLOCK_F)
-            w = tl.load(PROJ + offs_f[:, None] * D + offs_d[None, :],
-                        mask=(offs_f < M)[:, None] & (offs_d < D)[None, :], other=0.0)
-            best = tl.maximum(best, tl.sum(w * w, axis=1) * 0.5)
-        tl.store(CM, tl.max(best, axis=0))
-
-    @triton.jit
-    def _proj_sqnorm_kernel(PROJ, CM, D, M, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr):
-        # one program: CM[0] = max_f |proj_f|^2 / 2 (the query pass's offset when there is no key pre-pass)
-        _proj_half_sqnorm_max(PROJ, CM, D, M, BLOCK_F, BLOCK_D)
-
-    @triton.jit
-    def _key_sqnorm_kernel(K, DG, PROJ, CM, skb, skh, skt, H, T, D, M, x_scale,
-                           WITH_CM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-        # grid (cdiv(T, BLOCK_T), B H): DG[bh, t] = |k_t d^-1/4|^2 / 2 in fp32 (KEY_DIAG="pre"); WITH_CM: program
-        # (0, 0) also writes CM[0] = max_f |proj_f|^2 / 2 (the query pass's fixed offset, QUERY_OFFSET="norm")
+    def _key_sqnorm_kernel(K, DG, skb, skh, skt, H, T, D, x_scale,
+                           BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+        # grid (cdiv(T, BLOCK_T), B H): DG[bh, t] = |k_t d^-1/4|^2 / 2 in fp32 (KEY_DIAG="pre")
         tb = tl.program_id(0).to(tl.int64)
         bh = tl.program_id(1).to(tl.int64)
-        if WITH_CM:
-            if (tb == 0) & (bh == 0):
-                _proj_half_sqnorm_max(PROJ, CM, D, M, BLOCK_T, BLOCK_D)
         offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
         offs_d = tl.arange(0, BLOCK_D)
         kt = tl.load(K + (bh // H) * skb + (bh % H) * skh + offs_t[:, None] * skt + offs_d[None, :],
@@ -443,19 +422,25 @@ if triton is not None:
         tl.store(DG + bh * T + offs_t, tl.sum(kt * kt, axis=1) * 0.5, mask=offs_t < T)
 
     @triton.jit
-    def _combine_kernel(A, Z, MX, VS, NV, MXF, KV, ZO, KVSP, ZSP,
-                        M, DV, NSPLIT, NFB, n_all, phi_scale, feat_eps,
+    def _combine_kernel(A, Z, MX, VS, NV, MXF, KV, ZO, KVSP, ZSP, PROJ, CSP,
+                        M, D, DV, NSPLIT, NFB, n_all, phi_scale, feat_eps,
                         HAS_NV: tl.constexpr, KEY_F: tl.constexpr, BF16: tl.constexpr, PER_FEATURE: tl.constexpr,
-                        BLOCK_F: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr):
+                        BLOCK_F: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_D: tl.constexpr):
         # grid (cdiv(M, BLOCK_F), B H): for each of BLOCK_F features f, KV_f = phi_scale (sum_p exp(M_p - S) A_p,f +
         # feat_eps sum_p vsum_p) from one [splits, Dv] tile (A is [BH, M, NSPLIT, DV]), z_f likewise; S = max_p M_p
         # over the head's key-pass programs (each program recomputes it). Also the block's sums over its features of
         # KV (as stored: bf16-rounded with BF16) and of z, [BH, cdiv(M, BLOCK_F), DV] / [BH, cdiv(M, BLOCK_F)], which
         # the query pass adds up. PER_FEATURE (KEY_FORM="per_feature"): split p's partial of feature f is scaled by
-        # exp(M_pf - S) (MXF [BH, M, NSPLIT]) instead of its program's exp(M_p - S).
+        # exp(M_pf - S) (MXF [BH, M, NSPLIT]) instead of its program's exp(M_p - S). And CSP [BH, cdiv(M, BLOCK_F)]:
+        # the block's max_f |proj_f|^2 / 2, from which the query pass takes its offset (QUERY_OFFSET="norm").
         fblk = tl.program_id(0)
         bh = tl.program_id(1).to(tl.int64)
         nblk = tl.num_programs(0)
+        offs_cf = fblk * BLOCK_F + tl.arange(0, BLOCK_F)
+        offs_cd = tl.arange(0, BLOCK_D)
+        wblk = tl.load(PROJ + offs_cf[:, None] * D + offs_cd[None, :],
+                       mask=(offs_cf < M)[:, None] & (offs_cd < D)[None, :], other=0.0)
+        tl.store(CSP + bh * nblk + fblk, tl.max(tl.sum(wblk * wblk, axis=1), axis=0) * 0.5)
         offs_e = tl.arange(0, BLOCK_DV)
         emask = offs_e < DV
         offs_s = tl.arange(0, BLOCK_S)
@@ -514,7 +499,8 @@ if triton is not None:
                     FIXED_OFF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
                     BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr):
         # the query pass's output for query rows tb * BLOCK_T .. of head bh: fp32 [BLOCK_T, BLOCK_DV]. FIXED_OFF
-        # (QUERY_OFFSET="norm"): features exp(dash - diag - C), C = CM[0] = max_f |proj_f|^2 / 2 >= dash - diag, so
+        # (QUERY_OFFSET="norm"): features exp(dash - diag - C), C = max_f |proj_f|^2 / 2 >= dash - diag (the max of
+        # the combine's per-block maxima CM [BH, NCB]), so
         # nothing is rescaled in the loop; the row maximum of dash is kept and its factor exp(C - rowmax) applied once
         b = bh // H
         h = bh % H
@@ -527,8 +513,6 @@ if triton is not None:
         qt = tl.load(Q + b * sqb + h * sqh + offs_t[:, None] * sqt + offs_d[None, :],
                      mask=tmask[:, None] & dmask[None, :], other=0.0).to(tl.float32) * x_scale   # [BT, BD]
         diag = tl.sum(qt * qt, axis=1) * 0.5                                        # [BT]
-        if FIXED_OFF:
-            c_off = tl.load(CM)
         m_run = tl.full([BLOCK_T], float("-inf"), tl.float32)
         acc = tl.zeros([BLOCK_T, BLOCK_DV], dtype=tl.float32)
         accz = tl.zeros([BLOCK_T], dtype=tl.float32)
@@ -538,6 +522,8 @@ if triton is not None:
         kvs = tl.sum(tl.load(KVSP + (bh * NCB + offs_cb[:, None]) * DV + offs_e[None, :],
                              mask=cbm[:, None] & emask[None, :], other=0.0), axis=0)    # [BDV]
         zs = tl.sum(tl.load(ZSP + bh * NCB + offs_cb, mask=cbm, other=0.0), axis=0)
+        if FIXED_OFF:                                                               # max of the blocks' maxima
+            c_off = tl.max(tl.load(CM + bh * NCB + offs_cb, mask=cbm, other=0.0), axis=0)
         kvbase = KV + bh * M * DV
         for f0 in range(0, M, BLOCK_F):
             offs_f = f0 + tl.arange(0, BLOCK_F)
@@ -689,7 +675,7 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
     out = _fresh((B, H, T, Dv), torch.float32, q.device)
     q_off = _query_offset() == "norm"
     _query_kernel[(triton.cdiv(T, QUERY_BLOCK_T), B * H)](
-        q, st["proj"], st["kv"], st["z"], st["kvs_part"], st["zs_part"], out, st["cmax"] if q_off else out,
+        q, st["proj"], st["kv"], st["z"], st["kvs_part"], st["zs_part"], out, st["cs_part"],
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
         H, T, q.shape[3], Dv, st["m"], st["ncb"], st["x_scale"], st["phi_scale"], float(eps), float(feat_eps),
         BF16=st["bf16"], EMU=st["emu"], DASH_PREC=st["dash_prec"], PROD_PREC=st["prod_prec"], FIXED_OFF=q_off,
@@ -739,8 +725,6 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
     nsplit = triton.cdiv(T, rows)
 
     # 1. key pass: per (feature block, key range, head) partial sums with their own stabiliser
-    cmax = _fresh((1,), torch.float32, dev)                                          # max_f |proj_f|^2 / 2
-    cmax_done = False
     a_part = _fresh((BH, m, nsplit, Dv), torch.float32, dev)                        # split inside the feature
     z_part = _fresh((BH, nsplit, m), torch.float32, dev)
     mx_part = _fresh((BH, nsplit, nfb), torch.float32, dev)
@@ -752,10 +736,8 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
         mxf_part = _fresh((BH, m, nsplit), torch.float32, dev)                      # M_pf, split inside the feature
         if KEY_DIAG == "pre":
             diag = _fresh((BH, T), torch.float32, dev)
-            _key_sqnorm_kernel[(triton.cdiv(T, 64), BH)](k, diag, proj, cmax, k.stride(0), k.stride(1), k.stride(2),
-                                                        H, T, d, m, x_scale, WITH_CM=True, BLOCK_T=64, BLOCK_D=BD,
-                                                        num_warps=4)
-            cmax_done = True
+            _key_sqnorm_kernel[(triton.cdiv(T, 64), BH)](k, diag, k.stride(0), k.stride(1), k.stride(2), H, T, d,
+                                                        x_scale, BLOCK_T=64, BLOCK_D=BD, num_warps=4)
         else:
             diag = mx_part                                                           # unused
         _key_pf_kernel[(nfb, nsplit, BH)](
@@ -787,12 +769,13 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
         z = _fresh((BH, m), torch.float32, dev)
         kvs_part = _fresh((BH, ncb, Dv), torch.float32, dev)
         zs_part = _fresh((BH, ncb), torch.float32, dev)
+        cs_part = _fresh((BH, ncb), torch.float32, dev)
         _combine_kernel[(ncb, BH)](
             a_part, z_part, mx_part, vs_part, mx_part if n_valid is None else n_valid, mxf_part, kv, z, kvs_part,
-            zs_part, m, Dv, nsplit, nfb, float(T), phi_scale, float(feat_eps),
+            zs_part, proj, cs_part, m, d, Dv, nsplit, nfb, float(T), phi_scale, float(feat_eps),
             HAS_NV=n_valid is not None, KEY_F=KEY_BLOCK_F, BF16=bf16, PER_FEATURE=per_feature,
             BLOCK_F=COMBINE_BLOCK_F,
-            BLOCK_S=pow2_block(min(nsplit, COMBINE_SPLITS)), BLOCK_DV=BDV, num_warps=4)
+            BLOCK_S=pow2_block(min(nsplit, COMBINE_SPLITS)), BLOCK_DV=BDV, BLOCK_D=BD, num_warps=4)
     else:                                                                            # torch (A/B switch)
         stab = mx_part.amax(dim=(1, 2))                                              # [BH]
         stab = torch.where(torch.isinf(stab), torch.zeros_like(stab), stab)          # no valid key at all
@@ -812,8 +795,7 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
         ncb = 1
         kvs_part = kv.float().sum(1, keepdim=True).contiguous()                      # [BH, 1, Dv]
         zs_part = z.sum(1, keepdim=True).contiguous()                                # [BH, 1]
+        cs_part = (0.5 * proj.square().sum(1).amax()).expand(BH, 1).contiguous()     # [BH, 1]
 
-    if not cmax_done and _query_offset() == "norm":
-        _proj_sqnorm_kernel[(1,)](proj, cmax, d, m, BLOCK_F=64, BLOCK_D=BD, num_warps=4)
-    return dict(q=q, proj=proj, kv=kv, z=z, kvs_part=kvs_part, zs_part=zs_part, ncb=ncb, m=m, Dv=Dv, cmax=cmax,
+    return dict(q=q, proj=proj, kv=kv, z=z, kvs_part=kvs_part, zs_part=zs_part, cs_part=cs_part, ncb=ncb, m=m, Dv=Dv,
                 x_scale=x_scale, phi_scale=phi_scale, bf16=bf16, emu=emu, dash_prec=dash_prec, prod_prec=prod_prec)

@@ -22,9 +22,10 @@ after a permute in registers. Measured (results/nvidia-h200/sea-decoder-ends/): 
 0.327 for the three launches (64k: 1.07 against 1.91); inside SEA's 8k forward 0.146 against 0.143, the same time;
 256 MiB less peak memory at 64k (z, the projection's output and its copy are never written).
 
-How: grid (T / BLOCK_T, B). Rows r = (t, h) of the tile: the encoder kernel's row code (kernels/sea_encoder.py:
-_encoder_rows: the Linear as tl.dot's over BLOCK_K-wide slices of the 3d input features at input precision ENC_PREC,
-bias, LayerNorm, exact GELU, the scaler's two row sums); then bf16(z) @ bf16(row_w)^T as one [M, 4 BLOCK_W] dot
+How: grid (T / BLOCK_T, B). Rows r = (t, h) of the tile: the encoder kernel's row operations (kernels/sea_encoder.py:
+_encoder_rows, written out here: called as the helper, this kernel measured ~1.5x slower): the Linear as tl.dot's over
+BLOCK_K-wide slices of the 3d input features at input precision ENC_PREC, bias, LayerNorm, exact GELU, the scaler's
+two row sums; then bf16(z) @ bf16(row_w)^T as one [M, 4 BLOCK_W] dot
 (fp32 sums), bias, one bf16 rounding, reshape [BLOCK_T, BLOCK_H, 4, BLOCK_W] -> permute [BLOCK_T, BLOCK_W, BLOCK_H, 4]
 -> store (masked where H, W or T are padded).
 
@@ -59,7 +60,6 @@ V_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 if triton is not None:
     from kernels.favor_dense import _round_bf16
-    from kernels.sea_encoder import _encoder_rows
 
     @triton.jit
     def _head_kernel(C, V, LW, LB, LNW, LNB, SW, SB, RWT, RB, XO, SO,
@@ -73,14 +73,43 @@ if triton is not None:
         t = tb * BLOCK_T + r // BLOCK_H                                   # rows (t, h), h fastest
         h = r % BLOCK_H
         rmask = (t < T) & (h < H)
+        # The encoder's row code written out here rather than called from kernels/sea_encoder.py:_encoder_rows (the
+        # same operations): with the shared helper this kernel took 0.213 ms instead of 0.145 at 8k and 1.63 ms
+        # instead of 1.07 at 64k on an H200 (results/nvidia-h200/sea-offsets/call1/).
         D2 = 2 * D
+        D3 = 3 * D
         offs_n = tl.arange(0, BLOCK_DV)                                   # the 2d encoder outputs
         nmask = offs_n < D2
-        z, s0, s1 = _encoder_rows(C + b * scb + h * sch + t * sct, V + b * svb + h * svh + t * svt, rmask, LW, LB,
-                                  LNW, LNB, SW, SB, ln_eps, D, BLOCK_DV, BLOCK_K, ENC_PREC)
+        offs_k = tl.arange(0, BLOCK_K)
+        crow = C + b * scb + h * sch + t * sct                            # [M] row pointers
+        vrow = V + b * svb + h * svh + t * svt
+        acc = tl.zeros([M, BLOCK_DV], dtype=tl.float32)
+        for k0 in range(0, D2, BLOCK_K):                                  # [c ; v] @ lin_w^T: the c columns
+            kk = k0 + offs_k
+            kmask = kk < D2
+            x = tl.load(crow[:, None] + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+            wt = tl.load(LW + offs_n[None, :] * D3 + kk[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
+            acc += tl.dot(x, wt, input_precision=ENC_PREC)
+        for k0 in range(0, D, BLOCK_K):                                   # the v columns
+            kk = k0 + offs_k
+            kmask = kk < D
+            x = tl.load(vrow[:, None] + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+            wt = tl.load(LW + offs_n[None, :] * D3 + (D2 + kk)[:, None], mask=kmask[:, None] & nmask[None, :],
+                         other=0.0)
+            acc += tl.dot(x, wt, input_precision=ENC_PREC)
+        acc += tl.load(LB + offs_n, mask=nmask, other=0.0)[None, :]
+        mean = tl.sum(acc, axis=1) / D2                                   # LayerNorm over the 2d features
+        diff = tl.where(nmask[None, :], acc - mean[:, None], 0.0)
+        var = tl.sum(diff * diff, axis=1) / D2
+        rstd = 1.0 / tl.sqrt(var + ln_eps)
+        y = diff * rstd[:, None] * tl.load(LNW + offs_n, mask=nmask, other=0.0)[None, :] \
+            + tl.load(LNB + offs_n, mask=nmask, other=0.0)[None, :]
+        z = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))              # exact GELU; padded columns: 0
         srow = ((b * H + h) * T + t) * 2                                  # scales [B, H, T, 2]
-        tl.store(SO + srow, s0, mask=rmask)
-        tl.store(SO + srow + 1, s1, mask=rmask)
+        s0 = tl.sum(z * tl.load(SW + offs_n, mask=nmask, other=0.0)[None, :], axis=1) + tl.load(SB)
+        s1 = tl.sum(z * tl.load(SW + D2 + offs_n, mask=nmask, other=0.0)[None, :], axis=1) + tl.load(SB + 1)
+        tl.store(SO + srow, 1.0 / (1.0 + tl.exp(-s0)), mask=rmask)
+        tl.store(SO + srow + 1, 1.0 / (1.0 + tl.exp(-s1)), mask=rmask)
         # the row projection: column (i, w) of the tile is row_w's row i W + w
         offs_j = tl.arange(0, 4 * BLOCK_W)
         ji = offs_j // BLOCK_W

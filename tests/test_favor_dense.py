@@ -281,14 +281,18 @@ def test_offset_forms_equal_the_float64_statement(monkeypatch, key_off, query_of
 
 
 def test_offsets_are_the_projection_norms(monkeypatch):
-    """The two offsets as written: the query pass's C = max_f |proj_f|^2 / 2 (from the key pre-pass's program 0 and
-    from the one-program kernel alike), and the key pass's per-feature c_f in the partial maxima the combine reads."""
+    """The query pass's offset C = max_f |proj_f|^2 / 2 comes from the combine's per-block maxima (the kernel's blocks
+    of COMBINE_BLOCK_F features, one block in the torch form): each block's value and their maximum as written."""
     q, k, v, proj = _inputs(12)
-    want = 0.5 * proj.double().square().sum(1).max()
-    for diag in ("pre", "tile"):
-        monkeypatch.setattr(fd, "KEY_DIAG", diag)
-        st = fd.key_summary(q, k, v, proj)
-        torch.testing.assert_close(st["cmax"].double(), want.reshape(1), rtol=1e-6, atol=0)
+    half = 0.5 * proj.double().square().sum(1)                                   # [M]
+    for combine in ("triton", "torch"):
+        monkeypatch.setattr(fd, "COMBINE", combine)
+        cs = fd.key_summary(q, k, v, proj)["cs_part"].double()                   # [B H, blocks]
+        if combine == "triton":
+            nb = -(-M // fd.COMBINE_BLOCK_F)
+            blocks = torch.stack([half[i * fd.COMBINE_BLOCK_F:(i + 1) * fd.COMBINE_BLOCK_F].max() for i in range(nb)])
+            torch.testing.assert_close(cs, blocks.expand(B * H, nb), rtol=1e-6, atol=0)
+        torch.testing.assert_close(cs.amax(1), half.max().expand(B * H), rtol=1e-6, atol=0)
     with pytest.raises(ValueError, match="KEY_OFFSET"):
         monkeypatch.setattr(fd, "KEY_OFFSET", "max")
         fd.favor_softmax_dense(q, k, v, proj)
