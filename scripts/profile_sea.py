@@ -72,6 +72,33 @@ def ops_profile(step, top: int, iters: int, trace: str) -> None:
         print(f"trace of one step: {trace}")
 
 
+def sites_profile(step, top: int, iters: int) -> None:
+    """Host operations by the device time of the kernels they launch themselves (not their children's), each with
+    the innermost frames of this project's code that called it (torch.profiler with stacks): which line of SEA a
+    small launch comes from. Kernels launched by Triton or compiled regions without an aten operation around them
+    are not listed here (the kernel table names them)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as prof:
+        for _ in range(iters):
+            step()
+        torch.cuda.synchronize()
+    ours = ("methods/", "kernels/", "harness/")
+    rows = []
+    for ev in prof.key_averages(group_by_stack_n=16):
+        t = getattr(ev, "self_device_time_total", None)
+        t = ev.self_cuda_time_total if t is None else t
+        if t > 0 and ev.count > 0 and ev.device_type.name == "CPU":
+            frames = [f for f in (ev.stack or []) if any(p in f for p in ours)]
+            site = " < ".join(f.split("/work/")[-1].split("main/")[-1] for f in frames[:2]) or "-"
+            rows.append((t / 1e3 / iters, ev.count / iters, ev.key, site))
+    rows.sort(reverse=True)
+    print(f"host operations by their own kernels' device time, with the calling lines ({iters} steps):")
+    print(f"{'dev ms':>8} {'calls':>6}  operation  <- site")
+    for t, n, key, site in rows[:top]:
+        print(f"{t:8.3f} {n:6.1f}  {key[:40]}  <- {site[:150]}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--T", type=int, default=65536)
@@ -92,6 +119,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ops", type=int, default=0, metavar="N",
                     help="also list the N host-side operations with the most device time, inclusive of what they "
                          "launch (aten ops, autograd backward nodes, compiled regions): which step the kernels serve")
+    ap.add_argument("--sites", type=int, default=0, metavar="N",
+                    help="also list the N host operations whose own kernels take the most device time, each with "
+                         "the project lines that called it (profiler stacks): where small launches come from")
     ap.add_argument("--trace", default="", metavar="FILE",
                     help="also write a Chrome trace (host and device) of one step to FILE: launch gaps, host syncs")
     ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
@@ -141,6 +171,8 @@ def main(argv=None) -> int:
             torch.cuda.synchronize()
         if a.ops or a.trace:
             ops_profile(step, a.ops, a.iters, a.trace)
+        if a.sites:
+            sites_profile(step, a.sites, a.iters)
     rows = []
     for ev in prof.key_averages():
         t = getattr(ev, "device_time_total", None)
