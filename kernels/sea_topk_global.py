@@ -34,7 +34,47 @@ keys == v in the chunks before each program, index order). The final pass (_mark
 == v whose rank (that base + a running count over the program's earlier tiles + an exclusive tl.cumsum within the
 tile; only for tiles holding a key == v) is below need. n <= 0 or no eligible cell gives need = 0 and v = the
 all-ones key, above every eligible key: nothing is selected. Offsets are int64 (N may exceed 2^31 for G = 1).
-Launches for fp32: 3 x (count pass, torch sum, pick) + mark (+ 2 memsets for the atomic passes); bf16: 2 x + mark.
+Launches with FUSED_PICK = False, fp32 (4 digits): 4 x (count pass, torch sum, pick) + 3 memsets (the atomic
+passes' zeroed rows) + mark = 16; bf16: 2 x 3 + 1 + 1 = 8.
+
+FUSED_PICK (default True): one launch a digit counts AND picks (_count_pick_kernel), by the "last program done"
+pattern (CUDA's threadFenceReduction sample, CUTLASS's split-k semaphore). One [G, P, 2^max(digits)] int32 buffer
+serves every pass (torch.empty: the atomic passes' programs zero their own row themselves, store then
+tl.debug_barrier, so no memset), and one zeroed int64 [G, 2^max(digits) + 1] buffer holds per group the counts
+summed over programs and a ticket counter (the call's one memset). Each program counts its chunk into its row as
+above, adds the row's nonzero counts to its group's sums (tl.atomic_add, relaxed; an atomic pass first reads its
+row back after a barrier), then tl.debug_barrier and one ticket t = atomic_add(ticket[g], 1, acq_rel, gpu scope).
+The program that draws t == P - 1 is the group's last: it loads the sums (.cg), runs the pick of _pick_kernel (the
+shared @triton.jit _pick: FIRST / LAST, NEED / PREFIX / TIEBASE, the LAST pass's per-program counts at the chosen
+digit read from the rows, .cg) and sets the sums and the ticket back to 0 for the next pass. Launches: fp32 1
+memset + 4 passes + mark = 6, bf16 1 + 2 + 1 = 4. The group's sums are added by every program (P-way parallel
+adds, at most 2^bits a program, onto 2^bits addresses a group) instead of summed by the last program alone: that
+first form (the last program loading all P rows, a loop over programs, int64 sums) cost ~60 us a pass at P = 1024
+and 256 bins on an H200 (measured, below), more than the launches it saves.
+Measured once on an H200 (torch 2.11, triton 3.6; ad-hoc runs of the GPU test and a torch.profiler script during
+the nineteenth session, not kept; medians of harness.measure.time_cuda; SEA's recorded 8k profiles with the switch on
+and off: results/nvidia-h200/sea-offsets/call3/), fused against FUSED_PICK = False:
+  - 262144 fp32 cells (G = 1, P = 64 programs of one tile, as SEA's bidirectional forward at T = 8k), n = 4096:
+    CUDA-graph replay 0.030-0.033 ms against 0.061-0.062 (eager 0.15-0.35 against 0.34-0.77 ms, host-bound);
+    a fused pass 4.2-5.6 us against ~8-10 us of count + sum + memset + pick kernels. The first form: 0.046 ms.
+  - the GPU test's 134M cells, n = 2^20: graph 1.385-1.423 ms against 1.438-1.476 (the passes 578 / 251 / 182 /
+    158 us against 555 / 250 / 178 / 160 us of count kernels + ~13 us a pass of the rest); bf16 1.10 against
+    1.14 ms. The first form: 1.68 ms (+60-80 us a pass).
+Why the last program sees every count (PTX memory model, as the CUDA sample argues): in each program, every
+thread's writes to its row and its adds to the sums come before a CTA barrier (bar.sync: CTA-scope ordering),
+which comes before the ticket's atomic in the issuing thread's program order; Triton lowers a scalar atomic to one
+issuing thread (predicated), its result broadcast through shared memory with a bar.sync (seen in the sm_90 PTX:
+bar.sync; @p atom.global.gpu.acq_rel.add.u64; st.shared; bar.sync; ld.shared). Its release half orders those
+writes (cumulatively, through the barrier) before the ticket's increment; the last program's acquire reads the
+last increment in the ticket's release sequence, so it synchronizes with every earlier ticket holder; its own
+threads load after that barrier (plus an explicit one) in program order, so every write of every program is
+visible to them. The loads use .cg (L2, not L1) so that no stale L1 line can be read even where that ordering
+were weaker than assumed (the CUDA sample reads through volatile for the same reason). PREFIX / NEED, read by every
+program at the start of the next pass and written by this pass's last program, are ordered by the launch boundary;
+within a pass every program reads PREFIX before its ticket, so before the last program's write. The interpreter
+(TRITON_INTERPRET=1) runs programs one after another, ignores barriers and cache modifiers and does atomics in
+place: it checks the logic (any program may be the last: the tests also run the grid in reverse), not the
+ordering; tests/test_sea_topk_global.py's GPU test compares both forms with the restatement on the GPU.
 
 GPU time, predicted (not measured: no GPU here) for the brief's size, G = 1, N = 16 x 65536 x 128 = 134M cells,
 fp32 (537 MB), n = 2^20, softmax-like scores with duplicated column pairs, H200 (~4.0 TB/s achievable of 4.8,
@@ -56,8 +96,8 @@ per warp-row: first pass 5 bits 67, 6 bits 76, 7 bits 89, 8 bits 110; atomic pas
   0.13 ms one-read floor; bf16 input (16-bit keys: one histogram pass, one atomic pass, mark; half the bytes):
   ~0.45 (histogram, issue-bound, same key count) + ~0.13 (atomic pass, issue-bound) + ~0.1 (mark) = ~0.7 ms.
   Knobs for the lead (module level, read at each call): DIGITS_32 / DIGITS_16, HIST_PASSES, BLOCK, PROGRAMS,
-  NUM_WARPS. Not done: a per-group early exit when a bin's count equals need (the rest of that group's passes could
-  skip their reads), sample-based first pivots instead of the fixed 8-bit digit.
+  NUM_WARPS, FUSED_PICK. Not done: a per-group early exit when a bin's count equals need (the rest of that group's
+  passes could skip their reads), sample-based first pivots instead of the fixed 8-bit digit.
 
 Measured on an H200 (scripts/probe_topk_global.py, results/nvidia-h200/sea-round19/call4/): at that size, on the
 estimate A_hat of an untrained bidirectional SEA layer at T = 65536 (values in [6.6e-3, 9.2e-3]: pass 2 matches half
@@ -88,7 +128,9 @@ HIST_PASSES = 1             # the first this-many passes count with tl.histogram
 BLOCK = 4096                # cells a tile (power of two)
 PROGRAMS = 1024             # programs per pass in all (~8 per SM of an H200), split over the groups
 NUM_WARPS = 8               # warps per program of the count and mark passes
-POISON_OUTPUTS = False      # tests: start from a buffer of 0x55 bytes instead of torch.empty
+FUSED_PICK = True           # one launch a digit (count, add to the group's sums, the last program picks); False:
+                            # count, torch sum and _pick_kernel launches a digit, as before (A/B on the GPU)
+POISON_OUTPUTS = False      # tests: start the output (and FUSED_PICK's row buffer) from 0x55 bytes, not torch.empty
 
 
 if triton is not None:
@@ -112,15 +154,13 @@ if triton is not None:
 
 
     @triton.jit
-    def _count_kernel(X, WIDTH, K, PREFIX, PH, N, P, TPP, SHIFT: tl.constexpr, BITS: tl.constexpr,
-                      FIRST: tl.constexpr, USE_HIST: tl.constexpr, HAS_WIDTH: tl.constexpr, KEY16: tl.constexpr,
-                      BLK: tl.constexpr):
-        """PH[g, p, :2^BITS] = counts of digit (u >> SHIFT) of the eligible keys of program p's chunk whose higher bits
-        (u >> (SHIFT + BITS)) equal PREFIX[g]. USE_HIST: tl.histogram and a store; else atomics into a zeroed row."""
-        p = tl.program_id(0).to(tl.int64)
-        g = tl.program_id(1).to(tl.int64)
+    def _count_chunk(X, WIDTH, K, PREFIX, row, g, p, N, TPP, SHIFT: tl.constexpr, BITS: tl.constexpr,
+                     FIRST: tl.constexpr, USE_HIST: tl.constexpr, HAS_WIDTH: tl.constexpr, KEY16: tl.constexpr,
+                     BLK: tl.constexpr):
+        """row[:2^BITS] = counts of digit (u >> SHIFT) of the eligible keys of program p's chunk of group g whose
+        higher bits (u >> (SHIFT + BITS)) equal PREFIX[g]. USE_HIST: tl.histogram and a store (and the counts are
+        returned, [2^BITS] int32); else atomics into a row the caller has zeroed (and zeros are returned)."""
         BINS: tl.constexpr = 1 << BITS
-        row = PH + (g * P + p) * BINS
         if not FIRST:
             prefix = tl.load(PREFIX + g).to(tl.uint32)
         i = tl.arange(0, BLK)
@@ -141,17 +181,29 @@ if triton is not None:
                     tl.atomic_add(row + digit, 1, mask=match, sem="relaxed")
         if USE_HIST:
             tl.store(row + tl.arange(0, BINS), acc)
+        return acc
 
 
     @triton.jit
-    def _pick_kernel(HIST, PH, NB, PREFIX, NEED, TIEBASE, P, BITS: tl.constexpr, FIRST: tl.constexpr,
-                     LAST: tl.constexpr, PB: tl.constexpr):
-        """One program per group: the digit holding the need-th highest matching key; updates PREFIX / NEED. LAST: the
-        exclusive cumsum over programs of their counts at that digit -> TIEBASE[g, :P]."""
-        g = tl.program_id(0).to(tl.int64)
+    def _count_kernel(X, WIDTH, K, PREFIX, PH, N, P, TPP, SHIFT: tl.constexpr, BITS: tl.constexpr,
+                      FIRST: tl.constexpr, USE_HIST: tl.constexpr, HAS_WIDTH: tl.constexpr, KEY16: tl.constexpr,
+                      BLK: tl.constexpr):
+        """PH[g, p, :2^BITS] = program p's counts (_count_chunk); the atomic passes' PH comes zeroed (torch.zeros)."""
+        p = tl.program_id(0).to(tl.int64)
+        g = tl.program_id(1).to(tl.int64)
+        BINS: tl.constexpr = 1 << BITS
+        _count_chunk(X, WIDTH, K, PREFIX, PH + (g * P + p) * BINS, g, p, N, TPP, SHIFT, BITS, FIRST, USE_HIST,
+                     HAS_WIDTH, KEY16, BLK)
+
+
+    @triton.jit
+    def _pick(h, g, NB, PREFIX, NEED, TIEBASE, PH, P, BITS: tl.constexpr, ROW: tl.constexpr, FIRST: tl.constexpr,
+              LAST: tl.constexpr, PB: tl.constexpr, CACHE: tl.constexpr):
+        """Group g's pick from its histogram h ([2^BITS] int64, summed over programs): the digit holding the need-th
+        highest matching key; updates PREFIX / NEED. LAST: the exclusive cumsum over programs of their counts at that
+        digit (PH[g, q, d], rows ROW apart, loaded with cache modifier CACHE) -> TIEBASE[g, :P]."""
         BINS: tl.constexpr = 1 << BITS
         j = tl.arange(0, BINS)
-        h = tl.load(HIST + g * BINS + j)                                    # [BINS] int64
         if FIRST:
             need = tl.minimum(tl.load(NB + g), tl.sum(h, axis=0))           # cells to select: min(n, eligible)
             need = tl.maximum(need, 0)
@@ -168,9 +220,53 @@ if triton is not None:
             carry = tl.zeros([], dtype=tl.int64)
             for p0 in range(0, P, PB):
                 q = p0 + tl.arange(0, PB)
-                c = tl.load(PH + (g * P + q) * BINS + d, mask=q < P, other=0).to(tl.int64)
+                c = tl.load(PH + (g * P + q) * ROW + d, mask=q < P, other=0, cache_modifier=CACHE).to(tl.int64)
                 tl.store(TIEBASE + g * P + q, carry + tl.cumsum(c, 0) - c, mask=q < P)
                 carry += tl.sum(c, axis=0)
+
+
+    @triton.jit
+    def _pick_kernel(HIST, PH, NB, PREFIX, NEED, TIEBASE, P, BITS: tl.constexpr, FIRST: tl.constexpr,
+                     LAST: tl.constexpr, PB: tl.constexpr):
+        """One program per group: _pick on HIST[g] (torch's sum of PH over programs; PH's rows 2^BITS apart)."""
+        g = tl.program_id(0).to(tl.int64)
+        BINS: tl.constexpr = 1 << BITS
+        h = tl.load(HIST + g * BINS + tl.arange(0, BINS))                  # [BINS] int64
+        _pick(h, g, NB, PREFIX, NEED, TIEBASE, PH, P, BITS, BINS, FIRST, LAST, PB, "")
+
+
+    @triton.jit
+    def _count_pick_kernel(X, WIDTH, K, NB, PREFIX, NEED, TIEBASE, PH, SUMS, N, P, TPP, SHIFT: tl.constexpr,
+                           BITS: tl.constexpr, ROW: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
+                           USE_HIST: tl.constexpr, HAS_WIDTH: tl.constexpr, KEY16: tl.constexpr, BLK: tl.constexpr,
+                           PB: tl.constexpr):
+        """FUSED_PICK's pass: _count_chunk into PH[g, p, :2^BITS] (rows ROW apart; the atomic passes zero their own
+        row first), the row's nonzero counts atomically added to the group's sums SUMS[g, :2^BITS] (int64, rows
+        ROW + 1 apart), then a ticket on SUMS[g, ROW]; the program that draws the last ticket (P - 1) loads the sums
+        (.cg), runs _pick (LAST: reading PH's rows, .cg) and sets the sums and the ticket back to 0 for the next pass.
+        Why the last program sees every program's counts: the module docstring."""
+        p = tl.program_id(0).to(tl.int64)
+        g = tl.program_id(1).to(tl.int64)
+        BINS: tl.constexpr = 1 << BITS
+        j = tl.arange(0, BINS)
+        row = PH + (g * P + p) * ROW
+        sums = SUMS + g * (ROW + 1)
+        if not USE_HIST:
+            tl.store(row + j, tl.zeros([BINS], dtype=tl.int32))
+            tl.debug_barrier()                                              # zeros before any thread's atomics
+        c = _count_chunk(X, WIDTH, K, PREFIX, row, g, p, N, TPP, SHIFT, BITS, FIRST, USE_HIST, HAS_WIDTH, KEY16, BLK)
+        if not USE_HIST:
+            tl.debug_barrier()                                              # every thread's atomics, then read back
+            c = tl.load(row + j, cache_modifier=".cg")
+        tl.atomic_add(sums + j, c.to(tl.int64), mask=c > 0, sem="relaxed", scope="gpu")
+        tl.debug_barrier()                                                  # every thread's adds, then ...
+        ticket = tl.atomic_add(sums + ROW, 1, sem="acq_rel", scope="gpu")   # ... one thread's release / acquire
+        if ticket == P - 1:                                                 # the last program of group g
+            tl.debug_barrier()                                              # every thread's loads after the acquire
+            h = tl.load(sums + j, cache_modifier=".cg")                     # [BINS] int64: summed over programs
+            _pick(h, g, NB, PREFIX, NEED, TIEBASE, PH, P, BITS, ROW, FIRST, LAST, PB, ".cg")
+            tl.store(sums + j, tl.zeros([BINS], dtype=tl.int64))
+            tl.store(sums + ROW, 0)
 
 
     @triton.jit
@@ -239,16 +335,31 @@ def select_global(scores: torch.Tensor, n: torch.Tensor, width: torch.Tensor | N
     need = torch.empty(G, dtype=torch.int64, device=dev)
     tiebase = torch.empty(G, P, dtype=torch.int64, device=dev)
     shift = sum(digits)
+    pb = min(1024, triton.next_power_of_2(P))
+    if FUSED_PICK:
+        row = 1 << max(digits)                                         # one buffer for every pass: rows of the widest
+        if POISON_OUTPUTS:                                             # a row a pass fails to zero / overwrite shows
+            ph = torch.full((G, P, row), 0x55555555, dtype=torch.int32, device=dev)
+        else:
+            ph = torch.empty(G, P, row, dtype=torch.int32, device=dev)
+        sums = torch.zeros(G, row + 1, dtype=torch.int64, device=dev)   # [G, row + 1]: counts over programs, ticket;
+                                                                        # each pass's last program zeroes them again
     for pass_i, bits in enumerate(digits):
         shift -= bits
         bins = 1 << bits
         use_hist = pass_i < HIST_PASSES
+        if FUSED_PICK:
+            _count_pick_kernel[(P, G)](scores, w, K, nb, prefix, need, tiebase, ph, sums, N, P, tpp, SHIFT=shift,
+                                       BITS=bits, ROW=row, FIRST=pass_i == 0, LAST=pass_i == len(digits) - 1,
+                                       USE_HIST=use_hist, HAS_WIDTH=has_w, KEY16=key16, BLK=BLOCK, PB=pb,
+                                       num_warps=NUM_WARPS)
+            continue
         ph = (torch.empty if use_hist else torch.zeros)(G, P, bins, dtype=torch.int32, device=dev)
         _count_kernel[(P, G)](scores, w, K, prefix, ph, N, P, tpp, SHIFT=shift, BITS=bits, FIRST=pass_i == 0,
                               USE_HIST=use_hist, HAS_WIDTH=has_w, KEY16=key16, BLK=BLOCK, num_warps=NUM_WARPS)
         hist = ph.sum(1, dtype=torch.int64)                              # [G, bins]
         _pick_kernel[(G,)](hist, ph, nb, prefix, need, tiebase, P, BITS=bits, FIRST=pass_i == 0,
-                           LAST=pass_i == len(digits) - 1, PB=min(1024, triton.next_power_of_2(P)), num_warps=4)
+                           LAST=pass_i == len(digits) - 1, PB=pb, num_warps=4)
     _mark_kernel[(P, G)](scores, w, K, prefix, need, tiebase, out, N, P, tpp, HAS_WIDTH=has_w, KEY16=key16,
                          BLK=BLOCK, num_warps=NUM_WARPS)
     return out.view(torch.bool)

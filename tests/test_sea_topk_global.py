@@ -1,7 +1,8 @@
 """Global top-k for SEA's per_batch / per_head modes (kernels/sea_topk_global.py): the radix-select kernel against
 the stable-sort restatement, bit for bit (CPU: TRITON_INTERPRET=1, tiny tiles so a group spans several programs of
-several tiles), against torch.topk where the threshold value is unique, and timed against the torch.topk path at
-the real size on a GPU (pytest -m gpu -s tests/test_sea_topk_global.py prints the times)."""
+several tiles), against torch.topk where the threshold value is unique, the fused count + pick form (FUSED_PICK)
+against the unfused one, and timed against the torch.topk path at the real size on a GPU, both forms (pytest -m gpu
+-s tests/test_sea_topk_global.py prints the times)."""
 
 import pytest
 import torch
@@ -134,6 +135,77 @@ def test_agrees_with_torch_topk_at_a_unique_threshold():
         assert torch.equal(got[g], ref)
 
 
+FORMS = {"fused": True, "unfused": False}
+
+
+def both_forms(monkeypatch, x, n, width=None):
+    """{form: mask} of select_global with FUSED_PICK on and off, on the same inputs."""
+    outs = {}
+    for form, fused in FORMS.items():
+        monkeypatch.setattr(sg, "FUSED_PICK", fused)
+        outs[form] = run(x, n, width)
+    return outs
+
+
+def mixed_scores(dtype, seed):
+    """[3, N]: groups 0 and 2 'ties', group 1 'random' (distinct values but -inf / NaN / +inf)."""
+    x = scores_of("ties", dtype, seed=seed)
+    x[1] = scores_of("random", dtype, seed=seed + 100)[1]
+    return x
+
+
+@pytest.mark.parametrize("d32,d16,hist", [((8, 8, 8, 8), (8, 8), 1),        # the defaults: atomic passes 2..
+                                          ((8, 12, 12), (4, 12), 1),        # 4096-bin rows, 16-bin ones
+                                          ((8, 8, 8, 8), (8, 8), 0)])       # every pass atomic: rows zeroed first
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_pick_equals_unfused_and_restatement(monkeypatch, d32, d16, hist, dtype):
+    """FUSED_PICK on and off give the same mask, == select_global_ref, on 3 groups of 3 programs of 8 tiles (the
+    last one ragged) with widths: budgets through a run of equal values, 0, and above the eligible count. The
+    fused form's buffer starts poisoned (POISON_OUTPUTS), so a row an atomic pass does not zero shows."""
+    monkeypatch.setattr(sg, "DIGITS_32", d32)
+    monkeypatch.setattr(sg, "DIGITS_16", d16)
+    monkeypatch.setattr(sg, "HIST_PASSES", hist)
+    monkeypatch.setattr(sg, "PROGRAMS", 9)
+    assert sg._layout(G, N) == (3, 8)
+    x = mixed_scores(dtype, seed=11)
+    n = torch.tensor([301, 0, 10 ** 6])
+    want = sg.select_global_ref(x, n, WIDTH)
+    xf = x.float()
+    thr = xf[0][want[0]].min()
+    assert bool(((xf[0] == thr) & ~want[0] & (WIDTH.repeat(N // K) > 0)).any())   # group 0's budget splits ties
+    assert not want[1].any() and 0 < int(want[2].sum()) < N
+    outs = both_forms(monkeypatch, x, n, WIDTH)
+    assert torch.equal(outs["fused"], outs["unfused"]) and torch.equal(outs["fused"], want)
+
+
+def test_fused_pick_under_reversed_program_order(monkeypatch):
+    """The interpreter runs a grid's programs in order, so the last ticket goes to program P - 1; run them in reverse
+    (program 0 draws it) and the fused form still matches the restatement: the last program's work reads every
+    row, not its own registers. (Patches the interpreter's InterpreterBuilder.set_grid_idx.)"""
+    from triton.runtime import interpreter
+
+    builder = interpreter.interpreter_builder
+    real = builder.set_grid_idx
+    monkeypatch.setattr(builder, "set_grid_idx", lambda x, y, z: real(builder.grid_dim[0] - 1 - x, y, z))
+    monkeypatch.setattr(sg, "DIGITS_32", (8, 12, 12))
+    monkeypatch.setattr(sg, "PROGRAMS", 9)
+    monkeypatch.setattr(sg, "FUSED_PICK", True)
+    x = mixed_scores(torch.float32, seed=12)
+    n = torch.tensor([500, 40, 1])
+    assert torch.equal(run(x, n, WIDTH), sg.select_global_ref(x, n, WIDTH))
+
+
+def test_fused_pick_twice_in_a_row(monkeypatch):
+    """Two calls on the same inputs give the same mask (each call's ticket counters start at 0, and each pass's
+    last program sets them back to 0 for the next pass)."""
+    monkeypatch.setattr(sg, "FUSED_PICK", True)
+    monkeypatch.setattr(sg, "PROGRAMS", 9)
+    x = mixed_scores(torch.float32, seed=13)
+    n = torch.tensor([700, 3, 250])
+    first = run(x, n, WIDTH)
+    assert torch.equal(run(x, n, WIDTH), first) and torch.equal(first, sg.select_global_ref(x, n, WIDTH))
+
+
 def test_rejects_bad_inputs():
     x = torch.zeros(2, 10)
     with pytest.raises(ValueError, match="groups"):
@@ -145,11 +217,16 @@ def test_rejects_bad_inputs():
 
 
 @pytest.mark.gpu
-def test_gpu_time_against_torch_topk_per_batch():
+@pytest.mark.parametrize("form", list(FORMS))
+def test_gpu_time_against_torch_topk_per_batch(monkeypatch, form):
     """B=1, H=16, T=65536, K=128 (134M cells), n = 2^20, softmax-like fp32 estimate with duplicated column pairs:
     the kernel (eager and as a CUDA-graph replay) against SEA's torch path (masked_fill copy + torch.topk +
-    scatter), both timed with harness.measure.time_cuda; masks equal where ties allow. Also bf16 input."""
+    scatter), both timed with harness.measure.time_cuda; masks equal where ties allow. Also bf16 input, and a
+    launch-bound size (262144 cells: 64 programs of one tile, as SEA's bidirectional forward at T = 8192) == the
+    restatement and timed. Once per form (FUSED_PICK on / off): the A/B of the fused count + pick launches."""
     from harness.measure import time_cuda
+
+    monkeypatch.setattr(sg, "FUSED_PICK", FORMS[form])
 
     B, H, T, Kc = 1, 16, 65536, 128
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -184,9 +261,48 @@ def test_gpu_time_against_torch_topk_per_batch():
     fb = pb.reshape(B, -1)
     assert int(got16.sum()) == 1 << 20 and fb[got16].min() >= fb[~got16].max()
     t_bf16 = time_cuda(lambda: sg.select_global(pb, n))
-    print(f"\nper_batch top-k, 134M cells, n=2^20: torch path {t_torch.median_ms:.3f} ms, kernel fp32 "
+    ties = int((flat == thr).sum())
+    small = torch.softmax(torch.randn(2048, 128, device="cuda", generator=gen), dim=-1).reshape(1, -1)   # [1, 2^18]
+    n_small = torch.tensor([4096], device="cuda")
+    assert sg._layout(1, small.numel()) == (64, 1)
+    assert torch.equal(sg.select_global(small, n_small), sg.select_global_ref(small, n_small))
+    t_small = time_cuda(lambda: sg.select_global(small, n_small))
+    t_small_graph = time_cuda(lambda: sg.select_global(small, n_small), cuda_graph=True)
+    print(f"\nper_batch top-k ({form}), 134M cells, n=2^20: torch path {t_torch.median_ms:.3f} ms, kernel fp32 "
           f"{t_kernel.median_ms:.3f} ms (graph {t_graph.median_ms:.3f} ms), kernel bf16 {t_bf16.median_ms:.3f} ms; "
-          f"ties at the threshold: {int((flat == thr).sum())}")
+          f"ties at the threshold: {ties}; 262144 cells, n=4096: {t_small.median_ms:.4f} ms "
+          f"(graph {t_small_graph.median_ms:.4f} ms)")
+
+
+@pytest.mark.gpu
+def test_gpu_fused_pick_equals_unfused_and_restatement(monkeypatch):
+    """On the GPU the programs of a pass run concurrently, so which one draws the last ticket varies and its sum
+    reads rows other SMs wrote just before (the interpreter runs them one after another): both forms ==
+    the restatement over random cases (2 to 2048 programs a group, 1 to 8 groups, heavy ties, widths, budgets from
+    0 to above the eligible count, fp32 and bf16), each case run 3 times (fresh ticket races)."""
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    for block, programs, d32, hist in ((4096, 1024, (8, 8, 8, 8), 1), (256, 1024, (8, 12, 12), 1),
+                                       (64, 2048, (8, 8, 8, 8), 0)):
+        monkeypatch.setattr(sg, "BLOCK", block)
+        monkeypatch.setattr(sg, "PROGRAMS", programs)
+        monkeypatch.setattr(sg, "DIGITS_32", d32)
+        monkeypatch.setattr(sg, "HIST_PASSES", hist)
+        for case in range(6):
+            g = (1, 3, 8)[case % 3]
+            cells = (1 << 17) + 8 * 37 * case                            # ragged last tile
+            x = torch.randint(0, 40, (g, cells), device="cuda", generator=gen).float() / 7.0   # [g, cells]: ties
+            if case % 2:
+                x = x + torch.randn(g, cells, device="cuda", generator=gen) * 1e-3
+            dtype = (torch.float32, torch.bfloat16)[case // 3]
+            x = x.to(dtype)
+            n = torch.randint(0, cells + cells // 4, (g,), device="cuda", generator=gen)
+            n[0] = 0 if case % 2 else n[0]
+            width = WIDTH.cuda()
+            want = sg.select_global_ref(x, n, width)
+            for rep in range(3):
+                outs = both_forms(monkeypatch, x, n, width)
+                for form, got in outs.items():
+                    assert torch.equal(got, want), (block, programs, d32, hist, case, rep, form)
 
 
 @pytest.mark.parametrize("mode", ["per_batch", "per_head"])
