@@ -72,6 +72,21 @@ def ops_profile(step, top: int, iters: int, trace: str) -> None:
         print(f"trace of one step: {trace}")
 
 
+def project_site(stack, depth: int = 2) -> str:
+    """The innermost `depth` frames of a profiler stack (innermost first) that lie in this project's methods/,
+    kernels/ or harness/ folders, shortened to the path from that folder: 'methods/sea/layer.py(512): f < ...'."""
+    out = []
+    for frame in stack or []:
+        for top in ("methods/", "kernels/", "harness/"):
+            i = frame.find(top)
+            if i >= 0 and (i == 0 or frame[i - 1] in "/\\"):
+                out.append(frame[i:])
+                break
+        if len(out) == depth:
+            break
+    return " < ".join(out) or "-"
+
+
 def sites_profile(step, top: int, iters: int) -> None:
     """Host operations by the device time of the kernels they launch themselves (not their children's), each with
     the innermost frames of this project's code that called it (torch.profiler with stacks): which line of SEA a
@@ -79,19 +94,20 @@ def sites_profile(step, top: int, iters: int) -> None:
     are not listed here (the kernel table names them)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as prof:
+    from torch._C._profiler import _ExperimentalConfig
+
+    # verbose: without it the ops' Python stacks come back empty (torch 2.11 on the H200, 2.13 here)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True,
+                 experimental_config=_ExperimentalConfig(verbose=True)) as prof:
         for _ in range(iters):
             step()
         torch.cuda.synchronize()
-    ours = ("methods/", "kernels/", "harness/")
     rows = []
     for ev in prof.key_averages(group_by_stack_n=16):
         t = getattr(ev, "self_device_time_total", None)
         t = ev.self_cuda_time_total if t is None else t
         if t > 0 and ev.count > 0 and ev.device_type.name == "CPU":
-            frames = [f for f in (ev.stack or []) if any(p in f for p in ours)]
-            site = " < ".join(f.split("/work/")[-1].split("main/")[-1] for f in frames[:2]) or "-"
-            rows.append((t / 1e3 / iters, ev.count / iters, ev.key, site))
+            rows.append((t / 1e3 / iters, ev.count / iters, ev.key, project_site(ev.stack)))
     rows.sort(reverse=True)
     print(f"host operations by their own kernels' device time, with the calling lines ({iters} steps):")
     print(f"{'dev ms':>8} {'calls':>6}  operation  <- site")
