@@ -25,12 +25,13 @@ without ever writing a [T, m] tensor (dash, exp, features) to memory. Three laun
      fp32 copy of the keys), and diag = |k'|^2 / 2 comes from a small pre-pass over the keys (KEY_DIAG). 128-key
      tiles on 2 stages with bf16 products, 64 with fp32 ones. KEY_FORM="per_program" (the form before): tiles
      [keys, features] of KEY_BLOCK_T keys and one online maximum M_p per program (a reduction across warps every
-     tile). On an H200 (B=1, H=16,
-     m=266, Dv=128, bf16 values) the whole call took 0.280 / 1.826 ms at 8k / 64k per feature against 0.392 /
-     2.454 per program (results/nvidia-h200/sea-key-pass/call3/). Either form also writes (feature block 0 only)
-     sum_t valid v_t. Every (key, feature) pair belongs to exactly one program, so the global key stabiliser is
-     S = max of the programs' maxima: no separate stabiliser pass and dash_k is computed once. The feature block
-     is the fastest grid axis, so the programs re-reading a key/value range run together and share it through L2.
+     tile). On an H200 (B=1, H=16, m=266, Dv=128, bf16 values) the whole call took 0.280 / 1.826 ms at 8k / 64k per
+     feature against 0.392 / 2.454 per program (results/nvidia-h200/sea-key-pass/call3/); the fixed offsets took the
+     query pass from 0.099 to 0.091 ms at 8k and left the key pass at 0.146 (results/nvidia-h200/sea-offsets/).
+     Either form also writes (feature block 0 only) sum_t valid v_t. Every (key, feature) pair belongs to exactly one
+     program, so the global key stabiliser is S = max of the programs' maxima: no separate stabiliser pass and dash_k
+     is computed once. The feature block is the fastest grid axis, so the programs re-reading a key/value range run
+     together and share it through L2.
   2. combine, grid (feature block of COMBINE_BLOCK_F, B*H): S = max M_p; KV = m^-1/2 (sum_p exp(M_p - S) A_p +
      feat_eps sum_t valid v_t)  [m, Dv], z = m^-1/2 (sum_p exp(M_p - S) z_p + feat_eps n_valid)  [m] (per feature:
      M_pf in place of M_p), and each block's sums of KV and z over its features (what the query pass needs summed
@@ -56,11 +57,11 @@ tensor-core products; on an H200 at T=65536, H=16: 14.2 ms against 24.2 ms with 
 for the torch path, relative L2 to the torch fp32 output 6.6e-7 for both settings,
 results/nvidia-h200/sea-kernels/favor-dense.jsonl); "ieee" is the exact-fp32 setting. operands="bf16" (favor.py's
 dense bf16 path): dash in fp32 (BF16_DASH_PRECISION, "tf32x3" by default), the products phi_k^T v and phi_q KV take
-bf16-rounded features and values with fp32 accumulation, KV is rounded to bf16 before the second product and
-the numerator to bf16 after it (as a bf16 GEMM's output), the normaliser stays fp32. The features rounded here
-are stabilised by the running maxima above rather than the final ones (the factor exp(M_p - S) is not a power
-of two), so the rounding is of the same size as the torch path's but not bit-identical. Under the Triton
-interpreter (CPU tensors), whose bf16 tl.dot is broken, the bf16 products run as fp32 dots of bf16-rounded
+bf16-rounded features and values with fp32 accumulation, KV is rounded to bf16 before the second product and the
+numerator to bf16 after it (as a bf16 GEMM's output), the normaliser stays fp32. The features rounded here are
+stabilised by the running maxima (or the fixed offsets) above rather than the final ones (the factor exp(M_p - S)
+is not a power of two), so the rounding is of the same size as the torch path's but not bit-identical. Under the
+Triton interpreter (CPU tensors), whose bf16 tl.dot is broken, the bf16 products run as fp32 dots of bf16-rounded
 values (round to nearest even, the same numbers a bf16 tensor-core dot with fp32 accumulation produces).
 
 Work: 2 B H T m (2 d + 2 Dv) flops (214 GFLOP at T=65536 H=16 d=64 m=266 Dv=128; the key pass computes 272
@@ -153,8 +154,8 @@ KEY_DIAG = "pre"
 # can matter against feat_eps = 1e-4) is stored as itself times exp(S - c_f), which underflows only if c_f - S > ~67
 # (c_f ~ d / 2 = 32 for SEA's orthogonal features, S >= 0 unless every key has a negative projection on every one).
 KEY_OFFSET = "norm"
-# The query pass's exponent offset: "norm" takes exp(dash - diag - C), C = max_f |proj_f|^2 / 2 (one scalar from the
-# key pre-pass or a one-program kernel), the row maximum of dash kept as a plain maximum and exp(C - rowmax) applied to
+# The query pass's exponent offset: "norm" takes exp(dash - diag - C), C = max_f |proj_f|^2 / 2 (the maximum of the
+# combine's per-block maxima), the row maximum of dash kept as a plain maximum and exp(C - rowmax) applied to
 # the sums once, so the [rows, Dv] accumulator is not rescaled at every feature step; "running": the online row
 # maximum (the A/B switch). Same function, same range argument as KEY_OFFSET, with C - rowmax in place of c_f - S
 # (C ~ 45-50 for SEA's m = 266, d = 64; rowmax is the largest of 266 projections of the query, not below 0 unless the
@@ -500,8 +501,8 @@ if triton is not None:
                     BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr):
         # the query pass's output for query rows tb * BLOCK_T .. of head bh: fp32 [BLOCK_T, BLOCK_DV]. FIXED_OFF
         # (QUERY_OFFSET="norm"): features exp(dash - diag - C), C = max_f |proj_f|^2 / 2 >= dash - diag (the max of
-        # the combine's per-block maxima CM [BH, NCB]), so
-        # nothing is rescaled in the loop; the row maximum of dash is kept and its factor exp(C - rowmax) applied once
+        # the combine's per-block maxima CM [BH, NCB]), so nothing is rescaled in the loop; the row maximum of dash
+        # is kept and its factor exp(C - rowmax) applied once
         b = bh // H
         h = bh % H
         offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -686,7 +687,8 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
 
 def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, precision=None) -> dict:
     """The key pass and the combine of favor_softmax_dense (same arguments): a dict with the [B H, m, Dv] summary
-    'kv' (bf16 with bf16 operands), 'z' [B H, m], the per-block sums 'kvs_part' / 'zs_part' ('ncb' blocks) and what
+    'kv' (bf16 with bf16 operands), 'z' [B H, m], the per-block sums 'kvs_part' / 'zs_part' and maxima of
+    |proj_f|^2 / 2 'cs_part' ('ncb' blocks) and what
     the query pass needs besides ('q' with a unit last stride, 'proj', 'm', 'Dv', 'x_scale', 'phi_scale', 'bf16',
     'emu', 'dash_prec', 'prod_prec')."""
     if triton is None:

@@ -353,6 +353,20 @@ def test_average_context_by_cell_sums_equals_the_spread_weights():
         torch.testing.assert_close(col["sum"], a_hat.sum(2), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(lay.average_context(a_hat, vr, causal=False, valid=None, col_sums=col["sum"])[0],
                                    c_avg, rtol=1e-5, atol=1e-6)
+        # weights=False (the forward's call): the same context, no [B, H, 1, T] weights where it does not need them
+        c2, w2 = lay.average_context(a_hat, vr, causal=False, valid=None, weights=False)
+        assert torch.equal(c2, c_avg) and (w2 is None) == (T % 16 == 0)
+
+
+def test_nomask_cell_widths_are_cell_bounds_widths_cached():
+    from methods.sea.interp import cell_bounds, nomask_cell_widths
+
+    for T, K in ((160, 16), (150, 16), (7, 16), (8192, 128)):
+        lo, hi = cell_bounds(torch.full((1, 1), T), K)
+        want = (hi - lo).clamp(min=1)[0, 0].float()
+        got = nomask_cell_widths(T, K, "cpu")
+        assert got.dtype == torch.float32 and torch.equal(got, want)
+        assert nomask_cell_widths(T, K, torch.device("cpu")) is got                # made once per shape
 
 
 def test_plan_takes_the_kernel_only_where_asked_and_possible():

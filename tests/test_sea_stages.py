@@ -106,6 +106,18 @@ def test_identity_values_is_bilinear_eye_over_valid_tokens():
             torch.testing.assert_close(got[b, t].double(), want, atol=1e-6, rtol=0)
 
 
+def test_identity_rows_equal_identity_values_without_padding():
+    """identity_rows (what the bidirectional forward makes inside its compiled graph when there is no padding mask):
+    the same float32 values as identity_values(None, ...), whole and as row slices (the query-block windows)."""
+    from methods.sea.estimator import identity_rows
+
+    for T, d in ((1, 4), (2, 1), (37, 6), (1000, 32), (4096, 64)):
+        full = identity_values(None, 2, T, d, "cpu")
+        assert torch.equal(identity_rows(T, d, "cpu"), full[0]) and torch.equal(full[1], full[0])
+        s, e = T // 3, T - T // 4
+        assert torch.equal(identity_rows(T, d, "cpu", s, e), full[0, s:e])
+
+
 def test_causal_conv_ignores_future_rows():
     conv = CausalConv2d(3, 2, 3, dilation=2)
     x = rnd(1, 3, 20, 9, seed=9, dtype=torch.float32)

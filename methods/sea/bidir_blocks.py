@@ -80,7 +80,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.base import check_inputs
-from methods.sea.estimator import DEC_DTYPES, nearest_resize, torch_precision
+from methods.sea.estimator import DEC_DTYPES, identity_rows, nearest_resize, torch_precision
 from methods.sea import estimator as est_mod
 from methods.sea.interp import cell_bounds
 from methods.sea.topk import budgets
@@ -300,11 +300,7 @@ def block_csr(sel: torch.Tensor, *, k: int, lo: torch.Tensor, width: torch.Tenso
 # --- the blocked forward --------------------------------------------------------------------------------------------
 def _identity_rows(s: int, e: int, T: int, d: int, device) -> torch.Tensor:
     """Rows s .. e-1 of estimator.identity_values(None, ., T, d) ([e - s, d]), by its float32 formula."""
-    rank = torch.arange(s, e, dtype=torch.float32, device=device)
-    L = torch.tensor(float(T), dtype=torch.float32, device=device)
-    y = rank / (L - 1).clamp(min=1) * (d - 1)
-    cols = torch.arange(d, device=device, dtype=torch.float32)
-    return torch.relu(1 - (y[:, None] - cols).abs())                    # [e - s, d]
+    return identity_rows(T, d, device, s, e)
 
 
 class _Blocks:

@@ -100,6 +100,18 @@ def identity_values(valid: torch.Tensor | None, B: int, T: int, d: int, device) 
     return rows * vf[..., None]
 
 
+def identity_rows(T: int, d: int, device, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Rows start .. stop - 1 (default all T) of identity_values(None, ., T, d): [stop - start, d], the same float32
+    formula with every token valid (rank = t, L = T), as pointwise operations of two aranges: under compile="estimator"
+    the forward makes them inside its graph, where they fuse into the values' concatenation (no launches of their
+    own; identity_values' cumsum, sums and ~13 other launches ran eagerly before every bidirectional call)."""
+    stop = T if stop is None else stop
+    rank = torch.arange(start, stop, device=device, dtype=torch.float32)
+    y = rank / max(T - 1, 1) * (d - 1)
+    cols = torch.arange(d, device=device, dtype=torch.float32)
+    return torch.relu(1 - (y[:, None] - cols).abs())                    # [stop - start, d]
+
+
 class CausalConv2d(nn.Conv2d):
     """Conv over (time, width) whose kernel rows that would read future time steps are zeroed."""
 
@@ -403,7 +415,7 @@ class Estimator(nn.Module):
         def inputs():
             qf, kf, vf = q.float(), k.float(), v.float()
             vi = (self.v_id[:T].expand(B, H, T, d) if self.causal
-                  else identity_values(None, B, T, d, q.device)[:, None].expand(B, H, T, d))
+                  else identity_rows(T, d, q.device)[None, None].expand(B, H, T, d))
             return qf, kf, vf, torch.cat([vi, vf], dim=-1)               # vals [B, H, T, 2d]
 
         if self.uses_fused_front(q, k, v, None):                         # Performer + encoder: one kernel
@@ -549,6 +561,8 @@ class Estimator(nn.Module):
             if T > self.v_id.shape[0]:
                 raise ValueError(f"sequence length {T} exceeds sea max_len={self.v_id.shape[0]}")
             vi = self.v_id[:T].expand(B, H, T, d)                        # [B, H, T, d]
+        elif valid is None:
+            vi = None                                                    # identity_rows, made inside _forward
         else:
             vi = identity_values(valid, B, T, d, q.device)[:, None].expand(B, H, T, d)
         if pool and (not probs or pool < 0 or T % pool):
@@ -587,10 +601,15 @@ class Estimator(nn.Module):
             return self._compiled(q, k, v, vi, valid=valid, carry=carry, probs=probs, pool=pool)
 
     def _forward(self, q, k, v, vi, *, valid: torch.Tensor | None, carry: dict | None, probs: bool, pool: int = 0):
-        """vi: the V_I rows (causal) or identity values (bidirectional) [B, H, T, d]. carry: None for a whole
+        """vi: the V_I rows (causal) or identity values (bidirectional) [B, H, T, d], or None for the identity values
+        without a padding mask (identity_rows, made here: inside the compiled graph under compile="estimator"). carry:
+        None for a whole
         sequence; a dict (or {} for a first block) in the block form (forward_block). probs: also A_hat. pool: see
         forward. Returns (logits, A_hat or None, s_prob, s_mix, next carry or None); with pool (None, the block
         sums, s_prob, s_mix, None)."""
+        if vi is None:
+            B, H, T, d = q.shape
+            vi = identity_rows(T, d, q.device)[None, None].expand(B, H, T, d)
         if self.uses_fused_front(q, k, v, valid):                        # Performer + encoder in one kernel
             # the V_I rows of this call as a [T, d] view of v_id (vi is that view expanded): the block's first row
             # is not passed as an int, which would make compile="estimator" recompile for every query block

@@ -17,6 +17,8 @@ forward and the backward (dk/dv by atomics) with one indirection. It is built fr
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -37,6 +39,27 @@ def cell_bounds(L: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor]:
     b = torch.arange(K + 1, device=L.device)
     edges = torch.div(2 * b * L[..., None] + K, 2 * K, rounding_mode="floor")   # [B, T, K+1]
     return edges[..., :-1], edges[..., 1:]
+
+
+def nomask_cell_widths(T: int, K: int, device) -> torch.Tensor:
+    """float32 [K]: the keys in each of a bidirectional row's K cells without a padding mask (L = T), at least 1:
+    (hi - lo).clamp(min=1) of cell_bounds, a function of T and K alone, made once per (T, K, device) (it was ~8
+    small launches a forward). While a CUDA graph is being captured it is computed, not cached: a tensor made during
+    capture holds its values only once the graph replays."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return _cell_widths(T, K, dev)
+    return _cached_cell_widths(T, K, str(dev))
+
+
+def _cell_widths(T: int, K: int, device: torch.device) -> torch.Tensor:
+    lo, hi = cell_bounds(torch.full((1, 1), T, dtype=torch.long, device=device), K)   # [1, 1, K]
+    return (hi - lo).clamp(min=1)[0, 0].float()
+
+
+@functools.lru_cache(maxsize=256)       # K floats an entry
+def _cached_cell_widths(T: int, K: int, device: str) -> torch.Tensor:
+    return _cell_widths(T, K, torch.device(device))
 
 
 def valid_positions(valid: torch.Tensor) -> torch.Tensor:

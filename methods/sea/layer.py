@@ -16,7 +16,7 @@ from methods.base import AttentionModule, check_inputs, repeat_kv
 from methods.sea.estimator import Estimator
 from methods.sea.favor import needs_grad
 from methods.sea.interp import (active_tiles, cell_bounds, csr_counts, csr_to_dense, expand_columns, mask_to_csr,
-                                row_lengths, selected_counts)
+                                nomask_cell_widths, row_lengths, selected_counts)
 from methods.sea.topk import select_topk, selection_caps, topk_path
 
 # mix_backend=auto runs the sparse attention and the mix as one kernel (the rows kernel's mix epilogue) for
@@ -501,27 +501,31 @@ class SEAAttention(AttentionModule):
         c, ran = ssa.sea_sparse_attention(q, k, v, sel["row_ptr"], sel["col"], scale, backend=backend)
         return c, (kernel if kernel.startswith("triton (") else ran)
 
-    def average_context(self, a_hat, vr, *, causal, valid, col_sums=None):
+    def average_context(self, a_hat, vr, *, causal, valid, col_sums=None, weights: bool = True):
         """6. C_avg: causal -> cumulative mean of v ([B, H, T, D], avg_w None); bidirectional -> the column
-        mean of A_hat spread over each cell's keys (avg_w [B, H, 1, T]) times v ([B, H, 1, D])."""
+        mean of A_hat spread over each cell's keys (avg_w [B, H, 1, T]) times v ([B, H, 1, D]). weights=False:
+        avg_w is not made (None) where C_avg does not need it (no padding mask, K dividing T: the forward's case,
+        which keeps avg_w in last_aux for nobody; ~12 small launches at 8k)."""
         B, H, T, _ = vr.shape
         if causal:
             return causal_mean(vr.float(), valid), None                  # [B, H, T, D]
         if valid is None:                                                # no [B, H, T, K] temporary
             # col_sums: A_hat's column sums [B, H, K] the top-k stage already made (stage_topk)
             colmean = (a_hat.sum(2, keepdim=True) if col_sums is None else col_sums[:, :, None]) / T   # [B, H, 1, K]
+            colmean = colmean / nomask_cell_widths(T, self.K, vr.device)  # mass per key of the cell
         else:
             qv = valid[:, None, :, None].float()
             colmean = (a_hat * qv).sum(2, keepdim=True) / qv.sum(2, keepdim=True).clamp(min=1)   # [B, H, 1, K]
-        L = row_lengths(B, T, causal=False, valid=valid, device=vr.device)[:, :1]          # [B, 1]
-        lo, hi = cell_bounds(L, self.K)                                  # [B, 1, K]
-        colmean = colmean / (hi - lo).clamp(min=1)[:, None].float()      # mass per key of the cell
-        avg_w = expand_columns(colmean, causal=False, valid=valid, T=T)  # [B, H, 1, T]
+            L = row_lengths(B, T, causal=False, valid=valid, device=vr.device)[:, :1]          # [B, 1]
+            lo, hi = cell_bounds(L, self.K)                              # [B, 1, K]
+            colmean = colmean / (hi - lo).clamp(min=1)[:, None].float()  # mass per key of the cell
         if valid is None and T % self.K == 0:
             # cells of T / K keys each: the cells' sums of v (fp32 sums of vr's values, no fp32 copy of vr) times
             # the mass per key; the same sum as avg_w @ v in another order
+            avg_w = expand_columns(colmean, causal=False, valid=valid, T=T) if weights else None   # [B, H, 1, T]
             cells = vr.reshape(B, H, self.K, T // self.K, vr.shape[-1]).sum(3, dtype=torch.float32)
             return colmean.float() @ cells, avg_w                        # [B, H, 1, D]
+        avg_w = expand_columns(colmean, causal=False, valid=valid, T=T)  # [B, H, 1, T]
         return avg_w @ vr.float(), avg_w                                 # [B, H, 1, D]
 
     def mix_kernel_usable(self, device) -> bool:
@@ -549,7 +553,8 @@ class SEAAttention(AttentionModule):
         return True
 
     def stage_mix(self, c, a_hat, s_prob, s_mix, vr, *, causal, valid, out_dtype, col_sums=None):
-        """6-7. out = s_mix s_prob c + (1 - s_mix) C_avg (padded query rows -> 0). Returns (out, c_avg, avg_w);
+        """6-7. out = s_mix s_prob c + (1 - s_mix) C_avg (padded query rows -> 0). Returns (out, c_avg, avg_w), avg_w
+        None where C_avg did not need it (average_context's weights=False; attention_probs makes it when asked);
         with mix_backend=kernel (causal, see mix_kernel) one Triton kernel computes the cumulative mean and the mix
         (with a Triton backward when a gradient is needed), and c_avg is not kept (None)."""
         if self.mix_kernel(c, vr, s_prob, s_mix, causal=causal, valid=valid):
@@ -561,7 +566,7 @@ class SEAAttention(AttentionModule):
             from kernels.sea_causal_mix import causal_mix
 
             return causal_mix(c, vr, s_prob, s_mix, out_dtype=out_dtype), None, None
-        c_avg, avg_w = self.average_context(a_hat, vr, causal=causal, valid=valid, col_sums=col_sums)
+        c_avg, avg_w = self.average_context(a_hat, vr, causal=causal, valid=valid, col_sums=col_sums, weights=False)
         # one fp32 temporary of [B, H, T, D] besides c_avg: (1 - s_mix) C_avg + (s_mix s_prob) c, with the
         # [B, H, T, 1] factors formed first (c stays in its dtype; addcmul computes in fp32)
         out = torch.addcmul((1 - s_mix) * c_avg, s_mix * s_prob, c.float())   # [B, H, T, D] fp32
@@ -754,7 +759,7 @@ class SEAAttention(AttentionModule):
         """5-7 in one kernel (mix_fused): out = s_mix s_prob c + (1 - s_mix) C_avg without writing c; sel is
         stage_interpolate's selection (CSR lists, or the blocks' selection of layout 'shared': the shared kernel's
         epilogue). Returns (out in q's dtype, c_avg, avg_w, the kernel that ran), the first three like stage_mix."""
-        c_avg, avg_w = self.average_context(a_hat, vr, causal=causal, valid=None, col_sums=col_sums)
+        c_avg, avg_w = self.average_context(a_hat, vr, causal=causal, valid=None, col_sums=col_sums, weights=False)
         out, ran = self.attend_and_mix(kernel, q, k, v, sel, scale, s_prob, s_mix, c_avg, causal=causal)
         return out, c_avg, avg_w, ran
 
