@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="latency is compared as a ratio to this method measured in the same run")
     cmp_.add_argument("--max-error-increase", default="1%",
                       help="allowed relative growth of approximation error (err_rel_l2)")
+    cmp_.add_argument("--error-abs-floor", type=float, default=1e-6,
+                      help="ignore error growth smaller than this (absolute, in relative-L2 units): fp32 rounding "
+                           "noise of exact methods differs between CPUs / BLAS builds")
     cmp_.add_argument("--metrics", default="latency,error,status",
                       help="what to compare: latency, error, status (comma-separated)")
     cmp_.set_defaults(func=cmd_compare)
@@ -204,12 +207,15 @@ def cmd_compare(a) -> int:
         err = parse_percent(a.max_error_increase)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if not a.error_abs_floor >= 0:
+        raise UsageError(f"--error-abs-floor must be >= 0, got {a.error_abs_floor}")
     metrics = set(_names(a.metrics))
     bad = metrics - {"latency", "error", "status"}
     if bad:
         raise UsageError(f"--metrics: unknown {', '.join(sorted(bad))}")
     result = compare_runs(a.base, a.new, max_slowdown=slow, abs_floor_ms=a.abs_floor_ms,
-                          reference_method=a.reference_method, max_error_increase=err, metrics=metrics)
+                          reference_method=a.reference_method, max_error_increase=err, metrics=metrics,
+                          error_abs_floor=a.error_abs_floor)
     print(result.text)
     return 1 if result.regressions else 0
 

@@ -85,7 +85,8 @@ def test_compare_same_run_passes_and_doctored_slowdown_fails(small_run, tmp_path
             r["err_rel_l2"] *= 10
         lines.append(json.dumps(r))
     (slow / "rows.jsonl").write_text("\n".join(lines) + "\n")
-    res = run_cli("compare", str(out), str(slow), "--reference-method", "exact", "--abs-floor-ms", "0")
+    res = run_cli("compare", str(out), str(slow), "--reference-method", "exact", "--abs-floor-ms", "0",
+                  "--error-abs-floor", "0")
     assert res.returncode == 1
     assert res.stdout.count("REGRESSION") == 8        # 4 flash cells at T=48, latency and error each
     # a uniformly slower machine is not a regression when latency is compared as ratios
@@ -97,6 +98,26 @@ def test_compare_same_run_passes_and_doctored_slowdown_fails(small_run, tmp_path
     (uniform / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     assert run_cli("compare", str(out), str(uniform), "--reference-method", "exact").returncode == 0
     assert run_cli("compare", str(out), str(uniform), "--abs-floor-ms", "0").returncode == 1
+
+
+def test_compare_error_floor_ignores_rounding_noise_not_real_growth(small_run, tmp_path):
+    """--error-abs-floor (default 1e-6): an exact method's error growing by 5e-7 (rounding noise between CPUs) is
+    not a regression, by 5e-6 it is; 0 restores the relative rule alone; a negative floor is refused."""
+    out, _ = small_run
+    for bump, floor, want in ((5e-7, None, 0), (5e-6, None, 4), (5e-7, "0", 4)):
+        run = tmp_path / f"err{bump}{floor}"
+        shutil.copytree(out, run)
+        rows = [json.loads(x) for x in (run / "rows.jsonl").read_text().splitlines()]
+        for r in rows:
+            if r["method"] == "flash" and r["seq_len"] == 48:
+                r["err_rel_l2"] += bump
+        (run / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        extra = [] if floor is None else ["--error-abs-floor", floor]
+        res = run_cli("compare", str(out), str(run), "--metrics", "error", *extra)
+        assert res.stdout.count("REGRESSION") == want, res.stdout
+        assert res.returncode == (1 if want else 0)
+    res = run_cli("compare", str(out), str(out), "--error-abs-floor", "-1")
+    assert res.returncode == 2 and "error-abs-floor" in res.stderr
 
 
 def test_compare_refuses_other_device_kind(small_run, tmp_path):
