@@ -876,11 +876,12 @@ class SEAAttention(AttentionModule):
         if self.mix_fused(q, k, v, layout=layout, kernel=kernel, valid=None, causal=causal):
             # one kernel attends and mixes: "sparse_attention" is that kernel, "mix" the average context it reads
             self.last_mix = "fused"
-            c_avg, _ = self.average_context(a_hat, vr, causal=causal, valid=None, col_sums=col_sums)
+            c_avg, _ = self.average_context(a_hat, vr, causal=causal, valid=None, col_sums=col_sums, weights=False)
             _, ran = self.attend_and_mix(kernel, q, k, v, sel, scale, s_prob, s_mix, c_avg, causal=causal)
             ms["sparse_attention"] = timer(lambda: self.attend_and_mix(kernel, q, k, v, sel, scale, s_prob, s_mix,
                                                                        c_avg, causal=causal)[0])
-            ms["mix"] = timer(lambda: self.average_context(a_hat, vr, causal=causal, valid=None, col_sums=col_sums))
+            ms["mix"] = timer(lambda: self.average_context(a_hat, vr, causal=causal, valid=None, col_sums=col_sums,
+                                                          weights=False))
             self.impl = self._impl(ran)
             return ms
         c, ran = self.stage_sparse(q, k, v, sel, causal=causal, scale=scale, kernel=kernel)
