@@ -603,10 +603,9 @@ class Estimator(nn.Module):
     def _forward(self, q, k, v, vi, *, valid: torch.Tensor | None, carry: dict | None, probs: bool, pool: int = 0):
         """vi: the V_I rows (causal) or identity values (bidirectional) [B, H, T, d], or None for the identity values
         without a padding mask (identity_rows, made here: inside the compiled graph under compile="estimator"). carry:
-        None for a whole
-        sequence; a dict (or {} for a first block) in the block form (forward_block). probs: also A_hat. pool: see
-        forward. Returns (logits, A_hat or None, s_prob, s_mix, next carry or None); with pool (None, the block
-        sums, s_prob, s_mix, None)."""
+        None for a whole sequence; a dict (or {} for a first block) in the block form (forward_block). probs: also
+        A_hat. pool: see forward. Returns (logits, A_hat or None, s_prob, s_mix, next carry or None); with pool
+        (None, the block sums, s_prob, s_mix, None)."""
         if vi is None:
             B, H, T, d = q.shape
             vi = identity_rows(T, d, q.device)[None, None].expand(B, H, T, d)
