@@ -22,12 +22,12 @@ after a permute in registers. Measured (results/nvidia-h200/sea-decoder-ends/): 
 0.327 for the three launches (64k: 1.07 against 1.91); inside SEA's 8k forward 0.146 against 0.143, the same time;
 256 MiB less peak memory at 64k (z, the projection's output and its copy are never written).
 
-How: grid (T / BLOCK_T, B). Rows r = (t, h) of the tile: the encoder kernel's row operations (kernels/sea_encoder.py:
-_encoder_rows, written out here: called as the helper, this kernel measured ~1.5x slower): the Linear as tl.dot's over
-BLOCK_K-wide slices of the 3d input features at input precision ENC_PREC, bias, LayerNorm, exact GELU, the scaler's
-two row sums; then bf16(z) @ bf16(row_w)^T as one [M, 4 BLOCK_W] dot
-(fp32 sums), bias, one bf16 rounding, reshape [BLOCK_T, BLOCK_H, 4, BLOCK_W] -> permute [BLOCK_T, BLOCK_W, BLOCK_H, 4]
--> store (masked where H, W or T are padded).
+How: grid (T / BLOCK_T, B). Rows r = (t, h) of the tile: the encoder kernel's row operations (kernels/sea_encoder.py,
+written out here: shared as one @triton.jit helper, this kernel measured ~1.5x slower on an H200): the Linear as
+tl.dot's over BLOCK_K-wide slices of the 3d input features at input precision ENC_PREC, bias, LayerNorm, exact GELU,
+the scaler's two row sums; then bf16(z) @ bf16(row_w)^T as one [M, 4 BLOCK_W] dot (fp32 sums), bias, one bf16
+rounding, reshape [BLOCK_T, BLOCK_H, 4, BLOCK_W] -> permute [BLOCK_T, BLOCK_W, BLOCK_H, 4] -> store (masked where
+H, W or T are padded).
 
 Precision: as kernels/sea_encoder.py for z and the scales (the same slices, the same dot precision); the row
 projection as cuBLAS under autocast (bf16 operands, fp32 sums, one rounding), summed in another order. Under the
@@ -73,9 +73,9 @@ if triton is not None:
         t = tb * BLOCK_T + r // BLOCK_H                                   # rows (t, h), h fastest
         h = r % BLOCK_H
         rmask = (t < T) & (h < H)
-        # The encoder's row code written out here rather than called from kernels/sea_encoder.py:_encoder_rows (the
-        # same operations): with the shared helper this kernel took 0.213 ms instead of 0.145 at 8k and 1.63 ms
-        # instead of 1.07 at 64k on an H200 (results/nvidia-h200/sea-offsets/call1/).
+        # The encoder kernel's row operations (kernels/sea_encoder.py) written out here: shared as one @triton.jit
+        # helper, this kernel took 0.213 ms instead of 0.145 at 8k and 1.63 ms instead of 1.07 at 64k on an H200
+        # (results/nvidia-h200/sea-offsets/call1/).
         D2 = 2 * D
         D3 = 3 * D
         offs_n = tl.arange(0, BLOCK_DV)                                   # the 2d encoder outputs

@@ -65,23 +65,23 @@ if triton is not None:
     from kernels.favor_dense import _round_bf16
 
     @triton.jit
-    def _encoder_rows(crow, vrow, rmask, W, LB, LNW, LNB, SW, SB, eps, D,
-                      BD2: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr):
-        # rows given by pointer vectors crow (c_perf rows, 2d fp32) and vrow (v rows, d in any float dtype): the
-        # Linear over [c ; v] in BLOCK_K-wide slices, bias, LayerNorm, exact GELU -> z [rows, BD2] fp32 (padded
-        # columns 0), and the scaler's two sigmoids [rows] each. kernels/sea_bidir_head.py writes the same operations
-        # out in its own body (called as this helper there, its kernel measured ~1.5x slower on an H200).
-        D2 = 2 * D
-        D3 = 3 * D
+    def _encoder_fwd_kernel(C, V, W, LB, LNW, LNB, SW, SB, Z, S, R, eps,
+                            D: tl.constexpr, BD2: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+                            PREC: tl.constexpr, SOFT_BF16: tl.constexpr):
+        D2: tl.constexpr = 2 * D
+        D3: tl.constexpr = 3 * D
+        pid = tl.program_id(0).to(tl.int64)
+        rows = pid * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)        # [BR] int64: R * 2d may pass 2^31
+        rmask = rows < R
         offs_n = tl.arange(0, BD2)                                        # output features
         nmask = offs_n < D2
         offs_k = tl.arange(0, BLOCK_K)
-        acc = tl.zeros([crow.shape[0], BD2], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_R, BD2], dtype=tl.float32)
         # c_perf part: lin_w[:, 0:2d]
         for k0 in range(0, D2, BLOCK_K):
             kk = k0 + offs_k
             kmask = kk < D2
-            x = tl.load(crow[:, None] + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+            x = tl.load(C + rows[:, None] * D2 + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
             wt = tl.load(W + offs_n[None, :] * D3 + kk[:, None], mask=kmask[:, None] & nmask[None, :],
                          other=0.0)                                       # [BK, BD2] = lin_w^T slice
             acc += tl.dot(x, wt, input_precision=PREC)
@@ -89,14 +89,14 @@ if triton is not None:
         for k0 in range(0, D, BLOCK_K):
             kk = k0 + offs_k
             kmask = kk < D
-            x = tl.load(vrow[:, None] + kk[None, :], mask=rmask[:, None] & kmask[None, :],
+            x = tl.load(V + rows[:, None] * D + kk[None, :], mask=rmask[:, None] & kmask[None, :],
                         other=0.0).to(tl.float32)                         # 16-bit v: exact in fp32
             wt = tl.load(W + offs_n[None, :] * D3 + (D2 + kk)[:, None], mask=kmask[:, None] & nmask[None, :],
                          other=0.0)                                       # [BK, BD2]
             acc += tl.dot(x, wt, input_precision=PREC)
         acc += tl.load(LB + offs_n, mask=nmask, other=0.0)[None, :]      # padded columns stay 0
         # LayerNorm over the 2d real features (biased variance, like nn.LayerNorm)
-        mean = tl.sum(acc, axis=1) / D2                                   # [rows]
+        mean = tl.sum(acc, axis=1) / D2                                   # [BR]
         diff = tl.where(nmask[None, :], acc - mean[:, None], 0.0)
         var = tl.sum(diff * diff, axis=1) / D2
         rstd = 1.0 / tl.sqrt(var + eps)
@@ -104,30 +104,18 @@ if triton is not None:
         lnb = tl.load(LNB + offs_n, mask=nmask, other=0.0)
         y = diff * rstd[:, None] * lnw[None, :] + lnb[None, :]           # padded columns: 0
         z = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))              # exact GELU; GELU(0) = 0
-        # scaler: two outputs, each a row reduction
-        w0 = tl.load(SW + offs_n, mask=nmask, other=0.0)
-        w1 = tl.load(SW + D2 + offs_n, mask=nmask, other=0.0)
-        s0 = tl.sum(z * w0[None, :], axis=1) + tl.load(SB)
-        s1 = tl.sum(z * w1[None, :], axis=1) + tl.load(SB + 1)
-        return z, 1.0 / (1.0 + tl.exp(-s0)), 1.0 / (1.0 + tl.exp(-s1))
-
-    @triton.jit
-    def _encoder_fwd_kernel(C, V, W, LB, LNW, LNB, SW, SB, Z, S, R, eps,
-                            D: tl.constexpr, BD2: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-                            PREC: tl.constexpr, SOFT_BF16: tl.constexpr):
-        D2: tl.constexpr = 2 * D
-        pid = tl.program_id(0).to(tl.int64)
-        rows = pid * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)        # [BR] int64: R * 2d may pass 2^31
-        rmask = rows < R
-        offs_n = tl.arange(0, BD2)
-        nmask = offs_n < D2
-        z, s0, s1 = _encoder_rows(C + rows * D2, V + rows * D, rmask, W, LB, LNW, LNB, SW, SB, eps, D, BD2, BLOCK_K,
-                                  PREC)
         zs = z
         if SOFT_BF16:        # bf16 z under the interpreter, whose fp32 -> bf16 cast truncates: round to nearest even
             zs = _round_bf16(z)
         tl.store(Z + rows[:, None] * D2 + offs_n[None, :], zs.to(Z.dtype.element_ty),
                  mask=rmask[:, None] & nmask[None, :])
+        # scaler: two outputs, each a row reduction
+        w0 = tl.load(SW + offs_n, mask=nmask, other=0.0)
+        w1 = tl.load(SW + D2 + offs_n, mask=nmask, other=0.0)
+        s0 = tl.sum(z * w0[None, :], axis=1) + tl.load(SB)
+        s1 = tl.sum(z * w1[None, :], axis=1) + tl.load(SB + 1)
+        s0 = 1.0 / (1.0 + tl.exp(-s0))
+        s1 = 1.0 / (1.0 + tl.exp(-s1))
         tl.store(S + rows * 2, s0, mask=rmask)
         tl.store(S + rows * 2 + 1, s1, mask=rmask)
 
