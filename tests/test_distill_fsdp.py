@@ -82,6 +82,18 @@ def _optimizer(run, step: int) -> dict:
     return torch.load(run / "checkpoints" / f"step-{step:07d}" / "trainer.pt", weights_only=False)["optimizer"]
 
 
+def _kl_tolerance(kl: float) -> float:
+    """How far two runs' KL terms may differ when their logits agree to within DELTA = 1e-5: the KL's derivative
+    in the logits is a difference of the two softmaxes, whose total variation is at most sqrt(KL / 2) (Pinsker), so
+    |dKL| <= 2 * DELTA * sqrt(KL / 2). A relative 1e-4 is the tighter of the two for KLs above ~2e-2 only; near
+    zero the KL is a small difference of large log-probabilities and its relative error grows like 1 / sqrt(KL).
+    The student's own weights are trained here (--lr-rest), and Adam magnifies reduction-order noise in entries
+    whose gradient is near its eps (see `_assert_same`): on the CI's processors a logits KL of 2.9e-4 came out
+    1.7e-4 apart relatively (|dKL| 4.9e-8, against this bound's 2.4e-7). The loss, which holds the KLs, is still
+    compared at 1e-5 relative."""
+    return max(1e-4 * kl, 2 * 1e-5 * (kl / 2) ** 0.5)
+
+
 def test_fsdp_two_processes_match_one_with_the_same_global_batch(runs):
     """Global batch 3 over 2 ranks (2 + 1 rows): parameters, AdamW moments and logged losses as 1 process."""
     root = runs["root"]
@@ -108,8 +120,10 @@ def test_fsdp_two_processes_match_one_with_the_same_global_batch(runs):
     assert [m["step"] for m in m_fsdp] == [1, 2, 3]
     for a, b in zip(m_ref, m_fsdp):
         assert a["step"] == b["step"] and b["loss"] == pytest.approx(a["loss"], rel=1e-5)
-        for term in ("out_mse", "attn_kl", "attn_mse", "hidden", "logits_kl", "task"):   # attention terms used
+        for term in ("out_mse", "attn_mse", "hidden", "task"):                           # attention terms used
             assert b[term] == pytest.approx(a[term], rel=1e-4), term
+        for term in ("attn_kl", "logits_kl"):
+            assert abs(b[term] - a[term]) <= _kl_tolerance(a[term]), (term, a[term], b[term])
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
 
 
