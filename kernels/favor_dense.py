@@ -572,7 +572,7 @@ if triton is not None:
                       H, T, D, DV, M, NCB, x_scale, phi_scale, eps, feat_eps,
                       BF16: tl.constexpr, EMU: tl.constexpr, DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
                       FIXED_OFF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr):
+                      BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr, OUT_BF16: tl.constexpr):
         tb = tl.program_id(0).to(tl.int64)
         bh = tl.program_id(1).to(tl.int64)
         out = _query_tile(Q, PROJ, KV, Z, KVSP, ZSP, tb, bh, sqb, sqh, sqt, H, T, D, DV, M, NCB, x_scale, phi_scale,
@@ -580,8 +580,10 @@ if triton is not None:
                           BLOCK_DV, BLOCK_CB)
         offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
         offs_e = tl.arange(0, BLOCK_DV)
-        tl.store(O + (bh // H) * sob + (bh % H) * soh + offs_t[:, None] * sot + offs_e[None, :], out,
-                 mask=(offs_t < T)[:, None] & (offs_e < DV)[None, :])
+        if OUT_BF16 and EMU:                        # the interpreter's downcast truncates: round to nearest first
+            out = _round_bf16(out)
+        tl.store(O + (bh // H) * sob + (bh % H) * soh + offs_t[:, None] * sot + offs_e[None, :],
+                 out.to(O.dtype.element_ty), mask=(offs_t < T)[:, None] & (offs_e < DV)[None, :])
 
 
 def favor_dense_usable(device) -> bool:
@@ -665,15 +667,19 @@ def _unit_last(x):
 
 def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, *,
                         valid: torch.Tensor | None = None, operands: str = "fp32", eps: float = 1e-6,
-                        feat_eps: float = 1e-4, precision: str | None = None) -> torch.Tensor:
+                        feat_eps: float = 1e-4, precision: str | None = None,
+                        out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Bidirectional FAVOR+ softmax-feature attention, fused (see the module docstring).
-    q, k [B, H, T, d]; v [B, H, T, Dv]; proj [m, d] fp32; valid bool [B, T] or None -> float32 [B, H, T, Dv].
+    q, k [B, H, T, d]; v [B, H, T, Dv]; proj [m, d] fp32; valid bool [B, T] or None -> [B, H, T, Dv] in out_dtype
+    (float32, or bfloat16: the fp32 result rounded to nearest once as the query pass stores it, half the bytes).
     precision: None (FP32_PRECISION / BF16_DASH_PRECISION) or one of tf32x3, ieee, tf32 for every fp32 tl.dot
     (tf32: one-pass TF32, ~2^-11 relative per product; the exp of the features carries it as an absolute error)."""
+    if out_dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"favor_softmax_dense: out_dtype {out_dtype} must be torch.float32 or torch.bfloat16")
     st = key_summary(q, k, v, proj, valid=valid, operands=operands, feat_eps=feat_eps, precision=precision)
     B, H, T, _ = q.shape
     q, Dv = st["q"], st["Dv"]
-    out = _fresh((B, H, T, Dv), torch.float32, q.device)
+    out = _fresh((B, H, T, Dv), out_dtype, q.device)
     q_off = _query_offset() == "norm"
     _query_kernel[(triton.cdiv(T, QUERY_BLOCK_T), B * H)](
         q, st["proj"], st["kv"], st["z"], st["kvs_part"], st["zs_part"], out, st["cs_part"],
@@ -681,7 +687,7 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
         H, T, q.shape[3], Dv, st["m"], st["ncb"], st["x_scale"], st["phi_scale"], float(eps), float(feat_eps),
         BF16=st["bf16"], EMU=st["emu"], DASH_PREC=st["dash_prec"], PROD_PREC=st["prod_prec"], FIXED_OFF=q_off,
         BLOCK_T=QUERY_BLOCK_T, BLOCK_F=QUERY_BLOCK_F, BLOCK_D=pow2_block(q.shape[3]), BLOCK_DV=pow2_block(Dv),
-        BLOCK_CB=pow2_block(st["ncb"]), num_warps=QUERY_NUM_WARPS)
+        BLOCK_CB=pow2_block(st["ncb"]), OUT_BF16=out_dtype == torch.bfloat16, num_warps=QUERY_NUM_WARPS)
     return out
 
 

@@ -2,7 +2,8 @@
 straight into the channels-last layout of the decoder's first convolution, one program per block of time rows
 holding every head.
 
-What: for the Performer's output c [B, H, T, 2d] fp32 and SEA's values v [B, H, T, d], computes per row (b, h, t)
+What: for the Performer's output c [B, H, T, 2d] (fp32 or bf16) and SEA's values v [B, H, T, d], computes per row
+(b, h, t)
 
     z      = GELU_erf(LayerNorm([c ; v] @ lin_w^T + lin_b))      (kernels/sea_encoder.py)      [2d] fp32
     scales = sigmoid(z @ sc_w^T + sc_b)                                                       [2]  fp32
@@ -29,9 +30,11 @@ the scaler's two row sums; then bf16(z) @ bf16(row_w)^T as one [M, 4 BLOCK_W] do
 rounding, reshape [BLOCK_T, BLOCK_H, 4, BLOCK_W] -> permute [BLOCK_T, BLOCK_W, BLOCK_H, 4] -> store (masked where
 H, W or T are padded).
 
-Precision: as kernels/sea_encoder.py for z and the scales (the same slices, the same dot precision); the row
-projection as cuBLAS under autocast (bf16 operands, fp32 sums, one rounding), summed in another order. Under the
-Triton interpreter, bf16 products run as fp32 dots of bf16-rounded values.
+Precision: as kernels/sea_encoder.py for z and the scales (the same slices, the same dot precision), or with
+precision="bf16" (SEA's encoder_operands=bf16) the encoder's Linear on bf16 operands ([c ; v] and lin_w rounded to
+nearest, fp32 sums: c then arrives in bf16 from the query pass, half the bytes); the row projection as cuBLAS under
+autocast (bf16 operands, fp32 sums, one rounding), summed in another order. Under the Triton interpreter, bf16
+products run as fp32 dots of bf16-rounded values.
 
 Forward only, no padding mask handling (the caller zeroes padded values as it does for the encoder), d <= 128.
 """
@@ -54,7 +57,7 @@ BLOCK_K = 32                     # encoder input features per dot step (>= 16)
 NUM_WARPS = 8
 NUM_STAGES = 2
 MAX_D = 128
-PRECISIONS = ("tf32x3", "ieee", "tf32")
+PRECISIONS = ("tf32x3", "ieee", "tf32", "bf16")     # bf16: bf16 operands, fp32 sums (the others: tl.dot's)
 V_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -62,9 +65,21 @@ if triton is not None:
     from kernels.favor_dense import _round_bf16
 
     @triton.jit
+    def _enc_dot(x, wt, ENC_PREC: tl.constexpr, ENC_BF16: tl.constexpr, EMU: tl.constexpr):
+        # one slice of the encoder's Linear: x [M, BLOCK_K] (fp32 or 16-bit, as stored) @ wt [BLOCK_K, BLOCK_DV] fp32
+        # -> fp32. ENC_BF16: both rounded to bf16 (nearest even; exact for bf16 x), fp32 sums; else fp32 operands
+        # at input precision ENC_PREC. Under the interpreter bf16 products are fp32 dots of bf16-rounded values.
+        if ENC_BF16:
+            if EMU:
+                return tl.dot(_round_bf16(x.to(tl.float32)), _round_bf16(wt), input_precision="ieee")
+            return tl.dot(x.to(tl.bfloat16), wt.to(tl.bfloat16))
+        return tl.dot(x.to(tl.float32), wt, input_precision=ENC_PREC)
+
+    @triton.jit
     def _head_kernel(C, V, LW, LB, LNW, LNB, SW, SB, RWT, RB, XO, SO,
                      scb, sch, sct, svb, svh, svt, H, T, D, W, ln_eps,
-                     ENC_PREC: tl.constexpr, EMU: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+                     ENC_PREC: tl.constexpr, ENC_BF16: tl.constexpr, EMU: tl.constexpr, BLOCK_T: tl.constexpr,
+                     BLOCK_H: tl.constexpr,
                      BLOCK_K: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_W: tl.constexpr):
         tb = tl.program_id(0).to(tl.int64)
         b = tl.program_id(1).to(tl.int64)
@@ -89,14 +104,14 @@ if triton is not None:
             kmask = kk < D2
             x = tl.load(crow[:, None] + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
             wt = tl.load(LW + offs_n[None, :] * D3 + kk[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
-            acc += tl.dot(x, wt, input_precision=ENC_PREC)
+            acc += _enc_dot(x, wt, ENC_PREC, ENC_BF16, EMU)
         for k0 in range(0, D, BLOCK_K):                                   # the v columns
             kk = k0 + offs_k
             kmask = kk < D
-            x = tl.load(vrow[:, None] + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+            x = tl.load(vrow[:, None] + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
             wt = tl.load(LW + offs_n[None, :] * D3 + (D2 + kk)[:, None], mask=kmask[:, None] & nmask[None, :],
                          other=0.0)
-            acc += tl.dot(x, wt, input_precision=ENC_PREC)
+            acc += _enc_dot(x, wt, ENC_PREC, ENC_BF16, EMU)
         acc += tl.load(LB + offs_n, mask=nmask, other=0.0)[None, :]
         mean = tl.sum(acc, axis=1) / D2                                   # LayerNorm over the 2d features
         diff = tl.where(nmask[None, :], acc - mean[:, None], 0.0)
@@ -141,15 +156,18 @@ def head_usable(device) -> bool:
 
 def encoder_head(c, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, row_w, row_b, *, K: int,
                  precision: str = "tf32x3") -> tuple[torch.Tensor, torch.Tensor]:
-    """c [B, H, T, 2d] fp32 (the Performer's output), v [B, H, T, d] (fp32, bf16 or fp16, read exactly); the
+    """c [B, H, T, 2d] (the Performer's output) and v [B, H, T, d], each fp32, bf16 or fp16 (read exactly); the
     encoder's lin_w [2d, 3d], lin_b, ln_w, ln_b [2d], ln_eps; the scaler's sc_w [2, 2d], sc_b [2]; the bidirectional
     decoder's row_w [2K, 2d], row_b [2K] (fp32) -> (x bf16 [B, 4H, T, K / 2], a channels-last view of
-    [B, T, K / 2, 4H]; scales fp32 [B, H, T, 2]). precision: the encoder dots' input precision. Any strides with a
-    unit last stride (others are copied). See the module docstring."""
+    [B, T, K / 2, 4H]; scales fp32 [B, H, T, 2]). precision: the encoder dots' input precision (tf32x3, ieee,
+    tf32: fp32 operands; bf16: the [c ; v] slices and lin_w rounded to bf16 in the kernel, fp32 sums). Any strides
+    with a unit last stride (others are copied). See the module docstring."""
     if triton is None:
         raise RuntimeError("triton is not installed")
-    named = dict(c=c, lin_w=lin_w, lin_b=lin_b, ln_w=ln_w, ln_b=ln_b, sc_w=sc_w, sc_b=sc_b, row_w=row_w, row_b=row_b)
-    check_fp32_tensors("sea bidirectional head", named, "c")
+    named = dict(lin_w=lin_w, lin_b=lin_b, ln_w=ln_w, ln_b=ln_b, sc_w=sc_w, sc_b=sc_b, row_w=row_w, row_b=row_b)
+    check_fp32_tensors("sea bidirectional head", named, "lin_w")
+    if not isinstance(c, torch.Tensor) or c.dtype not in V_DTYPES or c.device != lin_w.device:
+        raise ValueError(f"sea bidirectional head: c must be a float32, bfloat16 or float16 tensor on {lin_w.device}")
     if not head_usable(c.device):
         raise RuntimeError(f"sea bidirectional head needs triton on CUDA (or TRITON_INTERPRET=1); got {c.device}")
     if c.dim() != 4:
@@ -174,7 +192,7 @@ def encoder_head(c, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, row_w, row_
     for name, shape in want.items():
         if tuple(named[name].shape) != shape:
             raise ValueError(f"sea bidirectional head: {name} has shape {tuple(named[name].shape)}, expected {shape}")
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (v, *named.values())):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (c, v, *named.values())):
         raise RuntimeError("sea bidirectional head is forward-only: an input requires grad while grad is enabled")
     c = c if c.stride(-1) == 1 else c.contiguous()
     v = v if v.stride(-1) == 1 else v.contiguous()
@@ -189,7 +207,8 @@ def encoder_head(c, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, row_w, row_
             c, v, *(t.contiguous() for t in (lin_w, lin_b, ln_w, ln_b, sc_w, sc_b)), rwt, row_b.contiguous(), x,
             scales,
             c.stride(0), c.stride(1), c.stride(2), v.stride(0), v.stride(1), v.stride(2), H, T, d, W, float(ln_eps),
-            ENC_PREC=precision, EMU=not c.is_cuda, BLOCK_T=bt, BLOCK_H=bh, BLOCK_K=BLOCK_K,
+            ENC_PREC="ieee" if precision == "bf16" else precision, ENC_BF16=precision == "bf16", EMU=not c.is_cuda,
+            BLOCK_T=bt, BLOCK_H=bh, BLOCK_K=BLOCK_K,
             BLOCK_DV=pow2_block(2 * d), BLOCK_W=pow2_block(W, 4), num_warps=NUM_WARPS,
             num_stages=NUM_STAGES)
     return x.permute(0, 3, 1, 2), scales

@@ -128,6 +128,22 @@ def test_bf16_operands_within_bf16_rounding(monkeypatch, form, masked, in_dtype)
 
 
 @pytest.mark.parametrize("operands,masked", [("fp32", True), ("bf16", False)])
+def test_bf16_output_is_the_fp32_output_rounded_once(operands, masked):
+    """out_dtype=bfloat16 (SEA's encoder_operands=bf16): the same sums, rounded to nearest even as stored, so every
+    element equals the fp32 call's rounded by torch; other dtypes refused."""
+    q, k, v, proj = _inputs(4, torch.bfloat16)
+    valid = _valid() if masked else None
+    vals = _vals(v, valid)
+    out32 = _run(q, k, vals, proj, valid, operands)
+    out16 = fd.favor_softmax_dense(q, k, vals, proj, valid=valid, operands=operands, out_dtype=torch.bfloat16)
+    assert out16.dtype == torch.bfloat16 and out16.shape == out32.shape
+    assert torch.equal(out16, out32.to(torch.bfloat16))
+    assert not torch.equal(out16.float(), out32)                                 # the rounding did happen
+    with pytest.raises(ValueError, match="out_dtype"):
+        fd.favor_softmax_dense(q, k, vals, proj, valid=valid, operands=operands, out_dtype=torch.float16)
+
+
+@pytest.mark.parametrize("operands,masked", [("fp32", True), ("bf16", False)])
 def test_narrow_last_feature_block_and_combine_kernel_equal_the_padded_blocks_and_torch(monkeypatch, masked,
                                                                                     operands):
     """m = 40 in blocks of 32 features: the last key-pass block holds 8 (KEY_TAIL: a 16-wide tile instead of a

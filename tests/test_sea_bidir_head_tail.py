@@ -169,6 +169,26 @@ def test_head_equals_the_encoder_row_projection_and_permute(B, H, T, d, K):
     _check_head(x, want_x, slack)
 
 
+@pytest.mark.parametrize("B,H,T,d,K", [(1, 2, 10, 16, 16), (1, 16, 6, 64, 128)])
+@pytest.mark.parametrize("c_dtype", [torch.bfloat16, torch.float32])
+def test_head_bf16_operands_equal_the_encoder_on_rounded_operands(B, H, T, d, K, c_dtype):
+    """precision="bf16" (SEA's encoder_operands=bf16): the kernel rounds [c ; v] and lin_w to bf16 and sums in fp32;
+    the same as the composed path given those rounded values (exact products in fp32 either way, sums in another
+    order), and not the same as the fp32-operand head on fp32 c."""
+    g = torch.Generator().manual_seed(B + H + T + d + 7)
+    c32 = torch.randn(B, H, T, 2 * d, generator=g)
+    c = c32.to(c_dtype)
+    v = torch.randn(B, T, H, d, generator=g).to(torch.bfloat16).transpose(1, 2)
+    w = _weights(d, K, g)
+    x, scales = _head(c, v, w, K, precision="bf16")
+    rounded = {**w, "lin_w": w["lin_w"].to(torch.bfloat16).float()}
+    want_x, slack, want_scales = _head_composed(c32.to(torch.bfloat16).float(), v, rounded, K)
+    torch.testing.assert_close(scales, want_scales, atol=1e-6, rtol=1e-6)
+    _check_head(x, want_x, slack)
+    _, scales32 = _head(c32, v, w, K, precision="ieee")
+    assert (scales - scales32).abs().max() > 1e-6                         # the operands were rounded
+
+
 def test_head_refuses_bad_input():
     g = torch.Generator().manual_seed(0)
     c, v, w = torch.randn(1, 2, 8, 32, generator=g), torch.randn(1, 2, 8, 16, generator=g), _weights(16, 16, g)
@@ -181,7 +201,7 @@ def test_head_refuses_bad_input():
     with pytest.raises(ValueError, match="float32"):
         _head(c.double(), v, w, 16)
     with pytest.raises(ValueError, match="precision"):
-        _head(c, v, w, 16, precision="bf16")
+        _head(c, v, w, 16, precision="fp16")
     with torch.enable_grad(), pytest.raises(RuntimeError, match="forward-only"):
         _head(c, v, {**w, "row_b": w["row_b"].clone().requires_grad_()}, 16)
 
@@ -220,17 +240,56 @@ def test_estimator_head_and_tail_give_the_block_scores_of_the_module_path(monkey
     assert (af - aw).abs().mean() < 1e-3 * aw.abs().mean()
 
 
+def test_estimator_bf16_encoder_operands_head_equals_the_torch_restatement(monkeypatch):
+    """encoder_operands=bf16: the Performer's output stored in bf16 and the head kernel's bf16 encoder products
+    against the PyTorch encoder on the same rounded operands (BIDIR_HEAD off), the same call and weights; and the
+    option moves the estimate only by such roundings from the fp32 one. Causal estimators refuse it in words."""
+    from tests.helpers import gaussian_qkv, sea_case
+
+    monkeypatch.setattr(est_mod, "BIDIR_CHANNELS_LAST", True)
+    q, k, v = gaussian_qkv(1, 4, 4, 64, 16, seed=6, dtype=torch.bfloat16)
+    outs = {}
+    for operands in ("bf16", "fp32"):
+        M_, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=False, K=16, performer_backend="triton",
+                                    encoder_backend="triton", estimator_dtype="bf16", shared_keys=16,
+                                    encoder_operands=operands)
+        layer = M_.build(cfg, problem)
+        with torch.no_grad():
+            for fused in ((True, False) if operands == "bf16" else (True,)):
+                monkeypatch.setattr(est_mod, "BIDIR_HEAD", fused)
+                outs[operands, fused] = layer.estimator(q, k, v, valid=None, probs=True, pool=16)
+                assert layer.estimator.last_encoder == ("triton-head" if fused else "torch")
+            layer(q, k, v, causal=False)
+            assert "encoder_operands=bf16" in layer.impl or operands == "fp32"
+    (_, af, sf, mf), (_, aw, sw, mw), (_, a32, s32, _) = outs["bf16", True], outs["bf16", False], outs["fp32", True]
+    torch.testing.assert_close(sf, sw, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(mf, mw, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(af, aw, atol=2e-3, rtol=2e-2)
+    assert (af - aw).abs().mean() < 1e-3 * aw.abs().mean()
+    assert 0 < (sf - s32).abs().max() < 2e-2                               # bf16 operands: rounding-sized moves
+    M_, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=True, K=16, encoder_operands="bf16")
+    with pytest.raises(ValueError, match="bidirectional"):
+        M_.build(cfg, problem)
+
+
 # --- on the GPU ---------------------------------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_head_and_tail_on_the_gpu_at_sea_widths():
+@pytest.mark.parametrize("precision", ["tf32x3", "bf16"])
+def test_head_and_tail_on_the_gpu_at_sea_widths(precision):
     g = torch.Generator().manual_seed(3)
     B, H, T, d, K = 1, 16, 3000, 64, 128
     c = torch.randn(B, H, T, 2 * d, generator=g)
     v = torch.randn(B, T, H, d, generator=g).to(torch.bfloat16).transpose(1, 2)
     w = _weights(d, K, g)
-    want_x, slack, want_scales = _head_composed(c.cuda(), v.cuda(), {n: t.cuda() for n, t in w.items()}, K)
-    x, scales = _head(c.cuda(), v.cuda(), {n: t.cuda() for n, t in w.items()}, K, precision="tf32x3")
+    if precision == "bf16":                                 # bf16 c, as the query pass stores it; lin_w rounded
+        c = c.to(torch.bfloat16)
+        ref_w = {**w, "lin_w": w["lin_w"].to(torch.bfloat16).float()}
+    else:
+        ref_w = w
+    want_x, slack, want_scales = _head_composed(c.float().cuda(), v.cuda(), {n: t.cuda() for n, t in ref_w.items()},
+                                                K)
+    x, scales = _head(c.cuda(), v.cuda(), {n: t.cuda() for n, t in w.items()}, K, precision=precision)
     torch.testing.assert_close(scales, want_scales, atol=1e-5, rtol=1e-5)
     _check_head(x, want_x, slack)
     y = (3 * torch.randn(1, 2 * H, 4096, K // 2, generator=g)).to(torch.bfloat16).cuda()

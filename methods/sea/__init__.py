@@ -98,6 +98,11 @@ class _SEABase(Method):
                "fused front: 0.548x -> 0.472x cuDNN at 64k, 0.120x -> 0.095x at 256k, fidelity on SmolLM2 q/k/v "
                "unchanged (results/nvidia-h200/sea-precision/); bidirectional 64k 0.935x -> 0.921x, MiniLM gate "
                "passed (results/nvidia-h200/sea-bidir-tf32/)", choices=("fp32", "tf32")),
+        Option("encoder_operands", "fp32", "bidirectional estimator: fp32, or bf16: the Performer's output "
+               "[B, H, T, 2d] stored in bf16 (rounded once) and the encoder's Linear on bf16 operands with fp32 "
+               "sums (in the bidirectional head kernel, kernels/sea_bidir_head.py; the PyTorch encoder computes the "
+               "same rounded operands in fp32), half the bytes between the two passes; causal layers refuse it",
+               choices=("fp32", "bf16")),
         Option("compile", "none", "none, or estimator: the estimator's tensor operations (casts, Performer features, "
                "encoder, decoder, scaler) through torch.compile (inductor, static shapes: each sequence length "
                "compiles once, in the first call); the Triton kernels run between the compiled pieces",
@@ -312,7 +317,8 @@ class _SEABase(Method):
                            estimator_precision=cfg["estimator_precision"],
                            sparse_backward=cfg["sparse_backward"], sparse_pieces=cfg["sparse_pieces"],
                            cuda_graph=cfg["cuda_graph"], shared_keys=cfg["shared_keys"],
-                           shared_budget=cfg["shared_budget"], shared_span=cfg["shared_span"])
+                           shared_budget=cfg["shared_budget"], shared_span=cfg["shared_span"],
+                           encoder_operands=cfg["encoder_operands"])
         return mod.to(problem.device)
 
 

@@ -294,11 +294,17 @@ class Estimator(nn.Module):
     def __init__(self, *, d: int, H: int, K: int, causal: bool, nbf: float, max_len: int, seed: int,
                  dec_dtype: str = "fp32", performer_backend: str = "auto", performer_dtype: str = "fp32",
                  scaler_input: str = "shared", encoder_backend: str = "auto", compile: str = "none",
-                 decoder_backend: str = "auto", precision: str = "fp32"):
+                 decoder_backend: str = "auto", precision: str = "fp32", encoder_operands: str = "fp32"):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"estimator precision {precision!r}: expected one of {tuple(PRECISIONS)}")
         self.precision = precision
+        if encoder_operands not in ("fp32", "bf16"):
+            raise ValueError(f"encoder operands {encoder_operands!r}: expected fp32 or bf16")
+        if encoder_operands == "bf16" and causal:
+            raise ValueError("encoder_operands=bf16 is the bidirectional estimator's (its Performer output and "
+                             "encoder products in bf16); the causal fused front never writes that output")
+        self.encoder_operands = encoder_operands
         self.d, self.H, self.K, self.causal = d, H, K, causal
         if dec_dtype not in DEC_DTYPES:
             raise ValueError(f"estimator dtype {dec_dtype!r}: expected one of {tuple(DEC_DTYPES)}")
@@ -396,6 +402,12 @@ class Estimator(nn.Module):
         return "triton" if c_perf.is_cuda and not needs_grad(c_perf, v, *weights) else "torch"
 
     @property
+    def c_dtype(self) -> torch.dtype:
+        """The dtype the Performer's output is stored in: bf16 under encoder_operands=bf16 (half the bytes written
+        by the query pass and read by the encoder), else fp32."""
+        return torch.bfloat16 if self.encoder_operands == "bf16" else torch.float32
+
+    @property
     def nb_features(self) -> int:
         return self.proj.shape[0]
 
@@ -465,7 +477,7 @@ class Estimator(nn.Module):
 
         weights = (*self.enc.parameters(), *self.scaler.parameters(), *self.dec.row.parameters())
         return (self.dec_dtype == "bf16" and self.decoder_backend in ("auto", "torch") and channels_last(c_perf)
-                and c_perf.dtype == torch.float32 and head_usable(c_perf.device)
+                and c_perf.dtype in (torch.float32, torch.bfloat16) and head_usable(c_perf.device)
                 and not needs_grad(c_perf, v, *weights))
 
     def bidir_head(self, c_perf: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -478,10 +490,10 @@ class Estimator(nn.Module):
         self.last_encoder = "triton-head"
         if v.dtype not in V_DTYPES:                                      # the kernel reads these exactly
             v = v.float()
+        precision = "bf16" if self.encoder_operands == "bf16" else PRECISIONS[self.precision] or sea_encoder.PRECISION
         return torch.compiler.disable(encoder_head)(
             c_perf, v, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, self.scaler.weight, self.scaler.bias,
-            self.dec.row.weight, self.dec.row.bias, K=self.K,
-            precision=PRECISIONS[self.precision] or sea_encoder.PRECISION)
+            self.dec.row.weight, self.dec.row.bias, K=self.K, precision=precision)
 
     def uses_bidir_tail(self, z: torch.Tensor) -> bool:
         """Do this call's pooled block scores come from kernels/sea_bidir_tail.py (BIDIR_TAIL, PARITY_CONV3)?"""
@@ -629,10 +641,10 @@ class Estimator(nn.Module):
         vals = torch.cat([vi, v.float()], dim=-1)                        # [B, H, T, 2d] fp32
         if VALS_BF16 and not self.causal and self.performer_dtype == "bf16" and not needs_grad(vals):
             vals = vals.to(torch.bfloat16)                                   # one fused cast under compile
-        if carry is None:
+        if carry is None:                                                # [B, H, T, 2d] fp32 (bf16) out
             c_perf = favor_attention(q, k, vals, self.proj, kernel=self.kernel, causal=self.causal, valid=valid,
                                      backend=self.performer_backend, operands=self.performer_dtype,
-                                     precision=PRECISIONS[self.precision])     # [B, H, T, 2d] fp32 out
+                                     precision=PRECISIONS[self.precision], out_dtype=self.c_dtype)
         else:
             c_perf, state = favor_causal_carry(q, k, vals, self.proj, carry.get("state"),
                                                backend=self.performer_backend, operands=self.performer_dtype)
@@ -644,16 +656,20 @@ class Estimator(nn.Module):
         if self.last_encoder == "triton" and carry is None and self.uses_bidir_head(c_perf, v):
             x, scales = self.bidir_head(c_perf, v)                       # [B, 4H, T, K/2] bf16, [B, H, T, 2]
             return self._finish(x, scales, carry, state, headed=True, probs=probs, pool=pool)
-        if self.last_encoder == "triton":
+        if self.last_encoder == "triton" and self.encoder_operands == "fp32":
             z, scales = self.fused_encoder(c_perf, v)                    # [B, H, T, 2d], [B, H, T, 2]
         else:
-            x = torch.cat([c_perf, v.float()], dim=-1)                   # [B, H, T, 3d]
+            self.last_encoder = "torch"
+            x = torch.cat([c_perf.float(), v.float()], dim=-1)           # [B, H, T, 3d]
             # with a gradient under estimator_precision=tf32 the encoder's and the scaler's products keep TF32 in
             # the backward too (methods/sea/precision.py); the modules' own F.linear otherwise
             tf32 = self.precision == "tf32" and sea_precision.TF32_BACKWARD and needs_grad(x, *self.enc.parameters())
             linear = tf32_linear if tf32 else F.linear
             lin, norm, act = self.enc
-            z = act(norm(linear(x, lin.weight, lin.bias)))                # [B, H, T, 2d]
+            w = lin.weight
+            if self.encoder_operands == "bf16":                          # the head kernel's bf16 products, restated
+                x, w = x.to(torch.bfloat16).float(), w.to(torch.bfloat16).float()
+            z = act(norm(linear(x, w, lin.bias)))                         # [B, H, T, 2d]
             # "detached": gradients reaching s_prob / s_mix (the layer output, hidden states, logits) train the
             # scaler head only; the encoder and decoder then learn from the estimate's own terms
             zin = z.detach() if self.scaler_input == "detached" else z

@@ -163,8 +163,11 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
 
 def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, *, kernel: str,
                     causal: bool, valid: torch.Tensor | None = None, chunk: int = 128, backend: str = "auto",
-                    eps: float = 1e-6, operands: str = "fp32", precision: str | None = None) -> torch.Tensor:
-    """FAVOR+ attention, output float32. q, k [B, H, T, d]; v [B, H, T, Dv]; valid bool [B, T] or None.
+                    eps: float = 1e-6, operands: str = "fp32", precision: str | None = None,
+                    out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """FAVOR+ attention, output in out_dtype (float32; bfloat16: the fp32 result rounded once, by the fused
+    bidirectional kernel as it stores it, elsewhere by a cast). q, k [B, H, T, d]; v [B, H, T, Dv]; valid bool
+    [B, T] or None.
     backend: see performer_backend (causal only). operands: "fp32" (the paper's) or "bf16": the features are
     computed in fp32, then features and values are rounded to bf16 for the products (tensor cores on CUDA);
     sums and prefix states accumulate in fp32 (the Triton kernel and the torch fallback alike; the bidirectional
@@ -173,6 +176,8 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
     gradient to compute runs the feature projection with TF32 allowed in its backward too (tf32_linear)."""
     if operands not in ("fp32", "bf16"):
         raise ValueError(f"performer operands {operands!r}: expected fp32 or bf16")
+    if out_dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"performer output dtype {out_dtype}: expected torch.float32 or torch.bfloat16")
     path = performer_backend(q, causal, backend, needs_grad(q, k, v, proj), padded=valid is not None)
     if path == "triton-dense":
         if kernel != "softmax":
@@ -180,7 +185,13 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
         from kernels.favor_dense import favor_softmax_dense
 
         return torch.compiler.disable(favor_softmax_dense)(q, k, v, proj.float(), valid=valid, operands=operands,
-                                                           eps=eps, precision=precision)
+                                                           eps=eps, precision=precision, out_dtype=out_dtype)
+    return _favor_torch(q, k, v, proj, kernel=kernel, causal=causal, valid=valid, chunk=chunk, path=path, eps=eps,
+                        operands=operands, precision=precision).to(out_dtype)
+
+
+def _favor_torch(q, k, v, proj, *, kernel, causal, valid, chunk, path, eps, operands, precision) -> torch.Tensor:
+    """favor_attention's paths other than the fused bidirectional kernel (fp32 output)."""
     tf32 = precision == "tf32" and sea_precision.TF32_BACKWARD and needs_grad(q, k, v, proj)
     q, k, v = q.float(), k.float(), v.float()
     if kernel == "softmax":

@@ -156,7 +156,8 @@ class SEAAttention(AttentionModule):
                  compile: str = "none", query_chunk: int = 0, decoder_backend: str = "auto",
                  query_blocks: int = 0, mix_backend: str = "auto", estimator_precision: str = "fp32",
                  sparse_backward: str = "auto", sparse_pieces: int = 3, cuda_graph: int = 0,
-                 shared_keys: int = 0, shared_budget: float = 2.0, shared_span: str = "strided"):
+                 shared_keys: int = 0, shared_budget: float = 2.0, shared_span: str = "strided",
+                 encoder_operands: str = "fp32"):
         super().__init__()
         from methods.sea import SPARSE_BACKWARDS, SPARSE_PIECES
         from methods.sea.graphs import GraphCache
@@ -205,7 +206,8 @@ class SEAAttention(AttentionModule):
                                    dec_dtype=estimator_dtype, performer_dtype=performer_dtype,
                                    scaler_input=scaler_input, performer_backend=performer_backend,
                                    encoder_backend=encoder_backend, compile=compile,
-                                   decoder_backend=decoder_backend, precision=estimator_precision)
+                                   decoder_backend=decoder_backend, precision=estimator_precision,
+                                   encoder_operands=encoder_operands)
         # Persistent flag (saved with the module's state): has the estimator been trained or loaded? Mirrored
         # in a Python bool so that forward never reads the buffer (a host sync on CUDA).
         self.register_buffer("estimator_trained", torch.zeros((), dtype=torch.bool))
@@ -277,6 +279,7 @@ class SEAAttention(AttentionModule):
                 f"{'decoder=' + dec + ', ' if dec in ('triton', 'split', 'head-fused') else ''}"
                 f"{'' if self.estimator.compile == 'none' else 'compile=' + self.estimator.compile + ', '}"
                 f"{'' if self.estimator.precision == 'fp32' else 'estimator_precision=tf32, '}"
+                f"{'' if self.estimator.encoder_operands == 'fp32' else 'encoder_operands=bf16, '}"
                 f"mode={self.mode}, topk={self.last_topk}, "
                 f"{'interp=triton, ' if self.last_interp == 'triton' else ''}k={self.k}, K={self.K}, "
                 f"{'mix=' + self.last_mix + ', ' if self.last_mix in ('fused', 'kernel') else ''}"
