@@ -65,22 +65,19 @@ if triton is not None:
     from kernels.favor_dense import _round_bf16
 
     @triton.jit
-    def _enc_dot(x, wt, ENC_PREC: tl.constexpr, ENC_BF16: tl.constexpr, EMU: tl.constexpr):
-        # one slice of the encoder's Linear: x [M, BLOCK_K] (fp32 or 16-bit, as stored) @ wt [BLOCK_K, BLOCK_DV] fp32
-        # -> fp32. ENC_BF16: both rounded to bf16 (nearest even; exact for bf16 x), fp32 sums; else fp32 operands
-        # at input precision ENC_PREC. Under the interpreter bf16 products are fp32 dots of bf16-rounded values.
-        if ENC_BF16:
-            if EMU:
-                return tl.dot(_round_bf16(x.to(tl.float32)), _round_bf16(wt), input_precision="ieee")
-            return tl.dot(x.to(tl.bfloat16), wt.to(tl.bfloat16))
-        return tl.dot(x.to(tl.float32), wt, input_precision=ENC_PREC)
+    def _bf16_dot(x, wt, EMU: tl.constexpr):
+        # precision="bf16": x (fp32 or 16-bit) and wt (fp32) rounded to bf16 (nearest even), fp32 sums; under the
+        # interpreter an fp32 dot of the rounded values. (The default precisions' dots stay written in the kernel:
+        # the eighteenth session's shared row helper made the kernel 1.5x slower on an H200.)
+        if EMU:
+            return tl.dot(_round_bf16(x.to(tl.float32)), _round_bf16(wt), input_precision="ieee")
+        return tl.dot(x.to(tl.bfloat16), wt.to(tl.bfloat16))
 
     @triton.jit
     def _head_kernel(C, V, LW, LB, LNW, LNB, SW, SB, RWT, RB, XO, SO,
                      scb, sch, sct, svb, svh, svt, H, T, D, W, ln_eps,
                      ENC_PREC: tl.constexpr, ENC_BF16: tl.constexpr, EMU: tl.constexpr, BLOCK_T: tl.constexpr,
-                     BLOCK_H: tl.constexpr,
-                     BLOCK_K: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_W: tl.constexpr):
+                     BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_W: tl.constexpr):
         tb = tl.program_id(0).to(tl.int64)
         b = tl.program_id(1).to(tl.int64)
         M: tl.constexpr = BLOCK_T * BLOCK_H
@@ -104,14 +101,20 @@ if triton is not None:
             kmask = kk < D2
             x = tl.load(crow[:, None] + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
             wt = tl.load(LW + offs_n[None, :] * D3 + kk[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
-            acc += _enc_dot(x, wt, ENC_PREC, ENC_BF16, EMU)
+            if ENC_BF16:                                                  # bf16 operands (nearest), fp32 sums
+                acc += _bf16_dot(x, wt, EMU)
+            else:
+                acc += tl.dot(x.to(tl.float32), wt, input_precision=ENC_PREC)
         for k0 in range(0, D, BLOCK_K):                                   # the v columns
             kk = k0 + offs_k
             kmask = kk < D
             x = tl.load(vrow[:, None] + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
             wt = tl.load(LW + offs_n[None, :] * D3 + (D2 + kk)[:, None], mask=kmask[:, None] & nmask[None, :],
                          other=0.0)
-            acc += _enc_dot(x, wt, ENC_PREC, ENC_BF16, EMU)
+            if ENC_BF16:
+                acc += _bf16_dot(x, wt, EMU)
+            else:
+                acc += tl.dot(x.to(tl.float32), wt, input_precision=ENC_PREC)
         acc += tl.load(LB + offs_n, mask=nmask, other=0.0)[None, :]
         mean = tl.sum(acc, axis=1) / D2                                   # LayerNorm over the 2d features
         diff = tl.where(nmask[None, :], acc - mean[:, None], 0.0)
