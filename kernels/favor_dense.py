@@ -142,6 +142,15 @@ KEY_PF_PROGRAMS = 512             # about this many key-pass programs in the per
 # so no fp32 copy of the keys is made and the key tile goes to the products as loaded; "tf32": the keys' fp32 copy
 # (KEY_FP32) and one TF32 product, as the per-program form.
 KEY_PF_DASH = "bf16x2"
+# "fp16" (twentieth session, not yet timed on a GPU): dash as one fp16 product of x_scale w and the keys, each
+# rounded to nearest in fp16 (11 significant bits: the unit roundoff of one-pass TF32, which also rounds both
+# operands, at half TF32's operand bytes and twice its tensor-core rate; bf16 keys are exact in fp16 within its
+# range), with values beyond +-65504 clamped; one product a tile for dash instead of bf16x2's two. Like bf16x2, taken
+# only where one-pass TF32 was asked for (precision "tf32"); for any key dtype.
+# The query pass's dash product: "prec" (the call's tl.dot precision on fp32 q' and proj, the measured form) or
+# "fp16" (twentieth session, not yet timed): q' and proj rounded to fp16 (clamped to its range), one fp16 product,
+# only where one-pass TF32 was asked for.
+QUERY_DASH = "prec"
 # Per-feature form: |k'|^2 / 2 per key from a small kernel run first ("pre", one [B H, T] fp32 vector) or summed
 # from each key tile inside the pass ("tile").
 KEY_DIAG = "pre"
@@ -179,6 +188,12 @@ if triton is not None:
         bits = x.to(tl.int32, bitcast=True)
         bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536
         return bits.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _clamp_fp16(x):
+        # x (any float) -> fp16, rounded to nearest, clamped to fp16's finite range (a value beyond +-65504 would
+        # become inf there; clamped, the product stays finite and such a key's or query's features ~0 as before)
+        return tl.minimum(tl.maximum(x.to(tl.float32), -65504.0), 65504.0).to(tl.float16)
 
     @triton.jit
     def _key_rows(VALID, b, T, start, row_end, HAS_VALID: tl.constexpr, BLOCK_T: tl.constexpr):
@@ -294,7 +309,7 @@ if triton is not None:
                       DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr, DASH_X2: tl.constexpr,
                       DIAG_PRE: tl.constexpr, FIXED_OFF: tl.constexpr,
                       BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_DV: tl.constexpr):
+                      BLOCK_DV: tl.constexpr, DASH_F16: tl.constexpr):
         # KEY_FORM="per_feature": features f0 .. f0 + BLOCK_F - 1 over key rows sp * ROWS .. of head bh, tiles held
         # [features, keys], a running maximum of dash per feature. DASH_X2 (bf16 keys): dash = w_hi k + w_lo k, two
         # bf16 products of the raw keys with x_scale w split in two bf16 parts (each product exact, fp32 sums:
@@ -327,11 +342,18 @@ if triton is not None:
             ws = w * x_scale
             w_hi = ws.to(tl.bfloat16)
             w_lo = (ws - w_hi.to(tl.float32)).to(tl.bfloat16)
+        if DASH_F16:
+            w16 = _clamp_fp16(w * x_scale)
         for start in range(row0, row_end, BLOCK_T):
             offs_t, tmask, rmask = _key_rows(VALID, b, T, start, row_end, HAS_VALID, BLOCK_T)
             kraw = tl.load(kbase + offs_t[None, :] * skt + offs_d[:, None], mask=dmask[:, None] & tmask[None, :],
                            other=0.0)                                               # [BD, BT]: k^T
-            if DASH_X2:
+            if DASH_F16:    # one fp16 product: x_scale w and k rounded to 11 bits, as one-pass TF32 rounds them
+                if EMU:
+                    dash = tl.dot(w16.to(tl.float32), _clamp_fp16(kraw).to(tl.float32), input_precision="ieee")
+                else:
+                    dash = tl.dot(w16, _clamp_fp16(kraw))                           # [BF, BT]
+            elif DASH_X2:
                 if EMU:     # the interpreter's bf16 tl.dot is broken: fp32 dots of the bf16 values (exact products)
                     dash = tl.dot(w_hi.to(tl.float32), kraw.to(tl.float32), input_precision="ieee")
                     dash += tl.dot(w_lo.to(tl.float32), kraw.to(tl.float32), input_precision="ieee")
@@ -388,7 +410,7 @@ if triton is not None:
                        DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr, DASH_X2: tl.constexpr,
                        DIAG_PRE: tl.constexpr, FIXED_OFF: tl.constexpr,
                        BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, TAIL_F: tl.constexpr,
-                       BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+                       BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DASH_F16: tl.constexpr):
         # grid (NFB, NSPLIT, B H), as _key_kernel (TAIL_F: the last block's narrower tile)
         fb = tl.program_id(0)
         sp = tl.program_id(1).to(tl.int64)
@@ -397,18 +419,18 @@ if triton is not None:
             _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                           skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                           HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T, BLOCK_F,
-                          BLOCK_D, BLOCK_DV)
+                          BLOCK_D, BLOCK_DV, DASH_F16)
         else:
             if fb < NFB - 1:
                 _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                               skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                               HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T,
-                              BLOCK_F, BLOCK_D, BLOCK_DV)
+                              BLOCK_F, BLOCK_D, BLOCK_DV, DASH_F16)
             else:
                 _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                               skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                               HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T,
-                              TAIL_F, BLOCK_D, BLOCK_DV)
+                              TAIL_F, BLOCK_D, BLOCK_DV, DASH_F16)
 
     @triton.jit
     def _key_sqnorm_kernel(K, DG, skb, skh, skt, H, T, D, x_scale,
@@ -498,7 +520,7 @@ if triton is not None:
                     H, T, D, DV, M, NCB, x_scale, phi_scale, eps, feat_eps,
                     CM, BF16: tl.constexpr, EMU: tl.constexpr, DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
                     FIXED_OFF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
-                    BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr):
+                    BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr, DASH_F16: tl.constexpr):
         # the query pass's output for query rows tb * BLOCK_T .. of head bh: fp32 [BLOCK_T, BLOCK_DV]. FIXED_OFF
         # (QUERY_OFFSET="norm"): features exp(dash - diag - C), C = max_f |proj_f|^2 / 2 >= dash - diag (the max of
         # the combine's per-block maxima CM [BH, NCB]), so nothing is rescaled in the loop; the row maximum of dash
@@ -514,6 +536,8 @@ if triton is not None:
         qt = tl.load(Q + b * sqb + h * sqh + offs_t[:, None] * sqt + offs_d[None, :],
                      mask=tmask[:, None] & dmask[None, :], other=0.0).to(tl.float32) * x_scale   # [BT, BD]
         diag = tl.sum(qt * qt, axis=1) * 0.5                                        # [BT]
+        if DASH_F16:                                  # QUERY_DASH="fp16": q' and proj rounded to 11 bits, as TF32
+            q16 = _clamp_fp16(qt)
         m_run = tl.full([BLOCK_T], float("-inf"), tl.float32)
         acc = tl.zeros([BLOCK_T, BLOCK_DV], dtype=tl.float32)
         accz = tl.zeros([BLOCK_T], dtype=tl.float32)
@@ -531,7 +555,13 @@ if triton is not None:
             fmask = offs_f < M
             pt = tl.load(PROJ + offs_f[None, :] * D + offs_d[:, None], mask=fmask[None, :] & dmask[:, None],
                          other=0.0).to(tl.float32)                                  # [BD, BF]
-            dash = tl.dot(qt, pt, input_precision=DASH_PREC)                        # [BT, BF]
+            if DASH_F16:
+                if EMU:
+                    dash = tl.dot(q16.to(tl.float32), _clamp_fp16(pt).to(tl.float32), input_precision="ieee")
+                else:
+                    dash = tl.dot(q16, _clamp_fp16(pt))                             # [BT, BF]
+            else:
+                dash = tl.dot(qt, pt, input_precision=DASH_PREC)                    # [BT, BF]
             dash = tl.where(fmask[None, :], dash, float("-inf"))
             m_new = tl.maximum(m_run, tl.max(dash, axis=1))                         # finite: >= 1 feature
             if FIXED_OFF:
@@ -572,12 +602,13 @@ if triton is not None:
                       H, T, D, DV, M, NCB, x_scale, phi_scale, eps, feat_eps,
                       BF16: tl.constexpr, EMU: tl.constexpr, DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
                       FIXED_OFF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr, OUT_BF16: tl.constexpr):
+                      BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr, OUT_BF16: tl.constexpr,
+                      DASH_F16: tl.constexpr):
         tb = tl.program_id(0).to(tl.int64)
         bh = tl.program_id(1).to(tl.int64)
         out = _query_tile(Q, PROJ, KV, Z, KVSP, ZSP, tb, bh, sqb, sqh, sqt, H, T, D, DV, M, NCB, x_scale, phi_scale,
                           eps, feat_eps, CM, BF16, EMU, DASH_PREC, PROD_PREC, FIXED_OFF, BLOCK_T, BLOCK_F, BLOCK_D,
-                          BLOCK_DV, BLOCK_CB)
+                          BLOCK_DV, BLOCK_CB, DASH_F16)
         offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
         offs_e = tl.arange(0, BLOCK_DV)
         if OUT_BF16 and EMU:                        # the interpreter's downcast truncates: round to nearest first
@@ -640,6 +671,12 @@ def _query_offset() -> str:
     return QUERY_OFFSET
 
 
+def _query_dash() -> str:
+    if QUERY_DASH not in ("prec", "fp16"):
+        raise ValueError(f"favor_dense.QUERY_DASH={QUERY_DASH!r}: expected prec or fp16")
+    return QUERY_DASH
+
+
 def _pf_tiles(bf16: bool) -> tuple[int, int]:
     """(key rows per tile, pipeline stages) of the per-feature key pass for bf16 or fp32 products."""
     return (KEY_PF_BLOCK_T, KEY_PF_STAGES) if bf16 else (KEY_PF_FP32_BLOCK_T, KEY_PF_FP32_STAGES)
@@ -687,7 +724,8 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
         H, T, q.shape[3], Dv, st["m"], st["ncb"], st["x_scale"], st["phi_scale"], float(eps), float(feat_eps),
         BF16=st["bf16"], EMU=st["emu"], DASH_PREC=st["dash_prec"], PROD_PREC=st["prod_prec"], FIXED_OFF=q_off,
         BLOCK_T=QUERY_BLOCK_T, BLOCK_F=QUERY_BLOCK_F, BLOCK_D=pow2_block(q.shape[3]), BLOCK_DV=pow2_block(Dv),
-        BLOCK_CB=pow2_block(st["ncb"]), OUT_BF16=out_dtype == torch.bfloat16, num_warps=QUERY_NUM_WARPS)
+        BLOCK_CB=pow2_block(st["ncb"]), OUT_BF16=out_dtype == torch.bfloat16,
+        DASH_F16=_query_dash() == "fp16" and st["dash_prec"] == "tf32", num_warps=QUERY_NUM_WARPS)
     return out
 
 
@@ -710,14 +748,15 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
     bf16 = operands == "bf16"
     emu = dev.type != "cuda"          # interpreter: bf16 products as fp32 dots of bf16-rounded values (same result)
     per_feature = _key_form() == "per_feature"
-    if KEY_PF_DASH not in ("bf16x2", "tf32") or KEY_DIAG not in ("pre", "tile"):
-        raise ValueError(f"favor_dense: KEY_PF_DASH={KEY_PF_DASH!r} (bf16x2 or tf32), KEY_DIAG={KEY_DIAG!r} "
+    if KEY_PF_DASH not in ("bf16x2", "tf32", "fp16") or KEY_DIAG not in ("pre", "tile"):
+        raise ValueError(f"favor_dense: KEY_PF_DASH={KEY_PF_DASH!r} (bf16x2, tf32 or fp16), KEY_DIAG={KEY_DIAG!r} "
                          "(pre or tile)")
     if precision not in (None, "tf32x3", "ieee", "tf32"):
         raise ValueError(f"favor_dense: precision={precision!r}, expected None, tf32x3, ieee or tf32")
     dash_prec = precision or (BF16_DASH_PRECISION if bf16 else FP32_PRECISION)
     dash_x2 = per_feature and KEY_PF_DASH == "bf16x2" and dash_prec == "tf32" and k.dtype == torch.bfloat16
-    if KEY_FP32 and k.dtype != torch.float32 and not dash_x2:
+    dash_f16 = per_feature and KEY_PF_DASH == "fp16" and dash_prec == "tf32"
+    if KEY_FP32 and k.dtype != torch.float32 and not (dash_x2 or dash_f16):
         k = k.float()
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     proj = proj.contiguous()
@@ -753,7 +792,7 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
             H, T, d, Dv, m, rows, nsplit, nfb, x_scale,
             HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,
             DASH_X2=dash_x2, DIAG_PRE=KEY_DIAG == "pre", FIXED_OFF=_key_offset() == "norm",
-            BLOCK_T=pf_block_t, BLOCK_F=KEY_BLOCK_F, TAIL_F=tail_f, BLOCK_D=BD, BLOCK_DV=BDV,
+            BLOCK_T=pf_block_t, BLOCK_F=KEY_BLOCK_F, TAIL_F=tail_f, BLOCK_D=BD, BLOCK_DV=BDV, DASH_F16=dash_f16,
             num_warps=KEY_PF_WARPS, num_stages=pf_stages)
     else:
         mxf_part = mx_part                                                           # unused

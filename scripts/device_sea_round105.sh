@@ -1,38 +1,45 @@
 #!/usr/bin/env bash
-# Issue 7, twentieth session, call 1 (results/nvidia-h200/sea-bf16-encoder/call1/): the nineteenth session's last,
-# untimed commit 1ccc848 (identity values inside the compiled estimator, cached cell widths, no average-context
-# weights), and encoder_operands=bf16 (the Performer's output stored in bf16 by the query pass, the head kernel's
-# encoder Linear on bf16 operands). GPU tests of the kernels and of CUDA-graph replay; SEA's 8k profile with
-# encoder_operands fp32 (with the calling lines of the small launches) and bf16, one with the head's 8-row tiles;
-# the fidelity task on all-MiniLM-L6's q/k/v, fp32 against bf16 encoder operands, in one run.
-# Predictions (written before the run): tests pass; 8k kernels 0.814 (sea-offsets/call3) -> ~0.78 ms at fp32
-# operands (1ccc848: ~25-30 fewer launches), then bf16 operands: query pass 0.091 -> ~0.080, head 0.143 -> ~0.10
-# (half its input bytes, bf16 products at twice TF32's rate), so ~0.72-0.74 ms; fidelity error +0.1 .. +0.5 %
-# relative (a bf16 rounding of the Performer output and of the encoder's inputs; the rule allows 1 %).
+# Issue 7, twentieth session's levers (written without device time left in that session; to run first in the next
+# one; results/nvidia-h200/sea-bf16-encoder/call1/): the nineteenth session's last, untimed commit 1ccc848 (identity
+# values inside the compiled estimator, cached cell widths, no average-context weights); encoder_operands=bf16 (the
+# Performer's output stored in bf16 by the query pass, the head kernel's encoder Linear on bf16 operands); the
+# Performer's dash as one fp16 product in both passes (kernels/favor_dense.py KEY_PF_DASH / QUERY_DASH = "fp16":
+# TF32's 11-bit operand rounding, half its operand bytes, one product a key tile instead of bf16x2's two).
+# GPU tests of the kernels and of CUDA-graph replay; SEA's 8k profile in four forms (the first with the calling lines
+# of the small launches); fidelity on all-MiniLM-L6's q/k/v for the three forms in two runs; 64k profile lines.
+# At most 8 files under $OUT.
+# Predictions (written before the run): tests pass; 8k kernels 0.814 (sea-offsets/call3) -> ~0.78 ms as committed
+# (1ccc848: ~25-30 fewer launches); bf16 operands: query pass 0.091 -> ~0.080, head 0.143 -> ~0.10 ms; fp16 dash:
+# key pass 0.145 -> ~0.115 (two products a tile instead of three), query pass -> ~0.075 (fp16 dot instead of
+# TF32's at half the operand bytes); both: ~0.68 ms. Fidelity error: bf16 operands +0.1 .. +0.5 % relative; fp16
+# dash within 0.1 % (the same operand rounding as the one-pass TF32 products it replaces).
 set -u
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 timeout 200 python3 -m pytest -q -m gpu tests/test_sea_bidir_head_tail.py tests/test_favor_dense.py \
   tests/test_sea_graphs.py -p no:cacheprovider -rA > "$OUT/gpu-tests-full.txt" 2>&1
-grep -E "^FAILED|^ERROR|passed|failed" "$OUT/gpu-tests-full.txt" | cut -c1-160 | tail -n 8
+grep -E "^FAILED|^ERROR|passed|failed|rel L2" "$OUT/gpu-tests-full.txt" | cut -c1-160 | tail -n 12
 o=performer_dtype=bf16,estimator_precision=tf32,estimator_dtype=bf16,compile=estimator,sparse_pieces=1,shared_keys=64
-timeout 60 python3 scripts/profile_sea.py --T 8192 --opts $o --top 45 --sites 60 > "$OUT/profile-8192-fp32.txt" 2>&1
-echo "8k fp32 operands: $(grep -m1 'kernels sum' "$OUT/profile-8192-fp32.txt" | cut -c1-100)"
-timeout 60 python3 scripts/profile_sea.py --T 8192 --opts $o,encoder_operands=bf16 --top 45 \
-  > "$OUT/profile-8192-bf16.txt" 2>&1
-echo "8k bf16 operands: $(grep -m1 'kernels sum' "$OUT/profile-8192-bf16.txt" | cut -c1-100)"
-for f in profile-8192-fp32 profile-8192-bf16; do
-  grep -E "_head_kernel|_key_pf|_query_kernel|sm90_xmma|_shared_fwd" "$OUT/$f.txt" | cut -c1-60 | sed "s/^/$f /"
-done
-timeout 60 python3 scripts/profile_sea.py --T 8192 --opts $o,encoder_operands=bf16 --top 45 \
-  --set kernels.sea_bidir_head.BLOCK_T=8 > /tmp/p8.txt 2>&1
-echo "8k bf16 operands, head BLOCK_T=8: $(grep -m1 'kernels sum' /tmp/p8.txt | cut -c1-100)"
-grep -E "_head_kernel" /tmp/p8.txt | cut -c1-60
+dash="--set kernels.favor_dense.KEY_PF_DASH=fp16 --set kernels.favor_dense.QUERY_DASH=fp16"
+prof() {  # name, extra options, extra profile_sea arguments...
+  local name=$1 extra=$2; shift 2
+  timeout 60 python3 scripts/profile_sea.py --T 8192 --opts $o$extra --top 45 "$@" > "$OUT/profile-8192-$name.txt" 2>&1
+  echo "8k $name: $(grep -m1 'kernels sum' "$OUT/profile-8192-$name.txt" | cut -c1-100)"
+  grep -E "_head_kernel|_key_pf|_query_kernel|sm90_xmma|_shared_fwd" "$OUT/profile-8192-$name.txt" | cut -c1-60
+}
+prof fp32 "" --sites 60
+prof bf16 ",encoder_operands=bf16"
+prof dash "" $dash
+prof both ",encoder_operands=bf16" $dash
 M=sea:shared_keys=64:performer_dtype=bf16:estimator_precision=tf32:estimator_dtype=bf16:sparse_pieces=1
 C=.carry/capbi/minilm-512x2.safetensors
 timeout 120 python3 -m harness fidelity --capture-in $C --device cuda --dtype bf16 --out "$OUT/fidelity" --quiet \
   --methods $M,$M:encoder_operands=bf16 2>&1 | tail -n 6
-timeout 60 python3 scripts/profile_sea.py --T 65536 --opts $o,encoder_operands=bf16 --top 30 \
-  > "$OUT/profile-65536-bf16.txt" 2>&1
-echo "64k bf16 operands: $(grep -m1 'kernels sum' "$OUT/profile-65536-bf16.txt" | cut -c1-100)"
-grep -E "_head_kernel|_query_kernel" "$OUT/profile-65536-bf16.txt" | cut -c1-60
+timeout 120 python3 -c "import sys, kernels.favor_dense as f; f.KEY_PF_DASH = f.QUERY_DASH = 'fp16'; \
+from harness.cli import main; sys.exit(main(sys.argv[1:]))" \
+  fidelity --capture-in $C --device cuda --dtype bf16 --out /tmp/fid-dash --quiet \
+  --methods $M,$M:encoder_operands=bf16 2>&1 | tail -n 6
+mkdir -p "$OUT/fidelity-dash" && cp /tmp/fid-dash/rows.jsonl "$OUT/fidelity-dash/"
+timeout 60 python3 scripts/profile_sea.py --T 65536 --opts $o,encoder_operands=bf16 --top 30 $dash > /tmp/p64.txt 2>&1
+echo "64k both: $(grep -m1 'kernels sum' /tmp/p64.txt | cut -c1-100)"
+grep -E "_head_kernel|_query_kernel|_key_pf" /tmp/p64.txt | cut -c1-60

@@ -59,15 +59,17 @@ def _valid():
     return valid
 
 
-def favor_ref64(q, k, v, proj, valid=None, *, abs_v=False, eps=1e-6, feat_eps=1e-4):
+def favor_ref64(q, k, v, proj, valid=None, *, abs_v=False, eps=1e-6, feat_eps=1e-4, dq=None, dk=None):
     """Plain float64 statement of the same approximation. abs_v: use |v| (the size of the terms that bf16
-    rounding perturbs, for the bf16 tolerance)."""
+    rounding perturbs, for the bf16 tolerance). dq, dk: the projections x' proj^T [B, H, T, m] given (the statement
+    with rounded operands), else computed here."""
     q, k, v, w = (x.double() for x in (q, k, v, proj))
     if abs_v:
         v = v.abs()
     d, m = q.shape[-1], w.shape[0]
     qs, ks = q * d ** -0.25, k * d ** -0.25                                      # [B, H, T, d]
-    dq, dk = qs @ w.T, ks @ w.T                                                  # [B, H, T, m]
+    dq = qs @ w.T if dq is None else dq                                          # [B, H, T, m]
+    dk = ks @ w.T if dk is None else dk
     diag_q = (qs * qs).sum(-1, keepdim=True) / 2                                 # [B, H, T, 1]
     diag_k = (ks * ks).sum(-1, keepdim=True) / 2
     phi_q = m ** -0.5 * (torch.exp(dq - diag_q - dq.amax(-1, keepdim=True)) + feat_eps)
@@ -318,6 +320,36 @@ def test_offsets_are_the_projection_norms(monkeypatch):
         fd.favor_softmax_dense(q, k, v, proj)
 
 
+@pytest.mark.parametrize("key_dash,query_dash", [("fp16", "prec"), ("fp16", "fp16"), ("tf32", "fp16")])
+def test_fp16_dash_is_the_statement_with_fp16_rounded_operands(monkeypatch, key_dash, query_dash):
+    """KEY_PF_DASH="fp16" / QUERY_DASH="fp16" under precision="tf32": dash from one fp16 product, x_scale proj and
+    the keys (or proj and the scaled queries) rounded to nearest in fp16: equal to the float64 statement given those
+    rounded operands, and visibly away from the unrounded one. A key beyond fp16's range is clamped, not inf."""
+    monkeypatch.setattr(fd, "KEY_PF_DASH", key_dash)
+    monkeypatch.setattr(fd, "QUERY_DASH", query_dash)
+    q, k, v, proj = _inputs(13, torch.bfloat16)
+    valid = _valid()
+    vals = _vals(v.float(), valid)
+    out = fd.favor_softmax_dense(q, k, vals, proj, valid=valid, operands="fp32", precision="tf32")
+    xs = D ** -0.25
+    f16 = lambda t: t.to(torch.float16).double()  # noqa: E731
+    plain_dq = q.double() * xs @ proj.double().T
+    # key_dash "tf32": one TF32 product, which the interpreter computes exactly
+    dk = f16(k.float()) @ f16(proj * xs).T if key_dash == "fp16" else k.double() * xs @ proj.double().T
+    dq = f16(q.float() * xs) @ f16(proj).T if query_dash == "fp16" else plain_dq
+    exact = favor_ref64(q, k, vals, proj, valid, dq=dq, dk=dk)
+    torch.testing.assert_close(out.double(), exact, atol=3e-6, rtol=3e-5)
+    plain = favor_ref64(q, k, vals, proj, valid)
+    assert (out.double() - plain).abs().max() > 10 * (out.double() - exact).abs().max()
+    big = k.clone()
+    big[0, 0, 3] = 1e6                                                           # beyond fp16's 65504
+    assert torch.isfinite(fd.favor_softmax_dense(q, big, vals, proj, valid=valid, operands="fp32",
+                                                 precision="tf32")).all()
+    monkeypatch.setattr(fd, "QUERY_DASH", "tf32")
+    with pytest.raises(ValueError, match="QUERY_DASH"):
+        fd.favor_softmax_dense(q, k, vals, proj, valid=valid, operands="fp32", precision="tf32")
+
+
 @pytest.mark.parametrize("diag", ["pre", "tile"])
 def test_bf16x2_dash_for_bf16_keys(monkeypatch, diag):
     """precision="tf32" with bf16 keys in the per-feature pass: dash from two bf16 products of the raw keys (the
@@ -424,3 +456,28 @@ def test_cuda_bf16x2_dash_is_finer_than_one_pass_tf32(monkeypatch):
             rel[dash] = ((got["z"].double() - exact["z"].double()).norm() / exact["z"].double().norm()).item()
     print(f"favor_dense feature sums z, dash products, rel L2 to ieee: {rel}")
     assert rel["bf16x2"] * 4 < rel["tf32"], rel
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fp16_dash_as_accurate_as_one_pass_tf32(monkeypatch):
+    """On the GPU at SEA's widths, precision="tf32", bf16 q / k: the output with both passes' dash from one fp16
+    product (KEY_PF_DASH = QUERY_DASH = "fp16") against the exact fp32 ("ieee") call, next to the same call with
+    TF32 dash products (KEY_PF_DASH="tf32", QUERY_DASH="prec"): the same 11-bit operand rounding, so errors of the
+    same size (printed)."""
+    for name, val in DEFAULT_TILES.items():
+        monkeypatch.setattr(fd, name, val)
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, 4, 4096, 64, generator=g).cuda().bfloat16() for _ in range(3))
+    proj = orthogonal_random_features(266, 64, g).cuda()
+    vals = torch.cat([identity_values(None, 1, 4096, 64, "cuda")[:, None].expand(1, 4, 4096, 64), v.float()], -1)
+    with torch.no_grad():
+        exact = fd.favor_softmax_dense(q, k, vals, proj, operands="fp32", precision="ieee").double()
+        rel = {}
+        for key_dash, query_dash in (("fp16", "fp16"), ("tf32", "prec")):
+            monkeypatch.setattr(fd, "KEY_PF_DASH", key_dash)
+            monkeypatch.setattr(fd, "QUERY_DASH", query_dash)
+            got = fd.favor_softmax_dense(q, k, vals, proj, operands="fp32", precision="tf32").double()
+            rel[key_dash] = ((got - exact).norm() / exact.norm()).item()
+    print(f"favor_dense dash products, rel L2 to ieee: {rel}")
+    assert rel["fp16"] < 2 * rel["tf32"] and rel["fp16"] < 1e-3, rel
