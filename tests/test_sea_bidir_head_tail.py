@@ -261,6 +261,10 @@ def test_estimator_bf16_encoder_operands_head_equals_the_torch_restatement(monke
                 assert layer.estimator.last_encoder == ("triton-head" if fused else "torch")
             layer(q, k, v, causal=False)
             assert "encoder_operands=bf16" in layer.impl or operands == "fp32"
+            ran = []                                                     # the stage profile takes the same path
+            parts = layer.estimator.stage_profile(q, k, v, timer=lambda f: (ran.append(f()), 1.0)[1])
+            assert set(parts) == {"inputs", "performer", "encoder", "decoder", "scaler"}
+            assert len(ran) == sum(t > 0 for t in parts.values()) >= 4
     (_, af, sf, mf), (_, aw, sw, mw), (_, a32, s32, _) = outs["bf16", True], outs["bf16", False], outs["fp32", True]
     torch.testing.assert_close(sf, sw, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(mf, mw, atol=1e-6, rtol=1e-6)

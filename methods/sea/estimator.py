@@ -401,6 +401,14 @@ class Estimator(nn.Module):
         weights = (*self.enc.parameters(), *self.scaler.parameters())
         return "triton" if c_perf.is_cuda and not needs_grad(c_perf, v, *weights) else "torch"
 
+    def encoder_operands_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input, weight) of the encoder's Linear for the PyTorch path: x [.., 3d] and lin.weight, both rounded to
+        bf16 and computed in fp32 under encoder_operands=bf16 (the head kernel's products restated), else as given."""
+        w = self.enc[0].weight
+        if self.encoder_operands == "bf16":
+            return x.to(torch.bfloat16).float(), w.to(torch.bfloat16).float()
+        return x, w
+
     @property
     def c_dtype(self) -> torch.dtype:
         """The dtype the Performer's output is stored in: bf16 under encoder_operands=bf16 (half the bytes written
@@ -440,9 +448,20 @@ class Estimator(nn.Module):
         qf, kf, vf, vals = inputs()
         perf = lambda: favor_attention(qf, kf, vals, self.proj, kernel=self.kernel, causal=self.causal,  # noqa: E731
                                        backend=self.performer_backend, operands=self.performer_dtype,
-                                       precision=PRECISIONS[self.precision])
+                                       precision=PRECISIONS[self.precision], out_dtype=self.c_dtype)
         c_perf = perf()
         self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(qf, kf, vals))
+        if self.encoder_operands == "bf16":                               # as _encode: the head, or the restatement
+            if self.encoder_path(c_perf, vf) == "triton" and self.uses_bidir_head(c_perf, v):
+                enc = lambda: self.bidir_head(c_perf, v)                 # noqa: E731
+                x, _ = enc()
+                return dict(inputs=timer(inputs), performer=timer(perf), encoder=timer(enc),
+                            decoder=timer(lambda: self.decode(x, headed=True)), scaler=0.0)
+            enc = lambda: self.enc[2](self.enc[1](  # noqa: E731
+                F.linear(*self.encoder_operands_of(torch.cat([c_perf.float(), vf], -1)), self.enc[0].bias)))
+            z = enc()
+            return dict(inputs=timer(inputs), performer=timer(perf), encoder=timer(enc),
+                        decoder=timer(lambda: self.decode(z)), scaler=timer(lambda: torch.sigmoid(self.scaler(z))))
         if self.encoder_path(c_perf, vf) == "triton":                    # encoder and scaler in one kernel
             enc = lambda: self.fused_encoder(c_perf, vf)                 # noqa: E731
             z, _ = enc()
@@ -666,10 +685,7 @@ class Estimator(nn.Module):
             tf32 = self.precision == "tf32" and sea_precision.TF32_BACKWARD and needs_grad(x, *self.enc.parameters())
             linear = tf32_linear if tf32 else F.linear
             lin, norm, act = self.enc
-            w = lin.weight
-            if self.encoder_operands == "bf16":                          # the head kernel's bf16 products, restated
-                x, w = x.to(torch.bfloat16).float(), w.to(torch.bfloat16).float()
-            z = act(norm(linear(x, w, lin.bias)))                         # [B, H, T, 2d]
+            z = act(norm(linear(*self.encoder_operands_of(x), lin.bias)))   # [B, H, T, 2d]
             # "detached": gradients reaching s_prob / s_mix (the layer output, hidden states, logits) train the
             # scaler head only; the encoder and decoder then learn from the estimate's own terms
             zin = z.detach() if self.scaler_input == "detached" else z
