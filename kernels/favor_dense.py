@@ -196,6 +196,23 @@ if triton is not None:
         return tl.minimum(tl.maximum(x.to(tl.float32), -65504.0), 65504.0).to(tl.float16)
 
     @triton.jit
+    def _value_tile_id(vbase, offs_t, svt, tmask, offs_e, DV, id_den, id_span, ID_COLS: tl.constexpr,
+                       ROUND: tl.constexpr):
+        # [BLOCK_T, BLOCK_DV] values in fp32 for identity_cols: columns e < ID_COLS the identity values
+        # relu(1 - |t / id_den * id_span - e|) (SEA's identity rows without a padding mask, id_den = max(T - 1, 1),
+        # id_span = ID_COLS - 1; IEEE division, as torch's), rounded to bf16 when ROUND (bf16 value operands, as the
+        # estimator's cast of the concatenated values); columns e >= ID_COLS loaded from v's column e - ID_COLS;
+        # zero on rows past the range
+        y = tl.math.div_rn(offs_t.to(tl.float32), id_den) * id_span
+        ident = tl.maximum(1.0 - tl.abs(y[:, None] - offs_e[None, :].to(tl.float32)), 0.0)
+        if ROUND:
+            ident = _round_bf16(ident)
+        is_id = offs_e < ID_COLS
+        vt = tl.load(vbase + offs_t[:, None] * svt + (offs_e - ID_COLS)[None, :],
+                     mask=tmask[:, None] & ((offs_e >= ID_COLS) & (offs_e < DV))[None, :], other=0.0).to(tl.float32)
+        return tl.where(tmask[:, None], tl.where(is_id[None, :], ident, vt), 0.0)
+
+    @triton.jit
     def _key_rows(VALID, b, T, start, row_end, HAS_VALID: tl.constexpr, BLOCK_T: tl.constexpr):
         # a key tile's rows (int64), those inside the program's range, and those also valid
         offs_t = start + tl.arange(0, BLOCK_T)
@@ -309,7 +326,7 @@ if triton is not None:
                       DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr, DASH_X2: tl.constexpr,
                       DIAG_PRE: tl.constexpr, FIXED_OFF: tl.constexpr,
                       BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_DV: tl.constexpr, DASH_F16: tl.constexpr):
+                      BLOCK_DV: tl.constexpr, DASH_F16: tl.constexpr, ID_COLS: tl.constexpr, id_den, id_span):
         # KEY_FORM="per_feature": features f0 .. f0 + BLOCK_F - 1 over key rows sp * ROWS .. of head bh, tiles held
         # [features, keys], a running maximum of dash per feature. DASH_X2 (bf16 keys): dash = w_hi k + w_lo k, two
         # bf16 products of the raw keys with x_scale w split in two bf16 parts (each product exact, fp32 sums:
@@ -378,7 +395,10 @@ if triton is not None:
                 p = tl.exp(dash - diag[None, :] - m_safe[:, None])                  # [BF, BT], 0 off valid keys
                 acc = acc * alpha[:, None]
                 zacc = zacc * alpha
-            vt = _value_tile(vbase, offs_t, svt, tmask, rmask, offs_e, emask)       # [BT, BDV]
+            if ID_COLS > 0:                                                         # identity_cols (no mask)
+                vt = _value_tile_id(vbase, offs_t, svt, tmask, offs_e, DV, id_den, id_span, ID_COLS, BF16)
+            else:
+                vt = _value_tile(vbase, offs_t, svt, tmask, rmask, offs_e, emask)   # [BT, BDV]
             if BF16:
                 if EMU:
                     acc += tl.dot(_round_bf16(p), _round_bf16(vt), input_precision="ieee")
@@ -410,7 +430,8 @@ if triton is not None:
                        DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr, DASH_X2: tl.constexpr,
                        DIAG_PRE: tl.constexpr, FIXED_OFF: tl.constexpr,
                        BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, TAIL_F: tl.constexpr,
-                       BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DASH_F16: tl.constexpr):
+                       BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DASH_F16: tl.constexpr,
+                       ID_COLS: tl.constexpr, id_den, id_span):
         # grid (NFB, NSPLIT, B H), as _key_kernel (TAIL_F: the last block's narrower tile)
         fb = tl.program_id(0)
         sp = tl.program_id(1).to(tl.int64)
@@ -419,18 +440,18 @@ if triton is not None:
             _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                           skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                           HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T, BLOCK_F,
-                          BLOCK_D, BLOCK_DV, DASH_F16)
+                          BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span)
         else:
             if fb < NFB - 1:
                 _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                               skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                               HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T,
-                              BLOCK_F, BLOCK_D, BLOCK_DV, DASH_F16)
+                              BLOCK_F, BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span)
             else:
                 _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                               skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                               HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T,
-                              TAIL_F, BLOCK_D, BLOCK_DV, DASH_F16)
+                              TAIL_F, BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span)
 
     @triton.jit
     def _key_sqnorm_kernel(K, DG, skb, skh, skt, H, T, D, x_scale,
@@ -624,7 +645,7 @@ def favor_dense_usable(device) -> bool:
     return torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _check(q, k, v, proj, valid, operands):
+def _check(q, k, v, proj, valid, operands, identity_cols=0):
     if operands not in ("fp32", "bf16"):
         raise ValueError(f"operands {operands!r}: expected fp32 or bf16")
     for name, x in (("q", q), ("k", k), ("v", v)):
@@ -639,8 +660,11 @@ def _check(q, k, v, proj, valid, operands):
         raise ValueError(f"v shape {tuple(v.shape)} must be [B={B}, H={H}, T={T}, Dv]")
     if d > 128 or d < 1:
         raise ValueError(f"head dim d={d}: the fused kernel supports 1..128")
-    if v.shape[3] > 128 or v.shape[3] < 1:
-        raise ValueError(f"value width Dv={v.shape[3]}: the fused kernel supports 1..128")
+    if v.shape[3] + identity_cols > 128 or v.shape[3] < 1:
+        raise ValueError(f"value width Dv={v.shape[3]} (+ {identity_cols} identity columns): the fused kernel "
+                         "supports 1..128")
+    if identity_cols < 0 or (identity_cols and valid is not None):
+        raise ValueError(f"identity_cols={identity_cols}: >= 0, and only without a padding mask")
     if proj.dim() != 2 or proj.shape[1] != d or proj.shape[0] < 1:
         raise ValueError(f"proj must be [m, d={d}]; got shape {tuple(proj.shape)}")
     if proj.dtype != torch.float32:
@@ -705,15 +729,20 @@ def _unit_last(x):
 def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, *,
                         valid: torch.Tensor | None = None, operands: str = "fp32", eps: float = 1e-6,
                         feat_eps: float = 1e-4, precision: str | None = None,
-                        out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                        out_dtype: torch.dtype = torch.float32, identity_cols: int = 0) -> torch.Tensor:
     """Bidirectional FAVOR+ softmax-feature attention, fused (see the module docstring).
     q, k [B, H, T, d]; v [B, H, T, Dv]; proj [m, d] fp32; valid bool [B, T] or None -> [B, H, T, Dv] in out_dtype
     (float32, or bfloat16: the fp32 result rounded to nearest once as the query pass stores it, half the bytes).
     precision: None (FP32_PRECISION / BF16_DASH_PRECISION) or one of tf32x3, ieee, tf32 for every fp32 tl.dot
-    (tf32: one-pass TF32, ~2^-11 relative per product; the exp of the features carries it as an absolute error)."""
+    (tf32: one-pass TF32, ~2^-11 relative per product; the exp of the features carries it as an absolute error).
+    identity_cols n > 0 (no padding mask; the per-feature key pass): the values are [identity rows ; v], the first n
+    columns SEA's identity values relu(1 - |t / max(T - 1, 1) * (n - 1) - e|) made inside the key pass (rounded to
+    bf16 with bf16 operands, as a bf16 copy of the concatenation would hold them) instead of read from a
+    concatenated tensor; the output has n + v's width columns."""
     if out_dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"favor_softmax_dense: out_dtype {out_dtype} must be torch.float32 or torch.bfloat16")
-    st = key_summary(q, k, v, proj, valid=valid, operands=operands, feat_eps=feat_eps, precision=precision)
+    st = key_summary(q, k, v, proj, valid=valid, operands=operands, feat_eps=feat_eps, precision=precision,
+                     identity_cols=identity_cols)
     B, H, T, _ = q.shape
     q, Dv = st["q"], st["Dv"]
     out = _fresh((B, H, T, Dv), out_dtype, q.device)
@@ -729,7 +758,8 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
     return out
 
 
-def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, precision=None) -> dict:
+def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, precision=None,
+                identity_cols: int = 0) -> dict:
     """The key pass and the combine of favor_softmax_dense (same arguments): a dict with the [B H, m, Dv] summary
     'kv' (bf16 with bf16 operands), 'z' [B H, m], the per-block sums 'kvs_part' / 'zs_part' and maxima of
     |proj_f|^2 / 2 'cs_part' ('ncb' blocks) and what
@@ -740,14 +770,16 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
     if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, proj)):
         raise RuntimeError("favor_softmax_dense is forward-only (no backward); call it under torch.no_grad() "
                            "or with inputs that do not require grad")
-    _check(q, k, v, proj, valid, operands)
+    _check(q, k, v, proj, valid, operands, identity_cols)
     B, H, T, d = q.shape
-    Dv = v.shape[3]
+    Dv = v.shape[3] + identity_cols
     m = proj.shape[0]
     dev = q.device
     bf16 = operands == "bf16"
     emu = dev.type != "cuda"          # interpreter: bf16 products as fp32 dots of bf16-rounded values (same result)
     per_feature = _key_form() == "per_feature"
+    if identity_cols and not per_feature:
+        raise ValueError("favor_dense: identity_cols needs the per-feature key pass (KEY_FORM=per_feature)")
     if KEY_PF_DASH not in ("bf16x2", "tf32", "fp16") or KEY_DIAG not in ("pre", "tile"):
         raise ValueError(f"favor_dense: KEY_PF_DASH={KEY_PF_DASH!r} (bf16x2, tf32 or fp16), KEY_DIAG={KEY_DIAG!r} "
                          "(pre or tile)")
@@ -793,6 +825,7 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
             HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,
             DASH_X2=dash_x2, DIAG_PRE=KEY_DIAG == "pre", FIXED_OFF=_key_offset() == "norm",
             BLOCK_T=pf_block_t, BLOCK_F=KEY_BLOCK_F, TAIL_F=tail_f, BLOCK_D=BD, BLOCK_DV=BDV, DASH_F16=dash_f16,
+            ID_COLS=identity_cols, id_den=float(max(T - 1, 1)), id_span=float(max(identity_cols - 1, 0)),
             num_warps=KEY_PF_WARPS, num_stages=pf_stages)
     else:
         mxf_part = mx_part                                                           # unused

@@ -129,6 +129,23 @@ def test_bf16_operands_within_bf16_rounding(monkeypatch, form, masked, in_dtype)
     assert (out.double() - exact).norm() <= 2 * (ref.double() - exact).norm()
 
 
+@pytest.mark.parametrize("operands", ["fp32", "bf16"])
+def test_identity_columns_made_in_the_key_pass_equal_the_concatenation(operands):
+    """identity_cols=D: the first D value columns (SEA's identity rows without a padding mask) made in the key
+    pass equal the call on the concatenated [identity ; v] (for bf16 operands a bf16 copy of it, as SEA's estimator
+    casts it); a padding mask or the per-program pass refused."""
+    q, k, v, proj = _inputs(5, torch.bfloat16)
+    vals = _vals(v, None)                                                        # bf16 [identity ; v]
+    if operands == "fp32":
+        vals = _vals(v.float(), None)
+    got = fd.favor_softmax_dense(q, k, v, proj, operands=operands, identity_cols=D)
+    want = fd.favor_softmax_dense(q, k, vals, proj, operands=operands)
+    assert got.shape == want.shape == (B, H, T, 2 * D)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="identity_cols"):
+        fd.favor_softmax_dense(q, k, v, proj, valid=_valid(), operands=operands, identity_cols=D)
+
+
 @pytest.mark.parametrize("operands,masked", [("fp32", True), ("bf16", False)])
 def test_bf16_output_is_the_fp32_output_rounded_once(operands, masked):
     """out_dtype=bfloat16 (SEA's encoder_operands=bf16): the same sums, rounded to nearest even as stored, so every
@@ -481,3 +498,22 @@ def test_cuda_fp16_dash_as_accurate_as_one_pass_tf32(monkeypatch):
             rel[key_dash] = ((got - exact).norm() / exact.norm()).item()
     print(f"favor_dense dash products, rel L2 to ieee: {rel}")
     assert rel["fp16"] < 2 * rel["tf32"] and rel["fp16"] < 1e-3, rel
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("operands", ["bf16", "fp32"])
+def test_cuda_identity_columns_equal_the_concatenation(monkeypatch, operands):
+    """On the GPU at SEA's widths: identity_cols=64 against the concatenated [identity ; v] (bf16 for bf16
+    operands, as SEA's estimator builds it)."""
+    for name, val in DEFAULT_TILES.items():
+        monkeypatch.setattr(fd, name, val)
+    g = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(1, 4, 3000, 64, generator=g).cuda().bfloat16() for _ in range(3))
+    proj = orthogonal_random_features(266, 64, g).cuda()
+    vals = torch.cat([identity_values(None, 1, 3000, 64, "cuda")[:, None].expand(1, 4, 3000, 64), v.float()], -1)
+    vals = vals.to(torch.bfloat16) if operands == "bf16" else vals
+    with torch.no_grad():
+        got = fd.favor_softmax_dense(q, k, v, proj, operands=operands, precision="tf32", identity_cols=64)
+        want = fd.favor_softmax_dense(q, k, vals, proj, operands=operands, precision="tf32")
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)

@@ -265,7 +265,7 @@ def test_estimator_bf16_encoder_operands_head_equals_the_torch_restatement(monke
             parts = layer.estimator.stage_profile(q, k, v, timer=lambda f: (ran.append(f()), 1.0)[1])
             assert set(parts) == {"inputs", "performer", "encoder", "decoder", "scaler"}
             assert len(ran) == sum(t > 0 for t in parts.values()) >= 4
-    (_, af, sf, mf), (_, aw, sw, mw), (_, a32, s32, _) = outs["bf16", True], outs["bf16", False], outs["fp32", True]
+    (_, af, sf, mf), (_, aw, sw, mw), (_, _, s32, _) = outs["bf16", True], outs["bf16", False], outs["fp32", True]
     torch.testing.assert_close(sf, sw, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(mf, mw, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(af, aw, atol=2e-3, rtol=2e-2)
@@ -274,6 +274,34 @@ def test_estimator_bf16_encoder_operands_head_equals_the_torch_restatement(monke
     M_, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=True, K=16, encoder_operands="bf16")
     with pytest.raises(ValueError, match="bidirectional"):
         M_.build(cfg, problem)
+
+
+@pytest.mark.parametrize("performer_dtype", ["bf16", "fp32"])
+def test_estimator_identity_values_made_in_the_key_pass(monkeypatch, performer_dtype):
+    """IDENTITY_IN_KERNEL: without a padding mask the fused Performer kernel makes the identity values itself
+    (identity_cols); the estimate equals the concatenating form's exactly. With a padding mask, or on another
+    Performer path, the concatenation stays (favor_attention refuses identity_cols there)."""
+    from methods.sea.favor import favor_attention
+    from tests.helpers import gaussian_qkv, sea_case
+
+    q, k, v = gaussian_qkv(1, 4, 4, 64, 16, seed=8, dtype=torch.bfloat16)
+    M_, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=False, K=16, performer_backend="triton",
+                                performer_dtype=performer_dtype, estimator_dtype="bf16")
+    layer = M_.build(cfg, problem)
+    outs, used = {}, {}
+    with torch.no_grad():
+        for on in (True, False):
+            monkeypatch.setattr(est_mod, "IDENTITY_IN_KERNEL", on)
+            used[on] = layer.estimator.identity_in_kernel(q, k, v, None)
+            outs[on] = layer.estimator(q, k, v, valid=None, probs=True)
+    assert used == {True: True, False: False}
+    for a, b in zip(outs[True], outs[False]):
+        assert (a is None and b is None) or torch.equal(a, b)
+    monkeypatch.setattr(est_mod, "IDENTITY_IN_KERNEL", True)
+    assert not layer.estimator.identity_in_kernel(q, k, v, {})           # the block form concatenates
+    with pytest.raises(ValueError, match="identity_cols"):
+        favor_attention(q, k, v, layer.estimator.proj, kernel="softmax", causal=False, backend="torch",
+                        identity_cols=16)
 
 
 # --- on the GPU ---------------------------------------------------------------------------------------------------

@@ -63,6 +63,11 @@ BIDIR_HEAD = "auto"
 # products round them to bf16 anyway; half the bytes written and read): True; False keeps them fp32 (the A/B switch).
 # Only the feat_eps term's sum of the values sees the rounding (1e-4 times a bf16 rounding).
 VALS_BF16 = True
+# Bidirectional calls without a padding mask on the fused Performer kernel: the identity values (the first d of its
+# 2d value columns, a hat function of the row) made in its key pass instead of concatenated in front of v and read
+# (twentieth session; not yet timed on a GPU: the concatenation took 0.012 ms at 8k on an H200, and the key pass
+# reads half the value bytes). False: the concatenation (the measured form); the A/B switch.
+IDENTITY_IN_KERNEL = False
 RECOMPILE_LIMIT = 64             # each estimator instance and shape is one more compiled entry of forward()
 
 
@@ -401,6 +406,16 @@ class Estimator(nn.Module):
         weights = (*self.enc.parameters(), *self.scaler.parameters())
         return "triton" if c_perf.is_cuda and not needs_grad(c_perf, v, *weights) else "torch"
 
+    def identity_in_kernel(self, q, k, v, carry) -> bool:
+        """IDENTITY_IN_KERNEL: does this bidirectional call without a padding mask let the fused Performer kernel
+        make the identity values (favor_softmax_dense identity_cols) instead of concatenating them in front of v?"""
+        if not IDENTITY_IN_KERNEL or self.causal or carry is not None:
+            return False
+        from kernels import favor_dense
+
+        return (favor_dense.KEY_FORM == "per_feature" and performer_backend(
+            q, False, self.performer_backend, needs_grad(q, k, v), padded=False) == "triton-dense")
+
     def encoder_operands_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(input, weight) of the encoder's Linear for the PyTorch path: x [.., 3d] and lin.weight, both rounded to
         bf16 and computed in fp32 under encoder_operands=bf16 (the head kernel's products restated), else as given."""
@@ -637,9 +652,13 @@ class Estimator(nn.Module):
         None for a whole sequence; a dict (or {} for a first block) in the block form (forward_block). probs: also
         A_hat. pool: see forward. Returns (logits, A_hat or None, s_prob, s_mix, next carry or None); with pool
         (None, the block sums, s_prob, s_mix, None)."""
+        ident = 0                                                        # identity columns made by the kernel
         if vi is None:
             B, H, T, d = q.shape
-            vi = identity_rows(T, d, q.device)[None, None].expand(B, H, T, d)
+            if self.identity_in_kernel(q, k, v, carry):
+                ident = d
+            else:
+                vi = identity_rows(T, d, q.device)[None, None].expand(B, H, T, d)
         if self.uses_fused_front(q, k, v, valid):                        # Performer + encoder in one kernel
             # the V_I rows of this call as a [T, d] view of v_id (vi is that view expanded): the block's first row
             # is not passed as an int, which would make compile="estimator" recompile for every query block
@@ -655,15 +674,18 @@ class Estimator(nn.Module):
             q, k = q.float(), k.float()
         if valid is not None:
             v = v * valid[:, None, :, None]
-        self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(q, k, v, vi),
+        self.last_performer = performer_backend(q, self.causal, self.performer_backend,
+                                                needs_grad(q, k, v, *(() if vi is None else (vi,))),
                                                 padded=valid is not None)
-        vals = torch.cat([vi, v.float()], dim=-1)                        # [B, H, T, 2d] fp32
+        # [B, H, T, 2d] fp32; with ident, v alone (the kernel makes the identity columns in front of it)
+        vals = v if ident else torch.cat([vi, v.float()], dim=-1)
         if VALS_BF16 and not self.causal and self.performer_dtype == "bf16" and not needs_grad(vals):
             vals = vals.to(torch.bfloat16)                                   # one fused cast under compile
         if carry is None:                                                # [B, H, T, 2d] fp32 (bf16) out
             c_perf = favor_attention(q, k, vals, self.proj, kernel=self.kernel, causal=self.causal, valid=valid,
                                      backend=self.performer_backend, operands=self.performer_dtype,
-                                     precision=PRECISIONS[self.precision], out_dtype=self.c_dtype)
+                                     precision=PRECISIONS[self.precision], out_dtype=self.c_dtype,
+                                     identity_cols=ident)
         else:
             c_perf, state = favor_causal_carry(q, k, vals, self.proj, carry.get("state"),
                                                backend=self.performer_backend, operands=self.performer_dtype)

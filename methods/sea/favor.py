@@ -164,7 +164,7 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
 def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, *, kernel: str,
                     causal: bool, valid: torch.Tensor | None = None, chunk: int = 128, backend: str = "auto",
                     eps: float = 1e-6, operands: str = "fp32", precision: str | None = None,
-                    out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                    out_dtype: torch.dtype = torch.float32, identity_cols: int = 0) -> torch.Tensor:
     """FAVOR+ attention, output in out_dtype (float32; bfloat16: the fp32 result rounded once, by the fused
     bidirectional kernel as it stores it, elsewhere by a cast). q, k [B, H, T, d]; v [B, H, T, Dv]; valid bool
     [B, T] or None.
@@ -173,7 +173,8 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
     sums and prefix states accumulate in fp32 (the Triton kernel and the torch fallback alike; the bidirectional
     path rounds its [m, Dv] key-value summary to bf16 before the second product). precision: the fused
     bidirectional kernel's tl.dot precision (None: its default; "tf32": one pass); on the other paths "tf32" with a
-    gradient to compute runs the feature projection with TF32 allowed in its backward too (tf32_linear)."""
+    gradient to compute runs the feature projection with TF32 allowed in its backward too (tf32_linear).
+    identity_cols: the fused bidirectional kernel's (kernels/favor_dense.py), refused on the other paths."""
     if operands not in ("fp32", "bf16"):
         raise ValueError(f"performer operands {operands!r}: expected fp32 or bf16")
     if out_dtype not in (torch.float32, torch.bfloat16):
@@ -185,7 +186,10 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
         from kernels.favor_dense import favor_softmax_dense
 
         return torch.compiler.disable(favor_softmax_dense)(q, k, v, proj.float(), valid=valid, operands=operands,
-                                                           eps=eps, precision=precision, out_dtype=out_dtype)
+                                                           eps=eps, precision=precision, out_dtype=out_dtype,
+                                                           identity_cols=identity_cols)
+    if identity_cols:
+        raise ValueError(f"identity_cols={identity_cols} needs the fused bidirectional Performer kernel; path {path}")
     return _favor_torch(q, k, v, proj, kernel=kernel, causal=causal, valid=valid, chunk=chunk, path=path, eps=eps,
                         operands=operands, precision=precision).to(out_dtype)
 
