@@ -71,7 +71,9 @@ passes are compute-bound, not memory-bound; operands="bf16" or FP32_PRECISION="t
 Degenerate input: a batch element without any valid key gives 0 here (the torch path gives NaN there).
 Forward only (no autograd). Inputs: q, k [B, H, T, d], v [B, H, T, Dv] of any float dtype (loaded and cast
 to fp32 in the kernels; any strides with a unit last stride, others are made contiguous), d, Dv <= 128,
-proj [m, d] fp32, valid bool [B, T] or None. Output: a fresh contiguous float32 [B, H, T, Dv].
+proj [m, d] fp32, valid bool [B, T] or None. Output: a fresh contiguous [B, H, T, Dv], float32 (or bfloat16, out_dtype).
+identity_cols n (no padding mask): v holds the last Dv - n value columns; the first n, SEA's identity values, are made
+in the key pass (favor_softmax_dense's docstring).
 """
 from __future__ import annotations
 
