@@ -77,6 +77,7 @@ in the key pass (favor_softmax_dense's docstring).
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -153,6 +154,11 @@ KEY_PF_DASH = "bf16x2"
 # "fp16" (twentieth session, not yet timed): q' and proj rounded to fp16 (clamped to its range), one fp16 product,
 # only where one-pass TF32 was asked for.
 QUERY_DASH = "prec"
+# identity_cols (SEA's identity values made in the key pass): True sums each program's products with them in a narrow
+# accumulator over the few identity columns its rows reach (16 at SEA's widths: a program's rows span ~6 of them at
+# 8k and 64k) and places them at the end, so the value product is d columns wide instead of 2d; False: a dense
+# [keys, 2d] value tile (twentieth session; neither form yet timed on a GPU).
+KEY_ID_SPARSE = True
 # Per-feature form: |k'|^2 / 2 per key from a small kernel run first ("pre", one [B H, T] fp32 vector) or summed
 # from each key tile inside the pass ("tile").
 KEY_DIAG = "pre"
@@ -213,6 +219,17 @@ if triton is not None:
         vt = tl.load(vbase + offs_t[:, None] * svt + (offs_e - ID_COLS)[None, :],
                      mask=tmask[:, None] & ((offs_e >= ID_COLS) & (offs_e < DV))[None, :], other=0.0).to(tl.float32)
         return tl.where(tmask[:, None], tl.where(is_id[None, :], ident, vt), 0.0)
+
+    @triton.jit
+    def _identity_weights(offs_t, tmask, ecol, id_den, id_span, ID_COLS: tl.constexpr, ROUND: tl.constexpr):
+        # [BLOCK_T, ID_SPAN]: the identity values of rows offs_t in columns ecol (_value_tile_id's formula), zero on
+        # rows past the range and on columns >= ID_COLS; rounded to bf16 when ROUND
+        y = tl.math.div_rn(offs_t.to(tl.float32), id_den) * id_span
+        wid = tl.maximum(1.0 - tl.abs(y[:, None] - ecol[None, :].to(tl.float32)), 0.0)
+        wid = tl.where(tmask[:, None] & (ecol < ID_COLS)[None, :], wid, 0.0)
+        if ROUND:
+            wid = _round_bf16(wid)
+        return wid
 
     @triton.jit
     def _key_rows(VALID, b, T, start, row_end, HAS_VALID: tl.constexpr, BLOCK_T: tl.constexpr):
@@ -328,7 +345,8 @@ if triton is not None:
                       DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr, DASH_X2: tl.constexpr,
                       DIAG_PRE: tl.constexpr, FIXED_OFF: tl.constexpr,
                       BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_DV: tl.constexpr, DASH_F16: tl.constexpr, ID_COLS: tl.constexpr, id_den, id_span):
+                      BLOCK_DV: tl.constexpr, DASH_F16: tl.constexpr, ID_COLS: tl.constexpr, id_den, id_span,
+                      ID_SPAN: tl.constexpr, BLOCK_ID: tl.constexpr):
         # KEY_FORM="per_feature": features f0 .. f0 + BLOCK_F - 1 over key rows sp * ROWS .. of head bh, tiles held
         # [features, keys], a running maximum of dash per feature. DASH_X2 (bf16 keys): dash = w_hi k + w_lo k, two
         # bf16 products of the raw keys with x_scale w split in two bf16 parts (each product exact, fp32 sums:
@@ -344,7 +362,10 @@ if triton is not None:
         offs_d = tl.arange(0, BLOCK_D)
         dmask = offs_d < D
         offs_e = tl.arange(0, BLOCK_DV)
-        emask = offs_e < DV
+        if ID_SPAN > 0:                     # sparse identity columns: acc holds v's columns only (KEY_ID_SPARSE)
+            emask = offs_e < DV - ID_COLS
+        else:
+            emask = offs_e < DV
         w = tl.load(PROJ + offs_f[:, None] * D + offs_d[None, :], mask=fmask[:, None] & dmask[None, :],
                     other=0.0).to(tl.float32)                                       # [BF, BD]
         acc = tl.zeros([BLOCK_F, BLOCK_DV], dtype=tl.float32)
@@ -352,6 +373,13 @@ if triton is not None:
         vsum = tl.zeros([BLOCK_DV], dtype=tl.float32)
         m_run = tl.full([BLOCK_F], float("-inf"), tl.float32)
         row0 = sp * ROWS
+        if ID_SPAN > 0:
+            # the program's rows reach identity columns e_lo .. e_lo + ID_SPAN - 1 only (the host sized ID_SPAN so):
+            # their sums in a [BF, ID_SPAN] accumulator, one narrow product a tile, placed into columns at the end
+            e_lo = tl.floor(tl.math.div_rn(row0.to(tl.float32), id_den) * id_span).to(tl.int32)
+            ecol = e_lo + tl.arange(0, ID_SPAN)
+            acc_id = tl.zeros([BLOCK_F, ID_SPAN], dtype=tl.float32)
+            vs_id = tl.zeros([ID_SPAN], dtype=tl.float32)
         row_end = tl.minimum(row0 + ROWS, T)
         kbase = K + b * skb + h * skh
         vbase = V + b * svb + h * svh
@@ -397,7 +425,18 @@ if triton is not None:
                 p = tl.exp(dash - diag[None, :] - m_safe[:, None])                  # [BF, BT], 0 off valid keys
                 acc = acc * alpha[:, None]
                 zacc = zacc * alpha
-            if ID_COLS > 0:                                                         # identity_cols (no mask)
+            if ID_SPAN > 0:
+                wid = _identity_weights(offs_t, tmask, ecol, id_den, id_span, ID_COLS, BF16)   # [BT, ID_SPAN]
+                if BF16:
+                    if EMU:
+                        acc_id += tl.dot(_round_bf16(p), wid, input_precision="ieee")
+                    else:
+                        acc_id = tl.dot(p.to(tl.bfloat16), wid.to(tl.bfloat16), acc_id)
+                else:
+                    acc_id = tl.dot(p, wid, acc_id, input_precision=PROD_PREC)
+                vs_id += tl.sum(wid, axis=0)
+                vt = _value_tile(vbase, offs_t, svt, tmask, rmask, offs_e, emask)   # v's columns
+            elif ID_COLS > 0:                                                       # identity_cols (no mask)
                 vt = _value_tile_id(vbase, offs_t, svt, tmask, offs_e, DV, id_den, id_span, ID_COLS, BF16)
             else:
                 vt = _value_tile(vbase, offs_t, svt, tmask, rmask, offs_e, emask)   # [BT, BDV]
@@ -413,15 +452,25 @@ if triton is not None:
             m_run = m_new
         part = bh * NSPLIT + sp
         # A and MXF are [BH, M, NSPLIT(, DV)]: the combine reads each feature's splits in a row
-        tl.store(A + ((bh * M + offs_f[:, None]) * NSPLIT + sp) * DV + offs_e[None, :], acc,
-                 mask=fmask[:, None] & emask[None, :])
+        arow = A + ((bh * M + offs_f[:, None]) * NSPLIT + sp) * DV
+        if ID_SPAN > 0:      # identity columns placed by a one-hot product (exact: one term per output), then v's
+            offs_c = tl.arange(0, BLOCK_ID)
+            place = (offs_c[None, :] == ecol[:, None]).to(tl.float32)             # [ID_SPAN, BLOCK_ID]
+            tl.store(arow + offs_c[None, :], tl.dot(acc_id, place, input_precision="ieee"),
+                     mask=fmask[:, None] & (offs_c < ID_COLS)[None, :])
+            tl.store(arow + ID_COLS + offs_e[None, :], acc, mask=fmask[:, None] & emask[None, :])
+            if fb == 0:
+                tl.store(VS + part * DV + offs_c, tl.sum(vs_id[:, None] * place, axis=0), mask=offs_c < ID_COLS)
+                tl.store(VS + part * DV + ID_COLS + offs_e, vsum, mask=emask)
+        else:
+            tl.store(arow + offs_e[None, :], acc, mask=fmask[:, None] & emask[None, :])
         tl.store(Z + part * M + offs_f, zacc, mask=fmask)
         if FIXED_OFF:
             tl.store(MXF + (bh * M + offs_f) * NSPLIT + sp, c_f, mask=fmask)
         else:
             tl.store(MXF + (bh * M + offs_f) * NSPLIT + sp, m_run, mask=fmask)
         tl.store(MX + part * NFB + fb, tl.max(tl.where(fmask, m_run, float("-inf")), axis=0))
-        if fb == 0:
+        if fb == 0 and ID_SPAN == 0:
             tl.store(VS + part * DV + offs_e, vsum, mask=emask)
 
     @triton.jit
@@ -433,7 +482,7 @@ if triton is not None:
                        DIAG_PRE: tl.constexpr, FIXED_OFF: tl.constexpr,
                        BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, TAIL_F: tl.constexpr,
                        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DASH_F16: tl.constexpr,
-                       ID_COLS: tl.constexpr, id_den, id_span):
+                       ID_COLS: tl.constexpr, id_den, id_span, ID_SPAN: tl.constexpr, BLOCK_ID: tl.constexpr):
         # grid (NFB, NSPLIT, B H), as _key_kernel (TAIL_F: the last block's narrower tile)
         fb = tl.program_id(0)
         sp = tl.program_id(1).to(tl.int64)
@@ -442,18 +491,18 @@ if triton is not None:
             _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                           skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                           HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T, BLOCK_F,
-                          BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span)
+                          BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span, ID_SPAN, BLOCK_ID)
         else:
             if fb < NFB - 1:
                 _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                               skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                               HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T,
-                              BLOCK_F, BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span)
+                              BLOCK_F, BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span, ID_SPAN, BLOCK_ID)
             else:
                 _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                               skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                               HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T,
-                              TAIL_F, BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span)
+                              TAIL_F, BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span, ID_SPAN, BLOCK_ID)
 
     @triton.jit
     def _key_sqnorm_kernel(K, DG, skb, skh, skt, H, T, D, x_scale,
@@ -703,6 +752,18 @@ def _query_dash() -> str:
     return QUERY_DASH
 
 
+def _identity_span(identity_cols: int, T: int, rows: int) -> int:
+    """KEY_ID_SPARSE: how many identity columns one key-pass program's rows reach (a power of two >= 16, with a
+    margin for the float row positions), or 0 (the dense identity tile) when off, without identity columns, under the
+    running offsets (whose rescaling the narrow accumulator would need too), or when the span is not narrower than
+    the identity columns."""
+    if not (KEY_ID_SPARSE and identity_cols and _key_offset() == "norm"):
+        return 0
+    step = (identity_cols - 1) / max(T - 1, 1)                                   # identity column per row
+    span = max(16, pow2_block(math.ceil((rows - 1) * step) + 3))
+    return span if span < pow2_block(identity_cols) else 0
+
+
 def _pf_tiles(bf16: bool) -> tuple[int, int]:
     """(key rows per tile, pipeline stages) of the per-feature key pass for bf16 or fp32 products."""
     return (KEY_PF_BLOCK_T, KEY_PF_STAGES) if bf16 else (KEY_PF_FP32_BLOCK_T, KEY_PF_FP32_STAGES)
@@ -812,6 +873,7 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
     vs_part = _fresh((BH, nsplit, Dv), torch.float32, dev)
     valid_u8 = valid.to(torch.uint8).contiguous() if valid is not None else mx_part   # dummy when None
     strides = (k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2))
+    id_span_cols = _identity_span(identity_cols, T, rows)
     if per_feature:
         pf_block_t, pf_stages = _pf_tiles(bf16)
         mxf_part = _fresh((BH, m, nsplit), torch.float32, dev)                      # M_pf, split inside the feature
@@ -826,8 +888,10 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
             H, T, d, Dv, m, rows, nsplit, nfb, x_scale,
             HAS_VALID=valid is not None, BF16=bf16, EMU=emu, DASH_PREC=dash_prec, PROD_PREC=prod_prec,
             DASH_X2=dash_x2, DIAG_PRE=KEY_DIAG == "pre", FIXED_OFF=_key_offset() == "norm",
-            BLOCK_T=pf_block_t, BLOCK_F=KEY_BLOCK_F, TAIL_F=tail_f, BLOCK_D=BD, BLOCK_DV=BDV, DASH_F16=dash_f16,
+            BLOCK_T=pf_block_t, BLOCK_F=KEY_BLOCK_F, TAIL_F=tail_f, BLOCK_D=BD,
+            BLOCK_DV=pow2_block(Dv - identity_cols) if id_span_cols else BDV, DASH_F16=dash_f16,
             ID_COLS=identity_cols, id_den=float(max(T - 1, 1)), id_span=float(max(identity_cols - 1, 0)),
+            ID_SPAN=id_span_cols, BLOCK_ID=pow2_block(identity_cols) if identity_cols else 16,
             num_warps=KEY_PF_WARPS, num_stages=pf_stages)
     else:
         mxf_part = mx_part                                                           # unused

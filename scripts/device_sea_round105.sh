@@ -6,8 +6,8 @@
 # Performer's dash as one fp16 product in both passes (kernels/favor_dense.py KEY_PF_DASH / QUERY_DASH = "fp16":
 # TF32's 11-bit operand rounding, half its operand bytes, one product a key tile instead of bf16x2's two).
 # The identity values made in the key pass (methods.sea.estimator.IDENTITY_IN_KERNEL: no concatenation kernel).
-# GPU tests of the kernels and of CUDA-graph replay; SEA's 8k profile in four forms (and a fifth, printed only) (the first with the calling lines
-# of the small launches); fidelity on all-MiniLM-L6's q/k/v for the three forms in two runs; 64k profile lines.
+# GPU tests of the kernels and of CUDA-graph replay; SEA's 8k profile in four forms, two more printed only (the first
+# with the calling lines of the small launches); fidelity on all-MiniLM-L6's q/k/v for the three forms in two runs; 64k profile lines.
 # At most 8 files under $OUT.
 # Predictions (written before the run): tests pass; 8k kernels 0.814 (sea-offsets/call3) -> ~0.78 ms as committed
 # (1ccc848: ~25-30 fewer launches); bf16 operands: query pass 0.091 -> ~0.080, head 0.143 -> ~0.10 ms; fp16 dash:
@@ -46,6 +46,11 @@ timeout 60 python3 scripts/profile_sea.py --T 8192 --opts $o,encoder_operands=bf
   --set methods.sea.estimator.IDENTITY_IN_KERNEL=True > /tmp/p8id.txt 2>&1
 echo "8k both + identity values in the key pass: $(grep -m1 'kernels sum' /tmp/p8id.txt | cut -c1-100)"
 grep -E "_key_pf|cat_0" /tmp/p8id.txt | cut -c1-60
+timeout 60 python3 scripts/profile_sea.py --T 8192 --opts $o,encoder_operands=bf16 --top 45 $dash \
+  --set methods.sea.estimator.IDENTITY_IN_KERNEL=True --set kernels.favor_dense.KEY_ID_SPARSE=False \
+  > /tmp/p8idd.txt 2>&1
+echo "8k the same, identity columns in the dense value tile: $(grep -m1 'kernels sum' /tmp/p8idd.txt | cut -c1-100)"
+grep -E "_key_pf" /tmp/p8idd.txt | cut -c1-60
 timeout 60 python3 scripts/profile_sea.py --T 65536 --opts $o,encoder_operands=bf16 --top 30 $dash > /tmp/p64.txt 2>&1
 echo "64k both: $(grep -m1 'kernels sum' /tmp/p64.txt | cut -c1-100)"
 grep -E "_head_kernel|_query_kernel|_key_pf" /tmp/p64.txt | cut -c1-60

@@ -146,6 +146,27 @@ def test_identity_columns_made_in_the_key_pass_equal_the_concatenation(operands)
         fd.favor_softmax_dense(q, k, v, proj, valid=_valid(), operands=operands, identity_cols=D)
 
 
+@pytest.mark.parametrize("operands", ["fp32", "bf16"])
+def test_identity_columns_in_a_narrow_accumulator(monkeypatch, operands):
+    """KEY_ID_SPARSE: at T = 256 with 32-row key splits each program's rows reach a few of the 32 identity columns,
+    summed in a 16-wide accumulator and placed at the end; the output equals the dense identity tile's and the
+    concatenation's (poisoned buffers: every partial column written)."""
+    g = torch.Generator().manual_seed(6)
+    Bs, Hs, Ts, n = 2, 2, 256, 32
+    q, k = (1.5 * torch.randn(Bs, Hs, Ts, D, generator=g) for _ in range(2))
+    v = torch.randn(Bs, Hs, Ts, D, generator=g)
+    proj = orthogonal_random_features(M, D, g)
+    vals = torch.cat([identity_values(None, Bs, Ts, n, "cpu")[:, None].expand(Bs, Hs, Ts, n), v], -1)
+    if operands == "bf16":
+        vals, v = vals.to(torch.bfloat16), v.to(torch.bfloat16)
+    want = fd.favor_softmax_dense(q, k, vals, proj, operands=operands)
+    assert fd._identity_span(n, Ts, fd._split_rows(Ts, Bs * Hs * -(-M // fd.KEY_BLOCK_F))) == 16
+    for sparse in (True, False):
+        monkeypatch.setattr(fd, "KEY_ID_SPARSE", sparse)
+        got = fd.favor_softmax_dense(q, k, v, proj, operands=operands, identity_cols=n)
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("operands,masked", [("fp32", True), ("bf16", False)])
 def test_bf16_output_is_the_fp32_output_rounded_once(operands, masked):
     """out_dtype=bfloat16 (SEA's encoder_operands=bf16): the same sums, rounded to nearest even as stored, so every
@@ -504,8 +525,8 @@ def test_cuda_fp16_dash_as_accurate_as_one_pass_tf32(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("operands", ["bf16", "fp32"])
 def test_cuda_identity_columns_equal_the_concatenation(monkeypatch, operands):
-    """On the GPU at SEA's widths: identity_cols=64 against the concatenated [identity ; v] (bf16 for bf16
-    operands, as SEA's estimator builds it)."""
+    """On the GPU at SEA's widths: identity_cols=64 (in the narrow accumulator and in the dense tile) against the
+    concatenated [identity ; v] (bf16 for bf16 operands, as SEA's estimator builds it)."""
     for name, val in DEFAULT_TILES.items():
         monkeypatch.setattr(fd, name, val)
     g = torch.Generator().manual_seed(9)
@@ -514,6 +535,8 @@ def test_cuda_identity_columns_equal_the_concatenation(monkeypatch, operands):
     vals = torch.cat([identity_values(None, 1, 3000, 64, "cuda")[:, None].expand(1, 4, 3000, 64), v.float()], -1)
     vals = vals.to(torch.bfloat16) if operands == "bf16" else vals
     with torch.no_grad():
-        got = fd.favor_softmax_dense(q, k, v, proj, operands=operands, precision="tf32", identity_cols=64)
         want = fd.favor_softmax_dense(q, k, vals, proj, operands=operands, precision="tf32")
-    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+        for sparse in (True, False):                                 # the narrow identity accumulator, the dense tile
+            monkeypatch.setattr(fd, "KEY_ID_SPARSE", sparse)
+            got = fd.favor_softmax_dense(q, k, v, proj, operands=operands, precision="tf32", identity_cols=64)
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
