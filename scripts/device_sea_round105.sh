@@ -7,7 +7,8 @@
 # TF32's 11-bit operand rounding, half its operand bytes, one product a key tile instead of bf16x2's two).
 # The identity values made in the key pass (methods.sea.estimator.IDENTITY_IN_KERNEL: no concatenation kernel).
 # GPU tests of the kernels and of CUDA-graph replay; SEA's 8k profile in four forms, two more printed only (the first
-# with the calling lines of the small launches); fidelity on all-MiniLM-L6's q/k/v for the three forms in two runs; 64k profile lines.
+# with the calling lines of the small launches); fidelity on all-MiniLM-L6's q/k/v for the three forms in two runs;
+# 64k profile lines.
 # At most 8 files under $OUT.
 # Predictions (written before the run): tests pass; 8k kernels 0.814 (sea-offsets/call3) -> ~0.78 ms as committed
 # (1ccc848: ~25-30 fewer launches); bf16 operands: query pass 0.091 -> ~0.080, head 0.143 -> ~0.10 ms; fp16 dash:
