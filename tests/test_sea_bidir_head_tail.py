@@ -272,6 +272,7 @@ def test_estimator_bf16_encoder_operands_head_equals_the_torch_restatement(monke
     assert (af - aw).abs().mean() < 1e-3 * aw.abs().mean()
     assert 0 < (sf - s32).abs().max() < 2e-2                               # bf16 operands: rounding-sized moves
     M_, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=True, K=16, encoder_operands="bf16")
+    assert any("encoder_operands=bf16" in r for r in M_.supports(problem, cfg))   # an unsupported cell in a sweep
     with pytest.raises(ValueError, match="bidirectional"):
         M_.build(cfg, problem)
 

@@ -248,6 +248,9 @@ class _SEABase(Method):
         if wants_triton and problem.device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             reasons.append(f"{', '.join(wants_triton)} needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); "
                            f"device={problem.device}")
+        if cfg["encoder_operands"] == "bf16" and problem.causal:
+            reasons.append("encoder_operands=bf16 is the bidirectional estimator's (the causal fused front never "
+                           "writes the Performer's output); causal calls take encoder_operands=fp32")
         if cfg["performer_backend"] == "fused" and not problem.causal:
             reasons.append("performer_backend=fused is the causal Performer + encoder kernel; bidirectional calls "
                            "take performer_backend=auto or triton (kernels/favor_dense.py)")
