@@ -470,8 +470,9 @@ if triton is not None:
         else:
             tl.store(MXF + (bh * M + offs_f) * NSPLIT + sp, m_run, mask=fmask)
         tl.store(MX + part * NFB + fb, tl.max(tl.where(fmask, m_run, float("-inf")), axis=0))
-        if fb == 0 and ID_SPAN == 0:
-            tl.store(VS + part * DV + offs_e, vsum, mask=emask)
+        if ID_SPAN == 0:                                                           # (else stored above)
+            if fb == 0:
+                tl.store(VS + part * DV + offs_e, vsum, mask=emask)
 
     @triton.jit
     def _key_pf_kernel(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG,
