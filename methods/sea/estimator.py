@@ -66,7 +66,10 @@ VALS_BF16 = True
 # Bidirectional calls without a padding mask on the fused Performer kernel: the identity values (the first d of its
 # 2d value columns, a hat function of the row) made in its key pass instead of concatenated in front of v and read
 # (twentieth session; not yet timed on a GPU: the concatenation took 0.012 ms at 8k on an H200, and the key pass
-# reads half the value bytes). False: the concatenation (the measured form); the A/B switch.
+# reads half the value bytes; the sixteenth session's form of this, a dense [keys, 2d] value tile in the per-program
+# key pass, measured slower than the concatenation it saved, 0.186 -> 0.226 ms at 8k, results/nvidia-h200/
+# sea-fewer-launches/call2/: favor_dense.KEY_ID_SPARSE is the new part). False: the concatenation (the measured
+# form); the A/B switch.
 IDENTITY_IN_KERNEL = False
 RECOMPILE_LIMIT = 64             # each estimator instance and shape is one more compiled entry of forward()
 
