@@ -280,8 +280,9 @@ def test_estimator_bf16_encoder_operands_head_equals_the_torch_restatement(monke
 @pytest.mark.parametrize("performer_dtype", ["bf16", "fp32"])
 def test_estimator_identity_values_made_in_the_key_pass(monkeypatch, performer_dtype):
     """IDENTITY_IN_KERNEL: without a padding mask the fused Performer kernel makes the identity values itself
-    (identity_cols); the estimate equals the concatenating form's exactly. With a padding mask, or on another
-    Performer path, the concatenation stays (favor_attention refuses identity_cols there)."""
+    (identity_cols); the estimate equals the concatenating form's exactly. The block form (a carry) concatenates,
+    and favor_attention refuses identity_cols on its other Performer paths. (A padding mask always concatenates: the
+    identity values then follow the mask, and only the no-mask call reaches this choice.)"""
     from methods.sea.favor import favor_attention
     from tests.helpers import gaussian_qkv, sea_case
 
