@@ -471,7 +471,6 @@ def test_compiled_kernel_at_sea_widths_matches_torch(monkeypatch, operands, prec
     assert rel < (1e-5 if operands == "fp32" and call is None else 1e-2), rel
 
 
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16x2_dash_is_finer_than_one_pass_tf32(monkeypatch):
