@@ -748,10 +748,11 @@ def _query_offset() -> str:
     return QUERY_OFFSET
 
 
-def _query_dash() -> str:
-    if QUERY_DASH not in ("prec", "fp16"):
-        raise ValueError(f"favor_dense.QUERY_DASH={QUERY_DASH!r}: expected prec or fp16")
-    return QUERY_DASH
+def _query_dash(call: str | None = None) -> str:
+    dash = QUERY_DASH if call is None else call
+    if dash not in ("prec", "fp16"):
+        raise ValueError(f"favor_dense: query dash {dash!r} (QUERY_DASH or query_dash=): expected prec or fp16")
+    return dash
 
 
 def _identity_span(identity_cols: int, T: int, rows: int) -> int:
@@ -794,7 +795,8 @@ def _unit_last(x):
 def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, *,
                         valid: torch.Tensor | None = None, operands: str = "fp32", eps: float = 1e-6,
                         feat_eps: float = 1e-4, precision: str | None = None,
-                        out_dtype: torch.dtype = torch.float32, identity_cols: int = 0) -> torch.Tensor:
+                        out_dtype: torch.dtype = torch.float32, identity_cols: int = 0, key_dash: str | None = None,
+                        query_dash: str | None = None) -> torch.Tensor:
     """Bidirectional FAVOR+ softmax-feature attention, fused (see the module docstring).
     q, k [B, H, T, d]; v [B, H, T, Dv]; proj [m, d] fp32; valid bool [B, T] or None -> [B, H, T, Dv] in out_dtype
     (float32, or bfloat16: the fp32 result rounded to nearest once as the query pass stores it, half the bytes).
@@ -803,11 +805,12 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
     identity_cols n > 0 (no padding mask; the per-feature key pass): the values are [identity rows ; v], the first n
     columns SEA's identity values relu(1 - |t / max(T - 1, 1) * (n - 1) - e|) made inside the key pass (rounded to
     bf16 with bf16 operands, as a bf16 copy of the concatenation would hold them) instead of read from a
-    concatenated tensor; the output has n + v's width columns."""
+    concatenated tensor; the output has n + v's width columns. key_dash, query_dash: this call's KEY_PF_DASH and
+    QUERY_DASH (None: the module's)."""
     if out_dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"favor_softmax_dense: out_dtype {out_dtype} must be torch.float32 or torch.bfloat16")
     st = key_summary(q, k, v, proj, valid=valid, operands=operands, feat_eps=feat_eps, precision=precision,
-                     identity_cols=identity_cols)
+                     identity_cols=identity_cols, key_dash=key_dash)
     B, H, T, _ = q.shape
     q, Dv = st["q"], st["Dv"]
     out = _fresh((B, H, T, Dv), out_dtype, q.device)
@@ -819,12 +822,12 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
         BF16=st["bf16"], EMU=st["emu"], DASH_PREC=st["dash_prec"], PROD_PREC=st["prod_prec"], FIXED_OFF=q_off,
         BLOCK_T=QUERY_BLOCK_T, BLOCK_F=QUERY_BLOCK_F, BLOCK_D=pow2_block(q.shape[3]), BLOCK_DV=pow2_block(Dv),
         BLOCK_CB=pow2_block(st["ncb"]), OUT_BF16=out_dtype == torch.bfloat16,
-        DASH_F16=_query_dash() == "fp16" and st["dash_prec"] == "tf32", num_warps=QUERY_NUM_WARPS)
+        DASH_F16=_query_dash(query_dash) == "fp16" and st["dash_prec"] == "tf32", num_warps=QUERY_NUM_WARPS)
     return out
 
 
 def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, precision=None,
-                identity_cols: int = 0) -> dict:
+                identity_cols: int = 0, key_dash: str | None = None) -> dict:
     """The key pass and the combine of favor_softmax_dense (same arguments): a dict with the [B H, m, Dv] summary
     'kv' (bf16 with bf16 operands), 'z' [B H, m], the per-block sums 'kvs_part' / 'zs_part' and maxima of
     |proj_f|^2 / 2 'cs_part' ('ncb' blocks) and what
@@ -845,14 +848,15 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
     per_feature = _key_form() == "per_feature"
     if identity_cols and not per_feature:
         raise ValueError("favor_dense: identity_cols needs the per-feature key pass (KEY_FORM=per_feature)")
-    if KEY_PF_DASH not in ("bf16x2", "tf32", "fp16") or KEY_DIAG not in ("pre", "tile"):
-        raise ValueError(f"favor_dense: KEY_PF_DASH={KEY_PF_DASH!r} (bf16x2, tf32 or fp16), KEY_DIAG={KEY_DIAG!r} "
-                         "(pre or tile)")
+    key_dash = KEY_PF_DASH if key_dash is None else key_dash
+    if key_dash not in ("bf16x2", "tf32", "fp16") or KEY_DIAG not in ("pre", "tile"):
+        raise ValueError(f"favor_dense: key dash {key_dash!r} (KEY_PF_DASH or key_dash=: bf16x2, tf32 or fp16), "
+                         f"KEY_DIAG={KEY_DIAG!r} (pre or tile)")
     if precision not in (None, "tf32x3", "ieee", "tf32"):
         raise ValueError(f"favor_dense: precision={precision!r}, expected None, tf32x3, ieee or tf32")
     dash_prec = precision or (BF16_DASH_PRECISION if bf16 else FP32_PRECISION)
-    dash_x2 = per_feature and KEY_PF_DASH == "bf16x2" and dash_prec == "tf32" and k.dtype == torch.bfloat16
-    dash_f16 = per_feature and KEY_PF_DASH == "fp16" and dash_prec == "tf32"
+    dash_x2 = per_feature and key_dash == "bf16x2" and dash_prec == "tf32" and k.dtype == torch.bfloat16
+    dash_f16 = per_feature and key_dash == "fp16" and dash_prec == "tf32"
     if KEY_FP32 and k.dtype != torch.float32 and not (dash_x2 or dash_f16):
         k = k.float()
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)

@@ -278,32 +278,57 @@ def test_estimator_bf16_encoder_operands_head_equals_the_torch_restatement(monke
 
 
 @pytest.mark.parametrize("performer_dtype", ["bf16", "fp32"])
-def test_estimator_identity_values_made_in_the_key_pass(monkeypatch, performer_dtype):
-    """IDENTITY_IN_KERNEL: without a padding mask the fused Performer kernel makes the identity values itself
-    (identity_cols); the estimate equals the concatenating form's exactly. The block form (a carry) concatenates,
-    and favor_attention refuses identity_cols on its other Performer paths. (A padding mask always concatenates: the
-    identity values then follow the mask, and only the no-mask call reaches this choice.)"""
+def test_estimator_identity_values_made_in_the_key_pass(performer_dtype):
+    """identity_values=kernel: without a padding mask the fused Performer kernel makes the identity values itself
+    (identity_cols); the estimate equals the concatenating form's exactly, and impl says which ran. The block form (a
+    carry) concatenates, and favor_attention refuses identity_cols on its other Performer paths. (A padding mask
+    always concatenates: the identity values then follow the mask, and only the no-mask call reaches this choice.)"""
     from methods.sea.favor import favor_attention
     from tests.helpers import gaussian_qkv, sea_case
 
     q, k, v = gaussian_qkv(1, 4, 4, 64, 16, seed=8, dtype=torch.bfloat16)
-    M_, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=False, K=16, performer_backend="triton",
-                                performer_dtype=performer_dtype, estimator_dtype="bf16")
-    layer = M_.build(cfg, problem)
-    outs, used = {}, {}
-    with torch.no_grad():
-        for on in (True, False):
-            monkeypatch.setattr(est_mod, "IDENTITY_IN_KERNEL", on)
-            used[on] = layer.estimator.identity_in_kernel(q, k, v, None)
-            outs[on] = layer.estimator(q, k, v, valid=None, probs=True)
-    assert used == {True: True, False: False}
-    for a, b in zip(outs[True], outs[False]):
+    outs, used, layers = {}, {}, {}
+    for mode in ("kernel", "concat"):
+        M_, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=False, K=16, performer_backend="triton",
+                                    performer_dtype=performer_dtype, estimator_dtype="bf16", identity_values=mode)
+        layers[mode] = layer = M_.build(cfg, problem)
+        with torch.no_grad():
+            used[mode] = layer.estimator.identity_in_kernel(q, k, v, None)
+            outs[mode] = layer.estimator(q, k, v, valid=None, probs=True)
+            layer(q, k, v, causal=False)
+        assert ("/identity=kernel" in layer.impl) is (mode == "kernel")
+    assert used == {"kernel": True, "concat": False}
+    for a, b in zip(outs["kernel"], outs["concat"]):
         assert (a is None and b is None) or torch.equal(a, b)
-    monkeypatch.setattr(est_mod, "IDENTITY_IN_KERNEL", True)
-    assert not layer.estimator.identity_in_kernel(q, k, v, {})           # the block form concatenates
+    assert not layers["kernel"].estimator.identity_in_kernel(q, k, v, {})   # the block form concatenates
     with pytest.raises(ValueError, match="identity_cols"):
-        favor_attention(q, k, v, layer.estimator.proj, kernel="softmax", causal=False, backend="torch",
+        favor_attention(q, k, v, layers["kernel"].estimator.proj, kernel="softmax", causal=False, backend="torch",
                         identity_cols=16)
+
+
+def test_estimator_fp16_dash_option():
+    """performer_dash=fp16 (estimator_precision=tf32): the fused kernel's projections as fp16 products, named in impl,
+    moving the estimate by rounding-sized amounts; refused without one-pass TF32 and on causal problems (an
+    unsupported cell with its reason)."""
+    from tests.helpers import gaussian_qkv, sea_case
+
+    q, k, v = gaussian_qkv(1, 4, 4, 64, 16, seed=9, dtype=torch.bfloat16)
+    outs = {}
+    for dash in ("fp16", "auto"):
+        M_, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=False, K=16, performer_backend="triton",
+                                    estimator_precision="tf32", estimator_dtype="bf16", performer_dash=dash)
+        layer = M_.build(cfg, problem)
+        with torch.no_grad():
+            outs[dash] = layer.estimator(q, k, v, valid=None, probs=True)[1]
+            layer(q, k, v, causal=False)
+        assert ("/fp16dash" in layer.impl) is (dash == "fp16")
+    assert 0 < (outs["fp16"] - outs["auto"]).abs().max() < 1e-2
+    M_, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=False, K=16, performer_dash="fp16")
+    assert any("estimator_precision=tf32" in r for r in M_.supports(problem, cfg))
+    with pytest.raises(ValueError, match="estimator_precision=tf32"):
+        M_.build(cfg, problem)
+    M_, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=True, K=16, estimator_precision="tf32", performer_dash="fp16")
+    assert any("bidirectional fused Performer" in r for r in M_.supports(problem, cfg))
 
 
 # --- on the GPU ---------------------------------------------------------------------------------------------------

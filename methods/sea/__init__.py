@@ -103,6 +103,16 @@ class _SEABase(Method):
                "sums (in the bidirectional head kernel, kernels/sea_bidir_head.py; the PyTorch encoder computes the "
                "same rounded operands in fp32), half the bytes between the two passes; causal layers refuse it",
                choices=("fp32", "bf16")),
+        Option("performer_dash", "auto", "bidirectional estimator, estimator_precision=tf32: auto (the fused "
+               "Performer kernel's dash products: two bf16 products for bf16 keys, TF32 for queries), or fp16: both "
+               "passes' projections as one fp16 product of operands rounded to nearest in fp16 (one-pass TF32's "
+               "11-bit rounding at half its bytes; values beyond +-65504 clamped; kernels/favor_dense.py; MiniLM "
+               "fidelity -0.002 % against exact products, results/cpu/sea-fp16-dash/); elsewhere it does not apply "
+               "(impl names it where it ran: performer=.../fp16dash)", choices=("auto", "fp16")),
+        Option("identity_values", "concat", "bidirectional estimator without a padding mask: concat (the identity "
+               "value columns concatenated in front of v for the Performer) or kernel (made in the fused Performer "
+               "kernel's key pass, their products in a narrow accumulator; the same estimate; impl: "
+               "performer=.../identity=kernel where it ran)", choices=("concat", "kernel")),
         Option("compile", "none", "none, or estimator: the estimator's tensor operations (casts, Performer features, "
                "encoder, decoder, scaler) through torch.compile (inductor, static shapes: each sequence length "
                "compiles once, in the first call); the Triton kernels run between the compiled pieces",
@@ -251,6 +261,11 @@ class _SEABase(Method):
         if cfg["encoder_operands"] == "bf16" and problem.causal:
             reasons.append("encoder_operands=bf16 is the bidirectional estimator's (the causal fused front never "
                            "writes the Performer's output); causal calls take encoder_operands=fp32")
+        if problem.causal and (cfg["performer_dash"] != "auto" or cfg["identity_values"] != "concat"):
+            reasons.append("performer_dash and identity_values are the bidirectional fused Performer kernel's "
+                           "options; causal calls take performer_dash=auto, identity_values=concat")
+        if cfg["performer_dash"] == "fp16" and cfg["estimator_precision"] != "tf32":
+            reasons.append("performer_dash=fp16 rounds as one-pass TF32 does: it needs estimator_precision=tf32")
         if cfg["performer_backend"] == "fused" and not problem.causal:
             reasons.append("performer_backend=fused is the causal Performer + encoder kernel; bidirectional calls "
                            "take performer_backend=auto or triton (kernels/favor_dense.py)")
@@ -321,7 +336,8 @@ class _SEABase(Method):
                            sparse_backward=cfg["sparse_backward"], sparse_pieces=cfg["sparse_pieces"],
                            cuda_graph=cfg["cuda_graph"], shared_keys=cfg["shared_keys"],
                            shared_budget=cfg["shared_budget"], shared_span=cfg["shared_span"],
-                           encoder_operands=cfg["encoder_operands"])
+                           encoder_operands=cfg["encoder_operands"], performer_dash=cfg["performer_dash"],
+                           identity_values=cfg["identity_values"])
         return mod.to(problem.device)
 
 

@@ -63,14 +63,6 @@ BIDIR_HEAD = "auto"
 # products round them to bf16 anyway; half the bytes written and read): True; False keeps them fp32 (the A/B switch).
 # Only the feat_eps term's sum of the values sees the rounding (1e-4 times a bf16 rounding).
 VALS_BF16 = True
-# Bidirectional calls without a padding mask on the fused Performer kernel: the identity values (the first d of its
-# 2d value columns, a hat function of the row) made in its key pass instead of concatenated in front of v and read
-# (twentieth session; not yet timed on a GPU: the concatenation took 0.012 ms at 8k on an H200, and the key pass
-# reads half the value bytes; the sixteenth session's form of this, a dense [keys, 2d] value tile in the per-program
-# key pass, measured slower than the concatenation it saved, 0.186 -> 0.226 ms at 8k, results/nvidia-h200/
-# sea-fewer-launches/call2/: favor_dense.KEY_ID_SPARSE is the new part). False: the concatenation (the measured
-# form); the A/B switch.
-IDENTITY_IN_KERNEL = False
 RECOMPILE_LIMIT = 64             # each estimator instance and shape is one more compiled entry of forward()
 
 
@@ -302,7 +294,8 @@ class Estimator(nn.Module):
     def __init__(self, *, d: int, H: int, K: int, causal: bool, nbf: float, max_len: int, seed: int,
                  dec_dtype: str = "fp32", performer_backend: str = "auto", performer_dtype: str = "fp32",
                  scaler_input: str = "shared", encoder_backend: str = "auto", compile: str = "none",
-                 decoder_backend: str = "auto", precision: str = "fp32", encoder_operands: str = "fp32"):
+                 decoder_backend: str = "auto", precision: str = "fp32", encoder_operands: str = "fp32",
+                 performer_dash: str = "auto", identity_values: str = "concat"):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"estimator precision {precision!r}: expected one of {tuple(PRECISIONS)}")
@@ -313,6 +306,17 @@ class Estimator(nn.Module):
             raise ValueError("encoder_operands=bf16 is the bidirectional estimator's (its Performer output and "
                              "encoder products in bf16); the causal fused front never writes that output")
         self.encoder_operands = encoder_operands
+        if performer_dash not in ("auto", "fp16") or identity_values not in ("concat", "kernel"):
+            raise ValueError(f"performer_dash={performer_dash!r} (auto or fp16), identity_values={identity_values!r} "
+                             "(concat or kernel)")
+        if causal and (performer_dash != "auto" or identity_values != "concat"):
+            raise ValueError("performer_dash and identity_values are the bidirectional fused Performer kernel's "
+                             "options (kernels/favor_dense.py); causal estimators take their defaults")
+        if performer_dash == "fp16" and precision != "tf32":
+            raise ValueError("performer_dash=fp16 rounds the projections' operands as one-pass TF32 does: it needs "
+                             "estimator_precision=tf32")
+        self.performer_dash, self.identity_values = performer_dash, identity_values
+        self.last_dash = self.last_identity = "not-run"
         self.d, self.H, self.K, self.causal = d, H, K, causal
         if dec_dtype not in DEC_DTYPES:
             raise ValueError(f"estimator dtype {dec_dtype!r}: expected one of {tuple(DEC_DTYPES)}")
@@ -410,9 +414,12 @@ class Estimator(nn.Module):
         return "triton" if c_perf.is_cuda and not needs_grad(c_perf, v, *weights) else "torch"
 
     def identity_in_kernel(self, q, k, v, carry) -> bool:
-        """IDENTITY_IN_KERNEL: does this bidirectional call without a padding mask let the fused Performer kernel
-        make the identity values (favor_softmax_dense identity_cols) instead of concatenating them in front of v?"""
-        if not IDENTITY_IN_KERNEL or self.causal or carry is not None:
+        """identity_values=kernel: does this bidirectional call without a padding mask let the fused Performer kernel
+        make the identity values (favor_softmax_dense identity_cols) instead of concatenating them in front of v?
+        (Twentieth session, not yet timed on a GPU; its dense form, a [keys, 2d] value tile in the per-program key
+        pass, measured slower than the concatenation in the sixteenth session, 0.186 -> 0.226 ms at 8k on an H200,
+        results/nvidia-h200/sea-fewer-launches/call2/: favor_dense.KEY_ID_SPARSE's narrow accumulator is new.)"""
+        if self.identity_values != "kernel" or self.causal or carry is not None:
             return False
         from kernels import favor_dense
 
@@ -685,10 +692,13 @@ class Estimator(nn.Module):
         if VALS_BF16 and not self.causal and self.performer_dtype == "bf16" and not needs_grad(vals):
             vals = vals.to(torch.bfloat16)                                   # one fused cast under compile
         if carry is None:                                                # [B, H, T, 2d] fp32 (bf16) out
+            fused = self.last_performer == "triton-dense"
+            dash = "fp16" if self.performer_dash == "fp16" and fused else None
+            self.last_dash, self.last_identity = dash or "default", "kernel" if ident else "concat"
             c_perf = favor_attention(q, k, vals, self.proj, kernel=self.kernel, causal=self.causal, valid=valid,
                                      backend=self.performer_backend, operands=self.performer_dtype,
                                      precision=PRECISIONS[self.precision], out_dtype=self.c_dtype,
-                                     identity_cols=ident)
+                                     identity_cols=ident, dash=dash)
         else:
             c_perf, state = favor_causal_carry(q, k, vals, self.proj, carry.get("state"),
                                                backend=self.performer_backend, operands=self.performer_dtype)

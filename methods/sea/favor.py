@@ -164,7 +164,8 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
 def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, *, kernel: str,
                     causal: bool, valid: torch.Tensor | None = None, chunk: int = 128, backend: str = "auto",
                     eps: float = 1e-6, operands: str = "fp32", precision: str | None = None,
-                    out_dtype: torch.dtype = torch.float32, identity_cols: int = 0) -> torch.Tensor:
+                    out_dtype: torch.dtype = torch.float32, identity_cols: int = 0,
+                    dash: str | None = None) -> torch.Tensor:
     """FAVOR+ attention, output in out_dtype (float32; bfloat16: the fp32 result rounded once, by the fused
     bidirectional kernel as it stores it, elsewhere by a cast). q, k [B, H, T, d]; v [B, H, T, Dv]; valid bool
     [B, T] or None.
@@ -174,7 +175,9 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
     path rounds its [m, Dv] key-value summary to bf16 before the second product). precision: the fused
     bidirectional kernel's tl.dot precision (None: its default; "tf32": one pass); on the other paths "tf32" with a
     gradient to compute runs the feature projection with TF32 allowed in its backward too (tf32_linear).
-    identity_cols: the fused bidirectional kernel's (kernels/favor_dense.py), refused on the other paths."""
+    identity_cols, dash ("fp16": both passes' projections as one fp16 product where one-pass TF32 was asked for;
+    None: the kernel's defaults): the fused bidirectional kernel's (kernels/favor_dense.py), refused on the other
+    paths."""
     if operands not in ("fp32", "bf16"):
         raise ValueError(f"performer operands {operands!r}: expected fp32 or bf16")
     if out_dtype not in (torch.float32, torch.bfloat16):
@@ -187,9 +190,11 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
 
         return torch.compiler.disable(favor_softmax_dense)(q, k, v, proj.float(), valid=valid, operands=operands,
                                                            eps=eps, precision=precision, out_dtype=out_dtype,
-                                                           identity_cols=identity_cols)
-    if identity_cols:
-        raise ValueError(f"identity_cols={identity_cols} needs the fused bidirectional Performer kernel; path {path}")
+                                                           identity_cols=identity_cols, key_dash=dash,
+                                                           query_dash=dash)
+    if identity_cols or dash is not None:
+        raise ValueError(f"identity_cols={identity_cols}, dash={dash!r}: the fused bidirectional Performer kernel's "
+                         f"options; this call takes path {path}")
     return _favor_torch(q, k, v, proj, kernel=kernel, causal=causal, valid=valid, chunk=chunk, path=path, eps=eps,
                         operands=operands, precision=precision).to(out_dtype)
 

@@ -157,7 +157,7 @@ class SEAAttention(AttentionModule):
                  query_blocks: int = 0, mix_backend: str = "auto", estimator_precision: str = "fp32",
                  sparse_backward: str = "auto", sparse_pieces: int = 3, cuda_graph: int = 0,
                  shared_keys: int = 0, shared_budget: float = 2.0, shared_span: str = "strided",
-                 encoder_operands: str = "fp32"):
+                 encoder_operands: str = "fp32", performer_dash: str = "auto", identity_values: str = "concat"):
         super().__init__()
         from methods.sea import SPARSE_BACKWARDS, SPARSE_PIECES
         from methods.sea.graphs import GraphCache
@@ -207,7 +207,8 @@ class SEAAttention(AttentionModule):
                                    scaler_input=scaler_input, performer_backend=performer_backend,
                                    encoder_backend=encoder_backend, compile=compile,
                                    decoder_backend=decoder_backend, precision=estimator_precision,
-                                   encoder_operands=encoder_operands)
+                                   encoder_operands=encoder_operands, performer_dash=performer_dash,
+                                   identity_values=identity_values)
         # Persistent flag (saved with the module's state): has the estimator been trained or loaded? Mirrored
         # in a Python bool so that forward never reads the buffer (a host sync on CUDA).
         self.register_buffer("estimator_trained", torch.zeros((), dtype=torch.bool))
@@ -274,7 +275,9 @@ class SEAAttention(AttentionModule):
         enc = self.estimator.last_encoder                # triton: the encoder kernel; triton-head: with the row head
         return (f"sea[estimator={est}, estimator_dtype={self.estimator.dec_dtype}, "
                 f"performer={self.estimator.last_performer}"
-                f"{'' if self.estimator.performer_dtype == 'fp32' else '/' + self.estimator.performer_dtype}, "
+                f"{'' if self.estimator.performer_dtype == 'fp32' else '/' + self.estimator.performer_dtype}"
+                f"{'/fp16dash' if self.estimator.last_dash == 'fp16' else ''}"
+                f"{'/identity=kernel' if self.estimator.last_identity == 'kernel' else ''}, "
                 f"{'encoder=' + enc + ', ' if enc in ('triton', 'triton-head') else ''}"
                 f"{'decoder=' + dec + ', ' if dec in ('triton', 'split', 'head-fused') else ''}"
                 f"{'' if self.estimator.compile == 'none' else 'compile=' + self.estimator.compile + ', '}"
