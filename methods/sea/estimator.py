@@ -470,12 +470,13 @@ class Estimator(nn.Module):
             z, _, _ = front()
             return dict(inputs=0.0, performer=timer(front), encoder=0.0,
                         decoder=timer(lambda: self.decode(z, headed=head is not None)), scaler=0.0)
-        qf, kf, vf, vals = inputs()
+        qf, kf, vf, vals = inputs()                                      # (identity_values=kernel: timed as concat)
+        self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(qf, kf, vals))
+        dash = "fp16" if self.performer_dash == "fp16" and self.last_performer == "triton-dense" else None
         perf = lambda: favor_attention(qf, kf, vals, self.proj, kernel=self.kernel, causal=self.causal,  # noqa: E731
                                        backend=self.performer_backend, operands=self.performer_dtype,
-                                       precision=PRECISIONS[self.precision], out_dtype=self.c_dtype)
+                                       precision=PRECISIONS[self.precision], out_dtype=self.c_dtype, dash=dash)
         c_perf = perf()
-        self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(qf, kf, vals))
         if self.encoder_operands == "bf16":                               # as _encode: the head, or the restatement
             if self.encoder_path(c_perf, vf) == "triton" and self.uses_bidir_head(c_perf, v):
                 enc = lambda: self.bidir_head(c_perf, v)                 # noqa: E731
