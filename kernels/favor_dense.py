@@ -205,32 +205,27 @@ if triton is not None:
         return tl.minimum(tl.maximum(x.to(tl.float32), -65504.0), 65504.0).to(tl.float16)
 
     @triton.jit
-    def _value_tile_id(vbase, offs_t, svt, tmask, offs_e, DV, id_den, id_span, ID_COLS: tl.constexpr,
-                       ROUND: tl.constexpr):
-        # [BLOCK_T, BLOCK_DV] values in fp32 for identity_cols: columns e < ID_COLS the identity values
-        # relu(1 - |t / id_den * id_span - e|) (SEA's identity rows without a padding mask, id_den = max(T - 1, 1),
-        # id_span = ID_COLS - 1; IEEE division, as torch's), rounded to bf16 when ROUND (bf16 value operands, as the
-        # estimator's cast of the concatenated values); columns e >= ID_COLS loaded from v's column e - ID_COLS;
-        # zero on rows past the range
-        y = tl.math.div_rn(offs_t.to(tl.float32), id_den) * id_span
-        ident = tl.maximum(1.0 - tl.abs(y[:, None] - offs_e[None, :].to(tl.float32)), 0.0)
-        if ROUND:
-            ident = _round_bf16(ident)
-        is_id = offs_e < ID_COLS
-        vt = tl.load(vbase + offs_t[:, None] * svt + (offs_e - ID_COLS)[None, :],
-                     mask=tmask[:, None] & ((offs_e >= ID_COLS) & (offs_e < DV))[None, :], other=0.0).to(tl.float32)
-        return tl.where(tmask[:, None], tl.where(is_id[None, :], ident, vt), 0.0)
-
-    @triton.jit
     def _identity_weights(offs_t, tmask, ecol, id_den, id_span, ID_COLS: tl.constexpr, ROUND: tl.constexpr):
-        # [BLOCK_T, ID_SPAN]: the identity values of rows offs_t in columns ecol (_value_tile_id's formula), zero on
-        # rows past the range and on columns >= ID_COLS; rounded to bf16 when ROUND
+        # [BLOCK_T, len(ecol)]: the identity values relu(1 - |t / id_den * id_span - e|) of rows offs_t in columns
+        # ecol (SEA's identity rows without a padding mask, id_den = max(T - 1, 1), id_span = ID_COLS - 1; IEEE
+        # division, as torch's), zero on rows past the range and on columns >= ID_COLS; rounded to bf16 when ROUND
         y = tl.math.div_rn(offs_t.to(tl.float32), id_den) * id_span
         wid = tl.maximum(1.0 - tl.abs(y[:, None] - ecol[None, :].to(tl.float32)), 0.0)
         wid = tl.where(tmask[:, None] & (ecol < ID_COLS)[None, :], wid, 0.0)
         if ROUND:
             wid = _round_bf16(wid)
         return wid
+
+    @triton.jit
+    def _value_tile_id(vbase, offs_t, svt, tmask, offs_e, DV, id_den, id_span, ID_COLS: tl.constexpr,
+                       ROUND: tl.constexpr):
+        # [BLOCK_T, BLOCK_DV] values in fp32 for identity_cols: columns e < ID_COLS the identity values
+        # (_identity_weights; rounded to bf16 when ROUND: bf16 value operands, as the estimator's cast of the
+        # concatenated values), columns e >= ID_COLS loaded from v's column e - ID_COLS; zero on rows past the range
+        ident = _identity_weights(offs_t, tmask, offs_e, id_den, id_span, ID_COLS, ROUND)   # 0 off its columns
+        vt = tl.load(vbase + offs_t[:, None] * svt + (offs_e - ID_COLS)[None, :],
+                     mask=tmask[:, None] & ((offs_e >= ID_COLS) & (offs_e < DV))[None, :], other=0.0).to(tl.float32)
+        return ident + vt                                                # each entry one of the two, the other 0
 
     @triton.jit
     def _key_rows(VALID, b, T, start, row_end, HAS_VALID: tl.constexpr, BLOCK_T: tl.constexpr):

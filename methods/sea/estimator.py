@@ -95,9 +95,13 @@ def identity_values(valid: torch.Tensor | None, B: int, T: int, d: int, device) 
     rank = vf.cumsum(-1) - 1                                            # [B, T]
     L = vf.sum(-1, keepdim=True)                                        # [B, 1]
     y = rank / (L - 1).clamp(min=1) * (d - 1)                           # [B, T]
-    cols = torch.arange(d, device=device, dtype=torch.float32)
-    rows = torch.relu(1 - (y[..., None] - cols).abs())                  # [B, T, d]
-    return rows * vf[..., None]
+    return _identity_hat(y, d) * vf[..., None]                          # [B, T, d]
+
+
+def _identity_hat(y: torch.Tensor, d: int) -> torch.Tensor:
+    """relu(1 - |y - c|) for the d columns c: rows at eye-row positions y [...] -> [..., d] float32."""
+    cols = torch.arange(d, device=y.device, dtype=torch.float32)
+    return torch.relu(1 - (y[..., None] - cols).abs())
 
 
 def identity_rows(T: int, d: int, device, start: int = 0, stop: int | None = None) -> torch.Tensor:
@@ -107,9 +111,7 @@ def identity_rows(T: int, d: int, device, start: int = 0, stop: int | None = Non
     own; identity_values' cumsum, sums and ~13 other launches ran eagerly before every bidirectional call)."""
     stop = T if stop is None else stop
     rank = torch.arange(start, stop, device=device, dtype=torch.float32)
-    y = rank / max(T - 1, 1) * (d - 1)
-    cols = torch.arange(d, device=device, dtype=torch.float32)
-    return torch.relu(1 - (y[:, None] - cols).abs())                    # [stop - start, d]
+    return _identity_hat(rank / max(T - 1, 1) * (d - 1), d)              # [stop - start, d]
 
 
 class CausalConv2d(nn.Conv2d):
