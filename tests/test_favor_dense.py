@@ -471,6 +471,18 @@ def test_compiled_kernel_at_sea_widths_matches_torch(monkeypatch, operands, prec
     assert rel < (1e-5 if operands == "fp32" and call is None else 1e-2), rel
 
 
+def _cuda_sea_case(monkeypatch, seed: int, T: int):
+    """GPU tests at SEA's widths with the default tiles: bf16 q, k, v [1, 4, T, 64] on CUDA, the orthogonal
+    projection (m = 266) and the fp32 values [identity ; v] as SEA's estimator concatenates them."""
+    for name, val in DEFAULT_TILES.items():
+        monkeypatch.setattr(fd, name, val)
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, 4, T, 64, generator=g).cuda().bfloat16() for _ in range(3))
+    proj = orthogonal_random_features(266, 64, g).cuda()
+    vals = torch.cat([identity_values(None, 1, T, 64, "cuda")[:, None].expand(1, 4, T, 64), v.float()], -1)
+    return q, k, v, proj, vals
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bf16x2_dash_is_finer_than_one_pass_tf32(monkeypatch):
@@ -478,12 +490,7 @@ def test_cuda_bf16x2_dash_is_finer_than_one_pass_tf32(monkeypatch):
     (KEY_PF_DASH="bf16x2") against its one TF32 product ("tf32"), both against the exact fp32 ("ieee") ones: the
     split products are several times closer. (z has no other product; KV's error is its TF32 product with the
     values, the whole output's the query pass's TF32: 4.0e-4 against 4.1e-4, results/nvidia-h200/sea-key-pass/.)"""
-    for name, val in DEFAULT_TILES.items():
-        monkeypatch.setattr(fd, name, val)
-    g = torch.Generator().manual_seed(7)
-    q, k, v = (torch.randn(1, 4, 4096, 64, generator=g).cuda().bfloat16() for _ in range(3))
-    proj = orthogonal_random_features(266, 64, g).cuda()
-    vals = torch.cat([identity_values(None, 1, 4096, 64, "cuda")[:, None].expand(1, 4, 4096, 64), v.float()], -1)
+    q, k, v, proj, vals = _cuda_sea_case(monkeypatch, 7, 4096)
     with torch.no_grad():
         exact = fd.key_summary(q, k, vals, proj, operands="fp32", precision="ieee")
         rel = {}
@@ -502,12 +509,7 @@ def test_cuda_fp16_dash_as_accurate_as_one_pass_tf32(monkeypatch):
     product (KEY_PF_DASH = QUERY_DASH = "fp16") against the exact fp32 ("ieee") call, next to the same call with
     TF32 dash products (KEY_PF_DASH="tf32", QUERY_DASH="prec"): the same 11-bit operand rounding, so errors of the
     same size (printed)."""
-    for name, val in DEFAULT_TILES.items():
-        monkeypatch.setattr(fd, name, val)
-    g = torch.Generator().manual_seed(8)
-    q, k, v = (torch.randn(1, 4, 4096, 64, generator=g).cuda().bfloat16() for _ in range(3))
-    proj = orthogonal_random_features(266, 64, g).cuda()
-    vals = torch.cat([identity_values(None, 1, 4096, 64, "cuda")[:, None].expand(1, 4, 4096, 64), v.float()], -1)
+    q, k, v, proj, vals = _cuda_sea_case(monkeypatch, 8, 4096)
     with torch.no_grad():
         exact = fd.favor_softmax_dense(q, k, vals, proj, operands="fp32", precision="ieee").double()
         rel = {}
@@ -526,12 +528,7 @@ def test_cuda_fp16_dash_as_accurate_as_one_pass_tf32(monkeypatch):
 def test_cuda_identity_columns_equal_the_concatenation(monkeypatch, operands):
     """On the GPU at SEA's widths: identity_cols=64 (in the narrow accumulator and in the dense tile) against the
     concatenated [identity ; v] (bf16 for bf16 operands, as SEA's estimator builds it)."""
-    for name, val in DEFAULT_TILES.items():
-        monkeypatch.setattr(fd, name, val)
-    g = torch.Generator().manual_seed(9)
-    q, k, v = (torch.randn(1, 4, 3000, 64, generator=g).cuda().bfloat16() for _ in range(3))
-    proj = orthogonal_random_features(266, 64, g).cuda()
-    vals = torch.cat([identity_values(None, 1, 3000, 64, "cuda")[:, None].expand(1, 4, 3000, 64), v.float()], -1)
+    q, k, v, proj, vals = _cuda_sea_case(monkeypatch, 9, 3000)
     vals = vals.to(torch.bfloat16) if operands == "bf16" else vals
     with torch.no_grad():
         want = fd.favor_softmax_dense(q, k, vals, proj, operands=operands, precision="tf32")
