@@ -31,10 +31,12 @@ rounding, reshape [BLOCK_T, BLOCK_H, 4, BLOCK_W] -> permute [BLOCK_T, BLOCK_W, B
 H, W or T are padded).
 
 Precision: as kernels/sea_encoder.py for z and the scales (the same slices, the same dot precision), or with
-precision="bf16" (SEA's encoder_operands=bf16) the encoder's Linear on bf16 operands ([c ; v] and lin_w rounded to
-nearest, fp32 sums: c then arrives in bf16 from the query pass, half the bytes); the row projection as cuBLAS under
-autocast (bf16 operands, fp32 sums, one rounding), summed in another order. Under the Triton interpreter, bf16
-products run as fp32 dots of bf16-rounded values.
+precision="bf16" (SEA's encoder_operands=bf16) the encoder's Linear on bf16 operands, fp32 sums: [c ; v] rounded to
+nearest in the kernel (c then arrives in bf16 from the query pass, half the bytes), lin_w rounded once on the host
+(rounded in every program, the kernel took 0.220 ms instead of 0.145 at 8k on an H200:
+results/nvidia-h200/sea-bf16-encoder/call1/). The row projection as cuBLAS under autocast (bf16 operands, fp32
+sums, one rounding), summed in another order. Under the Triton interpreter, bf16 products run as fp32 dots of
+bf16-rounded values.
 
 Forward only, no padding mask handling (the caller zeroes padded values as it does for the encoder), d <= 128.
 """
@@ -65,15 +67,6 @@ if triton is not None:
     from kernels.favor_dense import _round_bf16
 
     @triton.jit
-    def _bf16_dot(x, wt, EMU: tl.constexpr):
-        # precision="bf16": x (fp32 or 16-bit) and wt (fp32) rounded to bf16 (nearest even), fp32 sums; under the
-        # interpreter an fp32 dot of the rounded values. (The default precisions' dots stay written in the kernel:
-        # the eighteenth session's shared row helper made the kernel 1.5x slower on an H200.)
-        if EMU:
-            return tl.dot(_round_bf16(x.to(tl.float32)), _round_bf16(wt), input_precision="ieee")
-        return tl.dot(x.to(tl.bfloat16), wt.to(tl.bfloat16))
-
-    @triton.jit
     def _head_kernel(C, V, LW, LB, LNW, LNB, SW, SB, RWT, RB, XO, SO,
                      scb, sch, sct, svb, svh, svt, H, T, D, W, ln_eps,
                      ENC_PREC: tl.constexpr, ENC_BF16: tl.constexpr, EMU: tl.constexpr, BLOCK_T: tl.constexpr,
@@ -101,8 +94,11 @@ if triton is not None:
             kmask = kk < D2
             x = tl.load(crow[:, None] + kk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
             wt = tl.load(LW + offs_n[None, :] * D3 + kk[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
-            if ENC_BF16:                                                  # bf16 operands (nearest), fp32 sums
-                acc += _bf16_dot(x, wt, EMU)
+            if ENC_BF16:            # bf16 operands (nearest; LW arrives in bf16), fp32 sums (EMU: exact fp32 dots)
+                if EMU:
+                    acc += tl.dot(_round_bf16(x.to(tl.float32)), wt.to(tl.float32), input_precision="ieee")
+                else:
+                    acc += tl.dot(x.to(tl.bfloat16), wt)
             else:
                 acc += tl.dot(x.to(tl.float32), wt, input_precision=ENC_PREC)
         for k0 in range(0, D, BLOCK_K):                                   # the v columns
@@ -112,7 +108,10 @@ if triton is not None:
             wt = tl.load(LW + offs_n[None, :] * D3 + (D2 + kk)[:, None], mask=kmask[:, None] & nmask[None, :],
                          other=0.0)
             if ENC_BF16:
-                acc += _bf16_dot(x, wt, EMU)
+                if EMU:
+                    acc += tl.dot(_round_bf16(x.to(tl.float32)), wt.to(tl.float32), input_precision="ieee")
+                else:
+                    acc += tl.dot(x.to(tl.bfloat16), wt)
             else:
                 acc += tl.dot(x.to(tl.float32), wt, input_precision=ENC_PREC)
         acc += tl.load(LB + offs_n, mask=nmask, other=0.0)[None, :]
@@ -163,7 +162,7 @@ def encoder_head(c, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, row_w, row_
     encoder's lin_w [2d, 3d], lin_b, ln_w, ln_b [2d], ln_eps; the scaler's sc_w [2, 2d], sc_b [2]; the bidirectional
     decoder's row_w [2K, 2d], row_b [2K] (fp32) -> (x bf16 [B, 4H, T, K / 2], a channels-last view of
     [B, T, K / 2, 4H]; scales fp32 [B, H, T, 2]). precision: the encoder dots' input precision (tf32x3, ieee,
-    tf32: fp32 operands; bf16: the [c ; v] slices and lin_w rounded to bf16 in the kernel, fp32 sums). Any strides
+    tf32: fp32 operands; bf16: the [c ; v] slices (in the kernel) and lin_w rounded to bf16, fp32 sums). Any strides
     with a unit last stride (others are copied). See the module docstring."""
     if triton is None:
         raise RuntimeError("triton is not installed")
@@ -205,9 +204,10 @@ def encoder_head(c, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, row_w, row_
     bh = pow2_block(H, 1)
     bt = max(BLOCK_T, pow2_block(-(-16 // bh), 1))                      # tl.dot needs >= 16 rows
     rwt = row_w.t().to(torch.bfloat16).contiguous()                    # [2d, 2K]: autocast's bf16 weight, transposed
+    lw = lin_w.to(torch.bfloat16).contiguous() if precision == "bf16" else lin_w.contiguous()   # rounded to nearest
     if B * T:
         _head_kernel[(triton.cdiv(T, bt), B)](
-            c, v, *(t.contiguous() for t in (lin_w, lin_b, ln_w, ln_b, sc_w, sc_b)), rwt, row_b.contiguous(), x,
+            c, v, lw, *(t.contiguous() for t in (lin_b, ln_w, ln_b, sc_w, sc_b)), rwt, row_b.contiguous(), x,
             scales,
             c.stride(0), c.stride(1), c.stride(2), v.stride(0), v.stride(1), v.stride(2), H, T, d, W, float(ln_eps),
             ENC_PREC="ieee" if precision == "bf16" else precision, ENC_BF16=precision == "bf16", EMU=not c.is_cuda,
