@@ -526,40 +526,41 @@ def test_cuda_fp16_dash_as_accurate_as_one_pass_tf32(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("operands,precision", [("fp32", "ieee"), ("fp32", "tf32"), ("bf16", "tf32")])
 def test_cuda_identity_columns_against_the_concatenation(monkeypatch, operands, precision):
-    """On the GPU at SEA's widths: identity_cols=64 against the concatenated [identity ; v] (bf16 for bf16 operands,
-    as SEA's estimator builds it). The dense tile feeds the same values to the same products: equal bit for bit. The
-    narrow accumulator sums the identity products in a 16-wide product instead of a 128-wide one: with FMA products
-    (ieee) bit for bit again; with tensor-core products the key summary's fp32 sums agree up to summation order, and a
-    few outputs move by the later rounding that an order difference can flip (KV's bf16 rounding, the query pass's
-    TF32 operands: on an H200, 105 of 1.5M outputs by up to 7.6e-3 relative with bf16 operands, 102 by up to 3.6e-4
-    with fp32; results/nvidia-h200/sea-bf16-encoder/call1/)."""
+    """On the GPU at SEA's widths: identity_cols=64, in the dense tile and in the narrow accumulator, against the
+    concatenated [identity ; v] (bf16 for bf16 operands, as SEA's estimator builds it). Bit for bit on the CPU; on an
+    H200 the kernel's identity weights differ from torch's in the last fp32 bits (the compiler's fused multiply-adds:
+    with FMA products 17 % of the outputs, by <= 5.9e-7 relative) and the narrow accumulator sums in another order, so
+    a few outputs move by a later rounding that such a difference flips (KV's bf16 rounding, the query pass's TF32
+    operands: 12 outputs by <= 7.5e-3 relative with bf16 operands; results/nvidia-h200/sea-bf16-encoder/call2/).
+    Held here: FMA products within 2e-6 relative everywhere; otherwise one rounding step of the flipped operand at
+    most (2^-10 TF32, 2^-6 bf16 relative), on < 0.1 % of the outputs, the key summary's fp32 sums within 1e-5."""
     q, k, v, proj, vals = _cuda_sea_case(monkeypatch, 9, 3000)
     vals = vals.to(torch.bfloat16) if operands == "bf16" else vals
     kw = dict(operands=operands, precision=precision)
+    step = 2 ** -6 if operands == "bf16" else 2 ** -10
     with torch.no_grad():
         want = fd.favor_softmax_dense(q, k, vals, proj, **kw)
         want_sum = fd.key_summary(q, k, vals, proj, **kw)
-        monkeypatch.setattr(fd, "KEY_ID_SPARSE", False)                     # the dense tile
-        got = fd.favor_softmax_dense(q, k, v, proj, identity_cols=64, **kw)
-        torch.testing.assert_close(got, want, atol=0, rtol=0)
-        monkeypatch.setattr(fd, "KEY_ID_SPARSE", True)                      # the narrow accumulator
-        got = fd.favor_softmax_dense(q, k, v, proj, identity_cols=64, **kw)
-        got_sum = fd.key_summary(q, k, v, proj, identity_cols=64, **kw)
-    torch.testing.assert_close(got_sum["z"], want_sum["z"], atol=0, rtol=0)  # z has no value product
-    if precision == "ieee":
-        torch.testing.assert_close(got, want, atol=0, rtol=0)
-        torch.testing.assert_close(got_sum["kv"], want_sum["kv"], atol=0, rtol=0)
-        return
-    kv, kv_want = got_sum["kv"].float(), want_sum["kv"].float()
-    if operands == "bf16":                     # fp32 sums rounded once to bf16: at most one step apart, rarely
-        off = (kv - kv_want).abs() > 0
-        assert ((kv - kv_want).abs() <= 2 ** -8 * kv_want.abs()).all()
-        assert off.float().mean().item() < 1e-3, off.float().mean().item()
-    else:
-        torch.testing.assert_close(kv, kv_want, atol=1e-6 * kv_want.abs().max().item(), rtol=1e-5)
-    off = (got - want).abs() > 1e-6
-    assert off.float().mean().item() < 1e-3, off.float().mean().item()
-    rel = ((got - want).norm() / want.norm()).item()
-    print(f"favor_dense identity columns, narrow accumulator, {operands}/{precision}: rel L2 {rel:.2e}, "
-          f"{int(off.sum())} outputs off")
-    assert rel < 1e-5, rel
+        for sparse in (False, True):                                    # the dense tile, the narrow accumulator
+            monkeypatch.setattr(fd, "KEY_ID_SPARSE", sparse)
+            got = fd.favor_softmax_dense(q, k, v, proj, identity_cols=64, **kw)
+            got_sum = fd.key_summary(q, k, v, proj, identity_cols=64, **kw)
+            torch.testing.assert_close(got_sum["z"], want_sum["z"], atol=0, rtol=1e-6)   # no value product
+            kv, kv_want = got_sum["kv"].float(), want_sum["kv"].float()
+            diff = (got - want).abs()
+            rel = (diff.norm() / want.norm()).item()
+            print(f"favor_dense identity columns ({'narrow' if sparse else 'dense'}) {operands}/{precision}: "
+                  f"rel L2 {rel:.2e}, max rel {(diff / want.abs()).max().item():.2e}, "
+                  f"{int((diff > 0).sum())} outputs differ")
+            if precision == "ieee":
+                torch.testing.assert_close(got, want, atol=0, rtol=2e-6)
+                torch.testing.assert_close(kv, kv_want, atol=0, rtol=2e-6)
+                continue
+            if operands == "bf16":                   # fp32 sums rounded once to bf16: one step apart at most
+                assert ((kv - kv_want).abs() <= 2 ** -7 * kv_want.abs()).all()
+            else:
+                torch.testing.assert_close(kv, kv_want, atol=1e-6 * kv_want.abs().max().item(), rtol=1e-5)
+            off = diff > 1e-6 + 1e-6 * want.abs()
+            assert off.float().mean().item() < 1e-3, off.float().mean().item()
+            assert (diff <= step * want.abs() + 1e-6).all(), (diff - step * want.abs()).max().item()
+            assert rel < 1e-5, rel
