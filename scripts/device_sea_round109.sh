@@ -20,7 +20,8 @@ for s in "" BLOCK_T=8 NUM_WARPS=4 "BLOCK_T=8 NUM_WARPS=4" NUM_STAGES=3 BLOCK_K=6
   args=(); for x in $s; do args+=(--set "kernels.sea_bidir_head.$x"); done
   f=/tmp/p-head-${s// /-}.txt
   timeout 60 python3 scripts/profile_sea.py --T 8192 --opts $o --top 45 "${args[@]}" > "$f" 2>&1
-  echo "head ${s:-as committed}: $(grep -m1 'kernels sum' "$f" | cut -c60-100) $(grep -m1 '_head_kernel' "$f" | cut -c1-20)"
+  ks=$(grep -m1 'kernels sum' "$f" | cut -c60-100)
+  echo "head ${s:-as committed}: $ks $(grep -m1 '_head_kernel' "$f" | cut -c1-20)"
   grep -q 'kernels sum' "$f" || tail -n 3 "$f" | cut -c1-200
 done
 cp /tmp/p-head-.txt "$OUT/profile-8192-both.txt"
