@@ -58,6 +58,11 @@ BLOCK_T = 4                      # time rows per program (times the padded head 
 BLOCK_K = 32                     # encoder input features per dot step (>= 16)
 NUM_WARPS = 8
 NUM_STAGES = 2
+# precision="bf16" (encoder_operands=bf16): its own dot step and stages. H200, SEA's 8k profile with bf16 operands:
+# BLOCK_K 32 -> 64 took the head 0.130 -> 0.117 ms, 3 stages instead of 2 -> 0.119, 4 warps 0.135, BLOCK_T 8 0.143,
+# BLOCK_T 2 0.203 (results/nvidia-h200/sea-bf16-encoder/call4/)
+BF16_BLOCK_K = 64
+BF16_NUM_STAGES = 2
 MAX_D = 128
 PRECISIONS = ("tf32x3", "ieee", "tf32", "bf16")     # bf16: bf16 operands, fp32 sums (the others: tl.dot's)
 V_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -186,8 +191,9 @@ def encoder_head(c, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, row_w, row_
         raise ValueError(f"sea bidirectional head: K={K} must be even")
     if precision not in PRECISIONS:
         raise ValueError(f"sea bidirectional head: precision={precision!r}, expected one of {PRECISIONS}")
-    if BLOCK_K < 16 or BLOCK_K & (BLOCK_K - 1) or BLOCK_T < 1 or BLOCK_T & (BLOCK_T - 1):
-        raise ValueError(f"sea bidirectional head: BLOCK_K={BLOCK_K} (power of two >= 16), BLOCK_T={BLOCK_T} "
+    bk, stages = (BF16_BLOCK_K, BF16_NUM_STAGES) if precision == "bf16" else (BLOCK_K, NUM_STAGES)
+    if bk < 16 or bk & (bk - 1) or BLOCK_T < 1 or BLOCK_T & (BLOCK_T - 1):
+        raise ValueError(f"sea bidirectional head: BLOCK_K={bk} (power of two >= 16), BLOCK_T={BLOCK_T} "
                          f"(power of two)")
     want = dict(lin_w=(2 * d, 3 * d), lin_b=(2 * d,), ln_w=(2 * d,), ln_b=(2 * d,), sc_w=(2, 2 * d), sc_b=(2,),
                 row_w=(2 * K, 2 * d), row_b=(2 * K,))
@@ -211,7 +217,7 @@ def encoder_head(c, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, row_w, row_
             scales,
             c.stride(0), c.stride(1), c.stride(2), v.stride(0), v.stride(1), v.stride(2), H, T, d, W, float(ln_eps),
             ENC_PREC="ieee" if precision == "bf16" else precision, ENC_BF16=precision == "bf16", EMU=not c.is_cuda,
-            BLOCK_T=bt, BLOCK_H=bh, BLOCK_K=BLOCK_K,
+            BLOCK_T=bt, BLOCK_H=bh, BLOCK_K=bk,
             BLOCK_DV=pow2_block(2 * d), BLOCK_W=pow2_block(W, 4), num_warps=NUM_WARPS,
-            num_stages=NUM_STAGES)
+            num_stages=stages)
     return x.permute(0, 3, 1, 2), scales

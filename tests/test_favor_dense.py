@@ -529,11 +529,12 @@ def test_cuda_identity_columns_against_the_concatenation(monkeypatch, operands, 
     """On the GPU at SEA's widths: identity_cols=64, in the dense tile and in the narrow accumulator, against the
     concatenated [identity ; v] (bf16 for bf16 operands, as SEA's estimator builds it). Bit for bit on the CPU; on an
     H200 the kernel's identity weights differ from torch's in the last fp32 bits (the compiler's fused multiply-adds:
-    with FMA products 17 % of the outputs, by <= 5.9e-7 relative) and the narrow accumulator sums in another order, so
-    a few outputs move by a later rounding that such a difference flips (KV's bf16 rounding, the query pass's TF32
-    operands: 12 outputs by <= 7.5e-3 relative with bf16 operands; results/nvidia-h200/sea-bf16-encoder/call2/).
+    with FMA products 17 % of the outputs, by <= 5.9e-7 relative), which can flip the TF32 / bf16 rounding of an
+    identity operand (KV within one TF32 step: 4.4e-5 relative), and the narrow accumulator sums in another order; so
+    a few outputs move by one later rounding step (the query pass's TF32 operands, KV's bf16 rounding: 12 outputs by
+    <= 7.5e-3 relative, rel L2 1.6e-5, with bf16 operands; results/nvidia-h200/sea-bf16-encoder/call2/, call4/).
     Held here: FMA products within 2e-6 relative everywhere; otherwise one rounding step of the flipped operand at
-    most (2^-10 TF32, 2^-6 bf16 relative), on < 0.1 % of the outputs, the key summary's fp32 sums within 1e-5."""
+    most (2^-10 TF32, 2^-6 bf16 relative) on < 0.1 % of the outputs, rel L2 < 1e-5 (TF32) / 1e-4 (bf16)."""
     q, k, v, proj, vals = _cuda_sea_case(monkeypatch, 9, 3000)
     vals = vals.to(torch.bfloat16) if operands == "bf16" else vals
     kw = dict(operands=operands, precision=precision)
@@ -559,8 +560,8 @@ def test_cuda_identity_columns_against_the_concatenation(monkeypatch, operands, 
             if operands == "bf16":                   # fp32 sums rounded once to bf16: one step apart at most
                 assert ((kv - kv_want).abs() <= 2 ** -7 * kv_want.abs()).all()
             else:
-                torch.testing.assert_close(kv, kv_want, atol=1e-6 * kv_want.abs().max().item(), rtol=1e-5)
+                torch.testing.assert_close(kv, kv_want, atol=1e-6 * kv_want.abs().max().item(), rtol=2 ** -10)
             off = diff > 1e-6 + 1e-6 * want.abs()
             assert off.float().mean().item() < 1e-3, off.float().mean().item()
             assert (diff <= step * want.abs() + 1e-6).all(), (diff - step * want.abs()).max().item()
-            assert rel < 1e-5, rel
+            assert rel < (1e-4 if operands == "bf16" else 1e-5), rel
