@@ -308,8 +308,8 @@ def test_estimator_identity_values_made_in_the_key_pass(performer_dtype):
 
 def test_estimator_fp16_dash_option():
     """performer_dash=fp16 (estimator_precision=tf32): the fused kernel's projections as fp16 products, named in impl,
-    moving the estimate by rounding-sized amounts; refused without one-pass TF32 and on causal problems (an
-    unsupported cell with its reason)."""
+    moving the estimate by rounding-sized amounts; refused without one-pass TF32, on causal problems and beside
+    identity_values=kernel (an unsupported cell with its reason)."""
     from tests.helpers import gaussian_qkv, sea_case
 
     q, k, v = gaussian_qkv(1, 4, 4, 64, 16, seed=9, dtype=torch.bfloat16)
@@ -329,6 +329,11 @@ def test_estimator_fp16_dash_option():
         M_.build(cfg, problem)
     M_, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=True, K=16, estimator_precision="tf32", performer_dash="fp16")
     assert any("bidirectional fused Performer" in r for r in M_.supports(problem, cfg))
+    M_, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=False, K=16, estimator_precision="tf32", performer_dash="fp16",
+                                identity_values="kernel")                # crashed on an H200 at 64k: refused
+    assert any("illegal memory access" in r for r in M_.supports(problem, cfg))
+    with pytest.raises(ValueError, match="identity_values=kernel"):
+        M_.build(cfg, problem)
 
 
 # --- on the GPU ---------------------------------------------------------------------------------------------------
