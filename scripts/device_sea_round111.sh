@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Issue 7, for the twenty-second session's first call (written in the twenty-first without device time left;
+# results/nvidia-h200/sea-key-pass-ncu/call1/). Two questions the twenty-first session's calls left:
+# 1. The illegal memory access of SEA's bidirectional estimator at T=65536 with performer_dash=fp16,
+#    identity_values=kernel and encoder_operands=bf16 (sea-bf16-encoder/call7/): favor_softmax_dense alone, all eight
+#    combinations of the three at 8k and 64k, each in its own process (scripts/repro_dash_identity.py), then
+#    compute-sanitizer's memcheck on the first failing case (which kernel, which access).
+# 2. What binds the per-feature key pass (0.150 ms at 8k for ~0.02 ms of products and ~0.01 ms of reads, computed):
+#    Nsight Compute (--clock-control none, as the device's METHOD.md asks) on the key pass, combine and query pass of
+#    SEA's kept form (identity columns in the key pass, bf16 output) at 8k: speed of light, warp states, occupancy.
+# Predictions (written before the run): 1. the crash reproduces with fp16 dash + identity columns at 64k whatever the
+# output dtype, not at 8k, and memcheck names _key_pf_kernel; 2. the key pass's tensor pipe below 30 % and DRAM below
+# 20 % of peak, one or two programs per SM (registers), the largest stall reasons the math pipes' and the barrier
+# waits of the dot pipeline, not memory.
+set -u
+export PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+timeout 300 python3 scripts/repro_dash_identity.py --T 8192,65536 --timeout 60 | tee "$OUT/repro.txt"
+pat='s/T= *([0-9]+) dash=([a-z0-9]+) identity=([a-z]+) out=([a-z0-9]+).*/\1 \2 \3 \4/'
+bad=$(grep -m1 -v ": ok" "$OUT/repro.txt" | sed -E "$pat")
+if [ -n "$bad" ]; then
+  set -- $bad
+  flag() { [ "$1" = "$2" ] && echo 1 || echo 0; }
+  one="$1,$(flag "$2" fp16),$(flag "$3" kernel),$(flag "$4" bf16)"
+  echo "memcheck on $one"
+  timeout 200 compute-sanitizer --tool memcheck --print-limit 8 python3 scripts/repro_dash_identity.py --one "$one" \
+    > "$OUT/memcheck.txt" 2>&1
+  grep -E "Invalid|at 0x|by thread|Address|ERROR SUMMARY|_kernel" "$OUT/memcheck.txt" | head -n 24 | cut -c1-200
+fi
+timeout 240 ncu --clock-control none --kernel-name regex:"_key_pf_kernel|_combine_kernel|_query_kernel" \
+  --launch-skip 0 --launch-count 6 --section SpeedOfLight --section WarpStateStats --section Occupancy \
+  --section LaunchStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+  python3 scripts/repro_dash_identity.py --one 8192,0,1,1 > "$OUT/ncu-favor-8192.txt" 2>&1
+keys="^  _|Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per"
+keys="$keys|Block Limit|Stall|Warp Cycles Per Issued|Issue Slots Busy|Executed Ipc"
+grep -E "$keys" "$OUT/ncu-favor-8192.txt" | cut -c1-150 | head -n 80
