@@ -8,10 +8,12 @@
 # 2. What binds the per-feature key pass (0.150 ms at 8k for ~0.02 ms of products and ~0.01 ms of reads, computed):
 #    Nsight Compute (--clock-control none, as the device's METHOD.md asks) on the key pass, combine and query pass of
 #    SEA's kept form (identity columns in the key pass, bf16 output) at 8k: speed of light, warp states, occupancy.
+# 3. Registers and spills of every Triton kernel in SEA's kept 8k forward (profile_sea.py --kernel-stats): a key pass
+#    holding [128 features, 128 keys] fp32 tiles for dash, p and the value accumulator on 8 warps may spill.
 # Predictions (written before the run): 1. the crash reproduces with fp16 dash + identity columns at 64k whatever the
 # output dtype, not at 8k, and memcheck names _key_pf_kernel; 2. the key pass's tensor pipe below 30 % and DRAM below
 # 20 % of peak, one or two programs per SM (registers), the largest stall reasons the math pipes' and the barrier
-# waits of the dot pipeline, not memory.
+# waits of the dot pipeline, not memory; 3. the key pass near 255 registers, the others well below.
 set -u
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -34,3 +36,7 @@ timeout 240 ncu --clock-control none --kernel-name regex:"_key_pf_kernel|_combin
 keys="^  _|Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per"
 keys="$keys|Block Limit|Stall|Warp Cycles Per Issued|Issue Slots Busy|Executed Ipc"
 grep -E "$keys" "$OUT/ncu-favor-8192.txt" | cut -c1-150 | head -n 80
+o=performer_dtype=bf16,estimator_precision=tf32,estimator_dtype=bf16,compile=estimator,sparse_pieces=1,shared_keys=64
+timeout 90 python3 scripts/profile_sea.py --T 8192 --opts $o,encoder_operands=bf16,identity_values=kernel --top 12 \
+  --kernel-stats > "$OUT/profile-8192-stats.txt" 2>&1
+grep -A40 "compiled Triton kernels" "$OUT/profile-8192-stats.txt" | cut -c1-150

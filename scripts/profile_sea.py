@@ -115,6 +115,28 @@ def sites_profile(step, top: int, iters: int) -> None:
         print(f"{t:8.3f} {n:6.1f}  {key[:40]}  <- {site[:150]}")
 
 
+def triton_kernel_stats() -> list[str]:
+    """One line per compiled Triton kernel of the project's kernels/ modules imported so far: registers per thread
+    and spilled registers (from the loaded binary), warps, stages, shared memory bytes, and the constexprs' key."""
+    from triton.runtime.jit import JITFunction
+
+    lines = []
+    for mod_name, module in sorted(sys.modules.items()):
+        if not mod_name.startswith("kernels.") or module is None:
+            continue
+        for attr, fn in sorted(vars(module).items()):
+            if not isinstance(fn, JITFunction):
+                continue
+            for entry in getattr(fn, "device_caches", {}).values():
+                for key, kern in entry[0].items():
+                    md = getattr(kern, "metadata", None)
+                    n_regs, n_spills = getattr(kern, "n_regs", None), getattr(kern, "n_spills", None)
+                    lines.append(f"{mod_name}.{attr}: {n_regs} registers, {n_spills} spilled, "
+                                 f"{getattr(md, 'num_warps', '?')} warps, {getattr(md, 'num_stages', '?')} stages, "
+                                 f"{getattr(md, 'shared', '?')} B shared  [{str(key)[:160]}]")
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--T", type=int, default=65536)
@@ -140,6 +162,9 @@ def main(argv=None) -> int:
                          "the project lines that called it (profiler stacks): where small launches come from")
     ap.add_argument("--trace", default="", metavar="FILE",
                     help="also write a Chrome trace (host and device) of one step to FILE: launch gaps, host syncs")
+    ap.add_argument("--kernel-stats", action="store_true",
+                    help="after the profile, each compiled Triton kernel's registers, spills, warps, stages, shared "
+                         "memory")
     ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
                     help="set a module constant before building (e.g. kernels.sea_sparse_rows_bwd.BACKWARD=row, "
                          "methods.sea.layer.AUTO_ROWS_GRAD=True); the value is a Python literal or a plain string")
@@ -208,6 +233,10 @@ def main(argv=None) -> int:
     rest = rows[a.top:]
     if rest:
         print(f"{sum(r[0] for r in rest):8.3f} {sum(r[1] for r in rest):6.1f}         ({len(rest)} other kernels)")
+    if a.kernel_stats:
+        print("compiled Triton kernels (registers per thread, spills):")
+        for line in triton_kernel_stats():
+            print("  " + line)
     return 0
 
 
