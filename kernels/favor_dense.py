@@ -145,21 +145,28 @@ KEY_PF_PROGRAMS = 512             # about this many key-pass programs in the per
 # so no fp32 copy of the keys is made and the key tile goes to the products as loaded; "tf32": the keys' fp32 copy
 # (KEY_FP32) and one TF32 product, as the per-program form.
 KEY_PF_DASH = "bf16x2"
-# "fp16" (twentieth session, not yet timed on a GPU): dash as one fp16 product of x_scale w and the keys, each
-# rounded to nearest in fp16 (11 significant bits: the unit roundoff of one-pass TF32, which also rounds both
-# operands, at half TF32's operand bytes and twice its tensor-core rate; bf16 keys are exact in fp16 within its
-# range), with values beyond +-65504 clamped; one product a tile for dash instead of bf16x2's two. Like bf16x2, taken
-# only where one-pass TF32 was asked for (precision "tf32"); for any key dtype.
+# "fp16" (twentieth session): dash as one fp16 product of x_scale w and the keys, each rounded to nearest in fp16 (11
+# significant bits: the unit roundoff of one-pass TF32, which also rounds both operands, at half TF32's operand bytes
+# and twice its tensor-core rate; bf16 keys are exact in fp16 within its range), with values beyond +-65504 clamped;
+# one product a tile for dash instead of bf16x2's two. Like bf16x2, taken only where one-pass TF32 was asked for
+# (precision "tf32"); for any key dtype. H200, SEA's 8k profile: the key pass 0.146 -> 0.148 ms (it is not bound by
+# its dash products; results/nvidia-h200/sea-bf16-encoder/call1/): kept off.
 # The query pass's dash product: "prec" (the call's tl.dot precision on fp32 q' and proj, the measured form) or
-# "fp16" (twentieth session, not yet timed): q' and proj rounded to fp16 (clamped to its range), one fp16 product,
-# only where one-pass TF32 was asked for.
+# "fp16" (twentieth session): q' and proj rounded to fp16 (clamped to its range), one fp16 product, only where
+# one-pass TF32 was asked for (with the key pass's fp16 dash: the query pass 0.092 -> 0.093 ms at 8k, call1/).
 QUERY_DASH = "prec"
 # identity_cols (SEA's identity values made in the key pass): True sums each program's products with them in a narrow
 # accumulator over the few identity columns its rows reach (16 at SEA's widths: a program's rows span ~6 of them at
 # 8k and 64k) and places them at the end, so the value product is d columns wide instead of 2d; False: a dense
-# [keys, 2d] value tile (twentieth session; neither form yet timed on a GPU; the dense form in the per-program key
-# pass measured slower than the concatenation it replaced in the sixteenth session, 0.186 -> 0.226 ms at 8k).
+# [keys, 2d] value tile (twentieth session). H200, SEA's 8k profile (results/nvidia-h200/sea-bf16-encoder/call1/):
+# the narrow accumulator takes the key pass 0.146 -> 0.150 ms and removes the 0.014 ms concatenation; the dense tile
+# 0.200 ms (as in the sixteenth session's per-program key pass, 0.186 -> 0.226).
 KEY_ID_SPARSE = True
+# The per-feature key pass's sums of the values over the keys (the feat_eps term's; stored by the first feature block's
+# programs only): False adds them up in every program, each key tile (the measured form); True only in the programs
+# that store them (fb == 0: one in cdiv(m, KEY_BLOCK_F), a third at SEA's 266 features), the A/B switch of the
+# twenty-first session, not yet timed on a GPU (scripts/device_sea_round111.sh times it).
+KEY_VSUM_FIRST_BLOCK = False
 # Per-feature form: |k'|^2 / 2 per key from a small kernel run first ("pre", one [B H, T] fp32 vector) or summed
 # from each key tile inside the pass ("tile").
 KEY_DIAG = "pre"
@@ -342,7 +349,7 @@ if triton is not None:
                       DIAG_PRE: tl.constexpr, FIXED_OFF: tl.constexpr,
                       BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
                       BLOCK_DV: tl.constexpr, DASH_F16: tl.constexpr, ID_COLS: tl.constexpr, id_den, id_span,
-                      ID_SPAN: tl.constexpr, BLOCK_ID: tl.constexpr):
+                      ID_SPAN: tl.constexpr, BLOCK_ID: tl.constexpr, VSUM_FB0: tl.constexpr):
         # KEY_FORM="per_feature": features f0 .. f0 + BLOCK_F - 1 over key rows sp * ROWS .. of head bh, tiles held
         # [features, keys], a running maximum of dash per feature. DASH_X2 (bf16 keys): dash = w_hi k + w_lo k, two
         # bf16 products of the raw keys with x_scale w split in two bf16 parts (each product exact, fp32 sums:
@@ -430,7 +437,11 @@ if triton is not None:
                         acc_id = tl.dot(p.to(tl.bfloat16), wid.to(tl.bfloat16), acc_id)
                 else:
                     acc_id = tl.dot(p, wid, acc_id, input_precision=PROD_PREC)
-                vs_id += tl.sum(wid, axis=0)
+                if VSUM_FB0:                                                        # (KEY_VSUM_FIRST_BLOCK)
+                    if fb == 0:
+                        vs_id += tl.sum(wid, axis=0)
+                else:
+                    vs_id += tl.sum(wid, axis=0)
                 vt = _value_tile(vbase, offs_t, svt, tmask, rmask, offs_e, emask)   # v's columns
             elif ID_COLS > 0:                                                       # identity_cols (no mask)
                 vt = _value_tile_id(vbase, offs_t, svt, tmask, offs_e, DV, id_den, id_span, ID_COLS, BF16)
@@ -444,7 +455,11 @@ if triton is not None:
             else:
                 acc = tl.dot(p, vt, acc, input_precision=PROD_PREC)                 # [BF, BDV]
             zacc += tl.sum(p, axis=1)
-            vsum += tl.sum(vt, axis=0)
+            if VSUM_FB0:
+                if fb == 0:
+                    vsum += tl.sum(vt, axis=0)
+            else:
+                vsum += tl.sum(vt, axis=0)
             m_run = m_new
         part = bh * NSPLIT + sp
         # A and MXF are [BH, M, NSPLIT(, DV)]: the combine reads each feature's splits in a row
@@ -479,7 +494,8 @@ if triton is not None:
                        DIAG_PRE: tl.constexpr, FIXED_OFF: tl.constexpr,
                        BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, TAIL_F: tl.constexpr,
                        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DASH_F16: tl.constexpr,
-                       ID_COLS: tl.constexpr, id_den, id_span, ID_SPAN: tl.constexpr, BLOCK_ID: tl.constexpr):
+                       ID_COLS: tl.constexpr, id_den, id_span, ID_SPAN: tl.constexpr, BLOCK_ID: tl.constexpr,
+                       VSUM_FB0: tl.constexpr):
         # grid (NFB, NSPLIT, B H), as _key_kernel (TAIL_F: the last block's narrower tile)
         fb = tl.program_id(0)
         sp = tl.program_id(1).to(tl.int64)
@@ -488,18 +504,21 @@ if triton is not None:
             _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                           skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                           HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T, BLOCK_F,
-                          BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span, ID_SPAN, BLOCK_ID)
+                          BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span, ID_SPAN, BLOCK_ID,
+                          VSUM_FB0)
         else:
             if fb < NFB - 1:
                 _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                               skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                               HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T,
-                              BLOCK_F, BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span, ID_SPAN, BLOCK_ID)
+                              BLOCK_F, BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span, ID_SPAN, BLOCK_ID,
+                              VSUM_FB0)
             else:
                 _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                               skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                               HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T,
-                              TAIL_F, BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span, ID_SPAN, BLOCK_ID)
+                              TAIL_F, BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span, ID_SPAN, BLOCK_ID,
+                              VSUM_FB0)
 
     @triton.jit
     def _key_sqnorm_kernel(K, DG, skb, skh, skt, H, T, D, x_scale,
@@ -893,6 +912,7 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
             BLOCK_DV=pow2_block(Dv - identity_cols) if id_span_cols else BDV, DASH_F16=dash_f16,
             ID_COLS=identity_cols, id_den=float(max(T - 1, 1)), id_span=float(max(identity_cols - 1, 0)),
             ID_SPAN=id_span_cols, BLOCK_ID=pow2_block(identity_cols) if identity_cols else 16,
+            VSUM_FB0=KEY_VSUM_FIRST_BLOCK,
             num_warps=KEY_PF_WARPS, num_stages=pf_stages)
     else:
         mxf_part = mx_part                                                           # unused

@@ -167,6 +167,27 @@ def test_identity_columns_in_a_narrow_accumulator(monkeypatch, operands):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("operands,masked,ident", [("fp32", True, 0), ("bf16", False, 0), ("bf16", False, D),
+                                                   ("fp32", False, D)])
+def test_value_sums_only_in_the_first_feature_block(monkeypatch, operands, masked, ident):
+    """KEY_VSUM_FIRST_BLOCK: only the programs that store the values' sums over the keys (the first feature block)
+    add them up; with 16-feature blocks (two blocks and a tail for m = 19, poisoned buffers) the output is the same,
+    bit for bit, with and without identity columns."""
+    q, k, v, proj = _inputs(8, torch.bfloat16)                              # (16-feature blocks: the fixture)
+    valid = _valid() if masked else None
+    vals = v if ident else _vals(v, valid)
+    vals = vals.float() if operands == "fp32" else vals
+    outs = {}
+    for first in (False, True):
+        monkeypatch.setattr(fd, "KEY_VSUM_FIRST_BLOCK", first)
+        outs[first] = fd.favor_softmax_dense(q, k, vals, proj, valid=valid, operands=operands, identity_cols=ident)
+    assert torch.equal(outs[True], outs[False])
+    with torch.no_grad():                                        # the sums matter: without them the output moves
+        st = fd.key_summary(q, k, vals, proj, valid=valid, operands=operands, identity_cols=ident, feat_eps=0.0)
+        st_eps = fd.key_summary(q, k, vals, proj, valid=valid, operands=operands, identity_cols=ident)
+    assert not torch.equal(st["kv"], st_eps["kv"])
+
+
 @pytest.mark.parametrize("operands,masked", [("fp32", True), ("bf16", False)])
 def test_bf16_output_is_the_fp32_output_rounded_once(operands, masked):
     """out_dtype=bfloat16 (SEA's encoder_operands=bf16): the same sums, rounded to nearest even as stored, so every
@@ -520,6 +541,23 @@ def test_cuda_fp16_dash_as_accurate_as_one_pass_tf32(monkeypatch):
             rel[key_dash] = ((got - exact).norm() / exact.norm()).item()
     print(f"favor_dense dash products, rel L2 to ieee: {rel}")
     assert rel["fp16"] < 2 * rel["tf32"] and rel["fp16"] < 1e-3, rel
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("ident", [0, 64])
+def test_cuda_value_sums_only_in_the_first_feature_block(monkeypatch, ident):
+    """KEY_VSUM_FIRST_BLOCK on the GPU at SEA's widths (bf16 operands, TF32, three feature blocks): the programs that
+    store the values' sums compute them as before, so the output is the same bit for bit."""
+    q, k, v, proj, vals = _cuda_sea_case(monkeypatch, 10, 3000)
+    vals = v if ident else vals.to(torch.bfloat16)
+    outs = {}
+    with torch.no_grad():
+        for first in (False, True):
+            monkeypatch.setattr(fd, "KEY_VSUM_FIRST_BLOCK", first)
+            outs[first] = fd.favor_softmax_dense(q, k, vals, proj, operands="bf16", precision="tf32",
+                                                 identity_cols=ident)
+    assert torch.equal(outs[True], outs[False])
 
 
 @pytest.mark.gpu

@@ -101,18 +101,23 @@ class _SEABase(Method):
         Option("encoder_operands", "fp32", "bidirectional estimator: fp32, or bf16: the Performer's output "
                "[B, H, T, 2d] stored in bf16 (rounded once) and the encoder's Linear on bf16 operands with fp32 "
                "sums (in the bidirectional head kernel, kernels/sea_bidir_head.py; the PyTorch encoder computes the "
-               "same rounded operands in fp32), half the bytes between the two passes; causal layers refuse it",
+               "same rounded operands in fp32), half the bytes between the two passes; causal layers refuse it. H200, "
+               "8k: head 0.145 -> 0.117 ms, query pass 0.092 -> 0.085; with identity_values=kernel the table's 8k "
+               "1.444x -> 1.374x cuDNN (results/nvidia-h200/sea-vs-dense-10/); MiniLM fidelity -0.0006 %",
                choices=("fp32", "bf16")),
         Option("performer_dash", "auto", "bidirectional estimator, estimator_precision=tf32: auto (the fused "
                "Performer kernel's dash products: two bf16 products for bf16 keys, TF32 for queries), or fp16: both "
                "passes' projections as one fp16 product of operands rounded to nearest in fp16 (one-pass TF32's "
                "11-bit rounding at half its bytes; values beyond +-65504 clamped; kernels/favor_dense.py; MiniLM "
                "fidelity -0.002 % against exact products, results/cpu/sea-fp16-dash/); elsewhere it does not apply "
-               "(impl names it where it ran: performer=.../fp16dash)", choices=("auto", "fp16")),
+               "(impl names it where it ran: performer=.../fp16dash). H200, 8k: no faster (key pass 0.146 -> 0.148 "
+               "ms, results/nvidia-h200/sea-bf16-encoder/); refused beside identity_values=kernel (a crash at 64k)",
+               choices=("auto", "fp16")),
         Option("identity_values", "concat", "bidirectional estimator without a padding mask: concat (the identity "
                "value columns concatenated in front of v for the Performer) or kernel (made in the fused Performer "
                "kernel's key pass, their products in a narrow accumulator; the same estimate; impl: "
-               "performer=.../identity=kernel where it ran)", choices=("concat", "kernel")),
+               "performer=.../identity=kernel where it ran; H200, 8k: -0.010 ms of kernels, "
+               "results/nvidia-h200/sea-bf16-encoder/)", choices=("concat", "kernel")),
         Option("compile", "none", "none, or estimator: the estimator's tensor operations (casts, Performer features, "
                "encoder, decoder, scaler) through torch.compile (inductor, static shapes: each sequence length "
                "compiles once, in the first call); the Triton kernels run between the compiled pieces",

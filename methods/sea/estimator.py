@@ -425,9 +425,9 @@ class Estimator(nn.Module):
     def identity_in_kernel(self, q, k, v, carry) -> bool:
         """identity_values=kernel: does this bidirectional call without a padding mask let the fused Performer kernel
         make the identity values (favor_softmax_dense identity_cols) instead of concatenating them in front of v?
-        (Twentieth session, not yet timed on a GPU; its dense form, a [keys, 2d] value tile in the per-program key
-        pass, measured slower than the concatenation in the sixteenth session, 0.186 -> 0.226 ms at 8k on an H200,
-        results/nvidia-h200/sea-fewer-launches/call2/: favor_dense.KEY_ID_SPARSE's narrow accumulator is new.)"""
+        (H200, SEA's 8k profile: the narrow accumulator, favor_dense.KEY_ID_SPARSE, -0.010 ms of kernels against the
+        concatenation, results/nvidia-h200/sea-bf16-encoder/call1/; the dense [keys, 2d] value tile slower, as in the
+        sixteenth session, results/nvidia-h200/sea-fewer-launches/call2/.)"""
         if self.identity_values != "kernel" or self.causal or carry is not None:
             return False
         from kernels import favor_dense
