@@ -4,7 +4,8 @@
 # 1. The illegal memory access of SEA's bidirectional estimator at T=65536 with performer_dash=fp16,
 #    identity_values=kernel and encoder_operands=bf16 (sea-bf16-encoder/call7/): favor_softmax_dense alone, all eight
 #    combinations of the three at 8k and 64k, each in its own process (scripts/repro_dash_identity.py), then
-#    compute-sanitizer's memcheck on the first failing case (which kernel, which access).
+#    compute-sanitizer's memcheck on the first failing case (which kernel, which access); if every case runs, on
+#    SEA's 64k forward with the three (methods.sea.estimator.REFUSE_FP16_DASH_WITH_IDENTITY=False lets it build).
 # 2. What binds the per-feature key pass (0.150 ms at 8k for ~0.02 ms of products and ~0.01 ms of reads, computed):
 #    Nsight Compute (--clock-control none, as the device's METHOD.md asks) on the key pass, combine and query pass of
 #    SEA's kept form (identity columns in the key pass, bf16 output) at 8k: speed of light, warp states, occupancy.
@@ -47,5 +48,10 @@ if [ -n "$bad" ]; then
   echo "memcheck on $one"
   timeout 120 compute-sanitizer --tool memcheck --print-limit 8 python3 scripts/repro_dash_identity.py --one "$one" \
     > "$OUT/memcheck.txt" 2>&1
-  grep -E "Invalid|at 0x|by thread|Address|ERROR SUMMARY|_kernel" "$OUT/memcheck.txt" | head -n 24 | cut -c1-200
+else      # favor alone ran every case: the crash needs more of SEA's forward (the switch lets SEA build it)
+  echo "memcheck on SEA's 64k forward with the three options"
+  timeout 150 compute-sanitizer --tool memcheck --print-limit 8 python3 scripts/profile_sea.py --T 65536 \
+    --opts $o,encoder_operands=bf16,performer_dash=fp16,identity_values=kernel --iters 1 --warmup 1 --top 5 \
+    --set methods.sea.estimator.REFUSE_FP16_DASH_WITH_IDENTITY=False > "$OUT/memcheck.txt" 2>&1
 fi
+grep -E "Invalid|at 0x|by thread|Address|ERROR SUMMARY|_kernel" "$OUT/memcheck.txt" | head -n 24 | cut -c1-200

@@ -306,7 +306,7 @@ def test_estimator_identity_values_made_in_the_key_pass(performer_dtype):
                         identity_cols=16)
 
 
-def test_estimator_fp16_dash_option():
+def test_estimator_fp16_dash_option(monkeypatch):
     """performer_dash=fp16 (estimator_precision=tf32): the fused kernel's projections as fp16 products, named in impl,
     moving the estimate by rounding-sized amounts; refused without one-pass TF32, on causal problems and beside
     identity_values=kernel (an unsupported cell with its reason)."""
@@ -334,6 +334,10 @@ def test_estimator_fp16_dash_option():
     assert any("illegal memory access" in r for r in M_.supports(problem, cfg))
     with pytest.raises(ValueError, match="identity_values=kernel"):
         M_.build(cfg, problem)
+    monkeypatch.setattr(est_mod, "REFUSE_FP16_DASH_WITH_IDENTITY", False)   # the diagnosis switch lets it build
+    assert not M_.supports(problem, cfg)
+    est = M_.build(cfg, problem).estimator
+    assert (est.performer_dash, est.identity_values) == ("fp16", "kernel")
 
 
 # --- on the GPU ---------------------------------------------------------------------------------------------------

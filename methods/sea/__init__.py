@@ -272,8 +272,9 @@ class _SEABase(Method):
         if cfg["performer_dash"] == "fp16" and cfg["estimator_precision"] != "tf32":
             reasons.append("performer_dash=fp16 rounds as one-pass TF32 does: it needs estimator_precision=tf32")
         if cfg["performer_dash"] == "fp16" and cfg["identity_values"] == "kernel":
-            from methods.sea.estimator import FP16_DASH_WITH_IDENTITY
-            reasons.append(FP16_DASH_WITH_IDENTITY)
+            from methods.sea import estimator as sea_estimator
+            if sea_estimator.REFUSE_FP16_DASH_WITH_IDENTITY:
+                reasons.append(sea_estimator.FP16_DASH_WITH_IDENTITY)
         if cfg["performer_backend"] == "fused" and not problem.causal:
             reasons.append("performer_backend=fused is the causal Performer + encoder kernel; bidirectional calls "
                            "take performer_backend=auto or triton (kernels/favor_dense.py)")

@@ -63,7 +63,9 @@ BIDIR_HEAD = "auto"
 # products round them to bf16 anyway; half the bytes written and read): True; False keeps them fp32 (the A/B switch).
 # Only the feat_eps term's sum of the values sees the rounding (1e-4 times a bf16 rounding).
 VALS_BF16 = True
-# performer_dash=fp16 with identity_values=kernel: refused (an unsupported cell in the harness) until isolated.
+# performer_dash=fp16 with identity_values=kernel: refused (an unsupported cell in the harness) until isolated;
+# REFUSE_FP16_DASH_WITH_IDENTITY=False lets a diagnosis run it (scripts/profile_sea.py --set ...).
+REFUSE_FP16_DASH_WITH_IDENTITY = True
 FP16_DASH_WITH_IDENTITY = (
     "performer_dash=fp16 with identity_values=kernel: the fused Performer with both (and encoder_operands=bf16) hit "
     "an illegal memory access at T=65536 on an H200, where each option alone ran "
@@ -322,7 +324,7 @@ class Estimator(nn.Module):
         if performer_dash == "fp16" and precision != "tf32":
             raise ValueError("performer_dash=fp16 rounds the projections' operands as one-pass TF32 does: it needs "
                              "estimator_precision=tf32")
-        if performer_dash == "fp16" and identity_values == "kernel":
+        if performer_dash == "fp16" and identity_values == "kernel" and REFUSE_FP16_DASH_WITH_IDENTITY:
             raise ValueError(FP16_DASH_WITH_IDENTITY)
         self.performer_dash, self.identity_values = performer_dash, identity_values
         self.last_dash = self.last_identity = "not-run"
