@@ -437,6 +437,11 @@ class Estimator(nn.Module):
         return (favor_dense.KEY_FORM == "per_feature" and performer_backend(
             q, False, self.performer_backend, needs_grad(q, k, v), padded=False) == "triton-dense")
 
+    def dash_of(self, performer: str) -> str | None:
+        """favor_attention's dash for a call on Performer path `performer`: "fp16" where performer_dash=fp16 reaches
+        the fused bidirectional kernel (triton-dense), else None (the kernel's defaults; other paths refuse it)."""
+        return "fp16" if self.performer_dash == "fp16" and performer == "triton-dense" else None
+
     def encoder_operands_of(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(input, weight) of the encoder's Linear for the PyTorch path: x [.., 3d] and lin.weight, both rounded to
         bf16 and computed in fp32 under encoder_operands=bf16 (the head kernel's products restated), else as given."""
@@ -483,28 +488,24 @@ class Estimator(nn.Module):
                         decoder=timer(lambda: self.decode(z, headed=head is not None)), scaler=0.0)
         qf, kf, vf, vals = inputs()                                      # (identity_values=kernel: timed as concat)
         self.last_performer = performer_backend(q, self.causal, self.performer_backend, needs_grad(qf, kf, vals))
-        dash = "fp16" if self.performer_dash == "fp16" and self.last_performer == "triton-dense" else None
         perf = lambda: favor_attention(qf, kf, vals, self.proj, kernel=self.kernel, causal=self.causal,  # noqa: E731
                                        backend=self.performer_backend, operands=self.performer_dtype,
-                                       precision=PRECISIONS[self.precision], out_dtype=self.c_dtype, dash=dash)
+                                       precision=PRECISIONS[self.precision], out_dtype=self.c_dtype,
+                                       dash=self.dash_of(self.last_performer))
         c_perf = perf()
-        if self.encoder_operands == "bf16":                               # as _encode: the head, or the restatement
-            if self.encoder_path(c_perf, vf) == "triton" and self.uses_bidir_head(c_perf, v):
-                enc = lambda: self.bidir_head(c_perf, v)                 # noqa: E731
-                x, _ = enc()
-                return dict(inputs=timer(inputs), performer=timer(perf), encoder=timer(enc),
-                            decoder=timer(lambda: self.decode(x, headed=True)), scaler=0.0)
-            enc = lambda: self.enc[2](self.enc[1](  # noqa: E731
-                F.linear(*self.encoder_operands_of(torch.cat([c_perf.float(), vf], -1)), self.enc[0].bias)))
-            z = enc()
+        triton_enc = self.encoder_path(c_perf, vf) == "triton"
+        if self.encoder_operands == "bf16" and triton_enc and self.uses_bidir_head(c_perf, v):   # as _encode
+            enc = lambda: self.bidir_head(c_perf, v)                     # noqa: E731
+            x, _ = enc()
             return dict(inputs=timer(inputs), performer=timer(perf), encoder=timer(enc),
-                        decoder=timer(lambda: self.decode(z)), scaler=timer(lambda: torch.sigmoid(self.scaler(z))))
-        if self.encoder_path(c_perf, vf) == "triton":                    # encoder and scaler in one kernel
+                        decoder=timer(lambda: self.decode(x, headed=True)), scaler=0.0)
+        if self.encoder_operands == "fp32" and triton_enc:               # encoder and scaler in one kernel
             enc = lambda: self.fused_encoder(c_perf, vf)                 # noqa: E731
             z, _ = enc()
             return dict(inputs=timer(inputs), performer=timer(perf), encoder=timer(enc),
                         decoder=timer(lambda: self.decode(z)), scaler=0.0)
-        enc = lambda: self.enc(torch.cat([c_perf, vf], dim=-1))          # noqa: E731
+        enc = lambda: self.enc[2](self.enc[1](F.linear(  # noqa: E731  (bf16 operands restated where asked)
+            *self.encoder_operands_of(torch.cat([c_perf.float(), vf], dim=-1)), self.enc[0].bias)))
         z = enc()
         return dict(inputs=timer(inputs), performer=timer(perf), encoder=timer(enc),
                     decoder=timer(lambda: self.decode(z)), scaler=timer(lambda: torch.sigmoid(self.scaler(z))))
@@ -704,8 +705,7 @@ class Estimator(nn.Module):
         if VALS_BF16 and not self.causal and self.performer_dtype == "bf16" and not needs_grad(vals):
             vals = vals.to(torch.bfloat16)                                   # one fused cast under compile
         if carry is None:                                                # [B, H, T, 2d] fp32 (bf16) out
-            fused = self.last_performer == "triton-dense"
-            dash = "fp16" if self.performer_dash == "fp16" and fused else None
+            dash = self.dash_of(self.last_performer)
             self.last_dash, self.last_identity = dash or "default", "kernel" if ident else "concat"
             c_perf = favor_attention(q, k, vals, self.proj, kernel=self.kernel, causal=self.causal, valid=valid,
                                      backend=self.performer_backend, operands=self.performer_dtype,
