@@ -162,11 +162,17 @@ QUERY_DASH = "prec"
 # the narrow accumulator takes the key pass 0.146 -> 0.150 ms and removes the 0.014 ms concatenation; the dense tile
 # 0.200 ms (as in the sixteenth session's per-program key pass, 0.186 -> 0.226).
 KEY_ID_SPARSE = True
-# The per-feature key pass's sums of the values over the keys (the feat_eps term's; stored by the first feature block's
-# programs only): False adds them up in every program, each key tile (the measured form); True only in the programs
-# that store them (fb == 0: one in cdiv(m, KEY_BLOCK_F), a third at SEA's 266 features), the A/B switch of the
-# twenty-first session, not yet timed on a GPU (scripts/device_sea_round111.sh times it).
-KEY_VSUM_FIRST_BLOCK = False
+# The per-feature key pass's sums of the values over the keys (the feat_eps term's; one feature block's programs store
+# them): "every" adds them up in every program, each key tile (a reduction across the tile's rows, through shared
+# memory), though only one block's programs store them; "first" only in the programs that store them, the first
+# feature block's (a third at SEA's 266 features); "last" in the last feature block's, which SEA's m = 266 makes the
+# 16-feature tail (programs with a tenth of the others' products), so the 128-feature programs carry no reduction of
+# the values at all. H200, SEA's 8k profile (results/nvidia-h200/sea-key-pass-ncu/call1/): "every" 0.150 ms,
+# "first" 0.136 (the same output bit for bit).
+KEY_VSUM_BLOCK = "every"
+# The per-feature key pass's register cap (Triton's maxnreg launch option; None: the compiler's choice, 255 at SEA's
+# 8k tiles: one 8-warp program per SM, 12.5 % occupancy, the issue slots 27 % busy; call1/'s Nsight Compute).
+KEY_PF_MAXNREG = None
 # Per-feature form: |k'|^2 / 2 per key from a small kernel run first ("pre", one [B H, T] fp32 vector) or summed
 # from each key tile inside the pass ("tile").
 KEY_DIAG = "pre"
@@ -191,11 +197,23 @@ FP32_PRECISION = "tf32x3"         # tl.dot input precision for operands="fp32" (
 BF16_DASH_PRECISION = "tf32x3"    # tl.dot input precision of x' proj^T for operands="bf16"
 
 
+# The per-feature key pass's and the query pass's features exp(x) under the fixed offsets (KEY_OFFSET / QUERY_OFFSET
+# "norm", where x <= 0): "ex2_ftz" takes 2^(x log2 e) by PTX's ex2.approx.ftz with log2 e folded into the
+# subtraction (dash log2 e - (diag + c) log2 e: one FFMA), results below 2^-126 flushed to zero (the range argument of
+# KEY_OFFSET already counts only normal floats); "exp": tl.exp, which Triton lowers to a multiply and ex2.approx.f32
+# without .ftz, which ptxas expands to a compare and two multiplies around each MUFU.EX2 for subnormal results. The
+# key pass's loop is ~1570 SASS instructions a 128-key tile, ~10 per feature element of which ~4 this (sm_90a,
+# triton 3.6, scripts/compile_sm90.py).
+FEATURE_EXP = "exp"
+_VSUM_MODES = {"every": 0, "first": 1, "last": 2}
+
+
 def _fresh(shape, dtype, device):
     return fresh(shape, dtype, device, poison=POISON_OUTPUTS)
 
 
 if triton is not None:
+    from kernels._tl_math import LOG2E, ex2_ftz
 
     @triton.jit
     def _round_bf16(x):
@@ -349,7 +367,8 @@ if triton is not None:
                       DIAG_PRE: tl.constexpr, FIXED_OFF: tl.constexpr,
                       BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
                       BLOCK_DV: tl.constexpr, DASH_F16: tl.constexpr, ID_COLS: tl.constexpr, id_den, id_span,
-                      ID_SPAN: tl.constexpr, BLOCK_ID: tl.constexpr, VSUM_FB0: tl.constexpr):
+                      ID_SPAN: tl.constexpr, BLOCK_ID: tl.constexpr, VSUM_MODE: tl.constexpr,
+                      EX2: tl.constexpr):
         # KEY_FORM="per_feature": features f0 .. f0 + BLOCK_F - 1 over key rows sp * ROWS .. of head bh, tiles held
         # [features, keys], a running maximum of dash per feature. DASH_X2 (bf16 keys): dash = w_hi k + w_lo k, two
         # bf16 products of the raw keys with x_scale w split in two bf16 parts (each product exact, fp32 sums:
@@ -375,6 +394,7 @@ if triton is not None:
         zacc = tl.zeros([BLOCK_F], dtype=tl.float32)
         vsum = tl.zeros([BLOCK_DV], dtype=tl.float32)
         m_run = tl.full([BLOCK_F], float("-inf"), tl.float32)
+        vs_fb = NFB - 1 if VSUM_MODE == 2 else 0        # the feature block whose programs store the value sums
         row0 = sp * ROWS
         if ID_SPAN > 0:
             # the program's rows reach identity columns e_lo .. e_lo + ID_SPAN - 1 only (the host sized ID_SPAN so):
@@ -388,6 +408,8 @@ if triton is not None:
         vbase = V + b * svb + h * svh
         if FIXED_OFF:
             c_f = tl.sum(w * w, axis=1) * 0.5                                       # [BF]: max of dash - diag
+            if EX2:
+                c2 = c_f * LOG2E                                                    # (FEATURE_EXP="ex2_ftz")
         if DASH_X2:
             ws = w * x_scale
             w_hi = ws.to(tl.bfloat16)
@@ -421,7 +443,10 @@ if triton is not None:
             dash = tl.where(rmask[None, :], dash, float("-inf"))
             m_new = tl.maximum(m_run, tl.max(dash, axis=1))                         # [BF]
             if FIXED_OFF:
-                p = tl.exp(dash - diag[None, :] - c_f[:, None])                     # [BF, BT] <= 1, 0 off keys
+                if EX2:
+                    p = ex2_ftz(dash * LOG2E - (diag * LOG2E)[None, :] - c2[:, None], EMU)
+                else:
+                    p = tl.exp(dash - diag[None, :] - c_f[:, None])                 # [BF, BT] <= 1, 0 off keys
             else:
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
                 alpha = tl.exp(m_run - m_safe)                                      # 0 while nothing was valid
@@ -437,10 +462,9 @@ if triton is not None:
                         acc_id = tl.dot(p.to(tl.bfloat16), wid.to(tl.bfloat16), acc_id)
                 else:
                     acc_id = tl.dot(p, wid, acc_id, input_precision=PROD_PREC)
-                if VSUM_FB0:                                                        # (KEY_VSUM_FIRST_BLOCK)
-                    if fb == 0:
-                        vs_id += tl.sum(wid, axis=0)
-                else:
+                if VSUM_MODE == 0:                                                  # (KEY_VSUM_BLOCK)
+                    vs_id += tl.sum(wid, axis=0)
+                elif fb == vs_fb:
                     vs_id += tl.sum(wid, axis=0)
                 vt = _value_tile(vbase, offs_t, svt, tmask, rmask, offs_e, emask)   # v's columns
             elif ID_COLS > 0:                                                       # identity_cols (no mask)
@@ -455,10 +479,9 @@ if triton is not None:
             else:
                 acc = tl.dot(p, vt, acc, input_precision=PROD_PREC)                 # [BF, BDV]
             zacc += tl.sum(p, axis=1)
-            if VSUM_FB0:
-                if fb == 0:
-                    vsum += tl.sum(vt, axis=0)
-            else:
+            if VSUM_MODE == 0:
+                vsum += tl.sum(vt, axis=0)
+            elif fb == vs_fb:
                 vsum += tl.sum(vt, axis=0)
             m_run = m_new
         part = bh * NSPLIT + sp
@@ -470,7 +493,7 @@ if triton is not None:
             tl.store(arow + offs_c[None, :], tl.dot(acc_id, place, input_precision="ieee"),
                      mask=fmask[:, None] & (offs_c < ID_COLS)[None, :])
             tl.store(arow + ID_COLS + offs_e[None, :], acc, mask=fmask[:, None] & emask[None, :])
-            if fb == 0:
+            if fb == vs_fb:
                 tl.store(VS + part * DV + offs_c, tl.sum(vs_id[:, None] * place, axis=0), mask=offs_c < ID_COLS)
                 tl.store(VS + part * DV + ID_COLS + offs_e, vsum, mask=emask)
         else:
@@ -482,7 +505,7 @@ if triton is not None:
             tl.store(MXF + (bh * M + offs_f) * NSPLIT + sp, m_run, mask=fmask)
         tl.store(MX + part * NFB + fb, tl.max(tl.where(fmask, m_run, float("-inf")), axis=0))
         if ID_SPAN == 0:                                                           # (else stored above)
-            if fb == 0:
+            if fb == vs_fb:
                 tl.store(VS + part * DV + offs_e, vsum, mask=emask)
 
     @triton.jit
@@ -495,7 +518,7 @@ if triton is not None:
                        BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, TAIL_F: tl.constexpr,
                        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DASH_F16: tl.constexpr,
                        ID_COLS: tl.constexpr, id_den, id_span, ID_SPAN: tl.constexpr, BLOCK_ID: tl.constexpr,
-                       VSUM_FB0: tl.constexpr):
+                       VSUM_MODE: tl.constexpr, EX2: tl.constexpr):
         # grid (NFB, NSPLIT, B H), as _key_kernel (TAIL_F: the last block's narrower tile)
         fb = tl.program_id(0)
         sp = tl.program_id(1).to(tl.int64)
@@ -505,20 +528,20 @@ if triton is not None:
                           skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                           HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T, BLOCK_F,
                           BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span, ID_SPAN, BLOCK_ID,
-                          VSUM_FB0)
+                          VSUM_MODE, EX2)
         else:
             if fb < NFB - 1:
                 _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                               skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                               HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T,
                               BLOCK_F, BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span, ID_SPAN, BLOCK_ID,
-                              VSUM_FB0)
+                              VSUM_MODE, EX2)
             else:
                 _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                               skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                               HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T,
                               TAIL_F, BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span, ID_SPAN, BLOCK_ID,
-                              VSUM_FB0)
+                              VSUM_MODE, EX2)
 
     @triton.jit
     def _key_sqnorm_kernel(K, DG, skb, skh, skt, H, T, D, x_scale,
@@ -608,7 +631,7 @@ if triton is not None:
                     H, T, D, DV, M, NCB, x_scale, phi_scale, eps, feat_eps,
                     CM, BF16: tl.constexpr, EMU: tl.constexpr, DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
                     FIXED_OFF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
-                    BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr, DASH_F16: tl.constexpr):
+                    BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr, DASH_F16: tl.constexpr, EX2: tl.constexpr):
         # the query pass's output for query rows tb * BLOCK_T .. of head bh: fp32 [BLOCK_T, BLOCK_DV]. FIXED_OFF
         # (QUERY_OFFSET="norm"): features exp(dash - diag - C), C = max_f |proj_f|^2 / 2 >= dash - diag (the max of
         # the combine's per-block maxima CM [BH, NCB]), so nothing is rescaled in the loop; the row maximum of dash
@@ -637,6 +660,8 @@ if triton is not None:
         zs = tl.sum(tl.load(ZSP + bh * NCB + offs_cb, mask=cbm, other=0.0), axis=0)
         if FIXED_OFF:                                                               # max of the blocks' maxima
             c_off = tl.max(tl.load(CM + bh * NCB + offs_cb, mask=cbm, other=0.0), axis=0)
+            if EX2:
+                dc2 = (diag + c_off) * LOG2E                                        # (FEATURE_EXP="ex2_ftz")
         kvbase = KV + bh * M * DV
         for f0 in range(0, M, BLOCK_F):
             offs_f = f0 + tl.arange(0, BLOCK_F)
@@ -653,7 +678,10 @@ if triton is not None:
             dash = tl.where(fmask[None, :], dash, float("-inf"))
             m_new = tl.maximum(m_run, tl.max(dash, axis=1))                         # finite: >= 1 feature
             if FIXED_OFF:
-                p = tl.exp(dash - (diag + c_off)[:, None])                          # [BT, BF] <= 1
+                if EX2:
+                    p = ex2_ftz(dash * LOG2E - dc2[:, None], EMU)
+                else:
+                    p = tl.exp(dash - (diag + c_off)[:, None])                      # [BT, BF] <= 1
             else:
                 alpha = tl.exp(m_run - m_new)
                 p = tl.exp(dash - m_new[:, None])                                   # [BT, BF], 0 off features
@@ -691,12 +719,12 @@ if triton is not None:
                       BF16: tl.constexpr, EMU: tl.constexpr, DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
                       FIXED_OFF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
                       BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr, OUT_BF16: tl.constexpr,
-                      DASH_F16: tl.constexpr):
+                      DASH_F16: tl.constexpr, EX2: tl.constexpr):
         tb = tl.program_id(0).to(tl.int64)
         bh = tl.program_id(1).to(tl.int64)
         out = _query_tile(Q, PROJ, KV, Z, KVSP, ZSP, tb, bh, sqb, sqh, sqt, H, T, D, DV, M, NCB, x_scale, phi_scale,
                           eps, feat_eps, CM, BF16, EMU, DASH_PREC, PROD_PREC, FIXED_OFF, BLOCK_T, BLOCK_F, BLOCK_D,
-                          BLOCK_DV, BLOCK_CB, DASH_F16)
+                          BLOCK_DV, BLOCK_CB, DASH_F16, EX2)
         offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
         offs_e = tl.arange(0, BLOCK_DV)
         if OUT_BF16 and EMU:                        # the interpreter's downcast truncates: round to nearest first
@@ -786,6 +814,20 @@ def _pf_tiles(bf16: bool) -> tuple[int, int]:
     return (KEY_PF_BLOCK_T, KEY_PF_STAGES) if bf16 else (KEY_PF_FP32_BLOCK_T, KEY_PF_FP32_STAGES)
 
 
+def _feature_ex2() -> bool:
+    """FEATURE_EXP as the kernels' EX2 flag."""
+    if FEATURE_EXP not in ("exp", "ex2_ftz"):
+        raise ValueError(f"FEATURE_EXP={FEATURE_EXP!r}: 'exp' or 'ex2_ftz'")
+    return FEATURE_EXP == "ex2_ftz"
+
+
+def _vsum_mode() -> int:
+    """KEY_VSUM_BLOCK as the kernel's VSUM_MODE."""
+    if KEY_VSUM_BLOCK not in _VSUM_MODES:
+        raise ValueError(f"KEY_VSUM_BLOCK={KEY_VSUM_BLOCK!r}: one of {sorted(_VSUM_MODES)}")
+    return _VSUM_MODES[KEY_VSUM_BLOCK]
+
+
 def _split_rows(T: int, heads_x_blocks: int, bf16: bool = True) -> int:
     """Key rows per key-pass program: KEY_SPLIT_ROWS, or enough splits for about KEY_PROGRAMS programs
     (KEY_PF_PROGRAMS in the per-feature form); a multiple of the form's key tile (per-feature: for bf16 or fp32
@@ -836,7 +878,8 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
         BF16=st["bf16"], EMU=st["emu"], DASH_PREC=st["dash_prec"], PROD_PREC=st["prod_prec"], FIXED_OFF=q_off,
         BLOCK_T=QUERY_BLOCK_T, BLOCK_F=QUERY_BLOCK_F, BLOCK_D=pow2_block(q.shape[3]), BLOCK_DV=pow2_block(Dv),
         BLOCK_CB=pow2_block(st["ncb"]), OUT_BF16=out_dtype == torch.bfloat16,
-        DASH_F16=_query_dash(query_dash) == "fp16" and st["dash_prec"] == "tf32", num_warps=QUERY_NUM_WARPS)
+        DASH_F16=_query_dash(query_dash) == "fp16" and st["dash_prec"] == "tf32", EX2=_feature_ex2(),
+        num_warps=QUERY_NUM_WARPS)
     return out
 
 
@@ -912,8 +955,8 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
             BLOCK_DV=pow2_block(Dv - identity_cols) if id_span_cols else BDV, DASH_F16=dash_f16,
             ID_COLS=identity_cols, id_den=float(max(T - 1, 1)), id_span=float(max(identity_cols - 1, 0)),
             ID_SPAN=id_span_cols, BLOCK_ID=pow2_block(identity_cols) if identity_cols else 16,
-            VSUM_FB0=KEY_VSUM_FIRST_BLOCK,
-            num_warps=KEY_PF_WARPS, num_stages=pf_stages)
+            VSUM_MODE=_vsum_mode(), EX2=_feature_ex2(), num_warps=KEY_PF_WARPS, num_stages=pf_stages,
+            **({} if KEY_PF_MAXNREG is None else {"maxnreg": KEY_PF_MAXNREG}))
     else:
         mxf_part = mx_part                                                           # unused
         _key_kernel[(nfb, nsplit, BH)](

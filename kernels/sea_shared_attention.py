@@ -47,16 +47,29 @@ except ImportError:                                                      # pragm
 # / 0.667; 8 warps slower everywhere (results/nvidia-h200/sea-shared-keys/call6/).
 BLOCK_N = 64
 NUM_WARPS = 2
+# The online softmax's exponentials: "ex2_ftz" keeps the scores in log2 units (scale log2 e applied with the scale)
+# and takes 2^x by PTX's ex2.approx.ftz (kernels/_tl_math.py; terms below 2^-126 of the row maximum flushed to 0, as
+# flash attention's kernels do); "exp": tl.exp, whose lowering adds a compare and two multiplies to each exponential
+# (the A/B switch, twenty-second session).
+SOFTMAX_EXP = "exp"
+
+
+def _softmax_ex2() -> bool:
+    if SOFTMAX_EXP not in ("exp", "ex2_ftz"):
+        raise ValueError(f"SOFTMAX_EXP={SOFTMAX_EXP!r}: 'exp' or 'ex2_ftz'")
+    return SOFTMAX_EXP == "ex2_ftz"
 
 
 if triton is not None:
+    from kernels._tl_math import LOG2E, ex2_ftz
     from kernels.sea_sparse_rows import _split_dot
 
     @triton.jit
     def _tile(q, kbase, vbase, key, kmask, t, m_i, l_i, acc, scale, skt, svt, offs_d, dmask,
-              FP32: tl.constexpr, EMU: tl.constexpr, PIECES: tl.constexpr, CAUSAL: tl.constexpr):
+              FP32: tl.constexpr, EMU: tl.constexpr, PIECES: tl.constexpr, CAUSAL: tl.constexpr,
+              EX2: tl.constexpr):
         """One step of the online softmax: the keys `key` [N] (where kmask, and causal: <= each row's t) against
-        q [R, D]."""
+        q [R, D]. EX2: m_i in log2 units (scores times scale log2 e) and 2^x by ex2_ftz."""
         kv_mask = kmask[:, None] & dmask[None, :]
         kr = tl.load(kbase + key[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)   # [N, BLOCK_D] rows
         vt = tl.load(vbase + key[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)   # [N, BLOCK_D]
@@ -70,11 +83,18 @@ if triton is not None:
             ok = kmask[None, :] & (key[None, :] <= t[:, None])
         else:
             ok = kmask[None, :] & (t[:, None] >= 0)
-        s = tl.where(ok, s * scale, float("-inf"))
+        if EX2:
+            s = tl.where(ok, s * (scale * LOG2E), float("-inf"))
+        else:
+            s = tl.where(ok, s * scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)           # rows with no key yet: all terms 0
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[:, None])
+        if EX2:
+            alpha = ex2_ftz(m_i - m_safe, EMU)
+            p = ex2_ftz(s - m_safe[:, None], EMU)
+        else:
+            alpha = tl.exp(m_i - m_safe)
+            p = tl.exp(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if FP32:
             acc = tl.dot(p, vt, acc * alpha[:, None], input_precision="ieee")
@@ -89,7 +109,7 @@ if triton is not None:
                            H, T, D, GROUP, NB, KSEL,
                            KC: tl.constexpr, KCP: tl.constexpr, R: tl.constexpr, BN: tl.constexpr,
                            BLOCK_D: tl.constexpr, FP32: tl.constexpr, EMU: tl.constexpr, PIECES: tl.constexpr,
-                           CAUSAL: tl.constexpr, MIX: tl.constexpr):
+                           CAUSAL: tl.constexpr, MIX: tl.constexpr, EX2: tl.constexpr):
         pid = tl.program_id(0).to(tl.int64)
         j = pid % NB
         bh = pid // NB
@@ -161,10 +181,10 @@ if triton is not None:
                               tl.load(tab + 5 * KC + ci, mask=smask, other=0), 0)
             key = (c_lo + (i * c_w) // c_n).to(tl.int64)                 # [BN] key positions (interp.py's rule)
             m_i, l_i, acc = _tile(q, kbase, vbase, key, smask, t, m_i, l_i, acc, scale, skt, svt, offs_d, dmask,
-                                  FP32, EMU, PIECES, CAUSAL)
+                                  FP32, EMU, PIECES, CAUSAL, EX2)
         own = j * R + tl.arange(0, R)                                    # the block's own keys (causal: <= t)
         m_i, l_i, acc = _tile(q, kbase, vbase, own, own < T, t, m_i, l_i, acc, scale, skt, svt, offs_d, dmask,
-                              FP32, EMU, PIECES, CAUSAL)
+                              FP32, EMU, PIECES, CAUSAL, EX2)
         out = tl.where(l_i[:, None] > 0, acc / tl.where(l_i > 0, l_i, 1.0)[:, None], 0.0)
         if MIX:     # SEA's mix in the epilogue, as kernels/sea_sparse_rows.py's: c stays in fp32
             sp = tl.load(SPROB + b * spb + h * sph + t * spt, mask=rmask, other=0.0)             # [R]
@@ -264,6 +284,7 @@ def shared_attention(q, k, v, sel, *, rows: int, k_sel: int, scale: float, piece
             H, T, D, H // k.shape[1], NB, int(k_sel),
             KC=KC, KCP=pow2_block(KC), R=rows, BN=BLOCK_N, BLOCK_D=pow2_block(D), FP32=q.dtype == torch.float32,
             EMU=q.device.type != "cuda", PIECES=pieces, CAUSAL=bool(causal), MIX=mix is not None,
+            EX2=_softmax_ex2(),
             num_warps=NUM_WARPS)
     return out
 

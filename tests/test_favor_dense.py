@@ -169,23 +169,27 @@ def test_identity_columns_in_a_narrow_accumulator(monkeypatch, operands):
 
 @pytest.mark.parametrize("operands,masked,ident", [("fp32", True, 0), ("bf16", False, 0), ("bf16", False, D),
                                                    ("fp32", False, D)])
-def test_value_sums_only_in_the_first_feature_block(monkeypatch, operands, masked, ident):
-    """KEY_VSUM_FIRST_BLOCK: only the programs that store the values' sums over the keys (the first feature block)
-    add them up; with 16-feature blocks (two blocks and a tail for m = 19, poisoned buffers) the output is the same,
-    bit for bit, with and without identity columns."""
+def test_value_sums_in_one_feature_block(monkeypatch, operands, masked, ident):
+    """KEY_VSUM_BLOCK: the values' sums over the keys added up only by the programs that store them, the first
+    feature block's ("first") or the last's ("last"); with 16-feature blocks (two blocks and a tail for m = 19,
+    poisoned buffers) the output is that of every program adding them up ("every"), bit for bit, with and without
+    identity columns."""
     q, k, v, proj = _inputs(8, torch.bfloat16)                              # (16-feature blocks: the fixture)
     valid = _valid() if masked else None
     vals = v if ident else _vals(v, valid)
     vals = vals.float() if operands == "fp32" else vals
     outs = {}
-    for first in (False, True):
-        monkeypatch.setattr(fd, "KEY_VSUM_FIRST_BLOCK", first)
-        outs[first] = fd.favor_softmax_dense(q, k, vals, proj, valid=valid, operands=operands, identity_cols=ident)
-    assert torch.equal(outs[True], outs[False])
+    for mode in ("every", "first", "last"):
+        monkeypatch.setattr(fd, "KEY_VSUM_BLOCK", mode)
+        outs[mode] = fd.favor_softmax_dense(q, k, vals, proj, valid=valid, operands=operands, identity_cols=ident)
+    assert torch.equal(outs["first"], outs["every"]) and torch.equal(outs["last"], outs["every"])
     with torch.no_grad():                                        # the sums matter: without them the output moves
         st = fd.key_summary(q, k, vals, proj, valid=valid, operands=operands, identity_cols=ident, feat_eps=0.0)
         st_eps = fd.key_summary(q, k, vals, proj, valid=valid, operands=operands, identity_cols=ident)
     assert not torch.equal(st["kv"], st_eps["kv"])
+    monkeypatch.setattr(fd, "KEY_VSUM_BLOCK", "middle")
+    with pytest.raises(ValueError, match="KEY_VSUM_BLOCK"):
+        fd.favor_softmax_dense(q, k, vals, proj, valid=valid, operands=operands, identity_cols=ident)
 
 
 @pytest.mark.parametrize("operands,masked", [("fp32", True), ("bf16", False)])
@@ -333,14 +337,17 @@ def test_keys_of_very_different_norms(monkeypatch, form):
 @pytest.mark.parametrize("key_off,query_off", [("norm", "norm"), ("running", "running"), ("norm", "running"),
                                                ("running", "norm")])
 @pytest.mark.parametrize("diag", ["pre", "tile"])
-def test_offset_forms_equal_the_float64_statement(monkeypatch, key_off, query_off, diag):
+@pytest.mark.parametrize("feature_exp", ["exp", "ex2_ftz"])
+def test_offset_forms_equal_the_float64_statement(monkeypatch, key_off, query_off, diag, feature_exp):
     """KEY_OFFSET / QUERY_OFFSET: the features exp(dash - diag - |proj_f|^2 / 2) (resp. its maximum over features for
     the queries) with the per-head / per-row maxima applied once, against the running maxima: both the same function.
     Queries of norms from 0.1x to 6x the usual, keys from 0.5x to 2x (wider key norms make every feature's phi_k
     mostly feat_eps, where a wrong per-feature factor no longer shows: test_keys_of_very_different_norms has those),
     padded keys, an empty key split: fp32 against float64, and the two forms within the same tolerance of each
-    other. diag="tile": the query offset from its own launch."""
+    other. diag="tile": the query offset from its own launch. FEATURE_EXP="ex2_ftz" (2^x with log2 e folded into
+    the offsets' subtraction) holds the same bound."""
     monkeypatch.setattr(fd, "KEY_DIAG", diag)
+    monkeypatch.setattr(fd, "FEATURE_EXP", feature_exp)
     q, k, v, proj = _inputs(11)
     g = torch.Generator().manual_seed(3)
     q = q * torch.logspace(-1, 0.8, T)[torch.randperm(T, generator=g)][None, None, :, None]
@@ -463,16 +470,18 @@ def test_errors(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("form", ["per_feature", "per_program"])
+@pytest.mark.parametrize("feature_exp", ["exp", "ex2_ftz"])
 @pytest.mark.parametrize("operands,precision,call", [("fp32", "tf32x3", None), ("fp32", "ieee", None),
                                                      ("bf16", None, None), ("bf16", None, "tf32"),
                                                      ("fp32", None, "tf32")])
-def test_compiled_kernel_at_sea_widths_matches_torch(monkeypatch, operands, precision, call, form):
+def test_compiled_kernel_at_sea_widths_matches_torch(monkeypatch, operands, precision, call, form, feature_exp):
     """On CUDA, default tiles, SEA's bidirectional widths (d = 64, m = 266, Dv = 128), a padding mask: the fused
     pass against the torch path (fp32: float rounding; bf16: the same rounding-size bound as on the CPU). call:
     the call's precision= (tf32: one-pass products, held to the bf16 bound; its error is printed)."""
     for name, value in DEFAULT_TILES.items():
         monkeypatch.setattr(fd, name, value)
     monkeypatch.setattr(fd, "KEY_FORM", form)
+    monkeypatch.setattr(fd, "FEATURE_EXP", feature_exp)                      # (ex2_ftz: PTX's ex2.approx.ftz)
     if precision:
         monkeypatch.setattr(fd, "FP32_PRECISION", precision)
     g = torch.Generator(device="cpu").manual_seed(5)
@@ -488,7 +497,8 @@ def test_compiled_kernel_at_sea_widths_matches_torch(monkeypatch, operands, prec
     got = fd.favor_softmax_dense(q, k, vals, proj, valid=valid, operands=operands, precision=call)
     assert torch.isfinite(got).all()
     rel = float((got.double() - want.double()).norm() / want.double().norm())
-    print(f"favor_dense {form} operands={operands} precision={precision or call or 'default'}: rel L2 {rel:.3g}")
+    print(f"favor_dense {form} {feature_exp} operands={operands} precision={precision or call or 'default'}: "
+          f"rel L2 {rel:.3g}")
     assert rel < (1e-5 if operands == "fp32" and call is None else 1e-2), rel
 
 
@@ -546,18 +556,34 @@ def test_cuda_fp16_dash_as_accurate_as_one_pass_tf32(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("ident", [0, 64])
-def test_cuda_value_sums_only_in_the_first_feature_block(monkeypatch, ident):
-    """KEY_VSUM_FIRST_BLOCK on the GPU at SEA's widths (bf16 operands, TF32, three feature blocks): the programs that
-    store the values' sums compute them as before, so the output is the same bit for bit."""
+def test_cuda_value_sums_in_one_feature_block(monkeypatch, ident):
+    """KEY_VSUM_BLOCK on the GPU at SEA's widths (bf16 operands, TF32, three feature blocks, the last a 16-wide tail):
+    "first" adds the values up in the programs that stored them before, so the output is the same bit for bit; "last"
+    in the tail block's programs, whose tiles may sum a key tile's rows in another order: the bf16 summary KV is
+    then the same but for rare last-bit flips (the sums enter it times feat_eps), and z is untouched. Without the
+    sums (feat_eps = 0) nearly every element of KV moves, so the bar can see a lost or misplaced sum."""
     q, k, v, proj, vals = _cuda_sea_case(monkeypatch, 10, 3000)
     vals = v if ident else vals.to(torch.bfloat16)
-    outs = {}
+    outs, sums = {}, {}
     with torch.no_grad():
-        for first in (False, True):
-            monkeypatch.setattr(fd, "KEY_VSUM_FIRST_BLOCK", first)
-            outs[first] = fd.favor_softmax_dense(q, k, vals, proj, operands="bf16", precision="tf32",
-                                                 identity_cols=ident)
-    assert torch.equal(outs[True], outs[False])
+        for mode in ("every", "first", "last"):
+            monkeypatch.setattr(fd, "KEY_VSUM_BLOCK", mode)
+            outs[mode] = fd.favor_softmax_dense(q, k, vals, proj, operands="bf16", precision="tf32",
+                                                identity_cols=ident)
+            sums[mode] = fd.key_summary(q, k, vals, proj, operands="bf16", precision="tf32", identity_cols=ident)
+        no_eps = fd.key_summary(q, k, vals, proj, operands="bf16", precision="tf32", identity_cols=ident,
+                                feat_eps=0.0)
+    assert torch.equal(outs["first"], outs["every"])
+    kv, kv_last = sums["every"]["kv"].float(), sums["last"]["kv"].float()
+    assert torch.equal(sums["last"]["z"], sums["every"]["z"])
+    moved = kv_last != kv
+    print(f"KEY_VSUM_BLOCK=last: {moved.float().mean().item():.2e} of KV's elements moved; without the sums "
+          f"{(no_eps['kv'].float() != kv).float().mean().item():.2e}")
+    assert moved.float().mean() < 1e-2
+    assert ((kv_last - kv).abs() <= kv.abs() * 2.0 ** -7).all()                 # at most one bf16 unit each
+    assert (no_eps["kv"].float() != kv).float().mean() > 0.5
+    top = outs["every"].abs().max().item()                                     # (signed sums may cancel to ~0)
+    torch.testing.assert_close(outs["last"], outs["every"], rtol=2.0 ** -7, atol=2.0 ** -7 * top)
 
 
 @pytest.mark.gpu

@@ -174,6 +174,17 @@ def masked_softmax_f64(q, k, v, mask, scale):
     return p @ vr
 
 
+def _assert_matches_rows_and_f64(got, want, ref, dtype):
+    """The kernel's output against the row lists' (want) and the float64 softmax (ref): fp32 to float rounding,
+    bf16 within one unit in the last place."""
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
+    else:
+        assert_within_one_ulp(got, want)
+        assert_within_one_ulp(got, ref.to(dtype))
+
+
 @pytest.mark.parametrize("mode,causal", DIRECTIONS[:2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("T,R,K,k", [(150, 32, 16, 4), (96, 16, 8, 80), (40, 16, 16, 64)])
@@ -187,12 +198,29 @@ def test_kernel_matches_the_row_lists_and_the_float64_softmax(dtype, T, R, K, k,
     want = sparse_attention_torch(q, kk, v, row_ptr, col, scale)
     ref = masked_softmax_f64(q, kk, v, shared_dense_mask(sel, T=T, R=R, k=k, causal=causal), scale)
     assert (row_ptr[1:] > row_ptr[:-1]).all()                            # every row attends its own key at least
-    if dtype == torch.float32:
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
-    else:
-        assert_within_one_ulp(got, want)
-        assert_within_one_ulp(got, ref.to(dtype))
+    _assert_matches_rows_and_f64(got, want, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode,causal", DIRECTIONS[:2])
+def test_kernel_with_ex2_softmax_matches_the_row_lists_and_the_float64_softmax(monkeypatch, dtype, mode, causal):
+    """SOFTMAX_EXP="ex2_ftz" (scores in log2 units, 2^x by PTX's ex2.approx.ftz; the interpreter's exp2 here): the
+    same bounds as the tl.exp form."""
+    pytest.importorskip("triton")
+    import kernels.sea_shared_attention as ssa
+
+    monkeypatch.setattr(ssa, "SOFTMAX_EXP", "ex2_ftz")
+    T, R, K, k = 150, 32, 16, 4
+    sel = select_blocks(estimate(T, K, seed=4), R=R, mode=mode, k=k, budget=2.0, causal=causal)
+    q, kk, v = gaussian_qkv(B, H, HKV, T, D, seed=5, dtype=dtype)
+    got = shared_attention(q, kk, v, sel, rows=R, k_sel=k, scale=1.0 / math.sqrt(D), causal=causal)
+    row_ptr, col = shared_row_csr(sel, T=T, R=R, k=k, causal=causal)
+    want = sparse_attention_torch(q, kk, v, row_ptr, col, 1.0 / math.sqrt(D))
+    ref = masked_softmax_f64(q, kk, v, shared_dense_mask(sel, T=T, R=R, k=k, causal=causal), 1.0 / math.sqrt(D))
+    _assert_matches_rows_and_f64(got, want, ref, dtype)
+    monkeypatch.setattr(ssa, "SOFTMAX_EXP", "exp2")
+    with pytest.raises(ValueError, match="SOFTMAX_EXP"):
+        shared_attention(q, kk, v, sel, rows=R, k_sel=k, scale=1.0 / math.sqrt(D), causal=causal)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -433,8 +461,12 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.gpu
 @pytest.mark.parametrize("pieces", [3, 1])
 @pytest.mark.parametrize("mode,causal", DIRECTIONS[:2])
-def test_kernel_on_the_gpu_matches_the_rows_kernel_on_the_row_lists(pieces, mode, causal):
+@pytest.mark.parametrize("softmax_exp", ["exp", "ex2_ftz"])
+def test_kernel_on_the_gpu_matches_the_rows_kernel_on_the_row_lists(monkeypatch, pieces, mode, causal, softmax_exp):
+    import kernels.sea_shared_attention as ssa
     from kernels.sea_sparse_rows import sparse_rows_forward
+
+    monkeypatch.setattr(ssa, "SOFTMAX_EXP", softmax_exp)
 
     T, R = 4096, 64
     K, k = (64, 64) if causal else (128, 13)                             # SEA's defaults in each direction

@@ -1,0 +1,19 @@
+"""Triton math helpers the kernels share (imported only where triton is)."""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def ex2_ftz(x, EMU: tl.constexpr):
+    """2^x by PTX's ex2.approx.ftz.f32: one MUFU.EX2, results below 2^-126 flushed to 0 (tl.exp lowers to a multiply
+    and ex2.approx.f32 without .ftz, which ptxas wraps in a compare and two multiplies for subnormal results). Under
+    the interpreter (EMU), tl.exp2."""
+    if EMU:
+        return tl.exp2(x)
+    else:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
