@@ -139,7 +139,9 @@ KEY_PF_STAGES = 2                 # 1.832, per-program 0.392 / 2.460 (results/nv
 # memory per key: 128-key tiles failed to compile or run there (call 3's GPU tests); they take these tiles
 KEY_PF_FP32_BLOCK_T = 64
 KEY_PF_FP32_STAGES = 2
-KEY_PF_PROGRAMS = 512             # about this many key-pass programs in the per-feature form (fewer, longer splits)
+KEY_PF_PROGRAMS = 384             # about this many key-pass programs in the per-feature form (fewer, longer splits);
+                                  # H200, SEA's 8k forward with ex2_ftz and "last": 384 -> key pass 0.102 ms, 512 ->
+                                  # 0.107, 1024 -> 0.124 (results/nvidia-h200/sea-key-pass-ncu/call2/)
 # Per-feature form with one-pass TF32 asked for dash (precision "tf32") and bf16 keys: "bf16x2" computes dash as two
 # bf16 products of the raw keys (w d^-1/4 split in a high and a low bf16 part; ~2^-16 relative, finer than TF32),
 # so no fp32 copy of the keys is made and the key tile goes to the products as loaded; "tf32": the keys' fp32 copy
@@ -167,9 +169,10 @@ KEY_ID_SPARSE = True
 # memory), though only one block's programs store them; "first" only in the programs that store them, the first
 # feature block's (a third at SEA's 266 features); "last" in the last feature block's, which SEA's m = 266 makes the
 # 16-feature tail (programs with a tenth of the others' products), so the 128-feature programs carry no reduction of
-# the values at all. H200, SEA's 8k profile (results/nvidia-h200/sea-key-pass-ncu/call1/): "every" 0.150 ms,
-# "first" 0.136 (the same output bit for bit).
-KEY_VSUM_BLOCK = "every"
+# the values at all. H200, SEA's 8k profile: "every" 0.150 ms, "first" 0.136 (the same output bit for bit;
+# results/nvidia-h200/sea-key-pass-ncu/call1/), "last" 0.126; with FEATURE_EXP="ex2_ftz" "every" 0.132, "last" 0.107
+# (call2/; its GPU test: none of KV's bf16 elements moved).
+KEY_VSUM_BLOCK = "last"
 # The per-feature key pass's register cap (Triton's maxnreg launch option; None: the compiler's choice, 255 at SEA's
 # 8k tiles: one 8-warp program per SM, 12.5 % occupancy, the issue slots 27 % busy; call1/'s Nsight Compute).
 KEY_PF_MAXNREG = None
@@ -203,8 +206,10 @@ BF16_DASH_PRECISION = "tf32x3"    # tl.dot input precision of x' proj^T for oper
 # KEY_OFFSET already counts only normal floats); "exp": tl.exp, which Triton lowers to a multiply and ex2.approx.f32
 # without .ftz, which ptxas expands to a compare and two multiplies around each MUFU.EX2 for subnormal results. The
 # key pass's loop is ~1570 SASS instructions a 128-key tile, ~10 per feature element of which ~4 this (sm_90a,
-# triton 3.6, scripts/compile_sm90.py).
-FEATURE_EXP = "exp"
+# triton 3.6, scripts/compile_sm90.py): 1346 with "ex2_ftz", the query pass's 341 -> 283. H200, SEA's 8k profile
+# (results/nvidia-h200/sea-key-pass-ncu/call2/): key pass 0.150 -> 0.132 ms, query pass 0.086 -> 0.083; the GPU
+# tests' errors against the torch path unchanged to three digits.
+FEATURE_EXP = "ex2_ftz"
 _VSUM_MODES = {"every": 0, "first": 1, "last": 2}
 
 

@@ -44,14 +44,19 @@ except ImportError:                                                      # pragm
 # keys per loop step (the N of the score tile; a power of two >= 16) and warps per program. Measured on an H200 (bf16,
 # B=1, H=16, D=64, causal, SEA's untrained estimate, R=64, budget 2; scripts/probe_shared_kernel.py): 64 keys on 2
 # warps 0.195 ms at 16k, 0.484 at 64k; on 4 warps 0.317 / 0.827; 128 keys on 4 warps 0.216 / 0.632; 32 keys >= 0.275
-# / 0.667; 8 warps slower everywhere (results/nvidia-h200/sea-shared-keys/call6/).
+# / 0.667; 8 warps slower everywhere (results/nvidia-h200/sea-shared-keys/call6/). Bidirectional (every block
+# attends its cells and all R of its own keys; 8k, k=13 of 128 cells, with SOFTMAX_EXP="ex2_ftz"): 4 warps 0.060 ms
+# against 0.088 on 2, 128 keys on 4 warps 0.144 (results/nvidia-h200/sea-key-pass-ncu/call2/), so that direction
+# takes NUM_WARPS_BIDIR.
 BLOCK_N = 64
 NUM_WARPS = 2
+NUM_WARPS_BIDIR = 4
 # The online softmax's exponentials: "ex2_ftz" keeps the scores in log2 units (scale log2 e applied with the scale)
 # and takes 2^x by PTX's ex2.approx.ftz (kernels/_tl_math.py; terms below 2^-126 of the row maximum flushed to 0, as
 # flash attention's kernels do); "exp": tl.exp, whose lowering adds a compare and two multiplies to each exponential
-# (the A/B switch, twenty-second session).
-SOFTMAX_EXP = "exp"
+# (the A/B switch, twenty-second session). H200, SEA's bidirectional 8k forward: the kernel 0.097 -> 0.088 ms on 2
+# warps (results/nvidia-h200/sea-key-pass-ncu/call2/).
+SOFTMAX_EXP = "ex2_ftz"
 
 
 def _softmax_ex2() -> bool:
@@ -285,7 +290,7 @@ def shared_attention(q, k, v, sel, *, rows: int, k_sel: int, scale: float, piece
             KC=KC, KCP=pow2_block(KC), R=rows, BN=BLOCK_N, BLOCK_D=pow2_block(D), FP32=q.dtype == torch.float32,
             EMU=q.device.type != "cuda", PIECES=pieces, CAUSAL=bool(causal), MIX=mix is not None,
             EX2=_softmax_ex2(),
-            num_warps=NUM_WARPS)
+            num_warps=NUM_WARPS if causal else NUM_WARPS_BIDIR)
     return out
 
 
