@@ -218,15 +218,9 @@ def _fresh(shape, dtype, device):
 
 
 if triton is not None:
-    from kernels._tl_math import LOG2E, ex2_ftz
+    from kernels._tl_math import LOG2E, ex2_ftz, round_bf16
+    from kernels._tl_math import round_bf16_bits as _round_bf16
 
-    @triton.jit
-    def _round_bf16(x):
-        # fp32 -> nearest bf16 (ties to even), returned as fp32: integer arithmetic on the bit pattern, so the
-        # Triton interpreter (whose float downcast truncates) rounds exactly like the GPU and torch.
-        bits = x.to(tl.int32, bitcast=True)
-        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536
-        return bits.to(tl.float32, bitcast=True)
 
     @triton.jit
     def _clamp_fp16(x):
@@ -235,7 +229,8 @@ if triton is not None:
         return tl.minimum(tl.maximum(x.to(tl.float32), -65504.0), 65504.0).to(tl.float16)
 
     @triton.jit
-    def _identity_weights(offs_t, tmask, ecol, id_den, id_span, ID_COLS: tl.constexpr, ROUND: tl.constexpr):
+    def _identity_weights(offs_t, tmask, ecol, id_den, id_span, ID_COLS: tl.constexpr, ROUND: tl.constexpr,
+                          EMU: tl.constexpr):
         # [BLOCK_T, len(ecol)]: the identity values relu(1 - |t / id_den * id_span - e|) of rows offs_t in columns
         # ecol (SEA's identity rows without a padding mask, id_den = max(T - 1, 1), id_span = ID_COLS - 1; IEEE
         # division, as torch's), zero on rows past the range and on columns >= ID_COLS; rounded to bf16 when ROUND
@@ -243,16 +238,16 @@ if triton is not None:
         wid = tl.maximum(1.0 - tl.abs(y[:, None] - ecol[None, :].to(tl.float32)), 0.0)
         wid = tl.where(tmask[:, None] & (ecol < ID_COLS)[None, :], wid, 0.0)
         if ROUND:
-            wid = _round_bf16(wid)
+            wid = round_bf16(wid, EMU)
         return wid
 
     @triton.jit
     def _value_tile_id(vbase, offs_t, svt, tmask, offs_e, DV, id_den, id_span, ID_COLS: tl.constexpr,
-                       ROUND: tl.constexpr):
+                       ROUND: tl.constexpr, EMU: tl.constexpr):
         # [BLOCK_T, BLOCK_DV] values in fp32 for identity_cols: columns e < ID_COLS the identity values
         # (_identity_weights; rounded to bf16 when ROUND: bf16 value operands, as the estimator's cast of the
         # concatenated values), columns e >= ID_COLS loaded from v's column e - ID_COLS; zero on rows past the range
-        ident = _identity_weights(offs_t, tmask, offs_e, id_den, id_span, ID_COLS, ROUND)   # 0 off its columns
+        ident = _identity_weights(offs_t, tmask, offs_e, id_den, id_span, ID_COLS, ROUND, EMU)   # 0 off its cols
         vt = tl.load(vbase + offs_t[:, None] * svt + (offs_e - ID_COLS)[None, :],
                      mask=tmask[:, None] & ((offs_e >= ID_COLS) & (offs_e < DV))[None, :], other=0.0).to(tl.float32)
         return ident + vt                                                # each entry one of the two, the other 0
@@ -459,7 +454,7 @@ if triton is not None:
                 acc = acc * alpha[:, None]
                 zacc = zacc * alpha
             if ID_SPAN > 0:
-                wid = _identity_weights(offs_t, tmask, ecol, id_den, id_span, ID_COLS, BF16)   # [BT, ID_SPAN]
+                wid = _identity_weights(offs_t, tmask, ecol, id_den, id_span, ID_COLS, BF16, EMU)   # [BT, ID_SPAN]
                 if BF16:
                     if EMU:
                         acc_id += tl.dot(_round_bf16(p), wid, input_precision="ieee")
@@ -473,7 +468,7 @@ if triton is not None:
                     vs_id += tl.sum(wid, axis=0)
                 vt = _value_tile(vbase, offs_t, svt, tmask, rmask, offs_e, emask)   # v's columns
             elif ID_COLS > 0:                                                       # identity_cols (no mask)
-                vt = _value_tile_id(vbase, offs_t, svt, tmask, offs_e, DV, id_den, id_span, ID_COLS, BF16)
+                vt = _value_tile_id(vbase, offs_t, svt, tmask, offs_e, DV, id_den, id_span, ID_COLS, BF16, EMU)
             else:
                 vt = _value_tile(vbase, offs_t, svt, tmask, rmask, offs_e, emask)   # [BT, BDV]
             if BF16:
@@ -714,7 +709,7 @@ if triton is not None:
         num = phi_scale * (g[:, None] * acc + feat_eps * kvs[None, :])
         den = phi_scale * (g * accz + feat_eps * zs)
         if BF16:
-            num = _round_bf16(num)                                                  # a bf16 GEMM's output
+            num = round_bf16(num, EMU)                                              # a bf16 GEMM's output
         return num / (den[:, None] + eps)
 
     @triton.jit

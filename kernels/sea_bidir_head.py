@@ -69,7 +69,7 @@ V_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 if triton is not None:
-    from kernels.favor_dense import _round_bf16
+    from kernels._tl_math import round_bf16, round_bf16_bits
 
     @triton.jit
     def _head_kernel(C, V, LW, LB, LNW, LNB, SW, SB, RWT, RB, XO, SO,
@@ -101,7 +101,7 @@ if triton is not None:
             wt = tl.load(LW + offs_n[None, :] * D3 + kk[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
             if ENC_BF16:            # bf16 operands (nearest; LW arrives in bf16), fp32 sums (EMU: exact fp32 dots)
                 if EMU:
-                    acc += tl.dot(_round_bf16(x.to(tl.float32)), wt.to(tl.float32), input_precision="ieee")
+                    acc += tl.dot(round_bf16(x.to(tl.float32), EMU), wt.to(tl.float32), input_precision="ieee")
                 else:
                     acc += tl.dot(x.to(tl.bfloat16), wt)
             else:
@@ -114,7 +114,7 @@ if triton is not None:
                          other=0.0)
             if ENC_BF16:
                 if EMU:
-                    acc += tl.dot(_round_bf16(x.to(tl.float32)), wt.to(tl.float32), input_precision="ieee")
+                    acc += tl.dot(round_bf16(x.to(tl.float32), EMU), wt.to(tl.float32), input_precision="ieee")
                 else:
                     acc += tl.dot(x.to(tl.bfloat16), wt)
             else:
@@ -140,12 +140,18 @@ if triton is not None:
         j = ji * W + jw
         rw = tl.load(RWT + offs_n[:, None] * (4 * W) + j[None, :], mask=nmask[:, None] & jmask[None, :],
                      other=0.0)                                           # [BLOCK_DV, 4 BLOCK_W] bf16 = row_w^T
-        zb = _round_bf16(z)
+        # z rounded by integer arithmetic on the GPU too: with the cast there (z.to(bf16) into the dot) the kernel
+        # took 136 registers instead of 125, one program an SM instead of two (sm_90a, triton 3.6,
+        # scripts/compile_sm90.py --what head)
+        zb = round_bf16_bits(z)
         if EMU:
             out = tl.dot(zb, rw.to(tl.float32), input_precision="ieee")
         else:
             out = tl.dot(zb.to(tl.bfloat16), rw)
-        out = _round_bf16(out + _round_bf16(tl.load(RB + j, mask=jmask, other=0.0))[None, :])
+        out = out + round_bf16(tl.load(RB + j, mask=jmask, other=0.0), EMU)[None, :]
+        if EMU:                                 # the interpreter's cast truncates: round first (exact cast after);
+            out = round_bf16(out, EMU)          # the GPU's cast rounds to nearest even (2840 SASS instructions
+                                                # a program instead of 3160 with the integer rounding here)
         out = tl.reshape(out.to(tl.bfloat16), [BLOCK_T, BLOCK_H, 4, BLOCK_W])
         out = tl.reshape(tl.permute(out, (0, 3, 1, 2)), [BLOCK_T * BLOCK_W, BLOCK_H * 4])
         q = tl.arange(0, BLOCK_T * BLOCK_W)                               # rows (t, w) of the stored block

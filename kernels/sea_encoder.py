@@ -62,7 +62,7 @@ def _fresh(shape, dtype, device):
 
 
 if triton is not None:
-    from kernels.favor_dense import _round_bf16
+    from kernels._tl_math import round_bf16_bits as _round_bf16
 
     @triton.jit
     def _encoder_fwd_kernel(C, V, W, LB, LNW, LNB, SW, SB, Z, S, R, eps,

@@ -85,7 +85,9 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--identity-cols", type=int, default=64, help="SEA's identity_values=kernel (0: concatenated)")
     ap.add_argument("--out-bf16", action="store_true", help="bf16 output (SEA's encoder_operands=bf16)")
-    ap.add_argument("--kernel", default="_key_pf_kernel", help="regex of the kernels to report")
+    ap.add_argument("--what", choices=("favor", "head"), default="favor",
+                    help="favor_softmax_dense's kernels, or the bidirectional encoder head (bf16 operands, K=128)")
+    ap.add_argument("--kernel", default="", help="regex of the kernels to report (default: every one compiled)")
     ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE")
     ap.add_argument("--dump-dir", default="", help="also write each reported kernel's TTGIR, PTX and SASS here")
     a = ap.parse_args(argv)
@@ -119,15 +121,27 @@ def main(argv=None) -> int:
     g = torch.Generator().manual_seed(0)
     T, H = a.T, a.heads
     q, k, v = (torch.randn(1, H, T, 64, generator=g).bfloat16() for _ in range(3))
-    proj = orthogonal_random_features(266, 64, g)
-    if a.identity_cols:
-        vals = v
-    else:
-        vals = torch.cat([identity_values(None, 1, T, 64, "cpu")[:, None].expand(1, H, T, 64).bfloat16(), v], -1)
-    fd.COMBINE = "triton"
-    with torch.no_grad():
-        fd.favor_softmax_dense(q, k, vals, proj, operands="bf16", precision="tf32", identity_cols=a.identity_cols,
-                               out_dtype=torch.bfloat16 if a.out_bf16 else torch.float32)
+    if a.what == "favor":
+        proj = orthogonal_random_features(266, 64, g)
+        if a.identity_cols:
+            vals = v
+        else:
+            ident = identity_values(None, 1, T, 64, "cpu")[:, None].expand(1, H, T, 64).bfloat16()
+            vals = torch.cat([ident, v], -1)
+        fd.COMBINE = "triton"
+        with torch.no_grad():
+            fd.favor_softmax_dense(q, k, vals, proj, operands="bf16", precision="tf32",
+                                   identity_cols=a.identity_cols,
+                                   out_dtype=torch.bfloat16 if a.out_bf16 else torch.float32)
+    else:                       # SEA's bidirectional head at d = 64, K = 128, encoder_operands=bf16
+        from kernels import sea_bidir_head as hd
+
+        hd.head_usable = lambda device: True
+        c = torch.randn(1, H, T, 128, generator=g).bfloat16()
+        w = [torch.randn(*shape, generator=g) for shape in ((128, 192), (128,), (128,), (128,), (2, 128), (2,),
+                                                           (256, 128), (256,))]
+        with torch.no_grad():
+            hd.encoder_head(c, v, *w[:4], 1e-5, *w[4:], K=128, precision="bf16")
     print(f"triton {triton.__version__}, sm_90a, T={T}, H={H}, identity_cols={a.identity_cols}, sets {a.set}")
     for name, grid, kern in compiled:
         if not re.search(a.kernel, name):
