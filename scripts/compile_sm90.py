@@ -94,7 +94,6 @@ def main(argv=None) -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("compile_sm90.py compiles for the GPU: unset TRITON_INTERPRET", file=sys.stderr)
         return 2
-    import torch
     import triton
     from triton.runtime import driver
     from triton.runtime.jit import JITFunction
@@ -106,9 +105,8 @@ def main(argv=None) -> int:
     from methods.sea.estimator import identity_values
     from methods.sea.favor import orthogonal_random_features
 
-    driver.set_active(_Sm90Driver())
     compiled = []
-    run = JITFunction.run
+    run, active = JITFunction.run, driver._active
 
     def compile_only(self, *args, grid, warmup, **kwargs):
         if "EMU" in kwargs:
@@ -117,7 +115,37 @@ def main(argv=None) -> int:
         compiled.append((self.fn.__name__, grid, kern))
         return kern
 
+    driver.set_active(_Sm90Driver())
     JITFunction.run = compile_only
+    try:
+        _launch(a, fd, identity_values, orthogonal_random_features)
+    finally:                                     # the process's JIT and driver as they were
+        JITFunction.run = run
+        driver._active = active
+    print(f"triton {triton.__version__}, sm_90a, T={a.T}, H={a.heads}, {a.what}, sets {a.set}")
+    for name, grid, kern in compiled:
+        if not re.search(a.kernel, name):
+            continue
+        use = resource_usage(kern.asm["cubin"])
+        sass = kern.asm["sass"]
+        ops = sass_counts(sass)
+        md = kern.metadata
+        print(f"{name} grid {tuple(grid)}: {use['registers']} registers, local {use['local']} B (spills), "
+              f"stack {use['stack']}, {md.shared} B shared, {md.num_warps} warps, {md.num_stages} stages; "
+              f"{sum(ops.values())} SASS instructions")
+        print("   " + ", ".join(f"{op} {n}" for op, n in ops.most_common(24)))
+        if a.dump_dir:
+            os.makedirs(a.dump_dir, exist_ok=True)
+            for form in ("ttgir", "ptx", "sass"):
+                with open(os.path.join(a.dump_dir, f"{name}.{form}"), "w") as f:
+                    f.write(kern.asm[form])
+    return 0
+
+
+def _launch(a, fd, identity_values, orthogonal_random_features) -> None:
+    """The launches to compile: favor_softmax_dense's or the head's, at SEA's widths."""
+    import torch
+
     g = torch.Generator().manual_seed(0)
     T, H = a.T, a.heads
     q, k, v = (torch.randn(1, H, T, 64, generator=g).bfloat16() for _ in range(3))
@@ -142,24 +170,6 @@ def main(argv=None) -> int:
                                                            (256, 128), (256,))]
         with torch.no_grad():
             hd.encoder_head(c, v, *w[:4], 1e-5, *w[4:], K=128, precision="bf16")
-    print(f"triton {triton.__version__}, sm_90a, T={T}, H={H}, identity_cols={a.identity_cols}, sets {a.set}")
-    for name, grid, kern in compiled:
-        if not re.search(a.kernel, name):
-            continue
-        use = resource_usage(kern.asm["cubin"])
-        sass = kern.asm["sass"]
-        ops = sass_counts(sass)
-        md = kern.metadata
-        print(f"{name} grid {tuple(grid)}: {use['registers']} registers, local {use['local']} B (spills), "
-              f"stack {use['stack']}, {md.shared} B shared, {md.num_warps} warps, {md.num_stages} stages; "
-              f"{sum(ops.values())} SASS instructions")
-        print("   " + ", ".join(f"{op} {n}" for op, n in ops.most_common(24)))
-        if a.dump_dir:
-            os.makedirs(a.dump_dir, exist_ok=True)
-            for form in ("ttgir", "ptx", "sass"):
-                with open(os.path.join(a.dump_dir, f"{name}.{form}"), "w") as f:
-                    f.write(kern.asm[form])
-    return 0
 
 
 if __name__ == "__main__":

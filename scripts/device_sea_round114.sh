@@ -11,7 +11,8 @@
 set -u
 export PYTHONUNBUFFERED=1
 timeout 100 env PYTHONPATH=$PWD python3 -m pytest -q -m gpu tests/test_sea_bidir_head_tail.py \
-  tests/test_favor_dense.py -k "head_and_tail or identity_columns or value_sums" -p no:cacheprovider -rA > "$OUT/gpu-tests.txt" 2>&1
+  tests/test_favor_dense.py -k "head_and_tail or identity_columns or value_sums" -p no:cacheprovider -rA \
+  > "$OUT/gpu-tests.txt" 2>&1
 grep -E "^FAILED|^ERROR|passed|failed|^E  " "$OUT/gpu-tests.txt" | cut -c1-160 | tail -n 8
 rm -rf /tmp/A && cp -r "$PWD" /tmp/A && cp .carry/oldk/*.py /tmp/A/kernels/
 o=performer_dtype=bf16,estimator_precision=tf32,estimator_dtype=bf16,compile=estimator,sparse_pieces=1,shared_keys=64
