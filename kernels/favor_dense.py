@@ -173,6 +173,10 @@ KEY_ID_SPARSE = True
 # results/nvidia-h200/sea-key-pass-ncu/call1/), "last" 0.126; with FEATURE_EXP="ex2_ftz" "every" 0.132, "last" 0.107
 # (call2/; its GPU test: none of KV's bf16 elements moved).
 KEY_VSUM_BLOCK = "last"
+# The per-feature key pass without masks where no key row can be invalid (no padding mask, T a multiple of the key
+# tile, d and the value width powers of two >= 16): the key, |k'|^2 and value loads unmasked and dash not masked to
+# -inf, the same function (the A/B switch of the twenty-second session, not yet timed on a GPU).
+KEY_EVEN_TILES = False
 # The per-feature key pass's register cap (Triton's maxnreg launch option; None: the compiler's choice, 255 at SEA's
 # 8k tiles: one 8-warp program per SM, 12.5 % occupancy, the issue slots 27 % busy; call1/'s Nsight Compute).
 KEY_PF_MAXNREG = None
@@ -368,7 +372,7 @@ if triton is not None:
                       BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
                       BLOCK_DV: tl.constexpr, DASH_F16: tl.constexpr, ID_COLS: tl.constexpr, id_den, id_span,
                       ID_SPAN: tl.constexpr, BLOCK_ID: tl.constexpr, VSUM_MODE: tl.constexpr,
-                      EX2: tl.constexpr):
+                      EX2: tl.constexpr, EVEN: tl.constexpr):
         # KEY_FORM="per_feature": features f0 .. f0 + BLOCK_F - 1 over key rows sp * ROWS .. of head bh, tiles held
         # [features, keys], a running maximum of dash per feature. DASH_X2 (bf16 keys): dash = w_hi k + w_lo k, two
         # bf16 products of the raw keys with x_scale w split in two bf16 parts (each product exact, fp32 sums:
@@ -418,8 +422,11 @@ if triton is not None:
             w16 = _clamp_fp16(w * x_scale)
         for start in range(row0, row_end, BLOCK_T):
             offs_t, tmask, rmask = _key_rows(VALID, b, T, start, row_end, HAS_VALID, BLOCK_T)
-            kraw = tl.load(kbase + offs_t[None, :] * skt + offs_d[:, None], mask=dmask[:, None] & tmask[None, :],
-                           other=0.0)                                               # [BD, BT]: k^T
+            if EVEN:        # (KEY_EVEN_TILES) every row of the tile a valid key, D == BLOCK_D: no masks
+                kraw = tl.load(kbase + offs_t[None, :] * skt + offs_d[:, None])
+            else:
+                kraw = tl.load(kbase + offs_t[None, :] * skt + offs_d[:, None],
+                               mask=dmask[:, None] & tmask[None, :], other=0.0)    # [BD, BT]: k^T
             if DASH_F16:    # one fp16 product: x_scale w and k rounded to 11 bits, as one-pass TF32 rounds them
                 if EMU:
                     dash = tl.dot(w16.to(tl.float32), _clamp_fp16(kraw).to(tl.float32), input_precision="ieee")
@@ -436,11 +443,15 @@ if triton is not None:
                 kt = kraw.to(tl.float32) * x_scale                                  # k'^T
                 dash = tl.dot(w, kt, input_precision=DASH_PREC)                     # [BF, BT]
             if DIAG_PRE:
-                diag = tl.load(DG + bh * T + offs_t, mask=rmask, other=0.0)         # [BT]
+                if EVEN:
+                    diag = tl.load(DG + bh * T + offs_t)
+                else:
+                    diag = tl.load(DG + bh * T + offs_t, mask=rmask, other=0.0)     # [BT]
             else:
                 kd = kraw.to(tl.float32) * x_scale
                 diag = tl.where(rmask, tl.sum(kd * kd, axis=0) * 0.5, 0.0)          # [BT] (NaN keys off)
-            dash = tl.where(rmask[None, :], dash, float("-inf"))
+            if not EVEN:
+                dash = tl.where(rmask[None, :], dash, float("-inf"))
             m_new = tl.maximum(m_run, tl.max(dash, axis=1))                         # [BF]
             if FIXED_OFF:
                 if EX2:
@@ -466,7 +477,10 @@ if triton is not None:
                     vs_id += tl.sum(wid, axis=0)
                 elif fb == vs_fb:
                     vs_id += tl.sum(wid, axis=0)
-                vt = _value_tile(vbase, offs_t, svt, tmask, rmask, offs_e, emask)   # v's columns
+                if EVEN:
+                    vt = tl.load(vbase + offs_t[:, None] * svt + offs_e[None, :]).to(tl.float32)
+                else:
+                    vt = _value_tile(vbase, offs_t, svt, tmask, rmask, offs_e, emask)   # v's columns
             elif ID_COLS > 0:                                                       # identity_cols (no mask)
                 vt = _value_tile_id(vbase, offs_t, svt, tmask, offs_e, DV, id_den, id_span, ID_COLS, BF16, EMU)
             else:
@@ -518,7 +532,7 @@ if triton is not None:
                        BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, TAIL_F: tl.constexpr,
                        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, DASH_F16: tl.constexpr,
                        ID_COLS: tl.constexpr, id_den, id_span, ID_SPAN: tl.constexpr, BLOCK_ID: tl.constexpr,
-                       VSUM_MODE: tl.constexpr, EX2: tl.constexpr):
+                       VSUM_MODE: tl.constexpr, EX2: tl.constexpr, EVEN: tl.constexpr):
         # grid (NFB, NSPLIT, B H), as _key_kernel (TAIL_F: the last block's narrower tile)
         fb = tl.program_id(0)
         sp = tl.program_id(1).to(tl.int64)
@@ -528,20 +542,20 @@ if triton is not None:
                           skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                           HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T, BLOCK_F,
                           BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span, ID_SPAN, BLOCK_ID,
-                          VSUM_MODE, EX2)
+                          VSUM_MODE, EX2, EVEN)
         else:
             if fb < NFB - 1:
                 _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                               skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                               HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T,
                               BLOCK_F, BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span, ID_SPAN, BLOCK_ID,
-                              VSUM_MODE, EX2)
+                              VSUM_MODE, EX2, EVEN)
             else:
                 _key_pf_block(K, V, VALID, PROJ, A, Z, MX, VS, MXF, DG, fb * BLOCK_F, fb, sp, bh,
                               skb, skh, skt, svb, svh, svt, H, T, D, DV, M, ROWS, NSPLIT, NFB, x_scale,
                               HAS_VALID, BF16, EMU, DASH_PREC, PROD_PREC, DASH_X2, DIAG_PRE, FIXED_OFF, BLOCK_T,
                               TAIL_F, BLOCK_D, BLOCK_DV, DASH_F16, ID_COLS, id_den, id_span, ID_SPAN, BLOCK_ID,
-                              VSUM_MODE, EX2)
+                              VSUM_MODE, EX2, EVEN)
 
     @triton.jit
     def _key_sqnorm_kernel(K, DG, skb, skh, skt, H, T, D, x_scale,
@@ -821,6 +835,13 @@ def _feature_ex2() -> bool:
     return FEATURE_EXP == "ex2_ftz"
 
 
+def _even_tiles(masked: bool, T: int, block_t: int, d: int, dv: int) -> bool:
+    """KEY_EVEN_TILES and every key tile free of invalid rows and padded columns: no padding mask, T a multiple of
+    the key tile, d and the value tile's width dv powers of two >= 16 (their blocks exactly)."""
+    return (KEY_EVEN_TILES and not masked and T % block_t == 0 and d == pow2_block(d)
+            and dv == pow2_block(dv))
+
+
 def _vsum_mode() -> int:
     """KEY_VSUM_BLOCK as the kernel's VSUM_MODE."""
     if KEY_VSUM_BLOCK not in _VSUM_MODES:
@@ -955,7 +976,9 @@ def key_summary(q, k, v, proj, *, valid=None, operands="fp32", feat_eps=1e-4, pr
             BLOCK_DV=pow2_block(Dv - identity_cols) if id_span_cols else BDV, DASH_F16=dash_f16,
             ID_COLS=identity_cols, id_den=float(max(T - 1, 1)), id_span=float(max(identity_cols - 1, 0)),
             ID_SPAN=id_span_cols, BLOCK_ID=pow2_block(identity_cols) if identity_cols else 16,
-            VSUM_MODE=_vsum_mode(), EX2=_feature_ex2(), num_warps=KEY_PF_WARPS, num_stages=pf_stages,
+            VSUM_MODE=_vsum_mode(), EX2=_feature_ex2(),
+            EVEN=_even_tiles(valid is not None, T, pf_block_t, d, Dv - identity_cols if id_span_cols else Dv),
+            num_warps=KEY_PF_WARPS, num_stages=pf_stages,
             **({} if KEY_PF_MAXNREG is None else {"maxnreg": KEY_PF_MAXNREG}))
     else:
         mxf_part = mx_part                                                           # unused
