@@ -225,7 +225,6 @@ if triton is not None:
     from kernels._tl_math import LOG2E, ex2_ftz, round_bf16
     from kernels._tl_math import round_bf16_bits as _round_bf16
 
-
     @triton.jit
     def _clamp_fp16(x):
         # x (any float) -> fp16, rounded to nearest, clamped to fp16's finite range (a value beyond +-65504 would

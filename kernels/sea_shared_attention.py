@@ -52,8 +52,8 @@ BLOCK_N = 64
 NUM_WARPS = 2
 NUM_WARPS_BIDIR = 4
 # The online softmax's exponentials: "ex2_ftz" keeps the scores in log2 units (scale log2 e applied with the scale)
-# and takes 2^x by PTX's ex2.approx.ftz (kernels/_tl_math.py; terms below 2^-126 of the row maximum flushed to 0, as
-# flash attention's kernels do); "exp": tl.exp, whose lowering adds a compare and two multiplies to each exponential
+# and takes 2^x by PTX's ex2.approx.ftz (kernels/_tl_math.py; terms below 2^-126 of the row maximum flushed to 0);
+# "exp": tl.exp, whose lowering adds a compare and two multiplies to each exponential
 # (the A/B switch, twenty-second session). H200, SEA's bidirectional 8k forward: the kernel 0.097 -> 0.088 ms on 2
 # warps (results/nvidia-h200/sea-key-pass-ncu/call2/).
 SOFTMAX_EXP = "ex2_ftz"
