@@ -472,7 +472,7 @@ if triton is not None:
                         acc_id = tl.dot(p.to(tl.bfloat16), wid.to(tl.bfloat16), acc_id)
                 else:
                     acc_id = tl.dot(p, wid, acc_id, input_precision=PROD_PREC)
-                if VSUM_MODE == 0:                                                  # (KEY_VSUM_BLOCK)
+                if VSUM_MODE == 0:      # noqa: SIM114 - a compile-time branch beside a runtime one (KEY_VSUM_BLOCK)
                     vs_id += tl.sum(wid, axis=0)
                 elif fb == vs_fb:
                     vs_id += tl.sum(wid, axis=0)
@@ -492,7 +492,7 @@ if triton is not None:
             else:
                 acc = tl.dot(p, vt, acc, input_precision=PROD_PREC)                 # [BF, BDV]
             zacc += tl.sum(p, axis=1)
-            if VSUM_MODE == 0:
+            if VSUM_MODE == 0:          # noqa: SIM114 - as above
                 vsum += tl.sum(vt, axis=0)
             elif fb == vs_fb:
                 vsum += tl.sum(vt, axis=0)

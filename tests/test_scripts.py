@@ -59,10 +59,11 @@ def test_compile_sm90_reports_a_kernel_compiled_without_a_gpu():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(root)
     cmd = [sys.executable, str(root / "scripts" / "compile_sm90.py"), "--what", "head", "--T", "64", "--heads", "2"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     m = re.search(r"_head_kernel grid \(8, 1\): (\d+) registers, .* (\d+) SASS instructions", done.stdout)
     assert m and 0 < int(m.group(1)) <= 255 and int(m.group(2)) > 100, done.stdout
-    assert "HMMA" in done.stdout or "HGMMA" in done.stdout                      # the encoder's products, on tensor cores
-    refused = subprocess.run(cmd, capture_output=True, text=True, env={**env, "TRITON_INTERPRET": "1"}, timeout=600)
+    assert "HMMA" in done.stdout or "HGMMA" in done.stdout              # the encoder's products, on tensor cores
+    refused = subprocess.run(cmd, capture_output=True, text=True, env={**env, "TRITON_INTERPRET": "1"}, timeout=600,
+                             check=False)
     assert refused.returncode == 2 and "unset TRITON_INTERPRET" in refused.stderr
