@@ -182,7 +182,9 @@ KEY_EVEN_TILES = False
 # 283 -> 205 SASS instructions a step unmasked, scripts/compile_sm90.py).
 QUERY_EVEN_STEPS = False
 # The per-feature key pass's register cap (Triton's maxnreg launch option; None: the compiler's choice, 255 at SEA's
-# 8k tiles: one 8-warp program per SM, 12.5 % occupancy, the issue slots 27 % busy; call1/'s Nsight Compute).
+# 8k tiles: one 8-warp program per SM, 12.5 % occupancy, the issue slots 27 % busy; call1/'s Nsight Compute). H200,
+# SEA's 8k forward with "last" and ex2_ftz: 128 with 64-key tiles (two programs an SM) 0.107 ms, as uncapped; 128
+# with 128-key tiles (spills) 0.139 (results/nvidia-h200/sea-key-pass-ncu/call2/): kept None.
 KEY_PF_MAXNREG = None
 # Per-feature form: |k'|^2 / 2 per key from a small kernel run first ("pre", one [B H, T] fp32 vector) or summed
 # from each key tile inside the pass ("tile").

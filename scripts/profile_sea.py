@@ -13,7 +13,6 @@ wall time measured with CUDA events outside the profiler. Used to attribute the 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -138,37 +137,6 @@ def triton_kernel_stats() -> list[str]:
     return lines
 
 
-def dump_triton_asm(pattern: str, out_dir: str) -> list[str]:
-    """Write the TTGIR, PTX and SASS (where the backend's disassembler runs) of every compiled Triton kernel of the
-    kernels/ modules whose name matches `pattern` into out_dir (one file per form and variant); the paths written."""
-    import re
-
-    from triton.runtime.jit import JITFunction
-
-    os.makedirs(out_dir, exist_ok=True)
-    written = []
-    for mod_name, module in sorted(sys.modules.items()):
-        if not mod_name.startswith("kernels.") or module is None:
-            continue
-        for attr, fn in sorted(vars(module).items()):
-            if not isinstance(fn, JITFunction) or not re.search(pattern, attr):
-                continue
-            n = 0
-            for entry in getattr(fn, "device_caches", {}).values():
-                for kern in entry[0].values():
-                    for form in ("ttgir", "ptx", "sass"):
-                        try:
-                            text = kern.asm[form]
-                        except Exception as exc:                    # noqa: BLE001 - no disassembler: say so
-                            text = f"({form} not available: {exc})"
-                        path = os.path.join(out_dir, f"{attr}.{n}.{form}")
-                        with open(path, "w") as f:
-                            f.write(text if isinstance(text, str) else text.decode(errors="replace"))
-                        written.append(path)
-                    n += 1
-    return written
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--T", type=int, default=65536)
@@ -200,10 +168,6 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
                     help="set a module constant before building (e.g. kernels.sea_sparse_rows_bwd.BACKWARD=row, "
                          "methods.sea.layer.AUTO_ROWS_GRAD=True); the value is a Python literal or a plain string")
-    ap.add_argument("--dump-asm", default="", metavar="REGEX",
-                    help="after the profile, write the TTGIR, PTX and SASS of the compiled Triton kernels whose "
-                         "name matches REGEX into --dump-dir")
-    ap.add_argument("--dump-dir", default="asm", metavar="DIR")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("profile_sea.py needs a CUDA device", file=sys.stderr)
@@ -273,9 +237,6 @@ def main(argv=None) -> int:
         print("compiled Triton kernels (registers per thread, spills):")
         for line in triton_kernel_stats():
             print("  " + line)
-    if a.dump_asm:
-        for path in dump_triton_asm(a.dump_asm, a.dump_dir):
-            print(f"wrote {path}")
     return 0
 
 
