@@ -175,11 +175,13 @@ KEY_ID_SPARSE = True
 KEY_VSUM_BLOCK = "last"
 # The per-feature key pass without masks where no key row can be invalid (no padding mask, T a multiple of the key
 # tile, d and the value width powers of two >= 16): the key, |k'|^2 and value loads unmasked and dash not masked to
-# -inf, the same function (the A/B switch of the twenty-second session, not yet timed on a GPU).
-KEY_EVEN_TILES = False
+# -inf, the same function. H200, SEA's forward: the key pass 0.101 -> 0.093 ms at 8k, 0.690 -> 0.659 at 64k (the
+# same output bit for bit; results/nvidia-h200/sea-key-pass-ncu/call7/).
+KEY_EVEN_TILES = True
 # The query pass's full feature steps (all QUERY_BLOCK_F features real, d and Dv powers of two >= 16) without
-# masks, the last partial step masked (the A/B switch of the twenty-second session, not yet timed on a GPU; its loop
-# 283 -> 205 SASS instructions a step unmasked, scripts/compile_sm90.py).
+# masks, the last partial step masked (its loop 283 -> 205 SASS instructions a step unmasked,
+# scripts/compile_sm90.py). H200, SEA's forward: slower, the query pass 0.081 -> 0.083 ms at 8k, 0.600 -> 0.613 at
+# 64k (call7/), so off.
 QUERY_EVEN_STEPS = False
 # The per-feature key pass's register cap (Triton's maxnreg launch option; None: the compiler's choice, 255 at SEA's
 # 8k tiles: one 8-warp program per SM, 12.5 % occupancy, the issue slots 27 % busy; call1/'s Nsight Compute). H200,

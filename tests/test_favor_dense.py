@@ -622,6 +622,7 @@ def test_cuda_even_tiles_give_the_same_output(monkeypatch, ident):
     passes' output bit for bit (the same values in the same products)."""
     q, k, v, proj, vals = _cuda_sea_case(monkeypatch, 13, 4096)
     vals = v if ident else vals.to(torch.bfloat16)
+    monkeypatch.setattr(fd, "KEY_EVEN_TILES", False)
     assert fd._even_tiles(False, 4096, fd.KEY_PF_BLOCK_T, 64, 64 if ident else 128) is False   # (switch off)
     outs = {}
     with torch.no_grad():
