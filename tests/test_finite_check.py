@@ -85,6 +85,35 @@ def test_auto_falls_back_for_non_contiguous_and_refuses_bad_input():
         fc.nonfinite_flags(x, backend="cuda")
 
 
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_copy_to_fills_each_destination_with_its_tensor_and_flags_the_same(backend):
+    """copy_to: every destination equals its tensor bit for bit (NaN payloads and signed zeros included, so a
+    copy through float32 or a skipped partial block would show), across program boundaries and dtypes, and the
+    flags are those of the plain call; a non-contiguous destination takes the PyTorch form; shapes or dtypes that
+    differ and a wrong count are refused."""
+    g = torch.Generator().manual_seed(3)
+    ts = [torch.randn(300, generator=g), (torch.randn(7, 40, generator=g) * 1e3).to(torch.bfloat16),
+          torch.randn(129, generator=g).to(torch.float16)]
+    ts[0][5], ts[0][299] = -0.0, float("inf")
+    ts[1].view(-1)[130] = float("nan")
+    ts[2][128] = -0.0
+    ys = [torch.full_like(t, 7.0) for t in ts]
+    flags = fc.nonfinite_flags(*ts, backend=backend, copy_to=ys)
+    assert flags.tolist() == fc.nonfinite_flags(*ts, backend=backend).tolist() == [1, 1, 0]
+    for t, y in zip(ts, ys):
+        assert torch.equal(t.view(-1).view(torch.int16 if t.element_size() == 2 else torch.int32),
+                           y.view(-1).view(torch.int16 if y.element_size() == 2 else torch.int32))
+    strided = torch.zeros(40, 7).t()                                     # a view: copied by PyTorch, same values
+    x = torch.randn(7, 40, generator=g)
+    assert fc.nonfinite_flags(x, copy_to=[strided]).tolist() == [0] and torch.equal(strided, x)
+    with pytest.raises(ValueError, match="destination 0 must be"):
+        fc.nonfinite_flags(ts[0], copy_to=[torch.zeros(300, dtype=torch.float64)])
+    with pytest.raises(ValueError, match="destination 1 must be"):
+        fc.nonfinite_flags(ts[0], ts[1], copy_to=[ys[0], torch.zeros(7, 41, dtype=torch.bfloat16)])
+    with pytest.raises(ValueError, match="2 destinations for 1"):
+        fc.nonfinite_flags(ts[0], copy_to=ys[:2])
+
 @pytest.mark.gpu
 def test_gpu_flags_and_time():
     """On CUDA at SEA's 32k size (bf16 [1, 16, 32768, 64] x 3): same flags as isfinite; time against aminmax

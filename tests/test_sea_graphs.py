@@ -95,6 +95,32 @@ def test_replay_matches_eager_on_new_inputs(causal, compile_):
 
 @gpu
 @pytest.mark.gpu
+@pytest.mark.parametrize("validate", [True, False])
+def test_replay_inputs_copied_in_the_check_or_plainly(monkeypatch, validate):
+    """A replay's q, k, v reach the graph's inputs through the finite check's one pass (COPY_IN_CHECK) or by three
+    plain copies (the switch off, or validate_inputs off): the same output as eager for new inputs either way, and
+    the graph's inputs hold the caller's values bit for bit after the call."""
+    import methods.sea.graphs as graphs
+
+    shape = (1, 4, 1024, 64)
+    lay = build(False, "cuda", "bf16", T=1024, H=4, D=64, cuda_graph=1024, **FAST)
+    ref = build(False, "cuda", "bf16", T=1024, H=4, D=64, **FAST)
+    ref.load_state_dict(lay.state_dict())
+    lay.validate_inputs = validate
+    with torch.no_grad():
+        for seed, copy_in_check in enumerate((True, False, True)):
+            monkeypatch.setattr(graphs, "COPY_IN_CHECK", copy_in_check)
+            q, k, v = qkv(shape, "cuda", torch.bfloat16, 20 + seed)
+            for _ in range(3):
+                out = lay(q, k, v, causal=False)
+            assert lay.graphs.last == "replay"
+            _same(out, ref(q, k, v, causal=False))
+            entry = next(e for e in lay.graphs.entries.values() if not isinstance(e, str))
+            for static, t in zip(entry.inputs[:3], (q, k, v)):
+                assert torch.equal(static.view(torch.int16), t.view(torch.int16))
+
+@gpu
+@pytest.mark.gpu
 def test_refusals_and_checks():
     lay = build(True, "cuda", "bf16", T=1024, H=4, D=64, cuda_graph=1024, **FAST)
     q, k, v = qkv((1, 4, 1024, 64), "cuda", torch.bfloat16, 0)

@@ -5,11 +5,13 @@ Why: at short sequences SEA's eager forward is bound by the host, not the GPU: ~
 1.19x cuDNN, results/nvidia-h200/sea-front/call4/). A `GraphCache` captures the layer's whole-sequence forward once
 per call signature and replays it afterwards.
 
-What a replayed call does, in order: the finite-input check on the caller's q, k, v (kernels queued, the host reads
-the flags after the replay is queued, as the eager forward does), copies q, k, v (and the padding mask) into the
-graph's static inputs, replays, and returns a copy of the graph's output (the next replay overwrites it). So a
-replay costs four copies of a [B, H, T, D] tensor on top of the kernels: cheap where launches dominate, a loss where
-the kernels do, hence the cap on T (`max_len`). Measured on an H200 (bf16, B=1, H=16, D=64, SEA fast, against cuDNN in
+What a replayed call does, in order: the finite-input check on the caller's q, k, v, which copies them into the
+graph's static inputs as it reads them (one kernel; the host reads the flags after the replay is queued, as the
+eager forward does; with `validate_inputs` off, three plain copies), copies the padding mask, replays, and returns a
+copy of the graph's output (the next replay overwrites it). So a replay costs four copies of a [B, H, T, D] tensor
+on top of the kernels: cheap where launches dominate, a loss where the kernels do, hence the cap on T (`max_len`).
+At 8k bidirectional on an H200 the check took 0.018 ms and the three copies 0.025 (results/nvidia-h200/
+sea-graph-call/call1/). Measured on an H200 (bf16, B=1, H=16, D=64, SEA fast, against cuDNN in
 the same run, results/nvidia-h200/sea-graph-replay/): causal 8k 6.7-11.5x eager -> 2.9x, 16k 2.2-3.2x -> 1.28-1.30x,
 32k 0.50-0.83x -> 0.52-0.54x; bidirectional 8k 8.7-13.7x -> 3.2-3.4x, 16k 1.6-3.5x -> 1.36-1.48x (the eager walls vary
 with the lent host, the replayed ones do not); at 64k the replay was 0.1-0.2 ms slower than eager.
@@ -36,6 +38,9 @@ import torch
 
 # signatures kept per layer (least recently used dropped)
 CACHE_SIZE = 4
+# A replay's finite-input check copies q, k, v into the graph's inputs as it reads them (one pass; False: the check,
+# then three copies, the A/B switch).
+COPY_IN_CHECK = True
 # signatures remembered as seen once (their second call captures); the set is cleared when it reaches this size
 SEEN_LIMIT = 1024
 
@@ -115,11 +120,12 @@ class GraphCache:
             self.seen.add(key)
             self.last = "eager (first call of this shape)"
             return out
-        check = None
+        check, copied = None, False
         if layer.validate_inputs:
             from methods.sea.layer import PendingFiniteCheck
 
-            check = PendingFiniteCheck(q=q, k=k, v=v)
+            copied = COPY_IN_CHECK and entry is not None                 # a replay: q, k, v into its inputs
+            check = PendingFiniteCheck(q=q, k=k, v=v, copy_to=entry.inputs[:3] if copied else None)
         if entry is None:
             entry = self._capture(layer, eager, key, q, k, v, causal=causal, key_padding_mask=key_padding_mask,
                                   scale=scale)
@@ -133,7 +139,7 @@ class GraphCache:
         else:
             self.entries.move_to_end(key)
             self.last = "replay"
-        for static, t in zip(entry.inputs, (q, k, v, key_padding_mask)):
+        for static, t in zip(entry.inputs[3 if copied else 0:], (q, k, v, key_padding_mask)[3 if copied else 0:]):
             if static is not None:
                 static.copy_(t)
         entry.graph.replay()

@@ -50,15 +50,16 @@ FINITE_KERNEL = True
 POOLED_SCORES = True
 
 
-def finite_flags(*tensors: torch.Tensor) -> torch.Tensor:
+def finite_flags(*tensors: torch.Tensor, copy_to=None) -> torch.Tensor:
     """bool [len(tensors)] tensor on their device: no NaN or Inf in each, without a host sync. On CUDA
     kernels/finite_check.py's kernel (one launch per contiguous tensor: 0.107 against aminmax's 0.335 ms for q, k, v
     at 32k alone on an H200, 0.109 against 0.160 ms inside a 64k forward, results/nvidia-h200/sea-train/call16/,
-    call17/); elsewhere aminmax (one read, no temporaries, where isfinite(t).all() ran three passes)."""
+    call17/); elsewhere aminmax (one read, no temporaries, where isfinite(t).all() ran three passes). copy_to: one
+    destination per tensor, filled with its values on the way (the kernel's one pass; see nonfinite_flags)."""
     from kernels.finite_check import nonfinite_flags
 
     on_cuda = bool(tensors) and tensors[0].is_cuda                     # on CPU (also under the interpreter): aminmax
-    return nonfinite_flags(*tensors, backend="auto" if FINITE_KERNEL and on_cuda else "torch") == 0
+    return nonfinite_flags(*tensors, backend="auto" if FINITE_KERNEL and on_cuda else "torch", copy_to=copy_to) == 0
 
 
 def check_finite(**tensors: torch.Tensor) -> None:
@@ -73,11 +74,14 @@ class PendingFiniteCheck:
     it keeps running) and raises ValueError naming the first non-finite tensor. A check at the start of a forward
     made the host wait for all queued work (in training: the previous step's backward) before it could launch the
     forward, which left the GPU idle for the forward's launch time (~3 ms of SEA's 32k causal training step on an
-    H200)."""
+    H200). copy_to: a destination per tensor (in the keywords' order), filled on the way (finite_flags)."""
 
-    def __init__(self, **tensors: torch.Tensor):
+    def __init__(self, copy_to=None, **tensors: torch.Tensor):
         self.names = [name for name, t in tensors.items() if t.is_floating_point()]
-        flags = finite_flags(*(tensors[name] for name in self.names)) if self.names else torch.ones(0)
+        if copy_to is not None and len(self.names) != len(tensors):
+            raise ValueError("PendingFiniteCheck: copy_to needs floating tensors only")
+        flags = finite_flags(*(tensors[name] for name in self.names), copy_to=copy_to) if self.names \
+            else torch.ones(0)
         self.event = None
         if flags.is_cuda:
             self.host = torch.empty(flags.shape, dtype=torch.bool, pin_memory=True)
