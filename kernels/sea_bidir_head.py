@@ -63,14 +63,10 @@ NUM_STAGES = 2
 # BLOCK_T 2 0.203 (results/nvidia-h200/sea-bf16-encoder/call4/)
 BF16_BLOCK_K = 64
 BF16_NUM_STAGES = 2
-# precision="bf16": PERSISTENT programs (a few per SM, PERSISTENT_PER_SM) that read the encoder and row weights once
-# and walk the time blocks (tb = program, program + programs, ...) instead of one program a block that reads them
-# again (112 KB of bf16 weights a program against its 56 KB of rows, c, v and output; 230 MB from L2 at 8k). The
-# same operations in the same order (the encoder's products in BF16_BLOCK_K-wide slices, the same tiles), written
-# once in _head_rows. The A/B switch of the twenty-third session, not yet timed on a GPU.
-PERSISTENT = False
-PERSISTENT_PER_SM = 2
-PERSISTENT_STAGES = 2
+# Tried (twenty-third session, results/nvidia-h200/sea-graph-call/call2/): persistent programs that load the bf16
+# weights once (wgmma; one program an SM by shared memory, 147-200 KB) and walk the time blocks, to save the weights'
+# ~230 MB of L2 reads at 8k: the head 0.110 -> 0.142-0.194 ms at 8k (stages 1-3, 4 or 8 warps), 0.825 -> 1.191 at 64k.
+# Not kept: the one-block-a-program kernel's two programs an SM hide its latencies better.
 MAX_D = 128
 PRECISIONS = ("tf32x3", "ieee", "tf32", "bf16")     # bf16: bf16 operands, fp32 sums (the others: tl.dot's)
 V_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -170,125 +166,6 @@ if triton is not None:
         tl.store(XO + dst, out, mask=(ot < T)[:, None] & (ow < W)[:, None] & (oc < 4 * H)[None, :])
 
 
-    @triton.jit
-    def _head_rows(acc, tb, b, r, LB, LNW, LNB, SW, SB, RB, XO, SO, H, T, W, D2, ln_eps, rw, offs_n, nmask, offs_j,
-                   jmask, j, EMU: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-        # _head_kernel's operations after the encoder's products, for the persistent kernel (rw: the bf16 row
-        # weights [BLOCK_DV, 4 BLOCK_W], loaded once by the caller)
-        t = tb * BLOCK_T + r // BLOCK_H
-        h = r % BLOCK_H
-        rmask = (t < T) & (h < H)
-        acc += tl.load(LB + offs_n, mask=nmask, other=0.0)[None, :]
-        mean = tl.sum(acc, axis=1) / D2
-        diff = tl.where(nmask[None, :], acc - mean[:, None], 0.0)
-        var = tl.sum(diff * diff, axis=1) / D2
-        rstd = 1.0 / tl.sqrt(var + ln_eps)
-        y = diff * rstd[:, None] * tl.load(LNW + offs_n, mask=nmask, other=0.0)[None, :] \
-            + tl.load(LNB + offs_n, mask=nmask, other=0.0)[None, :]
-        z = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))
-        srow = ((b * H + h) * T + t) * 2
-        s0 = tl.sum(z * tl.load(SW + offs_n, mask=nmask, other=0.0)[None, :], axis=1) + tl.load(SB)
-        s1 = tl.sum(z * tl.load(SW + D2 + offs_n, mask=nmask, other=0.0)[None, :], axis=1) + tl.load(SB + 1)
-        tl.store(SO + srow, 1.0 / (1.0 + tl.exp(-s0)), mask=rmask)
-        tl.store(SO + srow + 1, 1.0 / (1.0 + tl.exp(-s1)), mask=rmask)
-        zb = round_bf16_bits(z)
-        if EMU:
-            out = tl.dot(zb, rw.to(tl.float32), input_precision="ieee")
-        else:
-            out = tl.dot(zb.to(tl.bfloat16), rw)
-        out = out + round_bf16(tl.load(RB + j, mask=jmask, other=0.0), EMU)[None, :]
-        if EMU:
-            out = round_bf16(out, EMU)
-        out = tl.reshape(out.to(tl.bfloat16), [BLOCK_T, BLOCK_H, 4, BLOCK_W])
-        out = tl.reshape(tl.permute(out, (0, 3, 1, 2)), [BLOCK_T * BLOCK_W, BLOCK_H * 4])
-        q = tl.arange(0, BLOCK_T * BLOCK_W)
-        ot = tb * BLOCK_T + q // BLOCK_W
-        ow = q % BLOCK_W
-        oc = tl.arange(0, BLOCK_H * 4)
-        dst = ((b * T + ot[:, None]) * W + ow[:, None]) * (4 * H) + oc[None, :]
-        tl.store(XO + dst, out, mask=(ot < T)[:, None] & (ow < W)[:, None] & (oc < 4 * H)[None, :])
-
-    @triton.jit
-    def _head_persistent_kernel(C, V, LW, LB, LNW, LNB, SW, SB, RWT, RB, XO, SO,
-                                scb, sch, sct, svb, svh, svt, H, T, D, W, ln_eps, n_tiles,
-                                EMU: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
-                                BLOCK_K: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_W: tl.constexpr,
-                                C_SLICES: tl.constexpr, V_SLICES: tl.constexpr, STAGES: tl.constexpr):
-        # precision "bf16" only: the encoder weight's c columns in up to 4 BLOCK_K-wide slices (C_SLICES) and its v
-        # columns in up to 2 (V_SLICES), each a [BLOCK_K, BLOCK_DV] bf16 tile loaded once; the row weights too
-        M: tl.constexpr = BLOCK_T * BLOCK_H
-        D2 = 2 * D
-        D3 = 3 * D
-        offs_n = tl.arange(0, BLOCK_DV)
-        nmask = offs_n < D2
-        offs_k = tl.arange(0, BLOCK_K)
-        wc0 = tl.load(LW + offs_n[None, :] * D3 + offs_k[:, None], mask=(offs_k < D2)[:, None] & nmask[None, :],
-                      other=0.0)
-        wc1 = wc0
-        wc2 = wc0
-        wc3 = wc0
-        if C_SLICES > 1:
-            wc1 = tl.load(LW + offs_n[None, :] * D3 + (BLOCK_K + offs_k)[:, None],
-                          mask=(BLOCK_K + offs_k < D2)[:, None] & nmask[None, :], other=0.0)
-        if C_SLICES > 2:
-            wc2 = tl.load(LW + offs_n[None, :] * D3 + (2 * BLOCK_K + offs_k)[:, None],
-                          mask=(2 * BLOCK_K + offs_k < D2)[:, None] & nmask[None, :], other=0.0)
-        if C_SLICES > 3:
-            wc3 = tl.load(LW + offs_n[None, :] * D3 + (3 * BLOCK_K + offs_k)[:, None],
-                          mask=(3 * BLOCK_K + offs_k < D2)[:, None] & nmask[None, :], other=0.0)
-        wv0 = tl.load(LW + offs_n[None, :] * D3 + (D2 + offs_k)[:, None], mask=(offs_k < D)[:, None] & nmask[None, :],
-                      other=0.0)
-        wv1 = wv0
-        if V_SLICES > 1:
-            wv1 = tl.load(LW + offs_n[None, :] * D3 + (D2 + BLOCK_K + offs_k)[:, None],
-                          mask=(BLOCK_K + offs_k < D)[:, None] & nmask[None, :], other=0.0)
-        offs_j = tl.arange(0, 4 * BLOCK_W)
-        ji = offs_j // BLOCK_W
-        jw = offs_j % BLOCK_W
-        jmask = jw < W
-        j = ji * W + jw
-        rw = tl.load(RWT + offs_n[:, None] * (4 * W) + j[None, :], mask=nmask[:, None] & jmask[None, :], other=0.0)
-        r = tl.arange(0, M).to(tl.int64)                                  # (int64 row offsets below)
-        b = tl.program_id(1).to(tl.int64)
-        for tb in tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), num_stages=STAGES):
-            t = tb * BLOCK_T + r // BLOCK_H
-            h = r % BLOCK_H
-            rmask = (t < T) & (h < H)
-            crow = C + b * scb + h * sch + t * sct
-            vrow = V + b * svb + h * svh + t * svt
-            acc = tl.zeros([M, BLOCK_DV], dtype=tl.float32)
-            for i in tl.static_range(C_SLICES):                           # the c columns, slice by slice
-                kk = i * BLOCK_K + offs_k
-                x = tl.load(crow[:, None] + kk[None, :], mask=rmask[:, None] & (kk < D2)[None, :], other=0.0)
-                w = wc0 if i == 0 else (wc1 if i == 1 else (wc2 if i == 2 else wc3))
-                if EMU:
-                    acc += tl.dot(round_bf16(x.to(tl.float32), EMU), w.to(tl.float32), input_precision="ieee")
-                else:
-                    acc += tl.dot(x.to(tl.bfloat16), w)
-            for i in tl.static_range(V_SLICES):                           # the v columns
-                kk = i * BLOCK_K + offs_k
-                x = tl.load(vrow[:, None] + kk[None, :], mask=rmask[:, None] & (kk < D)[None, :], other=0.0)
-                w = wv0 if i == 0 else wv1
-                if EMU:
-                    acc += tl.dot(round_bf16(x.to(tl.float32), EMU), w.to(tl.float32), input_precision="ieee")
-                else:
-                    acc += tl.dot(x.to(tl.bfloat16), w)
-            _head_rows(acc, tb, b, r, LB, LNW, LNB, SW, SB, RB, XO, SO, H, T, W, D2, ln_eps, rw, offs_n, nmask,
-                       offs_j, jmask, j, EMU, BLOCK_T, BLOCK_H, BLOCK_W)
-
-
-def _persistent_fits(d: int, block_k: int) -> bool:
-    """The persistent kernel holds the encoder weight in at most 4 c slices and 2 v slices of block_k columns."""
-    return -(-2 * d // block_k) <= 4 and -(-d // block_k) <= 2
-
-
-def _sm_count(device) -> int:
-    """Streaming multiprocessors of a CUDA device (4 stand-in SMs elsewhere: the interpreter's programs)."""
-    if torch.device(device).type != "cuda":
-        return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def head_usable(device) -> bool:
     """True when the kernel can run on `device` (CUDA, or any device under TRITON_INTERPRET=1)."""
     return triton_runs_on(device, triton is not None)
@@ -344,17 +221,7 @@ def encoder_head(c, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, row_w, row_
     bt = max(BLOCK_T, pow2_block(-(-16 // bh), 1))                      # tl.dot needs >= 16 rows
     rwt = row_w.t().to(torch.bfloat16).contiguous()                    # [2d, 2K]: autocast's bf16 weight, transposed
     lw = lin_w.to(torch.bfloat16).contiguous() if precision == "bf16" else lin_w.contiguous()   # rounded to nearest
-    if B * T and PERSISTENT and precision == "bf16" and _persistent_fits(d, bk):
-        n_tiles = triton.cdiv(T, bt)
-        progs = min(n_tiles, max(1, _sm_count(c.device) * PERSISTENT_PER_SM // B))
-        _head_persistent_kernel[(progs, B)](
-            c, v, lw, *(t.contiguous() for t in (lin_b, ln_w, ln_b, sc_w, sc_b)), rwt, row_b.contiguous(), x,
-            scales,
-            c.stride(0), c.stride(1), c.stride(2), v.stride(0), v.stride(1), v.stride(2), H, T, d, W, float(ln_eps),
-            n_tiles, EMU=not c.is_cuda, BLOCK_T=bt, BLOCK_H=bh, BLOCK_K=bk, BLOCK_DV=pow2_block(2 * d),
-            BLOCK_W=pow2_block(W, 4), C_SLICES=triton.cdiv(2 * d, bk), V_SLICES=triton.cdiv(d, bk),
-            STAGES=PERSISTENT_STAGES, num_warps=NUM_WARPS, num_stages=stages)
-    elif B * T:
+    if B * T:
         _head_kernel[(triton.cdiv(T, bt), B)](
             c, v, lw, *(t.contiguous() for t in (lin_b, ln_w, ln_b, sc_w, sc_b)), rwt, row_b.contiguous(), x,
             scales,

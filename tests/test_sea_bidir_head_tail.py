@@ -189,39 +189,6 @@ def test_head_bf16_operands_equal_the_encoder_on_rounded_operands(B, H, T, d, K,
     assert (scales - scales32).abs().max() > 1e-6                         # the operands were rounded
 
 
-@pytest.mark.parametrize("B,H,T,d,K", [(1, 2, 37, 16, 16), (2, 3, 9, 8, 10), (1, 16, 21, 64, 128),
-                                       (1, 4, 11, 128, 32)])
-def test_persistent_head_gives_the_per_block_heads_output(monkeypatch, B, H, T, d, K):
-    """PERSISTENT (bf16 operands): programs that load the weights once and walk the time blocks give the
-    one-block-a-program kernel's outputs bit for bit under the interpreter (the same slices, products and
-    order), with fewer programs than blocks (4 stand-in SMs here: each program walks several blocks, the last
-    one partial) and up to 4 c slices and 2 v slices (d = 128 in 64-wide slices)."""
-    g = torch.Generator().manual_seed(B + H + T + d + 11)
-    c = torch.randn(B, H, T, 2 * d, generator=g).to(torch.bfloat16)
-    v = torch.randn(B, T, H, d, generator=g).to(torch.bfloat16).transpose(1, 2)
-    w = _weights(d, K, g)
-    monkeypatch.setattr(bh, "POISON_OUTPUTS", True)
-    monkeypatch.setattr(bh, "PERSISTENT_PER_SM", 1)
-    launched = []
-    real = bh._head_persistent_kernel
-
-    class Spy:
-        def __getitem__(self, grid):
-            launched.append(grid)
-            return real[grid]
-
-    monkeypatch.setattr(bh, "_head_persistent_kernel", Spy())
-    outs = {}
-    for persistent in (False, True):
-        monkeypatch.setattr(bh, "PERSISTENT", persistent)
-        outs[persistent] = _head(c, v, w, K, precision="bf16")
-    n_blocks = -(-T // max(bh.BLOCK_T, -(-16 // bh.pow2_block(H, 1))))
-    assert launched == [(min(n_blocks, 4 // B), B)]
-    assert torch.isfinite(outs[True][1]).all() and not torch.isnan(outs[True][0].float()).any()
-    for a, b in zip(outs[True], outs[False]):
-        assert torch.equal(a, b)
-    assert bh._persistent_fits(128, 64) and not bh._persistent_fits(128, 32)
-
 def test_head_refuses_bad_input():
     g = torch.Generator().manual_seed(0)
     c, v, w = torch.randn(1, 2, 8, 32, generator=g), torch.randn(1, 2, 8, 16, generator=g), _weights(16, 16, g)
@@ -376,9 +343,8 @@ def test_estimator_fp16_dash_option(monkeypatch):
 # --- on the GPU ---------------------------------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("precision,persistent", [("tf32x3", False), ("bf16", False), ("bf16", True)])
-def test_head_and_tail_on_the_gpu_at_sea_widths(monkeypatch, precision, persistent):
-    monkeypatch.setattr(bh, "PERSISTENT", persistent)
+@pytest.mark.parametrize("precision", ["tf32x3", "bf16"])
+def test_head_and_tail_on_the_gpu_at_sea_widths(precision):
     g = torch.Generator().manual_seed(3)
     B, H, T, d, K = 1, 16, 3000, 64, 128
     c = torch.randn(B, H, T, 2 * d, generator=g)
