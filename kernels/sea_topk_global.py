@@ -125,7 +125,10 @@ DIGITS_32 = (8, 8, 8, 8)    # digit widths of a 32-bit key (fp32, fp16), most si
 DIGITS_16 = (8, 8)          # bf16: 16-bit keys; sum 16
 HIST_PASSES = 1             # the first this-many passes count with tl.histogram (keep their digits <= ~8 bits),
                             # the later ones with atomics into per-program rows
-BLOCK = 4096                # cells a tile (power of two)
+BLOCK = 1024                # cells a tile (power of two). H200, SEA's bidirectional forward (262144 block cells at
+                            # 8k, 64 programs a pass with 4096): the four count-and-pick launches 0.025 -> 0.019 ms
+                            # and the mark launch below 0.003 with 1024 (2048: 0.020), the 8k forward's kernels
+                            # 0.611 -> 0.603 ms, 64k 3.871 -> 3.864 (results/nvidia-h200/sea-graph-call/call3/)
 PROGRAMS = 1024             # programs per pass in all (~8 per SM of an H200), split over the groups
 NUM_WARPS = 8               # warps per program of the count and mark passes
 FUSED_PICK = True           # one launch a digit (count, add to the group's sums, the last program picks); False:
