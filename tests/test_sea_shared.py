@@ -353,6 +353,45 @@ def test_bidirectional_block_sums_from_the_estimator_equal_block_scores_of_a_hat
     assert not a.pooled_scores(q, k, v, causal=False, valid=None)     # the estimator's weights need gradients
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_average_context_from_the_block_scores_in_one_kernel(monkeypatch, backend):
+    """CONTEXT_KERNEL: with pooled scores the forward makes C_avg from the block sums in one kernel
+    (kernels/sea_column_context.py) instead of the top-k stage's column sums and average_context's tensor ops: the
+    same output within fp32 rounding, no column sums left in last_aux (none were made), attention_probs (which
+    needs the weights) still from the block sums; the stage profile takes the same path; off for a T that K does
+    not divide."""
+    pytest.importorskip("triton")
+    import methods.sea.layer as sea_layer
+
+    a = build(backend, causal=False, mode="per_batch")                   # K = 16, blocks of 32 rows
+    q, k, v = gaussian_qkv(1, 4, 2, 160, 32, seed=17, dtype=torch.float32)
+    monkeypatch.setattr(sea_layer, "POOLED_SCORES", True)
+    runs = {}
+    for kernel in (True, False):
+        monkeypatch.setattr(sea_layer, "CONTEXT_KERNEL", kernel)
+        with torch.no_grad():
+            out = a(q, k, v, causal=False)
+            probs = a.attention_probs(q, k, v, causal=False, rows=[0, 159])
+        runs[kernel] = out, probs, dict(a.last_aux)
+    (out_k, probs_k, aux_k), (out_t, probs_t, aux_t) = runs[True], runs[False]
+    assert aux_k["col_sums"] is None and aux_t["col_sums"] is not None and aux_k["block_scores"] is not None
+    assert torch.equal(aux_k["block_scores"], aux_t["block_scores"]) and torch.equal(aux_k["mask"], aux_t["mask"])
+    torch.testing.assert_close(aux_k["c_avg"], aux_t["c_avg"], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(aux_k["c_avg"], torch.zeros_like(aux_k["c_avg"]))
+    torch.testing.assert_close(out_k, out_t, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(probs_k, probs_t, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(sea_layer, "CONTEXT_KERNEL", True)
+    launched = []
+    import kernels.sea_column_context as cc
+
+    real = cc.column_context
+    monkeypatch.setattr(cc, "column_context", lambda *a_, **kw: launched.append(1) or real(*a_, **kw))
+    ms = a.stage_profile(q, k, v, causal=False, timer=lambda fn: (fn(), 1.0)[1])
+    assert set(ms) >= {"topk", "mix"} and launched                      # the mix stage timed the kernel's path
+    assert a.context_kernel(v, 160) and not a.context_kernel(v, 150)
+    monkeypatch.setattr(sea_layer, "CONTEXT_KERNEL", "auto")
+    assert not a.context_kernel(v, 160)                                  # auto: CUDA only
+
 def test_estimator_block_sums_are_checked():
     est = build("torch", causal=False, mode="per_batch").estimator
     q, k, v = gaussian_qkv(1, 4, 4, 160, 32, seed=14, dtype=torch.float32)

@@ -43,6 +43,10 @@ AUTO_MIX_GRAD = True
 
 # the finite-input check on CUDA by kernels/finite_check.py's kernel when True, by aminmax when False (A/B switch)
 FINITE_KERNEL = True
+# The bidirectional forward's average context from the block scores in one launch (kernels/sea_column_context.py)
+# where the scores are pooled (POOLED_SCORES) and K divides T, instead of the column sums in the top-k stage and
+# ~5 tensor ops in average_context: "auto" on CUDA, True wherever Triton runs (the interpreter too), False never.
+CONTEXT_KERNEL = "auto"
 # Bidirectional shared selections (shared_keys, no padding mask, no gradient, R dividing T) take A_hat's block sums
 # from the estimator (Estimator.forward's pool=R: summed in its compiled graph with the softmax) when True, so
 # neither the logits nor A_hat ([B, H, T, K] fp32 each) is written; last_aux then holds the block sums
@@ -511,14 +515,22 @@ class SEAAttention(AttentionModule):
         c, ran = ssa.sea_sparse_attention(q, k, v, sel["row_ptr"], sel["col"], scale, backend=backend)
         return c, (kernel if kernel.startswith("triton (") else ran)
 
-    def average_context(self, a_hat, vr, *, causal, valid, col_sums=None, weights: bool = True):
+    def average_context(self, a_hat, vr, *, causal, valid, col_sums=None, weights: bool = True, block_scores=None):
         """6. C_avg: causal -> cumulative mean of v ([B, H, T, D], avg_w None); bidirectional -> the column
         mean of A_hat spread over each cell's keys (avg_w [B, H, 1, T]) times v ([B, H, 1, D]). weights=False:
         avg_w is not made (None) where C_avg does not need it (no padding mask, K dividing T: the forward's case,
-        which keeps avg_w in last_aux for nobody; ~12 small launches at 8k)."""
+        which keeps avg_w in last_aux for nobody; ~12 small launches at 8k). block_scores: A_hat's block sums
+        [B, H, NB, K] (pooled scores) in place of a_hat and col_sums; with weights=False and K dividing T one
+        kernel makes C_avg from them (context_kernel)."""
         B, H, T, _ = vr.shape
         if causal:
             return causal_mean(vr.float(), valid), None                  # [B, H, T, D]
+        if valid is None and col_sums is None and block_scores is not None:
+            if not weights and self.context_kernel(vr, T):
+                from kernels.sea_column_context import column_context
+
+                return column_context(block_scores, vr), None            # [B, H, 1, D]
+            col_sums = block_scores.sum(2)                               # [B, H, K]
         if valid is None:                                                # no [B, H, T, K] temporary
             # col_sums: A_hat's column sums [B, H, K] the top-k stage already made (stage_topk)
             colmean = (a_hat.sum(2, keepdim=True) if col_sums is None else col_sums[:, :, None]) / T   # [B, H, 1, K]
@@ -537,6 +549,15 @@ class SEAAttention(AttentionModule):
             return colmean.float() @ cells, avg_w                        # [B, H, 1, D]
         avg_w = expand_columns(colmean, causal=False, valid=valid, T=T)  # [B, H, 1, T]
         return avg_w @ vr.float(), avg_w                                 # [B, H, 1, D]
+
+    def context_kernel(self, vr, T: int) -> bool:
+        """Does average_context make C_avg from the block scores in one kernel (CONTEXT_KERNEL; no padding mask, no
+        gradient, K dividing T)?"""
+        from kernels.sea_column_context import context_usable
+
+        if CONTEXT_KERNEL is False or T % self.K or needs_grad(vr) or not context_usable(vr.device):
+            return False
+        return CONTEXT_KERNEL is True or vr.is_cuda
 
     def mix_kernel_usable(self, device) -> bool:
         """Can the causal mean + mix kernel run on this device for this mix_backend? kernel: where Triton runs;
@@ -562,7 +583,7 @@ class SEAAttention(AttentionModule):
             return AUTO_MIX_GRAD and 0 < c.numel() and c.shape[-1] <= MAX_D
         return True
 
-    def stage_mix(self, c, a_hat, s_prob, s_mix, vr, *, causal, valid, out_dtype, col_sums=None):
+    def stage_mix(self, c, a_hat, s_prob, s_mix, vr, *, causal, valid, out_dtype, col_sums=None, block_scores=None):
         """6-7. out = s_mix s_prob c + (1 - s_mix) C_avg (padded query rows -> 0). Returns (out, c_avg, avg_w), avg_w
         None where C_avg did not need it (average_context's weights=False; attention_probs makes it when asked);
         with mix_backend=kernel (causal, see mix_kernel) one Triton kernel computes the cumulative mean and the mix
@@ -576,7 +597,8 @@ class SEAAttention(AttentionModule):
             from kernels.sea_causal_mix import causal_mix
 
             return causal_mix(c, vr, s_prob, s_mix, out_dtype=out_dtype), None, None
-        c_avg, avg_w = self.average_context(a_hat, vr, causal=causal, valid=valid, col_sums=col_sums, weights=False)
+        c_avg, avg_w = self.average_context(a_hat, vr, causal=causal, valid=valid, col_sums=col_sums, weights=False,
+                                            block_scores=block_scores)
         # one fp32 temporary of [B, H, T, D] besides c_avg: (1 - s_mix) C_avg + (s_mix s_prob) c, with the
         # [B, H, T, 1] factors formed first (c stays in its dtype; addcmul computes in fp32)
         out = torch.addcmul((1 - s_mix) * c_avg, s_mix * s_prob, c.float())   # [B, H, T, D] fp32
@@ -592,13 +614,14 @@ class SEAAttention(AttentionModule):
         pool = self.shared_keys if self.pooled_scores(q, kr, vr, causal=causal, valid=valid) else 0
         logits, a_hat, s_prob, s_mix = self.stage_estimator(q, kr, vr, causal=causal, valid=valid, scale=scale,
                                                             pool=pool)
-        col: dict = {}
+        # A_hat's column sums for the average context, unless it comes from the block scores in one kernel
+        col = None if pool and self.context_kernel(vr, q.shape[2]) else {}
         # bool [B, H, T, K] (shared: [B, H, NB, K])
         mask = self.stage_topk(a_hat, causal=causal, valid=valid, col_sums=col, pooled=bool(pool))
         sel = self.stage_interpolate(mask, causal=causal, valid=valid, layout=layout, T=q.shape[2])
         aux = dict(logits=logits, a_hat=None if pool else a_hat, block_scores=a_hat if pool else None, mask=mask,
                    row_ptr=sel.get("row_ptr"), col=sel.get("col"), count=sel["count"], s_prob=s_prob, s_mix=s_mix,
-                   scale=scale, valid=valid, col_sums=col.get("sum"))
+                   scale=scale, valid=valid, col_sums=None if col is None else col.get("sum"))
         return aux, sel, vr
 
     def block_plan(self, q, k, v, *, causal, key_padding_mask) -> str | None:
@@ -765,11 +788,13 @@ class SEAAttention(AttentionModule):
 
         return sparse_attention_mix(q, k, v, row_ptr, col, scale, s_prob, s_mix, c_avg, out=out), "triton"
 
-    def stage_sparse_mix(self, q, k, v, sel, a_hat, s_prob, s_mix, vr, *, causal, scale, kernel, col_sums=None):
+    def stage_sparse_mix(self, q, k, v, sel, a_hat, s_prob, s_mix, vr, *, causal, scale, kernel, col_sums=None,
+                         block_scores=None):
         """5-7 in one kernel (mix_fused): out = s_mix s_prob c + (1 - s_mix) C_avg without writing c; sel is
         stage_interpolate's selection (CSR lists, or the blocks' selection of layout 'shared': the shared kernel's
         epilogue). Returns (out in q's dtype, c_avg, avg_w, the kernel that ran), the first three like stage_mix."""
-        c_avg, avg_w = self.average_context(a_hat, vr, causal=causal, valid=None, col_sums=col_sums, weights=False)
+        c_avg, avg_w = self.average_context(a_hat, vr, causal=causal, valid=None, col_sums=col_sums, weights=False,
+                                            block_scores=block_scores)
         out, ran = self.attend_and_mix(kernel, q, k, v, sel, scale, s_prob, s_mix, c_avg, causal=causal)
         return out, c_avg, avg_w, ran
 
@@ -836,13 +861,14 @@ class SEAAttention(AttentionModule):
             self.last_mix = "fused"
             out, aux["c_avg"], aux["avg_w"], ran = self.stage_sparse_mix(
                 q, k, v, sel, aux["a_hat"], aux["s_prob"], aux["s_mix"], vr, causal=causal,
-                scale=aux["scale"], kernel=kernel, col_sums=aux["col_sums"])
+                scale=aux["scale"], kernel=kernel, col_sums=aux["col_sums"], block_scores=aux["block_scores"])
         else:
             self.last_mix = "torch"
             c, ran = self.stage_sparse(q, k, v, sel, causal=causal, scale=aux["scale"], kernel=kernel)
             out, aux["c_avg"], aux["avg_w"] = self.stage_mix(c, aux["a_hat"], aux["s_prob"], aux["s_mix"], vr,
                                                              causal=causal, valid=aux["valid"], out_dtype=q.dtype,
-                                                             col_sums=aux["col_sums"])
+                                                             col_sums=aux["col_sums"],
+                                                             block_scores=aux["block_scores"])
         aux["c_sea"] = out
         aux["call"] = (q, k, v, causal, key_padding_mask, scale, torch.is_grad_enabled())
         self.last_aux = aux
@@ -873,32 +899,36 @@ class SEAAttention(AttentionModule):
         if estimator_parts and not self.oracle:      # where the estimator's time goes (est_* keys)
             parts = self.estimator.stage_profile(q, kr, vr, timer=timer)
             ms.update({f"est_{name}": t for name, t in parts.items()})
-        col: dict = {}
         pooled = bool(pool)
+        blocks = pooled and self.context_kernel(vr, q.shape[2])      # C_avg from the block scores (as forward)
+        col: dict | None = None if blocks else {}
         mask = self.stage_topk(a_hat, causal=causal, valid=None, col_sums=col, pooled=pooled)
-        ms["topk"] = timer(lambda: self.stage_topk(a_hat, causal=causal, valid=None, col_sums={}, pooled=pooled))
+        ms["topk"] = timer(lambda: self.stage_topk(a_hat, causal=causal, valid=None, col_sums=None if blocks else {},
+                                                   pooled=pooled))
+        scores = a_hat if pooled else None
         if pooled:
-            a_hat = None                             # average_context reads the column sums
-        col_sums = col.get("sum")
+            a_hat = None                             # average_context reads the column sums or the block scores
+        col_sums = None if col is None else col.get("sum")
         T = q.shape[2]
         sel = self.stage_interpolate(mask, causal=causal, valid=None, layout=layout, T=T)
         ms["interpolate"] = timer(lambda: self.stage_interpolate(mask, causal=causal, valid=None, layout=layout, T=T))
         if self.mix_fused(q, k, v, layout=layout, kernel=kernel, valid=None, causal=causal):
             # one kernel attends and mixes: "sparse_attention" is that kernel, "mix" the average context it reads
             self.last_mix = "fused"
-            c_avg, _ = self.average_context(a_hat, vr, causal=causal, valid=None, col_sums=col_sums, weights=False)
+            c_avg, _ = self.average_context(a_hat, vr, causal=causal, valid=None, col_sums=col_sums, weights=False,
+                                            block_scores=scores)
             _, ran = self.attend_and_mix(kernel, q, k, v, sel, scale, s_prob, s_mix, c_avg, causal=causal)
             ms["sparse_attention"] = timer(lambda: self.attend_and_mix(kernel, q, k, v, sel, scale, s_prob, s_mix,
                                                                        c_avg, causal=causal)[0])
             ms["mix"] = timer(lambda: self.average_context(a_hat, vr, causal=causal, valid=None, col_sums=col_sums,
-                                                          weights=False))
+                                                          weights=False, block_scores=scores))
             self.impl = self._impl(ran)
             return ms
         c, ran = self.stage_sparse(q, k, v, sel, causal=causal, scale=scale, kernel=kernel)
         ms["sparse_attention"] = timer(lambda: self.stage_sparse(q, k, v, sel, causal=causal, scale=scale,
                                                                  kernel=kernel))
         ms["mix"] = timer(lambda: self.stage_mix(c, a_hat, s_prob, s_mix, vr, causal=causal, valid=None,
-                                                 out_dtype=q.dtype, col_sums=col_sums))
+                                                 out_dtype=q.dtype, col_sums=col_sums, block_scores=scores))
         self.impl = self._impl(ran)
         return ms
 
@@ -981,6 +1011,7 @@ class SEAAttention(AttentionModule):
             avg = vis / vis.sum(-1, keepdim=True).clamp(min=1)
         else:
             _, avg_w = self.average_context(aux["a_hat"], vr, causal=False, valid=aux["valid"],
-                                            col_sums=aux["col_sums"] if aux["valid"] is None else None)
+                                            col_sums=aux["col_sums"] if aux["valid"] is None else None,
+                                            block_scores=aux["block_scores"] if aux["valid"] is None else None)
             avg = avg_w.expand(B, H, len(rows), T)
         return s_mix * s_prob * p + (1 - s_mix) * avg
