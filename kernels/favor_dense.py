@@ -178,11 +178,9 @@ KEY_VSUM_BLOCK = "last"
 # -inf, the same function. H200, SEA's forward: the key pass 0.101 -> 0.093 ms at 8k, 0.690 -> 0.659 at 64k (the
 # same output bit for bit; results/nvidia-h200/sea-key-pass-ncu/call7/).
 KEY_EVEN_TILES = True
-# The query pass's full feature steps (all QUERY_BLOCK_F features real, d and Dv powers of two >= 16) without
-# masks, the last partial step masked (its loop 283 -> 205 SASS instructions a step unmasked,
-# scripts/compile_sm90.py). H200, SEA's forward: slower, the query pass 0.081 -> 0.083 ms at 8k, 0.600 -> 0.613 at
-# 64k (call7/), so off.
-QUERY_EVEN_STEPS = False
+# Tried (twenty-third session): the query pass's full feature steps without masks, the last partial step masked
+# (its loop 283 -> 205 SASS instructions a step, scripts/compile_sm90.py): on an H200 slower, the query pass 0.081 ->
+# 0.083 ms at 8k, 0.600 -> 0.613 at 64k (results/nvidia-h200/sea-key-pass-ncu/call7/); removed.
 # The per-feature key pass's register cap (Triton's maxnreg launch option; None: the compiler's choice, 255 at SEA's
 # 8k tiles: one 8-warp program per SM, 12.5 % occupancy, the issue slots 27 % busy; call1/'s Nsight Compute). H200,
 # SEA's 8k forward with "last" and ex2_ftz: 128 with 64-key tiles (two programs an SM) 0.107 ms, as uncapped; 128
@@ -648,67 +646,11 @@ if triton is not None:
         tl.store(ZSP + bh * nblk + fblk, zs)
 
     @triton.jit
-    def _query_step(PROJ, kvbase, Z, bh, M, D, DV, f0, offs_d, dmask, offs_e, emask, qt, q16, diag, c_off, dc2,
-                    m_run, acc, accz, BF16: tl.constexpr, EMU: tl.constexpr, DASH_PREC: tl.constexpr,
-                    PROD_PREC: tl.constexpr, FIXED_OFF: tl.constexpr, BLOCK_F: tl.constexpr, DASH_F16: tl.constexpr,
-                    EX2: tl.constexpr, MASKED: tl.constexpr):
-        # one feature step of the query pass (features f0 .. f0 + BLOCK_F - 1): (m_run, acc, accz) updated. MASKED:
-        # features past M and padded d / Dv columns masked; else every one real (QUERY_EVEN_STEPS' full steps)
-        offs_f = f0 + tl.arange(0, BLOCK_F)
-        fmask = offs_f < M
-        if MASKED:
-            pt = tl.load(PROJ + offs_f[None, :] * D + offs_d[:, None], mask=fmask[None, :] & dmask[:, None],
-                         other=0.0).to(tl.float32)                              # [BD, BF]
-        else:
-            pt = tl.load(PROJ + offs_f[None, :] * D + offs_d[:, None]).to(tl.float32)
-        if DASH_F16:
-            if EMU:
-                dash = tl.dot(q16.to(tl.float32), _clamp_fp16(pt).to(tl.float32), input_precision="ieee")
-            else:
-                dash = tl.dot(q16, _clamp_fp16(pt))                             # [BT, BF]
-        else:
-            dash = tl.dot(qt, pt, input_precision=DASH_PREC)                    # [BT, BF]
-        if MASKED:
-            dash = tl.where(fmask[None, :], dash, float("-inf"))
-        m_new = tl.maximum(m_run, tl.max(dash, axis=1))                         # finite: >= 1 feature
-        if FIXED_OFF:
-            if EX2:
-                p = ex2_ftz(dash * LOG2E - dc2[:, None], EMU)
-            else:
-                p = tl.exp(dash - (diag + c_off)[:, None])                      # [BT, BF] <= 1
-        else:
-            alpha = tl.exp(m_run - m_new)
-            p = tl.exp(dash - m_new[:, None])                                   # [BT, BF], 0 off features
-        if MASKED:
-            kvb = tl.load(kvbase + offs_f[:, None] * DV + offs_e[None, :], mask=fmask[:, None] & emask[None, :],
-                          other=0.0)                                            # [BF, BDV]
-            zb = tl.load(Z + bh * M + offs_f, mask=fmask, other=0.0)            # [BF]
-        else:
-            kvb = tl.load(kvbase + offs_f[:, None] * DV + offs_e[None, :])
-            zb = tl.load(Z + bh * M + offs_f)
-        if BF16:
-            if EMU:
-                prod = tl.dot(_round_bf16(p), kvb.to(tl.float32), input_precision="ieee")
-            else:
-                prod = tl.dot(p.to(tl.bfloat16), kvb)
-        else:
-            prod = tl.dot(p, kvb, input_precision=PROD_PREC)                    # [BT, BDV]
-        if FIXED_OFF:
-            acc += prod
-            accz += tl.sum(p * zb[None, :], axis=1)
-        else:
-            acc = acc * alpha[:, None] + prod
-            accz = accz * alpha + tl.sum(p * zb[None, :], axis=1)
-        m_run = m_new
-        return m_run, acc, accz
-
-    @triton.jit
     def _query_tile(Q, PROJ, KV, Z, KVSP, ZSP, tb, bh, sqb, sqh, sqt,
                     H, T, D, DV, M, NCB, x_scale, phi_scale, eps, feat_eps,
                     CM, BF16: tl.constexpr, EMU: tl.constexpr, DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
                     FIXED_OFF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
-                    BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr, DASH_F16: tl.constexpr, EX2: tl.constexpr,
-                    EVEN: tl.constexpr):
+                    BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr, DASH_F16: tl.constexpr, EX2: tl.constexpr):
         # the query pass's output for query rows tb * BLOCK_T .. of head bh: fp32 [BLOCK_T, BLOCK_DV]. FIXED_OFF
         # (QUERY_OFFSET="norm"): features exp(dash - diag - C), C = max_f |proj_f|^2 / 2 >= dash - diag (the max of
         # the combine's per-block maxima CM [BH, NCB]), so nothing is rescaled in the loop; the row maximum of dash
@@ -740,23 +682,45 @@ if triton is not None:
             if EX2:
                 dc2 = (diag + c_off) * LOG2E                                        # (FEATURE_EXP="ex2_ftz")
         kvbase = KV + bh * M * DV
-        if not DASH_F16:
-            q16 = qt                                                                # (unused placeholders)
-        if not FIXED_OFF:
-            c_off = 0.0
-        if not (FIXED_OFF and EX2):
-            dc2 = diag
-        m_full = 0
-        if EVEN:            # (QUERY_EVEN_STEPS) the full feature steps without masks, then the rest masked
-            m_full = M - M % BLOCK_F
-            for f0 in range(0, m_full, BLOCK_F):
-                m_run, acc, accz = _query_step(PROJ, kvbase, Z, bh, M, D, DV, f0, offs_d, dmask, offs_e, emask, qt,
-                                               q16, diag, c_off, dc2, m_run, acc, accz, BF16, EMU, DASH_PREC,
-                                               PROD_PREC, FIXED_OFF, BLOCK_F, DASH_F16, EX2, False)
-        for f0 in range(m_full, M, BLOCK_F):
-            m_run, acc, accz = _query_step(PROJ, kvbase, Z, bh, M, D, DV, f0, offs_d, dmask, offs_e, emask, qt, q16,
-                                           diag, c_off, dc2, m_run, acc, accz, BF16, EMU, DASH_PREC, PROD_PREC,
-                                           FIXED_OFF, BLOCK_F, DASH_F16, EX2, True)
+        for f0 in range(0, M, BLOCK_F):
+            offs_f = f0 + tl.arange(0, BLOCK_F)
+            fmask = offs_f < M
+            pt = tl.load(PROJ + offs_f[None, :] * D + offs_d[:, None], mask=fmask[None, :] & dmask[:, None],
+                         other=0.0).to(tl.float32)                                  # [BD, BF]
+            if DASH_F16:
+                if EMU:
+                    dash = tl.dot(q16.to(tl.float32), _clamp_fp16(pt).to(tl.float32), input_precision="ieee")
+                else:
+                    dash = tl.dot(q16, _clamp_fp16(pt))                             # [BT, BF]
+            else:
+                dash = tl.dot(qt, pt, input_precision=DASH_PREC)                    # [BT, BF]
+            dash = tl.where(fmask[None, :], dash, float("-inf"))
+            m_new = tl.maximum(m_run, tl.max(dash, axis=1))                         # finite: >= 1 feature
+            if FIXED_OFF:
+                if EX2:
+                    p = ex2_ftz(dash * LOG2E - dc2[:, None], EMU)
+                else:
+                    p = tl.exp(dash - (diag + c_off)[:, None])                      # [BT, BF] <= 1
+            else:
+                alpha = tl.exp(m_run - m_new)
+                p = tl.exp(dash - m_new[:, None])                                   # [BT, BF], 0 off features
+            kvb = tl.load(kvbase + offs_f[:, None] * DV + offs_e[None, :], mask=fmask[:, None] & emask[None, :],
+                          other=0.0)                                                # [BF, BDV]
+            zb = tl.load(Z + bh * M + offs_f, mask=fmask, other=0.0)                # [BF]
+            if BF16:
+                if EMU:
+                    prod = tl.dot(_round_bf16(p), kvb.to(tl.float32), input_precision="ieee")
+                else:
+                    prod = tl.dot(p.to(tl.bfloat16), kvb)
+            else:
+                prod = tl.dot(p, kvb, input_precision=PROD_PREC)                    # [BT, BDV]
+            if FIXED_OFF:
+                acc += prod
+                accz += tl.sum(p * zb[None, :], axis=1)
+            else:
+                acc = acc * alpha[:, None] + prod
+                accz = accz * alpha + tl.sum(p * zb[None, :], axis=1)
+            m_run = m_new
         if FIXED_OFF:
             g = tl.exp(tl.minimum(c_off - m_run, 80.0))                             # the offset, back to rowmax
         else:
@@ -774,12 +738,12 @@ if triton is not None:
                       BF16: tl.constexpr, EMU: tl.constexpr, DASH_PREC: tl.constexpr, PROD_PREC: tl.constexpr,
                       FIXED_OFF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
                       BLOCK_DV: tl.constexpr, BLOCK_CB: tl.constexpr, OUT_BF16: tl.constexpr,
-                      DASH_F16: tl.constexpr, EX2: tl.constexpr, EVEN: tl.constexpr):
+                      DASH_F16: tl.constexpr, EX2: tl.constexpr):
         tb = tl.program_id(0).to(tl.int64)
         bh = tl.program_id(1).to(tl.int64)
         out = _query_tile(Q, PROJ, KV, Z, KVSP, ZSP, tb, bh, sqb, sqh, sqt, H, T, D, DV, M, NCB, x_scale, phi_scale,
                           eps, feat_eps, CM, BF16, EMU, DASH_PREC, PROD_PREC, FIXED_OFF, BLOCK_T, BLOCK_F, BLOCK_D,
-                          BLOCK_DV, BLOCK_CB, DASH_F16, EX2, EVEN)
+                          BLOCK_DV, BLOCK_CB, DASH_F16, EX2)
         offs_t = tb * BLOCK_T + tl.arange(0, BLOCK_T)
         offs_e = tl.arange(0, BLOCK_DV)
         if OUT_BF16 and EMU:                        # the interpreter's downcast truncates: round to nearest first
@@ -941,7 +905,6 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
         BLOCK_T=QUERY_BLOCK_T, BLOCK_F=QUERY_BLOCK_F, BLOCK_D=pow2_block(q.shape[3]), BLOCK_DV=pow2_block(Dv),
         BLOCK_CB=pow2_block(st["ncb"]), OUT_BF16=out_dtype == torch.bfloat16,
         DASH_F16=_query_dash(query_dash) == "fp16" and st["dash_prec"] == "tf32", EX2=_feature_ex2(),
-        EVEN=QUERY_EVEN_STEPS and q.shape[3] == pow2_block(q.shape[3]) and Dv == pow2_block(Dv),
         num_warps=QUERY_NUM_WARPS)
     return out
 

@@ -195,23 +195,20 @@ def test_value_sums_in_one_feature_block(monkeypatch, operands, masked, ident):
 @pytest.mark.parametrize("ident", [0, D])
 def test_even_tiles_without_masks_give_the_same_output(monkeypatch, ident):
     """KEY_EVEN_TILES: where no key row can be invalid and no column is padding (T = 48 in 16-key tiles, d = 16,
-    the value tile 16 wide with identity columns or 32 without), the key pass's loads and dash unmasked; and
-    QUERY_EVEN_STEPS: the query pass's full feature steps unmasked (m = 19 in steps of 16: one full step, one
-    masked): each and both give the masked passes' output bit for bit. The key pass's condition: off with a padding
-    mask, a T off the tile, d or the value width not a power of two, or the switch off."""
+    the value tile 16 wide with identity columns or 32 without), the key pass's loads and dash unmasked: the masked
+    pass's output bit for bit. The condition: off with a padding mask, a T off the tile, d or the value width not a
+    power of two, or the switch off."""
     g = torch.Generator().manual_seed(12)
     q, k, v = (torch.randn(B, H, 48, D, generator=g).bfloat16() for _ in range(3))
     proj = orthogonal_random_features(M, D, g)
     vals = v if ident else torch.cat([identity_values(None, B, 48, D, "cpu")[:, None].expand(B, H, 48, D)
                                       .bfloat16(), v], -1)
     outs = {}
-    for keys, queries in ((False, False), (True, False), (False, True), (True, True)):
+    for keys in (False, True):
         monkeypatch.setattr(fd, "KEY_EVEN_TILES", keys)
-        monkeypatch.setattr(fd, "QUERY_EVEN_STEPS", queries)
-        outs[keys, queries] = fd.favor_softmax_dense(q, k, vals, proj, operands="bf16", identity_cols=ident)
-    assert torch.isfinite(outs[True, True]).all()
-    for key, out in outs.items():
-        assert torch.equal(out, outs[False, False]), key
+        outs[keys] = fd.favor_softmax_dense(q, k, vals, proj, operands="bf16", identity_cols=ident)
+    assert torch.isfinite(outs[True]).all()
+    assert torch.equal(outs[True], outs[False])
     assert fd._even_tiles(False, 48, 16, 16, 16)
     assert not any((fd._even_tiles(True, 48, 16, 16, 16), fd._even_tiles(False, 37, 16, 16, 16),
                     fd._even_tiles(False, 48, 16, 24, 16), fd._even_tiles(False, 48, 16, 16, 40)))
@@ -617,9 +614,8 @@ def test_cuda_value_sums_in_one_feature_block(monkeypatch, ident):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("ident", [0, 64])
 def test_cuda_even_tiles_give_the_same_output(monkeypatch, ident):
-    """KEY_EVEN_TILES and QUERY_EVEN_STEPS on the GPU at SEA's widths (T = 4096, a multiple of the 128-key tile;
-    m = 266: eight full query steps and a masked one; bf16 operands, TF32): the unmasked passes give the masked
-    passes' output bit for bit (the same values in the same products)."""
+    """KEY_EVEN_TILES on the GPU at SEA's widths (T = 4096, a multiple of the 128-key tile; bf16 operands, TF32): the
+    unmasked key pass gives the masked pass's output bit for bit (the same values in the same products)."""
     q, k, v, proj, vals = _cuda_sea_case(monkeypatch, 13, 4096)
     vals = v if ident else vals.to(torch.bfloat16)
     monkeypatch.setattr(fd, "KEY_EVEN_TILES", False)
@@ -628,7 +624,6 @@ def test_cuda_even_tiles_give_the_same_output(monkeypatch, ident):
     with torch.no_grad():
         for even in (False, True):
             monkeypatch.setattr(fd, "KEY_EVEN_TILES", even)
-            monkeypatch.setattr(fd, "QUERY_EVEN_STEPS", even)
             outs[even] = fd.favor_softmax_dense(q, k, vals, proj, operands="bf16", precision="tf32",
                                                 identity_cols=ident)
     assert fd._even_tiles(False, 4096, fd.KEY_PF_BLOCK_T, 64, 64 if ident else 128)

@@ -139,7 +139,8 @@ class GraphCache:
         else:
             self.entries.move_to_end(key)
             self.last = "replay"
-        for static, t in zip(entry.inputs[3 if copied else 0:], (q, k, v, key_padding_mask)[3 if copied else 0:]):
+        first = 3 if copied else 0                                       # q, k, v copied by the check already
+        for static, t in zip(entry.inputs[first:], (q, k, v, key_padding_mask)[first:]):
             if static is not None:
                 static.copy_(t)
         entry.graph.replay()
