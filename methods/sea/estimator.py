@@ -177,6 +177,29 @@ def _conv_relu_fake(x, w, b, stride, padding):
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
 
 
+# The bidirectional decoder's three convolutions as kernels/sea_conv3x3.py's Triton implicit GEMM (bias and ReLU fused,
+# the weights packed once a call) in place of cuDNN ("cudnn": conv_relu above and F.conv2d): where conv_relu serves
+# (16-bit channels-last CUDA activations, no gradient). The A/B switch; values may differ from cuDNN's by one 16-bit
+# step (another summation order).
+CONV_BACKEND = "cudnn"
+
+
+@torch.library.custom_op("sea::conv3x3", mutates_args=(),
+                         schema="(Tensor x, Tensor wp, Tensor? bias, int stride, bool relu) -> Tensor")
+def conv3x3_op(x, wp, bias, stride, relu):
+    """kernels/sea_conv3x3.py's conv3x3 (a custom op, so torch.compile keeps it as an external call)."""
+    from kernels.sea_conv3x3 import conv3x3
+
+    return conv3x3(x, wp, bias, stride=stride, relu=relu)
+
+
+@conv3x3_op.register_fake
+def _conv3x3_fake(x, wp, bias, stride, relu):
+    B, _, T, W = x.shape
+    shape = (B, wp.shape[2], (T - 1) // stride + 1 if T else 0, W)
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+
+
 def uses_conv_relu(x: torch.Tensor, *modules: nn.Module) -> bool:
     """Does the bidirectional decoder take conv_relu for x (CONV_RELU)?"""
     if CONV_RELU is False or not x.is_cuda or x.dtype not in (torch.bfloat16, torch.float16):
@@ -241,9 +264,20 @@ class BidirectionalDecoder(nn.Module):
         last = channels_last(x)
         if uses_conv_relu(x, self.conv1, self.conv2):                    # 16-bit, channels-last: fused ReLU
             c1, c2 = self.conv1, self.conv2
-            cl = torch.channels_last                                     # cuDNN's layout for the weights too
-            x = conv_relu(x, c1.weight.to(x.dtype, memory_format=cl), c1.bias.to(x.dtype), [2, 1], [1, 1])
-            x = conv_relu(x, c2.weight.to(x.dtype, memory_format=cl), c2.bias.to(x.dtype), [1, 1], [1, 1])
+            if CONV_BACKEND == "triton":                                 # kernels/sea_conv3x3.py, packed weights
+                from kernels.sea_conv3x3 import pack_weight
+
+                x = conv3x3_op(x, pack_weight(c1.weight, x.dtype), c1.bias.to(x.dtype), 2, True)
+                x = conv3x3_op(x, pack_weight(c2.weight, x.dtype), c2.bias.to(x.dtype), 1, True)
+                if PARITY_CONV3:
+                    w, b = self.parity_weight()
+                    bias = None if parity and TAIL_BIAS_FREE else b.to(x.dtype)
+                    y = conv3x3_op(x, pack_weight(w, x.dtype), bias, 1, False)    # [B, 2H, ceil(T/2), K/2]
+                    return y if parity else nearest_resize(interleave_parity(y, self.H), T, self.K)
+            else:
+                cl = torch.channels_last                                 # cuDNN's layout for the weights too
+                x = conv_relu(x, c1.weight.to(x.dtype, memory_format=cl), c1.bias.to(x.dtype), [2, 1], [1, 1])
+                x = conv_relu(x, c2.weight.to(x.dtype, memory_format=cl), c2.bias.to(x.dtype), [1, 1], [1, 1])
         else:
             x = F.relu(self.conv1(x))                                   # [B, 4H, ceil(T/2), K/2]
             x = F.relu(self.conv2(x))
