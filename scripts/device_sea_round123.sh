@@ -15,7 +15,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 timeout 200 python3 scripts/bench_conv3x3.py --T 8192 65536 \
   --configs 2x4x3 1x4x1 2x4x1 2x8x1 4x4x1 4x8x1 8x8x1 1x2x1 > "$OUT/bench.txt" 2>&1
 cat "$OUT/bench.txt"
-sums=$(awk '$1==8192 && NF>=4 {s[$3]+=$4; n[$3]++} END {for (c in s) if (n[c]==3) print s[c], c}' "$OUT/bench.txt" \
+sums=$(awk '$1==8192 && $4 ~ /^[0-9.]+$/ {s[$3]+=$4; n[$3]++} END {for (c in s) if (n[c]==3) print s[c], c}' "$OUT/bench.txt" \
   | sort -n)
 echo "$sums" | head -4
 best=$(echo "$sums" | awk '$2 != "cudnn"' | head -1 | awk '{print $2}')
