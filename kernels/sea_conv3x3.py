@@ -46,6 +46,12 @@ NUM_STAGES = 3
 DTYPES = (torch.bfloat16, torch.float16)
 MAX_C = 128                      # one tap's input channels are one dot step
 MAX_N = 128
+# conv_pooled_scores: programs a block of R rows (its R/2 half-rows split in equal parts), half-rows a tile, warps,
+# pipeline stages
+TAIL_SPLIT = 4
+TAIL_BLOCK_R = 2
+TAIL_NUM_WARPS = 4
+TAIL_NUM_STAGES = 3
 
 
 if triton is not None:
@@ -93,6 +99,84 @@ if triton is not None:
             out = acc.to(tl.float16)
         dst = O + ((b * T_out + i[:, None]) * W + j[:, None]) * N + offs_n[None, :]
         tl.store(dst, out, mask=rmask[:, None] & nmask[None, :])
+
+
+    @triton.jit
+    def _conv_tail_kernel(X, WP, S, PART, TICKET, T2, W, C, H, NB, sxb, sxt, sxw,
+                          RH: tl.constexpr, SPLIT: tl.constexpr, EMU: tl.constexpr, ROUND_BF16: tl.constexpr,
+                          BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+                          BLOCK_H: tl.constexpr):
+        n = tl.program_id(0).to(tl.int64)                                 # block of R = 2 RH rows
+        part = tl.program_id(1).to(tl.int64)                              # this program's RH / SPLIT half-rows
+        b = tl.program_id(2).to(tl.int64)
+        RHS: tl.constexpr = RH // SPLIT
+        M: tl.constexpr = BLOCK_R * BLOCK_W
+        BLOCK_N: tl.constexpr = 2 * BLOCK_H                               # channel p * BLOCK_H + h (padded order)
+        m = tl.arange(0, M)
+        r = m // BLOCK_W                                                  # tile rows (r, j), j fastest
+        j = m % BLOCK_W
+        offs_r = tl.arange(0, BLOCK_R)
+        offs_w = tl.arange(0, BLOCK_W)
+        offs_c = tl.arange(0, BLOCK_C)
+        cmask = offs_c < C
+        offs_o = tl.arange(0, BLOCK_N)
+        h = offs_o % BLOCK_H
+        omask = h < H
+        chan = (offs_o // BLOCK_H) * H + h                                # the packed weights' column p H + h
+        N2 = 2 * H
+        xb = X + b * sxb
+        first = n * RH + part * RHS                                       # this program's first half-row
+        acc_s = tl.zeros([BLOCK_W, BLOCK_N], dtype=tl.float32)
+        for r0 in range(0, RHS, BLOCK_R):
+            i = first + r0 + r                                            # half-rows of the tile
+            rmask = (r0 + r < RHS) & (i < T2) & (j < W)
+            acc = tl.zeros([M, BLOCK_N], dtype=tl.float32)
+            for tap in range(9):
+                ti = i + tap // 3 - 1
+                tj = j + tap % 3 - 1
+                ok = rmask & (ti >= 0) & (ti < T2) & (tj >= 0) & (tj < W)
+                a = tl.load(xb + ti[:, None] * sxt + tj[:, None] * sxw + offs_c[None, :],
+                            mask=ok[:, None] & cmask[None, :], other=0.0)
+                wt = tl.load(WP + (tap * C + offs_c[:, None]) * N2 + chan[None, :],
+                             mask=cmask[:, None] & omask[None, :], other=0.0)
+                if EMU:
+                    acc += tl.dot(a.to(tl.float32), wt.to(tl.float32), input_precision="ieee")
+                else:
+                    acc += tl.dot(a, wt)
+            if ROUND_BF16:                                                # the convolution's output as stored
+                acc = round_bf16(acc, EMU)
+            else:
+                acc = acc.to(tl.float16).to(tl.float32)
+            y = tl.reshape(acc, [BLOCK_R, BLOCK_W, BLOCK_N])
+            y = tl.where((offs_w < W)[None, :, None], y, float("-inf"))   # padded columns: no mass
+            mx = tl.max(y, axis=1)                                        # [BLOCK_R, BLOCK_N]
+            e = tl.exp(y - mx[:, None, :])
+            prob = e / tl.sum(e, axis=1)[:, None, :]
+            live = (r0 + offs_r < RHS) & (first + r0 + offs_r < T2)
+            acc_s += tl.sum(tl.where(live[:, None, None], prob, 0.0), axis=0)
+        acc2 = tl.sum(tl.reshape(acc_s, [BLOCK_W, 2, BLOCK_H]), axis=1) * 0.5   # both parities; a column pair
+        accT = tl.trans(acc2)                                             # [BLOCK_H, BLOCK_W]
+        pair = tl.reshape(tl.join(accT, accT), [BLOCK_H, 2 * BLOCK_W])   # column 2w + j
+        offs_h = tl.arange(0, BLOCK_H)
+        offs_k = tl.arange(0, 2 * BLOCK_W)
+        smask = (offs_h[:, None] < H) & (offs_k[None, :] < 2 * W)
+        dst = ((b * H + offs_h[:, None]) * NB + n) * (2 * W) + offs_k[None, :]
+        if SPLIT == 1:
+            tl.store(S + dst, pair, mask=smask)
+        else:                                                             # partial sums; the last program adds them
+            blk = b * NB + n
+            cell = offs_h[:, None] * (2 * W) + offs_k[None, :]
+            tl.store(PART + (blk * SPLIT + part) * H * 2 * W + cell, pair, mask=smask)
+            tl.debug_barrier()                                            # every thread's stores, then ...
+            ticket = tl.atomic_add(TICKET + blk, 1, sem="acq_rel", scope="gpu")   # ... one release / acquire
+            if ticket == SPLIT - 1:
+                tl.debug_barrier()
+                total = tl.zeros([BLOCK_H, 2 * BLOCK_W], dtype=tl.float32)
+                for q in range(SPLIT):                                    # part order: deterministic
+                    total += tl.load(PART + (blk * SPLIT + q) * H * 2 * W + cell, mask=smask, other=0.0,
+                                     cache_modifier=".cg")
+                tl.store(S + dst, total, mask=smask)
+                tl.store(TICKET + blk, 0)
 
 
 def conv_usable(device) -> bool:
@@ -154,3 +238,53 @@ def conv3x3(x: torch.Tensor, wp: torch.Tensor, bias: torch.Tensor | None = None,
             EMU=not x.is_cuda, BLOCK_R=br, BLOCK_W=bw, BLOCK_C=pow2_block(C),
             BLOCK_N=pow2_block(N), num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return out.permute(0, 3, 1, 2)
+
+
+def conv_pooled_scores(x: torch.Tensor, wp: torch.Tensor, *, heads: int, rows: int) -> torch.Tensor:
+    """The bidirectional decoder's last convolution in its parity form and kernels/sea_bidir_tail.py's pooled block
+    scores in one launch: x [B, C, T/2, W] bf16 / fp16 (conv2's output, channels-last), wp = pack_weight(w, x.dtype)
+    [9, C, 2H] of BidirectionalDecoder.parity_weight's w (no bias: the softmax does not see it) -> fp32
+    [B, H, T/R, 2W], equal to pooled_scores(conv3x3(x, wp), heads=H, rows=R) up to the order of fp32 sums (the
+    convolution's output rounded to x's dtype first, as conv3x3 stores it). Grid (T/R blocks, TAIL_SPLIT, B): each
+    program convolves RH / TAIL_SPLIT of a block's RH = R/2 half-rows, BLOCK_R at a time, adds their row softmaxes
+    over the W columns, and (TAIL_SPLIT > 1) stores its partial sums and draws a ticket; the block's last program adds
+    the parts in order (deterministic) and stores the block's scores."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.dtype not in DTYPES:
+        raise ValueError("conv_pooled_scores: x must be a bfloat16 or float16 [B, C, T/2, W] tensor")
+    if not conv_usable(x.device):
+        raise RuntimeError(f"conv_pooled_scores needs triton on CUDA (or TRITON_INTERPRET=1); got {x.device}")
+    B, C, T2, W = x.shape
+    H, R = int(heads), int(rows)
+    if not isinstance(wp, torch.Tensor) or tuple(wp.shape) != (9, C, 2 * H) or wp.dtype != x.dtype \
+            or wp.device != x.device:
+        raise ValueError(f"conv_pooled_scores: wp must be pack_weight(w, {x.dtype}) = [9, {C}, 2H = {2 * H}] on "
+                         f"{x.device}, got {tuple(wp.shape) if isinstance(wp, torch.Tensor) else type(wp).__name__}")
+    if H < 1 or not 1 <= C <= MAX_C or 2 * H > MAX_N:
+        raise ValueError(f"conv_pooled_scores: {C} input channels and {2 * H} outputs; each must be 1 .. {MAX_C}")
+    if R < 2 or R % 2 or W < 1 or T2 < 1 or (2 * T2) % R:
+        raise ValueError(f"conv_pooled_scores: rows={R} must be even and divide T = 2 x {T2}; W={W}")
+    if torch.is_grad_enabled() and (x.requires_grad or wp.requires_grad):
+        raise RuntimeError("conv_pooled_scores is forward-only: an input requires grad while grad is enabled")
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        x = x.contiguous(memory_format=torch.channels_last)
+    wp = wp.contiguous()
+    RH = R // 2
+    split = max(1, min(TAIL_SPLIT, RH))
+    while RH % split:                                                    # parts of equal size
+        split -= 1
+    NB = 2 * T2 // R
+    out = fresh((B, H, NB, 2 * W), torch.float32, x.device, poison=POISON_OUTPUTS)
+    if split > 1:
+        part = torch.empty(B * NB * split * H * 2 * W, dtype=torch.float32, device=x.device)
+        ticket = torch.zeros(B * NB, dtype=torch.int32, device=x.device)
+    else:
+        part = ticket = out
+    bw = pow2_block(W, 1)
+    br = max(TAIL_BLOCK_R, pow2_block(-(-16 // bw), 1))                  # tl.dot needs >= 16 rows
+    _conv_tail_kernel[(NB, split, B)](
+        x, wp, out, part, ticket, T2, W, C, H, NB, x.stride(0), x.stride(2), x.stride(3),
+        RH=RH, SPLIT=split, EMU=not x.is_cuda, ROUND_BF16=x.dtype == torch.bfloat16, BLOCK_R=br, BLOCK_W=bw,
+        BLOCK_C=pow2_block(C), BLOCK_H=pow2_block(H, 8), num_warps=TAIL_NUM_WARPS, num_stages=TAIL_NUM_STAGES)
+    return out

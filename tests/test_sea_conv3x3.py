@@ -132,8 +132,9 @@ def test_the_decoder_body_through_the_kernel(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_conv_on_the_gpu_against_cudnn(monkeypatch):
     """At SEA's widths (64 channels, 64 columns, 8k rows) the kernel against the float64 statement, and against
-    cuDNN's fused convolution: at most one bf16 step apart; then SEA's 8k forward with CONV_BACKEND triton and cudnn
-    as close to each other as the estimate's rounding allows (the same selection almost everywhere)."""
+    cuDNN's fused convolution: at most one bf16 step apart; then SEA's 8k forward with CONV_BACKEND triton, with
+    CONV_TAIL (cuDNN's first two convolutions) and with neither: errors against exact attention within 1 % of each
+    other (the estimate's roundings may move a few selections)."""
     from methods.sea.estimator import conv_relu
     from tests.helpers import gaussian_qkv, sea_case
 
@@ -155,10 +156,93 @@ def test_conv_on_the_gpu_against_cudnn(monkeypatch):
     q, k, v = (t.cuda() for t in gaussian_qkv(1, 16, 16, 8192, 64, seed=2, dtype=dt))
     out = {}
     with torch.no_grad():
-        for backend in ("triton", "cudnn"):
+        for backend, tail in (("triton", False), ("cudnn", True), ("cudnn", False)):
             monkeypatch.setattr(est_mod, "CONV_BACKEND", backend)
+            monkeypatch.setattr(est_mod, "CONV_TAIL", tail)
             torch._dynamo.reset()
-            out[backend] = layer(q, k, v, causal=False).float()
+            out[backend, tail] = layer(q, k, v, causal=False).float()
+            assert ("tail=conv-fused" in layer.impl) is tail
     exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
     err = {n: ((o - exact).norm() / exact.norm()).item() for n, o in out.items()}
-    assert abs(err["triton"] - err["cudnn"]) <= 0.01 * err["cudnn"], err
+    base = err["cudnn", False]
+    assert all(abs(e - base) <= 0.01 * base for e in err.values()), err
+
+
+@pytest.mark.parametrize("B,H,C,T2,W,R,split,block_r", [
+    (1, 2, 8, 8, 8, 4, 1, 2),          # one program a block
+    (2, 3, 12, 12, 5, 8, 2, 2),        # two parts a block, W and H not 2^n, two batches
+    (1, 2, 8, 6, 8, 6, 3, 1),          # RH = 3: three parts of one half-row
+    (1, 2, 8, 8, 8, 8, 3, 2),          # TAIL_SPLIT 3 does not divide RH = 4: two parts
+    (1, 16, 64, 32, 64, 64, 4, 2),     # SEA's widths
+])
+def test_conv_pooled_scores_equal_the_two_kernels_and_the_statement(monkeypatch, B, H, C, T2, W, R, split, block_r):
+    """conv_pooled_scores against the unfused chain (conv3x3, then kernels/sea_bidir_tail.py's pooled_scores) with
+    the same tiles (the same fp32 sums for each logit): equal within fp32 rounding of the block sums; against the
+    float64 convolution rounded to bf16 and sea_bidir_tail's reference within a bf16 step of a few logits (a sum
+    near a rounding boundary may round the other way in fp32)."""
+    import kernels.sea_bidir_tail as bt
+
+    monkeypatch.setattr(kc, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(kc, "TAIL_SPLIT", split)
+    monkeypatch.setattr(kc, "TAIL_BLOCK_R", block_r)
+    monkeypatch.setattr(kc, "BLOCK_R", block_r)
+    g = torch.Generator().manual_seed(B + H + C + T2 + W + R)
+    x = torch.randn(B, T2, W, C, generator=g).to(torch.bfloat16).permute(0, 3, 1, 2)
+    w = torch.randn(2 * H, C, 3, 3, generator=g) / 4
+    wp = kc.pack_weight(w, torch.bfloat16)
+    for _ in range(2):                                                   # the second call: tickets back at 0
+        got = kc.conv_pooled_scores(x, wp, heads=H, rows=R)
+        assert got.shape == (B, H, 2 * T2 // R, 2 * W) and got.dtype == torch.float32
+        two = bt.pooled_scores(kc.conv3x3(x, wp, None), heads=H, rows=R)
+        torch.testing.assert_close(got, two, rtol=1e-5, atol=1e-6)
+    y64 = F.conv2d(x.double(), wp.double().reshape(3, 3, C, 2 * H).permute(3, 2, 0, 1), padding=1)
+    want = bt.pooled_scores_reference(y64.to(torch.bfloat16), heads=H, rows=R)
+    torch.testing.assert_close(got, want, rtol=0, atol=5e-3)
+    torch.testing.assert_close(got.sum(-1), torch.full_like(got[..., 0], float(R)), rtol=1e-5, atol=1e-5)
+    moved = w.clone()
+    moved[H, 0, 1, 1] += 1.0                                             # head 0's odd rows only
+    other = kc.conv_pooled_scores(x, kc.pack_weight(moved, torch.bfloat16), heads=H, rows=R)
+    assert not torch.allclose(other[:, 0], got[:, 0]) and torch.equal(other[:, 1:], got[:, 1:])
+
+
+def test_conv_pooled_scores_refusals():
+    x = torch.randn(1, 8, 4, 8).to(torch.bfloat16)
+    wp = kc.pack_weight(torch.randn(4, 8, 3, 3), torch.bfloat16)
+    with pytest.raises(ValueError, match="2H"):
+        kc.conv_pooled_scores(x, wp, heads=3, rows=4)
+    with pytest.raises(ValueError, match="rows=3"):
+        kc.conv_pooled_scores(x, wp, heads=2, rows=3)
+    with pytest.raises(ValueError, match="rows=16"):
+        kc.conv_pooled_scores(x, wp, heads=2, rows=16)
+    with pytest.raises(ValueError, match="bfloat16 or float16"):
+        kc.conv_pooled_scores(x.float(), wp, heads=2, rows=4)
+
+
+def test_estimator_conv_tail_gives_the_block_scores_of_the_two_kernels(monkeypatch):
+    """SEA's bidirectional estimator with shared keys (pooled block scores), the decoder on the Triton convolutions
+    (CONV_BACKEND=triton; conv_relu's path forced onto the CPU, where the interpreter runs the kernels): the last
+    convolution and the tail in one kernel (CONV_TAIL) against the two kernels, the same call and weights; the
+    layer's impl says which ran."""
+    from tests.helpers import gaussian_qkv, sea_case
+
+    monkeypatch.setattr(est_mod, "BIDIR_CHANNELS_LAST", True)
+    monkeypatch.setattr(est_mod, "BIDIR_TAIL", True)
+    monkeypatch.setattr(est_mod, "CONV_BACKEND", "triton")
+    monkeypatch.setattr(est_mod, "uses_conv_relu", lambda x, *m: x.dtype == torch.bfloat16)
+    M_, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=False, K=16, performer_backend="triton",
+                                encoder_backend="triton", estimator_dtype="bf16", shared_keys=16)
+    layer = M_.build(cfg, problem)
+    q, k, v = gaussian_qkv(1, 4, 4, 64, 16, seed=5, dtype=torch.bfloat16)
+    outs = {}
+    with torch.no_grad():
+        for fused in (True, False):
+            monkeypatch.setattr(est_mod, "CONV_TAIL", fused)
+            outs[fused] = layer.estimator(q, k, v, valid=None, probs=True, pool=16)
+            assert layer.estimator.last_tail == ("conv-fused" if fused else "kernel")
+            layer(q, k, v, causal=False)
+            assert ("tail=conv-fused" in layer.impl) is fused
+    (lf, af, sf, mf), (lw, aw, sw, mw) = outs[True], outs[False]
+    assert lf is None and lw is None and af.shape == aw.shape == (1, 4, 4, 16)
+    torch.testing.assert_close(af, aw, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sf, sw, atol=0, rtol=0)
+    torch.testing.assert_close(mf, mw, atol=0, rtol=0)
