@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD:$PWD/.carry/pylib${PYTHONPATH:+:$PYTHONPATH}
 export HARNESS_SHARED=$PWD/.carry/shared
 L=$OUT/log.txt
-python3 -m harness accuracy --model .carry/minilm --methods exact --train-steps 300 --batch 16 --max-len 512 \
+python3 -m harness accuracy --model "${MODEL:-.carry/minilm}" --methods exact --train-steps 300 --batch 16 --max-len 512 \
   --device cuda --seed 0 --save-teacher /tmp/teacher --out /tmp/acc --quiet > "$OUT/teacher.txt" 2>&1
 tail -n 4 "$OUT/teacher.txt"
 for n in 1 2 4; do
