@@ -8,4 +8,4 @@ mkdir -p /tmp/minilm
 cat /tmp/mparts/part0 .carry/m2/part1 > /tmp/minilm/model.safetensors
 cp -r .carry/m2/rest/* /tmp/minilm/
 echo "$1  /tmp/minilm/model.safetensors" | sha256sum -c -
-MODEL=/tmp/minilm exec bash scripts/device_sea_round126.sh
+MODEL=/tmp/minilm NBFS="${2:-1 2 4}" exec bash scripts/device_sea_round126.sh
