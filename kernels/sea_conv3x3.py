@@ -184,6 +184,16 @@ def conv_usable(device) -> bool:
     return triton_runs_on(device, triton is not None)
 
 
+def _check_input(what: str, x, dims: str) -> None:
+    """The activations' checks both entry points share: triton present, a 4-d 16-bit tensor where it can run."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.dtype not in DTYPES:
+        raise ValueError(f"{what}: x must be a bfloat16 or float16 {dims} tensor")
+    if not conv_usable(x.device):
+        raise RuntimeError(f"{what} needs triton on CUDA (or TRITON_INTERPRET=1); got {x.device}")
+
+
 def pack_weight(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """w [N, C, 3, 3] -> [9, C, N] in `dtype` (tap dy * 3 + dx, then input channel), contiguous: conv3x3's layout.
     Differentiable torch ops (a permute and a cast), so a compiled caller fuses them into one small kernel."""
@@ -199,12 +209,7 @@ def conv3x3(x: torch.Tensor, wp: torch.Tensor, bias: torch.Tensor | None = None,
     """x [B, C, T, W] bf16 / fp16 (channels-last memory; other layouts are copied), wp = pack_weight(w, x.dtype)
     [9, C, N], bias [N] (any float dtype) or None -> act(conv2d(x, w, bias, stride=(stride, 1), padding=1)) as a
     channels-last [B, N, T_out, W] tensor of x's dtype (module docstring)."""
-    if triton is None:
-        raise RuntimeError("triton is not installed")
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.dtype not in DTYPES:
-        raise ValueError("conv3x3: x must be a bfloat16 or float16 [B, C, T, W] tensor")
-    if not conv_usable(x.device):
-        raise RuntimeError(f"conv3x3 needs triton on CUDA (or TRITON_INTERPRET=1); got {x.device}")
+    _check_input("conv3x3", x, "[B, C, T, W]")
     B, C, T, W = x.shape
     if not isinstance(wp, torch.Tensor) or wp.dim() != 3 or wp.shape[0] != 9 or wp.shape[1] != C:
         raise ValueError(f"conv3x3: wp must be pack_weight(w) = [9, C={C}, N], got "
@@ -249,12 +254,7 @@ def conv_pooled_scores(x: torch.Tensor, wp: torch.Tensor, *, heads: int, rows: i
     program convolves RH / TAIL_SPLIT of a block's RH = R/2 half-rows, BLOCK_R at a time, adds their row softmaxes
     over the W columns, and (TAIL_SPLIT > 1) stores its partial sums and draws a ticket; the block's last program adds
     the parts in order (deterministic) and stores the block's scores."""
-    if triton is None:
-        raise RuntimeError("triton is not installed")
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.dtype not in DTYPES:
-        raise ValueError("conv_pooled_scores: x must be a bfloat16 or float16 [B, C, T/2, W] tensor")
-    if not conv_usable(x.device):
-        raise RuntimeError(f"conv_pooled_scores needs triton on CUDA (or TRITON_INTERPRET=1); got {x.device}")
+    _check_input("conv_pooled_scores", x, "[B, C, T/2, W]")
     B, C, T2, W = x.shape
     H, R = int(heads), int(rows)
     if not isinstance(wp, torch.Tensor) or tuple(wp.shape) != (9, C, 2 * H) or wp.dtype != x.dtype \

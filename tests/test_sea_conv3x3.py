@@ -223,16 +223,12 @@ def test_estimator_conv_tail_gives_the_block_scores_of_the_two_kernels(monkeypat
     (CONV_BACKEND=triton; conv_relu's path forced onto the CPU, where the interpreter runs the kernels): the last
     convolution and the tail in one kernel (CONV_TAIL) against the two kernels, the same call and weights; the
     layer's impl says which ran."""
-    from tests.helpers import gaussian_qkv, sea_case
+    from tests.helpers import pooled_bidir_sea
 
-    monkeypatch.setattr(est_mod, "BIDIR_CHANNELS_LAST", True)
     monkeypatch.setattr(est_mod, "BIDIR_TAIL", True)
     monkeypatch.setattr(est_mod, "CONV_BACKEND", "triton")
     monkeypatch.setattr(est_mod, "uses_conv_relu", lambda x, *m: x.dtype == torch.bfloat16)
-    M_, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=False, K=16, performer_backend="triton",
-                                encoder_backend="triton", estimator_dtype="bf16", shared_keys=16)
-    layer = M_.build(cfg, problem)
-    q, k, v = gaussian_qkv(1, 4, 4, 64, 16, seed=5, dtype=torch.bfloat16)
+    layer, q, k, v = pooled_bidir_sea(monkeypatch)
     outs = {}
     with torch.no_grad():
         for fused in (True, False):
