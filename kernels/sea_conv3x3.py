@@ -14,7 +14,10 @@ Why: at T = 8k (B=1, H=16: 64 channels, 64 columns) on an H200 the decoder's thr
 each, and each came with a memset and two weight-cast kernels of its own (~1-2 us each plus the gaps between them
 inside the replayed graph: results/nvidia-h200/sea-graph-call/call1/trace-graph-8192.json), ~8 us a convolution.
 Here the weights are packed once for the call (`pack_weight`: [9, C, N] in x's dtype) and the convolution is one
-launch.
+launch. Measured there (graphs of 20 calls, results/nvidia-h200/sea-conv3x3/): 68 / 69 / 51 us for conv1 / conv2 /
+conv3 against cuDNN's 54 / 53 / 54 with its extras; plain L1-cached loads (NUM_STAGES=1) slower still. So SEA keeps
+cuDNN (methods/sea/estimator.py CONV_BACKEND); the kernel serves A/B runs and conv_pooled_scores below (the last
+convolution fused with the estimator's tail: the same time at 8k, CONV_TAIL).
 
 How: grid (ceil(T_out / BLOCK_R), B). A program owns BLOCK_R output rows of one batch, all W columns and all N
 output channels: an [M = BLOCK_R x BLOCK_W, BLOCK_N] fp32 accumulator. It walks the nine taps (dy, dx): for each,
@@ -47,8 +50,9 @@ DTYPES = (torch.bfloat16, torch.float16)
 MAX_C = 128                      # one tap's input channels are one dot step
 MAX_N = 128
 # conv_pooled_scores: programs a block of R rows (its R/2 half-rows split in equal parts), half-rows a tile, warps,
-# pipeline stages
-TAIL_SPLIT = 4
+# pipeline stages. H200, SEA's 8k forward (R = 64): the kernel 0.084 / 0.066 / 0.071 / 0.065 / 0.066 ms with 1 / 2 /
+# 4 / 8 / 16 parts (results/nvidia-h200/sea-conv3x3/call3/)
+TAIL_SPLIT = 2
 TAIL_BLOCK_R = 2
 TAIL_NUM_WARPS = 4
 TAIL_NUM_STAGES = 3

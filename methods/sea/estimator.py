@@ -179,12 +179,15 @@ def _conv_relu_fake(x, w, b, stride, padding):
 
 # The bidirectional decoder's three convolutions as kernels/sea_conv3x3.py's Triton implicit GEMM (bias and ReLU fused,
 # the weights packed once a call) in place of cuDNN ("cudnn": conv_relu above and F.conv2d): where conv_relu serves
-# (16-bit channels-last CUDA activations, no gradient). The A/B switch; values may differ from cuDNN's by one 16-bit
-# step (another summation order).
+# (16-bit channels-last CUDA activations, no gradient). Values may differ from cuDNN's by one 16-bit step (another
+# summation order). An A/B switch, off: on an H200 at 8k the kernel took 68 / 69 / 51 us for conv1 / conv2 / conv3
+# against cuDNN's 54 / 53 / 54 (with its memset and weight casts), SEA's 8k kernels 0.605 -> 0.635 ms
+# (results/nvidia-h200/sea-conv3x3/call1/).
 CONV_BACKEND = "cudnn"
 # Bidirectional calls with pooled block scores on that fused path (conv_relu's conditions, PARITY_CONV3, BIDIR_TAIL)
 # run the last convolution and the tail's softmax and block sums as one kernel (kernels/sea_conv3x3.py,
-# conv_pooled_scores): the parity-form output never written. True / False / "auto" (on CUDA).
+# conv_pooled_scores): the parity-form output never written. True / False / "auto" (on CUDA). Off: the same time at
+# 8k on an H200 (kernels 0.602 -> 0.603 ms), 3.887 -> 3.870 at 64k (results/nvidia-h200/sea-conv3x3/call3/).
 CONV_TAIL = False
 
 
@@ -271,10 +274,10 @@ class BidirectionalDecoder(nn.Module):
         if parity == "packed" and not (PARITY_CONV3 and uses_conv_relu(x, self.conv1, self.conv2)):
             return self.body(x, parity=True), None
         if uses_conv_relu(x, self.conv1, self.conv2):                    # 16-bit, channels-last: fused ReLU
+            from kernels.sea_conv3x3 import pack_weight
+
             c1, c2 = self.conv1, self.conv2
             if CONV_BACKEND == "triton":                                 # kernels/sea_conv3x3.py, packed weights
-                from kernels.sea_conv3x3 import pack_weight
-
                 x = conv3x3_op(x, pack_weight(c1.weight, x.dtype), c1.bias.to(x.dtype), 2, True)
                 x = conv3x3_op(x, pack_weight(c2.weight, x.dtype), c2.bias.to(x.dtype), 1, True)
             else:
@@ -282,12 +285,8 @@ class BidirectionalDecoder(nn.Module):
                 x = conv_relu(x, c1.weight.to(x.dtype, memory_format=cl), c1.bias.to(x.dtype), [2, 1], [1, 1])
                 x = conv_relu(x, c2.weight.to(x.dtype, memory_format=cl), c2.bias.to(x.dtype), [1, 1], [1, 1])
             if parity == "packed":                                       # conv3 + the tail: the caller's kernel
-                from kernels.sea_conv3x3 import pack_weight
-
                 return x, pack_weight(self.parity_weight()[0], x.dtype)
             if CONV_BACKEND == "triton" and PARITY_CONV3:
-                from kernels.sea_conv3x3 import pack_weight
-
                 w, b = self.parity_weight()
                 bias = None if parity and TAIL_BIAS_FREE else b.to(x.dtype)
                 y = conv3x3_op(x, pack_weight(w, x.dtype), bias, 1, False)    # [B, 2H, ceil(T/2), K/2]
