@@ -49,20 +49,6 @@ def sea_case(B: int, H: int, Hkv: int, T: int, D: int, *, causal: bool = True, *
     return M, cfg, Problem(B, H, Hkv, T, D, dtype="fp32", causal=causal, device="cpu")
 
 
-def pooled_bidir_sea(monkeypatch, seed: int = 5):
-    """A small bidirectional SEA layer whose estimator makes pooled block scores (shared keys of 16 rows; Triton
-    Performer and encoder, bf16 decoder, channels-last activations forced on the CPU) and bf16 q, k, v for it:
-    (layer, q, k, v), B=1, H=4, T=64, D=16, K=16."""
-    import torch
-
-    import methods.sea.estimator as est_mod
-
-    monkeypatch.setattr(est_mod, "BIDIR_CHANNELS_LAST", True)
-    M_, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=False, K=16, performer_backend="triton",
-                                encoder_backend="triton", estimator_dtype="bf16", shared_keys=16)
-    return (M_.build(cfg, problem), *gaussian_qkv(1, 4, 4, 64, 16, seed=seed, dtype=torch.bfloat16))
-
-
 def untie_sea_decoder(mod, seed: int = 11):
     """Random LayerNorm affine at a causal SEA decoder's output (`mod` an SEA layer or its estimator): no two of a
     row's K logits are equal, so torch.topk has no ties to break."""

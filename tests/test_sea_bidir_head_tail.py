@@ -210,9 +210,13 @@ def test_head_refuses_bad_input():
 def test_estimator_head_and_tail_give_the_block_scores_of_the_module_path(monkeypatch):
     """SEA's bidirectional estimator with shared keys (pooled block scores): the fused head and tail against the
     encoder kernel, the PyTorch row projection and the compiled-away softmax sums, the same call, same weights."""
-    from tests.helpers import pooled_bidir_sea
+    from tests.helpers import gaussian_qkv, sea_case
 
-    layer, q, k, v = pooled_bidir_sea(monkeypatch)
+    monkeypatch.setattr(est_mod, "BIDIR_CHANNELS_LAST", True)
+    M_, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=False, K=16, performer_backend="triton",
+                                encoder_backend="triton", estimator_dtype="bf16", shared_keys=16)
+    layer = M_.build(cfg, problem)
+    q, k, v = gaussian_qkv(1, 4, 4, 64, 16, seed=5, dtype=torch.bfloat16)
     outs = {}
     with torch.no_grad():
         for fused in (True, False):

@@ -159,6 +159,11 @@ def nearest_resize(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 # (results/nvidia-h200/sea-decoder-ends/call3/). Its output rounds once after bias and ReLU, so values may differ from
 # the separate ops' by one bf16 step.
 CONV_RELU = "auto"
+# Tried (twenty-fourth session, results/nvidia-h200/sea-conv3x3/; the code at commit a776a1b): the three
+# convolutions as a Triton implicit GEMM (bias and ReLU fused, packed weights) took 68 / 69 / 51 us for conv1 / conv2 /
+# conv3 at 8k on an H200 against cuDNN's 54 / 53 / 54 with its memset and weight casts (SEA's 8k kernels 0.605 ->
+# 0.635 ms); the last convolution fused with kernels/sea_bidir_tail.py's softmax and block sums, the same time at 8k
+# (0.602 -> 0.603 ms), 3.887 -> 3.870 at 64k. Both removed: cuDNN and the separate tail kernel stay.
 
 
 @torch.library.custom_op("sea::conv_relu", mutates_args=(),
@@ -174,36 +179,6 @@ def _conv_relu_fake(x, w, b, stride, padding):
     B, _, Hx, Wx = x.shape
     kh, kw = w.shape[2], w.shape[3]
     shape = (B, w.shape[0], (Hx + 2 * padding[0] - kh) // stride[0] + 1, (Wx + 2 * padding[1] - kw) // stride[1] + 1)
-    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-
-
-# The bidirectional decoder's three convolutions as kernels/sea_conv3x3.py's Triton implicit GEMM (bias and ReLU fused,
-# the weights packed once a call) in place of cuDNN ("cudnn": conv_relu above and F.conv2d): where conv_relu serves
-# (16-bit channels-last CUDA activations, no gradient). Values may differ from cuDNN's by one 16-bit step (another
-# summation order). An A/B switch, off: on an H200 at 8k the kernel took 68 / 69 / 51 us for conv1 / conv2 / conv3
-# against cuDNN's 54 / 53 / 54 (with its memset and weight casts), SEA's 8k kernels 0.605 -> 0.635 ms
-# (results/nvidia-h200/sea-conv3x3/call1/).
-CONV_BACKEND = "cudnn"
-# Bidirectional calls with pooled block scores on that fused path (conv_relu's conditions, PARITY_CONV3, BIDIR_TAIL)
-# run the last convolution and the tail's softmax and block sums as one kernel (kernels/sea_conv3x3.py,
-# conv_pooled_scores): the parity-form output never written. True / False / "auto" (on CUDA). Off: the same time at
-# 8k on an H200 (kernels 0.602 -> 0.603 ms), 3.887 -> 3.870 at 64k (results/nvidia-h200/sea-conv3x3/call3/).
-CONV_TAIL = False
-
-
-@torch.library.custom_op("sea::conv3x3", mutates_args=(),
-                         schema="(Tensor x, Tensor wp, Tensor? bias, int stride, bool relu) -> Tensor")
-def conv3x3_op(x, wp, bias, stride, relu):
-    """kernels/sea_conv3x3.py's conv3x3 (a custom op, so torch.compile keeps it as an external call)."""
-    from kernels.sea_conv3x3 import conv3x3
-
-    return conv3x3(x, wp, bias, stride=stride, relu=relu)
-
-
-@conv3x3_op.register_fake
-def _conv3x3_fake(x, wp, bias, stride, relu):
-    B, _, T, W = x.shape
-    shape = (B, wp.shape[2], (T - 1) // stride + 1 if T else 0, W)
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
 
 
@@ -237,7 +212,7 @@ class BidirectionalDecoder(nn.Module):
         self.conv2 = nn.Conv2d(c, c, 3, padding=1)
         self.conv3 = nn.Conv2d(c, H, 3, padding=1)
 
-    def forward(self, z, *, parity: bool | str = False):                # z [B, H, T, 2d]
+    def forward(self, z, *, parity: bool = False):                      # z [B, H, T, 2d]
         return self.body(self.head(z), parity=parity)
 
     def head(self, z):
@@ -261,36 +236,19 @@ class BidirectionalDecoder(nn.Module):
         odd = torch.stack([zero, w[:, :, 0] + w[:, :, 1], w[:, :, 2]], dim=2)
         return torch.cat([even, odd], dim=0), torch.cat([b, b])
 
-    def body(self, x, *, parity: bool | str = False):                   # x [B, 4H, T, K/2]
+    def body(self, x, *, parity: bool = False):                         # x [B, 4H, T, K/2]
         """The convolutions -> logits [B, H, T, K]; parity=True (needs PARITY_CONV3): the last convolution's output
         in its parity form [B, 2H, ceil(T/2), K/2] (see parity_weight), before the interleave and width resize, and
         without its bias (TAIL_BIAS_FREE): one constant per head, the same for a row's K logits, which their softmax
         does not see (what parity=True serves: kernels/sea_bidir_tail.py). Under inductor the bias would be a
-        separate pass over the output (0.012 ms at 8k on an H200). parity="packed": (conv2's output, the parity
-        weights packed for kernels/sea_conv3x3.py's conv_pooled_scores) where conv_relu serves, else (the parity=True
-        output, None)."""
+        separate pass over the output (0.012 ms at 8k on an H200)."""
         T = x.shape[2]
         last = channels_last(x)
-        if parity == "packed" and not (PARITY_CONV3 and uses_conv_relu(x, self.conv1, self.conv2)):
-            return self.body(x, parity=True), None
         if uses_conv_relu(x, self.conv1, self.conv2):                    # 16-bit, channels-last: fused ReLU
-            from kernels.sea_conv3x3 import pack_weight
-
             c1, c2 = self.conv1, self.conv2
-            if CONV_BACKEND == "triton":                                 # kernels/sea_conv3x3.py, packed weights
-                x = conv3x3_op(x, pack_weight(c1.weight, x.dtype), c1.bias.to(x.dtype), 2, True)
-                x = conv3x3_op(x, pack_weight(c2.weight, x.dtype), c2.bias.to(x.dtype), 1, True)
-            else:
-                cl = torch.channels_last                                 # cuDNN's layout for the weights too
-                x = conv_relu(x, c1.weight.to(x.dtype, memory_format=cl), c1.bias.to(x.dtype), [2, 1], [1, 1])
-                x = conv_relu(x, c2.weight.to(x.dtype, memory_format=cl), c2.bias.to(x.dtype), [1, 1], [1, 1])
-            if parity == "packed":                                       # conv3 + the tail: the caller's kernel
-                return x, pack_weight(self.parity_weight()[0], x.dtype)
-            if CONV_BACKEND == "triton" and PARITY_CONV3:
-                w, b = self.parity_weight()
-                bias = None if parity and TAIL_BIAS_FREE else b.to(x.dtype)
-                y = conv3x3_op(x, pack_weight(w, x.dtype), bias, 1, False)    # [B, 2H, ceil(T/2), K/2]
-                return y if parity else nearest_resize(interleave_parity(y, self.H), T, self.K)
+            cl = torch.channels_last                                     # cuDNN's layout for the weights too
+            x = conv_relu(x, c1.weight.to(x.dtype, memory_format=cl), c1.bias.to(x.dtype), [2, 1], [1, 1])
+            x = conv_relu(x, c2.weight.to(x.dtype, memory_format=cl), c2.bias.to(x.dtype), [1, 1], [1, 1])
         else:
             x = F.relu(self.conv1(x))                                   # [B, 4H, ceil(T/2), K/2]
             x = F.relu(self.conv2(x))
@@ -396,7 +354,6 @@ class Estimator(nn.Module):
             raise ValueError("performer_backend=fused is the causal Performer + encoder kernel "
                              "(kernels/sea_favor_encoder.py); this estimator is bidirectional")
         self.last_encoder = self.last_decoder = "not-run"
-        self.last_tail = "none"          # kernel: kernels/sea_bidir_tail.py; conv-fused: with the last convolution
         if compile not in COMPILE_MODES:
             raise ValueError(f"estimator compile {compile!r}: expected one of {COMPILE_MODES}")
         self.compile = compile
@@ -431,8 +388,7 @@ class Estimator(nn.Module):
             return self._autocast(self.dec.body, z, parity=parity)
         self.last_decoder = self.decoder_path(z)
         if parity:
-            return self.dec(z, parity=parity) if self.dec_dtype == "fp32" else self._autocast(self.dec, z,
-                                                                                                parity=parity)
+            return self.dec(z, parity=True) if self.dec_dtype == "fp32" else self._autocast(self.dec, z, parity=True)
         if self.last_decoder in ("triton", "split"):                     # forward-only kernels
             if self.last_decoder == "triton":                            # one fused kernel
                 from kernels.sea_decoder import decoder_forward
@@ -449,11 +405,11 @@ class Estimator(nn.Module):
             return self.dec(z)
         return self._autocast(self.dec, z)
 
-    def _autocast(self, module, x: torch.Tensor, *, parity: bool | str = False) -> torch.Tensor:
-        """module(x) under autocast to the estimator's 16-bit dtype, returned in fp32 (see decode); parity: what
-        module(x, parity=parity) returns, as autocast left it."""
+    def _autocast(self, module, x: torch.Tensor, *, parity: bool = False) -> torch.Tensor:
+        """module(x) under autocast to the estimator's 16-bit dtype, returned in fp32 (see decode); parity: the
+        parity-form output of module(x, parity=True) as autocast left it."""
         with torch.autocast(device_type=x.device.type, dtype=DEC_DTYPES[self.dec_dtype], cache_enabled=False):
-            return module(x, parity=parity) if parity else module(x).float()
+            return module(x, parity=True) if parity else module(x).float()
 
     def decoder_path(self, z: torch.Tensor) -> str:
         """'triton' (kernels/sea_decoder.py) or 'torch'. auto: the kernel for causal fp32 decoders on CUDA tensors
@@ -799,21 +755,10 @@ class Estimator(nn.Module):
             # does not reach the logits (the causal layer output reaches only the scalers: the selection is not
             # differentiable), 2.0 ms of convolution backward in SEA's 32k causal step on an H200.
             torch._dynamo.graph_break()
-        self.last_tail = "none"
         if pool and carry is None and self.uses_bidir_tail(z):           # the block sums in one kernel
             from kernels.sea_bidir_tail import pooled_scores
 
-            if CONV_TAIL is True or (CONV_TAIL == "auto" and z.is_cuda):
-                from kernels.sea_conv3x3 import conv_pooled_scores
-
-                y, wp = self.decode(z, headed=headed, parity="packed")   # conv2's output, conv3's packed weights
-                if wp is not None:                                       # conv3 and the tail in one kernel
-                    self.last_tail = "conv-fused"
-                    sums = torch.compiler.disable(conv_pooled_scores)(y, wp, heads=self.H, rows=pool)
-                    return None, sums, scales[..., 0:1], scales[..., 1:2], None
-            else:
-                y = self.decode(z, headed=headed, parity=True)           # [B, 2H, T/2, K/2]
-            self.last_tail = "kernel"
+            y = self.decode(z, headed=headed, parity=True)               # [B, 2H, T/2, K/2]
             sums = torch.compiler.disable(pooled_scores)(y, heads=self.H, rows=pool)
             return None, sums, scales[..., 0:1], scales[..., 1:2], None
         if carry is None:

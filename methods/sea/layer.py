@@ -288,7 +288,6 @@ class SEAAttention(AttentionModule):
                 f"{'/identity=kernel' if self.estimator.last_identity == 'kernel' else ''}, "
                 f"{'encoder=' + enc + ', ' if enc in ('triton', 'triton-head') else ''}"
                 f"{'decoder=' + dec + ', ' if dec in ('triton', 'split', 'head-fused') else ''}"
-                f"{'tail=conv-fused, ' if self.estimator.last_tail == 'conv-fused' else ''}"
                 f"{'' if self.estimator.compile == 'none' else 'compile=' + self.estimator.compile + ', '}"
                 f"{'' if self.estimator.precision == 'fp32' else 'estimator_precision=tf32, '}"
                 f"{'' if self.estimator.encoder_operands == 'fp32' else 'encoder_operands=bf16, '}"
