@@ -893,8 +893,22 @@ def favor_softmax_dense(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj:
         raise ValueError(f"favor_softmax_dense: out_dtype {out_dtype} must be torch.float32 or torch.bfloat16")
     st = key_summary(q, k, v, proj, valid=valid, operands=operands, feat_eps=feat_eps, precision=precision,
                      identity_cols=identity_cols, key_dash=key_dash)
+    return query_pass(st, st["q"], out_dtype=out_dtype, eps=eps, feat_eps=feat_eps, query_dash=query_dash)
+
+
+def query_pass(st: dict, q: torch.Tensor, *, out_dtype: torch.dtype = torch.float32, eps: float = 1e-6,
+               feat_eps: float = 1e-4, query_dash: str | None = None) -> torch.Tensor:
+    """The query pass of favor_softmax_dense on the summary `st` of key_summary: q [B, H, Tq, d], any rows of the
+    queries the summary was made with (a row's output depends on its query and the keys' summary only, so a slice
+    of rows gives those rows of the whole call's output, bit for bit) -> [B, H, Tq, Dv] in out_dtype."""
+    if out_dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"favor_dense query pass: out_dtype {out_dtype} must be torch.float32 or torch.bfloat16")
+    if q.dim() != 4 or q.shape[:2] != st["q"].shape[:2] or q.shape[3] != st["q"].shape[3] or q.dtype != st["q"].dtype:
+        raise ValueError(f"favor_dense query pass: q {tuple(q.shape)} {q.dtype} is not rows of the summary's "
+                         f"queries {tuple(st['q'].shape)} {st['q'].dtype}")
+    q = _unit_last(q)
     B, H, T, _ = q.shape
-    q, Dv = st["q"], st["Dv"]
+    Dv = st["Dv"]
     out = _fresh((B, H, T, Dv), out_dtype, q.device)
     q_off = _query_offset() == "norm"
     _query_kernel[(triton.cdiv(T, QUERY_BLOCK_T), B * H)](

@@ -475,13 +475,20 @@ def test_layer_with_gradients_runs_the_row_lists():
 def test_options_are_checked():
     from methods.base import MethodConfigError
 
-    for opts, match in ((dict(shared_keys=24), "power of two"), (dict(shared_keys=32, query_chunk=16), "query_chunk"),
+    for opts, match in ((dict(shared_keys=24), "power of two"),
                         (dict(shared_keys=32, shared_budget=0), "shared_budget")):
         with pytest.raises(MethodConfigError, match=match):
             M, cfg, _ = sea_case(1, 4, 4, 64, 16, **opts)
             M.validate_config(cfg)
     M, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=False, shared_keys=32)      # per_batch: served
     assert M.extra_reasons(problem, cfg) == []
+    # query blocks with shared keys: the bidirectional estimator in blocks of rows; causal calls refuse them
+    M, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=False, shared_keys=32, query_chunk=16)
+    assert M.extra_reasons(problem, cfg) == []
+    M, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=True, shared_keys=32, query_chunk=16)
+    assert any("query_chunk / query_blocks" in r for r in M.extra_reasons(problem, cfg))
+    with pytest.raises(ValueError, match="query blocks"):
+        M.build(cfg, problem)
     for causal, mode in ((False, "per_query"), (True, "per_batch")):
         M, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=causal, shared_keys=32, mode=mode)
         assert any("shared_keys" in r for r in M.extra_reasons(problem, cfg))

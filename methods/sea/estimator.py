@@ -70,6 +70,13 @@ FP16_DASH_WITH_IDENTITY = (
     "performer_dash=fp16 with identity_values=kernel: the fused Performer with both (and encoder_operands=bf16) hit "
     "an illegal memory access at T=65536 on an H200, where each option alone ran "
     "(results/nvidia-h200/sea-bf16-encoder/call7/); refused until isolated: take one of the two")
+# Rows on each side of a block of query rows that Estimator._forward_rows computes and drops. The bidirectional
+# decoder's convolutions (conv1 3x3 stride 2 over time, conv2 and the parity-form conv3 3x3 at half resolution, all
+# with zero padding 1) see a window's edge as padding where the sequence goes on: at its start conv1's first half
+# row reads a padding row, so conv2's first two and conv3's first three half rows differ from the whole call's (6
+# rows); at its end (an even number of rows) conv1 reads no padding, conv2's last half row and conv3's last two do
+# (4 rows). Even, so that the window's half rows are the whole call's.
+ROW_HALO = 6
 RECOMPILE_LIMIT = 64             # each estimator instance and shape is one more compiled entry of forward()
 
 
@@ -236,7 +243,20 @@ class BidirectionalDecoder(nn.Module):
         odd = torch.stack([zero, w[:, :, 0] + w[:, :, 1], w[:, :, 2]], dim=2)
         return torch.cat([even, odd], dim=0), torch.cat([b, b])
 
-    def body(self, x, *, parity: bool = False):                         # x [B, 4H, T, K/2]
+    def body_weights(self, x: torch.Tensor) -> dict:
+        """The convolutions' weights as body(x) applies them to tensors like x (x's dtype, which under autocast is
+        the dtype autocast would cast them to; channels-last where conv_relu takes them; conv3 in its parity form
+        under PARITY_CONV3), made once for a caller that runs body on many blocks of rows (body(weights=...)): the
+        same values as body's own casts, without their launches in every block."""
+        dt = x.dtype
+        fmt = torch.channels_last if uses_conv_relu(x, self.conv1, self.conv2) else torch.contiguous_format
+        out = {name: (conv.weight.to(dt, memory_format=fmt), conv.bias.to(dt))
+               for name, conv in (("conv1", self.conv1), ("conv2", self.conv2))}
+        w, b = self.parity_weight() if PARITY_CONV3 else (self.conv3.weight, self.conv3.bias)
+        out["conv3"] = (w.to(dt), b.to(dt))
+        return out
+
+    def body(self, x, *, parity: bool = False, weights: dict | None = None):   # x [B, 4H, T, K/2]
         """The convolutions -> logits [B, H, T, K]; parity=True (needs PARITY_CONV3): the last convolution's output
         in its parity form [B, 2H, ceil(T/2), K/2] (see parity_weight), before the interleave and width resize, and
         without its bias (TAIL_BIAS_FREE): one constant per head, the same for a row's K logits, which their softmax
@@ -244,19 +264,24 @@ class BidirectionalDecoder(nn.Module):
         separate pass over the output (0.012 ms at 8k on an H200)."""
         T = x.shape[2]
         last = channels_last(x)
-        if uses_conv_relu(x, self.conv1, self.conv2):                    # 16-bit, channels-last: fused ReLU
-            c1, c2 = self.conv1, self.conv2
-            cl = torch.channels_last                                     # cuDNN's layout for the weights too
-            x = conv_relu(x, c1.weight.to(x.dtype, memory_format=cl), c1.bias.to(x.dtype), [2, 1], [1, 1])
-            x = conv_relu(x, c2.weight.to(x.dtype, memory_format=cl), c2.bias.to(x.dtype), [1, 1], [1, 1])
-        else:
+        # weights: as cast for x by body_weights (made once by a caller running many blocks of rows, or here for
+        # cuDNN's fused ReLU); None: the modules themselves (their hooks run), autocast casting their weights
+        fused = uses_conv_relu(x, self.conv1, self.conv2)
+        wts = self.body_weights(x) if weights is None and fused else weights
+        if wts is None:
             x = F.relu(self.conv1(x))                                   # [B, 4H, ceil(T/2), K/2]
             x = F.relu(self.conv2(x))
+            w3, b3 = self.parity_weight() if PARITY_CONV3 else (None, None)
+        else:
+            (w1, b1), (w2, b2), (w3, b3) = wts["conv1"], wts["conv2"], wts["conv3"]
+            if fused:                                                    # 16-bit, channels-last: fused ReLU
+                x = conv_relu(conv_relu(x, w1, b1, [2, 1], [1, 1]), w2, b2, [1, 1], [1, 1])
+            else:
+                x = F.relu(F.conv2d(F.relu(F.conv2d(x, w1, b1, stride=(2, 1), padding=1)), w2, b2, padding=1))
         if PARITY_CONV3:                                                 # no upsampled [B, 4H, T, K/2] tensor
-            w, b = self.parity_weight()
             if parity:                                                   # softmax-invariant bias left out
-                return F.conv2d(x, w, None if TAIL_BIAS_FREE else b, padding=1)   # [B, 2H, ceil(T/2), K/2]
-            y = interleave_parity(F.conv2d(x, w, b, padding=1), self.H)  # [B, H, 2 ceil(T/2), K/2]
+                return F.conv2d(x, w3, None if TAIL_BIAS_FREE else b3, padding=1)   # [B, 2H, ceil(T/2), K/2]
+            y = interleave_parity(F.conv2d(x, w3, b3, padding=1), self.H)  # [B, H, 2 ceil(T/2), K/2]
             return nearest_resize(y, T, self.K)                          # [B, H, T, K]
         if parity:
             raise ValueError("BidirectionalDecoder.body(parity=True) needs PARITY_CONV3")
@@ -264,7 +289,7 @@ class BidirectionalDecoder(nn.Module):
             x = x.permute(0, 2, 3, 1).repeat_interleave(2, dim=1).permute(0, 3, 1, 2)
         else:
             x = x.repeat_interleave(2, dim=2)                           # [B, 4H, 2ceil(T/2), K/2]: nearest x2
-        x = self.conv3(x)                                               # [B, H, ., K/2]
+        x = self.conv3(x) if wts is None else F.conv2d(x, w3, b3, padding=1)   # [B, H, ., K/2]
         return nearest_resize(x, T, self.K)                             # [B, H, T, K]
 
 
@@ -359,6 +384,7 @@ class Estimator(nn.Module):
         self.compile = compile
         self._compiled = None                                            # built on first use (not in state_dict)
         self.last_performer = "not-run"
+        self.last_rows = "off"                                           # forward's rows: what ran (impl)
         self.kernel = "relu" if causal else "softmax"
         m = max(1, int(d * math.log(d) / nbf)) if d > 1 else 1
         gen = torch.Generator().manual_seed(seed)
@@ -405,11 +431,11 @@ class Estimator(nn.Module):
             return self.dec(z)
         return self._autocast(self.dec, z)
 
-    def _autocast(self, module, x: torch.Tensor, *, parity: bool = False) -> torch.Tensor:
-        """module(x) under autocast to the estimator's 16-bit dtype, returned in fp32 (see decode); parity: the
-        parity-form output of module(x, parity=True) as autocast left it."""
+    def _autocast(self, module, x: torch.Tensor, *, parity: bool = False, **kw) -> torch.Tensor:
+        """module(x, **kw) under autocast to the estimator's 16-bit dtype, returned in fp32 (see decode); parity:
+        the parity-form output of module(x, parity=True, **kw) as autocast left it."""
         with torch.autocast(device_type=x.device.type, dtype=DEC_DTYPES[self.dec_dtype], cache_enabled=False):
-            return module(x, parity=True) if parity else module(x).float()
+            return module(x, parity=True, **kw) if parity else module(x, **kw).float()
 
     def decoder_path(self, z: torch.Tensor) -> str:
         """'triton' (kernels/sea_decoder.py) or 'torch'. auto: the kernel for causal fp32 decoders on CUDA tensors
@@ -619,7 +645,7 @@ class Estimator(nn.Module):
                           precision=PRECISIONS[self.precision], head=head)
         return (out[0], out[1], out[2]) if want_state else (out[0], out[1], None)
 
-    def forward(self, q, k, v, *, valid: torch.Tensor | None, probs: bool = False, pool: int = 0):
+    def forward(self, q, k, v, *, valid: torch.Tensor | None, probs: bool = False, pool: int = 0, rows: int = 0):
         """q, k, v [B, H, T, d] (any float dtype) -> logits [B, H, T, K], s_prob, s_mix [B, H, T, 1] (fp32).
         probs: (logits, softmax(logits) over K, s_prob, s_mix), the softmax computed with the decoder (under
         compile="estimator" inside its compiled graph, where it fuses with the decoder's last LayerNorm).
@@ -629,8 +655,18 @@ class Estimator(nn.Module):
         kernels that recompute it, results/nvidia-h200/sea-fewer-launches/): what a shared selection ranks.
         compile="estimator": the tensor operations (casts, features, encoder, decoder, scaler) run through
         torch.compile; the Triton kernels (Performer, fused encoder) are called as they are, between the compiled
-        pieces (kernels/ calls are wrapped in torch.compiler.disable in favor.py / fused_encoder)."""
+        pieces (kernels/ calls are wrapped in torch.compiler.disable in favor.py / fused_encoder).
+        rows > 0 (with pool): the block sums computed in blocks of `rows` query rows where rows_refusal allows
+        (_forward_rows: nothing of size [T, .] beyond the sums and scalers is held); last_rows says what ran."""
         B, H, T, d = q.shape
+        if rows:
+            why = self.rows_refusal(q, k, v, valid=valid, pool=pool, rows=rows)
+            self.last_rows = f"whole ({why})" if why else f"{-(-T // rows)} x {rows} rows"
+            if why is None:
+                with torch_precision(self.precision):
+                    return self._forward_rows(q, k, v, pool=pool, rows=rows)
+        else:
+            self.last_rows = "off"
         if self.causal:
             if T > self.v_id.shape[0]:
                 raise ValueError(f"sequence length {T} exceeds sea max_len={self.v_id.shape[0]}")
@@ -643,6 +679,84 @@ class Estimator(nn.Module):
             raise ValueError(f"estimator pool={pool}: block sums need probs=True and a block size dividing T={T}")
         logits, a_hat, s_prob, s_mix, _ = self._run(q, k, v, vi, valid, None, probs, pool)
         return (logits, a_hat, s_prob, s_mix) if probs else (logits, s_prob, s_mix)
+
+    def rows_refusal(self, q, k, v, *, valid, pool: int, rows: int) -> str | None:
+        """Why forward(pool=R, rows=n) runs over the whole sequence rather than in blocks of n query rows (None: in
+        blocks). The blocks serve the bidirectional estimate's block sums (what a shared selection ranks) without
+        a padding mask or a gradient, on the fused Performer kernel, whose key summary is made once for all
+        blocks (methods/sea/favor.py favor_rows)."""
+        T = q.shape[2]
+        if self.causal:
+            return "causal estimator"
+        if not pool:
+            return "no block sums"
+        if valid is not None:
+            return "padding mask"
+        if needs_grad(q, k, v, *self.parameters()):
+            return "gradient needed"
+        if rows < 1 or rows % pool or rows % 2:
+            raise ValueError(f"estimator rows={rows}: a positive multiple of the block size {pool} (and even)")
+        if rows >= T:
+            return f"one block: {rows} rows >= T={T}"
+        path = performer_backend(q, False, self.performer_backend, False, padded=False)
+        if path != "triton-dense":
+            return f"Performer path {path} (blocks need the fused kernel's key summary)"
+        return None
+
+    def _forward_rows(self, q, k, v, *, pool: int, rows: int):
+        """forward(probs=True, pool=R) of a bidirectional call without a padding mask, in blocks of `rows` query
+        rows (see rows_refusal): the Performer's key pass once (favor_rows), then per block its query pass, the
+        encoder and scaler head, the decoder and the block sums on the block's rows plus ROW_HALO rows on each
+        side inside the sequence, whose convolution outputs are dropped (ROW_HALO: why they suffice); the sums and
+        scalers go into [B, H, T / R, K] and [B, H, T, 2] tensors made up front. The same values as the whole call
+        up to the convolutions' summation order on blocks of another length (cuDNN may pick another algorithm).
+        Memory beyond q, k, v: the values [identity ; v] of the Performer where identity_values=concat makes them
+        ([B, H, T, 2d]; identity_values=kernel makes none), and O(rows) for the rest. Runs eagerly under
+        compile="estimator" (the blocks' work is kernels: the Triton passes and cuDNN's convolutions)."""
+        from methods.sea.favor import favor_rows
+
+        B, H, T, d = q.shape
+        ident = d if self.identity_in_kernel(q, k, v, None) else 0
+        vi = None if ident else identity_rows(T, d, q.device)[None, None].expand(B, H, T, d)
+        self.last_performer = "triton-dense"
+        vals = self._performer_values(v, vi, ident)
+        dash = self.dash_of(self.last_performer)
+        self.last_dash, self.last_identity = dash or "default", "kernel" if ident else "concat"
+        rows_of = favor_rows(q, k, vals, self.proj, kernel=self.kernel, backend=self.performer_backend,
+                             operands=self.performer_dtype, precision=PRECISIONS[self.precision],
+                             out_dtype=self.c_dtype, identity_cols=ident, dash=dash)
+        del vals
+        sums = torch.empty(B, H, T // pool, self.K, dtype=torch.float32, device=q.device)
+        scales = torch.empty(B, H, T, 2, dtype=torch.float32, device=q.device)
+        weights = None                                                   # the decoder body's, made once
+        for a in range(0, T, rows):
+            b = min(a + rows, T)
+            lo, hi = max(a - ROW_HALO, 0), min(b + ROW_HALO, T)
+            i0, i1 = a - lo, b - lo                                      # the block's rows in the window
+            c = rows_of(lo, hi)                                          # [B, H, hi - lo, 2d]
+            x, sc, headed = self._encoded(c, v[:, :, lo:hi])
+            del c
+            if headed:                                                   # the decoder's body on the head output
+                weights = self.dec.body_weights(x) if weights is None else weights
+                self.last_decoder = "head-fused"
+
+                def decode(parity, x=x):
+                    return self._autocast(self.dec.body, x, parity=parity, weights=weights)
+            else:
+                def decode(parity, x=x):
+                    return self.decode(x, parity=parity)
+            if self.uses_bidir_tail(x):                                  # parity rows: i0, i1 are even
+                from kernels.sea_bidir_tail import pooled_scores
+
+                y = decode(True)[:, :, i0 // 2:i1 // 2]
+                sums[:, :, a // pool:b // pool] = torch.compiler.disable(pooled_scores)(y, heads=H, rows=pool)
+            else:
+                y = torch.softmax(decode(False)[:, :, i0:i1], dim=-1)    # [B, H, b - a, K]
+                sums[:, :, a // pool:b // pool] = y.reshape(B, H, (b - a) // pool, pool, self.K).sum(
+                    3, dtype=torch.float32)
+            scales[:, :, a:b] = sc[:, :, i0:i1]
+            del x, sc, y, decode
+        return None, sums, scales[..., 0:1], scales[..., 1:2]
 
     def forward_block(self, q, k, v, *, row0: int, carry: dict | None, probs: bool = False):
         """Causal, no padding, no gradient: the estimate for query rows row0 .. row0 + Tc - 1 of a longer sequence,
@@ -706,9 +820,7 @@ class Estimator(nn.Module):
                                                 needs_grad(q, k, v, *(() if vi is None else (vi,))),
                                                 padded=valid is not None)
         # [B, H, T, 2d] fp32; with ident, v alone (the kernel makes the identity columns in front of it)
-        vals = v if ident else torch.cat([vi, v.float()], dim=-1)
-        if VALS_BF16 and not self.causal and self.performer_dtype == "bf16" and not needs_grad(vals):
-            vals = vals.to(torch.bfloat16)                                   # one fused cast under compile
+        vals = self._performer_values(v, vi, ident)
         if carry is None:                                                # [B, H, T, 2d] fp32 (bf16) out
             dash = self.dash_of(self.last_performer)
             self.last_dash, self.last_identity = dash or "default", "kernel" if ident else "concat"
@@ -721,12 +833,26 @@ class Estimator(nn.Module):
                                                backend=self.performer_backend, operands=self.performer_dtype)
         return self._encode(c_perf, v, carry, None if carry is None else state, probs, pool)
 
+    def _performer_values(self, v, vi, ident: int) -> torch.Tensor:
+        """The Performer's values: v alone where the kernel makes the ident identity columns, else [vi ; v] (in
+        bf16 under VALS_BF16 for a bidirectional bf16 Performer without a gradient)."""
+        vals = v if ident else torch.cat([vi, v.float()], dim=-1)
+        if VALS_BF16 and not self.causal and self.performer_dtype == "bf16" and not needs_grad(vals):
+            vals = vals.to(torch.bfloat16)                                   # one fused cast under compile
+        return vals
+
     def _encode(self, c_perf, v, carry, state, probs: bool, pool: int):
         """The encoder and scaler head on the Performer's output, then _finish."""
+        z, scales, headed = self._encoded(c_perf, v, carry)
+        return self._finish(z, scales, carry, state, headed=headed, probs=probs, pool=pool)
+
+    def _encoded(self, c_perf, v, carry=None):
+        """The encoder and scaler head on the Performer's output: (z [B, H, T, 2d] or, headed, the decoder head's
+        output [B, 4H, T, K/2] (kernels/sea_bidir_head.py), scales [B, H, T, 2], headed)."""
         self.last_encoder = self.encoder_path(c_perf, v)
         if self.last_encoder == "triton" and carry is None and self.uses_bidir_head(c_perf, v):
             x, scales = self.bidir_head(c_perf, v)                       # [B, 4H, T, K/2] bf16, [B, H, T, 2]
-            return self._finish(x, scales, carry, state, headed=True, probs=probs, pool=pool)
+            return x, scales, True
         if self.last_encoder == "triton" and self.encoder_operands == "fp32":
             z, scales = self.fused_encoder(c_perf, v)                    # [B, H, T, 2d], [B, H, T, 2]
         else:
@@ -742,7 +868,7 @@ class Estimator(nn.Module):
             # scaler head only; the encoder and decoder then learn from the estimate's own terms
             zin = z.detach() if self.scaler_input == "detached" else z
             scales = torch.sigmoid(linear(zin, self.scaler.weight, self.scaler.bias))   # [B, H, T, 2]
-        return self._finish(z, scales, carry, state, probs=probs, pool=pool)
+        return z, scales, False
 
     def _finish(self, z, scales, carry, state, *, headed: bool = False, probs: bool = False, pool: int = 0):
         """The decoder on the encoder output z [B, H, T, 2d] (headed: on the decoder head's output, see decode):

@@ -199,6 +199,31 @@ def favor_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: tor
                         operands=operands, precision=precision).to(out_dtype)
 
 
+def favor_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj: torch.Tensor, *, kernel: str,
+               backend: str = "auto", eps: float = 1e-6, operands: str = "fp32", precision: str | None = None,
+               out_dtype: torch.dtype = torch.float32, identity_cols: int = 0, dash: str | None = None):
+    """favor_attention (bidirectional, no padding mask, same arguments) in two parts, for callers that want its
+    output a block of query rows at a time: the key pass runs here once, and the returned function rows(lo, hi) gives
+    the output rows lo .. hi - 1 of the whole call (the query pass on those rows: bit for bit the whole call's rows,
+    kernels/favor_dense.py query_pass), so the [B, H, T, Dv] output is never held whole. The fused kernel's path
+    only (triton-dense); None where favor_attention would take another path (the caller then runs it whole)."""
+    if operands not in ("fp32", "bf16") or out_dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"performer operands {operands!r} (fp32 or bf16), output dtype {out_dtype} (float32 or "
+                         "bfloat16)")
+    if performer_backend(q, False, backend, needs_grad(q, k, v, proj)) != "triton-dense" or kernel != "softmax":
+        return None
+    from kernels.favor_dense import key_summary, query_pass
+
+    st = torch.compiler.disable(key_summary)(q, k, v, proj.float(), operands=operands, precision=precision,
+                                             identity_cols=identity_cols, key_dash=dash)
+
+    def rows(lo: int, hi: int) -> torch.Tensor:
+        return torch.compiler.disable(query_pass)(st, st["q"][:, :, lo:hi], out_dtype=out_dtype, eps=eps,
+                                                  query_dash=dash)
+
+    return rows
+
+
 def _favor_torch(q, k, v, proj, *, kernel, causal, valid, chunk, path, eps, operands, precision) -> torch.Tensor:
     """favor_attention's paths other than the fused bidirectional kernel (fp32 output)."""
     tf32 = precision == "tf32" and sea_precision.TF32_BACKWARD and needs_grad(q, k, v, proj)

@@ -189,8 +189,9 @@ class SEAAttention(AttentionModule):
         if shared_keys and mode not in (SHARED_MODES if causal else BIDIRECTIONAL_MODES):
             raise ValueError(f"shared_keys: causal layers take a per-row top-k mode {SHARED_MODES}, bidirectional "
                              f"ones {BIDIRECTIONAL_MODES}; causal={causal}, mode={mode}")
-        if shared_keys and (query_chunk or query_blocks):
-            raise ValueError("shared_keys runs over the whole sequence; it does not combine with query blocks")
+        if shared_keys and (query_chunk or query_blocks) and causal:
+            raise ValueError("causal shared_keys runs over the whole sequence; it does not combine with query blocks "
+                             "(bidirectional layers take them: the estimator in blocks of rows)")
         if not shared_budget > 0:
             raise ValueError(f"shared_budget={shared_budget}: must be > 0")
         if shared_span not in SPANS or (shared_span != "strided" and not shared_keys):
@@ -346,7 +347,8 @@ class SEAAttention(AttentionModule):
 
     def stage_estimator(self, q, kr, vr, *, causal, valid, scale, pool: int = 0):
         """1-2. A_hat [B, H, T, K] (float32), its logits, and the scalers s_prob, s_mix [B, H, T, 1]. pool = R
-        (pooled_scores): (None, A_hat's sums over each block of R rows [B, H, T / R, K], s_prob, s_mix)."""
+        (pooled_scores): (None, A_hat's sums over each block of R rows [B, H, T / R, K], s_prob, s_mix), in blocks
+        of estimator_rows query rows where that is set (last_blocks says what ran)."""
         B, H, T, _ = q.shape
         forced = self.force_s_prob >= 0 and self.force_s_mix >= 0
         if pool and (self.oracle or causal):
@@ -355,7 +357,10 @@ class SEAAttention(AttentionModule):
             logits = s_prob = s_mix = None
         else:
             # [B, H, T, K] x2, [B, H, T, 1] x2: A_hat by the estimator (in its compiled graph when it has one)
-            logits, a_hat, s_prob, s_mix = self.estimator(q, kr, vr, valid=valid, probs=True, pool=pool)
+            rows = self.estimator_rows(q) if pool else 0
+            logits, a_hat, s_prob, s_mix = self.estimator(q, kr, vr, valid=valid, probs=True, pool=pool, rows=rows)
+            if self.estimator_rows(q):
+                self.last_blocks = f"estimator {self.estimator.last_rows if rows else 'whole (no block sums)'}"
         if self.oracle:
             from methods.exact import softmax_attention_probs
             exact = softmax_attention_probs(q.float(), kr.float(), causal=causal, scale=scale,
@@ -631,6 +636,8 @@ class SEAAttention(AttentionModule):
         two passes, an exact threshold from histograms); everything else runs whole, and the impl string says why."""
         if self.query_chunk == self.query_blocks == 0:
             return "off"
+        if self.shared_keys:                         # bidirectional: the estimator in blocks (estimator_rows)
+            return "estimator"
         if not causal:
             from methods.sea.bidir_blocks import bidirectional_block_reason
 
@@ -639,6 +646,17 @@ class SEAAttention(AttentionModule):
             why = self.blocks_refusal(q, k, v, key_padding_mask=key_padding_mask,
                                       modes=("per_query", "causal_per_batch"))
         return None if why is None else f"whole ({why})"
+
+    def estimator_rows(self, q) -> int:
+        """Rows per block of the estimator (Estimator.forward's rows) in a bidirectional shared-key call with query
+        blocks: query_chunk, or ceil(T / query_blocks), rounded up to a multiple of shared_keys; 0 elsewhere. The
+        estimate's block sums (what the shared selection ranks) are all the estimator hands on, so the selection,
+        the sparse attention and the mix run over the whole sequence unchanged, with no [T, K]-sized tensor: the
+        memory of query blocks at the cost of the blocks' extra launches."""
+        if not (self.shared_keys and (self.query_chunk or self.query_blocks)) or self.causal:
+            return 0
+        rows = self.query_chunk or -(-q.shape[2] // self.query_blocks)
+        return -(-rows // self.shared_keys) * self.shared_keys
 
     def blocks_refusal(self, q, k, v, *, key_padding_mask, modes: tuple) -> str | None:
         """What keeps a call out of query blocks in either direction (None: nothing): a padding mask, a needed
