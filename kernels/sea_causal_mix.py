@@ -185,13 +185,15 @@ def _result(out, c_avg, v_sum, want_c_avg, want_v_sum):
 
 
 def causal_mix(c, v, s_prob, s_mix, *, out_dtype, row0: int = 0, v_sum0=None, want_c_avg: bool = False,
-               want_v_sum: bool = False):
+               want_v_sum: bool = False, out=None):
     """SEA's causal mix (module docstring): out [B, H, T, D] in out_dtype =
     (1 - s_mix) * cumulative_mean(v) + s_mix * s_prob * c, the rows being positions row0 .. row0 + T - 1 and v_sum0
     (fp32 [B, H, D], None = zeros) the column sum of v over the rows before row0.
     Returns out when neither want flag is set, else the tuple (out, c_avg or None, v_sum or None) with
     c_avg fp32 [B, H, T, D] (want_c_avg) and v_sum = v_sum0 + sum_t v[t], fp32 [B, H, D] (want_v_sum; pass it as the
-    next block's v_sum0). Forward only."""
+    next block's v_sum0). out: a [B, H, T, D] tensor in out_dtype to write into, c itself included (each value of c
+    is read by the program that writes the same position of out, before it writes it: no other program reads it),
+    so the mix needs no second [B, H, T, D] tensor. Forward only."""
     if triton is None:
         raise RuntimeError("causal_mix: triton is not installed")
     grads = (c, v, s_prob, s_mix) + (() if v_sum0 is None else (v_sum0,))
@@ -207,7 +209,11 @@ def causal_mix(c, v, s_prob, s_mix, *, out_dtype, row0: int = 0, v_sum0=None, wa
             raise ValueError(f"causal_mix: {name}={val} must be a power of two")
     B, H, T, D = c.shape
     dev = c.device
-    out = fresh((B, H, T, D), out_dtype, dev, poison=POISON_OUTPUTS)
+    if out is None:
+        out = fresh((B, H, T, D), out_dtype, dev, poison=POISON_OUTPUTS)
+    elif not isinstance(out, torch.Tensor) or tuple(out.shape) != (B, H, T, D) or out.dtype != out_dtype \
+            or out.device != dev:
+        raise ValueError(f"causal_mix: out must be a {out_dtype} tensor [B, H, T, D] = {(B, H, T, D)} on {dev}")
     c_avg = fresh((B, H, T, D), torch.float32, dev, poison=POISON_OUTPUTS) if want_c_avg else None
     if B * H * T * D == 0:
         v_sum = (v_sum0.clone() if v_sum0 is not None else torch.zeros(B, H, D, device=dev)) if want_v_sum else None

@@ -133,3 +133,92 @@ def test_estimator_rows_on_cuda_at_sea_widths():
     assert est.last_rows == "8 x 1024 rows" and est.last_encoder == "triton-head"
     assert torch.equal(sp_r, sp) and torch.equal(sm_r, sm)
     assert _max_rel(sums, whole) < 1e-2
+
+
+def test_estimator_rows_stay_within_cudnn_offsets(monkeypatch):
+    """Blocks whose decoder input (with its halo) would pass CONV_MAX_ELEMENTS are cut to fit (a multiple of the
+    block size), and the sums stay the whole call's."""
+    layer = _layer(monkeypatch, True)
+    est = layer.estimator
+    q, k, v = gaussian_qkv(1, 4, 4, 128, 16, seed=9, dtype=torch.bfloat16)
+    with torch.no_grad():
+        _, whole, _, _ = est(q, k, v, valid=None, probs=True, pool=16)
+        monkeypatch.setattr(est_mod, "CONV_MAX_ELEMENTS", 4 * 4 * 8 * (32 + 2 * est_mod.ROW_HALO + 5))
+        _, sums, _, _ = est(q, k, v, valid=None, probs=True, pool=16, rows=64)
+        assert est.last_rows == "4 x 32 rows"
+        assert _max_rel(sums, whole) < 1e-4
+        monkeypatch.setattr(est_mod, "CONV_MAX_ELEMENTS", 4 * 4 * 8 * 20)
+        with pytest.raises(ValueError, match="32-bit offsets"):
+            est(q, k, v, valid=None, probs=True, pool=16, rows=64)
+
+
+# --- causal: the estimator's block form feeding the shared selection -----------------------------------------------
+@pytest.mark.parametrize("pool", ["rebin", "sum"])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_block_scores_rows_are_rows_of_the_whole_block_scores(pool, backend):
+    from methods.sea.shared import block_scores, block_scores_rows
+
+    T, R, K = 150, 16, 16                                                 # the last block short
+    a = torch.rand(1, 3, T, K, generator=torch.Generator().manual_seed(2))
+    whole = block_scores(a, R, pool=pool, backend=backend)
+    for s, e in ((0, 48), (48, 96), (96, 150), (0, 150)):
+        part = block_scores_rows(a[:, :, s:e], R, T=T, row0=s, pool=pool, backend=backend)
+        torch.testing.assert_close(part, whole[:, :, s // R:-(-e // R)], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="start a block"):
+        block_scores_rows(a[:, :, 8:40], R, T=T, row0=8, pool=pool, backend=backend)
+
+
+def test_causal_mix_writes_into_c():
+    from kernels.sea_causal_mix import causal_mix
+
+    g = torch.Generator().manual_seed(4)
+    c, v = (torch.randn(1, 2, 40, 16, generator=g).to(torch.bfloat16) for _ in range(2))
+    sp, sm = (torch.rand(1, 2, 40, 1, generator=g) for _ in range(2))
+    ref = causal_mix(c, v, sp, sm, out_dtype=torch.bfloat16)
+    cc = c.clone()
+    out = causal_mix(cc, v, sp, sm, out_dtype=torch.bfloat16, out=cc)
+    assert out.data_ptr() == cc.data_ptr() and torch.equal(out, ref)
+    with pytest.raises(ValueError, match="out must be"):
+        causal_mix(c, v, sp, sm, out_dtype=torch.float32, out=c)
+
+
+def test_causal_layer_with_estimator_blocks_selects_as_the_whole_call():
+    """Causal shared keys with query blocks: the estimator's block form (Performer state and decoder rows carried)
+    and block-by-block scores give the whole call's selection and output (up to summation order), and impl names
+    the blocks."""
+    torch.manual_seed(0)
+    M, cfg, problem = sea_case(1, 4, 4, 160, 16, causal=True, K=16, shared_keys=16, query_blocks=3)
+    blocked = M.build(cfg, problem)
+    M, cfg, problem = sea_case(1, 4, 4, 160, 16, causal=True, K=16, shared_keys=16)
+    whole = M.build(cfg, problem)
+    q, k, v = gaussian_qkv(1, 4, 4, 160, 16, seed=10)
+    with torch.no_grad():
+        out_b = blocked(q, k, v, causal=True)
+        out_w = whole(q, k, v, causal=True)
+    assert "query_blocks=estimator 3 x 64 rows" in blocked.impl, blocked.impl
+    assert blocked.last_aux["a_hat"] is None and blocked.last_aux["block_scores"].shape == (1, 4, 10, 16)
+    assert torch.equal(blocked.last_aux["mask"], whole.last_aux["mask"])
+    torch.testing.assert_close(out_b, out_w, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():                                                # with a padding mask: whole, said so
+        blocked(q, k, v, causal=True, key_padding_mask=torch.ones(1, 160, dtype=torch.bool))
+    assert "query_blocks=estimator whole (padding mask)" in blocked.impl, blocked.impl
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
+def test_causal_key_blocks_with_estimator_blocks_on_cuda():
+    """SEA's causal latency configuration (64-row key blocks on FlexAttention, fast options) with query_blocks=8 at
+    8k on the card: the whole call's selection, and its output within bf16 rounding."""
+    opts = dict(k=0, K=0, performer_dtype="bf16", estimator_precision="tf32", estimator_dtype="bf16",
+                compile="estimator", sparse_pieces=1, shared_keys=64, shared_span="blocks", max_len=8192)
+    layers = {}
+    for qb in (0, 8):
+        M, cfg, problem = sea_case(1, 16, 16, 8192, 64, causal=True, query_blocks=qb, **opts)
+        layers[qb] = M.build(cfg, dataclasses.replace(problem, device="cuda", dtype="bf16"))
+    q, k, v = (t.cuda() for t in gaussian_qkv(1, 16, 16, 8192, 64, seed=11, dtype=torch.bfloat16))
+    with torch.no_grad():
+        outs = {qb: layer(q, k, v, causal=True) for qb, layer in layers.items()}
+    assert "query_blocks=estimator 8 x 1024 rows" in layers[8].impl and "sparse=flex" in layers[8].impl
+    same = (layers[8].last_aux["mask"] == layers[0].last_aux["mask"]).float().mean().item()
+    assert same > 0.999, same                                            # near-ties may flip a cell or two
+    torch.testing.assert_close(outs[8].float(), outs[0].float(), atol=3e-2, rtol=3e-2)

@@ -482,13 +482,11 @@ def test_options_are_checked():
             M.validate_config(cfg)
     M, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=False, shared_keys=32)      # per_batch: served
     assert M.extra_reasons(problem, cfg) == []
-    # query blocks with shared keys: the bidirectional estimator in blocks of rows; causal calls refuse them
-    M, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=False, shared_keys=32, query_chunk=16)
-    assert M.extra_reasons(problem, cfg) == []
-    M, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=True, shared_keys=32, query_chunk=16)
-    assert any("query_chunk / query_blocks" in r for r in M.extra_reasons(problem, cfg))
-    with pytest.raises(ValueError, match="query blocks"):
-        M.build(cfg, problem)
+    # query blocks with shared keys: the estimator in blocks of rows, in both directions
+    for causal in (False, True):
+        M, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=causal, shared_keys=32, query_chunk=16)
+        assert M.extra_reasons(problem, cfg) == []
+        assert M.build(cfg, problem).estimator_rows(torch.zeros(1, 4, 64, 16)) == 32   # a multiple of 32
     for causal, mode in ((False, "per_query"), (True, "per_batch")):
         M, cfg, problem = sea_case(1, 4, 4, 64, 16, causal=causal, shared_keys=32, mode=mode)
         assert any("shared_keys" in r for r in M.extra_reasons(problem, cfg))

@@ -130,10 +130,11 @@ class _SEABase(Method):
                "top-k, methods/sea/bidir_blocks.py): the estimator runs 2-3 times over the blocks (an exact threshold "
                "from histograms of the whole estimate, then the selection), ties at the threshold go to the lowest "
                "index; on an H200 1.47x SDPA-flash's memory at 64k but host-bound, 14 s a call "
-               "(results/nvidia-h200/sea-bidir-blocks/). Bidirectional with shared_keys: only the estimator runs in "
-               "blocks (rounded up to a multiple of shared_keys; its block sums are all the shared selection reads), "
-               "once, on the fused Performer kernel's key summary (Estimator._forward_rows); the selection, sparse "
-               "attention and mix run whole. Calls with gradients, padding masks and the tiled kernel "
+               "(results/nvidia-h200/sea-bidir-blocks/). With shared_keys only the estimator runs in blocks "
+               "(rounded up to a multiple of shared_keys; its block scores are all the shared selection reads), once: "
+               "bidirectional on the fused Performer kernel's key summary (Estimator._forward_rows), causal by the "
+               "block form above (SEAAttention._causal_block_scores); the selection, sparse attention and mix run "
+               "whole. Calls with gradients, padding masks and the tiled kernel "
                "run whole (impl says why)"),
         Option("query_blocks", 0, "like query_chunk, given as a number of blocks: ceil(T / query_blocks) rows each "
                "(0: off), so the intermediates stay a fixed fraction of the sequence at every T"),
@@ -309,9 +310,6 @@ class _SEABase(Method):
                                "decoder_backend=torch")
             if cfg["estimator_dtype"] != "fp32":
                 reasons.append(f"{name} runs in fp32; estimator_dtype={cfg['estimator_dtype']}")
-        if cfg["shared_keys"] and (cfg["query_chunk"] or cfg["query_blocks"]) and problem.causal:
-            reasons.append("causal shared_keys runs over the whole sequence; query_chunk / query_blocks combine with "
-                           "shared_keys on bidirectional calls only (the estimator in blocks of rows)")
         if cfg["shared_keys"]:
             from methods.sea.shared import BIDIRECTIONAL_MODES, SHARED_MODES
 

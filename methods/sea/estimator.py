@@ -77,6 +77,10 @@ FP16_DASH_WITH_IDENTITY = (
 # rows); at its end (an even number of rows) conv1 reads no padding, conv2's last half row and conv3's last two do
 # (4 rows). Even, so that the window's half rows are the whole call's.
 ROW_HALO = 6
+# cuDNN's convolutions index a tensor with 32-bit offsets: a bidirectional decoder input of more elements (B x 4H x T x
+# K/2: T > 512k at H = 16, K = 128) hit an illegal memory access on an H200 (results/nvidia-h200/sea-rows/call3/),
+# so the decoder refuses such an input in words and _forward_rows keeps its blocks below it.
+CONV_MAX_ELEMENTS = 2 ** 31 - 1
 RECOMPILE_LIMIT = 64             # each estimator instance and shape is one more compiled entry of forward()
 
 
@@ -263,6 +267,10 @@ class BidirectionalDecoder(nn.Module):
         does not see (what parity=True serves: kernels/sea_bidir_tail.py). Under inductor the bias would be a
         separate pass over the output (0.012 ms at 8k on an H200)."""
         T = x.shape[2]
+        if x.is_cuda and x.numel() > CONV_MAX_ELEMENTS:
+            raise ValueError(f"sea bidirectional decoder: its input has {x.numel()} elements, more than cuDNN's "
+                             f"32-bit offsets reach ({CONV_MAX_ELEMENTS}); with shared_keys, query_blocks runs the "
+                             "estimator in blocks of rows")
         last = channels_last(x)
         # weights: as cast for x by body_weights (made once by a caller running many blocks of rows, or here for
         # cuDNN's fused ReLU); None: the modules themselves (their hooks run), autocast casting their weights
@@ -661,7 +669,7 @@ class Estimator(nn.Module):
         B, H, T, d = q.shape
         if rows:
             why = self.rows_refusal(q, k, v, valid=valid, pool=pool, rows=rows)
-            self.last_rows = f"whole ({why})" if why else f"{-(-T // rows)} x {rows} rows"
+            self.last_rows = f"whole ({why})"
             if why is None:
                 with torch_precision(self.precision):
                     return self._forward_rows(q, k, v, pool=pool, rows=rows)
@@ -716,6 +724,13 @@ class Estimator(nn.Module):
         from methods.sea.favor import favor_rows
 
         B, H, T, d = q.shape
+        # the decoder's input for a block and its halo within cuDNN's 32-bit offsets
+        cap = (CONV_MAX_ELEMENTS // (B * 4 * H * (self.K // 2)) - 2 * ROW_HALO) // pool * pool
+        if cap < pool:
+            raise ValueError(f"sea estimator: B={B}, H={H}, K={self.K} leave no block of {pool} rows within cuDNN's "
+                             "32-bit offsets")
+        rows = min(rows, cap)
+        self.last_rows = f"{-(-T // rows)} x {rows} rows"
         ident = d if self.identity_in_kernel(q, k, v, None) else 0
         vi = None if ident else identity_rows(T, d, q.device)[None, None].expand(B, H, T, d)
         self.last_performer = "triton-dense"

@@ -189,9 +189,6 @@ class SEAAttention(AttentionModule):
         if shared_keys and mode not in (SHARED_MODES if causal else BIDIRECTIONAL_MODES):
             raise ValueError(f"shared_keys: causal layers take a per-row top-k mode {SHARED_MODES}, bidirectional "
                              f"ones {BIDIRECTIONAL_MODES}; causal={causal}, mode={mode}")
-        if shared_keys and (query_chunk or query_blocks) and causal:
-            raise ValueError("causal shared_keys runs over the whole sequence; it does not combine with query blocks "
-                             "(bidirectional layers take them: the estimator in blocks of rows)")
         if not shared_budget > 0:
             raise ValueError(f"shared_budget={shared_budget}: must be > 0")
         if shared_span not in SPANS or (shared_span != "strided" and not shared_keys):
@@ -340,10 +337,53 @@ class SEAAttention(AttentionModule):
         return repeat_kv(k, H), repeat_kv(v, H), valid, scale
 
     def pooled_scores(self, q, k, v, *, causal, valid) -> bool:
-        """Does this call's estimator return A_hat's block sums in place of A_hat (POOLED_SCORES)? Bidirectional
-        shared selections without a padding mask or a gradient whose block size divides T, not the oracle."""
-        return bool(POOLED_SCORES and self.shared_keys and not causal and valid is None and not self.oracle
-                    and q.shape[2] % self.shared_keys == 0 and not needs_grad(q, k, v, *self.parameters()))
+        """Does this call's estimator return A_hat's block scores in place of A_hat? Shared selections without a
+        padding mask or a gradient, not the oracle: bidirectional ones (POOLED_SCORES) whose block size divides T
+        (the plain block sums), causal ones in estimator blocks (estimator_rows; the rebinned block scores of
+        shared.block_scores, block by block: _causal_block_scores)."""
+        return self.pooled_refusal(q, k, v, causal=causal, valid=valid) is None
+
+    def pooled_refusal(self, q, k, v, *, causal, valid) -> str | None:
+        """Why pooled_scores is False for this call (None: it is True)."""
+        if not self.shared_keys:
+            return "no shared keys"
+        for why, bad in (("padding mask", valid is not None), ("oracle", self.oracle),
+                         ("gradient needed", needs_grad(q, k, v, *self.parameters()))):
+            if bad:
+                return why
+        if causal:
+            return None if self.estimator_rows(q) else "no query blocks"
+        if not POOLED_SCORES:
+            return "POOLED_SCORES off"
+        return None if q.shape[2] % self.shared_keys == 0 else f"T={q.shape[2]} not a multiple of {self.shared_keys}"
+
+    @torch.no_grad()
+    def _causal_block_scores(self, q, kr, vr, rows: int):
+        """Causal shared selection's inputs with the estimator in blocks of `rows` query rows (a multiple of
+        shared_keys): per block Estimator.forward_block (the Performer's prefix state and the decoder's last rows
+        carried, as the causal query blocks do) and the block's rows pooled into their blocks' scores
+        (shared.block_scores_rows); returns (scores fp32 [B, H, ceil(T / R), K], s_prob, s_mix [B, H, T, 1]).
+        No [B, H, T, K] tensor: A_hat and its logits exist for one block at a time."""
+        from methods.sea.shared import block_scores_rows
+
+        B, H, T, _ = q.shape
+        R = self.shared_keys
+        kr, vr = kr.contiguous(), vr.contiguous()
+        scores = torch.empty(B, H, -(-T // R), self.K, dtype=torch.float32, device=q.device)
+        s_prob = torch.empty(B, H, T, 1, dtype=torch.float32, device=q.device)
+        s_mix = torch.empty_like(s_prob)
+        backend = topk_path(self.mode, H=H, K=self.K, valid=None, backend=self.topk_backend, device=q.device)
+        carry, n = None, 0
+        for s in range(0, T, rows):
+            e = min(T, s + rows)
+            _, a_hat, sp, sm, carry = self.estimator.forward_block(q[:, :, s:e], kr[:, :, s:e], vr[:, :, s:e],
+                                                                   row0=s, carry=carry, probs=True)
+            scores[:, :, s // R:-(-e // R)] = block_scores_rows(a_hat, R, T=T, row0=s, backend=backend)
+            s_prob[:, :, s:e], s_mix[:, :, s:e] = sp, sm
+            n += 1
+            del a_hat, sp, sm
+        self.estimator.last_rows = f"{n} x {rows} rows"
+        return scores, s_prob, s_mix
 
     def stage_estimator(self, q, kr, vr, *, causal, valid, scale, pool: int = 0):
         """1-2. A_hat [B, H, T, K] (float32), its logits, and the scalers s_prob, s_mix [B, H, T, 1]. pool = R
@@ -351,8 +391,16 @@ class SEAAttention(AttentionModule):
         of estimator_rows query rows where that is set (last_blocks says what ran)."""
         B, H, T, _ = q.shape
         forced = self.force_s_prob >= 0 and self.force_s_mix >= 0
-        if pool and (self.oracle or causal):
-            raise ValueError("stage_estimator: block sums (pool) serve the bidirectional estimator only")
+        if pool and self.oracle:
+            raise ValueError("stage_estimator: block sums (pool) serve the estimator, not the oracle")
+        if pool and causal:                          # the causal estimator in blocks (pooled_scores)
+            rows = self.estimator_rows(q)
+            if not rows:
+                raise ValueError("stage_estimator: causal block scores (pool) come from the estimator in blocks: "
+                                 "set query_blocks or query_chunk")
+            scores, s_prob, s_mix = self._causal_block_scores(q, kr, vr, rows)
+            self.last_blocks = f"estimator {self.estimator.last_rows}"
+            return None, scores, s_prob, s_mix
         if self.oracle and forced:                   # the oracle with both scalers forced needs no estimator
             logits = s_prob = s_mix = None
         else:
@@ -360,7 +408,8 @@ class SEAAttention(AttentionModule):
             rows = self.estimator_rows(q) if pool else 0
             logits, a_hat, s_prob, s_mix = self.estimator(q, kr, vr, valid=valid, probs=True, pool=pool, rows=rows)
             if self.estimator_rows(q):
-                self.last_blocks = f"estimator {self.estimator.last_rows if rows else 'whole (no block sums)'}"
+                why = self.pooled_refusal(q, kr, vr, causal=causal, valid=valid)
+                self.last_blocks = f"estimator {self.estimator.last_rows if rows else 'whole (' + str(why) + ')'}"
         if self.oracle:
             from methods.exact import softmax_attention_probs
             exact = softmax_attention_probs(q.float(), kr.float(), causal=causal, scale=scale,
@@ -374,12 +423,13 @@ class SEAAttention(AttentionModule):
             s_mix = ones * self.force_s_mix
         return logits, a_hat, s_prob, s_mix
 
-    def stage_topk(self, a_hat, *, causal, valid, col_sums: dict | None = None, pooled: bool = False):
+    def stage_topk(self, a_hat, *, causal, valid, col_sums: dict | None = None, pooled: bool = False,
+                   T: int | None = None):
         """3. grouped top-k -> compressed mask bool [B, H, T, K]; with shared_keys = R the blocks' selection
         bool [B, H, ceil(T / R), K] (methods/sea/shared.py: each block ranks A_hat summed over its rows).
         col_sums: a dict that bidirectional shared selections fill with A_hat's column sums (key 'sum', fp32
         [B, H, K], the sums of the block sums), which average_context then reads instead of A_hat.
-        pooled: a_hat holds those block sums already (stage_estimator's pool)."""
+        pooled: a_hat holds those block scores already (stage_estimator's pool; causal: T, the sequence length)."""
         B, H, _, K = a_hat.shape
         self.last_topk = topk_path(self.mode, H=H, K=K, valid=valid, backend=self.topk_backend, device=a_hat.device)
         if self.shared_keys:
@@ -387,7 +437,7 @@ class SEAAttention(AttentionModule):
 
             return select_blocks(None if pooled else a_hat, R=self.shared_keys, mode=self.mode, k=self.k,
                                  budget=self.shared_budget, backend=self.last_topk, causal=causal,
-                                 col_sums=col_sums, scores=a_hat if pooled else None)
+                                 col_sums=col_sums, scores=a_hat if pooled else None, T=T)
         if pooled:
             raise ValueError("stage_topk: block sums (pooled) serve shared selections only")
         return select_topk(a_hat, mode=self.mode, k=self.k, causal=causal, valid=valid, backend=self.last_topk)
@@ -588,11 +638,14 @@ class SEAAttention(AttentionModule):
             return AUTO_MIX_GRAD and 0 < c.numel() and c.shape[-1] <= MAX_D
         return True
 
-    def stage_mix(self, c, a_hat, s_prob, s_mix, vr, *, causal, valid, out_dtype, col_sums=None, block_scores=None):
+    def stage_mix(self, c, a_hat, s_prob, s_mix, vr, *, causal, valid, out_dtype, col_sums=None, block_scores=None,
+                  in_place: bool = False):
         """6-7. out = s_mix s_prob c + (1 - s_mix) C_avg (padded query rows -> 0). Returns (out, c_avg, avg_w), avg_w
         None where C_avg did not need it (average_context's weights=False; attention_probs makes it when asked);
         with mix_backend=kernel (causal, see mix_kernel) one Triton kernel computes the cumulative mean and the mix
-        (with a Triton backward when a gradient is needed), and c_avg is not kept (None)."""
+        (with a Triton backward when a gradient is needed), and c_avg is not kept (None). in_place: the caller has
+        no further use for c, so the forward kernel may write out into c (when c is in out_dtype): one [B, H, T, D]
+        tensor less at the peak (the forward's sparse output and its mix)."""
         if self.mix_kernel(c, vr, s_prob, s_mix, causal=causal, valid=valid):
             self.last_mix = "kernel"
             if needs_grad(c, vr, s_prob, s_mix):
@@ -601,7 +654,8 @@ class SEAAttention(AttentionModule):
                 return causal_mix_grad(c, vr, s_prob, s_mix, out_dtype=out_dtype), None, None
             from kernels.sea_causal_mix import causal_mix
 
-            return causal_mix(c, vr, s_prob, s_mix, out_dtype=out_dtype), None, None
+            into = c if in_place and c.dtype == out_dtype else None
+            return causal_mix(c, vr, s_prob, s_mix, out_dtype=out_dtype, out=into), None, None
         c_avg, avg_w = self.average_context(a_hat, vr, causal=causal, valid=valid, col_sums=col_sums, weights=False,
                                             block_scores=block_scores)
         # one fp32 temporary of [B, H, T, D] besides c_avg: (1 - s_mix) C_avg + (s_mix s_prob) c, with the
@@ -622,7 +676,7 @@ class SEAAttention(AttentionModule):
         # A_hat's column sums for the average context, unless it comes from the block scores in one kernel
         col = None if pool and self.context_kernel(vr, q.shape[2]) else {}
         # bool [B, H, T, K] (shared: [B, H, NB, K])
-        mask = self.stage_topk(a_hat, causal=causal, valid=valid, col_sums=col, pooled=bool(pool))
+        mask = self.stage_topk(a_hat, causal=causal, valid=valid, col_sums=col, pooled=bool(pool), T=q.shape[2])
         sel = self.stage_interpolate(mask, causal=causal, valid=valid, layout=layout, T=q.shape[2])
         aux = dict(logits=logits, a_hat=None if pool else a_hat, block_scores=a_hat if pool else None, mask=mask,
                    row_ptr=sel.get("row_ptr"), col=sel.get("col"), count=sel["count"], s_prob=s_prob, s_mix=s_mix,
@@ -648,12 +702,12 @@ class SEAAttention(AttentionModule):
         return None if why is None else f"whole ({why})"
 
     def estimator_rows(self, q) -> int:
-        """Rows per block of the estimator (Estimator.forward's rows) in a bidirectional shared-key call with query
-        blocks: query_chunk, or ceil(T / query_blocks), rounded up to a multiple of shared_keys; 0 elsewhere. The
-        estimate's block sums (what the shared selection ranks) are all the estimator hands on, so the selection,
-        the sparse attention and the mix run over the whole sequence unchanged, with no [T, K]-sized tensor: the
-        memory of query blocks at the cost of the blocks' extra launches."""
-        if not (self.shared_keys and (self.query_chunk or self.query_blocks)) or self.causal:
+        """Rows per block of the estimator in a shared-key call with query blocks (bidirectional: Estimator.forward's
+        rows; causal: _causal_block_scores): query_chunk, or ceil(T / query_blocks), rounded up to a multiple of
+        shared_keys; 0 elsewhere. The estimate's block scores (what the shared selection ranks) are all the
+        estimator hands on, so the selection, the sparse attention and the mix run over the whole sequence
+        unchanged, with no [T, K]-sized tensor: the memory of query blocks at the cost of the blocks' launches."""
+        if not (self.shared_keys and (self.query_chunk or self.query_blocks)):
             return 0
         rows = self.query_chunk or -(-q.shape[2] // self.query_blocks)
         return -(-rows // self.shared_keys) * self.shared_keys
@@ -886,7 +940,8 @@ class SEAAttention(AttentionModule):
             out, aux["c_avg"], aux["avg_w"] = self.stage_mix(c, aux["a_hat"], aux["s_prob"], aux["s_mix"], vr,
                                                              causal=causal, valid=aux["valid"], out_dtype=q.dtype,
                                                              col_sums=aux["col_sums"],
-                                                             block_scores=aux["block_scores"])
+                                                             block_scores=aux["block_scores"], in_place=True)
+            del c
         aux["c_sea"] = out
         aux["call"] = (q, k, v, causal, key_padding_mask, scale, torch.is_grad_enabled())
         self.last_aux = aux
@@ -920,9 +975,9 @@ class SEAAttention(AttentionModule):
         pooled = bool(pool)
         blocks = pooled and self.context_kernel(vr, q.shape[2])      # C_avg from the block scores (as forward)
         col: dict | None = None if blocks else {}
-        mask = self.stage_topk(a_hat, causal=causal, valid=None, col_sums=col, pooled=pooled)
+        mask = self.stage_topk(a_hat, causal=causal, valid=None, col_sums=col, pooled=pooled, T=q.shape[2])
         ms["topk"] = timer(lambda: self.stage_topk(a_hat, causal=causal, valid=None, col_sums=None if blocks else {},
-                                                   pooled=pooled))
+                                                   pooled=pooled, T=q.shape[2]))
         scores = a_hat if pooled else None
         if pooled:
             a_hat = None                             # average_context reads the column sums or the block scores

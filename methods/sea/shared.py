@@ -116,6 +116,33 @@ def block_scores(a_hat: torch.Tensor, R: int, pool: str | None = None, backend: 
     return a.view(B, H, NB, R, K).sum(3)
 
 
+def block_scores_rows(a_hat: torch.Tensor, R: int, *, T: int, row0: int, pool: str | None = None,
+                      backend: str = "torch") -> torch.Tensor:
+    """block_scores of a sequence of T rows, for its rows row0 .. row0 + Tc - 1 only (a_hat [B, H, Tc, K], the
+    estimate of those rows; row0 a multiple of R): float32 [B, H, ceil((row0 + Tc) / R) - row0 / R, K], the scores of
+    the blocks those rows make up (the last one short where the sequence ends inside it). Blocks of rows pool
+    independently, so these are rows row0 / R .. of block_scores over all T rows (up to summation order)."""
+    pool = SCORE_POOL if pool is None else pool
+    if pool not in POOLS:
+        raise ValueError(f"block score pooling {pool!r}: expected one of {POOLS}")
+    B, H, Tc, K = a_hat.shape
+    if row0 % R or row0 + Tc > T or (row0 + Tc < T and Tc % R):
+        raise ValueError(f"block_scores_rows: rows {row0} .. {row0 + Tc - 1} of {T} must start a block of {R} rows "
+                         "and end one (or the sequence)")
+    j0, NB = row0 // R, -(-(row0 + Tc) // R) - row0 // R
+    if pool == "sum":
+        return block_scores(a_hat, R, pool="sum")
+    if backend == "triton":
+        from kernels.sea_shared_attention import rebin_scores
+
+        shift, srange = rebin_tables(T, R, K, str(a_hat.device))
+        return rebin_scores(a_hat.detach(), R, shift[row0:row0 + Tc], srange[j0:j0 + NB])
+    idx = rebin_index(T, R, K, a_hat.device)[row0:row0 + Tc] - j0 * K  # [Tc, K] flat cells of these blocks
+    idx = idx.reshape(1, 1, Tc * K).expand(B, H, Tc * K)
+    out = torch.zeros(B, H, NB * K, dtype=torch.float32, device=a_hat.device)
+    return out.scatter_add_(-1, idx, a_hat.detach().float().reshape(B, H, Tc * K)).view(B, H, NB, K)
+
+
 def block_budgets(mode: str, ends: torch.Tensor, *, k: int, K: int, H: int, budget: float) -> torch.Tensor:
     """int64 [NB] cells per block group (topk.budgets' per-row rule at L_j, times `budget`)."""
     L = ends.clamp(min=1).double()
@@ -160,23 +187,26 @@ def selection_shape(mode: str, *, T: int, R: int, K: int, k: int, H: int, budget
 
 
 def select_blocks(a_hat: torch.Tensor | None, *, R: int, mode: str, k: int, budget: float, backend: str = "torch",
-                  causal: bool = True, col_sums: dict | None = None, scores: torch.Tensor | None = None
-                  ) -> torch.Tensor:
+                  causal: bool = True, col_sums: dict | None = None, scores: torch.Tensor | None = None,
+                  T: int | None = None) -> torch.Tensor:
     """bool [B, H, NB, K]: the cells each block of R query rows attends. backend 'triton': the top-k kernel of
     kernels/sea_topk.py on the block scores (CUDA; bidirectional: the radix select of kernels/sea_topk_global.py),
     'torch': a stable sort; same selection (lowest index first among ties). Bidirectional calls rank the block
     cells of a group together (per_batch / per_head, bidirectional_budget) on the plain sums of A_hat over the
     block's rows (one geometry for all rows); there, a dict col_sums gets A_hat's column sums (key 'sum', fp32
     [B, H, K]: the block sums summed, what the average context reads). scores (bidirectional only): those plain
-    block sums [B, H, NB, K] fp32 already made (the estimator's pool=R, T = NB R); a_hat is then not read."""
-    if scores is not None and causal:
-        raise ValueError("select_blocks: block sums given as scores serve bidirectional selections only")
+    block sums [B, H, NB, K] fp32 already made (the estimator's pool=R, T = NB R); a_hat is then not read. Causal
+    scores: block_scores' [B, H, NB, K] (made block by block, block_scores_rows) for a sequence of T rows."""
+    if scores is not None and causal and T is None:
+        raise ValueError("select_blocks: causal block scores need the sequence length T")
     if not causal:
         return _select_blocks_bidirectional(a_hat, R=R, mode=mode, k=k, budget=budget, backend=backend,
                                             col_sums=col_sums, scores=scores)
-    B, H, T, K = a_hat.shape
-    scores = block_scores(a_hat, R, backend=backend)                     # [B, H, NB, K]
-    width, n = selection_shape(mode, T=T, R=R, K=K, k=k, H=H, budget=budget, device=str(a_hat.device))
+    if scores is None:
+        B, H, T, K = a_hat.shape
+        scores = block_scores(a_hat, R, backend=backend)                 # [B, H, NB, K]
+    H, K = scores.shape[1], scores.shape[3]
+    width, n = selection_shape(mode, T=T, R=R, K=K, k=k, H=H, budget=budget, device=str(scores.device))
     g = H if mode == "causal_per_batch" else 1
     from kernels.sea_topk import select_rows, select_rows_ref
 
