@@ -29,7 +29,15 @@ def main(argv=None) -> int:
         with torch.no_grad():
             out = mod(q, k, v, causal=False)
         torch.cuda.synchronize()
-        print(f"T={a.T} ok: {mod.impl}; finite {bool(torch.isfinite(out).all())}")
+        print(f"T={a.T} ran: {mod.impl}")
+        for name in ("block_scores", "s_prob", "s_mix"):                 # the estimator's outputs, then the output
+            x = mod.last_aux.get(name)
+            if x is not None:
+                print(f"{name} {tuple(x.shape)} finite {bool(torch.isfinite(x).all())}")
+        bad = ~torch.isfinite(out).all(-1)                               # [B, H, T] rows with a NaN / Inf
+        rows = bad.any(1)[0].nonzero().flatten()
+        print(f"output finite {not bool(bad.any())}; non-finite rows {rows.numel()}, first "
+              f"{rows[:4].tolist()}, last {rows[-4:].tolist()}; heads {bad.any(2)[0].nonzero().flatten().tolist()}")
     except Exception:                                                # noqa: BLE001 - the diagnosis prints it
         traceback.print_exc(limit=12)
         return 1
