@@ -85,7 +85,7 @@ if triton is not None:
         M: tl.constexpr = BLOCK_T * BLOCK_H
         r = tl.arange(0, M)
         t = tb * BLOCK_T + r // BLOCK_H                                   # rows (t, h), h fastest
-        h = r % BLOCK_H
+        h = (r % BLOCK_H).to(tl.int64)           # int64: h times a head stride passes 2^31 at T = 4M (v's 2^28)
         rmask = (t < T) & (h < H)
         # The encoder kernel's row operations (kernels/sea_encoder.py) written out here: shared as one @triton.jit
         # helper, this kernel took 0.213 ms instead of 0.145 at 8k and 1.63 ms instead of 1.07 at 64k on an H200

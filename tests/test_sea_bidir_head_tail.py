@@ -368,6 +368,27 @@ def test_head_and_tail_on_the_gpu_at_sea_widths(precision):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_head_reads_rows_of_a_tensor_past_2_31_elements():
+    """c and v as a few rows of [1, 16, 4M, .] tensors (head strides 2^29 and 2^28 elements, as SEA's blocks of
+    rows at T = 4M read them): the same output as from contiguous copies (a 32-bit head offset read other memory
+    there: results/nvidia-h200/sea-rows/call5/)."""
+    if torch.cuda.get_device_properties(0).total_memory < 40 * 2 ** 30:
+        pytest.skip("needs 24 GiB of device memory for the two long tensors")
+    g = torch.Generator(device="cuda").manual_seed(5)
+    H, T, d, K = 16, 1 << 22, 64, 128
+    v_big = torch.empty(1, H, T, d, dtype=torch.bfloat16, device="cuda")
+    c_big = torch.empty(1, H, T, 2 * d, dtype=torch.bfloat16, device="cuda")
+    c, v = c_big[:, :, -200:], v_big[:, :, -200:]
+    c.copy_(torch.randn(c.shape, generator=g, device="cuda"))
+    v.copy_(torch.randn(v.shape, generator=g, device="cuda"))
+    w = {n: t.cuda() for n, t in _weights(d, K, torch.Generator().manual_seed(6)).items()}
+    x, scales = _head(c, v, w, K, precision="bf16")
+    want_x, want_scales = _head(c.contiguous(), v.contiguous(), w, K, precision="bf16")
+    assert torch.equal(x, want_x) and torch.equal(scales, want_scales)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fused_conv_relu_on_the_gpu(monkeypatch):
     """The decoder's conv + ReLU pairs as cuDNN's fused kernel (CONV_RELU) against the separate ops, eager and in
     SEA's compiled estimator. The fused kernel rounds each convolution's output once after bias and ReLU, the separate
