@@ -222,3 +222,15 @@ def test_causal_key_blocks_with_estimator_blocks_on_cuda():
     same = (layers[8].last_aux["mask"] == layers[0].last_aux["mask"]).float().mean().item()
     assert same > 0.999, same                                            # near-ties may flip a cell or two
     torch.testing.assert_close(outs[8].float(), outs[0].float(), atol=3e-2, rtol=3e-2)
+
+
+def test_causal_estimator_blocks_keep_forced_scalers():
+    """Forced s_prob / s_mix hold in the causal estimator's blocks as in the whole call."""
+    M, cfg, problem = sea_case(1, 4, 4, 96, 16, causal=True, K=16, shared_keys=16, query_blocks=2, s_prob=0.5,
+                               s_mix=0.25)
+    layer = M.build(cfg, problem)
+    q, k, v = gaussian_qkv(1, 4, 4, 96, 16, seed=12)
+    with torch.no_grad():
+        layer(q, k, v, causal=True)
+    assert "query_blocks=estimator 2 x 48 rows" in layer.impl, layer.impl
+    assert torch.all(layer.last_aux["s_prob"] == 0.5) and torch.all(layer.last_aux["s_mix"] == 0.25)

@@ -398,10 +398,10 @@ class SEAAttention(AttentionModule):
             if not rows:
                 raise ValueError("stage_estimator: causal block scores (pool) come from the estimator in blocks: "
                                  "set query_blocks or query_chunk")
-            scores, s_prob, s_mix = self._causal_block_scores(q, kr, vr, rows)
+            a_hat, s_prob, s_mix = self._causal_block_scores(q, kr, vr, rows)   # the block scores as a_hat
             self.last_blocks = f"estimator {self.estimator.last_rows}"
-            return None, scores, s_prob, s_mix
-        if self.oracle and forced:                   # the oracle with both scalers forced needs no estimator
+            logits = None
+        elif self.oracle and forced:                 # the oracle with both scalers forced needs no estimator
             logits = s_prob = s_mix = None
         else:
             # [B, H, T, K] x2, [B, H, T, 1] x2: A_hat by the estimator (in its compiled graph when it has one)
@@ -687,10 +687,11 @@ class SEAAttention(AttentionModule):
         """Why this call runs over the whole sequence although query_chunk is set (None: it runs in query blocks).
         Query blocks serve inference calls without a padding mask: causal ones with a per-row top-k mode on the CSR
         kernels (_forward_blocks), bidirectional ones with per_batch / per_head top-k (methods/sea/bidir_blocks.py:
-        two passes, an exact threshold from histograms); everything else runs whole, and the impl string says why."""
+        two passes, an exact threshold from histograms); everything else runs whole, and the impl string says why.
+        With shared_keys ("estimator") the call runs whole with its estimator in blocks (estimator_rows)."""
         if self.query_chunk == self.query_blocks == 0:
             return "off"
-        if self.shared_keys:                         # bidirectional: the estimator in blocks (estimator_rows)
+        if self.shared_keys:                         # shared keys: the estimator in blocks (estimator_rows)
             return "estimator"
         if not causal:
             from methods.sea.bidir_blocks import bidirectional_block_reason
