@@ -148,17 +148,21 @@ if triton is not None:
         else:
             L = T                                                        # one geometry for all rows
         start = (j * R).to(tl.int32)
-        lo = (2 * cc * L + KC) // (2 * KC)
-        w = (2 * (cc + 1) * L + KC) // (2 * KC) - lo
-        n = tl.minimum(w, KSEL)
-        wd = tl.maximum(w, 1)
-        a = tl.minimum(tl.maximum(((start - lo) * n + w - 1) // wd, 0), n)
+        # the cells' geometry in int64 (2 c L passes 2^31 at T = 8M, K = 128; once a program, on KCP lanes), then
+        # int32 values (each at most T): the slot loop below keeps 32-bit products (i w < KSEL (T / KC + 2))
+        c64 = cc.to(tl.int64)
+        lo64 = (2 * c64 * L + KC) // (2 * KC)
+        w64 = (2 * (c64 + 1) * L + KC) // (2 * KC) - lo64
+        n64 = tl.minimum(w64, KSEL)
+        wd = tl.maximum(w64, 1)
+        a = tl.minimum(tl.maximum(((start - lo64) * n64 + w64 - 1) // wd, 0), n64).to(tl.int32)
+        lo, w, n = lo64.to(tl.int32), w64.to(tl.int32), n64.to(tl.int32)
         live = sel & ccm & (w > 0)
         if CAUSAL:
             gap = tl.zeros_like(a)
             m = tl.where(live, a, 0)
         else:
-            gap = tl.minimum(tl.maximum(((start + R - lo) * n + w - 1) // wd, 0), n) - a
+            gap = (tl.minimum(tl.maximum(((start + R - lo64) * n64 + w64 - 1) // wd, 0), n64)).to(tl.int32) - a
             m = tl.where(live, n - gap, 0)
         ends = tl.cumsum(m, 0)                                           # [KCP] int32
         total = tl.sum(m, 0)
@@ -243,8 +247,8 @@ def check_shared_inputs(q, k, v, sel, R: int) -> None:
     if sel.dim() != 4 or tuple(sel.shape[:3]) != (B, H, NB) or sel.dtype != torch.bool:
         raise ValueError(f"shared attention: the blocks' selection bool [B, H, NB, K] with (B, H, NB) = "
                          f"{(B, H, NB)}; got {sel.dtype} {tuple(sel.shape)}")
-    if 2 * sel.shape[3] * (T + 1) >= 2 ** 31:
-        raise ValueError(f"shared attention: T={T} with {sel.shape[3]} cells overflows its int32 cell arithmetic")
+    if T + R >= 2 ** 31:
+        raise ValueError(f"shared attention: T={T} overflows its int32 row arithmetic")
     for name, x in (("k", k), ("v", v), ("sel", sel)):
         if x.device != q.device:
             raise ValueError(f"shared attention: {name} on {x.device}, q on {q.device}")
@@ -268,6 +272,9 @@ def shared_attention(q, k, v, sel, *, rows: int, k_sel: int, scale: float, piece
         raise ValueError(f"pieces={pieces!r}: expected 1, 2 or 3")
     check_shared_inputs(q, k, v, sel, rows)
     B, H, T, D = q.shape
+    if int(k_sel) * (T // sel.shape[3] + 2) >= 2 ** 31:                 # the slot loop's i w products (int32)
+        raise ValueError(f"shared attention: k_sel={k_sel} keys a cell of ~T / K = {T // sel.shape[3]} keys "
+                         "overflows its int32 key arithmetic")
     if mix is not None:
         from kernels.sea_sparse_mix import check_mix
 

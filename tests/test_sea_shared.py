@@ -549,3 +549,41 @@ def test_layer_on_the_gpu_replays_and_matches_its_row_lists():
     assert "sparse=triton_rows" in lay.impl, lay.impl                 # (its estimator runs other kernels: no equality)
     out.float().square().sum().backward()
     assert torch.isfinite(qg.grad).all()
+
+
+def _strided_block_keys(sel_row, j: int, *, T: int, R: int, K: int, k_sel: int) -> torch.Tensor:
+    """The keys a bidirectional block j attends (written out from the module docstring's rule, in int64): each
+    selected cell c of geometry L = T, lo = round(c T / K), width w, gives n = min(w, k_sel) keys lo + floor(i w / n),
+    those inside the block's own rows left to the block's own keys, which all come too."""
+    keys = [torch.arange(j * R, min(j * R + R, T))]
+    for c in sel_row.nonzero().flatten().tolist():
+        lo = (2 * c * T + K) // (2 * K)
+        w = (2 * (c + 1) * T + K) // (2 * K) - lo
+        n = min(w, k_sel)
+        i = torch.arange(n, dtype=torch.int64)
+        kk = lo + (i * w) // max(n, 1)
+        keys.append(kk[(kk < j * R) | (kk >= j * R + R)])
+    return torch.cat(keys)
+
+
+@gpu
+@pytest.mark.gpu
+def test_kernel_on_the_gpu_past_8m_rows():
+    """Bidirectional blocks at T = 8M + 64 with 128 cells (the cells' 2 c T passed 2^31 in 32 bits, refused before):
+    three blocks' outputs against their key lists written out in int64 and plain softmax attention."""
+    from kernels.sea_shared_attention import shared_attention
+
+    T, R, K, k_sel, D = (1 << 23) + 64, 64, 128, 13, 16
+    g = torch.Generator(device="cuda").manual_seed(7)
+    q, k, v = (torch.randn(1, 1, T, D, device="cuda", generator=g).to(torch.bfloat16) for _ in range(3))
+    NB = -(-T // R)
+    sel = torch.rand(1, 1, NB, K, device="cuda", generator=g) < 0.1
+    with torch.no_grad():
+        out = shared_attention(q, k, v, sel, rows=R, k_sel=k_sel, scale=D ** -0.5, pieces=3, causal=False)
+    for j in (3, NB // 2, NB - 1):
+        keys = _strided_block_keys(sel[0, 0, j].cpu(), j, T=T, R=R, K=K, k_sel=k_sel).cuda()
+        rows = torch.arange(j * R, min(j * R + R, T), device="cuda")
+        p = torch.softmax(q[0, 0, rows].float() @ k[0, 0, keys].float().T * D ** -0.5, -1)
+        torch.testing.assert_close(out[0, 0, rows].float(), p @ v[0, 0, keys].float(), atol=1e-2, rtol=1e-2)
+    with pytest.raises(ValueError, match="int32 key arithmetic"):
+        shared_attention(q, k, v, sel, rows=R, k_sel=1 << 15, scale=1.0, causal=False)
