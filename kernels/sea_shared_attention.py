@@ -51,6 +51,9 @@ except ImportError:                                                      # pragm
 BLOCK_N = 64
 NUM_WARPS = 2
 NUM_WARPS_BIDIR = 4
+# The cells' geometry in int64 (the kernel's WIDE form) at every T when True; by default only where 2 KC (T + 1)
+# passes 2^31 (tests compare the two forms on small T).
+FORCE_WIDE = False
 # The online softmax's exponentials: "ex2_ftz" keeps the scores in log2 units (scale log2 e applied with the scale)
 # and takes 2^x by PTX's ex2.approx.ftz (kernels/_tl_math.py; terms below 2^-126 of the row maximum flushed to 0);
 # "exp": tl.exp, whose lowering adds a compare and two multiplies to each exponential
@@ -114,7 +117,7 @@ if triton is not None:
                            H, T, D, GROUP, NB, KSEL,
                            KC: tl.constexpr, KCP: tl.constexpr, R: tl.constexpr, BN: tl.constexpr,
                            BLOCK_D: tl.constexpr, FP32: tl.constexpr, EMU: tl.constexpr, PIECES: tl.constexpr,
-                           CAUSAL: tl.constexpr, MIX: tl.constexpr, EX2: tl.constexpr):
+                           CAUSAL: tl.constexpr, MIX: tl.constexpr, EX2: tl.constexpr, WIDE: tl.constexpr):
         pid = tl.program_id(0).to(tl.int64)
         j = pid % NB
         bh = pid // NB
@@ -148,21 +151,32 @@ if triton is not None:
         else:
             L = T                                                        # one geometry for all rows
         start = (j * R).to(tl.int32)
-        # the cells' geometry in int64 (2 c L passes 2^31 at T = 8M, K = 128; once a program, on KCP lanes), then
-        # int32 values (each at most T): the slot loop below keeps 32-bit products (i w < KSEL (T / KC + 2))
-        c64 = cc.to(tl.int64)
-        lo64 = (2 * c64 * L + KC) // (2 * KC)
-        w64 = (2 * (c64 + 1) * L + KC) // (2 * KC) - lo64
-        n64 = tl.minimum(w64, KSEL)
-        wd = tl.maximum(w64, 1)
-        a = tl.minimum(tl.maximum(((start - lo64) * n64 + w64 - 1) // wd, 0), n64).to(tl.int32)
-        lo, w, n = lo64.to(tl.int32), w64.to(tl.int32), n64.to(tl.int32)
+        if WIDE:
+            # the cells' geometry in int64 where 2 c L passes 2^31 (T = 8M at KC = 128), then int32 values (each at
+            # most T). Not the default: on an H200 this kernel took 0.065 / 0.474 ms instead of 0.060 / 0.439 at 8k /
+            # 64k with it (results/nvidia-h200/sea-rows/call8/). The slot loop keeps 32-bit products either way
+            # (i w < KSEL (T / KC + 2), checked by shared_attention).
+            c64 = cc.to(tl.int64)
+            lo64 = (2 * c64 * L + KC) // (2 * KC)
+            w64 = (2 * (c64 + 1) * L + KC) // (2 * KC) - lo64
+            n64 = tl.minimum(w64, KSEL)
+            wd64 = tl.maximum(w64, 1)
+            a = tl.minimum(tl.maximum(((start - lo64) * n64 + w64 - 1) // wd64, 0), n64).to(tl.int32)
+            b_ = tl.minimum(tl.maximum(((start + R - lo64) * n64 + w64 - 1) // wd64, 0), n64).to(tl.int32)
+            lo, w, n = lo64.to(tl.int32), w64.to(tl.int32), n64.to(tl.int32)
+        else:
+            lo = (2 * cc * L + KC) // (2 * KC)
+            w = (2 * (cc + 1) * L + KC) // (2 * KC) - lo
+            n = tl.minimum(w, KSEL)
+            wd = tl.maximum(w, 1)
+            a = tl.minimum(tl.maximum(((start - lo) * n + w - 1) // wd, 0), n)
+            b_ = tl.minimum(tl.maximum(((start + R - lo) * n + w - 1) // wd, 0), n)
         live = sel & ccm & (w > 0)
         if CAUSAL:
             gap = tl.zeros_like(a)
             m = tl.where(live, a, 0)
         else:
-            gap = (tl.minimum(tl.maximum(((start + R - lo64) * n64 + w64 - 1) // wd, 0), n64)).to(tl.int32) - a
+            gap = b_ - a
             m = tl.where(live, n - gap, 0)
         ends = tl.cumsum(m, 0)                                           # [KCP] int32
         total = tl.sum(m, 0)
@@ -296,7 +310,7 @@ def shared_attention(q, k, v, sel, *, rows: int, k_sel: int, scale: float, piece
             H, T, D, H // k.shape[1], NB, int(k_sel),
             KC=KC, KCP=pow2_block(KC), R=rows, BN=BLOCK_N, BLOCK_D=pow2_block(D), FP32=q.dtype == torch.float32,
             EMU=q.device.type != "cuda", PIECES=pieces, CAUSAL=bool(causal), MIX=mix is not None,
-            EX2=_softmax_ex2(),
+            EX2=_softmax_ex2(), WIDE=FORCE_WIDE or 2 * KC * (T + 1) >= 2 ** 31,
             num_warps=NUM_WARPS if causal else NUM_WARPS_BIDIR)
     return out
 

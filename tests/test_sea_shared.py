@@ -587,3 +587,21 @@ def test_kernel_on_the_gpu_past_8m_rows():
         torch.testing.assert_close(out[0, 0, rows].float(), p @ v[0, 0, keys].float(), atol=1e-2, rtol=1e-2)
     with pytest.raises(ValueError, match="int32 key arithmetic"):
         shared_attention(q, k, v, sel, rows=R, k_sel=1 << 15, scale=1.0, causal=False)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_kernel_wide_cell_geometry_is_the_same_function(monkeypatch, causal):
+    """The kernel's int64 cell geometry (WIDE, taken where 2 K (T + 1) passes 2^31) against its int32 form on a small
+    T: the same output bit for bit."""
+    from kernels import sea_shared_attention as ssa
+
+    T, R, K = 200, 16, 16
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, 2, T, 16, generator=g) for _ in range(3))
+    sel = torch.rand(1, 2, -(-T // R), K, generator=g) < 0.3
+    outs = []
+    for wide in (False, True):
+        monkeypatch.setattr(ssa, "FORCE_WIDE", wide)
+        with torch.no_grad():
+            outs.append(ssa.shared_attention(q, k, v, sel, rows=R, k_sel=3, scale=0.25, causal=causal))
+    assert torch.equal(outs[0], outs[1])
