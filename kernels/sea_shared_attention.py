@@ -151,26 +151,22 @@ if triton is not None:
         else:
             L = T                                                        # one geometry for all rows
         start = (j * R).to(tl.int32)
+        # The cells' geometry. WIDE: in int64 where 2 c L passes 2^31 (T = 8M at KC = 128), the values (each at most
+        # T) back in int32; otherwise int32 throughout (the casts are no-ops). Not the default: in int64 at every T
+        # this kernel took 0.065 / 0.474 ms instead of 0.060 / 0.439 at 8k / 64k on an H200
+        # (results/nvidia-h200/sea-rows/call8/, call9/). The slot loop keeps 32-bit products either way
+        # (i w < KSEL (T / KC + 2), checked by shared_attention).
         if WIDE:
-            # the cells' geometry in int64 where 2 c L passes 2^31 (T = 8M at KC = 128), then int32 values (each at
-            # most T). Not the default: on an H200 this kernel took 0.065 / 0.474 ms instead of 0.060 / 0.439 at 8k /
-            # 64k with it (results/nvidia-h200/sea-rows/call8/). The slot loop keeps 32-bit products either way
-            # (i w < KSEL (T / KC + 2), checked by shared_attention).
-            c64 = cc.to(tl.int64)
-            lo64 = (2 * c64 * L + KC) // (2 * KC)
-            w64 = (2 * (c64 + 1) * L + KC) // (2 * KC) - lo64
-            n64 = tl.minimum(w64, KSEL)
-            wd64 = tl.maximum(w64, 1)
-            a = tl.minimum(tl.maximum(((start - lo64) * n64 + w64 - 1) // wd64, 0), n64).to(tl.int32)
-            b_ = tl.minimum(tl.maximum(((start + R - lo64) * n64 + w64 - 1) // wd64, 0), n64).to(tl.int32)
-            lo, w, n = lo64.to(tl.int32), w64.to(tl.int32), n64.to(tl.int32)
+            cg = cc.to(tl.int64)
         else:
-            lo = (2 * cc * L + KC) // (2 * KC)
-            w = (2 * (cc + 1) * L + KC) // (2 * KC) - lo
-            n = tl.minimum(w, KSEL)
-            wd = tl.maximum(w, 1)
-            a = tl.minimum(tl.maximum(((start - lo) * n + w - 1) // wd, 0), n)
-            b_ = tl.minimum(tl.maximum(((start + R - lo) * n + w - 1) // wd, 0), n)
+            cg = cc
+        lo = (2 * cg * L + KC) // (2 * KC)
+        w = (2 * (cg + 1) * L + KC) // (2 * KC) - lo
+        n = tl.minimum(w, KSEL)
+        wd = tl.maximum(w, 1)
+        a = tl.minimum(tl.maximum(((start - lo) * n + w - 1) // wd, 0), n).to(tl.int32)
+        b_ = tl.minimum(tl.maximum(((start + R - lo) * n + w - 1) // wd, 0), n).to(tl.int32)
+        lo, w, n = lo.to(tl.int32), w.to(tl.int32), n.to(tl.int32)
         live = sel & ccm & (w > 0)
         if CAUSAL:
             gap = tl.zeros_like(a)

@@ -155,17 +155,17 @@ def test_estimator_rows_stay_within_cudnn_offsets(monkeypatch):
 # --- causal: the estimator's block form feeding the shared selection -----------------------------------------------
 @pytest.mark.parametrize("pool", ["rebin", "sum"])
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_block_scores_rows_are_rows_of_the_whole_block_scores(pool, backend):
-    from methods.sea.shared import block_scores, block_scores_rows
+def test_block_scores_of_rows_are_rows_of_the_whole_block_scores(pool, backend):
+    from methods.sea.shared import block_scores
 
     T, R, K = 150, 16, 16                                                 # the last block short
     a = torch.rand(1, 3, T, K, generator=torch.Generator().manual_seed(2))
     whole = block_scores(a, R, pool=pool, backend=backend)
     for s, e in ((0, 48), (48, 96), (96, 150), (0, 150)):
-        part = block_scores_rows(a[:, :, s:e], R, T=T, row0=s, pool=pool, backend=backend)
+        part = block_scores(a[:, :, s:e], R, pool=pool, backend=backend, T=T, row0=s)
         torch.testing.assert_close(part, whole[:, :, s // R:-(-e // R)], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="start a block"):
-        block_scores_rows(a[:, :, 8:40], R, T=T, row0=8, pool=pool, backend=backend)
+        block_scores(a[:, :, 8:40], R, pool=pool, backend=backend, T=T, row0=8)
 
 
 def test_causal_mix_writes_into_c():

@@ -407,19 +407,21 @@ class Estimator(nn.Module):
             self.dec = CausalDecoder(d, H, K) if causal else BidirectionalDecoder(d, H, K)
             self.scaler = nn.Linear(2 * d, 2)
 
-    def decode(self, z: torch.Tensor, *, headed: bool = False, parity: bool = False) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, *, headed: bool = False, parity: bool = False,
+               weights: dict | None = None) -> torch.Tensor:
         """The CNN decoder, z [B, H, T, 2d] fp32 -> logits [B, H, T, K] fp32. dec_dtype bf16/fp16 runs it under
         autocast (convs and the row projection in that dtype, fp32 weights kept; LayerNorm as autocast
         decides); cache_enabled=False so the weight casts are redone per call, which CUDA-graph capture needs.
         headed: z is already the decoder head's output (causal: [B, 2H, T, K/4], the fused front's head=, see
         front_head; bidirectional: [B, 4H, T, K/2], kernels/sea_bidir_head.py): only the decoder's body runs.
         parity (bidirectional, PARITY_CONV3): the last convolution's parity-form output [B, 2H, ceil(T/2), K/2] in
-        the decoder's dtype, without its softmax-invariant bias (BidirectionalDecoder.body), in place of the logits."""
+        the decoder's dtype, without its softmax-invariant bias (BidirectionalDecoder.body), in place of the logits.
+        weights (headed, bidirectional): the body's weights made once (BidirectionalDecoder.body_weights)."""
         if parity and self.causal:
             raise ValueError("decode(parity=True) is the bidirectional decoder's form")
         if headed:
             self.last_decoder = "head-fused"
-            return self._autocast(self.dec.body, z, parity=parity)
+            return self._autocast(self.dec.body, z, parity=parity, **({} if weights is None else {"weights": weights}))
         self.last_decoder = self.decoder_path(z)
         if parity:
             return self.dec(z, parity=True) if self.dec_dtype == "fp32" else self._autocast(self.dec, z, parity=True)
@@ -751,26 +753,21 @@ class Estimator(nn.Module):
             c = rows_of(lo, hi)                                          # [B, H, hi - lo, 2d]
             x, sc, headed = self._encoded(c, v[:, :, lo:hi])
             del c
-            if headed:                                                   # the decoder's body on the head output
-                weights = self.dec.body_weights(x) if weights is None else weights
-                self.last_decoder = "head-fused"
-
-                def decode(parity, x=x):
-                    return self._autocast(self.dec.body, x, parity=parity, weights=weights)
-            else:
-                def decode(parity, x=x):
-                    return self.decode(x, parity=parity)
-            if self.uses_bidir_tail(x):                                  # parity rows: i0, i1 are even
+            if headed and weights is None:
+                weights = self.dec.body_weights(x)
+            tail = self.uses_bidir_tail(x)
+            y = self.decode(x, headed=headed, parity=tail, weights=weights if headed else None)
+            if tail:                                                     # parity rows: i0, i1 are even
                 from kernels.sea_bidir_tail import pooled_scores
 
-                y = decode(True)[:, :, i0 // 2:i1 // 2]
-                sums[:, :, a // pool:b // pool] = torch.compiler.disable(pooled_scores)(y, heads=H, rows=pool)
+                sums[:, :, a // pool:b // pool] = torch.compiler.disable(pooled_scores)(
+                    y[:, :, i0 // 2:i1 // 2], heads=H, rows=pool)
             else:
-                y = torch.softmax(decode(False)[:, :, i0:i1], dim=-1)    # [B, H, b - a, K]
+                y = torch.softmax(y[:, :, i0:i1], dim=-1)                # [B, H, b - a, K]
                 sums[:, :, a // pool:b // pool] = y.reshape(B, H, (b - a) // pool, pool, self.K).sum(
                     3, dtype=torch.float32)
             scales[:, :, a:b] = sc[:, :, i0:i1]
-            del x, sc, y, decode
+            del x, sc, y
         return None, sums, scales[..., 0:1], scales[..., 1:2]
 
     def forward_block(self, q, k, v, *, row0: int, carry: dict | None, probs: bool = False):

@@ -362,9 +362,9 @@ class SEAAttention(AttentionModule):
         """Causal shared selection's inputs with the estimator in blocks of `rows` query rows (a multiple of
         shared_keys): per block Estimator.forward_block (the Performer's prefix state and the decoder's last rows
         carried, as the causal query blocks do) and the block's rows pooled into their blocks' scores
-        (shared.block_scores_rows); returns (scores fp32 [B, H, ceil(T / R), K], s_prob, s_mix [B, H, T, 1]).
+        (shared.block_scores with row0); returns (scores fp32 [B, H, ceil(T / R), K], s_prob, s_mix [B, H, T, 1]).
         No [B, H, T, K] tensor: A_hat and its logits exist for one block at a time."""
-        from methods.sea.shared import block_scores_rows
+        from methods.sea.shared import block_scores
 
         B, H, T, _ = q.shape
         R = self.shared_keys
@@ -378,7 +378,7 @@ class SEAAttention(AttentionModule):
             e = min(T, s + rows)
             _, a_hat, sp, sm, carry = self.estimator.forward_block(q[:, :, s:e], kr[:, :, s:e], vr[:, :, s:e],
                                                                    row0=s, carry=carry, probs=True)
-            scores[:, :, s // R:-(-e // R)] = block_scores_rows(a_hat, R, T=T, row0=s, backend=backend)
+            scores[:, :, s // R:-(-e // R)] = block_scores(a_hat, R, backend=backend, T=T, row0=s)
             s_prob[:, :, s:e], s_mix[:, :, s:e] = sp, sm
             n += 1
             del a_hat, sp, sm
@@ -405,11 +405,12 @@ class SEAAttention(AttentionModule):
             logits = s_prob = s_mix = None
         else:
             # [B, H, T, K] x2, [B, H, T, 1] x2: A_hat by the estimator (in its compiled graph when it has one)
-            rows = self.estimator_rows(q) if pool else 0
-            logits, a_hat, s_prob, s_mix = self.estimator(q, kr, vr, valid=valid, probs=True, pool=pool, rows=rows)
-            if self.estimator_rows(q):
+            rows = self.estimator_rows(q)
+            logits, a_hat, s_prob, s_mix = self.estimator(q, kr, vr, valid=valid, probs=True, pool=pool,
+                                                          rows=rows if pool else 0)
+            if rows:
                 why = self.pooled_refusal(q, kr, vr, causal=causal, valid=valid)
-                self.last_blocks = f"estimator {self.estimator.last_rows if rows else 'whole (' + str(why) + ')'}"
+                self.last_blocks = f"estimator {self.estimator.last_rows if pool else 'whole (' + str(why) + ')'}"
         if self.oracle:
             from methods.exact import softmax_attention_probs
             exact = softmax_attention_probs(q.float(), kr.float(), causal=causal, scale=scale,

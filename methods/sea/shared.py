@@ -92,55 +92,37 @@ def rebin_tables(T: int, R: int, K: int, device: str) -> tuple[torch.Tensor, tor
     return shift.to(torch.int16).contiguous(), srange.to(torch.int32).contiguous()
 
 
-def block_scores(a_hat: torch.Tensor, R: int, pool: str | None = None, backend: str = "torch") -> torch.Tensor:
-    """A_hat [B, H, T, K] -> float32 [B, H, NB, K]: each block's rows pooled per cell (SCORE_POOL, or `pool`).
-    backend 'triton': rebin by kernels/sea_shared_attention.py's rebin_scores (same sums, another order)."""
-    pool = SCORE_POOL if pool is None else pool
-    if pool not in POOLS:
-        raise ValueError(f"block score pooling {pool!r}: expected one of {POOLS}")
-    B, H, T, K = a_hat.shape
-    NB = -(-T // R)
-    if pool == "rebin" and backend == "triton":
-        from kernels.sea_shared_attention import rebin_scores
-
-        return rebin_scores(a_hat.detach(), R, *rebin_tables(T, R, K, str(a_hat.device)))
-    if pool == "sum" and NB * R == T:                                    # fp32 sums of A_hat's values, no copy
-        return a_hat.detach().reshape(B, H, NB, R, K).sum(3, dtype=torch.float32)
-    a = a_hat.detach().float()
-    if pool == "rebin":
-        idx = rebin_index(T, R, K, a.device).reshape(1, 1, T * K).expand(B, H, T * K)
-        out = torch.zeros(B, H, NB * K, dtype=torch.float32, device=a.device)
-        return out.scatter_add_(-1, idx, a.reshape(B, H, T * K)).view(B, H, NB, K)
-    if NB * R != T:                                                      # the last block is short: zero rows
-        a = torch.nn.functional.pad(a, (0, 0, 0, NB * R - T))
-    return a.view(B, H, NB, R, K).sum(3)
-
-
-def block_scores_rows(a_hat: torch.Tensor, R: int, *, T: int, row0: int, pool: str | None = None,
-                      backend: str = "torch") -> torch.Tensor:
-    """block_scores of a sequence of T rows, for its rows row0 .. row0 + Tc - 1 only (a_hat [B, H, Tc, K], the
-    estimate of those rows; row0 a multiple of R): float32 [B, H, ceil((row0 + Tc) / R) - row0 / R, K], the scores of
-    the blocks those rows make up (the last one short where the sequence ends inside it). Blocks of rows pool
-    independently, so these are rows row0 / R .. of block_scores over all T rows (up to summation order)."""
+def block_scores(a_hat: torch.Tensor, R: int, pool: str | None = None, backend: str = "torch", *,
+                 T: int | None = None, row0: int = 0) -> torch.Tensor:
+    """A_hat [B, H, Tc, K] -> float32 [B, H, NB, K]: each block's rows pooled per cell (SCORE_POOL, or `pool`).
+    backend 'triton': rebin by kernels/sea_shared_attention.py's rebin_scores (same sums, another order).
+    The rows may be rows row0 .. row0 + Tc - 1 of a sequence of T rows (default: all of them, T = Tc; row0 a multiple
+    of R, ending a block or the sequence): blocks pool independently, so the result is rows row0 / R .. of the whole
+    sequence's block scores (up to summation order), NB the blocks those rows make up."""
     pool = SCORE_POOL if pool is None else pool
     if pool not in POOLS:
         raise ValueError(f"block score pooling {pool!r}: expected one of {POOLS}")
     B, H, Tc, K = a_hat.shape
+    T = Tc if T is None else T
     if row0 % R or row0 + Tc > T or (row0 + Tc < T and Tc % R):
-        raise ValueError(f"block_scores_rows: rows {row0} .. {row0 + Tc - 1} of {T} must start a block of {R} rows "
+        raise ValueError(f"block_scores: rows {row0} .. {row0 + Tc - 1} of {T} must start a block of {R} rows "
                          "and end one (or the sequence)")
     j0, NB = row0 // R, -(-(row0 + Tc) // R) - row0 // R
-    if pool == "sum":
-        return block_scores(a_hat, R, pool="sum")
-    if backend == "triton":
+    if pool == "rebin" and backend == "triton":
         from kernels.sea_shared_attention import rebin_scores
 
         shift, srange = rebin_tables(T, R, K, str(a_hat.device))
         return rebin_scores(a_hat.detach(), R, shift[row0:row0 + Tc], srange[j0:j0 + NB])
-    idx = rebin_index(T, R, K, a_hat.device)[row0:row0 + Tc] - j0 * K  # [Tc, K] flat cells of these blocks
-    idx = idx.reshape(1, 1, Tc * K).expand(B, H, Tc * K)
-    out = torch.zeros(B, H, NB * K, dtype=torch.float32, device=a_hat.device)
-    return out.scatter_add_(-1, idx, a_hat.detach().float().reshape(B, H, Tc * K)).view(B, H, NB, K)
+    if pool == "sum" and NB * R == Tc:                                   # fp32 sums of A_hat's values, no copy
+        return a_hat.detach().reshape(B, H, NB, R, K).sum(3, dtype=torch.float32)
+    a = a_hat.detach().float()
+    if pool == "rebin":                                                  # [Tc, K] flat cells of these blocks
+        idx = (rebin_index(T, R, K, a.device)[row0:row0 + Tc] - j0 * K).reshape(1, 1, Tc * K).expand(B, H, Tc * K)
+        out = torch.zeros(B, H, NB * K, dtype=torch.float32, device=a.device)
+        return out.scatter_add_(-1, idx, a.reshape(B, H, Tc * K)).view(B, H, NB, K)
+    if NB * R != Tc:                                                     # the last block is short: zero rows
+        a = torch.nn.functional.pad(a, (0, 0, 0, NB * R - Tc))
+    return a.view(B, H, NB, R, K).sum(3)
 
 
 def block_budgets(mode: str, ends: torch.Tensor, *, k: int, K: int, H: int, budget: float) -> torch.Tensor:
@@ -196,7 +178,7 @@ def select_blocks(a_hat: torch.Tensor | None, *, R: int, mode: str, k: int, budg
     block's rows (one geometry for all rows); there, a dict col_sums gets A_hat's column sums (key 'sum', fp32
     [B, H, K]: the block sums summed, what the average context reads). scores (bidirectional only): those plain
     block sums [B, H, NB, K] fp32 already made (the estimator's pool=R, T = NB R); a_hat is then not read. Causal
-    scores: block_scores' [B, H, NB, K] (made block by block, block_scores_rows) for a sequence of T rows."""
+    scores: block_scores' [B, H, NB, K] (made block by block: its row0) for a sequence of T rows."""
     if scores is not None and causal and T is None:
         raise ValueError("select_blocks: causal block scores need the sequence length T")
     if not causal:
