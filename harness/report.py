@@ -39,7 +39,7 @@ def _variant(row) -> str:
     from methods.base import get
 
     try:
-        defaults = {o.name: o.default for o in get(row["method"]).options}
+        defaults = get(row["method"]).label_base(cfg)
     except KeyError:
         defaults = {}
     diff = {k: v for k, v in cfg.items() if defaults.get(k, object()) != v}

@@ -49,7 +49,7 @@ HEAD_GROUPS = 4                  # programs per block of rows, each summing H / 
 if triton is not None:
 
     @triton.jit
-    def _tail_kernel(Y, S, syb, syc, syt, syw, H, T2, W, NB,
+    def _tail_kernel(Y, S, syb, syc, syt, syw, ssb, ssh, ssn, H, T2, W,
                      RH: tl.constexpr, CHUNK: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
                      BLOCK_H: tl.constexpr):
         n = tl.program_id(0).to(tl.int64)
@@ -83,7 +83,7 @@ if triton is not None:
         pair = tl.reshape(tl.join(accT, accT), [BLOCK_H, 2 * BLOCK_W])   # column 2w + j
         offs_h = h0 + tl.arange(0, BLOCK_H)
         offs_k = tl.arange(0, 2 * BLOCK_W)
-        dst = ((b * H + offs_h[:, None]) * NB + n) * (2 * W) + offs_k[None, :]
+        dst = b * ssb + offs_h[:, None].to(tl.int64) * ssh + n * ssn + offs_k[None, :]
         tl.store(S + dst, pair, mask=(offs_h[:, None] < H) & (offs_k[None, :] < 2 * W))
 
 
@@ -92,11 +92,12 @@ def tail_usable(device) -> bool:
     return triton_runs_on(device, triton is not None)
 
 
-def pooled_scores(y: torch.Tensor, *, heads: int, rows: int) -> torch.Tensor:
+def pooled_scores(y: torch.Tensor, *, heads: int, rows: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """y [B, 2H, T/2, W] (the parity-form last convolution output, channel p H + h = output row 2i + p of head h;
     any float dtype and strides) -> fp32 [B, H, T/R, 2W]: the softmax over the 2W columns of each of the T rows
     (each column w of y standing for the pair 2w, 2w + 1) summed over blocks of R = `rows` rows. See the module
-    docstring."""
+    docstring. out: an fp32 [B, H, T/R, 2W] tensor with a unit last stride (a slice of a longer one: a caller
+    running the estimator in blocks of rows) written in place of a new one, and returned."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     if not tail_usable(y.device):
@@ -113,9 +114,15 @@ def pooled_scores(y: torch.Tensor, *, heads: int, rows: int) -> torch.Tensor:
     if torch.is_grad_enabled() and y.requires_grad:
         raise RuntimeError("sea bidirectional tail is forward-only: y requires grad while grad is enabled")
     NB = 2 * T2 // R
-    out = fresh((B, H, NB, 2 * W), torch.float32, y.device, poison=POISON_OUTPUTS)
+    if out is None:
+        out = fresh((B, H, NB, 2 * W), torch.float32, y.device, poison=POISON_OUTPUTS)
+    elif (not isinstance(out, torch.Tensor) or out.dtype != torch.float32 or out.device != y.device
+          or tuple(out.shape) != (B, H, NB, 2 * W) or out.stride(-1) != 1):
+        raise ValueError(f"sea bidirectional tail: out must be a float32 [B, H, T/R, 2W] = {(B, H, NB, 2 * W)} "
+                         f"tensor on {y.device} with a unit last stride")
     bh = pow2_block(-(-H // max(1, HEAD_GROUPS)), 1)                   # heads per program
-    _tail_kernel[(NB, B, triton.cdiv(H, bh))](y, out, y.stride(0), y.stride(1), y.stride(2), y.stride(3), H, T2, W, NB,
+    _tail_kernel[(NB, B, triton.cdiv(H, bh))](y, out, y.stride(0), y.stride(1), y.stride(2), y.stride(3),
+                          out.stride(0), out.stride(1), out.stride(2), H, T2, W,
                           RH=R // 2, CHUNK=min(CHUNK, pow2_block(R // 2, 1)), BLOCK_W=pow2_block(W, 1), BLOCK_C=2 * bh,
                           BLOCK_H=bh, num_warps=NUM_WARPS)
     return out

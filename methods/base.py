@@ -191,6 +191,12 @@ class Method:
     def validate_config(cls, cfg: dict[str, Any]) -> None:
         """Raise MethodConfigError for values that parse but make no sense."""
 
+    @classmethod
+    def label_base(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """The option values a variant's label is written against (report: 'name[key=value,...]' lists the options
+        of cfg that differ from these): the defaults; a method with named presets may return the preset's values."""
+        return {o.name: o.default for o in cls.options}
+
     # --- availability and support ----------------------------------------------------------
     @classmethod
     def missing_packages(cls) -> list[str]:

@@ -54,6 +54,23 @@ def test_tail_equals_the_softmax_block_sums(B, H, T2, W, R, layout):
     torch.testing.assert_close(got, bt.pooled_scores_reference(y, heads=H, rows=R), atol=2e-6, rtol=2e-6)
 
 
+def test_tail_writes_into_a_slice_in_place():
+    """out=: a slice of a longer [B, H, NB, K] tensor gets bit for bit the fresh call's sums; the rest is untouched;
+    an out of the wrong shape, dtype or last stride is refused."""
+    g = torch.Generator().manual_seed(11)
+    y = (3 * torch.randn(1, 6, 12, 5, generator=g)).to(torch.bfloat16)
+    fresh = bt.pooled_scores(y, heads=3, rows=8)                         # [1, 3, 3, 10]
+    longer = torch.full((1, 3, 7, 10), float("nan"))
+    got = bt.pooled_scores(y, heads=3, rows=8, out=longer[:, :, 2:5])
+    assert got.data_ptr() == longer[:, :, 2:5].data_ptr()
+    assert torch.equal(longer[:, :, 2:5], fresh)
+    assert longer[:, :, :2].isnan().all() and longer[:, :, 5:].isnan().all()
+    for bad in (torch.empty(1, 3, 2, 10), torch.empty(1, 3, 3, 10, dtype=torch.float64),
+                torch.empty(1, 3, 10, 3).transpose(2, 3)):
+        with pytest.raises(ValueError, match="out must be"):
+            bt.pooled_scores(y, heads=3, rows=8, out=bad)
+
+
 def test_tail_refuses_bad_input():
     y = torch.randn(1, 4, 8, 8)
     with pytest.raises(ValueError, match="2H = 6"):
@@ -425,3 +442,23 @@ def test_fused_conv_relu_on_the_gpu(monkeypatch):
     # block sums of softmax rows (each block's K sums add to 64): a bf16 step here and there in the logits
     torch.testing.assert_close(sums[True].sum(-1), torch.full_like(sums[True].sum(-1), 64.0), atol=1e-3, rtol=0)
     assert (sums[True] - sums[False]).abs().mean() < 5e-3 * sums[False].abs().mean()
+
+
+def test_head_writes_rows_of_the_scales_in_place():
+    """scales_out with scale_rows = (r0, r1): rows r0 .. r1 - 1 of the fresh call's scales, bit for bit, written into
+    a slice of a longer tensor (the rest untouched) and returned; x unchanged; bad rows or outputs refused."""
+    g = torch.Generator().manual_seed(12)
+    c, v, w = torch.randn(1, 3, 13, 32, generator=g), torch.randn(1, 3, 13, 16, generator=g), _weights(16, 16, g)
+    x, scales = _head(c, v, w, 16)
+    longer = torch.full((1, 3, 20, 2), float("nan"))
+    args = (c, v, w["lin_w"], w["lin_b"], w["ln_w"], w["ln_b"], 1e-5, w["sc_w"], w["sc_b"], w["row_w"], w["row_b"])
+    x2, got = bh.encoder_head(*args, K=16, scales_out=longer[:, :, 5:13], scale_rows=(3, 11))
+    assert got.data_ptr() == longer[:, :, 5:13].data_ptr()
+    assert torch.equal(longer[:, :, 5:13], scales[:, :, 3:11]) and torch.equal(x2, x)
+    assert longer[:, :, :5].isnan().all() and longer[:, :, 13:].isnan().all()
+    _, part = bh.encoder_head(*args, K=16, scale_rows=(0, 4))             # a fresh tensor of those rows
+    assert torch.equal(part, scales[:, :, :4])
+    with pytest.raises(ValueError, match="scale_rows"):
+        bh.encoder_head(*args, K=16, scale_rows=(4, 14))
+    with pytest.raises(ValueError, match="scales_out must be"):
+        bh.encoder_head(*args, K=16, scales_out=longer[:, :, :7], scale_rows=(3, 11))

@@ -26,11 +26,34 @@ DEFAULTS = {True: dict(k=64, K=64, mode="causal_per_batch", nbf=8.0),
             False: dict(k=13, K=128, mode="per_batch", nbf=1.0)}
 
 
+# "auto" of the options a preset sets per direction: {option: (causal value, bidirectional value)}. shared_span:
+# key blocks on FlexAttention won causally and lost bidirectionally (H200, 64k: 0.167x -> 0.159x cuDNN causal,
+# 0.195x -> 0.239x bidirectional, results/nvidia-h200/sea-flex-blocks/); the other two are the bidirectional
+# estimator's (causal layers refuse them).
+AUTO_BY_DIRECTION = {"shared_span": ("blocks", "strided"), "encoder_operands": ("fp32", "bf16"),
+                     "identity_values": ("concat", "kernel")}
+
+# preset=NAME: these option values, under any option given explicitly. "fast": the forward latency configuration of
+# results/nvidia-h200/sea-rows/ (each option quality-gated on real q/k/v, results/nvidia-h200/sea-speed-notes.md);
+# "lean": the same with the estimator in 8 blocks of query rows (1.17x causal, 1.47x bidirectional SDPA-flash's peak
+# memory there). nbf=8 (33 Performer features at d = 64, the causal default) is left out where a checkpoint is given:
+# a trained estimator keeps the feature count it was trained with.
+FAST = dict(performer_dtype="bf16", estimator_precision="tf32", estimator_dtype="bf16", compile="estimator",
+            sparse_pieces=1, shared_keys=64, shared_span="auto", encoder_operands="auto", identity_values="auto",
+            nbf=8.0)
+PRESETS = {"none": {}, "fast": FAST, "lean": {**FAST, "query_blocks": 8}}
+
+
 def resolved(cfg, causal: bool) -> dict:
-    """Options with 0 / 'auto' replaced by the direction's defaults."""
+    """Options with 0 / 'auto' replaced by the direction's defaults (AUTO_BY_DIRECTION for the preset's autos)."""
     d = DEFAULTS[causal]
-    return dict(k=cfg["k"] or d["k"], K=cfg["K"] or d["K"], mode=d["mode"] if cfg["mode"] == "auto" else cfg["mode"],
-                nbf=cfg["nbf"] or d["nbf"])
+    out = dict(k=cfg["k"] or d["k"], K=cfg["K"] or d["K"], mode=d["mode"] if cfg["mode"] == "auto" else cfg["mode"],
+               nbf=cfg["nbf"] or d["nbf"])
+    for key, (causal_value, bidir_value) in AUTO_BY_DIRECTION.items():
+        out[key] = (causal_value if causal else bidir_value) if cfg[key] == "auto" else cfg[key]
+    if not cfg["shared_keys"]:
+        out["shared_span"] = "strided"                                   # no shared selection: the span is unused
+    return out
 
 
 class _SEABase(Method):
@@ -39,6 +62,14 @@ class _SEABase(Method):
     oracle = False
     complexity = "O(T (k + m) D) estimate + sparse; O(T W) index lists"
     options = (
+        Option("preset", "none", "a named set of the options below, under any of them given explicitly: fast (the "
+               "forward latency configuration: performer_dtype=bf16, estimator_precision=tf32, estimator_dtype=bf16, "
+               "compile=estimator, sparse_pieces=1, shared_keys=64, shared_span / encoder_operands / "
+               "identity_values=auto, nbf=8 unless a checkpoint is given; H200, bf16, H=16, D=64: causal 0.65x / "
+               "0.15x / 0.035x cuDNN at 16k / 64k / 256k, bidirectional 0.88x / 0.082x at 8k / 64k, "
+               "results/nvidia-h200/sea-rows/), lean (fast with query_blocks=8: 1.17x causal, 1.47x bidirectional "
+               "SDPA-flash's peak memory, 0.91x / 0.18x causal at 16k / 64k, bidirectional 1.5x / 0.095x at 8k / "
+               "64k) or none (the paper's configuration)", choices=tuple(PRESETS)),
         Option("k", 0, "keys per query budget (0: 64 causal, 13 bidirectional); may exceed the trained k"),
         Option("K", 0, "compressed width of A_hat (0: 64 causal, 128 bidirectional); multiple of 4"),
         Option("mode", "auto", "grouped top-k: auto (causal_per_batch causal, per_batch bidirectional), "
@@ -103,8 +134,8 @@ class _SEABase(Method):
                "sums (in the bidirectional head kernel, kernels/sea_bidir_head.py; the PyTorch encoder computes the "
                "same rounded operands in fp32), half the bytes between the two passes; causal layers refuse it. H200, "
                "8k: head 0.145 -> 0.117 ms, query pass 0.092 -> 0.085; with identity_values=kernel the table's 8k "
-               "1.444x -> 1.374x cuDNN (results/nvidia-h200/sea-vs-dense-10/); MiniLM fidelity -0.0006 %",
-               choices=("fp32", "bf16")),
+               "1.444x -> 1.374x cuDNN (results/nvidia-h200/sea-vs-dense-10/); MiniLM fidelity -0.0006 %; auto: bf16 "
+               "bidirectional, fp32 causal", choices=("fp32", "bf16", "auto")),
         Option("performer_dash", "auto", "bidirectional estimator, estimator_precision=tf32: auto (the fused "
                "Performer kernel's dash products: two bf16 products for bf16 keys, TF32 for queries), or fp16: both "
                "passes' projections as one fp16 product of operands rounded to nearest in fp16 (one-pass TF32's "
@@ -117,7 +148,8 @@ class _SEABase(Method):
                "value columns concatenated in front of v for the Performer) or kernel (made in the fused Performer "
                "kernel's key pass, their products in a narrow accumulator; the same estimate; impl: "
                "performer=.../identity=kernel where it ran; H200, 8k: -0.010 ms of kernels, "
-               "results/nvidia-h200/sea-bf16-encoder/)", choices=("concat", "kernel")),
+               "results/nvidia-h200/sea-bf16-encoder/); auto: kernel bidirectional, concat causal)",
+               choices=("concat", "kernel", "auto")),
         Option("compile", "none", "none, or estimator: the estimator's tensor operations (casts, Performer features, "
                "encoder, decoder, scaler) through torch.compile (inductor, static shapes: each sequence length "
                "compiles once, in the first call); the Triton kernels run between the compiled pieces",
@@ -204,11 +236,30 @@ class _SEABase(Method):
                "fast, 64 rows, budget 2, one run: causal 16k 0.866x -> 0.789x cuDNN (replayed), 64k 0.167x -> "
                "0.159x; bidirectional 64k 0.195x -> 0.239x (slower: keep strided there); closer to exact attention "
                "on SmolLM2 / MiniLM q/k/v (oracle estimate 0.186 -> 0.131, 0.485 -> 0.364; "
-               "results/nvidia-h200/sea-flex-blocks/, results/cpu/sea-shared-keys/)",
-               choices=("strided", "blocks")),
+               "results/nvidia-h200/sea-flex-blocks/, results/cpu/sea-shared-keys/); auto: blocks causal, strided "
+               "bidirectional", choices=("strided", "blocks", "auto")),
         Option("s_prob", -1.0, "force the s_prob scaler to this value (negative: estimated)"),
         Option("s_mix", -1.0, "force the s_mix scaler to this value (negative: estimated)"),
     )
+
+    @classmethod
+    def resolve_config(cls, raw=None):
+        """The preset's values (PRESETS) under the options given explicitly, then the usual parsing and checks."""
+        raw = dict(raw or {})
+        preset = cls.option_map()["preset"].parse(raw.get("preset", "none"))
+        values = dict(PRESETS[preset])
+        if "nbf" in values and raw.get("checkpoint"):
+            del values["nbf"]                                            # the checkpoint's feature count stands
+        return super().resolve_config({**values, **raw})
+
+    @classmethod
+    def label_base(cls, cfg):
+        """A preset's variant is labelled by its name and the options that differ from the preset's values."""
+        base = super().label_base(cfg)
+        values = dict(PRESETS.get(cfg.get("preset", "none"), {}))
+        if "nbf" in values and cfg.get("checkpoint"):
+            del values["nbf"]
+        return {**base, **values}
 
     @classmethod
     def validate_config(cls, cfg):
@@ -240,9 +291,9 @@ class _SEABase(Method):
                                     ">= 16 (or 0 for per-row selection)")
         if not cfg["shared_budget"] > 0:
             raise MethodConfigError(f"{cls.name}.shared_budget={cfg['shared_budget']}: must be > 0")
-        if cfg["shared_span"] != "strided" and not R:
+        if cfg["shared_span"] not in ("strided", "auto") and not R:
             raise MethodConfigError(f"{cls.name}.shared_span={cfg['shared_span']} needs shared_keys > 0")
-        if cfg["backend"] == "flex" and cfg["shared_span"] != "blocks":
+        if cfg["backend"] == "flex" and cfg["shared_span"] not in ("blocks", "auto"):
             raise MethodConfigError(f"{cls.name}.backend=flex runs shared selections with shared_span=blocks only")
         for key in ("s_prob", "s_mix"):
             if cfg[key] > 1:
@@ -264,15 +315,18 @@ class _SEABase(Method):
         if wants_triton and problem.device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             reasons.append(f"{', '.join(wants_triton)} needs a CUDA device (or TRITON_INTERPRET=1 on the CPU); "
                            f"device={problem.device}")
-        if cfg["encoder_operands"] == "bf16" and problem.causal:
+        if r["shared_span"] != "blocks" and cfg["backend"] == "flex":
+            reasons.append("backend=flex runs shared selections with shared_span=blocks only; shared_span=auto is "
+                           "strided on bidirectional calls")
+        if r["encoder_operands"] == "bf16" and problem.causal:
             reasons.append("encoder_operands=bf16 is the bidirectional estimator's (the causal fused front never "
                            "writes the Performer's output); causal calls take encoder_operands=fp32")
-        if problem.causal and (cfg["performer_dash"] != "auto" or cfg["identity_values"] != "concat"):
+        if problem.causal and (cfg["performer_dash"] != "auto" or r["identity_values"] != "concat"):
             reasons.append("performer_dash and identity_values are the bidirectional fused Performer kernel's "
                            "options; causal calls take performer_dash=auto, identity_values=concat")
         if cfg["performer_dash"] == "fp16" and cfg["estimator_precision"] != "tf32":
             reasons.append("performer_dash=fp16 rounds as one-pass TF32 does: it needs estimator_precision=tf32")
-        if cfg["performer_dash"] == "fp16" and cfg["identity_values"] == "kernel":
+        if cfg["performer_dash"] == "fp16" and r["identity_values"] == "kernel":
             from methods.sea import estimator as sea_estimator
             if sea_estimator.REFUSE_FP16_DASH_WITH_IDENTITY:
                 reasons.append(sea_estimator.FP16_DASH_WITH_IDENTITY)
@@ -345,9 +399,9 @@ class _SEABase(Method):
                            estimator_precision=cfg["estimator_precision"],
                            sparse_backward=cfg["sparse_backward"], sparse_pieces=cfg["sparse_pieces"],
                            cuda_graph=cfg["cuda_graph"], shared_keys=cfg["shared_keys"],
-                           shared_budget=cfg["shared_budget"], shared_span=cfg["shared_span"],
-                           encoder_operands=cfg["encoder_operands"], performer_dash=cfg["performer_dash"],
-                           identity_values=cfg["identity_values"])
+                           shared_budget=cfg["shared_budget"], shared_span=r["shared_span"],
+                           encoder_operands=r["encoder_operands"], performer_dash=cfg["performer_dash"],
+                           identity_values=r["identity_values"])
         return mod.to(problem.device)
 
 
