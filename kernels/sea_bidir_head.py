@@ -77,7 +77,7 @@ if triton is not None:
 
     @triton.jit
     def _head_kernel(C, V, LW, LB, LNW, LNB, SW, SB, RWT, RB, XO, SO,
-                     scb, sch, sct, svb, svh, svt, ssb, ssh, sst, S0, S1, H, T, D, W, ln_eps,
+                     scb, sch, sct, svb, svh, svt, H, T, D, W, ln_eps,
                      ENC_PREC: tl.constexpr, ENC_BF16: tl.constexpr, EMU: tl.constexpr, BLOCK_T: tl.constexpr,
                      BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_W: tl.constexpr):
         tb = tl.program_id(0).to(tl.int64)
@@ -131,12 +131,11 @@ if triton is not None:
         y = diff * rstd[:, None] * tl.load(LNW + offs_n, mask=nmask, other=0.0)[None, :] \
             + tl.load(LNB + offs_n, mask=nmask, other=0.0)[None, :]
         z = 0.5 * y * (1.0 + tl.erf(y * 0.7071067811865476))              # exact GELU; padded columns: 0
-        srow = b * ssb + h * ssh + (t - S0) * sst                         # scales: rows S0 .. S1 - 1 of the call
-        smask = rmask & (t >= S0) & (t < S1)
+        srow = ((b * H + h) * T + t) * 2                                  # scales [B, H, T, 2]
         s0 = tl.sum(z * tl.load(SW + offs_n, mask=nmask, other=0.0)[None, :], axis=1) + tl.load(SB)
         s1 = tl.sum(z * tl.load(SW + D2 + offs_n, mask=nmask, other=0.0)[None, :], axis=1) + tl.load(SB + 1)
-        tl.store(SO + srow, 1.0 / (1.0 + tl.exp(-s0)), mask=smask)
-        tl.store(SO + srow + 1, 1.0 / (1.0 + tl.exp(-s1)), mask=smask)
+        tl.store(SO + srow, 1.0 / (1.0 + tl.exp(-s0)), mask=rmask)
+        tl.store(SO + srow + 1, 1.0 / (1.0 + tl.exp(-s1)), mask=rmask)
         # the row projection: column (i, w) of the tile is row_w's row i W + w
         offs_j = tl.arange(0, 4 * BLOCK_W)
         ji = offs_j // BLOCK_W
@@ -173,17 +172,13 @@ def head_usable(device) -> bool:
 
 
 def encoder_head(c, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, row_w, row_b, *, K: int,
-                 precision: str = "tf32x3", scales_out: torch.Tensor | None = None,
-                 scale_rows: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 precision: str = "tf32x3") -> tuple[torch.Tensor, torch.Tensor]:
     """c [B, H, T, 2d] (the Performer's output) and v [B, H, T, d], each fp32, bf16 or fp16 (read exactly); the
     encoder's lin_w [2d, 3d], lin_b, ln_w, ln_b [2d], ln_eps; the scaler's sc_w [2, 2d], sc_b [2]; the bidirectional
     decoder's row_w [2K, 2d], row_b [2K] (fp32) -> (x bf16 [B, 4H, T, K / 2], a channels-last view of
     [B, T, K / 2, 4H]; scales fp32 [B, H, T, 2]). precision: the encoder dots' input precision (tf32x3, ieee,
     tf32: fp32 operands; bf16: the [c ; v] slices (in the kernel) and lin_w rounded to bf16, fp32 sums). Any strides
-    with a unit last stride (others are copied). See the module docstring.
-    scales_out, scale_rows = (r0, r1): only rows r0 .. r1 - 1 of the scales, written into scales_out (fp32
-    [B, H, r1 - r0, 2], unit last stride: a slice of a longer tensor, for a caller running the estimator in blocks of
-    rows whose halo rows belong to the next block) and returned in place of a new [B, H, T, 2]."""
+    with a unit last stride (others are copied). See the module docstring."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     named = dict(lin_w=lin_w, lin_b=lin_b, ln_w=ln_w, ln_b=ln_b, sc_w=sc_w, sc_b=sc_b, row_w=row_w, row_b=row_b)
@@ -221,17 +216,7 @@ def encoder_head(c, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, row_w, row_
     v = v if v.stride(-1) == 1 else v.contiguous()
     W = K // 2
     x = fresh((B, T, W, 4 * H), torch.bfloat16, c.device, poison=POISON_OUTPUTS)
-    r0, r1 = (0, T) if scale_rows is None else (int(scale_rows[0]), int(scale_rows[1]))
-    if not 0 <= r0 <= r1 <= T:
-        raise ValueError(f"sea bidirectional head: scale_rows={scale_rows} must satisfy 0 <= r0 <= r1 <= T = {T}")
-    if scales_out is None:
-        scales = fresh((B, H, r1 - r0, 2), torch.float32, c.device, poison=POISON_OUTPUTS)
-    elif (not isinstance(scales_out, torch.Tensor) or scales_out.dtype != torch.float32 or scales_out.device != c.device
-          or tuple(scales_out.shape) != (B, H, r1 - r0, 2) or scales_out.stride(-1) != 1):
-        raise ValueError(f"sea bidirectional head: scales_out must be a float32 [B, H, r1 - r0, 2] = "
-                         f"{(B, H, r1 - r0, 2)} tensor on {c.device} with a unit last stride")
-    else:
-        scales = scales_out
+    scales = fresh((B, H, T, 2), torch.float32, c.device, poison=POISON_OUTPUTS)
     bh = pow2_block(H, 1)
     bt = max(BLOCK_T, pow2_block(-(-16 // bh), 1))                      # tl.dot needs >= 16 rows
     rwt = row_w.t().to(torch.bfloat16).contiguous()                    # [2d, 2K]: autocast's bf16 weight, transposed
@@ -240,8 +225,7 @@ def encoder_head(c, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, row_w, row_
         _head_kernel[(triton.cdiv(T, bt), B)](
             c, v, lw, *(t.contiguous() for t in (lin_b, ln_w, ln_b, sc_w, sc_b)), rwt, row_b.contiguous(), x,
             scales,
-            c.stride(0), c.stride(1), c.stride(2), v.stride(0), v.stride(1), v.stride(2), scales.stride(0),
-            scales.stride(1), scales.stride(2), r0, r1, H, T, d, W, float(ln_eps),
+            c.stride(0), c.stride(1), c.stride(2), v.stride(0), v.stride(1), v.stride(2), H, T, d, W, float(ln_eps),
             ENC_PREC="ieee" if precision == "bf16" else precision, ENC_BF16=precision == "bf16", EMU=not c.is_cuda,
             BLOCK_T=bt, BLOCK_H=bh, BLOCK_K=bk,
             BLOCK_DV=pow2_block(2 * d), BLOCK_W=pow2_block(W, 4), num_warps=NUM_WARPS,

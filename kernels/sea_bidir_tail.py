@@ -44,6 +44,10 @@ POISON_OUTPUTS = False           # tests: fresh outputs filled with NaN so a ski
 CHUNK = 4                        # half-rows per load step
 NUM_WARPS = 4
 HEAD_GROUPS = 4                  # programs per block of rows, each summing H / HEAD_GROUPS heads (both parities)
+# ... raised (up to one head a program) where the blocks are too few to give this many programs: the estimator in
+# blocks of 1024 rows (query_blocks) calls it on 16 blocks at a time, 64 programs for 132 SMs at 4 groups (H200,
+# 8k in 8 blocks: 10.5 us a call against 17 us for all 128 blocks at once, results/nvidia-h200/sea-presets/call1/)
+MIN_PROGRAMS = 256
 
 
 if triton is not None:
@@ -120,7 +124,10 @@ def pooled_scores(y: torch.Tensor, *, heads: int, rows: int, out: torch.Tensor |
           or tuple(out.shape) != (B, H, NB, 2 * W) or out.stride(-1) != 1):
         raise ValueError(f"sea bidirectional tail: out must be a float32 [B, H, T/R, 2W] = {(B, H, NB, 2 * W)} "
                          f"tensor on {y.device} with a unit last stride")
-    bh = pow2_block(-(-H // max(1, HEAD_GROUPS)), 1)                   # heads per program
+    groups = max(1, HEAD_GROUPS)
+    while groups < H and NB * B * groups < MIN_PROGRAMS:
+        groups *= 2
+    bh = pow2_block(-(-H // groups), 1)                                 # heads per program
     _tail_kernel[(NB, B, triton.cdiv(H, bh))](y, out, y.stride(0), y.stride(1), y.stride(2), y.stride(3),
                           out.stride(0), out.stride(1), out.stride(2), H, T2, W,
                           RH=R // 2, CHUNK=min(CHUNK, pow2_block(R // 2, 1)), BLOCK_W=pow2_block(W, 1), BLOCK_C=2 * bh,

@@ -257,7 +257,9 @@ class BidirectionalDecoder(nn.Module):
         out = {name: (conv.weight.to(dt, memory_format=fmt), conv.bias.to(dt))
                for name, conv in (("conv1", self.conv1), ("conv2", self.conv2))}
         w, b = self.parity_weight() if PARITY_CONV3 else (self.conv3.weight, self.conv3.bias)
-        out["conv3"] = (w.to(dt), b.to(dt))
+        # in x's layout: cuDNN copies a weight of the other layout on every call (once a block of rows)
+        last = x.is_cuda and x.is_contiguous(memory_format=torch.channels_last)
+        out["conv3"] = (w.to(dt, memory_format=torch.channels_last if last else torch.contiguous_format), b.to(dt))
         return out
 
     def body(self, x, *, parity: bool = False, weights: dict | None = None):   # x [B, 4H, T, K/2]
@@ -578,10 +580,9 @@ class Estimator(nn.Module):
                 and c_perf.dtype in (torch.float32, torch.bfloat16) and head_usable(c_perf.device)
                 and not needs_grad(c_perf, v, *weights))
 
-    def bidir_head(self, c_perf: torch.Tensor, v: torch.Tensor, **scales_to) -> tuple[torch.Tensor, torch.Tensor]:
+    def bidir_head(self, c_perf: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """kernels/sea_bidir_head.py: (the decoder's first convolution input [B, 4H, T, K/2] bf16, channels-last;
-        scales [B, H, T, 2]) from the Performer's output (see uses_bidir_head). scales_to: the kernel's scales_out
-        and scale_rows (rows of the scales written into a given tensor; _forward_rows)."""
+        scales [B, H, T, 2]) from the Performer's output (see uses_bidir_head)."""
         from kernels import sea_encoder
         from kernels.sea_bidir_head import V_DTYPES, encoder_head
 
@@ -592,7 +593,7 @@ class Estimator(nn.Module):
         precision = "bf16" if self.encoder_operands == "bf16" else PRECISIONS[self.precision] or sea_encoder.PRECISION
         return torch.compiler.disable(encoder_head)(
             c_perf, v, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, self.scaler.weight, self.scaler.bias,
-            self.dec.row.weight, self.dec.row.bias, K=self.K, precision=precision, **scales_to)
+            self.dec.row.weight, self.dec.row.bias, K=self.K, precision=precision)
 
     def uses_bidir_tail(self, z: torch.Tensor) -> bool:
         """Do this call's pooled block scores come from kernels/sea_bidir_tail.py (BIDIR_TAIL, PARITY_CONV3)?"""
@@ -752,8 +753,7 @@ class Estimator(nn.Module):
             lo, hi = max(a - ROW_HALO, 0), min(b + ROW_HALO, T)
             i0, i1 = a - lo, b - lo                                      # the block's rows in the window
             c = rows_of(lo, hi)                                          # [B, H, hi - lo, 2d]
-            # the head kernel writes the block's scales in place (the halo rows' are the next block's)
-            x, sc, headed = self._encoded(c, v[:, :, lo:hi], scales_out=scales[:, :, a:b], scale_rows=(i0, i1))
+            x, sc, headed = self._encoded(c, v[:, :, lo:hi])
             del c
             if headed and weights is None:
                 weights = self.dec.body_weights(x)
@@ -768,8 +768,9 @@ class Estimator(nn.Module):
                 y = torch.softmax(y[:, :, i0:i1], dim=-1)                # [B, H, b - a, K]
                 sums[:, :, a // pool:b // pool] = y.reshape(B, H, (b - a) // pool, pool, self.K).sum(
                     3, dtype=torch.float32)
-            if not headed:                                               # the encoder's scales of the window
-                scales[:, :, a:b] = sc[:, :, i0:i1]
+            # (written in place by the head kernel instead, its scales' extra row arguments took it from 125 to
+            # 130 registers, one program an SM: 64k 3.59 -> 3.97 ms, results/nvidia-h200/sea-presets/call1/)
+            scales[:, :, a:b] = sc[:, :, i0:i1]
             del x, sc, y
         return None, sums, scales[..., 0:1], scales[..., 1:2]
 
@@ -861,14 +862,12 @@ class Estimator(nn.Module):
         z, scales, headed = self._encoded(c_perf, v, carry)
         return self._finish(z, scales, carry, state, headed=headed, probs=probs, pool=pool)
 
-    def _encoded(self, c_perf, v, carry=None, **scales_to):
+    def _encoded(self, c_perf, v, carry=None):
         """The encoder and scaler head on the Performer's output: (z [B, H, T, 2d] or, headed, the decoder head's
-        output [B, 4H, T, K/2] (kernels/sea_bidir_head.py), scales [B, H, T, 2], headed). scales_to (scales_out,
-        scale_rows; _forward_rows): where the head kernel runs, those rows of the scales written into scales_out
-        and scales_out returned (the other paths return all rows and leave scales_out alone)."""
+        output [B, 4H, T, K/2] (kernels/sea_bidir_head.py), scales [B, H, T, 2], headed)."""
         self.last_encoder = self.encoder_path(c_perf, v)
         if self.last_encoder == "triton" and carry is None and self.uses_bidir_head(c_perf, v):
-            x, scales = self.bidir_head(c_perf, v, **scales_to)          # [B, 4H, T, K/2] bf16, [B, H, T, 2]
+            x, scales = self.bidir_head(c_perf, v)                       # [B, 4H, T, K/2] bf16, [B, H, T, 2]
             return x, scales, True
         if self.last_encoder == "triton" and self.encoder_operands == "fp32":
             z, scales = self.fused_encoder(c_perf, v)                    # [B, H, T, 2d], [B, H, T, 2]
