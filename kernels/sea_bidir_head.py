@@ -171,14 +171,25 @@ def head_usable(device) -> bool:
     return triton_runs_on(device, triton is not None)
 
 
+def cast_weights(lin_w: torch.Tensor, row_w: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two weights as the kernel reads them: lin_w (rounded to bf16 for precision="bf16") and row_w^T in bf16
+    (autocast's weight, transposed), contiguous. encoder_head makes them in every call (three copy launches); a
+    caller running it on many blocks of rows makes them once here and passes them as cast=."""
+    rwt = row_w.t().to(torch.bfloat16).contiguous()                    # [2d, 2K]: autocast's bf16 weight, transposed
+    lw = lin_w.to(torch.bfloat16).contiguous() if precision == "bf16" else lin_w.contiguous()   # rounded to nearest
+    return lw, rwt
+
+
 def encoder_head(c, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, row_w, row_b, *, K: int,
-                 precision: str = "tf32x3") -> tuple[torch.Tensor, torch.Tensor]:
+                 precision: str = "tf32x3", cast: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """c [B, H, T, 2d] (the Performer's output) and v [B, H, T, d], each fp32, bf16 or fp16 (read exactly); the
     encoder's lin_w [2d, 3d], lin_b, ln_w, ln_b [2d], ln_eps; the scaler's sc_w [2, 2d], sc_b [2]; the bidirectional
     decoder's row_w [2K, 2d], row_b [2K] (fp32) -> (x bf16 [B, 4H, T, K / 2], a channels-last view of
     [B, T, K / 2, 4H]; scales fp32 [B, H, T, 2]). precision: the encoder dots' input precision (tf32x3, ieee,
     tf32: fp32 operands; bf16: the [c ; v] slices (in the kernel) and lin_w rounded to bf16, fp32 sums). Any strides
-    with a unit last stride (others are copied). See the module docstring."""
+    with a unit last stride (others are copied). cast: cast_weights(lin_w, row_w, precision), made once by the
+    caller. See the module docstring."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     named = dict(lin_w=lin_w, lin_b=lin_b, ln_w=ln_w, ln_b=ln_b, sc_w=sc_w, sc_b=sc_b, row_w=row_w, row_b=row_b)
@@ -219,8 +230,15 @@ def encoder_head(c, v, lin_w, lin_b, ln_w, ln_b, ln_eps, sc_w, sc_b, row_w, row_
     scales = fresh((B, H, T, 2), torch.float32, c.device, poison=POISON_OUTPUTS)
     bh = pow2_block(H, 1)
     bt = max(BLOCK_T, pow2_block(-(-16 // bh), 1))                      # tl.dot needs >= 16 rows
-    rwt = row_w.t().to(torch.bfloat16).contiguous()                    # [2d, 2K]: autocast's bf16 weight, transposed
-    lw = lin_w.to(torch.bfloat16).contiguous() if precision == "bf16" else lin_w.contiguous()   # rounded to nearest
+    if cast is None:
+        lw, rwt = cast_weights(lin_w, row_w, precision)
+    else:
+        lw, rwt = cast
+        lw_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        if (lw.dtype != lw_dtype or tuple(lw.shape) != (2 * d, 3 * d) or not lw.is_contiguous()
+                or rwt.dtype != torch.bfloat16 or tuple(rwt.shape) != (2 * d, 2 * K) or not rwt.is_contiguous()):
+            raise ValueError("sea bidirectional head: cast must be cast_weights(lin_w, row_w, precision) for "
+                             f"precision={precision!r}")
     if B * T:
         _head_kernel[(triton.cdiv(T, bt), B)](
             c, v, lw, *(t.contiguous() for t in (lin_b, ln_w, ln_b, sc_w, sc_b)), rwt, row_b.contiguous(), x,

@@ -41,7 +41,9 @@ except ImportError:  # pragma: no cover - triton missing: tail_usable() is False
     tl = None
 
 POISON_OUTPUTS = False           # tests: fresh outputs filled with NaN so a skipped write fails
-CHUNK = 4                        # half-rows per load step
+CHUNK = 4                        # half-rows per load step, at least; more where the tile stays within TILE elements
+TILE = 4096                      # (one program of few heads walks its rows in fewer, larger steps: its chain of
+                                 # dependent loads set a call's time, ~10 us in 8 steps, however many programs ran)
 NUM_WARPS = 4
 HEAD_GROUPS = 4                  # programs per block of rows, each summing H / HEAD_GROUPS heads (both parities)
 # ... raised (up to one head a program) where the blocks are too few to give this many programs: the estimator in
@@ -128,9 +130,11 @@ def pooled_scores(y: torch.Tensor, *, heads: int, rows: int, out: torch.Tensor |
     while groups < H and NB * B * groups < MIN_PROGRAMS:
         groups *= 2
     bh = pow2_block(-(-H // groups), 1)                                 # heads per program
+    bw = pow2_block(W, 1)
+    chunk = min(max(CHUNK, TILE // (bw * 2 * bh)), pow2_block(R // 2, 1))
     _tail_kernel[(NB, B, triton.cdiv(H, bh))](y, out, y.stride(0), y.stride(1), y.stride(2), y.stride(3),
                           out.stride(0), out.stride(1), out.stride(2), H, T2, W,
-                          RH=R // 2, CHUNK=min(CHUNK, pow2_block(R // 2, 1)), BLOCK_W=pow2_block(W, 1), BLOCK_C=2 * bh,
+                          RH=R // 2, CHUNK=chunk, BLOCK_W=bw, BLOCK_C=2 * bh,
                           BLOCK_H=bh, num_warps=NUM_WARPS)
     return out
 

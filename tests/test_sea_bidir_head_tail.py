@@ -444,3 +444,19 @@ def test_fused_conv_relu_on_the_gpu(monkeypatch):
     torch.testing.assert_close(sums[True].sum(-1), torch.full_like(sums[True].sum(-1), 64.0), atol=1e-3, rtol=0)
     assert (sums[True] - sums[False]).abs().mean() < 5e-3 * sums[False].abs().mean()
 
+
+
+@pytest.mark.parametrize("precision", ["bf16", "tf32x3"])
+def test_head_with_weights_cast_once_is_the_same_call(precision):
+    """cast=cast_weights(...) (made once by a caller running many blocks of rows): bit for bit the call that casts
+    them itself; weights cast for another precision are refused."""
+    g = torch.Generator().manual_seed(13)
+    c, v, w = torch.randn(1, 3, 9, 32, generator=g), torch.randn(1, 3, 9, 16, generator=g), _weights(16, 16, g)
+    args = (c, v, w["lin_w"], w["lin_b"], w["ln_w"], w["ln_b"], 1e-5, w["sc_w"], w["sc_b"], w["row_w"], w["row_b"])
+    x, scales = bh.encoder_head(*args, K=16, precision=precision)
+    cast = bh.cast_weights(w["lin_w"], w["row_w"], precision)
+    x2, scales2 = bh.encoder_head(*args, K=16, precision=precision, cast=cast)
+    assert torch.equal(x2, x) and torch.equal(scales2, scales)
+    other = bh.cast_weights(w["lin_w"], w["row_w"], "tf32x3" if precision == "bf16" else "bf16")
+    with pytest.raises(ValueError, match="cast must be"):
+        bh.encoder_head(*args, K=16, precision=precision, cast=other)

@@ -580,20 +580,26 @@ class Estimator(nn.Module):
                 and c_perf.dtype in (torch.float32, torch.bfloat16) and head_usable(c_perf.device)
                 and not needs_grad(c_perf, v, *weights))
 
-    def bidir_head(self, c_perf: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def bidir_head(self, c_perf: torch.Tensor, v: torch.Tensor, cache: dict | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """kernels/sea_bidir_head.py: (the decoder's first convolution input [B, 4H, T, K/2] bf16, channels-last;
-        scales [B, H, T, 2]) from the Performer's output (see uses_bidir_head)."""
+        scales [B, H, T, 2]) from the Performer's output (see uses_bidir_head). cache: a dict kept by a caller
+        running many blocks of rows; the kernel's cast weights are made in the first call and reused."""
         from kernels import sea_encoder
-        from kernels.sea_bidir_head import V_DTYPES, encoder_head
+        from kernels.sea_bidir_head import V_DTYPES, cast_weights, encoder_head
 
         lin, ln = self.enc[0], self.enc[1]
         self.last_encoder = "triton-head"
         if v.dtype not in V_DTYPES:                                      # the kernel reads these exactly
             v = v.float()
         precision = "bf16" if self.encoder_operands == "bf16" else PRECISIONS[self.precision] or sea_encoder.PRECISION
+        cast = None
+        if cache is not None:
+            cast = cache.get("head") or cache.setdefault("head", cast_weights(lin.weight, self.dec.row.weight,
+                                                                               precision))
         return torch.compiler.disable(encoder_head)(
             c_perf, v, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, self.scaler.weight, self.scaler.bias,
-            self.dec.row.weight, self.dec.row.bias, K=self.K, precision=precision)
+            self.dec.row.weight, self.dec.row.bias, K=self.K, precision=precision, cast=cast)
 
     def uses_bidir_tail(self, z: torch.Tensor) -> bool:
         """Do this call's pooled block scores come from kernels/sea_bidir_tail.py (BIDIR_TAIL, PARITY_CONV3)?"""
@@ -748,12 +754,13 @@ class Estimator(nn.Module):
         sums = torch.empty(B, H, T // pool, self.K, dtype=torch.float32, device=q.device)
         scales = torch.empty(B, H, T, 2, dtype=torch.float32, device=q.device)
         weights = None                                                   # the decoder body's, made once
+        head_cache: dict = {}                                            # the head kernel's cast weights, once
         for a in range(0, T, rows):
             b = min(a + rows, T)
             lo, hi = max(a - ROW_HALO, 0), min(b + ROW_HALO, T)
             i0, i1 = a - lo, b - lo                                      # the block's rows in the window
             c = rows_of(lo, hi)                                          # [B, H, hi - lo, 2d]
-            x, sc, headed = self._encoded(c, v[:, :, lo:hi])
+            x, sc, headed = self._encoded(c, v[:, :, lo:hi], cache=head_cache)
             del c
             if headed and weights is None:
                 weights = self.dec.body_weights(x)
@@ -862,12 +869,12 @@ class Estimator(nn.Module):
         z, scales, headed = self._encoded(c_perf, v, carry)
         return self._finish(z, scales, carry, state, headed=headed, probs=probs, pool=pool)
 
-    def _encoded(self, c_perf, v, carry=None):
+    def _encoded(self, c_perf, v, carry=None, cache: dict | None = None):
         """The encoder and scaler head on the Performer's output: (z [B, H, T, 2d] or, headed, the decoder head's
-        output [B, 4H, T, K/2] (kernels/sea_bidir_head.py), scales [B, H, T, 2], headed)."""
+        output [B, 4H, T, K/2] (kernels/sea_bidir_head.py), scales [B, H, T, 2], headed). cache: bidir_head's."""
         self.last_encoder = self.encoder_path(c_perf, v)
         if self.last_encoder == "triton" and carry is None and self.uses_bidir_head(c_perf, v):
-            x, scales = self.bidir_head(c_perf, v)                       # [B, 4H, T, K/2] bf16, [B, H, T, 2]
+            x, scales = self.bidir_head(c_perf, v, cache)                # [B, 4H, T, K/2] bf16, [B, H, T, 2]
             return x, scales, True
         if self.last_encoder == "triton" and self.encoder_operands == "fp32":
             z, scales = self.fused_encoder(c_perf, v)                    # [B, H, T, 2d], [B, H, T, 2]
