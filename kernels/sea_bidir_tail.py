@@ -41,14 +41,15 @@ except ImportError:  # pragma: no cover - triton missing: tail_usable() is False
     tl = None
 
 POISON_OUTPUTS = False           # tests: fresh outputs filled with NaN so a skipped write fails
-CHUNK = 4                        # half-rows per load step, at least; more where the tile stays within TILE elements
-TILE = 4096                      # (one program of few heads walks its rows in fewer, larger steps: its chain of
-                                 # dependent loads set a call's time, ~10 us in 8 steps, however many programs ran)
+CHUNK = 4                        # half-rows per load step (H200, 8k in 8 blocks of rows, one program a head: one
+                                 # step of 32 half-rows took 0.090 ms for the 8 calls against 0.077 in steps of 4,
+                                 # results/nvidia-h200/sea-presets/call3/)
 NUM_WARPS = 4
 HEAD_GROUPS = 4                  # programs per block of rows, each summing H / HEAD_GROUPS heads (both parities)
 # ... raised (up to one head a program) where the blocks are too few to give this many programs: the estimator in
 # blocks of 1024 rows (query_blocks) calls it on 16 blocks at a time, 64 programs for 132 SMs at 4 groups (H200,
-# 8k in 8 blocks: 10.5 us a call against 17 us for all 128 blocks at once, results/nvidia-h200/sea-presets/call1/)
+# 8k in 8 blocks: 10.5 us a call against 17 us for all 128 blocks at once; with one head a program the 8 calls
+# 0.083 -> 0.077 ms, results/nvidia-h200/sea-presets/call2/)
 MIN_PROGRAMS = 256
 
 
@@ -131,7 +132,7 @@ def pooled_scores(y: torch.Tensor, *, heads: int, rows: int, out: torch.Tensor |
         groups *= 2
     bh = pow2_block(-(-H // groups), 1)                                 # heads per program
     bw = pow2_block(W, 1)
-    chunk = min(max(CHUNK, TILE // (bw * 2 * bh)), pow2_block(R // 2, 1))
+    chunk = min(CHUNK, pow2_block(R // 2, 1))
     _tail_kernel[(NB, B, triton.cdiv(H, bh))](y, out, y.stride(0), y.stride(1), y.stride(2), y.stride(3),
                           out.stride(0), out.stride(1), out.stride(2), H, T2, W,
                           RH=R // 2, CHUNK=chunk, BLOCK_W=bw, BLOCK_C=2 * bh,
