@@ -1,4 +1,4 @@
-"""sea preset=fast / lean: the named option sets expand into the same configuration as the options written out,
+"""sea preset=train / fast / lean: the named option sets expand into the same configuration as the options written out,
 options given explicitly win, the per-direction autos resolve as documented, a checkpoint keeps its feature count,
 the built layer computes what the written-out options compute, and the report labels a preset's variant by its
 name. CPU; the layers run with compile=none (inductor on the CPU would only slow the test)."""
@@ -29,8 +29,12 @@ def test_presets_expand_to_the_written_out_options():
     assert _without_preset(fast) == _without_preset(SEA.resolve_config(WRITTEN_OUT))
     lean = SEA.resolve_config({"preset": "lean"})
     assert _without_preset(lean) == _without_preset(SEA.resolve_config({**WRITTEN_OUT, "query_blocks": "8"}))
+    train = SEA.resolve_config({"preset": "train"})
+    written = {k: v for k, v in WRITTEN_OUT.items() if k in ("performer_dtype", "estimator_precision",
+                                                             "estimator_dtype", "compile", "sparse_pieces")}
+    assert _without_preset(train) == _without_preset(SEA.resolve_config(written)) and train["shared_keys"] == 0
     assert SEA.resolve_config({}) == SEA.resolve_config({"preset": "none"})
-    assert set(FAST) <= set(SEA.option_map()) and set(PRESETS) == {"none", "fast", "lean"}
+    assert set(FAST) <= set(SEA.option_map()) and set(PRESETS) == {"none", "train", "fast", "lean"}
 
 
 def test_explicit_options_win_and_a_checkpoint_keeps_its_features(tmp_path):
