@@ -725,8 +725,9 @@ class Estimator(nn.Module):
         """forward(probs=True, pool=R) of a bidirectional call without a padding mask, in blocks of `rows` query
         rows (see rows_refusal): the Performer's key pass once (favor_rows), then per block its query pass, the
         encoder and scaler head, the decoder and the block sums on the block's rows plus ROW_HALO rows on each
-        side inside the sequence, whose convolution outputs are dropped (ROW_HALO: why they suffice); the sums and
-        scalers go into [B, H, T / R, K] and [B, H, T, 2] tensors made up front. The same values as the whole call
+        side inside the sequence, whose convolution outputs are dropped (ROW_HALO: why they suffice); the sums go
+        into a [B, H, T / R, K] tensor made up front (the tail kernel writes them in place), the blocks' scalers are
+        joined into [B, H, T, 2] at the end. The same values as the whole call
         up to the convolutions' summation order on blocks of another length (cuDNN may pick another algorithm).
         Memory beyond q, k, v: the values [identity ; v] of the Performer where identity_values=concat makes them
         ([B, H, T, 2d]; identity_values=kernel makes none), and O(rows) for the rest. Runs eagerly under
@@ -752,7 +753,7 @@ class Estimator(nn.Module):
                              out_dtype=self.c_dtype, identity_cols=ident, dash=dash)
         del vals
         sums = torch.empty(B, H, T // pool, self.K, dtype=torch.float32, device=q.device)
-        scales = torch.empty(B, H, T, 2, dtype=torch.float32, device=q.device)
+        scales = []                                                      # each block's, joined once at the end
         weights = None                                                   # the decoder body's, made once
         head_cache: dict = {}                                            # the head kernel's cast weights, once
         for a in range(0, T, rows):
@@ -777,8 +778,9 @@ class Estimator(nn.Module):
                     3, dtype=torch.float32)
             # (written in place by the head kernel instead, its scales' extra row arguments took it from 125 to
             # 130 registers, one program an SM: 64k 3.59 -> 3.97 ms, results/nvidia-h200/sea-presets/call1/)
-            scales[:, :, a:b] = sc[:, :, i0:i1]
+            scales.append(sc[:, :, i0:i1])
             del x, sc, y
+        scales = torch.cat(scales, dim=2)                                # one launch, not one a block
         return None, sums, scales[..., 0:1], scales[..., 1:2]
 
     def forward_block(self, q, k, v, *, row0: int, carry: dict | None, probs: bool = False):

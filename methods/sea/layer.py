@@ -369,21 +369,20 @@ class SEAAttention(AttentionModule):
         B, H, T, _ = q.shape
         R = self.shared_keys
         kr, vr = kr.contiguous(), vr.contiguous()
-        scores = torch.empty(B, H, -(-T // R), self.K, dtype=torch.float32, device=q.device)
-        s_prob = torch.empty(B, H, T, 1, dtype=torch.float32, device=q.device)
-        s_mix = torch.empty_like(s_prob)
         backend = topk_path(self.mode, H=H, K=self.K, valid=None, backend=self.topk_backend, device=q.device)
-        carry, n = None, 0
+        # each block's scores and scalers kept and joined once at the end: three launches a call instead of three a
+        # block (H200, 16k in 8 blocks: 24 copies, 0.039 ms, results/nvidia-h200/sea-presets/call6/)
+        parts: tuple[list, list, list] = ([], [], [])
+        carry = None
         for s in range(0, T, rows):
             e = min(T, s + rows)
             _, a_hat, sp, sm, carry = self.estimator.forward_block(q[:, :, s:e], kr[:, :, s:e], vr[:, :, s:e],
                                                                    row0=s, carry=carry, probs=True)
-            scores[:, :, s // R:-(-e // R)] = block_scores(a_hat, R, backend=backend, T=T, row0=s)
-            s_prob[:, :, s:e], s_mix[:, :, s:e] = sp, sm
-            n += 1
+            for part, t in zip(parts, (block_scores(a_hat, R, backend=backend, T=T, row0=s), sp, sm)):
+                part.append(t)
             del a_hat, sp, sm
-        self.estimator.last_rows = f"{n} x {rows} rows"
-        return scores, s_prob, s_mix
+        self.estimator.last_rows = f"{len(parts[0])} x {rows} rows"
+        return tuple(torch.cat(part, dim=2) for part in parts)
 
     def stage_estimator(self, q, kr, vr, *, causal, valid, scale, pool: int = 0):
         """1-2. A_hat [B, H, T, K] (float32), its logits, and the scalers s_prob, s_mix [B, H, T, 1]. pool = R
