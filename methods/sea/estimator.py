@@ -595,8 +595,9 @@ class Estimator(nn.Module):
         precision = "bf16" if self.encoder_operands == "bf16" else PRECISIONS[self.precision] or sea_encoder.PRECISION
         cast = None
         if cache is not None:
-            cast = cache.get("head") or cache.setdefault("head", cast_weights(lin.weight, self.dec.row.weight,
-                                                                               precision))
+            if "head" not in cache:
+                cache["head"] = cast_weights(lin.weight, self.dec.row.weight, precision)
+            cast = cache["head"]
         return torch.compiler.disable(encoder_head)(
             c_perf, v, lin.weight, lin.bias, ln.weight, ln.bias, ln.eps, self.scaler.weight, self.scaler.bias,
             self.dec.row.weight, self.dec.row.bias, K=self.K, precision=precision, cast=cast)
