@@ -38,7 +38,7 @@ AUTO_BY_DIRECTION = {"shared_span": ("blocks", "strided"), "encoder_operands": (
 # SDPA-flash's time, results/nvidia-h200/sea-presets/call5/); "fast": the forward (inference) latency configuration,
 # train's options plus shared key selections (with gradients those run as per-row lists of twice a row's cells:
 # 1.30x SDPA-flash in the same 32k forward+backward cell); "lean": fast with the estimator in 8 blocks of query rows
-# (1.17x causal, 1.47x bidirectional SDPA-flash's peak memory, results/nvidia-h200/sea-presets/call4/). nbf=8 (33
+# (1.17x causal, 1.47x bidirectional SDPA-flash's peak memory, results/nvidia-h200/sea-presets/call8/). nbf=8 (33
 # Performer features at d = 64, the causal default) is left out where a checkpoint is given: a trained estimator keeps
 # the feature count it was trained with.
 TRAIN = dict(performer_dtype="bf16", estimator_precision="tf32", estimator_dtype="bf16", compile="estimator",
@@ -70,10 +70,10 @@ class _SEABase(Method):
                "(performer_dtype=bf16, estimator_precision=tf32, estimator_dtype=bf16, compile=estimator, "
                "sparse_pieces=1; causal 32k forward+backward 0.43x SDPA-flash), fast (for inference: train's plus "
                "shared_keys=64, shared_span / encoder_operands / identity_values=auto, nbf=8 unless a checkpoint is "
-               "given; forward, causal 0.69x / 0.15x / 0.034x cuDNN at 16k / 64k / 256k at 5.0x SDPA-flash's peak "
-               "memory, bidirectional 0.86x / 0.082x at 8k / 64k at 9.8x; with gradients 1.3x SDPA-flash at causal "
+               "given; forward, causal 0.66x / 0.15x / 0.035x cuDNN at 16k / 64k / 256k at 5.0x SDPA-flash's peak "
+               "memory, bidirectional 0.89x / 0.082x at 8k / 64k at 9.8x; with gradients 1.3x SDPA-flash at causal "
                "32k: use train there), lean (fast with query_blocks=8: 1.17x causal, 1.47x bidirectional "
-               "SDPA-flash's memory; causal 0.96x / 0.17x at 16k / 64k, bidirectional 1.32x / 0.093x at 8k / 64k) "
+               "SDPA-flash's memory; causal 0.91x / 0.18x at 16k / 64k, bidirectional 1.35x / 0.093x at 8k / 64k) "
                "or none (the paper's configuration)", choices=tuple(PRESETS)),
         Option("k", 0, "keys per query budget (0: 64 causal, 13 bidirectional); may exceed the trained k"),
         Option("K", 0, "compressed width of A_hat (0: 64 causal, 128 bidirectional); multiple of 4"),
