@@ -165,14 +165,15 @@ if triton is not None:
         n = tl.minimum(w, KSEL)
         wd = tl.maximum(w, 1)
         a = tl.minimum(tl.maximum(((start - lo) * n + w - 1) // wd, 0), n).to(tl.int32)
-        b_ = tl.minimum(tl.maximum(((start + R - lo) * n + w - 1) // wd, 0), n).to(tl.int32)
+        if CAUSAL:
+            gap = tl.zeros_like(a)
+        else:                                                            # the block's own keys inside the cell
+            gap = tl.minimum(tl.maximum(((start + R - lo) * n + w - 1) // wd, 0), n).to(tl.int32) - a
         lo, w, n = lo.to(tl.int32), w.to(tl.int32), n.to(tl.int32)
         live = sel & ccm & (w > 0)
         if CAUSAL:
-            gap = tl.zeros_like(a)
             m = tl.where(live, a, 0)
         else:
-            gap = b_ - a
             m = tl.where(live, n - gap, 0)
         ends = tl.cumsum(m, 0)                                           # [KCP] int32
         total = tl.sum(m, 0)

@@ -47,6 +47,14 @@ FAST = dict(TRAIN, shared_keys=64, shared_span="auto", encoder_operands="auto", 
 PRESETS = {"none": {}, "train": TRAIN, "fast": FAST, "lean": {**FAST, "query_blocks": 8}}
 
 
+def preset_values(preset: str, checkpoint) -> dict:
+    """The option values preset=NAME sets; nbf left out where a checkpoint is given (its feature count stands)."""
+    values = dict(PRESETS[preset])
+    if checkpoint:
+        values.pop("nbf", None)
+    return values
+
+
 def resolved(cfg, causal: bool) -> dict:
     """Options with 0 / 'auto' replaced by the direction's defaults (AUTO_BY_DIRECTION for the preset's autos)."""
     d = DEFAULTS[causal]
@@ -252,19 +260,12 @@ class _SEABase(Method):
         """The preset's values (PRESETS) under the options given explicitly, then the usual parsing and checks."""
         raw = dict(raw or {})
         preset = cls.option_map()["preset"].parse(raw.get("preset", "none"))
-        values = dict(PRESETS[preset])
-        if "nbf" in values and raw.get("checkpoint"):
-            del values["nbf"]                                            # the checkpoint's feature count stands
-        return super().resolve_config({**values, **raw})
+        return super().resolve_config({**preset_values(preset, raw.get("checkpoint")), **raw})
 
     @classmethod
     def label_base(cls, cfg):
         """A preset's variant is labelled by its name and the options that differ from the preset's values."""
-        base = super().label_base(cfg)
-        values = dict(PRESETS.get(cfg.get("preset", "none"), {}))
-        if "nbf" in values and cfg.get("checkpoint"):
-            del values["nbf"]
-        return {**base, **values}
+        return {**super().label_base(cfg), **preset_values(cfg.get("preset", "none"), cfg.get("checkpoint"))}
 
     @classmethod
     def validate_config(cls, cfg):

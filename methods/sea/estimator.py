@@ -733,8 +733,10 @@ class Estimator(nn.Module):
         Memory beyond q, k, v: the values [identity ; v] of the Performer where identity_values=concat makes them
         ([B, H, T, 2d]; identity_values=kernel makes none), and O(rows) for the rest. Runs eagerly under
         compile="estimator" (the blocks' work is kernels: the Triton passes and cuDNN's convolutions)."""
+        from kernels.sea_bidir_tail import pooled_scores
         from methods.sea.favor import favor_rows
 
+        block_sums = torch.compiler.disable(pooled_scores)               # the tail kernel (uses_bidir_tail)
         B, H, T, d = q.shape
         # the decoder's input for a block and its halo within cuDNN's 32-bit offsets
         cap = (CONV_MAX_ELEMENTS // (B * 4 * H * (self.K // 2)) - 2 * ROW_HALO) // pool * pool
@@ -768,11 +770,8 @@ class Estimator(nn.Module):
                 weights = self.dec.body_weights(x)
             tail = self.uses_bidir_tail(x)
             y = self.decode(x, headed=headed, parity=tail, weights=weights if headed else None)
-            if tail:                                                     # parity rows: i0, i1 are even
-                from kernels.sea_bidir_tail import pooled_scores
-
-                torch.compiler.disable(pooled_scores)(y[:, :, i0 // 2:i1 // 2], heads=H, rows=pool,
-                                                      out=sums[:, :, a // pool:b // pool])   # in place
+            if tail:                                                     # parity rows: i0, i1 are even; in place
+                block_sums(y[:, :, i0 // 2:i1 // 2], heads=H, rows=pool, out=sums[:, :, a // pool:b // pool])
             else:
                 y = torch.softmax(y[:, :, i0:i1], dim=-1)                # [B, H, b - a, K]
                 sums[:, :, a // pool:b // pool] = y.reshape(B, H, (b - a) // pool, pool, self.K).sum(
